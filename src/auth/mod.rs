@@ -1,0 +1,335 @@
+//! Phase 3, authenticate: credentials → verified claims → [`Principal`].
+//!
+//! Owns token extraction (one `Authorization: Bearer` header, or the
+//! configured cookie; never the query string), JWT verification per issuer
+//! with a pinned algorithm allow-list (RFC 8725), the verified-token cache
+//! and the claims → principal mapping. It knows nothing of routes or
+//! policy, and never logs a token.
+//!
+//! Verification order, each step failing closed with a 401:
+//! size limit → three base64url segments → header JSON (`alg` known, no
+//! `crit`) → issuer chosen by the unverified `iss` (only to pick keys) →
+//! `alg` in that issuer's allow-list → key of that algorithm's family (by
+//! `kid`) → signature, `exp` (required), `nbf`, `iss`, `aud` (required) via
+//! `jsonwebtoken` → `sub` present → claims mapped.
+
+mod cache;
+mod claims;
+pub mod keys;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+pub use cache::{TokenCache, now_unix};
+pub use claims::ClaimNames;
+use keys::{KeySet, SelectError};
+
+use crate::policy::Principal;
+
+/// Why a request is not authenticated. Every variant is a 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no credentials: send Authorization: Bearer <token>")]
+    Missing,
+    #[error("more than one Authorization header")]
+    MultipleAuthorization,
+    #[error("the credentials cookie appears more than once")]
+    MultipleCookies,
+    #[error("Authorization header is not a Bearer token")]
+    NotBearer,
+    #[error("token exceeds {0} bytes")]
+    TooLarge(usize),
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("token header has a crit parameter, which is not supported")]
+    Crit,
+    #[error("algorithm {0} is not accepted")]
+    AlgorithmNotAllowed(String),
+    #[error("token issuer is not trusted")]
+    UnknownIssuer,
+    #[error("token key id is unknown")]
+    UnknownKid,
+    #[error("token has no kid and the issuer has several keys")]
+    KidRequired,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token claim {0} is missing")]
+    MissingClaim(String),
+    #[error("token claim {0} is malformed")]
+    BadClaim(String),
+}
+
+impl AuthError {
+    /// `missing_token` when nothing was presented, `invalid_token` otherwise.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            _ => "invalid_token",
+        }
+    }
+
+    /// Stable finer cause, logged and shown (with `expose_reason`).
+    pub fn detail(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing_token",
+            AuthError::MultipleAuthorization => "multiple_authorization",
+            AuthError::MultipleCookies => "multiple_cookies",
+            AuthError::NotBearer => "not_bearer",
+            AuthError::TooLarge(_) => "token_too_large",
+            AuthError::Malformed => "malformed",
+            AuthError::Crit => "crit_unsupported",
+            AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::UnknownKid => "unknown_kid",
+            AuthError::KidRequired => "kid_required",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::BadClaim(_) => "bad_claim",
+        }
+    }
+}
+
+/// One trusted token issuer.
+pub struct Issuer {
+    pub iss: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub keys: KeySet,
+    /// `dev: true` issuers may mint tokens with `rolegate token`.
+    pub dev: bool,
+    /// The HMAC secret, kept only for `dev` issuers (token minting).
+    pub dev_secret: Option<Vec<u8>>,
+}
+
+/// Settings of the authenticate phase (built from `identity:`).
+pub struct AuthSettings {
+    pub bearer: bool,
+    pub cookie: Option<String>,
+    pub max_token_bytes: usize,
+    pub leeway_secs: u64,
+    pub claims: ClaimNames,
+}
+
+/// Verifies credentials. Immutable after build; one per `Runtime`, so a
+/// reload with new keys also starts with an empty cache.
+pub struct Authenticator {
+    settings: AuthSettings,
+    issuers: Vec<Issuer>,
+    by_iss: HashMap<String, usize>,
+    cache: TokenCache,
+}
+
+impl Authenticator {
+    pub fn new(settings: AuthSettings, issuers: Vec<Issuer>, cache_entries: usize) -> Self {
+        let by_iss = issuers
+            .iter()
+            .enumerate()
+            .map(|(i, is)| (is.iss.clone(), i))
+            .collect();
+        Authenticator {
+            settings,
+            issuers,
+            by_iss,
+            cache: TokenCache::new(cache_entries),
+        }
+    }
+
+    pub fn issuers(&self) -> &[Issuer] {
+        &self.issuers
+    }
+
+    pub fn claim_names(&self) -> &ClaimNames {
+        &self.settings.claims
+    }
+
+    /// Finds the token in the request headers and verifies it.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthError> {
+        let token = self.extract(headers)?;
+        self.verify(token)
+    }
+
+    /// Token extraction. An `Authorization` header, when present, wins over
+    /// the cookie; it must be exactly one header with the Bearer scheme
+    /// (case-insensitive). The cookie must appear exactly once across all
+    /// `Cookie` headers (two cookies of the same name is cookie tossing).
+    fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, AuthError> {
+        let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+        if let Some(value) = auth.next() {
+            if auth.next().is_some() {
+                return Err(AuthError::MultipleAuthorization);
+            }
+            if !self.settings.bearer {
+                return Err(AuthError::NotBearer);
+            }
+            let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+            let (scheme, rest) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(AuthError::NotBearer);
+            }
+            let token = rest.trim_matches(' ');
+            if token.is_empty() {
+                return Err(AuthError::Missing);
+            }
+            return Ok(token);
+        }
+        if let Some(name) = &self.settings.cookie {
+            let mut found = None;
+            for header in headers.get_all(http::header::COOKIE) {
+                let Ok(header) = header.to_str() else {
+                    continue;
+                };
+                for pair in header.split(';') {
+                    let Some((k, v)) = pair.trim().split_once('=') else {
+                        continue;
+                    };
+                    if k == name {
+                        if found.is_some() {
+                            return Err(AuthError::MultipleCookies);
+                        }
+                        found = Some(v.trim_matches('"'));
+                    }
+                }
+            }
+            if let Some(token) = found.filter(|t| !t.is_empty()) {
+                return Ok(token);
+            }
+        }
+        Err(AuthError::Missing)
+    }
+
+    /// Verifies a raw token (also used by `rolegate explain --token`).
+    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+        if token.len() > self.settings.max_token_bytes {
+            return Err(AuthError::TooLarge(self.settings.max_token_bytes));
+        }
+        if let Some(p) = self.cache.get(token) {
+            return Ok(p);
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        let principal = Arc::new(principal);
+        self.cache.insert(token, exp, principal.clone());
+        Ok(principal)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), AuthError> {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(_sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed);
+        };
+        let header = decode_segment(h)?;
+        if header.contains_key("crit") {
+            // RFC 7515 §4.1.11: a recipient that does not understand a
+            // critical extension must reject the token.
+            return Err(AuthError::Crit);
+        }
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(AuthError::Malformed)?;
+        // `none` and unknown names fail here; the header never picks a family
+        // on its own, it is checked against the issuer's list below.
+        let alg = Algorithm::from_str(alg_name)
+            .map_err(|_| AuthError::AlgorithmNotAllowed(alg_name.chars().take(16).collect()))?;
+        let kid = match header.get("kid") {
+            None => None,
+            Some(Value::String(k)) => Some(k.as_str()),
+            Some(_) => return Err(AuthError::Malformed),
+        };
+
+        // The unverified payload is read only to pick the issuer's keys.
+        let payload = decode_segment(p)?;
+        let iss = payload
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(AuthError::UnknownIssuer)?;
+        let issuer = self
+            .by_iss
+            .get(iss)
+            .map(|&i| &self.issuers[i])
+            .ok_or(AuthError::UnknownIssuer)?;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed(alg_name.to_string()));
+        }
+        let key = issuer.keys.select(alg.family(), kid).map_err(|e| match e {
+            SelectError::UnknownKid => AuthError::UnknownKid,
+            SelectError::KidRequired => AuthError::KidRequired,
+            SelectError::NoKeyForAlgorithm => AuthError::AlgorithmNotAllowed(alg_name.to_string()),
+        })?;
+
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.settings.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&issuer.iss]);
+        validation.set_audience(&issuer.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            .map_err(|e| map_jwt_error(e.kind()))?;
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthError::BadClaim("exp".into()))?;
+        let principal = claims::to_principal(&data.claims, &self.settings.claims, &issuer.iss)?;
+        Ok((principal, exp))
+    }
+
+    /// Maps an unverified claims object (for `rolegate explain --claims`).
+    pub fn principal_from_claims(
+        &self,
+        claims: &Map<String, Value>,
+    ) -> Result<Principal, AuthError> {
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or("(unverified)");
+        claims::to_principal(claims, &self.settings.claims, iss)
+    }
+}
+
+fn decode_segment(seg: &str) -> Result<Map<String, Value>, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(seg)
+        .map_err(|_| AuthError::Malformed)?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(AuthError::Malformed),
+    }
+}
+
+fn map_jwt_error(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::InvalidSignature => AuthError::BadSignature,
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidAudience => AuthError::WrongAudience,
+        K::InvalidIssuer => AuthError::UnknownIssuer,
+        K::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+        K::InvalidClaimFormat(c) => AuthError::BadClaim(c.clone()),
+        K::InvalidAlgorithm | K::MissingAlgorithm | K::UnsupportedAlgorithm => {
+            AuthError::AlgorithmNotAllowed("mismatch".into())
+        }
+        // Bad key material for this algorithm means the token's signature
+        // cannot be valid for any key we trust.
+        K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) => AuthError::BadSignature,
+        _ => AuthError::Malformed,
+    }
+}

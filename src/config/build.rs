@@ -1,0 +1,796 @@
+//! `FileConfig` + rules files → [`Runtime`], or every error found.
+//!
+//! Order: parse all files (main config, then rules files sorted by path)
+//! → merge roles/profiles/routes (a name defined twice is an error at both
+//! places) → compile the policy → compile routes and the router → load
+//! issuers and keys → upstreams. Every step keeps going after an error so
+//! that `check` can print all of them; only a clean result becomes a
+//! `Runtime`. Warnings never block loading.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use serde_saphyr::Spanned;
+
+use super::file::{FileConfig, FileRequire, FileRoute, FileRules};
+use super::{ForwardSettings, ListenSettings, Route, Runtime, Upstream};
+use crate::auth::keys::KeySet;
+use crate::auth::{AuthSettings, Authenticator, ClaimNames, Issuer};
+use crate::policy::{
+    IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
+    Severity as PSeverity,
+};
+use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One finding of `build`, with the place it refers to.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: String,
+    pub line: u64,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        if self.line > 0 {
+            write!(f, "{}:{}: {sev}: {}", self.file, self.line, self.message)
+        } else {
+            write!(f, "{}: {sev}: {}", self.file, self.message)
+        }
+    }
+}
+
+/// A successfully built runtime and the warnings found on the way.
+pub struct Loaded {
+    pub runtime: Runtime,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Where rules come from when not from the config's `rules:` directory.
+pub enum RulesSource {
+    /// Read `rules:` from disk, relative to the config file.
+    FromConfig,
+    /// Use these `(name, text)` files instead (the embedded demo rules).
+    Embedded(Vec<(String, String)>),
+}
+
+/// Loads `path` and the rules it names.
+pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![diag(Severity::Error, &name, 0, format!("cannot read: {e}"))])?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_from_text(&name, &text, &base, RulesSource::FromConfig)
+}
+
+/// Loads a config given as text; relative file names resolve against `base`.
+pub fn load_from_text(
+    name: &str,
+    text: &str,
+    base: &Path,
+    rules: RulesSource,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut b = Builder {
+        diags: Vec::new(),
+        base: base.to_path_buf(),
+    };
+    let runtime = b.build(name, text, rules);
+    let has_error = b.diags.iter().any(|d| d.severity == Severity::Error);
+    match runtime {
+        Some(runtime) if !has_error => Ok(Loaded {
+            runtime,
+            warnings: b.diags,
+        }),
+        _ => {
+            b.diags.sort_by_key(|d| std::cmp::Reverse(d.severity));
+            Err(b.diags)
+        }
+    }
+}
+
+fn diag(severity: Severity, file: &str, line: u64, message: String) -> Diagnostic {
+    Diagnostic {
+        severity,
+        file: file.to_string(),
+        line,
+        message,
+    }
+}
+
+/// Parses a humantime duration (`15m`, `1h30m`, `500ms`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+struct Builder {
+    diags: Vec<Diagnostic>,
+    base: PathBuf,
+}
+
+/// A definition and where it was written.
+struct Located<T> {
+    file: String,
+    line: u64,
+    value: T,
+}
+
+impl Builder {
+    fn error(&mut self, file: &str, line: u64, message: impl Into<String>) {
+        self.diags
+            .push(diag(Severity::Error, file, line, message.into()));
+    }
+
+    fn warn(&mut self, file: &str, line: u64, message: impl Into<String>) {
+        self.diags
+            .push(diag(Severity::Warning, file, line, message.into()));
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn parse<T: for<'de> serde::Deserialize<'de>>(&mut self, name: &str, text: &str) -> Option<T> {
+        match serde_saphyr::from_str::<T>(text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let line = e.location().map(|l| l.line()).unwrap_or(0);
+                self.error(name, line, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, name: &str, text: &str, rules: RulesSource) -> Option<Runtime> {
+        let cfg: FileConfig = self.parse(name, text)?;
+
+        // Rules: inline in the main file first, then each rules file.
+        let mut files: Vec<(String, FileRules)> = vec![(
+            name.to_string(),
+            FileRules {
+                roles: cfg.roles,
+                profiles: cfg.profiles,
+                routes: cfg.routes,
+            },
+        )];
+        let rule_texts = match rules {
+            RulesSource::Embedded(list) => list,
+            RulesSource::FromConfig => match &cfg.rules {
+                Some(dir) => self.read_rules_dir(name, &self.resolve(dir)),
+                None => Vec::new(),
+            },
+        };
+        for (fname, ftext) in &rule_texts {
+            if let Some(r) = self.parse::<FileRules>(fname, ftext) {
+                files.push((fname.clone(), r));
+            }
+        }
+
+        // Merge, remembering where each thing was defined.
+        let mut roles: BTreeMap<String, Located<super::file::FileRole>> = BTreeMap::new();
+        let mut profiles: BTreeMap<String, Located<super::file::FileProfile>> = BTreeMap::new();
+        let mut routes: Vec<Located<FileRoute>> = Vec::new();
+        for (file, r) in files {
+            for (k, v) in r.roles {
+                self.merge_named(&mut roles, "role", k, &file, v);
+            }
+            for (k, v) in r.profiles {
+                self.merge_named(&mut profiles, "profile", k, &file, v);
+            }
+            for v in r.routes {
+                routes.push(Located {
+                    file: file.clone(),
+                    line: v.referenced.line(),
+                    value: v.value,
+                });
+            }
+        }
+
+        let policy = self.build_policy(&roles, &profiles);
+        let upstreams = self.build_upstreams(name, cfg.upstreams);
+        let (router, compiled_routes) = self.build_routes(&routes, &policy, &upstreams);
+        let auth = self.build_auth(name, cfg.identity);
+        let listen = self.build_listen(name, cfg.listen);
+        let forward = self.build_forward(name, cfg.forward);
+
+        Some(Runtime {
+            listen: listen?,
+            canon: CanonOptions {
+                merge_slashes: cfg.path.merge_slashes,
+                allow_semicolon: cfg.path.allow_semicolon,
+            },
+            router,
+            routes: compiled_routes?,
+            policy,
+            auth: auth?,
+            upstreams,
+            forward: forward?,
+            expose_reason: cfg.errors.expose_reason,
+        })
+    }
+
+    fn merge_named<T>(
+        &mut self,
+        into: &mut BTreeMap<String, Located<T>>,
+        what: &str,
+        key: String,
+        file: &str,
+        v: Spanned<T>,
+    ) {
+        let line = v.referenced.line();
+        if let Some(prev) = into.get(&key) {
+            let msg = format!(
+                "{what} {key:?} is already defined at {}:{}",
+                prev.file, prev.line
+            );
+            self.error(file, line, msg);
+            return;
+        }
+        into.insert(
+            key,
+            Located {
+                file: file.to_string(),
+                line,
+                value: v.value,
+            },
+        );
+    }
+
+    /// Every `*.yaml`/`*.yml` below `dir`, sorted by path, except the
+    /// `tests/` folder (policy test tables, run by `rolegate test`).
+    fn read_rules_dir(&mut self, cfg_name: &str, dir: &Path) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if dir.is_file() {
+            match std::fs::read_to_string(dir) {
+                Ok(t) => out.push((dir.display().to_string(), t)),
+                Err(e) => self.error(
+                    cfg_name,
+                    0,
+                    format!("rules: cannot read {}: {e}", dir.display()),
+                ),
+            }
+            return out;
+        }
+        let mut paths = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let entries = match std::fs::read_dir(&d) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.error(
+                        cfg_name,
+                        0,
+                        format!("rules: cannot read directory {}: {e}", d.display()),
+                    );
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    if !(d == dir && p.file_name().is_some_and(|n| n == "tests")) {
+                        stack.push(p);
+                    }
+                } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                    paths.push(p);
+                }
+            }
+        }
+        paths.sort();
+        for p in paths {
+            match std::fs::read_to_string(&p) {
+                Ok(t) => out.push((p.display().to_string(), t)),
+                Err(e) => self.error(
+                    cfg_name,
+                    0,
+                    format!("rules: cannot read {}: {e}", p.display()),
+                ),
+            }
+        }
+        out
+    }
+
+    fn build_policy(
+        &mut self,
+        roles: &BTreeMap<String, Located<super::file::FileRole>>,
+        profiles: &BTreeMap<String, Located<super::file::FileProfile>>,
+    ) -> Policy {
+        let mut spec = PolicySpec::default();
+        for (name, r) in roles {
+            let idle_timeout = match r.value.idle_timeout.as_deref().map(parse_duration) {
+                Some(Ok(d)) => Some(d),
+                Some(Err(e)) => {
+                    self.error(&r.file, r.line, format!("role {name}: idle_timeout: {e}"));
+                    None
+                }
+                None => None,
+            };
+            spec.roles.push(RoleDef {
+                name: name.clone(),
+                description: r.value.description.clone(),
+                grants: r.value.grants.clone(),
+                includes: r.value.includes.clone(),
+                requires: r.value.requires.clone(),
+                idle_timeout,
+                scope: r.value.scope.clone(),
+            });
+        }
+        for (name, p) in profiles {
+            spec.profiles.push(ProfileDef {
+                name: name.clone(),
+                description: p.value.description.clone(),
+                roles: p.value.roles.clone(),
+                grants: p.value.grants.clone(),
+            });
+        }
+        let (policy, issues) = Policy::compile(spec);
+        for issue in issues {
+            let (file, line) = match &issue.subject {
+                IssueSubject::Role(n) => roles.get(n).map(|r| (r.file.clone(), r.line)),
+                IssueSubject::Profile(n) => profiles.get(n).map(|p| (p.file.clone(), p.line)),
+                IssueSubject::Route(_) => None,
+            }
+            .unwrap_or_else(|| ("rules".to_string(), 0));
+            let sev = if issue.severity == PSeverity::Error {
+                Severity::Error
+            } else {
+                Severity::Warning
+            };
+            let what = match &issue.subject {
+                IssueSubject::Role(n) => format!("role {n}"),
+                IssueSubject::Profile(n) => format!("profile {n}"),
+                IssueSubject::Route(n) => format!("route {n}"),
+            };
+            self.diags
+                .push(diag(sev, &file, line, format!("{what}: {}", issue.message)));
+        }
+        policy
+    }
+
+    fn build_requirement(&mut self, r: &FileRequire, file: &str, line: u64) -> Option<Requirement> {
+        match r {
+            FileRequire::Leaf(s) => match Requirement::parse(s) {
+                Ok(req) => Some(req),
+                Err(e) => {
+                    self.error(file, line, format!("require {s:?}: {e}"));
+                    None
+                }
+            },
+            FileRequire::Any { any } => {
+                let items: Option<Vec<_>> = any
+                    .iter()
+                    .map(|r| self.build_requirement(r, file, line))
+                    .collect();
+                items.map(Requirement::Any)
+            }
+            FileRequire::All { all } => {
+                let items: Option<Vec<_>> = all
+                    .iter()
+                    .map(|r| self.build_requirement(r, file, line))
+                    .collect();
+                items.map(Requirement::All)
+            }
+        }
+    }
+
+    fn build_routes(
+        &mut self,
+        routes: &[Located<FileRoute>],
+        policy: &Policy,
+        upstreams: &[Upstream],
+    ) -> (Router, Option<Vec<Route>>) {
+        let mut ok = true;
+        let mut compiled = Vec::new();
+        let mut names: BTreeMap<&str, (String, u64)> = BTreeMap::new();
+        for r in routes {
+            let (f, l, v) = (r.file.as_str(), r.line, &r.value);
+            if let Some((pf, pl)) = names.get(v.name.as_str()) {
+                let msg = format!("route name {:?} is already used at {pf}:{pl}", v.name);
+                self.error(f, l, msg);
+            }
+            names.insert(&v.name, (f.to_string(), l));
+            let require = match &v.require {
+                Some(req) => {
+                    let built = self.build_requirement(req, f, l);
+                    ok &= built.is_some();
+                    built
+                }
+                None => None,
+            };
+            if v.public && require.is_some() {
+                self.error(
+                    f,
+                    l,
+                    format!(
+                        "route {}: public routes cannot also require something",
+                        v.name
+                    ),
+                );
+            }
+            let scope = match &v.scope {
+                None => None,
+                Some(map) if map.len() == 1 => {
+                    let (kind, param) = map.iter().next().expect("len checked");
+                    match param.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                        Some(p) => Some((kind.clone(), p.to_string())),
+                        None => {
+                            self.error(f, l, format!("route {}: scope value must be a path parameter like \"{{{kind}}}\"", v.name));
+                            None
+                        }
+                    }
+                }
+                Some(_) => {
+                    self.error(
+                        f,
+                        l,
+                        format!("route {}: scope names exactly one resource kind", v.name),
+                    );
+                    None
+                }
+            };
+            let upstream = match &v.upstream {
+                Some(u) => upstreams.iter().position(|x| &x.name == u),
+                None if upstreams.len() == 1 => Some(0),
+                None => None,
+            };
+            let upstream = match upstream {
+                Some(i) => i,
+                None => {
+                    let msg = match &v.upstream {
+                        Some(u) => format!("route {}: unknown upstream {u:?}", v.name),
+                        None => format!(
+                            "route {}: no upstream (required when more than one upstream is configured)",
+                            v.name
+                        ),
+                    };
+                    self.error(f, l, msg);
+                    ok = false;
+                    0
+                }
+            };
+            let spec = RouteSpec {
+                host: v.matcher.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                methods: v
+                    .matcher
+                    .methods
+                    .iter()
+                    .map(|m| m.to_ascii_uppercase())
+                    .collect(),
+                path: v.matcher.path.clone(),
+            };
+            let rp = RoutePolicy {
+                name: v.name.clone(),
+                public: v.public,
+                require,
+                scope,
+            };
+            compiled.push(Route {
+                name: v.name.clone(),
+                spec,
+                policy: rp,
+                upstream,
+                origin: format!("{f}:{l}"),
+            });
+        }
+
+        let specs: Vec<RouteSpec> = compiled.iter().map(|r| r.spec.clone()).collect();
+        let (router, issues) = Router::build(&specs);
+        for issue in issues {
+            let r = &routes[issue.route];
+            let msg = format!("route {}: {}", r.value.name, issue.message);
+            match issue.kind {
+                IssueKind::Error => self.error(&r.file, r.line, msg),
+                IssueKind::Warning => self.warn(&r.file, r.line, msg),
+            }
+        }
+        for (i, route) in compiled.iter().enumerate() {
+            let params = template_params(&route.spec.path);
+            for issue in policy.check_route(&route.policy, &params) {
+                let sev = if issue.severity == PSeverity::Error {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                };
+                self.diags.push(diag(
+                    sev,
+                    &routes[i].file,
+                    routes[i].line,
+                    format!("route {}: {}", route.name, issue.message),
+                ));
+            }
+        }
+        (router, ok.then_some(compiled))
+    }
+
+    fn build_upstreams(
+        &mut self,
+        file: &str,
+        ups: BTreeMap<String, Spanned<super::file::FileUpstream>>,
+    ) -> Vec<Upstream> {
+        let mut out = Vec::new();
+        for (name, u) in ups {
+            let line = u.referenced.line();
+            let u = u.value;
+            let uri = match http::Uri::from_str(&u.url) {
+                Ok(uri) => uri,
+                Err(e) => {
+                    self.error(
+                        file,
+                        line,
+                        format!("upstream {name}: invalid url {:?}: {e}", u.url),
+                    );
+                    continue;
+                }
+            };
+            if uri.scheme_str() != Some("http") {
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "upstream {name}: only http:// upstreams are supported in this version"
+                    ),
+                );
+                continue;
+            }
+            if uri.query().is_some() {
+                self.error(
+                    file,
+                    line,
+                    format!("upstream {name}: url must not have a query"),
+                );
+                continue;
+            }
+            let Some(authority) = uri.authority().cloned() else {
+                self.error(file, line, format!("upstream {name}: url has no host"));
+                continue;
+            };
+            let connect_timeout = self.duration(
+                file,
+                line,
+                &format!("upstream {name}: connect_timeout"),
+                &u.connect_timeout,
+            );
+            let timeout =
+                self.duration(file, line, &format!("upstream {name}: timeout"), &u.timeout);
+            let origin = http::Uri::builder()
+                .scheme("http")
+                .authority(authority)
+                .path_and_query("/")
+                .build()
+                .expect("valid parts");
+            out.push(Upstream {
+                name,
+                origin,
+                base_path: uri.path().trim_end_matches('/').to_string(),
+                timeout,
+                client: crate::proxy::upstream::new_client(connect_timeout),
+            });
+        }
+        out
+    }
+
+    fn duration(&mut self, file: &str, line: u64, what: &str, s: &str) -> Duration {
+        parse_duration(s).unwrap_or_else(|e| {
+            self.error(file, line, format!("{what}: {e}"));
+            Duration::ZERO
+        })
+    }
+
+    fn build_listen(&mut self, file: &str, l: super::file::FileListen) -> Option<ListenSettings> {
+        let addr = match l.addr.parse() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.error(file, 0, format!("listen.addr {:?}: {e}", l.addr));
+                None
+            }
+        };
+        if l.max_header_bytes < 8192 {
+            self.error(file, 0, "listen.max_header_bytes must be at least 8192");
+        }
+        let header_read_timeout = self.duration(
+            file,
+            0,
+            "listen.header_read_timeout",
+            &l.header_read_timeout,
+        );
+        Some(ListenSettings {
+            addr: addr?,
+            max_header_bytes: l.max_header_bytes,
+            max_body_bytes: l.max_body_bytes,
+            header_read_timeout,
+        })
+    }
+
+    fn build_forward(
+        &mut self,
+        file: &str,
+        f: super::file::FileForward,
+    ) -> Option<ForwardSettings> {
+        let prefix = f.identity_header_prefix.to_ascii_lowercase();
+        if prefix.len() < 3
+            || http::HeaderName::from_bytes(format!("{prefix}user").as_bytes()).is_err()
+        {
+            self.error(
+                file,
+                0,
+                format!(
+                    "forward.identity_header_prefix {:?} is not a usable header prefix",
+                    f.identity_header_prefix
+                ),
+            );
+            return None;
+        }
+        let mut strip = Vec::new();
+        for h in f.strip_headers {
+            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => strip.push(n),
+                Err(_) => self.error(
+                    file,
+                    0,
+                    format!("forward.strip_headers: {h:?} is not a header name"),
+                ),
+            }
+        }
+        Some(ForwardSettings {
+            identity_prefix: prefix,
+            strip,
+        })
+    }
+
+    fn build_auth(&mut self, file: &str, id: super::file::FileIdentity) -> Option<Authenticator> {
+        let leeway = self.duration(file, 0, "identity.leeway", &id.leeway);
+        if id.issuers.is_empty() {
+            self.warn(
+                file,
+                0,
+                "identity.issuers is empty: every non-public route will answer 401",
+            );
+        }
+        if !id.bearer && id.cookie.is_none() {
+            self.error(file, 0, "identity: bearer is off and no cookie is configured: no token can ever be presented");
+        }
+        let mut issuers = Vec::new();
+        let mut ok = true;
+        for s in id.issuers {
+            let line = s.referenced.line();
+            let is = s.value;
+            let mut algorithms = Vec::new();
+            for a in &is.algorithms {
+                match Algorithm::from_str(a) {
+                    Ok(alg) => algorithms.push(alg),
+                    Err(_) => {
+                        ok = false;
+                        self.error(
+                            file,
+                            line,
+                            format!(
+                                "issuer {}: unknown algorithm {a:?} (none is never accepted)",
+                                is.iss
+                            ),
+                        );
+                    }
+                }
+            }
+            if algorithms.is_empty() {
+                ok = false;
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "issuer {}: algorithms must list at least one algorithm",
+                        is.iss
+                    ),
+                );
+            }
+            if is.audiences.is_empty() {
+                ok = false;
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "issuer {}: audiences must not be empty (RFC 8725 §3.9)",
+                        is.iss
+                    ),
+                );
+            }
+            if issuers.iter().any(|i: &Issuer| i.iss == is.iss) {
+                ok = false;
+                self.error(file, line, format!("issuer {} is listed twice", is.iss));
+            }
+            let mut keys = KeySet::default();
+            let mut dev_secret = None;
+            for pem in &is.keys.pem {
+                let path = self.resolve(&pem.file);
+                let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
+                if let Err(e) = r.and_then(|b| keys.add_pem(&b, pem.kid.clone(), &pem.file)) {
+                    ok = false;
+                    self.error(file, line, format!("issuer {}: {e}", is.iss));
+                }
+            }
+            if let Some(j) = &is.keys.jwks_file {
+                let path = self.resolve(j);
+                let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
+                if let Err(e) = r.and_then(|b| keys.add_jwks(&b, j)) {
+                    ok = false;
+                    self.error(file, line, format!("issuer {}: {e}", is.iss));
+                }
+            }
+            if let Some(h) = &is.keys.hmac_secret_file {
+                let path = self.resolve(h);
+                let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
+                match r.and_then(|b| keys.add_hmac(&b, h).map(|_| b)) {
+                    Ok(b) if is.dev => dev_secret = Some(b.trim_ascii().to_vec()),
+                    Ok(_) => {}
+                    Err(e) => {
+                        ok = false;
+                        self.error(file, line, format!("issuer {}: {e}", is.iss));
+                    }
+                }
+            }
+            for alg in &algorithms {
+                if !keys.has_family(alg.family()) {
+                    ok = false;
+                    self.error(file, line, format!("issuer {}: algorithm {alg:?} is allowed but no key of its family is configured", is.iss));
+                }
+            }
+            let families: Vec<AlgorithmFamily> = algorithms.iter().map(|a| a.family()).collect();
+            if families.contains(&AlgorithmFamily::Hmac)
+                && families.iter().any(|f| *f != AlgorithmFamily::Hmac)
+            {
+                self.warn(file, line, format!("issuer {}: mixes HMAC and public-key algorithms; keys are only used with their own family, but one issuer per key type is clearer", is.iss));
+            }
+            issuers.push(Issuer {
+                iss: is.iss,
+                audiences: is.audiences,
+                algorithms,
+                keys,
+                dev: is.dev,
+                dev_secret,
+            });
+        }
+        let c = id.claims;
+        let settings = AuthSettings {
+            bearer: id.bearer,
+            cookie: id.cookie,
+            max_token_bytes: id.max_token_bytes,
+            leeway_secs: leeway.as_secs(),
+            claims: ClaimNames {
+                subject: c.subject,
+                session: c.session,
+                roles: c.roles,
+                partners: c.partners,
+                teams: c.teams,
+                profiles: c.profiles,
+                grants: c.grants,
+            },
+        };
+        ok.then(|| Authenticator::new(settings, issuers, id.cache_entries))
+    }
+}
+
+/// The parameter names of a path template (`{name}` / `{name:re}`).
+fn template_params(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|inner| inner.split(':').next().unwrap_or(inner).to_string())
+        .collect()
+}

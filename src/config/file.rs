@@ -1,0 +1,267 @@
+//! The raw configuration schema, exactly as written in YAML.
+//!
+//! Only serde structs live here (sozu's `FileConfig` split): no validation,
+//! no defaults that need logic, no cross-references. Every struct denies
+//! unknown fields so a typo is an error, not a silently ignored key.
+//! `build.rs` turns these into the runtime types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// `rolegate.yaml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub listen: FileListen,
+    #[serde(default)]
+    pub identity: FileIdentity,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<FileUpstream>>,
+    #[serde(default)]
+    pub path: FilePath,
+    #[serde(default)]
+    pub forward: FileForward,
+    #[serde(default)]
+    pub errors: FileErrors,
+    /// Rules directory (or file), relative to the config file.
+    pub rules: Option<String>,
+    /// Rules may also be written inline in the main file (same keys as a
+    /// rules file; kept as separate fields because serde's `flatten` would
+    /// lose both `deny_unknown_fields` and the source spans).
+    #[serde(default)]
+    pub roles: BTreeMap<String, Spanned<FileRole>>,
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Spanned<FileProfile>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<FileRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileListen {
+    pub addr: String,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: String,
+}
+
+impl Default for FileListen {
+    fn default() -> Self {
+        FileListen {
+            addr: "127.0.0.1:8080".into(),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            header_read_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileIdentity {
+    pub bearer: bool,
+    pub cookie: Option<String>,
+    pub max_token_bytes: usize,
+    pub leeway: String,
+    pub cache_entries: usize,
+    pub issuers: Vec<Spanned<FileIssuer>>,
+    pub claims: FileClaims,
+}
+
+impl Default for FileIdentity {
+    fn default() -> Self {
+        FileIdentity {
+            bearer: true,
+            cookie: None,
+            max_token_bytes: 8 * 1024,
+            leeway: "30s".into(),
+            cache_entries: 100_000,
+            issuers: Vec::new(),
+            claims: FileClaims::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIssuer {
+    pub iss: String,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<String>,
+    pub keys: FileKeys,
+    #[serde(default)]
+    pub dev: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileKeys {
+    pub pem: Vec<FilePemKey>,
+    pub jwks_file: Option<String>,
+    pub hmac_secret_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePemKey {
+    pub file: String,
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileClaims {
+    pub subject: String,
+    pub session: String,
+    pub roles: String,
+    pub partners: String,
+    pub teams: String,
+    pub profiles: String,
+    pub grants: String,
+}
+
+impl Default for FileClaims {
+    fn default() -> Self {
+        FileClaims {
+            subject: "sub".into(),
+            session: "sid".into(),
+            roles: "roles".into(),
+            partners: "partners".into(),
+            teams: "teams".into(),
+            profiles: "profiles".into(),
+            grants: "grants".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    pub url: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: String,
+}
+
+fn default_connect_timeout() -> String {
+    "2s".into()
+}
+
+fn default_upstream_timeout() -> String {
+    "30s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilePath {
+    pub merge_slashes: bool,
+    pub allow_semicolon: bool,
+}
+
+impl Default for FilePath {
+    fn default() -> Self {
+        FilePath {
+            merge_slashes: true,
+            allow_semicolon: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileForward {
+    pub identity_header_prefix: String,
+    pub strip_headers: Vec<String>,
+}
+
+impl Default for FileForward {
+    fn default() -> Self {
+        FileForward {
+            identity_header_prefix: "X-Rolegate-".into(),
+            strip_headers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileErrors {
+    pub expose_reason: bool,
+}
+
+impl Default for FileErrors {
+    fn default() -> Self {
+        FileErrors {
+            expose_reason: true,
+        }
+    }
+}
+
+/// One rules file (`rules/*.yaml`), or the inline part of the main file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileRules {
+    pub roles: BTreeMap<String, Spanned<FileRole>>,
+    pub profiles: BTreeMap<String, Spanned<FileProfile>>,
+    pub routes: Vec<Spanned<FileRoute>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileRole {
+    pub description: Option<String>,
+    pub grants: Vec<String>,
+    pub includes: Vec<String>,
+    pub requires: Vec<String>,
+    pub idle_timeout: Option<String>,
+    pub scope: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileProfile {
+    pub description: Option<String>,
+    pub roles: Vec<String>,
+    pub grants: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: FileMatch,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default)]
+    pub require: Option<FileRequire>,
+    /// `{ kind: "{param}" }`, e.g. `{ partner: "{partner}" }`.
+    #[serde(default)]
+    pub scope: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub path: String,
+}
+
+/// A requirement: a leaf string, or `any:` / `all:` of requirements.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileRequire {
+    Leaf(String),
+    Any { any: Vec<FileRequire> },
+    All { all: Vec<FileRequire> },
+}

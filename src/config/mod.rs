@@ -1,0 +1,73 @@
+//! Configuration: YAML files → validated [`Runtime`].
+//!
+//! `file` is the raw serde schema; `build` cross-checks it and compiles the
+//! router, the policy, the issuers and the upstreams, collecting *all*
+//! errors (with file:line) so `rolegate check` reports everything at once.
+//! A config with any error never becomes a `Runtime`: there is no partial
+//! config. Nothing here touches a request.
+
+mod build;
+pub mod file;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use build::{Diagnostic, Loaded, RulesSource, Severity, load, load_from_text, parse_duration};
+
+use crate::auth::Authenticator;
+use crate::policy::{Policy, RoutePolicy};
+use crate::proxy::upstream::HttpClient;
+use crate::route::{CanonOptions, RouteSpec, Router};
+
+/// Everything a request needs, compiled once and swapped whole on reload,
+/// so one request never sees two rule sets.
+pub struct Runtime {
+    pub listen: ListenSettings,
+    pub canon: CanonOptions,
+    pub router: Router,
+    /// Indexed like the router's `RouteMatch::route`.
+    pub routes: Vec<Route>,
+    pub policy: Policy,
+    pub auth: Authenticator,
+    pub upstreams: Vec<Upstream>,
+    pub forward: ForwardSettings,
+    /// `errors.expose_reason`: show the policy/token reason to clients.
+    pub expose_reason: bool,
+}
+
+pub struct ListenSettings {
+    pub addr: SocketAddr,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+}
+
+/// One compiled route.
+pub struct Route {
+    pub name: String,
+    pub spec: RouteSpec,
+    pub policy: RoutePolicy,
+    /// Index into `Runtime::upstreams`.
+    pub upstream: usize,
+    /// `file:line` of the definition, for logs and `explain`.
+    pub origin: String,
+}
+
+/// A named upstream with its own connection pool.
+pub struct Upstream {
+    pub name: String,
+    /// `scheme://authority` of the upstream.
+    pub origin: http::uri::Uri,
+    /// Path prefix from the upstream URL, without trailing slash ("" if none).
+    pub base_path: String,
+    pub timeout: Duration,
+    pub client: HttpClient,
+}
+
+/// Header handling on the way upstream.
+pub struct ForwardSettings {
+    /// Lowercased identity header prefix (default `x-rolegate-`).
+    pub identity_prefix: String,
+    /// Extra client headers to drop (lowercased), on top of the built-ins.
+    pub strip: Vec<http::HeaderName>,
+}

@@ -1,0 +1,290 @@
+//! `rolegate demo`: a built-in sample backend (agent console + bot builder
+//! JSON API with customer records) and the gateway in front of it, on
+//! loopback, using the embedded `rolegate.yaml` and `rules/`.
+//!
+//! The sample backend knows nothing of roles: it answers every request and
+//! echoes the identity headers the gateway injected, which is exactly the
+//! kind of legacy backend rolegate is for. Nothing here is used by `serve`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::config::{self, Loaded, RulesSource};
+
+include!(concat!(env!("OUT_DIR"), "/embedded_rules.rs"));
+
+/// The shipped `rolegate.yaml`.
+pub const EMBEDDED_CONFIG: &str = include_str!("../rolegate.yaml");
+/// The upstream URL the embedded config names; the demo replaces it.
+const CONFIG_UPSTREAM: &str = "http://127.0.0.1:7001";
+const CONFIG_LISTEN: &str = "127.0.0.1:8080";
+const CONFIG_SECRET: &str = "demo/dev-hmac.secret";
+
+/// The embedded rules as `(name, text)` pairs.
+pub fn embedded_rules() -> Vec<(String, String)> {
+    EMBEDDED_RULES
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
+/// Builds the demo runtime: embedded config and rules, `listen` address,
+/// `upstream` address and a fresh HMAC secret written under `state_dir`.
+pub fn runtime(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    state_dir: &Path,
+) -> Result<Loaded, Vec<config::Diagnostic>> {
+    let secret_path = state_dir.join("dev-hmac.secret");
+    let secret = crate::token::random_id() + &crate::token::random_id();
+    if let Err(e) = std::fs::write(&secret_path, secret) {
+        return Err(vec![config::Diagnostic {
+            severity: config::Severity::Error,
+            file: secret_path.display().to_string(),
+            line: 0,
+            message: format!("cannot write demo secret: {e}"),
+        }]);
+    }
+    let text = EMBEDDED_CONFIG
+        .replace(CONFIG_UPSTREAM, &format!("http://{upstream}"))
+        .replace(CONFIG_LISTEN, &listen.to_string())
+        .replace(CONFIG_SECRET, &secret_path.display().to_string());
+    config::load_from_text(
+        "rolegate.yaml (embedded)",
+        &text,
+        Path::new("."),
+        RulesSource::Embedded(embedded_rules()),
+    )
+}
+
+/// Sample customer records (the PII the masking stage will protect).
+fn customers() -> Value {
+    json!([
+        { "id": "c-1001", "name": "Asha Rao", "email": "asha.rao@example.com", "phone": "+91 98200 11223", "tier": "gold" },
+        { "id": "c-1002", "name": "Daniel Cohen", "email": "daniel.cohen@example.org", "phone": "+972 54 555 0101", "tier": "silver" },
+        { "id": "c-1003", "name": "Maria Silva", "email": "maria.silva@example.net", "phone": "+55 11 91234 5678", "tier": "bronze" }
+    ])
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The sample backend's answer to one request.
+pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let h = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let identity = json!({
+        "user": h("x-rolegate-user"),
+        "roles": h("x-rolegate-roles"),
+        "partners": h("x-rolegate-partners"),
+        "teams": h("x-rolegate-teams"),
+    });
+    if path == "/api/customers" {
+        return json_response(
+            StatusCode::OK,
+            &json!({ "customers": customers(), "seen_by": identity }),
+        );
+    }
+    if let Some(id) = path.strip_prefix("/api/customers/") {
+        let id = id.split('/').next().unwrap_or(id);
+        let all = customers();
+        return match all
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id))
+        {
+            Some(c) => json_response(
+                StatusCode::OK,
+                &json!({ "customer": c, "seen_by": identity }),
+            ),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": "no such customer", "id": id }),
+            ),
+        };
+    }
+    if path == "/api/status" {
+        return json_response(StatusCode::OK, &json!({ "status": "ok" }));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "ok": true,
+            "backend": "rolegate demo backend",
+            "method": req.method().as_str(),
+            "path": path,
+            "query": req.uri().query(),
+            "seen_by": identity,
+        }),
+    )
+}
+
+/// Starts the sample backend on `listener`; runs until the process ends.
+pub async fn serve_backend(listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(|req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(sample_backend(&req))
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// A demo persona: who, which claims, and requests that show the policy.
+struct Persona {
+    who: &'static str,
+    sub: &'static str,
+    roles: &'static [&'static str],
+    partners: &'static [&'static str],
+    requests: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const PERSONAS: &[Persona] = &[
+    Persona {
+        who: "agent",
+        sub: "agent-anna",
+        roles: &["agent"],
+        partners: &[],
+        requests: &[
+            (
+                "POST",
+                "/api/conversations/cv-7/transfer",
+                "allowed: every agent may transfer",
+            ),
+            (
+                "GET",
+                "/api/customers/c-1001",
+                "denied: agents need an active conversation (relations issue)",
+            ),
+            (
+                "GET",
+                "/api/supervisor/dashboard",
+                "denied: supervisors only",
+            ),
+        ],
+    },
+    Persona {
+        who: "senior agent",
+        sub: "senior-sam",
+        roles: &["agent", "senior-agent"],
+        partners: &[],
+        requests: &[
+            (
+                "GET",
+                "/api/customers/c-1001",
+                "allowed: seniors see any customer profile",
+            ),
+            (
+                "PUT",
+                "/api/schema/customer",
+                "denied: seniors may only view the schema",
+            ),
+        ],
+    },
+    Persona {
+        who: "supervisor",
+        sub: "super-sue",
+        roles: &["agent", "supervisor"],
+        partners: &[],
+        requests: &[
+            ("GET", "/api/supervisor/dashboard", "allowed"),
+            (
+                "PUT",
+                "/api/schema/customer",
+                "allowed: supervisors edit the schema",
+            ),
+        ],
+    },
+    Persona {
+        who: "bot-builder viewer",
+        sub: "viewer-vic",
+        roles: &["bot-builder-view"],
+        partners: &[],
+        requests: &[
+            ("GET", "/bots/42/flows", "allowed: view flows"),
+            ("PUT", "/bots/42/flows", "denied: view only"),
+        ],
+    },
+    Persona {
+        who: "partner admin (acme)",
+        sub: "padmin-pat",
+        roles: &["partner-admin"],
+        partners: &["acme"],
+        requests: &[
+            ("GET", "/partners/acme/users", "allowed: member of acme"),
+            (
+                "GET",
+                "/partners/globex/users",
+                "denied: not a member of globex",
+            ),
+        ],
+    },
+];
+
+/// The text `rolegate demo` prints: tokens and ready-to-paste curl commands.
+pub fn banner(rt: &crate::config::Runtime, addr: SocketAddr, ttl: std::time::Duration) -> String {
+    let mut out = format!(
+        "rolegate demo: gateway on http://{addr}, sample backend behind it.\n\
+         Every request below goes through the gateway; the backend itself has no access control.\n\n\
+         # no token: 401\ncurl -i http://{addr}/api/customers/c-1001\n# public route\ncurl -i http://{addr}/api/status\n"
+    );
+    for p in PERSONAS {
+        let req = crate::token::TokenRequest {
+            subject: p.sub.into(),
+            roles: p.roles.iter().map(|s| s.to_string()).collect(),
+            partners: p.partners.iter().map(|s| s.to_string()).collect(),
+            ttl,
+            ..Default::default()
+        };
+        let token = match crate::token::mint(&rt.auth, &req) {
+            Ok(t) => t,
+            Err(e) => return format!("cannot mint demo tokens: {e}"),
+        };
+        let var = p
+            .sub
+            .split('-')
+            .next()
+            .unwrap_or("tok")
+            .to_ascii_uppercase();
+        out.push_str(&format!(
+            "\n# {} (roles: {})\n{var}={token}\n",
+            p.who,
+            p.roles.join(", ")
+        ));
+        for (method, path, note) in p.requests {
+            out.push_str(&format!(
+                "curl -i -X {method} -H \"Authorization: Bearer ${var}\" http://{addr}{path}   # {note}\n"
+            ));
+        }
+    }
+    out.push_str("\nExplain any decision offline: rolegate explain --token $AGENT GET /api/customers/c-1001\nCtrl-C stops the demo.\n");
+    out
+}

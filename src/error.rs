@@ -1,0 +1,137 @@
+//! Typed refusals: every way a request can end without an upstream answer.
+//!
+//! A [`Refusal`] is either a [`Deny`] (an expected, policy-driven "no": bad
+//! target, no route, no valid credentials, not allowed) or a [`Fault`] (our
+//! side or the upstream failed). Each maps to one HTTP status and one stable
+//! snake_case `error` code that clients and the README can rely on. This
+//! module owns that mapping and the JSON error body; it does not decide
+//! anything and does no I/O.
+
+use http::StatusCode;
+
+use crate::auth::AuthError;
+use crate::policy::Denial;
+use crate::route::PathError;
+
+/// An expected refusal: the request was understood and rolegate said no.
+#[derive(Debug, thiserror::Error)]
+pub enum Deny {
+    /// The request target failed canonicalisation (path tricks, bad escapes).
+    #[error("malformed request target: {0}")]
+    BadTarget(PathError),
+    /// The Host header (or absolute-form authority) is missing or ambiguous.
+    #[error("{0}")]
+    BadHost(&'static str),
+    /// No route matches (host, method, path): default deny.
+    #[error("no route matches this request")]
+    NoRoute,
+    /// No usable credentials, or credentials that failed verification.
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    /// Authenticated, but the policy said no.
+    #[error("{}", .0.reason)]
+    Forbidden(Denial),
+    /// The request body exceeded `listen.max_body_bytes`.
+    #[error("request body exceeds the configured limit")]
+    BodyTooLarge,
+}
+
+/// A failure on our side or the upstream's.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// Could not connect to the upstream (refused, unreachable, DNS).
+    #[error("upstream {0} is unavailable")]
+    UpstreamUnavailable(String),
+    /// The upstream did not send a response head in time.
+    #[error("upstream {0} timed out")]
+    UpstreamTimeout(String),
+    /// The upstream connection failed after it was established.
+    #[error("upstream {0} failed: {1}")]
+    UpstreamFailed(String, String),
+}
+
+/// Why a request ended without an upstream answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Deny(#[from] Deny),
+    #[error(transparent)]
+    Fault(#[from] Fault),
+}
+
+impl Refusal {
+    /// The HTTP status sent to the client.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Deny(d) => match d {
+                Deny::BadTarget(_) | Deny::BadHost(_) => StatusCode::BAD_REQUEST,
+                Deny::NoRoute => StatusCode::NOT_FOUND,
+                Deny::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                Deny::Forbidden(_) => StatusCode::FORBIDDEN,
+                Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            },
+            Refusal::Fault(f) => match f {
+                Fault::UpstreamUnavailable(_) | Fault::UpstreamFailed(..) => {
+                    StatusCode::BAD_GATEWAY
+                }
+                Fault::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            },
+        }
+    }
+
+    /// The stable `error` code of the JSON body (documented in the README).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Deny(d) => match d {
+                Deny::BadTarget(_) => "bad_request",
+                Deny::BadHost(_) => "bad_request",
+                Deny::NoRoute => "no_route",
+                Deny::Unauthenticated(e) => e.code(),
+                Deny::Forbidden(_) => "forbidden",
+                Deny::BodyTooLarge => "body_too_large",
+            },
+            Refusal::Fault(f) => match f {
+                Fault::UpstreamUnavailable(_) => "upstream_unavailable",
+                Fault::UpstreamTimeout(_) => "upstream_timeout",
+                Fault::UpstreamFailed(..) => "upstream_failed",
+            },
+        }
+    }
+
+    /// A finer machine-readable cause (path error code, auth failure, policy
+    /// denial code), logged always and shown to clients with the reason.
+    pub fn detail(&self) -> &'static str {
+        match self {
+            Refusal::Deny(Deny::BadTarget(e)) => e.code(),
+            Refusal::Deny(Deny::BadHost(_)) => "bad_host",
+            Refusal::Deny(Deny::Unauthenticated(e)) => e.detail(),
+            Refusal::Deny(Deny::Forbidden(d)) => d.code,
+            _ => self.code(),
+        }
+    }
+
+    /// The reason text when `errors.expose_reason` is false: says what kind
+    /// of refusal it was and nothing about the policy or the token.
+    pub fn generic_reason(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "malformed request",
+            StatusCode::NOT_FOUND => "not found",
+            StatusCode::UNAUTHORIZED => "authentication required",
+            StatusCode::FORBIDDEN => "access denied",
+            StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+            StatusCode::GATEWAY_TIMEOUT => "upstream timed out",
+            _ => "upstream unavailable",
+        }
+    }
+
+    /// Refusals that are our own or the upstream's fault log at warn; policy
+    /// refusals are routine and log at info.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, Refusal::Fault(_))
+    }
+}
+
+/// The JSON error body: `{"error": .., "reason": .., "request_id": ..}`.
+pub fn error_body(code: &str, reason: &str, request_id: &str) -> String {
+    serde_json::json!({ "error": code, "reason": reason, "request_id": request_id }).to_string()
+}

@@ -1,0 +1,47 @@
+//! rolegate: a reverse-proxy authorization gateway.
+//!
+//! It stands in front of dashboards built without fine-grained access
+//! control and, for every request, decides at the edge who may do what.
+//!
+//! # Layout
+//!
+//! ```text
+//! accept ─ proxy::listener          TCP accept, HTTP/1.1, header limits, graceful shutdown
+//!   │  per request: runtime loaded once (ArcSwap) → proxy::pipeline::Gateway::handle
+//!   ▼
+//! 1 normalize    route::canonicalize         one canonical path, or 400
+//! 2 route        route::Router::at           (host, method, path) → route, or 404
+//! 3 authenticate auth::Authenticator         bearer/cookie JWT → Principal, or 401
+//! 4 session      (sessions issue)            idle timeout, revocation
+//! 5 authorize    policy::decide              capabilities ∩ scope ∩ conditions, or 403
+//! 6 forward      proxy::headers, upstream    strip spoofable headers, inject identity, stream
+//! 7 respond      (masking issue)             PII masking
+//! 8 log          proxy::pipeline::log        access + decision line, always
+//! ```
+//!
+//! Modules:
+//! - [`route`], [`policy`]: pure leaves (std/regex/matchit only), no I/O.
+//! - [`config`]: YAML → validated [`Runtime`]; collects every error.
+//! - [`auth`]: token extraction, JWT verification, verified-token cache.
+//! - [`proxy`]: the listener, the pipeline and its pieces.
+//! - [`error`]: typed refusals → status + stable JSON error code.
+//! - [`explain`], [`policytest`]: offline decisions for `rolegate explain`
+//!   and `rolegate test`, using the same code paths as the proxy.
+//! - [`demo`]: the built-in sample upstream and embedded demo config.
+//! - [`telemetry`]: log setup.
+
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod explain;
+pub mod policy;
+pub mod policytest;
+pub mod proxy;
+pub mod route;
+pub mod telemetry;
+pub mod token;
+
+pub use config::Runtime;
+pub use error::{Deny, Fault, Refusal};
+pub use proxy::Gateway;

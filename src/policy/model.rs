@@ -1,0 +1,251 @@
+//! Input definitions of the policy: role and profile catalogs as written in
+//! the config ([`RoleDef`], [`ProfileDef`], [`PolicySpec`]), the verified
+//! identity a request carries ([`Principal`]), the token binding syntax
+//! (`role@kind:id`, [`parse_binding`]) and the capability name grammar.
+//!
+//! This file only *describes* data and checks its shape. It must not decide
+//! anything (that is `decide.rs`), must not resolve names against the
+//! catalog (that is `compile.rs`), and must never panic: bindings and grants
+//! come straight from attacker-supplied tokens.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One role of the catalog, as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoleDef {
+    pub name: String,
+    pub description: Option<String>,
+    /// Capabilities this role grants itself (`bot.publish`, `channel.whatsapp.*`).
+    pub grants: Vec<String>,
+    /// Roles whose grants (transitively) this role also grants.
+    pub includes: Vec<String>,
+    /// Roles that must be held in the same context for this role's grants to count.
+    pub requires: Vec<String>,
+    /// Session idle timeout imposed on whoever holds this role.
+    pub idle_timeout: Option<Duration>,
+    /// `None` = global role; `Some("bot")` = only effective when bound as `name@bot:<id>`.
+    pub scope: Option<String>,
+}
+
+/// A named bundle of (global) roles and extra grants, assigned to a
+/// principal through its `profiles` claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileDef {
+    pub name: String,
+    pub description: Option<String>,
+    pub roles: Vec<String>,
+    pub grants: Vec<String>,
+}
+
+/// The whole catalog handed to [`Policy::compile`](super::Policy::compile).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySpec {
+    pub roles: Vec<RoleDef>,
+    pub profiles: Vec<ProfileDef>,
+}
+
+/// The verified identity of a request (built by the auth stage from a JWT).
+///
+/// Every string in here is attacker-influenced: the token was signed by a
+/// trusted issuer, but its contents are whatever the issuer put there, so
+/// nothing is assumed well-formed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub issuer: String,
+    pub session: Option<String>,
+    /// Raw role bindings: `"agent"` (global) or `"developer@bot:42"` (scoped).
+    pub roles: Vec<String>,
+    pub partners: Vec<String>,
+    pub teams: Vec<String>,
+    pub profiles: Vec<String>,
+    /// Extra grants: `"cap"` (global) or `"cap@bot:42"` (scoped).
+    pub grants: Vec<String>,
+    /// Other string / string-list claims, for requirement conditions.
+    pub claims: BTreeMap<String, Vec<String>>,
+}
+
+/// A parsed binding: `name` alone (global) or `name@kind:id` (scoped to one resource).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Binding<'a> {
+    pub name: &'a str,
+    /// `(kind, id)`, e.g. `("bot", "42")`.
+    pub scope: Option<(&'a str, &'a str)>,
+}
+
+/// Parses `"name"` or `"name@kind:id"`.
+///
+/// Malformed input (`""`, `"x@"`, `"x@kind"`, `"x@:id"`, `"@kind:id"`,
+/// `"x@kind:"`, a second `@`, whitespace or control characters anywhere,
+/// an invalid kind) yields `None`; callers ignore such bindings, which is the
+/// fail-closed outcome. The id may contain `:` (the kind cannot, so the split
+/// is unambiguous).
+pub fn parse_binding(raw: &str) -> Option<Binding<'_>> {
+    // Whitespace/control characters are never legitimate here and are a
+    // classic way to make two systems disagree about a name.
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    match raw.split_once('@') {
+        None => (!raw.is_empty()).then_some(Binding {
+            name: raw,
+            scope: None,
+        }),
+        Some((name, rest)) => {
+            let (kind, id) = rest.split_once(':')?;
+            if name.is_empty() || id.is_empty() || id.contains('@') || !is_valid_scope_kind(kind) {
+                return None;
+            }
+            Some(Binding {
+                name,
+                scope: Some((kind, id)),
+            })
+        }
+    }
+}
+
+fn is_segment_byte(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-')
+}
+
+fn is_dotted(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.')
+            .all(|seg| !seg.is_empty() && seg.bytes().all(is_segment_byte))
+}
+
+/// A concrete capability name: `[a-z0-9_-]+(\.[a-z0-9_-]+)*` (no wildcard).
+/// This is what routes require.
+pub fn is_valid_capability(s: &str) -> bool {
+    is_dotted(s)
+}
+
+/// A grantable name: a capability, optionally ending in `.*` (everything
+/// strictly below it). A bare `*` is refused on purpose: "grant everything"
+/// is too easy to hand out by accident.
+pub fn is_valid_grant(s: &str) -> bool {
+    match s.strip_suffix(".*") {
+        Some(prefix) => is_dotted(prefix),
+        None => is_dotted(s),
+    }
+}
+
+/// Does the (already valid) grant `grant` cover the capability `cap`?
+///
+/// Exact match, or `prefix.*` with `cap` strictly below `prefix` on a segment
+/// boundary: `bot.flow.*` covers `bot.flow.x` but neither `bot.flow` nor
+/// `bot.flows.x`. Invalid grants or capabilities cover nothing.
+pub fn grant_covers(grant: &str, cap: &str) -> bool {
+    if !is_valid_capability(cap) || !is_valid_grant(grant) {
+        return false;
+    }
+    match grant.strip_suffix(".*") {
+        Some(prefix) => {
+            cap.len() > prefix.len() + 1
+                && cap.starts_with(prefix)
+                && cap.as_bytes().get(prefix.len()) == Some(&b'.')
+        }
+        None => grant == cap,
+    }
+}
+
+/// Scope kinds (`bot`, `partner`, `team`) share the capability segment alphabet.
+pub fn is_valid_scope_kind(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_segment_byte)
+}
+
+/// Role and profile names: anything printable without `@` (which would make
+/// the name impossible to bind) or whitespace.
+pub(crate) fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| c == '@' || c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bindings_parse_or_are_refused() {
+        type Parsed<'a> = Option<(&'a str, Option<(&'a str, &'a str)>)>;
+        let cases: &[(&str, Parsed)] = &[
+            ("agent", Some(("agent", None))),
+            ("developer@bot:42", Some(("developer", Some(("bot", "42"))))),
+            (
+                "bot.publish@bot:9",
+                Some(("bot.publish", Some(("bot", "9")))),
+            ),
+            ("x@bot:a:b", Some(("x", Some(("bot", "a:b"))))),
+            ("", None),
+            ("a@", None),
+            ("a@bot", None),
+            ("@bot:1", None),
+            ("a@bot:", None),
+            ("a@:1", None),
+            ("x@", None),
+            ("x@kind", None),
+            ("x@:id", None),
+            ("a@bot:1@bot:2", None),
+            ("a@b@bot:1", None),
+            ("a@Bot:1", None),
+            ("a @bot:1", None),
+            ("a@bot:1\n", None),
+            ("agent\u{0}", None),
+        ];
+        for (raw, want) in cases {
+            let got = parse_binding(raw).map(|b| (b.name, b.scope));
+            assert_eq!(got, *want, "parse_binding({raw:?})");
+        }
+    }
+
+    #[test]
+    fn grant_and_capability_names() {
+        let cases: &[(&str, bool, bool)] = &[
+            // (name, valid capability, valid grant)
+            ("bot.publish", true, true),
+            ("a", true, true),
+            ("channel.whatsapp.*", false, true),
+            ("a_b-c.d9", true, true),
+            ("*", false, false),
+            (".*", false, false),
+            ("a.*.b", false, false),
+            ("a.**", false, false),
+            ("A.B", false, false),
+            ("a..b", false, false),
+            ("a.", false, false),
+            (".a", false, false),
+            ("", false, false),
+            ("a b", false, false),
+            ("a.*.*", false, false),
+        ];
+        for (s, cap, grant) in cases {
+            assert_eq!(is_valid_capability(s), *cap, "capability {s:?}");
+            assert_eq!(is_valid_grant(s), *grant, "grant {s:?}");
+        }
+    }
+
+    #[test]
+    fn wildcard_grants_cover_strictly_below_on_segment_boundaries() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("channel.whatsapp.*", "channel.whatsapp.support.reply", true),
+            ("channel.whatsapp.*", "channel.whatsapp.x", true),
+            ("channel.whatsapp.*", "channel.whatsapp", false),
+            ("channel.whatsapp.*", "channel", false),
+            ("bot.flow.*", "bot.flows.x", false),
+            ("bot.flow.*", "bot.flow.x", true),
+            ("bot.flow", "bot.flow", true),
+            ("bot.flow", "bot.flow.x", false),
+            ("bot.flow", "bot.flows", false),
+            ("*", "bot", false),
+            ("bot.*", "bot.*", false),
+            ("bot.*", "bot.", false),
+            ("bot.*", "bot..x", false),
+        ];
+        for (g, c, want) in cases {
+            assert_eq!(grant_covers(g, c), *want, "{g} covers {c}");
+        }
+    }
+}

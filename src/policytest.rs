@@ -1,0 +1,276 @@
+//! `rolegate test`: policy test tables (YAML: principal + request → expected
+//! decision), run through the same normalise → route → policy code as the
+//! proxy, without a server or tokens.
+//!
+//! A case marked `pending: "<issue>: <what>"` encodes a row that needs a
+//! later stage (relations, masking): it is run and shown, but its result
+//! does not fail the table, so the row is recorded rather than dropped.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::config::Runtime;
+use crate::explain::split_url;
+use crate::policy::{self, Decision, NoRelations, Principal};
+use crate::route::canonicalize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    pub name: String,
+    #[serde(default)]
+    pub principals: BTreeMap<String, TablePrincipal>,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TablePrincipal {
+    pub sub: String,
+    pub roles: Vec<String>,
+    pub partners: Vec<String>,
+    pub teams: Vec<String>,
+    pub profiles: Vec<String>,
+    pub grants: Vec<String>,
+    pub claims: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// Name of a principal in `principals`.
+    #[serde(rename = "as")]
+    pub who: String,
+    /// `"METHOD /path"` or `"METHOD http://host/path"`.
+    pub request: String,
+    pub expect: Expect,
+    /// Expected deny code (`missing_capability`, `not_member`, …).
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Which seed row or role description this case encodes.
+    #[serde(default)]
+    pub row: Option<String>,
+    /// The later issue this row waits for.
+    #[serde(default)]
+    pub pending: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Allow,
+    Deny,
+    NoRoute,
+    BadRequest,
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Expect::Allow => "allow",
+            Expect::Deny => "deny",
+            Expect::NoRoute => "no_route",
+            Expect::BadRequest => "bad_request",
+        })
+    }
+}
+
+/// The outcome of one case.
+#[derive(Debug)]
+pub struct CaseResult {
+    pub table: String,
+    pub index: usize,
+    pub label: String,
+    pub expected: String,
+    pub got: String,
+    pub pass: bool,
+    pub pending: Option<String>,
+}
+
+/// Totals over all tables.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub pending: usize,
+    pub results: Vec<CaseResult>,
+    /// Tables that could not be read or parsed, or cases naming unknown principals.
+    pub errors: Vec<String>,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.errors.is_empty()
+    }
+}
+
+/// Decides one request for one principal: (outcome, deny code).
+fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<(Expect, Option<String>), String> {
+    let (method, url) = request
+        .split_once(' ')
+        .ok_or_else(|| format!("request {request:?} is not \"METHOD /path\""))?;
+    let (host, pq) = split_url(url.trim());
+    let canon = match canonicalize(&pq, &rt.canon) {
+        Ok(c) => c,
+        Err(_) => return Ok((Expect::BadRequest, None)),
+    };
+    let Some(m) = rt
+        .router
+        .at(host.as_deref(), &method.to_ascii_uppercase(), &canon.path)
+    else {
+        return Ok((Expect::NoRoute, None));
+    };
+    let route = &rt.routes[m.route];
+    if route.policy.public {
+        return Ok((Expect::Allow, None));
+    }
+    Ok(
+        match policy::decide(&rt.policy, p, &route.policy, &m.params, &NoRelations) {
+            Decision::Allow => (Expect::Allow, None),
+            Decision::Deny(d) => (Expect::Deny, Some(d.code.to_string())),
+        },
+    )
+}
+
+/// Runs one parsed table.
+pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary) {
+    for (i, case) in table.cases.iter().enumerate() {
+        let Some(tp) = table.principals.get(&case.who) else {
+            summary.errors.push(format!(
+                "{file}: case {}: unknown principal {:?}",
+                i + 1,
+                case.who
+            ));
+            continue;
+        };
+        let p = Principal {
+            subject: tp.sub.clone(),
+            issuer: "policy-test".into(),
+            session: None,
+            roles: tp.roles.clone(),
+            partners: tp.partners.clone(),
+            teams: tp.teams.clone(),
+            profiles: tp.profiles.clone(),
+            grants: tp.grants.clone(),
+            claims: tp.claims.clone(),
+        };
+        let (got, code) = match decide(rt, &p, &case.request) {
+            Ok(x) => x,
+            Err(e) => {
+                summary.errors.push(format!("{file}: case {}: {e}", i + 1));
+                continue;
+            }
+        };
+        let pass =
+            got == case.expect && case.code.as_ref().is_none_or(|c| Some(c) == code.as_ref());
+        let expected = match &case.code {
+            Some(c) => format!("{} ({c})", case.expect),
+            None => case.expect.to_string(),
+        };
+        let got_s = match &code {
+            Some(c) => format!("{got} ({c})"),
+            None => got.to_string(),
+        };
+        let label = format!(
+            "{} {}{}",
+            case.who,
+            case.request,
+            case.row
+                .as_ref()
+                .map(|r| format!("  [{r}]"))
+                .unwrap_or_default()
+        );
+        match (&case.pending, pass) {
+            (Some(_), _) => summary.pending += 1,
+            (None, true) => summary.passed += 1,
+            (None, false) => summary.failed += 1,
+        }
+        summary.results.push(CaseResult {
+            table: table.name.clone(),
+            index: i + 1,
+            label,
+            expected,
+            got: got_s,
+            pass,
+            pending: case.pending.clone(),
+        });
+    }
+}
+
+/// Runs every `*.yaml` table in `dir` (or the single file `dir`).
+pub fn run_path(rt: &Runtime, dir: &Path) -> Summary {
+    let mut summary = Summary::default();
+    let mut files: Vec<PathBuf> = if dir.is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect(),
+            Err(e) => {
+                summary.errors.push(format!("{}: {e}", dir.display()));
+                return summary;
+            }
+        }
+    };
+    files.sort();
+    if files.is_empty() {
+        summary
+            .errors
+            .push(format!("{}: no test tables found", dir.display()));
+    }
+    for f in files {
+        let name = f.display().to_string();
+        match std::fs::read_to_string(&f) {
+            Ok(text) => run_text(rt, &name, &text, &mut summary),
+            Err(e) => summary.errors.push(format!("{name}: {e}")),
+        }
+    }
+    summary
+}
+
+/// Parses and runs one table given as text.
+pub fn run_text(rt: &Runtime, name: &str, text: &str, summary: &mut Summary) {
+    match serde_saphyr::from_str::<Table>(text) {
+        Ok(table) => run_table(rt, name, &table, summary),
+        Err(e) => summary.errors.push(format!("{name}: {e}")),
+    }
+}
+
+/// The text report printed by `rolegate test`.
+pub fn render(summary: &Summary, verbose: bool) -> String {
+    let mut out = String::new();
+    for r in &summary.results {
+        let status = match (&r.pending, r.pass) {
+            (Some(_), _) => "PENDING",
+            (None, true) => "ok",
+            (None, false) => "FAIL",
+        };
+        if verbose || status != "ok" {
+            out.push_str(&format!(
+                "{status:<7} {} #{}: {}",
+                r.table, r.index, r.label
+            ));
+            if !r.pass || r.pending.is_some() {
+                out.push_str(&format!("  expected {}, got {}", r.expected, r.got));
+            }
+            if let Some(p) = &r.pending {
+                out.push_str(&format!("  (waits for {p})"));
+            }
+            out.push('\n');
+        }
+    }
+    for e in &summary.errors {
+        out.push_str(&format!("error   {e}\n"));
+    }
+    out.push_str(&format!(
+        "policy tests: {} passed, {} failed, {} pending\n",
+        summary.passed, summary.failed, summary.pending
+    ));
+    out
+}

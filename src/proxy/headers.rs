@@ -1,0 +1,204 @@
+//! Phase 6 header operations (rpxy's `header_ops`): what leaves rolegate
+//! for the upstream, and what comes back.
+//!
+//! Upstream-bound order matters and is fixed:
+//! 1. drop every header *named* in `Connection` (RFC 9110 §7.6.1), then the
+//!    hop-by-hop set; done first, so `Connection: X-Rolegate-User` can only
+//!    ever remove the client's own spoofed copy, never our injected one;
+//! 2. drop client-supplied identity (`X-Rolegate-*` by default, plus
+//!    `forward.strip_headers`) and the rewrite/override headers that some
+//!    frameworks honour (`X-Original-URL`, `X-HTTP-Method-Override`, …);
+//! 3. set `X-Forwarded-For/-Proto/-Host` and `X-Request-Id` (rolegate is the
+//!    edge: incoming forwarding headers are replaced, not appended to);
+//! 4. inject the verified identity.
+//!
+//! Owns no policy; never reads a token.
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HeaderName, HeaderValue};
+
+use crate::config::ForwardSettings;
+use crate::policy::Principal;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the de-facto `keep-alive` and
+/// `proxy-connection`). `upgrade` is included until websockets are proxied.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Client headers that are never forwarded: request rewriting and method
+/// overriding that a backend framework might honour behind our back, and
+/// forwarding information we set ourselves.
+const NEVER_FORWARDED: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+];
+
+/// Removes `Connection`-named headers and the hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Removes every header a client could use to claim an identity or to
+/// rewrite the request behind the gateway.
+pub fn strip_spoofable(headers: &mut HeaderMap, fwd: &ForwardSettings) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            k.as_str().starts_with(fwd.identity_prefix.as_str())
+                || NEVER_FORWARDED.contains(&k.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in spoofed.iter().chain(&fwd.strip) {
+        headers.remove(name);
+    }
+}
+
+/// What the forwarding headers say about the client side.
+pub struct ForwardedFor<'a> {
+    pub client_ip: std::net::IpAddr,
+    pub host: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Sets the forwarding headers and the verified identity.
+pub fn inject(
+    headers: &mut HeaderMap,
+    fwd: &ForwardSettings,
+    ff: &ForwardedFor<'_>,
+    principal: Option<&Principal>,
+) {
+    let set = |h: &mut HeaderMap, name: &str, value: &str| {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(n, v);
+        }
+    };
+    set(headers, "x-forwarded-for", &ff.client_ip.to_string());
+    set(headers, "x-forwarded-proto", "http");
+    set(headers, "x-forwarded-host", ff.host);
+    set(headers, "x-request-id", ff.request_id);
+    let Some(p) = principal else { return };
+    let prefix = &fwd.identity_prefix;
+    set(headers, &format!("{prefix}user"), &encode_one(&p.subject));
+    if let Some(s) = &p.session {
+        set(headers, &format!("{prefix}session"), &encode_one(s));
+    }
+    set(headers, &format!("{prefix}roles"), &encode_list(&p.roles));
+    set(
+        headers,
+        &format!("{prefix}partners"),
+        &encode_list(&p.partners),
+    );
+    set(headers, &format!("{prefix}teams"), &encode_list(&p.teams));
+}
+
+/// Percent-encodes everything outside visible ASCII, plus `%` and `,`, so a
+/// claim value can never inject a header line or a list separator.
+fn encode_one(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' && b != b',' || b == b' ' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn encode_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| encode_one(i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Response side: drop hop-by-hop headers of the upstream's answer.
+pub fn clean_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd() -> ForwardSettings {
+        ForwardSettings {
+            identity_prefix: "x-rolegate-".into(),
+            strip: vec![HeaderName::from_static("remote-user")],
+        }
+    }
+
+    #[test]
+    fn connection_named_headers_cannot_remove_injected_identity() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("close, X-Rolegate-User, x-custom"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("x-rolegate-user", HeaderValue::from_static("admin"));
+        h.insert("remote-user", HeaderValue::from_static("admin"));
+        h.insert("x-original-url", HeaderValue::from_static("/admin"));
+        strip_hop_by_hop(&mut h);
+        strip_spoofable(&mut h, &fwd());
+        let p = Principal {
+            subject: "alice".into(),
+            roles: vec!["a,b".into(), "c".into()],
+            ..Default::default()
+        };
+        let ff = ForwardedFor {
+            client_ip: [127, 0, 0, 1].into(),
+            host: "h",
+            request_id: "r1",
+        };
+        inject(&mut h, &fwd(), &ff, Some(&p));
+        assert_eq!(h["x-rolegate-user"], "alice");
+        assert_eq!(h["x-rolegate-roles"], "a%2Cb,c");
+        for gone in ["x-custom", "connection", "remote-user", "x-original-url"] {
+            assert!(!h.contains_key(gone), "{gone} survived");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_encoded() {
+        assert_eq!(encode_one("a\r\nb%"), "a%0D%0Ab%25");
+        assert_eq!(encode_one("jörg"), "j%C3%B6rg");
+    }
+}

@@ -1,0 +1,69 @@
+//! Accept loop: TCP accept, HTTP/1.1 connection serving with header size
+//! and header-read-time limits, graceful shutdown.
+//!
+//! Owns connections only; every request goes to `Gateway::handle`. TLS,
+//! HTTP/2 and connection limits slot in here (TLS issue).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::pipeline::Gateway;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `listener` until `shutdown` resolves, then drains connections.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let rt = gateway.runtime();
+                let gw = gateway.clone();
+                let service = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(rt.listen.header_read_timeout)
+                    .max_buf_size(rt.listen.max_header_bytes)
+                    .serve_connection(TokioIo::new(stream), service);
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: connections still open after drain time"),
+    }
+}

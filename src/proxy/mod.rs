@@ -1,0 +1,12 @@
+//! The proxy: listener → pipeline → headers/upstream/body.
+//!
+//! `pipeline` is the one file that calls every phase in order; the others
+//! are the pieces it calls. See `pipeline.rs` for the picture.
+
+pub mod body;
+pub mod headers;
+pub mod listener;
+pub mod pipeline;
+pub mod upstream;
+
+pub use pipeline::Gateway;

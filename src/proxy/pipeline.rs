@@ -1,0 +1,363 @@
+//! THE request pipeline: every phase, in order, for one request.
+//!
+//! `handle` is the outer shell (pingora's `logging` always runs, errors
+//! included); `handle_inner` reads top to bottom, one line per phase. Each
+//! phase is a plain function returning `Result<_, Refusal>`. The runtime is
+//! loaded once per request, so a hot reload never mixes two rule sets in
+//! one decision.
+//!
+//! ```text
+//! 1 normalize    canonical path, host              route::canonicalize
+//! 2 route        (host, method, path) → route      route::Router::at      (404 default deny)
+//! 3 authenticate token → Principal                 auth::Authenticator    (401)
+//! 4 session      idle / revoked                    (sessions issue: slots in here)
+//! 5 authorize    policy::decide                    policy                 (403)
+//! 6 forward      headers, stream body upstream     proxy::headers, upstream (502/504/413)
+//! 7 respond      clean headers, stream back        (masking issue: slots in here)
+//! 8 log          access + decision line            always
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::body::Limited;
+use super::headers::{self, ForwardedFor};
+use super::upstream::{self, BoxError};
+use crate::config::{Route, Runtime};
+use crate::error::{Deny, Refusal, error_body};
+use crate::policy::{self, Decision, NoRelations, Principal};
+use crate::route::{RouteMatch, canonicalize};
+
+/// The response body type sent to clients.
+pub type RespBody = BoxBody<Bytes, BoxError>;
+
+/// The gateway: the current runtime plus process-wide state.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    ids: RequestIds,
+}
+
+/// Per-request context: what the log line needs, filled in as phases run.
+pub struct Ctx {
+    pub request_id: String,
+    pub started: Instant,
+    pub peer: SocketAddr,
+    pub method: http::Method,
+    pub path: String,
+    pub route: Option<String>,
+    pub subject: Option<String>,
+    pub refusal: Option<(&'static str, &'static str, String)>,
+}
+
+/// The normalised request target.
+struct Target {
+    host: Option<String>,
+    path: String,
+    query: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime) -> Arc<Self> {
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            ids: RequestIds::new(),
+        })
+    }
+
+    /// The runtime requests currently see.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Replaces the runtime; requests in flight finish on the old one.
+    pub fn swap(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    /// Handles one request: the inner pipeline, then the log line, always.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+        let rt = self.runtime.load_full();
+        let mut ctx = Ctx {
+            request_id: self.ids.take(req.headers()),
+            started: Instant::now(),
+            peer,
+            method: req.method().clone(),
+            path: String::new(),
+            route: None,
+            subject: None,
+            refusal: None,
+        };
+        let mut resp = match handle_inner(&rt, &mut ctx, req).await {
+            Ok(resp) => resp,
+            Err(refusal) => refuse(&rt, &mut ctx, refusal),
+        };
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        log(&ctx, resp.status());
+        resp
+    }
+}
+
+async fn handle_inner(
+    rt: &Runtime,
+    ctx: &mut Ctx,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Refusal> {
+    // 1 normalize: one canonical path, decided once and forwarded as is.
+    let target = normalize(rt, ctx, &req)?;
+    // 2 route: default deny.
+    let m = rt
+        .router
+        .at(target.host.as_deref(), req.method().as_str(), &target.path)
+        .ok_or(Deny::NoRoute)?;
+    let route = &rt.routes[m.route];
+    ctx.route = Some(route.name.clone());
+    // 3 authenticate (public routes skip it and get no identity).
+    let principal = authenticate(rt, ctx, route, &req)?;
+    // 4 session: idle timeout and revocation (sessions issue) go here.
+    // 5 authorize.
+    authorize(rt, route, &m, principal.as_deref())?;
+    // 6 forward.
+    let resp = forward(rt, ctx, route, &target, principal.as_deref(), req).await?;
+    // 7 respond: masking (masking issue) goes here.
+    Ok(respond(resp))
+}
+
+fn normalize(rt: &Runtime, ctx: &mut Ctx, req: &Request<Incoming>) -> Result<Target, Refusal> {
+    let host = request_host(req)?;
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let canon = canonicalize(pq, &rt.canon).map_err(Deny::BadTarget)?;
+    ctx.path = canon.path.clone();
+    Ok(Target {
+        host,
+        path: canon.path,
+        query: canon.query,
+    })
+}
+
+/// The host used for routing: the absolute-form authority if the request
+/// line has one (RFC 9112 §3.2.2), else the single Host header; lowercased,
+/// without port.
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
+    let raw = if let Some(a) = req.uri().authority() {
+        Some(a.as_str().to_string())
+    } else {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let first = hosts.next();
+        if hosts.next().is_some() {
+            return Err(Deny::BadHost("more than one Host header").into());
+        }
+        match first {
+            Some(h) => Some(
+                h.to_str()
+                    .map_err(|_| Deny::BadHost("Host header is not ASCII"))?
+                    .to_string(),
+            ),
+            None => None,
+        }
+    };
+    let Some(raw) = raw else { return Ok(None) };
+    let authority: http::uri::Authority = raw
+        .parse()
+        .map_err(|_| Deny::BadHost("invalid Host header"))?;
+    if raw.contains('@') {
+        return Err(Deny::BadHost("Host must not carry user info").into());
+    }
+    Ok(Some(authority.host().to_ascii_lowercase()))
+}
+
+fn authenticate(
+    rt: &Runtime,
+    ctx: &mut Ctx,
+    route: &Route,
+    req: &Request<Incoming>,
+) -> Result<Option<Arc<Principal>>, Refusal> {
+    if route.policy.public {
+        return Ok(None);
+    }
+    let principal = rt
+        .auth
+        .authenticate(req.headers())
+        .map_err(Deny::Unauthenticated)?;
+    ctx.subject = Some(principal.subject.clone());
+    Ok(Some(principal))
+}
+
+fn authorize(
+    rt: &Runtime,
+    route: &Route,
+    m: &RouteMatch,
+    principal: Option<&Principal>,
+) -> Result<(), Refusal> {
+    let Some(p) = principal else {
+        // Only public routes get here without a principal.
+        return Ok(());
+    };
+    match policy::decide(&rt.policy, p, &route.policy, &m.params, &NoRelations) {
+        Decision::Allow => Ok(()),
+        Decision::Deny(d) => Err(Deny::Forbidden(d).into()),
+    }
+}
+
+async fn forward(
+    rt: &Runtime,
+    ctx: &Ctx,
+    route: &Route,
+    target: &Target,
+    principal: Option<&Principal>,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, Refusal> {
+    let max = rt.listen.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(Deny::BodyTooLarge.into());
+    }
+    let up = &rt.upstreams[route.upstream];
+    let (mut parts, body) = req.into_parts();
+
+    let mut pq = String::with_capacity(up.base_path.len() + target.path.len() + 16);
+    pq.push_str(&up.base_path);
+    pq.push_str(&target.path);
+    if let Some(q) = &target.query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut uri = up.origin.clone().into_parts();
+    uri.path_and_query = Some(
+        pq.parse()
+            .map_err(|_| Deny::BadHost("unforwardable path"))?,
+    );
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadHost("unforwardable path"))?;
+    parts.version = http::Version::HTTP_11;
+
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_spoofable(&mut parts.headers, &rt.forward);
+    let host = target.host.as_deref().unwrap_or("");
+    if let Ok(v) = HeaderValue::from_str(host)
+        && !host.is_empty()
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    let ff = ForwardedFor {
+        client_ip: ctx.peer.ip(),
+        host,
+        request_id: &ctx.request_id,
+    };
+    headers::inject(&mut parts.headers, &rt.forward, &ff, principal);
+
+    let body = Limited::new(body, max).boxed();
+    upstream::send(up, Request::from_parts(parts, body)).await
+}
+
+fn respond(resp: Response<Incoming>) -> Response<RespBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::clean_response(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+/// Turns a refusal into the JSON error response (and records it for the log).
+fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
+    let status = refusal.status();
+    let full_reason = refusal.to_string();
+    let reason = if rt.expose_reason {
+        full_reason.as_str()
+    } else {
+        refusal.generic_reason()
+    };
+    let body = error_body(refusal.code(), reason, &ctx.request_id);
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        let v = if refusal.code() == "missing_token" {
+            HeaderValue::from_static("Bearer realm=\"rolegate\"")
+        } else {
+            HeaderValue::from_static("Bearer error=\"invalid_token\"")
+        };
+        h.insert(header::WWW_AUTHENTICATE, v);
+    }
+    ctx.refusal = Some((refusal.code(), refusal.detail(), full_reason));
+    if refusal.is_fault() {
+        tracing::warn!(target: "rolegate::decision", request_id = %ctx.request_id, error = refusal.code(), reason = %refusal, "refused");
+    }
+    resp
+}
+
+/// Phase 8: one access line per request, refusals included.
+fn log(ctx: &Ctx, status: StatusCode) {
+    let (error, detail, reason) = match &ctx.refusal {
+        Some((c, d, r)) => (*c, *d, r.as_str()),
+        None => ("", "", ""),
+    };
+    tracing::info!(
+        target: "rolegate::access",
+        request_id = %ctx.request_id,
+        peer = %ctx.peer,
+        method = %ctx.method,
+        path = %ctx.path,
+        route = ctx.route.as_deref().unwrap_or(""),
+        subject = ctx.subject.as_deref().unwrap_or(""),
+        status = status.as_u16(),
+        error,
+        detail,
+        reason,
+        duration_us = ctx.started.elapsed().as_micros() as u64,
+    );
+}
+
+/// Request ids: a valid incoming `X-Request-Id` is kept (so a trace spans
+/// hops), otherwise a process-unique id is made from a random prefix and a
+/// counter (no syscall per request).
+struct RequestIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut b = [0u8; 8];
+        // A failed RNG only makes ids less unique across restarts.
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        RequestIds {
+            prefix: u64::from_le_bytes(b),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn take(&self, headers: &http::HeaderMap) -> String {
+        if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            let ok = !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if ok {
+                return v.to_string();
+            }
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:08x}", self.prefix, n)
+    }
+}

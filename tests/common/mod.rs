@@ -1,0 +1,439 @@
+//! Test harness: a real recording upstream (hyper), the real gateway on a
+//! loopback port, a raw HTTP/1.1 client (so path tricks reach the gateway
+//! byte for byte) and token minting with the fixture keys.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn key(name: &str) -> PathBuf {
+    fixtures().join("keys").join(name)
+}
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A real HTTP upstream that records every request it receives.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let rec = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let rec = rec.clone();
+                        async move {
+                            let method = req.method().to_string();
+                            let uri = req.uri().to_string();
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            let n = body.len();
+                            rec.lock().unwrap().push(Seen {
+                                method,
+                                uri: uri.clone(),
+                                headers,
+                                body,
+                            });
+                            let reply = json!({ "upstream": "ok", "uri": uri, "body_len": n });
+                            let mut resp =
+                                hyper::Response::new(Full::new(Bytes::from(reply.to_string())));
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            resp.headers_mut().insert(
+                                "connection",
+                                "keep-alive, x-upstream-private".parse().unwrap(),
+                            );
+                            resp.headers_mut()
+                                .insert("x-upstream-private", "hop".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+}
+
+/// A unique scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "rolegate-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub const ISS_RSA: &str = "https://idp.test";
+pub const ISS_HMAC: &str = "https://hmac.test";
+pub const ISS_EC: &str = "https://ec.test";
+pub const ISS_ED: &str = "https://ed.test";
+pub const ISS_JWKS: &str = "https://jwks.test";
+pub const AUD: &str = "dashboards";
+
+/// The identity section used by the gateway tests: one issuer per key type.
+pub fn identity_yaml() -> String {
+    let k = |n: &str| key(n).display().to_string();
+    format!(
+        r#"identity:
+  bearer: true
+  cookie: rg_session
+  leeway: 5s
+  issuers:
+    - iss: "{ISS_RSA}"
+      audiences: ["{AUD}"]
+      algorithms: [RS256, RS384, RS512, PS256]
+      keys: {{ pem: [{{ file: "{rsa}" }}] }}
+    - iss: "{ISS_HMAC}"
+      audiences: ["{AUD}"]
+      algorithms: [HS256, HS384, HS512]
+      keys: {{ hmac_secret_file: "{hmac}" }}
+      dev: true
+    - iss: "{ISS_EC}"
+      audiences: ["{AUD}"]
+      algorithms: [ES256, ES384]
+      keys: {{ pem: [{{ file: "{ec256}", kid: p256 }}, {{ file: "{ec384}", kid: p384 }}] }}
+    - iss: "{ISS_ED}"
+      audiences: ["{AUD}"]
+      algorithms: [EdDSA]
+      keys: {{ pem: [{{ file: "{ed}" }}] }}
+    - iss: "{ISS_JWKS}"
+      audiences: ["{AUD}"]
+      algorithms: [RS256, ES256]
+      keys: {{ jwks_file: "{jwks}" }}
+"#,
+        rsa = k("rsa.pub"),
+        hmac = k("hmac.secret"),
+        ec256 = k("ec256.pub"),
+        ec384 = k("ec384.pub"),
+        ed = k("ed25519.pub"),
+        jwks = k("jwks.json"),
+    )
+}
+
+/// Rules used by the gateway tests.
+pub const TEST_RULES: &str = r#"
+roles:
+  viewer: { grants: [bot.flows.view] }
+  editor: { includes: [viewer], grants: [bot.flows.edit] }
+  developer: { scope: bot, grants: [bot.code.edit] }
+  approver: { scope: bot, requires: [developer], grants: [bot.publish] }
+  partner-admin: { grants: [partner.users.manage] }
+routes:
+  - { name: status, match: { methods: [GET], path: /api/status }, public: true }
+  - { name: flows-view, match: { methods: [GET], path: "/bots/{bot}/flows" }, require: bot.flows.view, scope: { bot: "{bot}" } }
+  - { name: flows-edit, match: { methods: [PUT, POST], path: "/bots/{bot}/flows" }, require: bot.flows.edit, scope: { bot: "{bot}" } }
+  - { name: publish, match: { methods: [POST], path: "/bots/{bot}/publish" }, require: bot.publish, scope: { bot: "{bot}" } }
+  - { name: partner-users, match: { path: "/partners/{partner}/users" }, require: partner.users.manage, scope: { partner: "{partner}" } }
+  - { name: items, match: { methods: [GET], path: "/items/{id:[0-9]+}" }, require: bot.flows.view }
+  - { name: files, match: { methods: [GET, POST], path: "/files/**" }, require: bot.flows.view }
+"#;
+
+/// A running gateway in front of `upstream`.
+pub struct Gw {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+/// Starts the real gateway (library server on loopback) with the test
+/// identity, `TEST_RULES` and `extra` YAML appended to the config.
+pub async fn start_gateway(upstream: SocketAddr, extra: &str) -> Gw {
+    let dir = scratch_dir("gw");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\", max_body_bytes: 1024 }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\", timeout: 2s }}\nrules: rules.yaml\n{extra}",
+        identity_yaml()
+    );
+    start_with_config(&dir, &cfg).await
+}
+
+/// Starts the gateway from a config text written into `dir`.
+pub async fn start_with_config(dir: &std::path::Path, cfg: &str) -> Gw {
+    let path = dir.join("rolegate.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let loaded = match rolegate::config::load(&path) {
+        Ok(l) => l,
+        Err(d) => panic!(
+            "config did not load: {}",
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    };
+    let listener = TcpListener::bind(loaded.runtime.listen.addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gw = rolegate::Gateway::new(loaded.runtime);
+    tokio::spawn(rolegate::proxy::listener::serve(
+        gw,
+        listener,
+        std::future::pending(),
+    ));
+    Gw {
+        addr,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+    /// The stable `error` code of a refusal body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// Sends raw bytes and reads the whole response (the request should carry
+/// `Connection: close`).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> Resp {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("complete head");
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&b[..i])
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[i + 2 + size + 2..];
+    }
+    out
+}
+
+/// `METHOD target` with optional bearer token and extra header lines.
+pub async fn req(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> Resp {
+    let mut r = format!("{method} {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    for h in extra {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    raw(addr, r.as_bytes()).await
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Standard claims for `iss`: sub, aud, exp in an hour, plus `extra`.
+pub fn claims(iss: &str, extra: Value) -> Value {
+    let mut c = json!({ "iss": iss, "aud": AUD, "sub": "user-1", "sid": "s-1", "exp": now() + 3600, "iat": now() });
+    if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            if v.is_null() {
+                m.remove(k);
+            } else {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    c
+}
+
+/// Signs `claims` with the fixture key for `alg` (and optional `kid`).
+pub fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+    let read = |n: &str| std::fs::read(key(n)).unwrap();
+    let key = match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(
+            std::fs::read_to_string(key("hmac.secret"))
+                .unwrap()
+                .trim()
+                .as_bytes(),
+        ),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&read("ec256.key")).unwrap(),
+        Algorithm::ES384 => EncodingKey::from_ec_pem(&read("ec384.key")).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&read("ed25519.key")).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&read("rsa.key")).unwrap(),
+    };
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&h, claims, &key).unwrap()
+}
+
+/// An RS256 token from the main issuer with these roles.
+pub fn token_with(extra: Value) -> String {
+    sign(Algorithm::RS256, None, &claims(ISS_RSA, extra))
+}
+
+pub fn b64(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// A token assembled by hand (for forgeries): header JSON, payload JSON, signature bytes.
+pub fn forge(header: &Value, payload: &Value, sig: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes()),
+        b64(sig)
+    )
+}

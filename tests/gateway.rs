@@ -1,0 +1,628 @@
+//! End-to-end: the real gateway on loopback in front of a real recording
+//! hyper upstream. Identity (every algorithm and the classic forgeries),
+//! path tricks, header spoofing, policy decisions and upstream failures.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::Algorithm;
+use serde_json::json;
+
+fn viewer() -> String {
+    token_with(json!({ "roles": ["viewer"] }))
+}
+
+// ---------------------------------------------------------------- identity
+
+#[tokio::test]
+async fn every_supported_algorithm_is_accepted_with_its_own_key() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let cases: &[(Algorithm, Option<&str>, &str)] = &[
+        (Algorithm::RS256, None, ISS_RSA),
+        (Algorithm::RS384, None, ISS_RSA),
+        (Algorithm::RS512, None, ISS_RSA),
+        (Algorithm::PS256, None, ISS_RSA),
+        (Algorithm::HS256, None, ISS_HMAC),
+        (Algorithm::HS384, None, ISS_HMAC),
+        (Algorithm::HS512, None, ISS_HMAC),
+        (Algorithm::ES256, Some("p256"), ISS_EC),
+        (Algorithm::ES384, Some("p384"), ISS_EC),
+        (Algorithm::EdDSA, None, ISS_ED),
+        (Algorithm::RS256, Some("rsa-1"), ISS_JWKS),
+        (Algorithm::ES256, Some("ec-1"), ISS_JWKS),
+    ];
+    for (alg, kid, iss) in cases {
+        let sub = format!("user-{alg:?}-{iss}");
+        let t = sign(
+            *alg,
+            *kid,
+            &claims(iss, json!({ "sub": sub, "roles": ["viewer"] })),
+        );
+        let r = req(gw.addr, "GET", "/bots/1/flows", Some(&t), &[]).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{alg:?} from {iss}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(up.last().header("x-rolegate-user"), Some(sub.as_str()));
+    }
+}
+
+/// Asserts a 401 `invalid_token` with the given detail and no upstream call.
+async fn assert_rejected(gw: &Gw, up: &Upstream, token: &str, detail: &str) {
+    let before = up.count();
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some(token), &[]).await;
+    assert_eq!(
+        r.status,
+        401,
+        "expected 401 for {detail}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(r.error(), "invalid_token");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    assert!(r.json()["reason"].as_str().unwrap().len() > 3);
+    assert!(r.json()["request_id"].as_str().is_some());
+    assert_eq!(
+        up.count(),
+        before,
+        "a rejected token ({detail}) reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn forged_and_invalid_tokens_are_refused() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let base = claims(ISS_RSA, json!({ "roles": ["viewer"] }));
+
+    // alg none, unsigned.
+    let none = forge(&json!({ "alg": "none", "typ": "JWT" }), &base, b"");
+    assert_rejected(&gw, &up, &none, "alg none").await;
+
+    // RS/HS confusion: HS256 signed with the issuer's *public key* as the secret.
+    let public_pem = std::fs::read(key("rsa.pub")).unwrap();
+    for iss in [ISS_RSA, ISS_JWKS] {
+        let c = claims(iss, json!({ "roles": ["viewer"] }));
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(&public_pem),
+        )
+        .unwrap();
+        assert_rejected(&gw, &up, &confused, "RS/HS confusion").await;
+    }
+
+    // Expired beyond the leeway, not yet valid, wrong issuer, wrong audience.
+    let expired = sign(
+        Algorithm::RS256,
+        None,
+        &claims(ISS_RSA, json!({ "exp": now() - 120 })),
+    );
+    assert_rejected(&gw, &up, &expired, "expired").await;
+    let early = sign(
+        Algorithm::RS256,
+        None,
+        &claims(ISS_RSA, json!({ "nbf": now() + 300 })),
+    );
+    assert_rejected(&gw, &up, &early, "nbf in the future").await;
+    let foreign = sign(
+        Algorithm::RS256,
+        None,
+        &claims("https://evil.test", json!({})),
+    );
+    assert_rejected(&gw, &up, &foreign, "unknown issuer").await;
+    let wrong_aud = sign(
+        Algorithm::RS256,
+        None,
+        &claims(ISS_RSA, json!({ "aud": "other-app" })),
+    );
+    assert_rejected(&gw, &up, &wrong_aud, "wrong audience").await;
+    let no_aud = sign(
+        Algorithm::RS256,
+        None,
+        &claims(ISS_RSA, json!({ "aud": null })),
+    );
+    assert_rejected(&gw, &up, &no_aud, "missing audience").await;
+    let no_exp = sign(
+        Algorithm::RS256,
+        None,
+        &claims(ISS_RSA, json!({ "exp": null })),
+    );
+    assert_rejected(&gw, &up, &no_exp, "missing exp").await;
+    let no_sub = sign(
+        Algorithm::RS256,
+        None,
+        &claims(ISS_RSA, json!({ "sub": null })),
+    );
+    assert_rejected(&gw, &up, &no_sub, "missing sub").await;
+
+    // A key id that is not configured.
+    let unknown_kid = sign(Algorithm::ES256, Some("nope"), &claims(ISS_EC, json!({})));
+    assert_rejected(&gw, &up, &unknown_kid, "unknown kid").await;
+    // Signed by a key the issuer does not have (rsa2 is not configured).
+    let other_key = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::RS256),
+        &base,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(key("rsa2.key")).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_rejected(&gw, &up, &other_key, "foreign signing key").await;
+    // An algorithm this issuer does not allow (ES256 against the RSA issuer).
+    let wrong_alg = sign(Algorithm::ES256, Some("p256"), &claims(ISS_RSA, json!({})));
+    assert_rejected(&gw, &up, &wrong_alg, "algorithm not in allow-list").await;
+
+    // Tampered payload: a valid viewer token with the roles swapped.
+    let good = viewer();
+    let parts: Vec<&str> = good.split('.').collect();
+    let evil_payload = b64(
+        claims(ISS_RSA, json!({ "roles": ["editor", "partner-admin"] }))
+            .to_string()
+            .as_bytes(),
+    );
+    let tampered = format!("{}.{}.{}", parts[0], evil_payload, parts[2]);
+    assert_rejected(&gw, &up, &tampered, "tampered payload").await;
+
+    // A correctly signed token whose header carries `crit`.
+    let header = json!({ "alg": "HS256", "typ": "JWT", "crit": ["exp"] });
+    let payload = claims(ISS_HMAC, json!({ "roles": ["viewer"] }));
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes())
+    );
+    let secret = std::fs::read_to_string(key("hmac.secret")).unwrap();
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.trim().as_bytes());
+    let sig = aws_lc_rs::hmac::sign(&k, signing_input.as_bytes());
+    let crit = format!("{signing_input}.{}", b64(sig.as_ref()));
+    assert_rejected(&gw, &up, &crit, "crit header").await;
+
+    // Oversized (default limit 8 KiB), and not a JWT at all.
+    let big = sign(
+        Algorithm::HS256,
+        None,
+        &claims(ISS_HMAC, json!({ "pad": "x".repeat(9000) })),
+    );
+    assert_rejected(&gw, &up, &big, "oversized").await;
+    assert_rejected(&gw, &up, "not-a-jwt", "garbage").await;
+}
+
+#[tokio::test]
+async fn token_extraction_rules() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let t = viewer();
+
+    // No credentials: 401 missing_token with a challenge.
+    let r = req(gw.addr, "GET", "/bots/1/flows", None, &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error(), "missing_token");
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    // Case-insensitive scheme.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &[&format!("authorization: bEaReR {t}")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // Two Authorization headers are ambiguous.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        Some(&t),
+        &[&format!("Authorization: Bearer {t}")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // Basic is not a bearer token.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &["Authorization: Basic dXNlcjpwYXNz"],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // Never from the query string.
+    let r = req(
+        gw.addr,
+        "GET",
+        &format!("/bots/1/flows?access_token={t}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // The configured cookie works; the same cookie twice is refused.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &[&format!("Cookie: theme=dark; rg_session={t}")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &[&format!("Cookie: rg_session={t}; rg_session={t}")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &["Cookie: other_session=abc"],
+    )
+    .await;
+    assert_eq!(r.error(), "missing_token");
+}
+
+// ------------------------------------------------------------------ policy
+
+#[tokio::test]
+async fn roles_inheritance_scopes_and_tenants() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let cases: Vec<(serde_json::Value, &str, &str, u16)> = vec![
+        (json!({ "roles": ["viewer"] }), "GET", "/bots/1/flows", 200),
+        (json!({ "roles": ["viewer"] }), "PUT", "/bots/1/flows", 403),
+        (json!({ "roles": ["editor"] }), "PUT", "/bots/1/flows", 200),
+        (json!({ "roles": ["editor"] }), "GET", "/bots/1/flows", 200),
+        (
+            json!({ "roles": ["approver@bot:1", "developer@bot:1"] }),
+            "POST",
+            "/bots/1/publish",
+            200,
+        ),
+        (
+            json!({ "roles": ["approver@bot:1", "developer@bot:2"] }),
+            "POST",
+            "/bots/1/publish",
+            403,
+        ),
+        (
+            json!({ "roles": ["approver@bot:1", "developer@bot:2"] }),
+            "POST",
+            "/bots/2/publish",
+            403,
+        ),
+        (
+            json!({ "roles": ["approver@bot:1"] }),
+            "POST",
+            "/bots/1/publish",
+            403,
+        ),
+        (
+            json!({ "roles": ["approver@bot:1", "developer@bot:1"] }),
+            "POST",
+            "/bots/2/publish",
+            403,
+        ),
+        (
+            json!({ "roles": ["partner-admin"], "partners": ["acme"] }),
+            "GET",
+            "/partners/acme/users",
+            200,
+        ),
+        (
+            json!({ "roles": ["partner-admin"], "partners": ["acme"] }),
+            "GET",
+            "/partners/globex/users",
+            403,
+        ),
+        (
+            json!({ "roles": ["viewer"], "partners": ["acme"] }),
+            "GET",
+            "/partners/acme/users",
+            403,
+        ),
+        (
+            json!({ "roles": ["unknown-role"] }),
+            "GET",
+            "/bots/1/flows",
+            403,
+        ),
+        (json!({ "roles": [] }), "GET", "/bots/1/flows", 403),
+        (
+            json!({ "grants": ["bot.flows.view"] }),
+            "GET",
+            "/bots/1/flows",
+            200,
+        ),
+    ];
+    for (extra, method, path, want) in cases {
+        let before = up.count();
+        let t = token_with(extra.clone());
+        let r = req(gw.addr, method, path, Some(&t), &[]).await;
+        assert_eq!(
+            r.status,
+            want,
+            "{extra} {method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        if want == 403 {
+            assert_eq!(r.error(), "forbidden");
+            assert_eq!(up.count(), before, "a denied request reached the upstream");
+        } else {
+            assert_eq!(up.count(), before + 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn default_deny_and_public_routes() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let r = req(gw.addr, "GET", "/not/configured", Some(&viewer()), &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (404, "no_route"));
+    // A method the route does not list.
+    let r = req(gw.addr, "DELETE", "/bots/1/flows", Some(&viewer()), &[]).await;
+    assert_eq!(r.status, 404);
+    // HEAD follows GET.
+    let r = req(gw.addr, "HEAD", "/bots/1/flows", Some(&viewer()), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().method, "HEAD");
+    // Public: no token needed, and no identity is injected even if spoofed.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/api/status",
+        None,
+        &["X-Rolegate-User: admin"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("x-rolegate-user"), None);
+    assert_eq!(up.count(), 2);
+}
+
+// ------------------------------------------------------------- path tricks
+
+#[tokio::test]
+async fn path_tricks_are_refused_or_normalised_and_the_same_path_is_forwarded() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let t = viewer();
+    let refused: &[(&str, u16)] = &[
+        ("/bots/1/%2e%2e/publish", 400),
+        ("/bots/1/../1/flows", 400),
+        ("/bots/1/./flows", 400),
+        ("/bots/1%2Fflows", 400),
+        ("/bots/1%2fflows", 400),
+        ("/bots/1%5Cflows", 400),
+        ("/bots/1/flows%00", 400),
+        ("/bots/1/flows;jsessionid=x", 400),
+        ("/bots/1/%ZZ", 400),
+        ("/bots/%ff/flows", 400),
+        ("/bots/1/flows/", 404),
+        ("/BOTS/1/flows", 404),
+        ("/bots/1/Flows", 404),
+        ("/items/12abc", 404),
+    ];
+    for (path, want) in refused {
+        let r = req(gw.addr, "GET", path, Some(&t), &[]).await;
+        assert_eq!(
+            r.status,
+            *want,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            matches!(r.error().as_str(), "bad_request" | "no_route"),
+            "{path}"
+        );
+    }
+    // Raw backslash and NUL never reach routing (hyper or canonicalisation refuses).
+    for raw_target in ["/bots/1\\flows", "/bots/1/fl\0ows"] {
+        let r = raw(gw.addr, format!("GET {raw_target} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert_eq!(r.status, 400, "{raw_target:?}");
+    }
+    assert_eq!(up.count(), 0, "a refused path reached the upstream");
+
+    let forwarded: &[(&str, &str)] = &[
+        ("//bots//1///flows", "/bots/1/flows"),
+        ("/bots/1/%66lows", "/bots/1/flows"),
+        ("/bots/%31/flows", "/bots/1/flows"),
+        ("/items/12", "/items/12"),
+        (
+            "/bots/1/flows?a=%2F..&b=%2e%2e/x",
+            "/bots/1/flows?a=%2F..&b=%2e%2e/x",
+        ),
+        ("/files/a/b/c.txt", "/files/a/b/c.txt"),
+        ("/files/a%20b", "/files/a%20b"),
+    ];
+    for (path, seen) in forwarded {
+        let r = req(gw.addr, "GET", path, Some(&t), &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            up.last().uri,
+            *seen,
+            "{path} was forwarded differently from what was decided"
+        );
+    }
+
+    // Absolute-form request target: routed and forwarded in origin form.
+    let r = raw(
+        gw.addr,
+        format!("GET http://app.test/bots/1/flows?x=1 HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri, "/bots/1/flows?x=1");
+    assert_eq!(up.last().header("host"), Some("app.test"));
+}
+
+// ----------------------------------------------------------------- headers
+
+#[tokio::test]
+async fn spoofed_identity_and_rewrite_headers_never_reach_upstream() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "forward: { strip_headers: [Remote-User] }\n").await;
+    let t = token_with(json!({ "sub": "alice", "roles": ["viewer"], "partners": ["acme"] }));
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        Some(&t),
+        &[
+            "X-Rolegate-User: admin",
+            "x-rolegate-roles: super-admin",
+            "X-Rolegate-Anything: 1",
+            "Remote-User: admin",
+            "X-Original-URL: /bots/1/publish",
+            "X-Rewrite-URL: /bots/1/publish",
+            "X-HTTP-Method-Override: DELETE",
+            "X-Forwarded-For: 10.9.9.9",
+            "Forwarded: for=10.9.9.9",
+            "Connection: keep-alive, X-Rolegate-User, X-Rolegate-Roles",
+            "X-Request-Id: trace-abc.123",
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let s = up.last();
+    assert_eq!(s.header_all("x-rolegate-user"), vec!["alice"]);
+    assert_eq!(s.header_all("x-rolegate-roles"), vec!["viewer"]);
+    assert_eq!(s.header("x-rolegate-partners"), Some("acme"));
+    assert_eq!(s.header("x-rolegate-session"), Some("s-1"));
+    for gone in [
+        "x-rolegate-anything",
+        "remote-user",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "forwarded",
+    ] {
+        assert_eq!(s.header(gone), None, "{gone} reached the upstream");
+    }
+    assert_eq!(s.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
+    assert_eq!(s.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(s.header("x-forwarded-host"), Some("app.test"));
+    assert_eq!(s.header("x-request-id"), Some("trace-abc.123"));
+    assert_eq!(r.header("x-request-id"), Some("trace-abc.123"));
+    // The upstream's own hop-by-hop headers do not reach the client.
+    assert_eq!(r.header("x-upstream-private"), None);
+
+    // An invalid incoming request id is replaced.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        Some(&t),
+        &["X-Request-Id: bad id\"<>"],
+    )
+    .await;
+    let id = r.header("x-request-id").unwrap().to_string();
+    assert_ne!(id, "bad id\"<>");
+    assert_eq!(up.last().header("x-request-id"), Some(id.as_str()));
+}
+
+// -------------------------------------------------------------- forwarding
+
+#[tokio::test]
+async fn bodies_stream_upstream_within_the_limit() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let t = token_with(json!({ "roles": ["editor"] }));
+    let body = "x".repeat(500);
+    let r = raw(
+        gw.addr,
+        format!("PUT /bots/1/flows HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\nContent-Length: 500\r\nConnection: close\r\n\r\n{body}").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().body.len(), 500);
+
+    // Declared too large: refused before anything is sent.
+    let before = up.count();
+    let r = raw(
+        gw.addr,
+        format!("PUT /bots/1/flows HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (413, "body_too_large"));
+    assert_eq!(up.count(), before);
+
+    // Chunked past the limit: the stream is cut and the client gets 413.
+    let chunk = "y".repeat(800);
+    let r = raw(
+        gw.addr,
+        format!("PUT /bots/1/flows HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 413);
+    assert!(up.seen.lock().unwrap().iter().all(|s| s.body.len() <= 1024));
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_silent_upstream_is_504() {
+    // A port with nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gw = start_gateway(closed, "").await;
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some(&viewer()), &[]).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (502, "upstream_unavailable")
+    );
+    assert!(r.json()["request_id"].is_string());
+
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = silent.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    let dir = scratch_dir("silent");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{silent_addr}\", timeout: 300ms }}\nrules: rules.yaml\n",
+        identity_yaml()
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some(&viewer()), &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (504, "upstream_timeout"));
+}
+
+#[tokio::test]
+async fn reasons_can_be_hidden_from_clients() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "errors: { expose_reason: false }\n").await;
+    let r = req(gw.addr, "PUT", "/bots/1/flows", Some(&viewer()), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["reason"], "access denied");
+    let expired = sign(
+        Algorithm::RS256,
+        None,
+        &claims(ISS_RSA, json!({ "exp": now() - 120 })),
+    );
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some(&expired), &[]).await;
+    assert_eq!(r.json()["reason"], "authentication required");
+}
