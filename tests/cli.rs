@@ -1,0 +1,432 @@
+//! The release-facing surface: the `rolegate` binary's subcommands, the
+//! shipped configuration and rules, and the demo.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rolegate"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run rolegate")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A config dir with the test identity and `rules` as its rules file.
+fn config_dir(rules: &str, upstream: &str) -> PathBuf {
+    let dir = scratch_dir("cli");
+    std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+    let cfg = format!(
+        "{}upstreams:\n  app: {{ url: \"{upstream}\" }}\nrules: rules.yaml\n",
+        identity_yaml()
+    );
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    dir
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listening on {port}");
+}
+
+// ------------------------------------------------------------------- check
+
+#[test]
+fn shipped_config_checks_clean_and_strict() {
+    let o = run(&["check", "--strict"], &root());
+    assert!(
+        o.status.success(),
+        "rolegate check --strict on the shipped config:\n{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("ok ("));
+}
+
+#[test]
+fn check_reports_every_error_with_file_and_line() {
+    let rules = "roles:\n  a: { includes: [b], grants: [x.view] }\n  b: { includes: [a] }\n  c: { grant: [x.view] }\n  d: { includes: [nope], grants: [x.view] }\nroutes:\n  - { name: r1, match: { path: /x }, require: x.view }\n  - { name: r2, match: { path: /y } }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let o = run(&["check"], &dir);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let out = text(&o);
+    // The typo is a parse error; fix it and the semantic errors appear, all at once.
+    assert!(
+        out.contains("rules.yaml:4") && out.contains("unknown field"),
+        "{out}"
+    );
+    let rules = rules.replace("grant:", "grants:");
+    std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("cycle"), "include cycle not reported: {out}");
+    assert!(
+        out.contains("nope"),
+        "unknown included role not reported: {out}"
+    );
+    assert!(
+        out.contains("rules.yaml:8") && out.contains("r2"),
+        "route without require not reported: {out}"
+    );
+    assert!(
+        out.lines().filter(|l| l.contains(": error: ")).count() >= 3,
+        "{out}"
+    );
+}
+
+#[test]
+fn strict_check_fails_on_warnings_only() {
+    // A role that grants nothing is a warning, not an error.
+    let rules = "roles:\n  empty: {}\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let o = run(&["check"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("warning"), "{}", text(&o));
+    let o = run(&["check", "--strict"], &dir);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+// ------------------------------------------------------- token and explain
+
+#[test]
+fn token_minting_needs_a_dev_issuer_and_explain_verifies_it() {
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    let o = run(
+        &[
+            "token", "--sub", "dana", "--roles", "viewer", "--ttl", "10m",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(token.split('.').count(), 3);
+
+    let o = run(
+        &[
+            "explain",
+            "--token",
+            &token,
+            "--json",
+            "GET",
+            "/bots/7/flows",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["decision"], "allow");
+    assert_eq!(report["principal"]["subject"], "dana");
+    assert_eq!(report["route"]["name"], "flows-view");
+    assert!(
+        report["trace"]["capabilities"]
+            .to_string()
+            .contains("bot.flows.view")
+    );
+
+    let o = run(
+        &[
+            "explain",
+            "--token",
+            &token,
+            "--json",
+            "PUT",
+            "/bots/7/flows",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (report["decision"].as_str(), report["status"].as_u64()),
+        (Some("deny"), Some(403))
+    );
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bot.flows.edit")
+    );
+
+    // A tampered token is refused by explain exactly like by the gateway.
+    let mut bad = token.clone();
+    bad.push('x');
+    let o = run(
+        &["explain", "--token", &bad, "--json", "GET", "/bots/7/flows"],
+        &dir,
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["status"], 401);
+
+    // No dev issuer: refuse to mint.
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml"))
+        .unwrap()
+        .replace("dev: true", "dev: false");
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    let o = run(&["token", "--sub", "dana"], &dir);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).contains("dev: true"), "{}", text(&o));
+}
+
+#[test]
+fn explain_shows_normalisation_routing_and_trace() {
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    let claims = r#"{"sub":"ann","roles":["approver@bot:1","developer@bot:2"]}"#;
+    let o = run(
+        &["explain", "--claims", claims, "POST", "/bots/1/publish"],
+        &dir,
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("route       publish"), "{out}");
+    assert!(out.contains("approver@bot:1"), "{out}");
+    assert!(out.contains("DENY (status 403)"), "{out}");
+
+    let o = run(
+        &[
+            "explain",
+            "--claims",
+            claims,
+            "--json",
+            "GET",
+            "/bots/1/%2e%2e/publish",
+        ],
+        &dir,
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (report["status"].as_u64(), report["detail"].as_str()),
+        (Some(400), Some("dot_segment"))
+    );
+
+    let o = run(
+        &["explain", "--claims", claims, "--json", "GET", "/nowhere"],
+        &dir,
+    );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["error"], "no_route");
+}
+
+// -------------------------------------------------------------- test tables
+
+#[test]
+fn shipped_policy_tables_pass() {
+    let o = run(&["test", "rules/tests"], &root());
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let summary = out.lines().last().unwrap();
+    let passed: usize = summary.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(passed >= 100, "too few policy cases ran: {summary}");
+}
+
+#[test]
+fn a_wrong_expectation_fails_the_table() {
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    let table = "name: t\nprincipals:\n  v: { sub: v, roles: [viewer] }\ncases:\n  - { as: v, request: \"GET /bots/1/flows\", expect: allow }\n  - { as: v, request: \"PUT /bots/1/flows\", expect: allow }\n  - { as: v, request: \"GET /bots/1/%2e%2e/x\", expect: bad_request }\n  - { as: v, request: \"GET /zzz\", expect: no_route }\n  - { as: v, request: \"PUT /bots/1/flows\", expect: allow, pending: \"later issue\" }\n";
+    std::fs::write(dir.join("t.yaml"), table).unwrap();
+    let o = run(&["test", "t.yaml"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("FAIL") && out.contains("#2"), "{out}");
+    assert!(out.contains("3 passed, 1 failed, 1 pending"), "{out}");
+}
+
+// ------------------------------------------------------------ serve & demo
+
+#[tokio::test]
+async fn serve_runs_the_binary_in_front_of_an_upstream() {
+    let up = Upstream::start().await;
+    let dir = config_dir(TEST_RULES, &format!("http://{}", up.addr));
+    let port = free_port();
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    std::fs::write(
+        dir.join("rolegate.yaml"),
+        format!("listen: {{ addr: \"127.0.0.1:{port}\" }}\n{cfg}"),
+    )
+    .unwrap();
+    let _child = Killed(
+        bin()
+            .args(["serve", "-c", "rolegate.yaml"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let t = token_with(serde_json::json!({ "roles": ["viewer"] }));
+    let r = req(addr, "GET", "/bots/3/flows", Some(&t), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri, "/bots/3/flows");
+    let r = req(addr, "PUT", "/bots/3/flows", Some(&t), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn serve_refuses_to_start_on_a_bad_config() {
+    let dir = config_dir(
+        "routes:\n  - { name: r, match: { path: /x }, require: nope.cap, upstream: missing }\n",
+        "http://127.0.0.1:9",
+    );
+    let o = run(&["serve"], &dir);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("unknown upstream"), "{}", text(&o));
+}
+
+/// Reads the demo's banner up to the line that ends it.
+fn read_banner(child: &mut Child) -> String {
+    let out = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(out);
+    let mut banner = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("demo exited early:\n{banner}");
+        }
+        banner.push_str(&line);
+        if line.contains("Ctrl-C stops the demo") {
+            // Keep draining so the demo never blocks on a full pipe.
+            std::thread::spawn(move || for _ in reader.lines() {});
+            return banner;
+        }
+    }
+}
+
+fn banner_var(banner: &str, name: &str) -> String {
+    banner
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{name} not in banner:\n{banner}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
+    let port = free_port();
+    let empty = scratch_dir("demo");
+    let mut child = bin()
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(&empty)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let banner = read_banner(&mut child);
+    let _child = Killed(child);
+    wait_listening(port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(banner.contains("curl -i"), "{banner}");
+
+    let r = req(addr, "GET", "/api/status", None, &[]).await;
+    assert_eq!(r.status, 200);
+    let r = req(addr, "GET", "/api/customers/c-1001", None, &[]).await;
+    assert_eq!(r.status, 401);
+
+    let senior = banner_var(&banner, "SENIOR");
+    let r = req(addr, "GET", "/api/customers/c-1001", Some(&senior), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["customer"]["id"], "c-1001");
+    assert_eq!(r.json()["seen_by"]["user"], "senior-sam");
+
+    let agent = banner_var(&banner, "AGENT");
+    let r = req(addr, "GET", "/api/supervisor/dashboard", Some(&agent), &[]).await;
+    assert_eq!(r.status, 403);
+    let sup = banner_var(&banner, "SUPER");
+    let r = req(addr, "GET", "/api/supervisor/dashboard", Some(&sup), &[]).await;
+    assert_eq!(r.status, 200);
+
+    let viewer = banner_var(&banner, "VIEWER");
+    assert_eq!(
+        req(addr, "GET", "/bots/42/flows", Some(&viewer), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        req(addr, "PUT", "/bots/42/flows", Some(&viewer), &[])
+            .await
+            .status,
+        403
+    );
+
+    let padmin = banner_var(&banner, "PADMIN");
+    assert_eq!(
+        req(addr, "GET", "/partners/acme/users", Some(&padmin), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        req(addr, "GET", "/partners/globex/users", Some(&padmin), &[])
+            .await
+            .status,
+        403
+    );
+
+    // Every request the banner prints gets the status its comment promises.
+    for line in banner.lines().filter(|l| l.starts_with("curl -i -X")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let method = parts[3];
+        let var = parts[7].trim_start_matches('$').trim_end_matches('"');
+        let path = parts[8].trim_start_matches(&format!("http://127.0.0.1:{port}"));
+        let comment = line.split('#').nth(1).unwrap().trim();
+        let want = if comment.starts_with("allowed") {
+            200
+        } else {
+            403
+        };
+        let tok = banner_var(&banner, var);
+        assert_eq!(
+            req(addr, method, path, Some(&tok), &[]).await.status,
+            want,
+            "{line}"
+        );
+    }
+}
