@@ -123,12 +123,13 @@ fn check_reports_every_error_with_file_and_line() {
 
 #[test]
 fn strict_check_fails_on_warnings_only() {
-    // A role that grants nothing is a warning, not an error.
-    let rules = "roles:\n  empty: {}\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view }\n";
+    // A role that grants nothing, and one whose grants no route requires, are warnings.
+    let rules = "roles:\n  empty: {}\n  orphan: { grants: [y.view] }\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view }\n";
     let dir = config_dir(rules, "http://127.0.0.1:9");
     let o = run(&["check"], &dir);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("warning"), "{}", text(&o));
+    assert!(text(&o).contains("role orphan: unused"), "{}", text(&o));
     let o = run(&["check", "--strict"], &dir);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }

@@ -22,7 +22,7 @@ use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, Issuer};
 use crate::policy::{
     IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
-    Severity as PSeverity,
+    Severity as PSeverity, grant_covers,
 };
 use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
 
@@ -208,6 +208,9 @@ impl Builder {
         let policy = self.build_policy(&roles, &profiles);
         let upstreams = self.build_upstreams(name, cfg.upstreams);
         let (router, compiled_routes) = self.build_routes(&routes, &policy, &upstreams);
+        if let Some(compiled) = &compiled_routes {
+            self.lint_unused_roles(&policy, &roles, compiled);
+        }
         let auth = self.build_auth(name, cfg.identity);
         let listen = self.build_listen(name, cfg.listen);
         let forward = self.build_forward(name, cfg.forward);
@@ -364,6 +367,46 @@ impl Builder {
                 .push(diag(sev, &file, line, format!("{what}: {}", issue.message)));
         }
         policy
+    }
+
+    /// A role whose grants no route requires does nothing: warn, so a typo
+    /// in a capability name does not go unnoticed.
+    fn lint_unused_roles(
+        &mut self,
+        policy: &Policy,
+        roles: &BTreeMap<String, Located<super::file::FileRole>>,
+        routes: &[Route],
+    ) {
+        let mut required: Vec<&str> = Vec::new();
+        for r in routes {
+            if let Some(req) = &r.policy.require {
+                req.walk(&mut |node, _| {
+                    if let Requirement::Capability(c) = node {
+                        required.push(c);
+                    }
+                });
+            }
+        }
+        for role in policy.roles() {
+            let used = role
+                .grants
+                .iter()
+                .any(|g| required.iter().any(|c| grant_covers(g, c)));
+            if !role.grants.is_empty() && !used && role.idle_timeout.is_none() {
+                let (file, line) = roles
+                    .get(&role.name)
+                    .map(|r| (r.file.clone(), r.line))
+                    .unwrap_or_default();
+                self.warn(
+                    &file,
+                    line,
+                    format!(
+                        "role {}: unused: none of its grants is required by any route",
+                        role.name
+                    ),
+                );
+            }
+        }
     }
 
     fn build_requirement(&mut self, r: &FileRequire, file: &str, line: u64) -> Option<Requirement> {
