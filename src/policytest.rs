@@ -117,10 +117,11 @@ fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<(Expect, Option<
         Ok(c) => c,
         Err(_) => return Ok((Expect::BadRequest, None)),
     };
-    let Some(m) = rt
-        .router
-        .at(host.as_deref(), &method.to_ascii_uppercase(), &canon.path)
-    else {
+    let Some(m) = rt.router.at(
+        host.as_deref(),
+        &method.to_ascii_uppercase(),
+        canon.routing_path(),
+    ) else {
         return Ok((Expect::NoRoute, None));
     };
     let route = &rt.routes[m.route];

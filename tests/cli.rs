@@ -122,6 +122,27 @@ fn check_reports_every_error_with_file_and_line() {
 }
 
 #[test]
+fn ambiguous_or_empty_requirements_are_errors() {
+    for require in [
+        "{ all: [x.view], any: [x.view] }",
+        "{ any: [] }",
+        "{ none: [x.view] }",
+    ] {
+        let rules = format!(
+            "roles:\n  v: {{ grants: [x.view] }}\nroutes:\n  - {{ name: r, match: {{ path: /x }}, require: {require} }}\n"
+        );
+        let dir = config_dir(&rules, "http://127.0.0.1:9");
+        let o = run(&["check"], &dir);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{require} was accepted: {}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
 fn strict_check_fails_on_warnings_only() {
     // A role that grants nothing, and one whose grants no route requires, are warnings.
     let rules = "roles:\n  empty: {}\n  orphan: { grants: [y.view] }\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view }\n";

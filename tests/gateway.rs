@@ -383,17 +383,20 @@ async fn default_deny_and_public_routes() {
     let r = req(gw.addr, "HEAD", "/bots/1/flows", Some(&viewer()), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last().method, "HEAD");
-    // Public: no token needed, and no identity is injected even if spoofed.
+    // Public: no token needed, and no identity is injected even if spoofed;
+    // credentials nobody verified are not passed on.
     let r = req(
         gw.addr,
         "GET",
         "/api/status",
-        None,
-        &["X-Rolegate-User: admin"],
+        Some("forged.jwt.token"),
+        &["X-Rolegate-User: admin", "Cookie: rg_session=forged"],
     )
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last().header("x-rolegate-user"), None);
+    assert_eq!(up.last().header("authorization"), None);
+    assert_eq!(up.last().header("cookie"), None);
     assert_eq!(up.count(), 2);
 }
 
@@ -470,6 +473,46 @@ async fn path_tricks_are_refused_or_normalised_and_the_same_path_is_forwarded() 
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last().uri, "/bots/1/flows?x=1");
+    assert_eq!(up.last().header("x-forwarded-host"), Some("app.test"));
+
+    // Authority-form and CONNECT are not resource requests.
+    for line in ["CONNECT 127.0.0.1:22 HTTP/1.1", "GET app.test:80 HTTP/1.1"] {
+        let r = raw(
+            gw.addr,
+            format!(
+                "{line}\r\nHost: app.test\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{line}");
+    }
+    // Double encoding would become a dot segment or a slash for a backend that decodes twice.
+    for path in ["/files/%252e%252e/secret", "/files/a%252Fb"] {
+        let r = req(gw.addr, "GET", path, Some(&t), &[]).await;
+        assert_eq!(r.status, 400, "{path}");
+    }
+    assert_eq!(up.count(), forwarded.len() + 1);
+}
+
+#[tokio::test]
+async fn host_is_the_upstreams_unless_preserved() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let r = req(gw.addr, "GET", "/api/status", None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("host"), Some(up.addr.to_string().as_str()));
+    assert_eq!(up.last().header("x-forwarded-host"), Some("app.test"));
+
+    let dir = scratch_dir("preserve");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{}\", preserve_host: true }}\nrules: rules.yaml\n",
+        identity_yaml(),
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    req(gw.addr, "GET", "/api/status", None, &[]).await;
     assert_eq!(up.last().header("host"), Some("app.test"));
 }
 
@@ -497,6 +540,9 @@ async fn spoofed_identity_and_rewrite_headers_never_reach_upstream() {
             "Forwarded: for=10.9.9.9",
             "Connection: keep-alive, X-Rolegate-User, X-Rolegate-Roles",
             "X-Request-Id: trace-abc.123",
+            "X_Rolegate_User: admin",
+            "X-Rolegate_Roles: super-admin",
+            "Cookie: theme=dark; rg_session=forged.token.value",
         ],
     )
     .await;
@@ -506,6 +552,18 @@ async fn spoofed_identity_and_rewrite_headers_never_reach_upstream() {
     assert_eq!(s.header_all("x-rolegate-roles"), vec!["viewer"]);
     assert_eq!(s.header("x-rolegate-partners"), Some("acme"));
     assert_eq!(s.header("x-rolegate-session"), Some("s-1"));
+    assert_eq!(s.header("x-rolegate-issuer"), Some(ISS_RSA));
+    assert!(
+        s.headers.iter().all(|(k, _)| !k.contains('_')),
+        "underscore header forwarded: {:?}",
+        s.headers
+    );
+    // The verified bearer token goes on; the unverified cookie credential does not.
+    assert_eq!(
+        s.header("authorization"),
+        Some(format!("Bearer {t}").as_str())
+    );
+    assert_eq!(s.header("cookie"), Some("theme=dark"));
     for gone in [
         "x-rolegate-anything",
         "remote-user",

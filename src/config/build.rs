@@ -211,9 +211,10 @@ impl Builder {
         if let Some(compiled) = &compiled_routes {
             self.lint_unused_roles(&policy, &roles, compiled);
         }
+        let cookie = cfg.identity.cookie.clone();
         let auth = self.build_auth(name, cfg.identity);
         let listen = self.build_listen(name, cfg.listen);
-        let forward = self.build_forward(name, cfg.forward);
+        let forward = self.build_forward(name, cfg.forward, cookie);
 
         Some(Runtime {
             listen: listen?,
@@ -418,6 +419,16 @@ impl Builder {
                     None
                 }
             },
+            FileRequire::Any { any } | FileRequire::All { all: any } if any.is_empty() => {
+                // An empty all() is true for anyone authenticated, an empty
+                // any() is false for everyone: both are mistakes, never intent.
+                self.error(
+                    file,
+                    line,
+                    "require: an empty any: [] or all: [] is not allowed",
+                );
+                None
+            }
             FileRequire::Any { any } => {
                 let items: Option<Vec<_>> = any
                     .iter()
@@ -625,6 +636,7 @@ impl Builder {
                 origin,
                 base_path: uri.path().trim_end_matches('/').to_string(),
                 timeout,
+                preserve_host: u.preserve_host,
                 client: crate::proxy::upstream::new_client(connect_timeout),
             });
         }
@@ -667,6 +679,7 @@ impl Builder {
         &mut self,
         file: &str,
         f: super::file::FileForward,
+        cookie: Option<String>,
     ) -> Option<ForwardSettings> {
         let prefix = f.identity_header_prefix.to_ascii_lowercase();
         if prefix.len() < 3
@@ -696,6 +709,8 @@ impl Builder {
         Some(ForwardSettings {
             identity_prefix: prefix,
             strip,
+            pass_credentials: f.pass_credentials,
+            cookie,
         })
     }
 

@@ -146,6 +146,8 @@ pub struct FileUpstream {
     pub connect_timeout: String,
     #[serde(default = "default_upstream_timeout")]
     pub timeout: String,
+    #[serde(default)]
+    pub preserve_host: bool,
 }
 
 fn default_connect_timeout() -> String {
@@ -177,6 +179,7 @@ impl Default for FilePath {
 pub struct FileForward {
     pub identity_header_prefix: String,
     pub strip_headers: Vec<String>,
+    pub pass_credentials: bool,
 }
 
 impl Default for FileForward {
@@ -184,6 +187,7 @@ impl Default for FileForward {
         FileForward {
             identity_header_prefix: "X-Rolegate-".into(),
             strip_headers: Vec::new(),
+            pass_credentials: true,
         }
     }
 }
@@ -258,10 +262,58 @@ pub struct FileMatch {
 }
 
 /// A requirement: a leaf string, or `any:` / `all:` of requirements.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum FileRequire {
     Leaf(String),
     Any { any: Vec<FileRequire> },
     All { all: Vec<FileRequire> },
+}
+
+/// Written by hand rather than `#[serde(untagged)]`: untagged would accept
+/// `{ all: [a], any: [b] }` as `any: [b]`, silently dropping the `all`, and
+/// ignore unknown keys. Here a mapping must have exactly one key, `any` or
+/// `all`.
+impl<'de> Deserialize<'de> for FileRequire {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FileRequire;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a requirement string, or a mapping with exactly one key: any or all")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<FileRequire, E> {
+                Ok(FileRequire::Leaf(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<FileRequire, A::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::custom(
+                        "empty requirement mapping: use any: [...] or all: [...]",
+                    ));
+                };
+                let items: Vec<FileRequire> = match key.as_str() {
+                    "any" | "all" => map.next_value()?,
+                    other => {
+                        return Err(A::Error::custom(format!(
+                            "unknown requirement key `{other}`, expected any or all"
+                        )));
+                    }
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(A::Error::custom(format!(
+                        "a requirement mapping has exactly one key; found `{key}` and `{extra}` (nest them instead)"
+                    )));
+                }
+                Ok(if key == "any" {
+                    FileRequire::Any { any: items }
+                } else {
+                    FileRequire::All { all: items }
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

@@ -61,6 +61,8 @@ pub struct Upstream {
     /// Path prefix from the upstream URL, without trailing slash ("" if none).
     pub base_path: String,
     pub timeout: Duration,
+    /// `preserve_host`: send the client's Host instead of the upstream's.
+    pub preserve_host: bool,
     pub client: HttpClient,
 }
 
@@ -70,4 +72,9 @@ pub struct ForwardSettings {
     pub identity_prefix: String,
     /// Extra client headers to drop (lowercased), on top of the built-ins.
     pub strip: Vec<http::HeaderName>,
+    /// `forward.pass_credentials`: forward the verified token upstream.
+    pub pass_credentials: bool,
+    /// The credential cookie name (`identity.cookie`), stripped whenever it
+    /// was not the credential that was verified.
+    pub cookie: Option<String>,
 }

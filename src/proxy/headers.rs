@@ -76,13 +76,58 @@ pub fn strip_spoofable(headers: &mut HeaderMap, fwd: &ForwardSettings) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
-            k.as_str().starts_with(fwd.identity_prefix.as_str())
-                || NEVER_FORWARDED.contains(&k.as_str())
+            let k = k.as_str();
+            // `X_Rolegate_User` becomes HTTP_X_ROLEGATE_USER in CGI/WSGI/
+            // Rack/PHP backends, exactly like `X-Rolegate-User`: drop every
+            // name with an underscore (nginx's default) so no spelling of a
+            // trusted header gets through.
+            k.contains('_')
+                || k.starts_with(fwd.identity_prefix.as_str())
+                || NEVER_FORWARDED.contains(&k)
         })
         .cloned()
         .collect();
     for name in spoofed.iter().chain(&fwd.strip) {
         headers.remove(name);
+    }
+}
+
+/// Removes credentials the gateway did not verify: on public routes (or
+/// with `forward.pass_credentials: false`) the `Authorization` header and
+/// the credential cookie; otherwise the credential cookie when the
+/// `Authorization` header was the one verified (it wins over the cookie).
+/// A backend that decodes a token without checking it, trusting the gateway,
+/// must never see one the gateway did not check.
+pub fn strip_unverified_credentials(
+    headers: &mut HeaderMap,
+    cookie: Option<&str>,
+    verified: bool,
+    pass: bool,
+) {
+    let bearer_used = verified && headers.contains_key(http::header::AUTHORIZATION);
+    if !verified || !pass {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+    let Some(name) = cookie else { return };
+    if verified && pass && !bearer_used {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            !pair.is_empty() && pair.split_once('=').map(|(k, _)| k.trim()) != Some(name)
+        })
+        .map(str::to_string)
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(http::header::COOKIE, v);
     }
 }
 
@@ -115,6 +160,7 @@ pub fn inject(
     let Some(p) = principal else { return };
     let prefix = &fwd.identity_prefix;
     set(headers, &format!("{prefix}user"), &encode_one(&p.subject));
+    set(headers, &format!("{prefix}issuer"), &encode_one(&p.issuer));
     if let Some(s) = &p.session {
         set(headers, &format!("{prefix}session"), &encode_one(s));
     }
@@ -162,6 +208,8 @@ mod tests {
         ForwardSettings {
             identity_prefix: "x-rolegate-".into(),
             strip: vec![HeaderName::from_static("remote-user")],
+            pass_credentials: true,
+            cookie: Some("rg_session".into()),
         }
     }
 
@@ -194,6 +242,50 @@ mod tests {
         for gone in ["x-custom", "connection", "remote-user", "x-original-url"] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }
+    }
+
+    #[test]
+    fn underscore_spellings_of_trusted_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("x_rolegate_user", HeaderValue::from_static("admin"));
+        h.insert("x-rolegate_roles", HeaderValue::from_static("admin"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-ok", HeaderValue::from_static("1"));
+        strip_spoofable(&mut h, &fwd());
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn unverified_credentials_are_removed() {
+        let base = || {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", HeaderValue::from_static("Bearer a.b.c"));
+            h.insert(
+                "cookie",
+                HeaderValue::from_static("theme=dark; rg_session=forged; lang=en"),
+            );
+            h
+        };
+        // Bearer verified: the (unverified) cookie goes, the bearer stays.
+        let mut h = base();
+        strip_unverified_credentials(&mut h, Some("rg_session"), true, true);
+        assert_eq!(h["authorization"], "Bearer a.b.c");
+        assert_eq!(h["cookie"], "theme=dark; lang=en");
+        // Public route: nothing was verified, both go.
+        let mut h = base();
+        strip_unverified_credentials(&mut h, Some("rg_session"), false, true);
+        assert!(!h.contains_key("authorization"));
+        assert_eq!(h["cookie"], "theme=dark; lang=en");
+        // Cookie verified and passing allowed: kept.
+        let mut h = base();
+        h.remove("authorization");
+        strip_unverified_credentials(&mut h, Some("rg_session"), true, true);
+        assert_eq!(h["cookie"], "theme=dark; rg_session=forged; lang=en");
+        // pass_credentials off: both go even when verified.
+        let mut h = base();
+        strip_unverified_credentials(&mut h, Some("rg_session"), true, false);
+        assert!(!h.contains_key("authorization"));
+        assert_eq!(h["cookie"], "theme=dark; lang=en");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::upstream::{self, BoxError};
 use crate::config::{Route, Runtime};
 use crate::error::{Deny, Refusal, error_body};
 use crate::policy::{self, Decision, NoRelations, Principal};
-use crate::route::{RouteMatch, canonicalize};
+use crate::route::{Canonical, PathError, RouteMatch, canonicalize};
 
 /// The response body type sent to clients.
 pub type RespBody = BoxBody<Bytes, BoxError>;
@@ -61,8 +61,8 @@ pub struct Ctx {
 /// The normalised request target.
 struct Target {
     host: Option<String>,
-    path: String,
-    query: Option<String>,
+    /// `canon.path` is forwarded as is; routing uses `canon.routing_path()`.
+    canon: Canonical,
 }
 
 impl Gateway {
@@ -118,7 +118,11 @@ async fn handle_inner(
     // 2 route: default deny.
     let m = rt
         .router
-        .at(target.host.as_deref(), req.method().as_str(), &target.path)
+        .at(
+            target.host.as_deref(),
+            req.method().as_str(),
+            target.canon.routing_path(),
+        )
         .ok_or(Deny::NoRoute)?;
     let route = &rt.routes[m.route];
     ctx.route = Some(route.name.clone());
@@ -135,18 +139,16 @@ async fn handle_inner(
 
 fn normalize(rt: &Runtime, ctx: &mut Ctx, req: &Request<Incoming>) -> Result<Target, Refusal> {
     let host = request_host(req)?;
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
+    let pq = match req.uri().path_and_query() {
+        Some(pq) => pq.as_str(),
+        // `http://host` with no path is `/`; authority-form (`CONNECT
+        // host:443`, `GET host:80`) is not a resource request at all.
+        None if req.uri().scheme().is_some() => "/",
+        None => return Err(Deny::BadTarget(PathError::NotOriginForm).into()),
+    };
     let canon = canonicalize(pq, &rt.canon).map_err(Deny::BadTarget)?;
     ctx.path = canon.path.clone();
-    Ok(Target {
-        host,
-        path: canon.path,
-        query: canon.query,
-    })
+    Ok(Target { host, canon })
 }
 
 /// The host used for routing: the absolute-form authority if the request
@@ -233,10 +235,10 @@ async fn forward(
     let up = &rt.upstreams[route.upstream];
     let (mut parts, body) = req.into_parts();
 
-    let mut pq = String::with_capacity(up.base_path.len() + target.path.len() + 16);
+    let mut pq = String::with_capacity(up.base_path.len() + target.canon.path.len() + 16);
     pq.push_str(&up.base_path);
-    pq.push_str(&target.path);
-    if let Some(q) = &target.query {
+    pq.push_str(&target.canon.path);
+    if let Some(q) = &target.canon.query {
         pq.push('?');
         pq.push_str(q);
     }
@@ -250,9 +252,19 @@ async fn forward(
 
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers, &rt.forward);
+    headers::strip_unverified_credentials(
+        &mut parts.headers,
+        rt.forward.cookie.as_deref(),
+        principal.is_some(),
+        rt.forward.pass_credentials,
+    );
     let host = target.host.as_deref().unwrap_or("");
-    if let Ok(v) = HeaderValue::from_str(host)
+    // The upstream's own host unless it asks for the client's: a route that
+    // matches any host must not let the client pick a virtual host behind it.
+    parts.headers.remove(header::HOST);
+    if up.preserve_host
         && !host.is_empty()
+        && let Ok(v) = HeaderValue::from_str(host)
     {
         parts.headers.insert(header::HOST, v);
     }

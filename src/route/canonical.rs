@@ -87,9 +87,20 @@ pub struct Canonical {
     pub path: String,
     /// Everything after the first `?`, byte-for-byte; `None` if no `?`.
     pub query: Option<String>,
+    /// With `allow_semicolon`, the path with every segment's `;params`
+    /// removed: what Java servlet containers route on, so rolegate routes
+    /// and authorizes on it too (while forwarding `path`). `None` when it
+    /// equals `path`.
+    pub route_path: Option<String>,
 }
 
 impl Canonical {
+    /// The path to match routes on (see `route_path`).
+    #[must_use]
+    pub fn routing_path(&self) -> &str {
+        self.route_path.as_deref().unwrap_or(&self.path)
+    }
+
     /// The origin-form target to send upstream: `path` plus `?query` when a
     /// query was present (an empty one included).
     #[must_use]
@@ -141,6 +152,11 @@ pub enum PathError {
     /// A `.` or `..` segment (raw or encoded).
     #[error("dot segment in request path")]
     DotSegment,
+    /// `%25` followed by the escape of `.`, `/`, `\` or NUL: harmless to
+    /// us, but a backend that decodes twice would see a dot segment or a
+    /// separator the gateway never routed on.
+    #[error("double-encoded dot, slash, backslash or NUL in request path")]
+    DoubleEncoding,
 }
 
 impl PathError {
@@ -161,6 +177,7 @@ impl PathError {
             PathError::InvalidUtf8 => "invalid_utf8",
             PathError::Semicolon => "semicolon",
             PathError::DotSegment => "dot_segment",
+            PathError::DoubleEncoding => "double_encoding",
         }
     }
 }
@@ -245,7 +262,29 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
         }
     }
 
-    Ok(Canonical { path, query })
+    // `%25` is kept encoded, but the two characters after it are literal
+    // and may be either case.
+    if path.contains("%25") {
+        let upper = path.to_ascii_uppercase();
+        if ["%252E", "%252F", "%255C", "%2500"]
+            .iter()
+            .any(|d| upper.contains(d))
+        {
+            return Err(PathError::DoubleEncoding);
+        }
+    }
+
+    let route_path = (opts.allow_semicolon && path.contains(';')).then(|| {
+        path.split('/')
+            .map(|seg| seg.split(';').next().unwrap_or(seg))
+            .collect::<Vec<_>>()
+            .join("/")
+    });
+    Ok(Canonical {
+        path,
+        query,
+        route_path,
+    })
 }
 
 /// Fully percent-decode a path parameter taken from a canonical path.
@@ -446,6 +485,7 @@ mod tests {
             PathError::InvalidUtf8,
             PathError::Semicolon,
             PathError::DotSegment,
+            PathError::DoubleEncoding,
         ];
         let mut codes: Vec<_> = all.iter().map(PathError::code).collect();
         codes.sort_unstable();
@@ -496,5 +536,34 @@ mod tests {
                 prop_assert_eq!(canon(&c.path).map(|a| a.path), Ok(c.path.clone()));
             }
         }
+    }
+
+    #[test]
+    fn double_encoded_separators_and_dots_are_refused() {
+        let o = CanonOptions::default();
+        for t in [
+            "/x/%252e%252e/admin",
+            "/x/%252F",
+            "/a%255cb",
+            "/a%2500",
+            "/a/%252E",
+        ] {
+            assert_eq!(canonicalize(t, &o), Err(PathError::DoubleEncoding), "{t}");
+        }
+        // A literal percent sign elsewhere is fine.
+        assert_eq!(canonicalize("/a/100%25", &o).unwrap().path, "/a/100%25");
+    }
+
+    #[test]
+    fn semicolon_params_are_removed_for_routing_only() {
+        let o = CanonOptions {
+            allow_semicolon: true,
+            ..CanonOptions::default()
+        };
+        let c = canonicalize("/p/acme/users/export.csv;x=1/y;jsessionid=2", &o).unwrap();
+        assert_eq!(c.path, "/p/acme/users/export.csv;x=1/y;jsessionid=2");
+        assert_eq!(c.routing_path(), "/p/acme/users/export.csv/y");
+        let c = canonicalize("/plain", &o).unwrap();
+        assert_eq!((c.routing_path(), c.route_path.is_none()), ("/plain", true));
     }
 }
