@@ -39,6 +39,7 @@ pub mod policy;
 pub mod policytest;
 pub mod proxy;
 pub mod route;
+pub mod session;
 pub mod telemetry;
 pub mod token;
 

@@ -1,0 +1,172 @@
+//! The embedded store (default): the session table in memory, made durable
+//! by the journal in `state_dir`.
+//!
+//! Durability: an ended session, a deactivation or a reactivation is
+//! written to the journal *before* the request or admin call is answered,
+//! so a restart (also `kill -9`) forgets none of them. Activity times are
+//! coalesced and written every `flush_interval` (default 250 ms): after a
+//! crash a session's last activity is at most that much older than it
+//! really was, so its idle timer can only run *ahead* by that bound, never
+//! be reset. A background task also sweeps idle sessions to ended and
+//! drops records once their token has expired and `retention` has passed.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::journal::Journal;
+use super::table::{Change, EndReason, Record, Table, Touch, Verdict};
+use super::{SessionSettings, StoreError, now_ms};
+
+/// Sweep and compaction run every this many flush ticks.
+const SWEEP_EVERY: u32 = 40;
+/// Compact once this many lines were appended (and more than twice the
+/// live entries), so the journal stays proportional to live state.
+const COMPACT_AFTER: usize = 100_000;
+
+struct Inner {
+    table: Table,
+    journal: Journal,
+    retention_ms: u64,
+}
+
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn io_err(e: std::io::Error) -> StoreError {
+    tracing::error!(error = %e, "session journal write failed");
+    StoreError(format!("journal write failed: {e}"))
+}
+
+impl Inner {
+    fn flush(&self) {
+        let dirty = self.table.take_dirty();
+        if let Err(e) = self.journal.records(&dirty) {
+            tracing::error!(error = %e, sessions = dirty.len(), "session activity flush failed");
+        }
+    }
+
+    fn housekeeping(&self) {
+        let ended = self.table.sweep(now_ms(), self.retention_ms);
+        if let Err(e) = self.journal.records(&ended) {
+            tracing::error!(error = %e, "session sweep journal write failed");
+        }
+    }
+
+    fn maybe_compact(&self, appended: usize) {
+        if appended > COMPACT_AFTER
+            && appended > 2 * self.table.len()
+            && let Err(e) = self.journal.compact(&self.table)
+        {
+            tracing::error!(error = %e, "session journal compaction failed");
+        }
+    }
+}
+
+impl EmbeddedStore {
+    pub fn open(state_dir: &Path, settings: &SessionSettings) -> Result<EmbeddedStore, String> {
+        let table = Table::new();
+        let journal = Journal::open(state_dir, &table)?;
+        let inner = Arc::new(Inner {
+            table,
+            journal,
+            retention_ms: settings.retention.as_millis() as u64,
+        });
+        let bg = inner.clone();
+        let every = settings.flush_interval.max(Duration::from_millis(10));
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u32 = 0;
+            loop {
+                tick.tick().await;
+                bg.flush();
+                n = n.wrapping_add(1);
+                if n.is_multiple_of(SWEEP_EVERY) {
+                    bg.housekeeping();
+                }
+            }
+        });
+        Ok(EmbeddedStore { inner, task })
+    }
+
+    pub fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
+        let (verdict, change) = self.inner.table.check(t);
+        if let Change::Ended(r) = change {
+            let n = self.inner.journal.records(&[r]).map_err(io_err)?;
+            self.inner.maybe_compact(n);
+        }
+        Ok(verdict)
+    }
+
+    pub fn end(
+        &self,
+        session: &str,
+        subject: &str,
+        reason: EndReason,
+        keep_until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        match self
+            .inner
+            .table
+            .end(session, subject, reason, now, keep_until_ms.max(now))
+        {
+            Some(r) => {
+                self.inner.journal.records(&[r]).map_err(io_err)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub fn end_user(&self, subject: &str) -> Result<usize, StoreError> {
+        let ended = self
+            .inner
+            .table
+            .end_user(subject, EndReason::Revoked, now_ms());
+        self.inner.journal.records(&ended).map_err(io_err)?;
+        Ok(ended.len())
+    }
+
+    pub fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let changed = self.inner.table.deactivate(subject, now);
+        self.inner
+            .journal
+            .deactivate(subject, now)
+            .map_err(io_err)?;
+        Ok(changed)
+    }
+
+    pub fn reactivate(&self, subject: &str) -> Result<bool, StoreError> {
+        let changed = self.inner.table.reactivate(subject);
+        self.inner.journal.reactivate(subject).map_err(io_err)?;
+        Ok(changed)
+    }
+
+    pub fn is_deactivated(&self, subject: &str) -> bool {
+        self.inner.table.is_deactivated(subject)
+    }
+
+    pub fn sessions_of(&self, subject: &str) -> Vec<Record> {
+        self.inner.table.sessions_of(subject)
+    }
+
+    pub fn flush(&self) {
+        self.inner.flush();
+    }
+
+    /// The table, for benchmarks and memory measurements.
+    pub fn table(&self) -> &Table {
+        &self.inner.table
+    }
+}

@@ -1,0 +1,169 @@
+//! Phase 4, session: inactivity auto-logout, lifetime, logout, revocation
+//! and user deactivation, enforced at the edge.
+//!
+//! Owns the session stores and their settings. A session is identified by
+//! the principal's session id (claim `sid`, else `jti`, else a digest of
+//! the token). Per request the pipeline calls [`Store::check`] once: it
+//! refuses a deactivated user or an ended session, ends a session idle past
+//! its timeout (or past `max_lifetime`), and otherwise refreshes its last
+//! activity when asked to (not on `activity: passive` routes, not on denied
+//! requests). An ended session id never works again.
+//!
+//! Two stores share the [`table::Table`] state machine:
+//! - `embedded`: in memory + an append-only journal under `state_dir`
+//!   (see `journal.rs` for the durability bound);
+//! - `redis`: a local mirror of Redis with coalesced activity writes and
+//!   pub/sub fan-out of revocations (see `redis.rs`).
+//!
+//! It knows nothing of HTTP; the pipeline turns verdicts into responses.
+
+mod embedded;
+mod journal;
+pub mod redis;
+pub mod table;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
+pub use table::{EndReason, Record, Touch, Verdict};
+
+/// Where sessions live.
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Embedded { state_dir: PathBuf },
+    Redis { url: String },
+}
+
+/// What to do when the store cannot answer (Redis down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Refuse with 503 (default): no session check, no access.
+    Deny,
+    /// Let requests through without session checks (availability over
+    /// idle enforcement); logged at warn on every such request.
+    Allow,
+}
+
+/// `sessions:` settings.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub idle_timeout: Duration,
+    pub max_lifetime: Option<Duration>,
+    pub store: StoreKind,
+    pub flush_interval: Duration,
+    pub retention: Duration,
+    pub logout_path: String,
+    pub login_url: Option<String>,
+    pub on_store_error: OnStoreError,
+}
+
+/// The store could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("session store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// A session store (chosen by `sessions.store`).
+pub enum Store {
+    Embedded(EmbeddedStore),
+    Redis(RedisStore),
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens the configured store and starts its background tasks (must be
+    /// called inside a tokio runtime).
+    pub async fn open(settings: &SessionSettings) -> Result<Store, String> {
+        match &settings.store {
+            StoreKind::Embedded { state_dir } => {
+                Ok(Store::Embedded(EmbeddedStore::open(state_dir, settings)?))
+            }
+            StoreKind::Redis { url } => Ok(Store::Redis(RedisStore::open(url, settings).await?)),
+        }
+    }
+
+    /// The per-request check (and touch).
+    pub async fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
+        match self {
+            Store::Embedded(s) => s.check(t),
+            Store::Redis(s) => s.check(t).await,
+        }
+    }
+
+    /// Ends one session (logout, admin revoke). `keep_until_ms`: keep the
+    /// ended record at least until then (the token's expiry when known).
+    /// Returns whether it was active before.
+    pub async fn end(
+        &self,
+        session: &str,
+        subject: &str,
+        reason: EndReason,
+        keep_until_ms: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => s.end(session, subject, reason, keep_until_ms),
+            Store::Redis(s) => s.end(session, subject, reason, keep_until_ms).await,
+        }
+    }
+
+    /// Ends every session of a user; returns how many were active.
+    pub async fn end_user(&self, subject: &str) -> Result<usize, StoreError> {
+        match self {
+            Store::Embedded(s) => s.end_user(subject),
+            Store::Redis(s) => s.end_user(subject).await,
+        }
+    }
+
+    /// Deactivates a user: every current and future token is refused.
+    pub async fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => s.deactivate(subject),
+            Store::Redis(s) => s.deactivate(subject).await,
+        }
+    }
+
+    pub async fn reactivate(&self, subject: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => s.reactivate(subject),
+            Store::Redis(s) => s.reactivate(subject).await,
+        }
+    }
+
+    pub async fn is_deactivated(&self, subject: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(s.is_deactivated(subject)),
+            Store::Redis(s) => s.is_deactivated(subject).await,
+        }
+    }
+
+    /// A user's sessions (active and ended), oldest first.
+    pub async fn sessions_of(&self, subject: &str) -> Result<Vec<Record>, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(s.sessions_of(subject)),
+            Store::Redis(s) => s.sessions_of(subject).await,
+        }
+    }
+
+    /// Readiness: can the store answer right now?
+    pub async fn ready(&self) -> bool {
+        match self {
+            Store::Embedded(_) => true,
+            Store::Redis(s) => s.ready().await,
+        }
+    }
+
+    /// Makes pending activity durable (shutdown).
+    pub async fn flush(&self) {
+        match self {
+            Store::Embedded(s) => s.flush(),
+            Store::Redis(s) => s.flush().await,
+        }
+    }
+}
