@@ -40,9 +40,11 @@ pub fn embedded_rules() -> Vec<(String, String)> {
 }
 
 /// Builds the demo runtime: embedded config and rules, `listen` address,
-/// `upstream` address and a fresh HMAC secret written under `state_dir`.
+/// `upstream` address, a fresh HMAC secret and admin token, and sessions
+/// kept under `state_dir`.
 pub fn runtime(
     listen: SocketAddr,
+    admin: SocketAddr,
     upstream: SocketAddr,
     state_dir: &Path,
 ) -> Result<Loaded, Vec<config::Diagnostic>> {
@@ -60,12 +62,20 @@ pub fn runtime(
         .replace(CONFIG_UPSTREAM, &format!("http://{upstream}"))
         .replace(CONFIG_LISTEN, &listen.to_string())
         .replace(CONFIG_SECRET, &secret_path.display().to_string());
-    config::load_from_text(
+    let mut loaded = config::load_from_text(
         "rolegate.yaml (embedded)",
         &text,
         Path::new("."),
         RulesSource::Embedded(embedded_rules()),
-    )
+    )?;
+    loaded.runtime.sessions.store = crate::session::StoreKind::Embedded {
+        state_dir: state_dir.join("sessions"),
+    };
+    loaded.runtime.admin = Some(config::AdminSettings {
+        addr: admin,
+        token: crate::token::random_id(),
+    });
+    Ok(loaded)
 }
 
 /// Sample customer records (the PII the masking stage will protect).
@@ -192,6 +202,17 @@ const PERSONAS: &[Persona] = &[
         ],
     },
     Persona {
+        who: "agent with a 30 s idle timeout (role demo-idle-30s)",
+        sub: "idle-ida",
+        roles: &["agent", "demo-idle-30s"],
+        partners: &[],
+        requests: &[(
+            "POST",
+            "/api/conversations/cv-7/transfer",
+            "allowed now; wait 30 s and run it again: 401 session_expired (reason idle)",
+        )],
+    },
+    Persona {
         who: "senior agent",
         sub: "senior-sam",
         roles: &["agent", "senior-agent"],
@@ -250,7 +271,12 @@ const PERSONAS: &[Persona] = &[
 ];
 
 /// The text `rolegate demo` prints: tokens and ready-to-paste curl commands.
-pub fn banner(rt: &crate::config::Runtime, addr: SocketAddr, ttl: std::time::Duration) -> String {
+pub fn banner(
+    rt: &crate::config::Runtime,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    ttl: std::time::Duration,
+) -> String {
     let mut out = format!(
         "rolegate demo: gateway on http://{addr}, sample backend behind it.\n\
          Every request below goes through the gateway; the backend itself has no access control.\n\n\
@@ -285,6 +311,15 @@ pub fn banner(rt: &crate::config::Runtime, addr: SocketAddr, ttl: std::time::Dur
             ));
         }
     }
+    let admin_token = rt.admin.as_ref().map(|a| a.token.as_str()).unwrap_or("");
+    out.push_str(&format!(
+        "\n# admin API on http://{admin} (token below)\nADMIN={admin_token}\n\
+         curl -s -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/agent-anna/sessions\n\
+         curl -s -X POST -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/agent-anna/revoke       # then $AGENT gets 401 session_ended\n\
+         curl -s -X POST -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/senior-sam/deactivate   # every token of senior-sam refused\n\
+         curl -s -X POST -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/senior-sam/reactivate\n\
+         curl -i -X POST -H \"Authorization: Bearer $SUPER\" http://{addr}/.rolegate/logout             # ends the supervisor's session\n"
+    ));
     out.push_str("\nExplain any decision offline: rolegate explain --token $AGENT GET /api/customers/c-1001\nCtrl-C stops the demo.\n");
     out
 }

@@ -12,6 +12,7 @@ use http::StatusCode;
 use crate::auth::AuthError;
 use crate::policy::Denial;
 use crate::route::PathError;
+use crate::session::EndReason;
 
 /// An expected refusal: the request was understood and rolegate said no.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,13 @@ pub enum Deny {
     /// The request body exceeded `listen.max_body_bytes`.
     #[error("request body exceeds the configured limit")]
     BodyTooLarge,
+    /// The session ended: idle, lifetime, logout or revoked. The message is
+    /// the bare reason (`idle`, …), which is what the JSON `reason` carries.
+    #[error("{}", .0.as_str())]
+    SessionEnded(EndReason),
+    /// The user is deactivated (admin API): every token is refused.
+    #[error("deactivated")]
+    UserDeactivated,
 }
 
 /// A failure on our side or the upstream's.
@@ -45,6 +53,10 @@ pub enum Fault {
     /// The upstream did not send a response head in time.
     #[error("upstream {0} timed out")]
     UpstreamTimeout(String),
+    /// The session store cannot answer (Redis down) and
+    /// `sessions.on_store_error` is `deny`.
+    #[error("session store unavailable: {0}")]
+    StoreUnavailable(String),
     /// The upstream connection failed after it was established.
     #[error("upstream {0} failed: {1}")]
     UpstreamFailed(String, String),
@@ -66,7 +78,9 @@ impl Refusal {
             Refusal::Deny(d) => match d {
                 Deny::BadTarget(_) | Deny::BadHost(_) => StatusCode::BAD_REQUEST,
                 Deny::NoRoute => StatusCode::NOT_FOUND,
-                Deny::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+                Deny::Unauthenticated(_) | Deny::SessionEnded(_) | Deny::UserDeactivated => {
+                    StatusCode::UNAUTHORIZED
+                }
                 Deny::Forbidden(_) => StatusCode::FORBIDDEN,
                 Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             },
@@ -75,6 +89,7 @@ impl Refusal {
                     StatusCode::BAD_GATEWAY
                 }
                 Fault::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                Fault::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
         }
     }
@@ -89,11 +104,15 @@ impl Refusal {
                 Deny::Unauthenticated(e) => e.code(),
                 Deny::Forbidden(_) => "forbidden",
                 Deny::BodyTooLarge => "body_too_large",
+                Deny::SessionEnded(EndReason::Idle | EndReason::Lifetime) => "session_expired",
+                Deny::SessionEnded(_) => "session_ended",
+                Deny::UserDeactivated => "user_deactivated",
             },
             Refusal::Fault(f) => match f {
                 Fault::UpstreamUnavailable(_) => "upstream_unavailable",
                 Fault::UpstreamTimeout(_) => "upstream_timeout",
                 Fault::UpstreamFailed(..) => "upstream_failed",
+                Fault::StoreUnavailable(_) => "session_store_unavailable",
             },
         }
     }
@@ -120,8 +139,39 @@ impl Refusal {
             StatusCode::FORBIDDEN => "access denied",
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
             StatusCode::GATEWAY_TIMEOUT => "upstream timed out",
+            StatusCode::SERVICE_UNAVAILABLE => "temporarily unavailable",
             _ => "upstream unavailable",
         }
+    }
+
+    /// Session-stage refusals (ended session, deactivated user).
+    pub fn is_session(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Deny(Deny::SessionEnded(_) | Deny::UserDeactivated)
+        )
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401 (RFC 6750 §3).
+    pub fn challenge(&self) -> http::HeaderValue {
+        http::HeaderValue::from_static(match self {
+            Refusal::Deny(Deny::Unauthenticated(crate::auth::AuthError::Missing)) => {
+                "Bearer realm=\"rolegate\""
+            }
+            Refusal::Deny(Deny::SessionEnded(EndReason::Idle)) => {
+                "Bearer error=\"invalid_token\", error_description=\"session idle timeout\""
+            }
+            Refusal::Deny(Deny::SessionEnded(EndReason::Lifetime)) => {
+                "Bearer error=\"invalid_token\", error_description=\"session lifetime exceeded\""
+            }
+            Refusal::Deny(Deny::SessionEnded(_)) => {
+                "Bearer error=\"invalid_token\", error_description=\"session ended\""
+            }
+            Refusal::Deny(Deny::UserDeactivated) => {
+                "Bearer error=\"invalid_token\", error_description=\"user deactivated\""
+            }
+            _ => "Bearer error=\"invalid_token\"",
+        })
     }
 
     /// Refusals that are our own or the upstream's fault log at warn; policy

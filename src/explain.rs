@@ -100,7 +100,7 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> V
     // 3 authenticate
     let principal: Principal = match cred {
         Credential::Token(t) => match rt.auth.verify(t) {
-            Ok(p) => (*p).clone(),
+            Ok((p, _)) => (*p).clone(),
             Err(e) => return finish(report, Some(Deny::Unauthenticated(e).into())),
         },
         Credential::Claims(text) => {

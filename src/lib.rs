@@ -30,6 +30,7 @@
 //! - [`demo`]: the built-in sample upstream and embedded demo config.
 //! - [`telemetry`]: log setup.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use rolegate::config::{self, Diagnostic, Loaded, Severity};
+use rolegate::session::Store;
 use rolegate::{Gateway, explain, policytest, proxy, telemetry, token};
 
 #[derive(Parser)]
@@ -98,6 +99,9 @@ enum Command {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where the admin API listens.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
     },
 }
 
@@ -246,7 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Demo { listen } => demo(listen),
+        Command::Demo { listen, admin } => demo(listen, admin),
     }
 }
 
@@ -287,16 +291,35 @@ fn serve(loaded: Loaded) -> Result<ExitCode> {
     }
     let rt = tokio_runtime()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, routes = loaded.runtime.routes.len(), "rolegate listening");
-        let gateway = Gateway::new(loaded.runtime);
-        proxy::listener::serve(gateway, listener, shutdown_signal()).await;
+        let store = Store::open(&loaded.runtime.sessions)
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("opening the session store")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let admin = match &loaded.runtime.admin {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a.addr)
+                    .await
+                    .with_context(|| format!("binding admin {}", a.addr))?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()),
+            routes = loaded.runtime.routes.len(),
+            "rolegate listening"
+        );
+        let gateway = Gateway::new(loaded.runtime, store);
+        proxy::listener::run(gateway, listener, admin, shutdown_signal()).await;
         tracing::info!("rolegate stopped");
         Ok(ExitCode::SUCCESS)
     })
 }
 
-fn demo(listen: SocketAddr) -> Result<ExitCode> {
+fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode> {
     telemetry::init(false);
     let rt = tokio_runtime()?;
     rt.block_on(async move {
@@ -308,23 +331,35 @@ fn demo(listen: SocketAddr) -> Result<ExitCode> {
 
         let state = std::env::temp_dir().join(format!("rolegate-demo-{}", std::process::id()));
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
-        let loaded = match rolegate::demo::runtime(listen, backend_addr, &state) {
+        let loaded = match rolegate::demo::runtime(listen, admin, backend_addr, &state) {
             Ok(l) => l,
             Err(diags) => {
                 print_diagnostics(&diags);
                 anyhow::bail!("the embedded demo configuration did not load");
             }
         };
+        let store = Store::open(&loaded.runtime.sessions)
+            .await
+            .map_err(anyhow::Error::msg)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
+        let admin_listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("binding admin {admin}"))?;
         let addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
         println!(
             "{}",
-            rolegate::demo::banner(&loaded.runtime, addr, Duration::from_secs(8 * 3600))
+            rolegate::demo::banner(
+                &loaded.runtime,
+                addr,
+                admin_addr,
+                Duration::from_secs(8 * 3600)
+            )
         );
-        let gateway = Gateway::new(loaded.runtime);
-        proxy::listener::serve(gateway, listener, shutdown_signal()).await;
+        let gateway = Gateway::new(loaded.runtime, store);
+        proxy::listener::run(gateway, listener, Some(admin_listener), shutdown_signal()).await;
         let _ = std::fs::remove_dir_all(&state);
         Ok(ExitCode::SUCCESS)
     })

@@ -373,8 +373,15 @@ fn banner_var(banner: &str, name: &str) -> String {
 async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
     let port = free_port();
     let empty = scratch_dir("demo");
+    let admin_port = free_port();
     let mut child = bin()
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
         .current_dir(&empty)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -433,7 +440,12 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
     );
 
     // Every request the banner prints gets the status its comment promises.
-    for line in banner.lines().filter(|l| l.starts_with("curl -i -X")) {
+    let promised = |l: &&str| l.contains("   # allowed") || l.contains("   # denied");
+    for line in banner
+        .lines()
+        .filter(|l| l.starts_with("curl -i -X"))
+        .filter(promised)
+    {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let method = parts[3];
         let var = parts[7].trim_start_matches('$').trim_end_matches('"');

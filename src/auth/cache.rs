@@ -29,7 +29,9 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-fn digest_of(token: &str) -> Digest {
+/// SHA-256 of the token: the cache key, and the session id of tokens
+/// without `sid` or `jti`.
+pub fn digest_of(token: &str) -> Digest {
     let d = digest::digest(&digest::SHA256, token.as_bytes());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -44,15 +46,15 @@ impl TokenCache {
         }
     }
 
-    /// The principal of a token verified earlier, if it has not expired.
-    pub fn get(&self, token: &str) -> Option<Arc<Principal>> {
+    /// The principal and `exp` of a token verified earlier, if it has not expired.
+    pub fn get(&self, token: &str) -> Option<(Arc<Principal>, u64)> {
         if self.max_entries == 0 {
             return None;
         }
         let key = digest_of(token);
         let hit = self.entries.get(&key).map(|e| (e.0, e.1.clone()));
         match hit {
-            Some((exp, p)) if now_unix() < exp => Some(p),
+            Some((exp, p)) if now_unix() < exp => Some((p, exp)),
             Some(_) => {
                 self.entries.remove(&key);
                 None

@@ -105,6 +105,16 @@ impl AuthError {
     }
 }
 
+/// A verified request credential.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub principal: Arc<Principal>,
+    /// The token's `exp` (unix seconds).
+    pub exp: u64,
+    /// The token came from the credential cookie (not `Authorization`).
+    pub from_cookie: bool,
+}
+
 /// One trusted token issuer.
 pub struct Issuer {
     pub iss: String,
@@ -159,16 +169,21 @@ impl Authenticator {
     }
 
     /// Finds the token in the request headers and verifies it.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Principal>, AuthError> {
-        let token = self.extract(headers)?;
-        self.verify(token)
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Verified, AuthError> {
+        let (token, from_cookie) = self.extract(headers)?;
+        let (principal, exp) = self.verify(token)?;
+        Ok(Verified {
+            principal,
+            exp,
+            from_cookie,
+        })
     }
 
     /// Token extraction. An `Authorization` header, when present, wins over
     /// the cookie; it must be exactly one header with the Bearer scheme
     /// (case-insensitive). The cookie must appear exactly once across all
     /// `Cookie` headers (two cookies of the same name is cookie tossing).
-    fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<&'h str, AuthError> {
+    fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<(&'h str, bool), AuthError> {
         let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
         if let Some(value) = auth.next() {
             if auth.next().is_some() {
@@ -186,7 +201,7 @@ impl Authenticator {
             if token.is_empty() {
                 return Err(AuthError::Missing);
             }
-            return Ok(token);
+            return Ok((token, false));
         }
         if let Some(name) = &self.settings.cookie {
             let mut found = None;
@@ -207,24 +222,36 @@ impl Authenticator {
                 }
             }
             if let Some(token) = found.filter(|t| !t.is_empty()) {
-                return Ok(token);
+                return Ok((token, true));
             }
         }
         Err(AuthError::Missing)
     }
 
-    /// Verifies a raw token (also used by `rolegate explain --token`).
-    pub fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
+    /// Verifies a raw token (also used by `rolegate explain --token`):
+    /// the principal and the token's `exp` (unix seconds).
+    pub fn verify(&self, token: &str) -> Result<(Arc<Principal>, u64), AuthError> {
         if token.len() > self.settings.max_token_bytes {
             return Err(AuthError::TooLarge(self.settings.max_token_bytes));
         }
-        if let Some(p) = self.cache.get(token) {
-            return Ok(p);
+        if let Some(hit) = self.cache.get(token) {
+            return Ok(hit);
         }
-        let (principal, exp) = self.verify_uncached(token)?;
+        let (mut principal, exp) = self.verify_uncached(token)?;
+        if principal.session.is_none() {
+            // No `sid`, no `jti`: the token itself is the session.
+            let d = cache::digest_of(token);
+            principal.session = Some(format!(
+                "t:{}",
+                d[..16]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ));
+        }
         let principal = Arc::new(principal);
         self.cache.insert(token, exp, principal.clone());
-        Ok(principal)
+        Ok((principal, exp))
     }
 
     fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), AuthError> {

@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_saphyr::Spanned;
 
 use super::file::{FileConfig, FileRequire, FileRoute, FileRules};
-use super::{ForwardSettings, ListenSettings, Route, Runtime, Upstream};
+use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
 use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, Issuer};
 use crate::policy::{
@@ -25,6 +25,7 @@ use crate::policy::{
     Severity as PSeverity, grant_covers,
 };
 use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
+use crate::session::{OnStoreError, SessionSettings, StoreKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -211,6 +212,11 @@ impl Builder {
         if let Some(compiled) = &compiled_routes {
             self.lint_unused_roles(&policy, &roles, compiled);
         }
+        let sessions = self.build_sessions(name, cfg.sessions);
+        let admin = match cfg.admin {
+            Some(a) => self.build_admin(name, a),
+            None => Some(None),
+        };
         let cookie = cfg.identity.cookie.clone();
         let auth = self.build_auth(name, cfg.identity);
         let listen = self.build_listen(name, cfg.listen);
@@ -229,6 +235,8 @@ impl Builder {
             upstreams,
             forward: forward?,
             expose_reason: cfg.errors.expose_reason,
+            sessions: sessions?,
+            admin: admin?,
         })
     }
 
@@ -537,12 +545,40 @@ impl Builder {
                 require,
                 scope,
             };
+            let passive = match v.activity.as_deref() {
+                None | Some("active") => false,
+                Some("passive") => {
+                    if v.public {
+                        self.warn(
+                            f,
+                            l,
+                            format!(
+                                "route {}: activity: passive has no effect on a public route",
+                                v.name
+                            ),
+                        );
+                    }
+                    true
+                }
+                Some(other) => {
+                    self.error(
+                        f,
+                        l,
+                        format!(
+                            "route {}: activity must be active or passive, not {other:?}",
+                            v.name
+                        ),
+                    );
+                    false
+                }
+            };
             compiled.push(Route {
                 name: v.name.clone(),
                 spec,
                 policy: rp,
                 upstream,
                 origin: format!("{f}:{l}"),
+                passive,
             });
         }
 
@@ -648,6 +684,114 @@ impl Builder {
             self.error(file, line, format!("{what}: {e}"));
             Duration::ZERO
         })
+    }
+
+    fn build_sessions(
+        &mut self,
+        file: &str,
+        s: super::file::FileSessions,
+    ) -> Option<SessionSettings> {
+        let idle_timeout = self.duration(file, 0, "sessions.idle_timeout", &s.idle_timeout);
+        let max_lifetime = s
+            .max_lifetime
+            .as_deref()
+            .map(|m| self.duration(file, 0, "sessions.max_lifetime", m));
+        let flush_interval = self.duration(file, 0, "sessions.flush_interval", &s.flush_interval);
+        let retention = self.duration(file, 0, "sessions.retention", &s.retention);
+        if idle_timeout.is_zero() {
+            self.error(file, 0, "sessions.idle_timeout must be greater than zero");
+        }
+        if flush_interval > Duration::from_secs(5) || flush_interval < Duration::from_millis(10) {
+            self.error(
+                file,
+                0,
+                "sessions.flush_interval must be between 10ms and 5s",
+            );
+        }
+        let store = if s.store == "embedded" {
+            StoreKind::Embedded {
+                state_dir: self.resolve(&s.state_dir),
+            }
+        } else if s.store.starts_with("redis://") {
+            StoreKind::Redis {
+                url: s.store.clone(),
+            }
+        } else {
+            self.error(
+                file,
+                0,
+                format!(
+                    "sessions.store must be `embedded` or a redis:// URL, not {:?}",
+                    s.store
+                ),
+            );
+            return None;
+        };
+        if !s.logout_path.starts_with('/') {
+            self.error(file, 0, "sessions.logout_path must start with /");
+        }
+        let on_store_error = match s.on_store_error.as_str() {
+            "deny" => OnStoreError::Deny,
+            "allow" => OnStoreError::Allow,
+            other => {
+                self.error(
+                    file,
+                    0,
+                    format!("sessions.on_store_error must be deny or allow, not {other:?}"),
+                );
+                OnStoreError::Deny
+            }
+        };
+        if let Some(u) = &s.login_url
+            && http::HeaderValue::from_str(u).is_err()
+        {
+            self.error(
+                file,
+                0,
+                format!("sessions.login_url {u:?} is not a valid Location"),
+            );
+        }
+        Some(SessionSettings {
+            idle_timeout,
+            max_lifetime,
+            store,
+            flush_interval,
+            retention,
+            logout_path: s.logout_path,
+            login_url: s.login_url,
+            on_store_error,
+        })
+    }
+
+    fn build_admin(
+        &mut self,
+        file: &str,
+        a: super::file::FileAdmin,
+    ) -> Option<Option<AdminSettings>> {
+        let addr = match a.addr.parse() {
+            Ok(x) => x,
+            Err(e) => {
+                self.error(file, 0, format!("admin.addr {:?}: {e}", a.addr));
+                return None;
+            }
+        };
+        let path = self.resolve(&a.token_file);
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) => t.trim().to_string(),
+            Err(e) => {
+                self.error(file, 0, format!("admin.token_file {}: {e}", path.display()));
+                return None;
+            }
+        };
+        if token.len() < 16 {
+            self.error(
+                file,
+                0,
+                "admin.token_file: the admin token must be at least 16 characters",
+            );
+            return None;
+        }
+        Some(Some(AdminSettings { addr, token }))
     }
 
     fn build_listen(&mut self, file: &str, l: super::file::FileListen) -> Option<ListenSettings> {

@@ -26,6 +26,11 @@ pub struct FileConfig {
     pub forward: FileForward,
     #[serde(default)]
     pub errors: FileErrors,
+    #[serde(default)]
+    pub sessions: FileSessions,
+    /// The admin listener; absent = no admin listener.
+    #[serde(default)]
+    pub admin: Option<FileAdmin>,
     /// Rules directory (or file), relative to the config file.
     pub rules: Option<String>,
     /// Rules may also be written inline in the main file (same keys as a
@@ -206,6 +211,50 @@ impl Default for FileErrors {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSessions {
+    pub idle_timeout: String,
+    pub max_lifetime: Option<String>,
+    /// `embedded` or a `redis://host:port[/db]` URL.
+    pub store: String,
+    pub state_dir: String,
+    pub flush_interval: String,
+    pub retention: String,
+    pub logout_path: String,
+    pub login_url: Option<String>,
+    /// `deny` (503) or `allow`.
+    pub on_store_error: String,
+}
+
+impl Default for FileSessions {
+    fn default() -> Self {
+        FileSessions {
+            idle_timeout: "30m".into(),
+            max_lifetime: None,
+            store: "embedded".into(),
+            state_dir: "var/rolegate".into(),
+            flush_interval: "250ms".into(),
+            retention: "24h".into(),
+            logout_path: "/.rolegate/logout".into(),
+            login_url: None,
+            on_store_error: "deny".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    #[serde(default = "default_admin_addr")]
+    pub addr: String,
+    pub token_file: String,
+}
+
+fn default_admin_addr() -> String {
+    "127.0.0.1:9901".into()
+}
+
 /// One rules file (`rules/*.yaml`), or the inline part of the main file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -249,6 +298,10 @@ pub struct FileRoute {
     /// `{ kind: "{param}" }`, e.g. `{ partner: "{partner}" }`.
     #[serde(default)]
     pub scope: Option<BTreeMap<String, String>>,
+    /// `active` (default) or `passive`: passive requests never refresh
+    /// the session's last activity.
+    #[serde(default)]
+    pub activity: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,7 @@ use crate::auth::Authenticator;
 use crate::policy::{Policy, RoutePolicy};
 use crate::proxy::upstream::HttpClient;
 use crate::route::{CanonOptions, RouteSpec, Router};
+use crate::session::SessionSettings;
 
 /// Everything a request needs, compiled once and swapped whole on reload,
 /// so one request never sees two rule sets.
@@ -33,6 +34,15 @@ pub struct Runtime {
     pub forward: ForwardSettings,
     /// `errors.expose_reason`: show the policy/token reason to clients.
     pub expose_reason: bool,
+    pub sessions: SessionSettings,
+    pub admin: Option<AdminSettings>,
+}
+
+/// The admin listener.
+pub struct AdminSettings {
+    pub addr: SocketAddr,
+    /// The bearer token admin calls must present.
+    pub token: String,
 }
 
 pub struct ListenSettings {
@@ -51,6 +61,8 @@ pub struct Route {
     pub upstream: usize,
     /// `file:line` of the definition, for logs and `explain`.
     pub origin: String,
+    /// `activity: passive`: checked, but never keeps a session alive.
+    pub passive: bool,
 }
 
 /// A named upstream with its own connection pool.

@@ -67,3 +67,30 @@ pub async fn serve(
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: connections still open after drain time"),
     }
 }
+
+/// Runs the public listener and, when given, the admin listener until
+/// `shutdown` resolves; then drains connections and makes pending session
+/// activity durable.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    public: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let admin_task = admin.map(|l| {
+        let mut rx = rx.clone();
+        tokio::spawn(crate::admin::serve(gateway.clone(), l, async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }))
+    });
+    serve(gateway.clone(), public, async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    })
+    .await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    gateway.store().flush().await;
+}

@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -32,10 +32,12 @@ use hyper::body::Incoming;
 use super::body::Limited;
 use super::headers::{self, ForwardedFor};
 use super::upstream::{self, BoxError};
+use crate::auth::Verified;
 use crate::config::{Route, Runtime};
-use crate::error::{Deny, Refusal, error_body};
+use crate::error::{Deny, Fault, Refusal, error_body};
 use crate::policy::{self, Decision, NoRelations, Principal};
-use crate::route::{Canonical, PathError, RouteMatch, canonicalize};
+use crate::route::{Canonical, PathError, canonicalize};
+use crate::session::{EndReason, OnStoreError, Store, StoreError, Touch, Verdict, now_ms};
 
 /// The response body type sent to clients.
 pub type RespBody = BoxBody<Bytes, BoxError>;
@@ -44,6 +46,7 @@ pub type RespBody = BoxBody<Bytes, BoxError>;
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     ids: RequestIds,
+    store: Store,
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -56,6 +59,10 @@ pub struct Ctx {
     pub route: Option<String>,
     pub subject: Option<String>,
     pub refusal: Option<(&'static str, &'static str, String)>,
+    /// The credential came from the cookie (cleared when the session ends).
+    pub from_cookie: bool,
+    /// `Accept: text/html`: a browser navigation (login redirect).
+    pub accept_html: bool,
 }
 
 /// The normalised request target.
@@ -66,10 +73,13 @@ struct Target {
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime) -> Arc<Self> {
+    /// A gateway serving `runtime`, with sessions in `store`. The store
+    /// lives outside the runtime: a config reload keeps every session.
+    pub fn new(runtime: Runtime, store: Store) -> Arc<Self> {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             ids: RequestIds::new(),
+            store,
         })
     }
 
@@ -81,6 +91,11 @@ impl Gateway {
     /// Replaces the runtime; requests in flight finish on the old one.
     pub fn swap(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));
+    }
+
+    /// The session store (admin API, shutdown flush).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Handles one request: the inner pipeline, then the log line, always.
@@ -95,8 +110,10 @@ impl Gateway {
             route: None,
             subject: None,
             refusal: None,
+            from_cookie: false,
+            accept_html: accepts_html(req.headers()),
         };
-        let mut resp = match handle_inner(&rt, &mut ctx, req).await {
+        let mut resp = match self.handle_inner(&rt, &mut ctx, req).await {
             Ok(resp) => resp,
             Err(refusal) => refuse(&rt, &mut ctx, refusal),
         };
@@ -106,35 +123,148 @@ impl Gateway {
         log(&ctx, resp.status());
         resp
     }
+
+    async fn handle_inner(
+        &self,
+        rt: &Runtime,
+        ctx: &mut Ctx,
+        req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, Refusal> {
+        // 1 normalize: one canonical path, decided once and forwarded as is.
+        let target = normalize(rt, ctx, &req)?;
+        if req.method() == Method::POST && target.canon.path == rt.sessions.logout_path {
+            return self.logout(rt, ctx, &req).await;
+        }
+        // 2 route: default deny.
+        let m = rt
+            .router
+            .at(
+                target.host.as_deref(),
+                req.method().as_str(),
+                target.canon.routing_path(),
+            )
+            .ok_or(Deny::NoRoute)?;
+        let route = &rt.routes[m.route];
+        ctx.route = Some(route.name.clone());
+        // 3 authenticate (public routes skip it, and the session stage, and
+        //   get no identity).
+        let verified = authenticate(rt, ctx, route, &req)?;
+        if let Some(v) = &verified {
+            // 5a decide first (pure), so that 4 knows whether to touch:
+            //    only allowed, non-passive requests keep a session alive.
+            let decision = policy::decide(
+                &rt.policy,
+                &v.principal,
+                &route.policy,
+                &m.params,
+                &NoRelations,
+            );
+            // 4 session: ended, idle, deactivated → 401 whatever the decision.
+            self.session(rt, v, decision.is_allow() && !route.passive)
+                .await?;
+            // 5b authorize.
+            if let Decision::Deny(d) = decision {
+                return Err(Deny::Forbidden(d).into());
+            }
+        }
+        let principal = verified.as_ref().map(|v| &*v.principal);
+        // 6 forward.
+        let resp = forward(rt, ctx, route, &target, principal, req).await?;
+        // 7 respond: masking (masking issue) goes here.
+        Ok(respond(resp))
+    }
+
+    /// Phase 4: one store call per request.
+    async fn session(&self, rt: &Runtime, v: &Verified, touch: bool) -> Result<(), Refusal> {
+        let p = &v.principal;
+        let idle = rt
+            .policy
+            .idle_timeout(p)
+            .unwrap_or(rt.sessions.idle_timeout);
+        let t = Touch {
+            session: p.session.as_deref().unwrap_or(""),
+            subject: &p.subject,
+            now_ms: now_ms(),
+            idle_ms: idle.as_millis() as u64,
+            max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
+            token_exp_ms: v.exp.saturating_mul(1000),
+            touch,
+        };
+        match self.store.check(&t).await {
+            Ok(Verdict::Active) => Ok(()),
+            Ok(Verdict::Ended(reason)) => Err(Deny::SessionEnded(reason).into()),
+            Ok(Verdict::Deactivated) => Err(Deny::UserDeactivated.into()),
+            Err(e) => self.store_failed(rt, e),
+        }
+    }
+
+    fn store_failed(&self, rt: &Runtime, e: StoreError) -> Result<(), Refusal> {
+        match rt.sessions.on_store_error {
+            OnStoreError::Deny => Err(Fault::StoreUnavailable(e.0).into()),
+            OnStoreError::Allow => {
+                tracing::warn!(target: "rolegate::decision", error = %e, "session store unavailable: request allowed without session check (on_store_error: allow)");
+                Ok(())
+            }
+        }
+    }
+
+    /// `POST {sessions.logout_path}`: ends the caller's session for good.
+    async fn logout(
+        &self,
+        rt: &Runtime,
+        ctx: &mut Ctx,
+        req: &Request<Incoming>,
+    ) -> Result<Response<RespBody>, Refusal> {
+        ctx.route = Some("(logout)".into());
+        let v = rt
+            .auth
+            .authenticate(req.headers())
+            .map_err(Deny::Unauthenticated)?;
+        ctx.subject = Some(v.principal.subject.clone());
+        let sid = v.principal.session.as_deref().unwrap_or("");
+        self.store
+            .end(
+                sid,
+                &v.principal.subject,
+                EndReason::Logout,
+                v.exp.saturating_mul(1000),
+            )
+            .await
+            .map_err(|e| Fault::StoreUnavailable(e.0))?;
+        tracing::info!(target: "rolegate::audit", actor = %v.principal.subject, action = "logout", session = sid, "session ended");
+        let body = serde_json::json!({ "logged_out": true, "session": sid }).to_string();
+        let mut resp = json_response(StatusCode::OK, body);
+        if let Some(name) = &rt.forward.cookie {
+            resp.headers_mut()
+                .insert(header::SET_COOKIE, clear_cookie(name));
+        }
+        Ok(resp)
+    }
 }
 
-async fn handle_inner(
-    rt: &Runtime,
-    ctx: &mut Ctx,
-    req: Request<Incoming>,
-) -> Result<Response<RespBody>, Refusal> {
-    // 1 normalize: one canonical path, decided once and forwarded as is.
-    let target = normalize(rt, ctx, &req)?;
-    // 2 route: default deny.
-    let m = rt
-        .router
-        .at(
-            target.host.as_deref(),
-            req.method().as_str(),
-            target.canon.routing_path(),
-        )
-        .ok_or(Deny::NoRoute)?;
-    let route = &rt.routes[m.route];
-    ctx.route = Some(route.name.clone());
-    // 3 authenticate (public routes skip it and get no identity).
-    let principal = authenticate(rt, ctx, route, &req)?;
-    // 4 session: idle timeout and revocation (sessions issue) go here.
-    // 5 authorize.
-    authorize(rt, route, &m, principal.as_deref())?;
-    // 6 forward.
-    let resp = forward(rt, ctx, route, &target, principal.as_deref(), req).await?;
-    // 7 respond: masking (masking issue) goes here.
-    Ok(respond(resp))
+fn accepts_html(h: &http::HeaderMap) -> bool {
+    h.get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
+}
+
+fn clear_cookie(name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("rg_session=; Path=/; Max-Age=0"))
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn normalize(rt: &Runtime, ctx: &mut Ctx, req: &Request<Incoming>) -> Result<Target, Refusal> {
@@ -187,32 +317,17 @@ fn authenticate(
     ctx: &mut Ctx,
     route: &Route,
     req: &Request<Incoming>,
-) -> Result<Option<Arc<Principal>>, Refusal> {
+) -> Result<Option<Verified>, Refusal> {
     if route.policy.public {
         return Ok(None);
     }
-    let principal = rt
+    let v = rt
         .auth
         .authenticate(req.headers())
         .map_err(Deny::Unauthenticated)?;
-    ctx.subject = Some(principal.subject.clone());
-    Ok(Some(principal))
-}
-
-fn authorize(
-    rt: &Runtime,
-    route: &Route,
-    m: &RouteMatch,
-    principal: Option<&Principal>,
-) -> Result<(), Refusal> {
-    let Some(p) = principal else {
-        // Only public routes get here without a principal.
-        return Ok(());
-    };
-    match policy::decide(&rt.policy, p, &route.policy, &m.params, &NoRelations) {
-        Decision::Allow => Ok(()),
-        Decision::Deny(d) => Err(Deny::Forbidden(d).into()),
-    }
+    ctx.subject = Some(v.principal.subject.clone());
+    ctx.from_cookie = v.from_cookie;
+    Ok(Some(v))
 }
 
 async fn forward(
@@ -287,29 +402,36 @@ fn respond(resp: Response<Incoming>) -> Response<RespBody> {
 
 /// Turns a refusal into the JSON error response (and records it for the log).
 fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
-    let status = refusal.status();
     let full_reason = refusal.to_string();
-    let reason = if rt.expose_reason {
+    // Session refusals always say why (`idle`, `revoked`, …): clients need
+    // it to tell "log in again" from "you were logged out", and it reveals
+    // nothing about the policy.
+    let reason = if rt.expose_reason || refusal.is_session() {
         full_reason.as_str()
     } else {
         refusal.generic_reason()
     };
-    let body = error_body(refusal.code(), reason, &ctx.request_id);
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+    let mut resp = json_response(
+        refusal.status(),
+        error_body(refusal.code(), reason, &ctx.request_id),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        let v = if refusal.code() == "missing_token" {
-            HeaderValue::from_static("Bearer realm=\"rolegate\"")
-        } else {
-            HeaderValue::from_static("Bearer error=\"invalid_token\"")
-        };
-        h.insert(header::WWW_AUTHENTICATE, v);
+    let h = resp.headers_mut();
+    if refusal.status() == StatusCode::UNAUTHORIZED {
+        h.insert(header::WWW_AUTHENTICATE, refusal.challenge());
+    }
+    if refusal.is_session() {
+        if ctx.from_cookie
+            && let Some(name) = &rt.forward.cookie
+        {
+            h.insert(header::SET_COOKIE, clear_cookie(name));
+        }
+        if ctx.accept_html
+            && let Some(url) = &rt.sessions.login_url
+            && let Ok(v) = HeaderValue::from_str(url)
+        {
+            h.insert(header::LOCATION, v);
+            *resp.status_mut() = StatusCode::FOUND;
+        }
     }
     ctx.refusal = Some((refusal.code(), refusal.detail(), full_reason));
     if refusal.is_fault() {

@@ -218,6 +218,8 @@ routes:
 pub struct Gw {
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The admin listener, when the config has one.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Starts the real gateway (library server on loopback) with the test
@@ -248,13 +250,23 @@ pub async fn start_with_config(dir: &std::path::Path, cfg: &str) -> Gw {
     };
     let listener = TcpListener::bind(loaded.runtime.listen.addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let gw = rolegate::Gateway::new(loaded.runtime);
-    tokio::spawn(rolegate::proxy::listener::serve(
+    let admin = match &loaded.runtime.admin {
+        Some(a) => Some(TcpListener::bind(a.addr).await.unwrap()),
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr().unwrap());
+    let store = rolegate::session::Store::open(&loaded.runtime.sessions)
+        .await
+        .expect("session store");
+    let gw = rolegate::Gateway::new(loaded.runtime, store);
+    tokio::spawn(rolegate::proxy::listener::run(
         gw,
         listener,
+        admin,
         std::future::pending(),
     ));
     Gw {
+        admin: admin_addr,
         addr,
         dir: dir.to_path_buf(),
     }

@@ -1,0 +1,242 @@
+//! The admin listener: session revocation, user (de)activation, session
+//! listing, health and readiness. A separate listener (default
+//! `127.0.0.1:9901`), never the public port.
+//!
+//! Every endpoint but `/healthz` and `/readyz` requires `Authorization:
+//! Bearer <admin token>` (the token from `admin.token_file`, compared in
+//! constant time). Every state-changing call writes one audit line (target
+//! `rolegate::audit`: actor, action, target, result). It owns no state: it
+//! calls the gateway's session store.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::proxy::Gateway;
+use crate::route::decode_param;
+use crate::session::{EndReason, Record, now_ms};
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, v: Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, reason: &str) -> Resp {
+    reply(status, json!({ "error": code, "reason": reason }))
+}
+
+/// Compares digests, so the time taken says nothing about the token.
+fn token_matches(given: &str, expected: &str) -> bool {
+    use aws_lc_rs::digest::{SHA256, digest};
+    let (a, b) = (
+        digest(&SHA256, given.as_bytes()),
+        digest(&SHA256, expected.as_bytes()),
+    );
+    a.as_ref()
+        .iter()
+        .zip(b.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+fn authorized(req: &Request<Incoming>, expected: &str) -> bool {
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(v) = v.to_str() else { return false };
+    match v.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            token_matches(token.trim(), expected)
+        }
+        _ => false,
+    }
+}
+
+fn session_json(r: &Record, now: u64) -> Value {
+    json!({
+        "session": r.session,
+        "state": if r.ended.is_some() { "ended" } else { "active" },
+        "ended_reason": r.ended.map(|(reason, _)| reason.as_str()),
+        "ended_at_ms": r.ended.map(|(_, t)| t),
+        "created_ms": r.created_ms,
+        "last_activity_ms": r.last_ms,
+        "idle_seconds": now.saturating_sub(r.last_ms) as f64 / 1000.0,
+        "idle_timeout_seconds": r.idle_ms as f64 / 1000.0,
+    })
+}
+
+fn audit(peer: SocketAddr, action: &str, target: &str, result: &Value) {
+    tracing::info!(target: "rolegate::audit", actor = %format!("admin@{peer}"), action, target, result = %result, at_ms = now_ms(), "admin action");
+}
+
+/// Handles one admin request.
+pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Resp {
+    let path = req.uri().path().to_string();
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(decode_param)
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let store = gw.store();
+    match (req.method(), segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => return reply(StatusCode::OK, json!({ "status": "ok" })),
+        (&Method::GET, ["readyz"]) => {
+            return if store.ready().await {
+                reply(StatusCode::OK, json!({ "ready": true }))
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "ready": false, "error": "session_store_unavailable" }),
+                )
+            };
+        }
+        _ => {}
+    }
+    let rt = gw.runtime();
+    let Some(admin) = &rt.admin else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "admin API is not configured",
+        );
+    };
+    if !authorized(&req, &admin.token) {
+        tracing::warn!(target: "rolegate::audit", actor = %format!("unauthenticated@{peer}"), path, "admin call refused");
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin token required",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"rolegate-admin\""),
+        );
+        return r;
+    }
+    let unavailable = |e: crate::session::StoreError| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_store_unavailable",
+            &e.0,
+        )
+    };
+    let keep_until = now_ms() + rt.sessions.retention.as_millis() as u64;
+    let (action, target, result) = match (req.method(), segs.as_slice()) {
+        (&Method::POST, ["sessions", sid, "revoke"]) if !sid.is_empty() => {
+            match store.end(sid, "", EndReason::Revoked, keep_until).await {
+                Ok(was_active) => (
+                    "revoke_session",
+                    *sid,
+                    json!({ "session": sid, "revoked": true, "was_active": was_active }),
+                ),
+                Err(e) => return unavailable(e),
+            }
+        }
+        (&Method::POST, ["users", user, "revoke"]) if !user.is_empty() => {
+            match store.end_user(user).await {
+                Ok(n) => (
+                    "revoke_user_sessions",
+                    *user,
+                    json!({ "user": user, "revoked": n }),
+                ),
+                Err(e) => return unavailable(e),
+            }
+        }
+        (&Method::POST, ["users", user, "deactivate"]) if !user.is_empty() => {
+            match store.deactivate(user).await {
+                Ok(changed) => (
+                    "deactivate_user",
+                    *user,
+                    json!({ "user": user, "deactivated": true, "changed": changed }),
+                ),
+                Err(e) => return unavailable(e),
+            }
+        }
+        (&Method::POST, ["users", user, "reactivate"]) if !user.is_empty() => {
+            match store.reactivate(user).await {
+                Ok(changed) => (
+                    "reactivate_user",
+                    *user,
+                    json!({ "user": user, "deactivated": false, "changed": changed }),
+                ),
+                Err(e) => return unavailable(e),
+            }
+        }
+        (&Method::GET, ["users", user, "sessions"]) if !user.is_empty() => {
+            let (sessions, deactivated) = match (
+                store.sessions_of(user).await,
+                store.is_deactivated(user).await,
+            ) {
+                (Ok(s), Ok(d)) => (s, d),
+                (Err(e), _) | (_, Err(e)) => return unavailable(e),
+            };
+            let now = now_ms();
+            let list: Vec<Value> = sessions.iter().map(|r| session_json(r, now)).collect();
+            return reply(
+                StatusCode::OK,
+                json!({ "user": user, "deactivated": deactivated, "sessions": list }),
+            );
+        }
+        (
+            _,
+            ["sessions", _, "revoke"]
+            | [
+                "users",
+                _,
+                "revoke" | "deactivate" | "reactivate" | "sessions",
+            ],
+        ) => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "see the README's admin API",
+            );
+        }
+        _ => return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    };
+    audit(peer, action, target, &result);
+    reply(StatusCode::OK, result)
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let gw = gw.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let gw = gw.clone();
+                        async move { Ok::<_, Infallible>(handle(&gw, req, peer).await) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+}
