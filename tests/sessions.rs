@@ -1,0 +1,459 @@
+//! Sessions end to end (embedded store): per-role idle timeouts, passive
+//! routes, ended sessions staying ended, logout, the admin API, restarts
+//! (graceful and `kill -9`) and concurrent requests around the expiry
+//! instant. Real gateway, real upstream, short timeouts.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const RULES: &str = r#"
+roles:
+  viewer: { grants: [bot.flows.view] }
+  quick: { idle_timeout: 1s }
+  slow: { idle_timeout: 5s }
+routes:
+  - { name: flows, match: { methods: [GET], path: "/bots/{bot}/flows" }, require: bot.flows.view }
+  - { name: edit, match: { methods: [PUT], path: "/bots/{bot}/flows" }, require: bot.flows.edit }
+  - { name: notifications, match: { methods: [GET], path: /api/notifications }, require: bot.flows.view, activity: passive }
+"#;
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+fn config(
+    dir: &Path,
+    upstream: std::net::SocketAddr,
+    listen: &str,
+    admin: &str,
+    extra: &str,
+) -> String {
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    std::fs::write(dir.join("admin.token"), ADMIN_TOKEN).unwrap();
+    format!(
+        "listen: {{ addr: \"{listen}\" }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\" }}\nrules: rules.yaml\n\
+         admin: {{ addr: \"{admin}\", token_file: admin.token }}\n\
+         sessions:\n  idle_timeout: 10s\n  flush_interval: 50ms\n  state_dir: state\n{extra}",
+        identity_yaml()
+    )
+}
+
+async fn start(extra: &str) -> (Upstream, Gw) {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("sess");
+    let cfg = config(&dir, up.addr, "127.0.0.1:0", "127.0.0.1:0", extra);
+    let gw = start_with_config(&dir, &cfg).await;
+    (up, gw)
+}
+
+fn tok(sid: &str, roles: &[&str]) -> String {
+    token_with(json!({ "sid": sid, "roles": roles }))
+}
+
+async fn get(gw: &Gw, path: &str, t: &str) -> Resp {
+    req(gw.addr, "GET", path, Some(t), &[]).await
+}
+
+async fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> Resp {
+    req(addr, method, path, Some(ADMIN_TOKEN), &[]).await
+}
+
+fn assert_expired(r: &Resp) {
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error(), "session_expired");
+    assert_eq!(r.json()["reason"], "idle");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\", error_description=\"session idle timeout\"")
+    );
+}
+
+#[tokio::test]
+async fn idle_timeout_is_the_smallest_among_the_roles_and_ends_the_session_for_good() {
+    let (up, gw) = start("").await;
+    let short = tok("s-short", &["viewer", "slow", "quick"]);
+    let long = tok("s-long", &["viewer", "slow"]);
+    assert_eq!(get(&gw, "/bots/1/flows", &short).await.status, 200);
+    assert_eq!(get(&gw, "/bots/1/flows", &long).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let before = up.count();
+    assert_expired(&get(&gw, "/bots/1/flows", &short).await);
+    assert_eq!(
+        up.count(),
+        before,
+        "an expired session reached the upstream"
+    );
+    // The 5 s role keeps the other session alive.
+    assert_eq!(get(&gw, "/bots/1/flows", &long).await.status, 200);
+    // Ended for good: the same session id never works again, even with a
+    // freshly issued, valid token and a long-timeout role set.
+    assert_expired(&get(&gw, "/bots/1/flows", &short).await);
+    let reissued = tok("s-short", &["viewer"]);
+    assert_eq!(get(&gw, "/bots/1/flows", &reissued).await.status, 401);
+    // A fresh login (new session id) works.
+    assert_eq!(
+        get(
+            &gw,
+            "/bots/1/flows",
+            &tok("s-short-2", &["viewer", "quick"])
+        )
+        .await
+        .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn activity_keeps_a_session_alive_and_passive_routes_do_not() {
+    let (_up, gw) = start("").await;
+    let active = tok("s-active", &["viewer", "quick"]);
+    let passive = tok("s-passive", &["viewer", "quick"]);
+    for t in [&active, &passive] {
+        assert_eq!(get(&gw, "/bots/1/flows", t).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&gw, "/bots/1/flows", &active).await.status, 200);
+    assert_eq!(get(&gw, "/api/notifications", &passive).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // 1.2 s after its last *active* request the polling session is idle, even
+    // though it polled 0.6 s ago; the one touched 0.6 s ago is alive.
+    assert_expired(&get(&gw, "/api/notifications", &passive).await);
+    assert_eq!(get(&gw, "/bots/1/flows", &active).await.status, 200);
+}
+
+#[tokio::test]
+async fn denied_requests_do_not_keep_a_session_alive() {
+    let (_up, gw) = start("").await;
+    let t = tok("s-denied", &["viewer", "quick"]);
+    assert_eq!(get(&gw, "/bots/1/flows", &t).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        req(gw.addr, "PUT", "/bots/1/flows", Some(&t), &[])
+            .await
+            .status,
+        403
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_expired(&get(&gw, "/bots/1/flows", &t).await);
+}
+
+#[tokio::test]
+async fn logout_ends_the_session_and_clears_the_cookie() {
+    let (_up, gw) = start("  login_url: \"https://login.example/start\"\n").await;
+    let t = tok("s-logout", &["viewer"]);
+    assert_eq!(get(&gw, "/bots/1/flows", &t).await.status, 200);
+    let r = req(gw.addr, "POST", "/.rolegate/logout", Some(&t), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["logged_out"], true);
+    let r = get(&gw, "/bots/1/flows", &t).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "session_ended"));
+    assert_eq!(r.json()["reason"], "logout");
+    // Logout without credentials is refused.
+    assert_eq!(
+        req(gw.addr, "POST", "/.rolegate/logout", None, &[])
+            .await
+            .status,
+        401
+    );
+
+    // Cookie session: the expired cookie is cleared, and a browser
+    // navigation is sent to the login page.
+    let c = tok("s-cookie", &["viewer", "quick"]);
+    let cookie = format!("Cookie: rg_session={c}");
+    assert_eq!(
+        req(gw.addr, "GET", "/bots/1/flows", None, &[&cookie])
+            .await
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &[&cookie, "Accept: text/html,application/xhtml+xml"],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.header("location"), Some("https://login.example/start"));
+    assert!(
+        r.header("set-cookie").unwrap().starts_with("rg_session=;"),
+        "{:?}",
+        r.header("set-cookie")
+    );
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    // An API client gets the JSON 401.
+    let r = req(gw.addr, "GET", "/bots/1/flows", None, &[&cookie]).await;
+    assert_expired(&r);
+}
+
+#[tokio::test]
+async fn admin_api_revokes_deactivates_and_lists() {
+    let (_up, gw) = start("").await;
+    let adm = gw.admin.unwrap();
+    // Health and readiness need no token; everything else does.
+    assert_eq!(req(adm, "GET", "/healthz", None, &[]).await.status, 200);
+    assert_eq!(
+        req(adm, "GET", "/readyz", None, &[]).await.json()["ready"],
+        true
+    );
+    let r = req(adm, "POST", "/users/alice/deactivate", None, &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "unauthorized"));
+    let r = req(
+        adm,
+        "POST",
+        "/users/alice/deactivate",
+        Some("wrong-token-wrong-token"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(admin(adm, "GET", "/nope").await.status, 404);
+    assert_eq!(admin(adm, "GET", "/users/alice/revoke").await.status, 405);
+
+    let alice1 = token_with(json!({ "sub": "alice", "sid": "a-1", "roles": ["viewer"] }));
+    let alice2 = token_with(json!({ "sub": "alice", "sid": "a-2", "roles": ["viewer"] }));
+    let bob = token_with(json!({ "sub": "bob", "sid": "b-1", "roles": ["viewer"] }));
+    for t in [&alice1, &alice2, &bob] {
+        assert_eq!(get(&gw, "/bots/1/flows", t).await.status, 200);
+    }
+    let list = admin(adm, "GET", "/users/alice/sessions").await.json();
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 2);
+    assert_eq!(list["sessions"][0]["state"], "active");
+    assert!(list["sessions"][0]["idle_seconds"].as_f64().unwrap() < 5.0);
+
+    // Revoke one session.
+    let r = admin(adm, "POST", "/sessions/a-1/revoke").await.json();
+    assert_eq!(r["revoked"], true);
+    let r = get(&gw, "/bots/1/flows", &alice1).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "session_ended"));
+    assert_eq!(r.json()["reason"], "revoked");
+    assert_eq!(get(&gw, "/bots/1/flows", &alice2).await.status, 200);
+
+    // Revoke all sessions of a user.
+    assert_eq!(
+        admin(adm, "POST", "/users/alice/revoke").await.json()["revoked"],
+        1
+    );
+    assert_eq!(get(&gw, "/bots/1/flows", &alice2).await.status, 401);
+    assert_eq!(get(&gw, "/bots/1/flows", &bob).await.status, 200);
+
+    // Deactivate: current and future tokens of bob refused until reactivated.
+    assert_eq!(
+        admin(adm, "POST", "/users/bob/deactivate").await.json()["deactivated"],
+        true
+    );
+    let r = get(&gw, "/bots/1/flows", &bob).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
+    let bob_new = token_with(json!({ "sub": "bob", "sid": "b-2", "roles": ["viewer"] }));
+    assert_eq!(
+        get(&gw, "/bots/1/flows", &bob_new).await.error(),
+        "user_deactivated"
+    );
+    assert_eq!(
+        admin(adm, "GET", "/users/bob/sessions").await.json()["deactivated"],
+        true
+    );
+    assert_eq!(
+        admin(adm, "POST", "/users/bob/reactivate").await.json()["deactivated"],
+        false
+    );
+    assert_eq!(get(&gw, "/bots/1/flows", &bob_new).await.status, 200);
+    // Revoking a session id never seen keeps it revoked when it shows up.
+    admin(adm, "POST", "/sessions/never-seen/revoke").await;
+    let ghost = token_with(json!({ "sub": "carol", "sid": "never-seen", "roles": ["viewer"] }));
+    assert_eq!(get(&gw, "/bots/1/flows", &ghost).await.status, 401);
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_race_an_expired_session_back_to_life() {
+    let (_up, gw) = start("").await;
+    let t = tok("s-race", &["viewer", "quick"]);
+    assert_eq!(get(&gw, "/bots/1/flows", &t).await.status, 200);
+    let origin = Instant::now();
+    // 60 requests spread over 0.8 s .. 1.4 s after the last activity, on a
+    // passive route so none of them moves the expiry instant (1 s), which
+    // falls in the middle of them.
+    let mut tasks = Vec::new();
+    for i in 0..60u64 {
+        let (addr, t) = (gw.addr, t.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800 + i * 10)).await;
+            let start = origin.elapsed();
+            let r = req(addr, "GET", "/api/notifications", Some(&t), &[]).await;
+            (start, origin.elapsed(), r.status)
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    assert!(
+        results.iter().any(|r| r.2 == 200),
+        "no request landed before the expiry instant"
+    );
+    let first_401_end = results
+        .iter()
+        .filter(|r| r.2 == 401)
+        .map(|r| r.1)
+        .min()
+        .expect("the session expired");
+    for (start, _, status) in &results {
+        assert!(
+            !(*status == 200 && *start > first_401_end),
+            "a request started after the session was reported expired got 200"
+        );
+    }
+    assert_eq!(get(&gw, "/bots/1/flows", &t).await.status, 401);
+}
+
+// ---------------------------------------------------------------- restarts
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn spawn_serve(dir: &Path, port: u16) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["serve", "-c", "rolegate.yaml"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Proc(child);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("gateway did not start");
+}
+
+fn sigterm(p: &mut Proc) {
+    // Graceful: SIGTERM, then wait.
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.0.id().to_string()])
+        .status();
+    let _ = p.0.wait();
+}
+
+#[tokio::test]
+async fn revocations_and_idle_timers_survive_restart_and_kill_9() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("restart");
+    let (port, admin_port) = (free_port(), free_port());
+    let cfg = config(
+        &dir,
+        up.addr,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin_port}"),
+        "",
+    );
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    let gw: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let adm: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+
+    let revoked = tok("r-1", &["viewer"]);
+    let idle = token_with(json!({ "sid": "i-1", "roles": ["viewer", "quick"] }));
+    let alive = tok("k-1", &["viewer"]);
+    let deact = token_with(json!({ "sub": "dave", "sid": "d-1", "roles": ["viewer"] }));
+
+    let mut p = spawn_serve(&dir, port).await;
+    for t in [&revoked, &idle, &alive, &deact] {
+        assert_eq!(
+            req(gw, "GET", "/bots/1/flows", Some(t), &[]).await.status,
+            200
+        );
+    }
+    assert_eq!(admin(adm, "POST", "/sessions/r-1/revoke").await.status, 200);
+    assert_eq!(
+        admin(adm, "POST", "/users/dave/deactivate").await.status,
+        200
+    );
+    // Graceful restart.
+    sigterm(&mut p);
+    let mut p = spawn_serve(&dir, port).await;
+    assert_eq!(
+        req(gw, "GET", "/bots/1/flows", Some(&revoked), &[])
+            .await
+            .error(),
+        "session_ended"
+    );
+    assert_eq!(
+        req(gw, "GET", "/bots/1/flows", Some(&deact), &[])
+            .await
+            .error(),
+        "user_deactivated"
+    );
+    assert_eq!(
+        req(gw, "GET", "/bots/1/flows", Some(&alive), &[])
+            .await
+            .status,
+        200
+    );
+
+    // kill -9 right after a revocation and an activity touch: the revocation
+    // was written before the admin call returned; the touch is flushed
+    // within flush_interval (50 ms here).
+    let touched_at = Instant::now();
+    assert_eq!(
+        req(gw, "GET", "/bots/1/flows", Some(&idle), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(admin(adm, "POST", "/users/anyone/revoke").await.status, 200);
+    assert_eq!(admin(adm, "POST", "/sessions/k-1/revoke").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.0.kill().unwrap();
+    p.0.wait().unwrap();
+    let _p = spawn_serve(&dir, port).await;
+    assert_eq!(
+        req(gw, "GET", "/bots/1/flows", Some(&alive), &[])
+            .await
+            .error(),
+        "session_ended"
+    );
+    assert_eq!(
+        req(gw, "GET", "/bots/1/flows", Some(&revoked), &[])
+            .await
+            .error(),
+        "session_ended"
+    );
+    assert_eq!(
+        req(gw, "GET", "/bots/1/flows", Some(&deact), &[])
+            .await
+            .error(),
+        "user_deactivated"
+    );
+    // The idle timer was not reset by the restart: 1 s after the last touch
+    // (before the crash) the session is idle, although the new process has
+    // seen no request for it yet.
+    let wait = Duration::from_millis(1250).saturating_sub(touched_at.elapsed());
+    tokio::time::sleep(wait).await;
+    let r = req(gw, "GET", "/bots/1/flows", Some(&idle), &[]).await;
+    assert_expired(&r);
+    let v: Value = r.json();
+    assert!(v["request_id"].is_string());
+}
