@@ -331,19 +331,21 @@ fn free_port() -> u16 {
 }
 
 async fn spawn_serve(dir: &Path, port: u16) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_rolegate"))
-        .args(["serve", "-c", "rolegate.yaml"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let proc = Proc(
+        Command::new(env!("CARGO_BIN_EXE_rolegate"))
+            .args(["serve", "-c", "rolegate.yaml"])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Proc(child);
+            return proc;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
