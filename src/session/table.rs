@@ -16,8 +16,6 @@
 //!   ended|active --token expiry + retention passed--> dropped by `sweep`
 //! ```
 
-use std::sync::Mutex;
-
 use dashmap::DashMap;
 
 /// Why a session ended.
@@ -95,38 +93,70 @@ pub struct Record {
     pub ended: Option<(EndReason, u64)>,
 }
 
+/// Kept small: one million of these must fit well under 512 MB.
 struct Entry {
     subject: Box<str>,
     created: u64,
     last: u64,
-    idle: u64,
     exp: u64,
-    ended: Option<(EndReason, u64)>,
-    /// Queued in `dirty` since the last flush.
+    /// When it ended (meaningful only with `ended`).
+    ended_at: u64,
+    /// Milliseconds; u32 holds 49 days, far beyond any idle timeout.
+    idle: u32,
+    ended: Option<EndReason>,
+    /// Touched since the last flush.
     dirty: bool,
 }
 
+fn idle_u32(ms: u64) -> u32 {
+    u32::try_from(ms).unwrap_or(u32::MAX)
+}
+
 impl Entry {
+    fn new(subject: &str, now: u64, idle_ms: u64, exp: u64) -> Entry {
+        Entry {
+            subject: subject.into(),
+            created: now,
+            last: now,
+            exp,
+            ended_at: 0,
+            idle: idle_u32(idle_ms),
+            ended: None,
+            dirty: false,
+        }
+    }
+
+    fn ended(&self) -> Option<(EndReason, u64)> {
+        self.ended.map(|r| (r, self.ended_at))
+    }
+
+    fn end(&mut self, reason: EndReason, at: u64) {
+        self.ended = Some(reason);
+        self.ended_at = at;
+    }
+
     fn record(&self, session: &str) -> Record {
         Record {
             session: session.to_string(),
             subject: self.subject.to_string(),
             created_ms: self.created,
             last_ms: self.last,
-            idle_ms: self.idle,
+            idle_ms: u64::from(self.idle),
             exp_ms: self.exp,
-            ended: self.ended,
+            ended: self.ended(),
         }
     }
 }
 
 /// All sessions and deactivated users one gateway knows about.
+///
+/// Activity to flush is found by scanning for `dirty` entries (a few ms
+/// per million sessions, once per `flush_interval`) rather than by queueing
+/// ids on the request path: no lock and no allocation per request.
 #[derive(Default)]
 pub struct Table {
     sessions: DashMap<Box<str>, Entry>,
     deactivated: DashMap<Box<str>, u64>,
-    /// Sessions touched since the last flush (each at most once).
-    dirty: Mutex<Vec<Box<str>>>,
 }
 
 impl Table {
@@ -146,16 +176,6 @@ impl Table {
         self.deactivated.contains_key(subject)
     }
 
-    fn mark_dirty(&self, session: &str, e: &mut Entry) {
-        if !e.dirty {
-            e.dirty = true;
-            self.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(session.into());
-        }
-    }
-
     /// The per-request transition: check, and touch unless told not to.
     pub fn check(&self, t: &Touch<'_>) -> (Verdict, Change) {
         if self.is_deactivated(t.subject) {
@@ -163,12 +183,12 @@ impl Table {
         }
         if let Some(mut e) = self.sessions.get_mut(t.session) {
             e.exp = e.exp.max(t.token_exp_ms);
-            if let Some((reason, _)) = e.ended {
+            if let Some(reason) = e.ended {
                 return (Verdict::Ended(reason), Change::None);
             }
             // The timeout of *this* request's principal applies: a token with
             // fewer roles cannot stretch a shorter timeout seen before.
-            let idle = e.idle.min(t.idle_ms);
+            let idle = u64::from(e.idle).min(t.idle_ms);
             let reason = if t.now_ms.saturating_sub(e.last) > idle {
                 Some(EndReason::Idle)
             } else if t
@@ -180,29 +200,21 @@ impl Table {
                 None
             };
             if let Some(reason) = reason {
-                e.ended = Some((reason, t.now_ms));
+                e.end(reason, t.now_ms);
                 return (Verdict::Ended(reason), Change::Ended(e.record(t.session)));
             }
-            e.idle = t.idle_ms;
+            e.idle = idle_u32(t.idle_ms);
             if t.touch && t.now_ms > e.last {
                 e.last = t.now_ms;
-                self.mark_dirty(t.session, &mut e);
+                e.dirty = true;
                 return (Verdict::Active, Change::Activity);
             }
             return (Verdict::Active, Change::None);
         }
-        // First sight of this session id: it starts now.
-        let mut e = Entry {
-            subject: t.subject.into(),
-            created: t.now_ms,
-            last: t.now_ms,
-            idle: t.idle_ms,
-            exp: t.token_exp_ms,
-            ended: None,
-            dirty: false,
-        };
-        self.mark_dirty(t.session, &mut e);
-        // `or_insert` keeps a concurrent first request's entry if it won.
+        // First sight of this session id: it starts now. `or_insert` keeps a
+        // concurrent first request's entry if that one won the race.
+        let mut e = Entry::new(t.subject, t.now_ms, t.idle_ms, t.token_exp_ms);
+        e.dirty = true;
         drop(self.sessions.entry(t.session.into()).or_insert(e));
         (Verdict::Active, Change::Activity)
     }
@@ -221,20 +233,12 @@ impl Table {
         let mut e = self
             .sessions
             .entry(session.into())
-            .or_insert_with(|| Entry {
-                subject: subject.into(),
-                created: now_ms,
-                last: now_ms,
-                idle: 0,
-                exp: keep_until_ms,
-                ended: None,
-                dirty: false,
-            });
+            .or_insert_with(|| Entry::new(subject, now_ms, 0, keep_until_ms));
         e.exp = e.exp.max(keep_until_ms);
         if e.ended.is_some() {
             return None;
         }
-        e.ended = Some((reason, now_ms));
+        e.end(reason, now_ms);
         Some(e.record(session))
     }
 
@@ -243,7 +247,7 @@ impl Table {
         let mut out = Vec::new();
         for mut kv in self.sessions.iter_mut() {
             if &*kv.subject == subject && kv.ended.is_none() {
-                kv.ended = Some((reason, now_ms));
+                kv.end(reason, now_ms);
                 out.push(kv.record(kv.key()));
             }
         }
@@ -288,14 +292,14 @@ impl Table {
 
     /// Sessions touched since the last call, for the activity flush.
     pub fn take_dirty(&self) -> Vec<Record> {
-        let ids = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
-        ids.iter()
-            .filter_map(|id| {
-                let mut e = self.sessions.get_mut(id)?;
-                e.dirty = false;
-                Some(e.record(id))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for mut kv in self.sessions.iter_mut() {
+            if kv.dirty {
+                kv.dirty = false;
+                out.push(kv.record(kv.key()));
+            }
+        }
+        out
     }
 
     /// Every record (journal compaction).
@@ -310,11 +314,15 @@ impl Table {
     pub fn sweep(&self, now_ms: u64, retention_ms: u64) -> Vec<Record> {
         let mut ended = Vec::new();
         self.sessions.retain(|id, e| {
-            if e.ended.is_none() && now_ms.saturating_sub(e.last) > e.idle {
-                e.ended = Some((EndReason::Idle, now_ms));
+            if e.ended.is_none() && now_ms.saturating_sub(e.last) > u64::from(e.idle) {
+                e.end(EndReason::Idle, now_ms);
                 ended.push(e.record(id));
             }
-            let since = e.ended.map_or(e.last, |(_, t)| t);
+            let since = if e.ended.is_some() {
+                e.ended_at
+            } else {
+                e.last
+            };
             e.exp > now_ms || now_ms.saturating_sub(since) <= retention_ms
         });
         ended
@@ -326,23 +334,17 @@ impl Table {
         let mut e = self
             .sessions
             .entry(r.session.as_str().into())
-            .or_insert_with(|| Entry {
-                subject: r.subject.as_str().into(),
-                created: r.created_ms,
-                last: r.last_ms,
-                idle: r.idle_ms,
-                exp: r.exp_ms,
-                ended: None,
-                dirty: false,
-            });
+            .or_insert_with(|| Entry::new(&r.subject, r.created_ms, r.idle_ms, r.exp_ms));
         e.last = e.last.max(r.last_ms);
         e.created = e.created.min(r.created_ms);
         e.exp = e.exp.max(r.exp_ms);
         if r.idle_ms > 0 {
-            e.idle = r.idle_ms;
+            e.idle = idle_u32(r.idle_ms);
         }
-        if e.ended.is_none() {
-            e.ended = r.ended;
+        if e.ended.is_none()
+            && let Some((reason, at)) = r.ended
+        {
+            e.end(reason, at);
         }
     }
 
