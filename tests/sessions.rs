@@ -459,3 +459,214 @@ async fn revocations_and_idle_timers_survive_restart_and_kill_9() {
     let v: Value = r.json();
     assert!(v["request_id"].is_string());
 }
+
+// ------------------------------------------------------------ redis store
+
+/// A real redis-server on a free loopback port, killed on drop.
+struct Redis {
+    _proc: Proc,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let proc = Proc(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis { _proc: proc, port });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+fn redis_available() -> bool {
+    let ok = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: redis-server not installed (.ci/run installs it)");
+    }
+    ok
+}
+
+/// Polls until `f` is true; returns how long it took (panics after `limit`).
+async fn within<F, Fut>(limit: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not met within {limit:?}");
+}
+
+#[tokio::test]
+async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start(free_port()).unwrap();
+    let up = Upstream::start().await;
+    let mut gws = Vec::new();
+    for _ in 0..2 {
+        let dir = scratch_dir("redis-gw");
+        let (port, admin_port) = (free_port(), free_port());
+        let extra = format!("  store: \"redis://127.0.0.1:{}\"\n", redis.port);
+        let cfg = config(
+            &dir,
+            up.addr,
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{admin_port}"),
+            &extra,
+        );
+        std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+        let p = spawn_serve(&dir, port).await;
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let adm: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+        gws.push((p, addr, adm));
+    }
+    let (a, b) = (gws[0].1, gws[1].1);
+    let (adm_a, adm_b) = (gws[0].2, gws[1].2);
+
+    // Activity on B keeps a session alive for A (idle 1 s).
+    let t = tok("shared-1", &["viewer", "quick"]);
+    assert_eq!(
+        req(a, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        req(b, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        req(a, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
+        200,
+        "B's activity did not reach A"
+    );
+    // Idle expiry decided on one instance holds on the other.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_expired(&req(b, "GET", "/bots/1/flows", Some(&t), &[]).await);
+    assert_eq!(
+        req(a, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
+        401
+    );
+
+    // A revocation on A is enforced by B within 1 s.
+    let r1 = tok("shared-2", &["viewer"]);
+    assert_eq!(
+        req(b, "GET", "/bots/1/flows", Some(&r1), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        admin(adm_a, "POST", "/sessions/shared-2/revoke")
+            .await
+            .status,
+        200
+    );
+    let took = within(Duration::from_secs(1), || {
+        let r1 = r1.clone();
+        async move { req(b, "GET", "/bots/1/flows", Some(&r1), &[]).await.status == 401 }
+    })
+    .await;
+    eprintln!("revocation reached the other gateway in {took:?}");
+
+    // A deactivation on B is enforced by A within 1 s; reactivation restores.
+    let erin = token_with(json!({ "sub": "erin", "sid": "e-1", "roles": ["viewer"] }));
+    assert_eq!(
+        req(a, "GET", "/bots/1/flows", Some(&erin), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        admin(adm_b, "POST", "/users/erin/deactivate").await.status,
+        200
+    );
+    within(Duration::from_secs(1), || {
+        let erin = erin.clone();
+        async move {
+            req(a, "GET", "/bots/1/flows", Some(&erin), &[])
+                .await
+                .error()
+                == "user_deactivated"
+        }
+    })
+    .await;
+    assert_eq!(
+        admin(adm_a, "GET", "/users/erin/sessions").await.json()["deactivated"],
+        true
+    );
+    assert_eq!(
+        admin(adm_b, "POST", "/users/erin/reactivate").await.status,
+        200
+    );
+    within(Duration::from_secs(1), || {
+        let erin = erin.clone();
+        async move {
+            req(a, "GET", "/bots/1/flows", Some(&erin), &[])
+                .await
+                .status
+                == 200
+        }
+    })
+    .await;
+
+    // Redis dies: both gateways fail closed with a JSON 503, and readiness says so.
+    let live = tok("shared-3", &["viewer"]);
+    assert_eq!(
+        req(a, "GET", "/bots/1/flows", Some(&live), &[])
+            .await
+            .status,
+        200
+    );
+    drop(redis);
+    for gw in [a, b] {
+        within(Duration::from_secs(5), || {
+            let live = live.clone();
+            async move {
+                let r = req(gw, "GET", "/bots/1/flows", Some(&live), &[]).await;
+                r.status == 503 && r.error() == "session_store_unavailable"
+            }
+        })
+        .await;
+    }
+    assert_eq!(req(adm_a, "GET", "/readyz", None, &[]).await.status, 503);
+    let before = up.count();
+    assert_eq!(
+        req(b, "GET", "/bots/1/flows", Some(&live), &[])
+            .await
+            .status,
+        503
+    );
+    assert_eq!(
+        up.count(),
+        before,
+        "a request reached the upstream without a session check"
+    );
+}

@@ -1,18 +1,977 @@
-//! STUB: the Redis store (being written). Same interface as the embedded store.
-#![allow(dead_code, unused_variables)]
+//! The Redis store: several gateway instances share sessions through one
+//! Redis server. Serves phase 4 (session) of the pipeline, like the
+//! embedded store, with the same interface.
+//!
+//! Owns a local mirror ([`Table`]) of the sessions this instance has seen,
+//! the Redis connections (one [`ConnectionManager`] for commands, one
+//! pub/sub connection for events) and two background tasks (activity
+//! flush, event subscriber). It must not decide anything the local mirror
+//! cannot vouch for: whenever the mirror might be stale it asks Redis.
+//!
+//! # Per request ([`RedisStore::check`])
+//! - **Fast path, no round trip**: the session is in the mirror and either
+//!   ended, or not ended and, by the mirror's clock, neither idle
+//!   (`now - last <= idle`) nor past its lifetime. The mirror decides and
+//!   touches locally; the touch is queued for the next activity flush.
+//! - **Slow path, one round trip**: unknown session, or the mirror says
+//!   idle/lifetime (another instance may have kept it alive), or the token
+//!   carries a later `exp` than recorded. One atomic Lua script on Redis
+//!   refuses a deactivated subject, answers an ended session, creates an
+//!   unknown one, ends an idle or expired one (judged from *Redis's* `last`,
+//!   which holds every flushed touch of every instance) and publishes the
+//!   end, or else touches it. The answer is applied to the mirror.
+//!
+//! # Keys (prefix `rolegate:`; standalone Redis, not Redis Cluster: the
+//! scripts build some key names themselves)
+//! - `rolegate:s:{sid}`: hash `sub created last idle exp ended ended_at`
+//!   (milliseconds since the epoch), expiring at
+//!   `max(token exp, ended_at + retention)` (for an active session
+//!   `ended_at` is taken as `last + idle`, when it would end idle);
+//! - `rolegate:u:{sub}`: set of a user's session ids (`end_user`,
+//!   `sessions_of`), expiring with its longest-lived session;
+//! - `rolegate:deact`: hash subject → deactivated since (ms);
+//! - `rolegate:epoch`: a marker telling whether Redis lost its data;
+//! - channel `rolegate:events` (`rolegate:events:{db}` for a database other
+//!   than 0, since pub/sub ignores databases).
+//!
+//! # Staleness bound (activity is coalesced)
+//! Activity is written to Redis every `flush_interval` (default 250 ms), in
+//! one pipeline of Lua `touch` calls (`last = max(last, t)`), not once per
+//! request. So an idle decision taken on one instance can miss at most the
+//! last `flush_interval` (plus one Redis round trip) of another instance's
+//! activity: a session idle for between `idle - flush_interval` and `idle`
+//! may be ended; one idle for less is never ended, one idle for longer
+//! always is. Revocations (logout, admin revoke, end of user's sessions),
+//! deactivations and reactivations are written to Redis first and then
+//! published; every instance applies them to its mirror within pub/sub
+//! latency (milliseconds; well under 1 s). Instance clocks are compared with
+//! each other, so keep them NTP-synchronised: skew adds to the bound.
+//!
+//! # Failing closed
+//! Every Redis error or a reply slower than 1 s is a [`StoreError`] (the
+//! pipeline answers 503 by default). While the subscriber connection is
+//! down, the mirror could miss revocations, so `check` refuses with
+//! `StoreError` even on the fast path until the subscription is back. On
+//! re-subscription the deactivated users are reloaded from Redis and the
+//! mirror forgets its active sessions (they are re-read from Redis on their
+//! next request); ended ones stay ended. If Redis lost its data meanwhile
+//! (restart without persistence, `FLUSHALL`: the epoch marker changed),
+//! each instance first writes back the ended sessions and deactivations it
+//! knows, so revocations survive; active sessions then start afresh (their
+//! idle timer and lifetime restart). Run Redis with persistence
+//! (`appendonly yes`) so that this stays the exception.
+//!
+//! # Mirror housekeeping
+//! Every 30 s the mirror forgets its active sessions (after flushing their
+//! activity; each costs one slow path on its next request) and drops ended
+//! ones whose token has expired: the mirror cannot judge idleness of a
+//! session active elsewhere, so it never sweeps sessions to ended itself.
 
-use super::table::{EndReason, Record, Touch, Verdict};
-use super::{SessionSettings, StoreError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-pub struct RedisStore;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::{Client, ErrorKind, RedisResult, Script, ServerErrorKind};
+use tokio::task::JoinHandle;
+
+use super::table::{Change, EndReason, Record, Table, Touch, Verdict};
+use super::{SessionSettings, StoreError, now_ms};
+
+/// Every key and the channel start with this.
+const PREFIX: &str = "rolegate:";
+/// A Redis command (or pipeline) answers within this or counts as failed:
+/// a dead Redis must fail requests fast, not hang them.
+const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// `open` gives up after this (connection retries included).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to re-establish the subscription.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(200);
+/// The subscriber pings this often, to notice a half-open connection.
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// The mirror forgets its active sessions and drops old ended ones this often.
+const MIRROR_REFRESH: Duration = Duration::from_secs(30);
+/// Ended sessions stay in the mirror this long past their token's expiry
+/// (Redis keeps them for the full `retention`).
+const MIRROR_RETENTION_MS: u64 = 120_000;
+/// Touches per flush pipeline.
+const FLUSH_BATCH: usize = 1_000;
+/// Unwritten activity kept across failed flushes, at most.
+const MAX_PENDING: usize = 1_000_000;
+/// Times are clamped to this (≈ 142,000 years) so Lua's doubles stay exact.
+const MAX_MS: u64 = 1 << 52;
+
+/// Shared Lua prelude. `ARGV[1..4]` are always: key prefix, now (ms),
+/// retention (ms), event channel.
+const LUA_PRELUDE: &str = r#"
+local P, NOW, RET, CH = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local function s(n) return string.format('%d', n) end
+local function load(skey)
+  local h = redis.call('HMGET', skey, 'sub', 'created', 'last', 'idle', 'exp', 'ended', 'ended_at')
+  if not h[2] then return nil end
+  return { sub = h[1] or '', created = tonumber(h[2]), last = tonumber(h[3] or h[2]),
+           idle = tonumber(h[4] or '0'), exp = tonumber(h[5] or '0'), ended = h[6],
+           ended_at = tonumber(h[7] or '0') }
+end
+local function keep_until(r)
+  if r.ended then return math.max(r.exp, r.ended_at + RET) end
+  return math.max(r.exp, r.last + r.idle + RET)
+end
+local function expire_at(skey, r)
+  local at = keep_until(r)
+  redis.call('PEXPIREAT', skey, s(at))
+  if r.sub ~= '' then
+    local ukey = P .. 'u:' .. r.sub
+    local pt = redis.call('PTTL', ukey)
+    if pt == -1 or (pt >= 0 and NOW + pt < at) then redis.call('PEXPIREAT', ukey, s(at)) end
+  end
+end
+local function reply(sid, r)
+  return { sid, r.sub, s(r.created), s(r.last), s(r.idle), s(r.exp), r.ended or '', s(r.ended_at) }
+end
+local function end_session(skey, sid, r, reason, at, publish)
+  r.ended = reason
+  r.ended_at = at
+  redis.call('HSET', skey, 'ended', reason, 'ended_at', s(at), 'exp', s(r.exp))
+  expire_at(skey, r)
+  if publish then
+    redis.call('PUBLISH', CH, 'end ' .. reason .. ' ' .. s(at) .. ' ' .. s(r.exp) .. ' '
+      .. s(#r.sub) .. ':' .. r.sub .. sid)
+  end
+end
+"#;
+
+/// The per-request check. KEYS: session, deact. ARGV[5..]: sid, sub,
+/// idle, max lifetime (0: none), token exp, touch (1/0).
+/// Returns `{'deact', since}` or `{'ok', record...}`.
+const LUA_CHECK: &str = r#"
+local sid, sub = ARGV[5], ARGV[6]
+local idle, maxl, texp = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local since = redis.call('HGET', KEYS[2], sub)
+if since then return { 'deact', since } end
+local r = load(KEYS[1])
+if not r then
+  r = { sub = sub, created = NOW, last = NOW, idle = idle, exp = texp, ended = false, ended_at = 0 }
+  redis.call('HSET', KEYS[1], 'sub', sub, 'created', s(NOW), 'last', s(NOW), 'idle', s(idle), 'exp', s(texp))
+  if sub ~= '' then redis.call('SADD', P .. 'u:' .. sub, sid) end
+  expire_at(KEYS[1], r)
+  return { 'ok', unpack(reply(sid, r)) }
+end
+if texp > r.exp then
+  r.exp = texp
+  redis.call('HSET', KEYS[1], 'exp', s(texp))
+end
+if r.ended then
+  expire_at(KEYS[1], r)
+  return { 'ok', unpack(reply(sid, r)) }
+end
+local reason = false
+if NOW - r.last > math.min(r.idle, idle) then
+  reason = 'idle'
+elseif maxl > 0 and NOW - r.created > maxl then
+  reason = 'lifetime'
+end
+if reason then
+  end_session(KEYS[1], sid, r, reason, NOW, true)
+  return { 'ok', unpack(reply(sid, r)) }
+end
+r.idle = idle
+if ARGV[10] == '1' and NOW > r.last then r.last = NOW end
+redis.call('HSET', KEYS[1], 'last', s(r.last), 'idle', s(idle))
+expire_at(KEYS[1], r)
+return { 'ok', unpack(reply(sid, r)) }
+"#;
+
+/// Ends one session (creating an ended record for an unknown one).
+/// KEYS: session. ARGV[5..]: sid, sub, reason, keep until, publish (1/0),
+/// ended at. Returns `{changed, record...}`.
+const LUA_END: &str = r#"
+local sid, kexp, at = ARGV[5], tonumber(ARGV[8]), tonumber(ARGV[10])
+local r = load(KEYS[1])
+if not r then
+  r = { sub = ARGV[6], created = at, last = at, idle = 0, exp = kexp, ended = false, ended_at = 0 }
+  redis.call('HSET', KEYS[1], 'sub', r.sub, 'created', s(at), 'last', s(at), 'idle', '0', 'exp', s(kexp))
+  if r.sub ~= '' then redis.call('SADD', P .. 'u:' .. r.sub, sid) end
+end
+r.exp = math.max(r.exp, kexp)
+if r.ended then
+  redis.call('HSET', KEYS[1], 'exp', s(r.exp))
+  expire_at(KEYS[1], r)
+  return { '0', unpack(reply(sid, r)) }
+end
+end_session(KEYS[1], sid, r, ARGV[7], at, ARGV[9] == '1')
+return { '1', unpack(reply(sid, r)) }
+"#;
+
+/// Coalesced activity of one session. KEYS: session. ARGV[5..]: last,
+/// token exp, idle. Never creates a session, never touches an ended one.
+const LUA_TOUCH: &str = r#"
+local r = load(KEYS[1])
+if not r then return 0 end
+r.exp = math.max(r.exp, tonumber(ARGV[6]))
+if r.ended then
+  redis.call('HSET', KEYS[1], 'exp', s(r.exp))
+else
+  r.last = math.max(r.last, tonumber(ARGV[5]))
+  if tonumber(ARGV[7]) > 0 then r.idle = tonumber(ARGV[7]) end
+  redis.call('HSET', KEYS[1], 'last', s(r.last), 'exp', s(r.exp), 'idle', s(r.idle))
+end
+expire_at(KEYS[1], r)
+return 1
+"#;
+
+/// Ends every active session of a user. KEYS: user set.
+/// Returns the newly ended records, flattened.
+const LUA_END_USER: &str = r#"
+local out = {}
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local skey = P .. 's:' .. sid
+  local r = load(skey)
+  if not r then
+    redis.call('SREM', KEYS[1], sid)
+  elseif not r.ended then
+    end_session(skey, sid, r, 'revoked', NOW, true)
+    for _, v in ipairs(reply(sid, r)) do out[#out + 1] = v end
+  end
+end
+return out
+"#;
+
+/// A user's sessions; ends those idle or past their lifetime by Redis's
+/// view (as `check` would). KEYS: user set. ARGV[5]: max lifetime (0: none).
+const LUA_LIST: &str = r#"
+local maxl = tonumber(ARGV[5])
+local out = {}
+for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local skey = P .. 's:' .. sid
+  local r = load(skey)
+  if not r then
+    redis.call('SREM', KEYS[1], sid)
+  else
+    if not r.ended then
+      if NOW - r.last > r.idle then
+        end_session(skey, sid, r, 'idle', NOW, true)
+      elseif maxl > 0 and NOW - r.created > maxl then
+        end_session(skey, sid, r, 'lifetime', NOW, true)
+      end
+    end
+    for _, v in ipairs(reply(sid, r)) do out[#out + 1] = v end
+  end
+end
+return out
+"#;
+
+/// KEYS: deact. ARGV[5]: subject. Returns `{changed, since}`.
+const LUA_DEACTIVATE: &str = r#"
+local changed = redis.call('HSETNX', KEYS[1], ARGV[5], s(NOW))
+local since = redis.call('HGET', KEYS[1], ARGV[5])
+redis.call('PUBLISH', CH, 'deact ' .. since .. ' ' .. ARGV[5])
+return { s(changed), since }
+"#;
+
+/// KEYS: deact. ARGV[5]: subject. Returns whether it was deactivated.
+const LUA_REACTIVATE: &str = r#"
+local changed = redis.call('HDEL', KEYS[1], ARGV[5])
+redis.call('PUBLISH', CH, 'react ' .. ARGV[5])
+return s(changed)
+"#;
+
+struct Scripts {
+    check: Script,
+    end: Script,
+    touch: Script,
+    end_user: Script,
+    list: Script,
+    deactivate: Script,
+    reactivate: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{LUA_PRELUDE}{body}"));
+        Scripts {
+            check: s(LUA_CHECK),
+            end: s(LUA_END),
+            touch: s(LUA_TOUCH),
+            end_user: s(LUA_END_USER),
+            list: s(LUA_LIST),
+            deactivate: s(LUA_DEACTIVATE),
+            reactivate: s(LUA_REACTIVATE),
+        }
+    }
+}
+
+/// One message on the events channel. Wire format (the arbitrary strings
+/// last, the subject length-prefixed):
+/// `end <reason> <at_ms> <exp_ms> <sub_len>:<sub><sid>`,
+/// `deact <since_ms> <sub>`, `react <sub>`.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    End {
+        reason: EndReason,
+        at: u64,
+        exp: u64,
+        subject: String,
+        session: String,
+    },
+    Deactivate {
+        since: u64,
+        subject: String,
+    },
+    Reactivate {
+        subject: String,
+    },
+}
+
+impl Event {
+    fn parse(s: &str) -> Option<Event> {
+        let (kind, rest) = s.split_once(' ')?;
+        match kind {
+            "end" => {
+                let mut it = rest.splitn(4, ' ');
+                let reason = EndReason::parse(it.next()?)?;
+                let at = it.next()?.parse().ok()?;
+                let exp = it.next()?.parse().ok()?;
+                let (len, tail) = it.next()?.split_once(':')?;
+                let len: usize = len.parse().ok()?;
+                Some(Event::End {
+                    reason,
+                    at,
+                    exp,
+                    subject: tail.get(..len)?.to_string(),
+                    session: tail.get(len..)?.to_string(),
+                })
+            }
+            "deact" => {
+                let (since, subject) = rest.split_once(' ')?;
+                Some(Event::Deactivate {
+                    since: since.parse().ok()?,
+                    subject: subject.to_string(),
+                })
+            }
+            "react" => Some(Event::Reactivate {
+                subject: rest.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Runs one Redis call with the [`OP_TIMEOUT`] bound.
+async fn bounded<T>(
+    what: &str,
+    fut: impl Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError(format!("redis {what}: {e}"))),
+        Err(_) => Err(StoreError(format!(
+            "redis {what}: no answer within {} ms",
+            OP_TIMEOUT.as_millis()
+        ))),
+    }
+}
+
+fn parse_u64(s: &str) -> Result<u64, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError(format!("redis: unexpected number {s:?} in a script reply")))
+}
+
+/// A record from the 8 fields of the scripts' `reply`.
+fn parse_record(f: &[String]) -> Result<Record, StoreError> {
+    let [sid, sub, created, last, idle, exp, ended, ended_at] = f else {
+        return Err(StoreError("redis: malformed session record".into()));
+    };
+    let ended = match ended.as_str() {
+        "" => None,
+        r => Some((
+            EndReason::parse(r).ok_or_else(|| StoreError(format!("redis: end reason {r:?}")))?,
+            parse_u64(ended_at)?,
+        )),
+    };
+    Ok(Record {
+        session: sid.clone(),
+        subject: sub.clone(),
+        created_ms: parse_u64(created)?,
+        last_ms: parse_u64(last)?,
+        idle_ms: parse_u64(idle)?,
+        exp_ms: parse_u64(exp)?,
+        ended,
+    })
+}
+
+fn parse_records(v: &[String]) -> Result<Vec<Record>, StoreError> {
+    if !v.len().is_multiple_of(8) {
+        return Err(StoreError("redis: malformed session list".into()));
+    }
+    v.chunks(8).map(parse_record).collect()
+}
+
+fn session_key(sid: &str) -> String {
+    format!("{PREFIX}s:{sid}")
+}
+
+fn user_key(sub: &str) -> String {
+    format!("{PREFIX}u:{sub}")
+}
+
+fn deact_key() -> String {
+    format!("{PREFIX}deact")
+}
+
+fn epoch_key() -> String {
+    format!("{PREFIX}epoch")
+}
+
+fn new_epoch() -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        now_ms(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Merges freshly dirty records into the unwritten ones (max activity wins).
+fn merge_pending(pending: &mut Vec<Record>, dirty: Vec<Record>) {
+    if pending.is_empty() {
+        *pending = dirty;
+        return;
+    }
+    let mut at: HashMap<String, usize> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.session.clone(), i))
+        .collect();
+    for r in dirty {
+        match at.get(&r.session) {
+            Some(&i) => {
+                let p = &mut pending[i];
+                p.last_ms = p.last_ms.max(r.last_ms);
+                p.exp_ms = p.exp_ms.max(r.exp_ms);
+                p.idle_ms = r.idle_ms;
+            }
+            None => {
+                at.insert(r.session.clone(), pending.len());
+                pending.push(r);
+            }
+        }
+    }
+    if pending.len() > MAX_PENDING {
+        let dropped = pending.len() - MAX_PENDING;
+        pending.truncate(MAX_PENDING);
+        tracing::warn!(
+            sessions = dropped,
+            "redis session store: unwritten activity dropped (Redis unreachable too long)"
+        );
+    }
+}
+
+struct Inner {
+    table: Table,
+    /// Commands; reconnects by itself. Cloned per call (an `Arc`).
+    conn: ConnectionManager,
+    /// For the subscriber's own connection.
+    client: Client,
+    channel: String,
+    scripts: Scripts,
+    retention_ms: u64,
+    max_lifetime_ms: Option<u64>,
+    /// The subscription is up and the mirror was resynced after it came
+    /// up. False → `check` fails closed (the mirror may miss revocations).
+    subscribed: AtomicBool,
+    /// Bumped whenever the subscription goes down or comes back: a slow-path
+    /// answer read under another generation is not mirrored (it could
+    /// otherwise re-insert a session the resync just forgot).
+    generation: AtomicU64,
+    /// Serialises flushes and holds activity a failed flush could not write.
+    pending: tokio::sync::Mutex<Vec<Record>>,
+    /// The `rolegate:epoch` value of the dataset we are in sync with.
+    epoch: Mutex<String>,
+}
+
+impl Inner {
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// An invocation with the prelude's ARGV filled in.
+    fn invocation<'a>(&self, script: &'a Script, now: u64) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(PREFIX)
+            .arg(now)
+            .arg(self.retention_ms)
+            .arg(&self.channel);
+        inv
+    }
+
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut c = self.conn();
+        bounded(what, inv.invoke_async(&mut c)).await
+    }
+
+    /// Applies a slow-path answer to the mirror (unless the subscription
+    /// flapped meanwhile).
+    fn mirror(&self, r: &Record, generation: u64) {
+        if self.subscribed.load(Ordering::Acquire)
+            && self.generation.load(Ordering::Acquire) == generation
+        {
+            self.table.apply(r);
+        }
+    }
+
+    async fn slow_check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut inv = self.invocation(&self.scripts.check, t.now_ms);
+        inv.key(session_key(t.session))
+            .key(deact_key())
+            .arg(t.session)
+            .arg(t.subject)
+            .arg(t.idle_ms.min(MAX_MS))
+            .arg(t.max_lifetime_ms.unwrap_or(0).min(MAX_MS))
+            .arg(t.token_exp_ms.min(MAX_MS))
+            .arg(if t.touch { "1" } else { "0" });
+        let v: Vec<String> = self.invoke("check", &inv).await?;
+        match v.first().map(String::as_str) {
+            Some("deact") => Ok(Verdict::Deactivated),
+            Some("ok") => {
+                let r = parse_record(&v[1..])?;
+                self.mirror(&r, generation);
+                Ok(match r.ended {
+                    Some((reason, _)) => Verdict::Ended(reason),
+                    None => Verdict::Active,
+                })
+            }
+            _ => Err(StoreError("redis check: unexpected reply".into())),
+        }
+    }
+
+    /// Writes an end the mirror decided by itself (rare races) and
+    /// publishes it.
+    async fn persist_end(&self, r: &Record) -> Result<(), StoreError> {
+        let (reason, at) = r.ended.unwrap_or((EndReason::Idle, now_ms()));
+        self.end_in_redis(&r.session, &r.subject, reason, at, r.exp_ms, true)
+            .await
+            .map(|_| ())
+    }
+
+    async fn end_in_redis(
+        &self,
+        session: &str,
+        subject: &str,
+        reason: EndReason,
+        at: u64,
+        keep_until: u64,
+        publish: bool,
+    ) -> Result<(bool, Record), StoreError> {
+        let mut inv = self.invocation(&self.scripts.end, now_ms());
+        inv.key(session_key(session))
+            .arg(session)
+            .arg(subject)
+            .arg(reason.as_str())
+            .arg(keep_until.min(MAX_MS))
+            .arg(if publish { "1" } else { "0" })
+            .arg(at.min(MAX_MS));
+        let v: Vec<String> = self.invoke("end", &inv).await?;
+        let changed = v.first().is_some_and(|c| c == "1");
+        let r = parse_record(v.get(1..).unwrap_or(&[]))?;
+        Ok((changed, r))
+    }
+
+    /// One pipeline of `touch` calls; reloads the script if Redis lost it.
+    async fn touch_batch(&self, batch: &[Record]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let hash = self.scripts.touch.get_hash();
+        let mut pipe = redis::pipe();
+        for r in batch {
+            pipe.cmd("EVALSHA")
+                .arg(hash)
+                .arg(1)
+                .arg(session_key(&r.session))
+                .arg(PREFIX)
+                .arg(now)
+                .arg(self.retention_ms)
+                .arg(&self.channel)
+                .arg(r.last_ms.min(MAX_MS))
+                .arg(r.exp_ms.min(MAX_MS))
+                .arg(r.idle_ms.min(MAX_MS))
+                .ignore();
+        }
+        let mut c = self.conn();
+        let raw = tokio::time::timeout(OP_TIMEOUT, pipe.query_async::<()>(&mut c)).await;
+        match raw {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                bounded("script load", self.scripts.touch.load_async(&mut c)).await?;
+                bounded("flush", pipe.query_async::<()>(&mut c)).await
+            }
+            Ok(Err(e)) => Err(StoreError(format!("redis flush: {e}"))),
+            Err(_) => Err(StoreError("redis flush: no answer in time".into())),
+        }
+    }
+
+    /// Writes the activity queued since the last flush (and any left over
+    /// from a failed one).
+    async fn flush_activity(&self) -> Result<(), StoreError> {
+        let mut pending = self.pending.lock().await;
+        merge_pending(&mut pending, self.table.take_dirty());
+        let mut done = 0;
+        let mut result = Ok(());
+        for chunk in pending.chunks(FLUSH_BATCH) {
+            if let Err(e) = self.touch_batch(chunk).await {
+                result = Err(e);
+                break;
+            }
+            done += chunk.len();
+        }
+        pending.drain(..done);
+        result
+    }
+
+    /// Periodic: flush, forget active sessions, drop old ended ones.
+    async fn refresh_mirror(&self) {
+        {
+            let mut pending = self.pending.lock().await;
+            // Taken and forgotten with nothing awaited in between: at most
+            // a touch racing this very instant is lost (and that session's
+            // next request re-reads and touches it in Redis anyway).
+            merge_pending(&mut pending, self.table.take_dirty());
+            self.table.forget_active();
+        }
+        // Only sessions re-read from Redis in the last instant can be active
+        // here, and only one idle by Redis's own view can be ended: make that
+        // decision known.
+        let ended = self
+            .table
+            .sweep(now_ms(), MIRROR_RETENTION_MS.min(self.retention_ms));
+        for r in &ended {
+            if let Err(e) = self.persist_end(r).await {
+                tracing::warn!(error = %e, "redis session store: could not write a swept end");
+            }
+        }
+        if let Err(e) = self.flush_activity().await {
+            tracing::warn!(error = %e, "redis session store: activity flush failed");
+        }
+    }
+
+    /// After (re)subscribing: catch up with what the subscription may have
+    /// missed. Must run after SUBSCRIBE and before any event is applied.
+    async fn resync(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let current: Option<String> = bounded(
+            "resync",
+            redis::cmd("GET").arg(epoch_key()).query_async(&mut c),
+        )
+        .await?;
+        let known = self.epoch.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if current.as_deref() != Some(known.as_str()) {
+            tracing::warn!(
+                "redis session store: Redis lost its data; writing back known revocations"
+            );
+            self.reseed().await?;
+            let mut set = redis::cmd("SET");
+            set.arg(epoch_key()).arg(new_epoch()).arg("NX");
+            bounded("resync", set.query_async::<()>(&mut c)).await?;
+            let now: String = bounded(
+                "resync",
+                redis::cmd("GET").arg(epoch_key()).query_async(&mut c),
+            )
+            .await?;
+            *self.epoch.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        }
+        let deact: HashMap<String, u64> = bounded(
+            "resync",
+            redis::cmd("HGETALL").arg(deact_key()).query_async(&mut c),
+        )
+        .await?;
+        for (sub, _) in self.table.deactivated() {
+            if !deact.contains_key(&sub) {
+                self.table.reactivate(&sub);
+            }
+        }
+        for (sub, since) in &deact {
+            self.table.set_deactivated(sub, *since);
+        }
+        // Keep the activity not yet written; the next flush retries it.
+        let mut pending = self.pending.lock().await;
+        merge_pending(&mut pending, self.table.take_dirty());
+        self.table.forget_active();
+        Ok(())
+    }
+
+    /// Writes back the ended sessions and deactivations of the mirror.
+    async fn reseed(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        bounded("script load", self.scripts.end.load_async(&mut c)).await?;
+        let deact = self.table.deactivated();
+        let ended: Vec<Record> = self
+            .table
+            .snapshot()
+            .into_iter()
+            .filter(|r| r.ended.is_some())
+            .collect();
+        let now = now_ms();
+        let mut pipe = redis::pipe();
+        for (sub, since) in &deact {
+            pipe.cmd("HSETNX")
+                .arg(deact_key())
+                .arg(sub)
+                .arg(since)
+                .ignore();
+        }
+        for r in &ended {
+            let (reason, at) = r.ended.unwrap_or((EndReason::Revoked, now));
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.end.get_hash())
+                .arg(1)
+                .arg(session_key(&r.session))
+                .arg(PREFIX)
+                .arg(now)
+                .arg(self.retention_ms)
+                .arg(&self.channel)
+                .arg(&r.session)
+                .arg(&r.subject)
+                .arg(reason.as_str())
+                .arg(r.exp_ms.min(MAX_MS))
+                .arg("0")
+                .arg(at.min(MAX_MS))
+                .ignore();
+            if pipe.len() >= FLUSH_BATCH {
+                bounded("reseed", pipe.query_async::<()>(&mut c)).await?;
+                pipe = redis::pipe();
+            }
+        }
+        if !pipe.is_empty() {
+            bounded("reseed", pipe.query_async::<()>(&mut c)).await?;
+        }
+        Ok(())
+    }
+
+    /// Connects the subscriber, subscribes, resyncs; then `check` may answer.
+    async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), StoreError> {
+        let pubsub = bounded("subscribe", self.client.get_async_pubsub()).await?;
+        let (mut sink, stream) = pubsub.split();
+        bounded("subscribe", sink.subscribe(&self.channel)).await?;
+        // Events published from here on are buffered in `stream` and applied
+        // after the resync, in order.
+        self.resync().await?;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.subscribed.store(true, Ordering::Release);
+        Ok((sink, stream))
+    }
+
+    fn subscription_lost(&self) {
+        self.subscribed.store(false, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn apply_event(&self, payload: &str) {
+        match Event::parse(payload) {
+            Some(Event::End {
+                reason,
+                at,
+                exp,
+                subject,
+                session,
+            }) => {
+                self.table.end(&session, &subject, reason, at, exp);
+            }
+            Some(Event::Deactivate { since, subject }) => {
+                self.table.set_deactivated(&subject, since)
+            }
+            Some(Event::Reactivate { subject }) => {
+                self.table.reactivate(&subject);
+            }
+            None => tracing::warn!("redis session store: unreadable event ignored"),
+        }
+    }
+
+    /// Applies events until the subscriber connection is lost.
+    async fn serve_events(&self, sink: &mut PubSubSink, stream: &mut PubSubStream) {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(m) => match m.get_payload::<String>() {
+                        Ok(p) => self.apply_event(&p),
+                        Err(e) => tracing::warn!(error = %e, "redis session store: bad event payload"),
+                    },
+                    None => return,
+                },
+                _ = ping.tick() => {
+                    if let Err(e) = bounded("ping", sink.ping::<redis::Value>()).await {
+                        tracing::warn!(error = %e, "redis session store: subscriber ping failed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The subscriber task: serve events, and on loss fail closed and retry.
+async fn run_subscriber(inner: Arc<Inner>, mut conn: Option<(PubSubSink, PubSubStream)>) {
+    loop {
+        if let Some((mut sink, mut stream)) = conn.take() {
+            inner.serve_events(&mut sink, &mut stream).await;
+            inner.subscription_lost();
+            tracing::warn!(
+                "redis session store: subscription lost; session checks fail closed until it is back"
+            );
+        }
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+        match inner.subscribe().await {
+            Ok(c) => {
+                tracing::info!("redis session store: subscription re-established, mirror resynced");
+                conn = Some(c);
+            }
+            Err(e) => tracing::debug!(error = %e, "redis session store: resubscribe failed"),
+        }
+    }
+}
+
+/// The flush task: activity every `flush_interval`, mirror housekeeping
+/// every [`MIRROR_REFRESH`].
+async fn run_flusher(inner: Arc<Inner>, every: Duration) {
+    let refresh_every = (MIRROR_REFRESH.as_millis() / every.as_millis().max(1)).max(1) as u64;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(refresh_every) {
+            inner.refresh_mirror().await;
+        } else if let Err(e) = inner.flush_activity().await {
+            tracing::warn!(error = %e, "redis session store: activity flush failed (retried)");
+        }
+    }
+}
+
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
 
 impl RedisStore {
+    /// Connects (`redis://host:port[/db]`), subscribes and starts the
+    /// background tasks. Fails if Redis is unreachable.
     pub async fn open(url: &str, settings: &SessionSettings) -> Result<RedisStore, String> {
-        Err("the redis store is not available in this build".into())
+        let client = Client::open(url).map_err(|e| format!("redis url: {e}"))?;
+        let db = client.get_connection_info().redis_settings().db();
+        let channel = if db == 0 {
+            format!("{PREFIX}events")
+        } else {
+            format!("{PREFIX}events:{db}")
+        };
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = match tokio::time::timeout(
+            OPEN_TIMEOUT,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(format!("cannot connect to redis: {e}")),
+            Err(_) => return Err("cannot connect to redis: timed out".into()),
+        };
+        let mut c = conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(epoch_key()).arg(new_epoch()).arg("NX");
+        bounded("open", set.query_async::<()>(&mut c))
+            .await
+            .map_err(|e| e.0)?;
+        let epoch: String = bounded(
+            "open",
+            redis::cmd("GET").arg(epoch_key()).query_async(&mut c),
+        )
+        .await
+        .map_err(|e| e.0)?;
+        let inner = Arc::new(Inner {
+            table: Table::new(),
+            conn,
+            client,
+            channel,
+            scripts: Scripts::new(),
+            retention_ms: settings.retention.as_millis() as u64,
+            max_lifetime_ms: settings.max_lifetime.map(|m| m.as_millis() as u64),
+            subscribed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            pending: tokio::sync::Mutex::new(Vec::new()),
+            epoch: Mutex::new(epoch),
+        });
+        let sub = inner.subscribe().await.map_err(|e| e.0)?;
+        let every = settings.flush_interval.max(Duration::from_millis(10));
+        let tasks = vec![
+            tokio::spawn(run_subscriber(inner.clone(), Some(sub))),
+            tokio::spawn(run_flusher(inner.clone(), every)),
+        ];
+        Ok(RedisStore { inner, tasks })
     }
+
+    /// The per-request check (and touch): see the module doc for the fast
+    /// and slow paths.
     pub async fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
-        Err(StoreError("not implemented".into()))
+        let inner = &*self.inner;
+        if !inner.subscribed.load(Ordering::Acquire) {
+            return Err(StoreError(
+                "redis event subscription is down (revocations could be missed)".into(),
+            ));
+        }
+        if inner.table.is_deactivated(t.subject) {
+            return Ok(Verdict::Deactivated);
+        }
+        if let Some(r) = inner.table.get(t.session) {
+            if let Some((reason, at)) = r.ended {
+                // Ended for good. A newer token of that session: make Redis
+                // keep the record until it expires too.
+                if t.token_exp_ms.min(MAX_MS) > r.exp_ms {
+                    let (_, rec) = inner
+                        .end_in_redis(t.session, &r.subject, reason, at, t.token_exp_ms, false)
+                        .await?;
+                    inner.table.apply(&rec);
+                }
+                return Ok(Verdict::Ended(reason));
+            }
+            if !mirror_can_decide(&r, t) {
+                return inner.slow_check(t).await;
+            }
+            let (verdict, change) = inner.table.check(t);
+            if let Change::Ended(r) = change {
+                // A concurrent request of the same session with a shorter
+                // timeout made the mirror end it: make that known.
+                inner.persist_end(&r).await?;
+            }
+            return Ok(verdict);
+        }
+        inner.slow_check(t).await
     }
+
+    /// Ends one session (logout, admin revoke) in Redis, publishes it, and
+    /// mirrors it. Returns whether it was not ended before.
     pub async fn end(
         &self,
         session: &str,
@@ -20,25 +979,215 @@ impl RedisStore {
         reason: EndReason,
         keep_until_ms: u64,
     ) -> Result<bool, StoreError> {
-        Err(StoreError("not implemented".into()))
+        let now = now_ms();
+        let (changed, r) = self
+            .inner
+            .end_in_redis(session, subject, reason, now, keep_until_ms.max(now), true)
+            .await?;
+        self.inner.table.apply(&r);
+        Ok(changed)
     }
+
+    /// Ends every active session of a user; returns how many there were.
     pub async fn end_user(&self, subject: &str) -> Result<usize, StoreError> {
-        Err(StoreError("not implemented".into()))
+        let mut inv = self
+            .inner
+            .invocation(&self.inner.scripts.end_user, now_ms());
+        inv.key(user_key(subject));
+        let v: Vec<String> = self.inner.invoke("end_user", &inv).await?;
+        let ended = parse_records(&v)?;
+        for r in &ended {
+            self.inner.table.apply(r);
+        }
+        Ok(ended.len())
     }
+
+    /// Deactivates a user everywhere. Returns whether it was active before.
     pub async fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
-        Err(StoreError("not implemented".into()))
+        let mut inv = self
+            .inner
+            .invocation(&self.inner.scripts.deactivate, now_ms());
+        inv.key(deact_key()).arg(subject);
+        let v: Vec<String> = self.inner.invoke("deactivate", &inv).await?;
+        let [changed, since] = v.as_slice() else {
+            return Err(StoreError("redis deactivate: unexpected reply".into()));
+        };
+        self.inner.table.set_deactivated(subject, parse_u64(since)?);
+        Ok(changed == "1")
     }
+
+    /// Reactivates a user everywhere. Returns whether it was deactivated.
     pub async fn reactivate(&self, subject: &str) -> Result<bool, StoreError> {
-        Err(StoreError("not implemented".into()))
+        let mut inv = self
+            .inner
+            .invocation(&self.inner.scripts.reactivate, now_ms());
+        inv.key(deact_key()).arg(subject);
+        let changed: String = self.inner.invoke("reactivate", &inv).await?;
+        self.inner.table.reactivate(subject);
+        Ok(changed == "1")
     }
+
+    /// Asks Redis (the source of truth), not the mirror.
     pub async fn is_deactivated(&self, subject: &str) -> Result<bool, StoreError> {
-        Err(StoreError("not implemented".into()))
+        let mut c = self.inner.conn();
+        bounded(
+            "is_deactivated",
+            redis::cmd("HEXISTS")
+                .arg(deact_key())
+                .arg(subject)
+                .query_async(&mut c),
+        )
+        .await
     }
+
+    /// A user's sessions (active and ended), oldest first, as Redis has
+    /// them after this instance's pending activity is written.
     pub async fn sessions_of(&self, subject: &str) -> Result<Vec<Record>, StoreError> {
-        Err(StoreError("not implemented".into()))
+        self.inner.flush_activity().await?;
+        let mut inv = self.inner.invocation(&self.inner.scripts.list, now_ms());
+        inv.key(user_key(subject))
+            .arg(self.inner.max_lifetime_ms.unwrap_or(0).min(MAX_MS));
+        let v: Vec<String> = self.inner.invoke("sessions_of", &inv).await?;
+        let mut out = parse_records(&v)?;
+        for r in out.iter().filter(|r| r.ended.is_some()) {
+            self.inner.table.apply(r);
+        }
+        out.sort_by(|a, b| {
+            a.created_ms
+                .cmp(&b.created_ms)
+                .then_with(|| a.session.cmp(&b.session))
+        });
+        Ok(out)
     }
+
+    /// Ready when the subscription is up and Redis answers a PING in time.
     pub async fn ready(&self) -> bool {
-        false
+        if !self.inner.subscribed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut c = self.inner.conn();
+        bounded("ping", redis::cmd("PING").query_async::<String>(&mut c))
+            .await
+            .is_ok()
     }
-    pub async fn flush(&self) {}
+
+    /// Writes pending activity now (shutdown; tests).
+    pub async fn flush(&self) {
+        if let Err(e) = self.inner.flush_activity().await {
+            tracing::warn!(error = %e, "redis session store: activity flush failed");
+        }
+    }
+
+    /// The local mirror, for benchmarks and tests.
+    pub fn table(&self) -> &Table {
+        &self.inner.table
+    }
+
+    /// Mirror housekeeping now (the flush task runs it every 30 s): writes
+    /// pending activity, forgets active sessions, drops old ended ones.
+    #[doc(hidden)]
+    pub async fn refresh_mirror(&self) {
+        self.inner.refresh_mirror().await;
+    }
+}
+
+/// Whether the mirror alone may answer this request for an active session
+/// (the fast path): fresh by the mirror's view, and no newer token expiry
+/// to record in Redis.
+fn mirror_can_decide(r: &Record, t: &Touch<'_>) -> bool {
+    if t.token_exp_ms.min(MAX_MS) > r.exp_ms {
+        return false;
+    }
+    let idle = r.idle_ms.min(t.idle_ms);
+    t.now_ms.saturating_sub(r.last_ms) <= idle
+        && t.max_lifetime_ms
+            .is_none_or(|m| t.now_ms.saturating_sub(r.created_ms) <= m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_the_wire_format() {
+        assert_eq!(
+            Event::parse("end revoked 10 20 5:al ceid with spaces"),
+            Some(Event::End {
+                reason: EndReason::Revoked,
+                at: 10,
+                exp: 20,
+                subject: "al ce".into(),
+                session: "id with spaces".into(),
+            })
+        );
+        assert_eq!(
+            Event::parse("deact 7 bob smith"),
+            Some(Event::Deactivate {
+                since: 7,
+                subject: "bob smith".into()
+            })
+        );
+        assert_eq!(
+            Event::parse("react x"),
+            Some(Event::Reactivate {
+                subject: "x".into()
+            })
+        );
+        assert_eq!(Event::parse("end revoked 10 20 99:short"), None);
+        assert_eq!(Event::parse("bogus"), None);
+    }
+
+    #[test]
+    fn mirror_decides_only_fresh_sessions_with_a_known_token_expiry() {
+        let r = Record {
+            session: "s".into(),
+            subject: "u".into(),
+            created_ms: 1_000,
+            last_ms: 1_000,
+            idle_ms: 500,
+            exp_ms: 10_000,
+            ended: None,
+        };
+        let t = Touch {
+            session: "s",
+            subject: "u",
+            now_ms: 1_400,
+            idle_ms: 500,
+            max_lifetime_ms: None,
+            token_exp_ms: 10_000,
+            touch: true,
+        };
+        assert!(mirror_can_decide(&r, &t));
+        // Locally idle: another instance may have kept it alive.
+        assert!(!mirror_can_decide(&r, &Touch { now_ms: 1_600, ..t }));
+        // A later token expiry must reach Redis.
+        assert!(!mirror_can_decide(
+            &r,
+            &Touch {
+                token_exp_ms: 20_000,
+                ..t
+            }
+        ));
+        let mut lifetime = t;
+        lifetime.max_lifetime_ms = Some(300);
+        assert!(!mirror_can_decide(&r, &lifetime));
+    }
+
+    #[test]
+    fn pending_activity_merges_by_session() {
+        let r = |s: &str, last| Record {
+            session: s.into(),
+            subject: "u".into(),
+            created_ms: 0,
+            last_ms: last,
+            idle_ms: 1,
+            exp_ms: 1,
+            ended: None,
+        };
+        let mut p = vec![r("a", 5), r("b", 5)];
+        merge_pending(&mut p, vec![r("a", 9), r("c", 1)]);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].last_ms, 9);
+        assert_eq!(p[2].session, "c");
+    }
 }

@@ -1,0 +1,531 @@
+//! The Redis session store against a real `redis-server` (no mocks): two
+//! store instances share one server, as two gateways behind a load
+//! balancer would. Each test starts its own server on a free loopback
+//! port and kills it on drop. Where `redis-server` is not installed the
+//! tests print `SKIPPED` and pass; `.ci/run` installs it, so CI never skips.
+//!
+//! Timeouts are short (idle 1 s, flush 100 ms); waits poll, they don't sleep.
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use rolegate::session::{
+    EndReason, OnStoreError, SessionSettings, Store, StoreKind, Touch, Verdict, now_ms,
+};
+use tokio::time::{Instant, sleep};
+
+/// A `redis-server` child process on 127.0.0.1, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// None (after printing why) when `redis-server` is not installed.
+    fn start() -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            println!("SKIPPED: redis-server not installed");
+            return None;
+        }
+        let mut s = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        Some(s)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Duration::from_secs(10);
+        let mut waited = Duration::ZERO;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(waited < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+            waited += Duration::from_millis(20);
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A fresh server on the same port (empty: no persistence).
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A plain client, for looking at what the store wrote.
+    async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn settings(url: &str, idle: Duration) -> SessionSettings {
+    SessionSettings {
+        idle_timeout: idle,
+        max_lifetime: None,
+        store: StoreKind::Redis { url: url.into() },
+        flush_interval: Duration::from_millis(100),
+        retention: Duration::from_secs(60),
+        logout_path: "/.rolegate/logout".into(),
+        login_url: None,
+        on_store_error: OnStoreError::Deny,
+    }
+}
+
+async fn open(redis: &RedisServer, idle_ms: u64) -> Store {
+    Store::open(&settings(&redis.url(), Duration::from_millis(idle_ms)))
+        .await
+        .expect("open the redis store")
+}
+
+/// The `exp` of every test token (in ms): one fixed instant, as a real
+/// token's is.
+static TOKEN_EXP: LazyLock<u64> = LazyLock::new(|| now_ms() + 3_600_000);
+
+/// One request of `subject` on `session`, now.
+fn req<'a>(session: &'a str, subject: &'a str, idle_ms: u64, touch: bool) -> Touch<'a> {
+    Touch {
+        session,
+        subject,
+        now_ms: now_ms(),
+        idle_ms,
+        max_lifetime_ms: None,
+        token_exp_ms: *TOKEN_EXP,
+        touch,
+    }
+}
+
+async fn check(store: &Store, session: &str, subject: &str, idle_ms: u64) -> Verdict {
+    store
+        .check(&req(session, subject, idle_ms, true))
+        .await
+        .expect("store answers")
+}
+
+/// Polls `f` every 10 ms until it holds or `limit` passes.
+async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn mirror(store: &Store) -> &rolegate::session::table::Table {
+    match store {
+        Store::Redis(s) => s.table(),
+        Store::Embedded(_) => panic!("not the redis store"),
+    }
+}
+
+const LONG: u64 = 60_000;
+
+#[tokio::test]
+async fn session_created_on_one_instance_is_known_on_the_other() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let b = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s1", "alice", LONG).await, Verdict::Active);
+    let created = a.sessions_of("alice").await.unwrap()[0].created_ms;
+    sleep(Duration::from_millis(5)).await;
+    assert_eq!(check(&b, "s1", "alice", LONG).await, Verdict::Active);
+    // B adopted A's session (same start), it did not start a new one.
+    assert_eq!(mirror(&b).get("s1").unwrap().created_ms, created);
+    let listed = b.sessions_of("alice").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].created_ms, created);
+    assert!(a.ready().await && b.ready().await);
+}
+
+#[tokio::test]
+async fn touches_on_b_keep_the_session_alive_for_a() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, 1_000).await;
+    let b = open(&redis, 1_000).await;
+    assert_eq!(check(&a, "s", "alice", 1_000).await, Verdict::Active);
+    // Only B sees traffic, for 1.6 s: longer than the idle timeout.
+    for _ in 0..8 {
+        assert_eq!(check(&b, "s", "alice", 1_000).await, Verdict::Active);
+        sleep(Duration::from_millis(200)).await;
+    }
+    b.flush().await;
+    // A's mirror alone would call it idle; Redis has B's activity.
+    let stale = mirror(&a).get("s").unwrap();
+    assert!(now_ms() - stale.last_ms > 1_000);
+    let passive = req("s", "alice", 1_000, false);
+    assert_eq!(a.check(&passive).await.unwrap(), Verdict::Active);
+}
+
+#[tokio::test]
+async fn idle_expiry_decided_on_a_is_seen_on_b() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, 1_000).await;
+    let b = open(&redis, 1_000).await;
+    assert_eq!(check(&a, "s", "alice", 1_000).await, Verdict::Active);
+    assert_eq!(check(&b, "s", "alice", 1_000).await, Verdict::Active);
+    sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        check(&a, "s", "alice", 1_000).await,
+        Verdict::Ended(EndReason::Idle)
+    );
+    // B's mirror learns it from the event, without asking.
+    assert!(
+        within(Duration::from_secs(1), async || mirror(&b)
+            .get("s")
+            .unwrap()
+            .ended
+            .is_some_and(|(r, _)| r == EndReason::Idle))
+        .await
+    );
+    // Ended for good: even a "fresh" request with a long timeout is refused.
+    assert_eq!(
+        check(&b, "s", "alice", LONG).await,
+        Verdict::Ended(EndReason::Idle)
+    );
+}
+
+#[tokio::test]
+async fn end_on_a_is_refused_on_b_within_a_second() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let b = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
+    // B holds the session in its mirror: its checks take the fast path.
+    assert_eq!(check(&b, "s", "alice", LONG).await, Verdict::Active);
+    assert_eq!(check(&b, "s", "alice", LONG).await, Verdict::Active);
+    let exp = now_ms() + 3_600_000;
+    assert!(a.end("s", "alice", EndReason::Logout, exp).await.unwrap());
+    assert!(!a.end("s", "alice", EndReason::Logout, exp).await.unwrap());
+    assert!(
+        within(Duration::from_secs(1), async || check(
+            &b, "s", "alice", LONG
+        )
+        .await
+            == Verdict::Ended(EndReason::Logout))
+        .await
+    );
+    // A fresh login (new session id) works.
+    assert_eq!(check(&b, "s-new", "alice", LONG).await, Verdict::Active);
+}
+
+#[tokio::test]
+async fn deactivation_on_b_is_refused_on_a_within_a_second_and_reactivation_restores() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let b = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s", "bob", LONG).await, Verdict::Active);
+    assert!(b.deactivate("bob").await.unwrap());
+    assert!(!b.deactivate("bob").await.unwrap());
+    assert!(
+        within(Duration::from_secs(1), async || check(&a, "s", "bob", LONG)
+            .await
+            == Verdict::Deactivated)
+        .await
+    );
+    // Every token of the subject, also a brand-new session.
+    assert_eq!(check(&a, "s2", "bob", LONG).await, Verdict::Deactivated);
+    assert!(a.is_deactivated("bob").await.unwrap());
+    assert_eq!(check(&a, "s", "carol", LONG).await, Verdict::Active);
+
+    assert!(b.reactivate("bob").await.unwrap());
+    assert!(
+        within(Duration::from_secs(1), async || check(&a, "s", "bob", LONG)
+            .await
+            == Verdict::Active)
+        .await
+    );
+    assert!(!a.is_deactivated("bob").await.unwrap());
+    assert!(!a.reactivate("bob").await.unwrap());
+}
+
+#[tokio::test]
+async fn end_user_ends_every_session_of_the_user_on_every_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let b = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s1", "alice", LONG).await, Verdict::Active);
+    assert_eq!(check(&b, "s2", "alice", LONG).await, Verdict::Active);
+    assert_eq!(check(&a, "s3", "bob", LONG).await, Verdict::Active);
+    assert_eq!(a.end_user("alice").await.unwrap(), 2);
+    let revoked = Verdict::Ended(EndReason::Revoked);
+    assert!(
+        within(Duration::from_secs(1), async || check(
+            &b, "s2", "alice", LONG
+        )
+        .await
+            == revoked)
+        .await
+    );
+    assert_eq!(check(&a, "s1", "alice", LONG).await, revoked);
+    assert_eq!(check(&b, "s1", "alice", LONG).await, revoked);
+    assert_eq!(check(&b, "s3", "bob", LONG).await, Verdict::Active);
+    assert_eq!(b.end_user("alice").await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn sessions_of_lists_active_and_ended_sessions_oldest_first() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let b = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s1", "alice", LONG).await, Verdict::Active);
+    sleep(Duration::from_millis(5)).await;
+    assert_eq!(check(&b, "s2", "alice", LONG).await, Verdict::Active);
+    assert_eq!(check(&b, "s3", "bob", LONG).await, Verdict::Active);
+    assert!(
+        b.end("s1", "alice", EndReason::Logout, now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    let listed = a.sessions_of("alice").await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|r| r.session.as_str()).collect();
+    assert_eq!(ids, ["s1", "s2"]);
+    assert_eq!(listed[0].ended.map(|e| e.0), Some(EndReason::Logout));
+    assert_eq!(listed[1].ended, None);
+    assert_eq!(listed[1].idle_ms, LONG);
+    assert!(a.sessions_of("nobody").await.unwrap().is_empty());
+    // Records and the user's set expire by themselves.
+    let mut c = redis.client().await;
+    for key in ["rolegate:s:s1", "rolegate:s:s2", "rolegate:u:alice"] {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}
+
+#[tokio::test]
+async fn activity_is_coalesced_into_few_redis_writes() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let mut c = redis.client().await;
+    assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
+    a.flush().await;
+    // As after a Redis restart: the flush must load its script again.
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let before = evalsha_calls(&mut c).await;
+    let started = Instant::now();
+    // 400 requests over ≈1 s (10 flush intervals).
+    let mut last = 0;
+    for _ in 0..400 {
+        let t = req("s", "alice", LONG, true);
+        last = t.now_ms;
+        assert_eq!(a.check(&t).await.unwrap(), Verdict::Active);
+        sleep(Duration::from_micros(2_500)).await;
+    }
+    a.flush().await;
+    let writes = evalsha_calls(&mut c).await - before;
+    let flushes = started.elapsed().as_millis() as u64 / 100;
+    println!("400 touches over {flushes} flush intervals -> {writes} Redis script calls");
+    // At most one write per flush interval (plus the explicit flush and
+    // the NOSCRIPT retry).
+    assert!(
+        writes <= flushes + 5 && writes < 100,
+        "{writes} script calls for 400 touches: not coalesced"
+    );
+    assert!(writes >= 1, "activity never reached Redis");
+    // The last touch reached Redis all the same.
+    let stored: u64 = redis::cmd("HGET")
+        .arg("rolegate:s:s")
+        .arg("last")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(stored, last);
+}
+
+#[tokio::test]
+async fn mirror_refresh_forgets_active_sessions_but_keeps_revocations_and_activity() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
+    let created = mirror(&a).get("s").unwrap().created_ms;
+    assert!(
+        a.end("gone", "alice", EndReason::Logout, *TOKEN_EXP)
+            .await
+            .unwrap()
+    );
+    sleep(Duration::from_millis(5)).await;
+    let t = req("s", "alice", LONG, true);
+    assert_eq!(a.check(&t).await.unwrap(), Verdict::Active);
+    let Store::Redis(store) = &a else {
+        unreachable!()
+    };
+    store.refresh_mirror().await;
+    assert!(
+        mirror(&a).get("s").is_none(),
+        "active session not forgotten"
+    );
+    assert!(mirror(&a).get("gone").unwrap().ended.is_some());
+    // The unflushed touch was written before forgetting.
+    let mut c = redis.client().await;
+    let stored: u64 = redis::cmd("HGET")
+        .arg("rolegate:s:s")
+        .arg("last")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(stored, t.now_ms);
+    // Re-read from Redis on its next request: the same session.
+    assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
+    assert_eq!(mirror(&a).get("s").unwrap().created_ms, created);
+    assert_eq!(
+        check(&a, "gone", "alice", LONG).await,
+        Verdict::Ended(EndReason::Logout)
+    );
+}
+
+async fn evalsha_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_and_recovers_after_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
+    assert!(
+        a.end("gone", "alice", EndReason::Revoked, now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(a.deactivate("mallory").await.unwrap());
+
+    redis.kill();
+    let killed = Instant::now();
+    // Fail closed, promptly: also the session the mirror holds as active.
+    assert!(
+        within(Duration::from_secs(3), async || a
+            .check(&req("s", "alice", LONG, true))
+            .await
+            .is_err())
+        .await,
+        "checks still answered with Redis down"
+    );
+    println!(
+        "fail closed {} ms after the kill",
+        killed.elapsed().as_millis()
+    );
+    assert!(killed.elapsed() < Duration::from_secs(3));
+    // Every call keeps failing fast, none hangs.
+    let t0 = Instant::now();
+    assert!(a.check(&req("other", "bob", LONG, true)).await.is_err());
+    assert!(a.end_user("alice").await.is_err());
+    assert!(t0.elapsed() < Duration::from_millis(2_500));
+    assert!(!a.ready().await);
+
+    // Same port, empty data (no persistence).
+    redis.restart();
+    assert!(
+        within(Duration::from_secs(10), async || a
+            .check(&req("s", "alice", LONG, true))
+            .await
+            .is_ok_and(|v| v == Verdict::Active))
+        .await,
+        "did not recover after Redis came back"
+    );
+    assert!(a.ready().await);
+    // The instance wrote back what Redis forgot: a new instance sees the
+    // revocation and the deactivation.
+    let c = open(&redis, LONG).await;
+    assert_eq!(
+        check(&c, "gone", "alice", LONG).await,
+        Verdict::Ended(EndReason::Revoked)
+    );
+    assert_eq!(check(&c, "m1", "mallory", LONG).await, Verdict::Deactivated);
+}
+
+#[tokio::test]
+async fn open_fails_when_redis_is_unreachable() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Nothing listens on a fresh free port.
+    drop(redis);
+    let url = format!("redis://127.0.0.1:{}/", free_port());
+    let t0 = Instant::now();
+    let r = Store::open(&settings(&url, Duration::from_secs(60))).await;
+    assert!(r.is_err());
+    assert!(t0.elapsed() < Duration::from_secs(6));
+}
