@@ -171,6 +171,7 @@ impl Builder {
                 roles: cfg.roles,
                 profiles: cfg.profiles,
                 routes: cfg.routes,
+                masks: cfg.masks,
             },
         )];
         let rule_texts = match rules {

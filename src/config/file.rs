@@ -31,6 +31,10 @@ pub struct FileConfig {
     /// The admin listener; absent = no admin listener.
     #[serde(default)]
     pub admin: Option<FileAdmin>,
+    #[serde(default)]
+    pub masking: FileMasking,
+    #[serde(default)]
+    pub masks: BTreeMap<String, Spanned<FileMask>>,
     /// Rules directory (or file), relative to the config file.
     pub rules: Option<String>,
     /// Rules may also be written inline in the main file (same keys as a
@@ -243,6 +247,69 @@ impl Default for FileSessions {
     }
 }
 
+/// `masking:` — process-wide settings of the response masking stage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileMasking {
+    /// HMAC key file for the `hash` strategy.
+    pub hash_key_file: Option<String>,
+    /// Largest (decoded) response body masked; larger → refused/aborted.
+    pub max_body_bytes: u64,
+    /// Bodies with a Content-Length up to this are masked whole before the
+    /// answer starts, so a failure is a clean 502.
+    pub buffer_bytes: u64,
+    pub max_depth: usize,
+    pub max_string_bytes: usize,
+    /// JSON-lines audit log of unmasked PII access.
+    pub audit_log: String,
+}
+
+impl Default for FileMasking {
+    fn default() -> Self {
+        FileMasking {
+            hash_key_file: None,
+            max_body_bytes: 2 * 1024 * 1024 * 1024,
+            buffer_bytes: 1024 * 1024,
+            max_depth: 64,
+            max_string_bytes: 1024 * 1024,
+            audit_log: "var/rolegate/audit.jsonl".into(),
+        }
+    }
+}
+
+/// One mask policy (`masks.NAME`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMask {
+    /// The capability that sees the unmasked response.
+    pub unmask_with: String,
+    #[serde(default)]
+    pub fields: Vec<FileMaskField>,
+    /// Free-text detectors: `email`, `phone`, `card`.
+    #[serde(default)]
+    pub detect: Vec<String>,
+    /// Where detectors run: selectors, or `all` (every string). Default: all.
+    #[serde(default)]
+    pub detect_in: Option<FileDetectIn>,
+    #[serde(default)]
+    pub case_insensitive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMaskField {
+    pub path: String,
+    #[serde(rename = "as")]
+    pub strategy: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileDetectIn {
+    All(String),
+    Paths(Vec<String>),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAdmin {
@@ -262,6 +329,7 @@ pub struct FileRules {
     pub roles: BTreeMap<String, Spanned<FileRole>>,
     pub profiles: BTreeMap<String, Spanned<FileProfile>>,
     pub routes: Vec<Spanned<FileRoute>>,
+    pub masks: BTreeMap<String, Spanned<FileMask>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -302,6 +370,13 @@ pub struct FileRoute {
     /// the session's last activity.
     #[serde(default)]
     pub activity: Option<String>,
+    /// A mask policy name: responses are masked for principals without
+    /// its `unmask_with` capability.
+    #[serde(default)]
+    pub mask: Option<String>,
+    /// `"{param}"` naming the record a response is about, for the audit log.
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,158 @@
+//! Load: authorize-and-forward through the real gateway with the embedded
+//! vs the Redis session store, to record what Redis adds under load.
+//!
+//! Everything runs in this process on loopback: a minimal hyper upstream,
+//! the gateway, and 32 keep-alive clients (one session each) for 5 s per
+//! store. Run: `cargo bench --bench load_sessions` (needs `redis-server` on
+//! PATH for the Redis half). Prints requests/s and latency percentiles.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rolegate::config::{RulesSource, load_from_text};
+use rolegate::session::Store;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+const CLIENTS: usize = 32;
+const DURATION: Duration = Duration::from_secs(5);
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        run("embedded", "  store: embedded\n").await;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let redis = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let Ok(mut redis) = redis else {
+            println!("redis: skipped (redis-server not installed)");
+            return;
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run("redis", &format!("  store: \"redis://127.0.0.1:{port}\"\n")).await;
+        let _ = redis.kill();
+        let _ = redis.wait();
+    });
+}
+
+async fn upstream() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        b"{\"ok\":true}",
+                    ))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn run(name: &str, store_yaml: &str) {
+    let up = upstream().await;
+    let dir = std::env::temp_dir().join(format!("rolegate-load-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/hmac.secret");
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\nidentity:\n  issuers:\n    - {{ iss: load, audiences: [a], algorithms: [HS256], keys: {{ hmac_secret_file: \"{}\" }} }}\n\
+         upstreams:\n  app: {{ url: \"http://{up}\" }}\nsessions:\n{store_yaml}  state_dir: \"{}\"\n\
+         roles:\n  viewer: {{ grants: [bot.flows.view] }}\nroutes:\n  - {{ name: flows, match: {{ methods: [GET], path: \"/bots/{{bot}}/flows\" }}, require: bot.flows.view }}\n",
+        secret.display(),
+        dir.join("state").display()
+    );
+    let loaded = load_from_text("load.yaml", &cfg, &dir, RulesSource::Embedded(vec![]))
+        .unwrap_or_else(|d| {
+            panic!(
+                "{}",
+                d.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+    let store = Store::open(&loaded.runtime.sessions).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gw = rolegate::Gateway::new(loaded.runtime, store);
+    tokio::spawn(rolegate::proxy::listener::run(
+        gw,
+        listener,
+        None,
+        std::future::pending(),
+    ));
+
+    let key = EncodingKey::from_secret(std::fs::read_to_string(&secret).unwrap().trim().as_bytes());
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for c in 0..CLIENTS {
+        let claims = json!({ "iss": "load", "aud": "a", "sub": format!("u{c}"), "sid": format!("s{c}"), "exp": 4_000_000_000u64, "roles": ["viewer"] });
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        tasks.push(tokio::spawn(async move {
+            let client: Client<_, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let mut lat = Vec::new();
+            while start.elapsed() < DURATION {
+                let req = hyper::Request::get(format!("http://{addr}/bots/1/flows"))
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Empty::new())
+                    .unwrap();
+                let t = Instant::now();
+                let resp = client.request(req).await.unwrap();
+                assert_eq!(resp.status(), 200);
+                let _ = resp.into_body().collect().await;
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    println!(
+        "{name:>8}: {:>7.0} req/s  p50 {:>5.0} µs  p99 {:>6.0} µs  ({} requests, {CLIENTS} clients, {}s)",
+        all.len() as f64 / DURATION.as_secs_f64(),
+        pct(0.50).as_secs_f64() * 1e6,
+        pct(0.99).as_secs_f64() * 1e6,
+        all.len(),
+        DURATION.as_secs()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
