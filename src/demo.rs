@@ -71,6 +71,7 @@ pub fn runtime(
     loaded.runtime.sessions.store = crate::session::StoreKind::Embedded {
         state_dir: state_dir.join("sessions"),
     };
+    loaded.runtime.masking.audit_log = state_dir.join("audit.jsonl");
     loaded.runtime.admin = Some(config::AdminSettings {
         addr: admin,
         token: crate::token::random_id(),
@@ -119,8 +120,28 @@ pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
         );
     }
     if let Some(id) = path.strip_prefix("/api/customers/") {
-        let id = id.split('/').next().unwrap_or(id);
+        let (id, rest) = id.split_once('/').unwrap_or((id, ""));
         let all = customers();
+        if rest == "history"
+            && let Some(c) = all
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["id"] == id))
+        {
+            let transcript = format!(
+                "Customer: hi, this is {}. Please call me back on {} or write to {}. Card ending 4242 4242 4242 4242 was charged twice.",
+                c["name"].as_str().unwrap_or(""),
+                c["phone"].as_str().unwrap_or(""),
+                c["email"].as_str().unwrap_or("")
+            );
+            let history = json!({
+                "customer": c,
+                "conversations": [
+                    { "id": "cv-7", "channel": "whatsapp", "transcript": transcript, "notes": "verified caller" }
+                ],
+                "seen_by": identity,
+            });
+            return json_response(StatusCode::OK, &history);
+        }
         return match all
             .as_array()
             .and_then(|a| a.iter().find(|c| c["id"] == id))
@@ -191,6 +212,11 @@ const PERSONAS: &[Persona] = &[
             ),
             (
                 "GET",
+                "/api/customers/c-1001/history",
+                "allowed: name, phone, email and the card number in the transcript come back masked",
+            ),
+            (
+                "GET",
                 "/api/customers/c-1001",
                 "denied: agents need an active conversation (relations issue)",
             ),
@@ -237,6 +263,11 @@ const PERSONAS: &[Persona] = &[
         partners: &[],
         requests: &[
             ("GET", "/api/supervisor/dashboard", "allowed"),
+            (
+                "GET",
+                "/api/customers/c-1001/history",
+                "allowed: the same history unmasked (and written to the audit log)",
+            ),
             (
                 "PUT",
                 "/api/schema/customer",

@@ -57,6 +57,13 @@ pub enum Fault {
     /// `sessions.on_store_error` is `deny`.
     #[error("session store unavailable: {0}")]
     StoreUnavailable(String),
+    /// A response on a masked route could not be masked (unknown content
+    /// type or encoding, invalid body, over the limit): never forwarded raw.
+    #[error("response cannot be masked: {0}")]
+    Unmaskable(String),
+    /// The audit log of unmasked access could not be written.
+    #[error("audit log unavailable: {0}")]
+    AuditUnavailable(String),
     /// The upstream connection failed after it was established.
     #[error("upstream {0} failed: {1}")]
     UpstreamFailed(String, String),
@@ -89,7 +96,10 @@ impl Refusal {
                     StatusCode::BAD_GATEWAY
                 }
                 Fault::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                Fault::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Fault::StoreUnavailable(_) | Fault::AuditUnavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                Fault::Unmaskable(_) => StatusCode::BAD_GATEWAY,
             },
         }
     }
@@ -113,6 +123,8 @@ impl Refusal {
                 Fault::UpstreamTimeout(_) => "upstream_timeout",
                 Fault::UpstreamFailed(..) => "upstream_failed",
                 Fault::StoreUnavailable(_) => "session_store_unavailable",
+                Fault::Unmaskable(_) => "unmaskable_response",
+                Fault::AuditUnavailable(_) => "audit_unavailable",
             },
         }
     }

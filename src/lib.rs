@@ -36,6 +36,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod mask;
 pub mod policy;
 pub mod policytest;
 pub mod proxy;

@@ -50,6 +50,11 @@ pub struct Case {
     /// Expected deny code (`missing_capability`, `not_member`, …).
     #[serde(default)]
     pub code: Option<String>,
+    /// Expected masking of an allowed response on a masked route: `true` =
+    /// the principal lacks the mask's `unmask_with`, `false` = sees it
+    /// unmasked.
+    #[serde(default)]
+    pub masked: Option<bool>,
     /// Which seed row or role description this case encodes.
     #[serde(default)]
     pub row: Option<String>,
@@ -107,33 +112,50 @@ impl Summary {
     }
 }
 
-/// Decides one request for one principal: (outcome, deny code).
-fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<(Expect, Option<String>), String> {
+/// The outcome of one request: decision, deny code, and whether an
+/// allowed response would be masked (None: the route has no mask).
+struct Outcome {
+    expect: Expect,
+    code: Option<String>,
+    masked: Option<bool>,
+}
+
+/// Decides one request for one principal.
+fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<Outcome, String> {
     let (method, url) = request
         .split_once(' ')
         .ok_or_else(|| format!("request {request:?} is not \"METHOD /path\""))?;
     let (host, pq) = split_url(url.trim());
+    let outcome = |expect, code, masked| {
+        Ok(Outcome {
+            expect,
+            code,
+            masked,
+        })
+    };
     let canon = match canonicalize(&pq, &rt.canon) {
         Ok(c) => c,
-        Err(_) => return Ok((Expect::BadRequest, None)),
+        Err(_) => return outcome(Expect::BadRequest, None, None),
     };
     let Some(m) = rt.router.at(
         host.as_deref(),
         &method.to_ascii_uppercase(),
         canon.routing_path(),
     ) else {
-        return Ok((Expect::NoRoute, None));
+        return outcome(Expect::NoRoute, None, None);
     };
     let route = &rt.routes[m.route];
+    let masked = route.mask.as_ref().map(|mk| {
+        route.policy.public
+            || !policy::decide(&rt.policy, p, &mk.unmask, &m.params, &NoRelations).is_allow()
+    });
     if route.policy.public {
-        return Ok((Expect::Allow, None));
+        return outcome(Expect::Allow, None, masked);
     }
-    Ok(
-        match policy::decide(&rt.policy, p, &route.policy, &m.params, &NoRelations) {
-            Decision::Allow => (Expect::Allow, None),
-            Decision::Deny(d) => (Expect::Deny, Some(d.code.to_string())),
-        },
-    )
+    match policy::decide(&rt.policy, p, &route.policy, &m.params, &NoRelations) {
+        Decision::Allow => outcome(Expect::Allow, None, masked),
+        Decision::Deny(d) => outcome(Expect::Deny, Some(d.code.to_string()), None),
+    }
 }
 
 /// Runs one parsed table.
@@ -158,23 +180,41 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             grants: tp.grants.clone(),
             claims: tp.claims.clone(),
         };
-        let (got, code) = match decide(rt, &p, &case.request) {
+        let o = match decide(rt, &p, &case.request) {
             Ok(x) => x,
             Err(e) => {
                 summary.errors.push(format!("{file}: case {}: {e}", i + 1));
                 continue;
             }
         };
-        let pass =
-            got == case.expect && case.code.as_ref().is_none_or(|c| Some(c) == code.as_ref());
-        let expected = match &case.code {
-            Some(c) => format!("{} ({c})", case.expect),
-            None => case.expect.to_string(),
+        let pass = o.expect == case.expect
+            && case
+                .code
+                .as_ref()
+                .is_none_or(|c| Some(c) == o.code.as_ref())
+            && case.masked.is_none_or(|want| o.masked == Some(want));
+        let describe = |e: Expect, code: Option<&String>, masked: Option<bool>| {
+            let mut s = e.to_string();
+            if let Some(c) = code {
+                s.push_str(&format!(" ({c})"));
+            }
+            match masked {
+                Some(true) => s.push_str(", masked"),
+                Some(false) => s.push_str(", unmasked"),
+                None => {}
+            }
+            s
         };
-        let got_s = match &code {
-            Some(c) => format!("{got} ({c})"),
-            None => got.to_string(),
-        };
+        let expected = describe(case.expect, case.code.as_ref(), case.masked);
+        let got_s = describe(
+            o.expect,
+            o.code.as_ref(),
+            if case.masked.is_some() {
+                o.masked
+            } else {
+                None
+            },
+        );
         let label = format!(
             "{} {}{}",
             case.who,

@@ -17,3 +17,64 @@ pub fn init(json: bool) {
         builder.compact().try_init()
     };
 }
+
+/// The JSON-lines audit log of unmasked PII access (`masking.audit_log`).
+///
+/// One line per response that carried unmasked PII to a principal holding
+/// the mask's `unmask_with`: who, which route, which record, when. Opened
+/// lazily (created with its directory); a failed write is reported to the
+/// caller, which refuses the unmasked answer rather than leave no trace.
+pub struct AuditLog {
+    path: std::path::PathBuf,
+    file: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+/// One audit record.
+#[derive(serde::Serialize)]
+pub struct UnmaskedAccess<'a> {
+    pub at_ms: u64,
+    pub event: &'static str,
+    pub user: &'a str,
+    pub issuer: &'a str,
+    pub session: Option<&'a str>,
+    pub route: &'a str,
+    pub mask: &'a str,
+    pub record: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub request_id: &'a str,
+}
+
+impl AuditLog {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        AuditLog {
+            path,
+            file: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Appends one record (one `write` call, so lines never interleave).
+    pub fn write(&self, rec: &UnmaskedAccess<'_>) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            *guard = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        guard.as_mut().expect("opened above").write_all(&line)
+    }
+}

@@ -18,14 +18,17 @@ use serde_saphyr::Spanned;
 
 use super::file::{FileConfig, FileRequire, FileRoute, FileRules};
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
+use super::{MaskingSettings, RouteMask};
 use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, Issuer};
+use crate::mask;
 use crate::policy::{
     IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
     Severity as PSeverity, grant_covers,
 };
 use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
 use crate::session::{OnStoreError, SessionSettings, StoreKind};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -191,12 +194,16 @@ impl Builder {
         let mut roles: BTreeMap<String, Located<super::file::FileRole>> = BTreeMap::new();
         let mut profiles: BTreeMap<String, Located<super::file::FileProfile>> = BTreeMap::new();
         let mut routes: Vec<Located<FileRoute>> = Vec::new();
+        let mut masks: BTreeMap<String, Located<super::file::FileMask>> = BTreeMap::new();
         for (file, r) in files {
             for (k, v) in r.roles {
                 self.merge_named(&mut roles, "role", k, &file, v);
             }
             for (k, v) in r.profiles {
                 self.merge_named(&mut profiles, "profile", k, &file, v);
+            }
+            for (k, v) in r.masks {
+                self.merge_named(&mut masks, "mask", k, &file, v);
             }
             for v in r.routes {
                 routes.push(Located {
@@ -209,7 +216,12 @@ impl Builder {
 
         let policy = self.build_policy(&roles, &profiles);
         let upstreams = self.build_upstreams(name, cfg.upstreams);
-        let (router, compiled_routes) = self.build_routes(&routes, &policy, &upstreams);
+        let masking = self.build_masking(name, &cfg.masking);
+        let compiled_masks = self.build_masks(&masks, &policy, &masking);
+        let (router, mut compiled_routes) = self.build_routes(&routes, &policy, &upstreams);
+        if let Some(compiled) = &mut compiled_routes {
+            self.attach_masks(&routes, compiled, &compiled_masks, &masks);
+        }
         if let Some(compiled) = &compiled_routes {
             self.lint_unused_roles(&policy, &roles, compiled);
         }
@@ -236,6 +248,7 @@ impl Builder {
             upstreams,
             forward: forward?,
             expose_reason: cfg.errors.expose_reason,
+            masking,
             sessions: sessions?,
             admin: admin?,
         })
@@ -580,6 +593,8 @@ impl Builder {
                 upstream,
                 origin: format!("{f}:{l}"),
                 passive,
+                mask: None,
+                record: None,
             });
         }
 
@@ -685,6 +700,219 @@ impl Builder {
             self.error(file, line, format!("{what}: {e}"));
             Duration::ZERO
         })
+    }
+
+    fn build_masking(&mut self, file: &str, m: &super::file::FileMasking) -> MaskingSettings {
+        let hash_key = match &m.hash_key_file {
+            Some(f) => {
+                let path = self.resolve(f);
+                match std::fs::read(&path) {
+                    Ok(k) if k.trim_ascii().len() >= 32 => Some(k.trim_ascii().to_vec()),
+                    Ok(_) => {
+                        self.error(
+                            file,
+                            0,
+                            "masking.hash_key_file: the key must be at least 32 bytes",
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.error(
+                            file,
+                            0,
+                            format!("masking.hash_key_file {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        if m.max_depth == 0 || m.max_string_bytes == 0 || m.max_body_bytes == 0 {
+            self.error(
+                file,
+                0,
+                "masking: max_depth, max_string_bytes and max_body_bytes must be greater than zero",
+            );
+        }
+        MaskingSettings {
+            hash_key,
+            max_body_bytes: m.max_body_bytes,
+            buffer_bytes: m.buffer_bytes,
+            limits: mask::Limits {
+                max_depth: m.max_depth,
+                max_string_bytes: m.max_string_bytes,
+            },
+            audit_log: self.resolve(&m.audit_log),
+        }
+    }
+
+    /// Compiles every mask policy; errors (bad selector, strategy, detector,
+    /// `hash` without a key) are collected with the mask's file:line.
+    fn build_masks(
+        &mut self,
+        masks: &BTreeMap<String, Located<super::file::FileMask>>,
+        policy: &Policy,
+        settings: &MaskingSettings,
+    ) -> BTreeMap<String, (Arc<mask::Policy>, String)> {
+        let mut out = BTreeMap::new();
+        for (name, m) in masks {
+            let (f, l, v) = (m.file.as_str(), m.line, &m.value);
+            let mut ok = true;
+            let mut fields = Vec::new();
+            for field in &v.fields {
+                let sel = mask::Selector::parse(&field.path);
+                let strat = mask::Strategy::parse(&field.strategy);
+                match (sel, strat) {
+                    (Ok(sel), Ok(strat)) => {
+                        if strat == mask::Strategy::Hash && settings.hash_key.is_none() {
+                            self.error(
+                                f,
+                                l,
+                                format!("mask {name}: strategy hash needs masking.hash_key_file"),
+                            );
+                            ok = false;
+                        }
+                        fields.push((sel, strat));
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.error(f, l, format!("mask {name}: field {:?}: {e}", field.path));
+                        ok = false;
+                    }
+                }
+            }
+            let mut detectors = Vec::new();
+            for d in &v.detect {
+                match mask::Detector::parse(d) {
+                    Ok(d) => detectors.push(d),
+                    Err(e) => {
+                        self.error(f, l, format!("mask {name}: detect: {e}"));
+                        ok = false;
+                    }
+                }
+            }
+            let detect_in = match (&v.detect_in, detectors.is_empty()) {
+                (_, true) => mask::DetectScope::None,
+                (None, false) => mask::DetectScope::All,
+                (Some(super::file::FileDetectIn::All(s)), false) if s == "all" => {
+                    mask::DetectScope::All
+                }
+                (Some(super::file::FileDetectIn::All(s)), false) => {
+                    self.error(
+                        f,
+                        l,
+                        format!(
+                            "mask {name}: detect_in must be `all` or a list of paths, not {s:?}"
+                        ),
+                    );
+                    ok = false;
+                    mask::DetectScope::None
+                }
+                (Some(super::file::FileDetectIn::Paths(p)), false) => {
+                    let mut sels = Vec::new();
+                    for path in p {
+                        match mask::Selector::parse(path) {
+                            Ok(s) => sels.push(s),
+                            Err(e) => {
+                                self.error(f, l, format!("mask {name}: detect_in {path:?}: {e}"));
+                                ok = false;
+                            }
+                        }
+                    }
+                    mask::DetectScope::Fields(sels)
+                }
+            };
+            if fields.is_empty() && detectors.is_empty() {
+                self.error(
+                    f,
+                    l,
+                    format!("mask {name}: no fields and no detectors: it would mask nothing"),
+                );
+                ok = false;
+            }
+            if !crate::policy::is_valid_capability(&v.unmask_with) {
+                self.error(
+                    f,
+                    l,
+                    format!(
+                        "mask {name}: unmask_with {:?} is not a capability name",
+                        v.unmask_with
+                    ),
+                );
+                ok = false;
+            } else if !policy.grants_cover(&v.unmask_with) {
+                self.warn(f, l, format!("mask {name}: no role or profile grants {}: every principal sees masked data", v.unmask_with));
+            }
+            if ok {
+                let p = mask::Policy {
+                    name: name.clone(),
+                    fields,
+                    detectors,
+                    detect_in,
+                    case_insensitive: v.case_insensitive,
+                    hash_key: settings.hash_key.clone().unwrap_or_default(),
+                    limits: settings.limits.clone(),
+                };
+                out.insert(name.clone(), (Arc::new(p), v.unmask_with.clone()));
+            }
+        }
+        out
+    }
+
+    /// Resolves each route's `mask:` and `record:`; warns about masks no
+    /// route uses.
+    fn attach_masks(
+        &mut self,
+        routes: &[Located<FileRoute>],
+        compiled: &mut [Route],
+        masks: &BTreeMap<String, (Arc<mask::Policy>, String)>,
+        defined: &BTreeMap<String, Located<super::file::FileMask>>,
+    ) {
+        let mut used = std::collections::BTreeSet::new();
+        for (r, c) in routes.iter().zip(compiled.iter_mut()) {
+            let (f, l) = (r.file.as_str(), r.line);
+            if let Some(rec) = &r.value.record {
+                match rec.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    Some(p) if template_params(&c.spec.path).iter().any(|x| x == p) => {
+                        c.record = Some(p.to_string())
+                    }
+                    _ => self.error(
+                        f,
+                        l,
+                        format!(
+                            "route {}: record must name a path parameter like \"{{id}}\"",
+                            c.name
+                        ),
+                    ),
+                }
+            }
+            let Some(name) = &r.value.mask else { continue };
+            used.insert(name.clone());
+            match masks.get(name) {
+                Some((p, unmask_with)) => {
+                    c.mask = Some(RouteMask {
+                        policy: p.clone(),
+                        unmask: RoutePolicy {
+                            name: format!("{} (unmask)", c.name),
+                            public: false,
+                            require: Some(Requirement::Capability(unmask_with.clone())),
+                            scope: c.policy.scope.clone(),
+                        },
+                    });
+                }
+                None if defined.contains_key(name) => {} // its own errors were reported
+                None => self.error(f, l, format!("route {}: unknown mask {name:?}", c.name)),
+            }
+        }
+        for (name, m) in defined {
+            if !used.contains(name) {
+                self.warn(
+                    &m.file,
+                    m.line,
+                    format!("mask {name}: unused: no route names it"),
+                );
+            }
+        }
     }
 
     fn build_sessions(

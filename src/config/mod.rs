@@ -15,10 +15,12 @@ use std::time::Duration;
 pub use build::{Diagnostic, Loaded, RulesSource, Severity, load, load_from_text, parse_duration};
 
 use crate::auth::Authenticator;
+use crate::mask;
 use crate::policy::{Policy, RoutePolicy};
 use crate::proxy::upstream::HttpClient;
 use crate::route::{CanonOptions, RouteSpec, Router};
 use crate::session::SessionSettings;
+use std::sync::Arc;
 
 /// Everything a request needs, compiled once and swapped whole on reload,
 /// so one request never sees two rule sets.
@@ -36,6 +38,7 @@ pub struct Runtime {
     pub expose_reason: bool,
     pub sessions: SessionSettings,
     pub admin: Option<AdminSettings>,
+    pub masking: MaskingSettings,
 }
 
 /// The admin listener.
@@ -63,6 +66,27 @@ pub struct Route {
     pub origin: String,
     /// `activity: passive`: checked, but never keeps a session alive.
     pub passive: bool,
+    /// `mask:` — the response masking of this route.
+    pub mask: Option<RouteMask>,
+    /// `record:` — the path parameter naming the record (audit log).
+    pub record: Option<String>,
+}
+
+/// A route's mask policy and who may see the unmasked response.
+pub struct RouteMask {
+    pub policy: Arc<mask::Policy>,
+    /// The route's scope with `require: <unmask_with>`: decided like any
+    /// route policy, so a scoped grant of the capability works too.
+    pub unmask: RoutePolicy,
+}
+
+/// `masking:` settings.
+pub struct MaskingSettings {
+    pub hash_key: Option<Vec<u8>>,
+    pub max_body_bytes: u64,
+    pub buffer_bytes: u64,
+    pub limits: mask::Limits,
+    pub audit_log: std::path::PathBuf,
 }
 
 /// A named upstream with its own connection pool.

@@ -70,3 +70,100 @@ where
         self.inner.size_hint()
     }
 }
+
+/// Called once when a masked body ends: `Ok(values masked)` or `Err(code)`.
+pub type OnEnd = Box<dyn FnOnce(Result<u64, String>) + Send + Sync>;
+
+/// The masked response body: upstream frames → `mask::BodyMasker` →
+/// masked frames, as they come (bounded memory: the masker holds at most
+/// one unfinished unit — a JSON value, an NDJSON line, an SSE event, a CSV
+/// row). On a masking failure the stream ends with an error, which makes
+/// hyper abort the response (no terminating chunk): the client sees a
+/// broken transfer, never unmasked bytes. Upstream trailers are dropped.
+pub struct MaskedBody<B> {
+    inner: B,
+    masker: crate::mask::BodyMasker,
+    finished: bool,
+    /// Called once with the masker's result when the body ends.
+    on_end: Option<OnEnd>,
+}
+
+impl<B> MaskedBody<B> {
+    pub fn new(inner: B, masker: crate::mask::BodyMasker, on_end: OnEnd) -> Self {
+        MaskedBody {
+            inner,
+            masker,
+            finished: false,
+            on_end: Some(on_end),
+        }
+    }
+
+    fn fail(&mut self, e: crate::mask::BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finished = true;
+        if let Some(f) = self.on_end.take() {
+            f(Err(e.code().to_string()));
+        }
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+}
+
+impl<B> Body for MaskedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.finished {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    self.finished = true;
+                    if let Some(f) = self.on_end.take() {
+                        f(Err("upstream_failed".into()));
+                    }
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+                    if let Err(e) = self.masker.push(&data, &mut out) {
+                        return self.fail(e);
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    let mut out = Vec::new();
+                    if let Err(e) = self.masker.finish(&mut out) {
+                        return self.fail(e);
+                    }
+                    self.finished = true;
+                    let n = self.masker.masked_count();
+                    if let Some(f) = self.on_end.take() {
+                        f(Ok(n));
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
+    }
+}

@@ -24,20 +24,23 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::body::Limited;
+use super::body::{Limited, MaskedBody};
 use super::headers::{self, ForwardedFor};
 use super::upstream::{self, BoxError};
 use crate::auth::Verified;
-use crate::config::{Route, Runtime};
+use crate::config::{Route, RouteMask, Runtime};
 use crate::error::{Deny, Fault, Refusal, error_body};
+use crate::mask;
 use crate::policy::{self, Decision, NoRelations, Principal};
 use crate::route::{Canonical, PathError, canonicalize};
 use crate::session::{EndReason, OnStoreError, Store, StoreError, Touch, Verdict, now_ms};
+use crate::telemetry::AuditLog;
 
 /// The response body type sent to clients.
 pub type RespBody = BoxBody<Bytes, BoxError>;
@@ -47,6 +50,8 @@ pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     ids: RequestIds,
     store: Store,
+    /// Unmasked-PII access records (`masking.audit_log`).
+    audit: AuditLog,
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -76,10 +81,12 @@ impl Gateway {
     /// A gateway serving `runtime`, with sessions in `store`. The store
     /// lives outside the runtime: a config reload keeps every session.
     pub fn new(runtime: Runtime, store: Store) -> Arc<Self> {
+        let audit = AuditLog::new(runtime.masking.audit_log.clone());
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             ids: RequestIds::new(),
             store,
+            audit,
         })
     }
 
@@ -168,10 +175,73 @@ impl Gateway {
             }
         }
         let principal = verified.as_ref().map(|v| &*v.principal);
+        // 7a mask plan, decided before forwarding (a masked answer is fetched
+        //    whole: no Range, identity encoding preferred).
+        let mask = route.mask.as_ref().map(|mk| {
+            let unmasked = principal.is_some_and(|p| {
+                policy::decide(&rt.policy, p, &mk.unmask, &m.params, &NoRelations).is_allow()
+            });
+            (mk, unmasked)
+        });
+        let masking = mask.is_some_and(|(_, unmasked)| !unmasked);
+        let head = req.method() == Method::HEAD;
         // 6 forward.
-        let resp = forward(rt, ctx, route, &target, principal, req).await?;
-        // 7 respond: masking (masking issue) goes here.
-        Ok(respond(resp))
+        let resp = forward(rt, ctx, route, &target, principal, masking, req).await?;
+        // 7 respond: as is, unmasked with an audit record, or masked.
+        match mask {
+            None => Ok(respond(resp)),
+            Some((_, true)) => {
+                let record = route
+                    .record
+                    .as_deref()
+                    .and_then(|p| m.params.iter().find(|(k, _)| k == p))
+                    .map(|(_, v)| v.as_str());
+                self.audit_unmasked(ctx, route, verified.as_ref(), record, resp.status(), head)?;
+                let mut resp = respond(resp);
+                make_private(resp.headers_mut());
+                Ok(resp)
+            }
+            Some((mk, false)) => {
+                mask_response(rt, ctx, mk, &rt.upstreams[route.upstream].name, resp, head).await
+            }
+        }
+    }
+
+    /// Writes the audit record of a response carrying unmasked PII; a
+    /// failed write refuses the answer (no unmasked data without a trace).
+    fn audit_unmasked(
+        &self,
+        ctx: &Ctx,
+        route: &Route,
+        v: Option<&Verified>,
+        record: Option<&str>,
+        status: StatusCode,
+        head: bool,
+    ) -> Result<(), Refusal> {
+        let (Some(v), Some(mk)) = (v, &route.mask) else {
+            return Ok(());
+        };
+        if !status.is_success() || head {
+            return Ok(());
+        }
+        let rec = crate::telemetry::UnmaskedAccess {
+            at_ms: now_ms(),
+            event: "unmasked_access",
+            user: &v.principal.subject,
+            issuer: &v.principal.issuer,
+            session: v.principal.session.as_deref(),
+            route: &route.name,
+            mask: &mk.policy.name,
+            record,
+            method: ctx.method.as_str(),
+            path: &ctx.path,
+            status: status.as_u16(),
+            request_id: &ctx.request_id,
+        };
+        self.audit.write(&rec).map_err(|e| {
+            tracing::error!(target: "rolegate::audit", error = %e, path = %self.audit.path().display(), "audit log write failed");
+            Refusal::from(Fault::AuditUnavailable(e.to_string()))
+        })
     }
 
     /// Phase 4: one store call per request.
@@ -336,6 +406,7 @@ async fn forward(
     route: &Route,
     target: &Target,
     principal: Option<&Principal>,
+    masking: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Incoming>, Refusal> {
     let max = rt.listen.max_body_bytes;
@@ -389,6 +460,17 @@ async fn forward(
         request_id: &ctx.request_id,
     };
     headers::inject(&mut parts.headers, &rt.forward, &ff, principal);
+    if masking {
+        // The whole representation is needed to mask it: no partial
+        // content; and uncompressed saves a decode (a compressed answer
+        // anyway is still decoded and masked).
+        parts.headers.remove(header::RANGE);
+        parts.headers.remove(header::IF_RANGE);
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
 
     let body = Limited::new(body, max).boxed();
     upstream::send(up, Request::from_parts(parts, body)).await
@@ -398,6 +480,113 @@ fn respond(resp: Response<Incoming>) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
     headers::clean_response(&mut parts.headers);
     Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+/// Responses of masked routes, masked or not, are never stored by shared
+/// caches and never reused across credentials.
+fn make_private(h: &mut http::HeaderMap) {
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.append(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Cookie"),
+    );
+}
+
+/// Phase 7 for a principal without `unmask_with`: decode → mask → send
+/// identity-encoded. Bodies whose declared length is at most
+/// `masking.buffer_bytes` are masked whole first, so a failure is a clean
+/// 502; others stream through `MaskedBody`, which aborts on failure.
+async fn mask_response(
+    rt: &Runtime,
+    ctx: &Ctx,
+    mk: &RouteMask,
+    upstream: &str,
+    resp: Response<Incoming>,
+    head: bool,
+) -> Result<Response<RespBody>, Refusal> {
+    let (mut parts, body) = resp.into_parts();
+    let h = &mut parts.headers;
+    headers::clean_response(h);
+    make_private(h);
+    // The masked representation is a different one: validators and range
+    // support of the upstream's do not describe it.
+    for name in [
+        header::ETAG,
+        header::CONTENT_RANGE,
+        header::LAST_MODIFIED,
+        HeaderName::from_static("content-md5"),
+    ] {
+        h.remove(name);
+    }
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    let status = parts.status;
+    let bodyless = head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if bodyless {
+        h.remove(header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(
+            parts,
+            Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+        ));
+    }
+    let unmaskable = |why: String| Refusal::from(Fault::Unmaskable(why));
+    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let kind = mask::body_kind(ct).ok_or_else(|| {
+        unmaskable(format!(
+            "content type {:?} cannot be masked",
+            ct.unwrap_or("(none)")
+        ))
+    })?;
+    let ce = h
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let encoding = mask::encoding(ce).map_err(|e| unmaskable(e.code().to_string()))?;
+    let declared = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    h.remove(header::CONTENT_LENGTH);
+    h.remove(header::CONTENT_ENCODING);
+    let mut masker =
+        mask::BodyMasker::new(mk.policy.clone(), kind, encoding, rt.masking.max_body_bytes);
+
+    if let Some(len) = declared.filter(|l| *l <= rt.masking.buffer_bytes) {
+        let bytes = Limited::new(body, len)
+            .collect()
+            .await
+            .map_err(|e| Refusal::from(Fault::UpstreamFailed(upstream.to_string(), e.to_string())))?
+            .to_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        masker
+            .push(&bytes, &mut out)
+            .and_then(|_| masker.finish(&mut out))
+            .map_err(|e| unmaskable(e.code().to_string()))?;
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        return Ok(Response::from_parts(
+            parts,
+            Full::new(Bytes::from(out)).map_err(|e| match e {}).boxed(),
+        ));
+    }
+    let (rid, route) = (
+        ctx.request_id.clone(),
+        ctx.route.clone().unwrap_or_default(),
+    );
+    let on_end = Box::new(move |r: Result<u64, String>| {
+        if let Err(code) = r {
+            tracing::warn!(target: "rolegate::decision", request_id = %rid, route = %route, error = "unmaskable_response", detail = %code, "masking failed mid-stream: response aborted");
+        }
+    });
+    Ok(Response::from_parts(
+        parts,
+        MaskedBody::new(body, masker, on_end).boxed(),
+    ))
 }
 
 /// Turns a refusal into the JSON error response (and records it for the log).

@@ -1,0 +1,510 @@
+//! CSV masking (`text/csv`, RFC 4180): columns by header name.
+//!
+//! Owns: parsing decoded CSV bytes with `csv_core`'s push reader, mapping the
+//! policy's field rules and detector scope onto columns, and writing masked
+//! records back out. Serves phase 7 (respond) via
+//! [`BodyMasker`](super::BodyMasker). Must not: pass a selected cell through
+//! unmasked, guess at ambiguous input (ragged rows fail), or buffer more than
+//! one record.
+//!
+//! Semantics:
+//! - The first record is the header. A column is selected by a field rule
+//!   whose selector's LAST key segment equals the header name (`$..phone`,
+//!   `$.phone`, `$[*].phone`, `$.customer.phone` and `$['phone']` all select
+//!   column `phone`); a last segment `.*` selects every column; a last
+//!   segment `[*]`/`[N]` selects none. Header names are compared after
+//!   trimming surrounding whitespace, ASCII-case-insensitively when
+//!   `policy.case_insensitive`. The first matching field rule wins.
+//! - Per cell, via [`strategy::mask_text`](super::strategy::mask_text):
+//!   `remove` drops the whole column (header included); `null` gives an
+//!   empty cell; every other strategy writes the masked text.
+//! - Detectors ([`strategy::scrub`](super::strategy::scrub)): with
+//!   `DetectScope::All` every cell of every record after the header is
+//!   scrubbed, with `Fields(sels)` the cells of the columns those selectors
+//!   name; cells already masked by a field rule are not scrubbed.
+//! - Output: fields are quoted when they contain `,`, `"`, CR or LF (quotes
+//!   doubled), a record holding one empty field is written `""`, and every
+//!   record ends with CRLF. Empty lines in the input are skipped (csv_core).
+//! - Fail closed: a record with more fields than the header, a cell that is
+//!   not UTF-8, or a record larger than [`unit_limit`](super::unit_limit)
+//!   → [`BodyError::Csv`]. Records with fewer fields than the header are
+//!   written as they are. A selector whose text cannot be read → `Csv` error
+//!   at the first byte.
+//! - Rows stream out as their records end; the last record may lack a line
+//!   ending.
+
+use std::sync::Arc;
+
+use csv_core::{ReadRecordResult, Reader};
+
+use super::strategy::{mask_text, scrub};
+use super::{BodyError, DetectScope, Policy, Strategy, unit_limit};
+
+/// What a selector names in CSV terms: its last segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Last {
+    /// `.key`, `..key`, `['key']`: the column with that header name.
+    Key(String),
+    /// `.*`: every column.
+    AnyColumn,
+    /// `$`, `[*]`, `[N]`: no column.
+    NoColumn,
+}
+
+impl Last {
+    fn selects(&self, header: &str, case_insensitive: bool) -> bool {
+        match self {
+            Last::Key(k) if case_insensitive => k.eq_ignore_ascii_case(header),
+            Last::Key(k) => k == header,
+            Last::AnyColumn => true,
+            Last::NoColumn => false,
+        }
+    }
+}
+
+/// Reads the last segment of a selector's text (`Selector::as_str`), in the
+/// selector syntax: `$`, `.key`, `..key`, `.*`, `[*]`, `[N]`, `['key']`.
+fn last_segment(selector: &str) -> Result<Last, String> {
+    let bad = || format!("selector {selector:?} cannot be applied to CSV columns");
+    let rest = selector.trim().strip_prefix('$').ok_or_else(bad)?;
+    let b = rest.as_bytes();
+    let mut i = 0;
+    let mut last = Last::NoColumn;
+    while i < b.len() {
+        match b[i] {
+            b'.' => {
+                i += 1;
+                if b.get(i) == Some(&b'.') {
+                    i += 1; // recursive descent: the key still names the column
+                }
+                if b.get(i) == Some(&b'[') {
+                    continue; // `..['key']`
+                }
+                let start = i;
+                while i < b.len() && b[i] != b'.' && b[i] != b'[' {
+                    i += 1;
+                }
+                last = match &rest[start..i] {
+                    "" => return Err(bad()),
+                    "*" => Last::AnyColumn,
+                    key => Last::Key(key.to_string()),
+                };
+            }
+            b'[' => {
+                i += 1;
+                match b.get(i) {
+                    Some(&q @ (b'\'' | b'"')) => {
+                        i += 1;
+                        let mut key = Vec::new();
+                        loop {
+                            match b.get(i) {
+                                None => return Err(bad()),
+                                Some(b'\\') => {
+                                    key.push(*b.get(i + 1).ok_or_else(bad)?);
+                                    i += 2;
+                                }
+                                Some(&c) if c == q => {
+                                    i += 1;
+                                    break;
+                                }
+                                Some(&c) => {
+                                    key.push(c);
+                                    i += 1;
+                                }
+                            }
+                        }
+                        last = Last::Key(String::from_utf8(key).map_err(|_| bad())?);
+                    }
+                    Some(b'*') => {
+                        i += 1;
+                        last = Last::NoColumn;
+                    }
+                    Some(c) if c.is_ascii_digit() => {
+                        while b.get(i).is_some_and(u8::is_ascii_digit) {
+                            i += 1;
+                        }
+                        last = Last::NoColumn;
+                    }
+                    _ => return Err(bad()),
+                }
+                if b.get(i) != Some(&b']') {
+                    return Err(bad());
+                }
+                i += 1;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(last)
+}
+
+/// The policy in CSV terms.
+struct Rules {
+    fields: Vec<(Last, Strategy)>,
+    /// Where detectors run (`Nowhere` when the policy has none).
+    detect: Detect,
+}
+
+enum Detect {
+    Nowhere,
+    Everywhere,
+    Columns(Vec<Last>),
+}
+
+impl Rules {
+    fn new(policy: &Policy) -> Result<Rules, String> {
+        let fields = policy
+            .fields
+            .iter()
+            .map(|(sel, strategy)| Ok((last_segment(sel.as_str())?, strategy.clone())))
+            .collect::<Result<Vec<_>, String>>()?;
+        let detect = match &policy.detect_in {
+            _ if policy.detectors.is_empty() => Detect::Nowhere,
+            DetectScope::None => Detect::Nowhere,
+            DetectScope::All => Detect::Everywhere,
+            DetectScope::Fields(sels) => Detect::Columns(
+                sels.iter()
+                    .map(|s| last_segment(s.as_str()))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(Rules { fields, detect })
+    }
+
+    fn column(&self, header: &str, ci: bool) -> Column {
+        let header = header.trim();
+        let action = match self
+            .fields
+            .iter()
+            .find(|(last, _)| last.selects(header, ci))
+        {
+            None => Action::Keep,
+            Some((_, Strategy::Remove)) => Action::Drop,
+            Some((_, Strategy::Null)) => Action::Empty,
+            Some((_, strategy)) => Action::Mask(strategy.clone()),
+        };
+        let scrub = match &self.detect {
+            Detect::Nowhere => false,
+            Detect::Everywhere => true,
+            Detect::Columns(lasts) => lasts.iter().any(|l| l.selects(header, ci)),
+        };
+        Column { action, scrub }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    Keep,
+    Drop,
+    Empty,
+    Mask(Strategy),
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    action: Action,
+    scrub: bool,
+}
+
+/// Push-based CSV masker for one body.
+pub struct CsvMasker {
+    policy: Arc<Policy>,
+    rules: Result<Rules, String>,
+    reader: Reader,
+    /// The current record's field bytes and field ends (csv_core output).
+    fields: Vec<u8>,
+    ends: Vec<usize>,
+    nout: usize,
+    nend: usize,
+    /// Column plan, from the header record.
+    columns: Option<Vec<Column>>,
+    limit: usize,
+    /// Records seen (1 = header), for error messages.
+    records: u64,
+    masked: u64,
+}
+
+impl CsvMasker {
+    pub fn new(policy: Arc<Policy>) -> Self {
+        CsvMasker {
+            rules: Rules::new(&policy),
+            limit: unit_limit(&policy),
+            policy,
+            reader: Reader::new(),
+            fields: vec![0; 4096],
+            ends: vec![0; 64],
+            nout: 0,
+            nend: 0,
+            columns: None,
+            records: 0,
+            masked: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
+        self.check_rules()?;
+        while !input.is_empty() {
+            self.make_room()?;
+            let (res, nin, nout, nend) = self.reader.read_record(
+                input,
+                &mut self.fields[self.nout..],
+                &mut self.ends[self.nend..],
+            );
+            input = &input[nin..];
+            self.nout += nout;
+            self.nend += nend;
+            if res == ReadRecordResult::Record {
+                self.record(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        self.check_rules()?;
+        // Empty input tells csv_core the data ended: it yields the last,
+        // unterminated record (if any), then End.
+        for _ in 0..8 {
+            self.make_room()?;
+            let (res, _, nout, nend) = self.reader.read_record(
+                &[],
+                &mut self.fields[self.nout..],
+                &mut self.ends[self.nend..],
+            );
+            self.nout += nout;
+            self.nend += nend;
+            match res {
+                ReadRecordResult::Record => self.record(out)?,
+                ReadRecordResult::OutputFull | ReadRecordResult::OutputEndsFull => {}
+                ReadRecordResult::End | ReadRecordResult::InputEmpty => return Ok(()),
+            }
+        }
+        Err(BodyError::Csv(
+            "reader did not reach the end of the data".into(),
+        ))
+    }
+
+    pub fn masked_count(&self) -> u64 {
+        self.masked
+    }
+
+    fn check_rules(&self) -> Result<(), BodyError> {
+        match &self.rules {
+            Ok(_) => Ok(()),
+            Err(e) => Err(BodyError::Csv(e.clone())),
+        }
+    }
+
+    /// Keeps free space in both csv_core buffers, within the record limit.
+    fn make_room(&mut self) -> Result<(), BodyError> {
+        if self.nout > self.limit || self.nend > self.limit {
+            return Err(BodyError::Csv(format!(
+                "record {} is larger than {} bytes",
+                self.records + 1,
+                self.limit
+            )));
+        }
+        if self.nout == self.fields.len() {
+            self.fields.resize(self.fields.len() * 2, 0);
+        }
+        if self.nend == self.ends.len() {
+            self.ends.resize(self.ends.len() * 2, 0);
+        }
+        Ok(())
+    }
+
+    /// A record ended: write it (masked) to `out`.
+    fn record(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
+        self.records += 1;
+        let (nout, nend) = (
+            std::mem::take(&mut self.nout),
+            std::mem::take(&mut self.nend),
+        );
+        let data = &self.fields[..nout];
+        let ends = &self.ends[..nend];
+        let cells = ends.iter().scan(0, |start, &end| {
+            let cell = data.get(*start..end).unwrap_or(&[]);
+            *start = end;
+            Some(cell)
+        });
+        let row = self.records;
+        fn text(row: u64, i: usize, cell: &[u8]) -> Result<&str, BodyError> {
+            std::str::from_utf8(cell).map_err(|_| {
+                BodyError::Csv(format!("record {row} field {} is not valid UTF-8", i + 1))
+            })
+        }
+        let Ok(rules) = &self.rules else {
+            return self.check_rules();
+        };
+        let mut writer = RecordWriter::new(out);
+        match &self.columns {
+            None => {
+                let mut columns = Vec::with_capacity(nend);
+                for (i, cell) in cells.enumerate() {
+                    let column = rules.column(text(row, i, cell)?, self.policy.case_insensitive);
+                    if column.action != Action::Drop {
+                        writer.cell(cell);
+                    }
+                    columns.push(column);
+                }
+                self.columns = Some(columns);
+            }
+            Some(columns) => {
+                if nend > columns.len() {
+                    return Err(BodyError::Csv(format!(
+                        "record {row} has {nend} fields, the header has {}",
+                        columns.len()
+                    )));
+                }
+                let p = &*self.policy;
+                for ((i, cell), column) in cells.enumerate().zip(columns) {
+                    let value = text(row, i, cell)?;
+                    match &column.action {
+                        Action::Drop => self.masked += 1,
+                        Action::Empty => {
+                            self.masked += 1;
+                            writer.cell(b"");
+                        }
+                        Action::Mask(strategy) => {
+                            self.masked += 1;
+                            let masked =
+                                mask_text(strategy, value, &p.hash_key).unwrap_or_default();
+                            writer.cell(masked.as_bytes());
+                        }
+                        Action::Keep if column.scrub => {
+                            let scrubbed = scrub(&p.detectors, value);
+                            if scrubbed != value {
+                                self.masked += 1;
+                            }
+                            writer.cell(scrubbed.as_bytes());
+                        }
+                        Action::Keep => writer.cell(cell),
+                    }
+                }
+            }
+        }
+        writer.end();
+        Ok(())
+    }
+}
+
+/// Writes one record: comma-separated, RFC 4180 quoting, CRLF.
+struct RecordWriter<'a> {
+    out: &'a mut Vec<u8>,
+    written: usize,
+    last_empty: bool,
+}
+
+impl<'a> RecordWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        RecordWriter {
+            out,
+            written: 0,
+            last_empty: false,
+        }
+    }
+
+    fn cell(&mut self, cell: &[u8]) {
+        if self.written > 0 {
+            self.out.push(b',');
+        }
+        self.written += 1;
+        self.last_empty = cell.is_empty();
+        let needs_quotes = memchr::memchr3(b',', b'"', b'\n', cell).is_some()
+            || memchr::memchr(b'\r', cell).is_some();
+        if !needs_quotes {
+            self.out.extend_from_slice(cell);
+            return;
+        }
+        self.out.push(b'"');
+        for part in cell.split_inclusive(|b| *b == b'"') {
+            self.out.extend_from_slice(part);
+            if part.last() == Some(&b'"') {
+                self.out.push(b'"');
+            }
+        }
+        self.out.push(b'"');
+    }
+
+    fn end(self) {
+        // A record of one empty field would read back as an empty line
+        // (which readers skip): quote it to keep the record.
+        if self.written == 1 && self.last_empty {
+            self.out.extend_from_slice(b"\"\"");
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_segment_of_each_selector_form() {
+        let key = |k: &str| Ok(Last::Key(k.into()));
+        assert_eq!(last_segment("$..phone"), key("phone"));
+        assert_eq!(last_segment("$.phone"), key("phone"));
+        assert_eq!(last_segment("$[*].phone"), key("phone"));
+        assert_eq!(last_segment("$.customer.phone"), key("phone"));
+        assert_eq!(last_segment("$['phone number']"), key("phone number"));
+        assert_eq!(last_segment("$..['it\\'s']"), key("it's"));
+        assert_eq!(last_segment("$.a[\"b.c\"]"), key("b.c"));
+        assert_eq!(last_segment("$.*"), Ok(Last::AnyColumn));
+        assert_eq!(last_segment("$[*].*"), Ok(Last::AnyColumn));
+        assert_eq!(last_segment("$.items[*]"), Ok(Last::NoColumn));
+        assert_eq!(last_segment("$.items[12]"), Ok(Last::NoColumn));
+        assert_eq!(last_segment("$"), Ok(Last::NoColumn));
+        for bad in ["phone", "$.", "$[", "$['x", "$[x]", "$x", "$.a[*"] {
+            assert!(last_segment(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unreadable_selector_fails_closed_at_first_byte() {
+        let policy = Arc::new(Policy {
+            name: "t".into(),
+            fields: Vec::new(),
+            detectors: Vec::new(),
+            detect_in: DetectScope::None,
+            case_insensitive: false,
+            hash_key: Vec::new(),
+            limits: super::super::Limits {
+                max_depth: 8,
+                max_string_bytes: 1024,
+            },
+        });
+        let mut m = CsvMasker::new(policy);
+        m.rules = Err("selector \"?\" cannot be applied to CSV columns".into());
+        let mut out = Vec::new();
+        assert!(matches!(m.push(b"a\n", &mut out), Err(BodyError::Csv(_))));
+        assert!(matches!(m.finish(&mut out), Err(BodyError::Csv(_))));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn writer_quotes_only_when_needed() {
+        let mut out = Vec::new();
+        let mut w = RecordWriter::new(&mut out);
+        for c in [
+            &b"plain"[..],
+            b"a,b",
+            b"say \"hi\"",
+            b"two\nlines",
+            b"cr\r",
+            b" spaced ",
+        ] {
+            w.cell(c);
+        }
+        w.end();
+        assert_eq!(
+            out,
+            b"plain,\"a,b\",\"say \"\"hi\"\"\",\"two\nlines\",\"cr\r\", spaced \r\n"
+        );
+        let mut out = Vec::new();
+        let mut w = RecordWriter::new(&mut out);
+        w.cell(b"");
+        w.end();
+        assert_eq!(out, b"\"\"\r\n");
+    }
+}

@@ -1,0 +1,443 @@
+//! Masking strategies and free-text detectors: text in, masked text out (phase 7, respond).
+//!
+//! Owns the exact output of every [`Strategy`] ([`mask_text`]) and of every [`Detector`]
+//! ([`scrub`]). Both are pure functions on already-decoded text; the format masters (JSON, CSV)
+//! decide how to re-encode the result and what `None` (remove / null) means in their format.
+//!
+//! Must not: parse or emit any body format, allocate when nothing changes ([`scrub`] returns
+//! `Cow::Borrowed`), or panic on any input. The detector regexes are compiled once
+//! (`LazyLock`); if one ever failed to compile, [`scrub`] fails closed and returns
+//! [`REDACTED`] for the whole text.
+//!
+//! # Strategy outputs (exact)
+//!
+//! | strategy | input | output |
+//! |---|---|---|
+//! | `redact` | anything | `[REDACTED]` |
+//! | `remove` | anything | `None` (the member / element / column is dropped) |
+//! | `null` | anything | `None` (the value becomes JSON `null` / an empty CSV cell) |
+//! | `last4` (`Keep(4)`) | `5551234567` | `******4567` (one `*` per hidden character) |
+//! | `keepN` | `abc` with N=4 | `***` (a value of N characters or fewer is starred entirely) |
+//! | `keepN` | empty string | empty string |
+//! | `email` | `john.doe@example.com` | `j***@example.com` |
+//! | `email` | `not an email` | `[REDACTED]` |
+//! | `hash` | `what do ya want for nothing?`, key `Jefe` | `hmac:5bdcc146bf60754e6a042426089575c7` |
+//!
+//! Characters are Unicode scalar values, not bytes: `keep2` of `ñandú` is `***dú`.
+//! `email` needs `local@domain` with a non-empty local part without whitespace/control
+//! characters and a domain of at least two dot-separated labels of letters, digits and `-`;
+//! it keeps the first character of the local part and the whole domain (split at the last `@`).
+//! `hash` is `hmac:` + the first 16 bytes of HMAC-SHA256(hash_key, value) in lowercase hex.
+//!
+//! # Detector outputs (exact)
+//!
+//! | detector | finds | replaced by |
+//! |---|---|---|
+//! | `email` | `[A-Za-z0-9._%+-]+@label(.label)*.tld` (tld ≥ 2 letters) | `j***@example.com` (as the `email` strategy) |
+//! | `card` | a digit run of 13–19 digits (separated by single/double spaces, `-`, `.`, parentheses) passing Luhn | `****-****-****-1234` (last 4 digits kept; the length is hidden) |
+//! | `phone` | a digit run (optional leading `+`, separators space `-` `.` `(` `)`) of 7 or more digits | every digit but the last 2 starred, separators kept: `+1 (555) 123-4567` → `+* (***) ***-**67` |
+//!
+//! A digit run is digits joined by at most two separator characters. Card is tried first; a run
+//! longer than 19 digits is also searched for Luhn-valid card windows made of whole groups.
+//! Phone is defined as 7–15 digits, but runs of more than 15 digits (which may be several
+//! numbers glued together) are masked the same way: fail closed. An ISO date (`2024-01-15`) is not a
+//! phone number. Detectors apply in the order email, then card/phone, whatever their order in the
+//! policy.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use aws_lc_rs::hmac;
+use regex::{Captures, Regex};
+
+use super::policy::{Detector, Strategy};
+
+/// The fixed placeholder of [`Strategy::Redact`] (and of anything that can't be masked finer).
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Masks one decoded value with `strategy` (see the module docs for exact outputs).
+///
+/// Returns `None` for [`Strategy::Remove`] and [`Strategy::Null`]: the caller represents it
+/// (drop the member / write `null` / empty cell). `hash_key` is only used by [`Strategy::Hash`].
+pub fn mask_text(strategy: &Strategy, value: &str, hash_key: &[u8]) -> Option<String> {
+    match strategy {
+        Strategy::Remove | Strategy::Null => None,
+        Strategy::Redact => Some(REDACTED.to_owned()),
+        Strategy::Keep(n) => Some(keep_last(value, *n)),
+        Strategy::Email => Some(mask_email(value).unwrap_or_else(|| REDACTED.to_owned())),
+        Strategy::Hash => Some(hmac_hex(hash_key, value)),
+    }
+}
+
+/// `*` for every char but the last `n`; everything starred when `value` has `n` chars or fewer.
+fn keep_last(value: &str, n: usize) -> String {
+    let count = value.chars().count();
+    let hidden = if count <= n { count } else { count - n };
+    let mut s = String::with_capacity(value.len() + hidden);
+    s.extend(std::iter::repeat_n('*', hidden));
+    s.extend(value.chars().skip(hidden));
+    s
+}
+
+/// `j***@example.com`, or `None` when `value` is not shaped like an address.
+fn mask_email(value: &str) -> Option<String> {
+    let (local, domain) = value.rsplit_once('@')?;
+    let first = local.chars().next()?;
+    if local.chars().any(|c| c.is_whitespace() || c.is_control()) || !is_domain(domain) {
+        return None;
+    }
+    let mut s = String::with_capacity(first.len_utf8() + 4 + domain.len());
+    s.push(first);
+    s.push_str("***@");
+    s.push_str(domain);
+    Some(s)
+}
+
+fn is_domain(d: &str) -> bool {
+    let mut labels = 0;
+    for label in d.split('.') {
+        if label.is_empty() || !label.chars().all(|c| c.is_alphanumeric() || c == '-') {
+            return false;
+        }
+        labels += 1;
+    }
+    labels >= 2 && d.len() <= 253
+}
+
+fn hmac_hex(key: &[u8], value: &str) -> String {
+    hmac_hex_with(&hmac::Key::new(hmac::HMAC_SHA256, key), value)
+}
+
+/// [`Strategy::Hash`] with a prepared key: maskers hashing many values set the key up once
+/// (`hmac::Key::new` costs about as much as hashing a short value).
+pub(super) fn hmac_hex_with(key: &hmac::Key, value: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let tag = hmac::sign(key, value.as_bytes());
+    let mut s = String::with_capacity(5 + 32);
+    s.push_str("hmac:");
+    for &b in tag.as_ref().iter().take(16) {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    s
+}
+
+static EMAIL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}").ok()
+});
+
+/// A digit run: optional `+`/`(`, digits joined by up to two separators, optional `)`.
+static DIGITS_RE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"\+?\(?[0-9](?:[ ().-]{0,2}[0-9])*\)?").ok());
+
+/// Masks PII found by `detectors` inside free text (see the module docs for exact outputs).
+/// Returns `Cow::Borrowed(text)` when nothing was found.
+pub fn scrub<'a>(detectors: &[Detector], text: &'a str) -> Cow<'a, str> {
+    let email = detectors.contains(&Detector::Email);
+    let phone = detectors.contains(&Detector::Phone);
+    let card = detectors.contains(&Detector::Card);
+    let mut cur: Cow<'a, str> = Cow::Borrowed(text);
+    // Cheap prefilters: no `@`, no address; too few digits, no phone/card number.
+    let email = email && text.contains('@');
+    let min_digits = if phone { 7 } else { 13 };
+    let digits = (phone || card) && text.bytes().filter(u8::is_ascii_digit).count() >= min_digits;
+    if email {
+        let Some(re) = EMAIL_RE.as_ref() else {
+            return Cow::Owned(REDACTED.to_owned());
+        };
+        cur = replace(re, cur, |c| {
+            let m = c.get(0).map_or("", |m| m.as_str());
+            mask_email(m).unwrap_or_else(|| REDACTED.to_owned())
+        });
+    }
+    if digits {
+        let Some(re) = DIGITS_RE.as_ref() else {
+            return Cow::Owned(REDACTED.to_owned());
+        };
+        cur = replace(re, cur, |c| {
+            let m = c.get(0).map_or("", |m| m.as_str());
+            mask_digit_run(m, phone, card)
+        });
+    }
+    cur
+}
+
+/// `re.replace_all` over a `Cow`, staying borrowed when nothing matched.
+fn replace<'a>(
+    re: &Regex,
+    cur: Cow<'a, str>,
+    f: impl FnMut(&Captures<'_>) -> String,
+) -> Cow<'a, str> {
+    match cur {
+        Cow::Borrowed(s) => match re.replace_all(s, f) {
+            // Candidates that were left as they were: stay borrowed (no change).
+            Cow::Owned(o) if o == s => Cow::Borrowed(s),
+            r => r,
+        },
+        Cow::Owned(s) => Cow::Owned(re.replace_all(&s, f).into_owned()),
+    }
+}
+
+/// Masks one digit run (see the module docs); returns it unchanged when no detector applies.
+fn mask_digit_run(run: &str, phone: bool, card: bool) -> String {
+    let digits: Vec<u8> = run.bytes().filter(u8::is_ascii_digit).collect();
+    let n = digits.len();
+    if card {
+        if (13..=19).contains(&n) && luhn(&digits) {
+            return card_mask(&digits);
+        }
+        if n > 19
+            && let Some(s) = card_windows(run)
+        {
+            return s;
+        }
+    }
+    if phone && n >= 7 && !is_iso_date(run) {
+        let mut left = n;
+        return run
+            .chars()
+            .map(|c| {
+                if c.is_ascii_digit() {
+                    left -= 1;
+                    if left >= 2 { '*' } else { c }
+                } else {
+                    c
+                }
+            })
+            .collect();
+    }
+    run.to_owned()
+}
+
+/// `****-****-****-` + the last 4 digits.
+fn card_mask(digits: &[u8]) -> String {
+    let mut s = String::from("****-****-****-");
+    for &d in &digits[digits.len().saturating_sub(4)..] {
+        s.push(char::from(d));
+    }
+    s
+}
+
+/// In a long run, masks every Luhn-valid window of consecutive digit groups with 13–19 digits.
+fn card_windows(run: &str) -> Option<String> {
+    // (start byte, end byte, digits) for each maximal group of digits.
+    let mut groups: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let b = run.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let s = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            groups.push((s, i, b[s..i].to_vec()));
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = String::new();
+    let mut copied = 0; // bytes of `run` already in `out`
+    let mut g = 0;
+    let mut found = false;
+    while g < groups.len() {
+        let mut digits: Vec<u8> = Vec::new();
+        let mut hit = None;
+        for (h, grp) in groups.iter().enumerate().skip(g) {
+            digits.extend_from_slice(&grp.2);
+            if digits.len() > 19 {
+                break;
+            }
+            if digits.len() >= 13 && luhn(&digits) {
+                hit = Some((h, digits.clone()));
+            }
+        }
+        match hit {
+            Some((h, d)) => {
+                out.push_str(run.get(copied..groups[g].0)?);
+                out.push_str(&card_mask(&d));
+                copied = groups[h].1;
+                g = h + 1;
+                found = true;
+            }
+            None => g += 1,
+        }
+    }
+    if !found {
+        return None;
+    }
+    out.push_str(run.get(copied..)?);
+    Some(out)
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, &d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d.wrapping_sub(b'0'));
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// `YYYY-MM-DD` exactly.
+fn is_iso_date(run: &str) -> bool {
+    let b = run.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regexes_compile() {
+        assert!(EMAIL_RE.is_some());
+        assert!(DIGITS_RE.is_some());
+    }
+
+    #[test]
+    fn strategy_exact_outputs() {
+        let k = b"k";
+        let cases: Vec<(Strategy, &str, Option<&str>)> = vec![
+            (Strategy::Redact, "anything", Some("[REDACTED]")),
+            (Strategy::Redact, "", Some("[REDACTED]")),
+            (Strategy::Remove, "x", None),
+            (Strategy::Null, "x", None),
+            (Strategy::Keep(4), "5551234567", Some("******4567")),
+            (Strategy::Keep(4), "1234", Some("****")),
+            (Strategy::Keep(4), "abc", Some("***")),
+            (Strategy::Keep(4), "", Some("")),
+            (Strategy::Keep(4), "12345", Some("*2345")),
+            (Strategy::Keep(2), "ñandú", Some("***dú")),
+            (Strategy::Keep(1), "日本語", Some("**語")),
+            (Strategy::Keep(3), "+1 555", Some("***555")),
+            (
+                Strategy::Email,
+                "john.doe@example.com",
+                Some("j***@example.com"),
+            ),
+            (Strategy::Email, "j@x.io", Some("j***@x.io")),
+            (
+                Strategy::Email,
+                "élodie@exemple.fr",
+                Some("é***@exemple.fr"),
+            ),
+            (
+                Strategy::Email,
+                "a@b@mail.example.org",
+                Some("a***@mail.example.org"),
+            ),
+            (Strategy::Email, "not an email", Some("[REDACTED]")),
+            (Strategy::Email, "@example.com", Some("[REDACTED]")),
+            (Strategy::Email, "john@localhost", Some("[REDACTED]")),
+            (Strategy::Email, "john@exa mple.com", Some("[REDACTED]")),
+            (Strategy::Email, "jo hn@example.com", Some("[REDACTED]")),
+            (Strategy::Email, "john@example..com", Some("[REDACTED]")),
+            (Strategy::Email, "", Some("[REDACTED]")),
+        ];
+        for (s, v, want) in cases {
+            assert_eq!(mask_text(&s, v, k).as_deref(), want, "{s:?} {v:?}");
+        }
+    }
+
+    #[test]
+    fn hash_is_rfc4231_truncated() {
+        // RFC 4231 test case 2: HMAC-SHA256("Jefe", "what do ya want for nothing?").
+        let h = mask_text(&Strategy::Hash, "what do ya want for nothing?", b"Jefe");
+        assert_eq!(h.as_deref(), Some("hmac:5bdcc146bf60754e6a042426089575c7"));
+        // Stable, key-dependent, value-dependent.
+        let a = mask_text(&Strategy::Hash, "x", b"k1");
+        assert_eq!(a, mask_text(&Strategy::Hash, "x", b"k1"));
+        assert_ne!(a, mask_text(&Strategy::Hash, "x", b"k2"));
+        assert_ne!(a, mask_text(&Strategy::Hash, "y", b"k1"));
+        assert_eq!(a.map(|s| s.len()), Some(5 + 32));
+    }
+
+    #[test]
+    fn luhn_table() {
+        for ok in [
+            "4111111111111111",
+            "5500000000000004",
+            "340000000000009",
+            "0",
+        ] {
+            assert!(luhn(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["4111111111111112", "1234567812345678"] {
+            assert!(!luhn(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn scrub_table() {
+        use Detector::*;
+        let all = [Email, Phone, Card];
+        let cases: Vec<(&[Detector], &str, &str)> = vec![
+            (&all, "no pii here", "no pii here"),
+            (
+                &all,
+                "mail john.doe@example.com now",
+                "mail j***@example.com now",
+            ),
+            (
+                &all,
+                "a@b.co and x.y@z.example.org",
+                "a***@b.co and x***@z.example.org",
+            ),
+            (
+                &all,
+                "card 4111 1111 1111 1111 ok",
+                "card ****-****-****-1111 ok",
+            ),
+            (&all, "card 4111-1111-1111-1111", "card ****-****-****-1111"),
+            (&all, "card 4111111111111111.", "card ****-****-****-1111."),
+            // Luhn fails → not a card; 16 digits → masked as a long digit run (fail closed).
+            (&all, "num 4111111111111112", "num **************12"),
+            (&[Card], "num 4111111111111112", "num 4111111111111112"),
+            (&[Card], "pay 4111111111111111", "pay ****-****-****-1111"),
+            (&[Card], "call 555-123-4567", "call 555-123-4567"),
+            (
+                &all,
+                "call +1 (555) 123-4567 today",
+                "call +* (***) ***-**67 today",
+            ),
+            (&all, "call 555.123.4567", "call ***.***.**67"),
+            (&[Phone], "call 5551234", "call *****34"),
+            (&[Phone], "only 123456 six", "only 123456 six"),
+            (&[Phone], "on 2024-01-15 we", "on 2024-01-15 we"),
+            (&[Phone], "pay 4111111111111111", "pay **************11"),
+            (&[Email], "call 555-123-4567", "call 555-123-4567"),
+            (&[Phone, Card], "john@example.com", "john@example.com"),
+            // A card glued to more digits is still found as a window of whole groups.
+            (
+                &[Card],
+                "4111 1111 1111 1111 05 25",
+                "****-****-****-1111 05 25",
+            ),
+            (
+                &[],
+                "john@example.com 555-123-4567",
+                "john@example.com 555-123-4567",
+            ),
+            (
+                &all,
+                "日本 john@example.com 日本",
+                "日本 j***@example.com 日本",
+            ),
+        ];
+        for (d, input, want) in cases {
+            assert_eq!(scrub(d, input), want, "{d:?} {input:?}");
+        }
+        assert!(matches!(scrub(&all, "plain text 12"), Cow::Borrowed(_)));
+    }
+}
