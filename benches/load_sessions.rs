@@ -1,10 +1,14 @@
 //! Load: authorize-and-forward through the real gateway with the embedded
-//! vs the Redis session store, to record what Redis adds under load.
+//! vs the Redis session store, to record what Redis adds under load; and a
+//! ~1 KB customer profile forwarded unmasked vs masked, to record what
+//! masking costs end to end.
 //!
 //! Everything runs in this process on loopback: a minimal hyper upstream,
 //! the gateway, and 32 keep-alive clients (one session each) for 5 s per
 //! store. Run: `cargo bench --bench load_sessions` (needs `redis-server` on
 //! PATH for the Redis half). Prints requests/s and latency percentiles.
+//! `LOAD_ONLY=<scenario>` runs one scenario alone (embedded, redis,
+//! "1KB plain", "1KB mask").
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -31,7 +35,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        run("embedded", "  store: embedded\n").await;
+        run("embedded", "  store: embedded\n", Body::Tiny, false).await;
+        run("1KB plain", "  store: embedded\n", Body::Profile, false).await;
+        run("1KB mask", "  store: embedded\n", Body::Profile, true).await;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -55,23 +61,45 @@ fn main() {
             return;
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
-        run("redis", &format!("  store: \"redis://127.0.0.1:{port}\"\n")).await;
+        run(
+            "redis",
+            &format!("  store: \"redis://127.0.0.1:{port}\"\n"),
+            Body::Tiny,
+            false,
+        )
+        .await;
         let _ = redis.kill();
         let _ = redis.wait();
     });
 }
 
-async fn upstream() -> std::net::SocketAddr {
+#[derive(Clone, Copy)]
+enum Body {
+    Tiny,
+    Profile,
+}
+
+/// A ~1 KB customer profile with the usual PII fields.
+const PROFILE: &str = r#"{"customer":{"id":"c-1001","name":"Asha Rao","email":"asha.rao@example.com","phone":"+91 98200 11223","tier":"gold","address":{"street":"12 Marine Drive","city":"Mumbai","zip":"400002","country":"IN"},"date_of_birth":"1988-04-12","preferences":{"language":"en","channel":"whatsapp","marketing":false},"tags":["vip","repeat","priority-support"],"orders":[{"id":"o-1","total":129.5,"currency":"INR","status":"delivered"},{"id":"o-2","total":54.0,"currency":"INR","status":"shipped"},{"id":"o-3","total":12.25,"currency":"INR","status":"pending"}],"notes":"prefers evening calls","created_at":"2024-01-03T10:00:00Z","updated_at":"2026-11-20T08:30:00Z"},"conversations":[{"id":"cv-7","channel":"whatsapp","opened_at":"2026-11-20T08:00:00Z","status":"open"}],"meta":{"source":"crm","version":17}}"#;
+
+async fn upstream(body: Body) -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (s, _) = l.accept().await.unwrap();
             tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"{\"ok\":true}",
-                    ))))
+                let svc = service_fn(move |_req| async move {
+                    let b: &'static [u8] = match body {
+                        Body::Tiny => b"{\"ok\":true}",
+                        Body::Profile => PROFILE.as_bytes(),
+                    };
+                    let mut r = hyper::Response::new(Full::new(Bytes::from_static(b)));
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(r)
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
@@ -82,8 +110,15 @@ async fn upstream() -> std::net::SocketAddr {
     addr
 }
 
-async fn run(name: &str, store_yaml: &str) {
-    let up = upstream().await;
+async fn run(name: &str, store_yaml: &str, body: Body, masked: bool) {
+    // LOAD_ONLY="1KB mask" runs one scenario: scenarios run back to back
+    // in one process, and earlier ones leave tasks behind that slow later
+    // ones, so published comparisons run each alone.
+    if std::env::var("LOAD_ONLY").is_ok_and(|only| only != name) {
+        return;
+    }
+    let up = upstream(body).await;
+    let mask = if masked { ", mask: pii" } else { "" };
     let dir = std::env::temp_dir().join(format!("rolegate-load-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -91,9 +126,12 @@ async fn run(name: &str, store_yaml: &str) {
     let cfg = format!(
         "listen: {{ addr: \"127.0.0.1:0\" }}\nidentity:\n  issuers:\n    - {{ iss: load, audiences: [a], algorithms: [HS256], keys: {{ hmac_secret_file: \"{}\" }} }}\n\
          upstreams:\n  app: {{ url: \"http://{up}\" }}\nsessions:\n{store_yaml}  state_dir: \"{}\"\n\
-         roles:\n  viewer: {{ grants: [bot.flows.view] }}\nroutes:\n  - {{ name: flows, match: {{ methods: [GET], path: \"/bots/{{bot}}/flows\" }}, require: bot.flows.view }}\n",
+         masking: {{ audit_log: \"{}\" }}\n\
+         masks:\n  pii:\n    unmask_with: customer.pii.view\n    fields: [{{ path: \"$..phone\", as: last4 }}, {{ path: \"$..email\", as: email }}, {{ path: \"$..name\", as: redact }}, {{ path: \"$..address\", as: redact }}]\n\
+         roles:\n  viewer: {{ grants: [bot.flows.view] }}\n  pii: {{ grants: [customer.pii.view] }}\nroutes:\n  - {{ name: flows, match: {{ methods: [GET], path: \"/bots/{{bot}}/flows\" }}, require: bot.flows.view{mask} }}\n",
         secret.display(),
-        dir.join("state").display()
+        dir.join("state").display(),
+        dir.join("audit.jsonl").display()
     );
     let loaded = load_from_text("load.yaml", &cfg, &dir, RulesSource::Embedded(vec![]))
         .unwrap_or_else(|d| {
