@@ -6,7 +6,6 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -45,35 +44,6 @@ fn config_dir(rules: &str, upstream: &str) -> PathBuf {
     );
     std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
     dir
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listening on {port}");
 }
 
 // ------------------------------------------------------------------- check
@@ -312,7 +282,7 @@ async fn serve_runs_the_binary_in_front_of_an_upstream() {
         format!("listen: {{ addr: \"127.0.0.1:{port}\" }}\n{cfg}"),
     )
     .unwrap();
-    let _child = Killed(
+    let _child = Proc(
         bin()
             .args(["serve", "-c", "rolegate.yaml"])
             .current_dir(&dir)
@@ -388,7 +358,7 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
         .spawn()
         .unwrap();
     let banner = read_banner(&mut child);
-    let _child = Killed(child);
+    let _child = Proc(child);
     wait_listening(port).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(banner.contains("curl -i"), "{banner}");

@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -314,22 +314,6 @@ async fn concurrent_requests_never_race_an_expired_session_back_to_life() {
 
 // ---------------------------------------------------------------- restarts
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn spawn_serve(dir: &Path, port: u16) -> Proc {
     let proc = Proc(
         Command::new(env!("CARGO_BIN_EXE_rolegate"))
@@ -340,16 +324,8 @@ async fn spawn_serve(dir: &Path, port: u16) -> Proc {
             .spawn()
             .unwrap(),
     );
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return proc;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("gateway did not start");
+    wait_listening(port).await;
+    proc
 }
 
 fn sigterm(p: &mut Proc) {

@@ -550,6 +550,9 @@ async fn mask_response(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > rt.masking.max_body_bytes) {
+        return Err(unmaskable("body exceeds masking.max_body_bytes".into()));
+    }
     h.remove(header::CONTENT_LENGTH);
     h.remove(header::CONTENT_ENCODING);
     let mut masker =
