@@ -37,7 +37,10 @@ async fn every_supported_algorithm_is_accepted_with_its_own_key() {
         let t = sign(
             *alg,
             *kid,
-            &claims(iss, json!({ "sub": sub, "roles": ["viewer"] })),
+            &claims(
+                iss,
+                json!({ "sub": sub, "sid": format!("sid-{sub}"), "roles": ["viewer"] }),
+            ),
         );
         let r = req(gw.addr, "GET", "/bots/1/flows", Some(&t), &[]).await;
         assert_eq!(

@@ -189,6 +189,17 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                     format!(r#"{{"name": {NAME} {PHONE} }}]"#).into_bytes(),
                                 ],
                             ),
+                            "/shape/json-as-sse" => full("text/event-stream", None, doc),
+                            "/shape/json-as-csv" => full("text/csv", None, doc),
+                            "/shape/semicolon-csv" => {
+                                full("text/csv", None, format!("id;name;phone\nu1;{NAME};{PHONE}\n").into_bytes())
+                            }
+                            "/shape/two-encodings" => {
+                                let body = gzip(format!("data: {}\n\n", customer()).as_bytes());
+                                let mut r = full("text/event-stream", Some("identity"), body);
+                                r.headers_mut().append("content-encoding", "gzip".parse().unwrap());
+                                r
+                            }
                             "/shape/lying" => full("application/json", None, b"<html><body>Asha Rao 98200 11223</body></html>".to_vec()),
                             "/shape/invalid" => full("application/json", None, doc[..doc.len() - 5].to_vec()),
                             "/shape/html" => full("text/html", None, format!("<p>{NAME}</p>").into_bytes()),
@@ -377,7 +388,10 @@ async fn every_shape_is_masked_for_an_agent_and_unmasked_for_a_supervisor() {
     let r = req(gw.addr, "GET", "/shape/sse", Some(&a), &[]).await;
     let text = String::from_utf8_lossy(&r.body).to_string();
     assert!(
-        text.contains("event: profile") && text.contains("id: 1") && text.contains(": keepalive"),
+        text.contains("event: profile")
+            && text.contains("id: 1")
+            && !text.contains("keepalive")
+            && text.contains("\n:\n"),
         "{text}"
     );
 }
@@ -386,7 +400,16 @@ async fn every_shape_is_masked_for_an_agent_and_unmasked_for_a_supervisor() {
 async fn unmaskable_answers_are_refused_never_passed_through() {
     let (gw, _release, _) = setup().await;
     let a = agent();
-    for shape in ["lying", "invalid", "html", "double-encoding"] {
+    for shape in [
+        "lying",
+        "invalid",
+        "html",
+        "double-encoding",
+        "json-as-sse",
+        "json-as-csv",
+        "semicolon-csv",
+        "two-encodings",
+    ] {
         let r = req(gw.addr, "GET", &format!("/shape/{shape}"), Some(&a), &[]).await;
         assert_eq!(
             r.status,

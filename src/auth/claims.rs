@@ -67,9 +67,13 @@ pub fn to_principal(
     let subject = string(claims, &names.subject)?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| AuthError::MissingClaim(names.subject.clone()))?;
-    let session = match string(claims, &names.session)? {
+    // An empty `sid`/`jti` would make every such token share one session.
+    let session = match string(claims, &names.session)?.filter(|s| !s.is_empty()) {
         Some(s) => Some(s),
-        None => string(claims, "jti").ok().flatten(),
+        None => string(claims, "jti")
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty()),
     };
     let mut extra = std::collections::BTreeMap::new();
     for (k, v) in claims {

@@ -339,6 +339,17 @@ impl CsvMasker {
         let mut writer = RecordWriter::new(out);
         match &self.columns {
             None => {
+                // The header decides which columns are masked, so a body
+                // that is not really comma-separated (a `;`/tab export,
+                // JSON labelled text/csv) must not pass as one wide column
+                // of "unknown" data: refuse it.
+                let first = cells.clone().next().unwrap_or(&[]);
+                if nend <= 1 && first.iter().any(|b| matches!(b, b';' | b'\t' | b'|')) {
+                    return Err(BodyError::Csv("header is not comma-separated".into()));
+                }
+                if matches!(first.trim_ascii_start().first(), Some(b'{' | b'[')) {
+                    return Err(BodyError::Csv("body looks like JSON, not CSV".into()));
+                }
                 let mut columns = Vec::with_capacity(nend);
                 for (i, cell) in cells.enumerate() {
                     let column = rules.column(text(row, i, cell)?, self.policy.case_insensitive);

@@ -257,6 +257,28 @@ impl Sse {
             }
             None => (line, &b""[..]),
         };
+        // Only the fields the SSE spec defines pass, so a body that is not
+        // really an event stream (JSON labelled text/event-stream) fails
+        // closed instead of flowing through as "unknown fields". Comment
+        // text is dropped (a bare `:` keeps its keep-alive role) and
+        // `event`/`id` values are scrubbed by the detectors: neither can
+        // carry PII past the masker.
+        let scrubbed;
+        let line: &[u8] = match name {
+            b"data" | b"retry" if name == b"retry" && !value.iter().all(u8::is_ascii_digit) => {
+                return Err(BodyError::Sse("retry field is not a number".into()));
+            }
+            b"data" | b"retry" => line,
+            b"" => b":",
+            b"event" | b"id" => {
+                let text = std::str::from_utf8(value)
+                    .map_err(|_| BodyError::Sse("field is not UTF-8".into()))?;
+                let clean = crate::mask::strategy::scrub(&self.policy.detectors, text);
+                scrubbed = [name, b": ", clean.as_bytes()].concat();
+                &scrubbed
+            }
+            _ => return Err(BodyError::Sse("unknown field: not an event stream".into())),
+        };
         let ev = &mut self.event;
         if name == b"data" {
             if ev.has_data {

@@ -221,7 +221,12 @@ impl Gateway {
         let (Some(v), Some(mk)) = (v, &route.mask) else {
             return Ok(());
         };
-        if !status.is_success() || head {
+        // Any answer with a body may carry the record (a 409 or 422 that
+        // echoes it too), so every bodied answer is audited.
+        let bodyless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        if bodyless || head {
             return Ok(());
         }
         let rec = crate::telemetry::UnmaskedAccess {
@@ -464,8 +469,19 @@ async fn forward(
         // The whole representation is needed to mask it: no partial
         // content; and uncompressed saves a decode (a compressed answer
         // anyway is still decoded and masked).
-        parts.headers.remove(header::RANGE);
-        parts.headers.remove(header::IF_RANGE);
+        // Conditional requests too: 304-vs-200 answers to validators the
+        // upstream computed over the unmasked body would let a masked
+        // client confirm guesses of hidden values.
+        for name in [
+            header::RANGE,
+            header::IF_RANGE,
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+        ] {
+            parts.headers.remove(name);
+        }
         parts.headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),

@@ -28,6 +28,10 @@ struct Inner {
     table: Table,
     journal: Journal,
     retention_ms: u64,
+    /// Deactivate/reactivate change memory and journal under one lock, so
+    /// the journal's order is memory's order and a restart replays the
+    /// last word, not an interleaving.
+    user_ops: std::sync::Mutex<()>,
 }
 
 pub struct EmbeddedStore {
@@ -79,6 +83,7 @@ impl EmbeddedStore {
             table,
             journal,
             retention_ms: settings.retention.as_millis() as u64,
+            user_ops: std::sync::Mutex::new(()),
         });
         let bg = inner.clone();
         let every = settings.flush_interval.max(Duration::from_millis(10));
@@ -138,6 +143,11 @@ impl EmbeddedStore {
     }
 
     pub fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
+        let _order = self
+            .inner
+            .user_ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         let changed = self.inner.table.deactivate(subject, now);
         self.inner
@@ -148,6 +158,11 @@ impl EmbeddedStore {
     }
 
     pub fn reactivate(&self, subject: &str) -> Result<bool, StoreError> {
+        let _order = self
+            .inner
+            .user_ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let changed = self.inner.table.reactivate(subject);
         self.inner.journal.reactivate(subject).map_err(io_err)?;
         Ok(changed)

@@ -186,6 +186,12 @@ impl Table {
             if let Some(reason) = e.ended {
                 return (Verdict::Ended(reason), Change::None);
             }
+            // Session ids are only unique per issuer; a second user
+            // presenting the same id must not ride on (or end) the first
+            // user's session: refused, the session itself untouched.
+            if &*e.subject != t.subject && !e.subject.is_empty() {
+                return (Verdict::Ended(EndReason::Revoked), Change::None);
+            }
             // The timeout of *this* request's principal applies: a token with
             // fewer roles cannot stretch a shorter timeout seen before.
             let idle = u64::from(e.idle).min(t.idle_ms);
@@ -496,5 +502,16 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].last_ms, 1_001);
         assert!(t.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn another_user_presenting_the_same_session_id_is_refused() {
+        let t = Table::new();
+        assert_eq!(t.check(&touch("shared", 1_000, 10_000)).0, Verdict::Active);
+        let mut other = touch("shared", 1_100, 10_000);
+        other.subject = "u2";
+        assert_eq!(t.check(&other).0, Verdict::Ended(EndReason::Revoked));
+        // The first user's session is untouched.
+        assert_eq!(t.check(&touch("shared", 1_200, 10_000)).0, Verdict::Active);
     }
 }
