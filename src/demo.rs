@@ -128,8 +128,7 @@ pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .and_then(|a| a.iter().find(|c| c["id"] == id))
         {
             let transcript = format!(
-                "Customer: hi, this is {}. Please call me back on {} or write to {}. Card ending 4242 4242 4242 4242 was charged twice.",
-                c["name"].as_str().unwrap_or(""),
+                "Customer: hi. Please call me back on {} or write to {}. My card 4242 4242 4242 4242 was charged twice.",
                 c["phone"].as_str().unwrap_or(""),
                 c["email"].as_str().unwrap_or("")
             );
@@ -213,7 +212,7 @@ const PERSONAS: &[Persona] = &[
             (
                 "GET",
                 "/api/customers/c-1001/history",
-                "allowed: name, phone, email and the card number in the transcript come back masked",
+                "allowed: name/phone/email fields masked, and the phone, email and card number typed into the transcript",
             ),
             (
                 "GET",

@@ -374,10 +374,47 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
     assert_eq!(r.json()["customer"]["id"], "c-1001");
     assert_eq!(r.json()["seen_by"]["user"], "senior-sam");
 
+    // The same customer history: masked for the agent, in full for the supervisor.
     let agent = banner_var(&banner, "AGENT");
+    let sup = banner_var(&banner, "SUPER");
+    let masked = req(
+        addr,
+        "GET",
+        "/api/customers/c-1001/history",
+        Some(&agent),
+        &[],
+    )
+    .await;
+    let full = req(
+        addr,
+        "GET",
+        "/api/customers/c-1001/history",
+        Some(&sup),
+        &[],
+    )
+    .await;
+    assert_eq!((masked.status, full.status), (200, 200));
+    let (masked, full) = (
+        String::from_utf8_lossy(&masked.body).to_string(),
+        String::from_utf8_lossy(&full.body).to_string(),
+    );
+    for secret in [
+        "Asha Rao",
+        "asha.rao@example.com",
+        "98200 11223",
+        "4242 4242 4242 4242",
+    ] {
+        assert!(
+            !masked.contains(secret),
+            "{secret} reached the agent: {masked}"
+        );
+        assert!(
+            full.contains(secret),
+            "{secret} missing for the supervisor: {full}"
+        );
+    }
     let r = req(addr, "GET", "/api/supervisor/dashboard", Some(&agent), &[]).await;
     assert_eq!(r.status, 403);
-    let sup = banner_var(&banner, "SUPER");
     let r = req(addr, "GET", "/api/supervisor/dashboard", Some(&sup), &[]).await;
     assert_eq!(r.status, 200);
 
