@@ -21,6 +21,7 @@ routes:
   - { name: flows, match: { methods: [GET], path: "/bots/{bot}/flows" }, require: bot.flows.view }
   - { name: edit, match: { methods: [PUT], path: "/bots/{bot}/flows" }, require: bot.flows.edit }
   - { name: notifications, match: { methods: [GET], path: /api/notifications }, require: bot.flows.view, activity: passive }
+  - { name: events, match: { methods: [GET], path: /api/events }, require: bot.flows.view }
 "#;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -645,4 +646,117 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
         before,
         "a request reached the upstream without a session check"
     );
+}
+
+// ------------------------------------------------------- long-lived streams
+
+/// An upstream whose every answer is an endless event stream (a tick every
+/// 100 ms for up to 30 s).
+async fn streaming_upstream() -> std::net::SocketAddr {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let (tx, mut rx) = tokio::sync::mpsc::channel::<
+                        Result<Frame<Bytes>, std::convert::Infallible>,
+                    >(1);
+                    tokio::spawn(async move {
+                        for i in 0..300 {
+                            if tx
+                                .send(Ok(Frame::data(Bytes::from(format!(
+                                    "data: {{\"tick\":{i}}}\n\n"
+                                )))))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    });
+                    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+                    let mut r = hyper::Response::new(StreamBody::new(stream).boxed());
+                    r.headers_mut()
+                        .insert("content-type", "text/event-stream".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Opens `/api/events` and returns how long the stream lasted after
+/// `after` resolved (the stream must still be flowing then).
+async fn stream_lifetime<F: std::future::Future<Output = ()>>(
+    gw: std::net::SocketAddr,
+    token: &str,
+    after: F,
+) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    s.write_all(
+        format!("GET /api/events HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    after.await;
+    let start = Instant::now();
+    let mut ticks = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => ticks += String::from_utf8_lossy(&buf[..n]).matches("tick").count(),
+            Err(_) => panic!("the stream neither ended nor sent anything for 10 s"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "the stream outlived its session ({ticks} ticks)"
+        );
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn open_streams_are_cut_when_the_session_is_revoked_or_idles_out() {
+    let up = streaming_upstream().await;
+    let dir = scratch_dir("stream");
+    let cfg = config(&dir, up, "127.0.0.1:0", "127.0.0.1:0", "");
+    let gw = start_with_config(&dir, &cfg).await;
+    let adm = gw.admin.unwrap();
+
+    // Revoked while streaming: cut within about a second.
+    let t = tok("st-1", &["viewer"]);
+    let took = stream_lifetime(gw.addr, &t, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            admin(adm, "POST", "/sessions/st-1/revoke").await.status,
+            200
+        );
+    })
+    .await;
+    assert!(took < Duration::from_secs(3), "cut after {took:?}");
+
+    // Idle (1 s role) with no other activity: the stream is cut too.
+    let t = tok("st-2", &["viewer", "quick"]);
+    let took = stream_lifetime(gw.addr, &t, async {}).await;
+    assert!(took < Duration::from_secs(4), "cut after {took:?}");
+    assert_expired(&get(&gw, "/bots/1/flows", &t).await);
 }

@@ -5,6 +5,7 @@
 //! declared Content-Length over the limit is refused before anything is
 //! sent upstream). Masking (a later stage) will add its response wrapper here.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -165,5 +166,94 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.finished
+    }
+}
+
+/// The error a session-bound body ends with once its session is over.
+#[derive(Debug, thiserror::Error)]
+#[error("the session ended while the response was streaming")]
+pub struct SessionOver;
+
+/// Cuts a long-lived response once its session has ended (logout,
+/// revocation, deactivation, idle or lifetime timeout): the check runs at
+/// most every `every`, on data and — through a timer armed when the
+/// upstream goes quiet — on silent streams too. Short responses finish
+/// long before the first check and pay one `Instant` read per frame.
+pub struct SessionBound<B> {
+    inner: B,
+    still_valid: Box<dyn Fn() -> bool + Send + Sync>,
+    every: std::time::Duration,
+    last_check: std::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+impl<B> SessionBound<B> {
+    pub fn new(
+        inner: B,
+        every: std::time::Duration,
+        still_valid: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
+        SessionBound {
+            inner,
+            still_valid,
+            every,
+            last_check: std::time::Instant::now(),
+            timer: None,
+            done: false,
+        }
+    }
+
+    /// Runs the check if it is due; true = cut the stream.
+    fn over(&mut self) -> bool {
+        if self.last_check.elapsed() < self.every {
+            return false;
+        }
+        self.last_check = std::time::Instant::now();
+        !(self.still_valid)()
+    }
+}
+
+impl<B> Body for SessionBound<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(t) = self.timer.as_mut()
+            && t.as_mut().poll(cx).is_ready()
+        {
+            self.timer = None;
+        }
+        if self.over() {
+            self.done = true;
+            return Poll::Ready(Some(Err(Box::new(SessionOver))));
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if self.timer.is_none() {
+                    let mut t = Box::pin(tokio::time::sleep(self.every));
+                    // Registers the waker: the stream is re-polled when due.
+                    let _ = t.as_mut().poll(cx);
+                    self.timer = Some(t);
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
     }
 }

@@ -30,7 +30,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::body::{Limited, MaskedBody};
+use super::body::{Limited, MaskedBody, SessionBound};
 use super::headers::{self, ForwardedFor};
 use super::upstream::{self, BoxError};
 use crate::auth::Verified;
@@ -49,7 +49,8 @@ pub type RespBody = BoxBody<Bytes, BoxError>;
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     ids: RequestIds,
-    store: Store,
+    /// Shared with session-bound response bodies, which outlive `handle`.
+    store: Arc<Store>,
     /// Unmasked-PII access records (`masking.audit_log`).
     audit: AuditLog,
 }
@@ -85,7 +86,7 @@ impl Gateway {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             ids: RequestIds::new(),
-            store,
+            store: Arc::new(store),
             audit,
         })
     }
@@ -188,8 +189,8 @@ impl Gateway {
         // 6 forward.
         let resp = forward(rt, ctx, route, &target, principal, masking, req).await?;
         // 7 respond: as is, unmasked with an audit record, or masked.
-        match mask {
-            None => Ok(respond(resp)),
+        let resp = match mask {
+            None => respond(resp),
             Some((_, true)) => {
                 let record = route
                     .record
@@ -199,12 +200,41 @@ impl Gateway {
                 self.audit_unmasked(ctx, route, verified.as_ref(), record, resp.status(), head)?;
                 let mut resp = respond(resp);
                 make_private(resp.headers_mut());
-                Ok(resp)
+                resp
             }
             Some((mk, false)) => {
-                mask_response(rt, ctx, mk, &rt.upstreams[route.upstream].name, resp, head).await
+                mask_response(rt, ctx, mk, &rt.upstreams[route.upstream].name, resp, head).await?
             }
-        }
+        };
+        // A response that outlives its session (an event stream, a slow
+        // download) is cut when the session ends.
+        Ok(match &verified {
+            Some(v) => self.session_bound(rt, v, resp),
+            None => resp,
+        })
+    }
+
+    /// Wraps the body so it stops once the session is over (checked every
+    /// second against this gateway's view of the session, no I/O).
+    fn session_bound(
+        &self,
+        rt: &Runtime,
+        v: &Verified,
+        resp: Response<RespBody>,
+    ) -> Response<RespBody> {
+        let store = self.store.clone();
+        let p = &v.principal;
+        let session = p.session.clone().unwrap_or_default();
+        let subject = p.subject.clone();
+        let idle_ms = rt
+            .policy
+            .idle_timeout(p)
+            .unwrap_or(rt.sessions.idle_timeout)
+            .as_millis() as u64;
+        let max_life = rt.sessions.max_lifetime.map(|m| m.as_millis() as u64);
+        let still_valid =
+            Box::new(move || store.still_valid(&session, &subject, now_ms(), idle_ms, max_life));
+        resp.map(|b| SessionBound::new(b, std::time::Duration::from_secs(1), still_valid).boxed())
     }
 
     /// Writes the audit record of a response carrying unmasked PII; a

@@ -159,6 +159,43 @@ impl Store {
         }
     }
 
+    /// Is this session still usable, judged from this gateway's own view
+    /// (no I/O)? Used to cut long-lived responses (event streams, slow
+    /// downloads) whose session ended after they started: ended, revoked,
+    /// user deactivated, idle past `idle_ms` or past `max_lifetime_ms`.
+    ///
+    /// The embedded table is authoritative, so an unknown session (swept)
+    /// counts as ended and idleness is judged locally. A Redis gateway's
+    /// table is only a mirror: its own `last` may be older than activity on
+    /// other gateways, and it forgets active sessions periodically, so there
+    /// only ended sessions (every end is published to every gateway) and
+    /// deactivations cut a stream.
+    pub fn still_valid(
+        &self,
+        session: &str,
+        subject: &str,
+        now_ms: u64,
+        idle_ms: u64,
+        max_lifetime_ms: Option<u64>,
+    ) -> bool {
+        let (table, authoritative) = match self {
+            Store::Embedded(s) => (s.table(), true),
+            Store::Redis(s) => (s.table(), false),
+        };
+        if table.is_deactivated(subject) {
+            return false;
+        }
+        match table.get(session) {
+            Some(r) if r.ended.is_some() => false,
+            Some(r) if authoritative => {
+                now_ms.saturating_sub(r.last_ms) <= idle_ms
+                    && max_lifetime_ms.is_none_or(|m| now_ms.saturating_sub(r.created_ms) <= m)
+            }
+            Some(_) => true,
+            None => !authoritative,
+        }
+    }
+
     /// Makes pending activity durable (shutdown).
     pub async fn flush(&self) {
         match self {
