@@ -12,23 +12,28 @@
 //! 1 normalize    route::canonicalize         one canonical path, or 400
 //! 2 route        route::Router::at           (host, method, path) → route, or 404
 //! 3 authenticate auth::Authenticator         bearer/cookie JWT → Principal, or 401
-//! 4 session      (sessions issue)            idle timeout, revocation
+//! 4 session      session::Store::check       per-role idle timeout, lifetime, revocation, deactivation, or 401
 //! 5 authorize    policy::decide              capabilities ∩ scope ∩ conditions, or 403
 //! 6 forward      proxy::headers, upstream    strip spoofable headers, inject identity, stream
-//! 7 respond      (masking issue)             PII masking
+//! 7 respond      mask::BodyMasker            PII masked unless the principal holds `unmask_with` (then audited);
+//!                                            a long response is cut when its session ends
 //! 8 log          proxy::pipeline::log        access + decision line, always
 //! ```
 //!
 //! Modules:
-//! - [`route`], [`policy`]: pure leaves (std/regex/matchit only), no I/O.
+//! - [`route`], [`policy`], [`mask`]: pure leaves, no I/O.
 //! - [`config`]: YAML → validated [`Runtime`]; collects every error.
 //! - [`auth`]: token extraction, JWT verification, verified-token cache.
+//! - [`session`]: the session table, its journal, the embedded and Redis stores.
+//! - [`mask`]: streaming, validating JSON masker; NDJSON/SSE/CSV framing;
+//!   gzip/deflate/br/zstd decoding (a leaf: no tokio, no hyper).
+//! - [`admin`]: the admin listener (revoke, deactivate, list, health).
 //! - [`proxy`]: the listener, the pipeline and its pieces.
 //! - [`error`]: typed refusals → status + stable JSON error code.
 //! - [`explain`], [`policytest`]: offline decisions for `rolegate explain`
 //!   and `rolegate test`, using the same code paths as the proxy.
 //! - [`demo`]: the built-in sample upstream and embedded demo config.
-//! - [`telemetry`]: log setup.
+//! - [`telemetry`]: log setup and the unmasked-access audit log.
 
 pub mod admin;
 pub mod auth;

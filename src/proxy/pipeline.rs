@@ -10,10 +10,10 @@
 //! 1 normalize    canonical path, host              route::canonicalize
 //! 2 route        (host, method, path) → route      route::Router::at      (404 default deny)
 //! 3 authenticate token → Principal                 auth::Authenticator    (401)
-//! 4 session      idle / revoked                    (sessions issue: slots in here)
+//! 4 session      idle / revoked / deactivated      session::Store (401)
 //! 5 authorize    policy::decide                    policy                 (403)
 //! 6 forward      headers, stream body upstream     proxy::headers, upstream (502/504/413)
-//! 7 respond      clean headers, stream back        (masking issue: slots in here)
+//! 7 respond      mask or audit, stream back        mask::BodyMasker (502 if unmaskable)
 //! 8 log          access + decision line            always
 //! ```
 
