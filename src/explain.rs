@@ -145,6 +145,15 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> V
         "scope": trace.scope,
         "requirement": trace.requirement,
     });
+    if let Some(mk) = &route.mask {
+        let unmasked =
+            policy::decide(&rt.policy, &principal, &mk.unmask, &m.params, &NoRelations).is_allow();
+        report["mask"] = json!({
+            "policy": mk.policy.name,
+            "unmask_with": mk.unmask.require.as_ref().map(|r| r.to_string()),
+            "masked": !unmasked,
+        });
+    }
     match decision {
         Decision::Allow => finish(report, None),
         Decision::Deny(d) => finish(report, Some(Deny::Forbidden(d).into())),
@@ -219,6 +228,18 @@ pub fn render_text(r: &Value) -> String {
         for line in t["requirement"].as_array().into_iter().flatten() {
             out.push_str(&format!("  {}\n", s(line)));
         }
+    }
+    if let Some(mk) = r.get("mask") {
+        let how = if mk["masked"] == true {
+            "masked"
+        } else {
+            "unmasked (audited)"
+        };
+        out.push_str(&format!(
+            "mask        {} ({}): response {how}\n",
+            s(&mk["policy"]),
+            s(&mk["unmask_with"])
+        ));
     }
     out.push_str(&format!(
         "decision    {} (status {})",

@@ -245,6 +245,28 @@ fn explain_shows_normalisation_routing_and_trace() {
     assert_eq!(report["error"], "no_route");
 }
 
+#[test]
+fn explain_says_whether_the_answer_would_be_masked() {
+    for (roles, masked) in [(r#"["agent"]"#, true), (r#"["agent","supervisor"]"#, false)] {
+        let claims = format!(r#"{{"sub":"x","roles":{roles}}}"#);
+        let o = run(
+            &[
+                "explain",
+                "--claims",
+                &claims,
+                "--json",
+                "GET",
+                "/api/customers/c-1/history",
+            ],
+            &root(),
+        );
+        let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(report["decision"], "allow", "{report}");
+        assert_eq!(report["mask"]["policy"], "customer-pii");
+        assert_eq!(report["mask"]["masked"], masked, "{roles}");
+    }
+}
+
 // -------------------------------------------------------------- test tables
 
 #[test]
