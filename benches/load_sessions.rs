@@ -8,7 +8,8 @@
 //! store. Run: `cargo bench --bench load_sessions` (needs `redis-server` on
 //! PATH for the Redis half). Prints requests/s and latency percentiles.
 //! `LOAD_ONLY=<scenario>` runs one scenario alone (embedded, redis,
-//! "1KB plain", "1KB mask").
+//! "1KB plain", "1KB mask", "1KB unmasked": the masked route read by a
+//! principal holding `unmask_with`, i.e. everything but the masking itself).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ fn main() {
         run("embedded", "  store: embedded\n", Body::Tiny, false).await;
         run("1KB plain", "  store: embedded\n", Body::Profile, false).await;
         run("1KB mask", "  store: embedded\n", Body::Profile, true).await;
+        run("1KB unmasked", "  store: embedded\n", Body::Profile, true).await;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -157,8 +159,13 @@ async fn run(name: &str, store_yaml: &str, body: Body, masked: bool) {
     let key = EncodingKey::from_secret(std::fs::read_to_string(&secret).unwrap().trim().as_bytes());
     let mut tasks = Vec::new();
     let start = Instant::now();
+    let roles: Vec<&str> = if name == "1KB unmasked" {
+        vec!["viewer", "pii"]
+    } else {
+        vec!["viewer"]
+    };
     for c in 0..CLIENTS {
-        let claims = json!({ "iss": "load", "aud": "a", "sub": format!("u{c}"), "sid": format!("s{c}"), "exp": 4_000_000_000u64, "roles": ["viewer"] });
+        let claims = json!({ "iss": "load", "aud": "a", "sub": format!("u{c}"), "sid": format!("s{c}"), "exp": 4_000_000_000u64, "roles": roles });
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
         tasks.push(tokio::spawn(async move {
             let client: Client<_, Empty<Bytes>> =
