@@ -59,6 +59,11 @@ async fn get(gw: &Gw, path: &str, t: &str) -> Resp {
     req(gw.addr, "GET", path, Some(t), &[]).await
 }
 
+/// `GET /bots/1/flows` on gateway `gw` with token `t`.
+async fn flows(gw: std::net::SocketAddr, t: &str) -> Resp {
+    req(gw, "GET", "/bots/1/flows", Some(t), &[]).await
+}
+
 async fn admin(addr: std::net::SocketAddr, method: &str, path: &str) -> Resp {
     req(addr, method, path, Some(ADMIN_TOKEN), &[]).await
 }
@@ -373,65 +378,30 @@ async fn revocations_and_idle_timers_survive_restart_and_kill_9() {
     // Graceful restart.
     sigterm(&mut p);
     let mut p = spawn_serve(&dir, port).await;
-    assert_eq!(
-        req(gw, "GET", "/bots/1/flows", Some(&revoked), &[])
-            .await
-            .error(),
-        "session_ended"
-    );
-    assert_eq!(
-        req(gw, "GET", "/bots/1/flows", Some(&deact), &[])
-            .await
-            .error(),
-        "user_deactivated"
-    );
-    assert_eq!(
-        req(gw, "GET", "/bots/1/flows", Some(&alive), &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(flows(gw, &revoked).await.error(), "session_ended");
+    assert_eq!(flows(gw, &deact).await.error(), "user_deactivated");
+    assert_eq!(flows(gw, &alive).await.status, 200);
 
     // kill -9 right after a revocation and an activity touch: the revocation
     // was written before the admin call returned; the touch is flushed
     // within flush_interval (50 ms here).
     let touched_at = Instant::now();
-    assert_eq!(
-        req(gw, "GET", "/bots/1/flows", Some(&idle), &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(flows(gw, &idle).await.status, 200);
     assert_eq!(admin(adm, "POST", "/users/anyone/revoke").await.status, 200);
     assert_eq!(admin(adm, "POST", "/sessions/k-1/revoke").await.status, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     p.0.kill().unwrap();
     p.0.wait().unwrap();
     let _p = spawn_serve(&dir, port).await;
-    assert_eq!(
-        req(gw, "GET", "/bots/1/flows", Some(&alive), &[])
-            .await
-            .error(),
-        "session_ended"
-    );
-    assert_eq!(
-        req(gw, "GET", "/bots/1/flows", Some(&revoked), &[])
-            .await
-            .error(),
-        "session_ended"
-    );
-    assert_eq!(
-        req(gw, "GET", "/bots/1/flows", Some(&deact), &[])
-            .await
-            .error(),
-        "user_deactivated"
-    );
+    assert_eq!(flows(gw, &alive).await.error(), "session_ended");
+    assert_eq!(flows(gw, &revoked).await.error(), "session_ended");
+    assert_eq!(flows(gw, &deact).await.error(), "user_deactivated");
     // The idle timer was not reset by the restart: 1 s after the last touch
     // (before the crash) the session is idle, although the new process has
     // seen no request for it yet.
     let wait = Duration::from_millis(1250).saturating_sub(touched_at.elapsed());
     tokio::time::sleep(wait).await;
-    let r = req(gw, "GET", "/bots/1/flows", Some(&idle), &[]).await;
+    let r = flows(gw, &idle).await;
     assert_expired(&r);
     let v: Value = r.json();
     assert!(v["request_id"].is_string());
@@ -531,35 +501,23 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
 
     // Activity on B keeps a session alive for A (idle 1 s).
     let t = tok("shared-1", &["viewer", "quick"]);
-    assert_eq!(
-        req(a, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
-        200
-    );
+    assert_eq!(flows(a, &t).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(flows(b, &t).await.status, 200);
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        req(b, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
-        200
-    );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        req(a, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
+        flows(a, &t).await.status,
         200,
         "B's activity did not reach A"
     );
     // Idle expiry decided on one instance holds on the other.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_expired(&req(b, "GET", "/bots/1/flows", Some(&t), &[]).await);
-    assert_eq!(
-        req(a, "GET", "/bots/1/flows", Some(&t), &[]).await.status,
-        401
-    );
+    assert_expired(&flows(b, &t).await);
+    assert_eq!(flows(a, &t).await.status, 401);
 
     // A revocation on A is enforced by B within 1 s.
     let r1 = tok("shared-2", &["viewer"]);
-    assert_eq!(
-        req(b, "GET", "/bots/1/flows", Some(&r1), &[]).await.status,
-        200
-    );
+    assert_eq!(flows(b, &r1).await.status, 200);
     assert_eq!(
         admin(adm_a, "POST", "/sessions/shared-2/revoke")
             .await
@@ -568,31 +526,21 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
     );
     let took = within(Duration::from_secs(1), || {
         let r1 = r1.clone();
-        async move { req(b, "GET", "/bots/1/flows", Some(&r1), &[]).await.status == 401 }
+        async move { flows(b, &r1).await.status == 401 }
     })
     .await;
     eprintln!("revocation reached the other gateway in {took:?}");
 
     // A deactivation on B is enforced by A within 1 s; reactivation restores.
     let erin = token_with(json!({ "sub": "erin", "sid": "e-1", "roles": ["viewer"] }));
-    assert_eq!(
-        req(a, "GET", "/bots/1/flows", Some(&erin), &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(flows(a, &erin).await.status, 200);
     assert_eq!(
         admin(adm_b, "POST", "/users/erin/deactivate").await.status,
         200
     );
     within(Duration::from_secs(1), || {
         let erin = erin.clone();
-        async move {
-            req(a, "GET", "/bots/1/flows", Some(&erin), &[])
-                .await
-                .error()
-                == "user_deactivated"
-        }
+        async move { flows(a, &erin).await.error() == "user_deactivated" }
     })
     .await;
     assert_eq!(
@@ -605,29 +553,19 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
     );
     within(Duration::from_secs(1), || {
         let erin = erin.clone();
-        async move {
-            req(a, "GET", "/bots/1/flows", Some(&erin), &[])
-                .await
-                .status
-                == 200
-        }
+        async move { flows(a, &erin).await.status == 200 }
     })
     .await;
 
     // Redis dies: both gateways fail closed with a JSON 503, and readiness says so.
     let live = tok("shared-3", &["viewer"]);
-    assert_eq!(
-        req(a, "GET", "/bots/1/flows", Some(&live), &[])
-            .await
-            .status,
-        200
-    );
+    assert_eq!(flows(a, &live).await.status, 200);
     drop(redis);
     for gw in [a, b] {
         within(Duration::from_secs(5), || {
             let live = live.clone();
             async move {
-                let r = req(gw, "GET", "/bots/1/flows", Some(&live), &[]).await;
+                let r = flows(gw, &live).await;
                 r.status == 503 && r.error() == "session_store_unavailable"
             }
         })
@@ -635,12 +573,7 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
     }
     assert_eq!(req(adm_a, "GET", "/readyz", None, &[]).await.status, 503);
     let before = up.count();
-    assert_eq!(
-        req(b, "GET", "/bots/1/flows", Some(&live), &[])
-            .await
-            .status,
-        503
-    );
+    assert_eq!(flows(b, &live).await.status, 503);
     assert_eq!(
         up.count(),
         before,
