@@ -37,6 +37,7 @@ fn policy() -> Arc<Policy> {
         case_insensitive: false,
         hash_key: b"bench-key".to_vec(),
         limits: Limits::default(),
+        compiled: Default::default(),
     })
 }
 

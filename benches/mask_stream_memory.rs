@@ -32,6 +32,7 @@ fn policy() -> Arc<Policy> {
         case_insensitive: false,
         hash_key: Vec::new(),
         limits: Limits::default(),
+        compiled: Default::default(),
     })
 }
 

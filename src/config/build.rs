@@ -852,6 +852,7 @@ impl Builder {
                     case_insensitive: v.case_insensitive,
                     hash_key: settings.hash_key.clone().unwrap_or_default(),
                     limits: settings.limits.clone(),
+                    compiled: Default::default(),
                 };
                 out.insert(name.clone(), (Arc::new(p), v.unmask_with.clone()));
             }

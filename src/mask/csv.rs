@@ -484,6 +484,7 @@ mod tests {
                 max_depth: 8,
                 max_string_bytes: 1024,
             },
+            compiled: Default::default(),
         });
         let mut m = CsvMasker::new(policy);
         m.rules = Err("selector \"?\" cannot be applied to CSV columns".into());

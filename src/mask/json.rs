@@ -81,7 +81,7 @@
 //! `finish` after success is idempotent.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::policy::{DetectScope, Policy, Step, Strategy};
 use super::strategy::{self, REDACTED};
@@ -206,6 +206,12 @@ struct Frame {
     detect: bool,
     /// Selector states active for this container's children: `nfa[states.0..states.1]`.
     states: (usize, usize),
+    /// Where `nfa` is cut back to when this container closes (the parent's end; a container
+    /// that inherits its parent's states shares the parent's range, which must survive).
+    base: usize,
+    /// Every state in `states` is a `..key` step: a key no selector names, or any array
+    /// index, leaves them unchanged, so the child inherits the range instead of copying it.
+    descend_only: bool,
     /// Index of the current array element.
     index: u64,
 }
@@ -236,9 +242,10 @@ struct Flat {
     index: u64,
 }
 
-/// Streaming masker for exactly ONE JSON document. See the module docs for the lifecycle.
-pub struct JsonMasker {
-    policy: Arc<Policy>,
+/// A policy's selectors flattened for the masker: built once per policy, on first use, and
+/// shared by every masker of that policy (see [`Compiled`]).
+#[derive(Debug)]
+struct Tables {
     /// Every selector's steps, field rules first; a selector's steps are consecutive, so
     /// advancing a state is `+ 1`.
     flat: Vec<Flat>,
@@ -247,47 +254,28 @@ pub struct JsonMasker {
     /// One bit per selector key ([`key_bit`]), all ones if a `.*` step exists: a key whose
     /// bit is clear advances no state, so deciding it needs no comparisons.
     key_bloom: u64,
-    mode: Mode,
-    error: Option<MaskError>,
-    frames: Vec<Frame>,
-    /// Selector automaton states (indexes into `flat`). A stack: each frame owns a range,
-    /// the slot being decided owns the tail; each frame holds at most one entry per step.
-    nfa: Vec<u32>,
-    /// Slot of the value about to start / in progress.
-    act: Act,
-    detect: bool,
-    /// Current string / number.
-    kind: Kind,
-    buf: Vec<u8>,
-    len: usize,
-    esc: Esc,
-    utf8_need: u8,
-    utf8_lo: u8,
-    utf8_hi: u8,
-    num: Num,
-    lit: u8,
-    lit_pos: u8,
-    /// HMAC key for `hash` rules, set up on first use.
-    hmac: Option<aws_lc_rs::hmac::Key>,
-    /// Bytes consumed by earlier pushes (for error offsets).
-    consumed: u64,
-    masked: u64,
+    /// The root's states: the first step of every non-empty selector.
+    start: Vec<u32>,
     /// Detectors run on every string value.
     scrub_all: bool,
     /// Detectors run on selected string values.
     scrub_sel: bool,
 }
 
-// The proxy moves maskers between threads with the body.
-const _: () = {
-    const fn assert_send<T: Send>() {}
-    assert_send::<JsonMasker>();
-};
+/// The per-policy cache of the masker's selector tables ([`Policy::compiled`]); policies are
+/// built with `Compiled::default()` and the first masker (which holds the policy in an `Arc`,
+/// so it no longer changes) fills it. A clone starts empty: a cloned policy may be edited.
+#[derive(Debug, Default)]
+pub struct Compiled(OnceLock<Arc<Tables>>);
 
-impl JsonMasker {
-    /// A masker for exactly one JSON document. Cheap: it flattens the policy's selectors into
-    /// a few small vectors (one masker per NDJSON line is fine).
-    pub fn new(policy: Arc<Policy>) -> JsonMasker {
+impl Clone for Compiled {
+    fn clone(&self) -> Compiled {
+        Compiled::default()
+    }
+}
+
+impl Tables {
+    fn build(policy: &Policy) -> Tables {
         let has_detectors = !policy.detectors.is_empty();
         let scrub_all = has_detectors && matches!(policy.detect_in, DetectScope::All);
         let scrub_sel = has_detectors && matches!(policy.detect_in, DetectScope::Fields(_));
@@ -297,12 +285,12 @@ impl JsonMasker {
         };
         let mut flat = Vec::new();
         let mut keys = Vec::new();
-        let mut nfa = Vec::new();
+        let mut start = Vec::new();
         let mut key_bloom = 0u64;
         let selectors = policy.fields.iter().map(|f| &f.0).chain(detect_sels);
         for (sel, selector) in selectors.enumerate() {
             if !selector.steps.is_empty() {
-                nfa.push(flat.len() as u32);
+                start.push(flat.len() as u32);
             }
             for (j, step) in selector.steps.iter().enumerate() {
                 let mut f = Flat {
@@ -336,21 +324,85 @@ impl JsonMasker {
                 flat.push(f);
             }
         }
-        JsonMasker {
-            policy,
+        Tables {
             flat,
             keys,
             key_bloom,
+            start,
+            scrub_all,
+            scrub_sel,
+        }
+    }
+}
+
+/// Streaming masker for exactly ONE JSON document. See the module docs for the lifecycle.
+pub struct JsonMasker {
+    policy: Arc<Policy>,
+    tables: Arc<Tables>,
+    mode: Mode,
+    error: Option<MaskError>,
+    frames: Vec<Frame>,
+    /// Selector automaton states (indexes into `flat`). A stack: each frame owns a range,
+    /// the slot being decided owns the tail; each frame holds at most one entry per step.
+    nfa: Vec<u32>,
+    /// Slot of the value about to start / in progress.
+    act: Act,
+    /// The slot's states are its parent's (see [`Frame::descend_only`]), not the nfa tail.
+    inherit: bool,
+    detect: bool,
+    /// Current string / number.
+    kind: Kind,
+    buf: Vec<u8>,
+    len: usize,
+    esc: Esc,
+    /// The current string has a `\` escape (so it must be decoded before use).
+    escaped: bool,
+    utf8_need: u8,
+    utf8_lo: u8,
+    utf8_hi: u8,
+    num: Num,
+    lit: u8,
+    lit_pos: u8,
+    /// HMAC key for `hash` rules, set up on first use.
+    hmac: Option<aws_lc_rs::hmac::Key>,
+    /// Bytes consumed by earlier pushes (for error offsets).
+    consumed: u64,
+    masked: u64,
+}
+
+// The proxy moves maskers between threads with the body.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<JsonMasker>();
+};
+
+impl JsonMasker {
+    /// A masker for exactly one JSON document. Cheap: the selector tables are built once per
+    /// policy and shared (one masker per NDJSON line is fine).
+    pub fn new(policy: Arc<Policy>) -> JsonMasker {
+        let tables = Arc::clone(
+            policy
+                .compiled
+                .0
+                .get_or_init(|| Arc::new(Tables::build(&policy))),
+        );
+        let mut nfa = Vec::with_capacity(tables.start.len().max(1) * 4);
+        nfa.extend_from_slice(&tables.start);
+        JsonMasker {
+            policy,
+            tables,
             mode: Mode::Value,
             error: None,
-            frames: Vec::new(),
+            frames: Vec::with_capacity(8),
             nfa,
             act: Act::Pass,
+            inherit: false,
             detect: false,
             kind: Kind::Pass,
             buf: Vec::new(),
             len: 0,
             esc: Esc::None,
+            escaped: false,
             utf8_need: 0,
             utf8_lo: 0x80,
             utf8_hi: 0xBF,
@@ -360,8 +412,6 @@ impl JsonMasker {
             hmac: None,
             consumed: 0,
             masked: 0,
-            scrub_all,
-            scrub_sel,
         }
     }
 
@@ -458,8 +508,13 @@ impl JsonMasker {
                         }
                         Mode::ObjectStart | Mode::Key => {
                             if b == b'"' {
-                                self.start_key(out);
-                                i += 1;
+                                let p = self.fast_members(input, i, out);
+                                if p == i {
+                                    self.start_key(out);
+                                    i += 1;
+                                } else {
+                                    i = p;
+                                }
                             } else if b == b'}' && mode == Mode::ObjectStart {
                                 self.close(out);
                                 i += 1;
@@ -514,7 +569,11 @@ impl JsonMasker {
                 let (emit, detect, states) = match self.act {
                     Act::Pass => {
                         out.push(b);
-                        (true, self.detect, (ps, self.nfa.len()))
+                        let states = match self.frames.last() {
+                            Some(top) if self.inherit => top.states,
+                            _ => (ps, self.nfa.len()),
+                        };
+                        (true, self.detect, states)
                     }
                     Act::Mask(rule) => {
                         self.masked += 1;
@@ -530,12 +589,19 @@ impl JsonMasker {
                         (false, false, (ps, ps))
                     }
                 };
+                let flat = &self.tables.flat;
+                let descend_only = self.nfa.get(states.0..states.1).is_some_and(|s| {
+                    s.iter()
+                        .all(|&st| flat.get(st as usize).is_some_and(|f| f.op == Op::Descend))
+                });
                 self.frames.push(Frame {
                     obj: b == b'{',
                     emit,
                     has_out: false,
                     detect,
                     states,
+                    base: ps,
+                    descend_only,
                     index: 0,
                 });
                 self.mode = if b == b'{' {
@@ -548,7 +614,11 @@ impl JsonMasker {
                 self.kind = match self.act {
                     Act::Skip => Kind::Skip,
                     Act::Mask(_) => Kind::Buf,
-                    Act::Pass if self.scrub_all || (self.scrub_sel && self.detect) => Kind::Buf,
+                    Act::Pass
+                        if self.tables.scrub_all || (self.tables.scrub_sel && self.detect) =>
+                    {
+                        Kind::Buf
+                    }
                     Act::Pass => {
                         out.push(b'"');
                         Kind::Pass
@@ -582,11 +652,91 @@ impl JsonMasker {
     }
 
     fn begin_string(&mut self) {
+        self.escaped = false;
         self.buf.clear();
         self.len = 0;
         self.esc = Esc::None;
         self.utf8_need = 0;
         self.mode = Mode::Str;
+    }
+
+    /// Fast lane for the common shape of an object: members whose key, and string value if
+    /// any, are plain ASCII without escapes and wholly inside this chunk. `i` is at a key's
+    /// opening quote (mode `Key`/`ObjectStart`). Handles as many members as it can, each
+    /// exactly as the general path would, and returns where it stopped with the state left
+    /// as the general path expects there; returns `i` untouched when the first key does not
+    /// qualify. It never reports errors: anything unusual is left to the general path.
+    fn fast_members(&mut self, input: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
+        let max = self.policy.limits.max_string_bytes;
+        loop {
+            let Some(top) = self.frames.last() else {
+                return i;
+            };
+            if !top.emit {
+                return i;
+            }
+            let k0 = i + 1;
+            let k1 = k0 + plain_prefix(input.get(k0..).unwrap_or(&[]));
+            if input.get(k1) != Some(&b'"') || k1 - k0 > max {
+                return i;
+            }
+            let key = &input[k0..k1];
+            // The key: as `start_key` + `string_done` would.
+            if top.states.0 == top.states.1 {
+                let (detect, ps) = (top.detect, top.states.1);
+                self.nfa.truncate(ps);
+                self.act = Act::Pass;
+                self.inherit = false;
+                self.detect = detect;
+            } else {
+                self.escaped = false;
+                self.decide(Label::Key(key));
+            }
+            if self.act != Act::Skip
+                && let Some(top) = self.frames.last_mut()
+            {
+                out.reserve(key.len() + 4);
+                if top.has_out {
+                    out.push(b',');
+                }
+                top.has_out = true;
+                out.push(b'"');
+                out.extend_from_slice(key);
+                out.extend_from_slice(b"\":");
+            }
+            self.mode = Mode::Colon;
+            i = skip_ws(input, k1 + 1);
+            if input.get(i) != Some(&b':') {
+                return i;
+            }
+            self.mode = Mode::Value;
+            i = skip_ws(input, i + 1);
+            // A plain string value streamed as is; anything else goes the general way.
+            let pass = self.act == Act::Pass
+                && !(self.tables.scrub_all || (self.tables.scrub_sel && self.detect));
+            if !pass || input.get(i) != Some(&b'"') {
+                return i;
+            }
+            let v0 = i + 1;
+            let v1 = v0 + plain_prefix(input.get(v0..).unwrap_or(&[]));
+            if input.get(v1) != Some(&b'"') || v1 - v0 > max {
+                return i;
+            }
+            out.reserve(v1 - i + 1);
+            out.extend_from_slice(&input[i..=v1]);
+            self.value_done();
+            i = skip_ws(input, v1 + 1);
+            // The next member, if it follows at once.
+            if input.get(i) != Some(&b',') {
+                return i;
+            }
+            let next = skip_ws(input, i + 1);
+            if input.get(next) != Some(&b'"') {
+                return i;
+            }
+            self.mode = Mode::Key;
+            i = next;
+        }
     }
 
     fn start_key(&mut self, out: &mut Vec<u8>) {
@@ -619,7 +769,7 @@ impl JsonMasker {
             if f.emit {
                 out.push(if f.obj { b'}' } else { b']' });
             }
-            self.nfa.truncate(f.states.0);
+            self.nfa.truncate(f.base);
         }
         self.value_done();
     }
@@ -647,20 +797,40 @@ impl JsonMasker {
 
     /// Runs the selector automaton one step from the top frame's states: sets `act`/`detect`
     /// and leaves the child's states at the nfa tail.
+    #[inline]
     fn decide(&mut self, label: Label<'_>) {
+        let Some(top) = self.frames.last() else {
+            return;
+        };
+        let miss = match label {
+            Label::Key(key) => self.tables.key_bloom & key_bit(key) == 0,
+            Label::Index(_) => false,
+        };
+        self.act = Act::Pass;
+        self.detect = top.detect;
+        // Nothing can advance and every state stays: the child's states are the frame's own.
+        // The common case under `$..x` policies: most keys, every array element.
+        self.inherit = top.descend_only && (miss || matches!(label, Label::Index(_)));
+        let e = top.states.1;
+        self.nfa.truncate(e);
+        if !self.inherit {
+            self.step(label, miss);
+        }
+    }
+
+    /// The automaton step proper (see [`JsonMasker::decide`]).
+    #[inline(never)]
+    fn step(&mut self, label: Label<'_>, miss: bool) {
         let Some(&top) = self.frames.last() else {
             return;
         };
         let (s, e) = top.states;
-        self.nfa.truncate(e);
         let nf = self.policy.fields.len();
         let ci = self.policy.case_insensitive;
-        let (flat, keys, nfa) = (&self.flat, &self.keys, &mut self.nfa);
-        if let Label::Key(key) = label
-            && self.key_bloom & key_bit(key) == 0
-        {
+        let (flat, keys, nfa) = (&self.tables.flat, &self.tables.keys, &mut self.nfa);
+        if miss {
             // No selector names this key: only `..key` states carry over (the frame's states
-            // are already distinct). The common case for most keys under a `$..x` policy.
+            // are already distinct).
             for k in s..e {
                 if let Some(&st) = nfa.get(k)
                     && flat.get(st as usize).is_some_and(|f| f.op == Op::Descend)
@@ -668,8 +838,6 @@ impl JsonMasker {
                     nfa.push(st);
                 }
             }
-            self.act = Act::Pass;
-            self.detect = top.detect;
             return;
         }
         let key_is = |f: &Flat, key: &[u8]| {
@@ -792,6 +960,15 @@ impl JsonMasker {
             match b {
                 b'"' => {
                     let seg = &input[i0..i];
+                    if self.kind == Kind::Pass {
+                        // The common value: streamed out as is.
+                        self.count(seg.len())?;
+                        out.reserve(seg.len() + 1);
+                        out.extend_from_slice(seg);
+                        out.push(b'"');
+                        self.value_done();
+                        return Ok(i + 1);
+                    }
                     if matches!(self.kind, Kind::KeyBuf | Kind::Buf) && self.buf.is_empty() {
                         // Wholly inside this chunk: use it in place, no copy.
                         self.count(seg.len())?;
@@ -802,7 +979,10 @@ impl JsonMasker {
                     }
                     return Ok(i + 1);
                 }
-                b'\\' => self.esc = Esc::Backslash,
+                b'\\' => {
+                    self.esc = Esc::Backslash;
+                    self.escaped = true;
+                }
                 0xC2..=0xDF => self.utf8(1, 0x80, 0xBF),
                 0xE0 => self.utf8(2, 0xA0, 0xBF),
                 0xE1..=0xEC | 0xEE..=0xEF => self.utf8(2, 0x80, 0xBF),
@@ -860,6 +1040,7 @@ impl JsonMasker {
                 let ps = self.pending_start();
                 self.nfa.truncate(ps);
                 self.act = Act::Pass;
+                self.inherit = false;
                 self.detect = detect;
                 self.mode = Mode::Colon;
             }
@@ -899,11 +1080,12 @@ impl JsonMasker {
         Ok(())
     }
 
+    #[inline]
     fn key_done(&mut self, raw: &[u8], i: usize, out: &mut Vec<u8>) -> Result<(), MaskError> {
         // Escapes are rare in keys: compare the raw bytes unless there is one.
         let decoded;
-        let key = if raw.contains(&b'\\') {
-            decoded = decode(raw).ok_or_else(|| self.syntax(i))?;
+        let key = if self.escaped {
+            decoded = decode(raw, true).ok_or_else(|| self.syntax(i))?;
             decoded.as_bytes()
         } else {
             raw
@@ -929,7 +1111,7 @@ impl JsonMasker {
         i: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), MaskError> {
-        let text = decode(raw).ok_or_else(|| self.syntax(i))?;
+        let text = decode(raw, self.escaped).ok_or_else(|| self.syntax(i))?;
         let pol = &*self.policy;
         match self.act {
             Act::Mask(rule) => {
@@ -1069,8 +1251,13 @@ fn key_bit(key: &[u8]) -> u64 {
     1 << (h % 64)
 }
 
+#[inline(always)]
 fn skip_ws(input: &[u8], mut i: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(i) {
+    // Minified JSON has no whitespace: one comparison decides the common case.
+    while let Some(&b) = input.get(i) {
+        if b > b' ' || !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            break;
+        }
         i += 1;
     }
     i
@@ -1115,10 +1302,11 @@ fn plain_prefix(s: &[u8]) -> usize {
     i
 }
 
-/// Decodes the (already validated) content of a JSON string; `None` if it is not valid after
+/// Decodes the (already validated) content of a JSON string (`escaped`: it holds a `\`, so
+/// it needs unescaping, not only a UTF-8 view); `None` if it is not valid after
 /// all, which the caller reports as a syntax error.
-fn decode(raw: &[u8]) -> Option<Cow<'_, str>> {
-    if !raw.contains(&b'\\') {
+fn decode(raw: &[u8], escaped: bool) -> Option<Cow<'_, str>> {
+    if !escaped {
         return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
     }
     let mut s = String::with_capacity(raw.len());
@@ -1232,6 +1420,7 @@ mod tests {
             case_insensitive: ci,
             hash_key: b"k".to_vec(),
             limits: Limits::default(),
+            compiled: Default::default(),
         })
     }
 
@@ -2052,6 +2241,23 @@ mod tests {
         d
     }
 
+    /// Exact paths, wildcards and indexes (frames whose states are not all `..key`), and
+    /// case-insensitive keys.
+    fn paths_policy() -> Arc<Policy> {
+        policy_with(
+            &[
+                ("$.a.phone", "last4"),
+                ("$.*.email", "email"),
+                ("$.b[*].name", "redact"),
+                ("$..a[1]", "remove"),
+                ("$..b.*", "null"),
+            ],
+            &[],
+            DetectScope::None,
+            true,
+        )
+    }
+
     fn scrub_policy() -> Arc<Policy> {
         policy_with(
             &[
@@ -2076,11 +2282,15 @@ mod tests {
             pretty in any::<bool>(),
             edits in prop::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 0..3),
             sizes in prop::collection::vec(1usize..40, 1..8),
-            scrub in any::<bool>(),
+            which in 0u8..3,
         ) {
             let doc = if pretty { serde_json::to_vec_pretty(&v) } else { serde_json::to_vec(&v) }.unwrap();
             let doc = mutate(&doc, &edits);
-            let p = if scrub { scrub_policy() } else { oracle_policy() };
+            let p = match which {
+                0 => oracle_policy(),
+                1 => scrub_policy(),
+                _ => paths_policy(),
+            };
             let whole = mask_document(&p, &doc);
             proptest::prop_assert_eq!(mask_chunked(&p, &doc, &sizes), whole.clone());
             proptest::prop_assert_eq!(mask_chunked(&p, &doc, &[1]), whole);

@@ -102,7 +102,14 @@ pub enum BodyKind {
 /// text/html, octet-stream, malformed, missing) → `None`: the caller refuses
 /// (fail closed).
 pub fn body_kind(content_type: Option<&str>) -> Option<BodyKind> {
-    let (essence, params) = split_media_type(content_type?)?;
+    let content_type = content_type?;
+    // The usual JSON answers, without the general parser's allocations.
+    for plain in ["application/json", "application/json; charset=utf-8"] {
+        if content_type.eq_ignore_ascii_case(plain) {
+            return Some(BodyKind::Json);
+        }
+    }
+    let (essence, params) = split_media_type(content_type)?;
     let kind = match essence.as_str() {
         "application/json" => BodyKind::Json,
         "application/x-ndjson"
@@ -513,6 +520,7 @@ mod tests {
                 max_depth: 64,
                 max_string_bytes: 1 << 20,
             },
+            compiled: Default::default(),
         })
     }
 

@@ -300,6 +300,8 @@ pub struct Policy {
     /// HMAC-SHA256 key for Strategy::Hash (stable per deployment)
     pub hash_key: Vec<u8>,
     pub limits: Limits,
+    /// The JSON masker's selector tables, built on first use (`Default::default()`).
+    pub compiled: super::json::Compiled,
 }
 
 /// Where the free-text [`Detector`]s run.

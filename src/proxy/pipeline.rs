@@ -605,15 +605,22 @@ async fn mask_response(
         mask::BodyMasker::new(mk.policy.clone(), kind, encoding, rt.masking.max_body_bytes);
 
     if let Some(len) = declared.filter(|l| *l <= rt.masking.buffer_bytes) {
-        let bytes = Limited::new(body, len)
-            .collect()
-            .await
-            .map_err(|e| Refusal::from(Fault::UpstreamFailed(upstream.to_string(), e.to_string())))?
-            .to_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
+        // Masked frame by frame as they arrive (the masker streams), but
+        // sent only once the whole body is masked, so a failure is a 502.
+        let mut body = Limited::new(body, len);
+        let mut out = Vec::with_capacity(len as usize);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                Refusal::from(Fault::UpstreamFailed(upstream.to_string(), e.to_string()))
+            })?;
+            if let Some(data) = frame.data_ref() {
+                masker
+                    .push(data, &mut out)
+                    .map_err(|e| unmaskable(e.code().to_string()))?;
+            }
+        }
         masker
-            .push(&bytes, &mut out)
-            .and_then(|_| masker.finish(&mut out))
+            .finish(&mut out)
             .map_err(|e| unmaskable(e.code().to_string()))?;
         parts
             .headers

@@ -1,0 +1,278 @@
+//! Load: what masking a ~1 KB customer profile costs end to end, measured
+//! on the release gateway binary with the gateway alone on one core.
+//!
+//! Layout (2-core machine): the `rolegate` binary runs pinned to CPU 0; this
+//! process (a minimal hyper upstream) and `wrk` (the load generator, 32
+//! keep-alive connections) run pinned to CPU 1. The gateway is the
+//! bottleneck, so its throughput and its own CPU time per request (read
+//! from `/proc/<pid>/stat`, user + system) say what each scenario costs:
+//!
+//! - `plain`: the profile on a route without a mask policy;
+//! - `masked`: the same route with the `pii` mask, read by a principal
+//!   without `unmask_with` (the body is parsed and rewritten);
+//! - `unmasked`: the masked route read by a principal holding
+//!   `unmask_with` (forwarded as is, plus the audit record).
+//!
+//! Scenarios alternate for `LOAD_ROUNDS` rounds (default 5) of `LOAD_SECS`
+//! seconds (default 5) and the medians are printed (`LOAD_ONLY=<name>` runs
+//! one scenario, e.g. to profile the gateway). Needs `wrk` and
+//! `taskset` on PATH. Run: `cargo bench --bench load_mask`.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+/// A ~1 KB customer profile with the usual PII fields.
+const PROFILE: &str = r#"{"customer":{"id":"c-1001","name":"Asha Rao","email":"asha.rao@example.com","phone":"+91 98200 11223","tier":"gold","address":{"street":"12 Marine Drive","city":"Mumbai","zip":"400002","country":"IN"},"date_of_birth":"1988-04-12","preferences":{"language":"en","channel":"whatsapp","marketing":false},"tags":["vip","repeat","priority-support"],"orders":[{"id":"o-1","total":129.5,"currency":"INR","status":"delivered"},{"id":"o-2","total":54.0,"currency":"INR","status":"shipped"},{"id":"o-3","total":12.25,"currency":"INR","status":"pending"}],"notes":"prefers evening calls","created_at":"2024-01-03T10:00:00Z","updated_at":"2026-11-20T08:30:00Z"},"conversations":[{"id":"cv-7","channel":"whatsapp","opened_at":"2026-11-20T08:00:00Z","status":"open"}],"meta":{"source":"crm","version":17}}"#;
+
+struct Scenario {
+    name: &'static str,
+    path: &'static str,
+    roles: &'static [&'static str],
+}
+
+const SCENARIOS: [Scenario; 3] = [
+    Scenario {
+        name: "plain",
+        path: "/plain/c-1001",
+        roles: &["agent"],
+    },
+    Scenario {
+        name: "masked",
+        path: "/customers/c-1001",
+        roles: &["agent"],
+    },
+    Scenario {
+        name: "unmasked",
+        path: "/customers/c-1001",
+        roles: &["agent", "pii"],
+    },
+];
+
+fn main() {
+    let rounds: usize = env_or("LOAD_ROUNDS", 5);
+    // LOAD_ONLY=masked runs one scenario (e.g. to profile the gateway).
+    let only = std::env::var("LOAD_ONLY").ok();
+    let secs: u64 = env_or("LOAD_SECS", 5);
+    for tool in ["wrk", "taskset"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            println!("load_mask: skipped ({tool} not installed)");
+            return;
+        }
+    }
+    // This process (the upstream) shares CPU 1 with wrk.
+    pin(std::process::id(), "1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = rt.block_on(upstream());
+    std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+
+    let dir = std::env::temp_dir().join(format!("rolegate-load-mask-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/hmac.secret");
+    let port = free_port();
+    let config = dir.join("load.yaml");
+    std::fs::write(&config, config_text(&secret, &dir, port, upstream)).unwrap();
+    let mut gateway = Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_rolegate"), "serve", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the gateway");
+    wait_listening(port);
+    let key = EncodingKey::from_secret(std::fs::read_to_string(&secret).unwrap().trim().as_bytes());
+
+    let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); SCENARIOS.len()];
+    for round in 0..rounds {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            if only.as_deref().is_some_and(|o| o != s.name) {
+                continue;
+            }
+            let claims = json!({ "iss": "load", "aud": "a", "sub": format!("u-{}", s.name), "sid": format!("s-{}", s.name), "exp": 4_000_000_000u64, "roles": s.roles });
+            let token =
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+            let url = format!("http://127.0.0.1:{port}{}", s.path);
+            // Warm-up: connections, token cache, session.
+            wrk(&url, &token, 1);
+            let cpu0 = cpu_ticks(&gateway);
+            let t0 = Instant::now();
+            let rps = wrk(&url, &token, secs);
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu = (cpu_ticks(&gateway) - cpu0) as f64 / ticks_per_sec();
+            let requests = rps * secs as f64;
+            let us_per_req = cpu / requests * 1e6;
+            println!(
+                "round {round} {:>9}: {rps:>8.0} req/s  gateway CPU {:>5.1} µs/request ({:.0} % of a core)",
+                s.name,
+                us_per_req,
+                cpu / wall * 100.0
+            );
+            results[i].push((rps, us_per_req));
+        }
+    }
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        x[x.len() / 2]
+    };
+    if only.is_some() {
+        return;
+    }
+    let (plain_rps, plain_cpu) = (med(&results[0], |r| r.0), med(&results[0], |r| r.1));
+    println!("\nmedians over {rounds} rounds of {secs} s:");
+    for (i, s) in SCENARIOS.iter().enumerate() {
+        let (rps, cpu) = (med(&results[i], |r| r.0), med(&results[i], |r| r.1));
+        println!(
+            "{:>9}: {rps:>8.0} req/s ({:+5.1} % vs plain)  {cpu:>5.1} µs CPU/request ({:+5.1} % vs plain)",
+            s.name,
+            (rps / plain_rps - 1.0) * 100.0,
+            (cpu / plain_cpu - 1.0) * 100.0
+        );
+    }
+}
+
+fn config_text(secret: &Path, dir: &Path, port: u16, up: std::net::SocketAddr) -> String {
+    format!(
+        r#"listen: {{ addr: "127.0.0.1:{port}" }}
+identity:
+  issuers:
+    - {{ iss: load, audiences: [a], algorithms: [HS256], keys: {{ hmac_secret_file: "{secret}" }} }}
+upstreams:
+  app: {{ url: "http://{up}" }}
+sessions:
+  store: embedded
+  state_dir: "{state}"
+masking: {{ audit_log: "{audit}" }}
+masks:
+  pii:
+    unmask_with: customer.pii.view
+    fields:
+      - {{ path: "$..phone", as: last4 }}
+      - {{ path: "$..email", as: email }}
+      - {{ path: "$..name", as: redact }}
+      - {{ path: "$..address", as: redact }}
+roles:
+  agent: {{ grants: [customer.profile.view] }}
+  pii: {{ grants: [customer.pii.view] }}
+routes:
+  - {{ name: plain, match: {{ methods: [GET], path: "/plain/{{id}}" }}, require: customer.profile.view }}
+  - {{ name: customer, match: {{ methods: [GET], path: "/customers/{{id}}" }}, require: customer.profile.view, mask: pii, record: "{{id}}" }}
+"#,
+        secret = secret.display(),
+        state = dir.join("state").display(),
+        audit = dir.join("audit.jsonl").display(),
+    )
+}
+
+/// Runs wrk on CPU 1 for `secs` seconds and returns its requests/s; any
+/// non-2xx answer or socket error fails the benchmark (a refusal is cheap
+/// and would flatter the figures).
+fn wrk(url: &str, token: &str, secs: u64) -> f64 {
+    let out = Command::new("taskset")
+        .args(["-c", "1", "wrk", "-t1", "-c32"])
+        .arg(format!("-d{secs}s"))
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(url)
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "wrk saw failures:\n{text}"
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"))
+}
+
+async fn upstream() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    let mut r =
+                        hyper::Response::new(Full::new(Bytes::from_static(PROFILE.as_bytes())));
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(r)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// user + system CPU ticks of the gateway (fields 14 and 15 of stat).
+fn cpu_ticks(child: &Child) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn ticks_per_sec() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn pin(pid: u32, cpu: &str) {
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = std::io::stderr().write_all(b"gateway did not start\n");
+    panic!("gateway did not start listening on {port}");
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
