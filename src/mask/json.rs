@@ -508,7 +508,7 @@ impl JsonMasker {
                         }
                         Mode::ObjectStart | Mode::Key => {
                             if b == b'"' {
-                                let p = self.fast_members(input, i, out);
+                                let p = self.fast_members(input, i, out)?;
                                 if p == i {
                                     self.start_key(out);
                                     i += 1;
@@ -566,11 +566,15 @@ impl JsonMasker {
                     return Err(MaskError::TooDeep);
                 }
                 let ps = self.pending_start();
+                let mut inherited = None;
                 let (emit, detect, states) = match self.act {
                     Act::Pass => {
                         out.push(b);
                         let states = match self.frames.last() {
-                            Some(top) if self.inherit => top.states,
+                            Some(top) if self.inherit => {
+                                inherited = Some(top.descend_only);
+                                top.states
+                            }
                             _ => (ps, self.nfa.len()),
                         };
                         (true, self.detect, states)
@@ -590,9 +594,11 @@ impl JsonMasker {
                     }
                 };
                 let flat = &self.tables.flat;
-                let descend_only = self.nfa.get(states.0..states.1).is_some_and(|s| {
-                    s.iter()
-                        .all(|&st| flat.get(st as usize).is_some_and(|f| f.op == Op::Descend))
+                let descend_only = inherited.unwrap_or_else(|| {
+                    self.nfa.get(states.0..states.1).is_some_and(|s| {
+                        s.iter()
+                            .all(|&st| flat.get(st as usize).is_some_and(|f| f.op == Op::Descend))
+                    })
                 });
                 self.frames.push(Frame {
                     obj: b == b'{',
@@ -660,25 +666,33 @@ impl JsonMasker {
         self.mode = Mode::Str;
     }
 
-    /// Fast lane for the common shape of an object: members whose key, and string value if
-    /// any, are plain ASCII without escapes and wholly inside this chunk. `i` is at a key's
-    /// opening quote (mode `Key`/`ObjectStart`). Handles as many members as it can, each
-    /// exactly as the general path would, and returns where it stopped with the state left
-    /// as the general path expects there; returns `i` untouched when the first key does not
-    /// qualify. It never reports errors: anything unusual is left to the general path.
-    fn fast_members(&mut self, input: &[u8], mut i: usize, out: &mut Vec<u8>) -> usize {
+    /// Fast lane for the common shape of a document: members whose key is plain ASCII without
+    /// escapes and whose value is a plain string, a number, a literal or an object, wholly
+    /// inside this chunk, and the commas and closing brackets between them (arrays of objects
+    /// included). `i` is at a key's opening quote (mode `Key`/`ObjectStart`). Every step is
+    /// the general path's own (same helpers, same state), only without a trip through
+    /// [`JsonMasker::run`]'s dispatch per token; it stops wherever something else comes (an
+    /// escape, non-ASCII, a masked or scrubbed value, an array value, the chunk's end) and
+    /// returns that position with the state the general path expects there. Returns `i`
+    /// untouched when the first key does not qualify.
+    fn fast_members(
+        &mut self,
+        input: &[u8],
+        mut i: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, MaskError> {
         let max = self.policy.limits.max_string_bytes;
-        loop {
+        'member: loop {
             let Some(top) = self.frames.last() else {
-                return i;
+                return Ok(i);
             };
             if !top.emit {
-                return i;
+                return Ok(i);
             }
             let k0 = i + 1;
             let k1 = k0 + plain_prefix(input.get(k0..).unwrap_or(&[]));
             if input.get(k1) != Some(&b'"') || k1 - k0 > max {
-                return i;
+                return Ok(i);
             }
             let key = &input[k0..k1];
             // The key: as `start_key` + `string_done` would.
@@ -692,50 +706,155 @@ impl JsonMasker {
                 self.escaped = false;
                 self.decide(Label::Key(key));
             }
-            if self.act != Act::Skip
-                && let Some(top) = self.frames.last_mut()
-            {
-                out.reserve(key.len() + 4);
-                if top.has_out {
-                    out.push(b',');
-                }
-                top.has_out = true;
-                out.push(b'"');
-                out.extend_from_slice(key);
-                out.extend_from_slice(b"\":");
+            let colon = skip_ws(input, k1 + 1);
+            if input.get(colon) != Some(&b':') {
+                self.emit_key(key, out);
+                self.mode = Mode::Colon;
+                return Ok(colon);
             }
-            self.mode = Mode::Colon;
-            i = skip_ws(input, k1 + 1);
-            if input.get(i) != Some(&b':') {
-                return i;
-            }
-            self.mode = Mode::Value;
-            i = skip_ws(input, i + 1);
-            // A plain string value streamed as is; anything else goes the general way.
+            let v = skip_ws(input, colon + 1);
             let pass = self.act == Act::Pass
                 && !(self.tables.scrub_all || (self.tables.scrub_sel && self.detect));
-            if !pass || input.get(i) != Some(&b'"') {
-                return i;
+            let Some(&b) = input.get(v).filter(|_| pass) else {
+                // Masked, removed or scrubbed: the general way.
+                self.emit_key(key, out);
+                self.mode = Mode::Value;
+                return Ok(v);
+            };
+            if b == b'"' {
+                let v1 = v + 1 + plain_prefix(input.get(v + 1..).unwrap_or(&[]));
+                if input.get(v1) != Some(&b'"') || v1 - v - 1 > max {
+                    self.emit_key(key, out);
+                    self.mode = Mode::Value;
+                    return Ok(v);
+                }
+                if colon == k1 + 1 && v == colon + 1 {
+                    // `"key":"value"` as written: one copy.
+                    self.member_separator(out);
+                    out.extend_from_slice(&input[i..=v1]);
+                } else {
+                    self.emit_key(key, out);
+                    out.extend_from_slice(&input[v..=v1]);
+                }
+                self.value_done();
+                i = v1 + 1;
+            } else {
+                self.emit_key(key, out);
+                self.mode = Mode::Value;
+                match self.fast_value(input, v, out)? {
+                    Some(next) => i = next,
+                    None => return Ok(v),
+                }
+                match self.mode {
+                    Mode::ObjectStart if input.get(i) == Some(&b'"') => continue 'member,
+                    Mode::After | Mode::ObjectStart => {}
+                    _ => return Ok(i),
+                }
             }
-            let v0 = i + 1;
-            let v1 = v0 + plain_prefix(input.get(v0..).unwrap_or(&[]));
-            if input.get(v1) != Some(&b'"') || v1 - v0 > max {
-                return i;
+            // After a value: commas and closing brackets up to the next key.
+            loop {
+                i = skip_ws(input, i);
+                let Some(top) = self.frames.last_mut() else {
+                    return Ok(i);
+                };
+                match (input.get(i), top.obj, self.mode) {
+                    (Some(b'}'), true, Mode::After | Mode::ObjectStart)
+                    | (Some(b']'), false, Mode::After) => {
+                        self.close(out);
+                        i += 1;
+                    }
+                    (Some(b','), true, Mode::After) => {
+                        let next = skip_ws(input, i + 1);
+                        if input.get(next) != Some(&b'"') {
+                            return Ok(i);
+                        }
+                        self.mode = Mode::Key;
+                        i = next;
+                        continue 'member;
+                    }
+                    (Some(b','), false, Mode::After) => {
+                        // The next array element, when it is an object.
+                        let next = skip_ws(input, i + 1);
+                        if input.get(next) != Some(&b'{') {
+                            return Ok(i);
+                        }
+                        top.index += 1;
+                        self.array_slot(out);
+                        self.mode = Mode::Value;
+                        if self.act != Act::Pass {
+                            return Ok(next);
+                        }
+                        self.start_value(b'{', next, out)?;
+                        i = skip_ws(input, next + 1);
+                        if input.get(i) == Some(&b'"') {
+                            continue 'member;
+                        }
+                    }
+                    _ => return Ok(i),
+                }
             }
-            out.reserve(v1 - i + 1);
-            out.extend_from_slice(&input[i..=v1]);
-            self.value_done();
-            i = skip_ws(input, v1 + 1);
-            // The next member, if it follows at once.
-            if input.get(i) != Some(&b',') {
-                return i;
+        }
+    }
+
+    /// A passed-through number, literal or object opening at `v` (mode `Value`), for
+    /// [`JsonMasker::fast_members`]: returns the position after it (mode `After`, or
+    /// `ObjectStart` after a `{`), or `None` to leave it to the general path, untouched.
+    fn fast_value(
+        &mut self,
+        input: &[u8],
+        v: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<usize>, MaskError> {
+        let Some(&b) = input.get(v) else {
+            return Ok(None);
+        };
+        match b {
+            b'-' | b'0'..=b'9' => {
+                self.start_value(b, v, out)?;
+                let next = self.number(input, v, out)?;
+                // A number that runs to the chunk's end is still open (mode `Num`).
+                Ok(Some(next))
             }
-            let next = skip_ws(input, i + 1);
-            if input.get(next) != Some(&b'"') {
-                return i;
+            b't' | b'f' | b'n' => {
+                let lit = match b {
+                    b't' => 0,
+                    b'f' => 1,
+                    _ => LIT_NULL,
+                };
+                let text = LITERALS[usize::from(lit)];
+                if input.get(v..v + text.len()) != Some(text) {
+                    return Ok(None);
+                }
+                self.lit = lit;
+                self.literal_done(out);
+                Ok(Some(v + text.len()))
             }
-            self.mode = Mode::Key;
-            i = next;
+            b'{' => {
+                self.start_value(b, v, out)?;
+                Ok(Some(skip_ws(input, v + 1)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The comma before a member or element that is emitted (none before the first).
+    fn member_separator(&mut self, out: &mut Vec<u8>) {
+        if let Some(top) = self.frames.last_mut() {
+            if top.has_out {
+                out.push(b',');
+            }
+            top.has_out = true;
+        }
+    }
+
+    /// Emits `"key":` (with its separator) unless the member is removed.
+    fn emit_key(&mut self, key: &[u8], out: &mut Vec<u8>) {
+        if self.act != Act::Skip {
+            self.member_separator(out);
+            out.reserve(key.len() + 3);
+            out.push(b'"');
+            out.extend_from_slice(key);
+            out.extend_from_slice(b"\":");
         }
     }
 
@@ -776,7 +895,7 @@ impl JsonMasker {
 
     /// Decides the slot of the current array element (and emits its comma).
     fn array_slot(&mut self, out: &mut Vec<u8>) {
-        let Some(&top) = self.frames.last() else {
+        let Some(top) = self.frames.last() else {
             return;
         };
         if !top.emit {
@@ -786,12 +905,7 @@ impl JsonMasker {
         }
         self.decide(Label::Index(top.index));
         if self.act != Act::Skip {
-            if top.has_out {
-                out.push(b',');
-            }
-            if let Some(t) = self.frames.last_mut() {
-                t.has_out = true;
-            }
+            self.member_separator(out);
         }
     }
 
@@ -1091,17 +1205,8 @@ impl JsonMasker {
             raw
         };
         self.decide(Label::Key(key));
-        if self.act != Act::Skip {
-            if let Some(top) = self.frames.last_mut() {
-                if top.has_out {
-                    out.push(b',');
-                }
-                top.has_out = true;
-            }
-            out.push(b'"');
-            out.extend_from_slice(raw);
-            out.extend_from_slice(b"\":");
-        }
+        // Written as received (escapes and all).
+        self.emit_key(raw, out);
         Ok(())
     }
 
@@ -1368,6 +1473,12 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let b = s.as_bytes();
+    if !b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\') {
+        // Nothing to escape (masked values usually are plain).
+        out.extend_from_slice(b);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &c) in b.iter().enumerate() {
         let esc: &[u8] = match c {

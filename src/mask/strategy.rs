@@ -71,6 +71,14 @@ pub fn mask_text(strategy: &Strategy, value: &str, hash_key: &[u8]) -> Option<St
 
 /// `*` for every char but the last `n`; everything starred when `value` has `n` chars or fewer.
 fn keep_last(value: &str, n: usize) -> String {
+    if value.is_ascii() {
+        // One byte per char: no char walk.
+        let len = value.len();
+        let hidden = if len <= n { len } else { len - n };
+        let mut s = "*".repeat(hidden);
+        s.push_str(&value[hidden..]);
+        return s;
+    }
     let count = value.chars().count();
     let hidden = if count <= n { count } else { count - n };
     let mut s = String::with_capacity(value.len() + hidden);

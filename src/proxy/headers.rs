@@ -195,6 +195,16 @@ fn encode_list(items: &[String]) -> String {
         .join(",")
 }
 
+/// Removes those of `names` that are present: one pass over the (usually
+/// few) headers instead of a hash lookup per name when none is there.
+pub fn remove_each(headers: &mut HeaderMap, names: &[HeaderName]) {
+    if headers.keys().any(|k| names.contains(k)) {
+        for name in names {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Response side: drop hop-by-hop headers of the upstream's answer.
 pub fn clean_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);

@@ -471,6 +471,16 @@ async fn forward(
     parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadHost("unforwardable path"))?;
     parts.version = http::Version::HTTP_11;
 
+    if masking {
+        // The whole representation is needed to mask it: no partial
+        // content; and uncompressed saves a decode (a compressed answer
+        // anyway is still decoded and masked).
+        // Conditional requests too: 304-vs-200 answers to validators the
+        // upstream computed over the unmasked body would let a masked
+        // client confirm guesses of hidden values.
+        // (Checked before the gateway adds its own headers: fewer to scan.)
+        headers::remove_each(&mut parts.headers, &PARTIAL_OR_CONDITIONAL);
+    }
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers, &rt.forward);
     headers::strip_unverified_credentials(
@@ -496,22 +506,8 @@ async fn forward(
     };
     headers::inject(&mut parts.headers, &rt.forward, &ff, principal);
     if masking {
-        // The whole representation is needed to mask it: no partial
-        // content; and uncompressed saves a decode (a compressed answer
-        // anyway is still decoded and masked).
-        // Conditional requests too: 304-vs-200 answers to validators the
-        // upstream computed over the unmasked body would let a masked
-        // client confirm guesses of hidden values.
-        for name in [
-            header::RANGE,
-            header::IF_RANGE,
-            header::IF_NONE_MATCH,
-            header::IF_MODIFIED_SINCE,
-            header::IF_MATCH,
-            header::IF_UNMODIFIED_SINCE,
-        ] {
-            parts.headers.remove(name);
-        }
+        // After the hop-by-hop strip, so `Connection: accept-encoding`
+        // cannot take it out again.
         parts.headers.insert(
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
@@ -521,6 +517,24 @@ async fn forward(
     let body = Limited::new(body, max).boxed();
     upstream::send(up, Request::from_parts(parts, body)).await
 }
+
+/// Request headers a masked route does not forward (see `forward`).
+const PARTIAL_OR_CONDITIONAL: [HeaderName; 6] = [
+    header::RANGE,
+    header::IF_RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+];
+
+/// Response headers describing the upstream's unmasked representation.
+const UNMASKED_REPRESENTATION: [HeaderName; 4] = [
+    header::ETAG,
+    header::CONTENT_RANGE,
+    header::LAST_MODIFIED,
+    HeaderName::from_static("content-md5"),
+];
 
 fn respond(resp: Response<Incoming>) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
@@ -559,14 +573,7 @@ async fn mask_response(
     make_private(h);
     // The masked representation is a different one: validators and range
     // support of the upstream's do not describe it.
-    for name in [
-        header::ETAG,
-        header::CONTENT_RANGE,
-        header::LAST_MODIFIED,
-        HeaderName::from_static("content-md5"),
-    ] {
-        h.remove(name);
-    }
+    headers::remove_each(h, &UNMASKED_REPRESENTATION);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
     let status = parts.status;
     let bodyless = head
@@ -588,10 +595,13 @@ async fn mask_response(
             ct.unwrap_or("(none)")
         ))
     })?;
-    let ce = h
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
+    let ce = match h.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return Err(unmaskable("unreadable content-encoding".into())),
+    };
     let encoding = mask::encoding(ce).map_err(|e| unmaskable(e.code().to_string()))?;
+    let encoded = ce.is_some();
     let declared = h
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -599,8 +609,10 @@ async fn mask_response(
     if declared.is_some_and(|l| l > rt.masking.max_body_bytes) {
         return Err(unmaskable("body exceeds masking.max_body_bytes".into()));
     }
-    h.remove(header::CONTENT_LENGTH);
-    h.remove(header::CONTENT_ENCODING);
+    if encoded {
+        // Sent decoded (identity).
+        h.remove(header::CONTENT_ENCODING);
+    }
     let mut masker =
         mask::BodyMasker::new(mk.policy.clone(), kind, encoding, rt.masking.max_body_bytes);
 
@@ -630,6 +642,7 @@ async fn mask_response(
             Full::new(Bytes::from(out)).map_err(|e| match e {}).boxed(),
         ));
     }
+    parts.headers.remove(header::CONTENT_LENGTH);
     let (rid, route) = (
         ctx.request_id.clone(),
         ctx.route.clone().unwrap_or_default(),
