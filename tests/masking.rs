@@ -200,6 +200,12 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                 r.headers_mut().append("content-encoding", "gzip".parse().unwrap());
                                 r
                             }
+                            "/shape/two-types" => {
+                                // Valid JSON, but which of the two types is it?
+                                let mut r = full("application/json", None, doc.clone());
+                                r.headers_mut().append("content-type", "text/plain".parse().unwrap());
+                                r
+                            }
                             "/shape/lying" => full("application/json", None, b"<html><body>Asha Rao 98200 11223</body></html>".to_vec()),
                             "/shape/invalid" => full("application/json", None, doc[..doc.len() - 5].to_vec()),
                             "/shape/html" => full("text/html", None, format!("<p>{NAME}</p>").into_bytes()),
@@ -409,6 +415,7 @@ async fn unmaskable_answers_are_refused_never_passed_through() {
         "json-as-csv",
         "semicolon-csv",
         "two-encodings",
+        "two-types",
     ] {
         let r = req(gw.addr, "GET", &format!("/shape/{shape}"), Some(&a), &[]).await;
         assert_eq!(

@@ -588,18 +588,23 @@ async fn mask_response(
         ));
     }
     let unmaskable = |why: String| Refusal::from(Fault::Unmaskable(why));
-    let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    // One readable value each, or the body's format is not known for sure.
+    let single = |name: header::HeaderName| {
+        let mut values = h.get_all(&name).iter();
+        match (values.next().map(|v| v.to_str()), values.next()) {
+            (None, _) => Ok(None),
+            (Some(Ok(v)), None) => Ok(Some(v)),
+            _ => Err(unmaskable(format!("several or unreadable {name} headers"))),
+        }
+    };
+    let ct = single(header::CONTENT_TYPE)?;
     let kind = mask::body_kind(ct).ok_or_else(|| {
         unmaskable(format!(
             "content type {:?} cannot be masked",
             ct.unwrap_or("(none)")
         ))
     })?;
-    let ce = match h.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(_)) => return Err(unmaskable("unreadable content-encoding".into())),
-    };
+    let ce = single(header::CONTENT_ENCODING)?;
     let encoding = mask::encoding(ce).map_err(|e| unmaskable(e.code().to_string()))?;
     let encoded = ce.is_some();
     let declared = h
