@@ -73,9 +73,21 @@
 //! (≤ `max_string_bytes`). A number is only known complete at the next delimiter, so a
 //! top-level number completes in [`JsonMasker::finish`].
 //!
+//! Speed (the gateway masks small answers on every request): the selector tables are built
+//! once per policy ([`Compiled`]); a container whose states are all `..key` steps hands the
+//! same state range to children that no selector names instead of copying it
+//! (`Frame::descend_only`, `Frame::base`); and a fast lane (`JsonMasker::fast_members`) takes
+//! runs of plain members (ASCII keys without escapes; plain strings, numbers, literals, objects,
+//! arrays of objects; all within the chunk) through the same helpers without the per-token
+//! dispatch. Pushing a document whole uses the fast lane, pushing it byte by byte never does:
+//! the chunking-invariance properties compare the two.
+//!
 //! Failure modes: `Syntax { offset }` (absolute byte offset of the first bad byte), `TooDeep`,
 //! `StringTooLong`, `Truncated` (`finish` before the value ended, including an empty body) and
-//! `TrailingData` (non-whitespace after the value). After an error every later `push`/`finish`
+//! `TrailingData` (non-whitespace after the value). Output is chunking-invariant; which error a
+//! broken document gets can depend on the chunking when it breaks two rules at once (a string
+//! over the limit that also holds invalid UTF-8: the limit is checked at chunk and quote
+//! boundaries), always an error either way. After an error every later `push`/`finish`
 //! returns the same error; output written so far must be discarded or the stream aborted (it
 //! never contains an unmasked value that should have been masked, but it is not valid JSON).
 //! `finish` after success is idempotent.
