@@ -428,18 +428,9 @@ fn run<T: Tracer>(
         t.line(|| "public route: allowed without looking at the principal".to_string());
         return Decision::Allow;
     }
-    let scope = match &route.scope {
-        None => None,
-        Some((kind, name)) => match param(params, name) {
-            Some(v) => Some((kind.as_str(), v)),
-            None => {
-                t.scope(|| format!("{kind}:? (parameter {{{name}}} missing or ambiguous)"));
-                return deny(
-                    Denial::CONDITION_FAILED,
-                    format!("scope parameter {{{name}}} is missing or ambiguous"),
-                );
-            }
-        },
+    let scope = match resource(route, params, t) {
+        Ok(scope) => scope,
+        Err(d) => return d,
     };
     let req = Request::new(policy, p, scope, params, rel, t);
     let d = req.decide(route, t);
@@ -447,6 +438,57 @@ fn run<T: Tracer>(
         t.finish(&req);
     }
     d
+}
+
+/// The `(kind, value)` of the route's resource, or the denial when its
+/// parameter is missing or ambiguous.
+fn resource<'a, T: Tracer>(
+    route: &'a RoutePolicy,
+    params: &'a [(String, String)],
+    t: &mut T,
+) -> Result<Option<(&'a str, &'a str)>, Decision> {
+    match &route.scope {
+        None => Ok(None),
+        Some((kind, name)) => match param(params, name) {
+            Some(v) => Ok(Some((kind.as_str(), v))),
+            None => {
+                t.scope(|| format!("{kind}:? (parameter {{{name}}} missing or ambiguous)"));
+                Err(deny(
+                    Denial::CONDITION_FAILED,
+                    format!("scope parameter {{{name}}} is missing or ambiguous"),
+                ))
+            }
+        },
+    }
+}
+
+/// [`decide`] for two route policies of one request — a route's own and its
+/// mask's `unmask_with` — resolving the principal's roles, profiles and
+/// grants once when both act on the same resource. The same answers as two
+/// [`decide`] calls.
+pub fn decide_pair(
+    policy: &Policy,
+    p: &Principal,
+    first: &RoutePolicy,
+    second: &RoutePolicy,
+    params: &[(String, String)],
+    rel: &dyn Relations,
+) -> (Decision, Decision) {
+    if first.public || second.public || first.scope != second.scope {
+        return (
+            decide(policy, p, first, params, rel),
+            decide(policy, p, second, params, rel),
+        );
+    }
+    let scope = match resource(first, params, &mut NoTrace) {
+        Ok(scope) => scope,
+        Err(d) => return (d.clone(), d),
+    };
+    let req = Request::new(policy, p, scope, params, rel, &mut NoTrace);
+    (
+        req.decide(first, &mut NoTrace),
+        req.decide(second, &mut NoTrace),
+    )
 }
 
 impl<'a> Request<'a> {
@@ -1622,6 +1664,25 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// One resolution of the principal for two route policies answers
+        /// as two separate decisions (same or different resources).
+        #[test]
+        fn decide_pair_equals_two_decisions(
+            p in arb_principal(),
+            r1 in arb_route(),
+            r2 in arb_route(),
+            same_scope in any::<bool>(),
+            ps in arb_params(),
+            seed in any::<u64>(),
+        ) {
+            let policy = policy();
+            let rel = Hashed(seed);
+            let r2 = if same_scope { RoutePolicy { scope: r1.scope.clone(), ..r2 } } else { r2 };
+            let pair = decide_pair(&policy, &p, &r1, &r2, &ps, &rel);
+            prop_assert_eq!(pair.0, decide(&policy, &p, &r1, &ps, &rel));
+            prop_assert_eq!(pair.1, decide(&policy, &p, &r2, &ps, &rel));
+        }
 
         #[test]
         fn decide_equals_explain(p in arb_principal(), r in arb_route(), ps in arb_params(), seed in any::<u64>()) {

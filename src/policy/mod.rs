@@ -116,7 +116,8 @@ mod fixtures;
 
 pub use compile::{IssueSubject, Policy, PolicyIssue, Severity};
 pub use decide::{
-    BindingKind, BindingTrace, Decision, Denial, NoRelations, Relations, Trace, decide, explain,
+    BindingKind, BindingTrace, Decision, Denial, NoRelations, Relations, Trace, decide,
+    decide_pair, explain,
 };
 pub use model::{
     Binding, PolicySpec, Principal, ProfileDef, RoleDef, grant_covers, is_valid_capability,

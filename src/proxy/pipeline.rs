@@ -157,16 +157,29 @@ impl Gateway {
         // 3 authenticate (public routes skip it, and the session stage, and
         //   get no identity).
         let verified = authenticate(rt, ctx, route, &req)?;
+        // Whether the principal holds the mask's `unmask_with` (no principal:
+        // it does not).
+        let mut unmask = false;
         if let Some(v) = &verified {
             // 5a decide first (pure), so that 4 knows whether to touch:
             //    only allowed, non-passive requests keep a session alive.
-            let decision = policy::decide(
-                &rt.policy,
-                &v.principal,
-                &route.policy,
-                &m.params,
-                &NoRelations,
-            );
+            //    A masked route's `unmask_with` is decided in the same pass.
+            let (pr, rp) = (&*v.principal, &route.policy);
+            let decision = match &route.mask {
+                Some(mk) => {
+                    let (d, u) = policy::decide_pair(
+                        &rt.policy,
+                        pr,
+                        rp,
+                        &mk.unmask,
+                        &m.params,
+                        &NoRelations,
+                    );
+                    unmask = u.is_allow();
+                    d
+                }
+                None => policy::decide(&rt.policy, pr, rp, &m.params, &NoRelations),
+            };
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
             self.session(rt, v, decision.is_allow() && !route.passive)
                 .await?;
@@ -178,12 +191,7 @@ impl Gateway {
         let principal = verified.as_ref().map(|v| &*v.principal);
         // 7a mask plan, decided before forwarding (a masked answer is fetched
         //    whole: no Range, identity encoding preferred).
-        let mask = route.mask.as_ref().map(|mk| {
-            let unmasked = principal.is_some_and(|p| {
-                policy::decide(&rt.policy, p, &mk.unmask, &m.params, &NoRelations).is_allow()
-            });
-            (mk, unmasked)
-        });
+        let mask = route.mask.as_ref().map(|mk| (mk, unmask));
         let masking = mask.is_some_and(|(_, unmasked)| !unmasked);
         let head = req.method() == Method::HEAD;
         // 6 forward.
