@@ -18,19 +18,17 @@
 //! one scenario, e.g. to profile the gateway). Needs `wrk` and
 //! `taskset` on PATH. Run: `cargo bench --bench load_mask`.
 
-use std::convert::Infallible;
+#[path = "common/upstream.rs"]
+mod upstream;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
+use upstream::json_upstream;
 
 /// A 1 KB customer profile with the usual PII fields.
 const PROFILE: &str = r#"{"customer":{"id":"c-1001","name":"Asha Rao","email":"asha.rao@example.com","phone":"+91 98200 11223","tier":"gold","address":{"street":"12 Marine Drive","city":"Mumbai","zip":"400002","country":"IN"},"date_of_birth":"1988-04-12","preferences":{"language":"en","channel":"whatsapp","marketing":false,"locale":"en-IN"},"tags":["vip","repeat","priority-support","early-adopter"],"orders":[{"id":"o-1","total":129.5,"currency":"INR","status":"delivered"},{"id":"o-2","total":54.0,"currency":"INR","status":"shipped"},{"id":"o-3","total":12.25,"currency":"INR","status":"pending"}],"notes":"prefers evening calls; asked about the annual plan renewal and a refund for order o-2","created_at":"2024-01-03T10:00:00Z","updated_at":"2026-11-20T08:30:00Z"},"conversations":[{"id":"cv-7","channel":"whatsapp","opened_at":"2026-11-20T08:00:00Z","status":"open"},{"id":"cv-6","channel":"email","opened_at":"2026-11-02T14:12:00Z","status":"closed","rating":5}],"meta":{"source":"crm","version":17,"segment":"retail-west","owner":"team-7"}}"#;
@@ -76,7 +74,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let upstream = rt.block_on(upstream());
+    let upstream = rt.block_on(json_upstream(PROFILE.as_bytes()));
     std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
 
     let dir = std::env::temp_dir().join(format!("rolegate-load-mask-{}", std::process::id()));
@@ -212,31 +210,6 @@ fn wrk(url: &str, token: &str, secs: u64) -> f64 {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"))
-}
-
-async fn upstream() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    let mut r =
-                        hyper::Response::new(Full::new(Bytes::from_static(PROFILE.as_bytes())));
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// user + system CPU ticks of the gateway (fields 14 and 15 of stat).

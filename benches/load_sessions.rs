@@ -11,21 +11,22 @@
 //! "1KB plain", "1KB mask", "1KB unmasked": the masked route read by a
 //! principal holding `unmask_with`, i.e. everything but the masking itself).
 
-use std::convert::Infallible;
+#[path = "common/upstream.rs"]
+mod upstream;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rolegate::config::{RulesSource, load_from_text};
 use rolegate::session::Store;
 use serde_json::json;
 use tokio::net::TcpListener;
+use upstream::json_upstream;
 
 const CLIENTS: usize = 32;
 const DURATION: Duration = Duration::from_secs(5);
@@ -84,34 +85,6 @@ enum Body {
 /// A ~1 KB customer profile with the usual PII fields.
 const PROFILE: &str = r#"{"customer":{"id":"c-1001","name":"Asha Rao","email":"asha.rao@example.com","phone":"+91 98200 11223","tier":"gold","address":{"street":"12 Marine Drive","city":"Mumbai","zip":"400002","country":"IN"},"date_of_birth":"1988-04-12","preferences":{"language":"en","channel":"whatsapp","marketing":false},"tags":["vip","repeat","priority-support"],"orders":[{"id":"o-1","total":129.5,"currency":"INR","status":"delivered"},{"id":"o-2","total":54.0,"currency":"INR","status":"shipped"},{"id":"o-3","total":12.25,"currency":"INR","status":"pending"}],"notes":"prefers evening calls","created_at":"2024-01-03T10:00:00Z","updated_at":"2026-11-20T08:30:00Z"},"conversations":[{"id":"cv-7","channel":"whatsapp","opened_at":"2026-11-20T08:00:00Z","status":"open"}],"meta":{"source":"crm","version":17}}"#;
 
-async fn upstream(body: Body) -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| async move {
-                    let b: &'static [u8] = match body {
-                        Body::Tiny => b"{\"ok\":true}",
-                        Body::Profile => PROFILE.as_bytes(),
-                    };
-                    let mut r = hyper::Response::new(Full::new(Bytes::from_static(b)));
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 async fn run(name: &str, store_yaml: &str, body: Body, masked: bool) {
     // LOAD_ONLY="1KB mask" runs one scenario: scenarios run back to back
     // in one process, and earlier ones leave tasks behind that slow later
@@ -119,7 +92,11 @@ async fn run(name: &str, store_yaml: &str, body: Body, masked: bool) {
     if std::env::var("LOAD_ONLY").is_ok_and(|only| only != name) {
         return;
     }
-    let up = upstream(body).await;
+    let up = json_upstream(match body {
+        Body::Tiny => b"{\"ok\":true}",
+        Body::Profile => PROFILE.as_bytes(),
+    })
+    .await;
     let mask = if masked { ", mask: pii" } else { "" };
     let dir = std::env::temp_dir().join(format!("rolegate-load-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
