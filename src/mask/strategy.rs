@@ -91,7 +91,13 @@ fn keep_last(value: &str, n: usize) -> String {
 fn mask_email(value: &str) -> Option<String> {
     let (local, domain) = value.rsplit_once('@')?;
     let first = local.chars().next()?;
-    if local.chars().any(|c| c.is_whitespace() || c.is_control()) || !is_domain(domain) {
+    // ASCII whitespace and control characters are exactly the bytes up to space, and DEL.
+    let bad_local = if local.is_ascii() {
+        local.bytes().any(|b| b <= b' ' || b == 0x7F)
+    } else {
+        local.chars().any(|c| c.is_whitespace() || c.is_control())
+    };
+    if bad_local || !is_domain(domain) {
         return None;
     }
     let mut s = String::with_capacity(first.len_utf8() + 4 + domain.len());
@@ -102,6 +108,34 @@ fn mask_email(value: &str) -> Option<String> {
 }
 
 fn is_domain(d: &str) -> bool {
+    if d.is_ascii() {
+        is_ascii_domain(d.as_bytes())
+    } else {
+        is_domain_chars(d)
+    }
+}
+
+/// [`is_domain`] byte by byte, for ASCII (whose alphanumeric chars are the ASCII ones): the
+/// common case, without the char walk and the split.
+fn is_ascii_domain(d: &[u8]) -> bool {
+    let (mut labels, mut len) = (1, 0);
+    for &b in d {
+        if b == b'.' {
+            if len == 0 {
+                return false;
+            }
+            labels += 1;
+            len = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' {
+            len += 1;
+        } else {
+            return false;
+        }
+    }
+    len > 0 && labels >= 2 && d.len() <= 253
+}
+
+fn is_domain_chars(d: &str) -> bool {
     let mut labels = 0;
     for label in d.split('.') {
         if label.is_empty() || !label.chars().all(|c| c.is_alphanumeric() || c == '-') {
@@ -447,5 +481,19 @@ mod tests {
             assert_eq!(scrub(d, input), want, "{d:?} {input:?}");
         }
         assert!(matches!(scrub(&all, "plain text 12"), Cow::Borrowed(_)));
+    }
+
+    proptest::proptest! {
+        /// The ASCII fast paths of `email` agree with the char walk they stand for.
+        #[test]
+        fn ascii_email_paths_agree(local in "[ -~\\x00-\\x1f\\x7f]{0,8}", domain in "[a-z0-9.\\- _@é]{0,12}") {
+            proptest::prop_assert_eq!(is_domain(&domain), is_domain_chars(&domain));
+            let value = format!("{local}@{domain}");
+            let (l, d) = value.rsplit_once('@').unwrap_or_default();
+            let slow = l.chars().next().is_some()
+                && !l.chars().any(|c| c.is_whitespace() || c.is_control())
+                && is_domain_chars(d);
+            proptest::prop_assert_eq!(mask_email(&value).is_some(), slow, "{:?}", value);
+        }
     }
 }

@@ -465,7 +465,8 @@ fn resource<'a, T: Tracer>(
 /// [`decide`] for two route policies of one request — a route's own and its
 /// mask's `unmask_with` — resolving the principal's roles, profiles and
 /// grants once when both act on the same resource. The same answers as two
-/// [`decide`] calls.
+/// [`decide`] calls, the second as "allowed?" only (no denial reason is
+/// built: it is asked on every masked answer and only steers masking).
 pub fn decide_pair(
     policy: &Policy,
     p: &Principal,
@@ -473,22 +474,19 @@ pub fn decide_pair(
     second: &RoutePolicy,
     params: &[(String, String)],
     rel: &dyn Relations,
-) -> (Decision, Decision) {
+) -> (Decision, bool) {
     if first.public || second.public || first.scope != second.scope {
         return (
             decide(policy, p, first, params, rel),
-            decide(policy, p, second, params, rel),
+            decide(policy, p, second, params, rel).is_allow(),
         );
     }
     let scope = match resource(first, params, &mut NoTrace) {
         Ok(scope) => scope,
-        Err(d) => return (d.clone(), d),
+        Err(d) => return (d, false),
     };
     let req = Request::new(policy, p, scope, params, rel, &mut NoTrace);
-    (
-        req.decide(first, &mut NoTrace),
-        req.decide(second, &mut NoTrace),
-    )
+    (req.decide(first, &mut NoTrace), req.allows(second))
 }
 
 impl<'a> Request<'a> {
@@ -583,16 +581,37 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The tenant list a scope kind is checked against (`None`: a kind
+    /// without membership, such as a bot).
+    fn members(&self, kind: &str) -> Option<&'a [String]> {
+        match kind {
+            "partner" => Some(&self.p.partners),
+            "team" => Some(&self.p.teams),
+            _ => None,
+        }
+    }
+
+    /// [`Request::decide`]'s answer as a bool, without a trace or a denial
+    /// reason.
+    fn allows(&self, route: &RoutePolicy) -> bool {
+        if let Some((kind, v)) = self.scope
+            && self
+                .members(kind)
+                .is_some_and(|list| !list.iter().any(|m| m == v))
+        {
+            return false;
+        }
+        route
+            .require
+            .as_ref()
+            .is_some_and(|root| self.eval(root, 0, &mut NoTrace).tri == Tri::True)
+    }
+
     fn decide<T: Tracer>(&self, route: &RoutePolicy, t: &mut T) -> Decision {
         // Tenant isolation comes before any capability: a partner admin of
         // acme must not reach globex's routes whatever else it holds.
         if let Some((kind, v)) = self.scope {
-            let members = match kind {
-                "partner" => Some(&self.p.partners),
-                "team" => Some(&self.p.teams),
-                _ => None,
-            };
-            match members {
+            match self.members(kind) {
                 Some(list) => {
                     let member = list.iter().any(|m| m == v);
                     t.scope(|| {
@@ -1681,7 +1700,7 @@ mod tests {
             let r2 = if same_scope { RoutePolicy { scope: r1.scope.clone(), ..r2 } } else { r2 };
             let pair = decide_pair(&policy, &p, &r1, &r2, &ps, &rel);
             prop_assert_eq!(pair.0, decide(&policy, &p, &r1, &ps, &rel));
-            prop_assert_eq!(pair.1, decide(&policy, &p, &r2, &ps, &rel));
+            prop_assert_eq!(pair.1, decide(&policy, &p, &r2, &ps, &rel).is_allow());
         }
 
         #[test]

@@ -175,7 +175,7 @@ impl Gateway {
                         &m.params,
                         &NoRelations,
                     );
-                    unmask = u.is_allow();
+                    unmask = u;
                     d
                 }
                 None => policy::decide(&rt.policy, pr, rp, &m.params, &NoRelations),
