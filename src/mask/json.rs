@@ -76,11 +76,15 @@
 //! Speed (the gateway masks small answers on every request): the selector tables are built
 //! once per policy ([`Compiled`]); a container whose states are all `..key` steps hands the
 //! same state range to children that no selector names instead of copying it
-//! (`Frame::descend_only`, `Frame::base`); and a fast lane (`JsonMasker::fast_members`) takes
-//! runs of plain members (ASCII keys without escapes; plain strings, numbers, literals, objects,
-//! arrays of objects; all within the chunk) through the same helpers without the per-token
-//! dispatch. Pushing a document whole uses the fast lane, pushing it byte by byte never does:
-//! the chunking-invariance properties compare the two.
+//! (`Frame::descend_only`, `Frame::base`), also when a key completes `..key` selectors
+//! without starting new ones; a document that arrives complete in the first push (a buffered
+//! answer, one NDJSON line or SSE event) goes through the whole-document lane (`whole`), one
+//! pass that copies unchanged runs of the input verbatim and declines (state untouched) to
+//! the general path on anything unusual; and in the general path a fast lane
+//! (`JsonMasker::fast_members`) takes runs of plain members (ASCII keys without escapes; plain
+//! strings, numbers, literals, objects, arrays of objects; all within the chunk) through the
+//! same helpers without the per-token dispatch. Pushing a document whole uses the lanes,
+//! pushing it byte by byte never does: the chunking-invariance properties compare the two.
 //!
 //! Failure modes: `Syntax { offset }` (absolute byte offset of the first bad byte), `TooDeep`,
 //! `StringTooLong`, `Truncated` (`finish` before the value ended, including an empty body) and
@@ -1642,6 +1646,10 @@ mod tests {
             r#"{"x":1,"x":2}"#,
             "[]",
             "[\"\u{80}\u{10FFFF}\"]",
+            // Runs of plain members around a removed one, a masked one and whitespace.
+            r#"{"x":1,"a":2,"b":"s","c":true}"#,
+            r#"{"a":"x","phone":"5551234567","b":1,"x":null,"c":[1,2, 3,"a",null,{"phone":"123456"}]}"#,
+            r#"[1,{"x":[]},2,{"a":0}]"#,
         ];
         for doc in taken {
             let mut m = JsonMasker::new(Arc::clone(&p));

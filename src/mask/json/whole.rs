@@ -156,6 +156,13 @@ impl JsonMasker {
             first = false;
             // The member or element starts at `q`; decide its slot.
             let q = if comma { skip_ws(input, sep + 1) } else { j };
+            if !matches!(top.quick, Quick::General) {
+                let plain = !(scrub_all || (scrub_sel && top.detect));
+                if let Some(end) = plain_run(w, &mut top, (sep, comma, q), bloom, max, plain) {
+                    i = end;
+                    continue;
+                }
+            }
             let (v, colon_ws) = if top.obj {
                 if input.get(q) != Some(&b'"') {
                     return None;
@@ -485,4 +492,91 @@ fn utf8_char(s: &[u8]) -> Option<usize> {
         Err(e) => std::str::from_utf8(head.get(..e.valid_up_to())?).ok()?,
     };
     valid.chars().next().map(char::len_utf8)
+}
+
+/// The members (or elements) from `q` on that need neither an edit nor a decision beyond the
+/// bloom filter, taken without touching the masker's state: minified, printable-ASCII keys
+/// that no selector can name (any key under no selector states), and plain ASCII strings
+/// (`plain`: no detector runs on them), numbers and literals as values. The general member
+/// step would pass each of them as is; the selector states it would set are dropped by the
+/// next decision anyway (every one cuts the nfa back to its frame first). Returns the end of
+/// the last one taken, `None` (nothing consumed) when the first does not qualify. `at` is the
+/// first one's separator start, whether that is a comma, and where the member starts.
+fn plain_run(
+    w: &mut Copy<'_>,
+    top: &mut Top,
+    at: (usize, bool, usize),
+    bloom: u64,
+    max: usize,
+    plain: bool,
+) -> Option<usize> {
+    let input = w.input;
+    let (sep, mut comma, mut q) = at;
+    let mut done = None;
+    loop {
+        let v = if top.obj {
+            if input.get(q) != Some(&b'"') {
+                return done;
+            }
+            let Some(key) = input.get(q + 1..) else {
+                return done;
+            };
+            let k1 = q + 1 + plain_prefix(key);
+            if input.get(k1) != Some(&b'"') || k1 - q - 1 > max || input.get(k1 + 1) != Some(&b':')
+            {
+                return done;
+            }
+            if matches!(top.quick, Quick::Descend) && bloom & key_bit(&input[q + 1..k1]) != 0 {
+                return done;
+            }
+            k1 + 2
+        } else {
+            q
+        };
+        let Some(&b) = input.get(v) else {
+            return done;
+        };
+        let end = match b {
+            b'"' if plain => {
+                let e = v + 1 + plain_prefix(input.get(v + 1..).unwrap_or_default());
+                if input.get(e) != Some(&b'"') || e - v - 1 > max {
+                    return done;
+                }
+                e + 1
+            }
+            b'-' | b'0'..=b'9' => match scan_number(input, v) {
+                Some(e) if e - v <= max => e,
+                _ => return done,
+            },
+            b @ (b't' | b'f' | b'n') => {
+                let text = LITERALS[match b {
+                    b't' => 0,
+                    b'f' => 1,
+                    _ => usize::from(LIT_NULL),
+                }];
+                if input.get(v..v + text.len()) != Some(text) {
+                    return done;
+                }
+                v + text.len()
+            }
+            _ => return done,
+        };
+        // Taken: emitted as is, with the comma before it only after an emitted one.
+        if done.is_none() {
+            w.cut(if top.has_out { sep + 1 } else { sep }, q);
+        }
+        if comma && !top.obj {
+            top.index += 1;
+        }
+        top.has_out = true;
+        done = Some(end);
+        // The next one, when it follows at once (minified).
+        match (input.get(end), input.get(end + 1)) {
+            (Some(b','), Some(&c)) if c == b'"' || !top.obj => {
+                q = end + 1;
+                comma = true;
+            }
+            _ => return done,
+        }
+    }
 }
