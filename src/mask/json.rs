@@ -99,6 +99,8 @@
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
+use smallvec::SmallVec;
+
 use super::policy::{DetectScope, Policy, Step, Strategy};
 use super::strategy::{self, REDACTED};
 
@@ -359,10 +361,11 @@ pub struct JsonMasker {
     tables: Arc<Tables>,
     mode: Mode,
     error: Option<MaskError>,
-    frames: Vec<Frame>,
+    /// Inline up to 8 levels: no allocation for the common document.
+    frames: SmallVec<[Frame; 8]>,
     /// Selector automaton states (indexes into `flat`). A stack: each frame owns a range,
     /// the slot being decided owns the tail; each frame holds at most one entry per step.
-    nfa: Vec<u32>,
+    nfa: SmallVec<[u32; 16]>,
     /// Slot of the value about to start / in progress.
     act: Act,
     /// The slot's states are its parent's (see [`Frame::descend_only`]), not the nfa tail.
@@ -404,14 +407,13 @@ impl JsonMasker {
                 .0
                 .get_or_init(|| Arc::new(Tables::build(&policy))),
         );
-        let mut nfa = Vec::with_capacity(tables.start.len().max(1) * 4);
-        nfa.extend_from_slice(&tables.start);
+        let nfa = SmallVec::from_slice(&tables.start);
         JsonMasker {
             policy,
             tables,
             mode: Mode::Value,
             error: None,
-            frames: Vec::with_capacity(8),
+            frames: SmallVec::new(),
             nfa,
             act: Act::Pass,
             inherit: false,
@@ -1359,9 +1361,9 @@ impl JsonMasker {
 
     /// A scalar matched by field rule `rule` (its decoded text: a string's content, a
     /// number's literal, `true`/`false`): counted, and written masked as a JSON value.
-    /// The output is [`strategy::mask_text`]'s, as a JSON string (`None` → `null`); `redact`
-    /// and `keepN` of ASCII text are written in place, and `hash` uses the masker's HMAC key
-    /// (set up on first use).
+    /// The output is [`strategy::mask_text`]'s, as a JSON string (`None` → `null`); `redact`,
+    /// `email` and `keepN` of ASCII text are written in place, and `hash` uses the masker's
+    /// HMAC key (set up on first use).
     fn mask_scalar(&mut self, rule: usize, text: &str, out: &mut Vec<u8>) {
         self.masked += 1;
         let pol = &*self.policy;
@@ -1378,6 +1380,18 @@ impl JsonMasker {
                 out.push(b'"');
                 out.resize(out.len() + hidden, b'*');
                 write_json_content(out, text.get(hidden..).unwrap_or(""));
+                out.push(b'"');
+                return;
+            }
+            Some(Strategy::Email) => {
+                // As `mask_text`, without the intermediate string.
+                let Some((first, domain)) = strategy::email_parts(text) else {
+                    return write_json_str(out, REDACTED);
+                };
+                out.push(b'"');
+                write_json_content(out, first);
+                out.extend_from_slice(b"***@");
+                write_json_content(out, domain);
                 out.push(b'"');
                 return;
             }
@@ -1558,8 +1572,9 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 fn write_json_content(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
-    if !b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\') {
-        // Nothing to escape (masked values usually are plain).
+    // Nothing to escape (masked values usually are plain): printable ASCII, or else no
+    // byte that needs it.
+    if plain_prefix(b) == b.len() || !b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\') {
         out.extend_from_slice(b);
         return;
     }
@@ -1672,7 +1687,7 @@ mod tests {
             assert!(!m.whole(doc.as_bytes(), &mut out), "{doc}");
             assert_eq!(out, b"kept", "{doc}");
             assert_eq!((m.frames.len(), m.masked, m.mode), (0, 0, Mode::Value));
-            assert_eq!(m.nfa, m.tables.start);
+            assert_eq!(m.nfa.as_slice(), m.tables.start.as_slice());
         }
         let mut m = JsonMasker::new(Arc::clone(&p));
         assert!(
@@ -2550,6 +2565,25 @@ mod tests {
             let whole = mask_document(&p, &doc);
             proptest::prop_assert_eq!(mask_chunked(&p, &doc, &sizes), whole.clone());
             proptest::prop_assert_eq!(mask_chunked(&p, &doc, &[1]), whole);
+        }
+
+        /// Strategies written in place give `mask_text`'s output, JSON-encoded.
+        #[test]
+        fn prop_mask_scalar_is_mask_text(
+            text in prop_oneof!["\\PC{0,12}", "[a-z.\\-]{0,6}@[a-z0-9.\\-]{0,8}", "[ -~]{0,10}"],
+            which in 0usize..5,
+        ) {
+            let strat = ["redact", "email", "last4", "keep2", "hash"][which];
+            let p = pol(&[("$..x", strat)]);
+            let mut m = JsonMasker::new(Arc::clone(&p));
+            let mut ours = Vec::new();
+            m.mask_scalar(0, &text, &mut ours);
+            let mut want = Vec::new();
+            match strategy::mask_text(&p.fields[0].1, &text, &p.hash_key) {
+                Some(s) => write_json_str(&mut want, &s),
+                None => want.extend_from_slice(b"null"),
+            }
+            proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), String::from_utf8(want).unwrap());
         }
 
         /// (2) Oracle: no planted value survives; output parses and equals the Value oracle.

@@ -89,6 +89,18 @@ fn keep_last(value: &str, n: usize) -> String {
 
 /// `j***@example.com`, or `None` when `value` is not shaped like an address.
 fn mask_email(value: &str) -> Option<String> {
+    let (first, domain) = email_parts(value)?;
+    let mut s = String::with_capacity(first.len() + 4 + domain.len());
+    s.push_str(first);
+    s.push_str("***@");
+    s.push_str(domain);
+    Some(s)
+}
+
+/// What [`Strategy::Email`] keeps of an address: its first character and its domain
+/// (`j***@example.com` is `("j", "example.com")`), `None` when `value` is not shaped like an
+/// address. For writers that build the masked form in place.
+pub(super) fn email_parts(value: &str) -> Option<(&str, &str)> {
     let (local, domain) = value.rsplit_once('@')?;
     let first = local.chars().next()?;
     // ASCII whitespace and control characters are exactly the bytes up to space, and DEL.
@@ -100,11 +112,7 @@ fn mask_email(value: &str) -> Option<String> {
     if bad_local || !is_domain(domain) {
         return None;
     }
-    let mut s = String::with_capacity(first.len_utf8() + 4 + domain.len());
-    s.push(first);
-    s.push_str("***@");
-    s.push_str(domain);
-    Some(s)
+    Some((local.get(..first.len_utf8())?, domain))
 }
 
 fn is_domain(d: &str) -> bool {

@@ -195,13 +195,11 @@ fn encode_list(items: &[String]) -> String {
         .join(",")
 }
 
-/// Removes those of `names` that are present: one pass over the (usually
-/// few) headers instead of a hash lookup per name when none is there.
+/// Removes every one of `names` (a hash lookup each: cheaper than comparing
+/// every present header with every name, as measured under callgrind).
 pub fn remove_each(headers: &mut HeaderMap, names: &[HeaderName]) {
-    if headers.keys().any(|k| names.contains(k)) {
-        for name in names {
-            headers.remove(name);
-        }
+    for name in names {
+        headers.remove(name);
     }
 }
 

@@ -75,7 +75,13 @@ impl JsonMasker {
     /// Masks `input` as one complete document into `out`, if it qualifies (see the module
     /// docs); returns false with the masker and `out` untouched otherwise.
     pub(super) fn whole(&mut self, input: &[u8], out: &mut Vec<u8>) -> bool {
-        if self.consumed != 0 || self.mode != Mode::Value {
+        // A chunk that cannot be a whole object or array (the first chunk of a longer body)
+        // is not scanned twice.
+        let last = input
+            .iter()
+            .rev()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+        if self.consumed != 0 || self.mode != Mode::Value || !matches!(last, Some(b'}' | b']')) {
             return false;
         }
         let mark = out.len();
