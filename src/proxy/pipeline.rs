@@ -26,6 +26,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -634,7 +635,13 @@ async fn mask_response(
         // sent only once the whole body is masked, so a failure is a 502.
         let mut body = Limited::new(body, len);
         let mut out = Vec::with_capacity(len as usize);
-        while let Some(frame) = body.frame().await {
+        // Done once the declared length has arrived (as hyper's server side
+        // decides for a streamed body): asking for a frame after the last one
+        // costs a trip through the reactor per answer.
+        while !body.is_end_stream() {
+            let Some(frame) = body.frame().await else {
+                break;
+            };
             let frame = frame.map_err(|e| {
                 Refusal::from(Fault::UpstreamFailed(upstream.to_string(), e.to_string()))
             })?;
