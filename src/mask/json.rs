@@ -214,6 +214,19 @@ impl Num {
 const LITERALS: [&[u8]; 3] = [b"true", b"false", b"null"];
 const LIT_NULL: u8 = 2;
 
+/// The literal starting at `v` when it is there whole: its index in [`LITERALS`] and the
+/// position after it.
+fn literal_at(input: &[u8], v: usize) -> Option<(u8, usize)> {
+    let lit = match *input.get(v)? {
+        b't' => 0,
+        b'f' => 1,
+        b'n' => LIT_NULL,
+        _ => return None,
+    };
+    let text = LITERALS[usize::from(lit)];
+    (input.get(v..v + text.len()) == Some(text)).then_some((lit, v + text.len()))
+}
+
 /// One open object or array.
 #[derive(Debug, Clone, Copy)]
 struct Frame {
@@ -846,18 +859,12 @@ impl JsonMasker {
                 Ok(Some(next))
             }
             b't' | b'f' | b'n' => {
-                let lit = match b {
-                    b't' => 0,
-                    b'f' => 1,
-                    _ => LIT_NULL,
-                };
-                let text = LITERALS[usize::from(lit)];
-                if input.get(v..v + text.len()) != Some(text) {
+                let Some((lit, end)) = literal_at(input, v) else {
                     return Ok(None);
-                }
+                };
                 self.lit = lit;
                 self.literal_done(out);
-                Ok(Some(v + text.len()))
+                Ok(Some(end))
             }
             b'{' => {
                 self.start_value(b, v, out)?;

@@ -25,7 +25,7 @@
 //! leave the masker other than as a fresh one when it declines (a `hash` rule's HMAC key,
 //! set up on first use, may stay: it is the same key).
 
-use super::{Act, JsonMasker, LIT_NULL, LITERALS, Label, Mode};
+use super::{Act, JsonMasker, LIT_NULL, Label, Mode, literal_at};
 use super::{emit_placeholder, hex, key_bit, plain_prefix, skip_ws};
 
 /// How the top frame decides its children's slots without running the automaton.
@@ -283,16 +283,7 @@ impl JsonMasker {
                     e
                 }
                 b't' | b'f' | b'n' => {
-                    let lit = match b {
-                        b't' => 0,
-                        b'f' => 1,
-                        _ => LIT_NULL,
-                    };
-                    let text = LITERALS[usize::from(lit)];
-                    let e = v + text.len();
-                    if input.get(v..e) != Some(text) {
-                        return None;
-                    }
+                    let (lit, e) = literal_at(input, v)?;
                     // A masked `null` stays `null`: nothing to hide.
                     if let (Act::Mask(rule), false) = (act, lit == LIT_NULL) {
                         w.flush(v);
@@ -385,17 +376,7 @@ impl JsonMasker {
                     }
                     i = e;
                 }
-                c @ (b't' | b'f' | b'n') => {
-                    let text = LITERALS[match c {
-                        b't' => 0,
-                        b'f' => 1,
-                        _ => usize::from(LIT_NULL),
-                    }];
-                    if input.get(i..i + text.len()) != Some(text) {
-                        return None;
-                    }
-                    i += text.len();
-                }
+                b't' | b'f' | b'n' => i = literal_at(input, i)?.1,
                 _ => return None,
             }
             // After a value: commas and closers until the next value or the end.
@@ -563,17 +544,10 @@ fn plain_run(
                 Some(e) if e - v <= max => e,
                 _ => return done,
             },
-            b @ (b't' | b'f' | b'n') => {
-                let text = LITERALS[match b {
-                    b't' => 0,
-                    b'f' => 1,
-                    _ => usize::from(LIT_NULL),
-                }];
-                if input.get(v..v + text.len()) != Some(text) {
-                    return done;
-                }
-                v + text.len()
-            }
+            b't' | b'f' | b'n' => match literal_at(input, v) {
+                Some((_, e)) => e,
+                None => return done,
+            },
             _ => return done,
         };
         // Taken: emitted as is, with the comma before it only after an emitted one.
