@@ -637,7 +637,9 @@ async fn mask_response(
         let mut out = Vec::with_capacity(len as usize);
         // Done once the declared length has arrived (as hyper's server side
         // decides for a streamed body): asking for a frame after the last one
-        // costs a trip through the reactor per answer.
+        // costs a trip through the reactor per answer. With the HTTP/1
+        // upstream client, hyper says so only when every declared byte reached
+        // us (recheck when an HTTP/2 upstream arrives).
         while !body.is_end_stream() {
             let Some(frame) = body.frame().await else {
                 break;
