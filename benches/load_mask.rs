@@ -13,10 +13,15 @@
 //! - `unmasked`: the masked route read by a principal holding
 //!   `unmask_with` (forwarded as is, plus the audit record).
 //!
-//! Scenarios alternate for `LOAD_ROUNDS` rounds (default 5) of `LOAD_SECS`
-//! seconds (default 5) and the medians are printed (`LOAD_ONLY=<name>` runs
-//! one scenario, e.g. to profile the gateway). Needs `wrk` and
-//! `taskset` on PATH. Run: `cargo bench --bench load_mask`.
+//! Scenarios alternate for `LOAD_ROUNDS` rounds (default 20) of `LOAD_SECS`
+//! seconds (default 2) each (`LOAD_ONLY=<name>` runs one scenario, e.g. to
+//! profile the gateway). The host's speed drifts over minutes, so each
+//! scenario's slice is compared with the mean of the two `plain` slices
+//! around it (the one before it in its round and the first of the next
+//! round), which cancels a linear drift; the median of these ratios is
+//! printed with a 95 % confidence interval (distribution-free: order
+//! statistics of the binomial, so no assumption on the noise's shape).
+//! Needs `wrk` and `taskset` on PATH. Run: `cargo bench --bench load_mask`.
 
 #[path = "common/upstream.rs"]
 mod upstream;
@@ -58,10 +63,10 @@ const SCENARIOS: [Scenario; 3] = [
 ];
 
 fn main() {
-    let rounds: usize = env_or("LOAD_ROUNDS", 5);
+    let rounds: usize = env_or("LOAD_ROUNDS", 20).max(2);
     // LOAD_ONLY=masked runs one scenario (e.g. to profile the gateway).
     let only = std::env::var("LOAD_ONLY").ok();
-    let secs: u64 = env_or("LOAD_SECS", 5);
+    let secs: u64 = env_or("LOAD_SECS", 2);
     for tool in ["wrk", "taskset"] {
         if Command::new(tool).arg("--version").output().is_err() {
             println!("load_mask: skipped ({tool} not installed)");
@@ -104,8 +109,10 @@ fn main() {
             let token =
                 jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
             let url = format!("http://127.0.0.1:{port}{}", s.path);
-            // Warm-up: connections, token cache, session.
-            wrk(&url, &token, 1);
+            // Warm-up (first round): token cache, session, allocator.
+            if round == 0 {
+                wrk(&url, &token, 1);
+            }
             let cpu0 = cpu_ticks(&gateway);
             let t0 = Instant::now();
             let rps = wrk(&url, &token, secs);
@@ -126,34 +133,81 @@ fn main() {
     let _ = gateway.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
-    let med = |v: &[(f64, f64)], f: fn(&(f64, f64)) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        x[x.len() / 2]
-    };
     if only.is_some() {
         return;
     }
-    // The host's noise drifts over minutes: each scenario is compared with
-    // the plain run of its own round (seconds apart), and the median of
-    // those paired ratios is reported.
     println!(
-        "\nmedians over {rounds} rounds of {secs} s (change: median of per-round ratios to plain):"
+        "\n{rounds} rounds of {secs} s; change to plain: median of the ratios to the plain slices around each slice, [95 % CI]"
     );
     for (i, s) in SCENARIOS.iter().enumerate() {
-        let (rps, cpu) = (med(&results[i], |r| r.0), med(&results[i], |r| r.1));
-        let paired: Vec<(f64, f64)> = results[i]
-            .iter()
-            .zip(&results[0])
-            .map(|(r, p)| (r.0 / p.0, r.1 / p.1))
-            .collect();
+        let (rps, cpu) = (
+            median(results[i].iter().map(|r| r.0).collect()),
+            median(results[i].iter().map(|r| r.1).collect()),
+        );
+        let ratios = |f: fn(&(f64, f64)) -> f64| -> Vec<f64> {
+            let plain = &results[0];
+            (0..rounds)
+                .map(|r| {
+                    let around = match plain.get(r + 1) {
+                        Some(next) => (f(&plain[r]) + f(next)) / 2.0,
+                        None => f(&plain[r]),
+                    };
+                    f(&results[i][r]) / around
+                })
+                .collect()
+        };
+        let show = |v: Vec<f64>| {
+            let (lo, hi) = median_ci(&v);
+            format!(
+                "{:+5.1} % [{:+5.1}, {:+5.1}]",
+                (median(v) - 1.0) * 100.0,
+                (lo - 1.0) * 100.0,
+                (hi - 1.0) * 100.0
+            )
+        };
         println!(
-            "{:>9}: {rps:>8.0} req/s ({:+5.1} %)  {cpu:>5.1} µs CPU/request ({:+5.1} %)",
+            "{:>9}: {rps:>8.0} req/s {}   {cpu:>5.1} µs CPU/request {}",
             s.name,
-            (med(&paired, |r| r.0) - 1.0) * 100.0,
-            (med(&paired, |r| r.1) - 1.0) * 100.0
+            show(ratios(|r| r.0)),
+            show(ratios(|r| r.1))
         );
     }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A 95 % confidence interval for the median of `v`: `[x(k), x(n-k+1)]`
+/// (1-based order statistics) with the largest `k` for which
+/// `P(Binomial(n, 1/2) < k) <= 2.5 %` (the sign-test interval; the whole
+/// range when `n` is too small for one).
+fn median_ci(v: &[f64]) -> (f64, f64) {
+    let mut x = v.to_vec();
+    x.sort_by(f64::total_cmp);
+    let n = x.len();
+    // P(B = j) for j = 0..n, summed until the tail would pass 2.5 %.
+    let mut pj = 0.5f64.powi(n as i32);
+    let mut tail = 0.0;
+    let mut k = 0;
+    for j in 0..n {
+        if tail + pj > 0.025 {
+            break;
+        }
+        tail += pj;
+        k = j + 1;
+        pj *= (n - j) as f64 / (j + 1) as f64;
+    }
+    if k == 0 {
+        return (x[0], x[n - 1]);
+    }
+    (x[k - 1], x[n - k])
 }
 
 fn config_text(secret: &Path, dir: &Path, port: u16, up: std::net::SocketAddr) -> String {
