@@ -109,10 +109,24 @@ fn is_segment_byte(b: u8) -> bool {
     matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-')
 }
 
+/// `[a-z0-9_-]+(\.[a-z0-9_-]+)*`. A byte walk rather than `split('.')`: it runs on every
+/// request (capability checks), and the splitter's searcher cost more than the check.
 fn is_dotted(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.')
-            .all(|seg| !seg.is_empty() && seg.bytes().all(is_segment_byte))
+    // Whether the previous byte was a dot (true at the start: no leading dot).
+    let mut after_dot = true;
+    for b in s.bytes() {
+        if b == b'.' {
+            if after_dot {
+                return false;
+            }
+            after_dot = true;
+        } else if is_segment_byte(b) {
+            after_dot = false;
+        } else {
+            return false;
+        }
+    }
+    !after_dot
 }
 
 /// A concrete capability name: `[a-z0-9_-]+(\.[a-z0-9_-]+)*` (no wildcard).
@@ -224,6 +238,16 @@ mod tests {
         for (s, cap, grant) in cases {
             assert_eq!(is_valid_capability(s), *cap, "capability {s:?}");
             assert_eq!(is_valid_grant(s), *grant, "grant {s:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The byte walk accepts exactly the dotted names of its grammar.
+        #[test]
+        fn is_dotted_is_the_grammar(s in "[a.z_9*A -]{0,8}") {
+            let want = !s.is_empty()
+                && s.split('.').all(|seg| !seg.is_empty() && seg.bytes().all(is_segment_byte));
+            proptest::prop_assert_eq!(is_dotted(&s), want);
         }
     }
 
