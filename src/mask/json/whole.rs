@@ -18,8 +18,10 @@
 //! member was emitted before it in its container and the member after it is emitted too.
 //!
 //! Speed: runs of plain members (keys no selector can name, plain scalar values) are taken
-//! without touching the masker's state (`plain_run`), and strings are scanned sixteen bytes
-//! at a time with SSE2 on x86-64 (`plain_len`).
+//! without touching the masker's state (`plain_run`); a container that shares its parent's
+//! selector states (under `$..key` policies, nearly all) gets no frame, only a place on the
+//! lane's own stack of open containers; and strings are scanned sixteen bytes at a time with
+//! SSE2 on x86-64 (`plain_len`).
 //!
 //! Must not: write anything it may have to take back except into `out` past its mark, or
 //! leave the masker other than as a fresh one when it declines (a `hash` rule's HMAC key,
@@ -27,6 +29,7 @@
 
 use super::{Act, JsonMasker, LIT_NULL, Label, Mode, literal_at};
 use super::{emit_placeholder, hex, key_bit, plain_prefix, skip_ws};
+use smallvec::SmallVec;
 
 /// How the top frame decides its children's slots without running the automaton.
 #[derive(Clone, Copy)]
@@ -140,6 +143,10 @@ impl JsonMasker {
         }
         self.open_container(b == b'{').ok()?;
         let mut top = self.top()?;
+        // The containers open below the root, innermost last: the parent's facts to go back
+        // to, and whether the container has a frame of its own (see `Pass` below).
+        let mut open: SmallVec<[(Top, bool); 16]> = SmallVec::new();
+        let max_depth = self.policy.limits.max_depth;
         i += 1;
         // `i` is right after an opening bracket (`first`) or after a value.
         let mut first = true;
@@ -151,18 +158,20 @@ impl JsonMasker {
                 j
             } else if c == if top.obj { b'}' } else { b']' } {
                 w.cut(i, j);
-                let f = self.frames.pop()?;
-                self.nfa.truncate(f.base);
                 i = j + 1;
                 first = false;
-                match self.top() {
-                    Some(t) => top = t,
-                    None => {
-                        let end = skip_ws(input, i);
-                        w.cut(i, end);
-                        return (end == input.len()).then_some(());
-                    }
+                let Some((parent, framed)) = open.pop() else {
+                    // The root.
+                    self.frames.pop()?;
+                    let end = skip_ws(input, i);
+                    w.cut(i, end);
+                    return (end == input.len()).then_some(());
+                };
+                if framed {
+                    let f = self.frames.pop()?;
+                    self.nfa.truncate(f.base);
                 }
+                top = parent;
                 continue;
             } else if first {
                 i
@@ -221,7 +230,7 @@ impl JsonMasker {
             if matches!(act, Act::Skip) {
                 // Removed, with the separator before it (or, for the first one emitted, the
                 // whitespace before it; the comma after it then goes by the rule).
-                let end = self.skip_value(input, v)?;
+                let end = self.skip_value(input, v, 1 + open.len())?;
                 w.cut(sep, end);
                 i = end;
                 continue;
@@ -250,15 +259,28 @@ impl JsonMasker {
                 }
                 b'{' | b'[' => match act {
                     Act::Pass => {
-                        let f = self.frames.last_mut()?;
-                        (f.has_out, f.index) = (true, top.index);
-                        self.open_container(b == b'{').ok()?;
-                        top = self.top()?;
+                        // The general path's frame limit (it gives the error).
+                        if 1 + open.len() >= max_depth {
+                            return None;
+                        }
+                        open.push((top, true));
+                        if self.inherit && self.detect == top.detect {
+                            // It shares the top frame's selector states and detector flag, so
+                            // every decision below is the top frame's: no frame of its own,
+                            // only its own shape and progress.
+                            open.last_mut()?.1 = false;
+                            top.obj = b == b'{';
+                            top.has_out = false;
+                            top.index = 0;
+                        } else {
+                            self.open_container(b == b'{').ok()?;
+                            top = self.top()?;
+                        }
                         first = true;
                         v + 1
                     }
                     _ => {
-                        let end = self.skip_value(input, v)?;
+                        let end = self.skip_value(input, v, 1 + open.len())?;
                         if let Act::Mask(rule) = act {
                             self.masked += 1;
                             w.flush(v);
@@ -330,15 +352,12 @@ impl JsonMasker {
     }
 
     /// Validates the value at `v` without looking inside for selectors (a removed or masked
-    /// value); returns the position after it. Nested containers count towards the depth
-    /// limit as on the general path (its frames for such a subtree).
-    fn skip_value(&mut self, input: &[u8], v: usize) -> Option<usize> {
+    /// value), with `depth` containers open around it; returns the position after it. Nested
+    /// containers count towards the depth limit as on the general path (its frames for such
+    /// a subtree).
+    fn skip_value(&mut self, input: &[u8], v: usize, depth: usize) -> Option<usize> {
         let max = self.policy.limits.max_string_bytes;
-        let room = self
-            .policy
-            .limits
-            .max_depth
-            .saturating_sub(self.frames.len());
+        let room = self.policy.limits.max_depth.saturating_sub(depth);
         // Closers expected, innermost last (the string buffer is free during this lane).
         let stack = &mut self.buf;
         stack.clear();
