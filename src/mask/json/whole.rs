@@ -219,10 +219,7 @@ impl JsonMasker {
                     // `decide` for an index under `..key` states only (or none: an empty
                     // frame counts as descend-only there).
                     Quick::Descend | Quick::Empty => self.pass(top, true),
-                    Quick::General => {
-                        self.frames.last_mut()?.index = top.index;
-                        self.decide(Label::Index(top.index));
-                    }
+                    Quick::General => self.decide(Label::Index(top.index)),
                 }
                 (q, None)
             };
