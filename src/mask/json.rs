@@ -106,6 +106,9 @@ use super::strategy::{self, REDACTED};
 
 mod whole;
 
+#[cfg(test)]
+mod difftest;
+
 /// Why a document could not be masked. Every variant means: refuse the body (fail closed).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaskError {
