@@ -5,7 +5,7 @@
 //! surrogates, invalid UTF-8, bad numbers and literals, stray separators, truncation, tight
 //! depth and string limits, bloom-filter collisions, minified runs of plain members.
 //!
-//! The defaults run in well under a second. Larger runs, after any change to the lane:
+//! The defaults take about a second. Larger runs, after any change to the lane:
 //! `DIFF_CASES=3000000 DIFF_SEED=7 EXH_LEN=5 cargo test --release --lib difftest`.
 //! Error kinds may differ only where the general whole push agrees with the byte-wise one
 //! (a doubly broken string reports the error its chunking meets first).
@@ -838,8 +838,7 @@ fn lane_equals_bytewise_on_spot_documents() {
 /// Documents built for `plain_run`: minified runs of plain members/elements interrupted by
 /// selected (removed/masked), escaped-key, non-ASCII, escaped-value and container members,
 /// with separators that are mostly bare commas.
-fn run_value(r: &mut Rng, out: &mut Vec<u8>, depth: usize, obj_keys: bool) {
-    let _ = obj_keys;
+fn run_value(r: &mut Rng, out: &mut Vec<u8>, depth: usize) {
     match r.below(if depth < 4 { 12 } else { 9 }) {
         0..=2 => {
             // plain ASCII string of interesting length
@@ -1006,7 +1005,7 @@ fn run_container(r: &mut Rng, out: &mut Vec<u8>, depth: usize) {
                 out.push(b':');
             }
         }
-        run_value(r, out, depth, obj);
+        run_value(r, out, depth);
     }
     if r.pct(5) {
         out.extend_from_slice(r.pick(
