@@ -536,6 +536,32 @@ fn show(o: &Outcome) -> String {
     }
 }
 
+/// Prints a divergence: the document, the policy, and the three outcomes.
+fn report(label: &str, case: u64, taken: bool, doc: &[u8], p: &Policy, [a, b, c]: [&Outcome; 3]) {
+    let detect_in = match &p.detect_in {
+        DetectScope::Fields(s) => format!(
+            "Fields({:?})",
+            s.iter().map(|s| s.as_str()).collect::<Vec<_>>()
+        ),
+        DetectScope::All => "All".into(),
+        DetectScope::None => "None".into(),
+    };
+    eprintln!(
+        "{label} case {case} taken={taken}\n doc={:?}\n fields={:?}\n detectors={:?} in={detect_in} ci={} limits={:?}\n lane   ={}\n general={}\n bytes  ={}",
+        String::from_utf8_lossy(doc),
+        p.fields
+            .iter()
+            .map(|(s, st)| (s.as_str().to_owned(), st.clone()))
+            .collect::<Vec<_>>(),
+        p.detectors,
+        p.case_insensitive,
+        p.limits,
+        show(a),
+        show(b),
+        show(c),
+    );
+}
+
 #[test]
 fn lane_equals_general_path_on_generated_documents() {
     let cases: u64 = std::env::var("DIFF_CASES")
@@ -649,28 +675,7 @@ fn lane_equals_general_path_on_generated_documents() {
         if bad_lane || bad_bytes {
             fails += 1;
             if fails <= 30 {
-                eprintln!(
-                    "DIVERGENCE case {case} taken={taken}\n doc={:?}\n fields={:?}\n detectors={:?} in={:?} ci={} limits={:?}\n lane   ={}\n general={}\n bytes  ={}",
-                    String::from_utf8_lossy(&doc),
-                    p.fields
-                        .iter()
-                        .map(|(s, st)| (s.as_str().to_owned(), st.clone()))
-                        .collect::<Vec<_>>(),
-                    p.detectors,
-                    match &p.detect_in {
-                        DetectScope::Fields(s) => format!(
-                            "Fields({:?})",
-                            s.iter().map(|s| s.as_str()).collect::<Vec<_>>()
-                        ),
-                        DetectScope::All => "All".into(),
-                        DetectScope::None => "None".into(),
-                    },
-                    p.case_insensitive,
-                    p.limits,
-                    show(&a),
-                    show(&b),
-                    show(&c),
-                );
+                report("DIVERGENCE", case, taken, &doc, &p, [&a, &b, &c]);
             }
         }
     }
@@ -1115,28 +1120,7 @@ fn lane_equals_general_path_on_plain_runs() {
         if a != b || bad_bytes {
             fails += 1;
             if fails <= 30 {
-                eprintln!(
-                    "RUN DIVERGENCE case {case} taken={taken}\n doc={:?}\n fields={:?}\n detectors={:?} in={:?} ci={} limits={:?}\n lane   ={}\n general={}\n bytes  ={}",
-                    String::from_utf8_lossy(&doc),
-                    p.fields
-                        .iter()
-                        .map(|(s, st)| (s.as_str().to_owned(), st.clone()))
-                        .collect::<Vec<_>>(),
-                    p.detectors,
-                    match &p.detect_in {
-                        DetectScope::Fields(s) => format!(
-                            "Fields({:?})",
-                            s.iter().map(|s| s.as_str()).collect::<Vec<_>>()
-                        ),
-                        DetectScope::All => "All".into(),
-                        DetectScope::None => "None".into(),
-                    },
-                    p.case_insensitive,
-                    p.limits,
-                    show(&a),
-                    show(&b),
-                    show(&c),
-                );
+                report("RUN DIVERGENCE", case, taken, &doc, &p, [&a, &b, &c]);
             }
         }
     }
