@@ -440,6 +440,34 @@ fn mutate(r: &mut Rng, d: &mut Vec<u8>) {
     }
 }
 
+/// A numeric setting from the environment (larger runs), or its default.
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A policy of these parts (the `hash` strategy's key fixed).
+fn build(
+    fields: Vec<(Selector, Strategy)>,
+    detectors: Vec<Detector>,
+    detect_in: DetectScope,
+    case_insensitive: bool,
+    limits: Limits,
+) -> Arc<Policy> {
+    Arc::new(Policy {
+        name: "diff".to_owned(),
+        fields,
+        detectors,
+        detect_in,
+        case_insensitive,
+        hash_key: b"k".to_vec(),
+        limits,
+        compiled: Default::default(),
+    })
+}
+
 fn policy(r: &mut Rng, lens: &[usize], maxd: usize) -> Arc<Policy> {
     let nf = r.below(6);
     let fields = (0..nf)
@@ -477,16 +505,8 @@ fn policy(r: &mut Rng, lens: &[usize], maxd: usize) -> Arc<Policy> {
     if r.pct(40) {
         limits.max_depth = (maxd + r.below(3)).saturating_sub(1);
     }
-    Arc::new(Policy {
-        name: "d".to_owned(),
-        fields,
-        detectors,
-        detect_in,
-        case_insensitive: r.pct(50),
-        hash_key: b"k".to_vec(),
-        limits,
-        compiled: Default::default(),
-    })
+    let ci = r.pct(50);
+    build(fields, detectors, detect_in, ci, limits)
 }
 
 type Outcome = (Result<Vec<u8>, MaskError>, u64);
@@ -564,14 +584,8 @@ fn report(label: &str, case: u64, taken: bool, doc: &[u8], p: &Policy, [a, b, c]
 
 #[test]
 fn lane_equals_general_path_on_generated_documents() {
-    let cases: u64 = std::env::var("DIFF_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6000);
-    let seed: u64 = std::env::var("DIFF_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let cases: u64 = knob("DIFF_CASES", 6000);
+    let seed: u64 = knob("DIFF_SEED", 1);
     let mut r = Rng(seed);
     let (mut taken_n, mut ok_n, mut fails, mut err_kind_diff) = (0u64, 0u64, 0u64, 0u64);
     let mut taken_masked = 0u64;
@@ -692,29 +706,18 @@ fn mkpol(
     ci: bool,
     lim: Limits,
 ) -> Arc<Policy> {
-    Arc::new(Policy {
-        name: "e".to_owned(),
-        fields: fields
-            .iter()
-            .map(|(s, st)| (Selector::parse(s).unwrap(), Strategy::parse(st).unwrap()))
-            .collect(),
-        detectors: det.to_vec(),
-        detect_in: scope,
-        case_insensitive: ci,
-        hash_key: b"k".to_vec(),
-        limits: lim,
-        compiled: Default::default(),
-    })
+    let fields = fields
+        .iter()
+        .map(|(s, st)| (Selector::parse(s).unwrap(), Strategy::parse(st).unwrap()))
+        .collect();
+    build(fields, det.to_vec(), scope, ci, lim)
 }
 
 /// Every `opener + middle + closer` with a middle of up to `EXH_LEN` bytes over a small
 /// alphabet: where the lane takes it, it must equal the bytewise result.
 #[test]
 fn lane_equals_bytewise_on_every_small_document() {
-    let maxlen: usize = std::env::var("EXH_LEN")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let maxlen: usize = knob("EXH_LEN", 3);
     let alpha: &[u8] = b"{}[]\",:01-.ea\\ ";
     let pols = [
         mkpol(
@@ -1069,28 +1072,14 @@ fn run_policy(r: &mut Rng) -> Arc<Policy> {
     if r.pct(20) {
         limits.max_depth = 1 + r.below(4);
     }
-    Arc::new(Policy {
-        name: "r".to_owned(),
-        fields,
-        detectors,
-        detect_in,
-        case_insensitive: r.pct(50),
-        hash_key: b"k".to_vec(),
-        limits,
-        compiled: Default::default(),
-    })
+    let ci = r.pct(50);
+    build(fields, detectors, detect_in, ci, limits)
 }
 
 #[test]
 fn lane_equals_general_path_on_plain_runs() {
-    let cases: u64 = std::env::var("DIFF_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6000);
-    let seed: u64 = std::env::var("DIFF_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let cases: u64 = knob("DIFF_CASES", 6000);
+    let seed: u64 = knob("DIFF_SEED", 1);
     let mut r = Rng(seed ^ 0x5eed);
     let (mut taken_n, mut fails) = (0u64, 0u64);
     for case in 0..cases {
