@@ -17,11 +17,12 @@
 //! elements are cut with their separators. Commas follow one rule: a comma is kept when a
 //! member was emitted before it in its container and the member after it is emitted too.
 //!
-//! Speed: runs of plain members (keys no selector can name, plain scalar values) are taken
-//! without touching the masker's state (`plain_run`); a container that shares its parent's
-//! selector states (under `$..key` policies, nearly all) gets no frame, only a place on the
-//! lane's own stack of open containers; and strings are scanned sixteen bytes at a time with
-//! SSE2 on x86-64 (`plain_len`).
+//! Speed: runs of plain members (keys no selector can name, plain scalar values, and
+//! containers below such keys, entered and left in the same run) are taken without touching
+//! the masker's state (`plain_run`); a container that shares its parent's selector states
+//! (under `$..key` policies, nearly all) gets no frame, only a place on the lane's own
+//! fixed-size stack of open containers (`Nest`); and strings are scanned sixteen bytes at a
+//! time with SSE2 on x86-64 (`plain_len`).
 //!
 //! Must not: write anything it may have to take back except into `out` past its mark, or
 //! leave the masker other than as a fresh one when it declines (a `hash` rule's HMAC key,
@@ -29,7 +30,10 @@
 
 use super::{Act, JsonMasker, LIT_NULL, Label, Mode, literal_at};
 use super::{emit_placeholder, hex, key_bit, plain_prefix, skip_ws};
-use smallvec::SmallVec;
+
+/// The containers the lane keeps open below the root at most (a deeper document goes to the
+/// general path, which has its own limit).
+const LANE_DEPTH: usize = 16;
 
 /// How the top frame decides its children's slots without running the automaton.
 #[derive(Clone, Copy)]
@@ -53,6 +57,64 @@ struct Top {
     detect: bool,
     /// The end of its selector states (`Frame::states.1`).
     end: usize,
+}
+
+/// Where the scan is in the tree: the innermost open container's facts, and the containers
+/// open around it below the root, innermost last (`open[..depth]`): the parent's facts to go
+/// back to, and whether the container has a frame of its own (see `Pass` in the scan). A
+/// fixed array: no spill checks per container; deeper documents are left to the general path.
+struct Nest {
+    top: Top,
+    open: [(Top, bool); LANE_DEPTH],
+    depth: usize,
+}
+
+impl Nest {
+    /// Whether one more container fits: the general path's frame limit (it gives the error)
+    /// and the array's size.
+    #[inline(always)]
+    fn has_room(&self, max_depth: usize) -> bool {
+        self.depth < LANE_DEPTH && 1 + self.depth < max_depth
+    }
+
+    /// Opens a child of the top container (the caller checked `has_room`); `framed`: it has
+    /// a frame of its own, whose facts the caller puts in `top`.
+    #[inline(always)]
+    fn push(&mut self, framed: bool) -> Option<()> {
+        *self.open.get_mut(self.depth)? = (self.top, framed);
+        self.depth += 1;
+        Some(())
+    }
+
+    /// Opens a child that shares the top frame's selector states and detector flag, so every
+    /// decision below is the top frame's: no frame of its own, only its own shape and progress.
+    #[inline(always)]
+    fn push_shared(&mut self, obj: bool) -> Option<()> {
+        self.push(false)?;
+        self.top.obj = obj;
+        self.top.has_out = false;
+        self.top.index = 0;
+        Some(())
+    }
+
+    /// Closes the top container: whether it had a frame; `None` for the root.
+    #[inline(always)]
+    fn pop(&mut self) -> Option<bool> {
+        let d = self.depth.checked_sub(1)?;
+        let (parent, framed) = *self.open.get(d)?;
+        self.depth = d;
+        self.top = parent;
+        Some(framed)
+    }
+
+    /// Whether the top container is one `push_shared` opened.
+    #[inline(always)]
+    fn shared(&self) -> bool {
+        self.depth
+            .checked_sub(1)
+            .and_then(|d| self.open.get(d))
+            .is_some_and(|&(_, framed)| !framed)
+    }
 }
 
 /// The output side: `input[copied..]` is not written yet.
@@ -142,10 +204,12 @@ impl JsonMasker {
             return None;
         }
         self.open_container(b == b'{').ok()?;
-        let mut top = self.top()?;
-        // The containers open below the root, innermost last: the parent's facts to go back
-        // to, and whether the container has a frame of its own (see `Pass` below).
-        let mut open: SmallVec<[(Top, bool); 16]> = SmallVec::new();
+        let top = self.top()?;
+        let mut nest = Nest {
+            top,
+            open: [(top, false); LANE_DEPTH],
+            depth: 0,
+        };
         let max_depth = self.policy.limits.max_depth;
         i += 1;
         // `i` is right after an opening bracket (`first`) or after a value.
@@ -156,11 +220,11 @@ impl JsonMasker {
             let sep = if c == b',' && !first {
                 w.cut(i, j);
                 j
-            } else if c == if top.obj { b'}' } else { b']' } {
+            } else if c == if nest.top.obj { b'}' } else { b']' } {
                 w.cut(i, j);
                 i = j + 1;
                 first = false;
-                let Some((parent, framed)) = open.pop() else {
+                let Some(framed) = nest.pop() else {
                     // The root.
                     self.frames.pop()?;
                     let end = skip_ws(input, i);
@@ -171,7 +235,6 @@ impl JsonMasker {
                     let f = self.frames.pop()?;
                     self.nfa.truncate(f.base);
                 }
-                top = parent;
                 continue;
             } else if first {
                 i
@@ -182,14 +245,20 @@ impl JsonMasker {
             first = false;
             // The member or element starts at `q`; decide its slot.
             let q = if comma { skip_ws(input, sep + 1) } else { j };
-            if !matches!(top.quick, Quick::General) {
-                let plain = !(scrub_all || (scrub_sel && top.detect));
-                if let Some(end) = plain_run(w, &mut top, (sep, comma, q), bloom, max, plain) {
+            if !matches!(nest.top.quick, Quick::General) {
+                let run = Run {
+                    bloom,
+                    max,
+                    max_depth,
+                    plain: !(scrub_all || (scrub_sel && nest.top.detect)),
+                };
+                if let Some((end, opened)) = plain_run(w, &mut nest, (sep, comma, q), run) {
                     i = end;
+                    first = opened;
                     continue;
                 }
             }
-            let (v, colon_ws) = if top.obj {
+            let (v, colon_ws) = if nest.top.obj {
                 if input.get(q) != Some(&b'"') {
                     return None;
                 }
@@ -198,12 +267,12 @@ impl JsonMasker {
                     return None;
                 }
                 let key = &input[q + 1..k1];
-                match top.quick {
+                match nest.top.quick {
                     // As `decide` for a key that advances nothing (see there).
                     Quick::Descend if bloom & key_bit(key) == 0 => {
-                        self.pass(top, true);
+                        self.pass(nest.top, true);
                     }
-                    Quick::Empty => self.pass(top, false),
+                    Quick::Empty => self.pass(nest.top, false),
                     _ => self.decide(Label::Key(key)),
                 }
                 let colon = skip_ws(input, k1 + 1);
@@ -213,13 +282,13 @@ impl JsonMasker {
                 (skip_ws(input, colon + 1), Some((k1 + 1, colon)))
             } else {
                 if comma {
-                    top.index += 1;
+                    nest.top.index += 1;
                 }
-                match top.quick {
+                match nest.top.quick {
                     // `decide` for an index under `..key` states only (or none: an empty
                     // frame counts as descend-only there).
-                    Quick::Descend | Quick::Empty => self.pass(top, true),
-                    Quick::General => self.decide(Label::Index(top.index)),
+                    Quick::Descend | Quick::Empty => self.pass(nest.top, true),
+                    Quick::General => self.decide(Label::Index(nest.top.index)),
                 }
                 (q, None)
             };
@@ -227,14 +296,14 @@ impl JsonMasker {
             if matches!(act, Act::Skip) {
                 // Removed, with the separator before it (or, for the first one emitted, the
                 // whitespace before it; the comma after it then goes by the rule).
-                let end = self.skip_value(input, v, 1 + open.len())?;
+                let end = self.skip_value(input, v, 1 + nest.depth)?;
                 w.cut(sep, end);
                 i = end;
                 continue;
             }
             // Emitted: keep the comma only between two emitted members.
-            w.cut(if top.has_out { sep + 1 } else { sep }, q);
-            top.has_out = true;
+            w.cut(if nest.top.has_out { sep + 1 } else { sep }, q);
+            nest.top.has_out = true;
             if let Some((k1, colon)) = colon_ws {
                 w.cut(k1, colon);
                 w.cut(colon + 1, v);
@@ -256,28 +325,22 @@ impl JsonMasker {
                 }
                 b'{' | b'[' => match act {
                     Act::Pass => {
-                        // The general path's frame limit (it gives the error).
-                        if 1 + open.len() >= max_depth {
+                        if !nest.has_room(max_depth) {
                             return None;
                         }
-                        open.push((top, true));
+                        let top = nest.top;
                         if self.inherit && self.detect == top.detect {
-                            // It shares the top frame's selector states and detector flag, so
-                            // every decision below is the top frame's: no frame of its own,
-                            // only its own shape and progress.
-                            open.last_mut()?.1 = false;
-                            top.obj = b == b'{';
-                            top.has_out = false;
-                            top.index = 0;
+                            nest.push_shared(b == b'{')?;
                         } else {
+                            nest.push(true)?;
                             self.open_container(b == b'{').ok()?;
-                            top = self.top()?;
+                            nest.top = self.top()?;
                         }
                         first = true;
                         v + 1
                     }
                     _ => {
-                        let end = self.skip_value(input, v, 1 + open.len())?;
+                        let end = self.skip_value(input, v, 1 + nest.depth)?;
                         if let Act::Mask(rule) = act {
                             self.masked += 1;
                             w.flush(v);
@@ -352,18 +415,18 @@ impl JsonMasker {
     /// value), with `depth` containers open around it; returns the position after it. Nested
     /// containers count towards the depth limit as on the general path (its frames for such
     /// a subtree).
-    fn skip_value(&mut self, input: &[u8], v: usize, depth: usize) -> Option<usize> {
+    fn skip_value(&self, input: &[u8], v: usize, depth: usize) -> Option<usize> {
         let max = self.policy.limits.max_string_bytes;
-        let room = self.policy.limits.max_depth.saturating_sub(depth);
-        // Closers expected, innermost last (the string buffer is free during this lane).
-        let stack = &mut self.buf;
-        stack.clear();
+        // Past the general path's limit, or past what the bit stack holds: not taken.
+        let room = self.policy.limits.max_depth.saturating_sub(depth).min(128);
+        // Closers expected, innermost lowest: bit set for `}`, clear for `]`; `open` of them.
+        let (mut closers, mut open) = (0u128, 0usize);
         let mut i = v;
         loop {
             // A value at `i`.
             match *input.get(i)? {
                 c @ (b'{' | b'[') => {
-                    if stack.len() >= room {
+                    if open >= room {
                         return None;
                     }
                     let close = if c == b'{' { b'}' } else { b']' };
@@ -371,7 +434,8 @@ impl JsonMasker {
                     if input.get(i) == Some(&close) {
                         i += 1;
                     } else {
-                        stack.push(close);
+                        closers = closers << 1 | u128::from(c == b'{');
+                        open += 1;
                         if c == b'{' {
                             i = skip_key(input, i, max)?;
                         }
@@ -397,20 +461,22 @@ impl JsonMasker {
             }
             // After a value: commas and closers until the next value or the end.
             loop {
-                let Some(&close) = stack.last() else {
+                if open == 0 {
                     return Some(i);
-                };
+                }
+                let obj = closers & 1 == 1;
                 i = skip_ws(input, i);
                 match *input.get(i)? {
                     b',' => {
                         i = skip_ws(input, i + 1);
-                        if close == b'}' {
+                        if obj {
                             i = skip_key(input, i, max)?;
                         }
                         break;
                     }
-                    c if c == close => {
-                        stack.pop();
+                    c if c == if obj { b'}' } else { b']' } => {
+                        closers >>= 1;
+                        open -= 1;
                         i += 1;
                     }
                     _ => return None,
@@ -509,27 +575,47 @@ fn utf8_char(s: &[u8]) -> Option<usize> {
     valid.chars().next().map(char::len_utf8)
 }
 
+/// What `plain_run` decides by, fixed for one document.
+#[derive(Clone, Copy)]
+struct Run {
+    bloom: u64,
+    max: usize,
+    max_depth: usize,
+    /// No detector runs on string values.
+    plain: bool,
+}
+
 /// The members (or elements) from `q` on that need neither an edit nor a decision beyond the
 /// bloom filter, taken without touching the masker's state: minified, printable-ASCII keys
 /// that no selector can name (any key under no selector states), and plain ASCII strings
-/// (`plain`: no detector runs on them), numbers and literals as values. The general member
-/// step would pass each of them as is; the selector states it would set are dropped by the
-/// next decision anyway (every one cuts the nfa back to its frame first). Returns the end of
-/// the last one taken, `None` (nothing consumed) when the first does not qualify. `at` is the
-/// first one's separator start, whether that is a comma, and where the member starts.
+/// (`plain`: no detector runs on them), numbers and literals as values; and containers as
+/// values where the general member step would open one that shares the top frame's
+/// selector states (`Nest::push_shared`; under `..key` states, a key the bloom filter passes
+/// or any index), whose members are taken the same way and which are closed here again. The
+/// general member step would pass each of them as is; the selector states it would set are
+/// dropped by the next decision anyway (every one cuts the nfa back to its frame first).
+///
+/// Returns the end of what was taken and whether that is right after an opening bracket;
+/// `None` (nothing consumed) when the first member does not qualify. `at` is the first one's
+/// separator start, whether that is a comma, and where the member starts.
 fn plain_run(
     w: &mut Copy<'_>,
-    top: &mut Top,
+    nest: &mut Nest,
     at: (usize, bool, usize),
-    bloom: u64,
-    max: usize,
-    plain: bool,
-) -> Option<usize> {
+    run: Run,
+) -> Option<(usize, bool)> {
     let input = w.input;
-    let (sep, mut comma, mut q) = at;
+    let Run {
+        bloom,
+        max,
+        max_depth,
+        plain,
+    } = run;
+    let (mut sep, mut comma, mut q) = at;
     let mut done = None;
-    loop {
-        let v = if top.obj {
+    'member: loop {
+        let obj = nest.top.obj;
+        let v = if obj {
             if input.get(q) != Some(&b'"') {
                 return done;
             }
@@ -538,7 +624,7 @@ fn plain_run(
             {
                 return done;
             }
-            if matches!(top.quick, Quick::Descend) && bloom & key_bit(&input[q + 1..k1]) != 0 {
+            if matches!(nest.top.quick, Quick::Descend) && bloom & key_bit(&input[q + 1..k1]) != 0 {
                 return done;
             }
             k1 + 2
@@ -548,6 +634,7 @@ fn plain_run(
         let Some(&b) = input.get(v) else {
             return done;
         };
+        let mut open = None;
         let end = match b {
             b'"' if plain => {
                 let e = v + 1 + plain_len(input, v + 1);
@@ -564,24 +651,51 @@ fn plain_run(
                 Some((_, e)) => e,
                 None => return done,
             },
+            // Any element's container, a key's only under `..key` states: under none at all
+            // the general path gives a key's container a frame of its own.
+            b'{' | b'['
+                if (!obj || matches!(nest.top.quick, Quick::Descend))
+                    && nest.has_room(max_depth) =>
+            {
+                open = Some(b == b'{');
+                v + 1
+            }
             _ => return done,
         };
         // Taken: emitted as is, with the comma before it only after an emitted one.
-        if done.is_none() {
-            w.cut(if top.has_out { sep + 1 } else { sep }, q);
+        w.cut(if nest.top.has_out { sep + 1 } else { sep }, q);
+        if comma && !obj {
+            nest.top.index += 1;
         }
-        if comma && !top.obj {
-            top.index += 1;
+        nest.top.has_out = true;
+        let mut first = false;
+        if let Some(obj) = open {
+            nest.push_shared(obj)?;
+            first = true;
         }
-        top.has_out = true;
-        done = Some(end);
-        // The next one, when it follows at once (minified).
-        match (input.get(end), input.get(end + 1)) {
-            (Some(b','), Some(&c)) if c == b'"' || !top.obj => {
-                q = end + 1;
-                comma = true;
+        let mut pos = end;
+        done = Some((pos, first));
+        // What follows at once (minified): the next member, or the end of a container
+        // opened here (possibly several).
+        loop {
+            let close = if nest.top.obj { b'}' } else { b']' };
+            let next = input.get(pos);
+            if next == Some(&close) && nest.shared() {
+                nest.pop()?;
+                pos += 1;
+                first = false;
+                done = Some((pos, false));
+                continue;
             }
-            _ => return done,
+            (sep, comma, q) = if first {
+                (pos, false, pos)
+            } else {
+                match (next, input.get(pos + 1)) {
+                    (Some(b','), Some(&c)) if c == b'"' || !nest.top.obj => (pos, true, pos + 1),
+                    _ => return done,
+                }
+            };
+            continue 'member;
         }
     }
 }
