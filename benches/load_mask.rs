@@ -14,8 +14,9 @@
 //!   `unmask_with` (forwarded as is, plus the audit record).
 //!
 //! Scenarios alternate for `LOAD_ROUNDS` rounds (default 20) of `LOAD_SECS`
-//! seconds (default 2) each (`LOAD_ONLY=<name>` runs one scenario, e.g. to
-//! profile the gateway). The host's speed drifts over minutes, so each
+//! seconds (default 2) each (`LOAD_ONLY=<name>[,<name>…]` runs only those
+//! scenarios, e.g. one to profile the gateway, or `plain,masked` for more
+//! rounds in the same time; the summary needs `plain`). The host's speed drifts over minutes, so each
 //! scenario's slice is compared with the mean of the two `plain` slices
 //! around it (the one before it in its round and the first of the next
 //! round), which cancels a linear drift; the median of these ratios is
@@ -66,6 +67,10 @@ fn main() {
     let rounds: usize = env_or("LOAD_ROUNDS", 20).max(2);
     // LOAD_ONLY=masked runs one scenario (e.g. to profile the gateway).
     let only = std::env::var("LOAD_ONLY").ok();
+    let selected = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
+    };
     let secs: u64 = env_or("LOAD_SECS", 2);
     for tool in ["wrk", "taskset"] {
         if Command::new(tool).arg("--version").output().is_err() {
@@ -102,7 +107,7 @@ fn main() {
     let mut results: Vec<Vec<(f64, f64)>> = vec![Vec::new(); SCENARIOS.len()];
     for round in 0..rounds {
         for (i, s) in SCENARIOS.iter().enumerate() {
-            if only.as_deref().is_some_and(|o| o != s.name) {
+            if !selected(s.name) {
                 continue;
             }
             let claims = json!({ "iss": "load", "aud": "a", "sub": format!("u-{}", s.name), "sid": format!("s-{}", s.name), "exp": 4_000_000_000u64, "roles": s.roles });
@@ -113,17 +118,22 @@ fn main() {
             if round == 0 {
                 wrk(&url, &token, 1);
             }
-            let cpu0 = cpu_ticks(&gateway);
+            let (user0, sys0) = cpu_ticks(&gateway);
             let t0 = Instant::now();
             let rps = wrk(&url, &token, secs);
             let wall = t0.elapsed().as_secs_f64();
-            let cpu = (cpu_ticks(&gateway) - cpu0) as f64 / ticks_per_sec();
+            let (user1, sys1) = cpu_ticks(&gateway);
+            let tick = 1.0 / ticks_per_sec();
+            let (user, sys) = ((user1 - user0) as f64 * tick, (sys1 - sys0) as f64 * tick);
+            let cpu = user + sys;
             let requests = rps * secs as f64;
             let us_per_req = cpu / requests * 1e6;
             println!(
-                "round {round} {:>9}: {rps:>8.0} req/s  gateway CPU {:>5.1} µs/request ({:.0} % of a core)",
+                "round {round} {:>9}: {rps:>8.0} req/s  gateway CPU {:>5.1} µs/request (user {:.1}, system {:.1}; {:.0} % of a core)",
                 s.name,
                 us_per_req,
+                user / requests * 1e6,
+                sys / requests * 1e6,
                 cpu / wall * 100.0
             );
             results[i].push((rps, us_per_req));
@@ -133,13 +143,16 @@ fn main() {
     let _ = gateway.wait();
     let _ = std::fs::remove_dir_all(&dir);
 
-    if only.is_some() {
+    if !selected("plain") {
         return;
     }
     println!(
         "\n{rounds} rounds of {secs} s; change to plain: median of the ratios to the plain slices around each slice, [95 % CI]"
     );
     for (i, s) in SCENARIOS.iter().enumerate() {
+        if !selected(s.name) {
+            continue;
+        }
         let (rps, cpu) = (
             median(results[i].iter().map(|r| r.0).collect()),
             median(results[i].iter().map(|r| r.1).collect()),
@@ -266,13 +279,14 @@ fn wrk(url: &str, token: &str, secs: u64) -> f64 {
         .unwrap_or_else(|| panic!("no Requests/sec in wrk output:\n{text}"))
 }
 
-/// user + system CPU ticks of the gateway (fields 14 and 15 of stat).
-fn cpu_ticks(child: &Child) -> u64 {
+/// The gateway's user and system CPU time so far, in clock ticks (fields 14
+/// and 15 of its stat).
+fn cpu_ticks(child: &Child) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap();
     // The command name (field 2) is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    (f[11].parse().unwrap(), f[12].parse().unwrap())
 }
 
 fn ticks_per_sec() -> f64 {
