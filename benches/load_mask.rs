@@ -7,7 +7,8 @@
 //! bottleneck, so its throughput and its own CPU time per request (read
 //! from `/proc/<pid>/stat`, user + system) say what each scenario costs:
 //!
-//! - `plain`: the profile on a route without a mask policy;
+//! - `plain`: the profile on a route without a mask policy (its path and
+//!   name as long as the masked route's, so only the mask differs);
 //! - `masked`: the same route with the `pii` mask, read by a principal
 //!   without `unmask_with` (the body is parsed and rewritten);
 //! - `unmasked`: the masked route read by a principal holding
@@ -48,7 +49,7 @@ struct Scenario {
 const SCENARIOS: [Scenario; 3] = [
     Scenario {
         name: "plain",
-        path: "/plain/c-1001",
+        path: "/plain-pii/c-1001",
         roles: &["agent"],
     },
     Scenario {
@@ -247,8 +248,8 @@ roles:
   agent: {{ grants: [customer.profile.view] }}
   pii: {{ grants: [customer.pii.view] }}
 routes:
-  - {{ name: plain, match: {{ methods: [GET], path: "/plain/{{id}}" }}, require: customer.profile.view }}
-  - {{ name: customer, match: {{ methods: [GET], path: "/customers/{{id}}" }}, require: customer.profile.view, mask: pii, record: "{{id}}" }}
+  - {{ name: plain, match: {{ methods: [GET], path: "/plain-pii/{{id}}" }}, require: customer.profile.view }}
+  - {{ name: masked, match: {{ methods: [GET], path: "/customers/{{id}}" }}, require: customer.profile.view, mask: pii, record: "{{id}}" }}
 "#,
         secret = secret.display(),
         state = dir.join("state").display(),

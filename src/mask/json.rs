@@ -296,6 +296,10 @@ struct Tables {
     scrub_all: bool,
     /// Detectors run on selected string values.
     scrub_sel: bool,
+    /// The HMAC key of `hash` rules, set up on first use and shared by every masker of the
+    /// policy (a key inline in each masker made the masker too big for the allocator's
+    /// per-thread cache, and set it up again for every answer).
+    hmac: OnceLock<aws_lc_rs::hmac::Key>,
 }
 
 /// The per-policy cache of the masker's selector tables ([`Policy::compiled`]); policies are
@@ -367,6 +371,7 @@ impl Tables {
             start,
             scrub_all,
             scrub_sel,
+            hmac: OnceLock::new(),
         }
     }
 }
@@ -400,8 +405,6 @@ pub struct JsonMasker {
     num: Num,
     lit: u8,
     lit_pos: u8,
-    /// HMAC key for `hash` rules, set up on first use.
-    hmac: Option<aws_lc_rs::hmac::Key>,
     /// Bytes consumed by earlier pushes (for error offsets).
     consumed: u64,
     masked: u64,
@@ -445,7 +448,6 @@ impl JsonMasker {
             num: Num::Begin,
             lit: 0,
             lit_pos: 0,
-            hmac: None,
             consumed: 0,
             masked: 0,
         }
@@ -1406,7 +1408,7 @@ impl JsonMasker {
                 return;
             }
             Some(Strategy::Hash) => {
-                let key = self.hmac.get_or_insert_with(|| {
+                let key = self.tables.hmac.get_or_init(|| {
                     aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &pol.hash_key)
                 });
                 Some(strategy::hmac_hex_with(key, text))

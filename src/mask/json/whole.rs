@@ -25,8 +25,7 @@
 //! time with SSE2 on x86-64 (`plain_len`).
 //!
 //! Must not: write anything it may have to take back except into `out` past its mark, or
-//! leave the masker other than as a fresh one when it declines (a `hash` rule's HMAC key,
-//! set up on first use, may stay: it is the same key).
+//! leave the masker other than as a fresh one when it declines.
 
 use super::{Act, JsonMasker, LIT_NULL, Label, Mode, literal_at};
 use super::{emit_placeholder, hex, key_bit, plain_prefix, skip_ws};
