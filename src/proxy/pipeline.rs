@@ -517,7 +517,8 @@ async fn forward(
     if masking {
         // After the hop-by-hop strip, so `Connection: accept-encoding`
         // cannot take it out again.
-        parts.headers.insert(
+        headers::set(
+            &mut parts.headers,
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
@@ -554,7 +555,8 @@ fn respond(resp: Response<Incoming>) -> Response<RespBody> {
 /// Responses of masked routes, masked or not, are never stored by shared
 /// caches and never reused across credentials.
 fn make_private(h: &mut http::HeaderMap) {
-    h.insert(
+    headers::set(
+        h,
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-store"),
     );
@@ -583,7 +585,7 @@ async fn mask_response(
     // The masked representation is a different one: validators and range
     // support of the upstream's do not describe it.
     headers::remove_each(h, &UNMASKED_REPRESENTATION);
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    headers::set(h, header::ACCEPT_RANGES, HeaderValue::from_static("none"));
     let status = parts.status;
     let bodyless = head
         || status.is_informational()
@@ -656,9 +658,11 @@ async fn mask_response(
         masker
             .finish(&mut out)
             .map_err(|e| unmaskable(e.code().to_string()))?;
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+        headers::set(
+            &mut parts.headers,
+            header::CONTENT_LENGTH,
+            HeaderValue::from(out.len()),
+        );
         return Ok(Response::from_parts(
             parts,
             Full::new(Bytes::from(out)).map_err(|e| match e {}).boxed(),
