@@ -101,7 +101,29 @@ fn decode(enc: Option<&str>, body: &[u8]) -> Vec<u8> {
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// (path, Range header) of every request the upstream saw.
+/// Requests the shapes upstream saw: path, and the partial or conditional
+/// headers among them (`None`: none).
 type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// Request headers a masked route must not forward.
+const PARTIAL_OR_CONDITIONAL: [&str; 6] = [
+    "range",
+    "if-range",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+];
+
+/// All of them, as a client would send them.
+const PARTIAL_HEADERS: [&str; 6] = [
+    "Range: bytes=0-20",
+    "If-Range: \"v1-strong\"",
+    "If-None-Match: \"v1-strong\"",
+    "If-Modified-Since: Tue, 01 Jan 2030 00:00:00 GMT",
+    "If-Match: \"v1-strong\"",
+    "If-Unmodified-Since: Tue, 01 Jan 2030 00:00:00 GMT",
+];
 
 fn full(ct: &str, enc: Option<&str>, body: Vec<u8>) -> hyper::Response<Body> {
     let mut r = hyper::Response::new(Full::new(Bytes::from(body)).boxed());
@@ -144,13 +166,19 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                 let svc = service_fn(move |req: hyper::Request<Incoming>| {
                     let (release, rec) = (release.clone(), rec.clone());
                     async move {
-                        let range = req
-                            .headers()
-                            .get("range")
-                            .map(|v| v.to_str().unwrap().to_string());
-                        rec.lock()
-                            .unwrap()
-                            .push((req.uri().path().to_string(), range));
+                        // The partial and conditional request headers that
+                        // reached the upstream, if any.
+                        let partial: Vec<String> = PARTIAL_OR_CONDITIONAL
+                            .iter()
+                            .filter_map(|n| {
+                                let v = req.headers().get(*n)?;
+                                Some(format!("{n}: {}", v.to_str().unwrap()))
+                            })
+                            .collect();
+                        rec.lock().unwrap().push((
+                            req.uri().path().to_string(),
+                            (!partial.is_empty()).then(|| partial.join(", ")),
+                        ));
                         let doc = customer().to_string().into_bytes();
                         let resp = match req.uri().path() {
                             "/shape/plain" => full("application/json", None, doc),
@@ -436,23 +464,28 @@ async fn unmaskable_answers_are_refused_never_passed_through() {
 async fn ranges_heads_and_not_modified_on_masked_routes() {
     let (gw, _release, seen) = setup().await;
     let a = agent();
-    let r = req(
-        gw.addr,
-        "GET",
-        "/shape/plain",
-        Some(&a),
-        &["Range: bytes=0-20", "If-Range: \"v1-strong\""],
-    )
-    .await;
+    let r = req(gw.addr, "GET", "/shape/plain", Some(&a), &PARTIAL_HEADERS).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("accept-ranges"), Some("none"));
     let last = seen.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
         last,
         ("/shape/plain".to_string(), None),
-        "a Range request reached the upstream on a masked route"
+        "a partial or conditional request reached the upstream on a masked route"
     );
     assert_eq!(leaks(&r.body), Vec::<&str>::new());
+    // From a principal who reads the route unmasked they are passed on (and
+    // the upstream's record of them works).
+    req(
+        gw.addr,
+        "GET",
+        "/shape/plain",
+        Some(&supervisor()),
+        &PARTIAL_HEADERS,
+    )
+    .await;
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.1.map(|h| h.matches(": ").count()), Some(6));
 
     let r = req(gw.addr, "HEAD", "/shape/plain", Some(&a), &[]).await;
     assert_eq!(r.status, 200);

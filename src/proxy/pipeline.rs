@@ -480,18 +480,19 @@ async fn forward(
     parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadHost("unforwardable path"))?;
     parts.version = http::Version::HTTP_11;
 
-    if masking {
-        // The whole representation is needed to mask it: no partial
-        // content; and uncompressed saves a decode (a compressed answer
-        // anyway is still decoded and masked).
-        // Conditional requests too: 304-vs-200 answers to validators the
-        // upstream computed over the unmasked body would let a masked
-        // client confirm guesses of hidden values.
-        // (Checked before the gateway adds its own headers: fewer to scan.)
-        headers::remove_each(&mut parts.headers, &PARTIAL_OR_CONDITIONAL);
-    }
+    // On a masked route the whole representation is needed to mask it: no
+    // partial content; and uncompressed saves a decode (a compressed answer
+    // anyway is still decoded and masked). Conditional requests too:
+    // 304-vs-200 answers to validators the upstream computed over the
+    // unmasked body would let a masked client confirm guesses of hidden
+    // values. Dropped in the spoofing pass over the client's headers.
+    let unforwarded: &[HeaderName] = if masking {
+        &PARTIAL_OR_CONDITIONAL
+    } else {
+        &[]
+    };
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::strip_spoofable(&mut parts.headers, &rt.forward);
+    headers::strip_spoofable(&mut parts.headers, &rt.forward, unforwarded);
     headers::strip_unverified_credentials(
         &mut parts.headers,
         rt.forward.cookie.as_deref(),
@@ -529,7 +530,7 @@ async fn forward(
 }
 
 /// Request headers a masked route does not forward (see `forward`).
-const PARTIAL_OR_CONDITIONAL: [HeaderName; 6] = [
+static PARTIAL_OR_CONDITIONAL: [HeaderName; 6] = [
     header::RANGE,
     header::IF_RANGE,
     header::IF_NONE_MATCH,
@@ -539,7 +540,7 @@ const PARTIAL_OR_CONDITIONAL: [HeaderName; 6] = [
 ];
 
 /// Response headers describing the upstream's unmasked representation.
-const UNMASKED_REPRESENTATION: [HeaderName; 4] = [
+static UNMASKED_REPRESENTATION: [HeaderName; 4] = [
     header::ETAG,
     header::CONTENT_RANGE,
     header::LAST_MODIFIED,
