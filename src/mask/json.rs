@@ -1381,7 +1381,7 @@ impl JsonMasker {
         let pol = &*self.policy;
         let masked = match pol.fields.get(rule).map(|f| &f.1) {
             // `None` is unreachable in practice (rules are indexes we produced): fail closed.
-            Some(Strategy::Redact) | None => return write_json_str(out, REDACTED),
+            Some(Strategy::Redact) | None => return out.extend_from_slice(REDACTED_JSON),
             Some(&Strategy::Keep(n)) if text.is_ascii() => {
                 // One byte per char: as `mask_text`, without the intermediate string.
                 let hidden = if text.len() <= n {
@@ -1398,7 +1398,7 @@ impl JsonMasker {
             Some(Strategy::Email) => {
                 // As `mask_text`, without the intermediate string.
                 let Some((first, domain)) = strategy::email_parts(text) else {
-                    return write_json_str(out, REDACTED);
+                    return out.extend_from_slice(REDACTED_JSON);
                 };
                 out.push(b'"');
                 write_json_content(out, first);
@@ -1430,6 +1430,10 @@ fn emit_placeholder(pol: &Policy, rule: usize, out: &mut Vec<u8>) {
         _ => write_json_str(out, REDACTED),
     }
 }
+
+/// [`REDACTED`] as a JSON string (it needs no escape): written as is, not through
+/// [`write_json_str`].
+const REDACTED_JSON: &[u8] = b"\"[REDACTED]\"";
 
 /// Masks a complete document (convenience for small bodies and tests).
 pub fn mask_document(policy: &Arc<Policy>, input: &[u8]) -> Result<Vec<u8>, MaskError> {
@@ -1623,6 +1627,13 @@ mod tests {
     use proptest::prelude::{ProptestConfig, any, prop, prop_oneof, proptest};
     use proptest::strategy::{Just, Strategy as PStrategy};
     use serde_json::Value;
+
+    #[test]
+    fn redacted_json_is_the_placeholder() {
+        let mut out = Vec::new();
+        write_json_str(&mut out, REDACTED);
+        assert_eq!(out, REDACTED_JSON);
+    }
 
     fn policy_with(
         fields: &[(&str, &str)],
