@@ -101,7 +101,10 @@ fn mask_email(value: &str) -> Option<String> {
 /// (`j***@example.com` is `("j", "example.com")`), `None` when `value` is not shaped like an
 /// address. For writers that build the masked form in place.
 pub(super) fn email_parts(value: &str) -> Option<(&str, &str)> {
-    let (local, domain) = value.rsplit_once('@')?;
+    // `memrchr` (SIMD) rather than `rsplit_once`'s generic byte search: this runs on every
+    // masked address. `@` is ASCII, so both sides are at char boundaries.
+    let at = memchr::memrchr(b'@', value.as_bytes())?;
+    let (local, domain) = (value.get(..at)?, value.get(at + 1..)?);
     let first = local.chars().next()?;
     // ASCII whitespace and control characters are exactly the bytes up to space, and DEL.
     let bad_local = if local.is_ascii() {
