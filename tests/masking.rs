@@ -100,7 +100,6 @@ fn decode(enc: Option<&str>, body: &[u8]) -> Vec<u8> {
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-/// (path, Range header) of every request the upstream saw.
 /// Requests the shapes upstream saw: path, and the partial or conditional
 /// headers among them (`None`: none).
 type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;

@@ -1374,8 +1374,8 @@ impl JsonMasker {
     /// A scalar matched by field rule `rule` (its decoded text: a string's content, a
     /// number's literal, `true`/`false`): counted, and written masked as a JSON value.
     /// The output is [`strategy::mask_text`]'s, as a JSON string (`None` → `null`); `redact`,
-    /// `email` and `keepN` of ASCII text are written in place, and `hash` uses the masker's
-    /// HMAC key (set up on first use).
+    /// `email` and `keepN` of ASCII text are written in place, and `hash` uses the policy's
+    /// shared HMAC key (set up on first use).
     fn mask_scalar(&mut self, rule: usize, text: &str, out: &mut Vec<u8>) {
         self.masked += 1;
         let pol = &*self.policy;
