@@ -70,7 +70,7 @@ pub fn mint(auth: &Authenticator, req: &TokenRequest) -> Result<String, String> 
         .copied()
         .find(|a| a.family() == AlgorithmFamily::Hmac)
         .ok_or("the dev issuer allows no HS256/HS384/HS512 algorithm")?;
-    let secret = issuer.dev_secret.as_deref().expect("filtered above");
+    let dev = issuer.dev_secret.as_ref().expect("filtered above");
     let now = now_unix();
     let names = auth.claim_names();
     let mut claims = Map::new();
@@ -98,10 +98,8 @@ pub fn mint(auth: &Authenticator, req: &TokenRequest) -> Result<String, String> 
             set_claim(&mut claims, name, json!(list));
         }
     }
-    jsonwebtoken::encode(
-        &Header::new(alg),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .map_err(|e| e.to_string())
+    let mut header = Header::new(alg);
+    header.kid = dev.kid.clone();
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&dev.secret))
+        .map_err(|e| e.to_string())
 }

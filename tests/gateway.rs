@@ -561,11 +561,9 @@ async fn spoofed_identity_and_rewrite_headers_never_reach_upstream() {
         "underscore header forwarded: {:?}",
         s.headers
     );
-    // The verified bearer token goes on; the unverified cookie credential does not.
-    assert_eq!(
-        s.header("authorization"),
-        Some(format!("Bearer {t}").as_str())
-    );
+    // Neither the verified bearer token (not passed by default) nor the
+    // unverified cookie credential goes on.
+    assert_eq!(s.header("authorization"), None);
     assert_eq!(s.header("cookie"), Some("theme=dark"));
     for gone in [
         "x-rolegate-anything",
@@ -686,4 +684,378 @@ async fn reasons_can_be_hidden_from_clients() {
     );
     let r = req(gw.addr, "GET", "/bots/1/flows", Some(&expired), &[]).await;
     assert_eq!(r.json()["reason"], "authentication required");
+}
+
+// ------------------------------------- identity: holes found from outside
+
+fn reason(r: &Resp) -> String {
+    r.json()["reason"].as_str().unwrap_or_default().to_string()
+}
+
+/// The identity headers that backends behind oauth2-proxy, Authelia,
+/// Pomerium, Envoy and others trust, as a client would spoof them.
+const OTHER_PROXIES_IDENTITY: &[&str] = &[
+    "X-Forwarded-User",
+    "X-Forwarded-Email",
+    "X-Forwarded-Groups",
+    "X-Forwarded-Preferred-Username",
+    "X-Forwarded-Access-Token",
+    "X-Auth-Request-User",
+    "X-Auth-Request-Email",
+    "X-Auth-Request-Groups",
+    "X-Auth-Request-Access-Token",
+    "Remote-User",
+    "Remote-Groups",
+    "Remote-Email",
+    "Remote-Name",
+    "X-Remote-User",
+    "X-Forwarded-Uri",
+    "X-Forwarded-Ssl",
+    "X-Envoy-Original-Path",
+    "X-Original-Method",
+    "X-Pomerium-Claim-Email",
+    "X-Webauth-User",
+    "X-Amzn-Oidc-Identity",
+    "X-Goog-Authenticated-User-Email",
+    "X-Ms-Client-Principal-Name",
+    "True-Client-IP",
+];
+
+#[tokio::test]
+async fn identity_headers_of_other_auth_proxies_never_reach_upstream() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let lines: Vec<String> = OTHER_PROXIES_IDENTITY
+        .iter()
+        .map(|h| format!("{h}: admin"))
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    // A protected route and a public one.
+    for (target, token) in [("/bots/1/flows", Some(viewer())), ("/api/status", None)] {
+        let r = req(gw.addr, "GET", target, token.as_deref(), &lines).await;
+        assert_eq!(r.status, 200, "{target}");
+        let s = up.last();
+        for h in OTHER_PROXIES_IDENTITY {
+            assert_eq!(s.header(h), None, "{h} reached the upstream on {target}");
+        }
+    }
+
+    // `keep_headers` forwards one name of the default list, and only it;
+    // `strip_headers` extends the list with names and prefixes.
+    let up = Upstream::start().await;
+    let gw = start_gateway(
+        up.addr,
+        "forward: { keep_headers: [X-Forwarded-Ssl], strip_headers: [X-Acme-*, X-Tenant] }\n",
+    )
+    .await;
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        Some(&viewer()),
+        &[
+            "X-Forwarded-Ssl: on",
+            "X-Forwarded-User: admin",
+            "X-Acme-User: admin",
+            "X-Tenant: acme",
+            "X-Other: kept",
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let s = up.last();
+    assert_eq!(s.header("x-forwarded-ssl"), Some("on"));
+    assert_eq!(s.header("x-other"), Some("kept"));
+    for gone in ["x-forwarded-user", "x-acme-user", "x-tenant"] {
+        assert_eq!(s.header(gone), None, "{gone} reached the upstream");
+    }
+}
+
+#[tokio::test]
+async fn forwarding_headers_cannot_be_kept() {
+    let dir = scratch_dir("keep");
+    let cfg = "listen: { addr: \"127.0.0.1:0\" }\nforward: { keep_headers: [X-Forwarded-For] }\nroutes:\n  - { name: s, match: { path: /s }, public: true }\nupstreams: { app: { url: \"http://127.0.0.1:9\" } }\n";
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    let errors = match rolegate::config::load(&dir.join("rolegate.yaml")) {
+        Ok(_) => panic!("keeping X-Forwarded-For was accepted"),
+        Err(d) => d
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    assert!(errors.contains("cannot be kept"), "{errors}");
+}
+
+#[tokio::test]
+async fn credential_cookie_has_one_reading() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let t = viewer();
+    // The verified cookie plus a look-alike a backend would read as the
+    // same cookie: refused, whichever spelling.
+    for lookalike in [
+        "rg_session =FORGED",
+        "rg.session=FORGED",
+        "rg%5Fsession=FORGED",
+        "rg session=FORGED",
+        "RG_SESSION=FORGED",
+        "x=1, rg_session=FORGED",
+    ] {
+        let r = req(
+            gw.addr,
+            "GET",
+            "/bots/1/flows",
+            None,
+            &[&format!("Cookie: rg_session={t}; {lookalike}")],
+        )
+        .await;
+        assert_eq!(r.status, 401, "{lookalike}");
+        assert!(reason(&r).contains("more than once"), "{lookalike}");
+    }
+    // A look-alike alone is no credential.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &[&format!("Cookie: rg.session={t}")],
+    )
+    .await;
+    assert_eq!(r.error(), "missing_token");
+    assert_eq!(up.count(), 0, "a refused request reached the upstream");
+    // With a verified bearer token, every look-alike is removed on the way
+    // upstream; unrelated cookies stay.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        Some(&t),
+        &["Cookie: theme=dark; rg.session=A; rg%5Fsession=B; rg session=C; lang=en, RG_SESSION=D"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("cookie"), Some("theme=dark"));
+    // Public route: the same.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/api/status",
+        None,
+        &["Cookie: rg_session=x; rg.session=y; theme=dark"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("cookie"), Some("theme=dark"));
+}
+
+#[tokio::test]
+async fn verified_credentials_are_forwarded_only_where_asked() {
+    let t = viewer();
+    let cookie = format!("Cookie: theme=dark; rg_session={t}");
+    // The default is off; an upstream turns it on; a route overrides its
+    // upstream either way.
+    let up = Upstream::start().await;
+    let gw = start_gateway(
+        up.addr,
+        "routes:\n  - { name: on, match: { path: /on }, require: bot.flows.view, pass_credentials: true }\n",
+    )
+    .await;
+    let up_on = Upstream::start().await;
+    let dir = scratch_dir("pass");
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{}\", pass_credentials: true }}\nroutes:\n  - {{ name: inherits, match: {{ path: /inherits }}, require: authenticated }}\n  - {{ name: off, match: {{ path: /off }}, require: authenticated, pass_credentials: false }}\n",
+        identity_yaml(),
+        up_on.addr
+    );
+    let gw_on = start_with_config(&dir, &cfg).await;
+    for (gw, up, path, passed) in [
+        (&gw, &up, "/bots/1/flows", false),
+        (&gw, &up, "/on", true),
+        (&gw_on, &up_on, "/inherits", true),
+        (&gw_on, &up_on, "/off", false),
+    ] {
+        let r = req(gw.addr, "GET", path, Some(&t), &[&cookie]).await;
+        assert_eq!(r.status, 200, "{path}");
+        let got = up.last().header("authorization").map(str::to_string);
+        assert_eq!(got.is_some(), passed, "bearer on {path}");
+        assert_eq!(up.last().header("cookie"), Some("theme=dark"), "{path}");
+        let r = req(gw.addr, "GET", path, None, &[&cookie]).await;
+        assert_eq!(r.status, 200, "{path}");
+        let got = up.last().header("cookie").map(str::to_string);
+        let want = if passed {
+            format!("theme=dark; rg_session={t}")
+        } else {
+            "theme=dark".to_string()
+        };
+        assert_eq!(got.as_deref(), Some(want.as_str()), "cookie on {path}");
+    }
+}
+
+/// Signs a payload given as raw JSON text (for duplicate members, which no
+/// serializer writes).
+fn sign_raw_hs256(header: &str, payload: &str) -> String {
+    let secret = std::fs::read_to_string(key("hmac.secret")).unwrap();
+    let msg = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
+    let sig = jsonwebtoken::crypto::sign(
+        msg.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{msg}.{sig}")
+}
+
+#[tokio::test]
+async fn tokens_with_duplicate_members_are_refused() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let (exp, now) = (now() + 3600, now());
+    let base = format!(r#""iss":"{ISS_HMAC}","aud":"{AUD}","sub":"u1","exp":{exp},"iat":{now}"#);
+    let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    // The control: the same signing path without duplicates is accepted.
+    let ok = sign_raw_hs256(hs, &format!(r#"{{{base},"roles":["editor"]}}"#));
+    let r = req(gw.addr, "PUT", "/bots/1/flows", Some(&ok), &[]).await;
+    assert_eq!(r.status, 200);
+    let forged = [
+        // last one wins in serde_json: viewer → editor
+        (
+            hs.to_string(),
+            format!(r#"{{{base},"roles":["viewer"],"roles":["editor"]}}"#),
+        ),
+        // an escaped spelling of the same name
+        (
+            hs.to_string(),
+            format!(r#"{{{base},"roles":["viewer"],"ro\u006ces":["editor"]}}"#),
+        ),
+        // inside a nested object
+        (
+            hs.to_string(),
+            format!(r#"{{{base},"roles":["editor"],"ext":{{"a":1,"a":2}}}}"#),
+        ),
+        // in the header
+        (
+            r#"{"alg":"HS256","alg":"HS256","typ":"JWT"}"#.to_string(),
+            format!(r#"{{{base},"roles":["editor"]}}"#),
+        ),
+    ];
+    for (h, p) in forged {
+        let t = sign_raw_hs256(&h, &p);
+        let r = req(gw.addr, "PUT", "/bots/1/flows", Some(&t), &[]).await;
+        assert_eq!(r.status, 401, "{p}");
+        assert_eq!(r.error(), "invalid_token");
+        assert!(reason(&r).contains("duplicate member"), "{p}");
+    }
+    assert_eq!(up.count(), 1, "only the control reached the upstream");
+}
+
+#[tokio::test]
+async fn hmac_secrets_are_selected_by_kid() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("hmac-kid");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let s1 = "first-secret-of-thirty-two-bytes-or-more";
+    let s2 = "second-secret-of-thirty-two-bytes-or-more";
+    std::fs::write(dir.join("k1.secret"), s1).unwrap();
+    std::fs::write(dir.join("k2.secret"), s2).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\nidentity:\n  issuers:\n    - {{ iss: rot, audiences: [{AUD}], algorithms: [HS256], keys: {{ hmac: [{{ file: k1.secret, kid: k1 }}, {{ file: k2.secret, kid: k2 }}] }} }}\n    - {{ iss: one, audiences: [{AUD}], algorithms: [HS256], keys: {{ hmac: [{{ file: k1.secret, kid: only }}] }} }}\nupstreams: {{ app: {{ url: \"http://{}\" }} }}\nrules: rules.yaml\n",
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let mint = |iss: &str, kid: Option<&str>, secret: &str| {
+        let mut h = jsonwebtoken::Header::new(Algorithm::HS256);
+        h.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(
+            &h,
+            &claims(iss, json!({ "roles": ["viewer"] })),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let cases = [
+        (mint("rot", Some("k1"), s1), 200, ""),
+        (mint("rot", Some("k2"), s2), 200, ""),
+        (mint("rot", Some("k1"), s2), 401, "signature is invalid"),
+        (mint("rot", Some("k3"), s1), 401, "key id is unknown"),
+        (
+            mint("rot", None, s1),
+            401,
+            "no kid and the issuer has several keys",
+        ),
+        // One secret: a token without kid still works; a wrong kid does not.
+        (mint("one", None, s1), 200, ""),
+        (mint("one", Some("only"), s1), 200, ""),
+        (mint("one", Some("other"), s1), 401, "key id is unknown"),
+    ];
+    for (i, (t, status, detail)) in cases.iter().enumerate() {
+        let r = req(gw.addr, "GET", "/bots/1/flows", Some(t), &[]).await;
+        assert_eq!(r.status, *status, "case {i}");
+        if *status == 401 {
+            assert!(reason(&r).contains(detail), "case {i}: {}", reason(&r));
+        }
+    }
+}
+
+/// An upstream that answers every request with these extra headers.
+async fn answering_with(headers: &'static [(&'static str, &'static str)]) -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(
+                    move |_req: hyper::Request<hyper::body::Incoming>| async move {
+                        let mut resp =
+                            hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+                        for (k, v) in headers {
+                            resp.headers_mut().append(
+                                hyper::header::HeaderName::from_static(k),
+                                hyper::header::HeaderValue::from_static(v),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstreams_cannot_set_the_gateways_cookie_or_identity_headers() {
+    let addr = answering_with(&[
+        ("set-cookie", "theme=dark; Path=/"),
+        (
+            "set-cookie",
+            "rg_session=minted.by.backend; Path=/; HttpOnly",
+        ),
+        ("set-cookie", "RG.Session=fixated; Path=/"),
+        ("x-rolegate-user", "admin"),
+        ("x-rolegate-roles", "super-admin"),
+        ("x-app", "1"),
+    ])
+    .await;
+    let gw = start_gateway(addr, "").await;
+    for (target, token) in [("/bots/1/flows", Some(viewer())), ("/api/status", None)] {
+        let r = req(gw.addr, "GET", target, token.as_deref(), &[]).await;
+        assert_eq!(r.status, 200, "{target}");
+        let cookies: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies, ["theme=dark; Path=/"], "{target}");
+        assert_eq!(r.header("x-rolegate-user"), None);
+        assert_eq!(r.header("x-rolegate-roles"), None);
+        assert_eq!(r.header("x-app"), Some("1"));
+    }
 }

@@ -103,8 +103,16 @@ impl KeySet {
         Ok(())
     }
 
-    /// Adds an HMAC secret: the file's bytes with surrounding whitespace trimmed.
-    pub fn add_hmac(&mut self, secret: &[u8], origin: &str) -> Result<(), String> {
+    /// Adds an HMAC secret: the file's bytes with surrounding whitespace
+    /// trimmed. A `kid` makes it selectable by tokens naming it (identity
+    /// providers such as Keycloak put a `kid` in HS256 tokens, and several
+    /// secrets per issuer allow rotation).
+    pub fn add_hmac(
+        &mut self,
+        secret: &[u8],
+        kid: Option<String>,
+        origin: &str,
+    ) -> Result<(), String> {
         let secret = secret.trim_ascii();
         if secret.len() < MIN_HMAC_SECRET_BYTES {
             return Err(format!(
@@ -113,7 +121,7 @@ impl KeySet {
             ));
         }
         self.keys.push(Key {
-            kid: None,
+            kid,
             family: AlgorithmFamily::Hmac,
             key: DecodingKey::from_secret(secret),
             origin: origin.to_string(),
@@ -141,6 +149,18 @@ impl KeySet {
                 }
             }
         }
+    }
+
+    /// A `kid` given to two keys of one family (selection would be
+    /// ambiguous), if any.
+    pub fn duplicate_kid(&self) -> Option<&str> {
+        self.keys.iter().enumerate().find_map(|(i, a)| {
+            let kid = a.kid.as_deref()?;
+            self.keys[..i]
+                .iter()
+                .any(|b| b.family == a.family && b.kid.as_deref() == Some(kid))
+                .then_some(kid)
+        })
     }
 
     pub fn has_family(&self, family: AlgorithmFamily) -> bool {

@@ -7,14 +7,15 @@
 //! policy, and never logs a token.
 //!
 //! Verification order, each step failing closed with a 401:
-//! size limit → three base64url segments → header JSON (`alg` known, no
-//! `crit`) → issuer chosen by the unverified `iss` (only to pick keys) →
+//! size limit → three base64url segments → header and payload JSON (no
+//! repeated member name at any depth; `alg` known, no `crit`) → issuer chosen by the unverified `iss` (only to pick keys) →
 //! `alg` in that issuer's allow-list → key of that algorithm's family (by
 //! `kid`) → signature, `exp` (required), `nbf`, `iss`, `aud` (required) via
 //! `jsonwebtoken` → `sub` present → claims mapped.
 
 mod cache;
 mod claims;
+pub mod cookie;
 pub mod keys;
 
 use std::collections::HashMap;
@@ -40,7 +41,9 @@ pub enum AuthError {
     Missing,
     #[error("more than one Authorization header")]
     MultipleAuthorization,
-    #[error("the credentials cookie appears more than once")]
+    #[error(
+        "the credential cookie appears more than once (counting spellings a backend reads as the same name)"
+    )]
     MultipleCookies,
     #[error("Authorization header is not a Bearer token")]
     NotBearer,
@@ -48,6 +51,8 @@ pub enum AuthError {
     TooLarge(usize),
     #[error("token is not a well-formed JWT")]
     Malformed,
+    #[error("token header or payload has a duplicate member name")]
+    DuplicateMember,
     #[error("token header has a crit parameter, which is not supported")]
     Crit,
     #[error("algorithm {0} is not accepted")]
@@ -90,6 +95,7 @@ impl AuthError {
             AuthError::NotBearer => "not_bearer",
             AuthError::TooLarge(_) => "token_too_large",
             AuthError::Malformed => "malformed",
+            AuthError::DuplicateMember => "duplicate_member",
             AuthError::Crit => "crit_unsupported",
             AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AuthError::UnknownIssuer => "unknown_issuer",
@@ -123,8 +129,14 @@ pub struct Issuer {
     pub keys: KeySet,
     /// `dev: true` issuers may mint tokens with `rolegate token`.
     pub dev: bool,
-    /// The HMAC secret, kept only for `dev` issuers (token minting).
-    pub dev_secret: Option<Vec<u8>>,
+    /// The first HMAC secret, kept only for `dev` issuers (token minting).
+    pub dev_secret: Option<DevSecret>,
+}
+
+/// The secret `rolegate token` signs with, and the `kid` it names.
+pub struct DevSecret {
+    pub secret: Vec<u8>,
+    pub kid: Option<String>,
 }
 
 /// Settings of the authenticate phase (built from `identity:`).
@@ -182,7 +194,8 @@ impl Authenticator {
     /// Token extraction. An `Authorization` header, when present, wins over
     /// the cookie; it must be exactly one header with the Bearer scheme
     /// (case-insensitive). The cookie must appear exactly once across all
-    /// `Cookie` headers (two cookies of the same name is cookie tossing).
+    /// `Cookie` headers, counting every spelling a backend could read as it
+    /// (two is cookie tossing; see [`cookie`]).
     fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<(&'h str, bool), AuthError> {
         let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
         if let Some(value) = auth.next() {
@@ -204,24 +217,11 @@ impl Authenticator {
             return Ok((token, false));
         }
         if let Some(name) = &self.settings.cookie {
-            let mut found = None;
-            for header in headers.get_all(http::header::COOKIE) {
-                let Ok(header) = header.to_str() else {
-                    continue;
-                };
-                for pair in header.split(';') {
-                    let Some((k, v)) = pair.trim().split_once('=') else {
-                        continue;
-                    };
-                    if k == name {
-                        if found.is_some() {
-                            return Err(AuthError::MultipleCookies);
-                        }
-                        found = Some(v.trim_matches('"'));
-                    }
-                }
+            let found = cookie::scan(headers, name);
+            if found.lookalikes > 1 {
+                return Err(AuthError::MultipleCookies);
             }
-            if let Some(token) = found.filter(|t| !t.is_empty()) {
+            if let Some(token) = found.exact.filter(|t| !t.is_empty()) {
                 return Ok((token, true));
             }
         }
@@ -335,9 +335,76 @@ fn decode_segment(seg: &str) -> Result<Map<String, Value>, AuthError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(seg)
         .map_err(|_| AuthError::Malformed)?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+    match serde_json::from_slice::<Strict>(&bytes) {
+        Ok(Strict(Value::Object(m))) => Ok(m),
+        // The only data error `Strict` raises is a repeated member name.
+        Err(e) if e.is_data() => Err(AuthError::DuplicateMember),
         _ => Err(AuthError::Malformed),
+    }
+}
+
+/// A JSON value parsed with repeated member names refused, at any depth.
+/// serde_json (like most parsers) keeps the *last* of two equal names,
+/// while another parser may keep the first: a signed `"roles":["agent"],
+/// "roles":["admin"]` must not mean different things to the gateway and to
+/// a backend that reads the forwarded token (RFC 7515 §5.2, RFC 8725 §2.x).
+/// The header and the payload are both parsed with it before the
+/// signature is checked, so `jsonwebtoken`'s own last-wins parse of the
+/// same bytes only ever sees documents without duplicates.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom("duplicate member name"));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 

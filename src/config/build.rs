@@ -20,7 +20,7 @@ use super::file::{FileConfig, FileRequire, FileRoute, FileRules};
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
 use super::{MaskingSettings, RouteMask};
 use crate::auth::keys::KeySet;
-use crate::auth::{AuthSettings, Authenticator, ClaimNames, Issuer};
+use crate::auth::{AuthSettings, Authenticator, ClaimNames, DevSecret, Issuer};
 use crate::mask;
 use crate::policy::{
     IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
@@ -218,7 +218,9 @@ impl Builder {
         let upstreams = self.build_upstreams(name, cfg.upstreams);
         let masking = self.build_masking(name, &cfg.masking);
         let compiled_masks = self.build_masks(&masks, &policy, &masking);
-        let (router, mut compiled_routes) = self.build_routes(&routes, &policy, &upstreams);
+        let pass_default = cfg.forward.pass_credentials;
+        let (router, mut compiled_routes) =
+            self.build_routes(&routes, &policy, &upstreams, pass_default);
         if let Some(compiled) = &mut compiled_routes {
             self.attach_masks(&routes, compiled, &compiled_masks, &masks);
         }
@@ -234,6 +236,23 @@ impl Builder {
         let auth = self.build_auth(name, cfg.identity);
         let listen = self.build_listen(name, cfg.listen);
         let forward = self.build_forward(name, cfg.forward, cookie);
+        if let (Some(l), Some(Some(a))) = (&listen, &admin)
+            && l.addr.port() != 0
+            && l.addr.port() == a.addr.port()
+            && (l.addr.ip() == a.addr.ip()
+                || l.addr.ip().is_unspecified()
+                || a.addr.ip().is_unspecified())
+        {
+            self.error(
+                name,
+                0,
+                format!(
+                    "admin.addr {} is the public listener's address ({}): the admin API must have its own listener",
+                    a.addr, l.addr
+                ),
+            );
+            return None;
+        }
 
         Some(Runtime {
             listen: listen?,
@@ -473,6 +492,7 @@ impl Builder {
         routes: &[Located<FileRoute>],
         policy: &Policy,
         upstreams: &[Upstream],
+        pass_default: bool,
     ) -> (Router, Option<Vec<Route>>) {
         let mut ok = true;
         let mut compiled = Vec::new();
@@ -586,6 +606,20 @@ impl Builder {
                     false
                 }
             };
+            let pass_credentials = v
+                .pass_credentials
+                .or_else(|| upstreams.get(upstream).and_then(|u| u.pass_credentials))
+                .unwrap_or(pass_default);
+            if pass_credentials && v.public {
+                self.warn(
+                    f,
+                    l,
+                    format!(
+                        "route {}: pass_credentials has no effect on a public route (nothing is verified there, so nothing is forwarded)",
+                        v.name
+                    ),
+                );
+            }
             compiled.push(Route {
                 name: v.name.clone(),
                 spec,
@@ -593,6 +627,7 @@ impl Builder {
                 upstream,
                 origin: format!("{f}:{l}"),
                 passive,
+                pass_credentials,
                 mask: None,
                 record: None,
             });
@@ -689,6 +724,7 @@ impl Builder {
                 base_path: uri.path().trim_end_matches('/').to_string(),
                 timeout,
                 preserve_host: u.preserve_host,
+                pass_credentials: u.pass_credentials,
                 client: crate::proxy::upstream::new_client(connect_timeout),
             });
         }
@@ -1069,21 +1105,73 @@ impl Builder {
             );
             return None;
         }
-        let mut strip = Vec::new();
+        use crate::proxy::headers::{ALWAYS_STRIPPED, DEFAULT_STRIPPED, DEFAULT_STRIPPED_PREFIXES};
+        let mut keep = Vec::new();
+        for h in &f.keep_headers {
+            let lower = h.to_ascii_lowercase();
+            let Ok(n) = http::HeaderName::from_bytes(lower.as_bytes()) else {
+                self.error(
+                    file,
+                    0,
+                    format!("forward.keep_headers: {h:?} is not a header name"),
+                );
+                continue;
+            };
+            if ALWAYS_STRIPPED.contains(&lower.as_str())
+                || lower.starts_with(&prefix)
+                || lower.contains('_')
+            {
+                self.error(file, 0, format!("forward.keep_headers: {h} is always removed (a rewrite/override or forwarding header, the identity prefix, or a name with `_`) and cannot be kept"));
+                continue;
+            }
+            if !DEFAULT_STRIPPED.contains(&lower.as_str())
+                && !DEFAULT_STRIPPED_PREFIXES
+                    .iter()
+                    .any(|p| lower.starts_with(p))
+            {
+                self.warn(file, 0, format!("forward.keep_headers: {h} is not removed by default; keeping it has no effect"));
+            }
+            keep.push(n);
+        }
+        let mut strip: Vec<http::HeaderName> = DEFAULT_STRIPPED
+            .iter()
+            .copied()
+            .map(http::HeaderName::from_static)
+            .filter(|n| !keep.contains(n))
+            .collect();
+        let mut strip_prefixes: Vec<String> = DEFAULT_STRIPPED_PREFIXES
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         for h in f.strip_headers {
-            match http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+            let lower = h.to_ascii_lowercase();
+            if let Some(p) = lower.strip_suffix('*') {
+                if p.is_empty() || http::HeaderName::from_bytes(p.as_bytes()).is_err() {
+                    self.error(file, 0, format!("forward.strip_headers: {h:?} is not a header name or a prefix like X-Acme-*"));
+                } else {
+                    strip_prefixes.push(p.to_string());
+                }
+                continue;
+            }
+            match http::HeaderName::from_bytes(lower.as_bytes()) {
+                Ok(n) if keep.contains(&n) => self.error(
+                    file,
+                    0,
+                    format!("forward.strip_headers: {h} is also in forward.keep_headers"),
+                ),
                 Ok(n) => strip.push(n),
                 Err(_) => self.error(
                     file,
                     0,
-                    format!("forward.strip_headers: {h:?} is not a header name"),
+                    format!("forward.strip_headers: {h:?} is not a header name or a prefix like X-Acme-*"),
                 ),
             }
         }
         Some(ForwardSettings {
             identity_prefix: prefix,
             strip,
-            pass_credentials: f.pass_credentials,
+            strip_prefixes,
+            keep,
             cookie,
         })
     }
@@ -1166,17 +1254,40 @@ impl Builder {
                     self.error(file, line, format!("issuer {}: {e}", is.iss));
                 }
             }
-            if let Some(h) = &is.keys.hmac_secret_file {
+            let hmac = is
+                .keys
+                .hmac_secret_file
+                .iter()
+                .map(|f| (f, None))
+                .chain(is.keys.hmac.iter().map(|k| (&k.file, k.kid.clone())));
+            for (h, kid) in hmac {
                 let path = self.resolve(h);
                 let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
-                match r.and_then(|b| keys.add_hmac(&b, h).map(|_| b)) {
-                    Ok(b) if is.dev => dev_secret = Some(b.trim_ascii().to_vec()),
+                match r.and_then(|b| keys.add_hmac(&b, kid.clone(), h).map(|_| b)) {
+                    // `rolegate token` signs with the first secret.
+                    Ok(b) if is.dev && dev_secret.is_none() => {
+                        dev_secret = Some(DevSecret {
+                            secret: b.trim_ascii().to_vec(),
+                            kid,
+                        })
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         ok = false;
                         self.error(file, line, format!("issuer {}: {e}", is.iss));
                     }
                 }
+            }
+            if let Some(kid) = keys.duplicate_kid() {
+                ok = false;
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "issuer {}: kid {kid:?} names two keys of the same type",
+                        is.iss
+                    ),
+                );
             }
             for alg in &algorithms {
                 if !keys.has_family(alg.family()) {

@@ -111,6 +111,17 @@ pub struct FileKeys {
     pub pem: Vec<FilePemKey>,
     pub jwks_file: Option<String>,
     pub hmac_secret_file: Option<String>,
+    /// HMAC secrets with key ids (`[{ file, kid }]`): several per issuer
+    /// for rotation, selected by the token's `kid` like public keys.
+    pub hmac: Vec<FileSecretKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecretKey {
+    pub file: String,
+    #[serde(default)]
+    pub kid: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +168,10 @@ pub struct FileUpstream {
     pub timeout: String,
     #[serde(default)]
     pub preserve_host: bool,
+    /// Forward the verified credential to this upstream (overrides
+    /// `forward.pass_credentials`; a route's own setting overrides this).
+    #[serde(default)]
+    pub pass_credentials: Option<bool>,
 }
 
 fn default_connect_timeout() -> String {
@@ -188,6 +203,8 @@ impl Default for FilePath {
 pub struct FileForward {
     pub identity_header_prefix: String,
     pub strip_headers: Vec<String>,
+    /// Names of the built-in strip list that are forwarded after all.
+    pub keep_headers: Vec<String>,
     pub pass_credentials: bool,
 }
 
@@ -196,7 +213,8 @@ impl Default for FileForward {
         FileForward {
             identity_header_prefix: "X-Rolegate-".into(),
             strip_headers: Vec::new(),
-            pass_credentials: true,
+            keep_headers: Vec::new(),
+            pass_credentials: false,
         }
     }
 }
@@ -377,6 +395,10 @@ pub struct FileRoute {
     /// `"{param}"` naming the record a response is about, for the audit log.
     #[serde(default)]
     pub record: Option<String>,
+    /// Forward the verified credential on this route (overrides the
+    /// upstream's and `forward.pass_credentials`).
+    #[serde(default)]
+    pub pass_credentials: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

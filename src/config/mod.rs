@@ -66,6 +66,9 @@ pub struct Route {
     pub origin: String,
     /// `activity: passive`: checked, but never keeps a session alive.
     pub passive: bool,
+    /// Forward the verified credential (route, else upstream, else
+    /// `forward.pass_credentials`).
+    pub pass_credentials: bool,
     /// `mask:` — the response masking of this route.
     pub mask: Option<RouteMask>,
     /// `record:` — the path parameter naming the record (audit log).
@@ -99,18 +102,26 @@ pub struct Upstream {
     pub timeout: Duration,
     /// `preserve_host`: send the client's Host instead of the upstream's.
     pub preserve_host: bool,
+    /// `pass_credentials` of this upstream, if set (routes resolve it).
+    pub pass_credentials: Option<bool>,
     pub client: HttpClient,
 }
 
-/// Header handling on the way upstream.
+/// Header handling on the way upstream (and back).
 pub struct ForwardSettings {
     /// Lowercased identity header prefix (default `x-rolegate-`).
     pub identity_prefix: String,
-    /// Extra client headers to drop (lowercased), on top of the built-ins.
+    /// Exact client header names to drop: the built-in default list
+    /// (minus `keep_headers`) plus `forward.strip_headers` (lowercased).
     pub strip: Vec<http::HeaderName>,
-    /// `forward.pass_credentials`: forward the verified token upstream.
-    pub pass_credentials: bool,
-    /// The credential cookie name (`identity.cookie`), stripped whenever it
-    /// was not the credential that was verified.
+    /// Name prefixes to drop: the built-in ones plus `strip_headers`
+    /// entries ending in `*`.
+    pub strip_prefixes: Vec<String>,
+    /// `forward.keep_headers`: names under a stripped prefix forwarded
+    /// after all.
+    pub keep: Vec<http::HeaderName>,
+    /// The credential cookie name (`identity.cookie`): stripped whenever it
+    /// is not the verified credential being passed on, and never accepted
+    /// from an upstream's `Set-Cookie`.
     pub cookie: Option<String>,
 }

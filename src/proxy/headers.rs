@@ -5,9 +5,11 @@
 //! 1. drop every header *named* in `Connection` (RFC 9110 §7.6.1), then the
 //!    hop-by-hop set; done first, so `Connection: X-Rolegate-User` can only
 //!    ever remove the client's own spoofed copy, never our injected one;
-//! 2. drop client-supplied identity (`X-Rolegate-*` by default, plus
-//!    `forward.strip_headers`) and the rewrite/override headers that some
-//!    frameworks honour (`X-Original-URL`, `X-HTTP-Method-Override`, …);
+//! 2. drop client-supplied identity (`X-Rolegate-*` by default, the
+//!    identity headers of other auth proxies, plus `forward.strip_headers`),
+//!    the rewrite/override headers that some frameworks honour
+//!    (`X-Original-URL`, `X-HTTP-Method-Override`, …), and every credential
+//!    the gateway did not verify or is not told to pass on;
 //! 3. set `X-Forwarded-For/-Proto/-Host` and `X-Request-Id` (rolegate is the
 //!    edge: incoming forwarding headers are replaced, not appended to);
 //! 4. inject the verified identity.
@@ -34,13 +36,15 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Client headers that are never forwarded: request rewriting and method
-/// overriding that a backend framework might honour behind our back, and
-/// forwarding information we set ourselves.
-const NEVER_FORWARDED: &[&str] = &[
+/// Client headers that are always removed, whatever `forward.keep_headers`
+/// says: request rewriting and method overriding that a backend framework
+/// might honour behind our back, and forwarding information we set (or
+/// deliberately do not set) ourselves.
+pub const ALWAYS_STRIPPED: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
+    "x-original-method",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -48,10 +52,57 @@ const NEVER_FORWARDED: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
     "x-real-ip",
 ];
+
+/// Identity and client-address headers that other auth proxies and load
+/// balancers set and that backends behind them trust (oauth2-proxy,
+/// Authelia, Pomerium, Envoy, Apache, Grafana's auth proxy, cloud load
+/// balancers), removed by default; `forward.keep_headers` can keep one.
+pub const DEFAULT_STRIPPED: &[&str] = &[
+    "remote-user",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
+    "x-webauth-user",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-goog-iap-jwt-assertion",
+];
+
+/// Name prefixes removed by default (every header starting with one);
+/// `forward.keep_headers` can keep single names under them.
+pub const DEFAULT_STRIPPED_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-auth-request-",
+    "x-remote-",
+    "x-envoy-",
+    "x-pomerium-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-ms-client-principal",
+    "x-ms-token-",
+];
+
+/// Whether a client header is dropped before forwarding (step 2).
+pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
+    let k = name.as_str();
+    // `X_Rolegate_User` becomes HTTP_X_ROLEGATE_USER in CGI/WSGI/Rack/PHP
+    // backends, exactly like `X-Rolegate-User`: drop every name with an
+    // underscore (nginx's default) so no spelling of a trusted header gets
+    // through.
+    if k.contains('_')
+        || k.starts_with(fwd.identity_prefix.as_str())
+        || ALWAYS_STRIPPED.contains(&k)
+    {
+        return true;
+    }
+    if fwd.strip.contains(name) {
+        return true;
+    }
+    fwd.strip_prefixes.iter().any(|p| k.starts_with(p.as_str())) && !fwd.keep.contains(name)
+}
 
 /// Removes `Connection`-named headers and the hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -71,67 +122,54 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Removes every header a client could use to claim an identity or to
-/// rewrite the request behind the gateway, and every one of `also` (in the
-/// same pass over the headers present: cheaper than a lookup per name).
+/// rewrite the request behind the gateway (see [`is_stripped`]), and every
+/// one of `also` (in the same pass over the headers present: cheaper than a
+/// lookup per name).
 pub fn strip_spoofable(headers: &mut HeaderMap, fwd: &ForwardSettings, also: &[HeaderName]) {
     let spoofed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| {
-            if also.contains(k) {
-                return true;
-            }
-            let k = k.as_str();
-            // `X_Rolegate_User` becomes HTTP_X_ROLEGATE_USER in CGI/WSGI/
-            // Rack/PHP backends, exactly like `X-Rolegate-User`: drop every
-            // name with an underscore (nginx's default) so no spelling of a
-            // trusted header gets through.
-            k.contains('_')
-                || k.starts_with(fwd.identity_prefix.as_str())
-                || NEVER_FORWARDED.contains(&k)
-        })
+        .filter(|k| also.contains(k) || is_stripped(fwd, k))
         .cloned()
         .collect();
-    for name in spoofed.iter().chain(&fwd.strip) {
+    for name in &spoofed {
         headers.remove(name);
     }
 }
 
-/// Removes credentials the gateway did not verify: on public routes (or
-/// with `forward.pass_credentials: false`) the `Authorization` header and
-/// the credential cookie; otherwise the credential cookie when the
-/// `Authorization` header was the one verified (it wins over the cookie).
-/// A backend that decodes a token without checking it, trusting the gateway,
+/// Which credential was verified for this request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Credential {
+    /// None (public route): every credential is removed.
+    Unverified,
+    /// The `Authorization: Bearer` token.
+    Bearer,
+    /// The credential cookie.
+    Cookie,
+}
+
+/// Removes credentials: the verified one unless `pass` (the route's
+/// `pass_credentials`), and always every credential the gateway did not
+/// verify — `Authorization` when the cookie was used or nothing was, and
+/// every cookie a backend could read as the credential cookie (any
+/// spelling, see [`crate::auth::cookie`]) unless it is the verified one. A
+/// backend that decodes a token without checking it, trusting the gateway,
 /// must never see one the gateway did not check.
-pub fn strip_unverified_credentials(
+pub fn strip_credentials(
     headers: &mut HeaderMap,
     cookie: Option<&str>,
-    verified: bool,
+    verified: Credential,
     pass: bool,
 ) {
-    let bearer_used = verified && headers.contains_key(http::header::AUTHORIZATION);
-    if !verified || !pass {
+    if !(pass && verified == Credential::Bearer) {
         headers.remove(http::header::AUTHORIZATION);
     }
-    let Some(name) = cookie else { return };
-    if verified && pass && !bearer_used {
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            !pair.is_empty() && pair.split_once('=').map(|(k, _)| k.trim()) != Some(name)
-        })
-        .map(str::to_string)
-        .collect();
-    headers.remove(http::header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    if let Some(name) = cookie
+        && !(pass && verified == Credential::Cookie)
     {
-        headers.insert(http::header::COOKIE, v);
+        // When the cookie was verified, it was the only credential-like
+        // cookie (authentication refuses look-alikes), so keeping it keeps
+        // nothing else.
+        crate::auth::cookie::strip(headers, name);
     }
 }
 
@@ -218,9 +256,41 @@ pub fn remove_each(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-/// Response side: drop hop-by-hop headers of the upstream's answer.
-pub fn clean_response(headers: &mut HeaderMap) {
+/// Response side: drop hop-by-hop headers of the upstream's answer, and
+/// anything an upstream could use to mint or fix a gateway session or to
+/// speak in the gateway's name: `Set-Cookie` of the credential cookie (any
+/// spelling) and headers under the identity prefix. Returns the names of
+/// what was removed for that second reason (empty, without allocating, in
+/// the normal case) so the caller can log it.
+pub fn clean_response(headers: &mut HeaderMap, fwd: &ForwardSettings) -> Vec<HeaderName> {
     strip_hop_by_hop(headers);
+    let mut removed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(fwd.identity_prefix.as_str()))
+        .cloned()
+        .collect();
+    for name in &removed {
+        headers.remove(name);
+    }
+    if let Some(name) = fwd.cookie.as_deref()
+        && headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .any(|v| crate::auth::cookie::sets_lookalike(v, name))
+    {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter(|v| !crate::auth::cookie::sets_lookalike(v, name))
+            .cloned()
+            .collect();
+        headers.remove(http::header::SET_COOKIE);
+        for v in kept {
+            headers.append(http::header::SET_COOKIE, v);
+        }
+        removed.push(http::header::SET_COOKIE);
+    }
+    removed
 }
 
 #[cfg(test)]
@@ -231,7 +301,8 @@ mod tests {
         ForwardSettings {
             identity_prefix: "x-rolegate-".into(),
             strip: vec![HeaderName::from_static("remote-user")],
-            pass_credentials: true,
+            strip_prefixes: vec!["x-forwarded-".into(), "x-auth-request-".into()],
+            keep: vec![HeaderName::from_static("x-forwarded-ssl")],
             cookie: Some("rg_session".into()),
         }
     }
@@ -292,7 +363,25 @@ mod tests {
     }
 
     #[test]
-    fn unverified_credentials_are_removed() {
+    fn default_prefixes_strip_and_keep_excepts_one_name() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-auth-request-user",
+            "x-forwarded-ssl",
+            "x-ok",
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("v"));
+        }
+        strip_spoofable(&mut h, &fwd(), &[]);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-forwarded-ssl", "x-ok"]);
+    }
+
+    #[test]
+    fn credentials_the_gateway_did_not_verify_or_pass_are_removed() {
         let base = || {
             let mut h = HeaderMap::new();
             h.insert("authorization", HeaderValue::from_static("Bearer a.b.c"));
@@ -302,26 +391,49 @@ mod tests {
             );
             h
         };
-        // Bearer verified: the (unverified) cookie goes, the bearer stays.
+        let c = Some("rg_session");
+        // Bearer verified and passed: the (unverified) cookie goes.
         let mut h = base();
-        strip_unverified_credentials(&mut h, Some("rg_session"), true, true);
+        strip_credentials(&mut h, c, Credential::Bearer, true);
         assert_eq!(h["authorization"], "Bearer a.b.c");
         assert_eq!(h["cookie"], "theme=dark; lang=en");
         // Public route: nothing was verified, both go.
         let mut h = base();
-        strip_unverified_credentials(&mut h, Some("rg_session"), false, true);
+        strip_credentials(&mut h, c, Credential::Unverified, true);
         assert!(!h.contains_key("authorization"));
         assert_eq!(h["cookie"], "theme=dark; lang=en");
-        // Cookie verified and passing allowed: kept.
+        // Cookie verified and passed: kept, the bearer goes.
         let mut h = base();
-        h.remove("authorization");
-        strip_unverified_credentials(&mut h, Some("rg_session"), true, true);
+        strip_credentials(&mut h, c, Credential::Cookie, true);
+        assert!(!h.contains_key("authorization"));
         assert_eq!(h["cookie"], "theme=dark; rg_session=forged; lang=en");
-        // pass_credentials off: both go even when verified.
-        let mut h = base();
-        strip_unverified_credentials(&mut h, Some("rg_session"), true, false);
-        assert!(!h.contains_key("authorization"));
-        assert_eq!(h["cookie"], "theme=dark; lang=en");
+        // Not passed (the default): both go even when verified.
+        for v in [Credential::Bearer, Credential::Cookie] {
+            let mut h = base();
+            strip_credentials(&mut h, c, v, false);
+            assert!(!h.contains_key("authorization"));
+            assert_eq!(h["cookie"], "theme=dark; lang=en");
+        }
+    }
+
+    #[test]
+    fn responses_lose_the_gateways_cookie_and_identity_headers() {
+        let mut h = HeaderMap::new();
+        h.append("set-cookie", HeaderValue::from_static("theme=dark"));
+        h.append(
+            "set-cookie",
+            HeaderValue::from_static("RG_Session=minted; Path=/"),
+        );
+        h.insert("x-rolegate-user", HeaderValue::from_static("admin"));
+        h.insert("x-ok", HeaderValue::from_static("1"));
+        let removed = clean_response(&mut h, &fwd());
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert_eq!(h.get_all("set-cookie").iter().count(), 1);
+        assert_eq!(h["set-cookie"], "theme=dark");
+        assert!(!h.contains_key("x-rolegate-user"));
+        let mut h = HeaderMap::new();
+        h.insert("x-ok", HeaderValue::from_static("1"));
+        assert!(clean_response(&mut h, &fwd()).is_empty());
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl Gateway {
         let resp = forward(rt, ctx, route, &target, principal, masking, req).await?;
         // 7 respond: as is, unmasked with an audit record, or masked.
         let resp = match mask {
-            None => respond(resp),
+            None => respond(rt, ctx, resp),
             Some((_, true)) => {
                 let record = route
                     .record
@@ -207,7 +207,7 @@ impl Gateway {
                     .and_then(|p| m.params.iter().find(|(k, _)| k == p))
                     .map(|(_, v)| v.as_str());
                 self.audit_unmasked(ctx, route, verified.as_ref(), record, resp.status(), head)?;
-                let mut resp = respond(resp);
+                let mut resp = respond(rt, ctx, resp);
                 make_private(resp.headers_mut());
                 resp
             }
@@ -493,11 +493,16 @@ async fn forward(
     };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers, &rt.forward, unforwarded);
-    headers::strip_unverified_credentials(
+    let credential = match (principal.is_some(), ctx.from_cookie) {
+        (false, _) => headers::Credential::Unverified,
+        (true, false) => headers::Credential::Bearer,
+        (true, true) => headers::Credential::Cookie,
+    };
+    headers::strip_credentials(
         &mut parts.headers,
         rt.forward.cookie.as_deref(),
-        principal.is_some(),
-        rt.forward.pass_credentials,
+        credential,
+        route.pass_credentials,
     );
     let host = target.host.as_deref().unwrap_or("");
     // The upstream's own host unless it asks for the client's: a route that
@@ -547,10 +552,21 @@ static UNMASKED_REPRESENTATION: [HeaderName; 4] = [
     HeaderName::from_static("content-md5"),
 ];
 
-fn respond(resp: Response<Incoming>) -> Response<RespBody> {
+fn respond(rt: &Runtime, ctx: &Ctx, resp: Response<Incoming>) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
-    headers::clean_response(&mut parts.headers);
+    clean_response(rt, ctx, &mut parts.headers);
     Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+/// The upstream's response headers, cleaned; an upstream setting the
+/// gateway's cookie or identity headers is logged (it could be minting or
+/// fixing a session).
+fn clean_response(rt: &Runtime, ctx: &Ctx, h: &mut http::HeaderMap) {
+    let removed = headers::clean_response(h, &rt.forward);
+    if !removed.is_empty() {
+        let names: Vec<&str> = removed.iter().map(HeaderName::as_str).collect();
+        tracing::warn!(target: "rolegate::decision", request_id = %ctx.request_id, route = ctx.route.as_deref().unwrap_or(""), headers = ?names, "upstream response carried the gateway's credential cookie or identity headers: removed");
+    }
 }
 
 /// Responses of masked routes, masked or not, are never stored by shared
@@ -581,7 +597,7 @@ async fn mask_response(
 ) -> Result<Response<RespBody>, Refusal> {
     let (mut parts, body) = resp.into_parts();
     let h = &mut parts.headers;
-    headers::clean_response(h);
+    clean_response(rt, ctx, h);
     make_private(h);
     // The masked representation is a different one: validators and range
     // support of the upstream's do not describe it.
