@@ -125,6 +125,33 @@ fn strict_check_fails_on_warnings_only() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
 }
 
+#[test]
+fn a_role_that_only_unmasks_is_used() {
+    let rules = "roles:\n  v: { grants: [x.view] }\n  pii: { grants: [x.pii.view] }\nmasks:\n  m: { unmask_with: x.pii.view, fields: [{ path: $..phone, as: last4 }] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view, mask: m }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let o = run(&["check", "--strict"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("role pii: unused"), "{}", text(&o));
+}
+
+#[test]
+fn admin_listener_on_the_public_address_is_an_error() {
+    let dir = scratch_dir("cli-admin");
+    std::fs::write(dir.join("admin.token"), "0123456789abcdef0123").unwrap();
+    for (listen, admin) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+    ] {
+        let cfg = format!(
+            "listen: {{ addr: \"{listen}\" }}\nadmin: {{ addr: \"{admin}\", token_file: admin.token }}\nupstreams: {{ app: {{ url: \"http://127.0.0.1:9\" }} }}\nroutes:\n  - {{ name: s, match: {{ path: /s }}, public: true }}\n"
+        );
+        std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+        let o = run(&["check"], &dir);
+        assert_eq!(o.status.code(), Some(2), "{listen} / {admin}: {}", text(&o));
+        assert!(text(&o).contains("admin.addr"), "{}", text(&o));
+    }
+}
+
 // ------------------------------------------------------- token and explain
 
 #[test]

@@ -420,14 +420,20 @@ impl Builder {
         routes: &[Route],
     ) {
         let mut required: Vec<&str> = Vec::new();
-        for r in routes {
-            if let Some(req) = &r.policy.require {
-                req.walk(&mut |node, _| {
-                    if let Requirement::Capability(c) = node {
-                        required.push(c);
-                    }
-                });
-            }
+        // A route's requirement and its mask's `unmask_with` both make a
+        // grant matter.
+        let requirements = routes.iter().flat_map(|r| {
+            [
+                r.policy.require.as_ref(),
+                r.mask.as_ref().and_then(|m| m.unmask.require.as_ref()),
+            ]
+        });
+        for req in requirements.flatten() {
+            req.walk(&mut |node, _| {
+                if let Requirement::Capability(c) = node {
+                    required.push(c);
+                }
+            });
         }
         for role in policy.roles() {
             let used = role
@@ -443,7 +449,7 @@ impl Builder {
                     &file,
                     line,
                     format!(
-                        "role {}: unused: none of its grants is required by any route",
+                        "role {}: unused: none of its grants is required by any route or unmasks any route's mask",
                         role.name
                     ),
                 );
