@@ -41,7 +41,10 @@ pub fn embedded_rules() -> Vec<(String, String)> {
 
 /// Builds the demo runtime: embedded config and rules, `listen` address,
 /// `upstream` address, a fresh HMAC secret and admin token, and sessions
-/// kept under `state_dir`.
+/// kept under `state_dir`. The config, the rules and the secret are also
+/// written to `state_dir` (secrets owner-only), so the printed `rolegate
+/// explain -c <state_dir>/rolegate.yaml --token …` verifies the demo's
+/// tokens exactly as the running gateway does.
 pub fn runtime(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -50,18 +53,20 @@ pub fn runtime(
 ) -> Result<Loaded, Vec<config::Diagnostic>> {
     let secret_path = state_dir.join("dev-hmac.secret");
     let secret = crate::token::random_id() + &crate::token::random_id();
-    if let Err(e) = std::fs::write(&secret_path, secret) {
-        return Err(vec![config::Diagnostic {
-            severity: config::Severity::Error,
-            file: secret_path.display().to_string(),
-            line: 0,
-            message: format!("cannot write demo secret: {e}"),
-        }]);
-    }
     let text = EMBEDDED_CONFIG
         .replace(CONFIG_UPSTREAM, &format!("http://{upstream}"))
         .replace(CONFIG_LISTEN, &listen.to_string())
         .replace(CONFIG_SECRET, &secret_path.display().to_string());
+    let written =
+        write_private(&secret_path, secret.as_bytes()).and_then(|()| write_files(state_dir, &text));
+    if let Err((path, e)) = written {
+        return Err(vec![config::Diagnostic {
+            severity: config::Severity::Error,
+            file: path.display().to_string(),
+            line: 0,
+            message: format!("cannot write the demo's files: {e}"),
+        }]);
+    }
     let mut loaded = config::load_from_text(
         "rolegate.yaml (embedded)",
         &text,
@@ -77,6 +82,40 @@ pub fn runtime(
         token: crate::token::random_id(),
     });
     Ok(loaded)
+}
+
+/// The demo config as written to `state_dir` (for `explain -c`).
+pub fn config_path(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("rolegate.yaml")
+}
+
+type WriteError = (std::path::PathBuf, std::io::Error);
+
+/// The config and the embedded rules, as files `rolegate explain` can load.
+fn write_files(state_dir: &Path, config_text: &str) -> Result<(), WriteError> {
+    let cfg = config_path(state_dir);
+    std::fs::write(&cfg, config_text).map_err(|e| (cfg.clone(), e))?;
+    for (name, text) in EMBEDDED_RULES {
+        let path = state_dir.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;
+        }
+        std::fs::write(&path, text).map_err(|e| (path.clone(), e))?;
+    }
+    Ok(())
+}
+
+/// Writes a secret readable by its owner only (0600 from creation on: no
+/// window in which another local user could read it).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| (path.to_path_buf(), e))
 }
 
 /// Sample customer records (the PII the masking stage will protect).
@@ -306,6 +345,7 @@ pub fn banner(
     addr: SocketAddr,
     admin: SocketAddr,
     ttl: std::time::Duration,
+    state_dir: &Path,
 ) -> String {
     let mut out = format!(
         "rolegate demo: gateway on http://{addr}, sample backend behind it.\n\
@@ -350,6 +390,17 @@ pub fn banner(
          curl -s -X POST -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/senior-sam/reactivate\n\
          curl -i -X POST -H \"Authorization: Bearer $SUPER\" http://{addr}/.rolegate/logout             # ends the supervisor's session\n"
     ));
-    out.push_str("\nExplain any decision offline: rolegate explain --token $AGENT GET /api/customers/c-1001\nCtrl-C stops the demo.\n");
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "rolegate".into());
+    out.push_str(&format!(
+        "\n# unmasked-PII access (the supervisor's history above) is audited in\n#   {audit}\n\
+         # explain any decision offline, with the demo's config and secret:\n\
+         \"{exe}\" explain -c \"{cfg}\" --token \"$AGENT\" GET /api/customers/c-1001\n\
+         Ctrl-C stops the demo (and removes {state}).\n",
+        audit = rt.masking.audit_log.display(),
+        cfg = config_path(state_dir).display(),
+        state = state_dir.display(),
+    ));
     out
 }

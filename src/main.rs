@@ -331,6 +331,13 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode> {
 
         let state = std::env::temp_dir().join(format!("rolegate-demo-{}", std::process::id()));
         std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        #[cfg(unix)]
+        {
+            // The demo's secrets and session journal: owner-only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", state.display()))?;
+        }
         let loaded = match rolegate::demo::runtime(listen, admin, backend_addr, &state) {
             Ok(l) => l,
             Err(diags) => {
@@ -355,7 +362,8 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode> {
                 &loaded.runtime,
                 addr,
                 admin_addr,
-                Duration::from_secs(8 * 3600)
+                Duration::from_secs(8 * 3600),
+                &state,
             )
         );
         let gateway = Gateway::new(loaded.runtime, store);

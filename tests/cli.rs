@@ -467,6 +467,36 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
     let r = req(addr, "GET", "/api/supervisor/dashboard", Some(&sup), &[]).await;
     assert_eq!(r.status, 200);
 
+    // The banner says where the audit log is, and the supervisor's
+    // unmasked read is in it.
+    let audit = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("#   "))
+        .unwrap_or_else(|| panic!("no audit log path in the banner:\n{banner}"));
+    let audited = std::fs::read_to_string(audit.trim()).unwrap();
+    assert!(audited.contains("\"user\":\"super-sue\""), "{audited}");
+    // The explain hint works exactly as printed (a shell with $AGENT set).
+    let hint = banner
+        .lines()
+        .find(|l| l.contains(" explain -c "))
+        .unwrap_or_else(|| panic!("no explain hint:\n{banner}"));
+    let o = Command::new("sh")
+        .args(["-c", hint])
+        .env("AGENT", &agent)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "explain as printed: {}", text(&o));
+    assert!(text(&o).contains("relation_unavailable"), "{}", text(&o));
+    // Its secret is the owner's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let cfg = hint.split('"').nth(3).unwrap();
+        let secret = Path::new(cfg).parent().unwrap().join("dev-hmac.secret");
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", secret.display());
+    }
+
     let viewer = banner_var(&banner, "VIEWER");
     assert_eq!(
         req(addr, "GET", "/bots/42/flows", Some(&viewer), &[])
