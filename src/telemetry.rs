@@ -43,7 +43,11 @@ pub struct UnmaskedAccess<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
+    /// The gateway's own, unique id of the request.
     pub request_id: &'a str,
+    /// The client's `X-Request-Id`, if it sent a valid one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<&'a str>,
 }
 
 impl AuditLog {

@@ -516,19 +516,38 @@ async fn unmasked_access_is_audited() {
     )
     .await;
     assert_eq!(r.status, 200);
+    // A second read with the same client id: each record still has its own.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/shape/gzip",
+        Some(&supervisor()),
+        &["X-Request-Id: audit-me"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("audit-me"));
     let log = std::fs::read_to_string(gw.dir.join("audit.jsonl")).expect("audit log written");
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 1, "only the unmasked answer is audited: {log}");
+    assert_eq!(
+        lines.len(),
+        2,
+        "only the unmasked answers are audited: {log}"
+    );
     let rec = &lines[0];
     assert_eq!(rec["user"], "sup-1");
     assert_eq!(rec["route"], "shapes");
     assert_eq!(rec["record"], "gzip");
     assert_eq!(rec["mask"], "pii");
-    assert_eq!(rec["request_id"], "audit-me");
+    assert_eq!(rec["client_request_id"], "audit-me");
     assert!(rec["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let (a, b) = (&lines[0]["request_id"], &lines[1]["request_id"]);
+    assert!(a.is_string() && b.is_string(), "{log}");
+    assert_ne!(a, b, "two audit records share a request id: {log}");
+    assert_ne!(a, "audit-me");
 }
 
 #[tokio::test]

@@ -58,7 +58,13 @@ pub struct Gateway {
 
 /// Per-request context: what the log line needs, filled in as phases run.
 pub struct Ctx {
+    /// The gateway's own id of this request: unique, in every log and
+    /// audit line and error body.
     pub request_id: String,
+    /// The client's `X-Request-Id`, when valid: forwarded and returned as
+    /// the request's `X-Request-Id` (so a trace spans hops), logged beside
+    /// ours, never trusted to be unique.
+    pub client_request_id: Option<String>,
     pub started: Instant,
     pub peer: SocketAddr,
     pub method: http::Method,
@@ -77,6 +83,16 @@ struct Target {
     host: Option<String>,
     /// `canon.path` is forwarded as is; routing uses `canon.routing_path()`.
     canon: Canonical,
+}
+
+impl Ctx {
+    /// The `X-Request-Id` sent upstream and returned: the client's when
+    /// valid, else ours.
+    pub fn trace_id(&self) -> &str {
+        self.client_request_id
+            .as_deref()
+            .unwrap_or(&self.request_id)
+    }
 }
 
 impl Gateway {
@@ -110,8 +126,10 @@ impl Gateway {
     /// Handles one request: the inner pipeline, then the log line, always.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
         let rt = self.runtime.load_full();
+        let (request_id, client_request_id) = self.ids.take(req.headers());
         let mut ctx = Ctx {
-            request_id: self.ids.take(req.headers()),
+            request_id,
+            client_request_id,
             started: Instant::now(),
             peer,
             method: req.method().clone(),
@@ -126,7 +144,7 @@ impl Gateway {
             Ok(resp) => resp,
             Err(refusal) => refuse(&rt, &mut ctx, refusal),
         };
-        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+        if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
             resp.headers_mut().insert("x-request-id", v);
         }
         log(&ctx, resp.status());
@@ -281,6 +299,7 @@ impl Gateway {
             path: &ctx.path,
             status: status.as_u16(),
             request_id: &ctx.request_id,
+            client_request_id: ctx.client_request_id.as_deref(),
         };
         self.audit.write(&rec).map_err(|e| {
             tracing::error!(target: "rolegate::audit", error = %e, path = %self.audit.path().display(), "audit log write failed");
@@ -517,7 +536,7 @@ async fn forward(
     let ff = ForwardedFor {
         client_ip: ctx.peer.ip(),
         host,
-        request_id: &ctx.request_id,
+        request_id: ctx.trace_id(),
     };
     headers::inject(&mut parts.headers, &rt.forward, &ff, principal);
     if masking {
@@ -750,6 +769,7 @@ fn log(ctx: &Ctx, status: StatusCode) {
     tracing::info!(
         target: "rolegate::access",
         request_id = %ctx.request_id,
+        client_request_id = ctx.client_request_id.as_deref().unwrap_or(""),
         peer = %ctx.peer,
         method = %ctx.method,
         path = %ctx.path,
@@ -763,9 +783,9 @@ fn log(ctx: &Ctx, status: StatusCode) {
     );
 }
 
-/// Request ids: a valid incoming `X-Request-Id` is kept (so a trace spans
-/// hops), otherwise a process-unique id is made from a random prefix and a
-/// counter (no syscall per request).
+/// Request ids: every request gets a process-unique id made from a random
+/// prefix and a counter (no syscall per request); a valid incoming
+/// `X-Request-Id` is kept beside it.
 struct RequestIds {
     prefix: u64,
     counter: AtomicU64,
@@ -782,17 +802,19 @@ impl RequestIds {
         }
     }
 
-    fn take(&self, headers: &http::HeaderMap) -> String {
-        if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-            let ok = !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-            if ok {
-                return v.to_string();
-            }
-        }
+    /// (our id, the client's valid `X-Request-Id` if any).
+    fn take(&self, headers: &http::HeaderMap) -> (String, Option<String>) {
+        let client = headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty()
+                    && v.len() <= 128
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            })
+            .map(str::to_string);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:08x}", self.prefix, n)
+        (format!("{:016x}{:08x}", self.prefix, n), client)
     }
 }
