@@ -216,6 +216,20 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                     format!(r#"{{"name": {NAME} {PHONE} }}]"#).into_bytes(),
                                 ],
                             ),
+                            p if p.starts_with("/shape/badcsv") => {
+                                // `badcsvN` whole (Content-Length), `badcsvNc` chunked.
+                                let rest = &p["/shape/badcsv".len()..];
+                                let (n, streamed) = match rest.strip_suffix('c') {
+                                    Some(n) => (n, true),
+                                    None => (rest, false),
+                                };
+                                let body = BAD_CSV[n.parse::<usize>().unwrap()].1.as_bytes().to_vec();
+                                if streamed {
+                                    chunked("text/csv", body.chunks(3).map(<[u8]>::to_vec).collect())
+                                } else {
+                                    full("text/csv", None, body)
+                                }
+                            }
                             "/shape/json-as-sse" => full("text/event-stream", None, doc),
                             "/shape/json-as-csv" => full("text/csv", None, doc),
                             "/shape/semicolon-csv" => {
@@ -284,6 +298,21 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
     });
     (addr, seen)
 }
+
+/// Invalid CSV that a lenient reader would pass with the name in it.
+const BAD_CSV: [(&str, &str); 5] = [
+    ("unterminated quote", "id,tier,name\r\nc1,\"gold,Jane Canary\r\n"),
+    (
+        "quote inside an unquoted field",
+        "id,tier,name\r\nc1,go\"ld,Jane Canary\r\n",
+    ),
+    (
+        "text after a closing quote",
+        "id,tier,name\r\nc1,\"gold\"x,Jane Canary\r\n",
+    ),
+    ("short row", "id,tier,name\r\nc1,Jane Canary\r\n"),
+    ("long row", "id,tier,name\r\nc1,gold,x,Jane Canary\r\n"),
+];
 
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
@@ -600,4 +629,33 @@ async fn a_100_mb_stream_is_masked_incrementally() {
     }
     assert!(total > 60 * 1024 * 1024, "only {total} bytes came through");
     assert!(items > 100_000, "{items} items");
+}
+
+#[tokio::test]
+async fn invalid_csv_is_refused_whole_and_cut_when_streamed() {
+    let (gw, _release, seen) = setup().await;
+    let a = agent();
+    for (i, (what, _)) in BAD_CSV.iter().enumerate() {
+        // Content-Length within buffer_bytes: masked whole first, a clean 502.
+        let path = format!("/shape/badcsv{i}");
+        let r = req(gw.addr, "GET", &path, Some(&a), &[]).await;
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.status, 502, "{what}: {text}");
+        assert_eq!(r.error(), "unmaskable_response", "{what}");
+        assert!(!text.contains("Jane") && !text.contains("Canary"), "{what}: {text}");
+        assert!(
+            seen.lock().unwrap().iter().any(|(p, _)| *p == path),
+            "{what}: the upstream was asked"
+        );
+        // Chunked: streamed, so cut after the head; never the name.
+        let request = format!(
+            "GET /shape/badcsv{i}c HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {a}\r\nConnection: close\r\n\r\n"
+        );
+        let all = raw_bytes(gw.addr, request.as_bytes()).await;
+        let text = String::from_utf8_lossy(&all).to_string();
+        assert!(!text.contains("Jane") && !text.contains("Canary"), "{what}: {text}");
+        let cut = CutResp::parse(&all);
+        assert_eq!(cut.status(), Some(200), "{what}: {text}");
+        assert!(!cut.terminated, "{what}: a broken body was completed: {text}");
+    }
 }
