@@ -301,7 +301,10 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
 
 /// Invalid CSV that a lenient reader would pass with the name in it.
 const BAD_CSV: [(&str, &str); 5] = [
-    ("unterminated quote", "id,tier,name\r\nc1,\"gold,Jane Canary\r\n"),
+    (
+        "unterminated quote",
+        "id,tier,name\r\nc1,\"gold,Jane Canary\r\n",
+    ),
     (
         "quote inside an unquoted field",
         "id,tier,name\r\nc1,go\"ld,Jane Canary\r\n",
@@ -642,7 +645,10 @@ async fn invalid_csv_is_refused_whole_and_cut_when_streamed() {
         let text = String::from_utf8_lossy(&r.body).to_string();
         assert_eq!(r.status, 502, "{what}: {text}");
         assert_eq!(r.error(), "unmaskable_response", "{what}");
-        assert!(!text.contains("Jane") && !text.contains("Canary"), "{what}: {text}");
+        assert!(
+            !text.contains("Jane") && !text.contains("Canary"),
+            "{what}: {text}"
+        );
         assert!(
             seen.lock().unwrap().iter().any(|(p, _)| *p == path),
             "{what}: the upstream was asked"
@@ -653,10 +659,16 @@ async fn invalid_csv_is_refused_whole_and_cut_when_streamed() {
         );
         let all = raw_bytes(gw.addr, request.as_bytes()).await;
         let text = String::from_utf8_lossy(&all).to_string();
-        assert!(!text.contains("Jane") && !text.contains("Canary"), "{what}: {text}");
+        assert!(
+            !text.contains("Jane") && !text.contains("Canary"),
+            "{what}: {text}"
+        );
         let cut = CutResp::parse(&all);
         assert_eq!(cut.status(), Some(200), "{what}: {text}");
-        assert!(!cut.terminated, "{what}: a broken body was completed: {text}");
+        assert!(
+            !cut.terminated,
+            "{what}: a broken body was completed: {text}"
+        );
     }
 }
 
@@ -780,13 +792,26 @@ async fn a_streamed_json_answer_that_turns_invalid_is_cut_after_the_head() {
             let all = raw_bytes(gw.addr, request.as_bytes()).await;
             let text = String::from_utf8_lossy(&all).to_string();
             for secret in ["Jane", "Canary", "\"J", "Can"] {
-                assert!(!text.contains(secret), "{what} #{round}: leaked {secret:?}: {text}");
+                assert!(
+                    !text.contains(secret),
+                    "{what} #{round}: leaked {secret:?}: {text}"
+                );
             }
             let cut = CutResp::parse(&all);
-            assert_eq!(cut.status(), Some(200), "{what} #{round}: no head: {text:?}");
+            assert_eq!(
+                cut.status(),
+                Some(200),
+                "{what} #{round}: no head: {text:?}"
+            );
             let head = cut.head.as_deref().unwrap_or_default().to_ascii_lowercase();
-            assert!(head.contains("transfer-encoding: chunked"), "{what}: {head}");
-            assert!(!cut.terminated, "{what} #{round}: the body was completed: {text}");
+            assert!(
+                head.contains("transfer-encoding: chunked"),
+                "{what}: {head}"
+            );
+            assert!(
+                !cut.terminated,
+                "{what} #{round}: the body was completed: {text}"
+            );
             let got = String::from_utf8_lossy(&cut.body).to_string();
             assert!(
                 got.starts_with(prefix),

@@ -290,9 +290,7 @@ impl Syntax {
     /// The body ended: not inside a quoted field.
     fn finish(&self) -> Result<(), BodyError> {
         match self.state {
-            Quoting::Quoted => Err(BodyError::Csv(
-                "the body ends inside a quoted field".into(),
-            )),
+            Quoting::Quoted => Err(BodyError::Csv("the body ends inside a quoted field".into())),
             Quoting::Outside | Quoting::QuoteSeen => Ok(()),
         }
     }
@@ -640,13 +638,28 @@ mod tests {
                 "unterminated quote, later rows",
                 b"id,tier,name\r\nc1,\"gold,Jane Canary\r\nc2,silver,Bo\r\n",
             ),
-            ("unterminated header", b"\"id,tier,name\r\nc1,gold,Jane Canary\r\n"),
-            ("quote inside an unquoted field", b"id,tier,name\r\nc1,go\"ld,Jane Canary\r\n"),
-            ("quote after a space", b"id,tier,name\r\nc1, \"gold\",Jane Canary\r\n"),
-            ("text after the closing quote", b"id,tier,name\r\nc1,\"gold\"x,Jane Canary\r\n"),
+            (
+                "unterminated header",
+                b"\"id,tier,name\r\nc1,gold,Jane Canary\r\n",
+            ),
+            (
+                "quote inside an unquoted field",
+                b"id,tier,name\r\nc1,go\"ld,Jane Canary\r\n",
+            ),
+            (
+                "quote after a space",
+                b"id,tier,name\r\nc1, \"gold\",Jane Canary\r\n",
+            ),
+            (
+                "text after the closing quote",
+                b"id,tier,name\r\nc1,\"gold\"x,Jane Canary\r\n",
+            ),
             ("short row", b"id,tier,name\r\nc1,Jane Canary\r\n"),
             ("long row", b"id,tier,name\r\nc1,gold,x,Jane Canary\r\n"),
-            ("short last row, no line end", b"id,tier,name\r\nc1,gold,x\r\nJane Canary"),
+            (
+                "short last row, no line end",
+                b"id,tier,name\r\nc1,gold,x\r\nJane Canary",
+            ),
         ];
         for (what, body) in bad {
             for chunk in [1, 2, 5, body.len()] {
@@ -654,7 +667,10 @@ mod tests {
                 let e = r.expect_err(&format!("{what} (chunk {chunk}) was accepted"));
                 assert_eq!(e.code(), "invalid_csv", "{what}");
                 let text = String::from_utf8_lossy(&out);
-                assert!(!text.contains("Jane"), "{what} (chunk {chunk}) leaked: {text}");
+                assert!(
+                    !text.contains("Jane"),
+                    "{what} (chunk {chunk}) leaked: {text}"
+                );
             }
         }
         // Valid RFC 4180 that looks like the above still passes.
@@ -667,7 +683,10 @@ mod tests {
                 b"\"id\",\"tier\",\"name\"\nc1,\"a\r\nb\",\"Jane\"",
                 "id,tier,name\r\nc1,\"a\r\nb\",[REDACTED]\r\n",
             ),
-            (b"id,tier,name\r\n\r\nc1,,\"\"\r\n", "id,tier,name\r\nc1,,[REDACTED]\r\n"),
+            (
+                b"id,tier,name\r\n\r\nc1,,\"\"\r\n",
+                "id,tier,name\r\nc1,,[REDACTED]\r\n",
+            ),
         ];
         for (body, want) in good {
             for chunk in [1, 3, body.len()] {

@@ -559,11 +559,6 @@ impl CutResp {
     }
 
     pub fn status(&self) -> Option<u16> {
-        self.head
-            .as_deref()?
-            .split(' ')
-            .nth(1)?
-            .parse()
-            .ok()
+        self.head.as_deref()?.split(' ').nth(1)?.parse().ok()
     }
 }
