@@ -216,6 +216,20 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                     format!(r#"{{"name": {NAME} {PHONE} }}]"#).into_bytes(),
                                 ],
                             ),
+                            p if p.starts_with("/shape/badcsv") => {
+                                // `badcsvN` whole (Content-Length), `badcsvNc` chunked.
+                                let rest = &p["/shape/badcsv".len()..];
+                                let (n, streamed) = match rest.strip_suffix('c') {
+                                    Some(n) => (n, true),
+                                    None => (rest, false),
+                                };
+                                let body = BAD_CSV[n.parse::<usize>().unwrap()].1.as_bytes().to_vec();
+                                if streamed {
+                                    chunked("text/csv", body.chunks(3).map(<[u8]>::to_vec).collect())
+                                } else {
+                                    full("text/csv", None, body)
+                                }
+                            }
                             "/shape/json-as-sse" => full("text/event-stream", None, doc),
                             "/shape/json-as-csv" => full("text/csv", None, doc),
                             "/shape/semicolon-csv" => {
@@ -284,6 +298,24 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
     });
     (addr, seen)
 }
+
+/// Invalid CSV that a lenient reader would pass with the name in it.
+const BAD_CSV: [(&str, &str); 5] = [
+    (
+        "unterminated quote",
+        "id,tier,name\r\nc1,\"gold,Jane Canary\r\n",
+    ),
+    (
+        "quote inside an unquoted field",
+        "id,tier,name\r\nc1,go\"ld,Jane Canary\r\n",
+    ),
+    (
+        "text after a closing quote",
+        "id,tier,name\r\nc1,\"gold\"x,Jane Canary\r\n",
+    ),
+    ("short row", "id,tier,name\r\nc1,Jane Canary\r\n"),
+    ("long row", "id,tier,name\r\nc1,gold,x,Jane Canary\r\n"),
+];
 
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
@@ -564,11 +596,11 @@ async fn a_stream_that_breaks_midway_is_cut_not_passed_through() {
         .expect("connection closed");
     let text = String::from_utf8_lossy(&all).to_string();
     assert_eq!(leaks(&all), Vec::<&str>::new(), "{text}");
-    // Either refused before the head, or the chunked body never terminates.
-    assert!(
-        text.starts_with("HTTP/1.1 502") || !text.ends_with("0\r\n\r\n"),
-        "a broken body was completed: {text}"
-    );
+    // Streamed (no Content-Length): the head, then a body that never
+    // terminates.
+    let cut = CutResp::parse(&all);
+    assert_eq!(cut.status(), Some(200), "{text}");
+    assert!(!cut.terminated, "a broken body was completed: {text}");
 }
 
 #[tokio::test]
@@ -619,4 +651,191 @@ async fn a_100_mb_stream_is_masked_incrementally() {
     }
     assert!(total > 60 * 1024 * 1024, "only {total} bytes came through");
     assert!(items > 100_000, "{items} items");
+}
+
+#[tokio::test]
+async fn invalid_csv_is_refused_whole_and_cut_when_streamed() {
+    let (gw, _release, seen) = setup().await;
+    let a = agent();
+    for (i, (what, _)) in BAD_CSV.iter().enumerate() {
+        // Content-Length within buffer_bytes: masked whole first, a clean 502.
+        let path = format!("/shape/badcsv{i}");
+        let r = req(gw.addr, "GET", &path, Some(&a), &[]).await;
+        let text = String::from_utf8_lossy(&r.body).to_string();
+        assert_eq!(r.status, 502, "{what}: {text}");
+        assert_eq!(r.error(), "unmaskable_response", "{what}");
+        assert!(
+            !text.contains("Jane") && !text.contains("Canary"),
+            "{what}: {text}"
+        );
+        assert!(
+            seen.lock().unwrap().iter().any(|(p, _)| *p == path),
+            "{what}: the upstream was asked"
+        );
+        // Chunked: streamed, so cut after the head; never the name.
+        let request = format!(
+            "GET /shape/badcsv{i}c HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {a}\r\nConnection: close\r\n\r\n"
+        );
+        let all = raw_bytes(gw.addr, request.as_bytes()).await;
+        let text = String::from_utf8_lossy(&all).to_string();
+        assert!(
+            !text.contains("Jane") && !text.contains("Canary"),
+            "{what}: {text}"
+        );
+        let cut = CutResp::parse(&all);
+        assert_eq!(cut.status(), Some(200), "{what}: {text}");
+        assert!(
+            !cut.terminated,
+            "{what}: a broken body was completed: {text}"
+        );
+    }
+}
+
+/// How the raw upstream sends `body`.
+#[derive(Clone, Copy)]
+enum Sending {
+    /// One byte per chunk, each flushed, then the terminating chunk.
+    Bytes,
+    /// One byte per chunk, then the connection closes without the
+    /// terminating chunk.
+    BytesThenClose,
+    /// The head, the whole body as one chunk and the terminating chunk in
+    /// a single write: the gateway has everything before it answers.
+    AllAtOnce,
+}
+
+/// A hand-written HTTP/1.1 upstream: every request gets `body` as a
+/// chunked `application/json` answer, sent as `how` says.
+async fn raw_json_upstream(body: &'static [u8], how: Sending) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let start: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                if let Sending::AllAtOnce = how {
+                    let mut all = start.to_vec();
+                    all.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+                    all.extend_from_slice(body);
+                    all.extend_from_slice(b"\r\n0\r\n\r\n");
+                    let _ = s.write_all(&all).await;
+                    let _ = s.flush().await;
+                    return;
+                }
+                if s.write_all(start).await.is_err() {
+                    return;
+                }
+                for &byte in body {
+                    let chunk = [b'1', b'\r', b'\n', byte, b'\r', b'\n'];
+                    if s.write_all(&chunk).await.is_err() || s.flush().await.is_err() {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                if let Sending::Bytes = how {
+                    let _ = s.write_all(b"0\r\n\r\n").await;
+                    let _ = s.flush().await;
+                }
+                // BytesThenClose: dropped here, mid-body.
+            });
+        }
+    });
+    addr
+}
+
+async fn gateway_for(up: std::net::SocketAddr) -> Gw {
+    let dir = scratch_dir("mask-raw");
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{up}\" }}\nrules: rules.yaml\nmasking: {{ audit_log: audit.jsonl }}\n",
+        identity_yaml()
+    );
+    start_with_config(&dir, &cfg).await
+}
+
+/// A streamed JSON answer that turns out invalid: the client always gets
+/// the 200 head and the masked output that preceded the failure, then the
+/// connection closes without the terminating chunk — never a byte of the
+/// selected value, never zero bytes.
+#[tokio::test]
+async fn a_streamed_json_answer_that_turns_invalid_is_cut_after_the_head() {
+    let cases: [(&str, &'static [u8], Sending, &str, usize); 4] = [
+        (
+            "invalid after the value",
+            br#"{"name":"Jane Canary","x":tru}"#,
+            Sending::Bytes,
+            r#"{"name":"[REDACTED]""#,
+            5,
+        ),
+        (
+            "truncated string value",
+            br#"{"id":1,"name":"Jane Can"#,
+            Sending::Bytes,
+            r#"{"id":1,"#,
+            5,
+        ),
+        (
+            "upstream closes inside the value",
+            br#"{"id":1,"name":"Jane Can"#,
+            Sending::BytesThenClose,
+            r#"{"id":1,"#,
+            5,
+        ),
+        // The failure is in the first frame the gateway masks: without the
+        // deferred error hyper dropped the connection with the head unsent.
+        (
+            "invalid, all in one frame",
+            br#"{"name":"Jane Canary","x":tru}"#,
+            Sending::AllAtOnce,
+            "",
+            30,
+        ),
+    ];
+    let a = agent();
+    for (what, body, how, prefix, rounds) in cases {
+        let up = raw_json_upstream(body, how).await;
+        let gw = gateway_for(up).await;
+        let request = format!(
+            "GET /shape/raw HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {a}\r\nConnection: close\r\n\r\n"
+        );
+        for round in 0..rounds {
+            let all = raw_bytes(gw.addr, request.as_bytes()).await;
+            let text = String::from_utf8_lossy(&all).to_string();
+            for secret in ["Jane", "Canary", "\"J", "Can"] {
+                assert!(
+                    !text.contains(secret),
+                    "{what} #{round}: leaked {secret:?}: {text}"
+                );
+            }
+            let cut = CutResp::parse(&all);
+            assert_eq!(
+                cut.status(),
+                Some(200),
+                "{what} #{round}: no head: {text:?}"
+            );
+            let head = cut.head.as_deref().unwrap_or_default().to_ascii_lowercase();
+            assert!(
+                head.contains("transfer-encoding: chunked"),
+                "{what}: {head}"
+            );
+            assert!(
+                !cut.terminated,
+                "{what} #{round}: the body was completed: {text}"
+            );
+            let got = String::from_utf8_lossy(&cut.body).to_string();
+            assert!(
+                got.starts_with(prefix),
+                "{what} #{round}: the masked output before the failure is missing: {got:?}"
+            );
+        }
+    }
 }

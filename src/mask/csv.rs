@@ -25,11 +25,19 @@
 //! - Output: fields are quoted when they contain `,`, `"`, CR or LF (quotes
 //!   doubled), a record holding one empty field is written `""`, and every
 //!   record ends with CRLF. Empty lines in the input are skipped (csv_core).
-//! - Fail closed: a record with more fields than the header, a cell that is
-//!   not UTF-8, or a record larger than [`unit_limit`](super::unit_limit)
-//!   → [`BodyError::Csv`]. Records with fewer fields than the header are
-//!   written as they are. A selector whose text cannot be read → `Csv` error
-//!   at the first byte.
+//! - Strict RFC 4180 syntax ([`Syntax`], checked on every byte before
+//!   `csv_core` sees it, because `csv_core` is lenient and would read any of
+//!   these as *some* record — with cells shifted out of their columns): a
+//!   `"` may only open a field (first byte of the body, or right after `,`,
+//!   CR or LF); inside a quoted field `""` is a quote and the closing `"`
+//!   must be followed by `,`, CR, LF or the end of the body; the body may not
+//!   end inside a quoted field. Anything else → [`BodyError::Csv`].
+//! - Fail closed: a record with more *or fewer* fields than the header, a
+//!   cell that is not UTF-8, or a record larger than
+//!   [`unit_limit`](super::unit_limit) → [`BodyError::Csv`]. (A short row
+//!   is how an unterminated quote swallowing the next cells shows up; a
+//!   ragged file is not RFC 4180 and its columns cannot be trusted.) A
+//!   selector whose text cannot be read → `Csv` error at the first byte.
 //! - Rows stream out as their records end; the last record may lack a line
 //!   ending.
 
@@ -206,10 +214,94 @@ struct Column {
     scrub: bool,
 }
 
+/// The RFC 4180 syntax check that runs ahead of `csv_core` (which accepts
+/// stray quotes, text after a closing quote and an unterminated quoted field
+/// without complaint). State carries across pushes, so any split of the body
+/// gives the same verdict.
+#[derive(Debug, Default)]
+struct Syntax {
+    state: Quoting,
+    /// The last byte of the previous push (`None` at the start of the body):
+    /// tells whether a `"` at the start of a push opens a field.
+    prev: Option<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// Outside quotes: at a field start or in an unquoted field.
+    #[default]
+    Outside,
+    /// Inside a quoted field.
+    Quoted,
+    /// Just read a `"` inside a quoted field: the closing quote, or the
+    /// first of a doubled `""`.
+    QuoteSeen,
+}
+
+impl Syntax {
+    /// Checks the next bytes of the body.
+    fn scan(&mut self, input: &[u8]) -> Result<(), BodyError> {
+        let r = self.scan_inner(input);
+        if let Some(&last) = input.last() {
+            self.prev = Some(last);
+        }
+        r.map_err(|why| BodyError::Csv(why.into()))
+    }
+
+    fn scan_inner(&mut self, input: &[u8]) -> Result<(), &'static str> {
+        let mut i = 0;
+        loop {
+            match self.state {
+                Quoting::Outside => {
+                    let Some(k) = memchr::memchr(b'"', &input[i..]) else {
+                        return Ok(());
+                    };
+                    let q = i + k;
+                    let before = match q {
+                        0 => self.prev,
+                        _ => input.get(q - 1).copied(),
+                    };
+                    if !matches!(before, None | Some(b',' | b'\r' | b'\n')) {
+                        return Err("a quote inside an unquoted field");
+                    }
+                    self.state = Quoting::Quoted;
+                    i = q + 1;
+                }
+                Quoting::Quoted => {
+                    let Some(k) = memchr::memchr(b'"', &input[i..]) else {
+                        return Ok(());
+                    };
+                    self.state = Quoting::QuoteSeen;
+                    i += k + 1;
+                }
+                Quoting::QuoteSeen => {
+                    match input.get(i) {
+                        None => return Ok(()),
+                        Some(b'"') => self.state = Quoting::Quoted,
+                        Some(b',' | b'\r' | b'\n') => self.state = Quoting::Outside,
+                        Some(_) => return Err("text after the closing quote of a field"),
+                    }
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    /// The body ended: not inside a quoted field.
+    fn finish(&self) -> Result<(), BodyError> {
+        match self.state {
+            Quoting::Quoted => Err(BodyError::Csv("the body ends inside a quoted field".into())),
+            Quoting::Outside | Quoting::QuoteSeen => Ok(()),
+        }
+    }
+}
+
 /// Push-based CSV masker for one body.
 pub struct CsvMasker {
     policy: Arc<Policy>,
     rules: Result<Rules, String>,
+    /// Strict syntax, checked before `reader` sees the bytes.
+    syntax: Syntax,
     reader: Reader,
     /// The current record's field bytes and field ends (csv_core output).
     fields: Vec<u8>,
@@ -230,6 +322,7 @@ impl CsvMasker {
             rules: Rules::new(&policy),
             limit: unit_limit(&policy),
             policy,
+            syntax: Syntax::default(),
             reader: Reader::new(),
             fields: vec![0; 4096],
             ends: vec![0; 64],
@@ -243,6 +336,7 @@ impl CsvMasker {
 
     pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), BodyError> {
         self.check_rules()?;
+        self.syntax.scan(input)?;
         while !input.is_empty() {
             self.make_room()?;
             let (res, nin, nout, nend) = self.reader.read_record(
@@ -262,6 +356,9 @@ impl CsvMasker {
 
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BodyError> {
         self.check_rules()?;
+        // Before csv_core flushes the last record: an unterminated quoted
+        // field would come out as a short record holding the rest of the body.
+        self.syntax.finish()?;
         // Empty input tells csv_core the data ended: it yields the last,
         // unterminated record (if any), then End.
         for _ in 0..8 {
@@ -361,7 +458,7 @@ impl CsvMasker {
                 self.columns = Some(columns);
             }
             Some(columns) => {
-                if nend > columns.len() {
+                if nend != columns.len() {
                     return Err(BodyError::Csv(format!(
                         "record {row} has {nend} fields, the header has {}",
                         columns.len()
@@ -492,6 +589,112 @@ mod tests {
         assert!(matches!(m.push(b"a\n", &mut out), Err(BodyError::Csv(_))));
         assert!(matches!(m.finish(&mut out), Err(BodyError::Csv(_))));
         assert!(out.is_empty());
+    }
+
+    fn name_policy() -> Arc<Policy> {
+        use super::super::{Selector, Strategy};
+        Arc::new(Policy {
+            name: "t".into(),
+            fields: vec![(
+                Selector::parse("$..name").unwrap(),
+                Strategy::parse("redact").unwrap(),
+            )],
+            detectors: Vec::new(),
+            detect_in: DetectScope::None,
+            case_insensitive: false,
+            hash_key: Vec::new(),
+            limits: super::super::Limits {
+                max_depth: 8,
+                max_string_bytes: 1024,
+            },
+            compiled: Default::default(),
+        })
+    }
+
+    /// Pushes `body` in `chunk`-byte pieces; returns everything written
+    /// and the first error.
+    fn mask_in_chunks(body: &[u8], chunk: usize) -> (Vec<u8>, Result<(), BodyError>) {
+        let mut m = CsvMasker::new(name_policy());
+        let mut out = Vec::new();
+        for piece in body.chunks(chunk) {
+            if let Err(e) = m.push(piece, &mut out) {
+                return (out, Err(e));
+            }
+        }
+        let r = m.finish(&mut out);
+        (out, r)
+    }
+
+    #[test]
+    fn invalid_csv_is_refused_and_never_leaks_a_cell() {
+        let bad: &[(&str, &[u8])] = &[
+            // The reported leak: the quoted field runs to the end of the
+            // body, a short record that carried the name unmasked.
+            (
+                "unterminated quote",
+                b"id,tier,name\r\nc1,\"gold,Jane Canary\r\n",
+            ),
+            (
+                "unterminated quote, later rows",
+                b"id,tier,name\r\nc1,\"gold,Jane Canary\r\nc2,silver,Bo\r\n",
+            ),
+            (
+                "unterminated header",
+                b"\"id,tier,name\r\nc1,gold,Jane Canary\r\n",
+            ),
+            (
+                "quote inside an unquoted field",
+                b"id,tier,name\r\nc1,go\"ld,Jane Canary\r\n",
+            ),
+            (
+                "quote after a space",
+                b"id,tier,name\r\nc1, \"gold\",Jane Canary\r\n",
+            ),
+            (
+                "text after the closing quote",
+                b"id,tier,name\r\nc1,\"gold\"x,Jane Canary\r\n",
+            ),
+            ("short row", b"id,tier,name\r\nc1,Jane Canary\r\n"),
+            ("long row", b"id,tier,name\r\nc1,gold,x,Jane Canary\r\n"),
+            (
+                "short last row, no line end",
+                b"id,tier,name\r\nc1,gold,x\r\nJane Canary",
+            ),
+        ];
+        for (what, body) in bad {
+            for chunk in [1, 2, 5, body.len()] {
+                let (out, r) = mask_in_chunks(body, chunk);
+                let e = r.expect_err(&format!("{what} (chunk {chunk}) was accepted"));
+                assert_eq!(e.code(), "invalid_csv", "{what}");
+                let text = String::from_utf8_lossy(&out);
+                assert!(
+                    !text.contains("Jane"),
+                    "{what} (chunk {chunk}) leaked: {text}"
+                );
+            }
+        }
+        // Valid RFC 4180 that looks like the above still passes.
+        let good: &[(&[u8], &str)] = &[
+            (
+                b"id,tier,name\r\nc1,\"gold,\"\"x\"\"\",Jane Canary\r\n",
+                "id,tier,name\r\nc1,\"gold,\"\"x\"\"\",[REDACTED]\r\n",
+            ),
+            (
+                b"\"id\",\"tier\",\"name\"\nc1,\"a\r\nb\",\"Jane\"",
+                "id,tier,name\r\nc1,\"a\r\nb\",[REDACTED]\r\n",
+            ),
+            (
+                b"id,tier,name\r\n\r\nc1,,\"\"\r\n",
+                "id,tier,name\r\nc1,,[REDACTED]\r\n",
+            ),
+        ];
+        for (body, want) in good {
+            for chunk in [1, 3, body.len()] {
+                let (out, r) = mask_in_chunks(body, chunk);
+                assert!(r.is_ok(), "{:?}: {r:?}", String::from_utf8_lossy(body));
+                assert_eq!(String::from_utf8_lossy(&out), *want);
+            }
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! Body adapters: the request-body size limit.
+//! Body adapters: the request-body size limit, the masked response body
+//! and the session-bound response body.
 //!
 //! Bodies are streamed, never buffered: the limit counts bytes as they pass
 //! and fails the stream once `listen.max_body_bytes` is exceeded (a
 //! declared Content-Length over the limit is refused before anything is
-//! sent upstream). Masking (a later stage) will add its response wrapper here.
+//! sent upstream).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -78,13 +79,27 @@ pub type OnEnd = Box<dyn FnOnce(Result<u64, String>) + Send + Sync>;
 /// The masked response body: upstream frames → `mask::BodyMasker` →
 /// masked frames, as they come (bounded memory: the masker holds at most
 /// one unfinished unit — a JSON value, an NDJSON line, an SSE event, a CSV
-/// row). On a masking failure the stream ends with an error, which makes
-/// hyper abort the response (no terminating chunk): the client sees a
-/// broken transfer, never unmasked bytes. Upstream trailers are dropped.
+/// row). Upstream trailers are dropped.
+///
+/// On a failure (masking, or the upstream body breaking) the stream ends
+/// with an error, which makes hyper abort the response: no terminating
+/// chunk, the connection is closed, the client sees a broken transfer and
+/// never unmasked bytes (the failing push writes nothing). The error is
+/// **deferred by one poll**: the failing poll returns `Pending` (and wakes
+/// itself), the next one returns the error. hyper buffers the response head
+/// and body frames and flushes them only after the body goes `Pending`; an
+/// error returned while they are still buffered makes it drop the
+/// connection with them unsent — a client would get zero bytes, not even
+/// the `200` head, depending on whether the upstream's bad bytes arrived
+/// together with earlier ones. The extra `Pending` lets hyper flush first,
+/// so the client always gets the head and every frame masked before the
+/// failure, then the cut.
 pub struct MaskedBody<B> {
     inner: B,
     masker: crate::mask::BodyMasker,
     finished: bool,
+    /// A failure waiting for hyper to flush what went before it.
+    failed: Option<BoxError>,
     /// Called once with the masker's result when the body ends.
     on_end: Option<OnEnd>,
 }
@@ -95,16 +110,24 @@ impl<B> MaskedBody<B> {
             inner,
             masker,
             finished: false,
+            failed: None,
             on_end: Some(on_end),
         }
     }
 
-    fn fail(&mut self, e: crate::mask::BodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.finished = true;
+    /// Records the failure and yields once (see the type's docs).
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        code: String,
+        e: BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(f) = self.on_end.take() {
-            f(Err(e.code().to_string()));
+            f(Err(code));
         }
-        Poll::Ready(Some(Err(Box::new(e))))
+        self.failed = Some(e);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -121,17 +144,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
+            if let Some(e) = self.failed.take() {
+                self.finished = true;
+                return Poll::Ready(Some(Err(e)));
+            }
             if self.finished {
                 return Poll::Ready(None);
             }
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
-                    self.finished = true;
-                    if let Some(f) = self.on_end.take() {
-                        f(Err("upstream_failed".into()));
-                    }
-                    return Poll::Ready(Some(Err(e.into())));
+                    return self.fail(cx, "upstream_failed".into(), e.into());
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else {
@@ -139,7 +162,7 @@ where
                     };
                     let mut out = Vec::with_capacity(data.len() + data.len() / 8);
                     if let Err(e) = self.masker.push(&data, &mut out) {
-                        return self.fail(e);
+                        return self.fail(cx, e.code().to_string(), Box::new(e));
                     }
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
@@ -148,7 +171,7 @@ where
                 Poll::Ready(None) => {
                     let mut out = Vec::new();
                     if let Err(e) = self.masker.finish(&mut out) {
-                        return self.fail(e);
+                        return self.fail(cx, e.code().to_string(), Box::new(e));
                     }
                     self.finished = true;
                     let n = self.masker.masked_count();

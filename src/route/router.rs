@@ -44,6 +44,20 @@
 //! cannot dodge a host-specific route. Internationalised names must be
 //! written in their `xn--` form.
 //!
+//! **The host picks the virtual host first, then the path** (nginx
+//! `server_name` semantics). The routes naming one exact host form one
+//! virtual host, the routes naming one wildcard another, and the host-less
+//! routes the default one. A request is matched against exactly one of
+//! them: the exact host's, else the longest wildcard that covers the host
+//! (`*.b.example.com` before `*.example.com`), else the default. There is
+//! **no fallback** between them: on a host with its own routes, a path none
+//! of them matches is no route, even if a host-less (or wider wildcard)
+//! route would match it — so a host-less `/public/**` can never take an
+//! admin host's requests away from that host's `/**`. A host whose routes
+//! all failed to build still has its (empty) virtual host. Each virtual
+//! host has its own tree, so the cost stays one hash lookup (one per label
+//! with wildcards) plus one tree lookup.
+//!
 //! `methods: []` matches any method. Names must be upper-case tokens; a
 //! route listing `GET` also matches `HEAD`. Request methods are compared
 //! ASCII-case-insensitively, so a `get` request is governed by the `GET`
@@ -59,24 +73,25 @@
 //! that differ only in param names or constraints share a key; their routes
 //! are kept in declaration order.
 //!
-//! `at` takes matchit's single best path match (static segments beat
-//! params, params beat a catch-all) and returns the **first** candidate on
-//! that key whose host, method and regex constraints all pass. There is
+//! `at` picks the virtual host, takes matchit's single best path match in
+//! its tree (static segments beat params, params beat a catch-all) and
+//! returns the **first** candidate on that key whose method and regex
+//! constraints pass. There is
 //! **no fallback** to a less specific template: if `/api/users/me` exists
 //! but only for `GET`, a `POST /api/users/me` does not fall through to
 //! `/api/users/{id}`; it matches nothing (and is denied). This keeps "which
-//! route governs this path" a function of the path alone.
+//! route governs this path" a function of the host and path alone.
 //!
 //! # Build issues
 //!
 //! [`Router::build`] collects every issue instead of stopping at the first.
 //! A route with an `Error` is left out of the router (so requests it would
 //! have matched are denied or go to another route). Warnings: a route that
-//! can never match because an earlier route on the same key has no
-//! constraints and covers its hosts and methods (shadowed), an exact
+//! can never match because an earlier route of its virtual host on the
+//! same key has no constraints and covers its methods (shadowed), an exact
 //! duplicate, a port in a host, an empty middle segment. matchit conflicts
-//! (e.g. `/files/{name}` next to `/files/**`) are errors carrying matchit's
-//! message.
+//! within a virtual host (e.g. `/files/{name}` next to `/files/**`) are
+//! errors carrying matchit's message.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -152,13 +167,44 @@ impl fmt::Display for RouteIssue {
 /// The compiled, immutable route table. See the module docs for semantics.
 #[derive(Debug)]
 pub struct Router {
+    /// One path tree per virtual host; `vhosts[DEFAULT]` holds the
+    /// host-less routes.
+    vhosts: Vec<Vhost>,
+    /// Exact host (lower-case, no port, no trailing dot) → index in `vhosts`.
+    exact: HashMap<String, usize>,
+    /// Wildcard suffix (`.example.com` for `*.example.com`) → index in
+    /// `vhosts`.
+    wildcard: HashMap<String, usize>,
+    routes: Vec<Compiled>,
+    /// Routes left out because of errors; kept only for `why_not`.
+    rejected: Vec<Rejected>,
+}
+
+/// The virtual host of host-less routes.
+const DEFAULT: usize = 0;
+
+/// The routes of one virtual host (one `match.host`, or none).
+#[derive(Debug)]
+struct Vhost {
+    /// The host rule every route of this vhost has.
+    host: HostRule,
     /// Path tree; the value is an index into `slots`.
     tree: matchit::Router<usize>,
     /// Per matchit key: indexes into `routes`, in declaration order.
     slots: Vec<Vec<usize>>,
-    routes: Vec<Compiled>,
-    /// Routes left out because of errors; kept only for `why_not`.
-    rejected: Vec<Rejected>,
+    /// matchit key → index in `slots`.
+    slot_of: HashMap<String, usize>,
+}
+
+impl Vhost {
+    fn new(host: HostRule) -> Vhost {
+        Vhost {
+            host,
+            tree: matchit::Router::new(),
+            slots: Vec::new(),
+            slot_of: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -167,6 +213,8 @@ struct Compiled {
     template: Template,
     host: HostRule,
     methods: MethodRule,
+    /// Index of its virtual host in `Router::vhosts`.
+    vhost: usize,
 }
 
 #[derive(Debug)]
@@ -229,9 +277,9 @@ impl Router {
     #[must_use]
     pub fn build(specs: &[RouteSpec]) -> (Router, Vec<RouteIssue>) {
         let mut issues = Vec::new();
-        let mut tree = matchit::Router::new();
-        let mut slots: Vec<Vec<usize>> = Vec::new();
-        let mut slot_of: HashMap<String, usize> = HashMap::new();
+        let mut vhosts = vec![Vhost::new(HostRule::Any)];
+        let mut exact: HashMap<String, usize> = HashMap::new();
+        let mut wildcard: HashMap<String, usize> = HashMap::new();
         let mut routes: Vec<Compiled> = Vec::new();
         let mut rejected = Vec::new();
 
@@ -246,21 +294,36 @@ impl Router {
                 kind,
                 message,
             }));
-            let (template, host, methods) = match (template, host, methods) {
-                (Some(t), Some(h), Some(m)) if !failed => (t, h, m),
-                (template, _, _) => {
+            // The host's virtual host exists even if this route is dropped:
+            // requests for that host must not reach the host-less routes
+            // because one of its own routes failed to build.
+            let vhost = host.as_ref().map(|h| {
+                let (map, name) = match h {
+                    HostRule::Any => return DEFAULT,
+                    HostRule::Exact(name) => (&mut exact, name),
+                    HostRule::Suffix(suffix) => (&mut wildcard, suffix),
+                };
+                *map.entry(name.clone()).or_insert_with(|| {
+                    vhosts.push(Vhost::new(h.clone()));
+                    vhosts.len() - 1
+                })
+            });
+            let (template, host, methods, vhost) = match (template, host, methods, vhost) {
+                (Some(t), Some(h), Some(m), Some(v)) if !failed => (t, h, m, v),
+                (template, ..) => {
                     rejected.push(Rejected { index, template });
                     continue;
                 }
             };
 
-            let slot = match slot_of.get(&template.key) {
+            let vh = &mut vhosts[vhost];
+            let slot = match vh.slot_of.get(&template.key) {
                 Some(&slot) => slot,
-                None => match tree.insert(template.key.clone(), slots.len()) {
+                None => match vh.tree.insert(template.key.clone(), vh.slots.len()) {
                     Ok(()) => {
-                        slot_of.insert(template.key.clone(), slots.len());
-                        slots.push(Vec::new());
-                        slots.len() - 1
+                        vh.slot_of.insert(template.key.clone(), vh.slots.len());
+                        vh.slots.push(Vec::new());
+                        vh.slots.len() - 1
                     }
                     Err(e) => {
                         let mut message = format!(
@@ -270,9 +333,9 @@ impl Router {
                         // matchit names the other route by our positional
                         // key; point at the route the user actually wrote.
                         if let matchit::InsertError::Conflict { with } = &e
-                            && let Some(&other) = slot_of.get(with)
+                            && let Some(&other) = vh.slot_of.get(with)
                         {
-                            let other = &routes[slots[other][0]];
+                            let other = &routes[vh.slots[other][0]];
                             let _ = write!(
                                 message,
                                 " (route {} `{}`)",
@@ -292,25 +355,65 @@ impl Router {
                     }
                 },
             };
-            slots[slot].push(routes.len());
+            vh.slots[slot].push(routes.len());
             routes.push(Compiled {
                 index,
                 template,
                 host,
                 methods,
+                vhost,
             });
         }
 
-        lint_shadowing(&slots, &routes, &mut issues);
+        for vh in &vhosts {
+            lint_shadowing(&vh.slots, &routes, &mut issues);
+        }
         // Stable: per route, parse issues stay in the order they were found.
         issues.sort_by_key(|i| i.route);
         let router = Router {
-            tree,
-            slots,
+            vhosts,
+            exact,
+            wildcard,
             routes,
             rejected,
         };
         (router, issues)
+    }
+
+    /// The virtual host that serves `host`: its exact host's routes if any
+    /// route names it, else the routes of the longest wildcard that covers
+    /// it, else the host-less routes. Costs a hash lookup (plus one per
+    /// label when wildcards exist), whatever the number of routes.
+    fn vhost(&self, host: Option<&str>) -> usize {
+        let Some(host) = host else {
+            return DEFAULT;
+        };
+        if self.exact.is_empty() && self.wildcard.is_empty() {
+            return DEFAULT;
+        }
+        let view = host_view(host);
+        let lower;
+        let h = if view.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = view.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            view
+        };
+        if let Some(&v) = self.exact.get(h) {
+            return v;
+        }
+        if !self.wildcard.is_empty() {
+            // Left to right: the longest suffix first.
+            for (i, _) in h.match_indices('.') {
+                let suffix = &h[i..];
+                if let Some(&v) = self.wildcard.get(suffix)
+                    && suffix_match(suffix, h)
+                {
+                    return v;
+                }
+            }
+        }
+        DEFAULT
     }
 
     /// Find the route for a request. `host` is the request host (lower-case,
@@ -319,10 +422,11 @@ impl Router {
     /// deny.
     #[must_use]
     pub fn at(&self, host: Option<&str>, method: &str, path: &str) -> Option<RouteMatch> {
-        let m = self.tree.at(path).ok()?;
+        let vh = self.vhosts.get(self.vhost(host))?;
+        let m = vh.tree.at(path).ok()?;
         // matchit yields params in path order, which is template order.
         let values: Vec<String> = m.params.iter().map(|(_, v)| decode_param(v)).collect();
-        let route = self.slots[*m.value]
+        let route = vh.slots[*m.value]
             .iter()
             .map(|&r| &self.routes[r])
             .find(|r| r.accepts(host, method, &values))?;
@@ -335,18 +439,26 @@ impl Router {
 
     /// For `rolegate explain`: why each relevant route did not match this
     /// request, as `(route index, reason)` sorted by index. Relevant means:
-    /// the routes on the template matchit picked (the one that would match
-    /// is omitted, later ones that would also pass are reported as
-    /// shadowed), routes whose template also fits the path but lost to a
-    /// more specific one, and routes dropped at build time whose template
-    /// fits. If no template fits the path, every route is listed.
+    /// the routes on the template matchit picked in the request's virtual
+    /// host (the one that would match is omitted, later ones that would
+    /// also pass are reported as shadowed), routes of that virtual host
+    /// whose template also fits the path but lost to a more specific one,
+    /// routes of other virtual hosts whose template fits the path (with why
+    /// their host does not apply), and routes dropped at build time whose
+    /// template fits. If no template of the virtual host fits the path,
+    /// every route is listed.
     #[must_use]
     pub fn why_not(&self, host: Option<&str>, method: &str, path: &str) -> Vec<(usize, String)> {
         let mut out = Vec::new();
-        match self.tree.at(path) {
-            Ok(m) => {
+        let v = self.vhost(host);
+        let Some(vh) = self.vhosts.get(v) else {
+            return out;
+        };
+        let picked = vh.tree.at(path).ok();
+        match &picked {
+            Some(m) => {
                 let values: Vec<String> = m.params.iter().map(|(_, v)| decode_param(v)).collect();
-                let slot = &self.slots[*m.value];
+                let slot = &vh.slots[*m.value];
                 let mut winner = None;
                 for route in slot.iter().map(|&r| &self.routes[r]) {
                     let reasons = route.reasons(host, method, &values);
@@ -360,7 +472,7 @@ impl Router {
                     }
                 }
                 let picked = &self.routes[slot[0]].template;
-                for route in &self.routes {
+                for route in self.routes.iter().filter(|r| r.vhost == v) {
                     if route.template.key != picked.key && route.template.matches(path) {
                         out.push((
                             route.index,
@@ -371,22 +483,46 @@ impl Router {
                         ));
                     }
                 }
-                for r in &self.rejected {
-                    if r.template.as_ref().is_some_and(|t| t.matches(path)) {
-                        out.push((r.index, "not loaded: the route has build errors".into()));
-                    }
-                }
             }
-            Err(_) => {
-                for route in &self.routes {
+            None => {
+                for route in self.routes.iter().filter(|r| r.vhost == v) {
                     out.push((
                         route.index,
                         format!("path does not match template `{}`", route.template.source),
                     ));
                 }
-                for r in &self.rejected {
-                    out.push((r.index, "not loaded: the route has build errors".into()));
-                }
+            }
+        }
+        // Routes of other virtual hosts.
+        for route in self.routes.iter().filter(|r| r.vhost != v) {
+            let values = route.template.fit(path);
+            if picked.is_some() && values.is_none() {
+                continue;
+            }
+            let mut reasons = match &values {
+                Some(values) => route.reasons(host, method, values),
+                None => vec![format!(
+                    "path does not match template `{}`",
+                    route.template.source
+                )],
+            };
+            if route.host.allows(host) {
+                // Its host rule fits, but a more specific one wins.
+                reasons.insert(
+                    0,
+                    format!(
+                        "host {} is served by the routes for {} (a host's own routes take precedence; no fallback to routes for {})",
+                        host.unwrap_or("<none>"),
+                        vh.host,
+                        route.host
+                    ),
+                );
+            }
+            out.push((route.index, reasons.join("; ")));
+        }
+        for r in &self.rejected {
+            if picked.is_none() || r.template.as_ref().is_some_and(|t| t.matches(path)) {
+                out.push((r.index, "not loaded: the route has build errors".into()));
             }
         }
         out.sort_by_key(|(i, _)| *i);
@@ -438,29 +574,40 @@ impl Template {
     /// rules as the tree: params are non-empty single segments, the
     /// catch-all is a non-empty rest. Only used for diagnostics.
     fn matches(&self, path: &str) -> bool {
-        let Some(mut rest) = path.strip_prefix('/') else {
-            return false;
-        };
+        self.fit(path).is_some()
+    }
+
+    /// The decoded param values if this template fits `path` (as
+    /// [`Template::matches`]). Only used for diagnostics.
+    fn fit(&self, path: &str) -> Option<Vec<String>> {
+        let mut rest = path.strip_prefix('/')?;
+        let mut values = Vec::new();
         for (k, seg) in self.segs.iter().enumerate() {
             let (head, tail) = match rest.split_once('/') {
                 Some((h, t)) => (h, Some(t)),
                 None => (rest, None),
             };
             let ok = match seg {
-                Seg::CatchAll => return !rest.is_empty(),
+                Seg::CatchAll => {
+                    values.push(decode_param(rest));
+                    return (!rest.is_empty()).then_some(values);
+                }
                 Seg::Lit(s) => head == s,
-                Seg::Param => !head.is_empty(),
+                Seg::Param => {
+                    values.push(decode_param(head));
+                    !head.is_empty()
+                }
             };
             if !ok {
-                return false;
+                return None;
             }
             match tail {
                 Some(t) if k + 1 < self.segs.len() => rest = t,
-                None if k + 1 == self.segs.len() => return true,
-                _ => return false,
+                None if k + 1 == self.segs.len() => return Some(values),
+                _ => return None,
             }
         }
-        false
+        None
     }
 
     fn has_constraints(&self) -> bool {
@@ -1068,6 +1215,67 @@ mod tests {
     }
 
     #[test]
+    fn a_hosts_own_routes_take_precedence_with_no_fallback() {
+        let r = clean(&[
+            any("/public/**"),                                   // 0
+            spec(Some("admin.example"), &[], "/**"),             // 1
+            spec(Some("*.example.com"), &[], "/api/{x}"),        // 2
+            spec(Some("a.example.com"), &[], "/other"),          // 3
+            spec(Some("*.b.example.com"), &[], "/api/{x}"),      // 4
+            any("/api/{x}"),                                     // 5
+            spec(Some("admin.example"), &["GET"], "/public/ro"), // 6
+        ]);
+        let cases = [
+            // The admin vhost's `/**` wins over the more specific host-less
+            // `/public/**`: the host is decided before the path.
+            (Some("admin.example"), "GET", "/public/x", Some(1)),
+            (Some("ADMIN.Example.:8443"), "GET", "/public/x", Some(1)),
+            (Some("admin.example"), "GET", "/public/ro", Some(6)),
+            // No fallback: a method or a path the vhost does not route is
+            // no route, not the host-less route.
+            (Some("admin.example"), "POST", "/public/ro", None),
+            (Some("admin.example"), "GET", "/", None),
+            (Some("admin.example"), "GET", "/api/1", Some(1)),
+            (Some("other.test"), "GET", "/public/x", Some(0)),
+            (None, "GET", "/public/x", Some(0)),
+            (Some("admin.example.org"), "GET", "/public/x", Some(0)),
+            (Some("z.example.com"), "GET", "/api/1", Some(2)),
+            (Some("z.example.com"), "GET", "/public/x", None),
+            // Exact before wildcard, and no fallback from exact to wildcard.
+            (Some("a.example.com"), "GET", "/other", Some(3)),
+            (Some("a.example.com."), "GET", "/other", Some(3)),
+            (Some("a.example.com"), "GET", "/api/1", None),
+            // The longest wildcard wins.
+            (Some("x.b.example.com"), "GET", "/api/1", Some(4)),
+            (Some("x.y.b.example.com"), "GET", "/api/1", Some(4)),
+            (Some("b.example.com"), "GET", "/api/1", Some(2)),
+            (Some("x..b.example.com"), "GET", "/api/1", Some(2)),
+            (Some("example.com"), "GET", "/api/1", Some(5)),
+            (Some(".example.com"), "GET", "/api/1", Some(5)),
+        ];
+        for (host, method, path, want) in cases {
+            assert_eq!(
+                route_of(&r, host, method, path),
+                want,
+                "{host:?} {method} {path}"
+            );
+        }
+        // explain says why the host-less route did not apply.
+        let why = r.why_not(Some("admin.example"), "GET", "/public/x");
+        let (_, reason) = why.iter().find(|(i, _)| *i == 0).unwrap();
+        assert!(
+            reason.contains("served by the routes for admin.example")
+                && reason.contains("no fallback"),
+            "{reason}"
+        );
+        assert!(why.iter().all(|(i, _)| *i != 1), "{why:?}");
+        // A host whose only route failed to build still owns its requests.
+        let (r, _) = Router::build(&[any("/**"), spec(Some("admin.example"), &[], "/x/{")]);
+        assert_eq!(route_of(&r, Some("admin.example"), "GET", "/x/1"), None);
+        assert_eq!(route_of(&r, Some("other.example"), "GET", "/x/1"), Some(0));
+    }
+
+    #[test]
     fn catch_all_needs_at_least_one_segment() {
         let r = clean(&[any("/static/**"), any("/o/{org}/r/{repo}/**"), any("/")]);
         let cases: &[(&str, Option<(usize, &str)>)] = &[
@@ -1110,7 +1318,8 @@ mod tests {
         ]);
         let cases = [
             (None, "GET", (0, "a")),
-            (Some("x.test"), "GET", (0, "a")),
+            // x.test has its own routes: the host-less ones do not apply.
+            (Some("x.test"), "GET", (1, "c")),
             (Some("x.test"), "POST", (1, "c")),
             (None, "POST", (2, "b")),
             (Some("y.test"), "POST", (2, "b")),
@@ -1160,11 +1369,13 @@ mod tests {
             spec(Some("a.test"), &[], "/h"),              // 6
             any("/h"),                                    // 7 fine: 6 is host-specific
             spec(Some("*.test"), &["GET", "POST"], "/w"), // 8
-            spec(Some("a.b.test"), &["HEAD"], "/w"),      // 9 shadowed by 8
-            spec(Some("*.b.test"), &["GET"], "/w"),       // 10 shadowed by 8
+            spec(Some("a.b.test"), &["HEAD"], "/w"),      // 9 fine: own vhost
+            spec(Some("*.b.test"), &["GET"], "/w"),       // 10 fine: own vhost
             spec(None, &["GET"], "/w"),                   // 11 fine: any host
             spec(None, &["GET"], "/m"),                   // 12
             spec(None, &["GET", "DELETE"], "/m"),         // 13 fine: DELETE new
+            spec(Some("*.test"), &["GET"], "/w"),         // 14 shadowed by 8
+            spec(Some("A.b.test"), &["HEAD"], "/w"),      // 15 duplicate of 9
         ];
         let (_, issues) = Router::build(&specs);
         let got: Vec<(usize, IssueKind, bool)> = issues
@@ -1176,8 +1387,8 @@ mod tests {
             [
                 (1, IssueKind::Warning, false),
                 (3, IssueKind::Warning, true),
-                (9, IssueKind::Warning, false),
-                (10, IssueKind::Warning, false),
+                (14, IssueKind::Warning, false),
+                (15, IssueKind::Warning, true),
             ],
             "{issues:#?}"
         );

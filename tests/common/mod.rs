@@ -480,3 +480,85 @@ pub async fn wait_listening(port: u16) {
     }
     panic!("nothing listening on {port}");
 }
+
+/// Sends raw bytes and returns every byte the server sent until it closed
+/// the connection (panics if it does not within 10 s).
+pub async fn raw_bytes(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    // A reset after the data is still a closed connection.
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the connection was closed in time");
+    buf
+}
+
+/// A response read to the connection's end, possibly cut mid-body.
+#[derive(Debug)]
+pub struct CutResp {
+    /// The head (status line and headers), `None` if no complete head came.
+    pub head: Option<String>,
+    /// The body data received (de-chunked if chunked), complete or not.
+    pub body: Vec<u8>,
+    /// For a chunked body: whether the terminating zero-length chunk came.
+    pub terminated: bool,
+}
+
+impl CutResp {
+    pub fn parse(buf: &[u8]) -> CutResp {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return CutResp {
+                head: None,
+                body: Vec::new(),
+                terminated: false,
+            };
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut b = &buf[end + 4..];
+        if !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return CutResp {
+                head: Some(head),
+                body: b.to_vec(),
+                terminated: false,
+            };
+        }
+        let mut body = Vec::new();
+        let mut terminated = false;
+        while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+            let Ok(size) = usize::from_str_radix(
+                std::str::from_utf8(&b[..i])
+                    .unwrap_or("x")
+                    .split(';')
+                    .next()
+                    .unwrap_or("x")
+                    .trim(),
+                16,
+            ) else {
+                break;
+            };
+            if size == 0 {
+                terminated = b[i + 2..].starts_with(b"\r\n");
+                break;
+            }
+            let data = &b[i + 2..];
+            body.extend_from_slice(&data[..size.min(data.len())]);
+            if data.len() < size + 2 {
+                break;
+            }
+            b = &data[size + 2..];
+        }
+        CutResp {
+            head: Some(head),
+            body,
+            terminated,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.head.as_deref()?.split(' ').nth(1)?.parse().ok()
+    }
+}
