@@ -49,6 +49,7 @@ static TOKEN_EXP: LazyLock<u64> = LazyLock::new(|| now_ms() + 3_600_000);
 
 fn touch(session: &str) -> Touch<'_> {
     Touch {
+        issuer: "https://idp.example",
         session,
         subject: "bench-user",
         now_ms: now_ms(),

@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use rolegate::session::{
-    EndReason, OnStoreError, SessionSettings, Store, StoreKind, Touch, Verdict, now_ms,
+    EndReason, OnStoreError, SessionRef, SessionSettings, Store, StoreKind, Touch, Verdict, now_ms,
 };
 use tokio::time::{Instant, sleep};
 
@@ -128,8 +128,9 @@ static TOKEN_EXP: LazyLock<u64> = LazyLock::new(|| now_ms() + 3_600_000);
 /// One request of `subject` on `session`, now.
 fn req<'a>(session: &'a str, subject: &'a str, idle_ms: u64, touch: bool) -> Touch<'a> {
     Touch {
-        session,
+        issuer: ISS,
         subject,
+        session,
         now_ms: now_ms(),
         idle_ms,
         max_lifetime_ms: None,
@@ -159,6 +160,17 @@ async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
     }
 }
 
+const ISS: &str = "https://idp.test";
+
+/// Session `session` of `subject` (issuer [`ISS`]).
+fn sid<'a>(session: &'a str, subject: &'a str) -> SessionRef<'a> {
+    SessionRef {
+        issuer: ISS,
+        subject,
+        session,
+    }
+}
+
 fn mirror(store: &Store) -> &rolegate::session::table::Table {
     match store {
         Store::Redis(s) => s.table(),
@@ -180,7 +192,10 @@ async fn session_created_on_one_instance_is_known_on_the_other() {
     sleep(Duration::from_millis(5)).await;
     assert_eq!(check(&b, "s1", "alice", LONG).await, Verdict::Active);
     // B adopted A's session (same start), it did not start a new one.
-    assert_eq!(mirror(&b).get("s1").unwrap().created_ms, created);
+    assert_eq!(
+        mirror(&b).get(sid("s1", "alice")).unwrap().created_ms,
+        created
+    );
     let listed = b.sessions_of("alice").await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].created_ms, created);
@@ -202,7 +217,7 @@ async fn touches_on_b_keep_the_session_alive_for_a() {
     }
     b.flush().await;
     // A's mirror alone would call it idle; Redis has B's activity.
-    let stale = mirror(&a).get("s").unwrap();
+    let stale = mirror(&a).get(sid("s", "alice")).unwrap();
     assert!(now_ms() - stale.last_ms > 1_000);
     let passive = req("s", "alice", 1_000, false);
     assert_eq!(a.check(&passive).await.unwrap(), Verdict::Active);
@@ -225,7 +240,7 @@ async fn idle_expiry_decided_on_a_is_seen_on_b() {
     // B's mirror learns it from the event, without asking.
     assert!(
         within(Duration::from_secs(1), async || mirror(&b)
-            .get("s")
+            .get(sid("s", "alice"))
             .unwrap()
             .ended
             .is_some_and(|(r, _)| r == EndReason::Idle))
@@ -250,8 +265,16 @@ async fn end_on_a_is_refused_on_b_within_a_second() {
     assert_eq!(check(&b, "s", "alice", LONG).await, Verdict::Active);
     assert_eq!(check(&b, "s", "alice", LONG).await, Verdict::Active);
     let exp = now_ms() + 3_600_000;
-    assert!(a.end("s", "alice", EndReason::Logout, exp).await.unwrap());
-    assert!(!a.end("s", "alice", EndReason::Logout, exp).await.unwrap());
+    assert!(
+        a.end(sid("s", "alice"), EndReason::Logout, exp)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !a.end(sid("s", "alice"), EndReason::Logout, exp)
+            .await
+            .unwrap()
+    );
     assert!(
         within(Duration::from_secs(1), async || check(
             &b, "s", "alice", LONG
@@ -265,7 +288,7 @@ async fn end_on_a_is_refused_on_b_within_a_second() {
 }
 
 #[tokio::test]
-async fn deactivation_on_b_is_refused_on_a_within_a_second_and_reactivation_restores() {
+async fn deactivation_on_b_is_refused_on_a_within_a_second_and_ends_every_session_for_good() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -286,12 +309,22 @@ async fn deactivation_on_b_is_refused_on_a_within_a_second_and_reactivation_rest
     assert_eq!(check(&a, "s-carol", "carol", LONG).await, Verdict::Active);
 
     assert!(b.reactivate("bob").await.unwrap());
+    // Reactivated: new sessions work on both instances, but the session
+    // held before the deactivation stays ended (a new login is needed).
     assert!(
-        within(Duration::from_secs(1), async || check(&a, "s", "bob", LONG)
-            .await
+        within(Duration::from_secs(1), async || check(
+            &a, "s-new", "bob", LONG
+        )
+        .await
             == Verdict::Active)
         .await
     );
+    let revoked = Verdict::Ended(EndReason::Revoked);
+    assert_eq!(check(&a, "s", "bob", LONG).await, revoked);
+    assert_eq!(check(&b, "s", "bob", LONG).await, revoked);
+    // Also on an instance that never saw it (asks Redis).
+    let c = open(&redis, LONG).await;
+    assert_eq!(check(&c, "s", "bob", LONG).await, revoked);
     assert!(!a.is_deactivated("bob").await.unwrap());
     assert!(!a.reactivate("bob").await.unwrap());
 }
@@ -334,7 +367,7 @@ async fn sessions_of_lists_active_and_ended_sessions_oldest_first() {
     assert_eq!(check(&b, "s2", "alice", LONG).await, Verdict::Active);
     assert_eq!(check(&b, "s3", "bob", LONG).await, Verdict::Active);
     assert!(
-        b.end("s1", "alice", EndReason::Logout, now_ms() + 60_000)
+        b.end(sid("s1", "alice"), EndReason::Logout, now_ms() + 60_000)
             .await
             .unwrap()
     );
@@ -347,7 +380,13 @@ async fn sessions_of_lists_active_and_ended_sessions_oldest_first() {
     assert!(a.sessions_of("nobody").await.unwrap().is_empty());
     // Records and the user's set expire by themselves.
     let mut c = redis.client().await;
-    for key in ["rolegate:s:s1", "rolegate:s:s2", "rolegate:u:alice"] {
+    let keys = [
+        format!("rolegate:sess:{}", sid("s1", "alice").key().hex()),
+        format!("rolegate:sess:{}", sid("s2", "alice").key().hex()),
+        "rolegate:u:alice".to_string(),
+        "rolegate:sid:s1".to_string(),
+    ];
+    for key in &keys {
         let ttl: i64 = redis::cmd("PTTL")
             .arg(key)
             .query_async(&mut c)
@@ -395,7 +434,7 @@ async fn activity_is_coalesced_into_few_redis_writes() {
     assert!(writes >= 1, "activity never reached Redis");
     // The last touch reached Redis all the same.
     let stored: u64 = redis::cmd("HGET")
-        .arg("rolegate:s:s")
+        .arg(format!("rolegate:sess:{}", sid("s", "alice").key().hex()))
         .arg("last")
         .query_async(&mut c)
         .await
@@ -410,9 +449,9 @@ async fn mirror_refresh_forgets_active_sessions_but_keeps_revocations_and_activi
     };
     let a = open(&redis, LONG).await;
     assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
-    let created = mirror(&a).get("s").unwrap().created_ms;
+    let created = mirror(&a).get(sid("s", "alice")).unwrap().created_ms;
     assert!(
-        a.end("gone", "alice", EndReason::Logout, *TOKEN_EXP)
+        a.end(sid("gone", "alice"), EndReason::Logout, *TOKEN_EXP)
             .await
             .unwrap()
     );
@@ -424,14 +463,20 @@ async fn mirror_refresh_forgets_active_sessions_but_keeps_revocations_and_activi
     };
     store.refresh_mirror().await;
     assert!(
-        mirror(&a).get("s").is_none(),
+        mirror(&a).get(sid("s", "alice")).is_none(),
         "active session not forgotten"
     );
-    assert!(mirror(&a).get("gone").unwrap().ended.is_some());
+    assert!(
+        mirror(&a)
+            .get(sid("gone", "alice"))
+            .unwrap()
+            .ended
+            .is_some()
+    );
     // The unflushed touch was written before forgetting.
     let mut c = redis.client().await;
     let stored: u64 = redis::cmd("HGET")
-        .arg("rolegate:s:s")
+        .arg(format!("rolegate:sess:{}", sid("s", "alice").key().hex()))
         .arg("last")
         .query_async(&mut c)
         .await
@@ -439,7 +484,10 @@ async fn mirror_refresh_forgets_active_sessions_but_keeps_revocations_and_activi
     assert_eq!(stored, t.now_ms);
     // Re-read from Redis on its next request: the same session.
     assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
-    assert_eq!(mirror(&a).get("s").unwrap().created_ms, created);
+    assert_eq!(
+        mirror(&a).get(sid("s", "alice")).unwrap().created_ms,
+        created
+    );
     assert_eq!(
         check(&a, "gone", "alice", LONG).await,
         Verdict::Ended(EndReason::Logout)
@@ -466,7 +514,7 @@ async fn redis_down_fails_closed_and_recovers_after_restart() {
     let a = open(&redis, LONG).await;
     assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
     assert!(
-        a.end("gone", "alice", EndReason::Revoked, now_ms() + 60_000)
+        a.end(sid("gone", "alice"), EndReason::Revoked, now_ms() + 60_000)
             .await
             .unwrap()
     );

@@ -17,6 +17,7 @@ roles:
   viewer: { grants: [bot.flows.view] }
   quick: { idle_timeout: 1s }
   slow: { idle_timeout: 5s }
+  quick-bot: { scope: bot, idle_timeout: 1s }
 routes:
   - { name: flows, match: { methods: [GET], path: "/bots/{bot}/flows" }, require: bot.flows.view }
   - { name: edit, match: { methods: [PUT], path: "/bots/{bot}/flows" }, require: bot.flows.edit }
@@ -111,6 +112,23 @@ async fn idle_timeout_is_the_smallest_among_the_roles_and_ends_the_session_for_g
         .status,
         200
     );
+}
+
+#[tokio::test]
+async fn a_scoped_role_s_idle_timeout_applies_whatever_the_route() {
+    let (_up, gw) = start("").await;
+    // `quick-bot@bot:1` (1 s) on a route of bot 2, and on bot 1.
+    let other_bot = tok("s-scoped-2", &["viewer", "quick-bot@bot:1"]);
+    let same_bot = tok("s-scoped-1", &["viewer", "quick-bot@bot:1"]);
+    let unscoped = tok("s-unscoped", &["viewer"]);
+    assert_eq!(get(&gw, "/bots/2/flows", &other_bot).await.status, 200);
+    assert_eq!(get(&gw, "/bots/1/flows", &same_bot).await.status, 200);
+    assert_eq!(get(&gw, "/bots/1/flows", &unscoped).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_expired(&get(&gw, "/bots/2/flows", &other_bot).await);
+    assert_expired(&get(&gw, "/bots/1/flows", &same_bot).await);
+    // Without the role, the default 10 s applies.
+    assert_eq!(get(&gw, "/bots/1/flows", &unscoped).await.status, 200);
 }
 
 #[tokio::test]
@@ -531,7 +549,8 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
     .await;
     eprintln!("revocation reached the other gateway in {took:?}");
 
-    // A deactivation on B is enforced by A within 1 s; reactivation restores.
+    // A deactivation on B is enforced by A within 1 s; after reactivation
+    // only a new login works.
     let erin = token_with(json!({ "sub": "erin", "sid": "e-1", "roles": ["viewer"] }));
     assert_eq!(flows(a, &erin).await.status, 200);
     assert_eq!(
@@ -551,11 +570,14 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
         admin(adm_b, "POST", "/users/erin/reactivate").await.status,
         200
     );
+    let erin2 = token_with(json!({ "sub": "erin", "sid": "e-2", "roles": ["viewer"] }));
     within(Duration::from_secs(1), || {
-        let erin = erin.clone();
-        async move { flows(a, &erin).await.status == 200 }
+        let erin2 = erin2.clone();
+        async move { flows(a, &erin2).await.status == 200 }
     })
     .await;
+    assert_eq!(flows(a, &erin).await.error(), "session_ended");
+    assert_eq!(flows(b, &erin).await.error(), "session_ended");
 
     // Redis dies: both gateways fail closed with a JSON 503, and readiness says so.
     let live = tok("shared-3", &["viewer"]);

@@ -5,7 +5,7 @@
 //! Every endpoint but `/healthz` and `/readyz` requires `Authorization:
 //! Bearer <admin token>` (the token from `admin.token_file`, compared in
 //! constant time). Every state-changing call writes one audit line (target
-//! `rolegate::audit`: actor, action, target, result). It owns no state: it
+//! `rolegate::audit`: actor, action, object, result). It owns no state: it
 //! calls the gateway's session store.
 
 use std::convert::Infallible;
@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::proxy::Gateway;
 use crate::route::decode_param;
-use crate::session::{EndReason, Record, now_ms};
+use crate::session::{Record, now_ms};
 
 type Resp = Response<Full<Bytes>>;
 
@@ -76,6 +76,7 @@ fn authorized(req: &Request<Incoming>, expected: &str) -> bool {
 fn session_json(r: &Record, now: u64) -> Value {
     json!({
         "session": r.session,
+        "issuer": r.issuer,
         "state": if r.ended.is_some() { "ended" } else { "active" },
         "ended_reason": r.ended.map(|(reason, _)| reason.as_str()),
         "ended_at_ms": r.ended.map(|(_, t)| t),
@@ -86,8 +87,11 @@ fn session_json(r: &Record, now: u64) -> Value {
     })
 }
 
-fn audit(peer: SocketAddr, action: &str, target: &str, result: &Value) {
-    tracing::info!(target: "rolegate::audit", actor = %format!("admin@{peer}"), action, target, result = %result, at_ms = now_ms(), "admin action");
+/// One audit line per state-changing call. The acted-on session id or user
+/// is `object`, not `target`: JSON log lines already carry the log target
+/// under `target`, and a second `target` key would make the line ambiguous.
+fn audit(peer: SocketAddr, action: &str, object: &str, result: &Value) {
+    tracing::info!(target: "rolegate::audit", actor = %format!("admin@{peer}"), action, object, result = %result, at_ms = now_ms(), "admin action");
 }
 
 /// Handles one admin request.
@@ -143,9 +147,9 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         )
     };
     let keep_until = now_ms() + rt.sessions.retention.as_millis() as u64;
-    let (action, target, result) = match (req.method(), segs.as_slice()) {
+    let (action, object, result) = match (req.method(), segs.as_slice()) {
         (&Method::POST, ["sessions", sid, "revoke"]) if !sid.is_empty() => {
-            match store.end(sid, "", EndReason::Revoked, keep_until).await {
+            match store.revoke_id(sid, keep_until).await {
                 Ok(was_active) => (
                     "revoke_session",
                     *sid,
@@ -216,7 +220,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         }
         _ => return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
-    audit(peer, action, target, &result);
+    audit(peer, action, object, &result);
     reply(StatusCode::OK, result)
 }
 
@@ -238,5 +242,84 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, shutdown: impl Futur
             }
             _ = &mut shutdown => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The keys of one JSON object, in order, duplicates kept (a
+    /// `serde_json::Value` would silently keep only the last one).
+    struct Keys(Vec<String>);
+
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(k);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    #[test]
+    fn the_audit_line_has_each_key_once() {
+        let buf = Buf::default();
+        let w = buf.clone();
+        // The same JSON layout as `telemetry::init`.
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            audit(
+                "127.0.0.1:9".parse().unwrap(),
+                "revoke_session",
+                "s-1",
+                &json!({ "session": "s-1", "revoked": true }),
+            );
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line = text.lines().next().expect("one audit line");
+        let Keys(keys) = serde_json::from_str(line).unwrap();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keys.len(), "a key appears twice: {line}");
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["target"], "rolegate::audit");
+        assert_eq!(v["object"], "s-1");
+        assert_eq!(v["action"], "revoke_session");
+        assert_eq!(v["actor"], "admin@127.0.0.1:9");
     }
 }

@@ -581,12 +581,13 @@ impl Policy {
         is_valid_capability(cap) && self.all_grants.covers(cap)
     }
 
-    /// The shortest `idle_timeout` over the principal's effective global
-    /// roles: global bindings of global roles, the roles of its profiles,
-    /// and everything those include. Scoped bindings are not counted (the
-    /// session stage runs before any route is known). `requires` is ignored
-    /// on purpose: a timeout only restricts, so applying it even when the
-    /// role's grants are inactive errs on the safe side.
+    /// The shortest `idle_timeout` over every role the principal holds: each
+    /// well-formed binding of a known role, global or scoped (`role@bot:1`
+    /// counts whatever the route: a session is one per login, not per
+    /// resource), the roles of its profiles, and everything those include.
+    /// Whether the binding would be effective on some route (scope matches,
+    /// `requires` met) is ignored on purpose: a timeout only restricts, so
+    /// applying it whenever the role is named errs on the safe side.
     pub fn idle_timeout(&self, p: &Principal) -> Option<Duration> {
         let mut best: Option<Duration> = None;
         let mut consider = |role: usize| {
@@ -605,12 +606,7 @@ impl Policy {
             let Some(b) = parse_binding(raw) else {
                 continue;
             };
-            if b.scope.is_some() {
-                continue;
-            }
-            if let Some(i) = self.role_idx(b.name)
-                && self.roles[i].scope.is_none()
-            {
+            if let Some(i) = self.role_idx(b.name) {
                 consider(i);
             }
         }
@@ -1156,7 +1152,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_timeout_is_min_over_effective_global_roles() {
+    fn idle_timeout_is_min_over_every_role_held_scoped_or_not() {
         let (policy, _) = Policy::compile(catalog());
         let min = |m: u64| Some(Duration::from_secs(m * 60));
         let p = |roles: &[&str], profiles: &[&str]| Principal {
@@ -1175,16 +1171,14 @@ mod tests {
             // Profile roles count, and their includes too.
             (p(&[], &["analyst"]), min(45)),
             (p(&["supervisor"], &["analyst"]), min(45)),
-            // Unknown / malformed / scoped bindings don't.
-            (
-                p(
-                    &["nope", "short-session@bot:1", "@x", "timed-bot@bot:1"],
-                    &["nope"],
-                ),
-                None,
-            ),
-            // A scoped role bound globally is not effective.
-            (p(&["timed-bot"], &[]), None),
+            // Unknown and malformed bindings don't.
+            (p(&["nope", "@x", "short-session@"], &["nope"]), None),
+            // Scoped bindings do, whatever the route (and whether or not
+            // the binding's scope fits the role's).
+            (p(&["timed-bot@bot:1"], &[]), min(5)),
+            (p(&["supervisor", "short-session@bot:1"], &[]), min(10)),
+            // A role named at all counts: a timeout only restricts.
+            (p(&["timed-bot"], &[]), min(5)),
         ];
         for (principal, want) in cases {
             assert_eq!(policy.idle_timeout(&principal), want, "{principal:?}");

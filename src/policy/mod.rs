@@ -101,10 +101,10 @@
 //! grants; `requires` on a role included by others; a scoped role in a
 //! profile; a public route with a requirement.
 //!
-//! **Idle timeout** ([`Policy::idle_timeout`]): the minimum over the
-//! principal's global roles (global bindings and profile roles) and
-//! everything they include; scoped bindings don't count and `requires` is
-//! ignored (a timeout only restricts).
+//! **Idle timeout** ([`Policy::idle_timeout`]): the minimum over every role
+//! the principal holds (global and scoped bindings, whatever the route, and
+//! profile roles) and everything they include; whether a binding is
+//! effective and `requires` are ignored (a timeout only restricts).
 
 mod compile;
 mod decide;

@@ -40,7 +40,9 @@ use crate::error::{Deny, Fault, Refusal, error_body};
 use crate::mask;
 use crate::policy::{self, Decision, NoRelations, Principal};
 use crate::route::{Canonical, PathError, canonicalize};
-use crate::session::{EndReason, OnStoreError, Store, StoreError, Touch, Verdict, now_ms};
+use crate::session::{
+    EndReason, OnStoreError, SessionRef, Store, StoreError, Touch, Verdict, now_ms,
+};
 use crate::telemetry::AuditLog;
 
 /// The response body type sent to clients.
@@ -253,14 +255,21 @@ impl Gateway {
         let p = &v.principal;
         let session = p.session.clone().unwrap_or_default();
         let subject = p.subject.clone();
+        let issuer = p.issuer.clone();
         let idle_ms = rt
             .policy
             .idle_timeout(p)
             .unwrap_or(rt.sessions.idle_timeout)
             .as_millis() as u64;
         let max_life = rt.sessions.max_lifetime.map(|m| m.as_millis() as u64);
-        let still_valid =
-            Box::new(move || store.still_valid(&session, &subject, now_ms(), idle_ms, max_life));
+        let still_valid = Box::new(move || {
+            let id = SessionRef {
+                issuer: &issuer,
+                subject: &subject,
+                session: &session,
+            };
+            store.still_valid(id, now_ms(), idle_ms, max_life)
+        });
         resp.map(|b| SessionBound::new(b, std::time::Duration::from_secs(1), still_valid).boxed())
     }
 
@@ -315,8 +324,9 @@ impl Gateway {
             .idle_timeout(p)
             .unwrap_or(rt.sessions.idle_timeout);
         let t = Touch {
-            session: p.session.as_deref().unwrap_or(""),
+            issuer: &p.issuer,
             subject: &p.subject,
+            session: p.session.as_deref().unwrap_or(""),
             now_ms: now_ms(),
             idle_ms: idle.as_millis() as u64,
             max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
@@ -355,13 +365,13 @@ impl Gateway {
             .map_err(Deny::Unauthenticated)?;
         ctx.subject = Some(v.principal.subject.clone());
         let sid = v.principal.session.as_deref().unwrap_or("");
+        let id = SessionRef {
+            issuer: &v.principal.issuer,
+            subject: &v.principal.subject,
+            session: sid,
+        };
         self.store
-            .end(
-                sid,
-                &v.principal.subject,
-                EndReason::Logout,
-                v.exp.saturating_mul(1000),
-            )
+            .end(id, EndReason::Logout, v.exp.saturating_mul(1000))
             .await
             .map_err(|e| Fault::StoreUnavailable(e.0))?;
         tracing::info!(target: "rolegate::audit", actor = %v.principal.subject, action = "logout", session = sid, "session ended");

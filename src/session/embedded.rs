@@ -9,13 +9,16 @@
 //! really was, so its idle timer can only run *ahead* by that bound, never
 //! be reset. A background task also sweeps idle sessions to ended and
 //! drops records once their token has expired and `retention` has passed.
+//!
+//! Deactivating a user ends every session the user has (for good: a
+//! reactivated user must log in again), in the same journaled step.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::journal::Journal;
-use super::table::{Change, EndReason, Record, Table, Touch, Verdict};
+use super::table::{Change, EndReason, Record, RevokedId, SessionRef, Table, Touch, Verdict};
 use super::{SessionSettings, StoreError, now_ms};
 
 /// Sweep and compaction run every this many flush ticks.
@@ -78,11 +81,12 @@ impl Inner {
 impl EmbeddedStore {
     pub fn open(state_dir: &Path, settings: &SessionSettings) -> Result<EmbeddedStore, String> {
         let table = Table::new();
-        let journal = Journal::open(state_dir, &table)?;
+        let retention_ms = settings.retention.as_millis() as u64;
+        let journal = Journal::open(state_dir, &table, retention_ms)?;
         let inner = Arc::new(Inner {
             table,
             journal,
-            retention_ms: settings.retention.as_millis() as u64,
+            retention_ms,
             user_ops: std::sync::Mutex::new(()),
         });
         let bg = inner.clone();
@@ -114,8 +118,7 @@ impl EmbeddedStore {
 
     pub fn end(
         &self,
-        session: &str,
-        subject: &str,
+        id: SessionRef<'_>,
         reason: EndReason,
         keep_until_ms: u64,
     ) -> Result<bool, StoreError> {
@@ -123,7 +126,7 @@ impl EmbeddedStore {
         match self
             .inner
             .table
-            .end(session, subject, reason, now, keep_until_ms.max(now))
+            .end(id, reason, now, keep_until_ms.max(now))
         {
             Some(r) => {
                 self.inner.journal.records(&[r]).map_err(io_err)?;
@@ -131,6 +134,22 @@ impl EmbeddedStore {
             }
             None => Ok(false),
         }
+    }
+
+    /// Revokes a session id for every user; returns whether a session with
+    /// that id was active.
+    pub fn revoke_id(&self, session: &str, keep_until_ms: u64) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let r = RevokedId {
+            at_ms: now,
+            until_ms: keep_until_ms.max(now),
+        };
+        let ended = self.inner.table.revoke_id(session, r.at_ms, r.until_ms);
+        self.inner
+            .journal
+            .revoke_id(session, r, &ended)
+            .map_err(io_err)?;
+        Ok(!ended.is_empty())
     }
 
     pub fn end_user(&self, subject: &str) -> Result<usize, StoreError> {
@@ -142,6 +161,9 @@ impl EmbeddedStore {
         Ok(ended.len())
     }
 
+    /// Deactivates a user and ends every session the user has: recorded
+    /// first (so requests in flight are refused), then the sessions are
+    /// ended, both journaled before the call returns.
     pub fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
         let _order = self
             .inner
@@ -154,6 +176,8 @@ impl EmbeddedStore {
             .journal
             .deactivate(subject, now)
             .map_err(io_err)?;
+        let ended = self.inner.table.end_user(subject, EndReason::Revoked, now);
+        self.inner.journal.records(&ended).map_err(io_err)?;
         Ok(changed)
     }
 

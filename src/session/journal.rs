@@ -9,9 +9,21 @@
 //! another storage engine, its file format and its compaction to operate.
 //!
 //! Records: `{"op":"seen",…}` (activity snapshot of one session),
-//! `{"op":"end",…}`, `{"op":"deact","u":…}`, `{"op":"react","u":…}`.
-//! A torn last line (crash mid-write) is skipped on replay. The directory is
-//! locked (`rolegate.lock`) so two gateways never share one journal.
+//! `{"op":"end",…}` (both carry issuer `iss`, subject `u`, session id `s`),
+//! `{"op":"revid","s":…}` (a session id revoked for every user),
+//! `{"op":"deact","u":…}`, `{"op":"react","u":…}`.
+//!
+//! Damage: a last line that cannot be read is a write torn by a crash
+//! mid-append (never acknowledged), so it is skipped with a warning. A line
+//! that cannot be read *followed by others* is damage that may have eaten a
+//! revocation: [`Journal::open`] refuses to start, naming the file and the
+//! line, and the journal is left as it is (never compacted over) for the
+//! operator to repair. Lines written before sessions were keyed by issuer
+//! (no `iss`) are read fail-closed: an ended one revokes its session id for
+//! every user, an active one is dropped (its session starts afresh).
+//!
+//! The directory is locked (`rolegate.lock`) so two gateways never share
+//! one journal.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -20,7 +32,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::table::{EndReason, Record, Table};
+use super::table::{EndReason, Record, RevokedId, Table};
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -28,6 +40,9 @@ enum Line {
     Seen {
         s: String,
         u: String,
+        /// Absent in journals written before sessions were keyed by issuer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iss: Option<String>,
         c: u64,
         l: u64,
         i: u64,
@@ -36,6 +51,8 @@ enum Line {
     End {
         s: String,
         u: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iss: Option<String>,
         c: u64,
         l: u64,
         x: u64,
@@ -49,6 +66,11 @@ enum Line {
     React {
         u: String,
     },
+    Revid {
+        s: String,
+        t: u64,
+        x: u64,
+    },
 }
 
 fn line_of(r: &Record) -> Line {
@@ -56,6 +78,7 @@ fn line_of(r: &Record) -> Line {
         None => Line::Seen {
             s: r.session.clone(),
             u: r.subject.clone(),
+            iss: Some(r.issuer.clone()),
             c: r.created_ms,
             l: r.last_ms,
             i: r.idle_ms,
@@ -64,6 +87,7 @@ fn line_of(r: &Record) -> Line {
         Some((reason, t)) => Line::End {
             s: r.session.clone(),
             u: r.subject.clone(),
+            iss: Some(r.issuer.clone()),
             c: r.created_ms,
             l: r.last_ms,
             x: r.exp_ms,
@@ -90,8 +114,9 @@ const JOURNAL: &str = "sessions.journal";
 impl Journal {
     /// Opens (creating) `dir`, locks it, replays the journal into `table`
     /// and compacts it. Errors are fatal at start: no durable store, no
-    /// gateway.
-    pub fn open(dir: &Path, table: &Table) -> Result<Journal, String> {
+    /// gateway. `retention_ms` bounds how long a legacy ended line keeps
+    /// its session id revoked.
+    pub fn open(dir: &Path, table: &Table, retention_ms: u64) -> Result<Journal, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("creating state_dir {}: {e}", dir.display()))?;
         let lock = OpenOptions::new()
@@ -109,15 +134,7 @@ impl Journal {
 
         let path = dir.join(JOURNAL);
         if path.exists() {
-            let f = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            for line in BufReader::new(f).lines() {
-                let Ok(line) = line else { break };
-                // A torn final line from a crash mid-write is expected.
-                let Ok(l) = serde_json::from_str::<Line>(&line) else {
-                    continue;
-                };
-                replay(table, l);
-            }
+            replay_file(&path, table, retention_ms)?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -169,6 +186,22 @@ impl Journal {
         }])
     }
 
+    /// A session id revoked for every user, with the sessions it ended.
+    pub fn revoke_id(
+        &self,
+        session: &str,
+        r: RevokedId,
+        ended: &[Record],
+    ) -> std::io::Result<usize> {
+        let mut lines = vec![Line::Revid {
+            s: session.to_string(),
+            t: r.at_ms,
+            x: r.until_ms,
+        }];
+        lines.extend(ended.iter().map(line_of));
+        self.write_lines(&lines)
+    }
+
     /// Rewrites the journal as a snapshot of `table` (tmp file, fsync,
     /// rename), holding the append lock so no line is lost in between.
     pub fn compact(&self, table: &Table) -> std::io::Result<()> {
@@ -184,6 +217,15 @@ impl Journal {
                 .map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
         }
+        for (s, r) in table.revoked_ids() {
+            let l = Line::Revid {
+                s,
+                t: r.at_ms,
+                x: r.until_ms,
+            };
+            serde_json::to_writer(&mut out, &l).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
         let f = out.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         let path = self.dir.join(JOURNAL);
@@ -197,45 +239,124 @@ impl Journal {
     }
 }
 
-fn replay(table: &Table, l: Line) {
+/// Replays the journal at `path` into `table`. A last line that cannot be
+/// read (torn by a crash mid-append) is skipped with a warning; one followed
+/// by other lines is damage and refuses the start.
+fn replay_file(path: &Path, table: &Table, retention_ms: u64) -> Result<(), String> {
+    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = BufReader::new(f);
+    let mut buf = Vec::new();
+    let mut n: usize = 0;
+    // The first unreadable line: fine only if nothing but blank lines follows.
+    let mut unreadable: Option<(usize, String)> = None;
+    loop {
+        buf.clear();
+        let read = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("{}: reading line {}: {e}", path.display(), n + 1))?;
+        if read == 0 {
+            break;
+        }
+        n += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if let Some((bad, e)) = &unreadable {
+            return Err(format!(
+                "session journal {}: line {bad} cannot be read ({e}) and more lines follow it, so it is \
+                 damage, not a torn last write; refusing to start because the lost line could be a \
+                 revocation or deactivation. Repair or delete that line (the journal was left as it is), \
+                 then start again",
+                path.display()
+            ));
+        }
+        match serde_json::from_slice::<Line>(&buf) {
+            Ok(l) => replay(table, l, retention_ms),
+            Err(e) => unreadable = Some((n, e.to_string())),
+        }
+    }
+    if let Some((bad, e)) = unreadable {
+        tracing::warn!(
+            file = %path.display(),
+            line = bad,
+            error = %e,
+            "session journal: unreadable last line skipped (a write torn by a crash; it was never acknowledged)"
+        );
+    }
+    Ok(())
+}
+
+fn replay(table: &Table, l: Line, retention_ms: u64) {
     match l {
-        Line::Seen { s, u, c, l, i, x } => table.apply(&Record {
-            session: s,
+        Line::Seen {
+            s,
+            u,
+            iss: Some(iss),
+            c,
+            l,
+            i,
+            x,
+        } => table.apply(&Record {
+            issuer: iss,
             subject: u,
+            session: s,
             created_ms: c,
             last_ms: l,
             idle_ms: i,
             exp_ms: x,
             ended: None,
         }),
+        // Legacy (no issuer): cannot be keyed; the session starts afresh.
+        Line::Seen { iss: None, .. } => {}
         Line::End {
             s,
             u,
+            iss: Some(iss),
             c,
             l,
             x,
             r,
             t,
         } => table.apply(&Record {
-            session: s,
+            issuer: iss,
             subject: u,
+            session: s,
             created_ms: c,
             last_ms: l,
             idle_ms: 0,
             exp_ms: x,
             ended: Some((EndReason::parse(&r).unwrap_or(EndReason::Revoked), t)),
         }),
+        // Legacy (no issuer): the id was refused for everyone; keep it so.
+        Line::End {
+            s, iss: None, x, t, ..
+        } => table.set_revoked_id(
+            &s,
+            RevokedId {
+                at_ms: t,
+                until_ms: x.max(t.saturating_add(retention_ms)),
+            },
+        ),
         Line::Deact { u, t } => table.set_deactivated(&u, t),
         Line::React { u } => {
             table.reactivate(&u);
         }
+        Line::Revid { s, t, x } => table.set_revoked_id(
+            &s,
+            RevokedId {
+                at_ms: t,
+                until_ms: x,
+            },
+        ),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::table::Touch;
+    use super::super::table::{SessionRef, Touch};
     use super::*;
+
+    const RET: u64 = 60_000;
 
     fn dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("rolegate-journal-{tag}-{}", std::process::id()));
@@ -243,53 +364,141 @@ mod tests {
         d
     }
 
+    fn id(session: &str) -> SessionRef<'_> {
+        SessionRef {
+            issuer: "https://idp.test",
+            subject: "u1",
+            session,
+        }
+    }
+
+    fn append(d: &Path, bytes: &[u8]) {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(d.join(JOURNAL))
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    /// A journal with an active session s1, a logged-out s2, a revoked id
+    /// r1, a deactivated u7 and a reactivated u8.
+    fn write_journal(d: &Path) {
+        let t = Table::new();
+        let j = Journal::open(d, &t, RET).unwrap();
+        let touch = Touch {
+            issuer: "https://idp.test",
+            subject: "u1",
+            session: "s1",
+            now_ms: 1_000,
+            idle_ms: 60_000,
+            max_lifetime_ms: None,
+            token_exp_ms: u64::MAX / 2,
+            touch: true,
+        };
+        t.check(&touch);
+        t.check(&Touch {
+            session: "s2",
+            now_ms: 1_500,
+            ..touch
+        });
+        j.records(&t.take_dirty()).unwrap();
+        let ended = t.end(id("s2"), EndReason::Logout, 2_000, 0).unwrap();
+        j.records(&[ended]).unwrap();
+        let r = RevokedId {
+            at_ms: 2_500,
+            until_ms: u64::MAX / 2,
+        };
+        j.revoke_id("r1", r, &t.revoke_id("r1", r.at_ms, r.until_ms))
+            .unwrap();
+        t.deactivate("u7", 3);
+        j.deactivate("u7", 3).unwrap();
+        t.deactivate("u8", 3);
+        j.deactivate("u8", 3).unwrap();
+        t.reactivate("u8");
+        j.reactivate("u8").unwrap();
+    }
+
+    fn assert_state(t: &Table) {
+        assert_eq!(t.get(id("s1")).unwrap().last_ms, 1_000);
+        assert_eq!(t.get(id("s1")).unwrap().ended, None);
+        assert_eq!(
+            t.get(id("s2")).unwrap().ended.map(|e| e.0),
+            Some(EndReason::Logout)
+        );
+        assert!(t.is_revoked_id("r1"));
+        assert!(t.is_deactivated("u7"));
+        assert!(!t.is_deactivated("u8"));
+    }
+
     #[test]
     fn ended_sessions_activity_and_deactivations_survive_reopen() {
         let d = dir("reopen");
-        {
-            let t = Table::new();
-            let j = Journal::open(&d, &t).unwrap();
-            let touch = Touch {
-                session: "s1",
-                subject: "u1",
-                now_ms: 1_000,
-                idle_ms: 60_000,
-                max_lifetime_ms: None,
-                token_exp_ms: u64::MAX / 2,
-                touch: true,
-            };
-            t.check(&touch);
-            t.check(&Touch {
-                session: "s2",
-                now_ms: 1_500,
-                ..touch
-            });
-            j.records(&t.take_dirty()).unwrap();
-            let ended = t.end("s2", "u1", EndReason::Logout, 2_000, 0).unwrap();
-            j.records(&[ended]).unwrap();
-            t.deactivate("u7", 3);
-            j.deactivate("u7", 3).unwrap();
-            t.deactivate("u8", 3);
-            j.deactivate("u8", 3).unwrap();
-            t.reactivate("u8");
-            j.reactivate("u8").unwrap();
-            // Simulate a torn final line.
-            let mut f = OpenOptions::new()
-                .append(true)
-                .open(d.join(JOURNAL))
-                .unwrap();
-            f.write_all(b"{\"op\":\"end\",\"s\":\"s1\"").unwrap();
-        }
+        write_journal(&d);
         let t = Table::new();
-        let _j = Journal::open(&d, &t).unwrap();
-        assert_eq!(t.get("s1").unwrap().last_ms, 1_000);
-        assert_eq!(t.get("s1").unwrap().ended, None);
-        assert_eq!(
-            t.get("s2").unwrap().ended.map(|e| e.0),
-            Some(EndReason::Logout)
-        );
-        assert!(t.is_deactivated("u7"));
-        assert!(!t.is_deactivated("u8"));
+        drop(Journal::open(&d, &t, RET).unwrap());
+        assert_state(&t);
+        // Compacted and reopened: the same state.
+        let t = Table::new();
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        assert_state(&t);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_nothing_before_it_is_lost() {
+        for torn in [
+            &b"{\"op\":\"end\",\"s\":\"s1\""[..],
+            b"{\"op\":\"end\",\"s\":\"s1\"\n\n",
+            b"\0\0\0\0",
+        ] {
+            let d = dir("torn");
+            write_journal(&d);
+            append(&d, torn);
+            let t = Table::new();
+            let _j = Journal::open(&d, &t, RET).unwrap();
+            assert_state(&t);
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    #[test]
+    fn a_damaged_line_in_the_middle_refuses_to_start_and_is_not_compacted_over() {
+        let d = dir("damaged");
+        write_journal(&d);
+        // Damage the second line (s2's activity) and add a revocation after it.
+        let path = d.join(JOURNAL);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines[1] = "{\"op\":\"seen\",\"s\":\"s2\",\"u\":".into();
+        lines.push("{\"op\":\"revid\",\"s\":\"later\",\"t\":1,\"x\":99999999999999}".into());
+        let damaged = lines.join("\n") + "\n";
+        std::fs::write(&path, &damaged).unwrap();
+        let err = match Journal::open(&d, &Table::new(), RET) {
+            Ok(_) => panic!("a damaged journal was opened"),
+            Err(e) => e,
+        };
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        // Left as it was for the operator: not compacted, nothing dropped.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), damaged);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn legacy_lines_without_an_issuer_keep_their_revocations() {
+        let d = dir("legacy");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join(JOURNAL),
+            "{\"op\":\"seen\",\"s\":\"a\",\"u\":\"u1\",\"c\":1,\"l\":2,\"i\":3,\"x\":4}\n\
+             {\"op\":\"end\",\"s\":\"b\",\"u\":\"u1\",\"c\":1,\"l\":2,\"x\":4,\"r\":\"logout\",\"t\":5}\n",
+        )
+        .unwrap();
+        let t = Table::new();
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        assert!(t.is_revoked_id("b"));
+        assert!(!t.is_revoked_id("a"));
+        assert!(t.is_empty());
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -297,8 +506,8 @@ mod tests {
     fn a_second_process_cannot_share_the_state_dir() {
         let d = dir("lock");
         let t = Table::new();
-        let _j = Journal::open(&d, &t).unwrap();
-        match Journal::open(&d, &Table::new()) {
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        match Journal::open(&d, &Table::new(), RET) {
             Ok(_) => panic!("a second journal opened the same state_dir"),
             Err(e) => assert!(e.contains("in use"), "{e}"),
         }

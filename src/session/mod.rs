@@ -2,12 +2,15 @@
 //! and user deactivation, enforced at the edge.
 //!
 //! Owns the session stores and their settings. A session is identified by
-//! the principal's session id (claim `sid`, else `jti`, else a digest of
-//! the token). Per request the pipeline calls [`Store::check`] once: it
-//! refuses a deactivated user or an ended session, ends a session idle past
-//! its timeout (or past `max_lifetime`), and otherwise refreshes its last
-//! activity when asked to (not on `activity: passive` routes, not on denied
-//! requests). An ended session id never works again.
+//! the principal's issuer, subject and session id (claim `sid`, else `jti`,
+//! else a digest of the token): session ids are only unique per user, so
+//! another user's token carrying the same id has a session of its own.
+//! Per request the pipeline calls [`Store::check`] once: it refuses a
+//! deactivated user, a session id revoked by the admin API or an ended
+//! session, ends a session idle past its timeout (or past `max_lifetime`),
+//! and otherwise refreshes its last activity when asked to (not on
+//! `activity: passive` routes, not on denied requests). An ended session
+//! never works again; deactivating a user ends all of the user's sessions.
 //!
 //! Two stores share the [`table::Table`] state machine:
 //! - `embedded`: in memory + an append-only journal under `state_dir`
@@ -27,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
-pub use table::{EndReason, Record, Touch, Verdict};
+pub use table::{EndReason, Record, SessionRef, Touch, Verdict};
 
 /// Where sessions live.
 #[derive(Debug, Clone)]
@@ -97,19 +100,29 @@ impl Store {
         }
     }
 
-    /// Ends one session (logout, admin revoke). `keep_until_ms`: keep the
-    /// ended record at least until then (the token's expiry when known).
-    /// Returns whether it was active before.
+    /// Ends one session (logout). `keep_until_ms`: keep the ended record at
+    /// least until then (the token's expiry). Returns whether it was active
+    /// before.
     pub async fn end(
         &self,
-        session: &str,
-        subject: &str,
+        id: SessionRef<'_>,
         reason: EndReason,
         keep_until_ms: u64,
     ) -> Result<bool, StoreError> {
         match self {
-            Store::Embedded(s) => s.end(session, subject, reason, keep_until_ms),
-            Store::Redis(s) => s.end(session, subject, reason, keep_until_ms).await,
+            Store::Embedded(s) => s.end(id, reason, keep_until_ms),
+            Store::Redis(s) => s.end(id, reason, keep_until_ms).await,
+        }
+    }
+
+    /// Revokes a session id for every user (admin API): every session with
+    /// this id ends, and the id is refused whoever presents it until
+    /// `keep_until_ms`. Returns whether a session with that id was active
+    /// (false for an id never seen).
+    pub async fn revoke_id(&self, session: &str, keep_until_ms: u64) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => s.revoke_id(session, keep_until_ms),
+            Store::Redis(s) => s.revoke_id(session, keep_until_ms).await,
         }
     }
 
@@ -121,7 +134,9 @@ impl Store {
         }
     }
 
-    /// Deactivates a user: every current and future token is refused.
+    /// Deactivates a user: every current and future token is refused, and
+    /// every session of the user ends for good (after reactivation only new
+    /// sessions work).
     pub async fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
         match self {
             Store::Embedded(s) => s.deactivate(subject),
@@ -172,8 +187,7 @@ impl Store {
     /// deactivations cut a stream.
     pub fn still_valid(
         &self,
-        session: &str,
-        subject: &str,
+        id: SessionRef<'_>,
         now_ms: u64,
         idle_ms: u64,
         max_lifetime_ms: Option<u64>,
@@ -182,10 +196,10 @@ impl Store {
             Store::Embedded(s) => (s.table(), true),
             Store::Redis(s) => (s.table(), false),
         };
-        if table.is_deactivated(subject) {
+        if table.is_deactivated(id.subject) || table.is_revoked_id(id.session) {
             return false;
         }
-        match table.get(session) {
+        match table.get(id) {
             Some(r) if r.ended.is_some() => false,
             Some(r) if authoritative => {
                 now_ms.saturating_sub(r.last_ms) <= idle_ms

@@ -17,18 +17,27 @@
 //!   idle/lifetime (another instance may have kept it alive), or the token
 //!   carries a later `exp` than recorded. One atomic Lua script on Redis
 //!   refuses a deactivated subject, answers an ended session, creates an
-//!   unknown one, ends an idle or expired one (judged from *Redis's* `last`,
-//!   which holds every flushed touch of every instance) and publishes the
-//!   end, or else touches it. The answer is applied to the mirror.
+//!   unknown one (ended at once if its id was revoked), ends an idle or
+//!   expired one (judged from *Redis's* `last`, which holds every flushed
+//!   touch of every instance) and publishes the end, or else touches it.
+//!   The answer is applied to the mirror.
 //!
 //! # Keys (prefix `rolegate:`; standalone Redis, not Redis Cluster: the
 //! scripts build some key names themselves)
-//! - `rolegate:s:{sid}`: hash `sub created last idle exp ended ended_at`
-//!   (milliseconds since the epoch), expiring at
-//!   `max(token exp, ended_at + retention)` (for an active session
-//!   `ended_at` is taken as `last + idle`, when it would end idle);
-//! - `rolegate:u:{sub}`: set of a user's session ids (`end_user`,
-//!   `sessions_of`), expiring with its longest-lived session;
+//! - `rolegate:sess:{key}`: one session; `{key}` is the lowercase hex
+//!   SHA-256 of the issuer, subject and session id, each prefixed with its
+//!   length as a big-endian u64 ([`super::table::Key`]), so a session of
+//!   one user can never be addressed with another user's token. Hash
+//!   `iss sub sid created last idle exp ended ended_at` (milliseconds since
+//!   the epoch), expiring at `max(token exp, ended_at + retention)` (for an
+//!   active session `ended_at` is taken as `last + idle`, when it would end
+//!   idle);
+//! - `rolegate:u:{sub}`: set of a user's session keys (`end_user`,
+//!   `deactivate`, `sessions_of`), expiring with its longest-lived session;
+//! - `rolegate:sid:{sid}`: set of the session keys with that session id
+//!   (admin revocation by id), expiring likewise;
+//! - `rolegate:revoked:{sid}`: a session id revoked by the admin API for
+//!   every user (value: revoked at, ms), expiring `retention` after;
 //! - `rolegate:deact`: hash subject → deactivated since (ms);
 //! - `rolegate:epoch`: a marker telling whether Redis lost its data;
 //! - channel `rolegate:events` (`rolegate:events:{db}` for a database other
@@ -78,7 +87,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use redis::{Client, ErrorKind, RedisResult, Script, ServerErrorKind};
 use tokio::task::JoinHandle;
 
-use super::table::{Change, EndReason, Record, Table, Touch, Verdict};
+use super::table::{
+    Change, EndReason, Key, Record, RevokedId, SessionRef, Table, Touch, Verdict, sort_records,
+};
 use super::{SessionSettings, StoreError, now_ms};
 
 /// Every key and the channel start with this.
@@ -110,55 +121,86 @@ const LUA_PRELUDE: &str = r#"
 local P, NOW, RET, CH = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local function s(n) return string.format('%d', n) end
 local function load(skey)
-  local h = redis.call('HMGET', skey, 'sub', 'created', 'last', 'idle', 'exp', 'ended', 'ended_at')
-  if not h[2] then return nil end
-  return { sub = h[1] or '', created = tonumber(h[2]), last = tonumber(h[3] or h[2]),
-           idle = tonumber(h[4] or '0'), exp = tonumber(h[5] or '0'), ended = h[6],
-           ended_at = tonumber(h[7] or '0') }
+  local h = redis.call('HMGET', skey, 'iss', 'sub', 'sid', 'created', 'last', 'idle', 'exp', 'ended', 'ended_at')
+  if not h[4] then return nil end
+  return { iss = h[1] or '', sub = h[2] or '', sid = h[3] or '', created = tonumber(h[4]),
+           last = tonumber(h[5] or h[4]), idle = tonumber(h[6] or '0'), exp = tonumber(h[7] or '0'),
+           ended = h[8], ended_at = tonumber(h[9] or '0') }
 end
 local function keep_until(r)
   if r.ended then return math.max(r.exp, r.ended_at + RET) end
   return math.max(r.exp, r.last + r.idle + RET)
 end
+local function extend(key, at)
+  local pt = redis.call('PTTL', key)
+  if pt == -1 or (pt >= 0 and NOW + pt < at) then redis.call('PEXPIREAT', key, s(at)) end
+end
 local function expire_at(skey, r)
   local at = keep_until(r)
   redis.call('PEXPIREAT', skey, s(at))
-  if r.sub ~= '' then
-    local ukey = P .. 'u:' .. r.sub
-    local pt = redis.call('PTTL', ukey)
-    if pt == -1 or (pt >= 0 and NOW + pt < at) then redis.call('PEXPIREAT', ukey, s(at)) end
-  end
+  if r.sub ~= '' then extend(P .. 'u:' .. r.sub, at) end
+  extend(P .. 'sid:' .. r.sid, at)
 end
-local function reply(sid, r)
-  return { sid, r.sub, s(r.created), s(r.last), s(r.idle), s(r.exp), r.ended or '', s(r.ended_at) }
+local function create(skey, hex, iss, sub, sid, at, idle, exp)
+  local r = { iss = iss, sub = sub, sid = sid, created = at, last = at, idle = idle, exp = exp,
+              ended = false, ended_at = 0 }
+  redis.call('HSET', skey, 'iss', iss, 'sub', sub, 'sid', sid, 'created', s(at), 'last', s(at),
+    'idle', s(idle), 'exp', s(exp))
+  if sub ~= '' then redis.call('SADD', P .. 'u:' .. sub, hex) end
+  redis.call('SADD', P .. 'sid:' .. sid, hex)
+  return r
 end
-local function end_session(skey, sid, r, reason, at, publish)
+local function reply(r)
+  return { r.iss, r.sub, r.sid, s(r.created), s(r.last), s(r.idle), s(r.exp), r.ended or '', s(r.ended_at) }
+end
+local function flat(out, r)
+  for _, v in ipairs(reply(r)) do out[#out + 1] = v end
+end
+local function end_session(skey, r, reason, at, publish)
   r.ended = reason
   r.ended_at = at
   redis.call('HSET', skey, 'ended', reason, 'ended_at', s(at), 'exp', s(r.exp))
   expire_at(skey, r)
   if publish then
     redis.call('PUBLISH', CH, 'end ' .. reason .. ' ' .. s(at) .. ' ' .. s(r.exp) .. ' '
-      .. s(#r.sub) .. ':' .. r.sub .. sid)
+      .. s(#r.iss) .. ':' .. r.iss .. s(#r.sub) .. ':' .. r.sub .. r.sid)
   end
+end
+-- Ends every active session in the set `set` (session keys); returns them flattened.
+local function end_all(set, reason)
+  local out = {}
+  for _, hex in ipairs(redis.call('SMEMBERS', set)) do
+    local skey = P .. 'sess:' .. hex
+    local r = load(skey)
+    if not r then
+      redis.call('SREM', set, hex)
+    elseif not r.ended then
+      end_session(skey, r, reason, NOW, true)
+      flat(out, r)
+    end
+  end
+  return out
 end
 "#;
 
-/// The per-request check. KEYS: session, deact. ARGV[5..]: sid, sub,
-/// idle, max lifetime (0: none), token exp, touch (1/0).
-/// Returns `{'deact', since}` or `{'ok', record...}`.
+/// The per-request check. KEYS: session, deact, revoked id. ARGV[5..]:
+/// session key (hex), iss, sub, sid, idle, max lifetime (0: none), token
+/// exp, touch (1/0). Returns `{'deact', since}` or `{'ok', record...}`.
 const LUA_CHECK: &str = r#"
-local sid, sub = ARGV[5], ARGV[6]
-local idle, maxl, texp = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local hex, iss, sub, sid = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local idle, maxl, texp = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local since = redis.call('HGET', KEYS[2], sub)
 if since then return { 'deact', since } end
+local revoked = redis.call('EXISTS', KEYS[3]) == 1
 local r = load(KEYS[1])
 if not r then
-  r = { sub = sub, created = NOW, last = NOW, idle = idle, exp = texp, ended = false, ended_at = 0 }
-  redis.call('HSET', KEYS[1], 'sub', sub, 'created', s(NOW), 'last', s(NOW), 'idle', s(idle), 'exp', s(texp))
-  if sub ~= '' then redis.call('SADD', P .. 'u:' .. sub, sid) end
-  expire_at(KEYS[1], r)
-  return { 'ok', unpack(reply(sid, r)) }
+  r = create(KEYS[1], hex, iss, sub, sid, NOW, idle, texp)
+  if revoked then
+    end_session(KEYS[1], r, 'revoked', NOW, false)
+  else
+    expire_at(KEYS[1], r)
+  end
+  return { 'ok', unpack(reply(r)) }
 end
 if texp > r.exp then
   r.exp = texp
@@ -166,44 +208,58 @@ if texp > r.exp then
 end
 if r.ended then
   expire_at(KEYS[1], r)
-  return { 'ok', unpack(reply(sid, r)) }
+  return { 'ok', unpack(reply(r)) }
 end
 local reason = false
-if NOW - r.last > math.min(r.idle, idle) then
+if revoked then
+  reason = 'revoked'
+elseif NOW - r.last > math.min(r.idle, idle) then
   reason = 'idle'
 elseif maxl > 0 and NOW - r.created > maxl then
   reason = 'lifetime'
 end
 if reason then
-  end_session(KEYS[1], sid, r, reason, NOW, true)
-  return { 'ok', unpack(reply(sid, r)) }
+  end_session(KEYS[1], r, reason, NOW, true)
+  return { 'ok', unpack(reply(r)) }
 end
 r.idle = idle
-if ARGV[10] == '1' and NOW > r.last then r.last = NOW end
+if ARGV[12] == '1' and NOW > r.last then r.last = NOW end
 redis.call('HSET', KEYS[1], 'last', s(r.last), 'idle', s(idle))
 expire_at(KEYS[1], r)
-return { 'ok', unpack(reply(sid, r)) }
+return { 'ok', unpack(reply(r)) }
 "#;
 
 /// Ends one session (creating an ended record for an unknown one).
-/// KEYS: session. ARGV[5..]: sid, sub, reason, keep until, publish (1/0),
-/// ended at. Returns `{changed, record...}`.
+/// KEYS: session. ARGV[5..]: session key (hex), iss, sub, sid, reason,
+/// keep until, publish (1/0), ended at. Returns `{changed, record...}`.
 const LUA_END: &str = r#"
-local sid, kexp, at = ARGV[5], tonumber(ARGV[8]), tonumber(ARGV[10])
+local kexp, at = tonumber(ARGV[10]), tonumber(ARGV[12])
 local r = load(KEYS[1])
 if not r then
-  r = { sub = ARGV[6], created = at, last = at, idle = 0, exp = kexp, ended = false, ended_at = 0 }
-  redis.call('HSET', KEYS[1], 'sub', r.sub, 'created', s(at), 'last', s(at), 'idle', '0', 'exp', s(kexp))
-  if r.sub ~= '' then redis.call('SADD', P .. 'u:' .. r.sub, sid) end
+  r = create(KEYS[1], ARGV[5], ARGV[6], ARGV[7], ARGV[8], at, 0, kexp)
 end
 r.exp = math.max(r.exp, kexp)
 if r.ended then
   redis.call('HSET', KEYS[1], 'exp', s(r.exp))
   expire_at(KEYS[1], r)
-  return { '0', unpack(reply(sid, r)) }
+  return { '0', unpack(reply(r)) }
 end
-end_session(KEYS[1], sid, r, ARGV[7], at, ARGV[9] == '1')
-return { '1', unpack(reply(sid, r)) }
+end_session(KEYS[1], r, ARGV[9], at, ARGV[11] == '1')
+return { '1', unpack(reply(r)) }
+"#;
+
+/// Revokes a session id for every user. KEYS: revoked id, sid set.
+/// ARGV[5..]: sid, until. Records the id (refused whoever presents it
+/// until `until`), publishes it, ends every active session with that id.
+/// Returns the newly ended records, flattened.
+const LUA_REVOKE_ID: &str = r#"
+local sid, untl = ARGV[5], tonumber(ARGV[6])
+local at = tonumber(redis.call('GET', KEYS[1]) or s(NOW))
+redis.call('SET', KEYS[1], s(at))
+local pt = redis.call('PTTL', KEYS[1])
+if pt < 0 or NOW + pt < untl then redis.call('PEXPIREAT', KEYS[1], s(untl)) end
+redis.call('PUBLISH', CH, 'revid ' .. s(at) .. ' ' .. s(untl) .. ' ' .. sid)
+return end_all(KEYS[2], 'revoked')
 "#;
 
 /// Coalesced activity of one session. KEYS: session. ARGV[5..]: last,
@@ -226,18 +282,7 @@ return 1
 /// Ends every active session of a user. KEYS: user set.
 /// Returns the newly ended records, flattened.
 const LUA_END_USER: &str = r#"
-local out = {}
-for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local skey = P .. 's:' .. sid
-  local r = load(skey)
-  if not r then
-    redis.call('SREM', KEYS[1], sid)
-  elseif not r.ended then
-    end_session(skey, sid, r, 'revoked', NOW, true)
-    for _, v in ipairs(reply(sid, r)) do out[#out + 1] = v end
-  end
-end
-return out
+return end_all(KEYS[1], 'revoked')
 "#;
 
 /// A user's sessions; ends those idle or past their lifetime by Redis's
@@ -245,31 +290,37 @@ return out
 const LUA_LIST: &str = r#"
 local maxl = tonumber(ARGV[5])
 local out = {}
-for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local skey = P .. 's:' .. sid
+for _, hex in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local skey = P .. 'sess:' .. hex
   local r = load(skey)
   if not r then
-    redis.call('SREM', KEYS[1], sid)
+    redis.call('SREM', KEYS[1], hex)
   else
     if not r.ended then
-      if NOW - r.last > r.idle then
-        end_session(skey, sid, r, 'idle', NOW, true)
+      if redis.call('EXISTS', P .. 'revoked:' .. r.sid) == 1 then
+        end_session(skey, r, 'revoked', NOW, true)
+      elseif NOW - r.last > r.idle then
+        end_session(skey, r, 'idle', NOW, true)
       elseif maxl > 0 and NOW - r.created > maxl then
-        end_session(skey, sid, r, 'lifetime', NOW, true)
+        end_session(skey, r, 'lifetime', NOW, true)
       end
     end
-    for _, v in ipairs(reply(sid, r)) do out[#out + 1] = v end
+    flat(out, r)
   end
 end
 return out
 "#;
 
-/// KEYS: deact. ARGV[5]: subject. Returns `{changed, since}`.
+/// Deactivates a user and ends every session the user has, in one step.
+/// KEYS: deact, user set. ARGV[5]: subject.
+/// Returns `{changed, since, ended records...}`.
 const LUA_DEACTIVATE: &str = r#"
 local changed = redis.call('HSETNX', KEYS[1], ARGV[5], s(NOW))
 local since = redis.call('HGET', KEYS[1], ARGV[5])
 redis.call('PUBLISH', CH, 'deact ' .. since .. ' ' .. ARGV[5])
-return { s(changed), since }
+local out = { s(changed), since }
+for _, v in ipairs(end_all(KEYS[2], 'revoked')) do out[#out + 1] = v end
+return out
 "#;
 
 /// KEYS: deact. ARGV[5]: subject. Returns whether it was deactivated.
@@ -282,6 +333,7 @@ return s(changed)
 struct Scripts {
     check: Script,
     end: Script,
+    revoke_id: Script,
     touch: Script,
     end_user: Script,
     list: Script,
@@ -295,6 +347,7 @@ impl Scripts {
         Scripts {
             check: s(LUA_CHECK),
             end: s(LUA_END),
+            revoke_id: s(LUA_REVOKE_ID),
             touch: s(LUA_TOUCH),
             end_user: s(LUA_END_USER),
             list: s(LUA_LIST),
@@ -305,16 +358,22 @@ impl Scripts {
 }
 
 /// One message on the events channel. Wire format (the arbitrary strings
-/// last, the subject length-prefixed):
-/// `end <reason> <at_ms> <exp_ms> <sub_len>:<sub><sid>`,
-/// `deact <since_ms> <sub>`, `react <sub>`.
+/// last, issuer and subject length-prefixed):
+/// `end <reason> <at_ms> <exp_ms> <iss_len>:<iss><sub_len>:<sub><sid>`,
+/// `revid <at_ms> <until_ms> <sid>`, `deact <since_ms> <sub>`, `react <sub>`.
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
     End {
         reason: EndReason,
         at: u64,
         exp: u64,
+        issuer: String,
         subject: String,
+        session: String,
+    },
+    RevokeId {
+        at: u64,
+        until: u64,
         session: String,
     },
     Deactivate {
@@ -326,6 +385,13 @@ enum Event {
     },
 }
 
+/// Splits `<len>:<text><rest>` into `(text, rest)`.
+fn length_prefixed(s: &str) -> Option<(&str, &str)> {
+    let (len, tail) = s.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    Some((tail.get(..len)?, tail.get(len..)?))
+}
+
 impl Event {
     fn parse(s: &str) -> Option<Event> {
         let (kind, rest) = s.split_once(' ')?;
@@ -335,14 +401,23 @@ impl Event {
                 let reason = EndReason::parse(it.next()?)?;
                 let at = it.next()?.parse().ok()?;
                 let exp = it.next()?.parse().ok()?;
-                let (len, tail) = it.next()?.split_once(':')?;
-                let len: usize = len.parse().ok()?;
+                let (issuer, tail) = length_prefixed(it.next()?)?;
+                let (subject, session) = length_prefixed(tail)?;
                 Some(Event::End {
                     reason,
                     at,
                     exp,
-                    subject: tail.get(..len)?.to_string(),
-                    session: tail.get(len..)?.to_string(),
+                    issuer: issuer.to_string(),
+                    subject: subject.to_string(),
+                    session: session.to_string(),
+                })
+            }
+            "revid" => {
+                let mut it = rest.splitn(3, ' ');
+                Some(Event::RevokeId {
+                    at: it.next()?.parse().ok()?,
+                    until: it.next()?.parse().ok()?,
+                    session: it.next()?.to_string(),
                 })
             }
             "deact" => {
@@ -380,9 +455,12 @@ fn parse_u64(s: &str) -> Result<u64, StoreError> {
         .map_err(|_| StoreError(format!("redis: unexpected number {s:?} in a script reply")))
 }
 
-/// A record from the 8 fields of the scripts' `reply`.
+/// Fields per record in the scripts' `reply`.
+const RECORD_FIELDS: usize = 9;
+
+/// A record from the fields of the scripts' `reply`.
 fn parse_record(f: &[String]) -> Result<Record, StoreError> {
-    let [sid, sub, created, last, idle, exp, ended, ended_at] = f else {
+    let [iss, sub, sid, created, last, idle, exp, ended, ended_at] = f else {
         return Err(StoreError("redis: malformed session record".into()));
     };
     let ended = match ended.as_str() {
@@ -393,8 +471,9 @@ fn parse_record(f: &[String]) -> Result<Record, StoreError> {
         )),
     };
     Ok(Record {
-        session: sid.clone(),
+        issuer: iss.clone(),
         subject: sub.clone(),
+        session: sid.clone(),
         created_ms: parse_u64(created)?,
         last_ms: parse_u64(last)?,
         idle_ms: parse_u64(idle)?,
@@ -404,18 +483,26 @@ fn parse_record(f: &[String]) -> Result<Record, StoreError> {
 }
 
 fn parse_records(v: &[String]) -> Result<Vec<Record>, StoreError> {
-    if !v.len().is_multiple_of(8) {
+    if !v.len().is_multiple_of(RECORD_FIELDS) {
         return Err(StoreError("redis: malformed session list".into()));
     }
-    v.chunks(8).map(parse_record).collect()
+    v.chunks(RECORD_FIELDS).map(parse_record).collect()
 }
 
-fn session_key(sid: &str) -> String {
-    format!("{PREFIX}s:{sid}")
+fn session_key(key: &Key) -> String {
+    format!("{PREFIX}sess:{}", key.hex())
 }
 
 fn user_key(sub: &str) -> String {
     format!("{PREFIX}u:{sub}")
+}
+
+fn sid_key(sid: &str) -> String {
+    format!("{PREFIX}sid:{sid}")
+}
+
+fn revoked_key(sid: &str) -> String {
+    format!("{PREFIX}revoked:{sid}")
 }
 
 fn deact_key() -> String {
@@ -442,13 +529,14 @@ fn merge_pending(pending: &mut Vec<Record>, dirty: Vec<Record>) {
         *pending = dirty;
         return;
     }
-    let mut at: HashMap<String, usize> = pending
+    let mut at: HashMap<Key, usize> = pending
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.session.clone(), i))
+        .map(|(i, r)| (r.id().key(), i))
         .collect();
     for r in dirty {
-        match at.get(&r.session) {
+        let key = r.id().key();
+        match at.get(&key) {
             Some(&i) => {
                 let p = &mut pending[i];
                 p.last_ms = p.last_ms.max(r.last_ms);
@@ -456,7 +544,7 @@ fn merge_pending(pending: &mut Vec<Record>, dirty: Vec<Record>) {
                 p.idle_ms = r.idle_ms;
             }
             None => {
-                at.insert(r.session.clone(), pending.len());
+                at.insert(key, pending.len());
                 pending.push(r);
             }
         }
@@ -530,11 +618,15 @@ impl Inner {
 
     async fn slow_check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
         let generation = self.generation.load(Ordering::Acquire);
+        let key = t.id().key();
         let mut inv = self.invocation(&self.scripts.check, t.now_ms);
-        inv.key(session_key(t.session))
+        inv.key(session_key(&key))
             .key(deact_key())
-            .arg(t.session)
+            .key(revoked_key(t.session))
+            .arg(key.hex())
+            .arg(t.issuer)
             .arg(t.subject)
+            .arg(t.session)
             .arg(t.idle_ms.min(MAX_MS))
             .arg(t.max_lifetime_ms.unwrap_or(0).min(MAX_MS))
             .arg(t.token_exp_ms.min(MAX_MS))
@@ -558,24 +650,26 @@ impl Inner {
     /// publishes it.
     async fn persist_end(&self, r: &Record) -> Result<(), StoreError> {
         let (reason, at) = r.ended.unwrap_or((EndReason::Idle, now_ms()));
-        self.end_in_redis(&r.session, &r.subject, reason, at, r.exp_ms, true)
+        self.end_in_redis(r.id(), reason, at, r.exp_ms, true)
             .await
             .map(|_| ())
     }
 
     async fn end_in_redis(
         &self,
-        session: &str,
-        subject: &str,
+        id: SessionRef<'_>,
         reason: EndReason,
         at: u64,
         keep_until: u64,
         publish: bool,
     ) -> Result<(bool, Record), StoreError> {
+        let key = id.key();
         let mut inv = self.invocation(&self.scripts.end, now_ms());
-        inv.key(session_key(session))
-            .arg(session)
-            .arg(subject)
+        inv.key(session_key(&key))
+            .arg(key.hex())
+            .arg(id.issuer)
+            .arg(id.subject)
+            .arg(id.session)
             .arg(reason.as_str())
             .arg(keep_until.min(MAX_MS))
             .arg(if publish { "1" } else { "0" })
@@ -595,7 +689,7 @@ impl Inner {
             pipe.cmd("EVALSHA")
                 .arg(hash)
                 .arg(1)
-                .arg(session_key(&r.session))
+                .arg(session_key(&r.id().key()))
                 .arg(PREFIX)
                 .arg(now)
                 .arg(self.retention_ms)
@@ -727,18 +821,33 @@ impl Inner {
                 .arg(since)
                 .ignore();
         }
+        for (sid, r) in self.table.revoked_ids() {
+            let key = revoked_key(&sid);
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(r.at_ms)
+                .arg("NX")
+                .ignore()
+                .cmd("PEXPIREAT")
+                .arg(&key)
+                .arg(r.until_ms.min(MAX_MS))
+                .ignore();
+        }
         for r in &ended {
             let (reason, at) = r.ended.unwrap_or((EndReason::Revoked, now));
+            let key = r.id().key();
             pipe.cmd("EVALSHA")
                 .arg(self.scripts.end.get_hash())
                 .arg(1)
-                .arg(session_key(&r.session))
+                .arg(session_key(&key))
                 .arg(PREFIX)
                 .arg(now)
                 .arg(self.retention_ms)
                 .arg(&self.channel)
-                .arg(&r.session)
+                .arg(key.hex())
+                .arg(&r.issuer)
                 .arg(&r.subject)
+                .arg(&r.session)
                 .arg(reason.as_str())
                 .arg(r.exp_ms.min(MAX_MS))
                 .arg("0")
@@ -779,10 +888,25 @@ impl Inner {
                 reason,
                 at,
                 exp,
+                issuer,
                 subject,
                 session,
             }) => {
-                self.table.end(&session, &subject, reason, at, exp);
+                let id = SessionRef {
+                    issuer: &issuer,
+                    subject: &subject,
+                    session: &session,
+                };
+                self.table.end(id, reason, at, exp);
+            }
+            Some(Event::RevokeId { at, until, session }) => {
+                self.table.set_revoked_id(
+                    &session,
+                    RevokedId {
+                        at_ms: at,
+                        until_ms: until,
+                    },
+                );
             }
             Some(Event::Deactivate { since, subject }) => {
                 self.table.set_deactivated(&subject, since)
@@ -944,13 +1068,16 @@ impl RedisStore {
         if inner.table.is_deactivated(t.subject) {
             return Ok(Verdict::Deactivated);
         }
-        if let Some(r) = inner.table.get(t.session) {
+        if inner.table.is_revoked_id(t.session) {
+            return Ok(Verdict::Ended(EndReason::Revoked));
+        }
+        if let Some(r) = inner.table.get(t.id()) {
             if let Some((reason, at)) = r.ended {
                 // Ended for good. A newer token of that session: make Redis
                 // keep the record until it expires too.
                 if t.token_exp_ms.min(MAX_MS) > r.exp_ms {
                     let (_, rec) = inner
-                        .end_in_redis(t.session, &r.subject, reason, at, t.token_exp_ms, false)
+                        .end_in_redis(t.id(), reason, at, t.token_exp_ms, false)
                         .await?;
                     inner.table.apply(&rec);
                 }
@@ -970,22 +1097,46 @@ impl RedisStore {
         inner.slow_check(t).await
     }
 
-    /// Ends one session (logout, admin revoke) in Redis, publishes it, and
-    /// mirrors it. Returns whether it was not ended before.
+    /// Ends one session (logout) in Redis, publishes it, and mirrors it.
+    /// Returns whether it was not ended before.
     pub async fn end(
         &self,
-        session: &str,
-        subject: &str,
+        id: SessionRef<'_>,
         reason: EndReason,
         keep_until_ms: u64,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let (changed, r) = self
             .inner
-            .end_in_redis(session, subject, reason, now, keep_until_ms.max(now), true)
+            .end_in_redis(id, reason, now, keep_until_ms.max(now), true)
             .await?;
         self.inner.table.apply(&r);
         Ok(changed)
+    }
+
+    /// Revokes a session id for every user (see [`LUA_REVOKE_ID`]) and
+    /// mirrors it. Returns whether a session with that id was active.
+    pub async fn revoke_id(&self, session: &str, keep_until_ms: u64) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let until = keep_until_ms.max(now).min(MAX_MS);
+        let mut inv = self.inner.invocation(&self.inner.scripts.revoke_id, now);
+        inv.key(revoked_key(session))
+            .key(sid_key(session))
+            .arg(session)
+            .arg(until);
+        let v: Vec<String> = self.inner.invoke("revoke_id", &inv).await?;
+        let ended = parse_records(&v)?;
+        self.inner.table.set_revoked_id(
+            session,
+            RevokedId {
+                at_ms: now,
+                until_ms: until,
+            },
+        );
+        for r in &ended {
+            self.inner.table.apply(r);
+        }
+        Ok(!ended.is_empty())
     }
 
     /// Ends every active session of a user; returns how many there were.
@@ -1007,12 +1158,15 @@ impl RedisStore {
         let mut inv = self
             .inner
             .invocation(&self.inner.scripts.deactivate, now_ms());
-        inv.key(deact_key()).arg(subject);
+        inv.key(deact_key()).key(user_key(subject)).arg(subject);
         let v: Vec<String> = self.inner.invoke("deactivate", &inv).await?;
-        let [changed, since] = v.as_slice() else {
+        let [changed, since, ended @ ..] = v.as_slice() else {
             return Err(StoreError("redis deactivate: unexpected reply".into()));
         };
         self.inner.table.set_deactivated(subject, parse_u64(since)?);
+        for r in &parse_records(ended)? {
+            self.inner.table.apply(r);
+        }
         Ok(changed == "1")
     }
 
@@ -1052,11 +1206,7 @@ impl RedisStore {
         for r in out.iter().filter(|r| r.ended.is_some()) {
             self.inner.table.apply(r);
         }
-        out.sort_by(|a, b| {
-            a.created_ms
-                .cmp(&b.created_ms)
-                .then_with(|| a.session.cmp(&b.session))
-        });
+        sort_records(&mut out);
         Ok(out)
     }
 
@@ -1111,12 +1261,21 @@ mod tests {
     #[test]
     fn events_round_trip_through_the_wire_format() {
         assert_eq!(
-            Event::parse("end revoked 10 20 5:al ceid with spaces"),
+            Event::parse("end revoked 10 20 3:i:s5:al ceid with spaces"),
             Some(Event::End {
                 reason: EndReason::Revoked,
                 at: 10,
                 exp: 20,
+                issuer: "i:s".into(),
                 subject: "al ce".into(),
+                session: "id with spaces".into(),
+            })
+        );
+        assert_eq!(
+            Event::parse("revid 10 20 id with spaces"),
+            Some(Event::RevokeId {
+                at: 10,
+                until: 20,
                 session: "id with spaces".into(),
             })
         );
@@ -1134,14 +1293,16 @@ mod tests {
             })
         );
         assert_eq!(Event::parse("end revoked 10 20 99:short"), None);
+        assert_eq!(Event::parse("end revoked 10 20 1:i99:short"), None);
         assert_eq!(Event::parse("bogus"), None);
     }
 
     #[test]
     fn mirror_decides_only_fresh_sessions_with_a_known_token_expiry() {
         let r = Record {
-            session: "s".into(),
+            issuer: "i".into(),
             subject: "u".into(),
+            session: "s".into(),
             created_ms: 1_000,
             last_ms: 1_000,
             idle_ms: 500,
@@ -1149,8 +1310,9 @@ mod tests {
             ended: None,
         };
         let t = Touch {
-            session: "s",
+            issuer: "i",
             subject: "u",
+            session: "s",
             now_ms: 1_400,
             idle_ms: 500,
             max_lifetime_ms: None,
@@ -1176,8 +1338,9 @@ mod tests {
     #[test]
     fn pending_activity_merges_by_session() {
         let r = |s: &str, last| Record {
-            session: s.into(),
+            issuer: "i".into(),
             subject: "u".into(),
+            session: s.into(),
             created_ms: 0,
             last_ms: last,
             idle_ms: 1,

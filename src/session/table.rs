@@ -1,20 +1,29 @@
 //! The in-memory session table: the state machine both stores share.
 //!
-//! Owns per-session state (subject, created, last activity, idle timeout,
-//! latest token expiry, ended) and the set of deactivated users, with every
-//! transition done under the session's DashMap entry lock, so concurrent
-//! requests of one session can never race an expired session back to life.
-//! Pure and synchronous: time comes in as `now_ms`, durability (journal,
-//! Redis) is the caller's business, driven by the returned [`Change`].
+//! Owns per-session state (issuer, subject, session id, created, last
+//! activity, idle timeout, latest token expiry, ended), the set of
+//! deactivated users and the session ids revoked by the admin API, with
+//! every transition done under the session's DashMap entry lock, so
+//! concurrent requests of one session can never race an expired session
+//! back to life. Pure and synchronous: time comes in as `now_ms`,
+//! durability (journal, Redis) is the caller's business, driven by the
+//! returned [`Change`].
 //!
-//! LIFECYCLE of one session id:
+//! A session is keyed by **issuer + subject + session id** ([`SessionRef`],
+//! hashed into a [`Key`]): session ids are only unique per user, so a token
+//! of another subject (or issuer) carrying the same `sid` has a session of
+//! its own and can never read, touch, extend or end someone else's.
+//!
+//! LIFECYCLE of one session:
 //! ```text
 //!   (unknown) --first request--> active --request within idle--> active (last = now)
 //!                                  |  \--request after idle / lifetime--> ended(idle|lifetime)
-//!                                  \----logout / admin revoke / sweep-----> ended(logout|revoked|idle)
+//!                                  \--logout / admin revoke / deactivation / sweep--> ended(logout|revoked|idle)
 //!   ended --any request--> ended (never active again)
 //!   ended|active --token expiry + retention passed--> dropped by `sweep`
 //! ```
+
+use std::sync::Arc;
 
 use dashmap::DashMap;
 
@@ -56,11 +65,51 @@ pub enum Verdict {
     Deactivated,
 }
 
+/// Whose session: the three parts that identify it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionRef<'a> {
+    pub issuer: &'a str,
+    pub subject: &'a str,
+    pub session: &'a str,
+}
+
+/// A session's table key: SHA-256 over the length-prefixed issuer, subject
+/// and session id (so no choice of strings makes two triples collide by
+/// concatenation). Fixed size: no allocation to look a session up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    /// Lowercase hex (the Redis store's key names).
+    pub fn hex(&self) -> String {
+        use std::fmt::Write;
+        self.0.iter().fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
+
+impl SessionRef<'_> {
+    pub fn key(&self) -> Key {
+        use aws_lc_rs::digest::{Context, SHA256};
+        let mut c = Context::new(&SHA256);
+        for part in [self.issuer, self.subject, self.session] {
+            c.update(&(part.len() as u64).to_be_bytes());
+            c.update(part.as_bytes());
+        }
+        let mut k = [0u8; 32];
+        k.copy_from_slice(c.finish().as_ref());
+        Key(k)
+    }
+}
+
 /// One request's view of its session.
 #[derive(Debug, Clone, Copy)]
 pub struct Touch<'a> {
-    pub session: &'a str,
+    pub issuer: &'a str,
     pub subject: &'a str,
+    pub session: &'a str,
     pub now_ms: u64,
     /// The principal's idle timeout (smallest among its roles, else default).
     pub idle_ms: u64,
@@ -69,6 +118,16 @@ pub struct Touch<'a> {
     pub token_exp_ms: u64,
     /// Refresh last activity (false on passive routes and denied requests).
     pub touch: bool,
+}
+
+impl<'a> Touch<'a> {
+    pub fn id(&self) -> SessionRef<'a> {
+        SessionRef {
+            issuer: self.issuer,
+            subject: self.subject,
+            session: self.session,
+        }
+    }
 }
 
 /// What a transition changed, for the durability layer.
@@ -84,8 +143,9 @@ pub enum Change {
 /// A session's state, as journaled or listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub session: String,
+    pub issuer: String,
     pub subject: String,
+    pub session: String,
     pub created_ms: u64,
     pub last_ms: u64,
     pub idle_ms: u64,
@@ -93,9 +153,30 @@ pub struct Record {
     pub ended: Option<(EndReason, u64)>,
 }
 
+impl Record {
+    pub fn id(&self) -> SessionRef<'_> {
+        SessionRef {
+            issuer: &self.issuer,
+            subject: &self.subject,
+            session: &self.session,
+        }
+    }
+}
+
+/// A session id revoked by the admin API (`POST /sessions/{id}/revoke`):
+/// every session with this id, of any user, is refused until `until_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RevokedId {
+    pub at_ms: u64,
+    pub until_ms: u64,
+}
+
 /// Kept small: one million of these must fit well under 512 MB.
 struct Entry {
+    /// Interned: a handful of issuers are shared by every session.
+    issuer: Arc<str>,
     subject: Box<str>,
+    session: Box<str>,
     created: u64,
     last: u64,
     exp: u64,
@@ -113,19 +194,6 @@ fn idle_u32(ms: u64) -> u32 {
 }
 
 impl Entry {
-    fn new(subject: &str, now: u64, idle_ms: u64, exp: u64) -> Entry {
-        Entry {
-            subject: subject.into(),
-            created: now,
-            last: now,
-            exp,
-            ended_at: 0,
-            idle: idle_u32(idle_ms),
-            ended: None,
-            dirty: false,
-        }
-    }
-
     fn ended(&self) -> Option<(EndReason, u64)> {
         self.ended.map(|r| (r, self.ended_at))
     }
@@ -135,10 +203,11 @@ impl Entry {
         self.ended_at = at;
     }
 
-    fn record(&self, session: &str) -> Record {
+    fn record(&self) -> Record {
         Record {
-            session: session.to_string(),
+            issuer: self.issuer.to_string(),
             subject: self.subject.to_string(),
+            session: self.session.to_string(),
             created_ms: self.created,
             last_ms: self.last,
             idle_ms: u64::from(self.idle),
@@ -148,15 +217,18 @@ impl Entry {
     }
 }
 
-/// All sessions and deactivated users one gateway knows about.
+/// All sessions, deactivated users and revoked session ids one gateway
+/// knows about.
 ///
 /// Activity to flush is found by scanning for `dirty` entries (a few ms
 /// per million sessions, once per `flush_interval`) rather than by queueing
 /// ids on the request path: no lock and no allocation per request.
 #[derive(Default)]
 pub struct Table {
-    sessions: DashMap<Box<str>, Entry>,
+    sessions: DashMap<Key, Entry>,
     deactivated: DashMap<Box<str>, u64>,
+    revoked_ids: DashMap<Box<str>, RevokedId>,
+    issuers: DashMap<Box<str>, Arc<str>>,
 }
 
 impl Table {
@@ -176,76 +248,159 @@ impl Table {
         self.deactivated.contains_key(subject)
     }
 
+    pub fn is_revoked_id(&self, session: &str) -> bool {
+        self.revoked_ids.contains_key(session)
+    }
+
+    fn issuer(&self, iss: &str) -> Arc<str> {
+        if let Some(i) = self.issuers.get(iss) {
+            return i.clone();
+        }
+        self.issuers
+            .entry(iss.into())
+            .or_insert_with(|| Arc::from(iss))
+            .clone()
+    }
+
+    fn entry(&self, id: SessionRef<'_>, now: u64, idle_ms: u64, exp: u64) -> Entry {
+        Entry {
+            issuer: self.issuer(id.issuer),
+            subject: id.subject.into(),
+            session: id.session.into(),
+            created: now,
+            last: now,
+            exp,
+            ended_at: 0,
+            idle: idle_u32(idle_ms),
+            ended: None,
+            dirty: false,
+        }
+    }
+
     /// The per-request transition: check, and touch unless told not to.
     pub fn check(&self, t: &Touch<'_>) -> (Verdict, Change) {
         if self.is_deactivated(t.subject) {
             return (Verdict::Deactivated, Change::None);
         }
-        if let Some(mut e) = self.sessions.get_mut(t.session) {
-            e.exp = e.exp.max(t.token_exp_ms);
-            if let Some(reason) = e.ended {
-                return (Verdict::Ended(reason), Change::None);
-            }
-            // Session ids are only unique per issuer; a second user
-            // presenting the same id must not ride on (or end) the first
-            // user's session: refused, the session itself untouched.
-            if &*e.subject != t.subject && !e.subject.is_empty() {
-                return (Verdict::Ended(EndReason::Revoked), Change::None);
-            }
-            // The timeout of *this* request's principal applies: a token with
-            // fewer roles cannot stretch a shorter timeout seen before.
-            let idle = u64::from(e.idle).min(t.idle_ms);
-            let reason = if t.now_ms.saturating_sub(e.last) > idle {
-                Some(EndReason::Idle)
-            } else if t
-                .max_lifetime_ms
-                .is_some_and(|m| t.now_ms.saturating_sub(e.created) > m)
-            {
-                Some(EndReason::Lifetime)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                e.end(reason, t.now_ms);
-                return (Verdict::Ended(reason), Change::Ended(e.record(t.session)));
-            }
-            e.idle = idle_u32(t.idle_ms);
-            if t.touch && t.now_ms > e.last {
-                e.last = t.now_ms;
-                e.dirty = true;
-                return (Verdict::Active, Change::Activity);
-            }
-            return (Verdict::Active, Change::None);
+        if self.is_revoked_id(t.session) {
+            return (Verdict::Ended(EndReason::Revoked), Change::None);
         }
-        // First sight of this session id: it starts now. `or_insert` keeps a
-        // concurrent first request's entry if that one won the race.
-        let mut e = Entry::new(t.subject, t.now_ms, t.idle_ms, t.token_exp_ms);
-        e.dirty = true;
-        drop(self.sessions.entry(t.session.into()).or_insert(e));
-        (Verdict::Active, Change::Activity)
+        let key = t.id().key();
+        let (verdict, change, mut e) = match self.sessions.get_mut(&key) {
+            Some(mut e) => {
+                e.exp = e.exp.max(t.token_exp_ms);
+                if let Some(reason) = e.ended {
+                    return (Verdict::Ended(reason), Change::None);
+                }
+                // The timeout of *this* request's principal applies: a token
+                // with fewer roles cannot stretch a shorter timeout seen before.
+                let idle = u64::from(e.idle).min(t.idle_ms);
+                let reason = if t.now_ms.saturating_sub(e.last) > idle {
+                    Some(EndReason::Idle)
+                } else if t
+                    .max_lifetime_ms
+                    .is_some_and(|m| t.now_ms.saturating_sub(e.created) > m)
+                {
+                    Some(EndReason::Lifetime)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    e.end(reason, t.now_ms);
+                    return (Verdict::Ended(reason), Change::Ended(e.record()));
+                }
+                e.idle = idle_u32(t.idle_ms);
+                if t.touch && t.now_ms > e.last {
+                    e.last = t.now_ms;
+                    e.dirty = true;
+                    (Verdict::Active, Change::Activity, e)
+                } else {
+                    (Verdict::Active, Change::None, e)
+                }
+            }
+            None => {
+                // First sight of this session: it starts now. `or_insert`
+                // keeps a concurrent first request's entry if that one won.
+                let mut fresh = self.entry(t.id(), t.now_ms, t.idle_ms, t.token_exp_ms);
+                fresh.dirty = true;
+                let e = self.sessions.entry(key).or_insert(fresh);
+                (Verdict::Active, Change::Activity, e)
+            }
+        };
+        // A deactivation (or an id revocation) that raced this request: it
+        // was recorded before its scan of sessions started, so either the
+        // scan sees this entry or this re-check sees the record. Either way
+        // the session ends and stays ended.
+        let revoked = self.is_revoked_id(t.session);
+        if revoked || self.is_deactivated(t.subject) {
+            e.end(EndReason::Revoked, t.now_ms);
+            let v = if revoked {
+                Verdict::Ended(EndReason::Revoked)
+            } else {
+                Verdict::Deactivated
+            };
+            return (v, Change::Ended(e.record()));
+        }
+        (verdict, change)
     }
 
-    /// Ends a session for good. Unknown sessions get an ended record too (a
-    /// revoked id must stay revoked even if it was never seen). Returns the
-    /// record when it was not ended before.
+    /// Ends one session for good. An unknown session gets an ended record
+    /// too (it must stay ended if it shows up). Returns the record when it
+    /// was not ended before.
     pub fn end(
         &self,
-        session: &str,
-        subject: &str,
+        id: SessionRef<'_>,
         reason: EndReason,
         now_ms: u64,
         keep_until_ms: u64,
     ) -> Option<Record> {
         let mut e = self
             .sessions
-            .entry(session.into())
-            .or_insert_with(|| Entry::new(subject, now_ms, 0, keep_until_ms));
+            .entry(id.key())
+            .or_insert_with(|| self.entry(id, now_ms, 0, keep_until_ms));
         e.exp = e.exp.max(keep_until_ms);
         if e.ended.is_some() {
             return None;
         }
         e.end(reason, now_ms);
-        Some(e.record(session))
+        Some(e.record())
+    }
+
+    /// Revokes a session id for every user (admin API): records the id, so
+    /// that it is refused whoever presents it until `until_ms`, then ends
+    /// every active session with that id. Returns the newly ended records
+    /// (empty for an id never seen).
+    pub fn revoke_id(&self, session: &str, now_ms: u64, until_ms: u64) -> Vec<Record> {
+        self.set_revoked_id(
+            session,
+            RevokedId {
+                at_ms: now_ms,
+                until_ms,
+            },
+        );
+        let mut out = Vec::new();
+        for mut kv in self.sessions.iter_mut() {
+            if &*kv.session == session && kv.ended.is_none() {
+                kv.end(EndReason::Revoked, now_ms);
+                out.push(kv.record());
+            }
+        }
+        out
+    }
+
+    /// Records a revoked id (journal replay, another instance); the later
+    /// `until` wins.
+    pub fn set_revoked_id(&self, session: &str, r: RevokedId) {
+        let mut e = self.revoked_ids.entry(session.into()).or_insert(r);
+        e.until_ms = e.until_ms.max(r.until_ms);
+        e.at_ms = e.at_ms.min(r.at_ms);
+    }
+
+    pub fn revoked_ids(&self) -> Vec<(String, RevokedId)> {
+        self.revoked_ids
+            .iter()
+            .map(|kv| (kv.key().to_string(), *kv.value()))
+            .collect()
     }
 
     /// Ends every active session of `subject`; returns the newly ended ones.
@@ -254,7 +409,7 @@ impl Table {
         for mut kv in self.sessions.iter_mut() {
             if &*kv.subject == subject && kv.ended.is_none() {
                 kv.end(reason, now_ms);
-                out.push(kv.record(kv.key()));
+                out.push(kv.record());
             }
         }
         out
@@ -282,18 +437,14 @@ impl Table {
             .sessions
             .iter()
             .filter(|kv| &*kv.subject == subject)
-            .map(|kv| kv.record(kv.key()))
+            .map(|kv| kv.record())
             .collect();
-        v.sort_by(|a, b| {
-            a.created_ms
-                .cmp(&b.created_ms)
-                .then_with(|| a.session.cmp(&b.session))
-        });
+        sort_records(&mut v);
         v
     }
 
-    pub fn get(&self, session: &str) -> Option<Record> {
-        self.sessions.get(session).map(|e| e.record(session))
+    pub fn get(&self, id: SessionRef<'_>) -> Option<Record> {
+        self.sessions.get(&id.key()).map(|e| e.record())
     }
 
     /// Sessions touched since the last call, for the activity flush.
@@ -302,7 +453,7 @@ impl Table {
         for mut kv in self.sessions.iter_mut() {
             if kv.dirty {
                 kv.dirty = false;
-                out.push(kv.record(kv.key()));
+                out.push(kv.record());
             }
         }
         out
@@ -310,19 +461,20 @@ impl Table {
 
     /// Every record (journal compaction).
     pub fn snapshot(&self) -> Vec<Record> {
-        self.sessions.iter().map(|kv| kv.record(kv.key())).collect()
+        self.sessions.iter().map(|kv| kv.record()).collect()
     }
 
     /// Housekeeping: ends sessions idle past their timeout (so listings and
     /// other instances see them ended) and drops records that can no longer
     /// matter: token expired and `retention_ms` passed since it ended or was
-    /// last active. Returns the newly ended records.
+    /// last active; revoked ids past their `until`. Returns the newly ended
+    /// records.
     pub fn sweep(&self, now_ms: u64, retention_ms: u64) -> Vec<Record> {
         let mut ended = Vec::new();
-        self.sessions.retain(|id, e| {
+        self.sessions.retain(|_, e| {
             if e.ended.is_none() && now_ms.saturating_sub(e.last) > u64::from(e.idle) {
                 e.end(EndReason::Idle, now_ms);
-                ended.push(e.record(id));
+                ended.push(e.record());
             }
             let since = if e.ended.is_some() {
                 e.ended_at
@@ -331,6 +483,7 @@ impl Table {
             };
             e.exp > now_ms || now_ms.saturating_sub(since) <= retention_ms
         });
+        self.revoked_ids.retain(|_, r| r.until_ms > now_ms);
         ended
     }
 
@@ -339,8 +492,8 @@ impl Table {
     pub fn apply(&self, r: &Record) {
         let mut e = self
             .sessions
-            .entry(r.session.as_str().into())
-            .or_insert_with(|| Entry::new(&r.subject, r.created_ms, r.idle_ms, r.exp_ms));
+            .entry(r.id().key())
+            .or_insert_with(|| self.entry(r.id(), r.created_ms, r.idle_ms, r.exp_ms));
         e.last = e.last.max(r.last_ms);
         e.created = e.created.min(r.created_ms);
         e.exp = e.exp.max(r.exp_ms);
@@ -365,20 +518,37 @@ impl Table {
     }
 }
 
+/// Oldest first (ties by session id), as listings show them.
+pub fn sort_records(v: &mut [Record]) {
+    v.sort_by(|a, b| {
+        a.created_ms
+            .cmp(&b.created_ms)
+            .then_with(|| a.session.cmp(&b.session))
+            .then_with(|| a.issuer.cmp(&b.issuer))
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ISS: &str = "https://idp.test";
+
     fn touch(session: &'static str, now_ms: u64, idle_ms: u64) -> Touch<'static> {
         Touch {
-            session,
+            issuer: ISS,
             subject: "u1",
+            session,
             now_ms,
             idle_ms,
             max_lifetime_ms: None,
             token_exp_ms: 10_000_000,
             touch: true,
         }
+    }
+
+    fn id(session: &'static str) -> SessionRef<'static> {
+        touch(session, 0, 0).id()
     }
 
     #[test]
@@ -439,20 +609,24 @@ mod tests {
     }
 
     #[test]
-    fn revoking_an_unknown_session_keeps_it_revoked() {
+    fn revoking_an_id_refuses_it_for_everyone_and_reports_only_active_sessions() {
         let t = Table::new();
-        assert!(
-            t.end("never-seen", "u9", EndReason::Revoked, 100, 5_000)
-                .is_some()
-        );
-        assert!(
-            t.end("never-seen", "u9", EndReason::Revoked, 100, 5_000)
-                .is_none()
-        );
+        // Never seen: nothing was active, and the id stays refused.
+        assert!(t.revoke_id("never-seen", 100, 5_000).is_empty());
         assert_eq!(
             t.check(&touch("never-seen", 200, 10_000)).0,
             Verdict::Ended(EndReason::Revoked)
         );
+        // Two users with the same id: both sessions end.
+        t.check(&touch("shared", 1_000, 10_000));
+        let mut other = touch("shared", 1_000, 10_000);
+        other.subject = "u2";
+        t.check(&other);
+        assert_eq!(t.revoke_id("shared", 1_100, 5_000).len(), 2);
+        assert_eq!(t.check(&other).0, Verdict::Ended(EndReason::Revoked));
+        // The revoked id is dropped once its `until` has passed.
+        t.sweep(20_000_000, 1_000);
+        assert!(!t.is_revoked_id("never-seen"));
     }
 
     #[test]
@@ -483,12 +657,12 @@ mod tests {
     #[test]
     fn apply_never_revives_or_rewinds() {
         let t = Table::new();
-        t.end("s", "u1", EndReason::Logout, 1_000, 9_000);
-        let mut r = t.get("s").unwrap();
+        t.end(id("s"), EndReason::Logout, 1_000, 9_000);
+        let mut r = t.get(id("s")).unwrap();
         r.ended = None;
         r.last_ms = 50;
         t.apply(&r);
-        let now = t.get("s").unwrap();
+        let now = t.get(id("s")).unwrap();
         assert_eq!(now.ended.map(|e| e.0), Some(EndReason::Logout));
         assert_eq!(now.last_ms, 1_000);
     }
@@ -505,13 +679,40 @@ mod tests {
     }
 
     #[test]
-    fn another_user_presenting_the_same_session_id_is_refused() {
+    fn another_subject_or_issuer_with_the_same_session_id_has_its_own_session() {
         let t = Table::new();
         assert_eq!(t.check(&touch("shared", 1_000, 10_000)).0, Verdict::Active);
-        let mut other = touch("shared", 1_100, 10_000);
+        let mut other = touch("shared", 1_100, 500);
         other.subject = "u2";
-        assert_eq!(t.check(&other).0, Verdict::Ended(EndReason::Revoked));
-        // The first user's session is untouched.
-        assert_eq!(t.check(&touch("shared", 1_200, 10_000)).0, Verdict::Active);
+        let mut foreign = touch("shared", 1_100, 500);
+        foreign.issuer = "https://other.test";
+        for o in [&other, &foreign] {
+            // Its own, new session: active, and nothing of u1's is visible.
+            assert_eq!(t.check(o).0, Verdict::Active);
+            // Ending it leaves u1's session alone.
+            assert!(t.end(o.id(), EndReason::Logout, 1_200, 9_000).is_some());
+            assert_eq!(t.check(o).0, Verdict::Ended(EndReason::Logout));
+        }
+        // u1's session: untouched, and its idle timeout was not shortened
+        // to the other token's 500 ms.
+        let mine = t.get(id("shared")).unwrap();
+        assert_eq!((mine.ended, mine.idle_ms), (None, 10_000));
+        assert_eq!(t.check(&touch("shared", 5_000, 10_000)).0, Verdict::Active);
+    }
+
+    #[test]
+    fn keys_do_not_collide_by_concatenation() {
+        let a = SessionRef {
+            issuer: "i",
+            subject: "ab",
+            session: "c",
+        };
+        let b = SessionRef {
+            issuer: "i",
+            subject: "a",
+            session: "bc",
+        };
+        assert_ne!(a.key(), b.key());
+        assert_eq!(a.key().hex().len(), 64);
     }
 }
