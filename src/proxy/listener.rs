@@ -83,7 +83,7 @@ pub async fn serve(
 
 /// A connection ended with an error. A head hyper refused was answered by
 /// hyper itself (a bare 400, or 431 for a head over `max_buf_size`, 414 for
-/// a target over 64 KiB) before any request reached the pipeline: it gets
+/// a target over 65,534 bytes) before any request reached the pipeline: it gets
 /// its access line here (no request id, method or path: there was no
 /// request). Other errors (a client gone mid-body, the header read
 /// timeout) only log at debug.
