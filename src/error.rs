@@ -42,6 +42,51 @@ pub enum Deny {
     /// The user is deactivated (admin API): every token is refused.
     #[error("deactivated")]
     UserDeactivated,
+    /// A malformed request outside the target: method spelling, framing,
+    /// missing Host, a broken body. The message is the bare code.
+    #[error("{}", .0.code())]
+    BadRequest(BadRequest),
+}
+
+/// Why a request (not its target or host) is malformed. Each is a 400
+/// `bad_request` whose `reason` and log `detail` are [`BadRequest::code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// A standard method in another case (`get`): many backends fold case.
+    MethodCase,
+    /// An HTTP/1.1 request (or an HTTP/1.0 one in origin form) without Host.
+    MissingHost,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    ContentLengthAndTransferEncoding,
+    /// A `Transfer-Encoding` other than exactly one `chunked`.
+    TransferEncoding,
+    /// Several `Content-Length` headers.
+    ContentLength,
+    /// The request body broke (bad chunk framing, cut short).
+    MalformedBody,
+    /// The request head could not be followed on the wire.
+    MalformedHead,
+}
+
+impl BadRequest {
+    /// Stable snake_case code (JSON `reason`, log `detail`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            BadRequest::MethodCase => "method_case",
+            BadRequest::MissingHost => "missing_host",
+            BadRequest::ContentLengthAndTransferEncoding => "content_length_and_transfer_encoding",
+            BadRequest::TransferEncoding => "transfer_encoding",
+            BadRequest::ContentLength => "content_length",
+            BadRequest::MalformedBody => "malformed_body",
+            BadRequest::MalformedHead => "malformed_head",
+        }
+    }
+
+    /// The request's framing cannot be trusted: answer, then close the
+    /// connection (what follows on it might be a smuggled request).
+    pub fn closes_connection(&self) -> bool {
+        !matches!(self, BadRequest::MethodCase | BadRequest::MissingHost)
+    }
 }
 
 /// A failure on our side or the upstream's.
@@ -64,8 +109,10 @@ pub enum Fault {
     /// The audit log of unmasked access could not be written.
     #[error("audit log unavailable: {0}")]
     AuditUnavailable(String),
-    /// The upstream connection failed after it was established.
-    #[error("upstream {0} failed: {1}")]
+    /// The upstream connection failed after it was established. The
+    /// second field is the HTTP library's error text: logged, never sent
+    /// to the client.
+    #[error("upstream {0} failed")]
     UpstreamFailed(String, String),
 }
 
@@ -83,7 +130,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Deny(d) => match d {
-                Deny::BadTarget(_) | Deny::BadHost(_) => StatusCode::BAD_REQUEST,
+                Deny::BadTarget(_) | Deny::BadHost(_) | Deny::BadRequest(_) => {
+                    StatusCode::BAD_REQUEST
+                }
                 Deny::NoRoute => StatusCode::NOT_FOUND,
                 Deny::Unauthenticated(_) | Deny::SessionEnded(_) | Deny::UserDeactivated => {
                     StatusCode::UNAUTHORIZED
@@ -110,6 +159,7 @@ impl Refusal {
             Refusal::Deny(d) => match d {
                 Deny::BadTarget(_) => "bad_request",
                 Deny::BadHost(_) => "bad_request",
+                Deny::BadRequest(_) => "bad_request",
                 Deny::NoRoute => "no_route",
                 Deny::Unauthenticated(e) => e.code(),
                 Deny::Forbidden(_) => "forbidden",
@@ -135,6 +185,7 @@ impl Refusal {
         match self {
             Refusal::Deny(Deny::BadTarget(e)) => e.code(),
             Refusal::Deny(Deny::BadHost(_)) => "bad_host",
+            Refusal::Deny(Deny::BadRequest(b)) => b.code(),
             Refusal::Deny(Deny::Unauthenticated(e)) => e.detail(),
             Refusal::Deny(Deny::Forbidden(d)) => d.code,
             _ => self.code(),
@@ -186,6 +237,19 @@ impl Refusal {
         })
     }
 
+    /// The connection must close after this answer (ambiguous framing).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Refusal::Deny(Deny::BadRequest(b)) if b.closes_connection())
+    }
+
+    /// The library's error text behind a fault, for the log only.
+    pub fn cause(&self) -> &str {
+        match self {
+            Refusal::Fault(Fault::UpstreamFailed(_, cause)) => cause,
+            _ => "",
+        }
+    }
+
     /// Refusals that are our own or the upstream's fault log at warn; policy
     /// refusals are routine and log at info.
     pub fn is_fault(&self) -> bool {
@@ -196,4 +260,45 @@ impl Refusal {
 /// The JSON error body: `{"error": .., "reason": .., "request_id": ..}`.
 pub fn error_body(code: &str, reason: &str, request_id: &str) -> String {
     serde_json::json!({ "error": code, "reason": reason, "request_id": request_id }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_requests_map_to_400_bad_request_with_their_code() {
+        let all = [
+            (BadRequest::MethodCase, "method_case", false),
+            (BadRequest::MissingHost, "missing_host", false),
+            (
+                BadRequest::ContentLengthAndTransferEncoding,
+                "content_length_and_transfer_encoding",
+                true,
+            ),
+            (BadRequest::TransferEncoding, "transfer_encoding", true),
+            (BadRequest::ContentLength, "content_length", true),
+            (BadRequest::MalformedBody, "malformed_body", true),
+            (BadRequest::MalformedHead, "malformed_head", true),
+        ];
+        for (b, code, closes) in all {
+            let r = Refusal::from(Deny::BadRequest(b));
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(r.code(), "bad_request");
+            assert_eq!(r.detail(), code);
+            assert_eq!(r.to_string(), code);
+            assert_eq!(r.closes_connection(), closes, "{code}");
+        }
+    }
+
+    #[test]
+    fn upstream_failures_never_carry_library_text_to_clients() {
+        let r = Refusal::from(Fault::UpstreamFailed(
+            "app".into(),
+            "error reading a body from connection: invalid chunk size".into(),
+        ));
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.to_string(), "upstream app failed");
+        assert!(r.cause().contains("chunk"));
+    }
 }

@@ -282,6 +282,28 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// SIGHUP's default action ends the process; until hot reload exists the
+/// gateway ignores it (and says so), so a `kill -HUP` meant as "reload"
+/// does not take the gateway down. Must run inside the runtime.
+fn ignore_hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::warn!(
+                            "SIGHUP received: configuration reload is not supported yet; ignored (restart to apply a new config)"
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; it will stop the gateway"),
+        }
+    }
+}
+
 fn serve(loaded: Loaded) -> Result<ExitCode> {
     let addr = loaded.runtime.listen.addr;
     if loaded.runtime.auth.issuers().iter().any(|i| i.dev) {
@@ -291,6 +313,8 @@ fn serve(loaded: Loaded) -> Result<ExitCode> {
     }
     let rt = tokio_runtime()?;
     rt.block_on(async move {
+        // Before anything listens: once the port answers, SIGHUP is safe.
+        ignore_hangup();
         let store = Store::open(&loaded.runtime.sessions)
             .await
             .map_err(anyhow::Error::msg)

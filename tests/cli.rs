@@ -550,3 +550,58 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
         );
     }
 }
+
+#[tokio::test]
+async fn sighup_is_ignored_until_reload_exists() {
+    let up = Upstream::start().await;
+    let dir = config_dir(TEST_RULES, &format!("http://{}", up.addr));
+    let port = free_port();
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    std::fs::write(
+        dir.join("rolegate.yaml"),
+        format!("listen: {{ addr: \"127.0.0.1:{port}\" }}\n{cfg}"),
+    )
+    .unwrap();
+    let mut child = Proc(
+        bin()
+            .args(["serve", "-c", "rolegate.yaml"])
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_listening(port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..2 {
+        let st = Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // The warning says it was ignored; by then the signal was handled.
+        loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("a log line about SIGHUP");
+            if line.contains("SIGHUP") {
+                assert!(line.contains("not supported"), "{line}");
+                break;
+            }
+        }
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "SIGHUP ended the gateway"
+        );
+        let r = req(addr, "GET", "/api/status", None, &[]).await;
+        assert_eq!(r.status, 200);
+    }
+}

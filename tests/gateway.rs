@@ -3,6 +3,8 @@
 //! path tricks, header spoofing, policy decisions and upstream failures.
 
 mod common;
+#[path = "gateway/malformed.rs"]
+mod malformed;
 
 use common::*;
 use jsonwebtoken::Algorithm;

@@ -4,6 +4,10 @@
 //! instant. Real gateway, real upstream, short timeouts.
 
 mod common;
+#[path = "sessions/journal.rs"]
+mod journal;
+#[path = "sessions/ownership.rs"]
+mod ownership;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

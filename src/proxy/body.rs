@@ -20,6 +20,64 @@ use super::upstream::BoxError;
 #[error("request body exceeds the configured limit")]
 pub struct BodyTooLarge;
 
+/// The error a client's request body yields when it breaks (bad chunk
+/// framing, the connection cut mid-body): the client's fault, a 400, never
+/// the upstream's. The library's text stays in `source` (logs only).
+#[derive(Debug, thiserror::Error)]
+#[error("malformed request body")]
+pub struct MalformedBody(#[source] pub BoxError);
+
+/// A body whose first frame was already read (before the upstream request
+/// started, so a body broken from its start never reaches the upstream),
+/// followed by the rest.
+pub struct Primed<B> {
+    first: Option<Frame<Bytes>>,
+    inner: B,
+}
+
+impl<B> Primed<B> {
+    pub fn new(first: Option<Frame<Bytes>>, inner: B) -> Self {
+        Primed { first, inner }
+    }
+}
+
+impl<B> Body for Primed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(f) = self.first.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let extra = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map_or(0, |d| d.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(extra));
+        if let Some(u) = inner.upper() {
+            hint.set_upper(u.saturating_add(extra));
+        }
+        hint
+    }
+}
+
 /// Wraps a body and fails it once more than `remaining` bytes have passed.
 pub struct Limited<B> {
     inner: B,

@@ -1,8 +1,13 @@
 //! Accept loop: TCP accept, HTTP/1.1 connection serving with header size
 //! and header-read-time limits, graceful shutdown.
 //!
-//! Owns connections only; every request goes to `Gateway::handle`. TLS,
-//! HTTP/2 and connection limits slot in here (TLS issue).
+//! Owns connections only; every request goes to `Gateway::handle`, with
+//! its raw head as the connection's `wire::Tap` read it (a `RawHead`
+//! extension). Heads hyper itself refuses (a bad request line, a control
+//! character in a header name, a head over `listen.max_header_bytes`) are
+//! answered by hyper with a bare status and never reach the pipeline; they
+//! are logged here as access lines. TLS, HTTP/2 and connection limits slot
+//! in here (TLS issue).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::pipeline::Gateway;
+use super::wire::{Heads, Tap};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -42,8 +48,15 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let rt = gateway.runtime();
                 let gw = gateway.clone();
-                let service = service_fn(move |req| {
+                let heads = Heads::default();
+                let stream = Tap::new(stream, heads.clone(), rt.listen.max_header_bytes);
+                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let gw = gw.clone();
+                    // The head the tap read for this request (HTTP/1.1
+                    // answers in order); none if it lost the stream.
+                    if let Some(h) = heads.pop() {
+                        req.extensions_mut().insert(h);
+                    }
                     async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
                 });
                 let conn = http1::Builder::new()
@@ -54,7 +67,7 @@ pub async fn serve(
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = fut.await {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+                        log_connection_error(peer, &e);
                     }
                 });
             }
@@ -66,6 +79,41 @@ pub async fn serve(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: connections still open after drain time"),
     }
+}
+
+/// A connection ended with an error. A head hyper refused was answered by
+/// hyper itself (a bare 400, or 431 for a head over `max_buf_size`, 414 for
+/// a target over 65,534 bytes) before any request reached the pipeline: it gets
+/// its access line here (no request id, method or path: there was no
+/// request). Other errors (a client gone mid-body, the header read
+/// timeout) only log at debug.
+fn log_connection_error(peer: std::net::SocketAddr, e: &hyper::Error) {
+    if !e.is_parse() || e.is_parse_version_h2() {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+        return;
+    }
+    let reason = e.to_string();
+    let status: u16 = if !e.is_parse_too_large() {
+        400
+    } else if reason.contains("URI") {
+        414
+    } else {
+        431
+    };
+    tracing::info!(
+        target: "rolegate::access",
+        request_id = "",
+        peer = %peer,
+        method = "",
+        path = "",
+        route = "",
+        subject = "",
+        status,
+        error = "bad_request",
+        detail = "malformed_head",
+        reason = %reason,
+        duration_us = 0u64,
+    );
 }
 
 /// Runs the public listener and, when given, the admin listener until

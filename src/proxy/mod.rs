@@ -8,5 +8,6 @@ pub mod headers;
 pub mod listener;
 pub mod pipeline;
 pub mod upstream;
+pub mod wire;
 
 pub use pipeline::Gateway;

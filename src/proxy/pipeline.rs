@@ -31,12 +31,13 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::body::{Limited, MaskedBody, SessionBound};
+use super::body::{BodyTooLarge, Limited, MalformedBody, MaskedBody, Primed, SessionBound};
 use super::headers::{self, ForwardedFor};
-use super::upstream::{self, BoxError};
+use super::upstream::{self, BoxError, has_cause};
+use super::wire::{Framing, RawHead};
 use crate::auth::Verified;
 use crate::config::{Route, RouteMask, Runtime};
-use crate::error::{Deny, Fault, Refusal, error_body};
+use crate::error::{BadRequest, Deny, Fault, Refusal, error_body};
 use crate::mask;
 use crate::policy::{self, Decision, NoRelations, Principal};
 use crate::route::{Canonical, PathError, canonicalize};
@@ -411,7 +412,14 @@ fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
 }
 
 fn normalize(rt: &Runtime, ctx: &mut Ctx, req: &Request<Incoming>) -> Result<Target, Refusal> {
+    // What hyper's parser hid: the framing headers as sent, and the target
+    // with its fragment (see `proxy::wire`).
+    let raw = raw_head(req)?;
+    check_method(req.method())?;
     let host = request_host(req)?;
+    if raw.has_fragment() {
+        return Err(Deny::BadTarget(PathError::Fragment).into());
+    }
     let pq = match req.uri().path_and_query() {
         Some(pq) => pq.as_str(),
         // `http://host` with no path is `/`; authority-form (`CONNECT
@@ -424,28 +432,67 @@ fn normalize(rt: &Runtime, ctx: &mut Ctx, req: &Request<Incoming>) -> Result<Tar
     Ok(Target { host, canon })
 }
 
+/// The request's raw head as the listener's tap read it (`proxy::wire`),
+/// if it is the head of this very request and its framing is unambiguous.
+/// No head (the tap lost the stream) or another one: refused, fail closed.
+fn raw_head(req: &Request<Incoming>) -> Result<&RawHead, Refusal> {
+    let bad = |b| Refusal::from(Deny::BadRequest(b));
+    let raw = req
+        .extensions()
+        .get::<RawHead>()
+        .filter(|h| h.describes(req.method(), req.uri()))
+        .ok_or_else(|| bad(BadRequest::MalformedHead))?;
+    match raw.framing {
+        Framing::Clean => Ok(raw),
+        Framing::ContentLengthAndTransferEncoding => {
+            Err(bad(BadRequest::ContentLengthAndTransferEncoding))
+        }
+        Framing::TransferEncoding => Err(bad(BadRequest::TransferEncoding)),
+        Framing::ContentLength => Err(bad(BadRequest::ContentLength)),
+    }
+}
+
+/// The standard methods (RFC 9110 §9): a request spelling one of them in
+/// another case is refused, since many backends fold method case and would
+/// run `get` as the `GET` that routing never matched it as.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+fn check_method(method: &Method) -> Result<(), Refusal> {
+    let m = method.as_str();
+    if STANDARD_METHODS
+        .iter()
+        .any(|s| *s != m && s.eq_ignore_ascii_case(m))
+    {
+        return Err(Deny::BadRequest(BadRequest::MethodCase).into());
+    }
+    Ok(())
+}
+
 /// The host used for routing: the absolute-form authority if the request
 /// line has one (RFC 9112 §3.2.2), else the single Host header; lowercased,
-/// without port.
+/// without port. RFC 9112 §3.2: an HTTP/1.1 request without Host, or any
+/// request with several, is a 400; so is an HTTP/1.0 one without Host in
+/// origin form (nothing to route on or to tell the upstream).
 fn request_host(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
-    let raw = if let Some(a) = req.uri().authority() {
-        Some(a.as_str().to_string())
-    } else {
-        let mut hosts = req.headers().get_all(header::HOST).iter();
-        let first = hosts.next();
-        if hosts.next().is_some() {
-            return Err(Deny::BadHost("more than one Host header").into());
-        }
-        match first {
-            Some(h) => Some(
-                h.to_str()
-                    .map_err(|_| Deny::BadHost("Host header is not ASCII"))?
-                    .to_string(),
-            ),
-            None => None,
-        }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Deny::BadHost("more than one Host header").into());
+    }
+    let absolute = req.uri().authority();
+    if first.is_none() && (req.version() != http::Version::HTTP_10 || absolute.is_none()) {
+        return Err(Deny::BadRequest(BadRequest::MissingHost).into());
+    }
+    let raw = match (absolute, first) {
+        (Some(a), _) => a.as_str().to_string(),
+        (None, Some(h)) => h
+            .to_str()
+            .map_err(|_| Deny::BadHost("Host header is not ASCII"))?
+            .to_string(),
+        (None, None) => return Err(Deny::BadRequest(BadRequest::MissingHost).into()),
     };
-    let Some(raw) = raw else { return Ok(None) };
     let authority: http::uri::Authority = raw
         .parse()
         .map_err(|_| Deny::BadHost("invalid Host header"))?;
@@ -493,6 +540,27 @@ async fn forward(
     }
     let up = &rt.upstreams[route.upstream];
     let (mut parts, body) = req.into_parts();
+    // The client's body errors are the client's (400), told apart from the
+    // upstream's by type (`upstream::send`). Its first frame is read before
+    // the upstream request starts, so a body broken from its start never
+    // reaches the upstream; one that breaks later aborts the upstream
+    // request (it never sees a complete request).
+    let mut body = Limited::new(
+        body.map_err(|e| Box::new(MalformedBody(Box::new(e))) as BoxError),
+        max,
+    );
+    let first = if body.is_end_stream() {
+        None
+    } else {
+        match body.frame().await {
+            None => None,
+            Some(Ok(frame)) => Some(frame),
+            Some(Err(e)) if has_cause::<BodyTooLarge>(e.as_ref()) => {
+                return Err(Deny::BodyTooLarge.into());
+            }
+            Some(Err(_)) => return Err(Deny::BadRequest(BadRequest::MalformedBody).into()),
+        }
+    };
 
     let mut pq = String::with_capacity(up.base_path.len() + target.canon.path.len() + 16);
     pq.push_str(&up.base_path);
@@ -559,7 +627,7 @@ async fn forward(
         );
     }
 
-    let body = Limited::new(body, max).boxed();
+    let body = Primed::new(first, body).boxed();
     upstream::send(up, Request::from_parts(parts, body)).await
 }
 
@@ -749,6 +817,11 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
     if refusal.status() == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, refusal.challenge());
     }
+    if refusal.closes_connection() {
+        // Ambiguous framing or a broken body: nothing after it on this
+        // connection can be trusted to be the request it looks like.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if refusal.is_session() {
         if ctx.from_cookie
             && let Some(name) = &rt.forward.cookie
@@ -765,7 +838,7 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
     }
     ctx.refusal = Some((refusal.code(), refusal.detail(), full_reason));
     if refusal.is_fault() {
-        tracing::warn!(target: "rolegate::decision", request_id = %ctx.request_id, error = refusal.code(), reason = %refusal, "refused");
+        tracing::warn!(target: "rolegate::decision", request_id = %ctx.request_id, error = refusal.code(), reason = %refusal, cause = refusal.cause(), "refused");
     }
     resp
 }

@@ -14,8 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
-use crate::error::{Deny, Fault, Refusal};
-use crate::proxy::body::BodyTooLarge;
+use crate::error::{BadRequest, Deny, Fault, Refusal};
+use crate::proxy::body::{BodyTooLarge, MalformedBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request body type sent upstream (the client's body, streamed, with a size limit).
@@ -46,8 +46,15 @@ pub async fn send(
         Err(_) => Err(Fault::UpstreamTimeout(up.name.clone()).into()),
         Ok(Ok(resp)) => Ok(resp),
         Ok(Err(e)) => {
+            // The client's body broke while it was being sent: the client's
+            // fault (400/413), not the upstream's; the upstream request was
+            // aborted, so it never got a complete request.
             if has_cause::<BodyTooLarge>(&e) {
                 return Err(Deny::BodyTooLarge.into());
+            }
+            if has_cause::<MalformedBody>(&e) {
+                tracing::debug!(upstream = %up.name, error = %chain(&e), "request body broke while forwarding");
+                return Err(Deny::BadRequest(BadRequest::MalformedBody).into());
             }
             if e.is_connect() {
                 tracing::warn!(upstream = %up.name, error = %chain(&e), "upstream connect failed");
@@ -58,7 +65,9 @@ pub async fn send(
     }
 }
 
-fn has_cause<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn has_cause<T: std::error::Error + 'static>(
+    e: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if err.is::<T>() {

@@ -60,9 +60,11 @@
 //!
 //! `methods: []` matches any method. Names must be upper-case tokens; a
 //! route listing `GET` also matches `HEAD`. Request methods are compared
-//! ASCII-case-insensitively, so a `get` request is governed by the `GET`
-//! route rather than sliding past it to a looser one (a backend that treats
-//! `get` as `GET` would otherwise be reachable under the wrong policy).
+//! exactly (RFC 9110: methods are case-sensitive), so `get` never matches a
+//! `GET` route. The pipeline refuses a standard method in another case
+//! (`get`, `Post`) before routing, so such a request cannot slide past the
+//! `GET` route to a looser one either (a backend that folds case would run
+//! it as `GET`).
 //!
 //! # Matching semantics
 //!
@@ -657,7 +659,7 @@ impl MethodRule {
     fn allows(&self, method: &str) -> bool {
         match self {
             MethodRule::Any => true,
-            MethodRule::Only(set) => set.iter().any(|m| m.eq_ignore_ascii_case(method)),
+            MethodRule::Only(set) => set.iter().any(|m| m == method),
         }
     }
 
@@ -1173,7 +1175,8 @@ mod tests {
         let cases = [
             ("GET", "/a", Some(0)),
             ("HEAD", "/a", Some(0)),
-            ("get", "/a", Some(0)),
+            ("get", "/a", None),
+            ("Put", "/a", None),
             ("POST", "/a", Some(1)),
             ("PUT", "/a", Some(1)),
             ("DELETE", "/a", None),

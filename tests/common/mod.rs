@@ -562,3 +562,80 @@ impl CutResp {
         self.head.as_deref()?.split(' ').nth(1)?.parse().ok()
     }
 }
+
+/// Sends `parts` one write at a time with `pause` between them (a body that
+/// breaks only after its first frame went upstream), then reads the whole
+/// response.
+pub async fn raw_parts(addr: SocketAddr, parts: &[&[u8]], pause: Duration) -> Resp {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        // The gateway may already have answered and closed.
+        if s.write_all(p).await.is_err() {
+            break;
+        }
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time");
+    parse_response(&buf)
+}
+
+/// An upstream that records, per request, whether its body arrived whole
+/// (`Ok(len)`) or broke (`Err`), and answers 200 only to whole ones.
+pub struct BodyProbe {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Result<usize, String>>>>,
+}
+
+impl BodyProbe {
+    pub async fn start() -> BodyProbe {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Result<usize, String>>>> = Arc::default();
+        let rec = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let rec = rec.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let rec = rec.clone();
+                        async move {
+                            let r = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().len())
+                                .map_err(|e| e.to_string());
+                            let ok = r.is_ok();
+                            rec.lock().unwrap().push(r);
+                            let mut resp = hyper::Response::new(Full::new(Bytes::from("{}")));
+                            if !ok {
+                                *resp.status_mut() = hyper::StatusCode::BAD_REQUEST;
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        BodyProbe { addr, seen }
+    }
+
+    /// Requests whose body arrived complete.
+    pub fn complete(&self) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.is_ok())
+            .count()
+    }
+}

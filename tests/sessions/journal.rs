@@ -4,13 +4,11 @@
 //! line in the middle refuses the start, naming the file and the line, and
 //! leaves the journal untouched. Real gateway, real upstream.
 
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const RULES: &str = r#"

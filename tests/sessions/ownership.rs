@@ -6,13 +6,11 @@
 //! ending every session for good. Real gateways, real upstream, real
 //! redis-server; short timeouts.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::json;
 

@@ -1,0 +1,597 @@
+//! The raw request heads of a client connection: what hyper's parser hides
+//! from the pipeline (phase 0, below phase 1 normalize).
+//!
+//! hyper turns each HTTP/1.1 head into an `http::Request`, and by then two
+//! facts a gateway must refuse on are gone:
+//! - a `#fragment` in the request target: http's URI parser cuts it off,
+//!   and a query after it with it (`/x#f?q` arrives as `/x`);
+//! - `Content-Length` next to `Transfer-Encoding`: hyper drops the
+//!   `Content-Length` and frames the body as chunked (the request-smuggling
+//!   ambiguity a gateway must not pass on).
+//!
+//! [`Tap`] wraps the client connection's reads. It re-parses every head
+//! with the parser hyper uses (`httparse`, default configuration), queues
+//! what it saw as a [`RawHead`] in the connection's [`Heads`], and follows
+//! the body framing (Content-Length, or chunked exactly as hyper's decoder
+//! reads it) to find the next head. The listener pops one [`RawHead`] per
+//! request and attaches it to the request; the pipeline checks that it
+//! describes the same request (method and target) before trusting it.
+//!
+//! Owns: byte-level head and framing facts. Must not: answer, decide, or
+//! change a byte (it only looks at what hyper reads).
+//!
+//! Fails closed: whenever the tap cannot follow the stream (a head hyper
+//! will refuse anyway, a head over `listen.max_header_bytes`, a framing the
+//! pipeline refuses, a chunked body hyper would fail), it stops, and every
+//! later request on the connection finds no head and is refused.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// hyper's default limit on headers per request (`h1_max_headers`).
+const MAX_HEADERS: usize = 100;
+
+/// One request head as it was on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHead {
+    /// The method token, as sent.
+    pub method: Vec<u8>,
+    /// The request target, as sent (a fragment included).
+    pub target: Vec<u8>,
+    /// What the `Content-Length` / `Transfer-Encoding` headers say.
+    pub framing: Framing,
+}
+
+/// The body framing a head declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body headers, one plain `Content-Length`, or exactly one
+    /// `Transfer-Encoding: chunked` (case-insensitive).
+    Clean,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    ContentLengthAndTransferEncoding,
+    /// A `Transfer-Encoding` other than exactly one `chunked`: several
+    /// headers, several codings (`gzip, chunked`, `chunked, chunked`).
+    TransferEncoding,
+    /// Several `Content-Length` headers (hyper itself refuses differing
+    /// values and lists).
+    ContentLength,
+}
+
+impl RawHead {
+    /// The target carries a `#` (clients never send fragments).
+    pub fn has_fragment(&self) -> bool {
+        self.target.contains(&b'#')
+    }
+
+    /// Whether this is the head hyper parsed into `method` and `uri`: the
+    /// same method, and a target whose part before any `#` ends with the
+    /// URI's path and query (absolute form carries `scheme://authority`
+    /// in front).
+    pub fn describes(&self, method: &http::Method, uri: &http::Uri) -> bool {
+        if self.method != method.as_str().as_bytes() {
+            return false;
+        }
+        let cut = match self.target.iter().position(|&b| b == b'#') {
+            Some(i) => &self.target[..i],
+            None => &self.target[..],
+        };
+        match uri.path_and_query() {
+            Some(pq) => cut.ends_with(pq.as_str().as_bytes()),
+            None => true,
+        }
+    }
+}
+
+/// The heads a connection's [`Tap`] has read and the service has not yet
+/// taken, oldest first (HTTP/1.1 answers requests in order).
+#[derive(Debug, Clone, Default)]
+pub struct Heads(Arc<Mutex<VecDeque<RawHead>>>);
+
+impl Heads {
+    /// The head of the next request hyper hands the service; `None` when
+    /// the tap lost the stream.
+    pub fn pop(&self) -> Option<RawHead> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    fn push(&self, head: RawHead) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(head);
+    }
+}
+
+/// A connection whose reads are followed by a [`Tracker`]. Writes pass
+/// through untouched.
+pub struct Tap<IO> {
+    io: IO,
+    tracker: Tracker,
+}
+
+impl<IO> Tap<IO> {
+    /// Follows `io`'s reads; heads longer than `max_head` bytes lose the
+    /// stream (hyper answers them 431 itself).
+    pub fn new(io: IO, heads: Heads, max_head: usize) -> Self {
+        Tap {
+            io,
+            tracker: Tracker::new(heads, max_head),
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tap<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            this.tracker.feed(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Where in the byte stream the tracker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a head (bytes collect in `head_buf`).
+    Head,
+    /// Skipping this many more body bytes.
+    Length(u64),
+    /// In a chunked body.
+    Chunked(Chunk),
+    /// Gave up: every later request finds no head.
+    Lost,
+}
+
+/// hyper's chunked decoder states (`proto::h1::decode::ChunkedState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Start,
+    Size(u64),
+    SizeLws(u64),
+    Extension(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLf,
+    EndCr,
+    EndLf,
+}
+
+/// Follows one connection's request stream, byte by byte (heads) and
+/// length by length (bodies).
+#[derive(Debug)]
+pub struct Tracker {
+    heads: Heads,
+    state: State,
+    head_buf: Vec<u8>,
+    max_head: usize,
+}
+
+impl Tracker {
+    pub fn new(heads: Heads, max_head: usize) -> Self {
+        Tracker {
+            heads,
+            state: State::Head,
+            head_buf: Vec::new(),
+            max_head,
+        }
+    }
+
+    /// Takes the next bytes the connection read.
+    pub fn feed(&mut self, data: &[u8]) {
+        let used = self.skip_body(data);
+        let data = &data[used..];
+        if data.is_empty() || self.state != State::Head {
+            return;
+        }
+        self.head_buf.extend_from_slice(data);
+        // Iterative, not recursive: one read may hold many pipelined heads.
+        loop {
+            let Some(len) = self.parse_head() else { return };
+            let mut pending = std::mem::take(&mut self.head_buf);
+            pending.drain(..len);
+            let used = self.skip_body(&pending);
+            if self.state != State::Head {
+                return;
+            }
+            pending.drain(..used);
+            self.head_buf = pending;
+            if self.head_buf.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Skips body bytes while in a body; returns how many were body (all
+    /// of them once lost). Stops where the next head starts.
+    fn skip_body(&mut self, data: &[u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::Head => return i,
+                State::Lost => return data.len(),
+                State::Length(n) => {
+                    let take = n.min((data.len() - i) as u64);
+                    i += take as usize;
+                    self.state = if n == take {
+                        State::Head
+                    } else {
+                        State::Length(n - take)
+                    };
+                }
+                State::Chunked(Chunk::Data(n)) => {
+                    let take = n.min((data.len() - i) as u64);
+                    i += take as usize;
+                    self.state = State::Chunked(if n == take {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(n - take)
+                    });
+                }
+                State::Chunked(c) => {
+                    self.state = match chunk_step(c, data[i]) {
+                        Some(Some(next)) => State::Chunked(next),
+                        Some(None) => State::Head,
+                        None => State::Lost,
+                    };
+                    i += 1;
+                }
+            }
+        }
+        i
+    }
+
+    /// Parses `head_buf`; on a complete head queues it, sets the body
+    /// state and returns the head's length. `None`: incomplete, or lost.
+    fn parse_head(&mut self) -> Option<usize> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let len = match req.parse(&self.head_buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                if self.head_buf.len() >= self.max_head {
+                    self.lose();
+                }
+                return None;
+            }
+            // hyper refuses the same head and closes the connection.
+            Err(_) => {
+                self.lose();
+                return None;
+            }
+        };
+        let (mut cl, mut te) = (Vec::new(), Vec::new());
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                cl.push(h.value);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te.push(h.value);
+            }
+        }
+        let http10 = req.version == Some(0);
+        // hyper: chunked iff the last Transfer-Encoding line ends in
+        // `chunked`; any other Transfer-Encoding (or one on HTTP/1.0) is
+        // its own 400.
+        let hyper_chunked = te.last().is_some_and(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.rsplit(',').next())
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        });
+        let (framing, body) = if !te.is_empty() {
+            if http10 || !hyper_chunked {
+                self.lose();
+                return None;
+            }
+            let exactly_chunked =
+                te.len() == 1 && te[0].trim_ascii().eq_ignore_ascii_case(b"chunked");
+            let framing = if !cl.is_empty() {
+                Framing::ContentLengthAndTransferEncoding
+            } else if !exactly_chunked {
+                Framing::TransferEncoding
+            } else {
+                Framing::Clean
+            };
+            (framing, State::Chunked(Chunk::Start))
+        } else if let Some(first) = cl.first() {
+            // hyper: each value one plain decimal number, all equal.
+            let Some(n) = digits(first) else {
+                self.lose();
+                return None;
+            };
+            if cl.iter().any(|v| digits(v) != Some(n)) {
+                self.lose();
+                return None;
+            }
+            let framing = if cl.len() > 1 {
+                Framing::ContentLength
+            } else {
+                Framing::Clean
+            };
+            (
+                framing,
+                if n == 0 {
+                    State::Head
+                } else {
+                    State::Length(n)
+                },
+            )
+        } else {
+            (Framing::Clean, State::Head)
+        };
+        self.heads.push(RawHead {
+            method: req.method.unwrap_or_default().as_bytes().to_vec(),
+            target: req.path.unwrap_or_default().as_bytes().to_vec(),
+            framing,
+        });
+        // An unclean framing is refused and the connection closed: there is
+        // no next request to find.
+        self.state = if framing == Framing::Clean {
+            body
+        } else {
+            State::Lost
+        };
+        Some(len)
+    }
+
+    fn lose(&mut self) {
+        self.state = State::Lost;
+        self.head_buf = Vec::new();
+    }
+}
+
+/// hyper's `from_digits`: a non-empty run of ASCII digits, no overflow.
+fn digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &b| {
+        if b.is_ascii_digit() {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// One byte of chunked framing, as hyper's decoder reads it.
+/// `Some(Some(next))`: go on; `Some(None)`: the body ended; `None`: hyper
+/// fails the body here.
+fn chunk_step(c: Chunk, b: u8) -> Option<Option<Chunk>> {
+    let hex = |size: u64| {
+        let d = (b as char).to_digit(16)?;
+        size.checked_mul(16)?.checked_add(u64::from(d))
+    };
+    let next = match c {
+        Chunk::Start => Chunk::Size(hex(0)?),
+        Chunk::Size(n) => match b {
+            b'\t' | b' ' => Chunk::SizeLws(n),
+            b';' => Chunk::Extension(n),
+            b'\r' => Chunk::SizeLf(n),
+            _ => Chunk::Size(hex(n)?),
+        },
+        Chunk::SizeLws(n) => match b {
+            b'\t' | b' ' => Chunk::SizeLws(n),
+            b';' => Chunk::Extension(n),
+            b'\r' => Chunk::SizeLf(n),
+            _ => return None,
+        },
+        Chunk::Extension(n) => match b {
+            b'\r' => Chunk::SizeLf(n),
+            b'\n' => return None,
+            _ => Chunk::Extension(n),
+        },
+        Chunk::SizeLf(n) => match (b, n) {
+            (b'\n', 0) => Chunk::EndCr,
+            (b'\n', n) => Chunk::Data(n),
+            _ => return None,
+        },
+        // Data is skipped in bulk by `feed`; a zero-length one is done.
+        Chunk::Data(_) => return chunk_step(Chunk::DataCr, b),
+        Chunk::DataCr => (b == b'\r').then_some(Chunk::DataLf)?,
+        Chunk::DataLf => (b == b'\n').then_some(Chunk::Start)?,
+        Chunk::Trailer => match b {
+            b'\r' => Chunk::TrailerLf,
+            _ => Chunk::Trailer,
+        },
+        Chunk::TrailerLf => (b == b'\n').then_some(Chunk::EndCr)?,
+        Chunk::EndCr => match b {
+            b'\r' => Chunk::EndLf,
+            _ => Chunk::Trailer,
+        },
+        Chunk::EndLf => return (b == b'\n').then_some(None),
+    };
+    Some(Some(next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heads_of(stream: &[u8], split: usize) -> (Vec<RawHead>, State) {
+        let heads = Heads::default();
+        let mut t = Tracker::new(heads.clone(), 16384);
+        // Fed in pieces of `split` bytes: the result must not depend on it.
+        for piece in stream.chunks(split) {
+            t.feed(piece);
+        }
+        let mut out = Vec::new();
+        while let Some(h) = heads.pop() {
+            out.push(h);
+        }
+        (out, t.state)
+    }
+
+    fn targets(hs: &[RawHead]) -> Vec<String> {
+        hs.iter()
+            .map(|h| String::from_utf8_lossy(&h.target).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn follows_pipelined_requests_across_bodies_at_any_split() {
+        let stream = b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n\
+            POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /\
+            PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+            4;ext=1\r\nGET \r\n3  \r\n/x \r\n0\r\nTrailer: GET /y HTTP/1.1\r\n\r\n\
+            \r\nDELETE /d?q=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        for split in [1, 2, 3, 7, 64, stream.len()] {
+            let (hs, state) = heads_of(stream, split);
+            assert_eq!(
+                targets(&hs),
+                ["/a#frag", "/b", "/c", "/d?q=1"],
+                "split {split}"
+            );
+            assert!(hs[0].has_fragment() && !hs[1].has_fragment());
+            assert!(hs.iter().all(|h| h.framing == Framing::Clean));
+            assert_eq!(hs[3].method, b"DELETE");
+            assert_eq!(state, State::Head, "split {split}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_framings_are_flagged_and_end_tracking() {
+        let cases: &[(&str, Framing)] = &[
+            (
+                "Content-Length: 3\r\nTransfer-Encoding: chunked",
+                Framing::ContentLengthAndTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nContent-Length: 3",
+                Framing::ContentLengthAndTransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: gzip, chunked",
+                Framing::TransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: chunked, chunked",
+                Framing::TransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+                Framing::TransferEncoding,
+            ),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+                Framing::TransferEncoding,
+            ),
+            (
+                "Content-Length: 3\r\nContent-Length: 3",
+                Framing::ContentLength,
+            ),
+            ("Transfer-Encoding:  Chunked ", Framing::Clean),
+            ("Content-Length: 3", Framing::Clean),
+        ];
+        for (headers, want) in cases {
+            let req = format!(
+                "POST /p HTTP/1.1\r\nHost: x\r\n{headers}\r\n\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
+            );
+            let (hs, state) = heads_of(req.as_bytes(), 5);
+            assert_eq!(hs[0].framing, *want, "{headers}");
+            if *want != Framing::Clean {
+                assert_eq!(hs.len(), 1, "{headers}: tracking must stop");
+                assert_eq!(state, State::Lost);
+            }
+        }
+    }
+
+    #[test]
+    fn heads_hyper_refuses_lose_the_stream() {
+        for req in [
+            "GET /x HTTP/1.1\r\nBad\x01Name: v\r\n\r\n",
+            "POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST /x HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST /x HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+        ] {
+            let (hs, state) = heads_of(req.as_bytes(), 4);
+            assert!(hs.is_empty(), "{req:?}");
+            assert_eq!(state, State::Lost, "{req:?}");
+        }
+        // A head that never ends within the limit.
+        let heads = Heads::default();
+        let mut t = Tracker::new(heads.clone(), 64);
+        t.feed(format!("GET /{} HTTP/1.1\r\n", "a".repeat(100)).as_bytes());
+        assert_eq!(t.state, State::Lost);
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_lose_the_stream() {
+        for body in [
+            "zz\r\n",
+            "5\r\nabcdeXX",
+            "3;a\nb",
+            "1 2\r\n",
+            "ffffffffffffffffff\r\n",
+        ] {
+            let req = format!(
+                "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{body}GET /n HTTP/1.1\r\n\r\n"
+            );
+            let (hs, state) = heads_of(req.as_bytes(), 3);
+            assert_eq!(hs.len(), 1, "{body:?}");
+            assert_eq!(state, State::Lost, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn describes_matches_hyper_view() {
+        let h = |m: &str, t: &str| RawHead {
+            method: m.as_bytes().to_vec(),
+            target: t.as_bytes().to_vec(),
+            framing: Framing::Clean,
+        };
+        let uri = |s: &str| s.parse::<http::Uri>().unwrap();
+        assert!(h("GET", "/x?q#f").describes(&http::Method::GET, &uri("/x?q")));
+        assert!(h("GET", "/x#f?q").describes(&http::Method::GET, &uri("/x")));
+        assert!(h("GET", "http://a/x").describes(&http::Method::GET, &uri("http://a/x")));
+        assert!(!h("GET", "/y").describes(&http::Method::GET, &uri("/x")));
+        assert!(!h("get", "/x").describes(&http::Method::GET, &uri("/x")));
+    }
+}
