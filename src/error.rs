@@ -99,15 +99,17 @@ pub enum Fault {
     #[error("upstream {0} timed out")]
     UpstreamTimeout(String),
     /// The session store cannot answer (Redis down) and
-    /// `sessions.on_store_error` is `deny`.
-    #[error("session store unavailable: {0}")]
+    /// `sessions.on_store_error` is `deny`. The field is the store's error
+    /// text: logged, never sent to the client.
+    #[error("session store unavailable")]
     StoreUnavailable(String),
     /// A response on a masked route could not be masked (unknown content
     /// type or encoding, invalid body, over the limit): never forwarded raw.
     #[error("response cannot be masked: {0}")]
     Unmaskable(String),
-    /// The audit log of unmasked access could not be written.
-    #[error("audit log unavailable: {0}")]
+    /// The audit log of unmasked access could not be written. The field is
+    /// the I/O error text: logged, never sent to the client.
+    #[error("audit log unavailable")]
     AuditUnavailable(String),
     /// The upstream connection failed after it was established. The
     /// second field is the HTTP library's error text: logged, never sent
@@ -245,7 +247,11 @@ impl Refusal {
     /// The library's error text behind a fault, for the log only.
     pub fn cause(&self) -> &str {
         match self {
-            Refusal::Fault(Fault::UpstreamFailed(_, cause)) => cause,
+            Refusal::Fault(
+                Fault::UpstreamFailed(_, cause)
+                | Fault::StoreUnavailable(cause)
+                | Fault::AuditUnavailable(cause),
+            ) => cause,
             _ => "",
         }
     }

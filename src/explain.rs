@@ -38,7 +38,6 @@ pub fn split_url(url: &str) -> (Option<String>, String) {
 
 /// Builds the explain report for `METHOD URL` with `cred`.
 pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> Value {
-    let method = method.to_ascii_uppercase();
     let (host, pq) = split_url(url);
     let mut report = json!({ "request": { "method": method, "url": url, "host": host } });
 
@@ -59,7 +58,11 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> V
         report
     };
 
-    // 1 normalize
+    // 1 normalize (the method as sent: methods are case-sensitive)
+    if crate::route::is_miscased_method(method) {
+        let bad = crate::error::Deny::BadRequest(crate::error::BadRequest::MethodCase);
+        return finish(report, Some(bad.into()));
+    }
     let canon = match canonicalize(&pq, &rt.canon) {
         Ok(c) => c,
         Err(e) => return finish(report, Some(Deny::BadTarget(e).into())),

@@ -133,15 +133,14 @@ fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<Outcome, String>
             masked,
         })
     };
+    if crate::route::is_miscased_method(method) {
+        return outcome(Expect::BadRequest, None, None);
+    }
     let canon = match canonicalize(&pq, &rt.canon) {
         Ok(c) => c,
         Err(_) => return outcome(Expect::BadRequest, None, None),
     };
-    let Some(m) = rt.router.at(
-        host.as_deref(),
-        &method.to_ascii_uppercase(),
-        canon.routing_path(),
-    ) else {
+    let Some(m) = rt.router.at(host.as_deref(), method, canon.routing_path()) else {
         return outcome(Expect::NoRoute, None, None);
     };
     let route = &rt.routes[m.route];

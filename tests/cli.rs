@@ -270,6 +270,26 @@ fn explain_shows_normalisation_routing_and_trace() {
     );
     let report: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["error"], "no_route");
+
+    // The method as sent: `get` is refused as the gateway refuses it, not
+    // decided as GET.
+    let o = run(
+        &[
+            "explain",
+            "--claims",
+            claims,
+            "--json",
+            "get",
+            "/bots/1/flows",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (report["status"].as_u64(), report["detail"].as_str()),
+        (Some(400), Some("method_case"))
+    );
 }
 
 #[test]
@@ -309,13 +329,13 @@ fn shipped_policy_tables_pass() {
 #[test]
 fn a_wrong_expectation_fails_the_table() {
     let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
-    let table = "name: t\nprincipals:\n  v: { sub: v, roles: [viewer] }\ncases:\n  - { as: v, request: \"GET /bots/1/flows\", expect: allow }\n  - { as: v, request: \"PUT /bots/1/flows\", expect: allow }\n  - { as: v, request: \"GET /bots/1/%2e%2e/x\", expect: bad_request }\n  - { as: v, request: \"GET /zzz\", expect: no_route }\n  - { as: v, request: \"PUT /bots/1/flows\", expect: allow, pending: \"later issue\" }\n";
+    let table = "name: t\nprincipals:\n  v: { sub: v, roles: [viewer] }\ncases:\n  - { as: v, request: \"GET /bots/1/flows\", expect: allow }\n  - { as: v, request: \"PUT /bots/1/flows\", expect: allow }\n  - { as: v, request: \"GET /bots/1/%2e%2e/x\", expect: bad_request }\n  - { as: v, request: \"GET /zzz\", expect: no_route }\n  - { as: v, request: \"get /bots/1/flows\", expect: bad_request }\n  - { as: v, request: \"PUT /bots/1/flows\", expect: allow, pending: \"later issue\" }\n";
     std::fs::write(dir.join("t.yaml"), table).unwrap();
     let o = run(&["test", "t.yaml"], &dir);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("FAIL") && out.contains("#2"), "{out}");
-    assert!(out.contains("3 passed, 1 failed, 1 pending"), "{out}");
+    assert!(out.contains("4 passed, 1 failed, 1 pending"), "{out}");
 }
 
 // ------------------------------------------------------------ serve & demo

@@ -839,3 +839,17 @@ async fn a_streamed_json_answer_that_turns_invalid_is_cut_after_the_head() {
         }
     }
 }
+
+#[tokio::test]
+async fn an_unwritable_audit_log_refuses_the_unmasked_answer_without_io_details() {
+    let (gw, _release, _) = setup().await;
+    // A directory where the log file should be: the first write fails.
+    std::fs::create_dir_all(gw.dir.join("audit.jsonl")).unwrap();
+    let r = req(gw.addr, "GET", "/shape/plain", Some(&supervisor()), &[]).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error(), "audit_unavailable");
+    assert_eq!(r.json()["reason"], "audit log unavailable");
+    // The agent's masked answer needs no audit record.
+    let r = req(gw.addr, "GET", "/shape/plain", Some(&agent()), &[]).await;
+    assert_eq!(r.status, 200);
+}

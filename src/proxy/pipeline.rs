@@ -452,19 +452,8 @@ fn raw_head(req: &Request<Incoming>) -> Result<&RawHead, Refusal> {
     }
 }
 
-/// The standard methods (RFC 9110 §9): a request spelling one of them in
-/// another case is refused, since many backends fold method case and would
-/// run `get` as the `GET` that routing never matched it as.
-const STANDARD_METHODS: [&str; 9] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
-];
-
 fn check_method(method: &Method) -> Result<(), Refusal> {
-    let m = method.as_str();
-    if STANDARD_METHODS
-        .iter()
-        .any(|s| *s != m && s.eq_ignore_ascii_case(m))
-    {
+    if crate::route::is_miscased_method(method.as_str()) {
         return Err(Deny::BadRequest(BadRequest::MethodCase).into());
     }
     Ok(())

@@ -27,3 +27,18 @@ mod router;
 
 pub use canonical::{CanonOptions, Canonical, PathError, canonicalize, decode_param};
 pub use router::{IssueKind, RouteIssue, RouteMatch, RouteSpec, Router};
+
+/// The standard methods (RFC 9110 §9).
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// A method that spells a standard method in another case (`get`, `Post`).
+/// Methods are case-sensitive, so routing never matches it as the standard
+/// one, but many backends fold method case and would run it as such: the
+/// gateway, `explain` and `rolegate test` all refuse it (400 `method_case`).
+pub fn is_miscased_method(method: &str) -> bool {
+    STANDARD_METHODS
+        .iter()
+        .any(|s| *s != method && s.eq_ignore_ascii_case(method))
+}
