@@ -72,12 +72,12 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> V
     // 2 route
     let not_matched: Vec<Value> = rt
         .router
-        .why_not(host.as_deref(), &method, canon.routing_path())
+        .why_not(host.as_deref(), method, canon.routing_path())
         .into_iter()
         .map(|(i, why)| json!({ "route": rt.routes[i].name, "why": why }))
         .collect();
     report["not_matched"] = json!(not_matched);
-    let Some(m) = rt.router.at(host.as_deref(), &method, canon.routing_path()) else {
+    let Some(m) = rt.router.at(host.as_deref(), method, canon.routing_path()) else {
         return finish(report, Some(Deny::NoRoute.into()));
     };
     let route = &rt.routes[m.route];
