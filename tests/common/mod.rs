@@ -639,3 +639,99 @@ impl BodyProbe {
             .count()
     }
 }
+
+// ----------------------------------------------------------- certificates
+
+/// A test certificate authority made at test time (rcgen, ECDSA P-256):
+/// nothing is checked in. `server`/`client` issue leaves signed by it and
+/// write them as PEM files into `dir`.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA certificate in PEM (what clients and upstream verification trust).
+    pub pem: String,
+}
+
+/// A leaf certificate and key written to disk, with their PEM text.
+pub struct Leaf {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let pem = issuer.pem();
+        TestCa { issuer, pem }
+    }
+
+    /// Writes the CA certificate to `dir/<file>` and returns the path.
+    pub fn write(&self, dir: &std::path::Path, file: &str) -> PathBuf {
+        let p = dir.join(file);
+        std::fs::write(&p, &self.pem).unwrap();
+        p
+    }
+
+    fn leaf(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        names: &[&str],
+        cn: &str,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> Leaf {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let leaf = Leaf {
+            cert_path: dir.join(format!("{stem}.pem")),
+            key_path: dir.join(format!("{stem}.key")),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        std::fs::write(&leaf.cert_path, &leaf.cert_pem).unwrap();
+        std::fs::write(&leaf.key_path, &leaf.key_pem).unwrap();
+        leaf
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub fn server(&self, dir: &std::path::Path, stem: &str, names: &[&str]) -> Leaf {
+        self.leaf(
+            dir,
+            stem,
+            names,
+            names.first().copied().unwrap_or("server"),
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A client certificate with subject common name `cn`.
+    pub fn client(&self, dir: &std::path::Path, stem: &str, cn: &str) -> Leaf {
+        self.leaf(
+            dir,
+            stem,
+            &[],
+            cn,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+}
