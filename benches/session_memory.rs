@@ -40,6 +40,7 @@ fn main() {
             idle_ms: 900_000,
             max_lifetime_ms: None,
             token_exp_ms: now + 3_600_000,
+            token_iat_ms: Some(now),
             touch: true,
         });
     }
@@ -65,6 +66,7 @@ fn main() {
             idle_ms: 900_000,
             max_lifetime_ms: None,
             token_exp_ms: now + 3_600_000,
+            token_iat_ms: Some(now),
             touch: true,
         })
     };

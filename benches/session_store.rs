@@ -56,6 +56,7 @@ fn touch(session: &str) -> Touch<'_> {
         idle_ms: IDLE_MS,
         max_lifetime_ms: None,
         token_exp_ms: *TOKEN_EXP,
+        token_iat_ms: Some(0),
         touch: true,
     }
 }

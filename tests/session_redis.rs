@@ -135,6 +135,8 @@ fn req<'a>(session: &'a str, subject: &'a str, idle_ms: u64, touch: bool) -> Tou
         idle_ms,
         max_lifetime_ms: None,
         token_exp_ms: *TOKEN_EXP,
+        // Issued just now: after any deactivation the test made before.
+        token_iat_ms: Some(now_ms() + 1),
         touch,
     }
 }
@@ -329,6 +331,87 @@ async fn deactivation_on_b_is_refused_on_a_within_a_second_and_ends_every_sessio
     assert!(!a.reactivate("bob").await.unwrap());
 }
 
+/// One request of `subject` on `session` with a token issued at `iat_ms`.
+async fn check_iat(store: &Store, session: &str, subject: &str, iat_ms: Option<u64>) -> Verdict {
+    let t = Touch {
+        token_iat_ms: iat_ms,
+        ..req(session, subject, LONG, true)
+    };
+    store.check(&t).await.expect("store answers")
+}
+
+#[tokio::test]
+async fn tokens_issued_before_the_last_deactivation_are_refused_on_every_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let b = open(&redis, LONG).await;
+    // Issued before the deactivation, never presented before it.
+    let old = now_ms();
+    assert_eq!(a.not_before("bob").await.unwrap(), None);
+    assert!(b.deactivate("bob").await.unwrap());
+    sleep(Duration::from_millis(5)).await;
+    // Deactivated again: the later time is the cut-off.
+    assert!(!b.deactivate("bob").await.unwrap());
+    let nb = b.not_before("bob").await.unwrap().expect("a cut-off");
+    assert!(nb > old);
+    assert!(b.reactivate("bob").await.unwrap());
+    // Fanned out: a's mirror has the cut-off of the second deactivation.
+    assert!(
+        within(Duration::from_secs(1), async || mirror(&a)
+            .not_before("bob")
+            == Some(nb)
+            && !mirror(&a).is_deactivated("bob"))
+        .await
+    );
+    // A new instance reads it from Redis.
+    let c = open(&redis, LONG).await;
+    assert_eq!(mirror(&c).not_before("bob"), Some(nb));
+    let revoked = Verdict::Ended(EndReason::Revoked);
+    for (n, store) in [&a, &b, &c].into_iter().enumerate() {
+        for iat in [Some(old), Some(nb), None] {
+            assert_eq!(
+                check_iat(store, "old", "bob", iat).await,
+                revoked,
+                "{n} {iat:?}"
+            );
+        }
+        let new = format!("new-{n}");
+        assert_eq!(
+            check_iat(store, &new, "bob", Some(nb + 1)).await,
+            Verdict::Active
+        );
+        // Held in the mirror: the mirror refuses an older token of it.
+        assert_eq!(check_iat(store, &new, "bob", Some(old)).await, revoked);
+        assert_eq!(
+            check_iat(store, &new, "bob", Some(nb + 1)).await,
+            Verdict::Active
+        );
+    }
+    // The refusals made no session: only the three new ones exist.
+    assert_eq!(a.sessions_of("bob").await.unwrap().len(), 3);
+    assert_eq!(check_iat(&a, "x", "carol", None).await, Verdict::Active);
+
+    // A cut-off the mirror has not heard of (written behind its back):
+    // Redis's check script refuses, and the mirror learns it.
+    let mut raw = redis.client().await;
+    let _: () = redis::cmd("HSET")
+        .arg("rolegate:notbefore")
+        .arg("zed")
+        .arg(nb)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(mirror(&a).not_before("zed"), None);
+    assert_eq!(check_iat(&a, "z", "zed", Some(nb)).await, revoked);
+    assert_eq!(mirror(&a).not_before("zed"), Some(nb));
+    assert_eq!(
+        check_iat(&a, "z", "zed", Some(nb + 1)).await,
+        Verdict::Active
+    );
+}
+
 #[tokio::test]
 async fn end_user_ends_every_session_of_the_user_on_every_instance() {
     let Some(redis) = RedisServer::start() else {
@@ -519,6 +602,9 @@ async fn redis_down_fails_closed_and_recovers_after_restart() {
             .unwrap()
     );
     assert!(a.deactivate("mallory").await.unwrap());
+    assert!(a.deactivate("oscar").await.unwrap());
+    assert!(a.reactivate("oscar").await.unwrap());
+    let nb = a.not_before("oscar").await.unwrap().expect("a cut-off");
 
     redis.kill();
     let killed = Instant::now();
@@ -562,6 +648,12 @@ async fn redis_down_fails_closed_and_recovers_after_restart() {
         Verdict::Ended(EndReason::Revoked)
     );
     assert_eq!(check(&c, "m1", "mallory", LONG).await, Verdict::Deactivated);
+    // And the not-before cut-off of the reactivated user.
+    assert_eq!(c.not_before("oscar").await.unwrap(), Some(nb));
+    assert_eq!(
+        check_iat(&c, "o1", "oscar", Some(nb)).await,
+        Verdict::Ended(EndReason::Revoked)
+    );
 }
 
 #[tokio::test]

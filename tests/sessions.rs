@@ -278,7 +278,10 @@ async fn admin_api_revokes_deactivates_and_lists() {
     );
     let r = get(&gw, "/bots/1/flows", &bob).await;
     assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
-    let bob_new = token_with(json!({ "sub": "bob", "sid": "b-2", "roles": ["viewer"] }));
+    // Issued after the deactivation (in a later second: one issued in the
+    // deactivation's own second counts as issued before it).
+    let bob_new =
+        token_with(json!({ "sub": "bob", "sid": "b-2", "roles": ["viewer"], "iat": now() + 1 }));
     assert_eq!(
         get(&gw, "/bots/1/flows", &bob_new).await.error(),
         "user_deactivated"
@@ -429,6 +432,59 @@ async fn revocations_and_idle_timers_survive_restart_and_kill_9() {
     assert!(v["request_id"].is_string());
 }
 
+#[tokio::test]
+async fn a_not_before_cut_off_survives_restarts_after_reactivation() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("notbefore");
+    let (port, admin_port) = (free_port(), free_port());
+    let cfg = config(
+        &dir,
+        up.addr,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{admin_port}"),
+        "",
+    );
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    let gw: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let adm: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let frank = |sid: &str, iat: Value| {
+        token_with(json!({ "sub": "frank", "sid": sid, "roles": ["viewer"], "iat": iat }))
+    };
+    // Issued before the deactivation, never presented before it.
+    let before = frank("f-old", json!(now()));
+    let no_iat = frank("f-no-iat", Value::Null);
+
+    let mut p = spawn_serve(&dir, port).await;
+    for action in ["deactivate", "reactivate"] {
+        let path = format!("/users/frank/{action}");
+        assert_eq!(admin(adm, "POST", &path).await.status, 200);
+    }
+    let nb = admin(adm, "GET", "/users/frank/sessions").await.json()["not_before_ms"]
+        .as_u64()
+        .expect("not_before_ms");
+    let new_login = frank("f-new", json!(nb / 1000 + 1));
+    // Graceful restart (replays the journal), then kill -9 and start again
+    // (replays the snapshot the first restart compacted it into).
+    sigterm(&mut p);
+    let mut p = spawn_serve(&dir, port).await;
+    for _ in 0..2 {
+        for t in [&before, &no_iat] {
+            let r = flows(gw, t).await;
+            assert_eq!((r.status, r.error().as_str()), (401, "session_ended"));
+            assert_eq!(r.json()["reason"], "revoked");
+        }
+        assert_eq!(flows(gw, &new_login).await.status, 200);
+        let l = admin(adm, "GET", "/users/frank/sessions").await.json();
+        assert_eq!(
+            (l["deactivated"].clone(), l["not_before_ms"].clone()),
+            (json!(false), json!(nb))
+        );
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+        p = spawn_serve(&dir, port).await;
+    }
+}
+
 // ------------------------------------------------------------ redis store
 
 /// A real redis-server on a free loopback port, killed on drop.
@@ -574,7 +630,8 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
         admin(adm_b, "POST", "/users/erin/reactivate").await.status,
         200
     );
-    let erin2 = token_with(json!({ "sub": "erin", "sid": "e-2", "roles": ["viewer"] }));
+    let erin2 =
+        token_with(json!({ "sub": "erin", "sid": "e-2", "roles": ["viewer"], "iat": now() + 1 }));
     within(Duration::from_secs(1), || {
         let erin2 = erin2.clone();
         async move { flows(a, &erin2).await.status == 200 }

@@ -189,18 +189,24 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             }
         }
         (&Method::GET, ["users", user, "sessions"]) if !user.is_empty() => {
-            let (sessions, deactivated) = match (
+            let (sessions, deactivated, not_before) = match (
                 store.sessions_of(user).await,
                 store.is_deactivated(user).await,
+                store.not_before(user).await,
             ) {
-                (Ok(s), Ok(d)) => (s, d),
-                (Err(e), _) | (_, Err(e)) => return unavailable(e),
+                (Ok(s), Ok(d), Ok(nb)) => (s, d, nb),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return unavailable(e),
             };
             let now = now_ms();
             let list: Vec<Value> = sessions.iter().map(|r| session_json(r, now)).collect();
             return reply(
                 StatusCode::OK,
-                json!({ "user": user, "deactivated": deactivated, "sessions": list }),
+                json!({
+                    "user": user,
+                    "deactivated": deactivated,
+                    "not_before_ms": not_before,
+                    "sessions": list,
+                }),
             );
         }
         (

@@ -17,8 +17,17 @@ use crate::policy::Principal;
 
 type Digest = [u8; 32];
 
+/// What a verified token's cache entry holds.
+#[derive(Debug, Clone)]
+pub struct Times {
+    /// `exp` (unix seconds).
+    pub exp: u64,
+    /// `iat` (unix seconds), when the token has one.
+    pub iat: Option<u64>,
+}
+
 pub struct TokenCache {
-    entries: DashMap<Digest, (u64, Arc<Principal>)>,
+    entries: DashMap<Digest, (Times, Arc<Principal>)>,
     max_entries: usize,
 }
 
@@ -46,15 +55,15 @@ impl TokenCache {
         }
     }
 
-    /// The principal and `exp` of a token verified earlier, if it has not expired.
-    pub fn get(&self, token: &str) -> Option<(Arc<Principal>, u64)> {
+    /// The principal and times of a token verified earlier, if it has not expired.
+    pub fn get(&self, token: &str) -> Option<(Arc<Principal>, Times)> {
         if self.max_entries == 0 {
             return None;
         }
         let key = digest_of(token);
-        let hit = self.entries.get(&key).map(|e| (e.0, e.1.clone()));
+        let hit = self.entries.get(&key).map(|e| (e.0.clone(), e.1.clone()));
         match hit {
-            Some((exp, p)) if now_unix() < exp => Some((p, exp)),
+            Some((times, p)) if now_unix() < times.exp => Some((p, times)),
             Some(_) => {
                 self.entries.remove(&key);
                 None
@@ -64,18 +73,18 @@ impl TokenCache {
     }
 
     /// Remembers a verified token until its `exp` (unix seconds).
-    pub fn insert(&self, token: &str, exp: u64, principal: Arc<Principal>) {
+    pub fn insert(&self, token: &str, times: Times, principal: Arc<Principal>) {
         if self.max_entries == 0 {
             return;
         }
         if self.entries.len() >= self.max_entries {
             let now = now_unix();
-            self.entries.retain(|_, (e, _)| *e > now);
+            self.entries.retain(|_, (t, _)| t.exp > now);
             if self.entries.len() >= self.max_entries {
                 return;
             }
         }
-        self.entries.insert(digest_of(token), (exp, principal));
+        self.entries.insert(digest_of(token), (times, principal));
     }
 
     pub fn len(&self) -> usize {
@@ -95,8 +104,9 @@ mod tests {
     fn expired_entries_are_not_returned() {
         let c = TokenCache::new(10);
         let p = Arc::new(Principal::default());
-        c.insert("a", now_unix() - 1, p.clone());
-        c.insert("b", now_unix() + 100, p);
+        let t = |exp| Times { exp, iat: None };
+        c.insert("a", t(now_unix() - 1), p.clone());
+        c.insert("b", t(now_unix() + 100), p);
         assert!(c.get("a").is_none());
         assert!(c.get("b").is_some());
     }
@@ -106,7 +116,11 @@ mod tests {
         let c = TokenCache::new(2);
         let p = Arc::new(Principal::default());
         for t in ["a", "b", "c"] {
-            c.insert(t, now_unix() + 100, p.clone());
+            let times = Times {
+                exp: now_unix() + 100,
+                iat: Some(1),
+            };
+            c.insert(t, times, p.clone());
         }
         assert_eq!(c.len(), 2);
         assert!(c.get("c").is_none());

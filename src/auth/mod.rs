@@ -11,7 +11,9 @@
 //! repeated member name at any depth; `alg` known, no `crit`) → issuer chosen by the unverified `iss` (only to pick keys) →
 //! `alg` in that issuer's allow-list → key of that algorithm's family (by
 //! `kid`) → signature, `exp` (required), `nbf`, `iss`, `aud` (required) via
-//! `jsonwebtoken` → `sub` present → claims mapped.
+//! `jsonwebtoken` → `exp` and `iat` (optional) are whole seconds → `sub`
+//! present → claims mapped. `iat` is kept for the session stage's
+//! not-before cut-off of reactivated users.
 
 mod cache;
 mod claims;
@@ -28,7 +30,7 @@ use http::HeaderMap;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-pub use cache::{TokenCache, now_unix};
+pub use cache::{Times, TokenCache, now_unix};
 pub use claims::ClaimNames;
 use keys::{KeySet, SelectError};
 
@@ -117,6 +119,8 @@ pub struct Verified {
     pub principal: Arc<Principal>,
     /// The token's `exp` (unix seconds).
     pub exp: u64,
+    /// The token's `iat` (unix seconds), when it has one.
+    pub iat: Option<u64>,
     /// The token came from the credential cookie (not `Authorization`).
     pub from_cookie: bool,
 }
@@ -183,10 +187,11 @@ impl Authenticator {
     /// Finds the token in the request headers and verifies it.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Verified, AuthError> {
         let (token, from_cookie) = self.extract(headers)?;
-        let (principal, exp) = self.verify(token)?;
+        let (principal, Times { exp, iat }) = self.verify(token)?;
         Ok(Verified {
             principal,
             exp,
+            iat,
             from_cookie,
         })
     }
@@ -229,15 +234,15 @@ impl Authenticator {
     }
 
     /// Verifies a raw token (also used by `rolegate explain --token`):
-    /// the principal and the token's `exp` (unix seconds).
-    pub fn verify(&self, token: &str) -> Result<(Arc<Principal>, u64), AuthError> {
+    /// the principal and the token's `exp` and `iat` (unix seconds).
+    pub fn verify(&self, token: &str) -> Result<(Arc<Principal>, Times), AuthError> {
         if token.len() > self.settings.max_token_bytes {
             return Err(AuthError::TooLarge(self.settings.max_token_bytes));
         }
         if let Some(hit) = self.cache.get(token) {
             return Ok(hit);
         }
-        let (mut principal, exp) = self.verify_uncached(token)?;
+        let (mut principal, times) = self.verify_uncached(token)?;
         if principal.session.is_none() {
             // No `sid`, no `jti`: the token itself is the session.
             let d = cache::digest_of(token);
@@ -250,11 +255,11 @@ impl Authenticator {
             ));
         }
         let principal = Arc::new(principal);
-        self.cache.insert(token, exp, principal.clone());
-        Ok((principal, exp))
+        self.cache.insert(token, times.clone(), principal.clone());
+        Ok((principal, times))
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), AuthError> {
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, Times), AuthError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(_sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -314,8 +319,14 @@ impl Authenticator {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(AuthError::BadClaim("exp".into()))?;
+        // Optional, but when present a whole number of seconds like `exp`:
+        // a malformed `iat` could otherwise dodge the not-before cut-off.
+        let iat = match data.claims.get("iat") {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or(AuthError::BadClaim("iat".into()))?),
+        };
         let principal = claims::to_principal(&data.claims, &self.settings.claims, &issuer.iss)?;
-        Ok((principal, exp))
+        Ok((principal, Times { exp, iat }))
     }
 
     /// Maps an unverified claims object (for `rolegate explain --claims`).

@@ -332,6 +332,9 @@ impl Gateway {
             idle_ms: idle.as_millis() as u64,
             max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
             token_exp_ms: v.exp.saturating_mul(1000),
+            // The start of `iat`'s second: a token issued in the second of
+            // a deactivation counts as issued before it (fail closed).
+            token_iat_ms: v.iat.map(|s| s.saturating_mul(1000)),
             touch,
         };
         match self.store.check(&t).await {

@@ -11,7 +11,11 @@
 //! Records: `{"op":"seen",…}` (activity snapshot of one session),
 //! `{"op":"end",…}` (both carry issuer `iss`, subject `u`, session id `s`),
 //! `{"op":"revid","s":…}` (a session id revoked for every user),
-//! `{"op":"deact","u":…}`, `{"op":"react","u":…}`.
+//! `{"op":"deact","u":…,"t":…}`, `{"op":"react","u":…}`. A `deact` line
+//! also raises the user's not-before cut-off to `t`, which a `react` line
+//! leaves in place; compaction keeps the cut-off of a reactivated user as
+//! its last `deact` line followed by `react` (kept forever: one pair per
+//! user ever deactivated).
 //!
 //! Damage: a last line that cannot be read is a write torn by a crash
 //! mid-append (never acknowledged), so it is skipped with a warning. A line
@@ -212,9 +216,8 @@ impl Journal {
             serde_json::to_writer(&mut out, &line_of(&r)).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
         }
-        for (u, t) in table.deactivated() {
-            serde_json::to_writer(&mut out, &Line::Deact { u, t })
-                .map_err(std::io::Error::other)?;
+        for l in user_lines(table) {
+            serde_json::to_writer(&mut out, &l).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
         }
         for (s, r) in table.revoked_ids() {
@@ -237,6 +240,44 @@ impl Journal {
         inner.appended = 0;
         Ok(())
     }
+}
+
+/// The snapshot lines of deactivations and not-before cut-offs, as the
+/// journal itself wrote them: a user's last deactivation (`deact` at its
+/// cut-off) followed by its `react` when the user is active again, or by
+/// its current `deact` when that differs. Replayed, they give back both
+/// maps (a `deact` line raises the cut-off); and no new kind of line is
+/// needed, so an older gateway can still read the journal.
+fn user_lines(table: &Table) -> Vec<Line> {
+    let deactivated: std::collections::HashMap<String, u64> =
+        table.deactivated().into_iter().collect();
+    let mut lines = Vec::new();
+    for (u, nb) in table.not_befores() {
+        match deactivated.get(&u) {
+            Some(&since) if since == nb => lines.push(Line::Deact { u, t: nb }),
+            Some(&since) => {
+                lines.push(Line::Deact {
+                    u: u.clone(),
+                    t: nb,
+                });
+                lines.push(Line::Deact { u, t: since });
+            }
+            None => {
+                lines.push(Line::Deact {
+                    u: u.clone(),
+                    t: nb,
+                });
+                lines.push(Line::React { u });
+            }
+        }
+    }
+    // Every deactivated user has a cut-off; this only guards that rule.
+    for (u, t) in table.deactivated() {
+        if table.not_before(&u).is_none() {
+            lines.push(Line::Deact { u, t });
+        }
+    }
+    lines
 }
 
 /// Replays the journal at `path` into `table`. A last line that cannot be
@@ -393,6 +434,7 @@ mod tests {
             idle_ms: 60_000,
             max_lifetime_ms: None,
             token_exp_ms: u64::MAX / 2,
+            token_iat_ms: Some(0),
             touch: true,
         };
         t.check(&touch);
@@ -428,6 +470,10 @@ mod tests {
         assert!(t.is_revoked_id("r1"));
         assert!(t.is_deactivated("u7"));
         assert!(!t.is_deactivated("u8"));
+        // The reactivated user keeps the cut-off of its deactivation.
+        assert_eq!(t.not_before("u8"), Some(3));
+        assert_eq!(t.not_before("u7"), Some(3));
+        assert_eq!(t.not_before("u1"), None);
     }
 
     #[test]
@@ -441,6 +487,32 @@ mod tests {
         let t = Table::new();
         let _j = Journal::open(&d, &t, RET).unwrap();
         assert_state(&t);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn not_before_cut_offs_survive_compaction_with_or_without_a_deactivation() {
+        let d = dir("notbefore");
+        let t = Table::new();
+        let j = Journal::open(&d, &t, RET).unwrap();
+        // Reactivated: only the cut-off is left.
+        t.deactivate("back", 10);
+        t.reactivate("back");
+        // Deactivated again at an earlier clock reading: since 5, cut-off 10.
+        t.deactivate("again", 10);
+        t.set_deactivated("again", 5);
+        t.deactivate("plain", 7);
+        j.compact(&t).unwrap();
+        drop(j);
+        let t = Table::new();
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        assert!(!t.is_deactivated("back"));
+        assert_eq!(t.not_before("back"), Some(10));
+        let mut deact = t.deactivated();
+        deact.sort();
+        assert_eq!(deact, [("again".into(), 5), ("plain".into(), 7)]);
+        assert_eq!(t.not_before("again"), Some(10));
+        assert_eq!(t.not_before("plain"), Some(7));
         let _ = std::fs::remove_dir_all(&d);
     }
 

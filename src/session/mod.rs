@@ -10,7 +10,9 @@
 //! session, ends a session idle past its timeout (or past `max_lifetime`),
 //! and otherwise refreshes its last activity when asked to (not on
 //! `activity: passive` routes, not on denied requests). An ended session
-//! never works again; deactivating a user ends all of the user's sessions.
+//! never works again; deactivating a user ends all of the user's sessions
+//! and sets its not-before cut-off: after reactivation a token issued at or
+//! before the deactivation (by `iat`), or without `iat`, is refused too.
 //!
 //! Two stores share the [`table::Table`] state machine:
 //! - `embedded`: in memory + an append-only journal under `state_dir`
@@ -135,8 +137,9 @@ impl Store {
     }
 
     /// Deactivates a user: every current and future token is refused, and
-    /// every session of the user ends for good (after reactivation only new
-    /// sessions work).
+    /// every session of the user ends for good; the deactivation time
+    /// becomes the user's not-before cut-off, so after reactivation only
+    /// tokens issued later (new logins) work.
     pub async fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
         match self {
             Store::Embedded(s) => s.deactivate(subject),
@@ -155,6 +158,15 @@ impl Store {
         match self {
             Store::Embedded(s) => Ok(s.is_deactivated(subject)),
             Store::Redis(s) => s.is_deactivated(subject).await,
+        }
+    }
+
+    /// The user's not-before cut-off (ms): the time of its last
+    /// deactivation, if it was ever deactivated.
+    pub async fn not_before(&self, subject: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(s.table().not_before(subject)),
+            Store::Redis(s) => s.not_before(subject).await,
         }
     }
 

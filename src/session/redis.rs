@@ -16,7 +16,9 @@
 //! - **Slow path, one round trip**: unknown session, or the mirror says
 //!   idle/lifetime (another instance may have kept it alive), or the token
 //!   carries a later `exp` than recorded. One atomic Lua script on Redis
-//!   refuses a deactivated subject, answers an ended session, creates an
+//!   refuses a deactivated subject and a token cut off by its subject's
+//!   not-before (issued at or before the last deactivation, or without
+//!   `iat`), answers an ended session, creates an
 //!   unknown one (ended at once if its id was revoked), ends an idle or
 //!   expired one (judged from *Redis's* `last`, which holds every flushed
 //!   touch of every instance) and publishes the end, or else touches it.
@@ -39,6 +41,9 @@
 //! - `rolegate:revoked:{sid}`: a session id revoked by the admin API for
 //!   every user (value: revoked at, ms), expiring `retention` after;
 //! - `rolegate:deact`: hash subject → deactivated since (ms);
+//! - `rolegate:notbefore`: hash subject → time of its last deactivation
+//!   (ms), the not-before cut-off for its tokens' `iat`; kept after
+//!   reactivation and never expires (one number per user ever deactivated);
 //! - `rolegate:epoch`: a marker telling whether Redis lost its data;
 //! - channel `rolegate:events` (`rolegate:events:{db}` for a database other
 //!   than 0, since pub/sub ignores databases).
@@ -51,7 +56,8 @@
 //! activity: a session idle for between `idle - flush_interval` and `idle`
 //! may be ended; one idle for less is never ended, one idle for longer
 //! always is. Revocations (logout, admin revoke, end of user's sessions),
-//! deactivations and reactivations are written to Redis first and then
+//! deactivations (with their not-before cut-off) and reactivations are
+//! written to Redis first and then
 //! published; every instance applies them to its mirror within pub/sub
 //! latency (milliseconds; well under 1 s). Instance clocks are compared with
 //! each other, so keep them NTP-synchronised: skew adds to the bound.
@@ -61,12 +67,13 @@
 //! pipeline answers 503 by default). While the subscriber connection is
 //! down, the mirror could miss revocations, so `check` refuses with
 //! `StoreError` even on the fast path until the subscription is back. On
-//! re-subscription the deactivated users are reloaded from Redis and the
+//! re-subscription the deactivated users and the not-before cut-offs are
+//! reloaded from Redis and the
 //! mirror forgets its active sessions (they are re-read from Redis on their
 //! next request); ended ones stay ended. If Redis lost its data meanwhile
 //! (restart without persistence, `FLUSHALL`: the epoch marker changed),
-//! each instance first writes back the ended sessions and deactivations it
-//! knows, so revocations survive; active sessions then start afresh (their
+//! each instance first writes back the ended sessions, deactivations and
+//! not-before cut-offs it knows, so revocations survive; active sessions then start afresh (their
 //! idle timer and lifetime restart). Run Redis with persistence
 //! (`appendonly yes`) so that this stays the exception.
 //!
@@ -166,6 +173,15 @@ local function end_session(skey, r, reason, at, publish)
       .. s(#r.iss) .. ':' .. r.iss .. s(#r.sub) .. ':' .. r.sub .. r.sid)
   end
 end
+-- Raises subject `sub`'s cut-off in hash `key` to `at` (ms); returns it.
+local function raise_nb(key, sub, at)
+  local nb = tonumber(redis.call('HGET', key, sub) or '0')
+  if at > nb then
+    nb = at
+    redis.call('HSET', key, sub, s(at))
+  end
+  return s(nb)
+end
 -- Ends every active session in the set `set` (session keys); returns them flattened.
 local function end_all(set, reason)
   local out = {}
@@ -183,14 +199,18 @@ local function end_all(set, reason)
 end
 "#;
 
-/// The per-request check. KEYS: session, deact, revoked id. ARGV[5..]:
-/// session key (hex), iss, sub, sid, idle, max lifetime (0: none), token
-/// exp, touch (1/0). Returns `{'deact', since}` or `{'ok', record...}`.
+/// The per-request check. KEYS: session, deact, revoked id, notbefore.
+/// ARGV[5..]: session key (hex), iss, sub, sid, idle, max lifetime (0:
+/// none), token exp, touch (1/0), token iat ('': none). Returns
+/// `{'deact', since}`, `{'notbefore', cut-off}` (the token is refused as
+/// revoked, no session is made) or `{'ok', record...}`.
 const LUA_CHECK: &str = r#"
 local hex, iss, sub, sid = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local idle, maxl, texp = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local since = redis.call('HGET', KEYS[2], sub)
 if since then return { 'deact', since } end
+local nb = redis.call('HGET', KEYS[4], sub)
+if nb and (ARGV[13] == '' or tonumber(ARGV[13]) <= tonumber(nb)) then return { 'notbefore', nb } end
 local revoked = redis.call('EXISTS', KEYS[3]) == 1
 local r = load(KEYS[1])
 if not r then
@@ -311,20 +331,33 @@ end
 return out
 "#;
 
-/// Deactivates a user and ends every session the user has, in one step.
-/// KEYS: deact, user set. ARGV[5]: subject.
-/// Returns `{changed, since, ended records...}`.
+/// Raises a subject's not-before cut-off (never lowers it). KEYS:
+/// notbefore. ARGV[5]: subject, ARGV[6]: time (ms). Returns the cut-off.
+const LUA_RAISE_NOT_BEFORE: &str = r#"
+return raise_nb(KEYS[1], ARGV[5], tonumber(ARGV[6]))
+"#;
+
+/// Deactivates a user and ends every session the user has, in one step,
+/// and raises the user's not-before cut-off to now (also when it was
+/// deactivated already). KEYS: deact, user set, notbefore. ARGV[5]: subject.
+/// Returns `{changed, since, cut-off, ended records...}`.
 const LUA_DEACTIVATE: &str = r#"
+local nb = raise_nb(KEYS[3], ARGV[5], NOW)
+redis.call('PUBLISH', CH, 'notbefore ' .. nb .. ' ' .. ARGV[5])
 local changed = redis.call('HSETNX', KEYS[1], ARGV[5], s(NOW))
 local since = redis.call('HGET', KEYS[1], ARGV[5])
 redis.call('PUBLISH', CH, 'deact ' .. since .. ' ' .. ARGV[5])
-local out = { s(changed), since }
+local out = { s(changed), since, nb }
 for _, v in ipairs(end_all(KEYS[2], 'revoked')) do out[#out + 1] = v end
 return out
 "#;
 
-/// KEYS: deact. ARGV[5]: subject. Returns whether it was deactivated.
+/// KEYS: deact, notbefore. ARGV[5]: subject. Returns whether it was
+/// deactivated. The cut-off stays; it is raised to the deactivation's
+/// `since` in case that deactivation was written without one.
 const LUA_REACTIVATE: &str = r#"
+local since = redis.call('HGET', KEYS[1], ARGV[5])
+if since then raise_nb(KEYS[2], ARGV[5], tonumber(since)) end
 local changed = redis.call('HDEL', KEYS[1], ARGV[5])
 redis.call('PUBLISH', CH, 'react ' .. ARGV[5])
 return s(changed)
@@ -339,6 +372,7 @@ struct Scripts {
     list: Script,
     deactivate: Script,
     reactivate: Script,
+    raise_not_before: Script,
 }
 
 impl Scripts {
@@ -353,6 +387,7 @@ impl Scripts {
             list: s(LUA_LIST),
             deactivate: s(LUA_DEACTIVATE),
             reactivate: s(LUA_REACTIVATE),
+            raise_not_before: s(LUA_RAISE_NOT_BEFORE),
         }
     }
 }
@@ -360,7 +395,8 @@ impl Scripts {
 /// One message on the events channel. Wire format (the arbitrary strings
 /// last, issuer and subject length-prefixed):
 /// `end <reason> <at_ms> <exp_ms> <iss_len>:<iss><sub_len>:<sub><sid>`,
-/// `revid <at_ms> <until_ms> <sid>`, `deact <since_ms> <sub>`, `react <sub>`.
+/// `revid <at_ms> <until_ms> <sid>`, `deact <since_ms> <sub>`,
+/// `notbefore <cut_off_ms> <sub>`, `react <sub>`.
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
     End {
@@ -378,6 +414,10 @@ enum Event {
     },
     Deactivate {
         since: u64,
+        subject: String,
+    },
+    NotBefore {
+        at: u64,
         subject: String,
     },
     Reactivate {
@@ -424,6 +464,13 @@ impl Event {
                 let (since, subject) = rest.split_once(' ')?;
                 Some(Event::Deactivate {
                     since: since.parse().ok()?,
+                    subject: subject.to_string(),
+                })
+            }
+            "notbefore" => {
+                let (at, subject) = rest.split_once(' ')?;
+                Some(Event::NotBefore {
+                    at: at.parse().ok()?,
                     subject: subject.to_string(),
                 })
             }
@@ -507,6 +554,10 @@ fn revoked_key(sid: &str) -> String {
 
 fn deact_key() -> String {
     format!("{PREFIX}deact")
+}
+
+fn not_before_key() -> String {
+    format!("{PREFIX}notbefore")
 }
 
 fn epoch_key() -> String {
@@ -623,6 +674,7 @@ impl Inner {
         inv.key(session_key(&key))
             .key(deact_key())
             .key(revoked_key(t.session))
+            .key(not_before_key())
             .arg(key.hex())
             .arg(t.issuer)
             .arg(t.subject)
@@ -630,10 +682,22 @@ impl Inner {
             .arg(t.idle_ms.min(MAX_MS))
             .arg(t.max_lifetime_ms.unwrap_or(0).min(MAX_MS))
             .arg(t.token_exp_ms.min(MAX_MS))
-            .arg(if t.touch { "1" } else { "0" });
+            .arg(if t.touch { "1" } else { "0" })
+            .arg(
+                t.token_iat_ms
+                    .map(|i| i.min(MAX_MS).to_string())
+                    .unwrap_or_default(),
+            );
         let v: Vec<String> = self.invoke("check", &inv).await?;
         match v.first().map(String::as_str) {
             Some("deact") => Ok(Verdict::Deactivated),
+            Some("notbefore") => {
+                // A cut-off only ever rises: safe to mirror whenever read.
+                if let Some(nb) = v.get(1) {
+                    self.table.set_not_before(t.subject, parse_u64(nb)?);
+                }
+                Ok(Verdict::Ended(EndReason::Revoked))
+            }
             Some("ok") => {
                 let r = parse_record(&v[1..])?;
                 self.mirror(&r, generation);
@@ -794,6 +858,16 @@ impl Inner {
         for (sub, since) in &deact {
             self.table.set_deactivated(sub, *since);
         }
+        let not_before: HashMap<String, u64> = bounded(
+            "resync",
+            redis::cmd("HGETALL")
+                .arg(not_before_key())
+                .query_async(&mut c),
+        )
+        .await?;
+        for (sub, at) in &not_before {
+            self.table.set_not_before(sub, *at);
+        }
         // Keep the activity not yet written; the next flush retries it.
         let mut pending = self.pending.lock().await;
         merge_pending(&mut pending, self.table.take_dirty());
@@ -805,6 +879,11 @@ impl Inner {
     async fn reseed(&self) -> Result<(), StoreError> {
         let mut c = self.conn();
         bounded("script load", self.scripts.end.load_async(&mut c)).await?;
+        bounded(
+            "script load",
+            self.scripts.raise_not_before.load_async(&mut c),
+        )
+        .await?;
         let deact = self.table.deactivated();
         let ended: Vec<Record> = self
             .table
@@ -819,6 +898,19 @@ impl Inner {
                 .arg(deact_key())
                 .arg(sub)
                 .arg(since)
+                .ignore();
+        }
+        for (sub, at) in self.table.not_befores() {
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.raise_not_before.get_hash())
+                .arg(1)
+                .arg(not_before_key())
+                .arg(PREFIX)
+                .arg(now)
+                .arg(self.retention_ms)
+                .arg(&self.channel)
+                .arg(sub)
+                .arg(at.min(MAX_MS))
                 .ignore();
         }
         for (sid, r) in self.table.revoked_ids() {
@@ -911,6 +1003,7 @@ impl Inner {
             Some(Event::Deactivate { since, subject }) => {
                 self.table.set_deactivated(&subject, since)
             }
+            Some(Event::NotBefore { at, subject }) => self.table.set_not_before(&subject, at),
             Some(Event::Reactivate { subject }) => {
                 self.table.reactivate(&subject);
             }
@@ -1068,7 +1161,8 @@ impl RedisStore {
         if inner.table.is_deactivated(t.subject) {
             return Ok(Verdict::Deactivated);
         }
-        if inner.table.is_revoked_id(t.session) {
+        if inner.table.is_revoked_id(t.session) || inner.table.is_cut_off(t.subject, t.token_iat_ms)
+        {
             return Ok(Verdict::Ended(EndReason::Revoked));
         }
         if let Some(r) = inner.table.get(t.id()) {
@@ -1158,11 +1252,17 @@ impl RedisStore {
         let mut inv = self
             .inner
             .invocation(&self.inner.scripts.deactivate, now_ms());
-        inv.key(deact_key()).key(user_key(subject)).arg(subject);
+        inv.key(deact_key())
+            .key(user_key(subject))
+            .key(not_before_key())
+            .arg(subject);
         let v: Vec<String> = self.inner.invoke("deactivate", &inv).await?;
-        let [changed, since, ended @ ..] = v.as_slice() else {
+        let [changed, since, not_before, ended @ ..] = v.as_slice() else {
             return Err(StoreError("redis deactivate: unexpected reply".into()));
         };
+        self.inner
+            .table
+            .set_not_before(subject, parse_u64(not_before)?);
         self.inner.table.set_deactivated(subject, parse_u64(since)?);
         for r in &parse_records(ended)? {
             self.inner.table.apply(r);
@@ -1175,7 +1275,7 @@ impl RedisStore {
         let mut inv = self
             .inner
             .invocation(&self.inner.scripts.reactivate, now_ms());
-        inv.key(deact_key()).arg(subject);
+        inv.key(deact_key()).key(not_before_key()).arg(subject);
         let changed: String = self.inner.invoke("reactivate", &inv).await?;
         self.inner.table.reactivate(subject);
         Ok(changed == "1")
@@ -1188,6 +1288,19 @@ impl RedisStore {
             "is_deactivated",
             redis::cmd("HEXISTS")
                 .arg(deact_key())
+                .arg(subject)
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    /// The subject's not-before cut-off (ms), asked of Redis.
+    pub async fn not_before(&self, subject: &str) -> Result<Option<u64>, StoreError> {
+        let mut c = self.inner.conn();
+        bounded(
+            "not_before",
+            redis::cmd("HGET")
+                .arg(not_before_key())
                 .arg(subject)
                 .query_async(&mut c),
         )
@@ -1287,6 +1400,13 @@ mod tests {
             })
         );
         assert_eq!(
+            Event::parse("notbefore 9 bob smith"),
+            Some(Event::NotBefore {
+                at: 9,
+                subject: "bob smith".into()
+            })
+        );
+        assert_eq!(
             Event::parse("react x"),
             Some(Event::Reactivate {
                 subject: "x".into()
@@ -1317,6 +1437,7 @@ mod tests {
             idle_ms: 500,
             max_lifetime_ms: None,
             token_exp_ms: 10_000,
+            token_iat_ms: Some(0),
             touch: true,
         };
         assert!(mirror_can_decide(&r, &t));

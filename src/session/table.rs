@@ -2,7 +2,8 @@
 //!
 //! Owns per-session state (issuer, subject, session id, created, last
 //! activity, idle timeout, latest token expiry, ended), the set of
-//! deactivated users and the session ids revoked by the admin API, with
+//! deactivated users, each user's not-before cut-off (the time of the
+//! user's last deactivation) and the session ids revoked by the admin API, with
 //! every transition done under the session's DashMap entry lock, so
 //! concurrent requests of one session can never race an expired session
 //! back to life. Pure and synchronous: time comes in as `now_ms`,
@@ -22,6 +23,13 @@
 //!   ended --any request--> ended (never active again)
 //!   ended|active --token expiry + retention passed--> dropped by `sweep`
 //! ```
+//!
+//! Not-before: deactivating a user records the deactivation time as the
+//! user's cut-off, kept after reactivation and never dropped (one number per
+//! user ever deactivated). A token of that subject issued at or before it
+//! (`iat`), or without `iat`, is refused as a revoked session without
+//! creating one: after a reactivation only new logins work, also for tokens
+//! the gateway never saw before the deactivation.
 
 use std::sync::Arc;
 
@@ -116,6 +124,9 @@ pub struct Touch<'a> {
     pub max_lifetime_ms: Option<u64>,
     /// The token's `exp`, in ms: the session record is kept at least this long.
     pub token_exp_ms: u64,
+    /// The token's `iat`, in ms (`None`: the token has no `iat`). Checked
+    /// against the subject's not-before cut-off.
+    pub token_iat_ms: Option<u64>,
     /// Refresh last activity (false on passive routes and denied requests).
     pub touch: bool,
 }
@@ -227,6 +238,9 @@ impl Entry {
 pub struct Table {
     sessions: DashMap<Key, Entry>,
     deactivated: DashMap<Box<str>, u64>,
+    /// Subject → time of its last deactivation (ms): tokens issued at or
+    /// before it are refused. Only ever raised, never dropped.
+    not_before: DashMap<Box<str>, u64>,
     revoked_ids: DashMap<Box<str>, RevokedId>,
     issuers: DashMap<Box<str>, Arc<str>>,
 }
@@ -250,6 +264,34 @@ impl Table {
 
     pub fn is_revoked_id(&self, session: &str) -> bool {
         self.revoked_ids.contains_key(session)
+    }
+
+    /// The subject's not-before cut-off (ms), if it was ever deactivated.
+    pub fn not_before(&self, subject: &str) -> Option<u64> {
+        self.not_before.get(subject).map(|v| *v)
+    }
+
+    /// Is a token of `subject` issued at `iat_ms` (`None`: no `iat`) cut
+    /// off? True when the subject has a cut-off and the token was issued
+    /// at or before it, or cannot say when it was issued (fail closed).
+    pub fn is_cut_off(&self, subject: &str, iat_ms: Option<u64>) -> bool {
+        self.not_before(subject)
+            .is_some_and(|nb| iat_ms.is_none_or(|iat| iat <= nb))
+    }
+
+    /// Raises the subject's cut-off to `at_ms` (deactivation, journal
+    /// replay, another instance); a later cut-off always wins.
+    pub fn set_not_before(&self, subject: &str, at_ms: u64) {
+        let mut e = self.not_before.entry(subject.into()).or_insert(at_ms);
+        *e = (*e).max(at_ms);
+    }
+
+    /// Every cut-off (journal compaction, Redis reseed).
+    pub fn not_befores(&self) -> Vec<(String, u64)> {
+        self.not_before
+            .iter()
+            .map(|kv| (kv.key().to_string(), *kv.value()))
+            .collect()
     }
 
     fn issuer(&self, iss: &str) -> Arc<str> {
@@ -282,7 +324,7 @@ impl Table {
         if self.is_deactivated(t.subject) {
             return (Verdict::Deactivated, Change::None);
         }
-        if self.is_revoked_id(t.session) {
+        if self.is_revoked_id(t.session) || self.is_cut_off(t.subject, t.token_iat_ms) {
             return (Verdict::Ended(EndReason::Revoked), Change::None);
         }
         let key = t.id().key();
@@ -415,8 +457,11 @@ impl Table {
         out
     }
 
-    /// Returns true when the state changed.
+    /// Deactivates `subject` and raises its not-before cut-off to `now_ms`
+    /// (also when it was deactivated already). Returns true when the state
+    /// changed.
     pub fn deactivate(&self, subject: &str, now_ms: u64) -> bool {
+        self.set_not_before(subject, now_ms);
         self.deactivated.insert(subject.into(), now_ms).is_none()
     }
 
@@ -513,7 +558,10 @@ impl Table {
         self.sessions.retain(|_, e| e.ended.is_some());
     }
 
+    /// Records a deactivation (journal replay, another instance): a user
+    /// deactivated at `since_ms` has a cut-off at least that late.
     pub fn set_deactivated(&self, subject: &str, since_ms: u64) {
+        self.set_not_before(subject, since_ms);
         self.deactivated.insert(subject.into(), since_ms);
     }
 }
@@ -543,6 +591,7 @@ mod tests {
             idle_ms,
             max_lifetime_ms: None,
             token_exp_ms: 10_000_000,
+            token_iat_ms: Some(500),
             touch: true,
         }
     }
@@ -606,6 +655,39 @@ mod tests {
         );
         assert!(t.reactivate("u1"));
         assert_eq!(t.check(&touch("other", 4_000, 10_000)).0, Verdict::Active);
+    }
+
+    #[test]
+    fn after_reactivation_only_tokens_issued_after_the_last_deactivation_work() {
+        let t = Table::new();
+        let at = |iat: Option<u64>, session: &'static str| Touch {
+            token_iat_ms: iat,
+            ..touch(session, 9_000, 10_000)
+        };
+        // Never deactivated: no cut-off, `iat` does not matter.
+        assert_eq!(t.check(&at(None, "a")).0, Verdict::Active);
+        t.deactivate("u1", 2_000);
+        t.deactivate("u1", 3_000); // again: the later time wins
+        t.set_deactivated("u1", 2_500); // an older report never lowers it
+        assert!(t.reactivate("u1"));
+        assert_eq!(t.not_before("u1"), Some(3_000));
+        let revoked = Verdict::Ended(EndReason::Revoked);
+        // Issued before, at the cut-off, or unknown: refused, no session made.
+        for (iat, s) in [(Some(2_999), "b"), (Some(3_000), "c"), (None, "d")] {
+            assert_eq!(t.check(&at(iat, s)), (revoked, Change::None), "{iat:?}");
+            assert_eq!(t.get(id(s)), None);
+        }
+        // Also on a session a newer token of the user keeps alive.
+        assert_eq!(t.check(&at(Some(3_001), "e")).0, Verdict::Active);
+        assert_eq!(t.check(&at(Some(1_000), "e")).0, revoked);
+        assert_eq!(t.check(&at(Some(3_001), "e")).0, Verdict::Active);
+        // Other subjects are not concerned.
+        let mut other = at(None, "f");
+        other.subject = "u2";
+        assert_eq!(t.check(&other).0, Verdict::Active);
+        // The cut-off outlives every sweep.
+        t.sweep(u64::MAX / 2, 0);
+        assert_eq!(t.not_befores(), vec![("u1".to_string(), 3_000)]);
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! another subject (or issuer) carrying someone else's `sid` gets a session
 //! of its own and can never read, touch, extend or end the other one: not
 //! by logging out, not by its requests, not through a second gateway on
-//! the same Redis. Also: the admin API's revocation by id, and deactivation
-//! ending every session for good. Real gateways, real upstream, real
-//! redis-server; short timeouts.
+//! the same Redis. Also: the admin API's revocation by id, deactivation
+//! ending every session for good, and the not-before cut-off refusing
+//! tokens issued before a deactivation after the reactivation. Real
+//! gateways, real upstream, real redis-server; short timeouts.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use jsonwebtoken::Algorithm;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const RULES: &str = r#"
 roles:
@@ -213,7 +214,11 @@ async fn deactivation_ends_sessions_for_good(a: &Gw, b: &Gw) {
     assert_eq!(r["changed"], true);
     for gw in [a, b] {
         within(Duration::from_secs(1), || async {
-            flows(gw, &tok("dave", "d-new", &["viewer"])).await.status == 200
+            // A new login: issued after the deactivation's second.
+            let new = token_with(
+                json!({ "sub": "dave", "sid": "d-new", "roles": ["viewer"], "iat": now() + 1 }),
+            );
+            flows(gw, &new).await.status == 200
         })
         .await;
         for t in [&with_sid, &no_sid] {
@@ -247,6 +252,87 @@ async fn redis_reactivation_does_not_revive_sessions_held_before_deactivation() 
     let a = gateway(up.addr, Some(&redis.url())).await;
     let b = gateway(up.addr, Some(&redis.url())).await;
     deactivation_ends_sessions_for_good(&a, &b).await;
+}
+
+/// The not-before cut-off: a token issued before a deactivation but first
+/// presented after the reactivation (no session was there to end) is
+/// refused, as is one without `iat`, and one issued in the deactivation's
+/// own second; a token issued later (a new login) works.
+async fn tokens_issued_before_a_deactivation_stay_refused(a: &Gw, b: &Gw) {
+    let iat = |sid: &str, iat: Value| {
+        token_with(json!({ "sub": "frank", "sid": sid, "roles": ["viewer"], "iat": iat }))
+    };
+    // Issued now, presented for the first time after the reactivation.
+    let before = tok("frank", "f-old", &["viewer"]);
+    let no_iat = iat("f-no-iat", Value::Null);
+    // Issued now with the session id the new login will have.
+    let before_same_sid = tok("frank", "f-new", &["viewer"]);
+    // A malformed `iat` is an invalid token, deactivation or not.
+    let r = flows(a, &iat("f-bad", json!("yesterday"))).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "invalid_token"));
+    // No deactivation yet: no cut-off, and a token without `iat` works.
+    let grace =
+        token_with(json!({ "sub": "grace", "sid": "g-1", "roles": ["viewer"], "iat": null }));
+    assert_eq!(flows(a, &grace).await.status, 200);
+    let l = admin(a, "GET", "/users/frank/sessions").await.json();
+    assert_eq!(l["not_before_ms"], Value::Null, "{l}");
+
+    assert_eq!(
+        admin(b, "POST", "/users/frank/deactivate").await.status,
+        200
+    );
+    assert_eq!(
+        admin(a, "POST", "/users/frank/reactivate").await.status,
+        200
+    );
+    let l = admin(a, "GET", "/users/frank/sessions").await.json();
+    assert_eq!(l["deactivated"], false, "{l}");
+    let nb = l["not_before_ms"].as_u64().expect("not_before_ms");
+    let second = nb / 1000;
+    let same_second = iat("f-same", json!(second));
+    let new_login = iat("f-new", json!(second + 1));
+    for gw in [a, b] {
+        within(Duration::from_secs(1), || async {
+            flows(gw, &new_login).await.status == 200
+        })
+        .await;
+        for t in [&before, &no_iat, &same_second, &before_same_sid] {
+            assert_eq!(refused(&flows(gw, t).await), ended("revoked"));
+        }
+        // The new login's session is not harmed by the refusals.
+        assert_eq!(flows(gw, &new_login).await.status, 200);
+        let l = admin(gw, "GET", "/users/frank/sessions").await.json();
+        assert_eq!(l["not_before_ms"], nb, "{l}");
+    }
+    // The refused tokens made no session: only the new login's is listed.
+    let l = admin(b, "GET", "/users/frank/sessions").await.json();
+    let sessions: Vec<&str> = l["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions, ["f-new"], "{l}");
+    // Other users are not concerned.
+    assert_eq!(flows(b, &grace).await.status, 200);
+}
+
+#[tokio::test]
+async fn embedded_tokens_issued_before_a_deactivation_stay_refused_after_reactivation() {
+    let up = Upstream::start().await;
+    let gw = gateway(up.addr, None).await;
+    tokens_issued_before_a_deactivation_stay_refused(&gw, &gw).await;
+}
+
+#[tokio::test]
+async fn redis_tokens_issued_before_a_deactivation_stay_refused_after_reactivation() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let a = gateway(up.addr, Some(&redis.url())).await;
+    let b = gateway(up.addr, Some(&redis.url())).await;
+    tokens_issued_before_a_deactivation_stay_refused(&a, &b).await;
 }
 
 // ------------------------------------------------------------------ helpers
