@@ -369,8 +369,14 @@ async fn tokens_issued_before_the_last_deactivation_are_refused_on_every_instanc
     let c = open(&redis, LONG).await;
     assert_eq!(mirror(&c).not_before("bob"), Some(nb));
     let revoked = Verdict::Ended(EndReason::Revoked);
+    // `iat` has whole seconds: the cut-off's own second is a new login.
+    let (sec, old) = (nb / 1000 * 1000, old.min(nb / 1000 * 1000 - 1));
     for (n, store) in [&a, &b, &c].into_iter().enumerate() {
-        for iat in [Some(old), Some(nb), None] {
+        assert_eq!(
+            check_iat(store, &format!("same-{n}"), "bob", Some(sec)).await,
+            Verdict::Active
+        );
+        for iat in [Some(old), Some(sec - 1), None] {
             assert_eq!(
                 check_iat(store, "old", "bob", iat).await,
                 revoked,
@@ -390,7 +396,7 @@ async fn tokens_issued_before_the_last_deactivation_are_refused_on_every_instanc
         );
     }
     // The refusals made no session: only the three new ones exist.
-    assert_eq!(a.sessions_of("bob").await.unwrap().len(), 3);
+    assert_eq!(a.sessions_of("bob").await.unwrap().len(), 6);
     assert_eq!(check_iat(&a, "x", "carol", None).await, Verdict::Active);
 
     // A cut-off the mirror has not heard of (written behind its back):
@@ -404,7 +410,7 @@ async fn tokens_issued_before_the_last_deactivation_are_refused_on_every_instanc
         .await
         .unwrap();
     assert_eq!(mirror(&a).not_before("zed"), None);
-    assert_eq!(check_iat(&a, "z", "zed", Some(nb)).await, revoked);
+    assert_eq!(check_iat(&a, "z", "zed", Some(sec - 1)).await, revoked);
     assert_eq!(mirror(&a).not_before("zed"), Some(nb));
     assert_eq!(
         check_iat(&a, "z", "zed", Some(nb + 1)).await,
@@ -651,7 +657,7 @@ async fn redis_down_fails_closed_and_recovers_after_restart() {
     // And the not-before cut-off of the reactivated user.
     assert_eq!(c.not_before("oscar").await.unwrap(), Some(nb));
     assert_eq!(
-        check_iat(&c, "o1", "oscar", Some(nb)).await,
+        check_iat(&c, "o1", "oscar", Some(nb / 1000 * 1000 - 1)).await,
         Verdict::Ended(EndReason::Revoked)
     );
 }

@@ -278,10 +278,8 @@ async fn admin_api_revokes_deactivates_and_lists() {
     );
     let r = get(&gw, "/bots/1/flows", &bob).await;
     assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
-    // Issued after the deactivation (in a later second: one issued in the
-    // deactivation's own second counts as issued before it).
-    let bob_new =
-        token_with(json!({ "sub": "bob", "sid": "b-2", "roles": ["viewer"], "iat": now() + 1 }));
+    // Issued after the deactivation (a new login, `iat` now).
+    let bob_new = token_with(json!({ "sub": "bob", "sid": "b-2", "roles": ["viewer"] }));
     assert_eq!(
         get(&gw, "/bots/1/flows", &bob_new).await.error(),
         "user_deactivated"
@@ -630,8 +628,7 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
         admin(adm_b, "POST", "/users/erin/reactivate").await.status,
         200
     );
-    let erin2 =
-        token_with(json!({ "sub": "erin", "sid": "e-2", "roles": ["viewer"], "iat": now() + 1 }));
+    let erin2 = token_with(json!({ "sub": "erin", "sid": "e-2", "roles": ["viewer"] }));
     within(Duration::from_secs(1), || {
         let erin2 = erin2.clone();
         async move { flows(a, &erin2).await.status == 200 }

@@ -210,7 +210,7 @@ local idle, maxl, texp = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11
 local since = redis.call('HGET', KEYS[2], sub)
 if since then return { 'deact', since } end
 local nb = redis.call('HGET', KEYS[4], sub)
-if nb and (ARGV[13] == '' or tonumber(ARGV[13]) <= tonumber(nb)) then return { 'notbefore', nb } end
+if nb and (ARGV[13] == '' or tonumber(ARGV[13]) < math.floor(tonumber(nb) / 1000) * 1000) then return { 'notbefore', nb } end
 local revoked = redis.call('EXISTS', KEYS[3]) == 1
 local r = load(KEYS[1])
 if not r then

@@ -272,11 +272,14 @@ impl Table {
     }
 
     /// Is a token of `subject` issued at `iat_ms` (`None`: no `iat`) cut
-    /// off? True when the subject has a cut-off and the token was issued
-    /// at or before it, or cannot say when it was issued (fail closed).
+    /// off? True when the subject has a cut-off and the token was issued in
+    /// an earlier second than it, or cannot say when it was issued (fail
+    /// closed). `iat` has whole seconds, so the deactivation's own second
+    /// counts as after it (Keycloak's not-before compares the same way):
+    /// a new login right after a reactivation must work.
     pub fn is_cut_off(&self, subject: &str, iat_ms: Option<u64>) -> bool {
         self.not_before(subject)
-            .is_some_and(|nb| iat_ms.is_none_or(|iat| iat <= nb))
+            .is_some_and(|nb| iat_ms.is_none_or(|iat| iat < nb / 1000 * 1000))
     }
 
     /// Raises the subject's cut-off to `at_ms` (deactivation, journal
@@ -672,11 +675,13 @@ mod tests {
         assert!(t.reactivate("u1"));
         assert_eq!(t.not_before("u1"), Some(3_000));
         let revoked = Verdict::Ended(EndReason::Revoked);
-        // Issued before, at the cut-off, or unknown: refused, no session made.
-        for (iat, s) in [(Some(2_999), "b"), (Some(3_000), "c"), (None, "d")] {
+        // Issued in an earlier second, or unknown: refused, no session made.
+        for (iat, s) in [(Some(2_000), "b"), (Some(2_999), "c"), (None, "d")] {
             assert_eq!(t.check(&at(iat, s)), (revoked, Change::None), "{iat:?}");
             assert_eq!(t.get(id(s)), None);
         }
+        // Issued in the cut-off's own second: a new login.
+        assert_eq!(t.check(&at(Some(3_000), "c2")).0, Verdict::Active);
         // Also on a session a newer token of the user keeps alive.
         assert_eq!(t.check(&at(Some(3_001), "e")).0, Verdict::Active);
         assert_eq!(t.check(&at(Some(1_000), "e")).0, revoked);
