@@ -136,10 +136,23 @@ async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
 // ------------------------------------------------------------ gateway
 
 fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) -> String {
+    // A `max_body_bytes: N` line in `sessions` (a test shortcut) goes to `listen`.
+    let mut listen = String::new();
+    let mut rest = String::new();
+    for line in sessions.lines() {
+        match line.strip_prefix("max_body_bytes: ") {
+            Some(n) => listen = format!(", max_body_bytes: {}", n.trim()),
+            None => {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+    }
+    let sessions = rest;
     std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
     std::fs::write(dir.join("admin.token"), ADMIN_TOKEN).unwrap();
     format!(
-        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\", timeout: 2s }}\n  http: {{ url: \"http://{http}\" }}\nrules: rules.yaml\n\
+        "listen: {{ addr: \"127.0.0.1:0\"{listen} }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\", timeout: 2s }}\n  http: {{ url: \"http://{http}\" }}\nrules: rules.yaml\n\
          admin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\n\
          sessions:\n  idle_timeout: 10s\n  flush_interval: 50ms\n{sessions}",
         identity_yaml()
@@ -506,6 +519,31 @@ async fn server_frames_never_count_as_activity() {
     // The session is over for HTTP too.
     let r = req(gw.addr, "GET", "/api/ping", Some(&t), &[]).await;
     assert_eq!((r.status, r.error()), (401, "session_expired".to_string()));
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_ends_the_websocket() {
+    let (up, gw) = start("max_body_bytes: 1024").await;
+    let t = tok("s-big", "user-big", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, &"a".repeat(1000)).await;
+    let _ = ws.send(Message::text("b".repeat(4000))).await;
+    let end = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => panic!("relayed {} bytes over the limit", t.len()),
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the websocket stayed open");
+    let start = Instant::now();
+    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.closes().first().map(|c| c.0), Some(1001));
 }
 
 // ------------------------------------------------------------ session end
