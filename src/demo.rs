@@ -210,6 +210,78 @@ pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
     )
 }
 
+/// The sample backend's live feed: `GET /api/live/chats` as a websocket
+/// sends an `incoming_chat` event every [`LIVE_EVERY`] (what an agent
+/// console would push), until the client (or the gateway) closes it.
+pub const LIVE_PATH: &str = "/api/live/chats";
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Answers a websocket handshake on [`LIVE_PATH`] with a `101` and starts
+/// the feed; `None` when the request is not one.
+fn live_chats(req: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let h = req.headers();
+    let upgrade = h
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if req.uri().path() != LIVE_PATH || !upgrade {
+        return None;
+    }
+    let key = h.get("sec-websocket-key")?.as_bytes().to_vec();
+    let user = h
+        .get("x-rolegate-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let Ok(io) = on_upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(io),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (mut tx, mut rx) = ws.split();
+        let mut tick = tokio::time::interval(LIVE_EVERY);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    n += 1;
+                    let event = json!({ "event": "incoming_chat", "chat": format!("ch-{n}"), "channel": "whatsapp", "for": user });
+                    if tx.send(Message::text(event.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                m = rx.next() => match m {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        let _ = tx.close().await;
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = r.headers_mut();
+    headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(
+        "sec-websocket-accept",
+        http::HeaderValue::from_str(&accept).ok()?,
+    );
+    Some(r)
+}
+
 /// Starts the sample backend on `listener`; runs until the process ends.
 pub async fn serve_backend(listener: TcpListener) {
     loop {
@@ -217,11 +289,13 @@ pub async fn serve_backend(listener: TcpListener) {
             continue;
         };
         tokio::spawn(async move {
-            let svc = service_fn(|req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(sample_backend(&req))
+            let svc = service_fn(|mut req: Request<Incoming>| async move {
+                let resp = live_chats(&mut req).unwrap_or_else(|| sample_backend(&req));
+                Ok::<_, Infallible>(resp)
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await;
         });
     }
@@ -381,6 +455,14 @@ pub fn banner(
             ));
         }
     }
+    out.push_str(&format!(
+        "\n# websocket: the agent's live feed of incoming chats (an event every 3 s).\n\
+         # IDLE's socket is closed by the gateway with 1008 \"session idle timeout\" 30 s after\n\
+         # IDLE's last activity (events from the server never count; messages typed into the\n\
+         # socket do). Logout, revocation or deactivation close it within a second.\n\
+         websocat -H \"Authorization: Bearer $IDLE\" ws://{addr}{LIVE_PATH}\n\
+         curl -i -N --http1.1 -H \"Authorization: Bearer $IDLE\" -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' http://{addr}{LIVE_PATH}   # raw frames\n"
+    ));
     let admin_token = rt.admin.as_ref().map(|a| a.token.as_str()).unwrap_or("");
     out.push_str(&format!(
         "\n# admin API on http://{admin} (token below)\nADMIN={admin_token}\n\

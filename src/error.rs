@@ -46,6 +46,9 @@ pub enum Deny {
     /// missing Host, a broken body. The message is the bare code.
     #[error("{}", .0.code())]
     BadRequest(BadRequest),
+    /// A websocket upgrade on a route without `websocket: true`.
+    #[error("this route does not allow websockets")]
+    WebsocketNotAllowed,
 }
 
 /// Why a request (not its target or host) is malformed. Each is a 400
@@ -66,6 +69,10 @@ pub enum BadRequest {
     MalformedBody,
     /// The request head could not be followed on the wire.
     MalformedHead,
+    /// An `Upgrade: websocket` request that is not a valid RFC 6455
+    /// handshake (not a GET on HTTP/1.1, no `Connection: upgrade`,
+    /// `Sec-WebSocket-Version` not 13, missing or malformed key, a body).
+    WebsocketHandshake,
 }
 
 impl BadRequest {
@@ -79,13 +86,17 @@ impl BadRequest {
             BadRequest::ContentLength => "content_length",
             BadRequest::MalformedBody => "malformed_body",
             BadRequest::MalformedHead => "malformed_head",
+            BadRequest::WebsocketHandshake => "websocket_handshake",
         }
     }
 
     /// The request's framing cannot be trusted: answer, then close the
     /// connection (what follows on it might be a smuggled request).
     pub fn closes_connection(&self) -> bool {
-        !matches!(self, BadRequest::MethodCase | BadRequest::MissingHost)
+        !matches!(
+            self,
+            BadRequest::MethodCase | BadRequest::MissingHost | BadRequest::WebsocketHandshake
+        )
     }
 }
 
@@ -132,9 +143,10 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
             Refusal::Deny(d) => match d {
-                Deny::BadTarget(_) | Deny::BadHost(_) | Deny::BadRequest(_) => {
-                    StatusCode::BAD_REQUEST
-                }
+                Deny::BadTarget(_)
+                | Deny::BadHost(_)
+                | Deny::BadRequest(_)
+                | Deny::WebsocketNotAllowed => StatusCode::BAD_REQUEST,
                 Deny::NoRoute => StatusCode::NOT_FOUND,
                 Deny::Unauthenticated(_) | Deny::SessionEnded(_) | Deny::UserDeactivated => {
                     StatusCode::UNAUTHORIZED
@@ -169,6 +181,7 @@ impl Refusal {
                 Deny::SessionEnded(EndReason::Idle | EndReason::Lifetime) => "session_expired",
                 Deny::SessionEnded(_) => "session_ended",
                 Deny::UserDeactivated => "user_deactivated",
+                Deny::WebsocketNotAllowed => "websocket_not_allowed",
             },
             Refusal::Fault(f) => match f {
                 Fault::UpstreamUnavailable(_) => "upstream_unavailable",
@@ -286,6 +299,7 @@ mod tests {
             (BadRequest::ContentLength, "content_length", true),
             (BadRequest::MalformedBody, "malformed_body", true),
             (BadRequest::MalformedHead, "malformed_head", true),
+            (BadRequest::WebsocketHandshake, "websocket_handshake", false),
         ];
         for (b, code, closes) in all {
             let r = Refusal::from(Deny::BadRequest(b));

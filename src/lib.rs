@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! ```text
-//! accept ─ proxy::listener          TCP accept, HTTP/1.1, header limits, graceful shutdown
+//! accept ─ proxy::listener          TCP accept, HTTP/1.1 (with upgrades), header limits, graceful shutdown
 //!   │  per request: runtime loaded once (ArcSwap) → proxy::pipeline::Gateway::handle
 //!   ▼
 //! 1 normalize    route::canonicalize         one canonical path, or 400
@@ -17,6 +17,8 @@
 //! 6 forward      proxy::headers, upstream    strip spoofable headers, inject identity, stream
 //! 7 respond      mask::BodyMasker            PII masked unless the principal holds `unmask_with` (then audited);
 //!                                            a long response is cut when its session ends
+//!                proxy::websocket            websocket routes: frames relayed both ways, closed (1008)
+//!                                            within a second of the session's end (pushed, not polled)
 //! 8 log          proxy::pipeline::log        access + decision line, always
 //! ```
 //!

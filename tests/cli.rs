@@ -517,6 +517,42 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
         assert_eq!(mode & 0o077, 0, "{} is mode {mode:o}", secret.display());
     }
 
+    // The live feed (websocket), as the banner shows it: events arrive
+    // through the gateway (closing on session end: tests/websocket.rs).
+    assert!(
+        banner.contains("websocat -H \"Authorization: Bearer $IDLE\" ws://"),
+        "{banner}"
+    );
+    assert!(banner.contains("1008"), "{banner}");
+    {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let idle = banner_var(&banner, "IDLE");
+        let mut ws_req = format!("ws://127.0.0.1:{port}/api/live/chats")
+            .into_client_request()
+            .unwrap();
+        ws_req
+            .headers_mut()
+            .insert("authorization", format!("Bearer {idle}").parse().unwrap());
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(ws_req, tcp)
+            .await
+            .expect("demo websocket");
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("an event within 10 s");
+        match first {
+            Some(Ok(Message::Text(t))) => {
+                assert!(t.contains("incoming_chat"), "{t}");
+                assert!(t.contains("idle-ida"), "{t}");
+            }
+            other => panic!("no event: {other:?}"),
+        }
+        // (Not logged out here: the persona lines below still use $IDLE.)
+        ws.close(None).await.unwrap();
+    }
+
     let viewer = banner_var(&banner, "VIEWER");
     assert_eq!(
         req(addr, "GET", "/bots/42/flows", Some(&viewer), &[])

@@ -612,6 +612,34 @@ impl Builder {
                     false
                 }
             };
+            if v.websocket {
+                if v.mask.is_some() {
+                    self.error(
+                        f,
+                        l,
+                        format!(
+                            "route {}: websocket: true cannot be combined with mask (websocket frames are not masked)",
+                            v.name
+                        ),
+                    );
+                }
+                if !v.matcher.methods.is_empty()
+                    && !v
+                        .matcher
+                        .methods
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case("GET"))
+                {
+                    self.error(
+                        f,
+                        l,
+                        format!(
+                            "route {}: websocket: true needs the route to match GET (a websocket handshake is a GET)",
+                            v.name
+                        ),
+                    );
+                }
+            }
             let pass_credentials = v
                 .pass_credentials
                 .or_else(|| upstreams.get(upstream).and_then(|u| u.pass_credentials))
@@ -633,6 +661,7 @@ impl Builder {
                 upstream,
                 origin: format!("{f}:{l}"),
                 passive,
+                websocket: v.websocket,
                 pass_credentials,
                 mask: None,
                 record: None,

@@ -392,6 +392,10 @@ pub struct FileRoute {
     /// its `unmask_with` capability.
     #[serde(default)]
     pub mask: Option<String>,
+    /// Websocket upgrades (`Upgrade: websocket`) are allowed on this route;
+    /// without it they are refused. Not with `mask` (frames are not masked).
+    #[serde(default)]
+    pub websocket: bool,
     /// `"{param}"` naming the record a response is about, for the audit log.
     #[serde(default)]
     pub record: Option<String>,

@@ -66,6 +66,8 @@ pub struct Route {
     pub origin: String,
     /// `activity: passive`: checked, but never keeps a session alive.
     pub passive: bool,
+    /// `websocket: true`: websocket upgrades are relayed (never masked).
+    pub websocket: bool,
     /// Forward the verified credential (route, else upstream, else
     /// `forward.pass_credentials`).
     pub pass_credentials: bool,

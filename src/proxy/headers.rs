@@ -23,7 +23,9 @@ use crate::config::ForwardSettings;
 use crate::policy::Principal;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the de-facto `keep-alive` and
-/// `proxy-connection`). `upgrade` is included until websockets are proxied.
+/// `proxy-connection`). `upgrade` too: a websocket handshake on a route that
+/// allows websockets gets its upgrade headers back afterwards
+/// (`proxy::websocket::Handshake::restore`), nothing else is upgraded.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",

@@ -16,7 +16,6 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::pipeline::Gateway;
@@ -31,7 +30,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Graceful shutdown by hand: hyper-util's `GracefulShutdown` does not
+    // take an HTTP/1.1 connection with upgrades. `stop` asks every
+    // connection to finish; each holds an `alive` sender until it is done.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -63,20 +66,36 @@ pub async fn serve(
                     .timer(TokioTimer::new())
                     .header_read_timeout(rt.listen.header_read_timeout)
                     .max_buf_size(rt.listen.max_header_bytes)
-                    .serve_connection(TokioIo::new(stream), service);
-                let fut = graceful.watch(conn);
+                    .serve_connection(TokioIo::new(stream), service)
+                    // Websockets (`proxy::websocket`): the upgraded stream
+                    // leaves this connection once its 101 is sent.
+                    .with_upgrades();
+                let mut stop = stop_rx.clone();
+                let alive = alive_tx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = fut.await {
+                    let mut conn = std::pin::pin!(conn);
+                    let done = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = done {
                         log_connection_error(peer, &e);
                     }
+                    drop(alive);
                 });
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        // `None` once every connection has dropped its sender.
+        _ = alive_rx.recv() => {}
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: connections still open after drain time"),
     }
 }

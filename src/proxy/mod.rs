@@ -8,6 +8,7 @@ pub mod headers;
 pub mod listener;
 pub mod pipeline;
 pub mod upstream;
+pub mod websocket;
 pub mod wire;
 
 pub use pipeline::Gateway;

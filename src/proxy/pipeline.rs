@@ -14,6 +14,7 @@
 //! 5 authorize    policy::decide                    policy                 (403)
 //! 6 forward      headers, stream body upstream     proxy::headers, upstream (502/504/413)
 //! 7 respond      mask or audit, stream back        mask::BodyMasker (502 if unmaskable)
+//!                websocket: 101 → relay            proxy::websocket (400 if not allowed)
 //! 8 log          access + decision line            always
 //! ```
 
@@ -34,6 +35,7 @@ use hyper::body::Incoming;
 use super::body::{BodyTooLarge, Limited, MalformedBody, MaskedBody, Primed, SessionBound};
 use super::headers::{self, ForwardedFor};
 use super::upstream::{self, BoxError, has_cause};
+use super::websocket;
 use super::wire::{Framing, RawHead};
 use crate::auth::Verified;
 use crate::config::{Route, RouteMask, Runtime};
@@ -79,6 +81,9 @@ pub struct Ctx {
     pub from_cookie: bool,
     /// `Accept: text/html`: a browser navigation (login redirect).
     pub accept_html: bool,
+    /// A websocket upgrade: the client's handshake headers, kept aside
+    /// while the hop-by-hop strip runs (set in phase 6).
+    pub websocket: Option<websocket::Handshake>,
 }
 
 /// The normalised request target.
@@ -142,6 +147,7 @@ impl Gateway {
             refusal: None,
             from_cookie: false,
             accept_html: accepts_html(req.headers()),
+            websocket: None,
         };
         let mut resp = match self.handle_inner(&rt, &mut ctx, req).await {
             Ok(resp) => resp,
@@ -158,7 +164,7 @@ impl Gateway {
         &self,
         rt: &Runtime,
         ctx: &mut Ctx,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Response<RespBody>, Refusal> {
         // 1 normalize: one canonical path, decided once and forwarded as is.
         let target = normalize(rt, ctx, &req)?;
@@ -176,6 +182,14 @@ impl Gateway {
             .ok_or(Deny::NoRoute)?;
         let route = &rt.routes[m.route];
         ctx.route = Some(route.name.clone());
+        // 2b websocket: only on routes that allow it, only a valid handshake.
+        let websocket = websocket::requested(req.headers());
+        if websocket {
+            if !route.websocket {
+                return Err(Deny::WebsocketNotAllowed.into());
+            }
+            websocket::check_handshake(&req)?;
+        }
         // 3 authenticate (public routes skip it, and the session stage, and
         //   get no identity).
         let verified = authenticate(rt, ctx, route, &req)?;
@@ -211,6 +225,15 @@ impl Gateway {
             }
         }
         let principal = verified.as_ref().map(|v| &*v.principal);
+        if websocket {
+            // 6 + 7 for a websocket (never masked: `check` refuses a mask on
+            //   a websocket route).
+            let client = hyper::upgrade::on(&mut req);
+            let resp = forward(rt, ctx, route, &target, principal, false, req).await?;
+            return self
+                .upgrade(rt, ctx, route, verified.as_ref(), client, resp)
+                .await;
+        }
         // 7a mask plan, decided before forwarding (a masked answer is fetched
         //    whole: no Range, identity encoding preferred).
         let mask = route.mask.as_ref().map(|mk| (mk, unmask));
@@ -242,6 +265,71 @@ impl Gateway {
             Some(v) => self.session_bound(rt, v, resp),
             None => resp,
         })
+    }
+
+    /// Phase 7 for a websocket: a `101` with a valid handshake starts the
+    /// relay; any other answer is passed on as a normal response.
+    async fn upgrade(
+        &self,
+        rt: &Runtime,
+        ctx: &Ctx,
+        route: &Route,
+        v: Option<&Verified>,
+        client: hyper::upgrade::OnUpgrade,
+        mut resp: Response<Incoming>,
+    ) -> Result<Response<RespBody>, Refusal> {
+        let up = &rt.upstreams[route.upstream].name;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let resp = respond(rt, ctx, resp);
+            return Ok(match v {
+                Some(v) => self.session_bound(rt, v, resp),
+                None => resp,
+            });
+        }
+        let failed = |why: String| Refusal::from(Fault::UpstreamFailed(up.clone(), why));
+        let handshake = ctx
+            .websocket
+            .as_ref()
+            .ok_or_else(|| failed("101 to a request that was not an upgrade".into()))?;
+        let accept = handshake
+            .check_upstream(resp.headers())
+            .map_err(|why| failed(format!("invalid websocket handshake: {why}")))?;
+        let upstream = hyper::upgrade::on(&mut resp)
+            .await
+            .map_err(|e| failed(format!("upstream upgrade failed: {e}")))?;
+        let (mut parts, _) = resp.into_parts();
+        clean_response(rt, ctx, &mut parts.headers);
+        let binding = v.map(|v| {
+            let p = &v.principal;
+            websocket::Binding {
+                store: self.store.clone(),
+                issuer: p.issuer.clone(),
+                subject: p.subject.clone(),
+                session: p.session.clone().unwrap_or_default(),
+                idle_ms: rt
+                    .policy
+                    .idle_timeout(p)
+                    .unwrap_or(rt.sessions.idle_timeout)
+                    .as_millis() as u64,
+                max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
+                token_exp_ms: v.exp.saturating_mul(1000),
+                active: !route.passive,
+                on_store_error: rt.sessions.on_store_error,
+            }
+        });
+        websocket::spawn(
+            client,
+            upstream,
+            websocket::Relay {
+                binding,
+                max_message: usize::try_from(rt.listen.max_body_bytes).unwrap_or(usize::MAX),
+                request_id: ctx.request_id.clone(),
+                route: route.name.clone(),
+                subject: ctx.subject.clone().unwrap_or_default(),
+            },
+        );
+        let body = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
+        Ok(websocket::switching(parts.headers, accept, body))
     }
 
     /// Wraps the body so it stops once the session is over (checked every
@@ -514,7 +602,7 @@ fn authenticate(
 
 async fn forward(
     rt: &Runtime,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     route: &Route,
     target: &Target,
     principal: Option<&Principal>,
@@ -580,6 +668,13 @@ async fn forward(
     } else {
         &[]
     };
+    // A websocket handshake (checked in phase 2b) is kept aside: the
+    // upgrade headers are hop-by-hop, and go back on after the strips.
+    let handshake = if route.websocket && websocket::requested(&parts.headers) {
+        websocket::Handshake::take(&parts.headers)
+    } else {
+        None
+    };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_spoofable(&mut parts.headers, &rt.forward, unforwarded);
     let credential = match (principal.is_some(), ctx.from_cookie) {
@@ -619,6 +714,10 @@ async fn forward(
         );
     }
 
+    if let Some(hs) = handshake {
+        hs.restore(&mut parts.headers);
+        ctx.websocket = Some(hs);
+    }
     let body = Primed::new(first, body).boxed();
     upstream::send(up, Request::from_parts(parts, body)).await
 }

@@ -20,6 +20,15 @@
 //! Owns: byte-level head and framing facts. Must not: answer, decide, or
 //! change a byte (it only looks at what hyper reads).
 //!
+//! Upgraded connections (websockets, `proxy::websocket`): the tap stays
+//! under the upgraded stream, so after the `101` it is fed websocket
+//! frames. A client frame never starts like a head (its first byte is
+//! `0x00`–`0x0f` or `0x80`–`0x8f`, never a method's token character;
+//! masked frames follow with the mask bit set), so the tracker loses the
+//! stream on the first frame and from then on passes every byte at no
+//! cost. A connection is only upgraded when its last request was, so no
+//! later request ever needs a head.
+//!
 //! Fails closed: whenever the tap cannot follow the stream (a head hyper
 //! will refuse anyway, a head over `listen.max_header_bytes`, a framing the
 //! pipeline refuses, a chunked body hyper would fail), it stops, and every
@@ -471,6 +480,27 @@ mod tests {
         hs.iter()
             .map(|h| String::from_utf8_lossy(&h.target).into_owned())
             .collect()
+    }
+
+    #[test]
+    fn websocket_frames_after_an_upgrade_lose_the_stream_at_once() {
+        let mut stream = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+        // A masked text frame "GET / HTTP/1.1" (FIN + text, mask bit + 14).
+        let payload = b"GET / HTTP/1.1";
+        let mask = [1u8, 2, 3, 4];
+        stream.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+        stream.extend_from_slice(&mask);
+        stream.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        // A non-final continuation frame starts with 0x00.
+        stream.extend_from_slice(&[0x00, 0x80, 0, 0, 0, 0]);
+        for split in [1, 3, stream.len()] {
+            let (hs, state) = heads_of(&stream, split);
+            assert_eq!(targets(&hs), ["/ws"], "split {split}");
+            assert_eq!(state, State::Lost, "split {split}");
+        }
     }
 
     #[test]

@@ -26,13 +26,46 @@ mod embedded;
 mod journal;
 pub mod redis;
 pub mod table;
+pub mod watch;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 pub use table::{EndReason, Record, SessionRef, Touch, Verdict};
+
+/// An open websocket's subscription to its session's end (see `watch.rs`);
+/// unsubscribes when dropped.
+pub struct SessionWatch {
+    store: Arc<Store>,
+    key: table::Key,
+    rx: Option<tokio::sync::watch::Receiver<()>>,
+}
+
+impl SessionWatch {
+    /// Resolves when the session may have ended (the caller re-checks it).
+    /// Never resolves again once the channel is gone.
+    pub async fn changed(&mut self) {
+        let gone = match self.rx.as_mut() {
+            Some(rx) => rx.changed().await.is_err(),
+            None => true,
+        };
+        if gone {
+            self.rx = None;
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for SessionWatch {
+    fn drop(&mut self) {
+        // Our receiver first, so `release` sees the true count.
+        self.rx = None;
+        self.store.table().watchers().release(&self.key);
+    }
+}
 
 /// Where sessions live.
 #[derive(Debug, Clone)]
@@ -219,6 +252,32 @@ impl Store {
             }
             Some(_) => true,
             None => !authoritative,
+        }
+    }
+
+    /// Subscribes to the end of session `id` (an open websocket). Subscribe
+    /// first, then check the session: an end between the two is then seen
+    /// by the check or by the subscription.
+    pub fn watch(self: &Arc<Self>, id: SessionRef<'_>) -> SessionWatch {
+        let key = id.key();
+        let rx = self.table().watchers().subscribe(key);
+        SessionWatch {
+            store: self.clone(),
+            key,
+            rx: Some(rx),
+        }
+    }
+
+    /// This gateway's own view of a session (no I/O): for an open
+    /// websocket's next idle or lifetime deadline.
+    pub fn local_record(&self, id: SessionRef<'_>) -> Option<Record> {
+        self.table().get(id)
+    }
+
+    fn table(&self) -> &table::Table {
+        match self {
+            Store::Embedded(s) => s.table(),
+            Store::Redis(s) => s.table(),
         }
     }
 

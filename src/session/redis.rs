@@ -966,6 +966,10 @@ impl Inner {
         self.resync().await?;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.subscribed.store(true, Ordering::Release);
+        // Ends published while the subscription was down were missed: every
+        // open websocket re-checks its session (the mirror forgot the active
+        // ones, so each check asks Redis once).
+        self.table.watchers().fire_all();
         Ok((sink, stream))
     }
 

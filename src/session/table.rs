@@ -35,6 +35,8 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use super::watch::Watchers;
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
@@ -242,6 +244,9 @@ pub struct Table {
     /// before it are refused. Only ever raised, never dropped.
     not_before: DashMap<Box<str>, u64>,
     revoked_ids: DashMap<Box<str>, RevokedId>,
+    /// Open websockets' session-end notifications: fired after every
+    /// transition to ended (see `watch.rs`).
+    watchers: Watchers,
     issuers: DashMap<Box<str>, Arc<str>>,
 }
 
@@ -324,6 +329,19 @@ impl Table {
 
     /// The per-request transition: check, and touch unless told not to.
     pub fn check(&self, t: &Touch<'_>) -> (Verdict, Change) {
+        let (verdict, change) = self.check_inner(t);
+        if matches!(change, Change::Ended(_)) {
+            self.watchers.fire(&t.id().key());
+        }
+        (verdict, change)
+    }
+
+    /// The open websockets' session-end notifications.
+    pub fn watchers(&self) -> &Watchers {
+        &self.watchers
+    }
+
+    fn check_inner(&self, t: &Touch<'_>) -> (Verdict, Change) {
         if self.is_deactivated(t.subject) {
             return (Verdict::Deactivated, Change::None);
         }
@@ -399,16 +417,20 @@ impl Table {
         now_ms: u64,
         keep_until_ms: u64,
     ) -> Option<Record> {
+        let key = id.key();
         let mut e = self
             .sessions
-            .entry(id.key())
+            .entry(key)
             .or_insert_with(|| self.entry(id, now_ms, 0, keep_until_ms));
         e.exp = e.exp.max(keep_until_ms);
         if e.ended.is_some() {
             return None;
         }
         e.end(reason, now_ms);
-        Some(e.record())
+        let r = e.record();
+        drop(e);
+        self.watchers.fire(&key);
+        Some(r)
     }
 
     /// Revokes a session id for every user (admin API): records the id, so
@@ -424,13 +446,25 @@ impl Table {
             },
         );
         let mut out = Vec::new();
+        let mut keys = Vec::new();
         for mut kv in self.sessions.iter_mut() {
             if &*kv.session == session && kv.ended.is_none() {
                 kv.end(EndReason::Revoked, now_ms);
                 out.push(kv.record());
+                keys.push(*kv.key());
             }
         }
+        self.fire_each(&keys);
         out
+    }
+
+    fn fire_each(&self, keys: &[Key]) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        for k in keys {
+            self.watchers.fire(k);
+        }
     }
 
     /// Records a revoked id (journal replay, another instance); the later
@@ -451,12 +485,15 @@ impl Table {
     /// Ends every active session of `subject`; returns the newly ended ones.
     pub fn end_user(&self, subject: &str, reason: EndReason, now_ms: u64) -> Vec<Record> {
         let mut out = Vec::new();
+        let mut keys = Vec::new();
         for mut kv in self.sessions.iter_mut() {
             if &*kv.subject == subject && kv.ended.is_none() {
                 kv.end(reason, now_ms);
                 out.push(kv.record());
+                keys.push(*kv.key());
             }
         }
+        self.fire_each(&keys);
         out
     }
 
@@ -519,10 +556,12 @@ impl Table {
     /// records.
     pub fn sweep(&self, now_ms: u64, retention_ms: u64) -> Vec<Record> {
         let mut ended = Vec::new();
-        self.sessions.retain(|_, e| {
+        let mut keys = Vec::new();
+        self.sessions.retain(|k, e| {
             if e.ended.is_none() && now_ms.saturating_sub(e.last) > u64::from(e.idle) {
                 e.end(EndReason::Idle, now_ms);
                 ended.push(e.record());
+                keys.push(*k);
             }
             let since = if e.ended.is_some() {
                 e.ended_at
@@ -532,15 +571,17 @@ impl Table {
             e.exp > now_ms || now_ms.saturating_sub(since) <= retention_ms
         });
         self.revoked_ids.retain(|_, r| r.until_ms > now_ms);
+        self.fire_each(&keys);
         ended
     }
 
     /// Applies a record from the journal or another instance: never brings
     /// an ended session back, never moves activity backwards.
     pub fn apply(&self, r: &Record) {
+        let key = r.id().key();
         let mut e = self
             .sessions
-            .entry(r.id().key())
+            .entry(key)
             .or_insert_with(|| self.entry(r.id(), r.created_ms, r.idle_ms, r.exp_ms));
         e.last = e.last.max(r.last_ms);
         e.created = e.created.min(r.created_ms);
@@ -552,6 +593,8 @@ impl Table {
             && let Some((reason, at)) = r.ended
         {
             e.end(reason, at);
+            drop(e);
+            self.watchers.fire(&key);
         }
     }
 

@@ -1,0 +1,661 @@
+//! Websockets (phases 6 and 7 for an `Upgrade: websocket` request): the
+//! handshake on both sides, the frame relay, and the close when the
+//! session ends.
+//!
+//! Owns: what a valid client handshake is, which handshake headers go
+//! upstream, what a valid upstream `101` is, and the relay task of one open
+//! websocket. Must not: decide who may open one (the pipeline ran every
+//! phase before calling here), mask frames (a route with `mask` cannot
+//! allow websockets: `config::build` refuses it), or hold a map guard across
+//! an `.await`.
+//!
+//! LIFECYCLE of one websocket:
+//! ```text
+//!  request ─ phases 1–5 ─ check_handshake ─ forward (handshake headers kept)
+//!    upstream answers 101 + valid Sec-WebSocket-Accept → client gets 101, relay task spawned
+//!    upstream answers anything else → passed on as a normal response (no websocket)
+//!  relay: frames both ways, bounded (max message = listen.max_body_bytes)
+//!    client Text/Binary → session touched (at most every min(1 s, idle/4); not on passive routes)
+//!    session ends (notification from the session table, or the idle/lifetime deadline)
+//!      → client: close 1008 + reason; upstream: close 1000 + reason; no frame relayed after
+//!    either side closes → the close is passed on; the other side's answer awaited ≤ 1 s
+//!    either side fails → the other side gets a close (client 1011, upstream 1001)
+//! ```
+//!
+//! Session end is pushed, not polled: the socket subscribes to its session
+//! in the table's [`crate::session::watch::Watchers`] (fired on logout,
+//! revocation, deactivation, idle or lifetime ends, local or from Redis
+//! pub/sub), and keeps one timer armed at the session's own idle (or
+//! lifetime) deadline, re-armed from the store's view when it fires. An
+//! idle socket costs one timer and one channel receiver, and nothing scans
+//! the open sockets.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+use crate::error::{BadRequest, Deny, Refusal};
+use crate::session::{
+    EndReason, OnStoreError, SessionRef, SessionWatch, Store, Touch, Verdict, now_ms,
+};
+
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+const SEC_WEBSOCKET_PROTOCOL: HeaderName = HeaderName::from_static("sec-websocket-protocol");
+const SEC_WEBSOCKET_EXTENSIONS: HeaderName = HeaderName::from_static("sec-websocket-extensions");
+const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+/// How long a closing side gets to answer a close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// Each side's read buffer (allocated up front by tungstenite): small, so
+/// that many idle sockets stay cheap; larger messages grow it as needed.
+const READ_BUFFER: usize = 4 * 1024;
+/// Client activity reaches the session store at most this often (and at
+/// most every quarter of the idle timeout, so a touch always lands well
+/// before the session would idle out).
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Does the request ask for a websocket (`Upgrade` lists `websocket`)?
+/// Other upgrade protocols (`h2c`, …) are not websockets: their `Upgrade`
+/// header is dropped as hop-by-hop and the request is forwarded as usual.
+pub fn requested(h: &HeaderMap) -> bool {
+    has_token(h, &header::UPGRADE, "websocket")
+}
+
+fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Exactly one value of `name`, readable.
+fn single<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    let mut it = h.get_all(name).iter();
+    match (it.next(), it.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    }
+}
+
+/// RFC 6455 §4.2.1: a GET over HTTP/1.1 with `Connection: upgrade`,
+/// `Sec-WebSocket-Version: 13` and one key that is 16 bytes in base64; no
+/// request body. HTTP/2 websockets (RFC 8441 extended CONNECT) are not
+/// supported.
+pub fn check_handshake<B>(req: &Request<B>) -> Result<(), Refusal> {
+    let h = req.headers();
+    let bad = || Refusal::from(Deny::BadRequest(BadRequest::WebsocketHandshake));
+    if req.method() != Method::GET || req.version() != Version::HTTP_11 {
+        return Err(bad());
+    }
+    if !has_token(h, &header::CONNECTION, "upgrade")
+        || single(h, &SEC_WEBSOCKET_VERSION).map(str::trim) != Some("13")
+    {
+        return Err(bad());
+    }
+    let key = single(h, &SEC_WEBSOCKET_KEY).ok_or_else(bad)?;
+    if !valid_key(key.trim()) {
+        return Err(bad());
+    }
+    let body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
+    if body {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn valid_key(key: &str) -> bool {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|k| k.len() == 16)
+}
+
+/// The handshake headers of the client's request, kept aside before the
+/// hop-by-hop strip.
+pub struct Handshake {
+    key: HeaderValue,
+    version: HeaderValue,
+    protocols: Vec<HeaderValue>,
+}
+
+impl Handshake {
+    /// Only after [`check_handshake`] passed.
+    pub fn take(h: &HeaderMap) -> Option<Handshake> {
+        Some(Handshake {
+            key: h.get(&SEC_WEBSOCKET_KEY)?.clone(),
+            version: h.get(&SEC_WEBSOCKET_VERSION)?.clone(),
+            protocols: h.get_all(&SEC_WEBSOCKET_PROTOCOL).iter().cloned().collect(),
+        })
+    }
+
+    /// Puts the upgrade back on the upstream request, after the hop-by-hop
+    /// and spoofing strips ran over it: `Upgrade: websocket`, `Connection:
+    /// Upgrade`, the key, version and offered subprotocols. Extensions
+    /// (`permessage-deflate`) are never offered upstream: the relay reads
+    /// frames, and compressed ones could not be read.
+    pub fn restore(&self, h: &mut HeaderMap) {
+        h.remove(&SEC_WEBSOCKET_EXTENSIONS);
+        h.remove(&SEC_WEBSOCKET_PROTOCOL);
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(SEC_WEBSOCKET_KEY, self.key.clone());
+        h.insert(SEC_WEBSOCKET_VERSION, self.version.clone());
+        for p in &self.protocols {
+            h.append(SEC_WEBSOCKET_PROTOCOL, p.clone());
+        }
+    }
+
+    /// Checks the upstream's `101`: `Upgrade: websocket`, `Connection:
+    /// upgrade`, the right `Sec-WebSocket-Accept`, no extension, and at
+    /// most one subprotocol, one the client offered. Returns the accept
+    /// value, or why the answer is not a websocket handshake.
+    pub fn check_upstream(&self, h: &HeaderMap) -> Result<HeaderValue, &'static str> {
+        if !has_token(h, &header::UPGRADE, "websocket") {
+            return Err("101 without Upgrade: websocket");
+        }
+        if !has_token(h, &header::CONNECTION, "upgrade") {
+            return Err("101 without Connection: upgrade");
+        }
+        let accept = derive_accept_key(self.key.as_bytes());
+        if single(h, &SEC_WEBSOCKET_ACCEPT).map(str::trim) != Some(accept.as_str()) {
+            return Err("101 with a wrong Sec-WebSocket-Accept");
+        }
+        if h.contains_key(&SEC_WEBSOCKET_EXTENSIONS) {
+            return Err("101 with an extension that was not offered");
+        }
+        let mut chosen = h.get_all(&SEC_WEBSOCKET_PROTOCOL).iter();
+        match (chosen.next(), chosen.next()) {
+            (None, _) => {}
+            (Some(p), None) => {
+                let offered = self
+                    .protocols
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|o| p.to_str().is_ok_and(|p| o.trim() == p.trim()));
+                if !offered {
+                    return Err("101 with a subprotocol that was not offered");
+                }
+            }
+            _ => return Err("101 with several subprotocols"),
+        }
+        HeaderValue::from_str(&accept).map_err(|_| "unusable accept value")
+    }
+}
+
+/// The `101` sent to the client: the upstream's (already cleaned) headers
+/// with the upgrade put back.
+pub fn switching<B>(mut headers: HeaderMap, accept: HeaderValue, body: B) -> Response<B> {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Why the gateway closed a websocket (the close frame's reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Idle,
+    Logout,
+    Revoked,
+    Deactivated,
+    Lifetime,
+    /// The store could not answer and `on_store_error` is `deny`.
+    StoreUnavailable,
+}
+
+impl CloseReason {
+    /// The close frame's reason text (documented in the README).
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Idle => "session idle timeout",
+            CloseReason::Logout => "logged out",
+            CloseReason::Revoked => "session revoked",
+            CloseReason::Deactivated => "user deactivated",
+            CloseReason::Lifetime => "session lifetime exceeded",
+            CloseReason::StoreUnavailable => "session store unavailable",
+        }
+    }
+
+    /// The client's close code: 1008 (policy violation) when the session
+    /// ended, 1011 when it cannot be checked.
+    fn client_code(self) -> CloseCode {
+        match self {
+            CloseReason::StoreUnavailable => CloseCode::Error,
+            _ => CloseCode::Policy,
+        }
+    }
+
+    fn from_end(r: EndReason) -> CloseReason {
+        match r {
+            EndReason::Idle => CloseReason::Idle,
+            EndReason::Lifetime => CloseReason::Lifetime,
+            EndReason::Logout => CloseReason::Logout,
+            EndReason::Revoked => CloseReason::Revoked,
+        }
+    }
+}
+
+/// The session an open websocket is bound to (none on public routes).
+pub struct Binding {
+    pub store: Arc<Store>,
+    pub issuer: String,
+    pub subject: String,
+    pub session: String,
+    /// The principal's idle timeout.
+    pub idle_ms: u64,
+    pub max_lifetime_ms: Option<u64>,
+    pub token_exp_ms: u64,
+    /// Client frames touch the session (false on `activity: passive`).
+    pub active: bool,
+    pub on_store_error: OnStoreError,
+}
+
+impl Binding {
+    fn id(&self) -> SessionRef<'_> {
+        SessionRef {
+            issuer: &self.issuer,
+            subject: &self.subject,
+            session: &self.session,
+        }
+    }
+
+    /// How often client frames may touch the session.
+    fn touch_every(&self) -> Duration {
+        TOUCH_EVERY
+            .min(Duration::from_millis(self.idle_ms / 4))
+            .max(Duration::from_millis(10))
+    }
+
+    /// The session stage, as a request would run it (touching or not):
+    /// `Some(reason)` once the session is over.
+    async fn check(&self, touch: bool) -> Option<CloseReason> {
+        let t = Touch {
+            issuer: &self.issuer,
+            subject: &self.subject,
+            session: &self.session,
+            now_ms: now_ms(),
+            idle_ms: self.idle_ms,
+            max_lifetime_ms: self.max_lifetime_ms,
+            token_exp_ms: self.token_exp_ms,
+            touch,
+        };
+        match self.store.check(&t).await {
+            Ok(Verdict::Active) => None,
+            Ok(Verdict::Ended(r)) => Some(CloseReason::from_end(r)),
+            Ok(Verdict::Deactivated) => Some(CloseReason::Deactivated),
+            Err(e) => match self.on_store_error {
+                OnStoreError::Deny => {
+                    tracing::warn!(target: "rolegate::decision", error = %e, "session store unavailable: websocket closed");
+                    Some(CloseReason::StoreUnavailable)
+                }
+                OnStoreError::Allow => None,
+            },
+        }
+    }
+
+    /// When the session would end by itself (idle or lifetime) by this
+    /// gateway's view, as a timer deadline; just after, so that the check
+    /// then finds it over.
+    fn deadline(&self) -> tokio::time::Instant {
+        let now = now_ms();
+        let at = match self.store.local_record(self.id()) {
+            Some(r) => {
+                let idle = match r.idle_ms {
+                    0 => self.idle_ms,
+                    i => i.min(self.idle_ms),
+                };
+                let idle_end = r.last_ms.saturating_add(idle);
+                let life_end = self
+                    .max_lifetime_ms
+                    .map_or(u64::MAX, |m| r.created_ms.saturating_add(m));
+                idle_end.min(life_end).saturating_add(1)
+            }
+            // Not in this gateway's view (a Redis mirror forgets active
+            // sessions): check again one idle period from now.
+            None => now.saturating_add(self.idle_ms),
+        };
+        // Never a busy loop, whatever the clocks say.
+        let wait = at.saturating_sub(now).max(20);
+        tokio::time::Instant::now() + Duration::from_millis(wait)
+    }
+
+    /// Resolves with the reason once the session is over: checked now
+    /// (the subscription came after phase 4), then whenever the table
+    /// signals an end, and at each idle/lifetime deadline.
+    async fn over(&self, watch: &mut SessionWatch) -> CloseReason {
+        loop {
+            if let Some(r) = self.check(false).await {
+                return r;
+            }
+            let deadline = self.deadline();
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}
+
+/// Everything the relay task needs besides the two connections.
+pub struct Relay {
+    pub binding: Option<Binding>,
+    /// Largest message (and frame) accepted from either side.
+    pub max_message: usize,
+    pub request_id: String,
+    pub route: String,
+    pub subject: String,
+}
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// How a relay ended.
+enum End {
+    /// The client sent a close (or the connection ended without one).
+    Client(Option<CloseFrame>),
+    Upstream(Option<CloseFrame>),
+    ClientFailed(String),
+    UpstreamFailed(String),
+    Session(CloseReason),
+}
+
+fn ws_config(max_message: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message.saturating_add(64 * 1024))
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+}
+
+/// Spawns the relay of one websocket: waits for the client side of the
+/// upgrade (done once hyper has sent the `101`), then relays until a side
+/// closes or the session ends.
+pub fn spawn(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
+    tokio::spawn(async move {
+        let client = match client.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(request_id = %relay.request_id, error = %e, "websocket: client upgrade failed");
+                return;
+            }
+        };
+        let cfg = ws_config(relay.max_message);
+        let client =
+            WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(cfg)).await;
+        let upstream =
+            WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(cfg)).await;
+        run(client, upstream, relay).await;
+    });
+}
+
+async fn run(client: Ws, upstream: Ws, relay: Relay) {
+    let started = Instant::now();
+    // Subscribed before the first check (in `Binding::over`).
+    let mut watch = relay.binding.as_ref().map(|b| b.store.watch(b.id()));
+    let (mut c_tx, mut c_rx) = client.split();
+    let (mut u_tx, mut u_rx) = upstream.split();
+    let end = {
+        let b = relay.binding.as_ref();
+        let up = async {
+            let mut last_touch = Instant::now();
+            loop {
+                let msg = match c_rx.next().await {
+                    None => return End::Client(None),
+                    Some(Err(e)) => return End::ClientFailed(e.to_string()),
+                    Some(Ok(Message::Close(f))) => return End::Client(f),
+                    Some(Ok(m)) => m,
+                };
+                // Only data frames are activity: pings and pongs are sent by
+                // client libraries (and browsers, answering the upstream's
+                // pings) on their own, without the user doing anything.
+                if let Some(b) = b
+                    && b.active
+                    && matches!(msg, Message::Text(_) | Message::Binary(_))
+                    && last_touch.elapsed() >= b.touch_every()
+                {
+                    last_touch = Instant::now();
+                    if let Some(r) = b.check(true).await {
+                        return End::Session(r);
+                    }
+                }
+                if let Err(e) = u_tx.send(msg).await {
+                    return End::UpstreamFailed(e.to_string());
+                }
+            }
+        };
+        let down = async {
+            loop {
+                let msg = match u_rx.next().await {
+                    None => return End::Upstream(None),
+                    Some(Err(e)) => return End::UpstreamFailed(e.to_string()),
+                    Some(Ok(Message::Close(f))) => return End::Upstream(f),
+                    Some(Ok(m)) => m,
+                };
+                if let Err(e) = c_tx.send(msg).await {
+                    return End::ClientFailed(e.to_string());
+                }
+            }
+        };
+        let over = async {
+            match (b, watch.as_mut()) {
+                (Some(b), Some(w)) => End::Session(b.over(w).await),
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            e = up => e,
+            e = down => e,
+            e = over => e,
+        }
+    };
+    drop(watch);
+    let (closed_by, code, reason) = match &end {
+        End::Session(r) => ("gateway", r.client_code().into(), r.text().to_string()),
+        End::Client(f) => ("client", close_code(f), close_reason(f)),
+        End::Upstream(f) => ("upstream", close_code(f), close_reason(f)),
+        End::ClientFailed(e) => ("client_error", 0u16, e.clone()),
+        End::UpstreamFailed(e) => ("upstream_error", 0u16, e.clone()),
+    };
+    // Nothing is relayed from here on: each side gets its close frame and
+    // up to CLOSE_WAIT to answer it.
+    match end {
+        End::Session(r) => {
+            let to_client = close(r.client_code(), r.text());
+            let to_upstream = close(CloseCode::Normal, r.text());
+            tokio::join!(
+                finish(&mut c_tx, &mut c_rx, Some(to_client)),
+                finish(&mut u_tx, &mut u_rx, Some(to_upstream)),
+            );
+        }
+        End::Client(f) => {
+            // The client's close is passed on; tungstenite answers it.
+            tokio::join!(
+                finish(&mut u_tx, &mut u_rx, Some(Message::Close(f))),
+                finish(&mut c_tx, &mut c_rx, None),
+            );
+        }
+        End::Upstream(f) => {
+            tokio::join!(
+                finish(&mut c_tx, &mut c_rx, Some(Message::Close(f))),
+                finish(&mut u_tx, &mut u_rx, None),
+            );
+        }
+        End::ClientFailed(_) => {
+            finish(&mut u_tx, &mut u_rx, Some(close(CloseCode::Away, ""))).await;
+        }
+        End::UpstreamFailed(_) => {
+            finish(
+                &mut c_tx,
+                &mut c_rx,
+                Some(close(CloseCode::Error, "upstream failed")),
+            )
+            .await;
+        }
+    }
+    tracing::info!(
+        target: "rolegate::access",
+        event = "websocket_closed",
+        request_id = %relay.request_id,
+        route = %relay.route,
+        subject = %relay.subject,
+        closed_by,
+        code,
+        reason = %reason,
+        duration_ms = started.elapsed().as_millis() as u64,
+    );
+}
+
+fn close(code: CloseCode, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+fn close_code(f: &Option<CloseFrame>) -> u16 {
+    f.as_ref().map_or(1005, |f| f.code.into())
+}
+
+fn close_reason(f: &Option<CloseFrame>) -> String {
+    f.as_ref().map(|f| f.reason.to_string()).unwrap_or_default()
+}
+
+/// Sends `msg` (if any) and completes the close on one side: flushes, then
+/// reads (and drops) until that side's close or end, within CLOSE_WAIT.
+async fn finish<S, R>(tx: &mut S, rx: &mut R, msg: Option<Message>)
+where
+    S: futures_util::Sink<Message> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if let Some(m) = msg {
+            let _ = tx.send(m).await;
+        }
+        let _ = tx.flush().await;
+        while let Some(Ok(m)) = rx.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+        let _ = tx.close().await;
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(f: impl FnOnce(&mut Request<()>)) -> Request<()> {
+        let mut r = Request::builder()
+            .method("GET")
+            .uri("/ws")
+            .header("upgrade", "websocket")
+            .header("connection", "keep-alive, Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .body(())
+            .unwrap();
+        f(&mut r);
+        r
+    }
+
+    #[test]
+    fn client_handshake_is_validated() {
+        assert!(requested(req(|_| {}).headers()));
+        assert!(check_handshake(&req(|_| {})).is_ok());
+        let bad: [fn(&mut Request<()>); 7] = [
+            |r| *r.method_mut() = Method::POST,
+            |r| *r.version_mut() = Version::HTTP_10,
+            |r| {
+                r.headers_mut().remove("connection");
+            },
+            |r| {
+                r.headers_mut()
+                    .insert("sec-websocket-version", HeaderValue::from_static("8"));
+            },
+            |r| {
+                r.headers_mut().remove("sec-websocket-key");
+            },
+            |r| {
+                r.headers_mut()
+                    .insert("sec-websocket-key", HeaderValue::from_static("c2hvcnQ="));
+            },
+            |r| {
+                r.headers_mut()
+                    .insert("content-length", HeaderValue::from_static("5"));
+            },
+        ];
+        for (i, f) in bad.into_iter().enumerate() {
+            assert!(check_handshake(&req(f)).is_err(), "case {i}");
+        }
+        assert!(!requested(
+            req(|r| {
+                r.headers_mut()
+                    .insert("upgrade", HeaderValue::from_static("h2c"));
+            })
+            .headers()
+        ));
+    }
+
+    #[test]
+    fn upstream_101_is_validated() {
+        let r = req(|r| {
+            r.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static("chat, v2"),
+            );
+        });
+        let hs = Handshake::take(r.headers()).unwrap();
+        let mut up = HeaderMap::new();
+        up.insert("upgrade", HeaderValue::from_static("websocket"));
+        up.insert("connection", HeaderValue::from_static("upgrade"));
+        up.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert!(hs.check_upstream(&up).is_ok());
+        up.insert("sec-websocket-protocol", HeaderValue::from_static("v2"));
+        assert!(hs.check_upstream(&up).is_ok());
+        up.insert("sec-websocket-protocol", HeaderValue::from_static("other"));
+        assert!(hs.check_upstream(&up).is_err());
+        up.remove("sec-websocket-protocol");
+        up.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate"),
+        );
+        assert!(hs.check_upstream(&up).is_err());
+        up.remove("sec-websocket-extensions");
+        up.insert("sec-websocket-accept", HeaderValue::from_static("wrong"));
+        assert!(hs.check_upstream(&up).is_err());
+
+        let mut fwd = HeaderMap::new();
+        fwd.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate"),
+        );
+        hs.restore(&mut fwd);
+        assert!(!fwd.contains_key("sec-websocket-extensions"));
+        assert_eq!(fwd["upgrade"], "websocket");
+        assert_eq!(fwd["sec-websocket-protocol"], "chat, v2");
+    }
+}

@@ -1,0 +1,693 @@
+//! Websockets end to end: a real websocket upstream (tokio-tungstenite
+//! server), the real gateway on loopback, a real websocket client. Relay
+//! both ways, refusals, cookie sessions, activity, and the close (1008 with
+//! a reason) when the session ends: idle, logout, admin revocation,
+//! deactivation, lifetime, and across two gateways sharing a real Redis.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const RULES: &str = r#"
+roles:
+  viewer: { grants: [chat.view] }
+  quick: { idle_timeout: 1s }
+routes:
+  - { name: live, match: { methods: [GET], path: /ws/echo }, upstream: app, require: chat.view, websocket: true }
+  - { name: tick, match: { methods: [GET], path: /ws/tick }, upstream: app, require: chat.view, websocket: true }
+  - { name: passive, match: { methods: [GET], path: /ws/passive }, upstream: app, require: chat.view, websocket: true, activity: passive }
+  - { name: refuse, match: { methods: [GET], path: /ws/refuse }, upstream: app, require: chat.view, websocket: true }
+  - { name: plain, match: { methods: [GET], path: /ws/plain }, upstream: app, require: chat.view }
+  - { name: ping, match: { methods: [GET], path: /api/ping }, upstream: http, require: chat.view }
+"#;
+
+const ADMIN_TOKEN: &str = "admin-token-for-websocket-tests-01";
+
+// ------------------------------------------------------------ upstream
+
+/// What the websocket upstream saw.
+#[derive(Default)]
+struct Seen {
+    /// Request headers of each handshake.
+    heads: Vec<Vec<(String, String)>>,
+    /// Close frames received (code, reason).
+    closes: Vec<(u16, String)>,
+}
+
+/// A real websocket upstream: `/ws/tick` sends a text every 100 ms,
+/// `/ws/refuse` answers 404, every other path echoes.
+struct WsUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl WsUpstream {
+    async fn start() -> WsUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let rec = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let rec = rec.clone();
+                tokio::spawn(serve_one(stream, rec));
+            }
+        });
+        WsUpstream { addr, seen }
+    }
+
+    fn last_head(&self) -> Vec<(String, String)> {
+        self.seen.lock().unwrap().heads.last().cloned().unwrap()
+    }
+
+    fn closes(&self) -> Vec<(u16, String)> {
+        self.seen.lock().unwrap().closes.clone()
+    }
+}
+
+#[allow(clippy::result_large_err)] // the callback type is tungstenite's
+async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
+    let path = Arc::new(Mutex::new(String::new()));
+    let p = path.clone();
+    let r = rec.clone();
+    let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        *p.lock().unwrap() = req.uri().path().to_string();
+        r.lock().unwrap().heads.push(
+            req.headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
+        );
+        if req.uri().path() == "/ws/refuse" {
+            let mut e = ErrorResponse::new(Some("no websocket here".into()));
+            *e.status_mut() = http::StatusCode::NOT_FOUND;
+            return Err(e);
+        }
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    let tick = path.lock().unwrap().as_str() == "/ws/tick";
+    let (mut tx, mut rx) = ws.split();
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            m = rx.next() => match m {
+                Some(Ok(Message::Close(f))) => {
+                    let f = f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                    rec.lock().unwrap().closes.push(f);
+                    let _ = tx.close().await;
+                    return;
+                }
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            },
+            _ = every.tick(), if tick => {
+                if tx.send(Message::text("incoming chat")).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------ gateway
+
+fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) -> String {
+    // A `max_body_bytes: N` line in `sessions` (a test shortcut) goes to `listen`.
+    let mut listen = String::new();
+    let mut rest = String::new();
+    for line in sessions.lines() {
+        match line.strip_prefix("max_body_bytes: ") {
+            Some(n) => listen = format!(", max_body_bytes: {}", n.trim()),
+            None => {
+                rest.push_str(line);
+                rest.push('\n');
+            }
+        }
+    }
+    let sessions = rest;
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    std::fs::write(dir.join("admin.token"), ADMIN_TOKEN).unwrap();
+    format!(
+        "listen: {{ addr: \"127.0.0.1:0\"{listen} }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\", timeout: 2s }}\n  http: {{ url: \"http://{http}\" }}\nrules: rules.yaml\n\
+         admin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\n\
+         sessions:\n  idle_timeout: 10s\n  flush_interval: 50ms\n{sessions}",
+        identity_yaml()
+    )
+}
+
+async fn start(sessions: &str) -> (WsUpstream, Gw) {
+    let up = WsUpstream::start().await;
+    let http = Upstream::start().await;
+    let dir = scratch_dir("ws");
+    let sessions = if sessions.contains("store:") {
+        sessions.to_string()
+    } else {
+        format!("  state_dir: state\n{sessions}")
+    };
+    let gw = start_with_config(&dir, &config(&dir, up.addr, http.addr, &sessions)).await;
+    (up, gw)
+}
+
+fn tok(sid: &str, sub: &str, roles: &[&str]) -> String {
+    token_with(json!({ "sid": sid, "sub": sub, "roles": roles }))
+}
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a websocket through the gateway with `header` (e.g.
+/// `("authorization", "Bearer …")`).
+async fn open(
+    gw: SocketAddr,
+    path: &str,
+    header: Option<(&str, String)>,
+) -> Result<Client, WsError> {
+    let mut req = format!("ws://app.test{path}")
+        .into_client_request()
+        .unwrap();
+    if let Some((k, v)) = header {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let tcp = TcpStream::connect(gw).await.unwrap();
+    tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+        .await
+        .map(|(ws, _)| ws)
+}
+
+fn bearer(t: &str) -> Option<(&'static str, String)> {
+    Some(("authorization", format!("Bearer {t}")))
+}
+
+async fn open_ok(gw: SocketAddr, path: &str, t: &str) -> Client {
+    match open(gw, path, bearer(t)).await {
+        Ok(ws) => ws,
+        Err(e) => panic!("websocket refused: {e:?}"),
+    }
+}
+
+/// The refusal of an upgrade: status and JSON `error`.
+async fn refused(
+    gw: SocketAddr,
+    path: &str,
+    header: Option<(&str, String)>,
+) -> (u16, serde_json::Value) {
+    match open(gw, path, header).await {
+        Ok(_) => panic!("upgrade on {path} was accepted"),
+        Err(WsError::Http(resp)) => {
+            let body = resp.body().clone().unwrap_or_default();
+            (
+                resp.status().as_u16(),
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            )
+        }
+        Err(e) => panic!("unexpected error: {e:?}"),
+    }
+}
+
+/// Reads until the gateway's close frame; panics if none comes within
+/// `limit`. Returns the close frame and how long it took.
+async fn closed_within(ws: &mut Client, limit: Duration) -> (CloseFrame, Duration) {
+    let start = Instant::now();
+    let r = tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return f,
+                Some(Ok(Message::Close(None))) => panic!("close without a code"),
+                Some(Ok(_)) => {}
+                other => panic!("connection ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await;
+    match r {
+        Ok(f) => (f, start.elapsed()),
+        Err(_) => panic!("websocket not closed within {limit:?}"),
+    }
+}
+
+async fn assert_closed(ws: &mut Client, limit: Duration, reason: &str) {
+    let (f, _) = closed_within(ws, limit).await;
+    assert_eq!(f.code, CloseCode::Policy, "{f}");
+    assert_eq!(f.reason.as_str(), reason);
+}
+
+async fn echo(ws: &mut Client, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    let deadline = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str() == text => return,
+                Some(Ok(_)) => {}
+                other => panic!("no echo: {other:?}"),
+            }
+        }
+    });
+    deadline.await.expect("echo within 2 s");
+}
+
+async fn admin(gw: &Gw, path: &str) -> Resp {
+    req(gw.admin.unwrap(), "POST", path, Some(ADMIN_TOKEN), &[]).await
+}
+
+// ------------------------------------------------------------ relay
+
+#[tokio::test]
+async fn frames_are_relayed_both_ways_and_the_handshake_is_forwarded_with_identity() {
+    let (up, gw) = start("").await;
+    let t = tok("s-relay", "user-relay", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, "hello").await;
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Binary(b))) => assert_eq!(&b[..], &[0u8, 1, 2, 255]),
+        other => panic!("no binary echo: {other:?}"),
+    }
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(Ok(Message::Pong(p))) = ws.next().await {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("pong");
+    assert_eq!(&pong[..], b"are you there");
+    // A large message passes whole.
+    let big = "x".repeat(200_000);
+    echo(&mut ws, &big).await;
+
+    let head = up.last_head();
+    let h = |n: &str| {
+        head.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(h("x-rolegate-user").as_deref(), Some("user-relay"));
+    assert_eq!(h("authorization"), None, "the token reached the upstream");
+    assert_eq!(h("upgrade").as_deref(), Some("websocket"));
+    assert_eq!(h("sec-websocket-version").as_deref(), Some("13"));
+    assert_eq!(h("sec-websocket-extensions"), None);
+
+    // The client closes: the upstream gets the close.
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.closes(), vec![(1000, "bye".to_string())]);
+}
+
+#[tokio::test]
+async fn upgrades_are_refused_without_token_role_route_or_valid_handshake() {
+    let (up, gw) = start("").await;
+    let t = tok("s-refuse", "user-refuse", &["viewer"]);
+    // No token.
+    let (status, body) = refused(gw.addr, "/ws/echo", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("missing_token"))
+    );
+    // A role without the capability.
+    let other = tok("s-refuse-2", "user-refuse-2", &["quick"]);
+    let (status, body) = refused(gw.addr, "/ws/echo", bearer(&other)).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    // A route without `websocket: true`.
+    let (status, body) = refused(gw.addr, "/ws/plain", bearer(&t)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("websocket_not_allowed"))
+    );
+    // An unknown path: 404, as for any request.
+    let (status, _) = refused(gw.addr, "/ws/none", bearer(&t)).await;
+    assert_eq!(status, 404);
+    // The upstream refuses the upgrade: its answer is passed on.
+    let (status, _) = refused(gw.addr, "/ws/refuse", bearer(&t)).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        up.seen.lock().unwrap().heads.len(),
+        1,
+        "only /ws/refuse went upstream"
+    );
+
+    // Invalid handshakes: 400 bad_request websocket_handshake.
+    for bad in [
+        "Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2hvcnQ=",
+    ] {
+        let raw_req = format!(
+            "GET /ws/echo HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n{bad}\r\nAuthorization: Bearer {t}\r\n\r\n"
+        );
+        let r = raw(gw.addr, raw_req.as_bytes()).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert_eq!(r.error(), "bad_request");
+        assert_eq!(r.json()["reason"], "websocket_handshake");
+    }
+    assert_eq!(up.seen.lock().unwrap().heads.len(), 1);
+}
+
+#[tokio::test]
+async fn a_masked_route_cannot_allow_websockets() {
+    let dir = scratch_dir("ws-mask");
+    std::fs::write(
+        dir.join("rules.yaml"),
+        r#"
+roles:
+  viewer: { grants: [chat.view, pii.view] }
+masks:
+  pii: { unmask_with: pii.view, fields: [ { path: "$..phone", as: last4 } ] }
+routes:
+  - { name: live, match: { methods: [GET], path: /ws }, require: chat.view, websocket: true, mask: pii }
+  - { name: post, match: { methods: [POST], path: /ws2 }, require: chat.view, websocket: true }
+"#,
+    )
+    .unwrap();
+    let cfg = format!(
+        "{}upstreams:\n  app: {{ url: \"http://127.0.0.1:1\" }}\nrules: rules.yaml\n",
+        identity_yaml()
+    );
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    let errors = match rolegate::config::load(&dir.join("rolegate.yaml")) {
+        Ok(_) => panic!("a masked websocket route was accepted"),
+        Err(d) => d
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    assert!(
+        errors.contains("route live: websocket: true cannot be combined with mask"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("route post: websocket: true needs the route to match GET"),
+        "{errors}"
+    );
+}
+
+#[tokio::test]
+async fn a_cookie_session_opens_a_websocket() {
+    let (up, gw) = start("").await;
+    let t = tok("s-cookie", "user-cookie", &["viewer", "quick"]);
+    let mut ws = open(
+        gw.addr,
+        "/ws/echo",
+        Some(("cookie", format!("theme=dark; rg_session={t}"))),
+    )
+    .await
+    .expect("cookie upgrade");
+    echo(&mut ws, "via cookie").await;
+    let head = up.last_head();
+    let cookie = head
+        .iter()
+        .find(|(k, _)| k == "cookie")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(
+        !cookie.contains("rg_session"),
+        "credential cookie forwarded: {cookie}"
+    );
+    // And its session ends it like any other.
+    assert_closed(&mut ws, Duration::from_secs(4), "session idle timeout").await;
+}
+
+// ------------------------------------------------------------ activity
+
+#[tokio::test]
+async fn client_frames_keep_the_session_alive_and_a_passive_route_does_not() {
+    let (_up, gw) = start("").await;
+    let t = tok("s-active", "user-active", &["viewer", "quick"]);
+    let p = tok("s-passive", "user-passive", &["viewer", "quick"]);
+    let mut active = open_ok(gw.addr, "/ws/echo", &t).await;
+    let mut passive = open_ok(gw.addr, "/ws/passive", &p).await;
+    // 2.5 s of client frames every 200 ms: far past the 1 s idle timeout.
+    let start = Instant::now();
+    let mut passive_closed = None;
+    while start.elapsed() < Duration::from_millis(2500) {
+        echo(&mut active, "typing").await;
+        if passive_closed.is_none() {
+            let _ = passive.send(Message::text("typing")).await;
+            if let Ok(Some(Ok(Message::Close(Some(f))))) =
+                tokio::time::timeout(Duration::from_millis(200), async {
+                    loop {
+                        match passive.next().await {
+                            Some(Ok(Message::Text(_))) => continue,
+                            other => return other,
+                        }
+                    }
+                })
+                .await
+            {
+                passive_closed = Some(f);
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let f = passive_closed.expect("the passive websocket was kept open by client frames");
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Policy, "session idle timeout")
+    );
+    // The active session is alive: the socket relays and HTTP requests pass.
+    echo(&mut active, "still here").await;
+    assert_eq!(
+        req(gw.addr, "GET", "/api/ping", Some(&t), &[]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn server_frames_never_count_as_activity() {
+    let (up, gw) = start("").await;
+    let t = tok("s-tick", "user-tick", &["viewer", "quick"]);
+    let mut ws = open_ok(gw.addr, "/ws/tick", &t).await;
+    let (f, took) = closed_within(&mut ws, Duration::from_secs(4)).await;
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Policy, "session idle timeout")
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed after {took:?}, before the idle timeout"
+    );
+    // The upstream got a normal close.
+    let start = Instant::now();
+    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        up.closes(),
+        vec![(1000, "session idle timeout".to_string())]
+    );
+    // The session is over for HTTP too.
+    let r = req(gw.addr, "GET", "/api/ping", Some(&t), &[]).await;
+    assert_eq!((r.status, r.error()), (401, "session_expired".to_string()));
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_ends_the_websocket() {
+    let (up, gw) = start("max_body_bytes: 1024").await;
+    let t = tok("s-big", "user-big", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, &"a".repeat(1000)).await;
+    let _ = ws.send(Message::text("b".repeat(4000))).await;
+    let end = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => panic!("relayed {} bytes over the limit", t.len()),
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the websocket stayed open");
+    let start = Instant::now();
+    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.closes().first().map(|c| c.0), Some(1001));
+}
+
+// ------------------------------------------------------------ session end
+
+#[tokio::test]
+async fn logout_closes_the_websocket() {
+    let (_up, gw) = start("").await;
+    let t = tok("s-ws-logout", "user-logout", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, "before").await;
+    let r = req(gw.addr, "POST", "/.rolegate/logout", Some(&t), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_closed(&mut ws, Duration::from_secs(2), "logged out").await;
+}
+
+#[tokio::test]
+async fn admin_revocation_and_deactivation_close_the_websocket() {
+    let (_up, gw) = start("").await;
+    let t = tok("s-ws-revoke", "user-revoke", &["viewer"]);
+    let d = tok("s-ws-deact", "user-deact", &["viewer"]);
+    let mut revoked = open_ok(gw.addr, "/ws/echo", &t).await;
+    let mut deact = open_ok(gw.addr, "/ws/echo", &d).await;
+    let mut deact2 = open_ok(
+        gw.addr,
+        "/ws/tick",
+        &tok("s-ws-deact-2", "user-deact", &["viewer"]),
+    )
+    .await;
+    assert_eq!(admin(&gw, "/sessions/s-ws-revoke/revoke").await.status, 200);
+    assert_closed(&mut revoked, Duration::from_secs(2), "session revoked").await;
+    echo(&mut deact, "unaffected").await;
+    assert_eq!(admin(&gw, "/users/user-deact/deactivate").await.status, 200);
+    assert_closed(&mut deact, Duration::from_secs(2), "user deactivated").await;
+    assert_closed(&mut deact2, Duration::from_secs(2), "user deactivated").await;
+}
+
+#[tokio::test]
+async fn the_maximum_lifetime_closes_the_websocket() {
+    let (_up, gw) = start("  max_lifetime: 2s\n").await;
+    let t = tok("s-ws-life", "user-life", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    let start = Instant::now();
+    // Activity does not stretch a lifetime.
+    let closed = loop {
+        ws.send(Message::text("busy")).await.ok();
+        match tokio::time::timeout(Duration::from_millis(250), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(f))))) => break f,
+            Ok(Some(Ok(_))) | Err(_) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not closed at the lifetime"
+        );
+    };
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (CloseCode::Policy, "session lifetime exceeded")
+    );
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+}
+
+// ------------------------------------------------------------ redis
+
+/// A real redis-server on a free loopback port, killed on drop.
+struct Redis {
+    _proc: Proc,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let ok = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: redis-server not installed (.ci/run installs it)");
+            return None;
+        }
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let proc = Proc(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis { _proc: proc, port });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+#[tokio::test]
+async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let store = format!("  store: \"redis://127.0.0.1:{}\"\n", redis.port);
+    let (_up_a, a) = start(&store).await;
+    let (_up_b, b) = start(&store).await;
+    // Logout on B closes the socket on A.
+    let t = tok("s-redis-logout", "user-redis", &["viewer"]);
+    let mut ws = open_ok(a.addr, "/ws/echo", &t).await;
+    echo(&mut ws, "on a").await;
+    assert_eq!(
+        req(b.addr, "GET", "/api/ping", Some(&t), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        req(b.addr, "POST", "/.rolegate/logout", Some(&t), &[])
+            .await
+            .status,
+        200
+    );
+    assert_closed(&mut ws, Duration::from_secs(2), "logged out").await;
+    // Deactivation through B's admin API closes a socket on A.
+    let d = tok("s-redis-deact", "user-redis-2", &["viewer"]);
+    let mut ws = open_ok(a.addr, "/ws/echo", &d).await;
+    assert_eq!(
+        admin(&b, "/users/user-redis-2/deactivate").await.status,
+        200
+    );
+    assert_closed(&mut ws, Duration::from_secs(2), "user deactivated").await;
+    // Idle: a socket on A with a 1 s role, silent, is closed.
+    let q = tok("s-redis-idle", "user-redis-3", &["viewer", "quick"]);
+    let mut ws = open_ok(a.addr, "/ws/tick", &q).await;
+    assert_closed(&mut ws, Duration::from_secs(4), "session idle timeout").await;
+    // And the end is shared: B refuses the session too.
+    let r = req(b.addr, "GET", "/api/ping", Some(&q), &[]).await;
+    assert_eq!((r.status, r.error()), (401, "session_expired".to_string()));
+}
