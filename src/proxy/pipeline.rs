@@ -313,6 +313,7 @@ impl Gateway {
                     .as_millis() as u64,
                 max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
                 token_exp_ms: v.exp.saturating_mul(1000),
+                token_iat_ms: v.iat.map(|s| s.saturating_mul(1000)),
                 active: !route.passive,
                 on_store_error: rt.sessions.on_store_error,
             }

@@ -264,6 +264,8 @@ pub struct Binding {
     pub idle_ms: u64,
     pub max_lifetime_ms: Option<u64>,
     pub token_exp_ms: u64,
+    /// The token's `iat` in ms (the not-before cut-off is checked on it).
+    pub token_iat_ms: Option<u64>,
     /// Client frames touch the session (false on `activity: passive`).
     pub active: bool,
     pub on_store_error: OnStoreError,
@@ -296,6 +298,7 @@ impl Binding {
             idle_ms: self.idle_ms,
             max_lifetime_ms: self.max_lifetime_ms,
             token_exp_ms: self.token_exp_ms,
+            token_iat_ms: self.token_iat_ms,
             touch,
         };
         match self.store.check(&t).await {
