@@ -49,6 +49,10 @@ pub enum Deny {
     /// A websocket upgrade on a route without `websocket: true`.
     #[error("this route does not allow websockets")]
     WebsocketNotAllowed,
+    /// A cookie-authenticated websocket upgrade from a page of another
+    /// origin (cross-site websocket hijacking).
+    #[error("websocket origin not allowed")]
+    WebsocketOrigin,
 }
 
 /// Why a request (not its target or host) is malformed. Each is a 400
@@ -151,7 +155,7 @@ impl Refusal {
                 Deny::Unauthenticated(_) | Deny::SessionEnded(_) | Deny::UserDeactivated => {
                     StatusCode::UNAUTHORIZED
                 }
-                Deny::Forbidden(_) => StatusCode::FORBIDDEN,
+                Deny::Forbidden(_) | Deny::WebsocketOrigin => StatusCode::FORBIDDEN,
                 Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             },
             Refusal::Fault(f) => match f {
@@ -176,7 +180,7 @@ impl Refusal {
                 Deny::BadRequest(_) => "bad_request",
                 Deny::NoRoute => "no_route",
                 Deny::Unauthenticated(e) => e.code(),
-                Deny::Forbidden(_) => "forbidden",
+                Deny::Forbidden(_) | Deny::WebsocketOrigin => "forbidden",
                 Deny::BodyTooLarge => "body_too_large",
                 Deny::SessionEnded(EndReason::Idle | EndReason::Lifetime) => "session_expired",
                 Deny::SessionEnded(_) => "session_ended",
@@ -203,6 +207,7 @@ impl Refusal {
             Refusal::Deny(Deny::BadRequest(b)) => b.code(),
             Refusal::Deny(Deny::Unauthenticated(e)) => e.detail(),
             Refusal::Deny(Deny::Forbidden(d)) => d.code,
+            Refusal::Deny(Deny::WebsocketOrigin) => "websocket_origin",
             _ => self.code(),
         }
     }

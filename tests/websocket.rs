@@ -31,6 +31,7 @@ routes:
   - { name: live, match: { methods: [GET], path: /ws/echo }, upstream: app, require: chat.view, websocket: true }
   - { name: tick, match: { methods: [GET], path: /ws/tick }, upstream: app, require: chat.view, websocket: true }
   - { name: passive, match: { methods: [GET], path: /ws/passive }, upstream: app, require: chat.view, websocket: true, activity: passive }
+  - { name: cross, match: { methods: [GET], path: /ws/cross }, upstream: app, require: chat.view, websocket: true, websocket_origins: ["https://console.example"] }
   - { name: refuse, match: { methods: [GET], path: /ws/refuse }, upstream: app, require: chat.view, websocket: true }
   - { name: plain, match: { methods: [GET], path: /ws/plain }, upstream: app, require: chat.view }
   - { name: ping, match: { methods: [GET], path: /api/ping }, upstream: http, require: chat.view }
@@ -185,10 +186,19 @@ async fn open(
     path: &str,
     header: Option<(&str, String)>,
 ) -> Result<Client, WsError> {
+    open_with(gw, path, header.as_slice()).await
+}
+
+/// Opens a websocket through the gateway with these extra headers.
+async fn open_with(
+    gw: SocketAddr,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<Client, WsError> {
     let mut req = format!("ws://app.test{path}")
         .into_client_request()
         .unwrap();
-    if let Some((k, v)) = header {
+    for (k, v) in headers {
         req.headers_mut().insert(
             http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
             v.parse().unwrap(),
@@ -445,6 +455,54 @@ async fn a_cookie_session_opens_a_websocket() {
     );
     // And its session ends it like any other.
     assert_closed(&mut ws, Duration::from_secs(4), "session idle timeout").await;
+}
+
+#[tokio::test]
+async fn a_cookie_websocket_from_another_sites_page_is_refused() {
+    let (_up, gw) = start("").await;
+    let t = tok("s-origin", "user-origin", &["viewer"]);
+    let cookie = ("cookie", format!("rg_session={t}"));
+    let with_origin = |origin: &str| vec![cookie.clone(), ("origin", origin.to_string())];
+    // Cross-site websocket hijacking: another site's page rides the cookie.
+    for (path, origin) in [
+        ("/ws/echo", "https://evil.example"),
+        ("/ws/echo", "null"),
+        ("/ws/echo", "https://app.test.evil.example"),
+        ("/ws/cross", "https://evil.example"),
+    ] {
+        match open_with(gw.addr, path, &with_origin(origin)).await {
+            Ok(_) => panic!("{origin} opened a cookie websocket on {path}"),
+            Err(WsError::Http(resp)) => {
+                assert_eq!(resp.status().as_u16(), 403, "{origin}");
+                let body: serde_json::Value =
+                    serde_json::from_slice(&resp.body().clone().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"], "forbidden");
+                assert_eq!(body["reason"], "websocket origin not allowed");
+            }
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    // The gateway's own host (any scheme or port), a listed origin, no
+    // Origin at all (not a browser), and a bearer token (no other site's
+    // page can attach one) all open.
+    for (path, headers) in [
+        ("/ws/echo", with_origin("http://app.test")),
+        ("/ws/echo", with_origin("https://APP.test:8443")),
+        ("/ws/cross", with_origin("https://console.example")),
+        ("/ws/echo", vec![cookie.clone()]),
+        (
+            "/ws/echo",
+            vec![
+                ("authorization", format!("Bearer {t}")),
+                ("origin", "https://evil.example".to_string()),
+            ],
+        ),
+    ] {
+        let mut ws = open_with(gw.addr, path, &headers)
+            .await
+            .unwrap_or_else(|e| panic!("{headers:?} refused: {e:?}"));
+        echo(&mut ws, "origin ok").await;
+    }
 }
 
 // ------------------------------------------------------------ activity

@@ -612,6 +612,34 @@ impl Builder {
                     false
                 }
             };
+            if !v.websocket_origins.is_empty() && !v.websocket {
+                self.warn(
+                    f,
+                    l,
+                    format!(
+                        "route {}: websocket_origins has no effect without websocket: true",
+                        v.name
+                    ),
+                );
+            }
+            for o in &v.websocket_origins {
+                let ok = http::Uri::from_str(o).is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.authority().is_some()
+                        && matches!(u.path(), "" | "/")
+                        && u.query().is_none()
+                });
+                if !ok {
+                    self.error(
+                        f,
+                        l,
+                        format!(
+                            "route {}: websocket_origins: {o:?} is not an origin like https://console.example",
+                            v.name
+                        ),
+                    );
+                }
+            }
             if v.websocket {
                 if v.mask.is_some() {
                     self.error(
@@ -662,6 +690,11 @@ impl Builder {
                 origin: format!("{f}:{l}"),
                 passive,
                 websocket: v.websocket,
+                websocket_origins: v
+                    .websocket_origins
+                    .iter()
+                    .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                    .collect(),
                 pass_credentials,
                 mask: None,
                 record: None,

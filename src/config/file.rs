@@ -396,6 +396,10 @@ pub struct FileRoute {
     /// without it they are refused. Not with `mask` (frames are not masked).
     #[serde(default)]
     pub websocket: bool,
+    /// Page origins (`https://console.example`) allowed to open a
+    /// cookie-authenticated websocket besides the request's own host.
+    #[serde(default)]
+    pub websocket_origins: Vec<String>,
     /// `"{param}"` naming the record a response is about, for the audit log.
     #[serde(default)]
     pub record: Option<String>,

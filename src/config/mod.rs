@@ -68,6 +68,9 @@ pub struct Route {
     pub passive: bool,
     /// `websocket: true`: websocket upgrades are relayed (never masked).
     pub websocket: bool,
+    /// `websocket_origins`, lower-cased: other page origins allowed to open
+    /// a cookie-authenticated websocket (the request's own host always is).
+    pub websocket_origins: Vec<String>,
     /// Forward the verified credential (route, else upstream, else
     /// `forward.pass_credentials`).
     pub pass_credentials: bool,

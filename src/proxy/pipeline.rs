@@ -193,6 +193,13 @@ impl Gateway {
         // 3 authenticate (public routes skip it, and the session stage, and
         //   get no identity).
         let verified = authenticate(rt, ctx, route, &req)?;
+        if websocket && ctx.from_cookie {
+            websocket::check_origin(
+                req.headers(),
+                target.host.as_deref(),
+                &route.websocket_origins,
+            )?;
+        }
         // Whether the principal holds the mask's `unmask_with` (no principal:
         // it does not).
         let mut unmask = false;

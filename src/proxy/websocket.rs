@@ -117,6 +117,40 @@ pub fn check_handshake<B>(req: &Request<B>) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Cross-site websocket hijacking guard, for cookie-authenticated upgrades
+/// only (a bearer token cannot be attached by another site's page): a
+/// browser always sends `Origin` on a websocket handshake, and a page of
+/// another site must not ride the user's cookie into a live socket. The
+/// origin's host must be the request's host (cookies are scoped by host,
+/// not port or scheme), or the whole origin one of the route's
+/// `websocket_origins`. No `Origin` at all is not a browser and passes;
+/// `Origin: null` (sandboxed frames, file pages) and anything unreadable do
+/// not.
+pub fn check_origin(h: &HeaderMap, host: Option<&str>, allowed: &[String]) -> Result<(), Refusal> {
+    let mut values = h.get_all(header::ORIGIN).iter();
+    let origin = match (values.next(), values.next()) {
+        (None, _) => return Ok(()),
+        (Some(v), None) => v.to_str().ok(),
+        (Some(_), Some(_)) => None,
+    };
+    let origin = origin.map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase());
+    let ok = origin.as_deref().is_some_and(|o| {
+        if allowed.iter().any(|a| a == o) {
+            return true;
+        }
+        let Ok(uri) = o.parse::<http::Uri>() else {
+            return false;
+        };
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|oh| Some(oh) == host)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Deny::WebsocketOrigin.into())
+    }
+}
+
 fn valid_key(key: &str) -> bool {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
