@@ -110,6 +110,14 @@ pub enum Fault {
     /// Could not connect to the upstream (refused, unreachable, DNS).
     #[error("upstream {0} is unavailable")]
     UpstreamUnavailable(String),
+    /// The TLS handshake with an `https://` upstream failed (untrusted or
+    /// expired certificate, wrong name, client certificate refused). The
+    /// client sees `upstream_unavailable` like any unreachable upstream;
+    /// the access log's `detail` says `upstream_tls`, and the second
+    /// field, the TLS library's error text, is logged as `cause`, never
+    /// sent to the client.
+    #[error("upstream {0} is unavailable")]
+    UpstreamTls(String, String),
     /// The upstream did not send a response head in time.
     #[error("upstream {0} timed out")]
     UpstreamTimeout(String),
@@ -159,9 +167,9 @@ impl Refusal {
                 Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             },
             Refusal::Fault(f) => match f {
-                Fault::UpstreamUnavailable(_) | Fault::UpstreamFailed(..) => {
-                    StatusCode::BAD_GATEWAY
-                }
+                Fault::UpstreamUnavailable(_)
+                | Fault::UpstreamTls(..)
+                | Fault::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
                 Fault::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 Fault::StoreUnavailable(_) | Fault::AuditUnavailable(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
@@ -188,7 +196,7 @@ impl Refusal {
                 Deny::WebsocketNotAllowed => "websocket_not_allowed",
             },
             Refusal::Fault(f) => match f {
-                Fault::UpstreamUnavailable(_) => "upstream_unavailable",
+                Fault::UpstreamUnavailable(_) | Fault::UpstreamTls(..) => "upstream_unavailable",
                 Fault::UpstreamTimeout(_) => "upstream_timeout",
                 Fault::UpstreamFailed(..) => "upstream_failed",
                 Fault::StoreUnavailable(_) => "session_store_unavailable",
@@ -208,6 +216,7 @@ impl Refusal {
             Refusal::Deny(Deny::Unauthenticated(e)) => e.detail(),
             Refusal::Deny(Deny::Forbidden(d)) => d.code,
             Refusal::Deny(Deny::WebsocketOrigin) => "websocket_origin",
+            Refusal::Fault(Fault::UpstreamTls(..)) => "upstream_tls",
             _ => self.code(),
         }
     }
@@ -267,6 +276,7 @@ impl Refusal {
         match self {
             Refusal::Fault(
                 Fault::UpstreamFailed(_, cause)
+                | Fault::UpstreamTls(_, cause)
                 | Fault::StoreUnavailable(cause)
                 | Fault::AuditUnavailable(cause),
             ) => cause,
@@ -325,5 +335,18 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(r.to_string(), "upstream app failed");
         assert!(r.cause().contains("chunk"));
+    }
+
+    #[test]
+    fn upstream_tls_failure_is_502_unavailable_with_its_own_detail() {
+        let r = Refusal::from(Fault::UpstreamTls(
+            "app".into(),
+            "invalid peer certificate: UnknownIssuer".into(),
+        ));
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.code(), "upstream_unavailable");
+        assert_eq!(r.detail(), "upstream_tls");
+        assert_eq!(r.to_string(), "upstream app is unavailable");
+        assert!(r.cause().contains("UnknownIssuer"));
     }
 }

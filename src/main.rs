@@ -311,6 +311,17 @@ fn serve(loaded: Loaded) -> Result<ExitCode> {
             "a `dev: true` issuer is configured: tokens can be minted with `rolegate token`; never use it in production"
         );
     }
+    for up in loaded
+        .runtime
+        .upstreams
+        .iter()
+        .filter(|u| u.insecure_skip_verify)
+    {
+        tracing::warn!(
+            upstream = %up.name,
+            "insecure_skip_verify: the upstream's TLS certificate is not verified; anyone on the network path can impersonate it"
+        );
+    }
     let rt = tokio_runtime()?;
     rt.block_on(async move {
         // Before anything listens: once the port answers, SIGHUP is safe.

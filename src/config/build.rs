@@ -16,7 +16,11 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use serde_saphyr::Spanned;
 
-use super::file::{FileConfig, FileRequire, FileRoute, FileRules};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::file::{FileConfig, FileRequire, FileRoute, FileRules, FileUpstream};
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
 use super::{MaskingSettings, RouteMask};
 use crate::auth::keys::KeySet;
@@ -26,6 +30,7 @@ use crate::policy::{
     IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
     Severity as PSeverity, grant_covers,
 };
+use crate::proxy::upstream::{ClientSettings, Roots, TlsSettings};
 use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
 use crate::session::{OnStoreError, SessionSettings, StoreKind};
 use std::sync::Arc;
@@ -569,6 +574,20 @@ impl Builder {
                     0
                 }
             };
+            if v.websocket && upstreams.get(upstream).is_some_and(|u| u.http2) {
+                // An HTTP/1.1 upgrade cannot travel over HTTP/2, and
+                // websockets over HTTP/2 (RFC 8441) are not supported.
+                self.error(
+                    f,
+                    l,
+                    format!(
+                        "route {}: websocket: true needs an HTTP/1.1 upstream, and {} has http2: true",
+                        v.name,
+                        upstreams[upstream].name
+                    ),
+                );
+                ok = false;
+            }
             let spec = RouteSpec {
                 host: v.matcher.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 methods: v
@@ -750,16 +769,18 @@ impl Builder {
                     continue;
                 }
             };
-            if uri.scheme_str() != Some("http") {
-                self.error(
-                    file,
-                    line,
-                    format!(
-                        "upstream {name}: only http:// upstreams are supported in this version"
-                    ),
-                );
-                continue;
-            }
+            let https = match uri.scheme_str() {
+                Some("http") => false,
+                Some("https") => true,
+                _ => {
+                    self.error(
+                        file,
+                        line,
+                        format!("upstream {name}: url must start with http:// or https://"),
+                    );
+                    continue;
+                }
+            };
             if uri.query().is_some() {
                 self.error(
                     file,
@@ -780,12 +801,47 @@ impl Builder {
             );
             let timeout =
                 self.duration(file, line, &format!("upstream {name}: timeout"), &u.timeout);
-            let origin = http::Uri::builder()
-                .scheme("http")
+            if u.http2 && u.preserve_host {
+                // HTTP/2 carries the host in `:authority`, which must agree
+                // with `Host` (RFC 9113 §8.3.1) and is what the pool and
+                // the connection are chosen by.
+                self.error(
+                    file,
+                    line,
+                    format!("upstream {name}: preserve_host cannot be combined with http2: true"),
+                );
+            }
+            let tls = if https {
+                self.upstream_tls(file, line, &name, &u)
+            } else {
+                self.no_tls_keys(file, line, &name, &u);
+                Some(None)
+            };
+            let Some(tls) = tls else { continue };
+            let client = match crate::proxy::upstream::new_client(ClientSettings {
+                connect_timeout,
+                http2: u.http2,
+                tls,
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.error(file, line, format!("upstream {name}: TLS settings: {e}"));
+                    continue;
+                }
+            };
+            let Ok(origin) = http::Uri::builder()
+                .scheme(if https { "https" } else { "http" })
                 .authority(authority)
                 .path_and_query("/")
                 .build()
-                .expect("valid parts");
+            else {
+                self.error(
+                    file,
+                    line,
+                    format!("upstream {name}: invalid url {:?}", u.url),
+                );
+                continue;
+            };
             out.push(Upstream {
                 name,
                 origin,
@@ -793,10 +849,235 @@ impl Builder {
                 timeout,
                 preserve_host: u.preserve_host,
                 pass_credentials: u.pass_credentials,
-                client: crate::proxy::upstream::new_client(connect_timeout),
+                http2: u.http2,
+                insecure_skip_verify: u.insecure_skip_verify,
+                client,
             });
         }
         out
+    }
+
+    /// The TLS keys of an `http://` upstream are errors: they would
+    /// suggest a protection the connection does not have.
+    fn no_tls_keys(&mut self, file: &str, line: u64, name: &str, u: &FileUpstream) {
+        let keys = [
+            ("ca_file", &u.ca_file),
+            ("client_cert", &u.client_cert),
+            ("client_key", &u.client_key),
+            ("server_name", &u.server_name),
+        ];
+        for (key, v) in keys {
+            if let Some(v) = v {
+                self.error(
+                    file,
+                    v.referenced.line(),
+                    format!("upstream {name}: {key} applies to https:// upstreams only"),
+                );
+            }
+        }
+        if u.insecure_skip_verify {
+            self.error(
+                file,
+                line,
+                format!("upstream {name}: insecure_skip_verify applies to https:// upstreams only"),
+            );
+        }
+    }
+
+    /// Reads and checks the TLS settings of an `https://` upstream;
+    /// `None` after reporting every problem found.
+    fn upstream_tls(
+        &mut self,
+        file: &str,
+        line: u64,
+        name: &str,
+        u: &FileUpstream,
+    ) -> Option<Option<TlsSettings>> {
+        let mut ok = true;
+        let roots = match (&u.ca_file, u.insecure_skip_verify) {
+            (Some(ca), true) => {
+                self.error(
+                    file,
+                    ca.referenced.line(),
+                    format!(
+                        "upstream {name}: ca_file and insecure_skip_verify contradict each other"
+                    ),
+                );
+                ok = false;
+                Roots::Unverified
+            }
+            (None, true) => {
+                self.warn(
+                    file,
+                    line,
+                    format!(
+                        "upstream {name}: insecure_skip_verify: the upstream's certificate is not verified; anyone on the network path can impersonate it"
+                    ),
+                );
+                Roots::Unverified
+            }
+            (None, false) => Roots::Default,
+            (Some(ca), false) => match self.pem_certs(file, name, "ca_file", ca) {
+                Some(certs) => {
+                    let mut store = RootCertStore::empty();
+                    for (i, c) in certs.into_iter().enumerate() {
+                        if let Err(e) = store.add(c) {
+                            self.error(
+                                file,
+                                ca.referenced.line(),
+                                format!(
+                                    "upstream {name}: ca_file {}: certificate {} is not a usable CA certificate: {e}",
+                                    ca.value,
+                                    i + 1
+                                ),
+                            );
+                            ok = false;
+                        }
+                    }
+                    Roots::Only(store)
+                }
+                None => {
+                    ok = false;
+                    Roots::Default
+                }
+            },
+        };
+        let client_auth = match (&u.client_cert, &u.client_key) {
+            (None, None) => None,
+            (Some(c), None) => {
+                self.error(
+                    file,
+                    c.referenced.line(),
+                    format!("upstream {name}: client_cert needs client_key"),
+                );
+                ok = false;
+                None
+            }
+            (None, Some(k)) => {
+                self.error(
+                    file,
+                    k.referenced.line(),
+                    format!("upstream {name}: client_key needs client_cert"),
+                );
+                ok = false;
+                None
+            }
+            (Some(c), Some(k)) => {
+                let chain = self.pem_certs(file, name, "client_cert", c);
+                let key = self.pem_key(file, name, k);
+                match (chain, key) {
+                    (Some(chain), Some(key)) => Some((chain, key)),
+                    _ => {
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let server_name = match &u.server_name {
+            None => None,
+            Some(sn) => match ServerName::try_from(sn.value.clone()) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.error(
+                        file,
+                        sn.referenced.line(),
+                        format!("upstream {name}: server_name {:?}: {e}", sn.value),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
+        ok.then_some(Some(TlsSettings {
+            roots,
+            client_auth,
+            server_name,
+        }))
+    }
+
+    /// Every certificate of a PEM file (at least one).
+    fn pem_certs(
+        &mut self,
+        file: &str,
+        name: &str,
+        key: &str,
+        path: &Spanned<String>,
+    ) -> Option<Vec<CertificateDer<'static>>> {
+        let line = path.referenced.line();
+        let full = self.resolve(&path.value);
+        let bytes = match std::fs::read(&full) {
+            Ok(b) => b,
+            Err(e) => {
+                self.error(
+                    file,
+                    line,
+                    format!("upstream {name}: {key} {}: {e}", full.display()),
+                );
+                return None;
+            }
+        };
+        match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => Some(certs),
+            Ok(_) => {
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "upstream {name}: {key} {}: no PEM certificate in the file",
+                        full.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "upstream {name}: {key} {}: invalid PEM: {e}",
+                        full.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+    fn pem_key(
+        &mut self,
+        file: &str,
+        name: &str,
+        path: &Spanned<String>,
+    ) -> Option<PrivateKeyDer<'static>> {
+        let line = path.referenced.line();
+        let full = self.resolve(&path.value);
+        let bytes = match std::fs::read(&full) {
+            Ok(b) => b,
+            Err(e) => {
+                self.error(
+                    file,
+                    line,
+                    format!("upstream {name}: client_key {}: {e}", full.display()),
+                );
+                return None;
+            }
+        };
+        match PrivateKeyDer::from_pem_slice(&bytes) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "upstream {name}: client_key {}: no usable PEM private key: {e}",
+                        full.display()
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn duration(&mut self, file: &str, line: u64, what: &str, s: &str) -> Duration {

@@ -172,6 +172,27 @@ pub struct FileUpstream {
     /// `forward.pass_credentials`; a route's own setting overrides this).
     #[serde(default)]
     pub pass_credentials: Option<bool>,
+    /// `https://` only: PEM bundle of the CAs trusted for this upstream
+    /// (replaces the default roots).
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// `https://` only: PEM certificate chain presented to the upstream.
+    #[serde(default)]
+    pub client_cert: Option<Spanned<String>>,
+    /// `https://` only: PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<Spanned<String>>,
+    /// `https://` only: the TLS name (SNI and certificate check) instead
+    /// of the URL's host.
+    #[serde(default)]
+    pub server_name: Option<Spanned<String>>,
+    /// `https://` only: accept any certificate (a warning).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Speak HTTP/2 to this upstream (h2 ALPN over TLS, prior knowledge
+    /// over plain http).
+    #[serde(default)]
+    pub http2: bool,
 }
 
 fn default_connect_timeout() -> String {

@@ -109,6 +109,11 @@ pub struct Upstream {
     pub preserve_host: bool,
     /// `pass_credentials` of this upstream, if set (routes resolve it).
     pub pass_credentials: Option<bool>,
+    /// `http2: true`: the connection speaks HTTP/2 (no websocket upgrades).
+    pub http2: bool,
+    /// `insecure_skip_verify: true`: the certificate is not checked
+    /// (warned about by `check` and at start).
+    pub insecure_skip_verify: bool,
     pub client: HttpClient,
 }
 
