@@ -5,6 +5,8 @@
 mod common;
 #[path = "gateway/malformed.rs"]
 mod malformed;
+#[path = "gateway/upstream_tls.rs"]
+mod upstream_tls;
 
 use common::*;
 use jsonwebtoken::Algorithm;
