@@ -825,7 +825,10 @@ impl Builder {
             }) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.error(file, line, format!("upstream {name}: TLS settings: {e}"));
+                    // Only the client key can be refused (unsupported, or
+                    // not the key of `client_cert`).
+                    let at = u.client_key.as_ref().map_or(line, |k| k.referenced.line());
+                    self.error(file, at, format!("upstream {name}: client_key: {e}"));
                     continue;
                 }
             };

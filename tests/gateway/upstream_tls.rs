@@ -490,6 +490,10 @@ async fn upstream_tls_mistakes_are_all_reported_by_check_with_file_and_line() {
     )
     .unwrap();
     std::fs::write(dir.join("empty.pem"), "nothing here\n").unwrap();
+    // A certificate and someone else's key.
+    let ca = TestCa::new("check CA");
+    ca.client(&dir, "a", "a");
+    ca.client(&dir, "b", "b");
     let cfg = format!(
         r#"listen: {{ addr: "127.0.0.1:0" }}
 {}upstreams:
@@ -507,6 +511,10 @@ async fn upstream_tls_mistakes_are_all_reported_by_check_with_file_and_line() {
     ca_file: garbage.pem
     client_cert: empty.pem
     client_key: empty.pem
+  mismatch:
+    url: "https://mismatch.test:1"
+    client_cert: a.pem
+    client_key: b.key
   h2host:
     url: "https://h2host.test:1"
     http2: true
