@@ -1,34 +1,117 @@
-//! Accept loop: TCP accept, HTTP/1.1 connection serving with header size
-//! and header-read-time limits, graceful shutdown.
+//! Accept loops: TCP accept, TLS (rustls: certificates by SNI, TLS 1.2/1.3,
+//! ALPN `h2`/`http/1.1`, client certificates), HTTP/1.1 and HTTP/2 serving
+//! (hyper-util `auto`) with header size and header-read-time limits,
+//! several listeners, graceful shutdown.
 //!
-//! Owns connections only; every request goes to `Gateway::handle`, with
-//! its raw head as the connection's `wire::Tap` read it (a `RawHead`
-//! extension). Heads hyper itself refuses (a bad request line, a control
-//! character in a header name, a head over `listen.max_header_bytes`) are
-//! answered by hyper with a bare status and never reach the pipeline; they
-//! are logged here as access lines. TLS, HTTP/2 and connection limits slot
-//! in here (TLS issue).
+//! Owns connections only; every request goes to `Gateway::handle` with the
+//! facts of its connection ([`Conn`]: peer, TLS, verified client
+//! certificate). On HTTP/1.1 connections every request also carries its raw
+//! head as the connection's `wire::Tap` read it (a `RawHead` extension); an
+//! HTTP/2 connection has no tap (the pipeline checks the h2 request itself).
+//! Heads hyper itself refuses (a bad request line, a control character in a
+//! header name, a head over `listen.max_header_bytes`) are answered by
+//! hyper with a bare status and never reach the pipeline; they are logged
+//! here as access lines.
+//!
+//! Which protocol a connection speaks is decided here, once: TLS by ALPN
+//! (`h2` → HTTP/2 only, else HTTP/1.1 only), a plain listener HTTP/1.1 only
+//! unless `h2c` (then the HTTP/2 preface, prior knowledge, selects HTTP/2).
+//! A failed or slow TLS handshake (bounded by `listen.header_read_timeout`)
+//! closes that connection and logs at debug; nothing else notices.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::pipeline::Gateway;
+use super::tls::ClientCert;
 use super::wire::{Heads, Tap};
+use crate::config::{ListenSettings, Redirect};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves `listener` until `shutdown` resolves, then drains connections.
+/// What the pipeline may know about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    /// The client certificate rustls verified against the listener's CA
+    /// bundle (`tls.client_auth`), if one was presented.
+    pub client_cert: Option<ClientCert>,
+    /// A `redirect_https` listener: every request is answered 308.
+    pub redirect: Option<Redirect>,
+}
+
+impl Conn {
+    /// A plain connection from `peer` (tests, tools).
+    pub fn plain(peer: SocketAddr) -> Self {
+        Conn {
+            peer,
+            tls: false,
+            client_cert: None,
+            redirect: None,
+        }
+    }
+}
+
+/// The protocol a connection is served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+    /// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c).
+    Sniff,
+}
+
+/// Per-connection settings, copied out of the runtime at accept.
+#[derive(Clone)]
+struct Settings {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    h2c: bool,
+    redirect: Option<Redirect>,
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+    max_concurrent_streams: u32,
+}
+
+/// Binds every public listener of `listen`, in order.
+pub async fn bind(listen: &ListenSettings) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::with_capacity(listen.listeners.len());
+    for l in &listen.listeners {
+        let bound = TcpListener::bind(l.addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr))
+        })?;
+        out.push(bound);
+    }
+    Ok(out)
+}
+
+/// Serves `listener` as the first configured listener until `shutdown`
+/// resolves, then drains connections.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_nth(gateway, listener, 0, shutdown).await
+}
+
+/// Serves `listener` as listener `index` of `listen.listeners` (its TLS,
+/// h2c and redirect settings) until `shutdown` resolves, then drains.
+pub async fn serve_nth(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    index: usize,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -46,30 +129,24 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let rt = gateway.runtime();
-                let gw = gateway.clone();
-                let heads = Heads::default();
-                let stream = Tap::new(stream, heads.clone(), rt.listen.max_header_bytes);
-                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let gw = gw.clone();
-                    // The head the tap read for this request (HTTP/1.1
-                    // answers in order); none if it lost the stream.
-                    if let Some(h) = heads.pop() {
-                        req.extensions_mut().insert(h);
+                let settings = {
+                    let rt = gateway.runtime();
+                    // Fail closed: a listener the runtime does not describe
+                    // serves nothing.
+                    let Some(l) = rt.listen.listeners.get(index) else {
+                        continue;
+                    };
+                    Settings {
+                        tls: l.tls.clone(),
+                        h2c: l.h2c,
+                        redirect: l.redirect.clone(),
+                        max_header_bytes: rt.listen.max_header_bytes,
+                        header_read_timeout: rt.listen.header_read_timeout,
+                        max_concurrent_streams: rt.listen.max_concurrent_streams,
                     }
-                    async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(rt.listen.header_read_timeout)
-                    .max_buf_size(rt.listen.max_header_bytes)
-                    .serve_connection(TokioIo::new(stream), service);
-                let fut = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = fut.await {
-                        log_connection_error(peer, &e);
-                    }
-                });
+                };
+                let watcher = graceful.watcher();
+                tokio::spawn(connection(gateway.clone(), stream, peer, settings, watcher));
             }
             _ = &mut shutdown => break,
         }
@@ -81,12 +158,126 @@ pub async fn serve(
     }
 }
 
+/// One accepted connection: TLS handshake if any, then HTTP.
+async fn connection(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    s: Settings,
+    watcher: Watcher,
+) {
+    let Some(cfg) = s.tls.clone() else {
+        let conn = Conn {
+            peer,
+            tls: false,
+            client_cert: None,
+            redirect: s.redirect.clone(),
+        };
+        let proto = if s.h2c { Proto::Sniff } else { Proto::Http1 };
+        // The tap also sees an h2c connection's bytes: the HTTP/2 preface
+        // is no HTTP/1.1 head, so it loses the stream at once and costs
+        // nothing more (HTTP/2 requests never look for a head).
+        let heads = Heads::default();
+        let io = Tap::new(stream, heads.clone(), s.max_header_bytes);
+        return http(gw, io, proto, Some(heads), conn, &s, watcher).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+    let tls = match tokio::time::timeout(s.header_read_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(target: "rolegate::tls", peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target: "rolegate::tls", peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    // rustls verified any certificate presented (listeners without
+    // client_auth never ask for one).
+    let client_cert = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(ClientCert::from_der);
+    let conn = Conn {
+        peer,
+        tls: true,
+        client_cert,
+        redirect: None,
+    };
+    if h2 {
+        http(gw, tls, Proto::Http2, None, conn, &s, watcher).await
+    } else {
+        let heads = Heads::default();
+        let io = Tap::new(tls, heads.clone(), s.max_header_bytes);
+        http(gw, io, Proto::Http1, Some(heads), conn, &s, watcher).await
+    }
+}
+
+/// Serves HTTP on `io` until the connection ends (or is drained).
+async fn http<I>(
+    gw: Arc<Gateway>,
+    io: I,
+    proto: Proto,
+    heads: Option<Heads>,
+    conn: Conn,
+    s: &Settings,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let gw = gw.clone();
+        let conn = conn.clone();
+        // The head the tap read for this request (HTTP/1.1 answers in
+        // order); none if it lost the stream, or on HTTP/2.
+        if let Some(h) = heads.as_ref().and_then(Heads::pop) {
+            req.extensions_mut().insert(h);
+        }
+        async move {
+            let resp = match &conn.redirect {
+                Some(to) => gw.redirect(req, &conn, to),
+                None => gw.handle(req, &conn).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(s.header_read_timeout)
+        .max_buf_size(s.max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+    let b = match proto {
+        Proto::Http1 => b.http1_only(),
+        Proto::Http2 => b.http2_only(),
+        Proto::Sniff => b,
+    };
+    // Upgrades stay on for HTTP/1.1 (websockets).
+    let conn = b
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        match e.downcast_ref::<hyper::Error>() {
+            Some(he) => log_connection_error(peer, he),
+            None => tracing::debug!(peer = %peer, error = %e, "connection ended with error"),
+        }
+    }
+}
+
 /// A connection ended with an error. A head hyper refused was answered by
 /// hyper itself (a bare 400, or 431 for a head over `max_buf_size`, 414 for
 /// a target over 65,534 bytes) before any request reached the pipeline: it gets
 /// its access line here (no request id, method or path: there was no
 /// request). Other errors (a client gone mid-body, the header read
-/// timeout) only log at debug.
+/// timeout, an HTTP/2 protocol error) only log at debug.
 fn log_connection_error(peer: std::net::SocketAddr, e: &hyper::Error) {
     if !e.is_parse() || e.is_parse_version_h2() {
         tracing::debug!(peer = %peer, error = %e, "connection ended with error");
@@ -125,18 +316,41 @@ pub async fn run(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_all(gateway, vec![public], admin, shutdown).await
+}
+
+/// Runs every public listener (`public[i]` is `listen.listeners[i]`, as
+/// [`bind`] returns them) and the admin listener until `shutdown`
+/// resolves; then drains connections and makes pending session activity
+/// durable.
+pub async fn run_all(
+    gateway: Arc<Gateway>,
+    public: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let admin_task = admin.map(|l| {
+    let stop = |rx: &tokio::sync::watch::Receiver<bool>| {
         let mut rx = rx.clone();
-        tokio::spawn(crate::admin::serve(gateway.clone(), l, async move {
+        async move {
             let _ = rx.wait_for(|stop| *stop).await;
-        }))
-    });
-    serve(gateway.clone(), public, async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    })
-    .await;
+        }
+    };
+    let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(gateway.clone(), l, stop(&rx))));
+    let serving = futures_util::future::join_all(
+        public
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| serve_nth(gateway.clone(), l, i, stop(&rx))),
+    );
+    tokio::pin!(serving);
+    tokio::select! {
+        _ = &mut serving => {}
+        _ = shutdown => {
+            let _ = tx.send(true);
+            serving.await;
+        }
+    }
     if let Some(t) = admin_task {
         let _ = t.await;
     }
