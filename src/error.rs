@@ -74,9 +74,7 @@ impl ClientCertDenial {
     fn reason(&self) -> &'static str {
         match self {
             ClientCertDenial::Missing => "this route requires a verified client certificate",
-            ClientCertDenial::NotAllowed => {
-                "the client certificate is not one this route allows"
-            }
+            ClientCertDenial::NotAllowed => "the client certificate is not one this route allows",
         }
     }
 }

@@ -30,8 +30,8 @@ use crate::policy::{
     IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
     Severity as PSeverity, grant_covers,
 };
-use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
 use crate::proxy::tls::{self, ClientAuth};
+use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
 use crate::session::{OnStoreError, SessionSettings, StoreKind};
 use std::sync::Arc;
 
@@ -661,7 +661,9 @@ impl Builder {
                     );
                     None
                 }
-                Some(FileClientCert::Allow(a)) if a.allow.is_empty() || a.allow.iter().any(|n| n.trim().is_empty()) => {
+                Some(FileClientCert::Allow(a))
+                    if a.allow.is_empty() || a.allow.iter().any(|n| n.trim().is_empty()) =>
+                {
                     self.error(
                         f,
                         l,
@@ -1168,11 +1170,15 @@ impl Builder {
         for (line, what, spec) in specs {
             match self.build_listener(file, line, &what, spec) {
                 Some(x) => {
-                    if let Some(prev) = out.iter().find(|p: &&Listener| same_socket(p.addr, x.addr)) {
+                    if let Some(prev) = out.iter().find(|p: &&Listener| same_socket(p.addr, x.addr))
+                    {
                         self.error(
                             file,
                             line,
-                            format!("{what}: address {} is already used by listener {}", x.addr, prev.addr),
+                            format!(
+                                "{what}: address {} is already used by listener {}",
+                                x.addr, prev.addr
+                            ),
                         );
                         ok = false;
                     }
@@ -1229,7 +1235,11 @@ impl Builder {
                 return None;
             }
             Some(FileRedirect::Port(0)) => {
-                self.error(file, line, format!("{what}.redirect_https: port 0 is not a port"));
+                self.error(
+                    file,
+                    line,
+                    format!("{what}.redirect_https: port 0 is not a port"),
+                );
                 return None;
             }
             Some(FileRedirect::Port(p)) => Some(Redirect::Port(p)),
@@ -1340,16 +1350,12 @@ impl Builder {
         let mut resolver = tls::SniResolver::new(default?);
         for (l, names, key) in extra {
             for n in names {
-                let valid = n
-                    .strip_prefix("*.")
-                    .unwrap_or(n)
-                    .split('.')
-                    .all(|label| {
-                        !label.is_empty()
-                            && label
-                                .bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    });
+                let valid = n.strip_prefix("*.").unwrap_or(n).split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
                 if !valid {
                     self.error(
                         file,

@@ -27,7 +27,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -73,6 +72,27 @@ enum Proto {
     Sniff,
 }
 
+/// Runs a hyper connection to its end; when the listener shuts down
+/// (`drain` changes), asks it to finish gracefully and waits for that.
+/// The receiver is held until the connection is done: the listener's
+/// drain waits for every receiver to be gone.
+macro_rules! drained {
+    ($conn:expr, $drain:expr) => {{
+        let mut drain = $drain;
+        let conn = $conn;
+        tokio::pin!(conn);
+        let r = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        drop(drain);
+        r
+    }};
+}
+
 /// Per-connection settings, copied out of the runtime at accept.
 #[derive(Clone)]
 struct Settings {
@@ -84,13 +104,16 @@ struct Settings {
     max_concurrent_streams: u32,
 }
 
+/// A connection's end of its listener's drain signal.
+type Drain = tokio::sync::watch::Receiver<()>;
+
 /// Binds every public listener of `listen`, in order.
 pub async fn bind(listen: &ListenSettings) -> std::io::Result<Vec<TcpListener>> {
     let mut out = Vec::with_capacity(listen.listeners.len());
     for l in &listen.listeners {
-        let bound = TcpListener::bind(l.addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr))
-        })?;
+        let bound = TcpListener::bind(l.addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr)))?;
         out.push(bound);
     }
     Ok(out)
@@ -114,7 +137,8 @@ pub async fn serve_nth(
     index: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Connection drain: every connection holds a receiver until it ends.
+    let (drain, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -145,15 +169,16 @@ pub async fn serve_nth(
                         max_concurrent_streams: rt.listen.max_concurrent_streams,
                     }
                 };
-                let watcher = graceful.watcher();
-                tokio::spawn(connection(gateway.clone(), stream, peer, settings, watcher));
+                let rx = drain.subscribe();
+                tokio::spawn(connection(gateway.clone(), stream, peer, settings, rx));
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
+    let _ = drain.send(());
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = drain.closed() => {}
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: connections still open after drain time"),
     }
 }
@@ -164,7 +189,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     s: Settings,
-    watcher: Watcher,
+    drain: Drain,
 ) {
     let Some(cfg) = s.tls.clone() else {
         let conn = Conn {
@@ -179,7 +204,7 @@ async fn connection(
         // nothing more (HTTP/2 requests never look for a head).
         let heads = Heads::default();
         let io = Tap::new(stream, heads.clone(), s.max_header_bytes);
-        return http(gw, io, proto, Some(heads), conn, &s, watcher).await;
+        return http(gw, io, proto, Some(heads), conn, &s, drain).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
     let tls = match tokio::time::timeout(s.header_read_timeout, accept).await {
@@ -208,11 +233,11 @@ async fn connection(
         redirect: None,
     };
     if h2 {
-        http(gw, tls, Proto::Http2, None, conn, &s, watcher).await
+        http(gw, tls, Proto::Http2, None, conn, &s, drain).await
     } else {
         let heads = Heads::default();
         let io = Tap::new(tls, heads.clone(), s.max_header_bytes);
-        http(gw, io, Proto::Http1, Some(heads), conn, &s, watcher).await
+        http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await
     }
 }
 
@@ -224,7 +249,7 @@ async fn http<I>(
     heads: Option<Heads>,
     conn: Conn,
     s: &Settings,
-    watcher: Watcher,
+    drain: Drain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -246,29 +271,58 @@ async fn http<I>(
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
-        .max_buf_size(s.max_header_bytes);
-    b.http2()
-        .timer(TokioTimer::new())
+    let io = TokioIo::new(io);
+    // hyper's own h1 and h2 builders where the protocol is known (auto's
+    // `*_only` settings do nothing with upgrades on: it would still accept
+    // the other protocol); auto only to tell h2c from HTTP/1.1.
+    let result = match proto {
+        Proto::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(s.header_read_timeout)
+                .max_buf_size(s.max_header_bytes)
+                .serve_connection(io, service)
+                // Websockets.
+                .with_upgrades();
+            drained!(conn, drain).map_err(Into::into)
+        }
+        Proto::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            h2_limits(&mut b, s);
+            let conn = b.serve_connection(io, service);
+            drained!(conn, drain).map_err(Into::into)
+        }
+        Proto::Sniff => {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(s.header_read_timeout)
+                .max_buf_size(s.max_header_bytes);
+            let mut h2 = b.http2();
+            h2.timer(TokioTimer::new())
+                .max_concurrent_streams(s.max_concurrent_streams)
+                .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+            let conn = b.serve_connection_with_upgrades(io, service);
+            drained!(conn, drain)
+        }
+    };
+    if let Err(e) = result {
+        log_error(peer, e.as_ref());
+    }
+}
+
+/// The HTTP/2 limits of `listen`: concurrent streams, and the header list
+/// size bounded like an HTTP/1.1 head (`max_header_bytes`).
+fn h2_limits(b: &mut hyper::server::conn::http2::Builder<TokioExecutor>, s: &Settings) {
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(s.max_concurrent_streams)
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
-    let b = match proto {
-        Proto::Http1 => b.http1_only(),
-        Proto::Http2 => b.http2_only(),
-        Proto::Sniff => b,
-    };
-    // Upgrades stay on for HTTP/1.1 (websockets).
-    let conn = b
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
-        match e.downcast_ref::<hyper::Error>() {
-            Some(he) => log_connection_error(peer, he),
-            None => tracing::debug!(peer = %peer, error = %e, "connection ended with error"),
-        }
+}
+
+fn log_error(peer: SocketAddr, e: &(dyn std::error::Error + Send + Sync + 'static)) {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(he) => log_connection_error(peer, he),
+        None => tracing::debug!(peer = %peer, error = %e, "connection ended with error"),
     }
 }
 
@@ -336,7 +390,8 @@ pub async fn run_all(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let admin_task = admin.map(|l| tokio::spawn(crate::admin::serve(gateway.clone(), l, stop(&rx))));
+    let admin_task =
+        admin.map(|l| tokio::spawn(crate::admin::serve(gateway.clone(), l, stop(&rx))));
     let serving = futures_util::future::join_all(
         public
             .into_iter()

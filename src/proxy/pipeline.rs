@@ -211,7 +211,8 @@ impl Gateway {
         };
         let mut resp = match location() {
             Ok(loc) => {
-                let mut resp = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+                let mut resp =
+                    Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
                 *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
                 resp.headers_mut().insert(header::LOCATION, loc);
                 resp

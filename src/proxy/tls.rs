@@ -52,8 +52,13 @@ pub fn load_key_pair(
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, String> {
     let chain = load_certs(cert)?;
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: no usable private key: {}", key.display(), pem_error(&e)))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        format!(
+            "{}: no usable private key: {}",
+            key.display(),
+            pem_error(&e)
+        )
+    })?;
     CertifiedKey::from_der(chain, key_der, provider)
         .map(Arc::new)
         .map_err(|e| {
@@ -297,9 +302,13 @@ mod tests {
     fn common_name_is_read_from_a_der_subject() {
         // SET { SEQ { OID 2.5.4.6, PrintableString "DE" } },
         // SET { SEQ { OID 2.5.4.3, UTF8String "ops-console" } }
-        let mut subject = vec![0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02];
+        let mut subject = vec![
+            0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x06, 0x13, 0x02,
+        ];
         subject.extend_from_slice(b"DE");
-        subject.extend_from_slice(&[0x31, 0x14, 0x30, 0x12, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x0b]);
+        subject.extend_from_slice(&[
+            0x31, 0x14, 0x30, 0x12, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x0b,
+        ]);
         subject.extend_from_slice(b"ops-console");
         assert_eq!(common_name(&subject).as_deref(), Some("ops-console"));
         assert_eq!(common_name(&subject[..5]), None);
