@@ -813,6 +813,56 @@ async fn h2_connection_specific_headers_are_refused_and_limits_advertised() {
     assert_eq!(up.last().header("te"), None);
 }
 
+/// h2 hands the pipeline a `:path` with its `#fragment` cut off (http's
+/// URI parser); the connection's mirror saw it whole, so the request is
+/// refused like an HTTP/1.1 one, and so is the rest of that connection.
+#[tokio::test]
+async fn h2_fragments_in_path_are_refused() {
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let gw = gateway(&pki, up.addr).await;
+    let auth = format!("Bearer {}", viewer());
+    for path in [
+        "/bots/1/flows#frag",
+        "/bots/1/flows?x=1#f",
+        "/bots/1/flows#f?x=1",
+    ] {
+        let tls = connect(gw[1], "a.test", client_config(&pki, None, &[b"h2"], BOTH))
+            .await
+            .unwrap();
+        let mut over_tls = RawH2::open(tls).await;
+        let mut h2c = RawH2::open(TcpStream::connect(gw[3]).await.unwrap()).await;
+        for (proto, outcome) in [
+            ("h2", {
+                over_tls.send(1, &base_fields("/bots/1/flows", &auth)).await;
+                assert_eq!(over_tls.outcome(1).await, Ok(200));
+                over_tls.send(3, &base_fields(path, &auth)).await;
+                let first = over_tls.outcome(3).await;
+                over_tls.send(5, &base_fields("/bots/1/flows", &auth)).await;
+                (first, over_tls.outcome(5).await)
+            }),
+            ("h2c", {
+                h2c.send(1, &base_fields(path, &auth)).await;
+                let first = h2c.outcome(1).await;
+                h2c.send(3, &base_fields("/bots/1/flows", &auth)).await;
+                (first, h2c.outcome(3).await)
+            }),
+        ] {
+            assert_eq!(outcome, (Ok(400), Ok(400)), "{proto} {path}");
+        }
+    }
+    assert_eq!(
+        up.count(),
+        3,
+        "only the clean first requests were forwarded"
+    );
+    // `#` encoded is data.
+    let mut c = RawH2::open(TcpStream::connect(gw[3]).await.unwrap()).await;
+    c.send(1, &base_fields("/files/a%23b", &auth)).await;
+    assert_eq!(c.outcome(1).await, Ok(200));
+    assert_eq!(up.last().uri, "/files/a%23b");
+}
+
 #[tokio::test]
 async fn h2_host_must_agree_with_authority() {
     let pki = Pki::new();

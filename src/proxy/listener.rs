@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::pipeline::Gateway;
 use super::tls::ClientCert;
-use super::wire::{Heads, Tap};
+use super::wire::{H2Facts, H2Tap, Heads, Tap};
 use crate::config::{ListenSettings, Redirect};
 
 /// How long in-flight requests get to finish after a shutdown signal.
@@ -49,6 +49,9 @@ pub struct Conn {
     pub client_cert: Option<ClientCert>,
     /// A `redirect_https` listener: every request is answered 308.
     pub redirect: Option<Redirect>,
+    /// What the HTTP/2 mirror saw (connections that may speak HTTP/2);
+    /// an HTTP/2 request on a connection without one is refused.
+    pub h2: Option<Arc<H2Facts>>,
 }
 
 impl Conn {
@@ -59,6 +62,7 @@ impl Conn {
             tls: false,
             client_cert: None,
             redirect: None,
+            h2: None,
         }
     }
 }
@@ -192,19 +196,27 @@ async fn connection(
     drain: Drain,
 ) {
     let Some(cfg) = s.tls.clone() else {
-        let conn = Conn {
+        let mut conn = Conn {
             peer,
             tls: false,
             client_cert: None,
             redirect: s.redirect.clone(),
+            h2: None,
         };
-        let proto = if s.h2c { Proto::Sniff } else { Proto::Http1 };
-        // The tap also sees an h2c connection's bytes: the HTTP/2 preface
-        // is no HTTP/1.1 head, so it loses the stream at once and costs
-        // nothing more (HTTP/2 requests never look for a head).
         let heads = Heads::default();
-        let io = Tap::new(stream, heads.clone(), s.max_header_bytes);
-        return http(gw, io, proto, Some(heads), conn, &s, drain).await;
+        if !s.h2c {
+            let io = Tap::new(stream, heads.clone(), s.max_header_bytes);
+            return http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await;
+        }
+        // h2c: both taps see the bytes until the first ones tell which
+        // protocol it is; the other gives up at once and costs nothing
+        // more (HTTP/2 requests never look for a head, HTTP/1.1 ones never
+        // at the mirror).
+        let facts = Arc::new(H2Facts::default());
+        conn.h2 = Some(facts.clone());
+        let io = H2Tap::new(stream, facts, s.max_header_bytes);
+        let io = Tap::new(io, heads.clone(), s.max_header_bytes);
+        return http(gw, io, Proto::Sniff, Some(heads), conn, &s, drain).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
     let tls = match tokio::time::timeout(s.header_read_timeout, accept).await {
@@ -226,14 +238,18 @@ async fn connection(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(ClientCert::from_der);
-    let conn = Conn {
+    let mut conn = Conn {
         peer,
         tls: true,
         client_cert,
         redirect: None,
+        h2: None,
     };
     if h2 {
-        http(gw, tls, Proto::Http2, None, conn, &s, drain).await
+        let facts = Arc::new(H2Facts::default());
+        conn.h2 = Some(facts.clone());
+        let io = H2Tap::new(tls, facts, s.max_header_bytes);
+        http(gw, io, Proto::Http2, None, conn, &s, drain).await
     } else {
         let heads = Heads::default();
         let io = Tap::new(tls, heads.clone(), s.max_header_bytes);

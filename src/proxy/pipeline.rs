@@ -234,7 +234,7 @@ impl Gateway {
         req: Request<Incoming>,
     ) -> Result<Response<RespBody>, Refusal> {
         // 1 normalize: one canonical path, decided once and forwarded as is.
-        let target = normalize(rt, ctx, &req)?;
+        let target = normalize(rt, ctx, conn, &req)?;
         if req.method() == Method::POST && target.canon.path == rt.sessions.logout_path {
             return self.logout(rt, ctx, &req).await;
         }
@@ -492,13 +492,30 @@ fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
     resp
 }
 
-fn normalize(rt: &Runtime, ctx: &mut Ctx, req: &Request<Incoming>) -> Result<Target, Refusal> {
+fn normalize(
+    rt: &Runtime,
+    ctx: &mut Ctx,
+    conn: &Conn,
+    req: &Request<Incoming>,
+) -> Result<Target, Refusal> {
     let host = if ctx.h2 {
         // HTTP/2 has no framing headers to disagree (h2 refuses
         // `transfer-encoding` and the other connection-specific headers
-        // itself) and its target is the `:path` pseudo-header.
+        // itself) and its target is the `:path` pseudo-header, which the
+        // connection's mirror read before http cut a fragment off
+        // (`proxy::wire::H2Tap`). No mirror, or one that lost the stream:
+        // refused, fail closed.
+        let facts = conn
+            .h2
+            .as_deref()
+            .filter(|f| !f.lost())
+            .ok_or(Deny::BadRequest(BadRequest::MalformedHead))?;
         check_method(req.method())?;
-        h2_host(req)?
+        let host = h2_host(req)?;
+        if facts.saw_fragment() {
+            return Err(Deny::BadTarget(PathError::Fragment).into());
+        }
+        host
     } else {
         // What hyper's parser hid: the framing headers as sent, and the
         // target with its fragment (see `proxy::wire`).
