@@ -23,8 +23,10 @@
 //! revocation: [`Journal::open`] refuses to start, naming the file and the
 //! line, and the journal is left as it is (never compacted over) for the
 //! operator to repair. Lines written before sessions were keyed by issuer
-//! (no `iss`) are read fail-closed: an ended one revokes its session id for
-//! every user, an active one is dropped (its session starts afresh).
+//! (no `iss`) are read fail-closed: every one of them, ended or not,
+//! revokes its session id for every user until its token expires and at
+//! least `retention` (a forced re-login at the upgrade: an active one may
+//! have gone idle, or past its lifetime, while the gateway was down).
 //!
 //! The directory is locked (`rolegate.lock`) so two gateways never share
 //! one journal.
@@ -347,8 +349,23 @@ fn replay(table: &Table, l: Line, retention_ms: u64) {
             exp_ms: x,
             ended: None,
         }),
-        // Legacy (no issuer): cannot be keyed; the session starts afresh.
-        Line::Seen { iss: None, .. } => {}
+        // Legacy (no issuer): cannot be keyed under its issuer, and dropping
+        // it would let a session idle (or past its lifetime) while the
+        // gateway was down start afresh. Fail closed: its id is revoked for
+        // every user, as a legacy ended line's is (a forced re-login at the
+        // upgrade).
+        Line::Seen {
+            s, iss: None, x, ..
+        } => {
+            let now = super::now_ms();
+            table.set_revoked_id(
+                &s,
+                RevokedId {
+                    at_ms: now,
+                    until_ms: x.max(now.saturating_add(retention_ms)),
+                },
+            )
+        }
         Line::End {
             s,
             u,
@@ -557,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn legacy_lines_without_an_issuer_keep_their_revocations() {
+    fn legacy_lines_without_an_issuer_revoke_their_session_ids() {
         let d = dir("legacy");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
@@ -569,8 +586,30 @@ mod tests {
         let t = Table::new();
         let _j = Journal::open(&d, &t, RET).unwrap();
         assert!(t.is_revoked_id("b"));
-        assert!(!t.is_revoked_id("a"));
+        // An old-format active line is a forced re-login too: it may have
+        // gone idle while the gateway was down.
+        assert!(t.is_revoked_id("a"));
         assert!(t.is_empty());
+        let revoked = |t: &Table, u: &str, s: &'static str| {
+            t.check(&Touch {
+                issuer: "https://idp.test",
+                subject: u,
+                session: s,
+                now_ms: super::super::now_ms(),
+                idle_ms: 60_000,
+                max_lifetime_ms: None,
+                token_exp_ms: u64::MAX / 2,
+                token_iat_ms: Some(0),
+                touch: true,
+            })
+            .0 == super::super::Verdict::Ended(EndReason::Revoked)
+        };
+        assert!(revoked(&t, "u1", "a") && revoked(&t, "someone", "a"));
+        drop(_j);
+        // Compacted into `revid` lines: still refused after another restart.
+        let t = Table::new();
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        assert!(t.is_revoked_id("a") && t.is_revoked_id("b"));
         let _ = std::fs::remove_dir_all(&d);
     }
 
