@@ -675,3 +675,88 @@ async fn open_fails_when_redis_is_unreachable() {
     assert!(r.is_err());
     assert!(t0.elapsed() < Duration::from_secs(6));
 }
+
+/// Writes a session record in the layout of the version before sessions
+/// were keyed by issuer + subject + session id (`git show
+/// 04b4810:src/session/redis.rs`): `rolegate:s:{sid}`, hash `sub created
+/// last idle exp ended ended_at`.
+async fn old_session(
+    c: &mut redis::aio::MultiplexedConnection,
+    sid: &str,
+    last: u64,
+    idle: u64,
+    exp: u64,
+    ended: Option<(&str, u64)>,
+) {
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(format!("rolegate:s:{sid}"))
+        .arg("sub")
+        .arg("alice")
+        .arg("created")
+        .arg(last.saturating_sub(1_000))
+        .arg("last")
+        .arg(last)
+        .arg("idle")
+        .arg(idle)
+        .arg("exp")
+        .arg(exp);
+    if let Some((reason, at)) = ended {
+        cmd.arg("ended").arg(reason).arg("ended_at").arg(at);
+    }
+    let () = cmd.query_async(c).await.unwrap();
+}
+
+#[tokio::test]
+async fn pre_upgrade_sessions_are_revoked_by_id_at_open() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut c = redis.client().await;
+    let now = now_ms();
+    let exp = now + 3_600_000;
+    let long_ago = now - 10 * 86_400_000;
+    old_session(&mut c, "old-logout", now - 5_000, LONG, exp, Some(("logout", now - 4_000))).await;
+    old_session(&mut c, "old-idle", now - 120_000, LONG, exp, None).await;
+    old_session(&mut c, "old-active", now, LONG, exp, None).await;
+    // Token expired and retention passed long ago: nothing left to refuse.
+    old_session(&mut c, "old-gone", long_ago, LONG, long_ago, Some(("idle", long_ago))).await;
+
+    let a = open(&redis, LONG).await;
+    for s in ["old-logout", "old-idle", "old-active"] {
+        // The old id is refused whoever presents it (the old keys had no issuer).
+        for user in ["alice", "bob"] {
+            assert_eq!(
+                check(&a, s, user, LONG).await,
+                Verdict::Ended(EndReason::Revoked),
+                "{s} of {user}"
+            );
+        }
+        // Kept at least until the token expires.
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("rolegate:revoked:{s}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(pttl > 3_000_000, "{s}: {pttl}");
+    }
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("rolegate:revoked:old-gone")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    // The old keys are gone; a second instance has nothing left to migrate
+    // and new sessions work.
+    let old: Vec<String> = redis::cmd("KEYS")
+        .arg("rolegate:s:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(old.is_empty(), "{old:?}");
+    let b = open(&redis, LONG).await;
+    assert_eq!(
+        check(&b, "old-idle", "carol", LONG).await,
+        Verdict::Ended(EndReason::Revoked)
+    );
+    assert_eq!(check(&b, "new-1", "alice", LONG).await, Verdict::Active);
+}

@@ -45,6 +45,9 @@
 //!   (ms), the not-before cut-off for its tokens' `iat`; kept after
 //!   reactivation and never expires (one number per user ever deactivated);
 //! - `rolegate:epoch`: a marker telling whether Redis lost its data;
+//! - `rolegate:s:{sid}`: the previous version's session records (keyed by
+//!   id alone); `open` turns each into a `rolegate:revoked:{sid}` and
+//!   deletes it (see [`LUA_MIGRATE`]);
 //! - channel `rolegate:events` (`rolegate:events:{db}` for a database other
 //!   than 0, since pub/sub ignores databases).
 //!
@@ -363,7 +366,43 @@ redis.call('PUBLISH', CH, 'react ' .. ARGV[5])
 return s(changed)
 "#;
 
+/// One pre-upgrade session record (`rolegate:s:{sid}`, keyed by session id
+/// alone: hash `sub created last idle exp ended ended_at`). KEYS: the old
+/// key, the id's revocation. ARGV[5..]: sid, max lifetime (0: none).
+/// Whatever the record says (ended, idle or past its lifetime by now, or
+/// still active: it cannot be moved under the new keys, and keeping it
+/// active would be a guess), its id is revoked for every user until the
+/// later of its token's expiry and `retention` after it ended (now, if it
+/// had not), and published; then the old key is deleted. Idempotent.
+/// Returns what the record said: ended, idle, lifetime or active.
+const LUA_MIGRATE: &str = r#"
+local sid, maxl = ARGV[5], tonumber(ARGV[6])
+local h = redis.call('HMGET', KEYS[1], 'created', 'last', 'idle', 'exp', 'ended', 'ended_at')
+local created = tonumber(h[1] or s(NOW))
+local last = tonumber(h[2] or s(created))
+local idle, exp = tonumber(h[3] or '0'), tonumber(h[4] or '0')
+local kind, at = 'active', NOW
+if h[5] and h[5] ~= '' then
+  kind, at = 'ended', tonumber(h[6] or s(NOW))
+elseif NOW - last > idle then
+  kind = 'idle'
+elseif maxl > 0 and NOW - created > maxl then
+  kind = 'lifetime'
+end
+local untl = math.max(exp, at + RET)
+if untl > NOW then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then at = math.min(at, tonumber(prev)) end
+  redis.call('SET', KEYS[2], s(at), 'KEEPTTL')
+  extend(KEYS[2], untl)
+  redis.call('PUBLISH', CH, 'revid ' .. s(at) .. ' ' .. s(untl) .. ' ' .. sid)
+end
+redis.call('DEL', KEYS[1])
+return kind
+"#;
+
 struct Scripts {
+    migrate: Script,
     check: Script,
     end: Script,
     revoke_id: Script,
@@ -379,6 +418,7 @@ impl Scripts {
     fn new() -> Self {
         let s = |body: &str| Script::new(&format!("{LUA_PRELUDE}{body}"));
         Scripts {
+            migrate: s(LUA_MIGRATE),
             check: s(LUA_CHECK),
             end: s(LUA_END),
             revoke_id: s(LUA_REVOKE_ID),
@@ -956,6 +996,52 @@ impl Inner {
         Ok(())
     }
 
+    /// The one-time upgrade from sessions keyed by id alone: every
+    /// `rolegate:s:{sid}` record left by an older version becomes a
+    /// revocation of its id (see [`LUA_MIGRATE`]), so no session ended
+    /// before the upgrade comes back. Run at every `open`; finds nothing
+    /// once done. Returns how many records were migrated, by kind.
+    async fn migrate_legacy(&self) -> Result<Migrated, StoreError> {
+        let mut c = self.conn();
+        let old = format!("{PREFIX}s:");
+        let pattern = format!("{old}*");
+        let mut n = Migrated::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .arg("TYPE")
+                .arg("hash");
+            let (next, keys): (u64, Vec<String>) =
+                bounded("upgrade scan", scan.query_async(&mut c)).await?;
+            for key in &keys {
+                let Some(sid) = key.strip_prefix(&old) else {
+                    continue;
+                };
+                let mut inv = self.invocation(&self.scripts.migrate, now_ms());
+                inv.key(key)
+                    .key(revoked_key(sid))
+                    .arg(sid)
+                    .arg(self.max_lifetime_ms.unwrap_or(0).min(MAX_MS));
+                let kind: String = self.invoke("upgrade", &inv).await?;
+                match kind.as_str() {
+                    "ended" => n.ended += 1,
+                    "idle" => n.idle += 1,
+                    "lifetime" => n.lifetime += 1,
+                    _ => n.active += 1,
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(n);
+            }
+        }
+    }
+
     /// Connects the subscriber, subscribes, resyncs; then `check` may answer.
     async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), StoreError> {
         let pubsub = bounded("subscribe", self.client.get_async_pubsub()).await?;
@@ -1079,6 +1165,23 @@ async fn run_flusher(inner: Arc<Inner>, every: Duration) {
     }
 }
 
+/// Pre-upgrade session records turned into revocations at `open`, by what
+/// the record said.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub ended: usize,
+    pub idle: usize,
+    pub lifetime: usize,
+    /// Still active: revoked too (a forced re-login; see the README).
+    pub active: usize,
+}
+
+impl Migrated {
+    pub fn total(&self) -> usize {
+        self.ended + self.idle + self.lifetime + self.active
+    }
+}
+
 pub struct RedisStore {
     inner: Arc<Inner>,
     tasks: Vec<JoinHandle<()>>,
@@ -1144,6 +1247,17 @@ impl RedisStore {
             pending: tokio::sync::Mutex::new(Vec::new()),
             epoch: Mutex::new(epoch),
         });
+        let migrated = inner.migrate_legacy().await.map_err(|e| e.0)?;
+        if migrated.total() > 0 {
+            tracing::warn!(
+                ended = migrated.ended,
+                idle = migrated.idle,
+                lifetime = migrated.lifetime,
+                active = migrated.active,
+                "redis session store: pre-upgrade sessions (keyed by session id alone) revoked by id; \
+                 their users must log in again"
+            );
+        }
         let sub = inner.subscribe().await.map_err(|e| e.0)?;
         let every = settings.flush_interval.max(Duration::from_millis(10));
         let tasks = vec![
