@@ -760,3 +760,59 @@ async fn pre_upgrade_sessions_are_revoked_by_id_at_open() {
     );
     assert_eq!(check(&b, "new-1", "alice", LONG).await, Verdict::Active);
 }
+
+#[tokio::test]
+async fn with_redis_down_known_refusals_are_still_answered_and_only_unknowns_fail() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    assert_eq!(check(&a, "live", "alice", LONG).await, Verdict::Active);
+    assert_eq!(check(&a, "out", "alice", LONG).await, Verdict::Active);
+    assert!(
+        a.end(sid("out", "alice"), EndReason::Logout, now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(!a.revoke_id("revoked-1", now_ms() + 60_000).await.unwrap());
+    assert!(a.deactivate("mallory").await.unwrap());
+    assert!(a.deactivate("oscar").await.unwrap());
+    assert!(a.reactivate("oscar").await.unwrap());
+    let nb = a.not_before("oscar").await.unwrap().expect("a cut-off");
+
+    redis.kill();
+    // The subscription is lost: sessions the mirror holds as active fail.
+    assert!(
+        within(Duration::from_secs(3), async || a
+            .check(&req("live", "alice", LONG, true))
+            .await
+            .is_err())
+        .await
+    );
+    // What this gateway knows is refused is still refused (never a store
+    // error that `on_store_error: allow` would let through).
+    let refused = async |s: &str, u: &str, iat: Option<u64>| {
+        let mut t = req(s, u, LONG, true);
+        t.token_iat_ms = iat;
+        a.check(&t).await
+    };
+    let now = Some(now_ms() + 1);
+    assert_eq!(
+        refused("out", "alice", now).await.unwrap(),
+        Verdict::Ended(EndReason::Logout)
+    );
+    assert_eq!(
+        refused("revoked-1", "bob", now).await.unwrap(),
+        Verdict::Ended(EndReason::Revoked)
+    );
+    assert_eq!(
+        refused("m1", "mallory", now).await.unwrap(),
+        Verdict::Deactivated
+    );
+    assert_eq!(
+        refused("o1", "oscar", Some(nb / 1000 * 1000 - 1)).await.unwrap(),
+        Verdict::Ended(EndReason::Revoked)
+    );
+    // An unknown session cannot be judged: a store error.
+    assert!(refused("unknown", "carol", now).await.is_err());
+}

@@ -138,8 +138,14 @@ impl EmbeddedStore {
     pub fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
         let (verdict, change) = self.inner.table.check(t);
         if let Change::Ended(r) = change {
-            let n = self.inner.persist(|j| j.records(&[r]))?;
-            self.inner.maybe_compact(n);
+            // The refusal is decided and holds in memory: answered as such
+            // even if it cannot be written (a store error here would let
+            // `on_store_error: allow` forward the request). The journal is
+            // then rewritten from memory at the next write or housekeeping.
+            match self.inner.persist(|j| j.records(&[r])) {
+                Ok(n) => self.inner.maybe_compact(n),
+                Err(e) => tracing::error!(error = %e, ?verdict, "session end not yet durable; refused anyway"),
+            }
         }
         Ok(verdict)
     }
@@ -295,6 +301,25 @@ mod tests {
             text.lines()
                 .any(|l| l.contains("\"op\":\"end\"") && l.contains("\"s\":\"s1\"")),
             "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn a_decided_refusal_is_answered_even_when_it_cannot_be_written() {
+        let (store, d) = open("refusal");
+        let now = now_ms();
+        assert_eq!(store.check(&touch("s1", now, 1_000)).unwrap(), Verdict::Active);
+        store.inner.journal.inject(Some(Fault::Full));
+        // Idle: ended in memory, not writable: still the refusal, not a
+        // store error that `on_store_error: allow` would let through.
+        assert_eq!(
+            store.check(&touch("s1", now + 5_000, 1_000)).unwrap(),
+            Verdict::Ended(EndReason::Idle)
+        );
+        assert_eq!(
+            store.check(&touch("s1", now + 5_001, 1_000)).unwrap(),
+            Verdict::Ended(EndReason::Idle)
         );
         let _ = std::fs::remove_dir_all(&d);
     }

@@ -669,6 +669,9 @@ struct Inner {
     generation: AtomicU64,
     /// Serialises flushes and holds activity a failed flush could not write.
     pending: tokio::sync::Mutex<Vec<Record>>,
+    /// Ends this gateway decided (and answered) but could not write to
+    /// Redis; the flush task retries them.
+    unwritten_ends: Mutex<Vec<Record>>,
     /// The `rolegate:epoch` value of the dataset we are in sync with.
     epoch: Mutex<String>,
 }
@@ -757,6 +760,35 @@ impl Inner {
         self.end_in_redis(r.id(), reason, at, r.exp_ms, true)
             .await
             .map(|_| ())
+    }
+
+    /// Writes an end decided here; on failure keeps it for the flush task
+    /// to retry. The refusal itself is answered either way.
+    async fn persist_or_queue_end(&self, r: Record) {
+        if let Err(e) = self.persist_end(&r).await {
+            tracing::error!(error = %e, "redis session store: a session end could not be written (refused anyway; retried)");
+            self.unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(r);
+        }
+    }
+
+    /// Retries the ends [`Self::persist_or_queue_end`] could not write.
+    async fn retry_unwritten_ends(&self) {
+        let ends = std::mem::take(&mut *self.unwritten_ends.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut failed = Vec::new();
+        for r in ends {
+            if self.persist_end(&r).await.is_err() {
+                failed.push(r);
+            }
+        }
+        if !failed.is_empty() {
+            self.unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(failed);
+        }
     }
 
     async fn end_in_redis(
@@ -1157,6 +1189,7 @@ async fn run_flusher(inner: Arc<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         n = n.wrapping_add(1);
+        inner.retry_unwritten_ends().await;
         if n.is_multiple_of(refresh_every) {
             inner.refresh_mirror().await;
         } else if let Err(e) = inner.flush_activity().await {
@@ -1245,6 +1278,7 @@ impl RedisStore {
             subscribed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             pending: tokio::sync::Mutex::new(Vec::new()),
+            unwritten_ends: Mutex::new(Vec::new()),
             epoch: Mutex::new(epoch),
         });
         let migrated = inner.migrate_legacy().await.map_err(|e| e.0)?;
@@ -1269,13 +1303,15 @@ impl RedisStore {
 
     /// The per-request check (and touch): see the module doc for the fast
     /// and slow paths.
+    ///
+    /// Refusals this gateway already knows (a deactivated user, a revoked
+    /// id, a not-before cut-off, an ended session) are answered first, from
+    /// the mirror, also while Redis or the subscription is down: an ended
+    /// session never comes back, so they cannot be stale in the dangerous
+    /// direction, and a store error here would let `on_store_error: allow`
+    /// forward the request. Only then does a lost subscription fail.
     pub async fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
         let inner = &*self.inner;
-        if !inner.subscribed.load(Ordering::Acquire) {
-            return Err(StoreError(
-                "redis event subscription is down (revocations could be missed)".into(),
-            ));
-        }
         if inner.table.is_deactivated(t.subject) {
             return Ok(Verdict::Deactivated);
         }
@@ -1283,26 +1319,37 @@ impl RedisStore {
         {
             return Ok(Verdict::Ended(EndReason::Revoked));
         }
-        if let Some(r) = inner.table.get(t.id()) {
-            if let Some((reason, at)) = r.ended {
-                // Ended for good. A newer token of that session: make Redis
-                // keep the record until it expires too.
-                if t.token_exp_ms.min(MAX_MS) > r.exp_ms {
-                    let (_, rec) = inner
-                        .end_in_redis(t.id(), reason, at, t.token_exp_ms, false)
-                        .await?;
-                    inner.table.apply(&rec);
+        let local = inner.table.get(t.id());
+        if let Some((reason, at)) = local.as_ref().and_then(|r| r.ended) {
+            // Ended for good. A newer token of that session: make Redis
+            // keep the record until it expires too (best effort: the
+            // refusal stands either way).
+            if local.as_ref().is_some_and(|r| t.token_exp_ms.min(MAX_MS) > r.exp_ms) {
+                match inner
+                    .end_in_redis(t.id(), reason, at, t.token_exp_ms, false)
+                    .await
+                {
+                    Ok((_, rec)) => inner.table.apply(&rec),
+                    Err(e) => tracing::warn!(error = %e, "redis session store: could not extend an ended session's record"),
                 }
-                return Ok(Verdict::Ended(reason));
             }
+            return Ok(Verdict::Ended(reason));
+        }
+        if !inner.subscribed.load(Ordering::Acquire) {
+            return Err(StoreError(
+                "redis event subscription is down (revocations could be missed)".into(),
+            ));
+        }
+        if let Some(r) = local {
             if !mirror_can_decide(&r, t) {
                 return inner.slow_check(t).await;
             }
             let (verdict, change) = inner.table.check(t);
             if let Change::Ended(r) = change {
                 // A concurrent request of the same session with a shorter
-                // timeout made the mirror end it: make that known.
-                inner.persist_end(&r).await?;
+                // timeout (or a deactivation racing this request) made the
+                // mirror end it: make that known, and refuse either way.
+                inner.persist_or_queue_end(r).await;
             }
             return Ok(verdict);
         }
