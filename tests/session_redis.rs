@@ -20,11 +20,17 @@ use tokio::time::{Instant, sleep};
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments.
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// None (after printing why) when `redis-server` is not installed.
     fn start() -> Option<RedisServer> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Option<RedisServer> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -37,6 +43,7 @@ impl RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         Some(s)
@@ -46,6 +53,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -815,4 +823,40 @@ async fn with_redis_down_known_refusals_are_still_answered_and_only_unknowns_fai
     );
     // An unknown session cannot be judged: a store error.
     assert!(refused("unknown", "carol", now).await.is_err());
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_is_reported_and_one_that_evicts_now_refused() {
+    use rolegate::session::redis::{Eviction, eviction};
+    let Some(safe) = RedisServer::start() else {
+        return;
+    };
+    assert_eq!(eviction(&mut safe.client().await).await, Eviction::Never);
+    // A policy that may evict, but no memory limit yet: reported (the store
+    // opens and logs an error).
+    let later = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]).unwrap();
+    assert_eq!(
+        eviction(&mut later.client().await).await,
+        Eviction::Possible {
+            policy: "volatile-lru".into(),
+            maxmemory: 0
+        }
+    );
+    open(&later, LONG).await;
+    // Evicting now: the store refuses to start.
+    let now = RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"])
+        .unwrap();
+    match Store::open(&settings(&now.url(), Duration::from_secs(60))).await {
+        Ok(_) => panic!("opened on a Redis that evicts keys"),
+        Err(e) => assert!(e.contains("noeviction") && e.contains("allkeys-lru"), "{e}"),
+    }
+    // CONFIG renamed away, as managed Redis often does: cannot be checked.
+    let managed = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
+    if let Some(managed) = managed {
+        assert!(matches!(
+            eviction(&mut managed.client().await).await,
+            Eviction::Unknown(_)
+        ));
+        open(&managed, LONG).await;
+    }
 }

@@ -1198,6 +1198,58 @@ async fn run_flusher(inner: Arc<Inner>, every: Duration) {
     }
 }
 
+/// Whether Redis may drop rolegate's keys to free memory (`CONFIG GET
+/// maxmemory-policy`, `maxmemory`). Revocations and ended sessions are keys
+/// with a TTL, so any `volatile-*` policy may evict them; `allkeys-*` may
+/// also drop `rolegate:deact` and `rolegate:notbefore`. A dropped
+/// revocation is a session that works again: only `noeviction` is safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eviction {
+    /// `noeviction`: Redis refuses writes when full, never drops keys.
+    Never,
+    /// Another policy. With `maxmemory` 0 (no limit) nothing is evicted
+    /// yet, but setting a limit at run time would start it.
+    Possible { policy: String, maxmemory: u64 },
+    /// `CONFIG` is not available (managed Redis often disables it).
+    Unknown(String),
+}
+
+/// Asks Redis for its eviction settings (see [`Eviction`]).
+pub async fn eviction(c: &mut impl redis::aio::ConnectionLike) -> Eviction {
+    let get = |name: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        cmd
+    };
+    let policy = bounded(
+        "config get",
+        get("maxmemory-policy").query_async::<HashMap<String, String>>(c),
+    )
+    .await;
+    let maxmemory = bounded(
+        "config get",
+        get("maxmemory").query_async::<HashMap<String, String>>(c),
+    )
+    .await;
+    let (policy, maxmemory) = match (policy, maxmemory) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(e), _) | (_, Err(e)) => return Eviction::Unknown(e.0),
+    };
+    let Some(policy) = policy.get("maxmemory-policy") else {
+        return Eviction::Unknown("CONFIG GET maxmemory-policy answered nothing".into());
+    };
+    if policy == "noeviction" {
+        return Eviction::Never;
+    }
+    Eviction::Possible {
+        policy: policy.clone(),
+        maxmemory: maxmemory
+            .get("maxmemory")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
 /// Pre-upgrade session records turned into revocations at `open`, by what
 /// the record said.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -1256,6 +1308,29 @@ impl RedisStore {
             Err(_) => return Err("cannot connect to redis: timed out".into()),
         };
         let mut c = conn.clone();
+        // Evicted revocations are sessions that work again: refuse to start
+        // on a Redis that evicts now; say so loudly when it could.
+        match eviction(&mut c).await {
+            Eviction::Never => {}
+            Eviction::Possible { policy, maxmemory } if maxmemory > 0 => {
+                return Err(format!(
+                    "redis evicts keys (maxmemory {maxmemory}, maxmemory-policy {policy}): it could drop \
+                     revocations and deactivations, and those sessions would work again; run Redis with \
+                     maxmemory-policy noeviction"
+                ));
+            }
+            Eviction::Possible { policy, .. } => tracing::error!(
+                policy = %policy,
+                "redis session store: maxmemory-policy is not noeviction; with no maxmemory set nothing \
+                 is evicted yet, but setting one would let Redis drop revocations. Set maxmemory-policy \
+                 noeviction"
+            ),
+            Eviction::Unknown(e) => tracing::warn!(
+                error = %e,
+                "redis session store: could not check maxmemory-policy (CONFIG unavailable); make sure it \
+                 is noeviction, or revocations may be evicted"
+            ),
+        }
         let mut set = redis::cmd("SET");
         set.arg(epoch_key()).arg(new_epoch()).arg("NX");
         bounded("open", set.query_async::<()>(&mut c))
