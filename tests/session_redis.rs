@@ -860,3 +860,46 @@ async fn a_redis_that_may_evict_keys_is_reported_and_one_that_evicts_now_refused
         open(&managed, LONG).await;
     }
 }
+
+#[tokio::test]
+async fn an_unreadable_event_is_a_lost_subscription_and_the_mirror_resyncs() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s1", "alice", LONG).await, Verdict::Active);
+    assert!(mirror(&a).get(sid("s1", "alice")).is_some());
+    // A deactivation whose event is lost (garbled in transit, or written by
+    // a newer version this one cannot read): only in Redis.
+    let mut c = redis.client().await;
+    let () = redis::cmd("HSET")
+        .arg("rolegate:deact")
+        .arg("mallory")
+        .arg(now_ms())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!mirror(&a).is_deactivated("mallory"));
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg("rolegate:events")
+        .arg("deact garbled")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Resynced: the deactivation is read from Redis, and the mirror forgot
+    // its active sessions (each is re-read on its next request).
+    assert!(
+        within(Duration::from_secs(3), async || mirror(&a)
+            .is_deactivated("mallory"))
+        .await,
+        "the garbled event did not trigger a resync"
+    );
+    assert!(mirror(&a).get(sid("s1", "alice")).is_none());
+    assert!(
+        within(Duration::from_secs(3), async || a
+            .check(&req("s1", "alice", LONG, true))
+            .await
+            .is_ok_and(|v| v == Verdict::Active))
+        .await
+    );
+}

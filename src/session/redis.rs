@@ -69,7 +69,8 @@
 //! Every Redis error or a reply slower than 1 s is a [`StoreError`] (the
 //! pipeline answers 503 by default). While the subscriber connection is
 //! down, the mirror could miss revocations, so `check` refuses with
-//! `StoreError` even on the fast path until the subscription is back. On
+//! `StoreError` even on the fast path until the subscription is back (an
+//! event that cannot be read counts as a lost subscription). On
 //! re-subscription the deactivated users and the not-before cut-offs are
 //! reloaded from Redis and the
 //! mirror forgets its active sessions (they are re-read from Redis on their
@@ -1096,7 +1097,8 @@ impl Inner {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn apply_event(&self, payload: &str) {
+    /// Applies one event to the mirror; false when it cannot be read.
+    fn apply_event(&self, payload: &str) -> bool {
         match Event::parse(payload) {
             Some(Event::End {
                 reason,
@@ -1129,8 +1131,9 @@ impl Inner {
             Some(Event::Reactivate { subject }) => {
                 self.table.reactivate(&subject);
             }
-            None => tracing::warn!("redis session store: unreadable event ignored"),
+            None => return false,
         }
+        true
     }
 
     /// Applies events until the subscriber connection is lost.
@@ -1141,9 +1144,20 @@ impl Inner {
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
+                    // An event that cannot be read may have been an end, a
+                    // revocation or a deactivation: the mirror can no longer
+                    // vouch for itself, exactly as after a lost connection.
+                    // Treated as one: fail closed, resubscribe, resync.
                     Some(m) => match m.get_payload::<String>() {
-                        Ok(p) => self.apply_event(&p),
-                        Err(e) => tracing::warn!(error = %e, "redis session store: bad event payload"),
+                        Ok(p) if self.apply_event(&p) => {}
+                        Ok(_) => {
+                            tracing::error!("redis session store: unreadable event; treated as a lost subscription (resync)");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "redis session store: bad event payload; treated as a lost subscription (resync)");
+                            return;
+                        }
                     },
                     None => return,
                 },
