@@ -903,3 +903,28 @@ async fn an_unreadable_event_is_a_lost_subscription_and_the_mirror_resyncs() {
         .await
     );
 }
+
+async fn pttl(c: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(c).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_revoked_id_is_kept_until_its_tokens_expire_and_never_shortened() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let mut c = redis.client().await;
+    // Revoked again with an earlier `until`: the first one stands.
+    assert!(!a.revoke_id("twice", now_ms() + 600_000).await.unwrap());
+    assert!(!a.revoke_id("twice", now_ms() + 60_000).await.unwrap());
+    let t = pttl(&mut c, "rolegate:revoked:twice").await;
+    assert!(t > 500_000, "shortened to {t} ms");
+    // Revoking an id whose session holds a token valid for an hour keeps
+    // the id refused until that token expires, not just `retention`.
+    assert_eq!(check(&a, "held", "alice", LONG).await, Verdict::Active);
+    assert!(a.revoke_id("held", now_ms() + 60_000).await.unwrap());
+    let t = pttl(&mut c, "rolegate:revoked:held").await;
+    assert!(t > 3_000_000, "kept only {t} ms");
+    assert!(mirror(&a).revoked_ids().iter().any(|(s, r)| s == "held" && r.until_ms >= *TOKEN_EXP));
+}

@@ -39,7 +39,9 @@
 //! - `rolegate:sid:{sid}`: set of the session keys with that session id
 //!   (admin revocation by id), expiring likewise;
 //! - `rolegate:revoked:{sid}`: a session id revoked by the admin API for
-//!   every user (value: revoked at, ms), expiring `retention` after;
+//!   every user (value: revoked at, ms), expiring `retention` after, or
+//!   when the last token of the sessions it ended expires if later; its
+//!   expiry is only ever extended;
 //! - `rolegate:deact`: hash subject → deactivated since (ms);
 //! - `rolegate:notbefore`: hash subject → time of its last deactivation
 //!   (ms), the not-before cut-off for its tokens' `iat`; kept after
@@ -273,17 +275,20 @@ return { '1', unpack(reply(r)) }
 "#;
 
 /// Revokes a session id for every user. KEYS: revoked id, sid set.
-/// ARGV[5..]: sid, until. Records the id (refused whoever presents it
-/// until `until`), publishes it, ends every active session with that id.
+/// ARGV[5..]: sid, until. Ends every active session with that id, records
+/// the id (refused whoever presents it until the later of `until` and the
+/// latest token expiry among the sessions it ended; an existing
+/// revocation is only ever extended, never shortened) and publishes it.
 /// Returns the newly ended records, flattened.
 const LUA_REVOKE_ID: &str = r#"
 local sid, untl = ARGV[5], tonumber(ARGV[6])
 local at = tonumber(redis.call('GET', KEYS[1]) or s(NOW))
-redis.call('SET', KEYS[1], s(at))
-local pt = redis.call('PTTL', KEYS[1])
-if pt < 0 or NOW + pt < untl then redis.call('PEXPIREAT', KEYS[1], s(untl)) end
+local out = end_all(KEYS[2], 'revoked')
+for i = 7, #out, 9 do untl = math.max(untl, tonumber(out[i])) end
+redis.call('SET', KEYS[1], s(at), 'KEEPTTL')
+extend(KEYS[1], untl)
 redis.call('PUBLISH', CH, 'revid ' .. s(at) .. ' ' .. s(untl) .. ' ' .. sid)
-return end_all(KEYS[2], 'revoked')
+return out
 "#;
 
 /// Coalesced activity of one session. KEYS: session. ARGV[5..]: last,
@@ -987,15 +992,24 @@ impl Inner {
                 .ignore();
         }
         for (sid, r) in self.table.revoked_ids() {
+            if r.until_ms <= now {
+                continue;
+            }
+            // Created with its expiry, or an existing one only extended
+            // (another gateway may have written a later one already).
             let key = revoked_key(&sid);
+            let until = r.until_ms.min(MAX_MS);
             pipe.cmd("SET")
                 .arg(&key)
                 .arg(r.at_ms)
                 .arg("NX")
+                .arg("PXAT")
+                .arg(until)
                 .ignore()
                 .cmd("PEXPIREAT")
                 .arg(&key)
-                .arg(r.until_ms.min(MAX_MS))
+                .arg(until)
+                .arg("GT")
                 .ignore();
         }
         for r in &ended {
@@ -1474,6 +1488,8 @@ impl RedisStore {
             .arg(until);
         let v: Vec<String> = self.inner.invoke("revoke_id", &inv).await?;
         let ended = parse_records(&v)?;
+        // As the script keeps it: until the last of these tokens expires.
+        let until = ended.iter().map(|r| r.exp_ms).fold(until, u64::max);
         self.inner.table.set_revoked_id(
             session,
             RevokedId {
