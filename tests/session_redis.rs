@@ -723,11 +723,27 @@ async fn pre_upgrade_sessions_are_revoked_by_id_at_open() {
     let now = now_ms();
     let exp = now + 3_600_000;
     let long_ago = now - 10 * 86_400_000;
-    old_session(&mut c, "old-logout", now - 5_000, LONG, exp, Some(("logout", now - 4_000))).await;
+    old_session(
+        &mut c,
+        "old-logout",
+        now - 5_000,
+        LONG,
+        exp,
+        Some(("logout", now - 4_000)),
+    )
+    .await;
     old_session(&mut c, "old-idle", now - 120_000, LONG, exp, None).await;
     old_session(&mut c, "old-active", now, LONG, exp, None).await;
     // Token expired and retention passed long ago: nothing left to refuse.
-    old_session(&mut c, "old-gone", long_ago, LONG, long_ago, Some(("idle", long_ago))).await;
+    old_session(
+        &mut c,
+        "old-gone",
+        long_ago,
+        LONG,
+        long_ago,
+        Some(("idle", long_ago)),
+    )
+    .await;
 
     let a = open(&redis, LONG).await;
     for s in ["old-logout", "old-idle", "old-active"] {
@@ -818,7 +834,9 @@ async fn with_redis_down_known_refusals_are_still_answered_and_only_unknowns_fai
         Verdict::Deactivated
     );
     assert_eq!(
-        refused("o1", "oscar", Some(nb / 1000 * 1000 - 1)).await.unwrap(),
+        refused("o1", "oscar", Some(nb / 1000 * 1000 - 1))
+            .await
+            .unwrap(),
         Verdict::Ended(EndReason::Revoked)
     );
     // An unknown session cannot be judged: a store error.
@@ -844,8 +862,9 @@ async fn a_redis_that_may_evict_keys_is_reported_and_one_that_evicts_now_refused
     );
     open(&later, LONG).await;
     // Evicting now: the store refuses to start.
-    let now = RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"])
-        .unwrap();
+    let now =
+        RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"])
+            .unwrap();
     match Store::open(&settings(&now.url(), Duration::from_secs(60))).await {
         Ok(_) => panic!("opened on a Redis that evicts keys"),
         Err(e) => assert!(e.contains("noeviction") && e.contains("allkeys-lru"), "{e}"),
@@ -926,5 +945,10 @@ async fn a_revoked_id_is_kept_until_its_tokens_expire_and_never_shortened() {
     assert!(a.revoke_id("held", now_ms() + 60_000).await.unwrap());
     let t = pttl(&mut c, "rolegate:revoked:held").await;
     assert!(t > 3_000_000, "kept only {t} ms");
-    assert!(mirror(&a).revoked_ids().iter().any(|(s, r)| s == "held" && r.until_ms >= *TOKEN_EXP));
+    assert!(
+        mirror(&a)
+            .revoked_ids()
+            .iter()
+            .any(|(s, r)| s == "held" && r.until_ms >= *TOKEN_EXP)
+    );
 }

@@ -144,7 +144,9 @@ impl EmbeddedStore {
             // then rewritten from memory at the next write or housekeeping.
             match self.inner.persist(|j| j.records(&[r])) {
                 Ok(n) => self.inner.maybe_compact(n),
-                Err(e) => tracing::error!(error = %e, ?verdict, "session end not yet durable; refused anyway"),
+                Err(e) => {
+                    tracing::error!(error = %e, ?verdict, "session end not yet durable; refused anyway")
+                }
             }
         }
         Ok(verdict)
@@ -250,7 +252,8 @@ mod tests {
     use super::*;
 
     pub(super) fn open(tag: &str) -> (EmbeddedStore, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!("rolegate-embedded-{tag}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("rolegate-embedded-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let settings = SessionSettings {
             idle_timeout: Duration::from_secs(60),
@@ -309,7 +312,10 @@ mod tests {
     async fn a_decided_refusal_is_answered_even_when_it_cannot_be_written() {
         let (store, d) = open("refusal");
         let now = now_ms();
-        assert_eq!(store.check(&touch("s1", now, 1_000)).unwrap(), Verdict::Active);
+        assert_eq!(
+            store.check(&touch("s1", now, 1_000)).unwrap(),
+            Verdict::Active
+        );
         store.inner.journal.inject(Some(Fault::Full));
         // Idle: ended in memory, not writable: still the refusal, not a
         // store error that `on_store_error: allow` would let through.

@@ -785,7 +785,10 @@ mod tests {
             at_ms: 3_000,
             until_ms: u64::MAX / 2,
         };
-        assert!(j.revoke_id("r1", r, &t.revoke_id("r1", 3_000, r.until_ms)).is_err());
+        assert!(
+            j.revoke_id("r1", r, &t.revoke_id("r1", 3_000, r.until_ms))
+                .is_err()
+        );
         // The rewrite from memory makes both durable, and appends resume.
         j.compact(&t).unwrap();
         assert!(!j.needs_rewrite());

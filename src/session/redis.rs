@@ -782,7 +782,12 @@ impl Inner {
 
     /// Retries the ends [`Self::persist_or_queue_end`] could not write.
     async fn retry_unwritten_ends(&self) {
-        let ends = std::mem::take(&mut *self.unwritten_ends.lock().unwrap_or_else(|p| p.into_inner()));
+        let ends = std::mem::take(
+            &mut *self
+                .unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let mut failed = Vec::new();
         for r in ends {
             if self.persist_end(&r).await.is_err() {
@@ -1427,13 +1432,18 @@ impl RedisStore {
             // Ended for good. A newer token of that session: make Redis
             // keep the record until it expires too (best effort: the
             // refusal stands either way).
-            if local.as_ref().is_some_and(|r| t.token_exp_ms.min(MAX_MS) > r.exp_ms) {
+            if local
+                .as_ref()
+                .is_some_and(|r| t.token_exp_ms.min(MAX_MS) > r.exp_ms)
+            {
                 match inner
                     .end_in_redis(t.id(), reason, at, t.token_exp_ms, false)
                     .await
                 {
                     Ok((_, rec)) => inner.table.apply(&rec),
-                    Err(e) => tracing::warn!(error = %e, "redis session store: could not extend an ended session's record"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis session store: could not extend an ended session's record")
+                    }
                 }
             }
             return Ok(Verdict::Ended(reason));
