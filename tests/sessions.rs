@@ -448,8 +448,10 @@ async fn a_not_before_cut_off_survives_restarts_after_reactivation() {
     let frank = |sid: &str, iat: Value| {
         token_with(json!({ "sub": "frank", "sid": sid, "roles": ["viewer"], "iat": iat }))
     };
-    // Issued before the deactivation, never presented before it.
-    let before = frank("f-old", json!(now()));
+    // Issued before the deactivation, never presented before it: in an
+    // earlier second (one issued in the deactivation's own second counts as
+    // a new login since cut-offs compare whole seconds).
+    let before = frank("f-old", json!(now() - 1));
     let no_iat = frank("f-no-iat", Value::Null);
 
     let mut p = spawn_serve(&dir, port).await;
