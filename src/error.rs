@@ -53,6 +53,37 @@ pub enum Deny {
     /// origin (cross-site websocket hijacking).
     #[error("websocket origin not allowed")]
     WebsocketOrigin,
+    /// The route demands a verified client certificate (`client_cert:`)
+    /// and the connection has none, or one the route does not list.
+    #[error("{}", .0.reason())]
+    ClientCert(ClientCertDenial),
+}
+
+/// Why a route's `client_cert:` requirement failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertDenial {
+    /// No verified client certificate on this connection (none presented,
+    /// a plain listener, or a listener without `tls.client_auth`).
+    Missing,
+    /// A verified certificate whose names are not in `client_cert.allow`.
+    NotAllowed,
+}
+
+impl ClientCertDenial {
+    /// Stable snake_case code (log `detail`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ClientCertDenial::Missing => "client_cert_missing",
+            ClientCertDenial::NotAllowed => "client_cert_not_allowed",
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ClientCertDenial::Missing => "this route requires a verified client certificate",
+            ClientCertDenial::NotAllowed => "the client certificate is not one this route allows",
+        }
+    }
 }
 
 /// Why a request (not its target or host) is malformed. Each is a 400
@@ -163,7 +194,9 @@ impl Refusal {
                 Deny::Unauthenticated(_) | Deny::SessionEnded(_) | Deny::UserDeactivated => {
                     StatusCode::UNAUTHORIZED
                 }
-                Deny::Forbidden(_) | Deny::WebsocketOrigin => StatusCode::FORBIDDEN,
+                Deny::Forbidden(_) | Deny::WebsocketOrigin | Deny::ClientCert(_) => {
+                    StatusCode::FORBIDDEN
+                }
                 Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             },
             Refusal::Fault(f) => match f {
@@ -189,6 +222,7 @@ impl Refusal {
                 Deny::NoRoute => "no_route",
                 Deny::Unauthenticated(e) => e.code(),
                 Deny::Forbidden(_) | Deny::WebsocketOrigin => "forbidden",
+                Deny::ClientCert(_) => "client_cert_required",
                 Deny::BodyTooLarge => "body_too_large",
                 Deny::SessionEnded(EndReason::Idle | EndReason::Lifetime) => "session_expired",
                 Deny::SessionEnded(_) => "session_ended",
@@ -216,6 +250,7 @@ impl Refusal {
             Refusal::Deny(Deny::Unauthenticated(e)) => e.detail(),
             Refusal::Deny(Deny::Forbidden(d)) => d.code,
             Refusal::Deny(Deny::WebsocketOrigin) => "websocket_origin",
+            Refusal::Deny(Deny::ClientCert(c)) => c.code(),
             Refusal::Fault(Fault::UpstreamTls(..)) => "upstream_tls",
             _ => self.code(),
         }
@@ -323,6 +358,20 @@ mod tests {
             assert_eq!(r.detail(), code);
             assert_eq!(r.to_string(), code);
             assert_eq!(r.closes_connection(), closes, "{code}");
+        }
+    }
+
+    #[test]
+    fn client_cert_refusals_are_403_with_their_own_code() {
+        for (c, detail) in [
+            (ClientCertDenial::Missing, "client_cert_missing"),
+            (ClientCertDenial::NotAllowed, "client_cert_not_allowed"),
+        ] {
+            let r = Refusal::from(Deny::ClientCert(c));
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            assert_eq!(r.code(), "client_cert_required");
+            assert_eq!(r.detail(), detail);
+            assert!(!r.is_session() && !r.closes_connection());
         }
     }
 

@@ -6,7 +6,8 @@
 //! # Layout
 //!
 //! ```text
-//! accept ─ proxy::listener          TCP accept, HTTP/1.1 (with upgrades), header limits, graceful shutdown
+//! accept ─ proxy::listener          TCP/TLS accept (proxy::tls), ALPN → HTTP/1.1 (with upgrades) or HTTP/2, h2c,
+//!                                   header limits, several listeners, graceful shutdown
 //!   │  per request: runtime loaded once (ArcSwap) → proxy::pipeline::Gateway::handle
 //!   ▼
 //! 1 normalize    route::canonicalize         one canonical path, or 400

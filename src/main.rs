@@ -305,7 +305,6 @@ fn ignore_hangup() {
 }
 
 fn serve(loaded: Loaded) -> Result<ExitCode> {
-    let addr = loaded.runtime.listen.addr;
     if loaded.runtime.auth.issuers().iter().any(|i| i.dev) {
         tracing::warn!(
             "a `dev: true` issuer is configured: tokens can be minted with `rolegate token`; never use it in production"
@@ -330,9 +329,7 @@ fn serve(loaded: Loaded) -> Result<ExitCode> {
             .await
             .map_err(anyhow::Error::msg)
             .context("opening the session store")?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listeners = proxy::listener::bind(&loaded.runtime.listen).await?;
         let admin = match &loaded.runtime.admin {
             Some(a) => Some(
                 tokio::net::TcpListener::bind(a.addr)
@@ -341,14 +338,25 @@ fn serve(loaded: Loaded) -> Result<ExitCode> {
             ),
             None => None,
         };
+        for (l, spec) in listeners.iter().zip(&loaded.runtime.listen.listeners) {
+            tracing::info!(
+                addr = %l.local_addr()?,
+                tls = spec.tls.is_some(),
+                client_auth = ?spec.client_auth,
+                h2c = spec.h2c,
+                redirect_https = spec.redirect.is_some(),
+                "public listener"
+            );
+        }
+        let first = listeners.first().map(|l| l.local_addr()).transpose()?;
         tracing::info!(
-            addr = %listener.local_addr()?,
+            addr = %first.map(|a| a.to_string()).unwrap_or_default(),
             admin = ?admin.as_ref().and_then(|l| l.local_addr().ok()),
             routes = loaded.runtime.routes.len(),
             "rolegate listening"
         );
         let gateway = Gateway::new(loaded.runtime, store);
-        proxy::listener::run(gateway, listener, admin, shutdown_signal()).await;
+        proxy::listener::run_all(gateway, listeners, admin, shutdown_signal()).await;
         tracing::info!("rolegate stopped");
         Ok(ExitCode::SUCCESS)
     })

@@ -20,11 +20,17 @@ use tokio::time::{Instant, sleep};
 struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// More `redis-server` arguments.
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// None (after printing why) when `redis-server` is not installed.
     fn start() -> Option<RedisServer> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(args: &[&str]) -> Option<RedisServer> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -37,6 +43,7 @@ impl RedisServer {
         let mut s = RedisServer {
             port: free_port(),
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         Some(s)
@@ -46,6 +53,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -674,4 +682,273 @@ async fn open_fails_when_redis_is_unreachable() {
     let r = Store::open(&settings(&url, Duration::from_secs(60))).await;
     assert!(r.is_err());
     assert!(t0.elapsed() < Duration::from_secs(6));
+}
+
+/// Writes a session record in the layout of the version before sessions
+/// were keyed by issuer + subject + session id (`git show
+/// 04b4810:src/session/redis.rs`): `rolegate:s:{sid}`, hash `sub created
+/// last idle exp ended ended_at`.
+async fn old_session(
+    c: &mut redis::aio::MultiplexedConnection,
+    sid: &str,
+    last: u64,
+    idle: u64,
+    exp: u64,
+    ended: Option<(&str, u64)>,
+) {
+    let mut cmd = redis::cmd("HSET");
+    cmd.arg(format!("rolegate:s:{sid}"))
+        .arg("sub")
+        .arg("alice")
+        .arg("created")
+        .arg(last.saturating_sub(1_000))
+        .arg("last")
+        .arg(last)
+        .arg("idle")
+        .arg(idle)
+        .arg("exp")
+        .arg(exp);
+    if let Some((reason, at)) = ended {
+        cmd.arg("ended").arg(reason).arg("ended_at").arg(at);
+    }
+    let () = cmd.query_async(c).await.unwrap();
+}
+
+#[tokio::test]
+async fn pre_upgrade_sessions_are_revoked_by_id_at_open() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut c = redis.client().await;
+    let now = now_ms();
+    let exp = now + 3_600_000;
+    let long_ago = now - 10 * 86_400_000;
+    old_session(
+        &mut c,
+        "old-logout",
+        now - 5_000,
+        LONG,
+        exp,
+        Some(("logout", now - 4_000)),
+    )
+    .await;
+    old_session(&mut c, "old-idle", now - 120_000, LONG, exp, None).await;
+    old_session(&mut c, "old-active", now, LONG, exp, None).await;
+    // Token expired and retention passed long ago: nothing left to refuse.
+    old_session(
+        &mut c,
+        "old-gone",
+        long_ago,
+        LONG,
+        long_ago,
+        Some(("idle", long_ago)),
+    )
+    .await;
+
+    let a = open(&redis, LONG).await;
+    for s in ["old-logout", "old-idle", "old-active"] {
+        // The old id is refused whoever presents it (the old keys had no issuer).
+        for user in ["alice", "bob"] {
+            assert_eq!(
+                check(&a, s, user, LONG).await,
+                Verdict::Ended(EndReason::Revoked),
+                "{s} of {user}"
+            );
+        }
+        // Kept at least until the token expires.
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(format!("rolegate:revoked:{s}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(pttl > 3_000_000, "{s}: {pttl}");
+    }
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("rolegate:revoked:old-gone")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    // The old keys are gone; a second instance has nothing left to migrate
+    // and new sessions work.
+    let old: Vec<String> = redis::cmd("KEYS")
+        .arg("rolegate:s:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(old.is_empty(), "{old:?}");
+    let b = open(&redis, LONG).await;
+    assert_eq!(
+        check(&b, "old-idle", "carol", LONG).await,
+        Verdict::Ended(EndReason::Revoked)
+    );
+    assert_eq!(check(&b, "new-1", "alice", LONG).await, Verdict::Active);
+}
+
+#[tokio::test]
+async fn with_redis_down_known_refusals_are_still_answered_and_only_unknowns_fail() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    assert_eq!(check(&a, "live", "alice", LONG).await, Verdict::Active);
+    assert_eq!(check(&a, "out", "alice", LONG).await, Verdict::Active);
+    assert!(
+        a.end(sid("out", "alice"), EndReason::Logout, now_ms() + 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(!a.revoke_id("revoked-1", now_ms() + 60_000).await.unwrap());
+    assert!(a.deactivate("mallory").await.unwrap());
+    assert!(a.deactivate("oscar").await.unwrap());
+    assert!(a.reactivate("oscar").await.unwrap());
+    let nb = a.not_before("oscar").await.unwrap().expect("a cut-off");
+
+    redis.kill();
+    // The subscription is lost: sessions the mirror holds as active fail.
+    assert!(
+        within(Duration::from_secs(3), async || a
+            .check(&req("live", "alice", LONG, true))
+            .await
+            .is_err())
+        .await
+    );
+    // What this gateway knows is refused is still refused (never a store
+    // error that `on_store_error: allow` would let through).
+    let refused = async |s: &str, u: &str, iat: Option<u64>| {
+        let mut t = req(s, u, LONG, true);
+        t.token_iat_ms = iat;
+        a.check(&t).await
+    };
+    let now = Some(now_ms() + 1);
+    assert_eq!(
+        refused("out", "alice", now).await.unwrap(),
+        Verdict::Ended(EndReason::Logout)
+    );
+    assert_eq!(
+        refused("revoked-1", "bob", now).await.unwrap(),
+        Verdict::Ended(EndReason::Revoked)
+    );
+    assert_eq!(
+        refused("m1", "mallory", now).await.unwrap(),
+        Verdict::Deactivated
+    );
+    assert_eq!(
+        refused("o1", "oscar", Some(nb / 1000 * 1000 - 1))
+            .await
+            .unwrap(),
+        Verdict::Ended(EndReason::Revoked)
+    );
+    // An unknown session cannot be judged: a store error.
+    assert!(refused("unknown", "carol", now).await.is_err());
+}
+
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_is_reported_and_one_that_evicts_now_refused() {
+    use rolegate::session::redis::{Eviction, eviction};
+    let Some(safe) = RedisServer::start() else {
+        return;
+    };
+    assert_eq!(eviction(&mut safe.client().await).await, Eviction::Never);
+    // A policy that may evict, but no memory limit yet: reported (the store
+    // opens and logs an error).
+    let later = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]).unwrap();
+    assert_eq!(
+        eviction(&mut later.client().await).await,
+        Eviction::Possible {
+            policy: "volatile-lru".into(),
+            maxmemory: 0
+        }
+    );
+    open(&later, LONG).await;
+    // Evicting now: the store refuses to start.
+    let now =
+        RedisServer::start_with(&["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"])
+            .unwrap();
+    match Store::open(&settings(&now.url(), Duration::from_secs(60))).await {
+        Ok(_) => panic!("opened on a Redis that evicts keys"),
+        Err(e) => assert!(e.contains("noeviction") && e.contains("allkeys-lru"), "{e}"),
+    }
+    // CONFIG renamed away, as managed Redis often does: cannot be checked.
+    let managed = RedisServer::start_with(&["--rename-command", "CONFIG", ""]);
+    if let Some(managed) = managed {
+        assert!(matches!(
+            eviction(&mut managed.client().await).await,
+            Eviction::Unknown(_)
+        ));
+        open(&managed, LONG).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_event_is_a_lost_subscription_and_the_mirror_resyncs() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s1", "alice", LONG).await, Verdict::Active);
+    assert!(mirror(&a).get(sid("s1", "alice")).is_some());
+    // A deactivation whose event is lost (garbled in transit, or written by
+    // a newer version this one cannot read): only in Redis.
+    let mut c = redis.client().await;
+    let () = redis::cmd("HSET")
+        .arg("rolegate:deact")
+        .arg("mallory")
+        .arg(now_ms())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!mirror(&a).is_deactivated("mallory"));
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg("rolegate:events")
+        .arg("deact garbled")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Resynced: the deactivation is read from Redis, and the mirror forgot
+    // its active sessions (each is re-read on its next request).
+    assert!(
+        within(Duration::from_secs(3), async || mirror(&a)
+            .is_deactivated("mallory"))
+        .await,
+        "the garbled event did not trigger a resync"
+    );
+    assert!(mirror(&a).get(sid("s1", "alice")).is_none());
+    assert!(
+        within(Duration::from_secs(3), async || a
+            .check(&req("s1", "alice", LONG, true))
+            .await
+            .is_ok_and(|v| v == Verdict::Active))
+        .await
+    );
+}
+
+async fn pttl(c: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
+    redis::cmd("PTTL").arg(key).query_async(c).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_revoked_id_is_kept_until_its_tokens_expire_and_never_shortened() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let mut c = redis.client().await;
+    // Revoked again with an earlier `until`: the first one stands.
+    assert!(!a.revoke_id("twice", now_ms() + 600_000).await.unwrap());
+    assert!(!a.revoke_id("twice", now_ms() + 60_000).await.unwrap());
+    let t = pttl(&mut c, "rolegate:revoked:twice").await;
+    assert!(t > 500_000, "shortened to {t} ms");
+    // Revoking an id whose session holds a token valid for an hour keeps
+    // the id refused until that token expires, not just `retention`.
+    assert_eq!(check(&a, "held", "alice", LONG).await, Verdict::Active);
+    assert!(a.revoke_id("held", now_ms() + 60_000).await.unwrap());
+    let t = pttl(&mut c, "rolegate:revoked:held").await;
+    assert!(t > 3_000_000, "kept only {t} ms");
+    assert!(
+        mirror(&a)
+            .revoked_ids()
+            .iter()
+            .any(|(s, r)| s == "held" && r.until_ms >= *TOKEN_EXP)
+    );
 }

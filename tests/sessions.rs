@@ -448,8 +448,10 @@ async fn a_not_before_cut_off_survives_restarts_after_reactivation() {
     let frank = |sid: &str, iat: Value| {
         token_with(json!({ "sub": "frank", "sid": sid, "roles": ["viewer"], "iat": iat }))
     };
-    // Issued before the deactivation, never presented before it.
-    let before = frank("f-old", json!(now()));
+    // Issued before the deactivation, never presented before it: in an
+    // earlier second (one issued in the deactivation's own second counts as
+    // a new login since cut-offs compare whole seconds).
+    let before = frank("f-old", json!(now() - 1));
     let no_iat = frank("f-no-iat", Value::Null);
 
     let mut p = spawn_serve(&dir, port).await;
@@ -662,6 +664,51 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
         before,
         "a request reached the upstream without a session check"
     );
+}
+
+#[tokio::test]
+async fn on_store_error_allow_never_lets_a_known_revoked_session_through() {
+    if !redis_available() {
+        return;
+    }
+    let redis = Redis::start(free_port()).unwrap();
+    let extra = format!(
+        "  store: \"redis://127.0.0.1:{}\"\n  on_store_error: allow\n",
+        redis.port
+    );
+    let (up, gw) = start(&extra).await;
+    let adm = gw.admin.unwrap();
+    let revoked = tok("allow-revoked", &["viewer"]);
+    let out = tok("allow-out", &["viewer"]);
+    for t in [&revoked, &out] {
+        assert_eq!(flows(gw.addr, t).await.status, 200);
+    }
+    assert_eq!(
+        admin(adm, "POST", "/sessions/allow-revoked/revoke")
+            .await
+            .status,
+        200
+    );
+    let r = req(gw.addr, "POST", "/.rolegate/logout", Some(&out), &[]).await;
+    assert_eq!(r.status, 200);
+
+    drop(redis);
+    within(Duration::from_secs(5), || async {
+        req(adm, "GET", "/readyz", None, &[]).await.status == 503
+    })
+    .await;
+    // The store cannot answer for a session it does not know: allowed
+    // without a session check (and logged), as configured.
+    let unknown = tok("allow-unknown", &["viewer"]);
+    let before = up.count();
+    assert_eq!(flows(gw.addr, &unknown).await.status, 200);
+    assert_eq!(up.count(), before + 1);
+    // What the gateway knows was revoked or logged out stays refused.
+    let r = flows(gw.addr, &revoked).await;
+    assert_eq!((r.status, r.error()), (401, "session_ended".into()));
+    let r = flows(gw.addr, &out).await;
+    assert_eq!((r.status, r.error()), (401, "session_ended".into()));
+    assert_eq!(up.count(), before + 1);
 }
 
 // ------------------------------------------------------- long-lived streams

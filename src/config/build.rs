@@ -20,8 +20,12 @@ use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use super::file::{FileConfig, FileRequire, FileRoute, FileRules, FileUpstream};
+use super::file::{
+    FileClientCert, FileConfig, FileListen, FileListener, FileRedirect, FileRequire, FileRoute,
+    FileRules, FileTls, FileUpstream,
+};
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
+use super::{ClientCertRule, Listener, Redirect};
 use super::{MaskingSettings, RouteMask};
 use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, DevSecret, Issuer};
@@ -30,6 +34,7 @@ use crate::policy::{
     IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
     Severity as PSeverity, grant_covers,
 };
+use crate::proxy::tls::{self, ClientAuth};
 use crate::proxy::upstream::{ClientSettings, Roots, TlsSettings};
 use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
 use crate::session::{OnStoreError, SessionSettings, StoreKind};
@@ -239,24 +244,38 @@ impl Builder {
         };
         let cookie = cfg.identity.cookie.clone();
         let auth = self.build_auth(name, cfg.identity);
-        let listen = self.build_listen(name, cfg.listen);
+        let listen = self.build_listen(name, cfg.listen, cfg.listeners);
         let forward = self.build_forward(name, cfg.forward, cookie);
-        if let (Some(l), Some(Some(a))) = (&listen, &admin)
-            && l.addr.port() != 0
-            && l.addr.port() == a.addr.port()
-            && (l.addr.ip() == a.addr.ip()
-                || l.addr.ip().is_unspecified()
-                || a.addr.ip().is_unspecified())
+        if let (Some(listen), Some(Some(a))) = (&listen, &admin) {
+            for l in &listen.listeners {
+                if same_socket(l.addr, a.addr) {
+                    self.error(
+                        name,
+                        0,
+                        format!(
+                            "admin.addr {} is the public listener's address ({}): the admin API must have its own listener",
+                            a.addr, l.addr
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        if let (Some(compiled), Some(listen)) = (&compiled_routes, &listen)
+            && !listen.listeners.iter().any(|l| l.client_auth.is_some())
         {
-            self.error(
-                name,
-                0,
-                format!(
-                    "admin.addr {} is the public listener's address ({}): the admin API must have its own listener",
-                    a.addr, l.addr
-                ),
-            );
-            return None;
+            for (r, c) in routes.iter().zip(compiled) {
+                if c.client_cert.is_some() {
+                    self.warn(
+                        &r.file,
+                        r.line,
+                        format!(
+                            "route {}: client_cert is required but no listener has tls.client_auth: every request to it is refused",
+                            c.name
+                        ),
+                    );
+                }
+            }
         }
 
         Some(Runtime {
@@ -701,6 +720,37 @@ impl Builder {
                     ),
                 );
             }
+            let client_cert = match &v.client_cert {
+                None => None,
+                Some(FileClientCert::Required(s)) if s == "required" => {
+                    Some(ClientCertRule::Required)
+                }
+                Some(FileClientCert::Required(s)) => {
+                    self.error(
+                        f,
+                        l,
+                        format!(
+                            "route {}: client_cert must be `required` or {{ allow: [names] }}, not {s:?}",
+                            v.name
+                        ),
+                    );
+                    None
+                }
+                Some(FileClientCert::Allow(a))
+                    if a.allow.is_empty() || a.allow.iter().any(|n| n.trim().is_empty()) =>
+                {
+                    self.error(
+                        f,
+                        l,
+                        format!(
+                            "route {}: client_cert.allow must list at least one name, none empty",
+                            v.name
+                        ),
+                    );
+                    None
+                }
+                Some(FileClientCert::Allow(a)) => Some(ClientCertRule::Allow(a.allow.clone())),
+            };
             compiled.push(Route {
                 name: v.name.clone(),
                 spec,
@@ -717,6 +767,7 @@ impl Builder {
                 pass_credentials,
                 mask: None,
                 record: None,
+                client_cert,
             });
         }
 
@@ -1009,39 +1060,11 @@ impl Builder {
     ) -> Option<Vec<CertificateDer<'static>>> {
         let line = path.referenced.line();
         let full = self.resolve(&path.value);
-        let bytes = match std::fs::read(&full) {
-            Ok(b) => b,
+        // The listeners' loader: the same messages for the same mistakes.
+        match tls::load_certs(&full) {
+            Ok(certs) => Some(certs),
             Err(e) => {
-                self.error(
-                    file,
-                    line,
-                    format!("upstream {name}: {key} {}: {e}", full.display()),
-                );
-                return None;
-            }
-        };
-        match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
-            Ok(certs) if !certs.is_empty() => Some(certs),
-            Ok(_) => {
-                self.error(
-                    file,
-                    line,
-                    format!(
-                        "upstream {name}: {key} {}: no PEM certificate in the file",
-                        full.display()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                self.error(
-                    file,
-                    line,
-                    format!(
-                        "upstream {name}: {key} {}: invalid PEM: {e}",
-                        full.display()
-                    ),
-                );
+                self.error(file, line, format!("upstream {name}: {key} {e}"));
                 None
             }
         }
@@ -1412,16 +1435,21 @@ impl Builder {
         Some(Some(AdminSettings { addr, token }))
     }
 
-    fn build_listen(&mut self, file: &str, l: super::file::FileListen) -> Option<ListenSettings> {
-        let addr = match l.addr.parse() {
-            Ok(a) => Some(a),
-            Err(e) => {
-                self.error(file, 0, format!("listen.addr {:?}: {e}", l.addr));
-                None
-            }
-        };
+    fn build_listen(
+        &mut self,
+        file: &str,
+        l: FileListen,
+        listeners: Vec<Spanned<FileListener>>,
+    ) -> Option<ListenSettings> {
         if l.max_header_bytes < 8192 {
             self.error(file, 0, "listen.max_header_bytes must be at least 8192");
+        }
+        if l.max_concurrent_streams == 0 {
+            self.error(
+                file,
+                0,
+                "listen.max_concurrent_streams must be greater than zero",
+            );
         }
         let header_read_timeout = self.duration(
             file,
@@ -1429,12 +1457,251 @@ impl Builder {
             "listen.header_read_timeout",
             &l.header_read_timeout,
         );
+        let single = FileListener {
+            addr: l.addr.clone().unwrap_or_else(|| "127.0.0.1:8080".into()),
+            tls: l.tls,
+            h2c: l.h2c.unwrap_or(false),
+            redirect_https: l.redirect_https,
+        };
+        let specs: Vec<(u64, String, FileListener)> = if listeners.is_empty() {
+            vec![(0, "listen".to_string(), single)]
+        } else {
+            if l.addr.is_some()
+                || single.tls.is_some()
+                || l.h2c.is_some()
+                || single.redirect_https.is_some()
+            {
+                self.error(
+                    file,
+                    listeners[0].referenced.line(),
+                    "listeners: cannot be combined with listen.addr, listen.tls, listen.h2c or listen.redirect_https (move them into the list; listen keeps the limits)",
+                );
+            }
+            listeners
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (s.referenced.line(), format!("listeners[{i}]"), s.value))
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (line, what, spec) in specs {
+            match self.build_listener(file, line, &what, spec) {
+                Some(x) => {
+                    if let Some(prev) = out.iter().find(|p: &&Listener| same_socket(p.addr, x.addr))
+                    {
+                        self.error(
+                            file,
+                            line,
+                            format!(
+                                "{what}: address {} is already used by listener {}",
+                                x.addr, prev.addr
+                            ),
+                        );
+                        ok = false;
+                    }
+                    out.push(x);
+                }
+                None => ok = false,
+            }
+        }
+        if ok && out.iter().all(|x| x.redirect.is_some()) {
+            self.error(
+                file,
+                0,
+                "every listener only redirects to https: nothing would be served",
+            );
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
         Some(ListenSettings {
-            addr: addr?,
+            addr: out.first()?.addr,
             max_header_bytes: l.max_header_bytes,
             max_body_bytes: l.max_body_bytes,
             header_read_timeout,
+            max_concurrent_streams: l.max_concurrent_streams,
+            listeners: out,
         })
+    }
+
+    /// One listener: address, TLS (certificates read and checked now),
+    /// h2c, redirect.
+    fn build_listener(
+        &mut self,
+        file: &str,
+        line: u64,
+        what: &str,
+        spec: FileListener,
+    ) -> Option<Listener> {
+        let addr = match spec.addr.parse() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.error(file, line, format!("{what}.addr {:?}: {e}", spec.addr));
+                None
+            }
+        };
+        let redirect = match spec.redirect_https {
+            None => None,
+            Some(_) if spec.tls.is_some() => {
+                self.error(
+                    file,
+                    line,
+                    format!("{what}: redirect_https is for plain listeners; this one has tls"),
+                );
+                return None;
+            }
+            Some(FileRedirect::Port(0)) => {
+                self.error(
+                    file,
+                    line,
+                    format!("{what}.redirect_https: port 0 is not a port"),
+                );
+                return None;
+            }
+            Some(FileRedirect::Port(p)) => Some(Redirect::Port(p)),
+            Some(FileRedirect::Url(u)) => {
+                let base = u.trim_end_matches('/');
+                let valid = base.parse::<http::Uri>().is_ok_and(|uri| {
+                    uri.scheme_str() == Some("https")
+                        && uri.authority().is_some()
+                        && uri.query().is_none()
+                        && http::HeaderValue::from_str(base).is_ok()
+                });
+                if !valid {
+                    self.error(
+                        file,
+                        line,
+                        format!(
+                            "{what}.redirect_https: {u:?} must be a port or an https:// URL without query"
+                        ),
+                    );
+                    return None;
+                }
+                Some(Redirect::Url(base.to_string()))
+            }
+        };
+        let (tls, client_auth) = match spec.tls {
+            None => (None, None),
+            Some(t) => {
+                let (cfg, ca) = self.build_tls(file, what, t)?;
+                (Some(Arc::new(cfg)), ca)
+            }
+        };
+        Some(Listener {
+            addr: addr?,
+            tls,
+            client_auth,
+            h2c: spec.h2c,
+            redirect,
+        })
+    }
+
+    /// Reads every certificate and key of a listener's `tls:` (each error
+    /// at its own line) and builds the rustls config.
+    fn build_tls(
+        &mut self,
+        file: &str,
+        what: &str,
+        t: FileTls,
+    ) -> Option<(rustls::ServerConfig, Option<ClientAuth>)> {
+        let provider = tls::provider();
+        let mut ok = true;
+        let line = t.cert.referenced.line();
+        let default = match tls::load_key_pair(
+            &self.resolve(&t.cert.value),
+            &self.resolve(&t.key.value),
+            &provider,
+        ) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                self.error(file, line, format!("{what}.tls: {e}"));
+                None
+            }
+        };
+        let mut extra = Vec::new();
+        for s in &t.sni {
+            let l = s.referenced.line();
+            if s.value.names.is_empty() {
+                self.error(file, l, format!("{what}.tls.sni: an entry needs names"));
+                ok = false;
+            }
+            match tls::load_key_pair(
+                &self.resolve(&s.value.cert),
+                &self.resolve(&s.value.key),
+                &provider,
+            ) {
+                Ok(k) => extra.push((l, &s.value.names, k)),
+                Err(e) => {
+                    self.error(file, l, format!("{what}.tls.sni: {e}"));
+                    ok = false;
+                }
+            }
+        }
+        let client_auth = match &t.client_auth {
+            None => None,
+            Some(c) => {
+                let l = c.referenced.line();
+                let mode = match c.value.mode.as_str() {
+                    "required" => Some(ClientAuth::Required),
+                    "optional" => Some(ClientAuth::Optional),
+                    other => {
+                        self.error(
+                            file,
+                            l,
+                            format!("{what}.tls.client_auth.mode must be required or optional, not {other:?}"),
+                        );
+                        None
+                    }
+                };
+                match tls::load_roots(&self.resolve(&c.value.ca)) {
+                    Ok(roots) => mode.map(|m| (m, roots)),
+                    Err(e) => {
+                        self.error(file, l, format!("{what}.tls.client_auth.ca: {e}"));
+                        ok = false;
+                        None
+                    }
+                }
+            }
+        };
+        let mut resolver = tls::SniResolver::new(default?);
+        for (l, names, key) in extra {
+            for n in names {
+                let valid = n.strip_prefix("*.").unwrap_or(n).split('.').all(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+                if !valid {
+                    self.error(
+                        file,
+                        l,
+                        format!("{what}.tls.sni: {n:?} is not a host name or *.domain"),
+                    );
+                    ok = false;
+                } else if !resolver.add(n, key.clone()) {
+                    self.error(
+                        file,
+                        l,
+                        format!("{what}.tls.sni: name {n:?} is listed twice"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if !ok || (t.client_auth.is_some() && client_auth.is_none()) {
+            return None;
+        }
+        let mode = client_auth.as_ref().map(|(m, _)| *m);
+        match tls::server_config(resolver, client_auth) {
+            Ok(cfg) => Some((cfg, mode)),
+            Err(e) => {
+                self.error(file, line, format!("{what}.tls: {e}"));
+                None
+            }
+        }
     }
 
     fn build_forward(
@@ -1680,6 +1947,13 @@ impl Builder {
         };
         ok.then(|| Authenticator::new(settings, issuers, id.cache_entries))
     }
+}
+
+/// Two listen addresses that would collide (same port, same or a wildcard IP).
+fn same_socket(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// The parameter names of a path template (`{name}` / `{name:re}`).

@@ -16,6 +16,10 @@ use serde_saphyr::Spanned;
 pub struct FileConfig {
     #[serde(default)]
     pub listen: FileListen,
+    /// Several public listeners (instead of `listen.addr`/`tls`/`h2c`/
+    /// `redirect_https`); `listen`'s limits apply to all of them.
+    #[serde(default)]
+    pub listeners: Vec<Spanned<FileListener>>,
     #[serde(default)]
     pub identity: FileIdentity,
     #[serde(default)]
@@ -51,21 +55,87 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileListen {
-    pub addr: String,
+    /// `None`: the default address, unless `listeners:` is used.
+    pub addr: Option<String>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub header_read_timeout: String,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    pub tls: Option<FileTls>,
+    pub h2c: Option<bool>,
+    pub redirect_https: Option<FileRedirect>,
 }
 
 impl Default for FileListen {
     fn default() -> Self {
         FileListen {
-            addr: "127.0.0.1:8080".into(),
+            addr: None,
             max_header_bytes: 16 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             header_read_timeout: "10s".into(),
+            max_concurrent_streams: 100,
+            tls: None,
+            h2c: None,
+            redirect_https: None,
         }
     }
+}
+
+/// One entry of `listeners:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileListener {
+    pub addr: String,
+    #[serde(default)]
+    pub tls: Option<FileTls>,
+    /// HTTP/2 with prior knowledge on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
+    /// Answer every request 308 to https instead of serving it.
+    #[serde(default)]
+    pub redirect_https: Option<FileRedirect>,
+}
+
+/// `tls:` of a listener. File names carry their line for `check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// PEM certificate chain, leaf first: the default certificate.
+    pub cert: Spanned<String>,
+    /// PEM private key of `cert`.
+    pub key: Spanned<String>,
+    /// More certificates, chosen by the client's SNI name.
+    #[serde(default)]
+    pub sni: Vec<Spanned<FileSniCert>>,
+    #[serde(default)]
+    pub client_auth: Option<Spanned<FileClientAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSniCert {
+    /// `a.example.com` or `*.example.com`.
+    pub names: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientAuth {
+    /// `required` or `optional`.
+    pub mode: String,
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: String,
+}
+
+/// `redirect_https:` — an https port on the same host, or a base URL.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileRedirect {
+    Port(u16),
+    Url(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,6 +498,25 @@ pub struct FileRoute {
     /// upstream's and `forward.pass_credentials`).
     #[serde(default)]
     pub pass_credentials: Option<bool>,
+    /// `required`, or `{ allow: [names] }`: the request must come over a
+    /// TLS connection with a verified client certificate (whose common
+    /// name or a DNS name is listed).
+    #[serde(default)]
+    pub client_cert: Option<FileClientCert>,
+}
+
+/// A route's `client_cert:`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileClientCert {
+    Required(String),
+    Allow(FileClientCertAllow),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClientCertAllow {
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

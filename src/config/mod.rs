@@ -48,11 +48,52 @@ pub struct AdminSettings {
     pub token: String,
 }
 
+/// `listen` (and `listeners`): the public listeners and the limits they
+/// share.
 pub struct ListenSettings {
+    /// The first listener's address (the only one with the `listen.addr`
+    /// form).
     pub addr: SocketAddr,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Also bounds the TLS handshake.
     pub header_read_timeout: Duration,
+    /// HTTP/2: streams open at once per connection.
+    pub max_concurrent_streams: u32,
+    /// Every public listener, in config order (at least one).
+    pub listeners: Vec<Listener>,
+}
+
+/// One public listener.
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// TLS: the rustls config (certificates, SNI, client auth, ALPN).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The listener asks for client certificates (`tls.client_auth`).
+    pub client_auth: Option<crate::proxy::tls::ClientAuth>,
+    /// HTTP/2 with prior knowledge on a plain listener.
+    pub h2c: bool,
+    /// Every request is answered with a redirect to https.
+    pub redirect: Option<Redirect>,
+}
+
+/// Where a `redirect_https` listener sends clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// `https://<request host>:<port><target>` (no `:443`).
+    Port(u16),
+    /// `<base URL><target>` (the base without a trailing `/`).
+    Url(String),
+}
+
+/// A route's `client_cert:` requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCertRule {
+    /// Any certificate the listener's CA bundle verified.
+    Required,
+    /// A verified certificate whose common name (exact) or a DNS name
+    /// (case-insensitive) is in the list.
+    Allow(Vec<String>),
 }
 
 /// One compiled route.
@@ -78,6 +119,8 @@ pub struct Route {
     pub mask: Option<RouteMask>,
     /// `record:` — the path parameter naming the record (audit log).
     pub record: Option<String>,
+    /// `client_cert:` — a verified client certificate is required.
+    pub client_cert: Option<ClientCertRule>,
 }
 
 /// A route's mask policy and who may see the unmasked response.

@@ -71,6 +71,16 @@ pub const DEFAULT_STRIPPED: &[&str] = &[
     "true-client-ip",
     "x-cluster-client-ip",
     "x-goog-iap-jwt-assertion",
+    // Client-certificate claims of TLS-terminating proxies (nginx, Apache,
+    // IIS/ARR, RFC 9440): rolegate terminates TLS itself, so a client
+    // sending one is claiming a certificate it did not present.
+    "client-cert",
+    "client-cert-chain",
+    "x-client-cert",
+    "x-client-dn",
+    "x-client-verify",
+    "x-arr-clientcert",
+    "x-ssl-cert",
 ];
 
 /// Name prefixes removed by default (every header starting with one);
@@ -85,6 +95,9 @@ pub const DEFAULT_STRIPPED_PREFIXES: &[&str] = &[
     "x-goog-authenticated-user-",
     "x-ms-client-principal",
     "x-ms-token-",
+    "x-ssl-client-",
+    "ssl-client-",
+    "x-client-cert-",
 ];
 
 /// Whether a client header is dropped before forwarding (step 2).
@@ -178,6 +191,8 @@ pub fn strip_credentials(
 /// What the forwarding headers say about the client side.
 pub struct ForwardedFor<'a> {
     pub client_ip: std::net::IpAddr,
+    /// `https` on TLS listeners, else `http`.
+    pub proto: &'static str,
     pub host: &'a str,
     pub request_id: &'a str,
 }
@@ -207,7 +222,7 @@ pub fn inject(
         }
     };
     set(headers, "x-forwarded-for", &ff.client_ip.to_string());
-    set(headers, "x-forwarded-proto", "http");
+    set(headers, "x-forwarded-proto", ff.proto);
     set(headers, "x-forwarded-host", ff.host);
     set(headers, "x-request-id", ff.request_id);
     let Some(p) = principal else { return };
@@ -329,12 +344,14 @@ mod tests {
         };
         let ff = ForwardedFor {
             client_ip: [127, 0, 0, 1].into(),
+            proto: "https",
             host: "h",
             request_id: "r1",
         };
         inject(&mut h, &fwd(), &ff, Some(&p));
         assert_eq!(h["x-rolegate-user"], "alice");
         assert_eq!(h["x-rolegate-roles"], "a%2Cb,c");
+        assert_eq!(h["x-forwarded-proto"], "https");
         for gone in ["x-custom", "connection", "remote-user", "x-original-url"] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }

@@ -1,40 +1,148 @@
-//! Accept loop: TCP accept, HTTP/1.1 connection serving with header size
-//! and header-read-time limits, graceful shutdown.
+//! Accept loops: TCP accept, TLS (rustls: certificates by SNI, TLS 1.2/1.3,
+//! ALPN `h2`/`http/1.1`, client certificates), HTTP/1.1 and HTTP/2 serving
+//! (hyper-util `auto`) with header size and header-read-time limits,
+//! several listeners, graceful shutdown.
 //!
-//! Owns connections only; every request goes to `Gateway::handle`, with
-//! its raw head as the connection's `wire::Tap` read it (a `RawHead`
-//! extension). Heads hyper itself refuses (a bad request line, a control
-//! character in a header name, a head over `listen.max_header_bytes`) are
-//! answered by hyper with a bare status and never reach the pipeline; they
-//! are logged here as access lines. TLS, HTTP/2 and connection limits slot
-//! in here (TLS issue).
+//! Owns connections only; every request goes to `Gateway::handle` with the
+//! facts of its connection ([`Conn`]: peer, TLS, verified client
+//! certificate). On HTTP/1.1 connections every request also carries its raw
+//! head as the connection's `wire::Tap` read it (a `RawHead` extension); an
+//! HTTP/2 connection has no tap (the pipeline checks the h2 request itself).
+//! Heads hyper itself refuses (a bad request line, a control character in a
+//! header name, a head over `listen.max_header_bytes`) are answered by
+//! hyper with a bare status and never reach the pipeline; they are logged
+//! here as access lines.
+//!
+//! Which protocol a connection speaks is decided here, once: TLS by ALPN
+//! (`h2` → HTTP/2 only, else HTTP/1.1 only), a plain listener HTTP/1.1 only
+//! unless `h2c` (then the HTTP/2 preface, prior knowledge, selects HTTP/2).
+//! A failed or slow TLS handshake (bounded by `listen.header_read_timeout`)
+//! closes that connection and logs at debug; nothing else notices.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 
 use super::pipeline::Gateway;
-use super::wire::{Heads, Tap};
+use super::tls::ClientCert;
+use super::wire::{H2Facts, H2Tap, Heads, Tap};
+use crate::config::{ListenSettings, Redirect};
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves `listener` until `shutdown` resolves, then drains connections.
+/// What the pipeline may know about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub tls: bool,
+    /// The client certificate rustls verified against the listener's CA
+    /// bundle (`tls.client_auth`), if one was presented.
+    pub client_cert: Option<ClientCert>,
+    /// A `redirect_https` listener: every request is answered 308.
+    pub redirect: Option<Redirect>,
+    /// What the HTTP/2 mirror saw (connections that may speak HTTP/2);
+    /// an HTTP/2 request on a connection without one is refused.
+    pub h2: Option<Arc<H2Facts>>,
+}
+
+impl Conn {
+    /// A plain connection from `peer` (tests, tools).
+    pub fn plain(peer: SocketAddr) -> Self {
+        Conn {
+            peer,
+            tls: false,
+            client_cert: None,
+            redirect: None,
+            h2: None,
+        }
+    }
+}
+
+/// The protocol a connection is served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+    /// HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c).
+    Sniff,
+}
+
+/// Runs a hyper connection to its end; when the listener shuts down
+/// (`drain` changes), asks it to finish gracefully and waits for that.
+/// The receiver is held until the connection is done: the listener's
+/// drain waits for every receiver to be gone.
+macro_rules! drained {
+    ($conn:expr, $drain:expr) => {{
+        let mut drain = $drain;
+        let conn = $conn;
+        tokio::pin!(conn);
+        let r = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = drain.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        drop(drain);
+        r
+    }};
+}
+
+/// Per-connection settings, copied out of the runtime at accept.
+#[derive(Clone)]
+struct Settings {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    h2c: bool,
+    redirect: Option<Redirect>,
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+    max_concurrent_streams: u32,
+}
+
+/// A connection's end of its listener's drain signal.
+type Drain = tokio::sync::watch::Receiver<()>;
+
+/// Binds every public listener of `listen`, in order.
+pub async fn bind(listen: &ListenSettings) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::with_capacity(listen.listeners.len());
+    for l in &listen.listeners {
+        let bound = TcpListener::bind(l.addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding {}: {e}", l.addr)))?;
+        out.push(bound);
+    }
+    Ok(out)
+}
+
+/// Serves `listener` as the first configured listener until `shutdown`
+/// resolves, then drains connections.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) {
-    // Graceful shutdown by hand: hyper-util's `GracefulShutdown` does not
-    // take an HTTP/1.1 connection with upgrades. `stop` asks every
-    // connection to finish; each holds an `alive` sender until it is done.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+    serve_nth(gateway, listener, 0, shutdown).await
+}
+
+/// Serves `listener` as listener `index` of `listen.listeners` (its TLS,
+/// h2c and redirect settings) until `shutdown` resolves, then drains.
+pub async fn serve_nth(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    index: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    // Connection drain: every connection holds a receiver until it ends.
+    let (drain, _) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -49,54 +157,188 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let rt = gateway.runtime();
-                let gw = gateway.clone();
-                let heads = Heads::default();
-                let stream = Tap::new(stream, heads.clone(), rt.listen.max_header_bytes);
-                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let gw = gw.clone();
-                    // The head the tap read for this request (HTTP/1.1
-                    // answers in order); none if it lost the stream.
-                    if let Some(h) = heads.pop() {
-                        req.extensions_mut().insert(h);
-                    }
-                    async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
-                });
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(rt.listen.header_read_timeout)
-                    .max_buf_size(rt.listen.max_header_bytes)
-                    .serve_connection(TokioIo::new(stream), service)
-                    // Websockets (`proxy::websocket`): the upgraded stream
-                    // leaves this connection once its 101 is sent.
-                    .with_upgrades();
-                let mut stop = stop_rx.clone();
-                let alive = alive_tx.clone();
-                tokio::spawn(async move {
-                    let mut conn = std::pin::pin!(conn);
-                    let done = tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
+                let settings = {
+                    let rt = gateway.runtime();
+                    // Fail closed: a listener the runtime does not describe
+                    // serves nothing.
+                    let Some(l) = rt.listen.listeners.get(index) else {
+                        continue;
                     };
-                    if let Err(e) = done {
-                        log_connection_error(peer, &e);
+                    Settings {
+                        tls: l.tls.clone(),
+                        h2c: l.h2c,
+                        redirect: l.redirect.clone(),
+                        max_header_bytes: rt.listen.max_header_bytes,
+                        header_read_timeout: rt.listen.header_read_timeout,
+                        max_concurrent_streams: rt.listen.max_concurrent_streams,
                     }
-                    drop(alive);
-                });
+                };
+                let rx = drain.subscribe();
+                tokio::spawn(connection(gateway.clone(), stream, peer, settings, rx));
             }
             _ = &mut shutdown => break,
         }
     }
     drop(listener);
-    let _ = stop_tx.send(true);
-    drop(alive_tx);
+    let _ = drain.send(());
     tokio::select! {
-        // `None` once every connection has dropped its sender.
-        _ = alive_rx.recv() => {}
+        _ = drain.closed() => {}
         _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: connections still open after drain time"),
+    }
+}
+
+/// One accepted connection: TLS handshake if any, then HTTP.
+async fn connection(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    s: Settings,
+    drain: Drain,
+) {
+    let Some(cfg) = s.tls.clone() else {
+        let mut conn = Conn {
+            peer,
+            tls: false,
+            client_cert: None,
+            redirect: s.redirect.clone(),
+            h2: None,
+        };
+        let heads = Heads::default();
+        if !s.h2c {
+            let io = Tap::new(stream, heads.clone(), s.max_header_bytes);
+            return http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await;
+        }
+        // h2c: both taps see the bytes until the first ones tell which
+        // protocol it is; the other gives up at once and costs nothing
+        // more (HTTP/2 requests never look for a head, HTTP/1.1 ones never
+        // at the mirror).
+        let facts = Arc::new(H2Facts::default());
+        conn.h2 = Some(facts.clone());
+        let io = H2Tap::new(stream, facts, s.max_header_bytes);
+        let io = Tap::new(io, heads.clone(), s.max_header_bytes);
+        return http(gw, io, Proto::Sniff, Some(heads), conn, &s, drain).await;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+    let tls = match tokio::time::timeout(s.header_read_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(target: "rolegate::tls", peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target: "rolegate::tls", peer = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    // rustls verified any certificate presented (listeners without
+    // client_auth never ask for one).
+    let client_cert = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(ClientCert::from_der);
+    let mut conn = Conn {
+        peer,
+        tls: true,
+        client_cert,
+        redirect: None,
+        h2: None,
+    };
+    if h2 {
+        let facts = Arc::new(H2Facts::default());
+        conn.h2 = Some(facts.clone());
+        let io = H2Tap::new(tls, facts, s.max_header_bytes);
+        http(gw, io, Proto::Http2, None, conn, &s, drain).await
+    } else {
+        let heads = Heads::default();
+        let io = Tap::new(tls, heads.clone(), s.max_header_bytes);
+        http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await
+    }
+}
+
+/// Serves HTTP on `io` until the connection ends (or is drained).
+async fn http<I>(
+    gw: Arc<Gateway>,
+    io: I,
+    proto: Proto,
+    heads: Option<Heads>,
+    conn: Conn,
+    s: &Settings,
+    drain: Drain,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let gw = gw.clone();
+        let conn = conn.clone();
+        // The head the tap read for this request (HTTP/1.1 answers in
+        // order); none if it lost the stream, or on HTTP/2.
+        if let Some(h) = heads.as_ref().and_then(Heads::pop) {
+            req.extensions_mut().insert(h);
+        }
+        async move {
+            let resp = match &conn.redirect {
+                Some(to) => gw.redirect(req, &conn, to),
+                None => gw.handle(req, &conn).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let io = TokioIo::new(io);
+    // hyper's own h1 and h2 builders where the protocol is known (auto's
+    // `*_only` settings do nothing with upgrades on: it would still accept
+    // the other protocol); auto only to tell h2c from HTTP/1.1.
+    let result = match proto {
+        Proto::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(s.header_read_timeout)
+                .max_buf_size(s.max_header_bytes)
+                .serve_connection(io, service)
+                // Websockets.
+                .with_upgrades();
+            drained!(conn, drain).map_err(Into::into)
+        }
+        Proto::Http2 => {
+            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            h2_limits(&mut b, s);
+            let conn = b.serve_connection(io, service);
+            drained!(conn, drain).map_err(Into::into)
+        }
+        Proto::Sniff => {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(s.header_read_timeout)
+                .max_buf_size(s.max_header_bytes);
+            let mut h2 = b.http2();
+            h2.timer(TokioTimer::new())
+                .max_concurrent_streams(s.max_concurrent_streams)
+                .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+            let conn = b.serve_connection_with_upgrades(io, service);
+            drained!(conn, drain)
+        }
+    };
+    if let Err(e) = result {
+        log_error(peer, e.as_ref());
+    }
+}
+
+/// The HTTP/2 limits of `listen`: concurrent streams, and the header list
+/// size bounded like an HTTP/1.1 head (`max_header_bytes`).
+fn h2_limits(b: &mut hyper::server::conn::http2::Builder<TokioExecutor>, s: &Settings) {
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+}
+
+fn log_error(peer: SocketAddr, e: &(dyn std::error::Error + Send + Sync + 'static)) {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(he) => log_connection_error(peer, he),
+        None => tracing::debug!(peer = %peer, error = %e, "connection ended with error"),
     }
 }
 
@@ -105,7 +347,7 @@ pub async fn serve(
 /// a target over 65,534 bytes) before any request reached the pipeline: it gets
 /// its access line here (no request id, method or path: there was no
 /// request). Other errors (a client gone mid-body, the header read
-/// timeout) only log at debug.
+/// timeout, an HTTP/2 protocol error) only log at debug.
 fn log_connection_error(peer: std::net::SocketAddr, e: &hyper::Error) {
     if !e.is_parse() || e.is_parse_version_h2() {
         tracing::debug!(peer = %peer, error = %e, "connection ended with error");
@@ -144,18 +386,42 @@ pub async fn run(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) {
+    run_all(gateway, vec![public], admin, shutdown).await
+}
+
+/// Runs every public listener (`public[i]` is `listen.listeners[i]`, as
+/// [`bind`] returns them) and the admin listener until `shutdown`
+/// resolves; then drains connections and makes pending session activity
+/// durable.
+pub async fn run_all(
+    gateway: Arc<Gateway>,
+    public: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let admin_task = admin.map(|l| {
+    let stop = |rx: &tokio::sync::watch::Receiver<bool>| {
         let mut rx = rx.clone();
-        tokio::spawn(crate::admin::serve(gateway.clone(), l, async move {
+        async move {
             let _ = rx.wait_for(|stop| *stop).await;
-        }))
-    });
-    serve(gateway.clone(), public, async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    })
-    .await;
+        }
+    };
+    let admin_task =
+        admin.map(|l| tokio::spawn(crate::admin::serve(gateway.clone(), l, stop(&rx))));
+    let serving = futures_util::future::join_all(
+        public
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| serve_nth(gateway.clone(), l, i, stop(&rx))),
+    );
+    tokio::pin!(serving);
+    tokio::select! {
+        _ = &mut serving => {}
+        _ = shutdown => {
+            let _ = tx.send(true);
+            serving.await;
+        }
+    }
     if let Some(t) = admin_task {
         let _ = t.await;
     }

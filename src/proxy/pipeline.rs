@@ -34,12 +34,13 @@ use hyper::body::Incoming;
 
 use super::body::{BodyTooLarge, Limited, MalformedBody, MaskedBody, Primed, SessionBound};
 use super::headers::{self, ForwardedFor};
+use super::listener::Conn;
 use super::upstream::{self, BoxError, has_cause};
 use super::websocket;
 use super::wire::{Framing, RawHead};
 use crate::auth::Verified;
-use crate::config::{Route, RouteMask, Runtime};
-use crate::error::{BadRequest, Deny, Fault, Refusal, error_body};
+use crate::config::{ClientCertRule, Redirect, Route, RouteMask, Runtime};
+use crate::error::{BadRequest, ClientCertDenial, Deny, Fault, Refusal, error_body};
 use crate::mask;
 use crate::policy::{self, Decision, NoRelations, Principal};
 use crate::route::{Canonical, PathError, canonicalize};
@@ -72,6 +73,11 @@ pub struct Ctx {
     pub client_request_id: Option<String>,
     pub started: Instant,
     pub peer: SocketAddr,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
+    /// The request came over HTTP/2 (no raw head; no `Connection` header
+    /// in answers).
+    pub h2: bool,
     pub method: http::Method,
     pub path: String,
     pub route: Option<String>,
@@ -132,14 +138,16 @@ impl Gateway {
     }
 
     /// Handles one request: the inner pipeline, then the log line, always.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<RespBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<RespBody> {
         let rt = self.runtime.load_full();
         let (request_id, client_request_id) = self.ids.take(req.headers());
         let mut ctx = Ctx {
             request_id,
             client_request_id,
             started: Instant::now(),
-            peer,
+            peer: conn.peer,
+            https: conn.tls,
+            h2: req.version() == http::Version::HTTP_2,
             method: req.method().clone(),
             path: String::new(),
             route: None,
@@ -149,8 +157,73 @@ impl Gateway {
             accept_html: accepts_html(req.headers()),
             websocket: None,
         };
-        let mut resp = match self.handle_inner(&rt, &mut ctx, req).await {
+        let mut resp = match self.handle_inner(&rt, &mut ctx, conn, req).await {
             Ok(resp) => resp,
+            Err(refusal) => refuse(&rt, &mut ctx, refusal),
+        };
+        if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        log(&ctx, resp.status());
+        resp
+    }
+
+    /// A `redirect_https` listener's answer to every request: 308 to the
+    /// same target over https (no routing, nothing upstream), logged like
+    /// any request. A request without a usable host is refused as usual.
+    pub fn redirect(
+        &self,
+        req: Request<Incoming>,
+        conn: &Conn,
+        to: &Redirect,
+    ) -> Response<RespBody> {
+        let rt = self.runtime.load_full();
+        let (request_id, client_request_id) = self.ids.take(req.headers());
+        let h2 = req.version() == http::Version::HTTP_2;
+        let mut ctx = Ctx {
+            request_id,
+            client_request_id,
+            started: Instant::now(),
+            peer: conn.peer,
+            https: conn.tls,
+            h2,
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            route: Some("(redirect_https)".into()),
+            subject: None,
+            refusal: None,
+            from_cookie: false,
+            accept_html: false,
+            websocket: None,
+        };
+        let location = || -> Result<HeaderValue, Refusal> {
+            let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let url = match to {
+                Redirect::Url(base) => format!("{base}{target}"),
+                Redirect::Port(port) => {
+                    let host = if h2 {
+                        h2_host(&req)?
+                    } else {
+                        request_host(&req)?
+                    };
+                    let host = host.ok_or(Deny::BadRequest(BadRequest::MissingHost))?;
+                    match port {
+                        443 => format!("https://{host}{target}"),
+                        p => format!("https://{host}:{p}{target}"),
+                    }
+                }
+            };
+            HeaderValue::from_str(&url)
+                .map_err(|_| Deny::BadHost("cannot redirect this target").into())
+        };
+        let mut resp = match location() {
+            Ok(loc) => {
+                let mut resp =
+                    Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+                *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                resp.headers_mut().insert(header::LOCATION, loc);
+                resp
+            }
             Err(refusal) => refuse(&rt, &mut ctx, refusal),
         };
         if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
@@ -164,10 +237,11 @@ impl Gateway {
         &self,
         rt: &Runtime,
         ctx: &mut Ctx,
+        conn: &Conn,
         mut req: Request<Incoming>,
     ) -> Result<Response<RespBody>, Refusal> {
         // 1 normalize: one canonical path, decided once and forwarded as is.
-        let target = normalize(rt, ctx, &req)?;
+        let target = normalize(rt, ctx, conn, &req)?;
         if req.method() == Method::POST && target.canon.path == rt.sessions.logout_path {
             return self.logout(rt, ctx, &req).await;
         }
@@ -182,6 +256,11 @@ impl Gateway {
             .ok_or(Deny::NoRoute)?;
         let route = &rt.routes[m.route];
         ctx.route = Some(route.name.clone());
+        // 2b the route's transport requirement: a verified client
+        //    certificate (checked before any token: no token makes up for it).
+        if let Some(rule) = &route.client_cert {
+            check_client_cert(rule, conn)?;
+        }
         // 2b websocket: only on routes that allow it, only a valid handshake.
         let websocket = websocket::requested(req.headers());
         if websocket {
@@ -510,15 +589,41 @@ fn json_response(status: StatusCode, body: String) -> Response<RespBody> {
     resp
 }
 
-fn normalize(rt: &Runtime, ctx: &mut Ctx, req: &Request<Incoming>) -> Result<Target, Refusal> {
-    // What hyper's parser hid: the framing headers as sent, and the target
-    // with its fragment (see `proxy::wire`).
-    let raw = raw_head(req)?;
-    check_method(req.method())?;
-    let host = request_host(req)?;
-    if raw.has_fragment() {
-        return Err(Deny::BadTarget(PathError::Fragment).into());
-    }
+fn normalize(
+    rt: &Runtime,
+    ctx: &mut Ctx,
+    conn: &Conn,
+    req: &Request<Incoming>,
+) -> Result<Target, Refusal> {
+    let host = if ctx.h2 {
+        // HTTP/2 has no framing headers to disagree (h2 refuses
+        // `transfer-encoding` and the other connection-specific headers
+        // itself) and its target is the `:path` pseudo-header, which the
+        // connection's mirror read before http cut a fragment off
+        // (`proxy::wire::H2Tap`). No mirror, or one that lost the stream:
+        // refused, fail closed.
+        let facts = conn
+            .h2
+            .as_deref()
+            .filter(|f| !f.lost())
+            .ok_or(Deny::BadRequest(BadRequest::MalformedHead))?;
+        check_method(req.method())?;
+        let host = h2_host(req)?;
+        if facts.saw_fragment() {
+            return Err(Deny::BadTarget(PathError::Fragment).into());
+        }
+        host
+    } else {
+        // What hyper's parser hid: the framing headers as sent, and the
+        // target with its fragment (see `proxy::wire`).
+        let raw = raw_head(req)?;
+        check_method(req.method())?;
+        let host = request_host(req)?;
+        if raw.has_fragment() {
+            return Err(Deny::BadTarget(PathError::Fragment).into());
+        }
+        host
+    };
     let pq = match req.uri().path_and_query() {
         Some(pq) => pq.as_str(),
         // `http://host` with no path is `/`; authority-form (`CONNECT
@@ -588,6 +693,50 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
         return Err(Deny::BadHost("Host must not carry user info").into());
     }
     Ok(Some(authority.host().to_ascii_lowercase()))
+}
+
+/// The routing host of an HTTP/2 request: `:authority` (the URI's
+/// authority), else a single `Host` header (RFC 9113 §8.3.1). A `Host`
+/// next to `:authority` must name the same authority, or the request is
+/// refused: the upstream gets one of them, the router the other.
+fn h2_host(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Deny::BadHost("more than one Host header").into());
+    }
+    let raw = match (req.uri().authority(), first) {
+        (Some(a), Some(h)) => {
+            if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+                return Err(Deny::BadHost("Host header conflicts with :authority").into());
+            }
+            a.as_str()
+        }
+        (Some(a), None) => a.as_str(),
+        (None, Some(h)) => h
+            .to_str()
+            .map_err(|_| Deny::BadHost("Host header is not ASCII"))?,
+        (None, None) => return Err(Deny::BadRequest(BadRequest::MissingHost).into()),
+    };
+    if raw.contains('@') {
+        return Err(Deny::BadHost("Host must not carry user info").into());
+    }
+    let authority: http::uri::Authority = raw
+        .parse()
+        .map_err(|_| Deny::BadHost("invalid Host header"))?;
+    Ok(Some(authority.host().to_ascii_lowercase()))
+}
+
+/// A route's `client_cert:` against the connection's verified certificate.
+fn check_client_cert(rule: &ClientCertRule, conn: &Conn) -> Result<(), Refusal> {
+    let Some(cert) = &conn.client_cert else {
+        return Err(Deny::ClientCert(ClientCertDenial::Missing).into());
+    };
+    match rule {
+        ClientCertRule::Required => Ok(()),
+        ClientCertRule::Allow(names) if cert.is_allowed(names) => Ok(()),
+        ClientCertRule::Allow(_) => Err(Deny::ClientCert(ClientCertDenial::NotAllowed).into()),
+    }
 }
 
 fn authenticate(
@@ -708,6 +857,7 @@ async fn forward(
     }
     let ff = ForwardedFor {
         client_ip: ctx.peer.ip(),
+        proto: if ctx.https { "https" } else { "http" },
         host,
         request_id: ctx.trace_id(),
     };
@@ -916,7 +1066,7 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
     if refusal.status() == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, refusal.challenge());
     }
-    if refusal.closes_connection() {
+    if refusal.closes_connection() && !ctx.h2 {
         // Ambiguous framing or a broken body: nothing after it on this
         // connection can be trusted to be the request it looks like.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -83,9 +83,9 @@ pub enum Roots {
 /// The rustls client configuration of an `https://` upstream: TLS 1.3 and
 /// 1.2 only, aws-lc-rs, ALPN left to the connector (set from `http2`).
 fn tls_config(tls: TlsSettings) -> Result<ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = crate::proxy::tls::provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        .with_protocol_versions(crate::proxy::tls::VERSIONS)?;
     let builder = match tls.roots {
         Roots::Default => builder.with_webpki_roots(),
         Roots::Only(store) => builder.with_root_certificates(store),

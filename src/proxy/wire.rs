@@ -33,6 +33,16 @@
 //! will refuse anyway, a head over `listen.max_header_bytes`, a framing the
 //! pipeline refuses, a chunked body hyper would fail), it stops, and every
 //! later request on the connection finds no head and is refused.
+//!
+//! HTTP/2 has no such framing ambiguity (h2 itself refuses
+//! `transfer-encoding` and the other connection-specific headers), but
+//! the fragment problem is the same: h2 parses `:path` with http's URI
+//! parser, which cuts `#…` off silently. [`H2Tap`] reads an HTTP/2
+//! connection's frames a second time with h2's own codec (the same frame
+//! and HPACK decoder hyper's server runs) and records in [`H2Facts`] that
+//! a `:path` carried `#`, before hyper can hand that request on; the
+//! pipeline then refuses every later request of the connection. A stream
+//! the mirror cannot follow marks the connection lost (refused too).
 
 use std::collections::VecDeque;
 use std::io;
@@ -456,6 +466,191 @@ fn chunk_step(c: Chunk, b: u8) -> Option<Option<Chunk>> {
         Chunk::EndLf => return (b == b'\n').then_some(None),
     };
     Some(Some(next))
+}
+
+// ------------------------------------------------------------------ HTTP/2
+
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What an HTTP/2 connection's [`H2Tap`] found, shared with the pipeline.
+#[derive(Debug, Default)]
+pub struct H2Facts {
+    fragment: std::sync::atomic::AtomicBool,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl H2Facts {
+    /// A `:path` on this connection carried `#`.
+    pub fn saw_fragment(&self) -> bool {
+        self.fragment.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The mirror could not follow the connection (bad preface, a frame
+    /// or header block h2 fails on).
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(flag: &std::sync::atomic::AtomicBool) {
+        flag.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A connection whose reads also go through h2's frame codec. Writes pass
+/// through untouched.
+pub struct H2Tap<IO> {
+    io: IO,
+    mirror: Option<Mirror>,
+}
+
+struct Mirror {
+    /// Preface bytes still to be checked.
+    preface: usize,
+    codec: h2::Codec<Feed, bytes::Bytes>,
+    facts: Arc<H2Facts>,
+}
+
+/// The codec's input: the bytes the connection read, nothing written.
+#[derive(Default)]
+struct Feed(bytes::BytesMut);
+
+impl AsyncRead for Feed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.0.is_empty() {
+            // Polled again after the next read feeds it.
+            return Poll::Pending;
+        }
+        let n = this.0.len().min(buf.remaining());
+        buf.put_slice(&this.0.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Feed {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO> H2Tap<IO> {
+    /// Follows `io`'s reads as an HTTP/2 client connection; header lists
+    /// are bounded like hyper's (`max_header_list`).
+    pub fn new(io: IO, facts: Arc<H2Facts>, max_header_list: usize) -> Self {
+        let mut codec = h2::Codec::new(Feed::default());
+        codec.set_max_recv_header_list_size(max_header_list);
+        H2Tap {
+            io,
+            mirror: Some(Mirror {
+                preface: 0,
+                codec,
+                facts,
+            }),
+        }
+    }
+}
+
+impl Mirror {
+    /// Takes the next bytes; `false` once it gave up.
+    fn feed(&mut self, mut data: &[u8]) -> bool {
+        if self.preface < H2_PREFACE.len() {
+            let n = data.len().min(H2_PREFACE.len() - self.preface);
+            if data[..n] != H2_PREFACE[self.preface..self.preface + n] {
+                // Not HTTP/2 (an h2c listener's HTTP/1.1 connection):
+                // nothing to follow, and no HTTP/2 request will come.
+                H2Facts::set(&self.facts.lost);
+                return false;
+            }
+            self.preface += n;
+            data = &data[n..];
+        }
+        if data.is_empty() {
+            return true;
+        }
+        self.codec.get_mut().0.extend_from_slice(data);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        loop {
+            match futures_util::StreamExt::poll_next_unpin(&mut self.codec, &mut cx) {
+                Poll::Ready(Some(Ok(h2::frame::Frame::Headers(mut h)))) => {
+                    if h.pseudo_mut()
+                        .path
+                        .as_ref()
+                        .is_some_and(|p| p.contains('#'))
+                    {
+                        H2Facts::set(&self.facts.fragment);
+                    }
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                // A stream-level error (a malformed header block): h2
+                // resets that stream and the connection goes on.
+                Poll::Ready(Some(Err(h2::proto::Error::Reset(..)))) => {}
+                Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
+                    H2Facts::set(&self.facts.lost);
+                    return false;
+                }
+                Poll::Pending => return true,
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for H2Tap<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(m)) = (&r, &mut this.mirror)
+            && !m.feed(&buf.filled()[before..])
+        {
+            this.mirror = None;
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for H2Tap<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

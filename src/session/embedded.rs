@@ -56,12 +56,40 @@ fn io_err(e: std::io::Error) -> StoreError {
 impl Inner {
     fn flush(&self) {
         let dirty = self.table.take_dirty();
+        if dirty.is_empty() {
+            return;
+        }
         if let Err(e) = self.journal.records(&dirty) {
             tracing::error!(error = %e, sessions = dirty.len(), "session activity flush failed");
         }
     }
 
+    /// Makes a change already applied to memory durable: `write` appends its
+    /// lines. If that fails, or an earlier write failed (the journal may lack
+    /// changes memory holds), the journal is rewritten from memory instead,
+    /// which holds this change too. Err: the change is not known to be on
+    /// disk, so the caller must not report success.
+    fn persist(
+        &self,
+        write: impl FnOnce(&Journal) -> std::io::Result<usize>,
+    ) -> Result<usize, StoreError> {
+        match write(&self.journal) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                tracing::error!(error = %e, "session journal append failed; rewriting it from memory");
+                self.journal.compact(&self.table).map_err(io_err)?;
+                Ok(0)
+            }
+        }
+    }
+
     fn housekeeping(&self) {
+        // A failed write left changes only in memory: retry the rewrite.
+        if self.journal.needs_rewrite()
+            && let Err(e) = self.journal.compact(&self.table)
+        {
+            tracing::error!(error = %e, "session journal rewrite failed (retried)");
+        }
         let ended = self.table.sweep(now_ms(), self.retention_ms);
         if let Err(e) = self.journal.records(&ended) {
             tracing::error!(error = %e, "session sweep journal write failed");
@@ -110,8 +138,16 @@ impl EmbeddedStore {
     pub fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
         let (verdict, change) = self.inner.table.check(t);
         if let Change::Ended(r) = change {
-            let n = self.inner.journal.records(&[r]).map_err(io_err)?;
-            self.inner.maybe_compact(n);
+            // The refusal is decided and holds in memory: answered as such
+            // even if it cannot be written (a store error here would let
+            // `on_store_error: allow` forward the request). The journal is
+            // then rewritten from memory at the next write or housekeeping.
+            match self.inner.persist(|j| j.records(&[r])) {
+                Ok(n) => self.inner.maybe_compact(n),
+                Err(e) => {
+                    tracing::error!(error = %e, ?verdict, "session end not yet durable; refused anyway")
+                }
+            }
         }
         Ok(verdict)
     }
@@ -129,10 +165,15 @@ impl EmbeddedStore {
             .end(id, reason, now, keep_until_ms.max(now))
         {
             Some(r) => {
-                self.inner.journal.records(&[r]).map_err(io_err)?;
+                self.inner.persist(|j| j.records(&[r]))?;
                 Ok(true)
             }
-            None => Ok(false),
+            // Ended before; a retry after a failed write must not answer
+            // before that end is on disk.
+            None => {
+                self.inner.persist(|j| j.records(&[]))?;
+                Ok(false)
+            }
         }
     }
 
@@ -145,10 +186,7 @@ impl EmbeddedStore {
             until_ms: keep_until_ms.max(now),
         };
         let ended = self.inner.table.revoke_id(session, r.at_ms, r.until_ms);
-        self.inner
-            .journal
-            .revoke_id(session, r, &ended)
-            .map_err(io_err)?;
+        self.inner.persist(|j| j.revoke_id(session, r, &ended))?;
         Ok(!ended.is_empty())
     }
 
@@ -157,7 +195,7 @@ impl EmbeddedStore {
             .inner
             .table
             .end_user(subject, EndReason::Revoked, now_ms());
-        self.inner.journal.records(&ended).map_err(io_err)?;
+        self.inner.persist(|j| j.records(&ended))?;
         Ok(ended.len())
     }
 
@@ -172,12 +210,9 @@ impl EmbeddedStore {
             .unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         let changed = self.inner.table.deactivate(subject, now);
-        self.inner
-            .journal
-            .deactivate(subject, now)
-            .map_err(io_err)?;
+        self.inner.persist(|j| j.deactivate(subject, now))?;
         let ended = self.inner.table.end_user(subject, EndReason::Revoked, now);
-        self.inner.journal.records(&ended).map_err(io_err)?;
+        self.inner.persist(|j| j.records(&ended))?;
         Ok(changed)
     }
 
@@ -188,7 +223,7 @@ impl EmbeddedStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let changed = self.inner.table.reactivate(subject);
-        self.inner.journal.reactivate(subject).map_err(io_err)?;
+        self.inner.persist(|j| j.reactivate(subject))?;
         Ok(changed)
     }
 
@@ -207,5 +242,91 @@ impl EmbeddedStore {
     /// The table, for benchmarks and memory measurements.
     pub fn table(&self) -> &Table {
         &self.inner.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::journal::Fault;
+    use super::super::{OnStoreError, StoreKind};
+    use super::*;
+
+    pub(super) fn open(tag: &str) -> (EmbeddedStore, std::path::PathBuf) {
+        let d =
+            std::env::temp_dir().join(format!("rolegate-embedded-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let settings = SessionSettings {
+            idle_timeout: Duration::from_secs(60),
+            max_lifetime: None,
+            store: StoreKind::Embedded {
+                state_dir: d.clone(),
+            },
+            flush_interval: Duration::from_secs(5),
+            retention: Duration::from_secs(60),
+            logout_path: "/.rolegate/logout".into(),
+            login_url: None,
+            on_store_error: OnStoreError::Deny,
+        };
+        (EmbeddedStore::open(&d, &settings).unwrap(), d)
+    }
+
+    pub(super) fn touch(session: &str, now_ms: u64, idle_ms: u64) -> Touch<'_> {
+        Touch {
+            issuer: "https://idp.test",
+            subject: "u1",
+            session,
+            now_ms,
+            idle_ms,
+            max_lifetime_ms: None,
+            token_exp_ms: u64::MAX / 4,
+            token_iat_ms: Some(0),
+            touch: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_logout_is_not_acknowledged_before_the_end_is_on_disk() {
+        let (store, d) = open("retry");
+        let t = touch("s1", now_ms(), 60_000);
+        assert_eq!(store.check(&t).unwrap(), Verdict::Active);
+        store.flush();
+        // The disk is full: the logout fails (its end is already in memory).
+        store.inner.journal.inject(Some(Fault::Full));
+        assert!(store.end(t.id(), EndReason::Logout, 0).is_err());
+        // Retried while the disk is still full: still not acknowledged.
+        assert!(store.end(t.id(), EndReason::Logout, 0).is_err());
+        assert!(store.end_user("u1").is_err());
+        // Space again: the retry rewrites the journal from memory.
+        store.inner.journal.inject(None);
+        assert!(!store.end(t.id(), EndReason::Logout, 0).unwrap());
+        let text = std::fs::read_to_string(d.join("sessions.journal")).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("\"op\":\"end\"") && l.contains("\"s\":\"s1\"")),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn a_decided_refusal_is_answered_even_when_it_cannot_be_written() {
+        let (store, d) = open("refusal");
+        let now = now_ms();
+        assert_eq!(
+            store.check(&touch("s1", now, 1_000)).unwrap(),
+            Verdict::Active
+        );
+        store.inner.journal.inject(Some(Fault::Full));
+        // Idle: ended in memory, not writable: still the refusal, not a
+        // store error that `on_store_error: allow` would let through.
+        assert_eq!(
+            store.check(&touch("s1", now + 5_000, 1_000)).unwrap(),
+            Verdict::Ended(EndReason::Idle)
+        );
+        assert_eq!(
+            store.check(&touch("s1", now + 5_001, 1_000)).unwrap(),
+            Verdict::Ended(EndReason::Idle)
+        );
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -23,8 +23,10 @@
 //! revocation: [`Journal::open`] refuses to start, naming the file and the
 //! line, and the journal is left as it is (never compacted over) for the
 //! operator to repair. Lines written before sessions were keyed by issuer
-//! (no `iss`) are read fail-closed: an ended one revokes its session id for
-//! every user, an active one is dropped (its session starts afresh).
+//! (no `iss`) are read fail-closed: every one of them, ended or not,
+//! revokes its session id for every user until its token expires and at
+//! least `retention` (a forced re-login at the upgrade: an active one may
+//! have gone idle, or past its lifetime, while the gateway was down).
 //!
 //! The directory is locked (`rolegate.lock`) so two gateways never share
 //! one journal.
@@ -102,9 +104,37 @@ fn line_of(r: &Record) -> Line {
 }
 
 struct Inner {
+    /// Append handle on the journal.
     file: File,
+    /// Length of `file` up to its last whole line: a failed append is cut
+    /// back to it, so no partial line is left for the next one to glue to.
+    len: u64,
     /// Lines appended since the last compaction.
     appended: usize,
+    /// An append failed: memory holds changes the file may lack (an end
+    /// already applied, a flushed activity batch). Appends are refused
+    /// until [`Journal::compact`] has rewritten the file from memory.
+    needs_rewrite: bool,
+    #[cfg(test)]
+    fault: Option<Fault>,
+}
+
+/// Failures injected by tests (a full disk cannot be had on demand).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// The next append writes this many bytes, then fails (a disk filling
+    /// up mid-write).
+    Partial(usize),
+    /// Every write fails, compaction included, until cleared.
+    Full,
+    /// Opening the new append handle in `compact` fails once.
+    Open,
+}
+
+#[cfg(test)]
+fn injected() -> std::io::Error {
+    std::io::Error::other("injected fault")
 }
 
 pub struct Journal {
@@ -145,9 +175,20 @@ impl Journal {
             .append(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
         let j = Journal {
             dir: dir.to_path_buf(),
-            inner: Mutex::new(Inner { file, appended: 0 }),
+            inner: Mutex::new(Inner {
+                file,
+                len,
+                appended: 0,
+                needs_rewrite: false,
+                #[cfg(test)]
+                fault: None,
+            }),
             _lock: lock,
         };
         j.compact(table)
@@ -155,20 +196,51 @@ impl Journal {
         Ok(j)
     }
 
+    /// Appends `lines` in one write. Fails without writing while a rewrite
+    /// is pending (also for no lines: the caller's change, already in
+    /// memory, is then not durable until [`Journal::compact`] succeeds).
+    /// A failed write is cut back to the last whole line and makes a
+    /// rewrite pending.
     fn write_lines(&self, lines: &[Line]) -> std::io::Result<usize> {
-        if lines.is_empty() {
-            return Ok(0);
-        }
         let mut buf = Vec::with_capacity(lines.len() * 96);
         for l in lines {
             serde_json::to_writer(&mut buf, l).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.needs_rewrite {
+            return Err(std::io::Error::other(
+                "an earlier write failed; the journal must be rewritten first",
+            ));
+        }
+        if lines.is_empty() {
+            return Ok(inner.appended);
+        }
         // One write(2): lines from concurrent callers never interleave.
-        inner.file.write_all(&buf)?;
+        if let Err(e) = inner.append(&buf) {
+            inner.needs_rewrite = true;
+            let len = inner.len;
+            if let Err(t) = inner.file.set_len(len) {
+                tracing::error!(error = %t, "session journal: could not cut a failed write back");
+            }
+            return Err(e);
+        }
+        inner.len += buf.len() as u64;
         inner.appended += lines.len();
         Ok(inner.appended)
+    }
+
+    /// Whether appends wait for a rewrite (an earlier write failed).
+    pub fn needs_rewrite(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .needs_rewrite
+    }
+
+    #[cfg(test)]
+    pub(super) fn inject(&self, fault: Option<Fault>) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).fault = fault;
     }
 
     /// Appends session records (ended ones or activity snapshots).
@@ -208,8 +280,14 @@ impl Journal {
 
     /// Rewrites the journal as a snapshot of `table` (tmp file, fsync,
     /// rename), holding the append lock so no line is lost in between.
+    /// Clears a pending rewrite. On failure the old journal and its append
+    /// handle stay as they were.
     pub fn compact(&self, table: &Table) -> std::io::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(test)]
+        if inner.fault == Some(Fault::Full) {
+            return Err(injected());
+        }
         let tmp = self.dir.join("sessions.journal.tmp");
         let mut out = std::io::BufWriter::new(File::create(&tmp)?);
         for r in table.snapshot() {
@@ -231,14 +309,42 @@ impl Journal {
         }
         let f = out.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
+        let len = f.metadata()?.len();
+        // The append handle is opened on the new file *before* it replaces
+        // the journal: after the rename nothing can fail, so appends never
+        // go on to the old, unlinked file while reporting success.
+        #[cfg(test)]
+        if inner.fault == Some(Fault::Open) {
+            inner.fault = None;
+            return Err(injected());
+        }
+        let file = OpenOptions::new().append(true).open(&tmp)?;
         let path = self.dir.join(JOURNAL);
         std::fs::rename(&tmp, &path)?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        inner.file = OpenOptions::new().append(true).open(&path)?;
+        inner.file = file;
+        inner.len = len;
         inner.appended = 0;
+        inner.needs_rewrite = false;
         Ok(())
+    }
+}
+
+impl Inner {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        match self.fault {
+            Some(Fault::Partial(n)) => {
+                self.fault = None;
+                self.file.write_all(&buf[..n.min(buf.len())])?;
+                return Err(injected());
+            }
+            Some(Fault::Full) => return Err(injected()),
+            _ => {}
+        }
+        self.file.write_all(buf)
     }
 }
 
@@ -281,8 +387,11 @@ fn user_lines(table: &Table) -> Vec<Line> {
 }
 
 /// Replays the journal at `path` into `table`. A last line that cannot be
-/// read (torn by a crash mid-append) is skipped with a warning; one followed
-/// by other lines is damage and refuses the start.
+/// read and has no newline (torn by a crash mid-append) is skipped with a
+/// warning. Any other unreadable line is damage and refuses the start: one
+/// followed by other lines, or one ending in a newline (an append is one
+/// `write(2)` of whole lines, so a torn one never ends in `\n`; a whole
+/// unreadable line is damage, or a failed write glued to the next one).
 fn replay_file(path: &Path, table: &Table, retention_ms: u64) -> Result<(), String> {
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut reader = BufReader::new(f);
@@ -313,6 +422,15 @@ fn replay_file(path: &Path, table: &Table, retention_ms: u64) -> Result<(), Stri
         }
         match serde_json::from_slice::<Line>(&buf) {
             Ok(l) => replay(table, l, retention_ms),
+            Err(e) if buf.ends_with(b"\n") => {
+                return Err(format!(
+                    "session journal {}: line {n} cannot be read ({e}) although it was written \
+                     whole (it ends in a newline), so it is damage, not a torn last write; refusing \
+                     to start because the lost line could be a revocation or deactivation. Repair \
+                     or delete that line (the journal was left as it is), then start again",
+                    path.display()
+                ));
+            }
             Err(e) => unreadable = Some((n, e.to_string())),
         }
     }
@@ -347,8 +465,23 @@ fn replay(table: &Table, l: Line, retention_ms: u64) {
             exp_ms: x,
             ended: None,
         }),
-        // Legacy (no issuer): cannot be keyed; the session starts afresh.
-        Line::Seen { iss: None, .. } => {}
+        // Legacy (no issuer): cannot be keyed under its issuer, and dropping
+        // it would let a session idle (or past its lifetime) while the
+        // gateway was down start afresh. Fail closed: its id is revoked for
+        // every user, as a legacy ended line's is (a forced re-login at the
+        // upgrade).
+        Line::Seen {
+            s, iss: None, x, ..
+        } => {
+            let now = super::now_ms();
+            table.set_revoked_id(
+                &s,
+                RevokedId {
+                    at_ms: now,
+                    until_ms: x.max(now.saturating_add(retention_ms)),
+                },
+            )
+        }
         Line::End {
             s,
             u,
@@ -518,11 +651,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_skipped_and_nothing_before_it_is_lost() {
-        for torn in [
-            &b"{\"op\":\"end\",\"s\":\"s1\""[..],
-            b"{\"op\":\"end\",\"s\":\"s1\"\n\n",
-            b"\0\0\0\0",
-        ] {
+        for torn in [&b"{\"op\":\"end\",\"s\":\"s1\""[..], b"\0\0\0\0"] {
             let d = dir("torn");
             write_journal(&d);
             append(&d, torn);
@@ -557,7 +686,7 @@ mod tests {
     }
 
     #[test]
-    fn legacy_lines_without_an_issuer_keep_their_revocations() {
+    fn legacy_lines_without_an_issuer_revoke_their_session_ids() {
         let d = dir("legacy");
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(
@@ -569,8 +698,128 @@ mod tests {
         let t = Table::new();
         let _j = Journal::open(&d, &t, RET).unwrap();
         assert!(t.is_revoked_id("b"));
-        assert!(!t.is_revoked_id("a"));
+        // An old-format active line is a forced re-login too: it may have
+        // gone idle while the gateway was down.
+        assert!(t.is_revoked_id("a"));
         assert!(t.is_empty());
+        let revoked = |t: &Table, u: &str, s: &'static str| {
+            t.check(&Touch {
+                issuer: "https://idp.test",
+                subject: u,
+                session: s,
+                now_ms: super::super::now_ms(),
+                idle_ms: 60_000,
+                max_lifetime_ms: None,
+                token_exp_ms: u64::MAX / 2,
+                token_iat_ms: Some(0),
+                touch: true,
+            })
+            .0 == super::super::Verdict::Ended(EndReason::Revoked)
+        };
+        assert!(revoked(&t, "u1", "a") && revoked(&t, "someone", "a"));
+        drop(_j);
+        // Compacted into `revid` lines: still refused after another restart.
+        let t = Table::new();
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        assert!(t.is_revoked_id("a") && t.is_revoked_id("b"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_unreadable_last_line_ending_in_a_newline_is_damage_not_a_torn_write() {
+        for whole in [
+            &b"{\"op\":\"end\",\"s\":\"s1\"\n"[..],
+            b"{\"op\":\"end\",\"s\":\"s1\"\n\n",
+            // A failed partial write with the next acknowledged line glued on.
+            b"{\"op\":\"end\",\"s\"{\"op\":\"revid\",\"s\":\"x\",\"t\":1,\"x\":2}\n",
+        ] {
+            let d = dir("whole");
+            write_journal(&d);
+            append(&d, whole);
+            let before = std::fs::read(d.join(JOURNAL)).unwrap();
+            let err = match Journal::open(&d, &Table::new(), RET) {
+                Ok(_) => panic!("opened over a damaged last line"),
+                Err(e) => e,
+            };
+            assert!(err.contains("refusing to start"), "{err}");
+            assert_eq!(std::fs::read(d.join(JOURNAL)).unwrap(), before);
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+
+    /// A journal whose `seen` write of session s1 (in `t`) has just failed
+    /// half-way through.
+    fn journal_after_a_failed_write(d: &Path, t: &Table) -> Journal {
+        let j = Journal::open(d, t, RET).unwrap();
+        let touch = Touch {
+            issuer: "https://idp.test",
+            subject: "u1",
+            session: "s1",
+            now_ms: 1_000,
+            idle_ms: 60_000,
+            max_lifetime_ms: None,
+            token_exp_ms: u64::MAX / 2,
+            token_iat_ms: Some(0),
+            touch: true,
+        };
+        t.check(&touch);
+        j.records(&t.take_dirty()).unwrap();
+        let ended = t.end(id("s1"), EndReason::Logout, 2_000, 0).unwrap();
+        j.inject(Some(Fault::Partial(12)));
+        assert!(j.records(&[ended]).is_err());
+        j
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_partial_line_and_blocks_appends_until_a_rewrite() {
+        let d = dir("failed");
+        let t = Table::new();
+        let j = journal_after_a_failed_write(&d, &t);
+        // Cut back: the file ends with a whole line.
+        assert!(std::fs::read(d.join(JOURNAL)).unwrap().ends_with(b"\n"));
+        // An acknowledged append now would follow a change the file lacks
+        // (s1's end, in memory): refused, also with nothing to write.
+        assert!(j.needs_rewrite());
+        assert!(j.records(&[]).is_err());
+        let r = RevokedId {
+            at_ms: 3_000,
+            until_ms: u64::MAX / 2,
+        };
+        assert!(
+            j.revoke_id("r1", r, &t.revoke_id("r1", 3_000, r.until_ms))
+                .is_err()
+        );
+        // The rewrite from memory makes both durable, and appends resume.
+        j.compact(&t).unwrap();
+        assert!(!j.needs_rewrite());
+        j.deactivate("u9", 4).unwrap();
+        drop(j);
+        let t = Table::new();
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        assert_eq!(
+            t.get(id("s1")).unwrap().ended.map(|e| e.0),
+            Some(EndReason::Logout)
+        );
+        assert!(t.is_revoked_id("r1"));
+        assert!(t.is_deactivated("u9"));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_compaction_that_cannot_open_its_new_file_keeps_appending_to_the_journal() {
+        let d = dir("reopen-fails");
+        let t = Table::new();
+        let j = Journal::open(&d, &t, RET).unwrap();
+        t.deactivate("u1", 1);
+        j.deactivate("u1", 1).unwrap();
+        j.inject(Some(Fault::Open));
+        assert!(j.compact(&t).is_err());
+        // Acknowledged after the failed compaction: must be in the journal.
+        j.deactivate("u2", 2).unwrap();
+        drop(j);
+        let t = Table::new();
+        let _j = Journal::open(&d, &t, RET).unwrap();
+        assert!(t.is_deactivated("u1") && t.is_deactivated("u2"));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -39,12 +39,17 @@
 //! - `rolegate:sid:{sid}`: set of the session keys with that session id
 //!   (admin revocation by id), expiring likewise;
 //! - `rolegate:revoked:{sid}`: a session id revoked by the admin API for
-//!   every user (value: revoked at, ms), expiring `retention` after;
+//!   every user (value: revoked at, ms), expiring `retention` after, or
+//!   when the last token of the sessions it ended expires if later; its
+//!   expiry is only ever extended;
 //! - `rolegate:deact`: hash subject → deactivated since (ms);
 //! - `rolegate:notbefore`: hash subject → time of its last deactivation
 //!   (ms), the not-before cut-off for its tokens' `iat`; kept after
 //!   reactivation and never expires (one number per user ever deactivated);
 //! - `rolegate:epoch`: a marker telling whether Redis lost its data;
+//! - `rolegate:s:{sid}`: the previous version's session records (keyed by
+//!   id alone); `open` turns each into a `rolegate:revoked:{sid}` and
+//!   deletes it (see [`LUA_MIGRATE`]);
 //! - channel `rolegate:events` (`rolegate:events:{db}` for a database other
 //!   than 0, since pub/sub ignores databases).
 //!
@@ -66,7 +71,8 @@
 //! Every Redis error or a reply slower than 1 s is a [`StoreError`] (the
 //! pipeline answers 503 by default). While the subscriber connection is
 //! down, the mirror could miss revocations, so `check` refuses with
-//! `StoreError` even on the fast path until the subscription is back. On
+//! `StoreError` even on the fast path until the subscription is back (an
+//! event that cannot be read counts as a lost subscription). On
 //! re-subscription the deactivated users and the not-before cut-offs are
 //! reloaded from Redis and the
 //! mirror forgets its active sessions (they are re-read from Redis on their
@@ -269,17 +275,20 @@ return { '1', unpack(reply(r)) }
 "#;
 
 /// Revokes a session id for every user. KEYS: revoked id, sid set.
-/// ARGV[5..]: sid, until. Records the id (refused whoever presents it
-/// until `until`), publishes it, ends every active session with that id.
+/// ARGV[5..]: sid, until. Ends every active session with that id, records
+/// the id (refused whoever presents it until the later of `until` and the
+/// latest token expiry among the sessions it ended; an existing
+/// revocation is only ever extended, never shortened) and publishes it.
 /// Returns the newly ended records, flattened.
 const LUA_REVOKE_ID: &str = r#"
 local sid, untl = ARGV[5], tonumber(ARGV[6])
 local at = tonumber(redis.call('GET', KEYS[1]) or s(NOW))
-redis.call('SET', KEYS[1], s(at))
-local pt = redis.call('PTTL', KEYS[1])
-if pt < 0 or NOW + pt < untl then redis.call('PEXPIREAT', KEYS[1], s(untl)) end
+local out = end_all(KEYS[2], 'revoked')
+for i = 7, #out, 9 do untl = math.max(untl, tonumber(out[i])) end
+redis.call('SET', KEYS[1], s(at), 'KEEPTTL')
+extend(KEYS[1], untl)
 redis.call('PUBLISH', CH, 'revid ' .. s(at) .. ' ' .. s(untl) .. ' ' .. sid)
-return end_all(KEYS[2], 'revoked')
+return out
 "#;
 
 /// Coalesced activity of one session. KEYS: session. ARGV[5..]: last,
@@ -363,7 +372,43 @@ redis.call('PUBLISH', CH, 'react ' .. ARGV[5])
 return s(changed)
 "#;
 
+/// One pre-upgrade session record (`rolegate:s:{sid}`, keyed by session id
+/// alone: hash `sub created last idle exp ended ended_at`). KEYS: the old
+/// key, the id's revocation. ARGV[5..]: sid, max lifetime (0: none).
+/// Whatever the record says (ended, idle or past its lifetime by now, or
+/// still active: it cannot be moved under the new keys, and keeping it
+/// active would be a guess), its id is revoked for every user until the
+/// later of its token's expiry and `retention` after it ended (now, if it
+/// had not), and published; then the old key is deleted. Idempotent.
+/// Returns what the record said: ended, idle, lifetime or active.
+const LUA_MIGRATE: &str = r#"
+local sid, maxl = ARGV[5], tonumber(ARGV[6])
+local h = redis.call('HMGET', KEYS[1], 'created', 'last', 'idle', 'exp', 'ended', 'ended_at')
+local created = tonumber(h[1] or s(NOW))
+local last = tonumber(h[2] or s(created))
+local idle, exp = tonumber(h[3] or '0'), tonumber(h[4] or '0')
+local kind, at = 'active', NOW
+if h[5] and h[5] ~= '' then
+  kind, at = 'ended', tonumber(h[6] or s(NOW))
+elseif NOW - last > idle then
+  kind = 'idle'
+elseif maxl > 0 and NOW - created > maxl then
+  kind = 'lifetime'
+end
+local untl = math.max(exp, at + RET)
+if untl > NOW then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then at = math.min(at, tonumber(prev)) end
+  redis.call('SET', KEYS[2], s(at), 'KEEPTTL')
+  extend(KEYS[2], untl)
+  redis.call('PUBLISH', CH, 'revid ' .. s(at) .. ' ' .. s(untl) .. ' ' .. sid)
+end
+redis.call('DEL', KEYS[1])
+return kind
+"#;
+
 struct Scripts {
+    migrate: Script,
     check: Script,
     end: Script,
     revoke_id: Script,
@@ -379,6 +424,7 @@ impl Scripts {
     fn new() -> Self {
         let s = |body: &str| Script::new(&format!("{LUA_PRELUDE}{body}"));
         Scripts {
+            migrate: s(LUA_MIGRATE),
             check: s(LUA_CHECK),
             end: s(LUA_END),
             revoke_id: s(LUA_REVOKE_ID),
@@ -629,6 +675,9 @@ struct Inner {
     generation: AtomicU64,
     /// Serialises flushes and holds activity a failed flush could not write.
     pending: tokio::sync::Mutex<Vec<Record>>,
+    /// Ends this gateway decided (and answered) but could not write to
+    /// Redis; the flush task retries them.
+    unwritten_ends: Mutex<Vec<Record>>,
     /// The `rolegate:epoch` value of the dataset we are in sync with.
     epoch: Mutex<String>,
 }
@@ -717,6 +766,40 @@ impl Inner {
         self.end_in_redis(r.id(), reason, at, r.exp_ms, true)
             .await
             .map(|_| ())
+    }
+
+    /// Writes an end decided here; on failure keeps it for the flush task
+    /// to retry. The refusal itself is answered either way.
+    async fn persist_or_queue_end(&self, r: Record) {
+        if let Err(e) = self.persist_end(&r).await {
+            tracing::error!(error = %e, "redis session store: a session end could not be written (refused anyway; retried)");
+            self.unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(r);
+        }
+    }
+
+    /// Retries the ends [`Self::persist_or_queue_end`] could not write.
+    async fn retry_unwritten_ends(&self) {
+        let ends = std::mem::take(
+            &mut *self
+                .unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut failed = Vec::new();
+        for r in ends {
+            if self.persist_end(&r).await.is_err() {
+                failed.push(r);
+            }
+        }
+        if !failed.is_empty() {
+            self.unwritten_ends
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(failed);
+        }
     }
 
     async fn end_in_redis(
@@ -914,15 +997,24 @@ impl Inner {
                 .ignore();
         }
         for (sid, r) in self.table.revoked_ids() {
+            if r.until_ms <= now {
+                continue;
+            }
+            // Created with its expiry, or an existing one only extended
+            // (another gateway may have written a later one already).
             let key = revoked_key(&sid);
+            let until = r.until_ms.min(MAX_MS);
             pipe.cmd("SET")
                 .arg(&key)
                 .arg(r.at_ms)
                 .arg("NX")
+                .arg("PXAT")
+                .arg(until)
                 .ignore()
                 .cmd("PEXPIREAT")
                 .arg(&key)
-                .arg(r.until_ms.min(MAX_MS))
+                .arg(until)
+                .arg("GT")
                 .ignore();
         }
         for r in &ended {
@@ -956,6 +1048,52 @@ impl Inner {
         Ok(())
     }
 
+    /// The one-time upgrade from sessions keyed by id alone: every
+    /// `rolegate:s:{sid}` record left by an older version becomes a
+    /// revocation of its id (see [`LUA_MIGRATE`]), so no session ended
+    /// before the upgrade comes back. Run at every `open`; finds nothing
+    /// once done. Returns how many records were migrated, by kind.
+    async fn migrate_legacy(&self) -> Result<Migrated, StoreError> {
+        let mut c = self.conn();
+        let old = format!("{PREFIX}s:");
+        let pattern = format!("{old}*");
+        let mut n = Migrated::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .arg("TYPE")
+                .arg("hash");
+            let (next, keys): (u64, Vec<String>) =
+                bounded("upgrade scan", scan.query_async(&mut c)).await?;
+            for key in &keys {
+                let Some(sid) = key.strip_prefix(&old) else {
+                    continue;
+                };
+                let mut inv = self.invocation(&self.scripts.migrate, now_ms());
+                inv.key(key)
+                    .key(revoked_key(sid))
+                    .arg(sid)
+                    .arg(self.max_lifetime_ms.unwrap_or(0).min(MAX_MS));
+                let kind: String = self.invoke("upgrade", &inv).await?;
+                match kind.as_str() {
+                    "ended" => n.ended += 1,
+                    "idle" => n.idle += 1,
+                    "lifetime" => n.lifetime += 1,
+                    _ => n.active += 1,
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(n);
+            }
+        }
+    }
+
     /// Connects the subscriber, subscribes, resyncs; then `check` may answer.
     async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), StoreError> {
         let pubsub = bounded("subscribe", self.client.get_async_pubsub()).await?;
@@ -978,7 +1116,8 @@ impl Inner {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn apply_event(&self, payload: &str) {
+    /// Applies one event to the mirror; false when it cannot be read.
+    fn apply_event(&self, payload: &str) -> bool {
         match Event::parse(payload) {
             Some(Event::End {
                 reason,
@@ -1011,8 +1150,9 @@ impl Inner {
             Some(Event::Reactivate { subject }) => {
                 self.table.reactivate(&subject);
             }
-            None => tracing::warn!("redis session store: unreadable event ignored"),
+            None => return false,
         }
+        true
     }
 
     /// Applies events until the subscriber connection is lost.
@@ -1023,9 +1163,20 @@ impl Inner {
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
+                    // An event that cannot be read may have been an end, a
+                    // revocation or a deactivation: the mirror can no longer
+                    // vouch for itself, exactly as after a lost connection.
+                    // Treated as one: fail closed, resubscribe, resync.
                     Some(m) => match m.get_payload::<String>() {
-                        Ok(p) => self.apply_event(&p),
-                        Err(e) => tracing::warn!(error = %e, "redis session store: bad event payload"),
+                        Ok(p) if self.apply_event(&p) => {}
+                        Ok(_) => {
+                            tracing::error!("redis session store: unreadable event; treated as a lost subscription (resync)");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "redis session store: bad event payload; treated as a lost subscription (resync)");
+                            return;
+                        }
                     },
                     None => return,
                 },
@@ -1071,11 +1222,81 @@ async fn run_flusher(inner: Arc<Inner>, every: Duration) {
     loop {
         tick.tick().await;
         n = n.wrapping_add(1);
+        inner.retry_unwritten_ends().await;
         if n.is_multiple_of(refresh_every) {
             inner.refresh_mirror().await;
         } else if let Err(e) = inner.flush_activity().await {
             tracing::warn!(error = %e, "redis session store: activity flush failed (retried)");
         }
+    }
+}
+
+/// Whether Redis may drop rolegate's keys to free memory (`CONFIG GET
+/// maxmemory-policy`, `maxmemory`). Revocations and ended sessions are keys
+/// with a TTL, so any `volatile-*` policy may evict them; `allkeys-*` may
+/// also drop `rolegate:deact` and `rolegate:notbefore`. A dropped
+/// revocation is a session that works again: only `noeviction` is safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eviction {
+    /// `noeviction`: Redis refuses writes when full, never drops keys.
+    Never,
+    /// Another policy. With `maxmemory` 0 (no limit) nothing is evicted
+    /// yet, but setting a limit at run time would start it.
+    Possible { policy: String, maxmemory: u64 },
+    /// `CONFIG` is not available (managed Redis often disables it).
+    Unknown(String),
+}
+
+/// Asks Redis for its eviction settings (see [`Eviction`]).
+pub async fn eviction(c: &mut impl redis::aio::ConnectionLike) -> Eviction {
+    let get = |name: &'static str| {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        cmd
+    };
+    let policy = bounded(
+        "config get",
+        get("maxmemory-policy").query_async::<HashMap<String, String>>(c),
+    )
+    .await;
+    let maxmemory = bounded(
+        "config get",
+        get("maxmemory").query_async::<HashMap<String, String>>(c),
+    )
+    .await;
+    let (policy, maxmemory) = match (policy, maxmemory) {
+        (Ok(p), Ok(m)) => (p, m),
+        (Err(e), _) | (_, Err(e)) => return Eviction::Unknown(e.0),
+    };
+    let Some(policy) = policy.get("maxmemory-policy") else {
+        return Eviction::Unknown("CONFIG GET maxmemory-policy answered nothing".into());
+    };
+    if policy == "noeviction" {
+        return Eviction::Never;
+    }
+    Eviction::Possible {
+        policy: policy.clone(),
+        maxmemory: maxmemory
+            .get("maxmemory")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+/// Pre-upgrade session records turned into revocations at `open`, by what
+/// the record said.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Migrated {
+    pub ended: usize,
+    pub idle: usize,
+    pub lifetime: usize,
+    /// Still active: revoked too (a forced re-login; see the README).
+    pub active: usize,
+}
+
+impl Migrated {
+    pub fn total(&self) -> usize {
+        self.ended + self.idle + self.lifetime + self.active
     }
 }
 
@@ -1120,6 +1341,29 @@ impl RedisStore {
             Err(_) => return Err("cannot connect to redis: timed out".into()),
         };
         let mut c = conn.clone();
+        // Evicted revocations are sessions that work again: refuse to start
+        // on a Redis that evicts now; say so loudly when it could.
+        match eviction(&mut c).await {
+            Eviction::Never => {}
+            Eviction::Possible { policy, maxmemory } if maxmemory > 0 => {
+                return Err(format!(
+                    "redis evicts keys (maxmemory {maxmemory}, maxmemory-policy {policy}): it could drop \
+                     revocations and deactivations, and those sessions would work again; run Redis with \
+                     maxmemory-policy noeviction"
+                ));
+            }
+            Eviction::Possible { policy, .. } => tracing::error!(
+                policy = %policy,
+                "redis session store: maxmemory-policy is not noeviction; with no maxmemory set nothing \
+                 is evicted yet, but setting one would let Redis drop revocations. Set maxmemory-policy \
+                 noeviction"
+            ),
+            Eviction::Unknown(e) => tracing::warn!(
+                error = %e,
+                "redis session store: could not check maxmemory-policy (CONFIG unavailable); make sure it \
+                 is noeviction, or revocations may be evicted"
+            ),
+        }
         let mut set = redis::cmd("SET");
         set.arg(epoch_key()).arg(new_epoch()).arg("NX");
         bounded("open", set.query_async::<()>(&mut c))
@@ -1142,8 +1386,20 @@ impl RedisStore {
             subscribed: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             pending: tokio::sync::Mutex::new(Vec::new()),
+            unwritten_ends: Mutex::new(Vec::new()),
             epoch: Mutex::new(epoch),
         });
+        let migrated = inner.migrate_legacy().await.map_err(|e| e.0)?;
+        if migrated.total() > 0 {
+            tracing::warn!(
+                ended = migrated.ended,
+                idle = migrated.idle,
+                lifetime = migrated.lifetime,
+                active = migrated.active,
+                "redis session store: pre-upgrade sessions (keyed by session id alone) revoked by id; \
+                 their users must log in again"
+            );
+        }
         let sub = inner.subscribe().await.map_err(|e| e.0)?;
         let every = settings.flush_interval.max(Duration::from_millis(10));
         let tasks = vec![
@@ -1155,13 +1411,15 @@ impl RedisStore {
 
     /// The per-request check (and touch): see the module doc for the fast
     /// and slow paths.
+    ///
+    /// Refusals this gateway already knows (a deactivated user, a revoked
+    /// id, a not-before cut-off, an ended session) are answered first, from
+    /// the mirror, also while Redis or the subscription is down: an ended
+    /// session never comes back, so they cannot be stale in the dangerous
+    /// direction, and a store error here would let `on_store_error: allow`
+    /// forward the request. Only then does a lost subscription fail.
     pub async fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
         let inner = &*self.inner;
-        if !inner.subscribed.load(Ordering::Acquire) {
-            return Err(StoreError(
-                "redis event subscription is down (revocations could be missed)".into(),
-            ));
-        }
         if inner.table.is_deactivated(t.subject) {
             return Ok(Verdict::Deactivated);
         }
@@ -1169,26 +1427,42 @@ impl RedisStore {
         {
             return Ok(Verdict::Ended(EndReason::Revoked));
         }
-        if let Some(r) = inner.table.get(t.id()) {
-            if let Some((reason, at)) = r.ended {
-                // Ended for good. A newer token of that session: make Redis
-                // keep the record until it expires too.
-                if t.token_exp_ms.min(MAX_MS) > r.exp_ms {
-                    let (_, rec) = inner
-                        .end_in_redis(t.id(), reason, at, t.token_exp_ms, false)
-                        .await?;
-                    inner.table.apply(&rec);
+        let local = inner.table.get(t.id());
+        if let Some((reason, at)) = local.as_ref().and_then(|r| r.ended) {
+            // Ended for good. A newer token of that session: make Redis
+            // keep the record until it expires too (best effort: the
+            // refusal stands either way).
+            if local
+                .as_ref()
+                .is_some_and(|r| t.token_exp_ms.min(MAX_MS) > r.exp_ms)
+            {
+                match inner
+                    .end_in_redis(t.id(), reason, at, t.token_exp_ms, false)
+                    .await
+                {
+                    Ok((_, rec)) => inner.table.apply(&rec),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis session store: could not extend an ended session's record")
+                    }
                 }
-                return Ok(Verdict::Ended(reason));
             }
+            return Ok(Verdict::Ended(reason));
+        }
+        if !inner.subscribed.load(Ordering::Acquire) {
+            return Err(StoreError(
+                "redis event subscription is down (revocations could be missed)".into(),
+            ));
+        }
+        if let Some(r) = local {
             if !mirror_can_decide(&r, t) {
                 return inner.slow_check(t).await;
             }
             let (verdict, change) = inner.table.check(t);
             if let Change::Ended(r) = change {
                 // A concurrent request of the same session with a shorter
-                // timeout made the mirror end it: make that known.
-                inner.persist_end(&r).await?;
+                // timeout (or a deactivation racing this request) made the
+                // mirror end it: make that known, and refuse either way.
+                inner.persist_or_queue_end(r).await;
             }
             return Ok(verdict);
         }
@@ -1224,6 +1498,8 @@ impl RedisStore {
             .arg(until);
         let v: Vec<String> = self.inner.invoke("revoke_id", &inv).await?;
         let ended = parse_records(&v)?;
+        // As the script keeps it: until the last of these tokens expires.
+        let until = ended.iter().map(|r| r.exp_ms).fold(until, u64::max);
         self.inner.table.set_revoked_id(
             session,
             RevokedId {

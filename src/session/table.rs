@@ -351,8 +351,15 @@ impl Table {
         let key = t.id().key();
         let (verdict, change, mut e) = match self.sessions.get_mut(&key) {
             Some(mut e) => {
+                let raised = t.token_exp_ms > e.exp;
                 e.exp = e.exp.max(t.token_exp_ms);
                 if let Some(reason) = e.ended {
+                    // A newer token of an ended session: its record must now
+                    // outlive that token, across restarts too (written with
+                    // the next activity flush).
+                    if raised {
+                        e.dirty = true;
+                    }
                     return (Verdict::Ended(reason), Change::None);
                 }
                 // The timeout of *this* request's principal applies: a token
@@ -795,6 +802,24 @@ mod tests {
         let now = t.get(id("s")).unwrap();
         assert_eq!(now.ended.map(|e| e.0), Some(EndReason::Logout));
         assert_eq!(now.last_ms, 1_000);
+    }
+
+    #[test]
+    fn a_newer_token_of_an_ended_session_makes_its_record_durable_again() {
+        let t = Table::new();
+        t.check(&touch("s", 1_000, 10_000));
+        t.end(id("s"), EndReason::Logout, 1_100, 0);
+        t.take_dirty();
+        let mut newer = touch("s", 1_200, 10_000);
+        newer.token_exp_ms = 90_000_000;
+        assert_eq!(t.check(&newer).0, Verdict::Ended(EndReason::Logout));
+        let d = t.take_dirty();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].exp_ms, 90_000_000);
+        assert_eq!(d[0].ended.map(|e| e.0), Some(EndReason::Logout));
+        // The same token again changes nothing.
+        t.check(&newer);
+        assert!(t.take_dirty().is_empty());
     }
 
     #[test]

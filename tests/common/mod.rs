@@ -313,7 +313,7 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> Resp {
     parse_response(&buf)
 }
 
-fn parse_response(buf: &[u8]) -> Resp {
+pub fn parse_response(buf: &[u8]) -> Resp {
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
