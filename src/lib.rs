@@ -38,6 +38,10 @@
 //! - [`demo`]: the built-in sample upstream and embedded demo config.
 //! - [`telemetry`]: log setup and the unmasked-access audit log.
 
+// No panics on the request path: `unwrap`/`expect` only in tests
+// (`clippy.toml` allows them there).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod admin;
 pub mod auth;
 pub mod config;

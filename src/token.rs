@@ -39,7 +39,10 @@ fn set_claim(claims: &mut Map<String, Value>, name: &str, value: Value) {
         if !entry.is_object() {
             *entry = Value::Object(Map::new());
         }
-        cur = entry.as_object_mut().expect("just made an object");
+        let Value::Object(obj) = entry else {
+            return; // unreachable: made an object just above
+        };
+        cur = obj;
     }
     cur.insert(last.to_string(), value);
 }
@@ -70,7 +73,10 @@ pub fn mint(auth: &Authenticator, req: &TokenRequest) -> Result<String, String> 
         .copied()
         .find(|a| a.family() == AlgorithmFamily::Hmac)
         .ok_or("the dev issuer allows no HS256/HS384/HS512 algorithm")?;
-    let dev = issuer.dev_secret.as_ref().expect("filtered above");
+    let dev = issuer
+        .dev_secret
+        .as_ref()
+        .ok_or("the dev issuer has no HMAC secret")?;
     let now = now_unix();
     let names = auth.claim_names();
     let mut claims = Map::new();

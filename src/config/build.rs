@@ -552,10 +552,13 @@ impl Builder {
                     ),
                 );
             }
-            let scope = match &v.scope {
-                None => None,
-                Some(map) if map.len() == 1 => {
-                    let (kind, param) = map.iter().next().expect("len checked");
+            let only = v
+                .scope
+                .as_ref()
+                .and_then(|m| m.iter().next().filter(|_| m.len() == 1));
+            let scope = match (&v.scope, only) {
+                (None, _) => None,
+                (Some(_), Some((kind, param))) => {
                     match param.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                         Some(p) => Some((kind.clone(), p.to_string())),
                         None => {
@@ -564,7 +567,7 @@ impl Builder {
                         }
                     }
                 }
-                Some(_) => {
+                (Some(_), None) => {
                     self.error(
                         f,
                         l,
