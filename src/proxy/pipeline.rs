@@ -137,11 +137,10 @@ impl Gateway {
         &self.store
     }
 
-    /// Handles one request: the inner pipeline, then the log line, always.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<RespBody> {
-        let rt = self.runtime.load_full();
+    /// A request's context before any phase ran.
+    fn start(&self, req: &Request<Incoming>, conn: &Conn) -> Ctx {
         let (request_id, client_request_id) = self.ids.take(req.headers());
-        let mut ctx = Ctx {
+        Ctx {
             request_id,
             client_request_id,
             started: Instant::now(),
@@ -156,16 +155,18 @@ impl Gateway {
             from_cookie: false,
             accept_html: accepts_html(req.headers()),
             websocket: None,
-        };
-        let mut resp = match self.handle_inner(&rt, &mut ctx, conn, req).await {
+        }
+    }
+
+    /// Handles one request: the inner pipeline, then the log line, always.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<RespBody> {
+        let rt = self.runtime.load_full();
+        let mut ctx = self.start(&req, conn);
+        let resp = match self.handle_inner(&rt, &mut ctx, conn, req).await {
             Ok(resp) => resp,
             Err(refusal) => refuse(&rt, &mut ctx, refusal),
         };
-        if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
-        log(&ctx, resp.status());
-        resp
+        finish(&ctx, resp)
     }
 
     /// A `redirect_https` listener's answer to every request: 308 to the
@@ -178,24 +179,10 @@ impl Gateway {
         to: &Redirect,
     ) -> Response<RespBody> {
         let rt = self.runtime.load_full();
-        let (request_id, client_request_id) = self.ids.take(req.headers());
-        let h2 = req.version() == http::Version::HTTP_2;
-        let mut ctx = Ctx {
-            request_id,
-            client_request_id,
-            started: Instant::now(),
-            peer: conn.peer,
-            https: conn.tls,
-            h2,
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            route: Some("(redirect_https)".into()),
-            subject: None,
-            refusal: None,
-            from_cookie: false,
-            accept_html: false,
-            websocket: None,
-        };
+        let mut ctx = self.start(&req, conn);
+        ctx.path = req.uri().path().to_string();
+        ctx.route = Some("(redirect_https)".into());
+        let h2 = ctx.h2;
         let location = || -> Result<HeaderValue, Refusal> {
             let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
             let url = match to {
@@ -216,7 +203,7 @@ impl Gateway {
             HeaderValue::from_str(&url)
                 .map_err(|_| Deny::BadHost("cannot redirect this target").into())
         };
-        let mut resp = match location() {
+        let resp = match location() {
             Ok(loc) => {
                 let mut resp =
                     Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
@@ -226,11 +213,7 @@ impl Gateway {
             }
             Err(refusal) => refuse(&rt, &mut ctx, refusal),
         };
-        if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
-        log(&ctx, resp.status());
-        resp
+        finish(&ctx, resp)
     }
 
     async fn handle_inner(
@@ -1089,6 +1072,16 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
     if refusal.is_fault() {
         tracing::warn!(target: "rolegate::decision", request_id = %ctx.request_id, error = refusal.code(), reason = %refusal, cause = refusal.cause(), "refused");
     }
+    resp
+}
+
+/// Every answer carries the request's `X-Request-Id` and writes its access
+/// line (phase 8), refusals included.
+fn finish(ctx: &Ctx, mut resp: Response<RespBody>) -> Response<RespBody> {
+    if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    log(ctx, resp.status());
     resp
 }
 
