@@ -57,9 +57,11 @@ const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-
 
 /// How long a closing side gets to answer a close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-/// Each side's read buffer (allocated up front by tungstenite): small, so
-/// that many idle sockets stay cheap; larger messages grow it as needed.
-const READ_BUFFER: usize = 4 * 1024;
+/// Each side's read buffer, allocated up front by tungstenite, and the most
+/// it reads per call: small, so that many idle sockets stay cheap (two per
+/// websocket were 44 % of an idle socket's heap at 4 KiB; see BENCHMARKS.md);
+/// a larger frame grows the buffer as needed, at the cost of more reads.
+const READ_BUFFER: usize = 1024;
 /// Client activity reaches the session store at most this often (and at
 /// most every quarter of the idle timeout, so a touch always lands well
 /// before the session would idle out).
