@@ -310,6 +310,16 @@ impl Gateway {
         let head = req.method() == Method::HEAD;
         // 6 forward.
         let resp = forward(rt, ctx, route, &target, principal, masking, req).await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only a websocket handshake (above) may switch protocols; a
+            // 101 to anything else would hand the client a connection
+            // nobody relays.
+            return Err(Fault::UpstreamFailed(
+                rt.upstreams[route.upstream].name.clone(),
+                "101 Switching Protocols to a request that is not a websocket handshake".into(),
+            )
+            .into());
+        }
         // 7 respond: as is, unmasked with an audit record, or masked.
         let resp = match mask {
             None => respond(rt, ctx, resp),
@@ -578,6 +588,12 @@ fn normalize(
     conn: &Conn,
     req: &Request<Incoming>,
 ) -> Result<Target, Refusal> {
+    // CONNECT asks for a tunnel, never a resource, whatever its target:
+    // with a path (`CONNECT /x`) it would be authorized on `/x` and then
+    // forwarded as `CONNECT upstream:port` by the HTTP client.
+    if req.method() == Method::CONNECT {
+        return Err(Deny::BadTarget(PathError::NotOriginForm).into());
+    }
     let host = if ctx.h2 {
         // HTTP/2 has no framing headers to disagree (h2 refuses
         // `transfer-encoding` and the other connection-specific headers

@@ -89,20 +89,43 @@ impl RawHead {
     }
 
     /// Whether this is the head hyper parsed into `method` and `uri`: the
-    /// same method, and a target whose part before any `#` ends with the
-    /// URI's path and query (absolute form carries `scheme://authority`
-    /// in front).
+    /// same method, and a target whose part before any `#` is exactly the
+    /// URI: `scheme://authority` (scheme in any case) in absolute form, the
+    /// authority alone in authority form, then the path and query. Exact,
+    /// so a head for `/admin/x` never vouches for a request for `/x`.
     pub fn describes(&self, method: &http::Method, uri: &http::Uri) -> bool {
         if self.method != method.as_str().as_bytes() {
             return false;
         }
-        let cut = match self.target.iter().position(|&b| b == b'#') {
+        let mut rest = match self.target.iter().position(|&b| b == b'#') {
             Some(i) => &self.target[..i],
             None => &self.target[..],
         };
+        if let Some(scheme) = uri.scheme_str() {
+            let n = scheme.len();
+            if rest.len() < n + 3
+                || !rest[..n].eq_ignore_ascii_case(scheme.as_bytes())
+                || &rest[n..n + 3] != b"://"
+            {
+                return false;
+            }
+            rest = &rest[n + 3..];
+        }
+        if (uri.scheme().is_some() || uri.path_and_query().is_none())
+            && let Some(a) = uri.authority()
+        {
+            match rest.strip_prefix(a.as_str().as_bytes()) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
         match uri.path_and_query() {
-            Some(pq) => cut.ends_with(pq.as_str().as_bytes()),
-            None => true,
+            // `http://a` (no path) is parsed with the path `/`.
+            Some(pq) => {
+                rest == pq.as_str().as_bytes()
+                    || (rest.is_empty() && uri.scheme().is_some() && pq.as_str() == "/")
+            }
+            None => rest.is_empty(),
         }
     }
 }
@@ -797,5 +820,10 @@ mod tests {
         assert!(h("GET", "http://a/x").describes(&http::Method::GET, &uri("http://a/x")));
         assert!(!h("GET", "/y").describes(&http::Method::GET, &uri("/x")));
         assert!(!h("get", "/x").describes(&http::Method::GET, &uri("/x")));
+        // Exact, not a suffix: another target never vouches for this one.
+        assert!(!h("GET", "/admin/x").describes(&http::Method::GET, &uri("/x")));
+        assert!(!h("GET", "http://a/b/x").describes(&http::Method::GET, &uri("http://a/x")));
+        assert!(h("GET", "HTTP://a/x").describes(&http::Method::GET, &uri("http://a/x")));
+        assert!(h("GET", "http://a").describes(&http::Method::GET, &uri("http://a")));
     }
 }

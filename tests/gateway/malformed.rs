@@ -407,3 +407,49 @@ async fn heads_the_http_library_refuses_are_answered_bare_and_logged() {
     );
     assert_eq!(up.count(), 0);
 }
+
+#[tokio::test]
+async fn connect_is_refused_whatever_its_target() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let t = editor();
+    // An any-method route: `CONNECT /partners/acme/users` would be
+    // authorized on that path and forwarded as `CONNECT upstream:port`.
+    for target in ["/partners/acme/users", "app.test:443"] {
+        let r = req(gw.addr, "CONNECT", target, Some(&t), &[]).await;
+        assert_eq!(r.status, 400, "{target}");
+        assert_eq!(r.error(), "bad_request", "{target}");
+        assert!(
+            r.json()["reason"]
+                .as_str()
+                .unwrap()
+                .contains("not in origin form"),
+            "{target}"
+        );
+    }
+    assert_eq!(up.count(), 0, "a CONNECT reached the upstream");
+}
+
+#[tokio::test]
+async fn an_upstream_101_to_a_plain_request_is_not_relayed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\nraw-bytes")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            });
+        }
+    });
+    let gw = start_gateway(addr, "").await;
+    let r = req(gw.addr, "GET", "/partners/acme/users", Some(&editor()), &[]).await;
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error(), "upstream_failed");
+    assert!(!String::from_utf8_lossy(&r.body).contains("raw-bytes"));
+}
