@@ -1278,3 +1278,30 @@ listeners:
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn h2c_listeners_close_connections_that_send_no_request_in_time() {
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let addrs = start(&pki, up.addr, "\n  - { addr: \"127.0.0.1:0\", h2c: true }").await;
+    // header_read_timeout is 10 s by default: a silent client, or one
+    // stuck inside the HTTP/2 preface, is closed after it (generous bound:
+    // it must be closed at all, not held forever).
+    let probes = [&b""[..], b"PRI * HTTP/2"].map(|sent| {
+        let addr = addrs[0];
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(sent).await.unwrap();
+            let mut buf = [0u8; 64];
+            let closed = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+            assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "{:?}: connection not closed: {closed:?}",
+                String::from_utf8_lossy(sent)
+            );
+        })
+    });
+    for p in probes {
+        p.await.unwrap();
+    }
+}

@@ -208,6 +208,13 @@ async fn connection(
             let io = Tap::new(stream, heads.clone(), s.max_header_bytes);
             return http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await;
         }
+        // The HTTP/2 preface (or the first bytes that rule it out) within
+        // `header_read_timeout`: hyper-util's protocol sniff itself waits
+        // without a timer, and a silent client must not hold the socket.
+        if !preface_in_time(&stream, s.header_read_timeout).await {
+            tracing::debug!(peer = %peer, "connection closed: no request within header_read_timeout");
+            return;
+        }
         // h2c: both taps see the bytes until the first ones tell which
         // protocol it is; the other gives up at once and costs nothing
         // more (HTTP/2 requests never look for a head, HTTP/1.1 ones never
@@ -317,7 +324,9 @@ async fn http<I>(
             let mut h2 = b.http2();
             h2.timer(TokioTimer::new())
                 .max_concurrent_streams(s.max_concurrent_streams)
-                .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+                .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+                .keep_alive_interval(Some(H2_PING_INTERVAL))
+                .keep_alive_timeout(H2_PING_TIMEOUT);
             let conn = b.serve_connection_with_upgrades(io, service);
             drained!(conn, drain)
         }
@@ -327,12 +336,44 @@ async fn http<I>(
     }
 }
 
-/// The HTTP/2 limits of `listen`: concurrent streams, and the header list
-/// size bounded like an HTTP/1.1 head (`max_header_bytes`).
+/// The HTTP/2 limits of `listen`: concurrent streams, the header list
+/// size bounded like an HTTP/1.1 head (`max_header_bytes`), and keep-alive
+/// pings that drop a peer gone silent (HTTP/2 has no per-request head
+/// timeout to do it).
 fn h2_limits(b: &mut hyper::server::conn::http2::Builder<TokioExecutor>, s: &Settings) {
     b.timer(TokioTimer::new())
         .max_concurrent_streams(s.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+}
+
+/// HTTP/2 keep-alive pings: every 30 s; no answer within 20 s closes it.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The HTTP/2 client preface, as hyper-util's sniff compares it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits (peeking, nothing consumed) until the first bytes either hold the
+/// whole HTTP/2 preface or rule it out, at most `limit`; false on timeout
+/// or a closed connection.
+async fn preface_in_time(stream: &TcpStream, limit: Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+                return true;
+            }
+            // A partial preface: more is on its way (or never comes).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
 fn log_error(peer: SocketAddr, e: &(dyn std::error::Error + Send + Sync + 'static)) {
