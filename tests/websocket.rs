@@ -137,12 +137,13 @@ async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
 // ------------------------------------------------------------ gateway
 
 fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) -> String {
-    // A `max_body_bytes: N` line in `sessions` (a test shortcut) goes to `listen`.
+    // A `max_websocket_message_bytes: N` line in `sessions` (a test
+    // shortcut) goes to `listen`.
     let mut listen = String::new();
     let mut rest = String::new();
     for line in sessions.lines() {
-        match line.strip_prefix("max_body_bytes: ") {
-            Some(n) => listen = format!(", max_body_bytes: {}", n.trim()),
+        match line.strip_prefix("max_websocket_message_bytes: ") {
+            Some(n) => listen = format!(", max_websocket_message_bytes: {}", n.trim()),
             None => {
                 rest.push_str(line);
                 rest.push('\n');
@@ -581,7 +582,7 @@ async fn server_frames_never_count_as_activity() {
 
 #[tokio::test]
 async fn a_message_over_the_limit_ends_the_websocket() {
-    let (up, gw) = start("max_body_bytes: 1024").await;
+    let (up, gw) = start("max_websocket_message_bytes: 1024").await;
     let t = tok("s-big", "user-big", &["viewer"]);
     let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
     echo(&mut ws, &"a".repeat(1000)).await;

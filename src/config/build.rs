@@ -1523,6 +1523,7 @@ impl Builder {
             addr: out.first()?.addr,
             max_header_bytes: l.max_header_bytes,
             max_body_bytes: l.max_body_bytes,
+            max_websocket_message_bytes: l.max_websocket_message_bytes,
             header_read_timeout,
             max_concurrent_streams: l.max_concurrent_streams,
             listeners: out,

@@ -59,6 +59,8 @@ pub struct FileListen {
     pub addr: Option<String>,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Largest websocket message (and frame) relayed either way.
+    pub max_websocket_message_bytes: u64,
     pub header_read_timeout: String,
     /// HTTP/2 streams a client may have open at once on one connection.
     pub max_concurrent_streams: u32,
@@ -73,6 +75,7 @@ impl Default for FileListen {
             addr: None,
             max_header_bytes: 16 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
+            max_websocket_message_bytes: 1024 * 1024,
             header_read_timeout: "10s".into(),
             max_concurrent_streams: 100,
             tls: None,

@@ -56,6 +56,9 @@ pub struct ListenSettings {
     pub addr: SocketAddr,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Largest websocket message or frame (each is held whole while it is
+    /// relayed, unlike a streamed body).
+    pub max_websocket_message_bytes: u64,
     /// Also bounds the TLS handshake.
     pub header_read_timeout: Duration,
     /// HTTP/2: streams open at once per connection.

@@ -402,7 +402,8 @@ impl Gateway {
             upstream,
             websocket::Relay {
                 binding,
-                max_message: usize::try_from(rt.listen.max_body_bytes).unwrap_or(usize::MAX),
+                max_message: usize::try_from(rt.listen.max_websocket_message_bytes)
+                    .unwrap_or(usize::MAX),
                 request_id: ctx.request_id.clone(),
                 route: route.name.clone(),
                 subject: ctx.subject.clone().unwrap_or_default(),

@@ -14,7 +14,7 @@
 //!  request ─ phases 1–5 ─ check_handshake ─ forward (handshake headers kept)
 //!    upstream answers 101 + valid Sec-WebSocket-Accept → client gets 101, relay task spawned
 //!    upstream answers anything else → passed on as a normal response (no websocket)
-//!  relay: frames both ways, bounded (max message = listen.max_body_bytes)
+//!  relay: frames both ways, bounded (max message = listen.max_websocket_message_bytes)
 //!    client Text/Binary → session touched (at most every min(1 s, idle/4); not on passive routes)
 //!    session ends (notification from the session table, or the idle/lifetime deadline)
 //!      → client: close 1008 + reason; upstream: close 1000 + reason; no frame relayed after
