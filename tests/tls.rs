@@ -1305,3 +1305,22 @@ async fn h2c_listeners_close_connections_that_send_no_request_in_time() {
         p.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn h2_cookie_fields_reach_an_http1_upstream_as_one_header() {
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let gw = gateway(&pki, up.addr).await;
+    let mut h2 = h2_over(TcpStream::connect(gw[3]).await.unwrap()).await;
+    let r = h2_req(
+        &mut h2,
+        "http",
+        "GET",
+        "/bots/1/flows",
+        Some(&viewer()),
+        &[("cookie", "theme=dark"), ("cookie", "lang=en")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header_all("cookie"), vec!["theme=dark; lang=en"]);
+}

@@ -188,6 +188,24 @@ pub fn strip_credentials(
     }
 }
 
+/// Joins several `Cookie` fields into one with `"; "`: HTTP/2 clients may
+/// send one field per cookie (RFC 9113 §8.2.3), and an HTTP/1.1 backend may
+/// read only the first line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(http::header::COOKIE).iter();
+    if all.next().is_none() || all.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(v) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// What the forwarding headers say about the client side.
 pub struct ForwardedFor<'a> {
     pub client_ip: std::net::IpAddr,
@@ -453,6 +471,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-ok", HeaderValue::from_static("1"));
         assert!(clean_response(&mut h, &fwd()).is_empty());
+    }
+
+    #[test]
+    fn several_cookie_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1");
     }
 
     #[test]

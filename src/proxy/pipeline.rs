@@ -845,6 +845,7 @@ async fn forward(
         credential,
         route.pass_credentials,
     );
+    headers::join_cookies(&mut parts.headers);
     let host = target.host.as_deref().unwrap_or("");
     // The upstream's own host unless it asks for the client's: a route that
     // matches any host must not let the client pick a virtual host behind it.
