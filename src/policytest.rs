@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::config::Runtime;
 use crate::explain::split_url;
-use crate::policy::{self, Decision, NoRelations, Principal};
+use crate::policy::{self, Decision, Principal, Relations};
 use crate::route::canonicalize;
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +61,45 @@ pub struct Case {
     /// The later issue this row waits for.
     #[serde(default)]
     pub pending: Option<String>,
+    /// Relations stated for this case, for its principal:
+    /// `"active_conversation(c1)": true`. Any other relation is unknown
+    /// (as when its source cannot answer).
+    #[serde(default)]
+    pub relations: BTreeMap<String, bool>,
+}
+
+/// The relations a case states; anything else is unknown.
+struct Stated(Vec<(String, Vec<String>, bool)>);
+
+impl Stated {
+    fn parse(raw: &BTreeMap<String, bool>) -> Result<Stated, String> {
+        let mut out = Vec::new();
+        for (k, v) in raw {
+            let bad = || format!("relation {k:?} is not \"name(arg, ...)\"");
+            let (name, rest) = k.split_once('(').ok_or_else(bad)?;
+            let args = rest.trim_end().strip_suffix(')').ok_or_else(bad)?;
+            let name = name.trim();
+            if !policy::is_valid_relation_name(name) {
+                return Err(bad());
+            }
+            let args = if args.trim().is_empty() {
+                Vec::new()
+            } else {
+                args.split(',').map(|a| a.trim().to_string()).collect()
+            };
+            out.push((name.to_string(), args, *v));
+        }
+        Ok(Stated(out))
+    }
+}
+
+impl Relations for Stated {
+    fn check(&self, name: &str, args: &[String], _p: &Principal) -> Option<bool> {
+        self.0
+            .iter()
+            .find(|(n, a, _)| n == name && a.as_slice() == args)
+            .map(|(_, _, v)| *v)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -121,7 +160,12 @@ struct Outcome {
 }
 
 /// Decides one request for one principal.
-fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<Outcome, String> {
+fn decide(
+    rt: &Runtime,
+    p: &Principal,
+    request: &str,
+    rel: &dyn Relations,
+) -> Result<Outcome, String> {
     let (method, url) = request
         .split_once(' ')
         .ok_or_else(|| format!("request {request:?} is not \"METHOD /path\""))?;
@@ -145,13 +189,12 @@ fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<Outcome, String>
     };
     let route = &rt.routes[m.route];
     let masked = route.mask.as_ref().map(|mk| {
-        route.policy.public
-            || !policy::decide(&rt.policy, p, &mk.unmask, &m.params, &NoRelations).is_allow()
+        route.policy.public || !policy::decide(&rt.policy, p, &mk.unmask, &m.params, rel).is_allow()
     });
     if route.policy.public {
         return outcome(Expect::Allow, None, masked);
     }
-    match policy::decide(&rt.policy, p, &route.policy, &m.params, &NoRelations) {
+    match policy::decide(&rt.policy, p, &route.policy, &m.params, rel) {
         Decision::Allow => outcome(Expect::Allow, None, masked),
         Decision::Deny(d) => outcome(Expect::Deny, Some(d.code.to_string()), None),
     }
@@ -179,7 +222,14 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             grants: tp.grants.clone(),
             claims: tp.claims.clone(),
         };
-        let o = match decide(rt, &p, &case.request) {
+        let stated = match Stated::parse(&case.relations) {
+            Ok(s) => s,
+            Err(e) => {
+                summary.errors.push(format!("{file}: case {}: {e}", i + 1));
+                continue;
+            }
+        };
+        let o = match decide(rt, &p, &case.request, &stated) {
             Ok(x) => x,
             Err(e) => {
                 summary.errors.push(format!("{file}: case {}: {e}", i + 1));

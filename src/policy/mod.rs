@@ -123,5 +123,5 @@ pub use model::{
     Binding, PolicySpec, Principal, ProfileDef, RoleDef, grant_covers, is_valid_capability,
     is_valid_grant, is_valid_scope_kind, parse_binding,
 };
-pub(crate) use requirement::is_valid_relation_name;
+pub use requirement::is_valid_relation_name;
 pub use requirement::{MAX_DEPTH, Operand, Requirement, RoutePolicy};
