@@ -3,8 +3,10 @@
 //! proxy, without a server or tokens.
 //!
 //! A case marked `pending: "<issue>: <what>"` encodes a row that needs a
-//! later stage (relations, masking): it is run and shown, but its result
-//! does not fail the table, so the row is recorded rather than dropped.
+//! later stage: it is run and shown, but its result does not fail the
+//! table, so the row is recorded rather than dropped. Relations are never
+//! pulled here: a case states the ones it needs (`relations:`), any other
+//! is unknown.
 
 use std::collections::BTreeMap;
 use std::fmt;
