@@ -42,7 +42,7 @@ use crate::auth::Verified;
 use crate::config::{ClientCertRule, Redirect, Route, RouteMask, Runtime};
 use crate::error::{BadRequest, ClientCertDenial, Deny, Fault, Refusal, error_body};
 use crate::mask;
-use crate::policy::{self, Decision, Denial, Principal, Relations};
+use crate::policy::{self, Decision, Denial, NoRelations, Principal, Relations};
 use crate::relations;
 use crate::route::{Canonical, PathError, canonicalize};
 use crate::session::{
@@ -285,9 +285,19 @@ impl Gateway {
             let recorder = relations::Recorder::default();
             let (mut decision, mut u) = decide(&recorder);
             let questions = recorder.into_questions();
-            let undecided = matches!(&decision, Decision::Deny(d) if d.code == Denial::RELATION_UNAVAILABLE)
-                || (decision.is_allow() && route.mask.is_some() && !u);
-            if !questions.is_empty() && undecided {
+            let unknown = |d: &Decision| matches!(d, Decision::Deny(d) if d.code == Denial::RELATION_UNAVAILABLE);
+            // The unmask half is undecided only if, alone, it is unknown.
+            let unmask_unknown = || match &route.mask {
+                Some(mk) if decision.is_allow() && !u => unknown(&policy::decide(
+                    &rt.policy,
+                    pr,
+                    &mk.unmask,
+                    &m.params,
+                    &NoRelations,
+                )),
+                _ => false,
+            };
+            if !questions.is_empty() && (unknown(&decision) || unmask_unknown()) {
                 let answers = relations::resolve(rt, &self.relations, pr, questions).await;
                 (decision, u) = decide(&answers);
             }

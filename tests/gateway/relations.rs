@@ -61,7 +61,11 @@ impl Console {
                                     _ => (500, "{}".to_string()),
                                 }
                             } else {
-                                (200, json!({ "upstream": "ok", "uri": uri }).to_string())
+                                (
+                                    200,
+                                    json!({ "upstream": "ok", "uri": uri, "email": "jane.doe@example.com" })
+                                        .to_string(),
+                                )
                             };
                             let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -100,6 +104,11 @@ relations:
     pull: {{ upstream: console, path: /relations/watching, timeout: 300ms, cache_ttl: 60s, negative_ttl: 0s }}
   down_rel:
     pull: {{ upstream: down, path: /relations/x }}
+masks:
+  pii:
+    unmask_with: customer.pii.view
+    fields:
+      - {{ path: "$..email", as: redact }}
 roles:
   agent: {{ grants: [customer.view.assigned] }}
   senior: {{ grants: [customer.view.any, customer.view.assigned] }}
@@ -107,6 +116,7 @@ routes:
   - name: customer
     match: {{ methods: [GET], path: "/api/customers/{{customer}}" }}
     upstream: console
+    mask: pii
     require:
       any:
         - customer.view.any
@@ -154,6 +164,9 @@ async fn agent_in_an_active_conversation_views_the_customer() {
     let r = req(gw.addr, "GET", "/api/customers/c1", Some(&agent()), &[]).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["uri"], "/api/customers/c1");
+    // Allowed by the relation, still masked: the agent lacks `unmask_with`.
+    assert_ne!(r.json()["email"], "jane.doe@example.com");
+    assert!(!String::from_utf8_lossy(&r.body).contains("jane.doe"));
     // The question names the principal (percent-encoded), its issuer and the object.
     let calls = console.calls();
     assert_eq!(
