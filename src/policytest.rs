@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::config::Runtime;
 use crate::explain::split_url;
-use crate::policy::{self, Decision, Principal, Relations};
+use crate::policy::{self, Decision, Principal, Relations, Stated};
 use crate::route::canonicalize;
 
 #[derive(Debug, Deserialize)]
@@ -68,40 +68,6 @@ pub struct Case {
     /// (as when its source cannot answer).
     #[serde(default)]
     pub relations: BTreeMap<String, bool>,
-}
-
-/// The relations a case states; anything else is unknown.
-struct Stated(Vec<(String, Vec<String>, bool)>);
-
-impl Stated {
-    fn parse(raw: &BTreeMap<String, bool>) -> Result<Stated, String> {
-        let mut out = Vec::new();
-        for (k, v) in raw {
-            let bad = || format!("relation {k:?} is not \"name(arg, ...)\"");
-            let (name, rest) = k.split_once('(').ok_or_else(bad)?;
-            let args = rest.trim_end().strip_suffix(')').ok_or_else(bad)?;
-            let name = name.trim();
-            if !policy::is_valid_relation_name(name) {
-                return Err(bad());
-            }
-            let args = if args.trim().is_empty() {
-                Vec::new()
-            } else {
-                args.split(',').map(|a| a.trim().to_string()).collect()
-            };
-            out.push((name.to_string(), args, *v));
-        }
-        Ok(Stated(out))
-    }
-}
-
-impl Relations for Stated {
-    fn check(&self, name: &str, args: &[String], _p: &Principal) -> Option<bool> {
-        self.0
-            .iter()
-            .find(|(n, a, _)| n == name && a.as_slice() == args)
-            .map(|(_, _, v)| *v)
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -224,7 +190,7 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             grants: tp.grants.clone(),
             claims: tp.claims.clone(),
         };
-        let stated = match Stated::parse(&case.relations) {
+        let stated = match Stated::parse(case.relations.iter().map(|(k, v)| (k.as_str(), *v))) {
             Ok(s) => s,
             Err(e) => {
                 summary.errors.push(format!("{file}: case {}: {e}", i + 1));

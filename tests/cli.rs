@@ -371,6 +371,33 @@ fn a_table_case_may_state_relations() {
 }
 
 #[test]
+fn explain_takes_stated_relations() {
+    let rules = "roles:\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: \"/x/{c}\" }, require: { all: [x.view, \"relation:active({c})\"] } }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let claims = r#"{"sub":"v","roles":["v"]}"#;
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "--claims", claims, "--json"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["GET", "/x/c1"]);
+        run(&args, &dir)
+    };
+    let o = explain(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("relation_unavailable"), "{}", text(&o));
+    let o = explain(&["--relation", "active(c1)=true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = explain(&["--relation", "active(c1)=false"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("condition_failed"), "{}", text(&o));
+    let o = explain(&["--relation", "active(c1)"]);
+    assert!(
+        !o.status.success() && o.status.code() != Some(1),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn shipped_policy_tables_pass() {
     let o = run(&["test", "rules/tests"], &root());
     let out = text(&o);

@@ -104,7 +104,7 @@ pub(crate) fn is_valid_param_name(s: &str) -> bool {
 }
 
 /// Relation names share the capability segment alphabet.
-pub fn is_valid_relation_name(s: &str) -> bool {
+pub(crate) fn is_valid_relation_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
