@@ -194,6 +194,9 @@ pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         };
     }
+    if path == ACTIVE_CONVERSATION {
+        return json_response(StatusCode::OK, &active_conversation(req.uri().query()));
+    }
     if path == "/api/status" {
         return json_response(StatusCode::OK, &json!({ "status": "ok" }));
     }
@@ -208,6 +211,24 @@ pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "seen_by": identity,
         }),
     )
+}
+
+/// The relation source of `relation:active_conversation(...)` (see
+/// `relations:` in rolegate.yaml): agent-anna is talking to c-1002.
+const ACTIVE_CONVERSATION: &str = "/relations/active_conversation";
+
+/// `{"allowed": bool}` for `?subject=..&issuer=..&object=..`.
+fn active_conversation(query: Option<&str>) -> Value {
+    let mut subject = None;
+    let mut object = None;
+    for kv in query.unwrap_or_default().split('&') {
+        match kv.split_once('=') {
+            Some(("subject", v)) => subject = Some(v),
+            Some(("object", v)) => object = Some(v),
+            _ => {}
+        }
+    }
+    json!({ "allowed": subject == Some("agent-anna") && object == Some("c-1002") })
 }
 
 /// The sample backend's live feed: `GET /api/live/chats` as a websocket
@@ -329,8 +350,13 @@ const PERSONAS: &[Persona] = &[
             ),
             (
                 "GET",
+                "/api/customers/c-1002",
+                "allowed: anna is in an active conversation with c-1002 (asked of the backend's /relations/active_conversation); PII masked",
+            ),
+            (
+                "GET",
                 "/api/customers/c-1001",
-                "denied: agents need an active conversation (relations issue)",
+                "denied: no active conversation with c-1001",
             ),
             (
                 "GET",

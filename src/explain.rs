@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::config::Runtime;
 use crate::error::{Deny, Refusal};
-use crate::policy::{self, Decision, NoRelations, Principal};
+use crate::policy::{self, Decision, Principal, Relations};
 use crate::route::canonicalize;
 
 /// The credentials to explain with.
@@ -37,7 +37,13 @@ pub fn split_url(url: &str) -> (Option<String>, String) {
 }
 
 /// Builds the explain report for `METHOD URL` with `cred`.
-pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> Value {
+pub fn explain(
+    rt: &Runtime,
+    method: &str,
+    url: &str,
+    cred: Credential<'_>,
+    relations: &dyn Relations,
+) -> Value {
     let (host, pq) = split_url(url);
     let mut report = json!({ "request": { "method": method, "url": url, "host": host } });
 
@@ -135,13 +141,8 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> V
     });
 
     // 5 authorize
-    let (decision, trace) = policy::explain(
-        &rt.policy,
-        &principal,
-        &route.policy,
-        &m.params,
-        &NoRelations,
-    );
+    let (decision, trace) =
+        policy::explain(&rt.policy, &principal, &route.policy, &m.params, relations);
     report["trace"] = json!({
         "bindings": trace.bindings.iter().map(|b| format!("{b}")).collect::<Vec<_>>(),
         "capabilities": trace.capabilities.iter().map(|(c, s)| json!({ "capability": c, "from": s })).collect::<Vec<_>>(),
@@ -150,7 +151,7 @@ pub fn explain(rt: &Runtime, method: &str, url: &str, cred: Credential<'_>) -> V
     });
     if let Some(mk) = &route.mask {
         let unmasked =
-            policy::decide(&rt.policy, &principal, &mk.unmask, &m.params, &NoRelations).is_allow();
+            policy::decide(&rt.policy, &principal, &mk.unmask, &m.params, relations).is_allow();
         report["mask"] = json!({
             "policy": mk.policy.name,
             "unmask_with": mk.unmask.require.as_ref().map(|r| r.to_string()),

@@ -14,7 +14,8 @@
 //! 2 route        route::Router::at           (host, method, path) → route, or 404
 //! 3 authenticate auth::Authenticator         bearer/cookie JWT → Principal, or 401
 //! 4 session      session::Store::check       per-role idle timeout, lifetime, revocation, deactivation, or 401
-//! 5 authorize    policy::decide              capabilities ∩ scope ∩ conditions, or 403
+//! 5 authorize    policy::decide              capabilities ∩ scope ∩ conditions, or 403;
+//!                relations::resolve          relations the decision depends on, pulled + cached
 //! 6 forward      proxy::headers, upstream    strip spoofable headers, inject identity, stream
 //! 7 respond      mask::BodyMasker            PII masked unless the principal holds `unmask_with` (then audited);
 //!                                            a long response is cut when its session ends
@@ -30,6 +31,8 @@
 //! - [`session`]: the session table, its journal, the embedded and Redis stores.
 //! - [`mask`]: streaming, validating JSON masker; NDJSON/SSE/CSV framing;
 //!   gzip/deflate/br/zstd decoding (a leaf: no tokio, no hyper).
+//! - [`relations`]: contextual relations pulled from an upstream and
+//!   cached; the pipeline hands the answers to `policy::decide`.
 //! - [`admin`]: the admin listener (revoke, deactivate, list, health).
 //! - [`proxy`]: the listener, the pipeline and its pieces.
 //! - [`error`]: typed refusals → status + stable JSON error code.
@@ -52,6 +55,7 @@ pub mod mask;
 pub mod policy;
 pub mod policytest;
 pub mod proxy;
+pub mod relations;
 pub mod route;
 pub mod session;
 pub mod telemetry;

@@ -49,6 +49,11 @@ enum Command {
         /// A JSON claims object (not verified: what-if analysis).
         #[arg(long)]
         claims: Option<String>,
+        /// A relation to take as answered, for this principal:
+        /// `active_conversation(c1)=true` (repeatable). Relation sources are
+        /// never called; any other relation is unknown.
+        #[arg(long = "relation", value_name = "NAME(ARGS)=true|false")]
+        relations: Vec<String>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -172,6 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             token,
             claims,
+            relations,
             json,
             method,
             url,
@@ -184,7 +190,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 (None, Some(c)) => explain::Credential::Claims(c),
                 (None, None) => anyhow::bail!("give --token or --claims"),
             };
-            let report = explain::explain(&loaded.runtime, &method, &url, cred);
+            let mut stated = Vec::new();
+            for r in &relations {
+                let (k, v) = r.rsplit_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--relation {r:?}: expected NAME(ARGS)=true|false")
+                })?;
+                let v: bool = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--relation {r:?}: expected =true or =false"))?;
+                stated.push((k, v));
+            }
+            let stated = rolegate::policy::Stated::parse(stated)
+                .map_err(|e| anyhow::anyhow!("--relation: {e}"))?;
+            let report = explain::explain(&loaded.runtime, &method, &url, cred, &stated);
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -3,8 +3,10 @@
 //! proxy, without a server or tokens.
 //!
 //! A case marked `pending: "<issue>: <what>"` encodes a row that needs a
-//! later stage (relations, masking): it is run and shown, but its result
-//! does not fail the table, so the row is recorded rather than dropped.
+//! later stage: it is run and shown, but its result does not fail the
+//! table, so the row is recorded rather than dropped. Relations are never
+//! pulled here: a case states the ones it needs (`relations:`), any other
+//! is unknown.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,7 +16,7 @@ use serde::Deserialize;
 
 use crate::config::Runtime;
 use crate::explain::split_url;
-use crate::policy::{self, Decision, NoRelations, Principal};
+use crate::policy::{self, Decision, Principal, Relations, Stated};
 use crate::route::canonicalize;
 
 #[derive(Debug, Deserialize)]
@@ -61,6 +63,11 @@ pub struct Case {
     /// The later issue this row waits for.
     #[serde(default)]
     pub pending: Option<String>,
+    /// Relations stated for this case, for its principal:
+    /// `"active_conversation(c1)": true`. Any other relation is unknown
+    /// (as when its source cannot answer).
+    #[serde(default)]
+    pub relations: BTreeMap<String, bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -121,7 +128,12 @@ struct Outcome {
 }
 
 /// Decides one request for one principal.
-fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<Outcome, String> {
+fn decide(
+    rt: &Runtime,
+    p: &Principal,
+    request: &str,
+    rel: &dyn Relations,
+) -> Result<Outcome, String> {
     let (method, url) = request
         .split_once(' ')
         .ok_or_else(|| format!("request {request:?} is not \"METHOD /path\""))?;
@@ -145,13 +157,12 @@ fn decide(rt: &Runtime, p: &Principal, request: &str) -> Result<Outcome, String>
     };
     let route = &rt.routes[m.route];
     let masked = route.mask.as_ref().map(|mk| {
-        route.policy.public
-            || !policy::decide(&rt.policy, p, &mk.unmask, &m.params, &NoRelations).is_allow()
+        route.policy.public || !policy::decide(&rt.policy, p, &mk.unmask, &m.params, rel).is_allow()
     });
     if route.policy.public {
         return outcome(Expect::Allow, None, masked);
     }
-    match policy::decide(&rt.policy, p, &route.policy, &m.params, &NoRelations) {
+    match policy::decide(&rt.policy, p, &route.policy, &m.params, rel) {
         Decision::Allow => outcome(Expect::Allow, None, masked),
         Decision::Deny(d) => outcome(Expect::Deny, Some(d.code.to_string()), None),
     }
@@ -179,7 +190,14 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             grants: tp.grants.clone(),
             claims: tp.claims.clone(),
         };
-        let o = match decide(rt, &p, &case.request) {
+        let stated = match Stated::parse(case.relations.iter().map(|(k, v)| (k.as_str(), *v))) {
+            Ok(s) => s,
+            Err(e) => {
+                summary.errors.push(format!("{file}: case {}: {e}", i + 1));
+                continue;
+            }
+        };
+        let o = match decide(rt, &p, &case.request, &stated) {
             Ok(x) => x,
             Err(e) => {
                 summary.errors.push(format!("{file}: case {}: {e}", i + 1));

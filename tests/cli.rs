@@ -317,6 +317,87 @@ fn explain_says_whether_the_answer_would_be_masked() {
 // -------------------------------------------------------------- test tables
 
 #[test]
+fn relation_sources_are_checked_and_a_relation_without_one_is_a_warning() {
+    let rules = "roles:\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: \"/x/{c}\" }, require: { all: [x.view, \"relation:active({c})\"] } }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("relation \"active\" has no source"), "{out}");
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    let bad = format!(
+        "{cfg}relations:\n  active: {{ pull: {{ upstream: nope, path: rel, timeout: 0s, cache_ttl: soon }} }}\n  Bad: {{ pull: {{ upstream: app, path: /r }} }}\n"
+    );
+    std::fs::write(dir.join("rolegate.yaml"), bad).unwrap();
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    for want in [
+        "unknown upstream \"nope\"",
+        "pull.path \"rel\"",
+        "pull.timeout must be above 0",
+        "pull.cache_ttl",
+        "relations.Bad: invalid relation name",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    let good = format!(
+        "{cfg}relations:\n  active: {{ pull: {{ upstream: app, path: /relations/active }} }}\n"
+    );
+    std::fs::write(dir.join("rolegate.yaml"), good).unwrap();
+    let o = run(&["check", "--strict"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_table_case_may_state_relations() {
+    let rules = "roles:\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: \"/x/{c}\" }, require: { all: [x.view, \"relation:active({c}, 'k')\"] } }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let table = "name: t\nprincipals:\n  v: { sub: v, roles: [v] }\ncases:\n  - { as: v, request: \"GET /x/c1\", expect: allow, relations: { \"active(c1, k)\": true } }\n  - { as: v, request: \"GET /x/c1\", expect: deny, code: condition_failed, relations: { \"active(c1, k)\": false } }\n  - { as: v, request: \"GET /x/c2\", expect: deny, code: relation_unavailable, relations: { \"active(c1, k)\": true } }\n  - { as: v, request: \"GET /x/c1\", expect: deny, code: relation_unavailable }\n";
+    std::fs::write(dir.join("t.yaml"), table).unwrap();
+    let o = run(&["test", "t.yaml"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("4 passed, 0 failed, 0 pending"), "{out}");
+    let broken = "name: t\nprincipals:\n  v: { sub: v, roles: [v] }\ncases:\n  - { as: v, request: \"GET /x/c1\", expect: allow, relations: { \"active c1\": true } }\n";
+    std::fs::write(dir.join("t.yaml"), broken).unwrap();
+    let o = run(&["test", "t.yaml"], &dir);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("is not \"name(arg, ...)\""),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn explain_takes_stated_relations() {
+    let rules = "roles:\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: \"/x/{c}\" }, require: { all: [x.view, \"relation:active({c})\"] } }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let claims = r#"{"sub":"v","roles":["v"]}"#;
+    let explain = |extra: &[&str]| {
+        let mut args = vec!["explain", "--claims", claims, "--json"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["GET", "/x/c1"]);
+        run(&args, &dir)
+    };
+    let o = explain(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("relation_unavailable"), "{}", text(&o));
+    let o = explain(&["--relation", "active(c1)=true"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = explain(&["--relation", "active(c1)=false"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("condition_failed"), "{}", text(&o));
+    let o = explain(&["--relation", "active(c1)"]);
+    assert!(
+        !o.status.success() && o.status.code() != Some(1),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
 fn shipped_policy_tables_pass() {
     let o = run(&["test", "rules/tests"], &root());
     let out = text(&o);

@@ -5,6 +5,8 @@
 mod common;
 #[path = "gateway/malformed.rs"]
 mod malformed;
+#[path = "gateway/relations.rs"]
+mod relations;
 #[path = "gateway/upstream_tls.rs"]
 mod upstream_tls;
 

@@ -26,7 +26,7 @@ use super::file::{
 };
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
 use super::{ClientCertRule, Listener, Redirect};
-use super::{MaskingSettings, RouteMask};
+use super::{MaskingSettings, RelationSource, RouteMask};
 use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, DevSecret, Issuer};
 use crate::mask;
@@ -129,6 +129,19 @@ fn diag(severity: Severity, file: &str, line: u64, message: String) -> Diagnosti
 /// Parses a humantime duration (`15m`, `1h30m`, `500ms`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Every relation name a requirement mentions.
+fn relation_names<'r>(req: &'r Requirement, out: &mut Vec<&'r str>) {
+    match req {
+        Requirement::Relation { name, .. } => out.push(name),
+        Requirement::Any(v) | Requirement::All(v) => {
+            for c in v {
+                relation_names(c, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 struct Builder {
@@ -237,6 +250,10 @@ impl Builder {
         if let Some(compiled) = &compiled_routes {
             self.lint_unused_roles(&policy, &roles, compiled);
         }
+        let relations = self.build_relations(name, cfg.relations, &upstreams);
+        if let (Some(compiled), Some(relations)) = (&compiled_routes, &relations) {
+            self.lint_relations(&routes, compiled, relations);
+        }
         let sessions = self.build_sessions(name, cfg.sessions);
         let admin = match cfg.admin {
             Some(a) => self.build_admin(name, a),
@@ -294,7 +311,113 @@ impl Builder {
             masking,
             sessions: sessions?,
             admin: admin?,
+            relations: relations?,
         })
+    }
+
+    /// `relations:`: each source names a known upstream, a path and
+    /// valid durations. `None` when any is wrong.
+    fn build_relations(
+        &mut self,
+        file: &str,
+        raw: BTreeMap<String, Spanned<super::file::FileRelation>>,
+        upstreams: &[Upstream],
+    ) -> Option<BTreeMap<String, RelationSource>> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (name, r) in raw {
+            let line = r.referenced.line();
+            let pull = r.value.pull;
+            let mut err = |b: &mut Self, msg: String| {
+                b.error(file, line, format!("relations.{name}: {msg}"));
+                ok = false;
+            };
+            if !crate::policy::is_valid_relation_name(&name) {
+                err(self, "invalid relation name (expected [a-z0-9_-]+)".into());
+            }
+            let upstream = upstreams.iter().position(|u| u.name == pull.upstream);
+            if upstream.is_none() {
+                err(
+                    self,
+                    format!("pull.upstream: unknown upstream {:?}", pull.upstream),
+                );
+            }
+            if !pull.path.starts_with('/') || pull.path.contains(['?', '#']) {
+                err(
+                    self,
+                    format!(
+                        "pull.path {:?} must start with `/` and have no query",
+                        pull.path
+                    ),
+                );
+            }
+            let dur = |b: &mut Self, key: &str, v: &str| match parse_duration(v) {
+                Ok(d) if !d.is_zero() || key != "timeout" => Some(d),
+                Ok(_) => {
+                    b.error(
+                        file,
+                        line,
+                        format!("relations.{name}: pull.{key} must be above 0"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    b.error(file, line, format!("relations.{name}: pull.{key}: {e}"));
+                    None
+                }
+            };
+            let timeout = dur(self, "timeout", &pull.timeout);
+            let cache_ttl = dur(self, "cache_ttl", &pull.cache_ttl);
+            let negative_ttl = dur(self, "negative_ttl", &pull.negative_ttl);
+            match (upstream, timeout, cache_ttl, negative_ttl) {
+                (Some(upstream), Some(timeout), Some(cache_ttl), Some(negative_ttl)) => {
+                    out.insert(
+                        name,
+                        RelationSource {
+                            upstream,
+                            path: pull.path,
+                            timeout,
+                            cache_ttl,
+                            negative_ttl,
+                            cache_entries: pull.cache_entries,
+                        },
+                    );
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A route that names a relation with no source is valid (the leaf is
+    /// always unknown, so it fails closed) but almost surely a mistake.
+    fn lint_relations(
+        &mut self,
+        routes: &[Located<FileRoute>],
+        compiled: &[Route],
+        relations: &BTreeMap<String, RelationSource>,
+    ) {
+        for (r, c) in routes.iter().zip(compiled) {
+            let mut names = Vec::new();
+            if let Some(req) = &c.policy.require {
+                relation_names(req, &mut names);
+            }
+            if let Some(req) = c.mask.as_ref().and_then(|m| m.unmask.require.as_ref()) {
+                relation_names(req, &mut names);
+            }
+            names.sort_unstable();
+            names.dedup();
+            for n in names.into_iter().filter(|n| !relations.contains_key(*n)) {
+                self.warn(
+                    &r.file,
+                    r.line,
+                    format!(
+                        "route {}: relation {n:?} has no source under `relations:`: it is always unknown, so a decision that depends on it denies (relation_unavailable)",
+                        c.name
+                    ),
+                );
+            }
+        }
     }
 
     fn merge_named<T>(

@@ -39,6 +39,10 @@ pub struct FileConfig {
     pub masking: FileMasking,
     #[serde(default)]
     pub masks: BTreeMap<String, Spanned<FileMask>>,
+    /// Contextual relations (`relation:NAME(...)` in requirements) and
+    /// where their answers come from.
+    #[serde(default)]
+    pub relations: BTreeMap<String, Spanned<FileRelation>>,
     /// Rules directory (or file), relative to the config file.
     pub rules: Option<String>,
     /// Rules may also be written inline in the main file (same keys as a
@@ -266,6 +270,47 @@ pub struct FileUpstream {
     /// over plain http).
     #[serde(default)]
     pub http2: bool,
+}
+
+/// One relation source. Only `pull` exists today.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRelation {
+    pub pull: FilePull,
+}
+
+/// `relations.NAME.pull`: ask an upstream, cache the answer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePull {
+    /// The name of an entry of `upstreams:` (its client, TLS and base path).
+    pub upstream: String,
+    /// Path appended to the upstream's URL; must start with `/`.
+    pub path: String,
+    #[serde(default = "default_relation_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_relation_cache_ttl")]
+    pub cache_ttl: String,
+    #[serde(default = "default_relation_negative_ttl")]
+    pub negative_ttl: String,
+    #[serde(default = "default_relation_cache_entries")]
+    pub cache_entries: usize,
+}
+
+fn default_relation_timeout() -> String {
+    "500ms".into()
+}
+
+fn default_relation_cache_ttl() -> String {
+    "5s".into()
+}
+
+fn default_relation_negative_ttl() -> String {
+    "2s".into()
+}
+
+fn default_relation_cache_entries() -> usize {
+    10_000
 }
 
 fn default_connect_timeout() -> String {

@@ -39,6 +39,27 @@ pub struct Runtime {
     pub sessions: SessionSettings,
     pub admin: Option<AdminSettings>,
     pub masking: MaskingSettings,
+    /// `relations:` — where each named relation is answered (a relation
+    /// leaf whose name is not here is always unknown).
+    pub relations: std::collections::BTreeMap<String, RelationSource>,
+}
+
+/// `relations.NAME.pull`: the relation is answered by
+/// `GET <upstream><path>?subject=..&issuer=..&object=..` (see `relations`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelationSource {
+    /// Index into `Runtime::upstreams`: its client, TLS and base path.
+    pub upstream: usize,
+    /// Starts with `/`; appended to the upstream's base path.
+    pub path: String,
+    /// The whole call (connect, head and body) must finish within this.
+    pub timeout: Duration,
+    /// How long a `true` answer is reused.
+    pub cache_ttl: Duration,
+    /// How long a `false` answer is reused.
+    pub negative_ttl: Duration,
+    /// Cached answers kept for this relation at most.
+    pub cache_entries: usize,
 }
 
 /// The admin listener.

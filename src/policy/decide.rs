@@ -36,6 +36,46 @@ impl Relations for NoRelations {
     }
 }
 
+/// Relations stated by hand (policy test cases, `explain --relation`):
+/// `"NAME(arg, ...)"` → true/false for the principal at hand; anything
+/// else is unknown.
+#[derive(Debug, Clone, Default)]
+pub struct Stated(Vec<(String, Vec<String>, bool)>);
+
+impl Stated {
+    /// Parses `("active_conversation(c1)", true)` pairs. Arguments are
+    /// comma-separated and trimmed (no quoting: a value with a comma
+    /// cannot be stated).
+    pub fn parse<'a>(entries: impl IntoIterator<Item = (&'a str, bool)>) -> Result<Stated, String> {
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let bad = || format!("relation {k:?} is not \"name(arg, ...)\"");
+            let (name, rest) = k.split_once('(').ok_or_else(bad)?;
+            let args = rest.trim_end().strip_suffix(')').ok_or_else(bad)?;
+            let name = name.trim();
+            if !super::requirement::is_valid_relation_name(name) {
+                return Err(bad());
+            }
+            let args = if args.trim().is_empty() {
+                Vec::new()
+            } else {
+                args.split(',').map(|a| a.trim().to_string()).collect()
+            };
+            out.push((name.to_string(), args, v));
+        }
+        Ok(Stated(out))
+    }
+}
+
+impl Relations for Stated {
+    fn check(&self, name: &str, args: &[String], _p: &Principal) -> Option<bool> {
+        self.0
+            .iter()
+            .find(|(n, a, _)| n == name && a.as_slice() == args)
+            .map(|(_, _, v)| *v)
+    }
+}
+
 /// The outcome for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

@@ -116,11 +116,12 @@ mod fixtures;
 
 pub use compile::{IssueSubject, Policy, PolicyIssue, Severity};
 pub use decide::{
-    BindingKind, BindingTrace, Decision, Denial, NoRelations, Relations, Trace, decide,
+    BindingKind, BindingTrace, Decision, Denial, NoRelations, Relations, Stated, Trace, decide,
     decide_pair, explain,
 };
 pub use model::{
     Binding, PolicySpec, Principal, ProfileDef, RoleDef, grant_covers, is_valid_capability,
     is_valid_grant, is_valid_scope_kind, parse_binding,
 };
+pub(crate) use requirement::is_valid_relation_name;
 pub use requirement::{MAX_DEPTH, Operand, Requirement, RoutePolicy};

@@ -42,7 +42,8 @@ use crate::auth::Verified;
 use crate::config::{ClientCertRule, Redirect, Route, RouteMask, Runtime};
 use crate::error::{BadRequest, ClientCertDenial, Deny, Fault, Refusal, error_body};
 use crate::mask;
-use crate::policy::{self, Decision, NoRelations, Principal};
+use crate::policy::{self, Decision, Denial, NoRelations, Principal, Relations};
+use crate::relations;
 use crate::route::{Canonical, PathError, canonicalize};
 use crate::session::{
     EndReason, OnStoreError, SessionRef, Store, StoreError, Touch, Verdict, now_ms,
@@ -60,6 +61,8 @@ pub struct Gateway {
     store: Arc<Store>,
     /// Unmasked-PII access records (`masking.audit_log`).
     audit: AuditLog,
+    /// Pulled relation answers; outlives reloads (each entry has its TTL).
+    relations: relations::Cache,
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -119,6 +122,7 @@ impl Gateway {
             ids: RequestIds::new(),
             store: Arc::new(store),
             audit,
+            relations: relations::Cache::default(),
         })
     }
 
@@ -270,21 +274,34 @@ impl Gateway {
             //    only allowed, non-passive requests keep a session alive.
             //    A masked route's `unmask_with` is decided in the same pass.
             let (pr, rp) = (&*v.principal, &route.policy);
-            let decision = match &route.mask {
-                Some(mk) => {
-                    let (d, u) = policy::decide_pair(
-                        &rt.policy,
-                        pr,
-                        rp,
-                        &mk.unmask,
-                        &m.params,
-                        &NoRelations,
-                    );
-                    unmask = u;
-                    d
-                }
-                None => policy::decide(&rt.policy, pr, rp, &m.params, &NoRelations),
+            let decide = |rel: &dyn Relations| match &route.mask {
+                Some(mk) => policy::decide_pair(&rt.policy, pr, rp, &mk.unmask, &m.params, rel),
+                None => (policy::decide(&rt.policy, pr, rp, &m.params, rel), false),
             };
+            // 5a' relations: a first pass with every relation unknown tells
+            //    which ones the outcome depends on (three-valued logic: a
+            //    definite outcome stays so whatever they answer); only then
+            //    are they pulled (concurrently, cached) and decided again.
+            let recorder = relations::Recorder::default();
+            let (mut decision, mut u) = decide(&recorder);
+            let questions = recorder.into_questions();
+            let unknown = |d: &Decision| matches!(d, Decision::Deny(d) if d.code == Denial::RELATION_UNAVAILABLE);
+            // The unmask half is undecided only if, alone, it is unknown.
+            let unmask_unknown = || match &route.mask {
+                Some(mk) if decision.is_allow() && !u => unknown(&policy::decide(
+                    &rt.policy,
+                    pr,
+                    &mk.unmask,
+                    &m.params,
+                    &NoRelations,
+                )),
+                _ => false,
+            };
+            if !questions.is_empty() && (unknown(&decision) || unmask_unknown()) {
+                let answers = relations::resolve(rt, &self.relations, pr, questions).await;
+                (decision, u) = decide(&answers);
+            }
+            unmask = u;
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
             self.session(rt, v, decision.is_allow() && !route.passive)
                 .await?;

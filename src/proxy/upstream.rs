@@ -40,7 +40,7 @@ pub enum HttpClient {
 }
 
 impl HttpClient {
-    fn request(&self, req: http::Request<UpBody>) -> ResponseFuture {
+    pub(crate) fn request(&self, req: http::Request<UpBody>) -> ResponseFuture {
         match self {
             HttpClient::Plain(c) => c.request(req),
             HttpClient::Tls(c) => c.request(req),
