@@ -554,12 +554,9 @@ mod tests {
         f.write_all(bytes).unwrap();
     }
 
-    /// A journal with an active session s1, a logged-out s2, a revoked id
-    /// r1, a deactivated u7 and a reactivated u8.
-    fn write_journal(d: &Path) {
-        let t = Table::new();
-        let j = Journal::open(d, &t, RET).unwrap();
-        let touch = Touch {
+    /// The first request of user u1's session s1, at t = 1 s.
+    fn u1_s1() -> Touch<'static> {
+        Touch {
             issuer: "https://idp.test",
             subject: "u1",
             session: "s1",
@@ -569,7 +566,15 @@ mod tests {
             token_exp_ms: u64::MAX / 2,
             token_iat_ms: Some(0),
             touch: true,
-        };
+        }
+    }
+
+    /// A journal with an active session s1, a logged-out s2, a revoked id
+    /// r1, a deactivated u7 and a reactivated u8.
+    fn write_journal(d: &Path) {
+        let t = Table::new();
+        let j = Journal::open(d, &t, RET).unwrap();
+        let touch = u1_s1();
         t.check(&touch);
         t.check(&Touch {
             session: "s2",
@@ -751,17 +756,7 @@ mod tests {
     /// half-way through.
     fn journal_after_a_failed_write(d: &Path, t: &Table) -> Journal {
         let j = Journal::open(d, t, RET).unwrap();
-        let touch = Touch {
-            issuer: "https://idp.test",
-            subject: "u1",
-            session: "s1",
-            now_ms: 1_000,
-            idle_ms: 60_000,
-            max_lifetime_ms: None,
-            token_exp_ms: u64::MAX / 2,
-            token_iat_ms: Some(0),
-            touch: true,
-        };
+        let touch = u1_s1();
         t.check(&touch);
         j.records(&t.take_dirty()).unwrap();
         let ended = t.end(id("s1"), EndReason::Logout, 2_000, 0).unwrap();
