@@ -487,52 +487,6 @@ async fn a_not_before_cut_off_survives_restarts_after_reactivation() {
 
 // ------------------------------------------------------------ redis store
 
-/// A real redis-server on a free loopback port, killed on drop.
-struct Redis {
-    _proc: Proc,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Option<Redis> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let proc = Proc(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis { _proc: proc, port });
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not start");
-    }
-}
-
-fn redis_available() -> bool {
-    let ok = Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED: redis-server not installed (.ci/run installs it)");
-    }
-    ok
-}
-
 /// Polls until `f` is true; returns how long it took (panics after `limit`).
 async fn within<F, Fut>(limit: Duration, mut f: F) -> Duration
 where
@@ -551,10 +505,7 @@ where
 
 #[tokio::test]
 async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() {
-    if !redis_available() {
-        return;
-    }
-    let redis = Redis::start(free_port()).unwrap();
+    let redis = TestRedis::start();
     let up = Upstream::start().await;
     let mut gws = Vec::new();
     for _ in 0..2 {
@@ -668,10 +619,7 @@ async fn two_gateways_share_sessions_through_redis_and_fail_closed_without_it() 
 
 #[tokio::test]
 async fn on_store_error_allow_never_lets_a_known_revoked_session_through() {
-    if !redis_available() {
-        return;
-    }
-    let redis = Redis::start(free_port()).unwrap();
+    let redis = TestRedis::start();
     let extra = format!(
         "  store: \"redis://127.0.0.1:{}\"\n  on_store_error: allow\n",
         redis.port

@@ -8,7 +8,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -667,55 +666,9 @@ async fn the_maximum_lifetime_closes_the_websocket() {
 
 // ------------------------------------------------------------ redis
 
-/// A real redis-server on a free loopback port, killed on drop.
-struct Redis {
-    _proc: Proc,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let ok = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("SKIPPED: redis-server not installed (.ci/run installs it)");
-            return None;
-        }
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let proc = Proc(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis { _proc: proc, port });
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not start");
-    }
-}
-
 #[tokio::test]
 async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
-    let Some(redis) = Redis::start() else {
-        return;
-    };
+    let redis = TestRedis::start();
     let store = format!("  store: \"redis://127.0.0.1:{}\"\n", redis.port);
     let (_up_a, a) = start(&store).await;
     let (_up_b, b) = start(&store).await;

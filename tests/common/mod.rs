@@ -735,3 +735,36 @@ impl TestCa {
         )
     }
 }
+
+/// A real redis-server on a free loopback port, without persistence,
+/// killed when dropped. The Redis tests need it (`.ci/run` installs it):
+/// a missing redis-server fails them rather than skipping them.
+pub struct TestRedis {
+    _proc: Proc,
+    pub port: u16,
+}
+
+impl TestRedis {
+    pub fn start() -> TestRedis {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is required for this test (.ci/run installs it)");
+        let proc = Proc(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return TestRedis { _proc: proc, port };
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}

@@ -8,7 +8,6 @@
 //! gateways, real upstream, real redis-server; short timeouts.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
@@ -134,9 +133,7 @@ async fn embedded_another_subject_with_the_same_sid_cannot_end_or_touch_the_sess
 
 #[tokio::test]
 async fn redis_another_subject_with_the_same_sid_cannot_end_or_touch_the_session() {
-    let Some(redis) = Redis::start() else {
-        return;
-    };
+    let redis = TestRedis::start();
     let up = Upstream::start().await;
     let a = gateway(up.addr, Some(&redis.url())).await;
     let b = gateway(up.addr, Some(&redis.url())).await;
@@ -184,9 +181,7 @@ async fn embedded_revoking_a_session_id_ends_it_for_every_user_and_reports_was_a
 
 #[tokio::test]
 async fn redis_revoking_a_session_id_ends_it_for_every_user_and_reports_was_active() {
-    let Some(redis) = Redis::start() else {
-        return;
-    };
+    let redis = TestRedis::start();
     let up = Upstream::start().await;
     let a = gateway(up.addr, Some(&redis.url())).await;
     let b = gateway(up.addr, Some(&redis.url())).await;
@@ -243,9 +238,7 @@ async fn embedded_reactivation_does_not_revive_sessions_held_before_deactivation
 
 #[tokio::test]
 async fn redis_reactivation_does_not_revive_sessions_held_before_deactivation() {
-    let Some(redis) = Redis::start() else {
-        return;
-    };
+    let redis = TestRedis::start();
     let up = Upstream::start().await;
     let a = gateway(up.addr, Some(&redis.url())).await;
     let b = gateway(up.addr, Some(&redis.url())).await;
@@ -327,9 +320,7 @@ async fn embedded_tokens_issued_before_a_deactivation_stay_refused_after_reactiv
 
 #[tokio::test]
 async fn redis_tokens_issued_before_a_deactivation_stay_refused_after_reactivation() {
-    let Some(redis) = Redis::start() else {
-        return;
-    };
+    let redis = TestRedis::start();
     let up = Upstream::start().await;
     let a = gateway(up.addr, Some(&redis.url())).await;
     let b = gateway(up.addr, Some(&redis.url())).await;
@@ -352,42 +343,4 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("condition not met within {limit:?}");
-}
-
-/// A real redis-server on a free loopback port, killed on drop; `None`
-/// (the test passes, printing SKIPPED) when it is not installed.
-struct Redis {
-    _proc: Proc,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = free_port();
-        let child = match Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(_) => {
-                eprintln!("SKIPPED: redis-server not installed (.ci/run installs it)");
-                return None;
-            }
-        };
-        let proc = Proc(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis { _proc: proc, port });
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
 }
