@@ -25,16 +25,21 @@
 //! statistics of the binomial, so no assumption on the noise's shape).
 //! Needs `wrk` and `taskset` on PATH. Run: `cargo bench --bench load_mask`.
 
+#[path = "common/procs.rs"]
+mod procs;
+#[path = "common/stats.rs"]
+mod stats;
 #[path = "common/upstream.rs"]
 mod upstream;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use procs::{env_or, free_port, pin, ticks_per_sec, wait_listening};
 use serde_json::json;
+use stats::{median, median_ci};
 use upstream::json_upstream;
 
 /// A 1 KB customer profile with the usual PII fields.
@@ -188,42 +193,6 @@ fn main() {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-/// A 95 % confidence interval for the median of `v`: `[x(k), x(n-k+1)]`
-/// (1-based order statistics) with the largest `k` for which
-/// `P(Binomial(n, 1/2) < k) <= 2.5 %` (the sign-test interval; the whole
-/// range when `n` is too small for one).
-fn median_ci(v: &[f64]) -> (f64, f64) {
-    let mut x = v.to_vec();
-    x.sort_by(f64::total_cmp);
-    let n = x.len();
-    // P(B = j) for j = 0..n, summed until the tail would pass 2.5 %.
-    let mut pj = 0.5f64.powi(n as i32);
-    let mut tail = 0.0;
-    let mut k = 0;
-    for j in 0..n {
-        if tail + pj > 0.025 {
-            break;
-        }
-        tail += pj;
-        k = j + 1;
-        pj *= (n - j) as f64 / (j + 1) as f64;
-    }
-    if k == 0 {
-        return (x[0], x[n - 1]);
-    }
-    (x[k - 1], x[n - k])
-}
-
 fn config_text(secret: &Path, dir: &Path, port: u16, up: std::net::SocketAddr) -> String {
     format!(
         r#"listen: {{ addr: "127.0.0.1:{port}" }}
@@ -288,42 +257,4 @@ fn cpu_ticks(child: &Child) -> (u64, u64) {
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split(' ').collect();
     (f[11].parse().unwrap(), f[12].parse().unwrap())
-}
-
-fn ticks_per_sec() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-fn pin(pid: u32, cpu: &str) {
-    let _ = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpu, &pid.to_string()])
-        .stdout(Stdio::null())
-        .status();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let _ = std::io::stderr().write_all(b"gateway did not start\n");
-    panic!("gateway did not start listening on {port}");
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
