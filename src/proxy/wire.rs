@@ -259,6 +259,9 @@ pub struct Tracker {
     state: State,
     head_buf: Vec<u8>,
     max_head: usize,
+    /// The last head asked for an upgrade: the connection is likely to
+    /// become a long-lived websocket, so `head_buf` is not kept for reuse.
+    upgrade_asked: bool,
 }
 
 impl Tracker {
@@ -268,6 +271,7 @@ impl Tracker {
             state: State::Head,
             head_buf: Vec::new(),
             max_head,
+            upgrade_asked: false,
         }
     }
 
@@ -289,10 +293,14 @@ impl Tracker {
                 return;
             }
             pending.drain(..used);
-            self.head_buf = pending;
-            if self.head_buf.is_empty() {
+            if pending.is_empty() {
+                // Kept for the next head, except under an upgrade.
+                if !self.upgrade_asked {
+                    self.head_buf = pending;
+                }
                 return;
             }
+            self.head_buf = pending;
         }
     }
 
@@ -355,13 +363,16 @@ impl Tracker {
             }
         };
         let (mut cl, mut te) = (Vec::new(), Vec::new());
+        let mut upgrade_asked = false;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 cl.push(h.value);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te.push(h.value);
             }
+            upgrade_asked |= h.name.eq_ignore_ascii_case("upgrade");
         }
+        self.upgrade_asked = upgrade_asked;
         let http10 = req.version == Some(0);
         // hyper: chunked iff the last Transfer-Encoding line ends in
         // `chunked`; any other Transfer-Encoding (or one on HTTP/1.0) is
@@ -698,6 +709,21 @@ mod tests {
             assert_eq!(targets(&hs), ["/ws"], "split {split}");
             assert_eq!(state, State::Lost, "split {split}");
         }
+    }
+
+    /// An idle websocket keeps its tap for its whole life: after an upgrade
+    /// head the head buffer is released, not kept for a next request.
+    #[test]
+    fn releases_the_head_buffer_after_an_upgrade_head() {
+        let upgrade = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\n\r\n";
+        let plain = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut t = Tracker::new(Heads::default(), 16384);
+        t.feed(plain);
+        assert!(t.head_buf.capacity() > 0, "kept for the next head");
+        t.feed(upgrade);
+        assert_eq!(t.head_buf.capacity(), 0);
+        assert_eq!(t.state, State::Head);
     }
 
     #[test]
