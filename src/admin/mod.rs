@@ -23,6 +23,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+mod relations;
+
 use crate::proxy::Gateway;
 use crate::route::decode_param;
 use crate::session::{Record, now_ms};
@@ -94,6 +96,24 @@ fn audit(peer: SocketAddr, action: &str, object: &str, result: &Value) {
     tracing::info!(target: "rolegate::audit", actor = %format!("admin@{peer}"), action, object, result = %result, at_ms = now_ms(), "admin action");
 }
 
+/// The request body, up to `limit` bytes (413 `body_too_large` above).
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
+    use http_body_util::{BodyExt, Limited};
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            &format!("the body is over {limit} bytes"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body could not be read",
+        )),
+    }
+}
+
 /// Handles one admin request.
 pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Resp {
     let path = req.uri().path().to_string();
@@ -146,6 +166,32 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             &e.0,
         )
     };
+    if let ["relations", name] = segs.as_slice() {
+        let name = name.to_string();
+        let method = req.method().clone();
+        let query = req.uri().query().map(str::to_string);
+        let body = if method == Method::GET {
+            None
+        } else {
+            match read_body(req, relations::MAX_BODY_BYTES).await {
+                Ok(b) => Some(b),
+                Err(r) => return r,
+            }
+        };
+        let (resp, audited) = relations::handle(
+            &rt,
+            store,
+            &method,
+            &name,
+            query.as_deref(),
+            body.as_deref(),
+        )
+        .await;
+        if let Some((action, result)) = audited {
+            audit(peer, action, &name, &result);
+        }
+        return resp;
+    }
     let keep_until = now_ms() + rt.sessions.retention.as_millis() as u64;
     let (action, object, result) = match (req.method(), segs.as_slice()) {
         (&Method::POST, ["sessions", sid, "revoke"]) if !sid.is_empty() => {

@@ -26,7 +26,7 @@ use super::file::{
 };
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
 use super::{ClientCertRule, Listener, Redirect};
-use super::{MaskingSettings, RelationSource, RouteMask};
+use super::{MaskingSettings, PullSource, PushSource, RelationSource, RouteMask};
 use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, DevSecret, Issuer};
 use crate::mask;
@@ -327,66 +327,152 @@ impl Builder {
         let mut ok = true;
         for (name, r) in raw {
             let line = r.referenced.line();
-            let pull = r.value.pull;
-            let mut err = |b: &mut Self, msg: String| {
-                b.error(file, line, format!("relations.{name}: {msg}"));
-                ok = false;
-            };
             if !crate::policy::is_valid_relation_name(&name) {
-                err(self, "invalid relation name (expected [a-z0-9_-]+)".into());
-            }
-            let upstream = upstreams.iter().position(|u| u.name == pull.upstream);
-            if upstream.is_none() {
-                err(
-                    self,
-                    format!("pull.upstream: unknown upstream {:?}", pull.upstream),
+                self.error(
+                    file,
+                    line,
+                    format!("relations.{name}: invalid relation name (expected [a-z0-9_-]+)"),
                 );
+                ok = false;
             }
-            if !pull.path.starts_with('/') || pull.path.contains(['?', '#']) {
-                err(
-                    self,
-                    format!(
-                        "pull.path {:?} must start with `/` and have no query",
-                        pull.path
-                    ),
-                );
-            }
-            let dur = |b: &mut Self, key: &str, v: &str| match parse_duration(v) {
-                Ok(d) if !d.is_zero() || key != "timeout" => Some(d),
-                Ok(_) => {
-                    b.error(
+            let source = match (r.value.pull, r.value.push) {
+                (Some(pull), None) => self
+                    .build_pull(file, line, &name, pull, upstreams)
+                    .map(RelationSource::Pull),
+                (None, Some(push)) => self
+                    .build_push(file, line, &name, push)
+                    .map(RelationSource::Push),
+                _ => {
+                    self.error(
                         file,
                         line,
-                        format!("relations.{name}: pull.{key} must be above 0"),
+                        format!("relations.{name}: exactly one of `pull` and `push` is needed"),
                     );
-                    None
-                }
-                Err(e) => {
-                    b.error(file, line, format!("relations.{name}: pull.{key}: {e}"));
                     None
                 }
             };
-            let timeout = dur(self, "timeout", &pull.timeout);
-            let cache_ttl = dur(self, "cache_ttl", &pull.cache_ttl);
-            let negative_ttl = dur(self, "negative_ttl", &pull.negative_ttl);
-            match (upstream, timeout, cache_ttl, negative_ttl) {
-                (Some(upstream), Some(timeout), Some(cache_ttl), Some(negative_ttl)) => {
-                    out.insert(
-                        name,
-                        RelationSource {
-                            upstream,
-                            path: pull.path,
-                            timeout,
-                            cache_ttl,
-                            negative_ttl,
-                            cache_entries: pull.cache_entries,
-                        },
-                    );
+            match source {
+                Some(src) => {
+                    out.insert(name, src);
                 }
-                _ => ok = false,
+                None => ok = false,
             }
         }
         ok.then_some(out)
+    }
+
+    fn build_pull(
+        &mut self,
+        file: &str,
+        line: u64,
+        name: &str,
+        pull: super::file::FilePull,
+        upstreams: &[Upstream],
+    ) -> Option<PullSource> {
+        let mut ok = true;
+        let upstream = upstreams.iter().position(|u| u.name == pull.upstream);
+        if upstream.is_none() {
+            self.error(
+                file,
+                line,
+                format!(
+                    "relations.{name}: pull.upstream: unknown upstream {:?}",
+                    pull.upstream
+                ),
+            );
+            ok = false;
+        }
+        if !pull.path.starts_with('/') || pull.path.contains(['?', '#']) {
+            self.error(
+                file,
+                line,
+                format!(
+                    "relations.{name}: pull.path {:?} must start with `/` and have no query",
+                    pull.path
+                ),
+            );
+            ok = false;
+        }
+        let timeout =
+            self.relation_duration(file, line, name, "pull.timeout", &pull.timeout, false);
+        let cache_ttl =
+            self.relation_duration(file, line, name, "pull.cache_ttl", &pull.cache_ttl, true);
+        let negative_ttl = self.relation_duration(
+            file,
+            line,
+            name,
+            "pull.negative_ttl",
+            &pull.negative_ttl,
+            true,
+        );
+        Some(PullSource {
+            upstream: upstream?,
+            path: pull.path,
+            timeout: timeout?,
+            cache_ttl: cache_ttl?,
+            negative_ttl: negative_ttl?,
+            cache_entries: pull.cache_entries,
+        })
+        .filter(|_| ok)
+    }
+
+    fn build_push(
+        &mut self,
+        file: &str,
+        line: u64,
+        name: &str,
+        push: super::file::FilePush,
+    ) -> Option<PushSource> {
+        let dur = |b: &mut Self, key: &str, v: Option<String>| match v {
+            None => Some(None),
+            Some(v) => b
+                .relation_duration(file, line, name, key, &v, false)
+                .map(Some),
+        };
+        let default_ttl = dur(self, "push.default_ttl", push.default_ttl);
+        let max_ttl = dur(self, "push.max_ttl", push.max_ttl);
+        let (default_ttl, max_ttl) = (default_ttl?, max_ttl?);
+        if let (Some(d), Some(m)) = (default_ttl, max_ttl)
+            && d > m
+        {
+            self.error(
+                file,
+                line,
+                format!("relations.{name}: push.default_ttl is above push.max_ttl"),
+            );
+            return None;
+        }
+        Some(PushSource {
+            default_ttl,
+            max_ttl,
+        })
+    }
+
+    /// A relation setting's duration; zero only where `zero_ok`.
+    fn relation_duration(
+        &mut self,
+        file: &str,
+        line: u64,
+        name: &str,
+        key: &str,
+        v: &str,
+        zero_ok: bool,
+    ) -> Option<Duration> {
+        match parse_duration(v) {
+            Ok(d) if zero_ok || !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.error(
+                    file,
+                    line,
+                    format!("relations.{name}: {key} must be above 0"),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(file, line, format!("relations.{name}: {key}: {e}"));
+                None
+            }
+        }
     }
 
     /// A route that names a relation with no source is valid (the leaf is

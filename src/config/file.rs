@@ -272,11 +272,27 @@ pub struct FileUpstream {
     pub http2: bool,
 }
 
-/// One relation source. Only `pull` exists today.
+/// One relation source: exactly one of `pull` and `push`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRelation {
-    pub pull: FilePull,
+    #[serde(default)]
+    pub pull: Option<FilePull>,
+    #[serde(default)]
+    pub push: Option<FilePush>,
+}
+
+/// `relations.NAME.push`: tuples pushed through the admin API, kept in the
+/// session store.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePush {
+    /// Expiry of a tuple pushed without `ttl` (absent: until removed).
+    #[serde(default)]
+    pub default_ttl: Option<String>,
+    /// Longest `ttl` a push may ask for (absent: no bound).
+    #[serde(default)]
+    pub max_ttl: Option<String>,
 }
 
 /// `relations.NAME.pull`: ask an upstream, cache the answer.

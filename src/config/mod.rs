@@ -44,10 +44,17 @@ pub struct Runtime {
     pub relations: std::collections::BTreeMap<String, RelationSource>,
 }
 
+/// Where a relation's answers come from (`relations.NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelationSource {
+    Pull(PullSource),
+    Push(PushSource),
+}
+
 /// `relations.NAME.pull`: the relation is answered by
 /// `GET <upstream><path>?subject=..&issuer=..&object=..` (see `relations`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelationSource {
+pub struct PullSource {
     /// Index into `Runtime::upstreams`: its client, TLS and base path.
     pub upstream: usize,
     /// Starts with `/`; appended to the upstream's base path.
@@ -60,6 +67,16 @@ pub struct RelationSource {
     pub negative_ttl: Duration,
     /// Cached answers kept for this relation at most.
     pub cache_entries: usize,
+}
+
+/// `relations.NAME.push`: the relation holds exactly for the tuples pushed
+/// through the admin API (kept in the session store).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushSource {
+    /// Expiry of a tuple pushed without a `ttl`; `None`: until removed.
+    pub default_ttl: Option<Duration>,
+    /// Longest `ttl` accepted; `None`: no bound.
+    pub max_ttl: Option<Duration>,
 }
 
 /// The admin listener.

@@ -298,7 +298,8 @@ impl Gateway {
                 _ => false,
             };
             if !questions.is_empty() && (unknown(&decision) || unmask_unknown()) {
-                let answers = relations::resolve(rt, &self.relations, pr, questions).await;
+                let answers =
+                    relations::resolve(rt, &self.relations, self.store(), pr, questions).await;
                 (decision, u) = decide(&answers);
             }
             unmask = u;

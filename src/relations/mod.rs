@@ -30,8 +30,9 @@ use futures_util::future::join_all;
 use http_body_util::{BodyExt, Empty, Limited};
 use tokio::time::Instant;
 
-use crate::config::{RelationSource, Runtime, Upstream};
+use crate::config::{PullSource, RelationSource, Runtime, Upstream};
 use crate::policy::{Principal, Relations};
+use crate::session::{SharedOp, Store, now_ms};
 
 /// An answer body larger than this is not an answer (unknown).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -121,7 +122,7 @@ impl Cache {
         }
     }
 
-    fn put(&self, name: &str, src: &RelationSource, key: Key, allowed: bool, now: Instant) {
+    fn put(&self, name: &str, src: &PullSource, key: Key, allowed: bool, now: Instant) {
         let ttl = if allowed {
             src.cache_ttl
         } else {
@@ -147,16 +148,24 @@ impl Cache {
     }
 }
 
-/// Answers `questions` for `principal`: from the cache, else by one
-/// concurrent pull per question. A relation without a source is unknown.
+/// Answers `questions` for `principal`: pushed relations from the store's
+/// shared records, pulled ones from the cache, else by one concurrent pull
+/// per question. A relation without a source is unknown.
 pub async fn resolve(
     rt: &Runtime,
     cache: &Cache,
+    store: &Store,
     principal: &Principal,
     questions: Vec<Question>,
 ) -> Answers {
     let asks = questions.into_iter().map(|(name, args)| async move {
-        let answer = answer(rt, cache, principal, &name, &args).await;
+        let answer = match rt.relations.get(&name) {
+            Some(RelationSource::Push(_)) => pushed(store, principal, &name, &args),
+            Some(RelationSource::Pull(src)) => {
+                answer(rt, src, cache, principal, &name, &args).await
+            }
+            None => None,
+        };
         (name, args, answer)
     });
     let mut out = Answers::default();
@@ -166,14 +175,67 @@ pub async fn resolve(
     out
 }
 
+/// A pushed relation holds iff its tuple is stored (and not expired).
+/// Unknown while this instance's copy may be stale (Redis subscription
+/// down): a removal could have been missed.
+fn pushed(store: &Store, p: &Principal, name: &str, args: &[String]) -> Option<bool> {
+    if !store.shared_fresh() {
+        tracing::warn!(target: "rolegate::relations", relation = name, "relation unavailable: session store events not in sync");
+        return None;
+    }
+    let key = tuple_key(&p.issuer, &p.subject, args);
+    Some(store.shared().contains(&tuple_ns(name), &key, now_ms()))
+}
+
+/// The shared-records namespace of a pushed relation's tuples.
+pub fn tuple_ns(name: &str) -> String {
+    format!("rel.{name}")
+}
+
+/// A tuple's key: the JSON array `[issuer, subject, arg…]` (unambiguous
+/// whatever the strings contain).
+pub fn tuple_key(issuer: &str, subject: &str, args: &[String]) -> String {
+    let mut v: Vec<&str> = vec![issuer, subject];
+    v.extend(args.iter().map(String::as_str));
+    serde_json::to_string(&v).unwrap_or_default()
+}
+
+/// The parts of a tuple key (`None` if it is not one).
+pub fn parse_tuple_key(key: &str) -> Option<(String, String, Vec<String>)> {
+    let mut v: Vec<String> = serde_json::from_str(key).ok()?;
+    if v.len() < 2 {
+        return None;
+    }
+    let rest = v.split_off(2);
+    let subject = v.pop()?;
+    let issuer = v.pop()?;
+    Some((issuer, subject, rest))
+}
+
+/// The batch that adds (with expiry `exp_ms`) or removes one tuple.
+pub fn tuple_op(name: &str, key: String, add: Option<Option<u64>>) -> SharedOp {
+    match add {
+        Some(x) => SharedOp::Put {
+            ns: tuple_ns(name),
+            k: key,
+            v: String::new(),
+            x,
+        },
+        None => SharedOp::Del {
+            ns: tuple_ns(name),
+            k: key,
+        },
+    }
+}
+
 async fn answer(
     rt: &Runtime,
+    src: &PullSource,
     cache: &Cache,
     p: &Principal,
     name: &str,
     args: &[String],
 ) -> Option<bool> {
-    let src = rt.relations.get(name)?;
     let up = rt.upstreams.get(src.upstream)?;
     let key: Key = (p.subject.clone(), p.issuer.clone(), args.to_vec());
     if let Some(hit) = cache.get(name, &key, Instant::now()) {
@@ -198,7 +260,7 @@ async fn answer(
 /// The pull call itself (without the timeout).
 async fn pull(
     up: &Upstream,
-    src: &RelationSource,
+    src: &PullSource,
     p: &Principal,
     args: &[String],
 ) -> Result<bool, String> {
@@ -228,7 +290,7 @@ async fn pull(
 /// `<origin><base path><path>?subject=..&issuer=..&object=..`.
 fn query_uri(
     up: &Upstream,
-    src: &RelationSource,
+    src: &PullSource,
     p: &Principal,
     args: &[String],
 ) -> Result<http::Uri, String> {
@@ -326,8 +388,8 @@ mod tests {
         assert_eq!(a.check("r", &["c3".into()], &p), None);
     }
 
-    fn source(ttl_ms: u64, neg_ms: u64, entries: usize) -> RelationSource {
-        RelationSource {
+    fn source(ttl_ms: u64, neg_ms: u64, entries: usize) -> PullSource {
+        PullSource {
             upstream: 0,
             path: "/r".into(),
             timeout: std::time::Duration::from_millis(500),

@@ -227,6 +227,21 @@ impl EmbeddedStore {
         Ok(changed)
     }
 
+    /// A batch of shared records: memory, then the journal (a failed
+    /// append is rewritten from memory, as for every other change, and the
+    /// call fails only if that fails too). One lock orders batches, so the
+    /// journal replays them in memory's order.
+    pub fn shared_apply(&self, ops: &[super::SharedOp]) -> Result<(), StoreError> {
+        let _order = self
+            .inner
+            .user_ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.inner.table.shared().apply(ops);
+        self.inner.persist(|j| j.state(ops))?;
+        Ok(())
+    }
+
     pub fn is_deactivated(&self, subject: &str) -> bool {
         self.inner.table.is_deactivated(subject)
     }

@@ -38,6 +38,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::shared::Op;
 use super::table::{EndReason, Record, RevokedId, Table};
 
 #[derive(Serialize, Deserialize)]
@@ -76,6 +77,10 @@ enum Line {
         s: String,
         t: u64,
         x: u64,
+    },
+    /// A batch of shared records (`shared.rs`), applied as a whole.
+    State {
+        ops: Vec<Op>,
     },
 }
 
@@ -144,6 +149,8 @@ pub struct Journal {
 }
 
 const JOURNAL: &str = "sessions.journal";
+/// Shared records per line in a compacted journal.
+const STATE_LINE_OPS: usize = 1000;
 
 impl Journal {
     /// Opens (creating) `dir`, locks it, replays the journal into `table`
@@ -262,6 +269,11 @@ impl Journal {
         }])
     }
 
+    /// A batch of shared records, as one line.
+    pub fn state(&self, ops: &[Op]) -> std::io::Result<usize> {
+        self.write_lines(&[Line::State { ops: ops.to_vec() }])
+    }
+
     /// A session id revoked for every user, with the sessions it ended.
     pub fn revoke_id(
         &self,
@@ -303,6 +315,17 @@ impl Journal {
                 s,
                 t: r.at_ms,
                 x: r.until_ms,
+            };
+            serde_json::to_writer(&mut out, &l).map_err(std::io::Error::other)?;
+            out.write_all(b"\n")?;
+        }
+        for chunk in table
+            .shared()
+            .snapshot(super::now_ms())
+            .chunks(STATE_LINE_OPS)
+        {
+            let l = Line::State {
+                ops: chunk.to_vec(),
             };
             serde_json::to_writer(&mut out, &l).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
@@ -522,6 +545,7 @@ fn replay(table: &Table, l: Line, retention_ms: u64) {
                 until_ms: x,
             },
         ),
+        Line::State { ops } => table.shared().apply(&ops),
     }
 }
 
@@ -625,6 +649,48 @@ mod tests {
         let t = Table::new();
         let _j = Journal::open(&d, &t, RET).unwrap();
         assert_state(&t);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn shared_record_batches_survive_reopen_and_compaction_drops_expired_ones() {
+        let d = dir("shared");
+        let put = |k: &str, x: Option<u64>| Op::Put {
+            ns: "rel.r".into(),
+            k: k.into(),
+            v: String::new(),
+            x,
+        };
+        {
+            let t = Table::new();
+            let j = Journal::open(&d, &t, RET).unwrap();
+            let batches = [
+                vec![
+                    put("kept", None),
+                    put("gone", None),
+                    put("expired", Some(1)),
+                ],
+                vec![Op::Del {
+                    ns: "rel.r".into(),
+                    k: "gone".into(),
+                }],
+            ];
+            for b in &batches {
+                t.shared().apply(b);
+                j.state(b).unwrap();
+            }
+        }
+        for _ in 0..2 {
+            // Replayed from the appended lines, then from the compacted file.
+            let t = Table::new();
+            drop(Journal::open(&d, &t, RET).unwrap());
+            assert_eq!(
+                t.shared().snapshot(super::super::now_ms()),
+                vec![put("kept", None)]
+            );
+        }
+        let text = std::fs::read_to_string(d.join(JOURNAL)).unwrap();
+        assert!(!text.contains("expired"), "{text}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -25,6 +25,7 @@
 mod embedded;
 mod journal;
 pub mod redis;
+pub mod shared;
 pub mod table;
 pub mod watch;
 
@@ -34,6 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
+pub use shared::{Entry as SharedEntry, Op as SharedOp};
 pub use table::{EndReason, Record, SessionRef, Touch, Verdict};
 
 /// An open websocket's subscription to its session's end (see `watch.rs`);
@@ -135,6 +137,31 @@ impl Store {
             Store::Embedded(s) => s.check(t),
             Store::Redis(s) => Box::pin(s.check(t)).await,
         }
+    }
+
+    /// Writes a batch of shared records (`shared.rs`) durably, then
+    /// applies it to memory; with Redis, every instance applies it within
+    /// pub/sub latency. All or nothing.
+    pub async fn shared_apply(&self, ops: Vec<SharedOp>) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.shared_apply(&ops),
+            Store::Redis(s) => Box::pin(s.shared_apply(&ops)).await,
+        }
+    }
+
+    /// Whether this instance's copy of the shared records can be trusted
+    /// now: always with the embedded store; with Redis only while the event
+    /// subscription is up (a lost subscription may have missed a removal).
+    pub fn shared_fresh(&self) -> bool {
+        match self {
+            Store::Embedded(_) => true,
+            Store::Redis(s) => s.subscribed(),
+        }
+    }
+
+    /// This instance's copy of the shared records (read per request).
+    pub fn shared(&self) -> &shared::Shared {
+        self.table().shared()
     }
 
     /// Ends one session (logout). `keep_until_ms`: keep the ended record at

@@ -100,6 +100,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use redis::{Client, ErrorKind, RedisResult, Script, ServerErrorKind};
 use tokio::task::JoinHandle;
 
+use super::shared::Op as SharedOp;
 use super::table::{
     Change, EndReason, Key, Record, RevokedId, SessionRef, Table, Touch, Verdict, sort_records,
 };
@@ -372,6 +373,29 @@ redis.call('PUBLISH', CH, 'react ' .. ARGV[5])
 return s(changed)
 "#;
 
+/// A batch of shared records (`shared.rs`). ARGV[5]: the batch as JSON
+/// (passed on in the event as it is); then per op five arguments: kind
+/// (`put`/`del`), namespace, key, expiry (`-` for none), value. A record is
+/// stored as `<expiry or -> <value>` in the hash `state:{ns}`; the
+/// namespace joins the set `state-ns`. Returns the batch's sequence number
+/// (`state-seq`), which its event carries.
+const LUA_SHARED: &str = r#"
+local seq = redis.call('INCR', P .. 'state-seq')
+local i = 6
+while ARGV[i] do
+  local key = P .. 'state:' .. ARGV[i + 1]
+  if ARGV[i] == 'put' then
+    redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3] .. ' ' .. ARGV[i + 4])
+    redis.call('SADD', P .. 'state-ns', ARGV[i + 1])
+  else
+    redis.call('HDEL', key, ARGV[i + 2])
+  end
+  i = i + 5
+end
+redis.call('PUBLISH', CH, 'state ' .. s(seq) .. ' ' .. ARGV[5])
+return s(seq)
+"#;
+
 /// One pre-upgrade session record (`rolegate:s:{sid}`, keyed by session id
 /// alone: hash `sub created last idle exp ended ended_at`). KEYS: the old
 /// key, the id's revocation. ARGV[5..]: sid, max lifetime (0: none).
@@ -418,6 +442,7 @@ struct Scripts {
     deactivate: Script,
     reactivate: Script,
     raise_not_before: Script,
+    shared: Script,
 }
 
 impl Scripts {
@@ -434,6 +459,7 @@ impl Scripts {
             deactivate: s(LUA_DEACTIVATE),
             reactivate: s(LUA_REACTIVATE),
             raise_not_before: s(LUA_RAISE_NOT_BEFORE),
+            shared: s(LUA_SHARED),
         }
     }
 }
@@ -442,7 +468,7 @@ impl Scripts {
 /// last, issuer and subject length-prefixed):
 /// `end <reason> <at_ms> <exp_ms> <iss_len>:<iss><sub_len>:<sub><sid>`,
 /// `revid <at_ms> <until_ms> <sid>`, `deact <since_ms> <sub>`,
-/// `notbefore <cut_off_ms> <sub>`, `react <sub>`.
+/// `notbefore <cut_off_ms> <sub>`, `react <sub>`, `state <seq> <JSON batch>`.
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
     End {
@@ -468,6 +494,11 @@ enum Event {
     },
     Reactivate {
         subject: String,
+    },
+    /// A batch of shared records and its sequence number.
+    Shared {
+        seq: u64,
+        ops: Vec<SharedOp>,
     },
 }
 
@@ -523,6 +554,13 @@ impl Event {
             "react" => Some(Event::Reactivate {
                 subject: rest.to_string(),
             }),
+            "state" => {
+                let (seq, ops) = rest.split_once(' ')?;
+                Some(Event::Shared {
+                    seq: seq.parse().ok()?,
+                    ops: serde_json::from_str(ops).ok()?,
+                })
+            }
             _ => None,
         }
     }
@@ -606,6 +644,27 @@ fn not_before_key() -> String {
     format!("{PREFIX}notbefore")
 }
 
+fn shared_key(ns: &str) -> String {
+    format!("{PREFIX}state:{ns}")
+}
+
+/// A shared record's hash value: `<expiry ms or -> <value>`.
+fn shared_value(x: Option<u64>, v: &str) -> String {
+    match x {
+        Some(x) => format!("{} {v}", x.min(MAX_MS)),
+        None => format!("- {v}"),
+    }
+}
+
+fn parse_shared(raw: &str) -> Option<(Option<u64>, &str)> {
+    let (x, v) = raw.split_once(' ')?;
+    let x = match x {
+        "-" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some((x, v))
+}
+
 fn epoch_key() -> String {
     format!("{PREFIX}epoch")
 }
@@ -680,6 +739,9 @@ struct Inner {
     unwritten_ends: Mutex<Vec<Record>>,
     /// The `rolegate:epoch` value of the dataset we are in sync with.
     epoch: Mutex<String>,
+    /// The sequence number of the last shared-records batch applied to
+    /// the mirror (events arrive in the order Redis ran the batches).
+    shared_seq: tokio::sync::watch::Sender<u64>,
 }
 
 impl Inner {
@@ -951,10 +1013,64 @@ impl Inner {
         for (sub, at) in &not_before {
             self.table.set_not_before(sub, *at);
         }
+        self.resync_shared().await?;
         // Keep the activity not yet written; the next flush retries it.
         let mut pending = self.pending.lock().await;
         merge_pending(&mut pending, self.table.take_dirty());
         self.table.forget_active();
+        Ok(())
+    }
+
+    /// Reloads the shared records from Redis (a missed event may have
+    /// removed one); drops expired ones from Redis on the way.
+    async fn resync_shared(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let seq: Option<u64> = bounded(
+            "resync",
+            redis::cmd("GET")
+                .arg(format!("{PREFIX}state-seq"))
+                .query_async(&mut c),
+        )
+        .await?;
+        let namespaces: Vec<String> = bounded(
+            "resync",
+            redis::cmd("SMEMBERS")
+                .arg(format!("{PREFIX}state-ns"))
+                .query_async(&mut c),
+        )
+        .await?;
+        let now = now_ms();
+        let mut ops = Vec::new();
+        let mut expired = redis::pipe();
+        for ns in namespaces {
+            let key = shared_key(&ns);
+            let h: HashMap<String, String> = bounded(
+                "resync",
+                redis::cmd("HGETALL").arg(&key).query_async(&mut c),
+            )
+            .await?;
+            for (k, raw) in h {
+                let (x, v) = parse_shared(&raw)
+                    .ok_or_else(|| StoreError(format!("unreadable shared record in {key}: {k}")))?;
+                if x.is_some_and(|x| x <= now) {
+                    expired.cmd("HDEL").arg(&key).arg(&k).ignore();
+                    continue;
+                }
+                ops.push(SharedOp::Put {
+                    ns: ns.clone(),
+                    k,
+                    v: v.to_string(),
+                    x,
+                });
+            }
+        }
+        self.table.shared().replace_all(&ops);
+        self.shared_seq.send_replace(seq.unwrap_or(0));
+        if !expired.is_empty()
+            && let Err(e) = bounded("resync", expired.query_async::<()>(&mut c)).await
+        {
+            tracing::warn!(error = %e, "redis session store: expired shared records not dropped");
+        }
         Ok(())
     }
 
@@ -1037,6 +1153,23 @@ impl Inner {
                 .arg("0")
                 .arg(at.min(MAX_MS))
                 .ignore();
+            if pipe.len() >= FLUSH_BATCH {
+                bounded("reseed", pipe.query_async::<()>(&mut c)).await?;
+                pipe = redis::pipe();
+            }
+        }
+        for op in self.table.shared().snapshot(now) {
+            if let SharedOp::Put { ns, k, v, x } = op {
+                pipe.cmd("HSETNX")
+                    .arg(shared_key(&ns))
+                    .arg(k)
+                    .arg(shared_value(x, &v))
+                    .ignore()
+                    .cmd("SADD")
+                    .arg(format!("{PREFIX}state-ns"))
+                    .arg(ns)
+                    .ignore();
+            }
             if pipe.len() >= FLUSH_BATCH {
                 bounded("reseed", pipe.query_async::<()>(&mut c)).await?;
                 pipe = redis::pipe();
@@ -1149,6 +1282,10 @@ impl Inner {
             Some(Event::NotBefore { at, subject }) => self.table.set_not_before(&subject, at),
             Some(Event::Reactivate { subject }) => {
                 self.table.reactivate(&subject);
+            }
+            Some(Event::Shared { seq, ops }) => {
+                self.table.shared().apply(&ops);
+                self.shared_seq.send_replace(seq);
             }
             None => return false,
         }
@@ -1388,6 +1525,7 @@ impl RedisStore {
             pending: tokio::sync::Mutex::new(Vec::new()),
             unwritten_ends: Mutex::new(Vec::new()),
             epoch: Mutex::new(epoch),
+            shared_seq: tokio::sync::watch::Sender::new(0),
         });
         let migrated = inner.migrate_legacy().await.map_err(|e| e.0)?;
         if migrated.total() > 0 {
@@ -1603,6 +1741,49 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Whether the event subscription is up (the mirror is in sync).
+    pub fn subscribed(&self) -> bool {
+        self.inner.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Writes a batch of shared records in one script (which publishes it)
+    /// and waits, up to [`OP_TIMEOUT`], until this instance's subscriber
+    /// has applied it, so a caller reads its own write. Another instance
+    /// applies it when the event reaches it (milliseconds).
+    pub async fn shared_apply(&self, ops: &[SharedOp]) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let json = serde_json::to_string(ops).map_err(|e| StoreError(e.to_string()))?;
+        let mut inv = inner.invocation(&inner.scripts.shared, now_ms());
+        inv.arg(json);
+        for op in ops {
+            match op {
+                SharedOp::Put { ns, k, v, x } => {
+                    inv.arg("put").arg(ns).arg(k).arg(match x {
+                        Some(x) => x.min(&MAX_MS).to_string(),
+                        None => "-".to_string(),
+                    });
+                    inv.arg(v);
+                }
+                SharedOp::Del { ns, k } => {
+                    inv.arg("del").arg(ns).arg(k).arg("-").arg("");
+                }
+            }
+        }
+        let seq: String = inner.invoke("shared records", &inv).await?;
+        let seq: u64 = parse_u64(&seq)?;
+        let mut rx = inner.shared_seq.subscribe();
+        if tokio::time::timeout(OP_TIMEOUT, rx.wait_for(|s| *s >= seq))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                seq,
+                "redis session store: shared records written, event not seen yet (applied at the next resync)"
+            );
+        }
+        Ok(())
+    }
+
     /// Ready when the subscription is up and Redis answers a PING in time.
     pub async fn ready(&self) -> bool {
         if !self.inner.subscribed.load(Ordering::Acquire) {
@@ -1692,6 +1873,22 @@ mod tests {
                 subject: "x".into()
             })
         );
+        assert_eq!(
+            Event::parse(r#"state 4 [{"o":"del","ns":"rel.a b","k":"[\"i\",\"s\"]"}]"#),
+            Some(Event::Shared {
+                seq: 4,
+                ops: vec![SharedOp::Del {
+                    ns: "rel.a b".into(),
+                    k: r#"["i","s"]"#.into(),
+                }],
+            })
+        );
+        assert_eq!(Event::parse("state 4 [{\"o\":\"nope\"}]"), None);
+        assert_eq!(
+            parse_shared(&shared_value(Some(5), "a b")),
+            Some((Some(5), "a b"))
+        );
+        assert_eq!(parse_shared(&shared_value(None, "")), Some((None, "")));
         assert_eq!(Event::parse("end revoked 10 20 99:short"), None);
         assert_eq!(Event::parse("end revoked 10 20 1:i99:short"), None);
         assert_eq!(Event::parse("bogus"), None);

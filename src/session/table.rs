@@ -250,6 +250,9 @@ pub struct Table {
     /// transition to ended (see `watch.rs`).
     watchers: Watchers,
     issuers: DashMap<Box<str>, Arc<str>>,
+    /// Shared records besides sessions (relation tuples), persisted by
+    /// the store like the rest of the table.
+    shared: super::shared::Shared,
 }
 
 impl Table {
@@ -259,6 +262,10 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    pub fn shared(&self) -> &super::shared::Shared {
+        &self.shared
     }
 
     pub fn is_empty(&self) -> bool {

@@ -388,6 +388,26 @@ pub async fn req(
     raw(addr, r.as_bytes()).await
 }
 
+/// `METHOD target` with a bearer token and a JSON body.
+pub async fn req_json(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    body: &str,
+) -> Resp {
+    let len = format!("Content-Length: {}", body.len());
+    let mut r = format!(
+        "{method} {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nContent-Type: application/json\r\n{len}\r\n"
+    );
+    if let Some(t) = token {
+        r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    raw(addr, r.as_bytes()).await
+}
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

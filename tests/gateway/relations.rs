@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::common::*;
@@ -279,4 +279,390 @@ async fn answers_are_cached_within_their_ttl_negative_separately() {
         200
     );
     assert_eq!(console.calls().len(), 6);
+}
+
+// --- Pushed relations: tuples through the admin API ---------------------
+
+const PUSH_ADMIN_TOKEN: &str = "admin-token-for-relation-pushes-0123";
+
+/// A gateway whose `active_conversation` is pushed (`max_ttl: 1h`), with
+/// an admin listener, in front of `console`; `store` is the sessions'
+/// store line (`state_dir: ...` or a Redis URL).
+async fn start_push(console: &Console, dir: &std::path::Path, store: &str) -> Gw {
+    std::fs::write(dir.join("admin.token"), PUSH_ADMIN_TOKEN).unwrap();
+    let cfg = format!(
+        r#"listen: {{ addr: "127.0.0.1:0" }}
+{identity}upstreams:
+  console: {{ url: "http://{console}", timeout: 2s }}
+admin: {{ addr: "127.0.0.1:0", token_file: admin.token }}
+sessions: {{ {store} }}
+relations:
+  active_conversation:
+    push: {{ max_ttl: 1h }}
+  watching:
+    pull: {{ upstream: console, path: /relations/watching }}
+roles:
+  agent: {{ grants: [customer.view.assigned] }}
+routes:
+  - name: customer
+    match: {{ methods: [GET], path: "/api/customers/{{customer}}" }}
+    upstream: console
+    require: {{ all: [customer.view.assigned, "relation:active_conversation({{customer}})"] }}
+"#,
+        identity = identity_yaml(),
+        console = console.addr,
+    );
+    start_with_config(dir, &cfg).await
+}
+
+/// Sends `body` with the test issuer added to every tuple in it (the test
+/// identity has several issuers, so a tuple must name one).
+async fn push(gw: &Gw, method: &str, path: &str, body: &str) -> Resp {
+    let body = body.replace(
+        r#""subject":"#,
+        &format!(r#""issuer":"{ISS_RSA}","subject":"#),
+    );
+    req_json(
+        gw.admin.unwrap(),
+        method,
+        path,
+        Some(PUSH_ADMIN_TOKEN),
+        &body,
+    )
+    .await
+}
+
+async fn customer(gw: &Gw, c: &str) -> u16 {
+    req(
+        gw.addr,
+        "GET",
+        &format!("/api/customers/{c}"),
+        Some(&agent()),
+        &[],
+    )
+    .await
+    .status
+}
+
+/// Polls `f` every 20 ms for up to `limit`; true once it holds.
+async fn eventually<F, Fut>(limit: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_pushed_conversation_allows_until_it_is_removed_and_survives_a_restart() {
+    let console = Console::start().await;
+    let dir = scratch_dir("push");
+    let gw = start_push(&console, &dir, "state_dir: state").await;
+    // Denied before any push (a plain deny, not "unavailable").
+    let r = req(gw.addr, "GET", "/api/customers/c9", Some(&agent()), &[]).await;
+    assert_eq!(r.status, 403);
+    assert!(!r.json()["reason"].as_str().unwrap().contains("unavailable"));
+
+    let r = push(
+        &gw,
+        "POST",
+        "/relations/active_conversation",
+        r#"{"subject":"agent 1","object":"c9"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["added"][0]["issuer"], ISS_RSA);
+    assert_eq!(r.json()["added"][0]["expires_at_ms"], Value::Null);
+    assert_eq!(customer(&gw, "c9").await, 200);
+    // Only that customer, only that subject.
+    assert_eq!(customer(&gw, "c8").await, 403);
+    let other = token_with(json!({ "sub": "agent 2", "sid": "s-agent-2", "roles": ["agent"] }));
+    assert_eq!(
+        req(gw.addr, "GET", "/api/customers/c9", Some(&other), &[])
+            .await
+            .status,
+        403
+    );
+    // Nothing was asked of the upstream: pushed relations are local.
+    assert!(console.calls().is_empty());
+
+    let r = push(
+        &gw,
+        "GET",
+        "/relations/active_conversation?subject=agent%201",
+        "",
+    )
+    .await;
+    assert_eq!(
+        r.json()["tuples"].as_array().unwrap().len(),
+        1,
+        "{}",
+        r.json()
+    );
+
+    // A restart on its journal keeps the tuple (the first gateway keeps
+    // running and holds its state_dir lock, so the second one starts on a
+    // copy of the journal as it is now).
+    let dir2 = scratch_dir("push-restart");
+    std::fs::create_dir_all(dir2.join("state")).unwrap();
+    std::fs::copy(
+        dir.join("state/sessions.journal"),
+        dir2.join("state/sessions.journal"),
+    )
+    .unwrap();
+    let gw2 = start_push(&console, &dir2, "state_dir: state").await;
+    assert_eq!(customer(&gw2, "c9").await, 200, "tuple lost over a restart");
+
+    let r = push(
+        &gw2,
+        "DELETE",
+        "/relations/active_conversation",
+        r#"{"subject":"agent 1","object":["c9"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["removed"][0]["existed"], true);
+    assert_eq!(customer(&gw2, "c9").await, 403);
+}
+
+#[tokio::test]
+async fn pushed_tuples_expire_and_a_batch_moves_a_conversation_atomically() {
+    let console = Console::start().await;
+    let gw = start_push(&console, &scratch_dir("push-ttl"), "state_dir: state").await;
+    let r = push(
+        &gw,
+        "POST",
+        "/relations/active_conversation",
+        r#"{"subject":"agent 1","object":"c1","ttl":"1s"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["added"][0]["expires_at_ms"].as_u64().is_some());
+    assert_eq!(customer(&gw, "c1").await, 200);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            customer(&gw, "c1").await == 403
+        })
+        .await,
+        "an expired tuple still allows"
+    );
+    assert_eq!(
+        push(&gw, "GET", "/relations/active_conversation", "")
+            .await
+            .json()["tuples"],
+        json!([]),
+        "expired tuples are not listed"
+    );
+
+    // A transfer: remove c2, add c3, in one batch.
+    let r = push(
+        &gw,
+        "POST",
+        "/relations/active_conversation",
+        r#"{"subject":"agent 1","object":"c2"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = push(
+        &gw,
+        "POST",
+        "/relations/active_conversation",
+        r#"{"remove":[{"subject":"agent 1","object":"c2"}],"add":[{"subject":"agent 1","object":"c3","ttl":"10m"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(customer(&gw, "c2").await, 403);
+    assert_eq!(customer(&gw, "c3").await, 200);
+
+    // A batch with one bad tuple changes nothing.
+    let r = push(
+        &gw,
+        "POST",
+        "/relations/active_conversation",
+        r#"{"add":[{"subject":"agent 1","object":"c4"},{"subject":"agent 1","object":"c5","ttl":"2h"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error(), "ttl_too_long");
+    assert_eq!(
+        customer(&gw, "c4").await,
+        403,
+        "half a refused batch was applied"
+    );
+}
+
+#[tokio::test]
+async fn the_push_api_refuses_what_it_cannot_apply() {
+    let console = Console::start().await;
+    let gw = start_push(&console, &scratch_dir("push-errors"), "state_dir: state").await;
+    let path = "/relations/active_conversation";
+    let cases: &[(&str, &str, &str, u16, &str)] = &[
+        (
+            "POST",
+            "/relations/nope",
+            r#"{"subject":"a","object":"c"}"#,
+            404,
+            "unknown_relation",
+        ),
+        (
+            "POST",
+            "/relations/watching",
+            r#"{"subject":"a","object":"c"}"#,
+            409,
+            "relation_not_pushed",
+        ),
+        ("POST", path, "not json", 400, "bad_request"),
+        (
+            "POST",
+            path,
+            r#"{"subject":"","object":"c"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            path,
+            r#"{"subject":"a","object":[]}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            path,
+            r#"{"subject":"a","object":"c","ttl":"2h"}"#,
+            400,
+            "ttl_too_long",
+        ),
+        (
+            "POST",
+            path,
+            r#"{"subject":"a","object":"c","extra":1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "DELETE",
+            path,
+            r#"{"subject":"a","object":"c","ttl":"1m"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            path,
+            r#"{"subject":"a","object":"c"}"#,
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, p, body, status, code) in cases {
+        let r = push(&gw, method, p, body).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (*status, *code),
+            "{method} {p} {body}"
+        );
+    }
+    // Several issuers: a tuple must say which; an unknown one is refused.
+    let adm = gw.admin.unwrap();
+    let r = req_json(
+        adm,
+        "POST",
+        path,
+        Some(PUSH_ADMIN_TOKEN),
+        r#"{"subject":"a","object":"c"}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (400, "issuer_required"));
+    let r = req_json(
+        adm,
+        "POST",
+        path,
+        Some(PUSH_ADMIN_TOKEN),
+        r#"{"subject":"a","object":"c","issuer":"https://evil.example"}"#,
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (400, "unknown_issuer"));
+    // Without the admin token: 401, nothing written.
+    let r = req_json(
+        gw.admin.unwrap(),
+        "POST",
+        path,
+        Some(&agent()),
+        r#"{"subject":"agent 1","object":"c7"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(customer(&gw, "c7").await, 403);
+    // An oversized body: 413.
+    let big = format!(
+        r#"{{"subject":"a","object":"{}"}}"#,
+        "x".repeat(1024 * 1024 + 1)
+    );
+    assert_eq!(push(&gw, "POST", path, &big).await.status, 413);
+}
+
+#[tokio::test]
+async fn a_push_on_one_instance_is_enforced_by_another_through_redis() {
+    let redis = TestRedis::start();
+    let console = Console::start().await;
+    let store = format!("store: \"{}\"", redis.url());
+    let a = start_push(&console, &scratch_dir("push-redis-a"), &store).await;
+    let b = start_push(&console, &scratch_dir("push-redis-b"), &store).await;
+    assert_eq!(customer(&b, "c9").await, 403);
+    let r = push(
+        &a,
+        "POST",
+        "/relations/active_conversation",
+        r#"{"subject":"agent 1","object":"c9"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Read-your-write on the instance that took the push.
+    assert_eq!(customer(&a, "c9").await, 200);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            customer(&b, "c9").await == 200
+        })
+        .await,
+        "B did not see A's push within 1 s"
+    );
+    let r = push(
+        &b,
+        "DELETE",
+        "/relations/active_conversation",
+        r#"{"subject":"agent 1","object":"c9"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["removed"][0]["existed"], true);
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            customer(&a, "c9").await == 403
+        })
+        .await,
+        "A did not see B's removal within 1 s"
+    );
+    // A third instance started now loads the tuples from Redis.
+    push(
+        &a,
+        "POST",
+        "/relations/active_conversation",
+        r#"{"subject":"agent 1","object":"c5"}"#,
+    )
+    .await;
+    let c = start_push(&console, &scratch_dir("push-redis-c"), &store).await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            customer(&c, "c5").await == 200
+        })
+        .await,
+        "a new instance did not load the pushed tuples"
+    );
 }
