@@ -194,9 +194,6 @@ pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         };
     }
-    if path == ACTIVE_CONVERSATION {
-        return json_response(StatusCode::OK, &active_conversation(req.uri().query()));
-    }
     if path == "/api/status" {
         return json_response(StatusCode::OK, &json!({ "status": "ok" }));
     }
@@ -211,24 +208,6 @@ pub fn sample_backend(req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "seen_by": identity,
         }),
     )
-}
-
-/// The relation source of `relation:active_conversation(...)` (see
-/// `relations:` in rolegate.yaml): agent-anna is talking to c-1002.
-const ACTIVE_CONVERSATION: &str = "/relations/active_conversation";
-
-/// `{"allowed": bool}` for `?subject=..&issuer=..&object=..`.
-fn active_conversation(query: Option<&str>) -> Value {
-    let mut subject = None;
-    let mut object = None;
-    for kv in query.unwrap_or_default().split('&') {
-        match kv.split_once('=') {
-            Some(("subject", v)) => subject = Some(v),
-            Some(("object", v)) => object = Some(v),
-            _ => {}
-        }
-    }
-    json!({ "allowed": subject == Some("agent-anna") && object == Some("c-1002") })
 }
 
 /// The sample backend's live feed: `GET /api/live/chats` as a websocket
@@ -351,7 +330,7 @@ const PERSONAS: &[Persona] = &[
             (
                 "GET",
                 "/api/customers/c-1002",
-                "allowed: anna is in an active conversation with c-1002 (asked of the backend's /relations/active_conversation); PII masked",
+                "denied: no active conversation with c-1002 yet; push one with the admin call below, then run this again: allowed, PII masked",
             ),
             (
                 "GET",
@@ -492,6 +471,8 @@ pub fn banner(
     let admin_token = rt.admin.as_ref().map(|a| a.token.as_str()).unwrap_or("");
     out.push_str(&format!(
         "\n# admin API on http://{admin} (token below)\nADMIN={admin_token}\n\
+         curl -s -X POST -H \"Authorization: Bearer $ADMIN\" -d '{{\"subject\":\"agent-anna\",\"object\":\"c-1002\"}}' http://{admin}/relations/active_conversation   # anna picks up c-1002: $AGENT may now view it\n\
+         curl -s -X DELETE -H \"Authorization: Bearer $ADMIN\" -d '{{\"subject\":\"agent-anna\",\"object\":\"c-1002\"}}' http://{admin}/relations/active_conversation # conversation over: denied again\n\
          curl -s -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/agent-anna/sessions\n\
          curl -s -X POST -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/agent-anna/revoke       # then $AGENT gets 401 session_ended\n\
          curl -s -X POST -H \"Authorization: Bearer $ADMIN\" http://{admin}/users/senior-sam/deactivate   # every token of senior-sam refused\n\

@@ -568,6 +568,34 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
     let r = req(addr, "GET", "/api/supervisor/dashboard", Some(&sup), &[]).await;
     assert_eq!(r.status, 200);
 
+    // The agent is denied c-1002 until the console pushes the conversation
+    // (the banner's admin call), then allowed with PII masked, and denied
+    // again once it is removed.
+    let r = req(addr, "GET", "/api/customers/c-1002", Some(&agent), &[]).await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let admin_token = banner_var(&banner, "ADMIN");
+    let push_line = banner
+        .lines()
+        .find(|l| l.contains("-X POST") && l.contains("/relations/active_conversation"))
+        .unwrap_or_else(|| panic!("no push hint:\n{banner}"));
+    let body = push_line.split('\'').nth(1).unwrap();
+    let admin_addr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let tuple_path = "/relations/active_conversation";
+    let r = req_json(admin_addr, "POST", tuple_path, Some(&admin_token), body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = req(addr, "GET", "/api/customers/c-1002", Some(&agent), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["customer"]["id"], "c-1002");
+    let profile = String::from_utf8_lossy(&r.body).to_string();
+    assert!(
+        !profile.contains("daniel.cohen@example.org"),
+        "PII reached the agent: {profile}"
+    );
+    let r = req_json(admin_addr, "DELETE", tuple_path, Some(&admin_token), body).await;
+    assert_eq!(r.status, 200);
+    let r = req(addr, "GET", "/api/customers/c-1002", Some(&agent), &[]).await;
+    assert_eq!(r.status, 403);
+
     // The banner says where the audit log is, and the supervisor's
     // unmasked read is in it.
     let audit = banner
