@@ -853,3 +853,211 @@ async fn an_unwritable_audit_log_refuses_the_unmasked_answer_without_io_details(
     let r = req(gw.addr, "GET", "/shape/plain", Some(&agent()), &[]).await;
     assert_eq!(r.status, 200);
 }
+
+// --- Owner-chosen columns (seed 001) --------------------------------------
+
+const OWNER_ADMIN_TOKEN: &str = "admin-token-for-owner-columns-0123";
+
+/// Table rows as the bot builder serves them (JSON), or as CSV under
+/// `/bots/{bot}/export/{table}`.
+async fn table_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|req: hyper::Request<Incoming>| async move {
+                    let resp = if req.uri().path().contains("/export/") {
+                        full(
+                            "text/csv",
+                            None,
+                            b"id,phone,plan\n1,+91 98200 11223,gold\n".to_vec(),
+                        )
+                    } else {
+                        let rows = json!({ "rows": [
+                            { "id": 1, "phone": PHONE, "plan": "gold", "nick": "asha" },
+                            { "id": 2, "phone": "+1 555 0100", "plan": "free", "nick": "bo" }
+                        ]});
+                        full("application/json", None, rows.to_string().into_bytes())
+                    };
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn start_tables(up: std::net::SocketAddr, tag: &str, store: &str) -> Gw {
+    let dir = scratch_dir(tag);
+    std::fs::write(dir.join("admin.token"), OWNER_ADMIN_TOKEN).unwrap();
+    let cfg = format!(
+        r#"listen: {{ addr: "127.0.0.1:0" }}
+{identity}upstreams:
+  bots: {{ url: "http://{up}" }}
+admin: {{ addr: "127.0.0.1:0", token_file: admin.token }}
+sessions: {{ {store} }}
+masks:
+  bot-table-columns:
+    unmask_with: bot.tables.columns.unmask
+    owner_columns: {{ scope: bot, manage_with: bot.tables.masks.manage }}
+roles:
+  super-admin: {{ scope: bot, grants: [bot.tables.view, bot.tables.masks.manage, bot.tables.columns.unmask] }}
+  developer: {{ scope: bot, grants: [bot.tables.view] }}
+routes:
+  - name: table
+    match: {{ methods: [GET], path: "/bots/{{bot}}/tables/{{table}}" }}
+    upstream: bots
+    scope: {{ bot: "{{bot}}" }}
+    record: "{{table}}"
+    mask: bot-table-columns
+    require: bot.tables.view
+  - name: export
+    match: {{ methods: [GET], path: "/bots/{{bot}}/export/{{table}}" }}
+    upstream: bots
+    scope: {{ bot: "{{bot}}" }}
+    record: "{{table}}"
+    mask: bot-table-columns
+    require: bot.tables.view
+"#,
+        identity = identity_yaml(),
+    );
+    start_with_config(&dir, &cfg).await
+}
+
+fn bot_user(sub: &str, role: &str) -> String {
+    token_with(json!({ "sub": sub, "sid": format!("s-{sub}"), "roles": [role] }))
+}
+
+async fn rows(gw: &Gw, who: &str, table: &str) -> Value {
+    let r = req(
+        gw.addr,
+        "GET",
+        &format!("/bots/42/tables/{table}"),
+        Some(who),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+async fn choose(gw: &Gw, token: &str, method: &str, path: &str, body: &str) -> Resp {
+    req_json(gw.admin.unwrap(), method, path, Some(token), body).await
+}
+
+#[tokio::test]
+async fn a_bots_super_admin_chooses_columns_others_see_masked() {
+    let up = table_upstream().await;
+    let gw = start_tables(up, "owner-cols", "state_dir: state").await;
+    let owner = bot_user("owner-1", "super-admin@bot:42");
+    let dev = bot_user("dev-1", "developer@bot:42");
+    let other_owner = bot_user("owner-9", "super-admin@bot:9");
+    // Nothing chosen: rows as they are.
+    assert_eq!(
+        rows(&gw, &dev, "customers").await["rows"][0]["phone"],
+        PHONE
+    );
+
+    // Another bot's Super Admin, a developer and a bad token cannot choose.
+    let path = "/masks/bot-table-columns/columns/42/customers";
+    let body = r#"{"columns":["phone","nick"]}"#;
+    for (who, status) in [
+        (&other_owner, 403),
+        (&dev, 403),
+        (&"garbage".to_string(), 401),
+    ] {
+        let r = choose(&gw, who, "PUT", path, body).await;
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(
+        rows(&gw, &dev, "customers").await["rows"][0]["phone"],
+        PHONE
+    );
+    // A Super Admin acting with their own token may not use operator endpoints.
+    let r = choose(&gw, &owner, "POST", "/users/dev-1/revoke", "").await;
+    assert_eq!((r.status, r.error().as_str()), (403, "forbidden"));
+
+    // The bot's Super Admin chooses with their own token.
+    let r = choose(&gw, &owner, "PUT", path, body).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["columns"], json!(["nick", "phone"]));
+    let masked = rows(&gw, &dev, "customers").await;
+    assert_eq!(masked["rows"][0]["phone"], "[REDACTED]");
+    assert_eq!(masked["rows"][1]["nick"], "[REDACTED]");
+    assert_eq!(
+        masked["rows"][0]["plan"], "gold",
+        "unchosen columns untouched"
+    );
+    // CSV of the same table: the chosen column masked by header.
+    let r = req(gw.addr, "GET", "/bots/42/export/customers", Some(&dev), &[]).await;
+    assert_eq!(r.status, 200);
+    let csv = String::from_utf8_lossy(&r.body).to_string();
+    assert!(!csv.contains("98200"), "{csv}");
+    assert!(csv.contains("gold"), "{csv}");
+    // The owner (who holds unmask_with) sees the data in full.
+    assert_eq!(
+        rows(&gw, &owner, "customers").await["rows"][0]["phone"],
+        PHONE
+    );
+    // Only that table, only that bot.
+    assert_eq!(rows(&gw, &dev, "orders").await["rows"][0]["phone"], PHONE);
+    let r = choose(&gw, &owner, "GET", path, "").await;
+    assert_eq!(r.json()["columns"], json!(["nick", "phone"]));
+
+    // Bad bodies and unknown masks.
+    let r = choose(&gw, &owner, "PUT", path, r#"{"columns":"phone"}"#).await;
+    assert_eq!((r.status, r.error().as_str()), (400, "bad_request"));
+    let r = choose(
+        &gw,
+        OWNER_ADMIN_TOKEN,
+        "PUT",
+        "/masks/nope/columns/42/t",
+        body,
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (404, "unknown_mask"));
+
+    // The operator can clear it; then rows pass as they are again.
+    let r = choose(&gw, OWNER_ADMIN_TOKEN, "DELETE", path, "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        rows(&gw, &dev, "customers").await["rows"][0]["phone"],
+        PHONE
+    );
+}
+
+#[tokio::test]
+async fn a_column_choice_reaches_every_instance_through_redis_within_a_second() {
+    let redis = TestRedis::start();
+    let up = table_upstream().await;
+    let store = format!("store: \"{}\"", redis.url());
+    let a = start_tables(up, "owner-cols-a", &store).await;
+    let b = start_tables(up, "owner-cols-b", &store).await;
+    let owner = bot_user("owner-1", "super-admin@bot:42");
+    let dev = bot_user("dev-1", "developer@bot:42");
+    assert_eq!(rows(&b, &dev, "customers").await["rows"][0]["phone"], PHONE);
+    let path = "/masks/bot-table-columns/columns/42/customers";
+    let r = choose(&a, &owner, "PUT", path, r#"{"columns":["phone"]}"#).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let v = rows(&b, &dev, "customers").await;
+        if v["rows"][0]["phone"] == "[REDACTED]" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "B still shows the column: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rows(&a, &dev, "customers").await["rows"][0]["phone"],
+        "[REDACTED]"
+    );
+}

@@ -23,7 +23,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+mod caller;
+mod masks;
 mod relations;
+
+use caller::Caller;
 
 use crate::proxy::Gateway;
 use crate::route::decode_param;
@@ -48,7 +52,7 @@ fn error(status: StatusCode, code: &str, reason: &str) -> Resp {
 }
 
 /// Compares digests, so the time taken says nothing about the token.
-fn token_matches(given: &str, expected: &str) -> bool {
+pub(crate) fn token_matches(given: &str, expected: &str) -> bool {
     use aws_lc_rs::digest::{SHA256, digest};
     let (a, b) = (
         digest(&SHA256, given.as_bytes()),
@@ -59,20 +63,6 @@ fn token_matches(given: &str, expected: &str) -> bool {
         .zip(b.as_ref())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0
-}
-
-fn authorized(req: &Request<Incoming>, expected: &str) -> bool {
-    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-    let (Some(v), None) = (values.next(), values.next()) else {
-        return false;
-    };
-    let Ok(v) = v.to_str() else { return false };
-    match v.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-            token_matches(token.trim(), expected)
-        }
-        _ => false,
-    }
 }
 
 fn session_json(r: &Record, now: u64) -> Value {
@@ -87,13 +77,6 @@ fn session_json(r: &Record, now: u64) -> Value {
         "idle_seconds": now.saturating_sub(r.last_ms) as f64 / 1000.0,
         "idle_timeout_seconds": r.idle_ms as f64 / 1000.0,
     })
-}
-
-/// One audit line per state-changing call. The acted-on session id or user
-/// is `object`, not `target`: JSON log lines already carry the log target
-/// under `target`, and a second `target` key would make the line ambiguous.
-fn audit(peer: SocketAddr, action: &str, object: &str, result: &Value) {
-    tracing::info!(target: "rolegate::audit", actor = %format!("admin@{peer}"), action, object, result = %result, at_ms = now_ms(), "admin action");
 }
 
 /// The request body, up to `limit` bytes (413 `body_too_large` above).
@@ -146,18 +129,46 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             "admin API is not configured",
         );
     };
-    if !authorized(&req, &admin.token) {
-        tracing::warn!(target: "rolegate::audit", actor = %format!("unauthenticated@{peer}"), path, "admin call refused");
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "admin token required",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"rolegate-admin\""),
-        );
-        return r;
+    let caller = match caller::identify(gw, &rt, req.headers(), &admin.token).await {
+        Ok(c) => c,
+        Err(r) => {
+            tracing::warn!(target: "rolegate::audit", actor = %format!("unauthenticated@{peer}"), path, "admin call refused");
+            return r;
+        }
+    };
+    // Endpoints a user may call with their own token dispatch here, before
+    // the operator-only ones.
+    if let ["masks", mask, "columns", resource, record @ ..] = segs.as_slice()
+        && record.len() <= 1
+        && !resource.is_empty()
+    {
+        let (mask, resource) = (mask.to_string(), resource.to_string());
+        let record = record.first().map(|r| r.to_string()).unwrap_or_default();
+        let method = req.method().clone();
+        let body = if method == Method::PUT {
+            match read_body(req, masks::MAX_BODY_BYTES).await {
+                Ok(b) => Some(b),
+                Err(r) => return r,
+            }
+        } else {
+            None
+        };
+        let (resp, audited) = masks::handle(
+            &rt,
+            store,
+            &caller,
+            &method,
+            (&mask, &resource, &record),
+            body.as_deref(),
+        )
+        .await;
+        if let Some((object, result)) = audited {
+            caller::audit(&caller, peer, "mask_columns", &object, &result);
+        }
+        return resp;
+    }
+    if !matches!(caller, Caller::Operator) {
+        return caller::forbidden("this endpoint needs the admin token");
     }
     let unavailable = |e: crate::session::StoreError| {
         error(
@@ -188,7 +199,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         )
         .await;
         if let Some((action, result)) = audited {
-            audit(peer, action, &name, &result);
+            caller::audit(&caller, peer, action, &name, &result);
         }
         return resp;
     }
@@ -272,7 +283,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         }
         _ => return error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
-    audit(peer, action, object, &result);
+    caller::audit(&caller, peer, action, object, &result);
     reply(StatusCode::OK, result)
 }
 
@@ -354,7 +365,8 @@ mod tests {
             .with_writer(move || w.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            audit(
+            caller::audit(
+                &Caller::Operator,
                 "127.0.0.1:9".parse().unwrap(),
                 "revoke_session",
                 "s-1",

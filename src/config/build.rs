@@ -26,7 +26,10 @@ use super::file::{
 };
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
 use super::{ClientCertRule, Listener, Redirect};
-use super::{MaskingSettings, PullSource, PushSource, RelationSource, RouteMask};
+use super::{
+    MaskingSettings, OwnerColumns, PullSource, PushSource, RelationSource, RouteMask,
+    RouteOwnerColumns,
+};
 use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, DevSecret, Issuer};
 use crate::mask;
@@ -124,6 +127,13 @@ fn diag(severity: Severity, file: &str, line: u64, message: String) -> Diagnosti
         line,
         message,
     }
+}
+
+/// One mask as `build_masks` compiled it.
+struct CompiledMask {
+    policy: Arc<mask::Policy>,
+    unmask_with: String,
+    owner: Option<Arc<OwnerColumns>>,
 }
 
 /// Parses a humantime duration (`15m`, `1h30m`, `500ms`).
@@ -312,6 +322,10 @@ impl Builder {
             sessions: sessions?,
             admin: admin?,
             relations: relations?,
+            owner_masks: compiled_masks
+                .iter()
+                .filter_map(|(n, m)| Some((n.clone(), m.owner.clone()?)))
+                .collect(),
         })
     }
 
@@ -1377,7 +1391,7 @@ impl Builder {
         masks: &BTreeMap<String, Located<super::file::FileMask>>,
         policy: &Policy,
         settings: &MaskingSettings,
-    ) -> BTreeMap<String, (Arc<mask::Policy>, String)> {
+    ) -> BTreeMap<String, CompiledMask> {
         let mut out = BTreeMap::new();
         for (name, m) in masks {
             let (f, l, v) = (m.file.as_str(), m.line, &m.value);
@@ -1445,14 +1459,6 @@ impl Builder {
                     mask::DetectScope::Fields(sels)
                 }
             };
-            if fields.is_empty() && detectors.is_empty() {
-                self.error(
-                    f,
-                    l,
-                    format!("mask {name}: no fields and no detectors: it would mask nothing"),
-                );
-                ok = false;
-            }
             if !crate::policy::is_valid_capability(&v.unmask_with) {
                 self.error(
                     f,
@@ -1466,6 +1472,56 @@ impl Builder {
             } else if !policy.grants_cover(&v.unmask_with) {
                 self.warn(f, l, format!("mask {name}: no role or profile grants {}: every principal sees masked data", v.unmask_with));
             }
+            let owner = match &v.owner_columns {
+                None => None,
+                Some(o) => {
+                    let strategy = mask::Strategy::parse(&o.strategy);
+                    if !crate::policy::is_valid_scope_kind(&o.scope) {
+                        self.error(
+                            f,
+                            l,
+                            format!(
+                                "mask {name}: owner_columns.scope {:?} is not a scope kind",
+                                o.scope
+                            ),
+                        );
+                        ok = false;
+                    }
+                    if !crate::policy::is_valid_capability(&o.manage_with) {
+                        self.error(f, l, format!("mask {name}: owner_columns.manage_with {:?} is not a capability name", o.manage_with));
+                        ok = false;
+                    }
+                    match strategy {
+                        Ok(mask::Strategy::Hash) if settings.hash_key.is_none() => {
+                            self.error(
+                                f,
+                                l,
+                                format!("mask {name}: strategy hash needs masking.hash_key_file"),
+                            );
+                            ok = false;
+                            None
+                        }
+                        Ok(strategy) => Some(Arc::new(OwnerColumns {
+                            scope: o.scope.clone(),
+                            manage_with: o.manage_with.clone(),
+                            strategy,
+                        })),
+                        Err(e) => {
+                            self.error(f, l, format!("mask {name}: owner_columns.as: {e}"));
+                            ok = false;
+                            None
+                        }
+                    }
+                }
+            };
+            if fields.is_empty() && detectors.is_empty() && owner.is_none() {
+                self.error(
+                    f,
+                    l,
+                    format!("mask {name}: no fields and no detectors: it would mask nothing"),
+                );
+                ok = false;
+            }
             if ok {
                 let p = mask::Policy {
                     name: name.clone(),
@@ -1477,7 +1533,14 @@ impl Builder {
                     limits: settings.limits.clone(),
                     compiled: Default::default(),
                 };
-                out.insert(name.clone(), (Arc::new(p), v.unmask_with.clone()));
+                out.insert(
+                    name.clone(),
+                    CompiledMask {
+                        policy: Arc::new(p),
+                        unmask_with: v.unmask_with.clone(),
+                        owner,
+                    },
+                );
             }
         }
         out
@@ -1489,7 +1552,7 @@ impl Builder {
         &mut self,
         routes: &[Located<FileRoute>],
         compiled: &mut [Route],
-        masks: &BTreeMap<String, (Arc<mask::Policy>, String)>,
+        masks: &BTreeMap<String, CompiledMask>,
         defined: &BTreeMap<String, Located<super::file::FileMask>>,
     ) {
         let mut used = std::collections::BTreeSet::new();
@@ -1513,7 +1576,32 @@ impl Builder {
             let Some(name) = &r.value.mask else { continue };
             used.insert(name.clone());
             match masks.get(name) {
-                Some((p, unmask_with)) => {
+                Some(CompiledMask {
+                    policy: p,
+                    unmask_with,
+                    owner,
+                }) => {
+                    let owner = match (owner, &c.policy.scope) {
+                        (None, _) => None,
+                        (Some(spec), Some((kind, param))) if *kind == spec.scope => {
+                            Some(RouteOwnerColumns {
+                                spec: spec.clone(),
+                                scope_param: param.clone(),
+                                record_param: c.record.clone(),
+                            })
+                        }
+                        (Some(spec), _) => {
+                            self.error(
+                                f,
+                                l,
+                                format!(
+                                    "route {}: mask {name} has owner_columns per {}: the route needs `scope: {{ {}: \"{{param}}\" }}`",
+                                    c.name, spec.scope, spec.scope
+                                ),
+                            );
+                            None
+                        }
+                    };
                     c.mask = Some(RouteMask {
                         policy: p.clone(),
                         unmask: RoutePolicy {
@@ -1522,6 +1610,7 @@ impl Builder {
                             require: Some(Requirement::Capability(unmask_with.clone())),
                             scope: c.policy.scope.clone(),
                         },
+                        owner,
                     });
                 }
                 None if defined.contains_key(name) => {} // its own errors were reported

@@ -466,6 +466,27 @@ pub struct FileMask {
     pub detect_in: Option<FileDetectIn>,
     #[serde(default)]
     pub case_insensitive: bool,
+    /// Columns chosen at run time by the owner of each resource.
+    #[serde(default)]
+    pub owner_columns: Option<FileOwnerColumns>,
+}
+
+/// `masks.NAME.owner_columns`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOwnerColumns {
+    /// The scope kind the choice is made per (`bot`): routes using the mask
+    /// must have a `scope:` of this kind.
+    pub scope: String,
+    /// The capability, on that resource, that may choose the columns.
+    pub manage_with: String,
+    /// The strategy for chosen columns.
+    #[serde(rename = "as", default = "default_owner_strategy")]
+    pub strategy: String,
+}
+
+fn default_owner_strategy() -> String {
+    "redact".into()
 }
 
 #[derive(Debug, Deserialize)]

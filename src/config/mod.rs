@@ -42,6 +42,8 @@ pub struct Runtime {
     /// `relations:` — where each named relation is answered (a relation
     /// leaf whose name is not here is always unknown).
     pub relations: std::collections::BTreeMap<String, RelationSource>,
+    /// Masks with `owner_columns`, by name (the admin API's `/masks/...`).
+    pub owner_masks: std::collections::BTreeMap<String, Arc<OwnerColumns>>,
 }
 
 /// Where a relation's answers come from (`relations.NAME`).
@@ -170,6 +172,31 @@ pub struct RouteMask {
     /// The route's scope with `require: <unmask_with>`: decided like any
     /// route policy, so a scoped grant of the capability works too.
     pub unmask: RoutePolicy,
+    /// The mask has `owner_columns`: where this route finds the resource
+    /// and record the owner's choice is stored under.
+    pub owner: Option<RouteOwnerColumns>,
+}
+
+/// `masks.NAME.owner_columns`: columns the owner of a resource (a bot's
+/// Super Admin) masks at run time through the admin API, for everyone
+/// without `unmask_with`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerColumns {
+    /// Scope kind the choice is per (`bot`).
+    pub scope: String,
+    /// Capability on that resource that may choose.
+    pub manage_with: String,
+    pub strategy: mask::Strategy,
+}
+
+/// A masked route's way to the owner's choice for a request.
+#[derive(Debug, Clone)]
+pub struct RouteOwnerColumns {
+    pub spec: Arc<OwnerColumns>,
+    /// The path parameter holding the resource id (the route's `scope:`).
+    pub scope_param: String,
+    /// The path parameter of the route's `record:` (e.g. the table), if any.
+    pub record_param: Option<String>,
 }
 
 /// `masking:` settings.

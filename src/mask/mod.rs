@@ -69,6 +69,7 @@ pub mod csv;
 pub mod decode;
 pub mod framing;
 pub mod json;
+pub mod owner;
 pub mod policy;
 pub mod strategy;
 

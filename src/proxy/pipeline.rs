@@ -63,6 +63,8 @@ pub struct Gateway {
     audit: AuditLog,
     /// Pulled relation answers; outlives reloads (each entry has its TTL).
     relations: relations::Cache,
+    /// Mask policies extended with owner-chosen columns.
+    owner_masks: mask::owner::OwnerCache,
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -123,6 +125,7 @@ impl Gateway {
             store: Arc::new(store),
             audit,
             relations: relations::Cache::default(),
+            owner_masks: Default::default(),
         })
     }
 
@@ -353,7 +356,9 @@ impl Gateway {
                 resp
             }
             Some((mk, false)) => {
-                mask_response(rt, ctx, mk, &rt.upstreams[route.upstream].name, resp, head).await?
+                let policy = self.mask_policy(mk, &m.params)?;
+                let upstream = &rt.upstreams[route.upstream].name;
+                mask_response(rt, ctx, policy, upstream, resp, head).await?
             }
         };
         // A response that outlives its session (an event stream, a slow
@@ -461,6 +466,51 @@ impl Gateway {
         resp.map(|b| SessionBound::new(b, std::time::Duration::from_secs(1), still_valid).boxed())
     }
 
+    /// The mask policy for this response: the route's, plus the columns
+    /// the resource's owner chose (`owner_columns`), read from the session
+    /// store's shared records. Fails closed: a choice that cannot be read,
+    /// or a store copy that may be stale (Redis events down), refuses the
+    /// answer (502 `unmaskable_response`).
+    fn mask_policy(
+        &self,
+        mk: &RouteMask,
+        params: &[(String, String)],
+    ) -> Result<Arc<mask::Policy>, Refusal> {
+        let Some(owner) = &mk.owner else {
+            return Ok(mk.policy.clone());
+        };
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let unmaskable = |why: &str| Refusal::from(Fault::Unmaskable(why.to_string()));
+        if !self.store.shared_fresh() {
+            return Err(unmaskable(
+                "owner-chosen columns unknown: session store events not in sync",
+            ));
+        }
+        let resource = param(&owner.scope_param).unwrap_or_default();
+        let record = owner
+            .record_param
+            .as_deref()
+            .and_then(param)
+            .unwrap_or_default();
+        let stored = self.store.shared().get(
+            &mask::owner::choice_ns(&mk.policy.name),
+            &mask::owner::choice_key(resource, record),
+            now_ms(),
+        );
+        match stored {
+            None => Ok(mk.policy.clone()),
+            Some(s) => self
+                .owner_masks
+                .policy(&mk.policy, &s, &owner.spec.strategy)
+                .ok_or_else(|| unmaskable("owner-chosen columns unreadable")),
+        }
+    }
+
     /// Writes the audit record of a response carrying unmasked PII; a
     /// failed write refuses the answer (no unmasked data without a trace).
     fn audit_unmasked(
@@ -505,7 +555,12 @@ impl Gateway {
     }
 
     /// Phase 4: one store call per request.
-    async fn session(&self, rt: &Runtime, v: &Verified, touch: bool) -> Result<(), Refusal> {
+    pub(crate) async fn session(
+        &self,
+        rt: &Runtime,
+        v: &Verified,
+        touch: bool,
+    ) -> Result<(), Refusal> {
         let p = &v.principal;
         let idle = rt
             .policy
@@ -955,7 +1010,7 @@ fn make_private(h: &mut http::HeaderMap) {
 async fn mask_response(
     rt: &Runtime,
     ctx: &Ctx,
-    mk: &RouteMask,
+    policy: Arc<mask::Policy>,
     upstream: &str,
     resp: Response<Incoming>,
     head: bool,
@@ -1011,8 +1066,7 @@ async fn mask_response(
         // Sent decoded (identity).
         h.remove(header::CONTENT_ENCODING);
     }
-    let mut masker =
-        mask::BodyMasker::new(mk.policy.clone(), kind, encoding, rt.masking.max_body_bytes);
+    let mut masker = mask::BodyMasker::new(policy, kind, encoding, rt.masking.max_body_bytes);
 
     if let Some(len) = declared.filter(|l| *l <= rt.masking.buffer_bytes) {
         // Masked frame by frame as they arrive (the masker streams), but

@@ -590,16 +590,13 @@ async fn the_push_api_refuses_what_it_cannot_apply() {
     )
     .await;
     assert_eq!((r.status, r.error().as_str()), (400, "unknown_issuer"));
-    // Without the admin token: 401, nothing written.
-    let r = req_json(
-        gw.admin.unwrap(),
-        "POST",
-        path,
-        Some(&agent()),
-        r#"{"subject":"agent 1","object":"c7"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 401);
+    // A user's own token is not the operator's (403), a bad one is
+    // nobody (401): nothing written either way.
+    let body = r#"{"subject":"agent 1","object":"c7"}"#;
+    let r = req_json(gw.admin.unwrap(), "POST", path, Some(&agent()), body).await;
+    assert_eq!((r.status, r.error().as_str()), (403, "forbidden"));
+    let r = req_json(gw.admin.unwrap(), "POST", path, Some("not-a-token"), body).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "unauthorized"));
     assert_eq!(customer(&gw, "c7").await, 403);
     // An oversized body: 413.
     let big = format!(

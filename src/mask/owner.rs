@@ -1,0 +1,145 @@
+//! Owner-chosen columns (`masks.NAME.owner_columns`): the mask policy for
+//! one resource and record, extended with the columns its owner chose.
+//!
+//! Owns deriving that policy and a bounded cache of derived policies, keyed
+//! by the chosen column list itself, so a changed choice is simply another
+//! key and nothing ever needs invalidating. Must not: read the choice (the
+//! pipeline reads it from the session store's shared records) or decide who
+//! sees data unmasked.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::policy::{Policy, Selector, Strategy};
+
+/// Columns one choice may name at most; longer names are refused too.
+pub const MAX_COLUMNS: usize = 256;
+pub const MAX_COLUMN_BYTES: usize = 128;
+
+/// Derived policies kept at most (per gateway); beyond it a derived policy
+/// is built per response and not kept.
+const CACHE_ENTRIES: usize = 4096;
+
+/// Whether `name` can be a chosen column: not empty, at most
+/// [`MAX_COLUMN_BYTES`], no control characters.
+pub fn valid_column(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_COLUMN_BYTES && !name.chars().any(char::is_control)
+}
+
+/// The selector of a column: the member of that name at any depth (a JSON
+/// row's key) — for CSV, the column with that header.
+pub fn column_selector(name: &str) -> Result<Selector, String> {
+    let escaped = name.replace('\\', "\\\\").replace('\'', "\\'");
+    Selector::parse(&format!("$..['{escaped}']"))
+}
+
+/// `base` with the chosen columns masked with `strategy`, ahead of the
+/// base's own field rules (the first matching rule wins, and the owner
+/// chose these to be hidden).
+pub fn with_columns(base: &Policy, columns: &[String], strategy: &Strategy) -> Policy {
+    let mut p = base.clone();
+    let mut fields: Vec<(Selector, Strategy)> = columns
+        .iter()
+        .filter_map(|c| column_selector(c).ok())
+        .map(|s| (s, strategy.clone()))
+        .collect();
+    fields.append(&mut p.fields);
+    p.fields = fields;
+    p
+}
+
+/// The shared-records namespace of a mask's choices.
+pub fn choice_ns(mask: &str) -> String {
+    format!("mask.{mask}")
+}
+
+/// A choice's key: the JSON array `[resource id, record]` (`""` for a
+/// route without `record:`).
+pub fn choice_key(resource: &str, record: &str) -> String {
+    serde_json::to_string(&[resource, record]).unwrap_or_default()
+}
+
+/// Derived policies by (mask name, chosen columns as stored), each with
+/// the base policy it was derived from: after a reload changes the base,
+/// the entry is rebuilt (the entry holds its base, so a new base can never
+/// be mistaken for it).
+#[derive(Default)]
+pub struct OwnerCache(DashMap<(String, String), (Arc<Policy>, Arc<Policy>)>);
+
+impl OwnerCache {
+    /// The derived policy for `base` and the stored choice `stored` (a JSON
+    /// array of column names). `None` when `stored` is not such an array:
+    /// the caller fails closed.
+    pub fn policy(
+        &self,
+        base: &Arc<Policy>,
+        stored: &str,
+        strategy: &Strategy,
+    ) -> Option<Arc<Policy>> {
+        let key = (base.name.clone(), stored.to_string());
+        if let Some(e) = self.0.get(&key)
+            && Arc::ptr_eq(&e.0, base)
+        {
+            return Some(e.1.clone());
+        }
+        let columns: Vec<String> = serde_json::from_str(stored).ok()?;
+        if columns.iter().any(|c| !valid_column(c)) {
+            return None;
+        }
+        let p = Arc::new(with_columns(base, &columns, strategy));
+        if self.0.len() < CACHE_ENTRIES || self.0.contains_key(&key) {
+            self.0.insert(key, (base.clone(), p.clone()));
+        }
+        Some(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Policy {
+        Policy {
+            name: "t".into(),
+            fields: vec![(Selector::parse("$..email").unwrap(), Strategy::Email)],
+            detectors: vec![],
+            detect_in: super::super::DetectScope::None,
+            case_insensitive: false,
+            hash_key: vec![],
+            limits: super::super::Limits::default(),
+            compiled: Default::default(),
+        }
+    }
+
+    #[test]
+    fn chosen_columns_come_first_and_odd_names_are_escaped() {
+        let p = with_columns(
+            &base(),
+            &["ph'one\\x".into(), "email".into()],
+            &Strategy::Redact,
+        );
+        let texts: Vec<&str> = p.fields.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(texts, ["$..['ph\\'one\\\\x']", "$..['email']", "$..email"]);
+        assert_eq!(p.fields[0].0.last_key(), Some("ph'one\\x"));
+        assert_eq!(p.fields[1].1, Strategy::Redact, "the owner's choice wins");
+    }
+
+    #[test]
+    fn the_cache_refuses_a_stored_choice_that_is_not_a_column_list() {
+        let c = OwnerCache::default();
+        let b = Arc::new(base());
+        assert!(c.policy(&b, r#"["a","b"]"#, &Strategy::Redact).is_some());
+        assert!(c.policy(&b, r#"{"a":1}"#, &Strategy::Redact).is_none());
+        assert!(c.policy(&b, r#"["a\u0000"]"#, &Strategy::Redact).is_none());
+        let again = c.policy(&b, r#"["a","b"]"#, &Strategy::Redact).unwrap();
+        assert_eq!(again.fields.len(), 3);
+        // A reloaded base with the same name: rebuilt on it, not reused.
+        let mut changed = base();
+        changed.fields.clear();
+        let reloaded = c
+            .policy(&Arc::new(changed), r#"["a","b"]"#, &Strategy::Redact)
+            .unwrap();
+        assert_eq!(reloaded.fields.len(), 2);
+    }
+}
