@@ -113,6 +113,38 @@ fn ambiguous_or_empty_requirements_are_errors() {
 }
 
 #[test]
+fn capability_level_mistakes_are_check_errors_with_file_and_line() {
+    let rules = "capability_levels:\n  channel: [view, reply, view]\n  empty: []\nroles:\n  v: { grants: [channel.a.b.edit] }\nroutes:\n  - { name: r, match: { path: /x }, require: channel.a.b.none }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    for want in [
+        "rules.yaml:2: error: capability_levels channel: level `view` is listed twice",
+        "rules.yaml:3: error: capability_levels empty: empty ladder",
+    ] {
+        assert!(out.contains(want), "missing {want:?}: {out}");
+    }
+    // With the ladder fixed, the capabilities that do not end in a level.
+    let rules = rules.replace("[view, reply, view]", "[view, reply, manage]");
+    let rules = rules.replace("  empty: []\n", "");
+    std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(
+            "rules.yaml:4: error: role v: `channel.a.b.edit` is under the level ladder `channel`"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("rules.yaml:6: error: route r: `channel.a.b.none`: `none` is not a level"),
+        "{out}"
+    );
+}
+
+#[test]
 fn strict_check_fails_on_warnings_only() {
     // A role that grants nothing, and one whose grants no route requires, are warnings.
     let rules = "roles:\n  empty: {}\n  orphan: { grants: [y.view] }\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view }\n";
