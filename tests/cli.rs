@@ -403,6 +403,29 @@ fn a_table_case_may_state_relations() {
 }
 
 #[test]
+fn a_table_case_may_say_how_long_the_session_was_idle() {
+    let rules = "roles:\n  v: { grants: [x.view] }\n  quick: { idle_timeout: 5m }\nroutes:\n  - { name: r, match: { methods: [GET], path: /x }, require: x.view }\n  - { name: s, match: { path: /status }, public: true }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    // `quick` holders: 5m; everyone else: sessions.idle_timeout (default 30m).
+    let table = "name: t\nprincipals:\n  q: { sub: q, roles: [v, quick] }\n  v: { sub: v, roles: [v] }\n  n: { sub: n }\ncases:\n  - { as: q, request: \"GET /x\", idle_for: 6m, expect: deny, code: session_expired }\n  - { as: q, request: \"GET /x\", idle_for: 5m, expect: allow }\n  - { as: q, request: \"GET /status\", idle_for: 6m, expect: allow }\n  - { as: v, request: \"GET /x\", idle_for: 6m, expect: allow }\n  - { as: v, request: \"GET /x\", idle_for: 31m, expect: deny, code: session_expired }\n  - { as: n, request: \"GET /x\", idle_for: 31m, expect: deny, code: session_expired }\n  - { as: n, request: \"GET /x\", idle_for: 1m, expect: deny, code: missing_capability }\n";
+    std::fs::write(dir.join("t.yaml"), table).unwrap();
+    let o = run(&["test", "t.yaml"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("7 passed, 0 failed, 0 pending"), "{out}");
+    let wrong = "name: t\nprincipals:\n  q: { sub: q, roles: [v, quick] }\ncases:\n  - { as: q, request: \"GET /x\", idle_for: 6m, expect: allow }\n  - { as: q, request: \"GET /x\", idle_for: soon, expect: allow }\n";
+    std::fs::write(dir.join("t.yaml"), wrong).unwrap();
+    let o = run(&["test", "t.yaml"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("after 6m idle") && out.contains("got deny (session_expired)"),
+        "{out}"
+    );
+    assert!(out.contains("case 2: idle_for: invalid duration"), "{out}");
+}
+
+#[test]
 fn explain_takes_stated_relations() {
     let rules = "roles:\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: \"/x/{c}\" }, require: { all: [x.view, \"relation:active({c})\"] } }\n";
     let dir = config_dir(rules, "http://127.0.0.1:9");
