@@ -6,7 +6,9 @@
 //! later stage: it is run and shown, but its result does not fail the
 //! table, so the row is recorded rather than dropped. Relations are never
 //! pulled here: a case states the ones it needs (`relations:`), any other
-//! is unknown.
+//! is unknown. Sessions are not checked unless a case says how long ago the
+//! session's last activity was (`idle_for:`); then the session stage is run
+//! as the gateway runs it, on a session table of its own.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,10 +16,15 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::config::Runtime;
+use std::time::Duration;
+
+use crate::config::{Runtime, parse_duration};
+use crate::error::{Deny, Refusal};
 use crate::explain::split_url;
 use crate::policy::{self, Decision, Principal, Relations, Stated};
 use crate::route::canonicalize;
+use crate::session::Verdict;
+use crate::session::table::{Table as SessionTable, Touch};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +75,12 @@ pub struct Case {
     /// (as when its source cannot answer).
     #[serde(default)]
     pub relations: BTreeMap<String, bool>,
+    /// The request comes this long (`16m`) after the session's last
+    /// activity: the session stage runs with the principal's idle timeout
+    /// as in the gateway (`session_expired` when it is exceeded). Absent:
+    /// no session check.
+    #[serde(default)]
+    pub idle_for: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -127,12 +140,44 @@ struct Outcome {
     masked: Option<bool>,
 }
 
-/// Decides one request for one principal.
+/// Phase 4 for a session whose first and last activity were `idle_for`
+/// ago: the gateway's session table and the principal's idle timeout as
+/// the gateway resolves it ([`Runtime::idle_timeout`]), `max_lifetime`
+/// included. `touch` as the gateway: only allowed, non-passive requests.
+fn session_after(rt: &Runtime, p: &Principal, idle_for: Duration, touch: bool) -> Verdict {
+    let table = SessionTable::new();
+    // Any instant will do: the table only compares differences.
+    let last: u64 = 1_700_000_000_000;
+    let idle_ms = rt.idle_timeout(p).as_millis() as u64;
+    let then = Touch {
+        issuer: &p.issuer,
+        subject: &p.subject,
+        session: "policy-test",
+        now_ms: last,
+        idle_ms,
+        max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
+        token_exp_ms: u64::MAX,
+        token_iat_ms: None,
+        touch: true,
+    };
+    // The last activity: the session's first request, allowed.
+    table.check(&then);
+    let now = Touch {
+        now_ms: last.saturating_add(idle_for.as_millis() as u64),
+        touch,
+        ..then
+    };
+    table.check(&now).0
+}
+
+/// Decides one request for one principal; with `idle_for`, the session
+/// stage too (before the policy's answer is applied, as in the gateway).
 fn decide(
     rt: &Runtime,
     p: &Principal,
     request: &str,
     rel: &dyn Relations,
+    idle_for: Option<Duration>,
 ) -> Result<Outcome, String> {
     let (method, url) = request
         .split_once(' ')
@@ -160,9 +205,23 @@ fn decide(
         route.policy.public || !policy::decide(&rt.policy, p, &mk.unmask, &m.params, rel).is_allow()
     });
     if route.policy.public {
+        // Public routes skip authentication and the session stage.
         return outcome(Expect::Allow, None, masked);
     }
-    match policy::decide(&rt.policy, p, &route.policy, &m.params, rel) {
+    let decision = policy::decide(&rt.policy, p, &route.policy, &m.params, rel);
+    if let Some(idle_for) = idle_for {
+        let touch = decision.is_allow() && !route.passive;
+        let refusal = match session_after(rt, p, idle_for, touch) {
+            Verdict::Active => None,
+            Verdict::Ended(reason) => Some(Refusal::from(Deny::SessionEnded(reason))),
+            Verdict::Deactivated => Some(Refusal::from(Deny::UserDeactivated)),
+        };
+        if let Some(r) = refusal {
+            // The same code (and 401) the gateway answers.
+            return outcome(Expect::Deny, Some(r.detail().to_string()), None);
+        }
+    }
+    match decision {
         Decision::Allow => outcome(Expect::Allow, None, masked),
         Decision::Deny(d) => outcome(Expect::Deny, Some(d.code.to_string()), None),
     }
@@ -197,7 +256,16 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
                 continue;
             }
         };
-        let o = match decide(rt, &p, &case.request, &stated) {
+        let idle_for = match case.idle_for.as_deref().map(parse_duration).transpose() {
+            Ok(d) => d,
+            Err(e) => {
+                summary
+                    .errors
+                    .push(format!("{file}: case {}: idle_for: {e}", i + 1));
+                continue;
+            }
+        };
+        let o = match decide(rt, &p, &case.request, &stated, idle_for) {
             Ok(x) => x,
             Err(e) => {
                 summary.errors.push(format!("{file}: case {}: {e}", i + 1));
@@ -233,9 +301,13 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             },
         );
         let label = format!(
-            "{} {}{}",
+            "{} {}{}{}",
             case.who,
             case.request,
+            case.idle_for
+                .as_ref()
+                .map(|d| format!(" after {d} idle"))
+                .unwrap_or_default(),
             case.row
                 .as_ref()
                 .map(|r| format!("  [{r}]"))

@@ -113,6 +113,38 @@ fn ambiguous_or_empty_requirements_are_errors() {
 }
 
 #[test]
+fn capability_level_mistakes_are_check_errors_with_file_and_line() {
+    let rules = "capability_levels:\n  channel: [view, reply, view]\n  empty: []\nroles:\n  v: { grants: [channel.a.b.edit] }\nroutes:\n  - { name: r, match: { path: /x }, require: channel.a.b.none }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    for want in [
+        "rules.yaml:2: error: capability_levels channel: level `view` is listed twice",
+        "rules.yaml:3: error: capability_levels empty: empty ladder",
+    ] {
+        assert!(out.contains(want), "missing {want:?}: {out}");
+    }
+    // With the ladder fixed, the capabilities that do not end in a level.
+    let rules = rules.replace("[view, reply, view]", "[view, reply, manage]");
+    let rules = rules.replace("  empty: []\n", "");
+    std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(
+            "rules.yaml:4: error: role v: `channel.a.b.edit` is under the level ladder `channel`"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("rules.yaml:6: error: route r: `channel.a.b.none`: `none` is not a level"),
+        "{out}"
+    );
+}
+
+#[test]
 fn strict_check_fails_on_warnings_only() {
     // A role that grants nothing, and one whose grants no route requires, are warnings.
     let rules = "roles:\n  empty: {}\n  orphan: { grants: [y.view] }\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view }\n";
@@ -368,6 +400,29 @@ fn a_table_case_may_state_relations() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn a_table_case_may_say_how_long_the_session_was_idle() {
+    let rules = "roles:\n  v: { grants: [x.view] }\n  quick: { idle_timeout: 5m }\nroutes:\n  - { name: r, match: { methods: [GET], path: /x }, require: x.view }\n  - { name: s, match: { path: /status }, public: true }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    // `quick` holders: 5m; everyone else: sessions.idle_timeout (default 30m).
+    let table = "name: t\nprincipals:\n  q: { sub: q, roles: [v, quick] }\n  v: { sub: v, roles: [v] }\n  n: { sub: n }\ncases:\n  - { as: q, request: \"GET /x\", idle_for: 6m, expect: deny, code: session_expired }\n  - { as: q, request: \"GET /x\", idle_for: 5m, expect: allow }\n  - { as: q, request: \"GET /status\", idle_for: 6m, expect: allow }\n  - { as: v, request: \"GET /x\", idle_for: 6m, expect: allow }\n  - { as: v, request: \"GET /x\", idle_for: 31m, expect: deny, code: session_expired }\n  - { as: n, request: \"GET /x\", idle_for: 31m, expect: deny, code: session_expired }\n  - { as: n, request: \"GET /x\", idle_for: 1m, expect: deny, code: missing_capability }\n";
+    std::fs::write(dir.join("t.yaml"), table).unwrap();
+    let o = run(&["test", "t.yaml"], &dir);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("7 passed, 0 failed, 0 pending"), "{out}");
+    let wrong = "name: t\nprincipals:\n  q: { sub: q, roles: [v, quick] }\ncases:\n  - { as: q, request: \"GET /x\", idle_for: 6m, expect: allow }\n  - { as: q, request: \"GET /x\", idle_for: soon, expect: allow }\n";
+    std::fs::write(dir.join("t.yaml"), wrong).unwrap();
+    let o = run(&["test", "t.yaml"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("after 6m idle") && out.contains("got deny (session_expired)"),
+        "{out}"
+    );
+    assert!(out.contains("case 2: idle_for: invalid duration"), "{out}");
 }
 
 #[test]

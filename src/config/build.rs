@@ -34,8 +34,8 @@ use crate::auth::keys::KeySet;
 use crate::auth::{AuthSettings, Authenticator, ClaimNames, DevSecret, Issuer};
 use crate::mask;
 use crate::policy::{
-    IssueSubject, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
-    Severity as PSeverity, grant_covers,
+    IssueSubject, LevelLadder, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
+    Severity as PSeverity,
 };
 use crate::proxy::tls::{self, ClientAuth};
 use crate::proxy::upstream::{ClientSettings, Roots, TlsSettings};
@@ -204,6 +204,7 @@ impl Builder {
         let mut files: Vec<(String, FileRules)> = vec![(
             name.to_string(),
             FileRules {
+                capability_levels: cfg.capability_levels,
                 roles: cfg.roles,
                 profiles: cfg.profiles,
                 routes: cfg.routes,
@@ -228,7 +229,11 @@ impl Builder {
         let mut profiles: BTreeMap<String, Located<super::file::FileProfile>> = BTreeMap::new();
         let mut routes: Vec<Located<FileRoute>> = Vec::new();
         let mut masks: BTreeMap<String, Located<super::file::FileMask>> = BTreeMap::new();
+        let mut levels: BTreeMap<String, Located<Vec<String>>> = BTreeMap::new();
         for (file, r) in files {
+            for (k, v) in r.capability_levels {
+                self.merge_named(&mut levels, "capability level ladder", k, &file, v);
+            }
             for (k, v) in r.roles {
                 self.merge_named(&mut roles, "role", k, &file, v);
             }
@@ -247,7 +252,7 @@ impl Builder {
             }
         }
 
-        let policy = self.build_policy(&roles, &profiles);
+        let policy = self.build_policy(&levels, &roles, &profiles);
         let upstreams = self.build_upstreams(name, cfg.upstreams);
         let masking = self.build_masking(name, &cfg.masking);
         let compiled_masks = self.build_masks(&masks, &policy, &masking);
@@ -603,10 +608,17 @@ impl Builder {
 
     fn build_policy(
         &mut self,
+        levels: &BTreeMap<String, Located<Vec<String>>>,
         roles: &BTreeMap<String, Located<super::file::FileRole>>,
         profiles: &BTreeMap<String, Located<super::file::FileProfile>>,
     ) -> Policy {
         let mut spec = PolicySpec::default();
+        for (prefix, l) in levels {
+            spec.levels.push(LevelLadder {
+                prefix: prefix.clone(),
+                levels: l.value.clone(),
+            });
+        }
         for (name, r) in roles {
             let idle_timeout = match r.value.idle_timeout.as_deref().map(parse_duration) {
                 Some(Ok(d)) => Some(d),
@@ -639,6 +651,7 @@ impl Builder {
             let (file, line) = match &issue.subject {
                 IssueSubject::Role(n) => roles.get(n).map(|r| (r.file.clone(), r.line)),
                 IssueSubject::Profile(n) => profiles.get(n).map(|p| (p.file.clone(), p.line)),
+                IssueSubject::Levels(n) => levels.get(n).map(|l| (l.file.clone(), l.line)),
                 IssueSubject::Route(_) => None,
             }
             .unwrap_or_else(|| ("rules".to_string(), 0));
@@ -651,6 +664,7 @@ impl Builder {
                 IssueSubject::Role(n) => format!("role {n}"),
                 IssueSubject::Profile(n) => format!("profile {n}"),
                 IssueSubject::Route(n) => format!("route {n}"),
+                IssueSubject::Levels(n) => format!("capability_levels {n}"),
             };
             self.diags
                 .push(diag(sev, &file, line, format!("{what}: {}", issue.message)));
@@ -686,7 +700,7 @@ impl Builder {
             let used = role
                 .grants
                 .iter()
-                .any(|g| required.iter().any(|c| grant_covers(g, c)));
+                .any(|g| required.iter().any(|c| policy.grant_covers(g, c)));
             if !role.grants.is_empty() && !used && role.idle_timeout.is_none() {
                 let (file, line) = roles
                     .get(&role.name)
@@ -1468,6 +1482,9 @@ impl Builder {
                         v.unmask_with
                     ),
                 );
+                ok = false;
+            } else if let Some(msg) = policy.check_capability(&v.unmask_with) {
+                self.error(f, l, format!("mask {name}: unmask_with: {msg}"));
                 ok = false;
             } else if !policy.grants_cover(&v.unmask_with) {
                 self.warn(f, l, format!("mask {name}: no role or profile grants {}: every principal sees masked data", v.unmask_with));
@@ -2264,4 +2281,145 @@ fn template_params(path: &str) -> Vec<String> {
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
         .map(|inner| inner.split(':').next().unwrap_or(inner).to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAIN: &str = "upstreams:\n  app: { url: \"http://127.0.0.1:9\" }\n";
+
+    /// Loads `MAIN` plus the given rules files; the diagnostics as
+    /// `check` prints them, and the runtime when there was no error.
+    fn load_rules(files: &[(&str, &str)]) -> (Option<Runtime>, Vec<String>) {
+        let files = files
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        let base = std::env::temp_dir();
+        match load_from_text("rolegate.yaml", MAIN, &base, RulesSource::Embedded(files)) {
+            Ok(l) => (
+                Some(l.runtime),
+                l.warnings.iter().map(ToString::to_string).collect(),
+            ),
+            Err(d) => (None, d.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    #[test]
+    fn capability_levels_compile_into_the_policy() {
+        let rules = "\
+capability_levels:
+  channel: [view, reply, manage]
+  report: [read, write]
+roles:
+  lead: { grants: [channel.a.b.manage] }
+  writer: { grants: [report.q.write] }
+routes:
+  - { name: read, match: { methods: [GET], path: /a/b }, require: channel.a.b.view }
+  - { name: post, match: { methods: [POST], path: /a/b }, require: channel.a.b.reply }
+  - { name: report, match: { methods: [GET], path: /q }, require: report.q.read }
+";
+        let (rt, diags) = load_rules(&[("rules/levels.yaml", rules)]);
+        let rt = rt.unwrap_or_else(|| panic!("{diags:#?}"));
+        // No "requires X, which no role grants" and no unused role: the
+        // implied levels count.
+        assert!(
+            diags
+                .iter()
+                .all(|d| d.contains("identity.issuers is empty")),
+            "{diags:#?}"
+        );
+        let p = &rt.policy;
+        assert!(p.grants_cover("channel.a.b.view"));
+        assert!(p.grants_cover("report.q.read"));
+        assert!(!p.grants_cover("report.q.admin"));
+        assert!(p.grant_covers("channel.x.manage", "channel.x.reply"));
+        assert!(!p.grant_covers("channel.x.reply", "channel.x.manage"));
+    }
+
+    #[test]
+    fn broken_ladders_and_unknown_levels_are_errors_with_file_and_line() {
+        let levels = "\
+capability_levels:
+  channel: [view, reply, manage]
+  empty: []
+  twice: [view, view]
+  absent: [none, view]
+  channel.whatsapp: [view, reply]
+";
+        let rules = "\
+roles:
+  lead: { grants: [channel.a.b.edit] }
+  ok: { grants: [channel.a.b.manage] }
+profiles:
+  p: { grants: [channel.a.b.none] }
+masks:
+  m: { unmask_with: channel.a.pii, fields: [{ path: $..phone, as: last4 }] }
+routes:
+  - { name: r, match: { path: /a/b }, require: channel.a.b.admin, mask: m }
+";
+        let again = "capability_levels:\n  channel: [view, reply]\n";
+        let (rt, diags) = load_rules(&[
+            ("rules/a-levels.yaml", levels),
+            ("rules/b-roles.yaml", rules),
+            ("rules/c-again.yaml", again),
+        ]);
+        assert!(rt.is_none(), "{diags:#?}");
+        for want in [
+            "rules/a-levels.yaml:3: error: capability_levels empty: empty ladder",
+            "rules/a-levels.yaml:4: error: capability_levels twice: level `view` is listed twice",
+            "rules/a-levels.yaml:5: error: capability_levels absent: `none` is not a level",
+            "rules/a-levels.yaml:6: error: capability_levels channel.whatsapp: overlaps the ladder `channel`",
+            "rules/b-roles.yaml:2: error: role lead: `channel.a.b.edit` is under the level ladder `channel` but `edit` is not one of its levels (view, reply, manage)",
+            "rules/b-roles.yaml:5: error: profile p: `channel.a.b.none`: `none` is not a level of `channel`",
+            "rules/b-roles.yaml:7: error: mask m: unmask_with: `channel.a.pii` is under the level ladder `channel`",
+            "rules/b-roles.yaml:9: error: route r: `channel.a.b.admin` is under the level ladder `channel`",
+            "rules/c-again.yaml:2: error: capability level ladder \"channel\" is already defined at rules/a-levels.yaml:2",
+        ] {
+            assert!(
+                diags.iter().any(|d| d.starts_with(want)),
+                "missing {want:?} in {diags:#?}"
+            );
+        }
+        // `ok` is fine.
+        assert!(
+            !diags.iter().any(|d| d.contains("error: role ok")),
+            "{diags:#?}"
+        );
+    }
+
+    #[test]
+    fn inline_capability_levels_in_the_main_file() {
+        let main = format!(
+            "{MAIN}capability_levels:\n  channel: [view, reply]\nroles:\n  r: {{ grants: [channel.a.reply] }}\nroutes:\n  - {{ name: x, match: {{ path: /x }}, require: channel.a.view }}\n"
+        );
+        let loaded = load_from_text(
+            "rolegate.yaml",
+            &main,
+            &std::env::temp_dir(),
+            RulesSource::Embedded(vec![]),
+        );
+        let rt = match loaded {
+            Ok(l) => l.runtime,
+            Err(d) => panic!("{d:#?}"),
+        };
+        assert!(rt.policy.grants_cover("channel.a.view"));
+        let bad = format!("{MAIN}capability_levels:\n  channel: []\n");
+        let diags = match load_from_text(
+            "rolegate.yaml",
+            &bad,
+            &std::env::temp_dir(),
+            RulesSource::Embedded(vec![]),
+        ) {
+            Ok(_) => panic!("an empty ladder loaded"),
+            Err(d) => d,
+        };
+        assert!(
+            diags.iter().any(|d| d
+                .to_string()
+                .starts_with("rolegate.yaml:4: error: capability_levels channel: empty ladder")),
+            "{diags:#?}"
+        );
+    }
 }

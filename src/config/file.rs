@@ -48,6 +48,9 @@ pub struct FileConfig {
     /// Rules may also be written inline in the main file (same keys as a
     /// rules file; kept as separate fields because serde's `flatten` would
     /// lose both `deny_unknown_fields` and the source spans).
+    /// Capability level ladders (see [`FileRules::capability_levels`]).
+    #[serde(default)]
+    pub capability_levels: BTreeMap<String, Spanned<Vec<String>>>,
     #[serde(default)]
     pub roles: BTreeMap<String, Spanned<FileRole>>,
     #[serde(default)]
@@ -520,6 +523,9 @@ fn default_admin_addr() -> String {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FileRules {
+    /// `capability_levels:` — ordered level ladders by capability prefix,
+    /// lowest level first: `{ channel: [view, reply, manage] }`.
+    pub capability_levels: BTreeMap<String, Spanned<Vec<String>>>,
     pub roles: BTreeMap<String, Spanned<FileRole>>,
     pub profiles: BTreeMap<String, Spanned<FileProfile>>,
     pub routes: Vec<Spanned<FileRoute>>,

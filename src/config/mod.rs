@@ -16,7 +16,7 @@ pub use build::{Diagnostic, Loaded, RulesSource, Severity, load, load_from_text,
 
 use crate::auth::Authenticator;
 use crate::mask;
-use crate::policy::{Policy, RoutePolicy};
+use crate::policy::{Policy, Principal, RoutePolicy};
 use crate::proxy::upstream::HttpClient;
 use crate::route::{CanonOptions, RouteSpec, Router};
 use crate::session::SessionSettings;
@@ -51,6 +51,19 @@ pub struct Runtime {
 pub enum RelationSource {
     Pull(PullSource),
     Push(PushSource),
+}
+
+impl Runtime {
+    /// The inactivity timeout the session stage applies to `p`: the
+    /// smallest `idle_timeout` among the roles it holds
+    /// ([`Policy::idle_timeout`]), else `sessions.idle_timeout`. The one
+    /// place this rule is resolved (requests, websockets, streamed answers,
+    /// policy test cases with `idle_for`).
+    pub fn idle_timeout(&self, p: &Principal) -> Duration {
+        self.policy
+            .idle_timeout(p)
+            .unwrap_or(self.sessions.idle_timeout)
+    }
 }
 
 /// `relations.NAME.pull`: the relation is answered by

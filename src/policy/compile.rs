@@ -5,7 +5,8 @@
 //! Everything that can be computed without a request is computed here, once:
 //! name → index maps, resolved `includes`/`requires` edges, the transitive
 //! closure of held roles per role, and per-role own and transitive grant
-//! sets. Broken parts of the catalog never abort compilation: every problem
+//! sets, with the lower levels each grant implies (`capability_levels`,
+//! see `levels.rs`) already added. Broken parts of the catalog never abort compilation: every problem
 //! is collected (the config layer refuses to start on any `Error`), and the
 //! compiled policy drops the broken part so that it fails closed (unknown
 //! includes are skipped, a role whose `requires` can never be met grants
@@ -18,6 +19,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
+use super::levels::Levels;
 use super::model::{
     PolicySpec, Principal, ProfileDef, RoleDef, is_valid_capability, is_valid_grant, is_valid_name,
     is_valid_scope_kind, parse_binding,
@@ -33,6 +35,8 @@ pub enum IssueSubject {
     Role(String),
     Profile(String),
     Route(String),
+    /// A `capability_levels` ladder, by prefix.
+    Levels(String),
 }
 
 /// `Error` issues must stop the config from loading; `Warning`s are reported.
@@ -57,6 +61,7 @@ impl fmt::Display for IssueSubject {
             IssueSubject::Role(n) => write!(f, "role `{n}`"),
             IssueSubject::Profile(n) => write!(f, "profile `{n}`"),
             IssueSubject::Route(n) => write!(f, "route `{n}`"),
+            IssueSubject::Levels(n) => write!(f, "capability_levels `{n}`"),
         }
     }
 }
@@ -71,22 +76,35 @@ impl fmt::Display for Severity {
 }
 
 /// A set of valid grants with O(depth) coverage checks: exact names in one
-/// hash set, `prefix.*` grants stored as `prefix` in another, so covering
-/// `a.b.c` is three lookups (`a.b.c` exact, `a` and `a.b` below).
+/// hash map, `prefix.*` grants stored as `prefix` in a set, so covering
+/// `a.b.c` is three lookups (`a.b.c` exact, `a` and `a.b` below). The lower
+/// levels a grant implies (`capability_levels`) are exact entries too, added
+/// at compile time, so they cost nothing more per request.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct GrantSet {
-    exact: HashSet<String>,
+    /// Concrete capabilities covered: `true` = granted as written, `false`
+    /// = only implied by a higher level of its ladder.
+    exact: HashMap<String, bool>,
     below: HashSet<String>,
-    /// Declaration order, deduplicated: for traces only.
+    /// Grants as written, in declaration order, deduplicated: for traces
+    /// only (implied levels are not listed; see [`Levels::implied`]).
     pub(crate) list: Vec<String>,
 }
 
 impl GrantSet {
     /// Caller guarantees `g` is a valid grant.
-    fn insert(&mut self, g: &str) {
+    fn insert(&mut self, g: &str, levels: &Levels) {
+        self.add(g);
+        for lower in levels.implied(g) {
+            self.exact.entry(lower).or_insert(false);
+        }
+    }
+
+    /// Adds a grant as written (without its implied levels).
+    fn add(&mut self, g: &str) {
         let fresh = match g.strip_suffix(".*") {
             Some(prefix) => self.below.insert(prefix.to_string()),
-            None => self.exact.insert(g.to_string()),
+            None => !self.exact.insert(g.to_string(), true).unwrap_or(false),
         };
         if fresh {
             self.list.push(g.to_string());
@@ -95,14 +113,19 @@ impl GrantSet {
 
     fn extend(&mut self, other: &GrantSet) {
         for g in &other.list {
-            self.insert(g);
+            self.add(g);
+        }
+        for (cap, written) in &other.exact {
+            if !written {
+                self.exact.entry(cap.clone()).or_insert(false);
+            }
         }
     }
 
     /// Caller guarantees `cap` is a valid capability: an unvalidated `a.*`
     /// would otherwise be "covered" by the grant `a.*`.
     pub(crate) fn covers(&self, cap: &str) -> bool {
-        if self.exact.contains(cap) {
+        if self.exact.contains_key(cap) {
             return true;
         }
         if self.below.is_empty() {
@@ -152,9 +175,11 @@ pub struct Policy {
     profile_index: HashMap<String, usize>,
     /// Every valid grant of every role and profile, for `grants_cover`.
     all_grants: GrantSet,
+    /// `capability_levels`: which grants imply which lower levels.
+    pub(crate) levels: Levels,
 }
 
-fn issue(subject: IssueSubject, severity: Severity, message: String) -> PolicyIssue {
+pub(super) fn issue(subject: IssueSubject, severity: Severity, message: String) -> PolicyIssue {
     PolicyIssue {
         subject,
         severity,
@@ -175,11 +200,20 @@ fn scope_compatible(outer: &Option<String>, inner: &Option<String>) -> bool {
     inner.is_none() || inner == outer
 }
 
-fn check_grants(subject: &IssueSubject, grants: &[String], out: &mut Vec<PolicyIssue>) -> GrantSet {
+fn check_grants(
+    subject: &IssueSubject,
+    grants: &[String],
+    levels: &Levels,
+    out: &mut Vec<PolicyIssue>,
+) -> GrantSet {
     let mut set = GrantSet::default();
     for g in grants {
         if is_valid_grant(g) {
-            set.insert(g);
+            if let Some(msg) = levels.check(g) {
+                // Still granted as written: it just implies nothing.
+                out.push(issue(subject.clone(), Severity::Error, msg));
+            }
+            set.insert(g, levels);
         } else if g == "*" {
             out.push(issue(
                 subject.clone(),
@@ -257,6 +291,9 @@ impl Policy {
     pub fn compile(spec: PolicySpec) -> (Policy, Vec<PolicyIssue>) {
         let mut issues = Vec::new();
 
+        // Ladders first: every grant set below adds the levels they imply.
+        let levels = Levels::compile(&spec.levels, &mut issues);
+
         // Names first: everything else resolves through these maps. The
         // first definition of a duplicated name wins; later ones are dropped
         // so a role can't be silently redefined further down a file.
@@ -299,7 +336,7 @@ impl Policy {
                     format!("invalid scope kind `{k}` (expected [a-z0-9_-]+)"),
                 ));
             }
-            let own = check_grants(&subject, &r.grants, &mut issues);
+            let own = check_grants(&subject, &r.grants, &levels, &mut issues);
 
             let mut includes = Vec::new();
             let mut written = Vec::new();
@@ -506,7 +543,7 @@ impl Policy {
                     },
                 }
             }
-            let grants = check_grants(&subject, &p.grants, &mut issues);
+            let grants = check_grants(&subject, &p.grants, &levels, &mut issues);
             if p.roles.is_empty() && p.grants.is_empty() {
                 issues.push(issue(
                     subject,
@@ -538,6 +575,7 @@ impl Policy {
                 profiles,
                 profile_index,
                 all_grants,
+                levels,
             },
             issues,
         )
@@ -579,6 +617,21 @@ impl Policy {
     /// here and don't count.
     pub fn grants_cover(&self, cap: &str) -> bool {
         is_valid_capability(cap) && self.all_grants.covers(cap)
+    }
+
+    /// Does `grant` (as written in a role, profile or token) cover the
+    /// capability `cap`: equal, a `prefix.*` strictly above it, or `cap` at
+    /// a higher level of its `capability_levels` ladder? Invalid names
+    /// cover nothing.
+    pub fn grant_covers(&self, grant: &str, cap: &str) -> bool {
+        is_valid_grant(grant) && is_valid_capability(cap) && self.levels.covers(grant, cap)
+    }
+
+    /// The `capability_levels` lint for a concrete capability written in
+    /// the config: under a ladder it must end in one of the ladder's levels.
+    /// `Some(message)` when it does not.
+    pub fn check_capability(&self, cap: &str) -> Option<String> {
+        self.levels.check(cap)
     }
 
     /// The shortest `idle_timeout` over every role the principal holds: each
@@ -707,6 +760,8 @@ impl Policy {
                                 Severity::Error,
                                 format!("invalid required capability `{c}` (one concrete name, no wildcard)"),
                             );
+                        } else if let Some(msg) = self.levels.check(c) {
+                            push(Severity::Error, msg);
                         } else if !self.grants_cover(c) {
                             push(
                                 Severity::Warning,
@@ -970,6 +1025,7 @@ mod tests {
             let (_, issues) = Policy::compile(PolicySpec {
                 roles: c.roles,
                 profiles: c.profiles,
+                levels: vec![],
             });
             for (sev, subject, needle) in &c.expect {
                 assert!(
@@ -1001,6 +1057,7 @@ mod tests {
                 roles: vec!["g".into()],
                 ..Default::default()
             }],
+            levels: vec![],
         });
         assert!(issues.is_empty(), "{issues:#?}");
     }
@@ -1013,6 +1070,7 @@ mod tests {
                 role("b", None, &["b.x"], &["a"], &[]),
             ],
             profiles: vec![],
+            levels: vec![],
         });
         let a = policy.role_idx("a").unwrap();
         assert_eq!(policy.compiled[a].closure.len(), 2);
@@ -1027,6 +1085,7 @@ mod tests {
                 role("g", None, &["y"], &["dev"], &[]),
             ],
             profiles: vec![],
+            levels: vec![],
         });
         let g = policy.role_idx("g").unwrap();
         assert!(!policy.compiled[g].transitive.covers("bot.x"));
@@ -1130,6 +1189,154 @@ mod tests {
                     "{rp:?}: want {needle:?} in {issues:#?}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn capabilities_under_a_ladder_must_end_in_a_level() {
+        use super::super::model::LevelLadder;
+        let ladder = LevelLadder {
+            prefix: "channel".into(),
+            levels: vec!["view".into(), "reply".into(), "manage".into()],
+        };
+        let (policy, issues) = Policy::compile(PolicySpec {
+            roles: vec![role(
+                "a",
+                None,
+                &["channel.x.y.edit", "channel.x.y.manage", "channel.x.*"],
+                &[],
+                &[],
+            )],
+            profiles: vec![ProfileDef {
+                name: "p".into(),
+                grants: vec!["channel.x.y.none".into(), "channel.x".into()],
+                ..Default::default()
+            }],
+            levels: vec![
+                ladder.clone(),
+                LevelLadder {
+                    prefix: "bad".into(),
+                    levels: vec![],
+                },
+            ],
+        });
+        let p = IssueSubject::Profile("p".into());
+        for (subject, needle) in [
+            (
+                &r("a"),
+                "`channel.x.y.edit` is under the level ladder `channel`",
+            ),
+            (&p, "`none` is not a level of `channel`"),
+            (&p, "`channel.x` is under the level ladder `channel`"),
+            (&IssueSubject::Levels("bad".into()), "empty ladder"),
+        ] {
+            assert!(
+                has(&issues, Severity::Error, subject, needle),
+                "{needle:?} in {issues:#?}"
+            );
+        }
+        assert_eq!(issues.len(), 4, "{issues:#?}");
+        // The broken grant is still granted as written; it implies nothing.
+        let a = policy.role_idx("a").unwrap();
+        assert!(policy.compiled[a].own.covers("channel.x.y.edit"));
+        assert!(policy.compiled[a].own.covers("channel.x.y.view"));
+        assert!(policy.check_capability("channel.x.y.edit").is_some());
+        assert_eq!(policy.check_capability("channel.x.y.reply"), None);
+
+        // Route requirements get the same lint.
+        let (policy, _) = Policy::compile(PolicySpec {
+            levels: vec![ladder],
+            ..catalog()
+        });
+        let rp = |c: &str| RoutePolicy {
+            name: "r".into(),
+            public: false,
+            require: Some(Requirement::parse(c).unwrap()),
+            scope: None,
+        };
+        let issues = policy.check_route(&rp("channel.whatsapp.support.none"), &[]);
+        assert!(
+            has(
+                &issues,
+                Severity::Error,
+                &IssueSubject::Route("r".into()),
+                "`none` is not a level"
+            ),
+            "{issues:#?}"
+        );
+        assert!(
+            policy
+                .check_route(&rp("channel.whatsapp.support.manage"), &[])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn grant_sets_hold_the_implied_levels() {
+        let (policy, _) = Policy::compile(catalog());
+        let cases = [
+            ("channel.facebook.messenger.manage", true), // messenger-lead
+            ("channel.facebook.messenger.reply", true),  // implied
+            ("channel.facebook.messenger.view", true),   // implied
+            ("channel.webchat.site.reply", true),        // profile webchat
+            ("channel.webchat.site.view", true),         // implied
+            ("channel.webchat.site.manage", false),      // never upwards
+            ("channel.facebook.page.view", false),       // never sideways
+        ];
+        for (cap, want) in cases {
+            assert_eq!(policy.grants_cover(cap), want, "{cap}");
+        }
+        let lead = policy.role_idx("messenger-lead").unwrap();
+        // Traces list grants as written; implied levels are derived.
+        assert_eq!(
+            policy.compiled[lead].own.list,
+            ["channel.facebook.messenger.manage"]
+        );
+        assert!(policy.grant_covers("channel.a.manage", "channel.a.view"));
+        assert!(!policy.grant_covers("channel.a.view", "channel.a.manage"));
+        assert!(!policy.grant_covers("channel.a.*", "channel.a.*"));
+        assert!(!policy.grant_covers("Channel.a.manage", "channel.a.view"));
+    }
+
+    proptest::proptest! {
+        /// A compiled grant set (implied levels added once) answers like
+        /// asking every grant as written, level by level.
+        #[test]
+        fn grant_set_equals_grant_by_grant(
+            grants in proptest::collection::vec(proptest::sample::select(&[
+                "channel.a.x.manage", "channel.a.x.reply", "channel.a.x.view", "channel.a.*",
+                "channel.b.manage", "channel.*", "channel", "report.q.write", "report.q.read",
+                "report.*", "bot.manage", "channel.a.x.edit",
+            ][..]), 0..5),
+            cap in proptest::sample::select(&[
+                "channel.a.x.manage", "channel.a.x.reply", "channel.a.x.view", "channel.a.y.view",
+                "channel.b.view", "channel.b.reply", "channel", "channel.a", "report.q.read",
+                "report.q.write", "bot.view", "bot.manage", "channel.a.x.edit",
+            ][..]),
+        ) {
+            use super::super::model::LevelLadder;
+            let ladder = |p: &str, ls: &[&str]| LevelLadder {
+                prefix: p.into(),
+                levels: ls.iter().map(|s| s.to_string()).collect(),
+            };
+            let mut issues = Vec::new();
+            let levels = Levels::compile(
+                &[ladder("channel", &["view", "reply", "manage"]), ladder("report", &["read", "write"])],
+                &mut issues,
+            );
+            let mut one = GrantSet::default();
+            for g in &grants {
+                one.insert(g, &levels);
+            }
+            // Built in two halves and merged, as transitive sets are.
+            let (l, r) = grants.split_at(grants.len() / 2);
+            let (mut left, mut right) = (GrantSet::default(), GrantSet::default());
+            l.iter().for_each(|g| left.insert(g, &levels));
+            r.iter().for_each(|g| right.insert(g, &levels));
+            left.extend(&right);
+            let want = grants.iter().any(|g| levels.covers(g, cap));
+            proptest::prop_assert_eq!(one.covers(cap), want);
+            proptest::prop_assert_eq!(left.covers(cap), want);
         }
     }
 

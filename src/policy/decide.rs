@@ -16,7 +16,7 @@
 use std::fmt;
 
 use super::compile::Policy;
-use super::model::{Principal, grant_covers, is_valid_capability, is_valid_grant, parse_binding};
+use super::model::{Principal, is_valid_capability, is_valid_grant, parse_binding};
 use super::requirement::{LIST_CLAIMS, MAX_DEPTH, Operand, Requirement, RoutePolicy};
 
 /// Answers external relations (`relation:name(args)`), e.g. "agent has an
@@ -142,7 +142,9 @@ pub struct Trace {
     /// Each raw role/profile/grant of the principal: used, or ignored and why.
     pub bindings: Vec<BindingTrace>,
     /// Effective grant → where it comes from, e.g.
-    /// `("bot.flows.view", "role bot-builder-view via bot-builder-edit@bot:42")`.
+    /// `("bot.flows.view", "role bot-builder-view via bot-builder-edit@bot:42")`;
+    /// a lower level a grant implies (`capability_levels`) names that grant:
+    /// `("channel.a.b.view", "profile p (implied by channel.a.b.manage)")`.
     pub capabilities: Vec<(String, String)>,
     /// The route's resource, e.g. `partner:acme (member)`; `None` if unscoped.
     pub scope: Option<String>,
@@ -789,7 +791,10 @@ impl<'a> Request<'a> {
                 .profiles
                 .get(pi)
                 .is_some_and(|p| p.grants.covers(cap))
-        }) || self.grants.iter().any(|&(_, g)| grant_covers(g, cap))
+        }) || self
+            .grants
+            .iter()
+            .any(|&(_, g)| self.policy.levels.covers(g, cap))
     }
 
     // ------------------------------------------------------------ conditions
@@ -955,6 +960,15 @@ impl<'a> Request<'a> {
 
     fn trace_capabilities(&self, trace: &mut Trace) {
         let name = |i: usize| self.policy.roles.get(i).map_or("?", |r| r.name.as_str());
+        // A grant as written, then each lower level it implies
+        // (`capability_levels`), naming the grant that implied it.
+        let levels = &self.policy.levels;
+        let push = |caps: &mut Vec<(String, String)>, g: &str, from: String| {
+            caps.push((g.to_string(), from.clone()));
+            for lower in levels.implied(g) {
+                caps.push((lower, format!("{from} (implied by {g})")));
+            }
+        };
         for b in &self.bound {
             let via = match b.via {
                 Via::Binding(raw) => raw.to_string(),
@@ -966,9 +980,11 @@ impl<'a> Request<'a> {
                 &mut |x| {
                     if let Some(c) = self.policy.compiled.get(x) {
                         for g in &c.own.list {
-                            trace
-                                .capabilities
-                                .push((g.clone(), format!("role {} via {via}", name(x))));
+                            push(
+                                &mut trace.capabilities,
+                                g,
+                                format!("role {} via {via}", name(x)),
+                            );
                         }
                     }
                     false
@@ -990,16 +1006,16 @@ impl<'a> Request<'a> {
         for &(pi, _) in &self.profiles {
             if let Some(p) = self.policy.profiles.get(pi) {
                 for g in &p.grants.list {
-                    trace
-                        .capabilities
-                        .push((g.clone(), format!("profile {}", p.def.name)));
+                    push(
+                        &mut trace.capabilities,
+                        g,
+                        format!("profile {}", p.def.name),
+                    );
                 }
             }
         }
         for &(raw, g) in &self.grants {
-            trace
-                .capabilities
-                .push((g.to_string(), format!("grant {raw}")));
+            push(&mut trace.capabilities, g, format!("grant {raw}"));
         }
         // The same grant through the same source twice (duplicate bindings) says nothing new.
         let mut seen = std::collections::HashSet::new();
@@ -1019,7 +1035,7 @@ struct Outcome<'r> {
 mod tests {
     use super::super::compile::Policy;
     use super::super::fixtures::{catalog, principal, role};
-    use super::super::model::PolicySpec;
+    use super::super::model::{PolicySpec, grant_covers};
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -1149,6 +1165,107 @@ mod tests {
 
     #[test]
     #[rustfmt::skip]
+    fn capability_levels_grant_the_lower_levels_only() {
+        // Fixture ladder: channel: [view, reply, manage].
+        let policy = policy();
+        let m = "channel.facebook.messenger";
+        // (roles, profiles, token grants, requirement, bot, expected)
+        type Row = (Strs, Strs, Strs, &'static str, Option<&'static str>, Want);
+        let rows: &[Row] = &[
+            // A role's level: itself and below, never above, never elsewhere.
+            (&["messenger-lead"], &[], &[], "channel.facebook.messenger.manage", None, ALLOW),
+            (&["messenger-lead"], &[], &[], "channel.facebook.messenger.reply", None, ALLOW),
+            (&["messenger-lead"], &[], &[], "channel.facebook.messenger.view", None, ALLOW),
+            (&["messenger-lead"], &[], &[], "channel.facebook.page.view", None, MISSING),
+            (&["messenger-lead"], &[], &[], "channel.whatsapp.support.view", None, MISSING),
+            // A profile's level.
+            (&[], &["webchat"], &[], "channel.webchat.site.view", None, ALLOW),
+            (&[], &["webchat"], &[], "channel.webchat.site.reply", None, ALLOW),
+            (&[], &["webchat"], &[], "channel.webchat.site.manage", None, MISSING),
+            // A token's own grant, global and scoped.
+            (&[], &[], &["channel.whatsapp.sales.manage"], "channel.whatsapp.sales.view", None, ALLOW),
+            (&[], &[], &["channel.whatsapp.sales.view"], "channel.whatsapp.sales.reply", None, MISSING),
+            (&[], &[], &["channel.whatsapp.sales.reply@bot:1"], "channel.whatsapp.sales.view", Some("1"), ALLOW),
+            (&[], &[], &["channel.whatsapp.sales.reply@bot:1"], "channel.whatsapp.sales.view", Some("2"), MISSING),
+            // The main channel wildcard covers every level of every sub-channel.
+            (&["agent"], &[], &[], "channel.whatsapp.support.manage", None, ALLOW),
+            (&["agent"], &[], &[], "channel.whatsapp.support.view", None, ALLOW),
+            (&[], &[], &["channel.whatsapp.*"], "channel.whatsapp.sales.manage", None, ALLOW),
+            (&[], &[], &["channel.whatsapp.*"], "channel.webchat.site.view", None, MISSING),
+            // Implied levels follow `requires` like the grant itself.
+            (&["sms-replier"], &[], &[], "channel.sms.main.view", None, MISSING),
+            (&["sms-replier", "agent"], &[], &[], "channel.sms.main.view", None, ALLOW),
+            (&["sms-replier", "agent"], &[], &[], "channel.sms.main.manage", None, MISSING),
+        ];
+        for (roles, profiles, grants, req, bot, want) in rows {
+            let p = Principal { profiles: strs(profiles), grants: strs(grants), ..principal(roles) };
+            let r = route(req, bot.map(|_| ("bot", "bot")));
+            let ps = bot.map(|b| params(&[("bot", b)])).unwrap_or_default();
+            assert_eq!(outcome(&policy, &p, &r, &ps, &NoRelations), *want, "{roles:?} {profiles:?} {grants:?} {req} {bot:?}");
+        }
+        // Manage on one sub-channel cannot reply on another.
+        let lead = principal(&["messenger-lead"]);
+        assert_eq!(outcome(&policy, &lead, &route(&format!("{m}.reply"), None), &[], &NoRelations), ALLOW);
+        assert_eq!(outcome(&policy, &lead, &route("channel.facebook.page.reply", None), &[], &NoRelations), MISSING);
+        // Without the ladder the same grant is exact only.
+        let (plain, _) = Policy::compile(PolicySpec { levels: vec![], ..catalog() });
+        assert_eq!(outcome(&plain, &lead, &route(&format!("{m}.view"), None), &[], &NoRelations), MISSING);
+        let p = Principal { grants: strs(&["channel.whatsapp.sales.manage"]), ..principal(&[]) };
+        assert_eq!(outcome(&plain, &p, &route("channel.whatsapp.sales.view", None), &[], &NoRelations), MISSING);
+    }
+
+    #[test]
+    fn explain_names_the_grant_that_implied_a_level() {
+        let policy = policy();
+        let p = Principal {
+            profiles: strs(&["webchat"]),
+            grants: strs(&["channel.whatsapp.sales.manage"]),
+            ..principal(&["messenger-lead"])
+        };
+        let (d, t) = explain(
+            &policy,
+            &p,
+            &route("channel.facebook.messenger.view", None),
+            &[],
+            &NoRelations,
+        );
+        assert_eq!(d, Decision::Allow);
+        let from = |cap: &str| {
+            t.capabilities
+                .iter()
+                .filter(|(c, _)| c == cap)
+                .map(|(_, s)| s.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            from("channel.facebook.messenger.manage"),
+            ["role messenger-lead via messenger-lead"]
+        );
+        assert_eq!(
+            from("channel.facebook.messenger.view"),
+            [
+                "role messenger-lead via messenger-lead (implied by channel.facebook.messenger.manage)"
+            ]
+        );
+        assert_eq!(
+            from("channel.webchat.site.view"),
+            ["profile webchat (implied by channel.webchat.site.reply)"]
+        );
+        assert_eq!(
+            from("channel.whatsapp.sales.reply"),
+            ["grant channel.whatsapp.sales.manage (implied by channel.whatsapp.sales.manage)"]
+        );
+        assert!(from("channel.webchat.site.manage").is_empty());
+        assert!(
+            t.to_string().contains(
+                "channel.facebook.messenger.view <- role messenger-lead via messenger-lead (implied by channel.facebook.messenger.manage)"
+            ),
+            "{t}"
+        );
+    }
+
+    #[test]
+    #[rustfmt::skip]
     fn inheritance_chains() {
         run_role_rows(&[
             ("admin ⊇ edit ⊇ view", &["bot-builder-admin@bot:1"], "bot.flows.view", Some("1"), ALLOW),
@@ -1212,6 +1329,7 @@ mod tests {
                 role("global-needs-scoped", None, &["a.w"], &[], &["dev"]),
             ],
             profiles: vec![],
+            levels: vec![],
         };
         let policy = Policy::compile(spec).0;
         let p = principal(&[
@@ -1578,6 +1696,8 @@ mod tests {
         "",
         "x@bot",
         "short-session",
+        "messenger-lead",
+        "sms-replier",
     ];
     const GRANT_POOL: &[&str] = &[
         "bot.publish@bot:1",
@@ -1588,6 +1708,8 @@ mod tests {
         "bad grant",
         "bot.flows.view@bot:2",
         "x@team:red",
+        "channel.whatsapp.sales.manage",
+        "channel.sms.main.reply@bot:1",
     ];
     const CAPS: &[&str] = &[
         "bot.publish",
@@ -1602,6 +1724,13 @@ mod tests {
         "customer.view.any",
         "customer.view.assigned",
         "channel.whatsapp.support.reply",
+        "channel.whatsapp.sales.view",
+        "channel.whatsapp.sales.manage",
+        "channel.facebook.messenger.view",
+        "channel.facebook.messenger.manage",
+        "channel.webchat.site.view",
+        "channel.webchat.site.manage",
+        "channel.sms.main.view",
         "tickets.view",
         "export.csv",
         "partner.users.manage",
@@ -1636,7 +1765,7 @@ mod tests {
     fn arb_principal() -> impl Strategy<Value = Principal> {
         (
             pick(ROLE_POOL, 6),
-            pick(&["support", "analyst", "exporter", "nope"], 2),
+            pick(&["support", "analyst", "exporter", "webchat", "nope"], 2),
             pick(GRANT_POOL, 3),
             pick(&["acme", "globex"], 2),
             pick(&["red", "blue"], 2),

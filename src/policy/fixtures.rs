@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use super::model::{PolicySpec, Principal, ProfileDef, RoleDef};
+use super::model::{LevelLadder, PolicySpec, Principal, ProfileDef, RoleDef};
 
 pub(crate) fn role(
     name: &str,
@@ -145,6 +145,23 @@ pub(crate) fn catalog() -> PolicySpec {
                 &[],
             ),
             role("team-lead", Some("team"), &["team.queue.manage"], &[], &[]),
+            // Channel levels (ladder `channel` below): manage on one
+            // sub-channel grants reply and view there, nothing elsewhere.
+            role(
+                "messenger-lead",
+                None,
+                &["channel.facebook.messenger.manage"],
+                &[],
+                &[],
+            ),
+            // A level grant behind `requires`: only with agent.
+            role(
+                "sms-replier",
+                None,
+                &["channel.sms.main.reply"],
+                &[],
+                &["agent"],
+            ),
         ],
         profiles: vec![
             ProfileDef {
@@ -165,7 +182,17 @@ pub(crate) fn catalog() -> PolicySpec {
                 roles: vec![],
                 grants: vec!["export.csv".into()],
             },
+            ProfileDef {
+                name: "webchat".into(),
+                description: None,
+                roles: vec![],
+                grants: vec!["channel.webchat.site.reply".into()],
+            },
         ],
+        levels: vec![LevelLadder {
+            prefix: "channel".into(),
+            levels: vec!["view".into(), "reply".into(), "manage".into()],
+        }],
     }
 }
 

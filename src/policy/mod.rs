@@ -4,8 +4,9 @@
 //!
 //! Files: `model` (catalog input types, [`Principal`], binding and
 //! capability syntax), `requirement` ([`Requirement`] and its text form,
-//! [`RoutePolicy`]), `compile` ([`Policy::compile`] and all lints), `decide`
-//! ([`decide`], [`explain`], [`Relations`]). The module does no I/O, keeps no
+//! [`RoutePolicy`]), `levels` (capability level ladders), `compile`
+//! ([`Policy::compile`] and all lints), `decide` ([`decide`], [`explain`],
+//! [`Relations`]). The module does no I/O, keeps no
 //! state, uses nothing else from the crate, and never panics on token or
 //! request input.
 //!
@@ -17,6 +18,18 @@
 //! `channel.whatsapp.support.reply`, but not `channel.whatsapp` itself, and
 //! `bot.flow.*` does not cover `bot.flows.x` (segments match whole). A bare
 //! `*` is not a valid grant. Routes require concrete capabilities (no `*`).
+//!
+//! **Levels** ([`LevelLadder`], `capability_levels:`): a ladder such as
+//! `channel: [view, reply, manage]` orders the levels of every capability
+//! strictly below its prefix whose last segment is a level; a grant at one
+//! level also grants the same capability at each lower level
+//! (`channel.whatsapp.support.manage` grants `…support.reply` and
+//! `…support.view`), never a higher one and never another capability.
+//! `none` is no level: it is the absence of a grant. Roles' and profiles'
+//! implied levels are added to their grant sets at compile time; a token's
+//! own grants are compared level by level at request time. Ladders cannot
+//! nest, and under a ladder every concrete capability written in the
+//! config must end in one of its levels (a `check` error otherwise).
 //!
 //! **Bindings.** `principal.roles` holds `role` (global binding) or
 //! `role@kind:id` (bound to one resource); `principal.grants` holds `cap` or
@@ -62,8 +75,9 @@
 //! 5. Evaluate the requirement; true → Allow.
 //!
 //! **Requirements** use three-valued logic (true/false/unknown):
-//! - `Capability(c)`: true iff some effective grant equals `c` or is
-//!   `prefix.*` with `c` strictly below `prefix`;
+//! - `Capability(c)`: true iff some effective grant equals `c`, is
+//!   `prefix.*` with `c` strictly below `prefix`, or is `c` at a higher level
+//!   of its ladder;
 //! - `Authenticated`: always true (the principal was verified);
 //! - `Any` = OR, `All` = AND, evaluated left to right with short-circuit;
 //!   `Any(true, unknown)` = true, `All(false, unknown)` = false,
@@ -94,12 +108,14 @@
 //! (named, e.g. `a -> b -> a`); invalid capability names; a scoped role
 //! included by a role of another scope; a route requirement referring to a
 //! param not in the route path; invalid scope kind/param; a route neither
-//! public nor with a requirement; duplicate or invalid role/profile names.
+//! public nor with a requirement; duplicate or invalid role/profile names;
+//! an empty ladder, a level listed twice, an invalid level or `none`, nested
+//! ladders; a capability under a ladder not ending in one of its levels.
 //! Warnings: `requires` that makes a role useless (requires itself, or a role
 //! of incompatible scope); a role with no grants, no includes and no idle
 //! timeout; empty `any()`/`all()`; a required capability no role or profile
 //! grants; `requires` on a role included by others; a scoped role in a
-//! profile; a public route with a requirement.
+//! profile; a public route with a requirement; a ladder with a single level.
 //!
 //! **Idle timeout** ([`Policy::idle_timeout`]): the minimum over every role
 //! the principal holds (global and scoped bindings, whatever the route, and
@@ -108,6 +124,7 @@
 
 mod compile;
 mod decide;
+mod levels;
 mod model;
 mod requirement;
 
@@ -120,8 +137,8 @@ pub use decide::{
     decide_pair, explain,
 };
 pub use model::{
-    Binding, PolicySpec, Principal, ProfileDef, RoleDef, grant_covers, is_valid_capability,
-    is_valid_grant, is_valid_scope_kind, parse_binding,
+    Binding, LevelLadder, PolicySpec, Principal, ProfileDef, RoleDef, grant_covers,
+    is_valid_capability, is_valid_grant, is_valid_scope_kind, parse_binding,
 };
 pub(crate) use requirement::is_valid_relation_name;
 pub use requirement::{MAX_DEPTH, Operand, Requirement, RoutePolicy};

@@ -38,11 +38,27 @@ pub struct ProfileDef {
     pub grants: Vec<String>,
 }
 
+/// One ordered ladder of capability levels (`capability_levels:`), lowest
+/// first: a concrete capability strictly below `prefix` whose last segment
+/// is one of `levels` also grants the same capability at every lower level
+/// (`channel: [view, reply, manage]`: `channel.whatsapp.support.manage`
+/// grants `channel.whatsapp.support.reply` and `.view`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LevelLadder {
+    /// A capability name (`channel`, or several segments: `bot.flows`).
+    pub prefix: String,
+    /// Level names, lowest first. `none` is not a level: it is the absence
+    /// of a grant.
+    pub levels: Vec<String>,
+}
+
 /// The whole catalog handed to [`Policy::compile`](super::Policy::compile).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicySpec {
     pub roles: Vec<RoleDef>,
     pub profiles: Vec<ProfileDef>,
+    /// `capability_levels:`, in declaration order.
+    pub levels: Vec<LevelLadder>,
 }
 
 /// The verified identity of a request (built by the auth stage from a JWT).
@@ -164,9 +180,14 @@ pub fn grant_covers(grant: &str, cap: &str) -> bool {
     }
 }
 
+/// One capability segment: `[a-z0-9_-]+` (a level name, a scope kind).
+pub(crate) fn is_valid_segment(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_segment_byte)
+}
+
 /// Scope kinds (`bot`, `partner`, `team`) share the capability segment alphabet.
 pub fn is_valid_scope_kind(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(is_segment_byte)
+    is_valid_segment(s)
 }
 
 /// Role and profile names: anything printable without `@` (which would make

@@ -408,11 +408,7 @@ impl Gateway {
                 issuer: p.issuer.clone(),
                 subject: p.subject.clone(),
                 session: p.session.clone().unwrap_or_default(),
-                idle_ms: rt
-                    .policy
-                    .idle_timeout(p)
-                    .unwrap_or(rt.sessions.idle_timeout)
-                    .as_millis() as u64,
+                idle_ms: rt.idle_timeout(p).as_millis() as u64,
                 max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
                 token_exp_ms: v.exp.saturating_mul(1000),
                 token_iat_ms: v.iat.map(|s| s.saturating_mul(1000)),
@@ -449,11 +445,7 @@ impl Gateway {
         let session = p.session.clone().unwrap_or_default();
         let subject = p.subject.clone();
         let issuer = p.issuer.clone();
-        let idle_ms = rt
-            .policy
-            .idle_timeout(p)
-            .unwrap_or(rt.sessions.idle_timeout)
-            .as_millis() as u64;
+        let idle_ms = rt.idle_timeout(p).as_millis() as u64;
         let max_life = rt.sessions.max_lifetime.map(|m| m.as_millis() as u64);
         let still_valid = Box::new(move || {
             let id = SessionRef {
@@ -562,10 +554,7 @@ impl Gateway {
         touch: bool,
     ) -> Result<(), Refusal> {
         let p = &v.principal;
-        let idle = rt
-            .policy
-            .idle_timeout(p)
-            .unwrap_or(rt.sessions.idle_timeout);
+        let idle = rt.idle_timeout(p);
         let t = Touch {
             issuer: &p.issuer,
             subject: &p.subject,
