@@ -49,6 +49,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod directory;
 pub mod error;
 pub mod explain;
 pub mod mask;

@@ -1,0 +1,332 @@
+//! The user directory (optional, `directory:`): for identity providers that
+//! issue no role claims, or stale ones. A directory entry is the source of
+//! a subject's partners, teams, roles, profiles, grants and active state:
+//! when one exists, it replaces what the token says, on every request, so a
+//! role change or a deactivation applies at once, system-wide, even to
+//! tokens already issued (seed 002).
+//!
+//! Entries are shared records of the session store (`session::shared`):
+//! namespace `dir.user` (key: the subject) and `dir.profile` (key: the
+//! profile name; every saved version is kept, so holders of an older one
+//! keep resolving it). Durable and shared exactly like sessions.
+//!
+//! Owns the record formats, resolving a principal from a record, and the
+//! seeds' rules for changing records ([`check_change`]). Must not: do I/O
+//! (the admin API reads and writes the store) or decide requests (the
+//! policy decides on the resolved principal).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Principal, parse_binding};
+
+/// Shared-records namespaces.
+pub const USERS: &str = "dir.user";
+pub const PROFILES: &str = "dir.profile";
+
+/// `directory:` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectorySettings {
+    /// Tokens of this issuer are looked up (subjects of other issuers are
+    /// never affected).
+    pub issuer: String,
+    /// Capability, on `partner:<id>`, to manage that partner's users.
+    pub manage_with: String,
+    /// Capability, on a resource (`bot:<id>`), to grant roles scoped to it.
+    pub share_with: String,
+    /// Capability (global) to save profile versions.
+    pub profiles_with: String,
+}
+
+/// One user's entry (`dir.user`). Lists are kept sorted and deduplicated.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub partners: Vec<String>,
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// Role bindings: `agent` (global) or `developer@bot:42` (scoped).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub profiles: Vec<ProfileRef>,
+    /// Extra grants: `cap` or `cap@bot:42`.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A profile assignment and the version the user was given. On input the
+/// version may be left out: the profile's latest version is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// Every saved version of a directory profile (`dir.profile`), oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileVersions {
+    pub versions: Vec<ProfileVersion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileVersion {
+    pub version: u64,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub grants: Vec<String>,
+    pub saved_ms: u64,
+}
+
+impl ProfileVersions {
+    pub fn latest(&self) -> Option<&ProfileVersion> {
+        self.versions.last()
+    }
+
+    pub fn get(&self, version: u64) -> Option<&ProfileVersion> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+}
+
+impl UserRecord {
+    /// Sorts and deduplicates every list (the stored, compared form).
+    pub fn normalise(&mut self) {
+        for v in [
+            &mut self.partners,
+            &mut self.teams,
+            &mut self.roles,
+            &mut self.grants,
+        ] {
+            v.sort();
+            v.dedup();
+        }
+        self.profiles.sort();
+        self.profiles.dedup_by(|a, b| a.name == b.name);
+    }
+}
+
+/// The principal a request runs as when its subject has a directory entry:
+/// identity (subject, issuer, session, other claims) from the token;
+/// partners, teams, roles, profiles and grants from the entry. A directory
+/// profile assignment contributes the roles and grants of the version the
+/// user holds; a profile name the directory does not know is a profile of
+/// the configuration (`profiles:`). A version that cannot be found
+/// contributes nothing (fail closed).
+pub fn resolve(
+    token: &Principal,
+    rec: &UserRecord,
+    profile: &dyn Fn(&str) -> Option<ProfileVersions>,
+) -> Principal {
+    let mut p = Principal {
+        subject: token.subject.clone(),
+        issuer: token.issuer.clone(),
+        session: token.session.clone(),
+        claims: token.claims.clone(),
+        partners: rec.partners.clone(),
+        teams: rec.teams.clone(),
+        roles: rec.roles.clone(),
+        profiles: Vec::new(),
+        grants: rec.grants.clone(),
+    };
+    for a in &rec.profiles {
+        match profile(&a.name) {
+            Some(versions) => {
+                if let Some(v) = a.version.and_then(|n| versions.get(n)) {
+                    p.roles.extend(v.roles.iter().cloned());
+                    p.grants.extend(v.grants.iter().cloned());
+                }
+            }
+            None => p.profiles.push(a.name.clone()),
+        }
+    }
+    p
+}
+
+/// Why a change is refused: status, error code, reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+fn forbidden(reason: String) -> Refused {
+    Refused {
+        status: 403,
+        code: "forbidden",
+        reason,
+    }
+}
+
+/// What the caller may do, asked by [`check_change`]: `may(capability,
+/// Some((kind, id)))` on a resource, `None` globally.
+pub type May<'a> = &'a dyn Fn(&str, Option<(&str, &str)>) -> bool;
+
+/// The seeds' rules for replacing `old` with `new` (either may be absent:
+/// a new user, a removed entry), for a caller described by `may`:
+///
+/// - a partner added or removed needs `manage_with` on that partner
+///   ("only a Partner Admin of a partner manages its users");
+/// - an existing user is added to a partner only by a caller with
+///   `manage_with` on **every** partner the user already belongs to (seed
+///   002: "only if you also have access to every other partner they
+///   belong to");
+/// - anything that applies system-wide — global roles, profiles, global
+///   grants, teams, the active flag, name, e-mail, removing the entry —
+///   needs `manage_with` on every partner the user belongs to before or
+///   after (a user in no partner: `manage_with` held globally);
+/// - a role or grant scoped to a resource (`developer@bot:42`), added or
+///   removed, needs `share_with` on that resource ("only a bot's Super
+///   Admin shares access to that bot").
+///
+/// Role requirements (`requires:`, "Approver requires Developer on the
+/// same bot") are data rules, checked by [`check_requirements`] for every
+/// caller.
+pub fn check_change(
+    settings: &DirectorySettings,
+    old: Option<&UserRecord>,
+    new: Option<&UserRecord>,
+    may: May<'_>,
+) -> Result<(), Refused> {
+    let empty = UserRecord::default();
+    let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+    let manage = |p: &str| may(&settings.manage_with, Some(("partner", p)));
+    let (op, np): (BTreeSet<&str>, BTreeSet<&str>) = (
+        o.partners.iter().map(String::as_str).collect(),
+        n.partners.iter().map(String::as_str).collect(),
+    );
+    let added: Vec<&str> = np.difference(&op).copied().collect();
+    for p in added.iter().chain(op.difference(&np)) {
+        if !manage(p) {
+            return Err(forbidden(format!(
+                "changing membership of partner {p} requires {} on partner:{p}",
+                settings.manage_with
+            )));
+        }
+    }
+    if old.is_some() && !added.is_empty() {
+        if let Some(q) = op.iter().find(|q| !manage(q)) {
+            return Err(forbidden(format!(
+                "this user also belongs to partner {q}: adding them to another partner requires {} on every partner they belong to",
+                settings.manage_with
+            )));
+        }
+    }
+    let system_wide = old.is_none() != new.is_none() || global_part(o) != global_part(n);
+    if system_wide {
+        let all: BTreeSet<&str> = op.union(&np).copied().collect();
+        let ok = if all.is_empty() {
+            may(&settings.manage_with, None)
+        } else {
+            all.iter().all(|p| manage(p))
+        };
+        if !ok {
+            return Err(forbidden(format!(
+                "roles, profiles, grants, teams and the active state apply system-wide: changing them requires {} on every partner the user belongs to",
+                settings.manage_with
+            )));
+        }
+    }
+    let scoped = |r: &UserRecord| -> BTreeSet<String> {
+        r.roles
+            .iter()
+            .chain(&r.grants)
+            .filter(|b| parse_binding(b).is_some_and(|b| b.scope.is_some()))
+            .cloned()
+            .collect()
+    };
+    let (os, ns) = (scoped(o), scoped(n));
+    for b in os.symmetric_difference(&ns) {
+        let Some((kind, id)) = parse_binding(b).and_then(|b| b.scope) else {
+            continue;
+        };
+        if !may(&settings.share_with, Some((kind, id))) {
+            return Err(forbidden(format!(
+                "granting or removing {b} requires {} on {kind}:{id}",
+                settings.share_with
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The part of a record that applies system-wide (everything but
+/// memberships and scoped bindings).
+fn global_part(r: &UserRecord) -> UserRecord {
+    let unscoped = |v: &[String]| -> Vec<String> {
+        v.iter()
+            .filter(|b| parse_binding(b).is_none_or(|b| b.scope.is_none()))
+            .cloned()
+            .collect()
+    };
+    UserRecord {
+        partners: Vec::new(),
+        roles: unscoped(&r.roles),
+        grants: unscoped(&r.grants),
+        ..r.clone()
+    }
+}
+
+/// Every binding of `rec` whose role `requires` others must come with
+/// them on the same resource (or globally): `approver@bot:42` needs
+/// `developer@bot:42` (or `developer`). `requires(role)` gives a role's
+/// required roles (`None`: no such role).
+pub fn check_requirements(
+    rec: &UserRecord,
+    requires: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<(), Refused> {
+    for raw in &rec.roles {
+        let Some(b) = parse_binding(raw) else {
+            return Err(Refused {
+                status: 400,
+                code: "bad_request",
+                reason: format!("{raw:?} is not a role binding (`role` or `role@kind:id`)"),
+            });
+        };
+        let Some(required) = requires(b.name) else {
+            return Err(Refused {
+                status: 400,
+                code: "unknown_role",
+                reason: format!("no role named {}", b.name),
+            });
+        };
+        for r in required {
+            let held = rec.roles.iter().any(|x| {
+                parse_binding(x)
+                    .is_some_and(|x| x.name == r && (x.scope.is_none() || x.scope == b.scope))
+            });
+            if !held {
+                let on = b
+                    .scope
+                    .map(|(k, i)| format!(" on {k}:{i}"))
+                    .unwrap_or_default();
+                return Err(Refused {
+                    status: 409,
+                    code: "role_requirement",
+                    reason: format!("{raw} requires role {r}{on}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+use super::*;
+
+fn settings() -> DirectorySettings {
+    DirectorySettings {
+        issuer: "iss".into(),
+        manage_with: "partner.users.manage".into(),
+        share_with: "bot.access.share".into(),
+        profiles_with: "profiles.manage".into(),
+    }
+}
+
+fn user(partners: &[&str], roles: &[&str]) -> UserRecord {
+    let mut r = UserRecord {
+        partners: partners.iter().map(|s| s.to_string()).collect(),
+        roles: roles.iter().map(|s| s.to_string()).collect(),
+        active: true,
+        ..Default::default()
+    };
+    r.normalise();
+    r
+}
+
+/// A Partner Admin of `partners`, Super Admin of bot `bots`.
+fn admin_of<'a>(
+    partners: &'a [&'a str],
+    bots: &'a [&'a str],
+) -> impl Fn(&str, Option<(&str, &str)>) -> bool + 'a {
+    move |cap, scope| match (cap, scope) {
+        ("partner.users.manage", Some(("partner", p))) => partners.contains(&p),
+        ("bot.access.share", Some(("bot", b))) => bots.contains(&b),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_partner_admin_adds_an_existing_user_only_with_every_partner_of_theirs() {
+    let s = settings();
+    let old = user(&["acme", "globex"], &["agent"]);
+    let new = user(&["acme", "globex", "initech"], &["agent"]);
+    let only_two = admin_of(&["acme", "initech"], &[]);
+    let e = check_change(&s, Some(&old), Some(&new), &only_two).unwrap_err();
+    assert_eq!((e.status, e.code), (403, "forbidden"));
+    assert!(e.reason.contains("globex"), "{}", e.reason);
+    let all = admin_of(&["acme", "globex", "initech"], &[]);
+    assert!(check_change(&s, Some(&old), Some(&new), &all).is_ok());
+    // A new user (no entry yet) is added by the partner's own admin.
+    let fresh = user(&["initech"], &["agent"]);
+    let just = admin_of(&["initech"], &[]);
+    assert!(check_change(&s, None, Some(&fresh), &just).is_ok());
+    assert!(check_change(&s, None, Some(&fresh), &admin_of(&["acme"], &[])).is_err());
+}
+
+#[test]
+fn removing_a_membership_needs_that_partner_only() {
+    let s = settings();
+    let old = user(&["acme", "globex"], &["agent"]);
+    let new = user(&["acme"], &["agent"]);
+    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["globex"], &[])).is_ok());
+    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
+}
+
+#[test]
+fn system_wide_changes_need_every_partner_of_the_user() {
+    let s = settings();
+    let old = user(&["acme", "globex"], &["agent"]);
+    let mut new = user(&["acme", "globex"], &["agent", "supervisor"]);
+    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
+    assert!(
+        check_change(
+            &s,
+            Some(&old),
+            Some(&new),
+            &admin_of(&["acme", "globex"], &[])
+        )
+        .is_ok()
+    );
+    new = old.clone();
+    new.active = false;
+    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
+    // Removing the entry is system-wide too.
+    assert!(check_change(&s, Some(&old), None, &admin_of(&["acme"], &[])).is_err());
+    // No partner at all: only a global holder.
+    let lone = user(&[], &["agent"]);
+    let global = |c: &str, sc: Option<(&str, &str)>| c == "partner.users.manage" && sc.is_none();
+    assert!(check_change(&s, None, Some(&lone), &admin_of(&["acme"], &[])).is_err());
+    assert!(check_change(&s, None, Some(&lone), &global).is_ok());
+}
+
+#[test]
+fn only_a_bots_super_admin_grants_roles_on_that_bot() {
+    let s = settings();
+    let old = user(&["acme"], &["agent"]);
+    let new = user(&["acme"], &["agent", "developer@bot:42"]);
+    // Scoped-only change: no system-wide part, so no partner check beyond.
+    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &["9"])).is_err());
+    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&[], &["42"])).is_ok());
+    // And removing it.
+    assert!(check_change(&s, Some(&new), Some(&old), &admin_of(&[], &["9"])).is_err());
+}
+
+#[test]
+fn approver_requires_developer_on_the_same_bot() {
+    let requires = |r: &str| match r {
+        "approver" => Some(vec!["developer".to_string()]),
+        "developer" | "agent" => Some(vec![]),
+        _ => None,
+    };
+    let bad = user(&[], &["approver@bot:42", "developer@bot:9"]);
+    let e = check_requirements(&bad, &requires).unwrap_err();
+    assert_eq!((e.status, e.code), (409, "role_requirement"));
+    assert!(e.reason.contains("bot:42"), "{}", e.reason);
+    assert!(
+        check_requirements(
+            &user(&[], &["approver@bot:42", "developer@bot:42"]),
+            &requires
+        )
+        .is_ok()
+    );
+    assert!(check_requirements(&user(&[], &["approver@bot:42", "developer"]), &requires).is_ok());
+    let e = check_requirements(&user(&[], &["wizard"]), &requires).unwrap_err();
+    assert_eq!(e.code, "unknown_role");
+}
+
+#[test]
+fn the_entry_replaces_the_tokens_roles_and_profiles_resolve_to_the_held_version() {
+    let token = Principal {
+        subject: "u1".into(),
+        issuer: "iss".into(),
+        session: Some("s1".into()),
+        roles: vec!["supervisor".into()],
+        partners: vec!["evil".into()],
+        ..Default::default()
+    };
+    let mut rec = user(&["acme"], &["agent"]);
+    rec.profiles = vec![
+        ProfileRef {
+            name: "support".into(),
+            version: Some(1),
+        },
+        ProfileRef {
+            name: "from-config".into(),
+            version: None,
+        },
+    ];
+    let versions = ProfileVersions {
+        versions: vec![
+            ProfileVersion {
+                version: 1,
+                roles: vec!["senior-agent".into()],
+                grants: vec!["channel.web.site.reply".into()],
+                saved_ms: 1,
+            },
+            ProfileVersion {
+                version: 2,
+                roles: vec!["supervisor".into()],
+                grants: vec![],
+                saved_ms: 2,
+            },
+        ],
+    };
+    let lookup = |n: &str| (n == "support").then(|| versions.clone());
+    let p = resolve(&token, &rec, &lookup);
+    assert_eq!(p.subject, "u1");
+    assert_eq!(p.session.as_deref(), Some("s1"));
+    assert_eq!(p.partners, ["acme"]);
+    assert_eq!(
+        p.roles,
+        ["agent", "senior-agent"],
+        "version 1, not the token's nor version 2"
+    );
+    assert_eq!(p.grants, ["channel.web.site.reply"]);
+    assert_eq!(p.profiles, ["from-config"]);
+}
