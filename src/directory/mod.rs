@@ -221,13 +221,14 @@ pub fn check_change(
             )));
         }
     }
-    if old.is_some() && !added.is_empty() {
-        if let Some(q) = op.iter().find(|q| !manage(q)) {
-            return Err(forbidden(format!(
-                "this user also belongs to partner {q}: adding them to another partner requires {} on every partner they belong to",
-                settings.manage_with
-            )));
-        }
+    if old.is_some()
+        && !added.is_empty()
+        && let Some(q) = op.iter().find(|q| !manage(q))
+    {
+        return Err(forbidden(format!(
+            "this user also belongs to partner {q}: adding them to another partner requires {} on every partner they belong to",
+            settings.manage_with
+        )));
     }
     let system_wide = old.is_none() != new.is_none() || global_part(o) != global_part(n);
     if system_wide {
