@@ -3,6 +3,8 @@
 //! path tricks, header spoofing, policy decisions and upstream failures.
 
 mod common;
+#[path = "gateway/directory.rs"]
+mod directory;
 #[path = "gateway/malformed.rs"]
 mod malformed;
 #[path = "gateway/relations.rs"]

@@ -103,16 +103,28 @@ pub async fn identify(
         Ok(v) if !v.from_cookie => v,
         _ => return Err(unauthorized("admin token or a valid user token required")),
     };
+    // A directory entry is the caller's principal too (a Partner Admin's
+    // memberships and roles as the directory says).
+    let v = match gw.directory_principal(rt, v) {
+        Ok(v) => v,
+        Err(refusal) => return Err(refusal_answer(&refusal)),
+    };
     if let Err(refusal) = gw.session(rt, &v, false).await {
-        let status = refusal.status();
-        let (status, code) = if status == StatusCode::SERVICE_UNAVAILABLE {
-            (status, "session_store_unavailable")
-        } else {
-            (StatusCode::UNAUTHORIZED, refusal.code())
-        };
-        return Err(error(status, code, refusal.generic_reason()));
+        return Err(refusal_answer(&refusal));
     }
     Ok(Caller::User(v.principal))
+}
+
+/// A refused user caller: 503 when the store cannot answer, else 401 with
+/// the session stage's code (`session_ended`, `user_deactivated`, …).
+fn refusal_answer(refusal: &crate::error::Refusal) -> Resp {
+    let status = refusal.status();
+    let (status, code) = if status == StatusCode::SERVICE_UNAVAILABLE {
+        (status, "session_store_unavailable")
+    } else {
+        (StatusCode::UNAUTHORIZED, refusal.code())
+    };
+    error(status, code, refusal.generic_reason())
 }
 
 fn unauthorized(reason: &str) -> Resp {

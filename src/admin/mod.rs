@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 mod caller;
+mod directory;
 mod masks;
 mod relations;
 
@@ -164,6 +165,32 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         .await;
         if let Some((object, result)) = audited {
             caller::audit(&caller, peer, "mask_columns", &object, &result);
+        }
+        return resp;
+    }
+    if let ["directory", rest @ ..] = segs.as_slice() {
+        let method = req.method().clone();
+        let query = req.uri().query().map(str::to_string);
+        let body = if method == Method::PUT || method == Method::POST {
+            match read_body(req, directory::MAX_BODY_BYTES).await {
+                Ok(b) => Some(b),
+                Err(r) => return r,
+            }
+        } else {
+            None
+        };
+        let (resp, audited) = directory::handle(
+            &rt,
+            store,
+            &caller,
+            &method,
+            rest,
+            query.as_deref(),
+            body.as_deref(),
+        )
+        .await;
+        if let Some((action, object, result)) = audited {
+            caller::audit(&caller, peer, action, &object, &result);
         }
         return resp;
     }

@@ -275,6 +275,16 @@ impl Builder {
             None => Some(None),
         };
         let cookie = cfg.identity.cookie.clone();
+        let issuer_names: Vec<String> = cfg
+            .identity
+            .issuers
+            .iter()
+            .map(|i| i.value.iss.clone())
+            .collect();
+        let directory = match cfg.directory {
+            None => Some(None),
+            Some(d) => self.build_directory(name, d, &issuer_names).map(Some),
+        };
         let auth = self.build_auth(name, cfg.identity);
         let listen = self.build_listen(name, cfg.listen, cfg.listeners);
         let forward = self.build_forward(name, cfg.forward, cookie);
@@ -327,6 +337,7 @@ impl Builder {
             sessions: sessions?,
             admin: admin?,
             relations: relations?,
+            directory: directory?,
             owner_masks: compiled_masks
                 .iter()
                 .filter_map(|(n, m)| Some((n.clone(), m.owner.clone()?)))
@@ -1719,6 +1730,57 @@ impl Builder {
             logout_path: s.logout_path,
             login_url: s.login_url,
             on_store_error,
+        })
+    }
+
+    /// `directory:`: a known issuer (default: the only one) and valid
+    /// capability names.
+    fn build_directory(
+        &mut self,
+        file: &str,
+        d: super::file::FileDirectory,
+        issuers: &[String],
+    ) -> Option<crate::directory::DirectorySettings> {
+        let issuer = match d.issuer {
+            Some(i) if issuers.contains(&i) => i,
+            Some(i) => {
+                self.error(
+                    file,
+                    0,
+                    format!("directory.issuer {i:?} is not a configured issuer"),
+                );
+                return None;
+            }
+            None if issuers.len() == 1 => issuers[0].clone(),
+            None => {
+                self.error(
+                    file,
+                    0,
+                    "directory.issuer is required when several issuers are configured".to_string(),
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        for (key, cap) in [
+            ("manage_with", &d.manage_with),
+            ("share_with", &d.share_with),
+            ("profiles_with", &d.profiles_with),
+        ] {
+            if !crate::policy::is_valid_capability(cap) {
+                self.error(
+                    file,
+                    0,
+                    format!("directory.{key} {cap:?} is not a capability name"),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(crate::directory::DirectorySettings {
+            issuer,
+            manage_with: d.manage_with,
+            share_with: d.share_with,
+            profiles_with: d.profiles_with,
         })
     }
 

@@ -43,6 +43,9 @@ pub struct FileConfig {
     /// where their answers come from.
     #[serde(default)]
     pub relations: BTreeMap<String, Spanned<FileRelation>>,
+    /// The user directory; absent = none (roles come from tokens).
+    #[serde(default)]
+    pub directory: Option<FileDirectory>,
     /// Rules directory (or file), relative to the config file.
     pub rules: Option<String>,
     /// Rules may also be written inline in the main file (same keys as a
@@ -273,6 +276,33 @@ pub struct FileUpstream {
     /// over plain http).
     #[serde(default)]
     pub http2: bool,
+}
+
+/// `directory:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDirectory {
+    /// Default: the only configured issuer.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default = "default_dir_manage_with")]
+    pub manage_with: String,
+    #[serde(default = "default_dir_share_with")]
+    pub share_with: String,
+    #[serde(default = "default_dir_profiles_with")]
+    pub profiles_with: String,
+}
+
+fn default_dir_manage_with() -> String {
+    "partner.users.manage".into()
+}
+
+fn default_dir_share_with() -> String {
+    "bot.access.share".into()
+}
+
+fn default_dir_profiles_with() -> String {
+    "profiles.manage".into()
 }
 
 /// One relation source: exactly one of `pull` and `push`.

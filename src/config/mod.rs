@@ -42,6 +42,8 @@ pub struct Runtime {
     /// `relations:` — where each named relation is answered (a relation
     /// leaf whose name is not here is always unknown).
     pub relations: std::collections::BTreeMap<String, RelationSource>,
+    /// The user directory (`directory:`), if configured.
+    pub directory: Option<crate::directory::DirectorySettings>,
     /// Masks with `owner_columns`, by name (the admin API's `/masks/...`).
     pub owner_masks: std::collections::BTreeMap<String, Arc<OwnerColumns>>,
 }

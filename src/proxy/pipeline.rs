@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use dashmap::DashMap;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
@@ -38,8 +39,10 @@ use super::listener::Conn;
 use super::upstream::{self, BoxError, has_cause};
 use super::websocket;
 use super::wire::{Framing, RawHead};
+
 use crate::auth::Verified;
 use crate::config::{ClientCertRule, Redirect, Route, RouteMask, Runtime};
+use crate::directory::{self, UserRecord};
 use crate::error::{BadRequest, ClientCertDenial, Deny, Fault, Refusal, error_body};
 use crate::mask;
 use crate::policy::{self, Decision, Denial, NoRelations, Principal, Relations};
@@ -54,6 +57,9 @@ use crate::telemetry::AuditLog;
 pub type RespBody = BoxBody<Bytes, BoxError>;
 
 /// The gateway: the current runtime plus process-wide state.
+/// Parsed directory entries kept at most (then the cache starts over).
+const DIRECTORY_CACHE: usize = 100_000;
+
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     ids: RequestIds,
@@ -65,6 +71,9 @@ pub struct Gateway {
     relations: relations::Cache,
     /// Mask policies extended with owner-chosen columns.
     owner_masks: mask::owner::OwnerCache,
+    /// Parsed directory entries, by subject, with the stored text they
+    /// were parsed from (a changed entry is parsed again).
+    directory: DashMap<String, (String, Arc<UserRecord>)>,
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -126,6 +135,7 @@ impl Gateway {
             audit,
             relations: relations::Cache::default(),
             owner_masks: Default::default(),
+            directory: DashMap::new(),
         })
     }
 
@@ -261,7 +271,10 @@ impl Gateway {
         }
         // 3 authenticate (public routes skip it, and the session stage, and
         //   get no identity).
-        let verified = authenticate(rt, ctx, route, &req)?;
+        let verified = match authenticate(rt, ctx, route, &req)? {
+            Some(v) => Some(self.directory_principal(rt, v)?),
+            None => None,
+        };
         if websocket && ctx.from_cookie {
             websocket::check_origin(
                 req.headers(),
@@ -456,6 +469,63 @@ impl Gateway {
             store.still_valid(id, now_ms(), idle_ms, max_life)
         });
         resp.map(|b| SessionBound::new(b, std::time::Duration::from_secs(1), still_valid).boxed())
+    }
+
+    /// Phase 3b: with a user directory, the principal of a subject that has
+    /// an entry comes from the entry (roles, partners, teams, profiles,
+    /// grants; a deactivated entry is refused), whatever the token says.
+    /// Fails closed while this instance's copy of the directory may be
+    /// stale (Redis events down) or an entry cannot be read.
+    pub(crate) fn directory_principal(
+        &self,
+        rt: &Runtime,
+        mut v: Verified,
+    ) -> Result<Verified, Refusal> {
+        let Some(dir) = &rt.directory else {
+            return Ok(v);
+        };
+        if v.principal.issuer != dir.issuer {
+            return Ok(v);
+        }
+        if !self.store.shared_fresh() {
+            return Err(Fault::StoreUnavailable("directory not in sync".into()).into());
+        }
+        let shared = self.store.shared();
+        let now = now_ms();
+        let Some(raw) = shared.get(directory::USERS, &v.principal.subject, now) else {
+            return Ok(v);
+        };
+        // The read guard ends here, before any insert into the same shard.
+        let cached = self
+            .directory
+            .get(&v.principal.subject)
+            .filter(|e| e.0 == raw)
+            .map(|e| e.1.clone());
+        let rec = match cached {
+            Some(rec) => rec,
+            None => {
+                let rec: UserRecord = serde_json::from_str(&raw).map_err(|e| {
+                    Fault::StoreUnavailable(format!("unreadable directory entry: {e}"))
+                })?;
+                let rec = Arc::new(rec);
+                if self.directory.len() >= DIRECTORY_CACHE {
+                    self.directory.clear();
+                }
+                self.directory
+                    .insert(v.principal.subject.clone(), (raw, rec.clone()));
+                rec
+            }
+        };
+        if !rec.active {
+            return Err(Deny::UserDeactivated.into());
+        }
+        let profile = |name: &str| {
+            shared
+                .get(directory::PROFILES, name, now)
+                .and_then(|s| serde_json::from_str(&s).ok())
+        };
+        v.principal = Arc::new(directory::resolve(&v.principal, &rec, &profile));
+        Ok(v)
     }
 
     /// The mask policy for this response: the route's, plus the columns

@@ -1,0 +1,505 @@
+//! Admin API for the user directory (`directory:`): users (memberships,
+//! role bindings, profile assignments, active state) and versioned
+//! profiles. Callable with the admin token, or with a user's own token
+//! under the seeds' rules ([`crate::directory::check_change`]): a Partner
+//! Admin manages the users of their partners, a bot's Super Admin shares
+//! that bot.
+//!
+//! Owns the request bodies, their validation and the store writes (one
+//! all-or-nothing batch per call). Must not decide requests: the pipeline
+//! resolves principals from what is stored here.
+
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::caller::{Caller, forbidden};
+use super::{Resp, error, reply};
+use crate::config::Runtime;
+use crate::directory::{
+    DirectorySettings, PROFILES, ProfileVersion, ProfileVersions, Refused, USERS, UserRecord,
+    check_change, check_requirements,
+};
+use crate::route::decode_param;
+use crate::session::{SharedOp, Store, now_ms};
+
+/// A directory body larger than this is refused (413); CSV imports have
+/// their own limit.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The answer and, for a change, the audit line's action, object, result.
+pub type Answer = (Resp, Option<(&'static str, String, Value)>);
+
+fn refused(r: Refused) -> Resp {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    error(status, r.code, &r.reason)
+}
+
+fn unavailable(e: crate::session::StoreError) -> Resp {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "session_store_unavailable",
+        &e.0,
+    )
+}
+
+fn bad(reason: String) -> Resp {
+    error(StatusCode::BAD_REQUEST, "bad_request", &reason)
+}
+
+/// The stored entry of `sub`, if any (an unreadable one is an error,
+/// answered as it is: admin calls are rare, the size does not matter).
+#[allow(clippy::result_large_err)]
+pub fn user(store: &Store, sub: &str) -> Result<Option<UserRecord>, Resp> {
+    match store.shared().get(USERS, sub, now_ms()) {
+        None => Ok(None),
+        Some(raw) => serde_json::from_str(&raw).map(Some).map_err(|e| {
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "directory_damaged",
+                &format!("stored entry of {sub} unreadable: {e}"),
+            )
+        }),
+    }
+}
+
+/// Every entry (for listings and exports), optionally of one partner.
+pub fn users(store: &Store, partner: Option<&str>) -> Vec<(String, UserRecord)> {
+    store
+        .shared()
+        .list(USERS, now_ms())
+        .into_iter()
+        .filter_map(|(k, e)| Some((k, serde_json::from_str::<UserRecord>(&e.value).ok()?)))
+        .filter(|(_, r)| partner.is_none_or(|p| r.partners.iter().any(|x| x == p)))
+        .collect()
+}
+
+fn profile(store: &Store, name: &str) -> Option<ProfileVersions> {
+    store
+        .shared()
+        .get(PROFILES, name, now_ms())
+        .and_then(|s| serde_json::from_str(&s).ok())
+}
+
+/// Data rules for a record, whoever writes it: known roles, role
+/// requirements, known profiles (a directory profile's version is pinned
+/// to its latest when left out and must exist when given).
+pub fn validate(rt: &Runtime, store: &Store, rec: &mut UserRecord) -> Result<(), Refused> {
+    rec.normalise();
+    let requires = |name: &str| rt.policy.role(name).map(|r| r.requires.clone());
+    check_requirements(rec, &requires)?;
+    for p in &mut rec.profiles {
+        match profile(store, &p.name) {
+            Some(versions) => match p.version {
+                None => p.version = versions.latest().map(|v| v.version),
+                Some(n) if versions.get(n).is_some() => {}
+                Some(n) => {
+                    return Err(Refused {
+                        status: 400,
+                        code: "unknown_profile",
+                        reason: format!("profile {} has no version {n}", p.name),
+                    });
+                }
+            },
+            None if rt.policy.profile(&p.name).is_some() => {
+                if p.version.is_some() {
+                    return Err(Refused {
+                        status: 400,
+                        code: "unknown_profile",
+                        reason: format!(
+                            "profile {} is defined in the configuration, which has no versions",
+                            p.name
+                        ),
+                    });
+                }
+            }
+            None => {
+                return Err(Refused {
+                    status: 400,
+                    code: "unknown_profile",
+                    reason: format!("no profile named {}", p.name),
+                });
+            }
+        }
+    }
+    for (what, v) in [("partner", &rec.partners), ("team", &rec.teams)] {
+        if let Some(bad) = v
+            .iter()
+            .find(|x| x.is_empty() || x.chars().any(char::is_control))
+        {
+            return Err(Refused {
+                status: 400,
+                code: "bad_request",
+                reason: format!("{what} {bad:?} is not a name"),
+            });
+        }
+    }
+    for g in &rec.grants {
+        if crate::policy::parse_binding(g).is_none_or(|b| !crate::policy::is_valid_grant(b.name)) {
+            return Err(Refused {
+                status: 400,
+                code: "bad_request",
+                reason: format!("{g:?} is not a grant"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The ops that write `new` for `sub` (or remove it), with the store's
+/// session side effects applied first: deactivating an entry ends every
+/// session of the user (and sets the not-before cut-off), reactivating it
+/// lifts the deactivation.
+#[allow(clippy::result_large_err)]
+pub async fn write_user(
+    store: &Store,
+    sub: &str,
+    old: Option<&UserRecord>,
+    new: Option<&UserRecord>,
+) -> Result<SharedOp, Resp> {
+    let was = old.is_none_or(|o| o.active);
+    let is = new.is_none_or(|n| n.active);
+    if was && !is {
+        store.deactivate(sub).await.map_err(unavailable)?;
+    } else if !was && is && new.is_some() {
+        store.reactivate(sub).await.map_err(unavailable)?;
+    }
+    Ok(match new {
+        Some(n) => SharedOp::Put {
+            ns: USERS.into(),
+            k: sub.to_string(),
+            v: serde_json::to_string(n).unwrap_or_default(),
+            x: None,
+        },
+        None => SharedOp::Del {
+            ns: USERS.into(),
+            k: sub.to_string(),
+        },
+    })
+}
+
+fn may<'a>(
+    rt: &'a Runtime,
+    caller: &'a Caller,
+) -> impl Fn(&str, Option<(&str, &str)>) -> bool + 'a {
+    move |cap, scope| caller.may(rt, cap, scope)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileSave {
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    grants: Vec<String>,
+    /// "Save and apply": every holder moves to the new version. Otherwise
+    /// ("save") only users assigned from now on get it.
+    #[serde(default)]
+    apply: bool,
+}
+
+/// `/directory/...` (the path after `directory`).
+pub async fn handle(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    method: &Method,
+    rest: &[&str],
+    query: Option<&str>,
+    body: Option<&[u8]>,
+) -> Answer {
+    let Some(dir) = &rt.directory else {
+        let r = error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no user directory is configured (`directory:`)",
+        );
+        return (r, None);
+    };
+    match (method, rest) {
+        (&Method::GET, ["users"]) => (list(rt, store, caller, dir, query), None),
+        (&Method::GET, ["users", sub]) => (get_user(rt, store, caller, dir, sub), None),
+        (&Method::PUT, ["users", sub]) => put_user(rt, store, caller, dir, sub, body).await,
+        (&Method::DELETE, ["users", sub]) => delete_user(rt, store, caller, dir, sub).await,
+        (&Method::GET, ["profiles", name]) => match profile(store, name) {
+            Some(v) => (
+                reply(
+                    StatusCode::OK,
+                    json!({ "profile": name, "versions": v.versions }),
+                ),
+                None,
+            ),
+            None => (
+                error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_profile",
+                    "no directory profile of that name",
+                ),
+                None,
+            ),
+        },
+        (&Method::PUT, ["profiles", name]) => {
+            save_profile(rt, store, caller, dir, name, body).await
+        }
+        (_, ["users"] | ["users", _] | ["profiles", _]) => (
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "see the README's admin API",
+            ),
+            None,
+        ),
+        _ => (
+            error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+            None,
+        ),
+    }
+}
+
+fn partner_param(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "partner").then(|| decode_param(v))
+    })
+}
+
+/// Users of a partner (a Partner Admin: their partner), or all (operator).
+fn list(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    query: Option<&str>,
+) -> Resp {
+    let partner = partner_param(query);
+    let allowed = match &partner {
+        Some(p) => caller.may(rt, &dir.manage_with, Some(("partner", p))),
+        None => caller.may(rt, &dir.manage_with, None),
+    };
+    if !allowed {
+        return forbidden(&format!(
+            "listing users requires {} on the partner (`?partner=`)",
+            dir.manage_with
+        ));
+    }
+    let list: Vec<Value> = users(store, partner.as_deref())
+        .into_iter()
+        .map(|(sub, r)| json!({ "user": sub, "record": r }))
+        .collect();
+    reply(StatusCode::OK, json!({ "partner": partner, "users": list }))
+}
+
+fn get_user(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    sub: &str,
+) -> Resp {
+    let rec = match user(store, sub) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_user",
+                "no directory entry for this user",
+            );
+        }
+        Err(r) => return r,
+    };
+    let sees = matches!(caller, Caller::Operator)
+        || caller.may(rt, &dir.manage_with, None)
+        || rec
+            .partners
+            .iter()
+            .any(|p| caller.may(rt, &dir.manage_with, Some(("partner", p))));
+    if !sees {
+        return forbidden(&format!(
+            "viewing this user requires {} on one of their partners",
+            dir.manage_with
+        ));
+    }
+    reply(StatusCode::OK, json!({ "user": sub, "record": rec }))
+}
+
+async fn put_user(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    sub: &str,
+    body: Option<&[u8]>,
+) -> Answer {
+    if sub.is_empty() || sub.chars().any(char::is_control) {
+        return (
+            bad("the user (token `sub`) must be a non-empty name".into()),
+            None,
+        );
+    }
+    let mut new: UserRecord = match serde_json::from_slice(body.unwrap_or_default()) {
+        Ok(r) => r,
+        Err(e) => return (bad(format!("body is not a directory entry: {e}")), None),
+    };
+    if let Err(r) = validate(rt, store, &mut new) {
+        return (refused(r), None);
+    }
+    let old = match user(store, sub) {
+        Ok(o) => o,
+        Err(r) => return (r, None),
+    };
+    if let Err(r) = check_change(dir, old.as_ref(), Some(&new), &may(rt, caller)) {
+        return (refused(r), None);
+    }
+    let op = match write_user(store, sub, old.as_ref(), Some(&new)).await {
+        Ok(op) => op,
+        Err(r) => return (r, None),
+    };
+    if let Err(e) = store.shared_apply(vec![op]).await {
+        return (unavailable(e), None);
+    }
+    let result = json!({ "user": sub, "record": new, "created": old.is_none() });
+    (
+        reply(StatusCode::OK, result.clone()),
+        Some(("directory_user", sub.to_string(), result)),
+    )
+}
+
+async fn delete_user(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    sub: &str,
+) -> Answer {
+    let old = match user(store, sub) {
+        Ok(Some(o)) => o,
+        Ok(None) => {
+            return (
+                error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_user",
+                    "no directory entry for this user",
+                ),
+                None,
+            );
+        }
+        Err(r) => return (r, None),
+    };
+    if let Err(r) = check_change(dir, Some(&old), None, &may(rt, caller)) {
+        return (refused(r), None);
+    }
+    let op = SharedOp::Del {
+        ns: USERS.into(),
+        k: sub.to_string(),
+    };
+    if let Err(e) = store.shared_apply(vec![op]).await {
+        return (unavailable(e), None);
+    }
+    let result = json!({ "user": sub, "removed": true });
+    (
+        reply(StatusCode::OK, result.clone()),
+        Some(("directory_user_removed", sub.to_string(), result)),
+    )
+}
+
+async fn save_profile(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    name: &str,
+    body: Option<&[u8]>,
+) -> Answer {
+    if !caller.may(rt, &dir.profiles_with, None) {
+        return (
+            forbidden(&format!("saving profiles requires {}", dir.profiles_with)),
+            None,
+        );
+    }
+    if rt.policy.profile(name).is_some() {
+        let reason = format!(
+            "profile {name} is defined in the configuration; directory profiles need another name"
+        );
+        return (
+            error(StatusCode::CONFLICT, "profile_in_config", &reason),
+            None,
+        );
+    }
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return (
+            bad("a profile name has no spaces or control characters".into()),
+            None,
+        );
+    }
+    let save: ProfileSave = match serde_json::from_slice(body.unwrap_or_default()) {
+        Ok(s) => s,
+        Err(e) => return (bad(format!("body is not a profile: {e}")), None),
+    };
+    // Global roles only: a profile is assigned to users, not to resources.
+    if let Some(r) = save
+        .roles
+        .iter()
+        .find(|r| rt.policy.role(r).is_none_or(|d| d.scope.is_some()))
+    {
+        let reason = format!("{r} is not a global role");
+        return (
+            error(StatusCode::BAD_REQUEST, "unknown_role", &reason),
+            None,
+        );
+    }
+    if let Some(g) = save
+        .grants
+        .iter()
+        .find(|g| !crate::policy::is_valid_grant(g))
+    {
+        return (bad(format!("{g:?} is not a grant")), None);
+    }
+    let mut versions = profile(store, name).unwrap_or_default();
+    let version = versions.latest().map_or(1, |v| v.version + 1);
+    versions.versions.push(ProfileVersion {
+        version,
+        roles: save.roles,
+        grants: save.grants,
+        saved_ms: now_ms(),
+    });
+    let mut ops = vec![SharedOp::Put {
+        ns: PROFILES.into(),
+        k: name.to_string(),
+        v: serde_json::to_string(&versions).unwrap_or_default(),
+        x: None,
+    }];
+    let mut applied = 0;
+    if save.apply {
+        for (sub, mut rec) in users(store, None) {
+            let mut held = false;
+            for p in &mut rec.profiles {
+                if p.name == name {
+                    p.version = Some(version);
+                    held = true;
+                }
+            }
+            if held {
+                applied += 1;
+                ops.push(SharedOp::Put {
+                    ns: USERS.into(),
+                    k: sub,
+                    v: serde_json::to_string(&rec).unwrap_or_default(),
+                    x: None,
+                });
+            }
+        }
+    }
+    if let Err(e) = store.shared_apply(ops).await {
+        return (unavailable(e), None);
+    }
+    let result = json!({
+        "profile": name,
+        "version": version,
+        "applied": save.apply,
+        "holders_updated": applied,
+    });
+    (
+        reply(StatusCode::OK, result.clone()),
+        Some(("directory_profile", name.to_string(), result)),
+    )
+}

@@ -1,0 +1,376 @@
+//! The user directory end to end: a real gateway in front of a real
+//! upstream, entries written through the admin API (with the admin token,
+//! and with a Partner Admin's or a bot Super Admin's own token), requests
+//! decided on what the directory says rather than what the token says.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const DIR_ADMIN_TOKEN: &str = "admin-token-for-the-directory-0123";
+
+const RULES: &str = r#"
+roles:
+  viewer: { grants: [bot.flows.view] }
+  editor: { includes: [viewer], grants: [bot.flows.edit] }
+  developer: { scope: bot, grants: [bot.flows.view, bot.code.edit] }
+  approver: { scope: bot, requires: [developer], grants: [bot.publish] }
+  super-admin: { scope: bot, grants: [bot.access.share, bot.flows.view] }
+  partner-admin: { grants: [partner.users.manage] }
+routes:
+  - { name: flows-view, match: { methods: [GET], path: "/bots/{bot}/flows" }, require: bot.flows.view, scope: { bot: "{bot}" } }
+  - { name: flows-edit, match: { methods: [PUT], path: "/bots/{bot}/flows" }, require: bot.flows.edit, scope: { bot: "{bot}" } }
+  - { name: publish, match: { methods: [POST], path: "/bots/{bot}/publish" }, require: bot.publish, scope: { bot: "{bot}" } }
+  - { name: partner-users, match: { methods: [GET], path: "/partners/{partner}/users" }, require: partner.users.manage, scope: { partner: "{partner}" } }
+"#;
+
+async fn start(store: &str, tag: &str) -> (Upstream, Gw) {
+    let up = Upstream::start().await;
+    let dir = scratch_dir(tag);
+    std::fs::write(dir.join("admin.token"), DIR_ADMIN_TOKEN).unwrap();
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{}\" }}\nrules: rules.yaml\n\
+         admin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\n\
+         sessions: {{ {store} }}\n\
+         directory: {{ issuer: \"{ISS_RSA}\" }}\n",
+        identity_yaml(),
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    (up, gw)
+}
+
+fn tok(sub: &str, roles: &[&str]) -> String {
+    token_with(json!({ "sub": sub, "sid": format!("s-{sub}"), "roles": roles }))
+}
+
+async fn call(gw: &Gw, token: &str, method: &str, path: &str, body: &Value) -> Resp {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    req_json(gw.admin.unwrap(), method, path, Some(token), &body).await
+}
+
+async fn put_user(gw: &Gw, token: &str, sub: &str, rec: Value) -> Resp {
+    call(gw, token, "PUT", &format!("/directory/users/{sub}"), &rec).await
+}
+
+async fn status(gw: &Gw, method: &str, path: &str, t: &str) -> u16 {
+    req(gw.addr, method, path, Some(t), &[]).await.status
+}
+
+#[track_caller]
+fn ok(r: &Resp) {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
+#[tokio::test]
+async fn an_entry_replaces_the_tokens_roles_and_deactivation_applies_at_once() {
+    let (_up, gw) = start("state_dir: state", "dir-override").await;
+    // The token claims editor; without an entry it is believed.
+    let t = tok("alice", &["editor"]);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &t).await, 200);
+    // The directory says viewer: the same, already issued token loses edit.
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "alice",
+        json!({ "roles": ["viewer"] }),
+    )
+    .await);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &t).await, 403);
+    assert_eq!(status(&gw, "GET", "/bots/1/flows", &t).await, 200);
+    // A token with no roles at all gets the directory's.
+    let bare = token_with(json!({ "sub": "alice", "sid": "s-alice-2" }));
+    assert_eq!(status(&gw, "GET", "/bots/1/flows", &bare).await, 200);
+    // Another issuer's subject of the same name is not affected.
+    let other = sign(
+        jsonwebtoken::Algorithm::HS256,
+        None,
+        &claims(
+            ISS_HMAC,
+            json!({ "sub": "alice", "sid": "s-h", "roles": ["editor"] }),
+        ),
+    );
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &other).await, 200);
+
+    // Deactivated in the directory: refused at once, session ended.
+    let r = put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "alice",
+        json!({ "roles": ["viewer"], "active": false }),
+    )
+    .await;
+    ok(&r);
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some(&t), &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
+    let r = call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "GET",
+        "/users/alice/sessions",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["deactivated"], true);
+    // Removing the entry gives the token's word back (but the deactivation
+    // stays until reactivated).
+    ok(&call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "DELETE",
+        "/directory/users/alice",
+        &Value::Null,
+    )
+    .await);
+    assert_eq!(status(&gw, "GET", "/bots/1/flows", &t).await, 401);
+}
+
+#[tokio::test]
+async fn a_partner_admin_adds_an_existing_user_only_with_access_to_all_their_partners() {
+    let (_up, gw) = start("state_dir: state", "dir-partners").await;
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "pat",
+        json!({ "partners": ["acme"], "roles": ["partner-admin"] }),
+    )
+    .await);
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "uma",
+        json!({ "partners": ["globex"], "roles": ["viewer"] }),
+    )
+    .await);
+    // Pat's token claims nothing; the directory makes Pat a Partner Admin of acme.
+    let pat = tok("pat", &[]);
+    assert_eq!(status(&gw, "GET", "/partners/acme/users", &pat).await, 200);
+    assert_eq!(
+        status(&gw, "GET", "/partners/globex/users", &pat).await,
+        403
+    );
+
+    let add = json!({ "partners": ["acme", "globex"], "roles": ["viewer"] });
+    let r = put_user(&gw, &pat, "uma", add.clone()).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.json()
+    );
+    assert!(r.json()["reason"].as_str().unwrap().contains("globex"));
+    // A new user in Pat's partner: fine.
+    ok(&put_user(
+        &gw,
+        &pat,
+        "neo",
+        json!({ "partners": ["acme"], "roles": ["viewer"] }),
+    )
+    .await);
+    // Pat may not touch another partner's membership, nor list it.
+    let r = put_user(&gw, &pat, "zed", json!({ "partners": ["globex"] })).await;
+    assert_eq!(r.status, 403);
+    let r = call(
+        &gw,
+        &pat,
+        "GET",
+        "/directory/users?partner=globex",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let r = call(
+        &gw,
+        &pat,
+        "GET",
+        "/directory/users?partner=acme",
+        &Value::Null,
+    )
+    .await;
+    ok(&r);
+    let listed: Vec<String> = r.json()["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, ["neo", "pat"], "only acme's users");
+    // Once Pat also covers globex, adding Uma to acme works.
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "pat",
+        json!({ "partners": ["acme", "globex"], "roles": ["partner-admin"] }),
+    )
+    .await);
+    ok(&put_user(&gw, &pat, "uma", add).await);
+    // An operator-only endpoint stays closed to Pat.
+    let r = call(&gw, &pat, "POST", "/users/uma/revoke", &Value::Null).await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn only_a_bots_super_admin_shares_it_and_approver_needs_developer() {
+    let (_up, gw) = start("state_dir: state", "dir-bots").await;
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "sam",
+        json!({ "roles": ["super-admin@bot:42"] }),
+    )
+    .await);
+    ok(&put_user(&gw, DIR_ADMIN_TOKEN, "dev", json!({ "roles": [] })).await);
+    let sam = tok("sam", &[]);
+    ok(&put_user(&gw, &sam, "dev", json!({ "roles": ["developer@bot:42"] })).await);
+    let dev = tok("dev", &[]);
+    assert_eq!(status(&gw, "GET", "/bots/42/flows", &dev).await, 200);
+    assert_eq!(status(&gw, "GET", "/bots/7/flows", &dev).await, 403);
+    // Not Sam's bot.
+    let r = put_user(
+        &gw,
+        &sam,
+        "dev",
+        json!({ "roles": ["developer@bot:42", "developer@bot:7"] }),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // Approver without Developer on the same bot: refused for everyone.
+    let r = put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "dev",
+        json!({ "roles": ["approver@bot:42"] }),
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (409, "role_requirement"));
+    ok(&put_user(
+        &gw,
+        &sam,
+        "dev",
+        json!({ "roles": ["developer@bot:42", "approver@bot:42"] }),
+    )
+    .await);
+    assert_eq!(status(&gw, "POST", "/bots/42/publish", &dev).await, 200);
+    // Unknown roles and fields are refused.
+    let r = put_user(&gw, DIR_ADMIN_TOKEN, "dev", json!({ "roles": ["wizard"] })).await;
+    assert_eq!((r.status, r.error().as_str()), (400, "unknown_role"));
+    let r = put_user(&gw, DIR_ADMIN_TOKEN, "dev", json!({ "rolez": [] })).await;
+    assert_eq!((r.status, r.error().as_str()), (400, "bad_request"));
+}
+
+#[tokio::test]
+async fn save_keeps_holders_on_their_version_save_and_apply_moves_them() {
+    let (_up, gw) = start("state_dir: state", "dir-profiles").await;
+    let save = |roles: Value, apply: bool| json!({ "roles": roles, "apply": apply });
+    let r = call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "PUT",
+        "/directory/profiles/support",
+        &save(json!(["viewer"]), false),
+    )
+    .await;
+    ok(&r);
+    assert_eq!(r.json()["version"], 1);
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "old",
+        json!({ "profiles": [{ "name": "support" }] }),
+    )
+    .await);
+    // "Save": version 2 with editor; the existing holder keeps version 1.
+    let r = call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "PUT",
+        "/directory/profiles/support",
+        &save(json!(["editor"]), false),
+    )
+    .await;
+    assert_eq!(
+        (
+            r.json()["version"].clone(),
+            r.json()["holders_updated"].clone()
+        ),
+        (json!(2), json!(0))
+    );
+    let old = tok("old", &[]);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &old).await, 403);
+    let r = call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "GET",
+        "/directory/users/old",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(r.json()["record"]["profiles"][0]["version"], 1);
+    // A user assigned from now on gets version 2.
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "new",
+        json!({ "profiles": [{ "name": "support" }] }),
+    )
+    .await);
+    let new = tok("new", &[]);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &new).await, 200);
+    // "Save and apply": every holder gets version 3 (viewer only again).
+    let r = call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "PUT",
+        "/directory/profiles/support",
+        &save(json!(["viewer"]), true),
+    )
+    .await;
+    assert_eq!(r.json()["holders_updated"], 2);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &new).await, 403);
+    assert_eq!(status(&gw, "GET", "/bots/1/flows", &old).await, 200);
+    // A version that does not exist cannot be assigned.
+    let r = put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "x",
+        json!({ "profiles": [{ "name": "support", "version": 9 }] }),
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (400, "unknown_profile"));
+    // Saving profiles is not for users' own tokens without profiles.manage.
+    let r = call(
+        &gw,
+        &old,
+        "PUT",
+        "/directory/profiles/support",
+        &save(json!([]), true),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn a_directory_change_on_one_instance_holds_on_another_through_redis() {
+    let redis = TestRedis::start();
+    let store = format!("store: \"{}\"", redis.url());
+    let (_ua, a) = start(&store, "dir-redis-a").await;
+    let (_ub, b) = start(&store, "dir-redis-b").await;
+    let t = tok("rita", &["editor"]);
+    assert_eq!(status(&b, "PUT", "/bots/1/flows", &t).await, 200);
+    ok(&put_user(&a, DIR_ADMIN_TOKEN, "rita", json!({ "roles": ["viewer"] })).await);
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while status(&b, "PUT", "/bots/1/flows", &t).await != 403 {
+        assert!(
+            std::time::Instant::now() < until,
+            "B still allows what A's directory removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
