@@ -560,3 +560,20 @@ fn escapes_split_and_resolve() {
         assert_eq!(split_escaped(&escape(item, false), ';').unwrap().len(), 1);
     }
 }
+
+#[test]
+fn the_readme_example_imports() {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("```csv\n")
+        .expect("a ```csv block in README.md")
+        + 7;
+    let len = readme[start..].find("```").unwrap();
+    let got = import(&readme.as_bytes()[start..start + len]).unwrap();
+    let bob = &got[1].1;
+    assert_eq!(got[1].0, "bob");
+    assert_eq!(bob.roles, strs(&["-oddly-named-role"]));
+    assert_eq!(bob.profiles, vec![profile("base", None)]);
+    assert!(!bob.active);
+    assert_eq!(got[0].1.name.as_deref(), Some("Doe, Alice"));
+}
