@@ -99,6 +99,12 @@ enum Command {
         #[arg(default_value = "rules/tests")]
         path: PathBuf,
     },
+    /// Export or import the user directory as CSV, through a running
+    /// gateway's admin API.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Run the built-in demo: sample backend + gateway on loopback.
     Demo {
         /// Where the gateway listens.
@@ -108,6 +114,42 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Write the users as CSV to standard output (GET /directory/users.csv).
+    Export {
+        /// Only the users of this partner.
+        #[arg(long)]
+        partner: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Upload a CSV file (POST /directory/users.csv): all rows or none are
+    /// applied. Prints the answer; lists every bad row on standard error.
+    Import {
+        /// The CSV file (`-`: standard input).
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API listens and the token it wants.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Configuration file, read for `admin.addr` and `admin.token_file`
+    /// (only when --admin or --token-file is not given).
+    #[arg(short, long, default_value = "rolegate.yaml")]
+    config: PathBuf,
+    /// The admin listener, HOST:PORT [default: the config's `admin.addr`].
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// File holding the admin token [default: the config's
+    /// `admin.token_file`].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 fn print_diagnostics(diags: &[Diagnostic]) {
@@ -269,8 +311,246 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Users { command } => users(command),
         Command::Demo { listen, admin } => demo(listen, admin),
     }
+}
+
+// ------------------------------------------------------------------ users
+//
+// `rolegate users export|import`: thin clients of the admin API's
+// `/directory/users.csv`; the file format and its validation live in
+// `rolegate::directory::csv`, applied by the gateway.
+
+/// How long to wait for the TCP connection to the admin listener.
+const ADMIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a whole admin call may take (an import of 10,000 users writes
+/// each to the store).
+const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The admin API to call: `HOST:PORT` and the bearer token.
+struct AdminTarget {
+    addr: String,
+    token: String,
+}
+
+fn users(command: UsersCommand) -> Result<ExitCode> {
+    match command {
+        UsersCommand::Export { partner, admin } => {
+            let Some(target) = admin_target(&admin)? else {
+                return Ok(ExitCode::from(2));
+            };
+            let path = match &partner {
+                Some(p) => format!("/directory/users.csv?partner={}", query_escape(p)),
+                None => "/directory/users.csv".to_string(),
+            };
+            let (status, body) = admin_call(&target, http::Method::GET, &path, None)?;
+            if status.is_success() {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&body)
+                    .and_then(|()| out.flush())
+                    .context("writing to standard output")?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(refused("export", status, &body))
+        }
+        UsersCommand::Import { file, admin } => {
+            let text = if file.as_os_str() == "-" {
+                use std::io::Read;
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading standard input")?;
+                buf
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let Some(target) = admin_target(&admin)? else {
+                return Ok(ExitCode::from(2));
+            };
+            let (status, body) = admin_call(
+                &target,
+                http::Method::POST,
+                "/directory/users.csv",
+                Some(text),
+            )?;
+            if status.is_success() || status.is_client_error() {
+                let answer = String::from_utf8_lossy(&body);
+                println!("{}", answer.trim_end());
+            }
+            if status.is_success() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(refused("import", status, &body))
+        }
+    }
+}
+
+/// Reports an answer other than 2xx on standard error: 4xx (the gateway
+/// refused) → exit 1, with one line per bad row when the answer lists
+/// them; anything else → exit 2.
+fn refused(what: &str, status: http::StatusCode, body: &[u8]) -> ExitCode {
+    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let text = |k: &str| {
+        json.as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let why = match (text("error"), text("reason")) {
+        (Some(code), Some(reason)) => format!("{code}: {reason}"),
+        (Some(code), None) => code,
+        (None, Some(reason)) => reason,
+        (None, None) => String::from_utf8_lossy(body).trim().to_string(),
+    };
+    if !status.is_client_error() {
+        eprintln!("error: the admin API answered {status} to the {what}: {why}");
+        return ExitCode::from(2);
+    }
+    eprintln!("error: the gateway refused the {what} ({status}): {why}");
+    let rows = json
+        .as_ref()
+        .and_then(|v| v.get("rows"))
+        .and_then(|r| r.as_array());
+    for r in rows.into_iter().flatten() {
+        let row = r.get("row").and_then(|n| n.as_u64()).unwrap_or(0);
+        let reason = r.get("reason").and_then(|s| s.as_str()).unwrap_or("");
+        eprintln!("row {row}: {reason}");
+    }
+    ExitCode::from(1)
+}
+
+/// The admin API's address and token: the flags, else the config's
+/// `admin:` (loaded as `serve` loads it, so `token_file` resolves against
+/// the config's directory). `None`: the config did not load (its errors
+/// are printed).
+fn admin_target(args: &AdminArgs) -> Result<Option<AdminTarget>> {
+    let from_config = match (&args.admin, &args.token_file) {
+        (Some(_), Some(_)) => None,
+        _ => {
+            let Some(loaded) = load(&args.config) else {
+                return Ok(None);
+            };
+            let Some(admin) = loaded.runtime.admin else {
+                anyhow::bail!(
+                    "{}: no `admin:` section, so no admin API to call: give --admin and --token-file",
+                    args.config.display()
+                );
+            };
+            Some(admin)
+        }
+    };
+    let addr = match (&args.admin, &from_config) {
+        (Some(a), _) => {
+            let ok = a
+                .parse::<http::uri::Authority>()
+                .is_ok_and(|au| au.port_u16().is_some() && !a.contains('@'));
+            if !ok {
+                anyhow::bail!("--admin {a:?}: expected HOST:PORT, e.g. 127.0.0.1:9901");
+            }
+            a.clone()
+        }
+        (None, Some(c)) => {
+            // A listener on every address is reached on loopback.
+            let mut addr = c.addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            addr.to_string()
+        }
+        (None, None) => anyhow::bail!("no admin address: give --admin"),
+    };
+    let token = match (&args.token_file, from_config) {
+        (Some(f), _) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("--token-file {}", f.display()))?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                anyhow::bail!("--token-file {}: the file is empty", f.display());
+            }
+            t
+        }
+        (None, Some(c)) => c.token,
+        (None, None) => anyhow::bail!("no admin token: give --token-file"),
+    };
+    Ok(Some(AdminTarget { addr, token }))
+}
+
+/// A query-string value: everything but RFC 3986's unreserved characters
+/// percent-encoded (UTF-8 bytes).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One admin API call over plain HTTP/1.1 (hyper-util's client on a
+/// current-thread runtime: one request, nothing to run in parallel).
+/// Errors (exit 2): no connection, no answer in time, a cut answer.
+fn admin_call(
+    target: &AdminTarget,
+    method: http::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(http::StatusCode, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
+
+    let url = format!("http://{}{path}", target.addr);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", target.token),
+        )
+        .header(http::header::ACCEPT, "text/csv, application/json");
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "text/csv; charset=utf-8");
+    }
+    let req = req
+        .body(Full::new(bytes::Bytes::from(body.unwrap_or_default())))
+        .with_context(|| format!("building the request to {url}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(ADMIN_CONNECT_TIMEOUT));
+        let client: Client<_, Full<bytes::Bytes>> =
+            Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let call = async {
+            let res = client.request(req).await.map_err(|e| {
+                anyhow::Error::new(e).context(format!(
+                    "cannot reach the admin API at http://{}",
+                    target.addr
+                ))
+            })?;
+            let status = res.status();
+            let body = res
+                .into_body()
+                .collect()
+                .await
+                .with_context(|| format!("reading the answer of {url}"))?
+                .to_bytes();
+            Ok((status, body))
+        };
+        match tokio::time::timeout(ADMIN_CALL_TIMEOUT, call).await {
+            Ok(r) => r,
+            Err(_) => anyhow::bail!("{url}: no answer within {} s", ADMIN_CALL_TIMEOUT.as_secs()),
+        }
+    })
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {

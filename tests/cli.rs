@@ -517,6 +517,239 @@ fn serve_refuses_to_start_on_a_bad_config() {
     assert!(text(&o).contains("unknown upstream"), "{}", text(&o));
 }
 
+// ------------------------------------------------------------ users (CSV)
+
+/// A token file with a 32-character token, in `dir`.
+fn token_file(dir: &Path, name: &str) -> PathBuf {
+    let f = dir.join(name);
+    std::fs::write(&f, "0123456789abcdef0123456789abcdef\n").unwrap();
+    f
+}
+
+#[test]
+fn users_subcommands_refuse_bad_arguments_with_exit_2() {
+    let dir = scratch_dir("users-args");
+    let tok = token_file(&dir, "admin.token");
+    let tok = tok.to_str().unwrap();
+    let rows: &[(&[&str], &str)] = &[
+        (&["users"], "Usage: rolegate users"),
+        (&["users", "import"], "<FILE>"),
+        (&["users", "export", "--bogus"], "--bogus"),
+        (&["users", "export", "--partner"], "--partner"),
+        (
+            &[
+                "users",
+                "export",
+                "--admin",
+                "http://127.0.0.1:9",
+                "--token-file",
+                tok,
+            ],
+            "expected HOST:PORT",
+        ),
+        (
+            &[
+                "users",
+                "export",
+                "--admin",
+                "127.0.0.1",
+                "--token-file",
+                tok,
+            ],
+            "expected HOST:PORT",
+        ),
+        (
+            &[
+                "users",
+                "export",
+                "--admin",
+                "127.0.0.1:9",
+                "--token-file",
+                "nope.token",
+            ],
+            "--token-file nope.token",
+        ),
+        (
+            &[
+                "users",
+                "import",
+                "missing.csv",
+                "--admin",
+                "127.0.0.1:9",
+                "--token-file",
+                tok,
+            ],
+            "reading missing.csv",
+        ),
+        // No flags: the config is needed, and there is none here.
+        (&["users", "export"], "rolegate.yaml: error: cannot read"),
+    ];
+    for (args, says) in rows {
+        let o = run(args, &dir);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains(says),
+            "{args:?} should say {says:?}: {}",
+            text(&o)
+        );
+        assert!(
+            o.stdout.is_empty() || args.len() == 1,
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn users_commands_need_an_admin_section_or_both_flags() {
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    for args in [
+        &["users", "export"][..],
+        &["users", "import", "users.csv", "--admin", "127.0.0.1:9"],
+    ] {
+        std::fs::write(dir.join("users.csv"), "user\n").unwrap();
+        let o = run(args, &dir);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("rolegate.yaml: no `admin:` section"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+}
+
+#[test]
+fn users_commands_report_a_refused_connection_with_exit_2() {
+    let dir = scratch_dir("users-refused");
+    let tok = token_file(&dir, "admin.token");
+    let csv = dir.join("users.csv");
+    std::fs::write(&csv, "user,roles\r\nalice,agent\r\n").unwrap();
+    let port = free_port(); // free a moment ago: nothing listens there
+    let admin = format!("127.0.0.1:{port}");
+    let tok = tok.to_str().unwrap();
+    let csv = csv.to_str().unwrap();
+    for args in [
+        &[
+            "users",
+            "export",
+            "--partner",
+            "acme",
+            "--admin",
+            &admin,
+            "--token-file",
+            tok,
+        ][..],
+        &[
+            "users",
+            "import",
+            csv,
+            "--admin",
+            &admin,
+            "--token-file",
+            tok,
+        ],
+    ] {
+        let o = run(args, &dir);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {out}");
+        assert!(
+            out.contains(&format!(
+                "error: cannot reach the admin API at http://{admin}"
+            )),
+            "{args:?}: {out}"
+        );
+        assert!(out.to_lowercase().contains("connection refused"), "{out}");
+        assert!(o.stdout.is_empty(), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn users_commands_take_the_admin_address_and_token_from_the_config() {
+    // `admin.token_file` resolves against the config's directory, not the
+    // working directory; an unspecified `admin.addr` is called on loopback.
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    token_file(&dir, "admin.token");
+    let port = free_port();
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    std::fs::write(
+        dir.join("rolegate.yaml"),
+        format!("admin: {{ addr: \"0.0.0.0:{port}\", token_file: admin.token }}\n{cfg}"),
+    )
+    .unwrap();
+    let elsewhere = scratch_dir("users-cwd");
+    let config = dir.join("rolegate.yaml");
+    let o = run(
+        &["users", "export", "-c", config.to_str().unwrap()],
+        &elsewhere,
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&format!(
+            "cannot reach the admin API at http://127.0.0.1:{port}"
+        )),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn users_commands_exit_1_when_the_gateway_refuses_them() {
+    // A real gateway with an admin listener; a wrong admin token is refused
+    // (401) before any endpoint is looked up.
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    token_file(&dir, "admin.token");
+    let (port, admin_port) = (free_port(), free_port());
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    std::fs::write(
+        dir.join("rolegate.yaml"),
+        format!(
+            "listen: {{ addr: \"127.0.0.1:{port}\" }}\nadmin: {{ addr: \"127.0.0.1:{admin_port}\", token_file: admin.token }}\n{cfg}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("wrong.token"), "not-the-admin-token-at-all\n").unwrap();
+    std::fs::write(dir.join("users.csv"), "user\r\nalice\r\n").unwrap();
+    let _gateway = Proc(
+        bin()
+            .args(["serve", "-c", "rolegate.yaml"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(admin_port).await;
+
+    let o = run(&["users", "export", "--token-file", "wrong.token"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(o.stdout.is_empty(), "no CSV on a refusal: {out}");
+    assert!(
+        out.contains("error: the gateway refused the export (401 Unauthorized): unauthorized"),
+        "{out}"
+    );
+
+    let o = run(
+        &[
+            "users",
+            "import",
+            "users.csv",
+            "--token-file",
+            "wrong.token",
+        ],
+        &dir,
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    // The answer on stdout, the refusal on stderr.
+    let answer: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(answer["error"], "unauthorized", "{out}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("refused the import (401 Unauthorized)"),
+        "{out}"
+    );
+}
+
 /// Reads the demo's banner up to the line that ends it.
 fn read_banner(child: &mut Child) -> String {
     let out = child.stdout.take().unwrap();

@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Principal, parse_binding};
 
+pub mod csv;
+
 /// Shared-records namespaces.
 pub const USERS: &str = "dir.user";
 pub const PROFILES: &str = "dir.profile";

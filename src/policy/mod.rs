@@ -136,6 +136,7 @@ pub use decide::{
     BindingKind, BindingTrace, Decision, Denial, NoRelations, Relations, Stated, Trace, decide,
     decide_pair, explain,
 };
+pub(crate) use model::is_valid_name;
 pub use model::{
     Binding, LevelLadder, PolicySpec, Principal, ProfileDef, RoleDef, grant_covers,
     is_valid_capability, is_valid_grant, is_valid_scope_kind, parse_binding,
