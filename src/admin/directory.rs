@@ -218,6 +218,8 @@ pub async fn handle(
     };
     match (method, rest) {
         (&Method::GET, ["users"]) => (list(rt, store, caller, dir, query), None),
+        (&Method::GET, ["users.csv"]) => (export_csv(rt, store, caller, dir, query), None),
+        (&Method::POST, ["users.csv"]) => import_csv(rt, store, caller, dir, body).await,
         (&Method::GET, ["users", sub]) => (get_user(rt, store, caller, dir, sub), None),
         (&Method::PUT, ["users", sub]) => put_user(rt, store, caller, dir, sub, body).await,
         (&Method::DELETE, ["users", sub]) => delete_user(rt, store, caller, dir, sub).await,
@@ -241,7 +243,7 @@ pub async fn handle(
         (&Method::PUT, ["profiles", name]) => {
             save_profile(rt, store, caller, dir, name, body).await
         }
-        (_, ["users"] | ["users", _] | ["profiles", _]) => (
+        (_, ["users"] | ["users.csv"] | ["users", _] | ["profiles", _]) => (
             error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -287,6 +289,115 @@ fn list(
         .map(|(sub, r)| json!({ "user": sub, "record": r }))
         .collect();
     reply(StatusCode::OK, json!({ "partner": partner, "users": list }))
+}
+
+/// `GET /directory/users.csv[?partner=P]`: the partner's users as CSV
+/// (`directory::csv`), for editing in a spreadsheet.
+fn export_csv(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    query: Option<&str>,
+) -> Resp {
+    let partner = partner_param(query);
+    let allowed = match &partner {
+        Some(p) => caller.may(rt, &dir.manage_with, Some(("partner", p))),
+        None => caller.may(rt, &dir.manage_with, None),
+    };
+    if !allowed {
+        return forbidden(&format!(
+            "exporting users requires {} on the partner (`?partner=`)",
+            dir.manage_with
+        ));
+    }
+    let text = crate::directory::csv::export(&users(store, partner.as_deref()));
+    let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+/// `POST /directory/users.csv`: every row replaces that user's entry, all
+/// or nothing. The whole file is validated first — format, data rules and
+/// the caller's right to make each row's change — and every bad row is
+/// reported; nothing is applied unless every row passes.
+async fn import_csv(
+    rt: &Runtime,
+    store: &Store,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    body: Option<&[u8]>,
+) -> Answer {
+    let rows = match crate::directory::csv::import(body.unwrap_or_default()) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let body = json!({ "error": "invalid_import", "reason": e.reason(), "rows": e.rows });
+            return (reply(StatusCode::BAD_REQUEST, body), None);
+        }
+    };
+    // Spreadsheet row of each user (header = row 1; the import keeps file order).
+    let mut problems: Vec<Value> = Vec::new();
+    let mut status = StatusCode::BAD_REQUEST;
+    let mut changes = Vec::new();
+    for (i, (sub, mut rec)) in rows.into_iter().enumerate() {
+        let row = i + 2;
+        let old = match user(store, &sub) {
+            Ok(o) => o,
+            Err(r) => return (r, None),
+        };
+        let checked = validate(rt, store, &mut rec)
+            .and_then(|()| check_change(dir, old.as_ref(), Some(&rec), &may(rt, caller)));
+        match checked {
+            Ok(()) => changes.push((sub, old, rec)),
+            Err(r) => {
+                if r.status == 403 {
+                    status = StatusCode::FORBIDDEN;
+                }
+                problems.push(json!({ "row": row, "user": sub, "reason": r.reason }));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        let code = if status == StatusCode::FORBIDDEN {
+            "forbidden"
+        } else {
+            "invalid_import"
+        };
+        let body = json!({
+            "error": code,
+            "reason": format!("{} row(s) refused; nothing was applied", problems.len()),
+            "rows": problems,
+        });
+        return (reply(status, body), None);
+    }
+    let (mut created, mut updated) = (0, 0);
+    let mut ops = Vec::new();
+    for (sub, old, rec) in &changes {
+        if old.is_none() {
+            created += 1;
+        } else if old.as_ref() != Some(rec) {
+            updated += 1;
+        }
+        match write_user(store, sub, old.as_ref(), Some(rec)).await {
+            Ok(op) => ops.push(op),
+            Err(r) => return (r, None),
+        }
+    }
+    if let Err(e) = store.shared_apply(ops).await {
+        return (unavailable(e), None);
+    }
+    let result = json!({ "imported": changes.len(), "created": created, "updated": updated });
+    (
+        reply(StatusCode::OK, result.clone()),
+        Some(("directory_import", "users.csv".to_string(), result)),
+    )
 }
 
 fn get_user(

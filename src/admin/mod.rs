@@ -172,7 +172,12 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         let method = req.method().clone();
         let query = req.uri().query().map(str::to_string);
         let body = if method == Method::PUT || method == Method::POST {
-            match read_body(req, directory::MAX_BODY_BYTES).await {
+            let limit = if rest == ["users.csv"] {
+                crate::directory::csv::MAX_IMPORT_BYTES
+            } else {
+                directory::MAX_BODY_BYTES
+            };
+            match read_body(req, limit).await {
                 Ok(b) => Some(b),
                 Err(r) => return r,
             }

@@ -374,3 +374,134 @@ async fn a_directory_change_on_one_instance_holds_on_another_through_redis() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `rolegate users …` against the running gateway's admin listener.
+fn cli(gw: &Gw, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
+        .arg("users")
+        .args(args)
+        .args(["--admin", &gw.admin.unwrap().to_string()])
+        .args(["--token-file", gw.dir.join("admin.token").to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn csv_export_edit_import_round_trip_and_a_bad_file_changes_nothing() {
+    let (_up, gw) = start("state_dir: state", "dir-csv").await;
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "ann",
+        json!({ "partners": ["acme"], "roles": ["viewer"], "name": "Ann, \"the\" first" }),
+    )
+    .await);
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "bob",
+        json!({ "partners": ["acme"], "roles": ["viewer"] }),
+    )
+    .await);
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "cyd",
+        json!({ "partners": ["globex"], "roles": ["viewer"] }),
+    )
+    .await);
+    let out = tokio::task::spawn_blocking({
+        let gw = Gw {
+            addr: gw.addr,
+            dir: gw.dir.clone(),
+            admin: gw.admin,
+        };
+        move || cli(&gw, &["export", "--partner", "acme"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        csv.contains("ann") && csv.contains("bob") && !csv.contains("cyd"),
+        "{csv}"
+    );
+
+    // Edit as a spreadsheet would: Bob becomes an editor.
+    let edited = csv.replace("bob,,,acme,,viewer", "bob,,,acme,,editor");
+    assert_ne!(
+        edited, csv,
+        "the export's row for bob changed shape:\n{csv}"
+    );
+    let file = gw.dir.join("users.csv");
+    std::fs::write(&file, &edited).unwrap();
+    let bob = tok("bob", &[]);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &bob).await, 403);
+    let out = tokio::task::spawn_blocking({
+        let gw = Gw {
+            addr: gw.addr,
+            dir: gw.dir.clone(),
+            admin: gw.admin,
+        };
+        let file = file.clone();
+        move || cli(&gw, &["import", file.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &bob).await, 200);
+    let r = call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "GET",
+        "/directory/users/ann",
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(
+        r.json()["record"]["name"],
+        "Ann, \"the\" first",
+        "round trip kept the name"
+    );
+
+    // A file with a bad row (unknown role) and a good one: nothing applied,
+    // every bad row reported.
+    let bad = "user,roles\nbob,viewer\nann,wizard\ndan,approver@bot:1\n";
+    let r = req_json(
+        gw.admin.unwrap(),
+        "POST",
+        "/directory/users.csv",
+        Some(DIR_ADMIN_TOKEN),
+        bad,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let rows = r.json()["rows"].as_array().unwrap().clone();
+    let numbers: Vec<u64> = rows.iter().map(|x| x["row"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [3, 4], "{rows:?}");
+    assert_eq!(
+        status(&gw, "PUT", "/bots/1/flows", &bob).await,
+        200,
+        "bob's row was applied"
+    );
+    // A syntactically broken file is refused as a whole too.
+    let r = req_json(
+        gw.admin.unwrap(),
+        "POST",
+        "/directory/users.csv",
+        Some(DIR_ADMIN_TOKEN),
+        "nope,x\n1,2\n",
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (400, "invalid_import"));
+}
