@@ -265,6 +265,28 @@ fn partner_param(query: Option<&str>) -> Option<String> {
     })
 }
 
+/// The `?partner=` of a listing or export, if the caller may see that
+/// partner's users (`manage_with` on it; without `partner`: held globally).
+#[allow(clippy::result_large_err)]
+fn partner_users(
+    rt: &Runtime,
+    caller: &Caller,
+    dir: &DirectorySettings,
+    query: Option<&str>,
+    what: &str,
+) -> Result<Option<String>, Resp> {
+    let partner = partner_param(query);
+    let scope = partner.as_deref().map(|p| ("partner", p));
+    if caller.may(rt, &dir.manage_with, scope) {
+        Ok(partner)
+    } else {
+        Err(forbidden(&format!(
+            "{what} users requires {} on the partner (`?partner=`)",
+            dir.manage_with
+        )))
+    }
+}
+
 /// Users of a partner (a Partner Admin: their partner), or all (operator).
 fn list(
     rt: &Runtime,
@@ -273,17 +295,10 @@ fn list(
     dir: &DirectorySettings,
     query: Option<&str>,
 ) -> Resp {
-    let partner = partner_param(query);
-    let allowed = match &partner {
-        Some(p) => caller.may(rt, &dir.manage_with, Some(("partner", p))),
-        None => caller.may(rt, &dir.manage_with, None),
+    let partner = match partner_users(rt, caller, dir, query, "listing") {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    if !allowed {
-        return forbidden(&format!(
-            "listing users requires {} on the partner (`?partner=`)",
-            dir.manage_with
-        ));
-    }
     let list: Vec<Value> = users(store, partner.as_deref())
         .into_iter()
         .map(|(sub, r)| json!({ "user": sub, "record": r }))
@@ -300,17 +315,10 @@ fn export_csv(
     dir: &DirectorySettings,
     query: Option<&str>,
 ) -> Resp {
-    let partner = partner_param(query);
-    let allowed = match &partner {
-        Some(p) => caller.may(rt, &dir.manage_with, Some(("partner", p))),
-        None => caller.may(rt, &dir.manage_with, None),
+    let partner = match partner_users(rt, caller, dir, query, "exporting") {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    if !allowed {
-        return forbidden(&format!(
-            "exporting users requires {} on the partner (`?partner=`)",
-            dir.manage_with
-        ));
-    }
     let text = crate::directory::csv::export(&users(store, partner.as_deref()));
     let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
     r.headers_mut().insert(
