@@ -375,14 +375,16 @@ async fn a_directory_change_on_one_instance_holds_on_another_through_redis() {
     }
 }
 
-/// `rolegate users …` against the running gateway's admin listener.
-fn cli(gw: &Gw, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
-        .arg("users")
+/// `rolegate users …` against the running gateway's admin listener (run
+/// off the runtime's threads: the gateway answers on them).
+async fn cli(gw: &Gw, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"));
+    cmd.arg("users")
         .args(args)
         .args(["--admin", &gw.admin.unwrap().to_string()])
-        .args(["--token-file", gw.dir.join("admin.token").to_str().unwrap()])
-        .output()
+        .args(["--token-file", gw.dir.join("admin.token").to_str().unwrap()]);
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
         .unwrap()
 }
 
@@ -410,16 +412,7 @@ async fn csv_export_edit_import_round_trip_and_a_bad_file_changes_nothing() {
         json!({ "partners": ["globex"], "roles": ["viewer"] }),
     )
     .await);
-    let out = tokio::task::spawn_blocking({
-        let gw = Gw {
-            addr: gw.addr,
-            dir: gw.dir.clone(),
-            admin: gw.admin,
-        };
-        move || cli(&gw, &["export", "--partner", "acme"])
-    })
-    .await
-    .unwrap();
+    let out = cli(&gw, &["export", "--partner", "acme"]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -442,17 +435,7 @@ async fn csv_export_edit_import_round_trip_and_a_bad_file_changes_nothing() {
     std::fs::write(&file, &edited).unwrap();
     let bob = tok("bob", &[]);
     assert_eq!(status(&gw, "PUT", "/bots/1/flows", &bob).await, 403);
-    let out = tokio::task::spawn_blocking({
-        let gw = Gw {
-            addr: gw.addr,
-            dir: gw.dir.clone(),
-            admin: gw.admin,
-        };
-        let file = file.clone();
-        move || cli(&gw, &["import", file.to_str().unwrap()])
-    })
-    .await
-    .unwrap();
+    let out = cli(&gw, &["import", file.to_str().unwrap()]).await;
     assert_eq!(
         out.status.code(),
         Some(0),
