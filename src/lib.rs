@@ -33,7 +33,10 @@
 //!   gzip/deflate/br/zstd decoding (a leaf: no tokio, no hyper).
 //! - [`relations`]: contextual relations pulled from an upstream and
 //!   cached; the pipeline hands the answers to `policy::decide`.
-//! - [`admin`]: the admin listener (revoke, deactivate, list, health).
+//! - [`admin`]: the admin listener (revoke, deactivate, list, health,
+//!   reload, status).
+//! - [`reload`]: hot reload (SIGHUP, file watcher, admin call): a whole
+//!   new runtime swapped in, or none.
 //! - [`proxy`]: the listener, the pipeline and its pieces.
 //! - [`error`]: typed refusals → status + stable JSON error code.
 //! - [`explain`], [`policytest`]: offline decisions for `rolegate explain`
@@ -57,6 +60,7 @@ pub mod policy;
 pub mod policytest;
 pub mod proxy;
 pub mod relations;
+pub mod reload;
 pub mod route;
 pub mod session;
 pub mod telemetry;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use rolegate::config::{self, Diagnostic, Loaded, Severity};
 use rolegate::session::Store;
-use rolegate::{Gateway, explain, policytest, proxy, telemetry, token};
+use rolegate::{Gateway, explain, policytest, proxy, reload, telemetry, token};
 
 #[derive(Parser)]
 #[command(
@@ -189,11 +189,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             telemetry::init(true);
+            // Read by absolute path: a reload reads the same files, and
+            // paths in the config resolve the same way, whatever the
+            // working directory is by then.
+            let config = std::path::absolute(&config).unwrap_or(config);
             let Some(loaded) = load(&config) else {
                 return Ok(ExitCode::from(2));
             };
             print_diagnostics(&loaded.warnings);
-            serve(loaded)
+            serve(loaded, config)
         }
         Command::Check { config, strict } => {
             let Some(loaded) = load(&config) else {
@@ -581,20 +585,21 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// SIGHUP's default action ends the process; until hot reload exists the
-/// gateway ignores it (and says so), so a `kill -HUP` meant as "reload"
-/// does not take the gateway down. Must run inside the runtime.
-fn ignore_hangup() {
+/// SIGHUP reloads the configuration (as `POST /reload` does); a failed
+/// reload keeps the old one and logs why. Must run inside the runtime,
+/// before anything listens (SIGHUP's default action ends the process).
+fn reload_on_hangup(gateway: &std::sync::Arc<Gateway>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::hangup()) {
             Ok(mut hup) => {
+                let gw = std::sync::Arc::downgrade(gateway);
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
-                        tracing::warn!(
-                            "SIGHUP received: configuration reload is not supported yet; ignored (restart to apply a new config)"
-                        );
+                        let Some(gw) = gw.upgrade() else { return };
+                        tracing::info!(target: "rolegate::reload", "SIGHUP received: reloading the configuration");
+                        gw.reloader().reload(&gw, reload::Trigger::Signal).await;
                     }
                 });
             }
@@ -603,7 +608,7 @@ fn ignore_hangup() {
     }
 }
 
-fn serve(loaded: Loaded) -> Result<ExitCode> {
+fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
     if loaded.runtime.auth.issuers().iter().any(|i| i.dev) {
         tracing::warn!(
             "a `dev: true` issuer is configured: tokens can be minted with `rolegate token`; never use it in production"
@@ -622,8 +627,6 @@ fn serve(loaded: Loaded) -> Result<ExitCode> {
     }
     let rt = tokio_runtime()?;
     rt.block_on(async move {
-        // Before anything listens: once the port answers, SIGHUP is safe.
-        ignore_hangup();
         let store = Store::open(&loaded.runtime.sessions)
             .await
             .map_err(anyhow::Error::msg)
@@ -655,6 +658,12 @@ fn serve(loaded: Loaded) -> Result<ExitCode> {
             "rolegate listening"
         );
         let gateway = Gateway::new(loaded.runtime, store);
+        gateway
+            .reloader()
+            .configure(Some(config_path), loaded.sources);
+        // Before anything listens: once the port answers, SIGHUP is safe.
+        reload_on_hangup(&gateway);
+        tokio::spawn(reload::watch(std::sync::Arc::downgrade(&gateway)));
         proxy::listener::run_all(gateway, listeners, admin, shutdown_signal()).await;
         tracing::info!("rolegate stopped");
         Ok(ExitCode::SUCCESS)
@@ -709,6 +718,7 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode> {
             )
         );
         let gateway = Gateway::new(loaded.runtime, store);
+        gateway.reloader().configure(None, loaded.sources);
         proxy::listener::run(gateway, listener, Some(admin_listener), shutdown_signal()).await;
         let _ = std::fs::remove_dir_all(&state);
         Ok(ExitCode::SUCCESS)

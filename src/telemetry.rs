@@ -58,6 +58,12 @@ impl AuditLog {
         }
     }
 
+    /// Closes the file; the next record opens the path again (after a
+    /// rotation, the new file).
+    pub fn reopen(&self) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }

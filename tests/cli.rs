@@ -1004,11 +1004,9 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
     }
 }
 
-#[tokio::test]
-async fn sighup_is_ignored_until_reload_exists() {
-    let up = Upstream::start().await;
-    let dir = config_dir(TEST_RULES, &format!("http://{}", up.addr));
-    let port = free_port();
+/// `rolegate serve` started in `dir` on `port`, its log lines sent to the
+/// returned receiver.
+fn serve_logging(dir: &Path, port: u16) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
     std::fs::write(
         dir.join("rolegate.yaml"),
@@ -1018,7 +1016,7 @@ async fn sighup_is_ignored_until_reload_exists() {
     let mut child = Proc(
         bin()
             .args(["serve", "-c", "rolegate.yaml"])
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -1032,29 +1030,85 @@ async fn sighup_is_ignored_until_reload_exists() {
             }
         }
     });
+    (child, rx)
+}
+
+/// The next log line containing `needle` (panics after 10 s without one).
+fn wait_log(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+fn signal(child: &Proc, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_broken_config_keeps_the_old_policy() {
+    let up = Upstream::start().await;
+    let dir = config_dir(TEST_RULES, &format!("http://{}", up.addr));
+    // The watcher is off: only the signal reloads here.
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    std::fs::write(
+        dir.join("rolegate.yaml"),
+        format!("{cfg}reload: {{ watch: false }}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let (mut child, rx) = serve_logging(&dir, port);
     wait_listening(port).await;
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..2 {
-        let st = Command::new("kill")
-            .args(["-HUP", &child.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        // The warning says it was ignored; by then the signal was handled.
-        loop {
-            let line = rx
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .expect("a log line about SIGHUP");
-            if line.contains("SIGHUP") {
-                assert!(line.contains("not supported"), "{line}");
-                break;
-            }
-        }
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "SIGHUP ended the gateway"
-        );
-        let r = req(addr, "GET", "/api/status", None, &[]).await;
-        assert_eq!(r.status, 200);
-    }
+    let viewer = token_with(serde_json::json!({ "roles": ["viewer"] }));
+    assert_eq!(
+        req(addr, "GET", "/bots/3/flows", Some(&viewer), &[])
+            .await
+            .status,
+        200
+    );
+
+    // Viewing flows now needs the edit capability.
+    let tighter = TEST_RULES.replace(
+        "require: bot.flows.view, scope: { bot: \"{bot}\" } }",
+        "require: bot.flows.edit, scope: { bot: \"{bot}\" } }",
+    );
+    assert_ne!(tighter, TEST_RULES);
+    std::fs::write(dir.join("rules.yaml"), &tighter).unwrap();
+    signal(&child, "-HUP");
+    let line = wait_log(&rx, "configuration reloaded");
+    assert!(line.contains("sighup"), "{line}");
+    assert_eq!(
+        req(addr, "GET", "/bots/3/flows", Some(&viewer), &[])
+            .await
+            .status,
+        403
+    );
+
+    // Broken: refused with file:line in the log, the gateway keeps serving
+    // the rules in force.
+    std::fs::write(dir.join("rules.yaml"), format!("{tighter}  - {{ name: x\n")).unwrap();
+    signal(&child, "-HUP");
+    let err = wait_log(&rx, "reload: ");
+    assert!(err.contains("rules.yaml:"), "{err}");
+    wait_log(&rx, "NOT reloaded");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGHUP ended the gateway"
+    );
+    assert_eq!(
+        req(addr, "GET", "/bots/3/flows", Some(&viewer), &[])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(req(addr, "GET", "/api/status", None, &[]).await.status, 200);
 }

@@ -9,6 +9,8 @@ mod directory;
 mod malformed;
 #[path = "gateway/relations.rs"]
 mod relations;
+#[path = "gateway/reload.rs"]
+mod reload;
 #[path = "gateway/upstream_tls.rs"]
 mod upstream_tls;
 

@@ -1,5 +1,5 @@
 //! The admin listener: session revocation, user (de)activation, session
-//! listing, health and readiness. A separate listener (default
+//! listing, health and readiness, reload and status. A separate listener (default
 //! `127.0.0.1:9901`), never the public port.
 //!
 //! Every endpoint but `/healthz` and `/readyz` requires `Authorization:
@@ -235,6 +235,27 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         }
         return resp;
     }
+    match (req.method(), segs.as_slice()) {
+        (&Method::GET, ["status"]) => {
+            return reply(StatusCode::OK, gw.reloader().status(rt.reload.watch));
+        }
+        (&Method::POST, ["reload"]) => {
+            drop(rt);
+            let attempt = gw
+                .reloader()
+                .reload(gw, crate::reload::Trigger::Admin)
+                .await;
+            return reload_reply(&caller, peer, &attempt);
+        }
+        (_, ["status" | "reload"]) => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "see the README's admin API",
+            );
+        }
+        _ => {}
+    }
     let keep_until = now_ms() + rt.sessions.retention.as_millis() as u64;
     let (action, object, result) = match (req.method(), segs.as_slice()) {
         (&Method::POST, ["sessions", sid, "revoke"]) if !sid.is_empty() => {
@@ -317,6 +338,39 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     };
     caller::audit(&caller, peer, action, object, &result);
     reply(StatusCode::OK, result)
+}
+
+/// `POST /reload`: the attempt, with 200 when the new configuration is in
+/// force; otherwise an error code and every error (the old configuration
+/// stays in force).
+fn reload_reply(caller: &Caller, peer: SocketAddr, a: &crate::reload::Attempt) -> Resp {
+    use crate::reload::Outcome;
+    let mut body = a.to_json();
+    let status = match a.result {
+        Outcome::Reloaded => StatusCode::OK,
+        Outcome::Failed => StatusCode::UNPROCESSABLE_ENTITY,
+        Outcome::RestartRequired | Outcome::Unavailable => StatusCode::CONFLICT,
+    };
+    if a.result != Outcome::Reloaded {
+        let (code, reason) = match a.result {
+            Outcome::Failed => (
+                "reload_failed",
+                "the configuration has errors; the previous one stays in force",
+            ),
+            Outcome::RestartRequired => (
+                "restart_required",
+                "the configuration changes what only a restart can change; the previous one stays in force",
+            ),
+            _ => (
+                "reload_unavailable",
+                "this gateway has no configuration file to reload",
+            ),
+        };
+        body["error"] = json!(code);
+        body["reason"] = json!(reason);
+    }
+    caller::audit(caller, peer, "reload", "configuration", &body);
+    reply(status, body)
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.

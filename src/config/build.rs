@@ -25,7 +25,7 @@ use super::file::{
     FileRules, FileTls, FileUpstream,
 };
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
-use super::{ClientCertRule, Listener, Redirect};
+use super::{ClientCertRule, Listener, Redirect, ReloadSettings};
 use super::{
     MaskingSettings, OwnerColumns, PullSource, PushSource, RelationSource, RouteMask,
     RouteOwnerColumns,
@@ -76,6 +76,22 @@ impl fmt::Display for Diagnostic {
 pub struct Loaded {
     pub runtime: Runtime,
     pub warnings: Vec<Diagnostic>,
+    /// What it was built from (hot reload watches these).
+    pub sources: Sources,
+}
+
+/// The files a configuration was built from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// SHA-256 (hex) of the config file's text and every rules file's name
+    /// and text, in load order: which policy is in force.
+    pub policy_hash: String,
+    /// Every file read: the config file, rules files, and the files they
+    /// name (certificates, keys, secrets, JWKS, token files).
+    pub files: Vec<PathBuf>,
+    /// The rules directory (`rules:` naming a directory), walked again to
+    /// see rules files added or removed.
+    pub rules_dir: Option<PathBuf>,
 }
 
 /// Where rules come from when not from the config's `rules:` directory.
@@ -92,7 +108,9 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![diag(Severity::Error, &name, 0, format!("cannot read: {e}"))])?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    load_from_text(&name, &text, &base, RulesSource::FromConfig)
+    let mut loaded = load_from_text(&name, &text, &base, RulesSource::FromConfig)?;
+    loaded.sources.files.insert(0, path.to_path_buf());
+    Ok(loaded)
 }
 
 /// Loads a config given as text; relative file names resolve against `base`.
@@ -105,6 +123,7 @@ pub fn load_from_text(
     let mut b = Builder {
         diags: Vec::new(),
         base: base.to_path_buf(),
+        sources: Default::default(),
     };
     let runtime = b.build(name, text, rules);
     let has_error = b.diags.iter().any(|d| d.severity == Severity::Error);
@@ -112,12 +131,68 @@ pub fn load_from_text(
         Some(runtime) if !has_error => Ok(Loaded {
             runtime,
             warnings: b.diags,
+            sources: b.sources.into_inner(),
         }),
         _ => {
             b.diags.sort_by_key(|d| std::cmp::Reverse(d.severity));
             Err(b.diags)
         }
     }
+}
+
+/// The rules files under `dir` (every `*.yaml`/`*.yml` below it, except
+/// the top-level `tests/` folder), sorted by path.
+pub fn rules_files(dir: &Path) -> Vec<PathBuf> {
+    walk_rules_dir(dir).0
+}
+
+/// [`rules_files`], and the directories that could not be read.
+fn walk_rules_dir(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) {
+    let mut paths = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) => {
+                unreadable.push((d, e));
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                if !(d == dir && p.file_name().is_some_and(|n| n == "tests")) {
+                    stack.push(p);
+                }
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                paths.push(p);
+            }
+        }
+    }
+    paths.sort();
+    (paths, unreadable)
+}
+
+/// [`Sources::policy_hash`]: the config text, then each rules file's name
+/// and text, each length-prefixed (no two inputs hash alike).
+fn policy_hash(config: &str, rules: &[(String, String)]) -> String {
+    use aws_lc_rs::digest::{Context, SHA256};
+    let mut h = Context::new(&SHA256);
+    let mut part = |b: &[u8]| {
+        h.update(&(b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    part(config.as_bytes());
+    for (name, text) in rules {
+        part(name.as_bytes());
+        part(text.as_bytes());
+    }
+    h.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn diag(severity: Severity, file: &str, line: u64, message: String) -> Diagnostic {
@@ -157,6 +232,9 @@ fn relation_names<'r>(req: &'r Requirement, out: &mut Vec<&'r str>) {
 struct Builder {
     diags: Vec<Diagnostic>,
     base: PathBuf,
+    /// Files read so far (a `RefCell`: paths are resolved in argument
+    /// position all over, where `&mut self` is already taken).
+    sources: std::cell::RefCell<Sources>,
 }
 
 /// A definition and where it was written.
@@ -184,6 +262,17 @@ impl Builder {
         } else {
             self.base.join(p)
         }
+    }
+
+    /// [`Self::resolve`] for a file the config is built from (recorded in
+    /// [`Sources::files`]).
+    fn input(&self, p: &str) -> PathBuf {
+        let path = self.resolve(p);
+        let mut s = self.sources.borrow_mut();
+        if !s.files.contains(&path) {
+            s.files.push(path.clone());
+        }
+        path
     }
 
     fn parse<T: for<'de> serde::Deserialize<'de>>(&mut self, name: &str, text: &str) -> Option<T> {
@@ -218,6 +307,7 @@ impl Builder {
                 None => Vec::new(),
             },
         };
+        self.sources.borrow_mut().policy_hash = policy_hash(text, &rule_texts);
         for (fname, ftext) in &rule_texts {
             if let Some(r) = self.parse::<FileRules>(fname, ftext) {
                 files.push((fname.clone(), r));
@@ -281,6 +371,10 @@ impl Builder {
             .iter()
             .map(|i| i.value.iss.clone())
             .collect();
+        let reload_interval =
+            self.positive_duration(name, "reload.watch_interval", &cfg.reload.watch_interval);
+        let drain_timeout =
+            self.positive_duration(name, "shutdown.drain_timeout", &cfg.shutdown.drain_timeout);
         let directory = match cfg.directory {
             None => Some(None),
             Some(d) => self.build_directory(name, d, &issuer_names).map(Some),
@@ -342,6 +436,11 @@ impl Builder {
                 .iter()
                 .filter_map(|(n, m)| Some((n.clone(), m.owner.clone()?)))
                 .collect(),
+            reload: ReloadSettings {
+                watch: cfg.reload.watch,
+                watch_interval: reload_interval?,
+            },
+            drain_timeout: drain_timeout?,
         })
     }
 
@@ -568,6 +667,7 @@ impl Builder {
     fn read_rules_dir(&mut self, cfg_name: &str, dir: &Path) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if dir.is_file() {
+            self.sources.borrow_mut().files.push(dir.to_path_buf());
             match std::fs::read_to_string(dir) {
                 Ok(t) => out.push((dir.display().to_string(), t)),
                 Err(e) => self.error(
@@ -578,32 +678,19 @@ impl Builder {
             }
             return out;
         }
-        let mut paths = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let entries = match std::fs::read_dir(&d) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.error(
-                        cfg_name,
-                        0,
-                        format!("rules: cannot read directory {}: {e}", d.display()),
-                    );
-                    continue;
-                }
-            };
-            for entry in entries.flatten() {
-                let p = entry.path();
-                if p.is_dir() {
-                    if !(d == dir && p.file_name().is_some_and(|n| n == "tests")) {
-                        stack.push(p);
-                    }
-                } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                    paths.push(p);
-                }
-            }
+        let (paths, unreadable) = walk_rules_dir(dir);
+        for (d, e) in unreadable {
+            self.error(
+                cfg_name,
+                0,
+                format!("rules: cannot read directory {}: {e}", d.display()),
+            );
         }
-        paths.sort();
+        {
+            let mut sources = self.sources.borrow_mut();
+            sources.rules_dir = Some(dir.to_path_buf());
+            sources.files.extend(paths.iter().cloned());
+        }
         for p in paths {
             match std::fs::read_to_string(&p) {
                 Ok(t) => out.push((p.display().to_string(), t)),
@@ -1310,7 +1397,7 @@ impl Builder {
         path: &Spanned<String>,
     ) -> Option<Vec<CertificateDer<'static>>> {
         let line = path.referenced.line();
-        let full = self.resolve(&path.value);
+        let full = self.input(&path.value);
         // The listeners' loader: the same messages for the same mistakes.
         match tls::load_certs(&full) {
             Ok(certs) => Some(certs),
@@ -1329,7 +1416,7 @@ impl Builder {
         path: &Spanned<String>,
     ) -> Option<PrivateKeyDer<'static>> {
         let line = path.referenced.line();
-        let full = self.resolve(&path.value);
+        let full = self.input(&path.value);
         let bytes = match std::fs::read(&full) {
             Ok(b) => b,
             Err(e) => {
@@ -1357,6 +1444,22 @@ impl Builder {
         }
     }
 
+    /// A duration that must be greater than zero; `None` (and an error)
+    /// otherwise.
+    fn positive_duration(&mut self, file: &str, what: &str, s: &str) -> Option<Duration> {
+        match parse_duration(s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.error(file, 0, format!("{what} must be greater than zero"));
+                None
+            }
+            Err(e) => {
+                self.error(file, 0, format!("{what}: {e}"));
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, file: &str, line: u64, what: &str, s: &str) -> Duration {
         parse_duration(s).unwrap_or_else(|e| {
             self.error(file, line, format!("{what}: {e}"));
@@ -1367,7 +1470,7 @@ impl Builder {
     fn build_masking(&mut self, file: &str, m: &super::file::FileMasking) -> MaskingSettings {
         let hash_key = match &m.hash_key_file {
             Some(f) => {
-                let path = self.resolve(f);
+                let path = self.input(f);
                 match std::fs::read(&path) {
                     Ok(k) if k.trim_ascii().len() >= 32 => Some(k.trim_ascii().to_vec()),
                     Ok(_) => {
@@ -1796,7 +1899,7 @@ impl Builder {
                 return None;
             }
         };
-        let path = self.resolve(&a.token_file);
+        let path = self.input(&a.token_file);
         let token = match std::fs::read_to_string(&path) {
             Ok(t) => t.trim().to_string(),
             Err(e) => {
@@ -1991,8 +2094,8 @@ impl Builder {
         let mut ok = true;
         let line = t.cert.referenced.line();
         let default = match tls::load_key_pair(
-            &self.resolve(&t.cert.value),
-            &self.resolve(&t.key.value),
+            &self.input(&t.cert.value),
+            &self.input(&t.key.value),
             &provider,
         ) {
             Ok(k) => Some(k),
@@ -2009,8 +2112,8 @@ impl Builder {
                 ok = false;
             }
             match tls::load_key_pair(
-                &self.resolve(&s.value.cert),
-                &self.resolve(&s.value.key),
+                &self.input(&s.value.cert),
+                &self.input(&s.value.key),
                 &provider,
             ) {
                 Ok(k) => extra.push((l, &s.value.names, k)),
@@ -2036,7 +2139,7 @@ impl Builder {
                         None
                     }
                 };
-                match tls::load_roots(&self.resolve(&c.value.ca)) {
+                match tls::load_roots(&self.input(&c.value.ca)) {
                     Ok(roots) => mode.map(|m| (m, roots)),
                     Err(e) => {
                         self.error(file, l, format!("{what}.tls.client_auth.ca: {e}"));
@@ -2239,7 +2342,7 @@ impl Builder {
             let mut keys = KeySet::default();
             let mut dev_secret = None;
             for pem in &is.keys.pem {
-                let path = self.resolve(&pem.file);
+                let path = self.input(&pem.file);
                 let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
                 if let Err(e) = r.and_then(|b| keys.add_pem(&b, pem.kid.clone(), &pem.file)) {
                     ok = false;
@@ -2247,7 +2350,7 @@ impl Builder {
                 }
             }
             if let Some(j) = &is.keys.jwks_file {
-                let path = self.resolve(j);
+                let path = self.input(j);
                 let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
                 if let Err(e) = r.and_then(|b| keys.add_jwks(&b, j)) {
                     ok = false;
@@ -2261,7 +2364,7 @@ impl Builder {
                 .map(|f| (f, None))
                 .chain(is.keys.hmac.iter().map(|k| (&k.file, k.kid.clone())));
             for (h, kid) in hmac {
-                let path = self.resolve(h);
+                let path = self.input(h);
                 let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
                 match r.and_then(|b| keys.add_hmac(&b, kid.clone(), h).map(|_| b)) {
                     // `rolegate token` signs with the first secret.

@@ -46,6 +46,12 @@ pub struct FileConfig {
     /// The user directory; absent = none (roles come from tokens).
     #[serde(default)]
     pub directory: Option<FileDirectory>,
+    /// Hot reload: the file watcher.
+    #[serde(default)]
+    pub reload: FileReload,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: FileShutdown,
     /// Rules directory (or file), relative to the config file.
     pub rules: Option<String>,
     /// Rules may also be written inline in the main file (same keys as a
@@ -276,6 +282,42 @@ pub struct FileUpstream {
     /// over plain http).
     #[serde(default)]
     pub http2: bool,
+}
+
+/// `reload:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileReload {
+    /// Reload when the config file, a rules file or a file they name
+    /// changes.
+    pub watch: bool,
+    /// How often the watched files' metadata is read.
+    pub watch_interval: String,
+}
+
+impl Default for FileReload {
+    fn default() -> Self {
+        FileReload {
+            watch: true,
+            watch_interval: "1s".into(),
+        }
+    }
+}
+
+/// `shutdown:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileShutdown {
+    /// How long in-flight requests and websockets get after SIGTERM.
+    pub drain_timeout: String,
+}
+
+impl Default for FileShutdown {
+    fn default() -> Self {
+        FileShutdown {
+            drain_timeout: "30s".into(),
+        }
+    }
 }
 
 /// `directory:`.

@@ -12,7 +12,10 @@ pub mod file;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use build::{Diagnostic, Loaded, RulesSource, Severity, load, load_from_text, parse_duration};
+pub use build::{
+    Diagnostic, Loaded, RulesSource, Severity, Sources, load, load_from_text, parse_duration,
+    rules_files,
+};
 
 use crate::auth::Authenticator;
 use crate::mask;
@@ -46,6 +49,20 @@ pub struct Runtime {
     pub directory: Option<crate::directory::DirectorySettings>,
     /// Masks with `owner_columns`, by name (the admin API's `/masks/...`).
     pub owner_masks: std::collections::BTreeMap<String, Arc<OwnerColumns>>,
+    /// `reload:`: the file watcher.
+    pub reload: ReloadSettings,
+    /// `shutdown.drain_timeout`: how long in-flight requests and
+    /// websockets get to finish after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+/// `reload:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// Reload when a watched file changes.
+    pub watch: bool,
+    /// How often the watched files' metadata is read.
+    pub watch_interval: Duration,
 }
 
 /// Where a relation's answers come from (`relations.NAME`).

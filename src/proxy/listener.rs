@@ -35,9 +35,6 @@ use super::tls::ClientCert;
 use super::wire::{H2Facts, H2Tap, Heads, Tap};
 use crate::config::{ListenSettings, Redirect};
 
-/// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(10);
-
 /// What the pipeline may know about the connection a request came on.
 #[derive(Debug, Clone)]
 pub struct Conn {
@@ -181,9 +178,13 @@ pub async fn serve_nth(
     }
     drop(listener);
     let _ = drain.send(());
+    let limit = gateway.runtime().drain_timeout;
     tokio::select! {
         _ = drain.closed() => {}
-        _ = tokio::time::sleep(DRAIN) => tracing::warn!("shutdown: connections still open after drain time"),
+        _ = tokio::time::sleep(limit) => tracing::warn!(
+            open = drain.receiver_count(),
+            "shutdown: connections still open after shutdown.drain_timeout; closing them"
+        ),
     }
 }
 
@@ -459,8 +460,13 @@ pub async fn run_all(
     tokio::select! {
         _ = &mut serving => {}
         _ = shutdown => {
+            let limit = gateway.runtime().drain_timeout;
+            tracing::info!(drain_timeout = ?limit, "shutting down: no new connections; finishing requests in flight, closing websockets (1001)");
             let _ = tx.send(true);
-            serving.await;
+            let (_, open_websockets) = tokio::join!(serving, gateway.close_websockets(limit));
+            if open_websockets > 0 {
+                tracing::warn!(open_websockets, "shutdown: websockets still open after shutdown.drain_timeout");
+            }
         }
     }
     if let Some(t) = admin_task {

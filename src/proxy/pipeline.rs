@@ -74,6 +74,12 @@ pub struct Gateway {
     /// Parsed directory entries, by subject, with the stored text they
     /// were parsed from (a changed entry is parsed again).
     directory: DashMap<String, (String, Arc<UserRecord>)>,
+    /// Hot reload: what the runtime in force was read from, the last
+    /// attempt.
+    reloader: crate::reload::Reloader,
+    /// Set once the gateway shuts down: open websockets close with 1001.
+    /// Every relay holds a receiver until it has closed.
+    going_away: tokio::sync::watch::Sender<bool>,
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -136,7 +142,27 @@ impl Gateway {
             relations: relations::Cache::default(),
             owner_masks: Default::default(),
             directory: DashMap::new(),
+            reloader: Default::default(),
+            going_away: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Hot reload of this gateway's configuration.
+    pub fn reloader(&self) -> &crate::reload::Reloader {
+        &self.reloader
+    }
+
+    /// Tells open websockets to close (1001, going away) and waits until
+    /// they have, at most `limit`. Returns how many were still open then.
+    pub async fn close_websockets(&self, limit: std::time::Duration) -> usize {
+        self.going_away.send_replace(true);
+        let _ = tokio::time::timeout(limit, self.going_away.closed()).await;
+        self.going_away.receiver_count()
+    }
+
+    /// A receiver of the shutdown signal for one websocket relay.
+    pub(crate) fn going_away(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.going_away.subscribe()
     }
 
     /// The runtime requests currently see.
@@ -147,6 +173,8 @@ impl Gateway {
     /// Replaces the runtime; requests in flight finish on the old one.
     pub fn swap(&self, runtime: Runtime) {
         self.runtime.store(Arc::new(runtime));
+        // A rotated audit log file is written anew from here on.
+        self.audit.reopen();
     }
 
     /// The session store (admin API, shutdown flush).
@@ -439,6 +467,7 @@ impl Gateway {
                 request_id: ctx.request_id.clone(),
                 route: route.name.clone(),
                 subject: ctx.subject.clone().unwrap_or_default(),
+                going_away: self.going_away(),
             },
         );
         let body = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();

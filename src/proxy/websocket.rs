@@ -403,6 +403,8 @@ pub struct Relay {
     pub request_id: String,
     pub route: String,
     pub subject: String,
+    /// Turns true when the gateway shuts down (close 1001 both ways).
+    pub going_away: tokio::sync::watch::Receiver<bool>,
 }
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -415,7 +417,12 @@ enum End {
     ClientFailed(String),
     UpstreamFailed(String),
     Session(CloseReason),
+    /// The gateway is shutting down.
+    GoingAway,
 }
+
+/// The close reason sent both ways when the gateway shuts down.
+const GOING_AWAY: &str = "gateway shutting down";
 
 fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -461,6 +468,7 @@ async fn run(mut client: Halves, mut upstream: Halves, relay: &Relay) {
     let started = Instant::now();
     // Subscribed before the first check (in `Binding::over`).
     let mut watch = relay.binding.as_ref().map(|b| b.store.watch(b.id()));
+    let mut going_away = relay.going_away.clone();
     let (c_tx, c_rx) = &mut client;
     let (u_tx, u_rx) = &mut upstream;
     let end = {
@@ -511,15 +519,22 @@ async fn run(mut client: Halves, mut upstream: Halves, relay: &Relay) {
                 _ => std::future::pending().await,
             }
         };
+        let away = async {
+            // An error: the gateway itself is gone, which is going away too.
+            let _ = going_away.wait_for(|away| *away).await;
+            End::GoingAway
+        };
         tokio::select! {
             e = up => e,
             e = down => e,
             e = over => e,
+            e = away => e,
         }
     };
     drop(watch);
     let (closed_by, code, reason) = match &end {
         End::Session(r) => ("gateway", r.client_code().into(), r.text().to_string()),
+        End::GoingAway => ("gateway", CloseCode::Away.into(), GOING_AWAY.to_string()),
         End::Client(f) => ("client", close_code(f), close_reason(f)),
         End::Upstream(f) => ("upstream", close_code(f), close_reason(f)),
         End::ClientFailed(e) => ("client_error", 0u16, e.clone()),
@@ -553,6 +568,12 @@ async fn close_both(end: End, client: &mut Halves, upstream: &mut Halves) {
             tokio::join!(
                 finish(c_tx, c_rx, Some(to_client)),
                 finish(u_tx, u_rx, Some(to_upstream)),
+            );
+        }
+        End::GoingAway => {
+            tokio::join!(
+                finish(c_tx, c_rx, Some(close(CloseCode::Away, GOING_AWAY))),
+                finish(u_tx, u_rx, Some(close(CloseCode::Away, GOING_AWAY))),
             );
         }
         End::Client(f) => {

@@ -220,6 +220,8 @@ pub struct Gw {
     pub dir: PathBuf,
     /// The admin listener, when the config has one.
     pub admin: Option<SocketAddr>,
+    /// The gateway itself (reloader, store).
+    pub gateway: std::sync::Arc<rolegate::Gateway>,
 }
 
 /// Starts the real gateway (library server on loopback) with the test
@@ -259,8 +261,9 @@ pub async fn start_with_config(dir: &std::path::Path, cfg: &str) -> Gw {
         .await
         .expect("session store");
     let gw = rolegate::Gateway::new(loaded.runtime, store);
+    gw.reloader().configure(Some(path), loaded.sources);
     tokio::spawn(rolegate::proxy::listener::run(
-        gw,
+        gw.clone(),
         listener,
         admin,
         std::future::pending(),
@@ -269,6 +272,7 @@ pub async fn start_with_config(dir: &std::path::Path, cfg: &str) -> Gw {
         admin: admin_addr,
         addr,
         dir: dir.to_path_buf(),
+        gateway: gw,
     }
 }
 
