@@ -13,6 +13,7 @@
 //! 4 session      idle / revoked / deactivated      session::Store (401)
 //! 5 authorize    policy::decide                    policy                 (403)
 //! 6 forward      headers, stream body upstream     proxy::headers, upstream (502/504/413)
+//!                pick a server (balance, health)   proxy::pool            (503 if all down)
 //! 7 respond      mask or audit, stream back        mask::BodyMasker (502 if unmaskable)
 //!                websocket: 101 → relay            proxy::websocket (400 if not allowed)
 //! 8 log          access + decision line            always
