@@ -134,7 +134,8 @@ async fn serve(name: &'static str, listener: TcpListener, state: Arc<State>) {
                         }
                         200
                     };
-                    let body = json!({ "server": name, "path": path }).to_string();
+                    // Relation questions (`relations.NAME.pull`) are answered yes.
+                    let body = json!({ "server": name, "path": path, "allowed": true }).to_string();
                     let resp = hyper::Response::builder()
                         .status(status)
                         .header("content-type", "application/json")
@@ -318,6 +319,35 @@ async fn every_server_down_is_an_immediate_503_and_nothing_is_sent() {
     b.state.sick.store(false, SeqCst);
     two_more_checks(&b, b.checks()).await;
     assert_eq!(get(&gw, "/p/x").await, (200, "b".to_string()));
+}
+
+#[tokio::test]
+async fn relations_are_pulled_through_the_same_servers_and_health() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let dir = scratch_dir("pools-relations");
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{identity}upstreams:\n  app:\n{servers}{CHECKED}relations:\n  member:\n    pull: {{ upstream: app, path: /rel/member, cache_ttl: 0s, negative_ttl: 0s }}\nroutes:\n  - {{ name: team, match: {{ path: \"/p/{{team}}\" }}, require: \"relation:member({{team}})\" }}\n",
+        identity = identity_yaml(),
+        servers = servers(&[&a, &b]),
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let t = token_with(json!({ "sub": "u1", "sid": "s-u1" }));
+    // Each request is one pull and one forward, both balanced: 8 calls.
+    for _ in 0..4 {
+        let r = req(gw.addr, "GET", "/p/t1", Some(&t), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!((a.hits(), b.hits()), (4, 4));
+
+    // Every server down: the relation is unknown (fail closed), and the
+    // question is not even sent.
+    a.state.sick.store(true, SeqCst);
+    b.state.sick.store(true, SeqCst);
+    two_more_checks(&a, a.checks()).await;
+    two_more_checks(&b, b.checks()).await;
+    let r = req(gw.addr, "GET", "/p/t1", Some(&t), &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (403, "forbidden"));
+    assert_eq!((a.hits(), b.hits()), (4, 4));
 }
 
 // ------------------------------------------------------------- raw TCP
