@@ -152,6 +152,11 @@ pub enum Fault {
     /// The upstream did not send a response head in time.
     #[error("upstream {0} timed out")]
     UpstreamTimeout(String),
+    /// Every server of the upstream is known to be down (its active
+    /// health check fails on all of them): answered at once, nothing is
+    /// tried.
+    #[error("upstream {0} has no healthy server")]
+    NoHealthyUpstream(String),
     /// The session store cannot answer (Redis down) and
     /// `sessions.on_store_error` is `deny`. The field is the store's error
     /// text: logged, never sent to the client.
@@ -204,9 +209,9 @@ impl Refusal {
                 | Fault::UpstreamTls(..)
                 | Fault::UpstreamFailed(..) => StatusCode::BAD_GATEWAY,
                 Fault::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                Fault::StoreUnavailable(_) | Fault::AuditUnavailable(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                Fault::StoreUnavailable(_)
+                | Fault::AuditUnavailable(_)
+                | Fault::NoHealthyUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Fault::Unmaskable(_) => StatusCode::BAD_GATEWAY,
             },
         }
@@ -232,6 +237,7 @@ impl Refusal {
             Refusal::Fault(f) => match f {
                 Fault::UpstreamUnavailable(_) | Fault::UpstreamTls(..) => "upstream_unavailable",
                 Fault::UpstreamTimeout(_) => "upstream_timeout",
+                Fault::NoHealthyUpstream(_) => "no_healthy_upstream",
                 Fault::UpstreamFailed(..) => "upstream_failed",
                 Fault::StoreUnavailable(_) => "session_store_unavailable",
                 Fault::Unmaskable(_) => "unmaskable_response",
@@ -384,6 +390,17 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(r.to_string(), "upstream app failed");
         assert!(r.cause().contains("chunk"));
+    }
+
+    #[test]
+    fn no_healthy_upstream_is_503_with_its_own_code() {
+        let r = Refusal::from(Fault::NoHealthyUpstream("app".into()));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.code(), "no_healthy_upstream");
+        assert_eq!(r.detail(), "no_healthy_upstream");
+        assert_eq!(r.generic_reason(), "temporarily unavailable");
+        assert_eq!(r.to_string(), "upstream app has no healthy server");
+        assert!(r.is_fault() && r.cause().is_empty());
     }
 
     #[test]

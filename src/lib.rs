@@ -17,6 +17,8 @@
 //! 5 authorize    policy::decide              capabilities ∩ scope ∩ conditions, or 403;
 //!                relations::resolve          relations the decision depends on, pulled + cached
 //! 6 forward      proxy::headers, upstream    strip spoofable headers, inject identity, stream
+//!                proxy::pool                 pick a server of the upstream (balancing, passive +
+//!                                            active health); 503 when all are down
 //! 7 respond      mask::BodyMasker            PII masked unless the principal holds `unmask_with` (then audited);
 //!                                            a long response is cut when its session ends
 //!                proxy::websocket            websocket routes: frames relayed both ways, closed (1008)

@@ -1,12 +1,15 @@
 //! End-to-end: the real gateway on loopback in front of a real recording
 //! hyper upstream. Identity (every algorithm and the classic forgeries),
-//! path tricks, header spoofing, policy decisions and upstream failures.
+//! path tricks, header spoofing, policy decisions and upstream failures;
+//! upstream pools, health and faults (`gateway/pools.rs`).
 
 mod common;
 #[path = "gateway/directory.rs"]
 mod directory;
 #[path = "gateway/malformed.rs"]
 mod malformed;
+#[path = "gateway/pools.rs"]
+mod pools;
 #[path = "gateway/relations.rs"]
 mod relations;
 #[path = "gateway/reload.rs"]

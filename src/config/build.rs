@@ -21,8 +21,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::file::{
-    FileClientCert, FileConfig, FileListen, FileListener, FileRedirect, FileRequire, FileRoute,
-    FileRules, FileTls, FileUpstream,
+    FileBalance, FileClientCert, FileConfig, FileListen, FileListener, FileRedirect, FileRequire,
+    FileRoute, FileRules, FileTls, FileUpstream,
 };
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
 use super::{ClientCertRule, Listener, Redirect, ReloadSettings};
@@ -37,6 +37,7 @@ use crate::policy::{
     IssueSubject, LevelLadder, Policy, PolicySpec, ProfileDef, Requirement, RoleDef, RoutePolicy,
     Severity as PSeverity,
 };
+use crate::proxy::pool::{Balance, Check, Health, Pool, Server};
 use crate::proxy::tls::{self, ClientAuth};
 use crate::proxy::upstream::{ClientSettings, Roots, TlsSettings};
 use crate::route::{CanonOptions, IssueKind, RouteSpec, Router};
@@ -372,9 +373,13 @@ impl Builder {
             .map(|i| i.value.iss.clone())
             .collect();
         let reload_interval =
-            self.positive_duration(name, "reload.watch_interval", &cfg.reload.watch_interval);
-        let drain_timeout =
-            self.positive_duration(name, "shutdown.drain_timeout", &cfg.shutdown.drain_timeout);
+            self.positive_duration(name, 0, "reload.watch_interval", &cfg.reload.watch_interval);
+        let drain_timeout = self.positive_duration(
+            name,
+            0,
+            "shutdown.drain_timeout",
+            &cfg.shutdown.drain_timeout,
+        );
         let directory = match cfg.directory {
             None => Some(None),
             Some(d) => self.build_directory(name, d, &issuer_names).map(Some),
@@ -1146,42 +1151,8 @@ impl Builder {
         let mut out = Vec::new();
         for (name, u) in ups {
             let line = u.referenced.line();
-            let u = u.value;
-            let uri = match http::Uri::from_str(&u.url) {
-                Ok(uri) => uri,
-                Err(e) => {
-                    self.error(
-                        file,
-                        line,
-                        format!("upstream {name}: invalid url {:?}: {e}", u.url),
-                    );
-                    continue;
-                }
-            };
-            let https = match uri.scheme_str() {
-                Some("http") => false,
-                Some("https") => true,
-                _ => {
-                    self.error(
-                        file,
-                        line,
-                        format!("upstream {name}: url must start with http:// or https://"),
-                    );
-                    continue;
-                }
-            };
-            if uri.query().is_some() {
-                self.error(
-                    file,
-                    line,
-                    format!("upstream {name}: url must not have a query"),
-                );
-                continue;
-            }
-            let Some(authority) = uri.authority().cloned() else {
-                self.error(file, line, format!("upstream {name}: url has no host"));
-                continue;
-            };
+            let mut u = u.value;
+            let servers = self.upstream_servers(file, line, &name, &mut u);
             let connect_timeout = self.duration(
                 file,
                 line,
@@ -1190,6 +1161,16 @@ impl Builder {
             );
             let timeout =
                 self.duration(file, line, &format!("upstream {name}: timeout"), &u.timeout);
+            let body_idle_timeout = self.positive_duration(
+                file,
+                line,
+                &format!("upstream {name}: body_idle_timeout"),
+                &u.body_idle_timeout,
+            );
+            let health = match &u.health {
+                Some(h) => self.upstream_health(file, h.referenced.line(), &name, &h.value),
+                None => self.upstream_health(file, line, &name, &Default::default()),
+            };
             if u.http2 && u.preserve_host {
                 // HTTP/2 carries the host in `:authority`, which must agree
                 // with `Host` (RFC 9113 §8.3.1) and is what the pool and
@@ -1200,14 +1181,21 @@ impl Builder {
                     format!("upstream {name}: preserve_host cannot be combined with http2: true"),
                 );
             }
+            let Some((https, base_path, servers)) = servers else {
+                continue;
+            };
             let tls = if https {
                 self.upstream_tls(file, line, &name, &u)
             } else {
                 self.no_tls_keys(file, line, &name, &u);
                 Some(None)
             };
-            let Some(tls) = tls else { continue };
-            let client = match crate::proxy::upstream::new_client(ClientSettings {
+            let (Some(tls), Some(health), Some(body_idle_timeout)) =
+                (tls, health, body_idle_timeout)
+            else {
+                continue;
+            };
+            let (client, fresh) = match crate::proxy::upstream::new_clients(ClientSettings {
                 connect_timeout,
                 http2: u.http2,
                 tls,
@@ -1221,32 +1209,246 @@ impl Builder {
                     continue;
                 }
             };
-            let Ok(origin) = http::Uri::builder()
-                .scheme(if https { "https" } else { "http" })
-                .authority(authority)
-                .path_and_query("/")
-                .build()
-            else {
-                self.error(
-                    file,
-                    line,
-                    format!("upstream {name}: invalid url {:?}", u.url),
-                );
-                continue;
+            let balance = match u.balance {
+                FileBalance::RoundRobin => Balance::RoundRobin,
+                FileBalance::LeastOutstanding => Balance::LeastOutstanding,
             };
+            let pool = Pool::new(name.clone(), servers, balance, health, client, fresh);
             out.push(Upstream {
                 name,
-                origin,
-                base_path: uri.path().trim_end_matches('/').to_string(),
+                base_path,
                 timeout,
+                body_idle_timeout,
                 preserve_host: u.preserve_host,
                 pass_credentials: u.pass_credentials,
                 http2: u.http2,
                 insecure_skip_verify: u.insecure_skip_verify,
-                client,
+                pool: Arc::new(pool),
             });
         }
         out
+    }
+
+    /// `url` or `servers`: the servers, whether they are `https://`, and
+    /// their shared base path. Every server is a full URL with the same
+    /// scheme and base path (TLS settings are the upstream's, so they are
+    /// shared too); each mistake is reported at its own line.
+    fn upstream_servers(
+        &mut self,
+        file: &str,
+        line: u64,
+        name: &str,
+        u: &mut FileUpstream,
+    ) -> Option<(bool, String, Vec<Server>)> {
+        let urls: Vec<(String, u64)> = match (u.url.take(), u.servers.take()) {
+            (Some(url), None) => vec![(url, line)],
+            (None, Some(list)) if !list.is_empty() => list
+                .into_iter()
+                .map(|s| (s.value, s.referenced.line()))
+                .collect(),
+            (None, Some(_)) => {
+                self.error(
+                    file,
+                    line,
+                    format!("upstream {name}: servers must list at least one server"),
+                );
+                return None;
+            }
+            (None, None) => {
+                self.error(
+                    file,
+                    line,
+                    format!("upstream {name}: one of `url` and `servers` is needed"),
+                );
+                return None;
+            }
+            (Some(_), Some(_)) => {
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "upstream {name}: `url` and `servers` exclude each other (`url` is one server)"
+                    ),
+                );
+                return None;
+            }
+        };
+        let several = urls.len() > 1;
+        let mut ok = true;
+        let mut first: Option<(bool, String, String)> = None;
+        let mut servers: Vec<Server> = Vec::new();
+        for (url, at) in urls {
+            let what = if several {
+                format!("upstream {name}: server {url:?}")
+            } else {
+                format!("upstream {name}: url")
+            };
+            let uri = match http::Uri::from_str(&url) {
+                Ok(uri) => uri,
+                Err(e) => {
+                    let msg = if several {
+                        format!("{what} is invalid: {e}")
+                    } else {
+                        format!("upstream {name}: invalid url {url:?}: {e}")
+                    };
+                    self.error(file, at, msg);
+                    ok = false;
+                    continue;
+                }
+            };
+            let https = match uri.scheme_str() {
+                Some("http") => false,
+                Some("https") => true,
+                _ => {
+                    self.error(
+                        file,
+                        at,
+                        format!("{what} must start with http:// or https://"),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if uri.query().is_some() {
+                self.error(file, at, format!("{what} must not have a query"));
+                ok = false;
+                continue;
+            }
+            let Some(authority) = uri.authority().cloned() else {
+                self.error(file, at, format!("{what} has no host"));
+                ok = false;
+                continue;
+            };
+            let base = uri.path().trim_end_matches('/').to_string();
+            match &first {
+                None => first = Some((https, base, url.clone())),
+                Some((f_https, f_base, f_url)) => {
+                    if *f_https != https {
+                        self.error(
+                            file,
+                            at,
+                            format!(
+                                "{what}: its scheme differs from {f_url:?} (the servers of an upstream share scheme, base path and TLS settings)"
+                            ),
+                        );
+                        ok = false;
+                    } else if *f_base != base {
+                        self.error(
+                            file,
+                            at,
+                            format!(
+                                "{what}: its base path {base:?} differs from {f_base:?} of {f_url:?} (the servers of an upstream share scheme, base path and TLS settings)"
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if servers.iter().any(|s| {
+                s.authority
+                    .as_str()
+                    .eq_ignore_ascii_case(authority.as_str())
+            }) {
+                self.error(file, at, format!("{what} is listed twice"));
+                ok = false;
+                continue;
+            }
+            let scheme = if https {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            };
+            servers.push(Server::new(scheme, authority));
+        }
+        let (https, base, _) = first?;
+        ok.then_some((https, base, servers))
+    }
+
+    /// `health:` of an upstream; `None` after reporting every problem.
+    fn upstream_health(
+        &mut self,
+        file: &str,
+        line: u64,
+        name: &str,
+        h: &super::file::FileHealth,
+    ) -> Option<Health> {
+        let eject_for = self.positive_duration(
+            file,
+            line,
+            &format!("upstream {name}: health.eject_for"),
+            &h.eject_for,
+        );
+        let max_eject_for = self.positive_duration(
+            file,
+            line,
+            &format!("upstream {name}: health.max_eject_for"),
+            &h.max_eject_for,
+        );
+        let mut ok = true;
+        if let (Some(e), Some(m)) = (eject_for, max_eject_for)
+            && m < e
+        {
+            self.error(
+                file,
+                line,
+                format!("upstream {name}: health.max_eject_for is below health.eject_for"),
+            );
+            ok = false;
+        }
+        let check = match &h.check {
+            None => None,
+            Some(c) => {
+                let at = c.referenced.line();
+                let c = &c.value;
+                let path = if c.path.starts_with('/') {
+                    match c.path.parse::<http::uri::PathAndQuery>() {
+                        Ok(p) => Some(p),
+                        Err(e) => {
+                            self.error(
+                                file,
+                                at,
+                                format!("upstream {name}: health.check.path {:?}: {e}", c.path),
+                            );
+                            None
+                        }
+                    }
+                } else {
+                    self.error(
+                        file,
+                        at,
+                        format!(
+                            "upstream {name}: health.check.path {:?} must start with `/`",
+                            c.path
+                        ),
+                    );
+                    None
+                };
+                let interval = self.positive_duration(
+                    file,
+                    at,
+                    &format!("upstream {name}: health.check.interval"),
+                    &c.interval,
+                );
+                let timeout = self.positive_duration(
+                    file,
+                    at,
+                    &format!("upstream {name}: health.check.timeout"),
+                    &c.timeout,
+                );
+                Some(Check {
+                    path: path?,
+                    interval: interval?,
+                    timeout: timeout?,
+                })
+            }
+        };
+        Some(Health {
+            failures: h.failures,
+            eject_for: eject_for?,
+            max_eject_for: max_eject_for?,
+            check,
+        })
+        .filter(|_| ok)
     }
 
     /// The TLS keys of an `http://` upstream are errors: they would
@@ -1444,17 +1646,22 @@ impl Builder {
         }
     }
 
-    /// A duration that must be greater than zero; `None` (and an error)
-    /// otherwise.
-    fn positive_duration(&mut self, file: &str, what: &str, s: &str) -> Option<Duration> {
+    /// A duration above zero; `None` after reporting it.
+    fn positive_duration(
+        &mut self,
+        file: &str,
+        line: u64,
+        what: &str,
+        s: &str,
+    ) -> Option<Duration> {
         match parse_duration(s) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                self.error(file, 0, format!("{what} must be greater than zero"));
+                self.error(file, line, format!("{what} must be above 0"));
                 None
             }
             Err(e) => {
-                self.error(file, 0, format!("{what}: {e}"));
+                self.error(file, line, format!("{what}: {e}"));
                 None
             }
         }
@@ -2468,6 +2675,146 @@ mod tests {
                 l.warnings.iter().map(ToString::to_string).collect(),
             ),
             Err(d) => (None, d.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    /// Loads a whole config (no rules files): the runtime, or every
+    /// diagnostic as `check` prints it.
+    fn load_main(text: &str) -> Result<Runtime, Vec<String>> {
+        let base = std::env::temp_dir();
+        load_from_text("rolegate.yaml", text, &base, RulesSource::Embedded(vec![]))
+            .map(|l| l.runtime)
+            .map_err(|d| d.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn upstream_pools_load_with_their_servers_balance_and_health() {
+        let rt = load_main(
+            "upstreams:
+  app:
+    servers: [\"http://10.0.0.1:8080/studio/\", \"http://10.0.0.2:8080/studio\"]
+    balance: least_outstanding
+    body_idle_timeout: 30s
+    health:
+      failures: 5
+      eject_for: 2s
+      max_eject_for: 1m
+      check: { path: /healthz, interval: 1s }
+  one: { url: \"https://api.test\" }
+",
+        )
+        .unwrap();
+        let app = &rt.upstreams[0];
+        assert_eq!(app.base_path, "/studio");
+        assert_eq!(app.body_idle_timeout, Duration::from_secs(30));
+        let labels: Vec<&str> = app
+            .pool
+            .servers()
+            .iter()
+            .map(|s| s.label.as_str())
+            .collect();
+        assert_eq!(labels, ["http://10.0.0.1:8080", "http://10.0.0.2:8080"]);
+        let one = &rt.upstreams[1];
+        assert_eq!(one.pool.servers()[0].label, "https://api.test");
+        assert_eq!(one.body_idle_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn upstream_pool_mistakes_are_all_reported_at_their_line() {
+        let text = "upstreams:
+  mixed:
+    servers:
+      - \"http://a.test:1/x\"
+      - \"https://b.test:2/x\"
+      - \"http://c.test:3/y\"
+      - \"http://A.test:1/x\"
+  both: { url: \"http://a.test\", servers: [\"http://b.test\"] }
+  none: { timeout: 1s }
+  empty: { servers: [] }
+  badcheck:
+    url: \"http://a.test\"
+    body_idle_timeout: 0s
+    health:
+      eject_for: 1m
+      max_eject_for: 10s
+      check: { path: health, interval: 0s }
+";
+        let errs = load_main(text).err().unwrap();
+        let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        for (msg, at) in [
+            (
+                "upstream mixed: server \"https://b.test:2/x\": its scheme differs",
+                line("https://b.test:2/x"),
+            ),
+            (
+                "upstream mixed: server \"http://c.test:3/y\": its base path \"/y\" differs",
+                line("c.test:3"),
+            ),
+            (
+                "upstream mixed: server \"http://A.test:1/x\" is listed twice",
+                line("A.test"),
+            ),
+            (
+                "upstream both: `url` and `servers` exclude each other",
+                line("both:"),
+            ),
+            (
+                "upstream none: one of `url` and `servers` is needed",
+                line("none:"),
+            ),
+            (
+                "upstream empty: servers must list at least one server",
+                line("empty:"),
+            ),
+            // A block mapping's line is its first key's.
+            (
+                "upstream badcheck: body_idle_timeout must be above 0",
+                line("badcheck:") + 1,
+            ),
+            (
+                "upstream badcheck: health.max_eject_for is below health.eject_for",
+                line("eject_for: 1m"),
+            ),
+            (
+                "upstream badcheck: health.check.path \"health\" must start with `/`",
+                line("check: {"),
+            ),
+            (
+                "upstream badcheck: health.check.interval must be above 0",
+                line("check: {"),
+            ),
+        ] {
+            let want = format!("rolegate.yaml:{at}: error: {msg}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(&want)),
+                "no {want:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_pool_keys_and_balances_are_errors() {
+        for (text, needle) in [
+            (
+                "upstreams:\n  app:\n    url: \"http://a.test\"\n    health: { failure: 3 }\n",
+                "unknown field `failure`",
+            ),
+            (
+                "upstreams:\n  app:\n    url: \"http://a.test\"\n    health: { check: { path: /h, every: 1s } }\n",
+                "unknown field `every`",
+            ),
+            (
+                "upstreams:\n  app:\n    url: \"http://a.test\"\n    balance: random\n",
+                "unknown variant `random`",
+            ),
+        ] {
+            let errs = load_main(text).err().unwrap();
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with("rolegate.yaml:4:") && e.contains(needle)),
+                "{needle}: {errs:?}"
+            );
         }
     }
 

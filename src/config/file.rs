@@ -250,11 +250,26 @@ impl Default for FileClaims {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
-    pub url: String,
+    /// One server (`url:`); exactly one of `url` and `servers`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Several servers, each a full URL; they must share scheme and base
+    /// path (TLS settings are the upstream's, shared by all).
+    #[serde(default)]
+    pub servers: Option<Vec<Spanned<String>>>,
+    /// How a request picks a server.
+    #[serde(default)]
+    pub balance: FileBalance,
+    /// Passive (and optionally active) health of the servers.
+    #[serde(default)]
+    pub health: Option<Spanned<FileHealth>>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
     #[serde(default = "default_upstream_timeout")]
     pub timeout: String,
+    /// Longest silence between two reads of the response body.
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: String,
     #[serde(default)]
     pub preserve_host: bool,
     /// Forward the verified credential to this upstream (overrides
@@ -304,6 +319,40 @@ impl Default for FileReload {
     }
 }
 
+/// `upstreams.NAME.balance`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileBalance {
+    #[default]
+    RoundRobin,
+    LeastOutstanding,
+}
+
+/// `upstreams.NAME.health`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileHealth {
+    /// Consecutive failures that eject a server (0: never).
+    pub failures: u32,
+    /// The first ejection's length.
+    pub eject_for: String,
+    /// The longest ejection (each repeated one doubles).
+    pub max_eject_for: String,
+    /// The active check; absent: passive health only.
+    pub check: Option<Spanned<FileHealthCheck>>,
+}
+
+impl Default for FileHealth {
+    fn default() -> Self {
+        FileHealth {
+            failures: 3,
+            eject_for: "10s".into(),
+            max_eject_for: "5m".into(),
+            check: None,
+        }
+    }
+}
+
 /// `shutdown:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -318,6 +367,30 @@ impl Default for FileShutdown {
             drain_timeout: "30s".into(),
         }
     }
+}
+
+/// `upstreams.NAME.health.check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    /// The path asked (`GET`), as sent: not under the URL's base path.
+    pub path: String,
+    #[serde(default = "default_check_interval")]
+    pub interval: String,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: String,
+}
+
+fn default_check_interval() -> String {
+    "5s".into()
+}
+
+fn default_check_timeout() -> String {
+    "2s".into()
+}
+
+fn default_body_idle_timeout() -> String {
+    "5m".into()
 }
 
 /// `directory:`.

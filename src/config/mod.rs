@@ -20,7 +20,6 @@ pub use build::{
 use crate::auth::Authenticator;
 use crate::mask;
 use crate::policy::{Policy, Principal, RoutePolicy};
-use crate::proxy::upstream::HttpClient;
 use crate::route::{CanonOptions, RouteSpec, Router};
 use crate::session::SessionSettings;
 use std::sync::Arc;
@@ -73,6 +72,17 @@ pub enum RelationSource {
 }
 
 impl Runtime {
+    /// Starts the active health checkers of the upstreams that have one
+    /// (once each; they stop when this runtime is dropped). Called when a
+    /// runtime starts serving; `upstream::send` also calls it, so a
+    /// runtime that was never started this way checks from its first
+    /// request on.
+    pub fn start_health_checks(&self) {
+        for u in &self.upstreams {
+            u.pool.start_checks();
+        }
+    }
+
     /// The inactivity timeout the session stage applies to `p`: the
     /// smallest `idle_timeout` among the roles it holds
     /// ([`Policy::idle_timeout`]), else `sessions.idle_timeout`. The one
@@ -240,14 +250,17 @@ pub struct MaskingSettings {
     pub audit_log: std::path::PathBuf,
 }
 
-/// A named upstream with its own connection pool.
+/// A named upstream: one or more servers behind one name, sharing scheme,
+/// base path, TLS settings, timeouts and a connection pool.
 pub struct Upstream {
     pub name: String,
-    /// `scheme://authority` of the upstream.
-    pub origin: http::uri::Uri,
-    /// Path prefix from the upstream URL, without trailing slash ("" if none).
+    /// Path prefix from the upstream URL(s), without trailing slash ("" if
+    /// none); the same for every server.
     pub base_path: String,
+    /// Time to a response head.
     pub timeout: Duration,
+    /// Longest silence between two reads of a response body.
+    pub body_idle_timeout: Duration,
     /// `preserve_host`: send the client's Host instead of the upstream's.
     pub preserve_host: bool,
     /// `pass_credentials` of this upstream, if set (routes resolve it).
@@ -257,7 +270,8 @@ pub struct Upstream {
     /// `insecure_skip_verify: true`: the certificate is not checked
     /// (warned about by `check` and at start).
     pub insecure_skip_verify: bool,
-    pub client: HttpClient,
+    /// The servers, their balancing and health, and the clients.
+    pub pool: Arc<crate::proxy::pool::Pool>,
 }
 
 /// Header handling on the way upstream (and back).

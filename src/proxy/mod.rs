@@ -7,6 +7,7 @@ pub mod body;
 pub mod headers;
 pub mod listener;
 pub mod pipeline;
+pub mod pool;
 pub mod tls;
 pub mod upstream;
 pub mod websocket;

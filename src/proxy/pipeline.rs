@@ -13,6 +13,7 @@
 //! 4 session      idle / revoked / deactivated      session::Store (401)
 //! 5 authorize    policy::decide                    policy                 (403)
 //! 6 forward      headers, stream body upstream     proxy::headers, upstream (502/504/413)
+//!                pick a server (balance, health)   proxy::pool            (503 if all down)
 //! 7 respond      mask or audit, stream back        mask::BodyMasker (502 if unmaskable)
 //!                websocket: 101 → relay            proxy::websocket (400 if not allowed)
 //! 8 log          access + decision line            always
@@ -36,7 +37,7 @@ use hyper::body::Incoming;
 use super::body::{BodyTooLarge, Limited, MalformedBody, MaskedBody, Primed, SessionBound};
 use super::headers::{self, ForwardedFor};
 use super::listener::Conn;
-use super::upstream::{self, BoxError, has_cause};
+use super::upstream::{self, BodyIdleTimeout, BoxError, UpstreamBody, has_cause};
 use super::websocket;
 use super::wire::{Framing, RawHead};
 
@@ -133,6 +134,7 @@ impl Gateway {
     /// A gateway serving `runtime`, with sessions in `store`. The store
     /// lives outside the runtime: a config reload keeps every session.
     pub fn new(runtime: Runtime, store: Store) -> Arc<Self> {
+        runtime.start_health_checks();
         let audit = AuditLog::new(runtime.masking.audit_log.clone());
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
@@ -172,6 +174,7 @@ impl Gateway {
 
     /// Replaces the runtime; requests in flight finish on the old one.
     pub fn swap(&self, runtime: Runtime) {
+        runtime.start_health_checks();
         self.runtime.store(Arc::new(runtime));
         // A rotated audit log file is written anew from here on.
         self.audit.reopen();
@@ -419,7 +422,7 @@ impl Gateway {
         route: &Route,
         v: Option<&Verified>,
         client: hyper::upgrade::OnUpgrade,
-        mut resp: Response<Incoming>,
+        mut resp: Response<UpstreamBody>,
     ) -> Result<Response<RespBody>, Refusal> {
         let up = &rt.upstreams[route.upstream].name;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -926,7 +929,7 @@ async fn forward(
     principal: Option<&Principal>,
     masking: bool,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, Refusal> {
+) -> Result<Response<UpstreamBody>, Refusal> {
     let max = rt.listen.max_body_bytes;
     let declared = req
         .headers()
@@ -967,12 +970,11 @@ async fn forward(
         pq.push('?');
         pq.push_str(q);
     }
-    let mut uri = up.origin.clone().into_parts();
-    uri.path_and_query = Some(
-        pq.parse()
-            .map_err(|_| Deny::BadHost("unforwardable path"))?,
-    );
-    parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadHost("unforwardable path"))?;
+    // Origin-form: `upstream::send` puts the picked server in front.
+    let pq: http::uri::PathAndQuery = pq
+        .parse()
+        .map_err(|_| Deny::BadHost("unforwardable path"))?;
+    parts.uri = http::Uri::from(pq);
     parts.version = http::Version::HTTP_11;
 
     // On a masked route the whole representation is needed to mask it: no
@@ -1060,10 +1062,10 @@ static UNMASKED_REPRESENTATION: [HeaderName; 4] = [
     HeaderName::from_static("content-md5"),
 ];
 
-fn respond(rt: &Runtime, ctx: &Ctx, resp: Response<Incoming>) -> Response<RespBody> {
+fn respond(rt: &Runtime, ctx: &Ctx, resp: Response<UpstreamBody>) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
     clean_response(rt, ctx, &mut parts.headers);
-    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+    Response::from_parts(parts, body.boxed())
 }
 
 /// The upstream's response headers, cleaned; an upstream setting the
@@ -1100,7 +1102,7 @@ async fn mask_response(
     ctx: &Ctx,
     policy: Arc<mask::Policy>,
     upstream: &str,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     head: bool,
 ) -> Result<Response<RespBody>, Refusal> {
     let (mut parts, body) = resp.into_parts();
@@ -1171,7 +1173,11 @@ async fn mask_response(
                 break;
             };
             let frame = frame.map_err(|e| {
-                Refusal::from(Fault::UpstreamFailed(upstream.to_string(), e.to_string()))
+                Refusal::from(if has_cause::<BodyIdleTimeout>(e.as_ref()) {
+                    Fault::UpstreamTimeout(upstream.to_string())
+                } else {
+                    Fault::UpstreamFailed(upstream.to_string(), e.to_string())
+                })
             })?;
             if let Some(data) = frame.data_ref() {
                 masker

@@ -2,16 +2,25 @@
 //! HTTP version, and the mapping of its failures to [`Fault`]s.
 //!
 //! Owns connecting (plain TCP, or rustls for `https://` upstreams),
-//! pooling and the response-head timeout. It does not touch headers (that
-//! is `headers.rs`) or decide anything. TLS settings arrive already read
+//! connection pooling, the response-head and body idle timeouts and the
+//! keep-alive race retry. Which server a request goes to, and their
+//! health, is `pool.rs`'s; this module only reports each attempt's
+//! outcome to it. It does not touch headers (that is `headers.rs`) or
+//! decide anything. TLS settings arrive already read
 //! and parsed (`config::build` reads the PEM files, so `check` can report
 //! them); this module only turns them into a client.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::{ConfigBuilderExt, FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -25,6 +34,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use crate::config::Upstream;
 use crate::error::{BadRequest, Deny, Fault, Refusal};
 use crate::proxy::body::{BodyTooLarge, MalformedBody};
+use crate::proxy::pool::{Pick, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request body type sent upstream (the client's body, streamed, with a size limit).
@@ -100,25 +110,36 @@ fn tls_config(tls: TlsSettings) -> Result<ClientConfig, rustls::Error> {
     Ok(config)
 }
 
-/// A pooled client (idle connections kept 60 s) with a connect timeout.
-/// Fails only when rustls refuses the TLS settings (e.g. a client key that
-/// does not match its certificate).
-pub fn new_client(settings: ClientSettings) -> Result<HttpClient, rustls::Error> {
+/// The two clients of an upstream, built on one connector: the pooled
+/// one (idle connections kept 60 s) and one that keeps no idle connection
+/// (the keep-alive race retry's). Both have the connect timeout. Fails
+/// only when rustls refuses the TLS settings (e.g. a client key that does
+/// not match its certificate).
+pub fn new_clients(settings: ClientSettings) -> Result<(HttpClient, HttpClient), rustls::Error> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(settings.connect_timeout));
     connector.set_nodelay(true);
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
+    let mut pooled = Client::builder(TokioExecutor::new());
+    pooled
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
+        // hyper-util's own retry (the default, kept explicit): a request
+        // handed a pooled connection found dead before a byte was written
+        // is sent again on another one. `send` adds the case it leaves out.
+        .retry_canceled_requests(true)
         .http2_only(settings.http2);
+    let mut fresh = pooled.clone();
+    fresh.pool_max_idle_per_host(0);
     match settings.tls {
         None => {
             // The request URI is always built from the upstream's own
             // origin, never from client input, so enforcing http keeps an
             // `https` URI from ever going out in clear on this client.
             connector.enforce_http(true);
-            Ok(HttpClient::Plain(builder.build(connector)))
+            Ok((
+                HttpClient::Plain(pooled.build(connector.clone())),
+                HttpClient::Plain(fresh.build(connector)),
+            ))
         }
         Some(mut tls) => {
             let server_name = tls.server_name.take();
@@ -137,7 +158,10 @@ pub fn new_client(settings: ClientSettings) -> Result<HttpClient, rustls::Error>
             } else {
                 b.enable_http1().wrap_connector(connector)
             };
-            Ok(HttpClient::Tls(builder.build(connector)))
+            Ok((
+                HttpClient::Tls(pooled.build(connector.clone())),
+                HttpClient::Tls(fresh.build(connector)),
+            ))
         }
     }
 }
@@ -192,53 +216,267 @@ impl ServerCertVerifier for Unverified {
     }
 }
 
-/// Sends the request and waits for the response head, at most `timeout`.
-pub async fn send(
-    up: &Upstream,
-    req: http::Request<UpBody>,
-) -> Result<http::Response<Incoming>, Refusal> {
-    match tokio::time::timeout(up.timeout, up.client.request(req)).await {
-        Err(_) => Err(Fault::UpstreamTimeout(up.name.clone()).into()),
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
-            // The client's body broke while it was being sent: the client's
-            // fault (400/413), not the upstream's; the upstream request was
-            // aborted, so it never got a complete request.
-            if has_cause::<BodyTooLarge>(&e) {
-                return Err(Deny::BodyTooLarge.into());
-            }
-            if has_cause::<MalformedBody>(&e) {
-                tracing::debug!(upstream = %up.name, error = %chain(&e), "request body broke while forwarding");
-                return Err(Deny::BadRequest(BadRequest::MalformedBody).into());
-            }
-            // A TLS error, in the handshake (connect) or right after it (a
-            // TLS 1.3 server refusing our client certificate answers the
-            // first request with an alert): the request never reached the
-            // upstream's application.
-            if has_cause::<rustls::Error>(&e) {
-                let cause = chain(&e);
-                tracing::warn!(upstream = %up.name, error = %cause, "upstream TLS failed");
-                return Err(Fault::UpstreamTls(up.name.clone(), cause).into());
-            }
-            if e.is_connect() {
-                tracing::warn!(upstream = %up.name, error = %chain(&e), "upstream connect failed");
-                return Err(Fault::UpstreamUnavailable(up.name.clone()).into());
-            }
-            Err(Fault::UpstreamFailed(up.name.clone(), chain(&e)).into())
+/// Sends the request to a server of `up` and waits for the response head,
+/// at most `up.timeout`. The request's URI is origin-form (path and query,
+/// base path included); the picked server's scheme and authority are put
+/// in front. The answer's body aborts after `up.body_idle_timeout` of
+/// silence and keeps the server counted in flight until it ends.
+///
+/// A request that is idempotent (RFC 9110 §9.2.2) and has no body is sent
+/// once more, on a new connection to the same server, when the connection
+/// closed or reset before any byte of an answer: the keep-alive race (the
+/// server closed an idle connection as the request went out on it).
+pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<UpstreamBody>, Refusal> {
+    let pool = &up.pool;
+    pool.start_checks();
+    let pick = pool
+        .pick()
+        .ok_or_else(|| Fault::NoHealthyUpstream(up.name.clone()))?;
+    let server = pick.server();
+    let replay = replayable(&req).then(|| {
+        let mut again = Request::new(empty());
+        *again.method_mut() = req.method().clone();
+        *again.uri_mut() = req.uri().clone();
+        *again.version_mut() = req.version();
+        *again.headers_mut() = req.headers().clone();
+        again
+    });
+    let req = to_server(req, server)?;
+    let attempt = async {
+        match pool.client().request(req).await {
+            Err(e) if keepalive_race(&e) => match replay {
+                Some(again) => {
+                    tracing::debug!(target: "rolegate::upstream", upstream = %up.name, server = %server.label, error = %chain(&e), "connection closed before an answer: sending again on a new connection");
+                    pool.fresh().request(to_server(again, server)?).await
+                }
+                None => Err(e),
+            },
+            r => r,
         }
+        .map_err(Attempt::Failed)
+    };
+    match tokio::time::timeout(up.timeout, attempt).await {
+        Err(_) => {
+            pick.failure();
+            Err(Fault::UpstreamTimeout(up.name.clone()).into())
+        }
+        Ok(Ok(resp)) => {
+            pick.success();
+            let idle = up.body_idle_timeout;
+            Ok(resp.map(|body| UpstreamBody::new(body, idle, pick)))
+        }
+        Ok(Err(Attempt::Refused(r))) => Err(r),
+        Ok(Err(Attempt::Failed(e))) => Err(failed(up, &pick, &e)),
     }
 }
 
-/// Whether `e` or anything in its source chain is a `T`. Looks inside
-/// `io::Error`s too: their `source()` skips the error they wrap (it returns
-/// that error's own source), and TLS errors arrive wrapped twice.
+/// Why an attempt produced no response head.
+enum Attempt {
+    /// Before anything was sent (an unforwardable URI).
+    Refused(Refusal),
+    Failed(hyper_util::client::legacy::Error),
+}
+
+impl From<Refusal> for Attempt {
+    fn from(r: Refusal) -> Self {
+        Attempt::Refused(r)
+    }
+}
+
+/// The refusal for a failed attempt; transport failures count against the
+/// server's health, the client's own broken body does not.
+fn failed(up: &Upstream, pick: &Pick, e: &hyper_util::client::legacy::Error) -> Refusal {
+    let server = &pick.server().label;
+    // The client's body broke while it was being sent: the client's
+    // fault (400/413), not the upstream's; the upstream request was
+    // aborted, so it never got a complete request.
+    if has_cause::<BodyTooLarge>(e) {
+        return Deny::BodyTooLarge.into();
+    }
+    if has_cause::<MalformedBody>(e) {
+        tracing::debug!(upstream = %up.name, error = %chain(e), "request body broke while forwarding");
+        return Deny::BadRequest(BadRequest::MalformedBody).into();
+    }
+    pick.failure();
+    // A TLS error, in the handshake (connect) or right after it (a TLS 1.3
+    // server refusing our client certificate answers the first request
+    // with an alert): the request never reached the upstream's application.
+    if has_cause::<rustls::Error>(e) {
+        let cause = chain(e);
+        tracing::warn!(upstream = %up.name, server = %server, error = %cause, "upstream TLS failed");
+        return Fault::UpstreamTls(up.name.clone(), cause).into();
+    }
+    if e.is_connect() {
+        tracing::warn!(upstream = %up.name, server = %server, error = %chain(e), "upstream connect failed");
+        return Fault::UpstreamUnavailable(up.name.clone()).into();
+    }
+    Fault::UpstreamFailed(up.name.clone(), chain(e)).into()
+}
+
+/// The request with the server's scheme and authority in front of its
+/// origin-form target.
+fn to_server(req: Request<UpBody>, server: &Server) -> Result<Request<UpBody>, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(server.scheme.clone());
+    uri.authority = Some(server.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = http::Uri::from_parts(uri).map_err(|_| Deny::BadHost("unforwardable path"))?;
+    Ok(Request::from_parts(parts, body))
+}
+
+fn empty() -> UpBody {
+    Empty::<Bytes>::new().map_err(|e| match e {}).boxed()
+}
+
+/// Idempotent (RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE)
+/// and without a body, so nothing of it is lost by sending it again.
+fn replayable(req: &Request<UpBody>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) && req.body().is_end_stream()
+}
+
+/// The connection ended (closed, reset, aborted) before any byte of an
+/// answer, on a connection that was open: not a connect or TLS failure and
+/// not a timeout. The answer's head was not started, or hyper would have
+/// said it was malformed.
+fn keepalive_race(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() || has_cause::<rustls::Error>(e) {
+        return false;
+    }
+    if find_cause::<hyper::Error>(e).is_some_and(|h| h.is_incomplete_message() || h.is_canceled()) {
+        return true;
+    }
+    find_cause::<std::io::Error>(e).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe
+        )
+    })
+}
+
+/// The error an upstream body ends with after `body_idle_timeout` without
+/// a byte.
+#[derive(Debug, thiserror::Error)]
+#[error("no byte of the upstream's body within the idle timeout")]
+pub struct BodyIdleTimeout;
+
+/// An upstream answer's body: the connection's, with the idle timeout, and
+/// the server's in-flight count held until it ends.
+///
+/// The timer is armed only when the body waits (`Pending`) and moved only
+/// when it fires early (data came meanwhile), so a streaming body costs one
+/// clock read per frame. On timeout (and on the end, or an error) the
+/// connection's body is dropped at once: a cut body's connection is closed,
+/// never returned to the pool.
+pub struct UpstreamBody {
+    inner: Option<Incoming>,
+    idle: Duration,
+    /// When the last frame (or the head) arrived.
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    pick: Option<Pick>,
+}
+
+impl UpstreamBody {
+    fn new(inner: Incoming, idle: Duration, pick: Pick) -> Self {
+        UpstreamBody {
+            inner: Some(inner),
+            idle,
+            last: tokio::time::Instant::now(),
+            timer: None,
+            pick: Some(pick),
+        }
+    }
+
+    fn done(&mut self) {
+        self.inner = None;
+        self.timer = None;
+        self.pick = None;
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.last = tokio::time::Instant::now();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.done();
+                Poll::Ready(None)
+            }
+            Poll::Pending => loop {
+                let deadline = this.last + this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if this.last + this.idle <= tokio::time::Instant::now() {
+                    if let Some(p) = &this.pick {
+                        tracing::warn!(target: "rolegate::upstream", upstream = %p.pool().name(), server = %p.server().label, idle_ms = this.idle.as_millis() as u64, "upstream body idle timeout: response aborted");
+                    }
+                    this.done();
+                    return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout))));
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Whether `e` or anything in its source chain is a `T`.
 pub(crate) fn has_cause<T: std::error::Error + 'static>(
     e: &(dyn std::error::Error + 'static),
 ) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    find_cause::<T>(e).is_some()
+}
+
+/// The first `T` in `e`'s source chain. Looks inside `io::Error`s too:
+/// their `source()` skips the error they wrap (it returns that error's own
+/// source), and TLS errors arrive wrapped twice.
+pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
         }
         cur = match err
             .downcast_ref::<std::io::Error>()
@@ -248,7 +486,7 @@ pub(crate) fn has_cause<T: std::error::Error + 'static>(
             None => err.source(),
         };
     }
-    false
+    None
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {

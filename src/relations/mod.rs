@@ -270,11 +270,13 @@ async fn pull(
         .header(http::header::ACCEPT, "application/json")
         .body(body)
         .map_err(|e| format!("bad request: {e}"))?;
-    let resp = up
-        .client
-        .request(req)
+    // The upstream's own servers, balancing and health, like a route's.
+    let resp = crate::proxy::upstream::send(up, req)
         .await
-        .map_err(|e| format!("call failed: {e}"))?;
+        .map_err(|e| match e.cause() {
+            "" => format!("call failed: {e}"),
+            cause => format!("call failed: {e}: {cause}"),
+        })?;
     let status = resp.status();
     if !status.is_success() {
         return Err(format!("answered {status}"));
@@ -287,7 +289,8 @@ async fn pull(
     parse_answer(&bytes)
 }
 
-/// `<origin><base path><path>?subject=..&issuer=..&object=..`.
+/// `<base path><path>?subject=..&issuer=..&object=..` (origin-form: the
+/// server is picked when it is sent).
 fn query_uri(
     up: &Upstream,
     src: &PullSource,
@@ -306,15 +309,8 @@ fn query_uri(
     for a in args {
         add("object", a);
     }
-    let s = format!("{}{}{}{q}", origin(&up.origin), up.base_path, src.path);
+    let s = format!("{}{}{q}", up.base_path, src.path);
     s.parse().map_err(|e| format!("bad URI: {e}"))
-}
-
-fn origin(u: &http::Uri) -> String {
-    match (u.scheme_str(), u.authority()) {
-        (Some(s), Some(a)) => format!("{s}://{a}"),
-        _ => u.to_string().trim_end_matches('/').to_string(),
-    }
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
