@@ -24,7 +24,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, Deny, Fault, Refusal};
-use crate::proxy::body::{BodyTooLarge, MalformedBody};
+use crate::proxy::body::{BodyTooLarge, MalformedBody, TooSlow};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request body type sent upstream (the client's body, streamed, with a size limit).
@@ -207,6 +207,12 @@ pub async fn send(
             if has_cause::<BodyTooLarge>(&e) {
                 return Err(Deny::BodyTooLarge.into());
             }
+            // The client stopped sending its body: the upstream request
+            // was aborted (it never saw a complete request); 408.
+            if let Some(TooSlow(t)) = find_cause::<TooSlow>(&e) {
+                tracing::debug!(upstream = %up.name, timeout = t.code(), "request body too slow while forwarding");
+                return Err(Deny::RequestTimeout(*t).into());
+            }
             if has_cause::<MalformedBody>(&e) {
                 tracing::debug!(upstream = %up.name, error = %chain(&e), "request body broke while forwarding");
                 return Err(Deny::BadRequest(BadRequest::MalformedBody).into());
@@ -235,10 +241,17 @@ pub async fn send(
 pub(crate) fn has_cause<T: std::error::Error + 'static>(
     e: &(dyn std::error::Error + 'static),
 ) -> bool {
+    find_cause::<T>(e).is_some()
+}
+
+/// The first `T` in `e`'s source chain (as [`has_cause`] looks).
+pub(crate) fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<T>() {
-            return true;
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
         }
         cur = match err
             .downcast_ref::<std::io::Error>()
@@ -248,7 +261,7 @@ pub(crate) fn has_cause<T: std::error::Error + 'static>(
             None => err.source(),
         };
     }
-    false
+    None
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -403,6 +403,9 @@ pub struct Relay {
     pub request_id: String,
     pub route: String,
     pub subject: String,
+    /// The client connection's place under `listen.max_connections`: an
+    /// open websocket still holds its connection.
+    pub slot: Option<std::sync::Arc<super::limits::ConnSlot>>,
 }
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
