@@ -5,6 +5,8 @@
 mod common;
 #[path = "gateway/directory.rs"]
 mod directory;
+#[path = "gateway/limits.rs"]
+mod limits;
 #[path = "gateway/malformed.rs"]
 mod malformed;
 #[path = "gateway/relations.rs"]
