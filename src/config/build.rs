@@ -2518,6 +2518,41 @@ mod tests {
 
     const MAIN: &str = "upstreams:\n  app: { url: \"http://127.0.0.1:9\" }\n";
 
+    #[test]
+    fn rates_parse_as_count_per_period() {
+        let secs = Duration::from_secs;
+        assert_eq!(parse_rate("100/s"), Ok((100, secs(1))));
+        assert_eq!(parse_rate(" 600 / m "), Ok((600, secs(60))));
+        assert_eq!(parse_rate("5/h"), Ok((5, secs(3600))));
+        assert_eq!(parse_rate("10/30s"), Ok((10, secs(30))));
+        assert_eq!(parse_rate("3/500ms"), Ok((3, Duration::from_millis(500))));
+        for bad in [
+            "",
+            "100",
+            "0/s",
+            "-1/s",
+            "1.5/s",
+            "x/s",
+            "10/",
+            "10/fortnight",
+            "2000000000/1ns",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn listen_limits_default_when_absent() {
+        let (rt, diags) = load_rules(&[]);
+        let l = rt.unwrap_or_else(|| panic!("{diags:#?}")).listen;
+        assert_eq!(l.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(l.request_timeout, Duration::from_secs(120));
+        assert_eq!(l.body_read_timeout, Duration::from_secs(30));
+        assert_eq!((l.max_uri_bytes, l.max_headers), (8192, 100));
+        assert_eq!((l.max_connections, l.max_connections_per_ip), (4096, 256));
+        assert_eq!(l.rate_limit, super::super::RateLimits::default());
+    }
+
     /// Loads `MAIN` plus the given rules files; the diagnostics as
     /// `check` prints them, and the runtime when there was no error.
     fn load_rules(files: &[(&str, &str)]) -> (Option<Runtime>, Vec<String>) {
