@@ -234,6 +234,23 @@ impl Activity {
     }
 }
 
+impl Activity {
+    /// After an idle connection was asked to shut down: resolves once
+    /// `grace` has passed and no request is in flight (one that raced the
+    /// shutdown finishes first); at once if it never had a request (there
+    /// is nothing to finish, and an HTTP/2 client still inside its preface
+    /// cannot be sent a GOAWAY).
+    pub async fn settled(&self, grace: Duration) {
+        if !self.served.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::time::sleep(grace).await;
+        while self.inflight.load(Ordering::Acquire) > 0 {
+            self.ended.notified().await;
+        }
+    }
+}
+
 /// A request in flight on its connection (see [`Activity`]).
 pub struct Busy(Arc<Activity>);
 

@@ -92,11 +92,13 @@ enum Proto {
 
 /// Runs a hyper connection to its end; when the listener shuts down
 /// (`drain` changes) or the connection has been idle too long (`idle`
-/// resolves), asks it to finish gracefully and waits for that.
-/// The receiver is held until the connection is done: the listener's
-/// drain waits for every receiver to be gone.
+/// resolves), asks it to finish gracefully and waits for that: after an
+/// idle shutdown, only until `settled` (a client that never finishes its
+/// HTTP/2 preface would otherwise hold it forever). The receiver is held
+/// until the connection is done: the listener's drain waits for every
+/// receiver to be gone.
 macro_rules! drained {
-    ($conn:expr, $drain:expr, $idle:expr) => {{
+    ($conn:expr, $drain:expr, $idle:expr, $settled:expr) => {{
         let mut drain = $drain;
         let conn = $conn;
         tokio::pin!(conn);
@@ -110,7 +112,11 @@ macro_rules! drained {
             }
             _ = &mut idle => {
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                tokio::select! {
+                    biased;
+                    r = conn.as_mut() => r,
+                    _ = $settled => Ok(()),
+                }
             }
         };
         drop(drain);
@@ -332,13 +338,14 @@ async fn http<I>(
     let peer = conn.peer;
     let conn = Arc::new(conn);
     let activity = Activity::new();
-    let idle = {
-        let activity = activity.clone();
-        let (first, keepalive) = (s.header_read_timeout, s.keepalive_timeout);
-        async move {
-            activity.idle(first.min(keepalive), keepalive).await;
-            tracing::debug!(peer = %peer, "closing idle connection");
-        }
+    let watch = activity.clone();
+    // Before the first request the head timeout applies, after it the
+    // keep-alive timeout; an idle connection shut down gracefully gets as
+    // long again to be gone.
+    let first = s.header_read_timeout.min(s.keepalive_timeout);
+    let idle = async {
+        watch.idle(first, s.keepalive_timeout).await;
+        tracing::debug!(peer = %peer, "closing idle connection");
     };
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
@@ -375,13 +382,13 @@ async fn http<I>(
                 .serve_connection(io, service)
                 // Websockets.
                 .with_upgrades();
-            drained!(conn, drain, idle).map_err(Into::into)
+            drained!(conn, drain, idle, watch.settled(first)).map_err(Into::into)
         }
         Proto::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             h2_limits(&mut b, s);
             let conn = b.serve_connection(io, service);
-            drained!(conn, drain, idle).map_err(Into::into)
+            drained!(conn, drain, idle, watch.settled(first)).map_err(Into::into)
         }
         Proto::Sniff => {
             let mut b = auto::Builder::new(TokioExecutor::new());
@@ -399,7 +406,7 @@ async fn http<I>(
                 .keep_alive_interval(Some(H2_PING_INTERVAL))
                 .keep_alive_timeout(H2_PING_TIMEOUT);
             let conn = b.serve_connection_with_upgrades(io, service);
-            drained!(conn, drain, idle)
+            drained!(conn, drain, idle, watch.settled(first))
         }
     };
     if let Err(e) = result {
