@@ -42,9 +42,10 @@ pub struct TooSlow(pub crate::error::RequestTimeout);
 /// response (or a websocket) is never cut by a request timeout.
 pub struct Timed<B> {
     inner: B,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
     gap: std::time::Duration,
-    /// The wait for the next frame, armed when a poll finds none.
+    /// The wait for the next frame, armed when a poll finds none (so a
+    /// body that never has to be waited for, an empty one, costs no timer).
     waiting: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
@@ -53,7 +54,7 @@ impl<B> Timed<B> {
     pub fn new(inner: B, deadline: tokio::time::Instant, gap: std::time::Duration) -> Self {
         Timed {
             inner,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
             gap,
             waiting: None,
             done: false,
@@ -85,17 +86,20 @@ where
             }
         }
         use crate::error::RequestTimeout;
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(Some(Err(Box::new(TooSlow(RequestTimeout::Whole)))));
-        }
-        let gap = this.gap;
-        let waiting = this
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+        // One timer: the earlier of the gap's end and the deadline.
+        let (gap, deadline) = (this.gap, this.deadline);
+        let waiting = this.waiting.get_or_insert_with(|| {
+            let gap_end = tokio::time::Instant::now() + gap;
+            Box::pin(tokio::time::sleep_until(gap_end.min(deadline)))
+        });
         if waiting.as_mut().poll(cx).is_ready() {
             this.done = true;
-            return Poll::Ready(Some(Err(Box::new(TooSlow(RequestTimeout::BodyRead)))));
+            let which = if tokio::time::Instant::now() >= deadline {
+                RequestTimeout::Whole
+            } else {
+                RequestTimeout::BodyRead
+            };
+            return Poll::Ready(Some(Err(Box::new(TooSlow(which)))));
         }
         Poll::Pending
     }
