@@ -57,6 +57,59 @@ pub enum Deny {
     /// and the connection has none, or one the route does not list.
     #[error("{}", .0.reason())]
     ClientCert(ClientCertDenial),
+    /// The request target is longer than `listen.max_uri_bytes`.
+    #[error("request target exceeds the configured limit")]
+    UriTooLong,
+    /// The request has more header fields than `listen.max_headers`.
+    #[error("too many header fields")]
+    TooManyHeaders,
+    /// The client did not deliver its request in time
+    /// (`listen.request_timeout`, `listen.body_read_timeout`).
+    #[error("{}", .0.code())]
+    RequestTimeout(RequestTimeout),
+    /// A `listen.rate_limit` bucket is empty; `retry_after` is in whole
+    /// seconds (rounded up, at least 1).
+    #[error("{}", .limit.code())]
+    RateLimited { limit: RateLimit, retry_after: u64 },
+}
+
+/// Which request-receive timeout fired (`408 request_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestTimeout {
+    /// The whole request (head and body) took longer than
+    /// `listen.request_timeout`.
+    Whole,
+    /// No byte of the request body for `listen.body_read_timeout`.
+    BodyRead,
+}
+
+impl RequestTimeout {
+    /// Stable snake_case code (JSON `reason`, log `detail`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RequestTimeout::Whole => "request_timeout",
+            RequestTimeout::BodyRead => "body_read_timeout",
+        }
+    }
+}
+
+/// Which `listen.rate_limit` bucket refused a request (`429 rate_limited`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    /// `rate_limit.per_ip`: the client address (IPv6: its /64).
+    Ip,
+    /// `rate_limit.per_principal`: the authenticated issuer + subject.
+    Principal,
+}
+
+impl RateLimit {
+    /// Stable snake_case code (JSON `reason`, log `detail`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RateLimit::Ip => "per_ip",
+            RateLimit::Principal => "per_principal",
+        }
+    }
 }
 
 /// Why a route's `client_cert:` requirement failed.
@@ -203,6 +256,10 @@ impl Refusal {
                     StatusCode::FORBIDDEN
                 }
                 Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+                Deny::UriTooLong => StatusCode::URI_TOO_LONG,
+                Deny::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Deny::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+                Deny::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             },
             Refusal::Fault(f) => match f {
                 Fault::UpstreamUnavailable(_)
@@ -233,6 +290,10 @@ impl Refusal {
                 Deny::SessionEnded(_) => "session_ended",
                 Deny::UserDeactivated => "user_deactivated",
                 Deny::WebsocketNotAllowed => "websocket_not_allowed",
+                Deny::UriTooLong => "uri_too_long",
+                Deny::TooManyHeaders => "too_many_headers",
+                Deny::RequestTimeout(_) => "request_timeout",
+                Deny::RateLimited { .. } => "rate_limited",
             },
             Refusal::Fault(f) => match f {
                 Fault::UpstreamUnavailable(_) | Fault::UpstreamTls(..) => "upstream_unavailable",
@@ -257,6 +318,8 @@ impl Refusal {
             Refusal::Deny(Deny::Forbidden(d)) => d.code,
             Refusal::Deny(Deny::WebsocketOrigin) => "websocket_origin",
             Refusal::Deny(Deny::ClientCert(c)) => c.code(),
+            Refusal::Deny(Deny::RequestTimeout(t)) => t.code(),
+            Refusal::Deny(Deny::RateLimited { limit, .. }) => limit.code(),
             Refusal::Fault(Fault::UpstreamTls(..)) => "upstream_tls",
             _ => self.code(),
         }
@@ -271,6 +334,10 @@ impl Refusal {
             StatusCode::UNAUTHORIZED => "authentication required",
             StatusCode::FORBIDDEN => "access denied",
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+            StatusCode::REQUEST_TIMEOUT => "request not received in time",
+            StatusCode::URI_TOO_LONG => "request target too long",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "too many header fields",
+            StatusCode::TOO_MANY_REQUESTS => "too many requests",
             StatusCode::GATEWAY_TIMEOUT => "upstream timed out",
             StatusCode::SERVICE_UNAVAILABLE => "temporarily unavailable",
             _ => "upstream unavailable",
@@ -307,9 +374,22 @@ impl Refusal {
         })
     }
 
-    /// The connection must close after this answer (ambiguous framing).
+    /// The connection must close after this answer: ambiguous framing, or
+    /// a request body that was not read to its end (a timeout).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Refusal::Deny(Deny::BadRequest(b)) if b.closes_connection())
+        match self {
+            Refusal::Deny(Deny::BadRequest(b)) => b.closes_connection(),
+            Refusal::Deny(Deny::RequestTimeout(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// The `Retry-After` seconds of a rate-limit refusal.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Refusal::Deny(Deny::RateLimited { retry_after, .. }) => Some(*retry_after),
+            _ => None,
+        }
     }
 
     /// The library's error text behind a fault, for the log only.
@@ -378,6 +458,53 @@ mod tests {
             assert_eq!(r.code(), "client_cert_required");
             assert_eq!(r.detail(), detail);
             assert!(!r.is_session() && !r.closes_connection());
+        }
+    }
+
+    #[test]
+    fn head_limits_map_to_414_and_431_with_their_codes() {
+        let r = Refusal::from(Deny::UriTooLong);
+        assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+        assert_eq!((r.code(), r.detail()), ("uri_too_long", "uri_too_long"));
+        assert_eq!(r.generic_reason(), "request target too long");
+        let r = Refusal::from(Deny::TooManyHeaders);
+        assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert_eq!(r.code(), "too_many_headers");
+        assert_eq!(r.generic_reason(), "too many header fields");
+        assert!(!r.closes_connection() && r.retry_after().is_none());
+    }
+
+    #[test]
+    fn request_timeouts_are_408_and_close_the_connection() {
+        for (t, detail) in [
+            (RequestTimeout::Whole, "request_timeout"),
+            (RequestTimeout::BodyRead, "body_read_timeout"),
+        ] {
+            let r = Refusal::from(Deny::RequestTimeout(t));
+            assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+            assert_eq!(r.code(), "request_timeout");
+            assert_eq!(r.detail(), detail);
+            assert_eq!(r.to_string(), detail);
+            assert!(r.closes_connection(), "{detail}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_are_429_with_retry_after() {
+        for (limit, detail) in [
+            (RateLimit::Ip, "per_ip"),
+            (RateLimit::Principal, "per_principal"),
+        ] {
+            let r = Refusal::from(Deny::RateLimited {
+                limit,
+                retry_after: 3,
+            });
+            assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(r.code(), "rate_limited");
+            assert_eq!(r.detail(), detail);
+            assert_eq!(r.retry_after(), Some(3));
+            assert_eq!(r.generic_reason(), "too many requests");
+            assert!(!r.closes_connection() && !r.is_session() && !r.is_fault());
         }
     }
 

@@ -7,18 +7,21 @@
 //!
 //! ```text
 //! accept ─ proxy::listener          TCP/TLS accept (proxy::tls), ALPN → HTTP/1.1 (with upgrades) or HTTP/2, h2c,
-//!                                   header limits, several listeners, graceful shutdown
+//!                                   header limits, connection limits and keep-alive idle timeout
+//!                                   (proxy::limits), several listeners, graceful shutdown
 //!   │  per request: runtime loaded once (ArcSwap) → proxy::pipeline::Gateway::handle
 //!   ▼
+//! 0 limits       proxy::limits               target length 414, header count 431, per-IP rate 429
 //! 1 normalize    route::canonicalize         one canonical path, or 400
 //! 2 route        route::Router::at           (host, method, path) → route, or 404
-//! 3 authenticate auth::Authenticator         bearer/cookie JWT → Principal, or 401
+//! 3 authenticate auth::Authenticator         bearer/cookie JWT → Principal, or 401; per-principal rate 429
 //! 4 session      session::Store::check       per-role idle timeout, lifetime, revocation, deactivation, or 401
 //! 5 authorize    policy::decide              capabilities ∩ scope ∩ conditions, or 403;
 //!                relations::resolve          relations the decision depends on, pulled + cached
 //! 6 forward      proxy::headers, upstream    strip spoofable headers, inject identity, stream
 //!                proxy::pool                 pick a server of the upstream (balancing, passive +
 //!                                            active health); 503 when all are down
+//!                proxy::body                 (request body: size limit, receive timeouts → 408)
 //! 7 respond      mask::BodyMasker            PII masked unless the principal holds `unmask_with` (then audited);
 //!                                            a long response is cut when its session ends
 //!                proxy::websocket            websocket routes: frames relayed both ways, closed (1008)

@@ -92,6 +92,68 @@ fn check_reports_every_error_with_file_and_line() {
 }
 
 #[test]
+fn check_reports_bad_listen_limits_with_file_and_line() {
+    let rules = "roles:\n  v: { grants: [x.view] }\nroutes:\n  - { name: r, match: { path: /x }, require: x.view }\n";
+    let dir = config_dir(rules, "http://127.0.0.1:9");
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    let listen = "\
+listen:
+  keepalive_timeout: 0s
+  request_timeout: soon
+  body_read_timeout: 30s
+  max_uri_bytes: 0
+  max_headers: 0
+  max_connections: 0
+  max_connections_per_ip: 0
+  rate_limit:
+    per_ip: { rate: 100/fortnight }
+    per_principal: { rate: 0/s, burst: 5 }
+";
+    std::fs::write(dir.join("rolegate.yaml"), format!("{listen}{cfg}")).unwrap();
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    for want in [
+        "rolegate.yaml:2: error: listen.keepalive_timeout must be greater than zero",
+        "rolegate.yaml:3: error: listen.request_timeout: invalid duration",
+        "rolegate.yaml:5: error: listen.max_uri_bytes must be greater than zero",
+        "rolegate.yaml:6: error: listen.max_headers must be greater than zero",
+        "rolegate.yaml:7: error: listen.max_connections must be greater than zero",
+        "rolegate.yaml:8: error: listen.max_connections_per_ip must be greater than zero",
+        "rolegate.yaml:10: error: listen.rate_limit.per_ip.rate: invalid rate \"100/fortnight\"",
+        "rolegate.yaml:11: error: listen.rate_limit.per_principal.rate: invalid rate \"0/s\"",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!out.contains("body_read_timeout"), "{out}");
+
+    // The same keys, valid, check clean; a zero burst is refused.
+    let listen = "\
+listen:
+  keepalive_timeout: 75s
+  max_uri_bytes: 4096
+  rate_limit:
+    per_ip: { rate: 600/m, burst: 0 }
+    per_principal: { rate: 10/30s }
+";
+    std::fs::write(dir.join("rolegate.yaml"), format!("{listen}{cfg}")).unwrap();
+    let o = run(&["check"], &dir);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(
+            "rolegate.yaml:5: error: listen.rate_limit.per_ip.burst must be between 1 and"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.matches(": error: ").count(), 1, "{out}");
+    let valid = listen.replace("burst: 0", "burst: 1200");
+    std::fs::write(dir.join("rolegate.yaml"), format!("{valid}{cfg}")).unwrap();
+    let o = run(&["check"], &dir);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
 fn ambiguous_or_empty_requirements_are_errors() {
     for require in [
         "{ all: [x.view], any: [x.view] }",

@@ -6,6 +6,8 @@
 mod common;
 #[path = "gateway/directory.rs"]
 mod directory;
+#[path = "gateway/limits.rs"]
+mod limits;
 #[path = "gateway/malformed.rs"]
 mod malformed;
 #[path = "gateway/pools.rs"]

@@ -1307,6 +1307,39 @@ async fn h2c_listeners_close_connections_that_send_no_request_in_time() {
 }
 
 #[tokio::test]
+async fn tls_h2_connections_without_a_preface_are_closed() {
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let gw = gateway(&pki, up.addr).await;
+    // ALPN chose h2; the client then sends nothing, or half the preface.
+    // header_read_timeout (10 s) closes it (generous bound: closed at
+    // all, not held forever as HTTP/2 itself would).
+    let probes = [&b""[..], b"PRI * HTTP/2"].map(|sent| {
+        let cfg = client_config(&pki, None, &[b"h2"], BOTH);
+        let addr = gw[1];
+        tokio::spawn(async move {
+            let mut s = connect(addr, "a.test", cfg).await.unwrap();
+            assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            s.write_all(sent).await.unwrap();
+            s.flush().await.unwrap();
+            // The server's SETTINGS may come first; then the close.
+            let mut buf = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+            assert!(
+                closed.is_ok(),
+                "{:?}: connection not closed ({} bytes received)",
+                String::from_utf8_lossy(sent),
+                buf.len()
+            );
+        })
+    });
+    for p in probes {
+        p.await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn h2_cookie_fields_reach_an_http1_upstream_as_one_header() {
     let pki = Pki::new();
     let up = Upstream::start().await;

@@ -25,7 +25,7 @@ use super::file::{
     FileRoute, FileRules, FileTls, FileUpstream,
 };
 use super::{AdminSettings, ForwardSettings, ListenSettings, Route, Runtime, Upstream};
-use super::{ClientCertRule, Listener, Redirect, ReloadSettings};
+use super::{ClientCertRule, Listener, Rate, RateLimits, Redirect, ReloadSettings};
 use super::{
     MaskingSettings, OwnerColumns, PullSource, PushSource, RelationSource, RouteMask,
     RouteOwnerColumns,
@@ -215,6 +215,34 @@ struct CompiledMask {
 /// Parses a humantime duration (`15m`, `1h30m`, `500ms`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// A request rate: `N/s`, `N/m`, `N/h` or `N/<duration>` (`10/30s`) →
+/// (N, period). N and the time between two requests must be above zero.
+pub fn parse_rate(s: &str) -> Result<(u32, Duration), String> {
+    let bad = |why: &str| {
+        format!("invalid rate {s:?}: {why} (write e.g. \"100/s\", \"600/m\", \"10/30s\")")
+    };
+    let (n, per) = s.trim().split_once('/').ok_or_else(|| bad("no '/'"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| bad("the count is not a whole number"))?;
+    if n == 0 {
+        return Err(bad("the count must be greater than zero"));
+    }
+    let period = match per.trim() {
+        "s" | "sec" | "second" => Duration::from_secs(1),
+        "m" | "min" | "minute" => Duration::from_secs(60),
+        "h" | "hour" => Duration::from_secs(3600),
+        other => humantime::parse_duration(other).map_err(|_| bad("unknown period"))?,
+    };
+    if (period / n).is_zero() {
+        return Err(bad(
+            "the period must allow at least a nanosecond per request",
+        ));
+    }
+    Ok((n, period))
 }
 
 /// Every relation name a requirement mentions.
@@ -1667,6 +1695,79 @@ impl Builder {
         }
     }
 
+    /// An optional `listen` duration: `default` when absent; zero or
+    /// unparsable is an error at its line.
+    fn listen_duration(
+        &mut self,
+        file: &str,
+        what: &str,
+        v: &Option<Spanned<String>>,
+        default: &str,
+    ) -> Duration {
+        let (line, text) = match v {
+            Some(v) => (v.referenced.line(), v.value.as_str()),
+            None => (0, default),
+        };
+        let d = self.duration(file, line, what, text);
+        if v.is_some() && d.is_zero() && parse_duration(text).is_ok() {
+            self.error(file, line, format!("{what} must be greater than zero"));
+        }
+        d
+    }
+
+    /// An optional `listen` count in `1..=max`: `default` when absent.
+    fn count(
+        &mut self,
+        file: &str,
+        what: &str,
+        v: &Option<Spanned<u64>>,
+        default: usize,
+        max: u64,
+    ) -> usize {
+        let Some(v) = v else {
+            return default;
+        };
+        let line = v.referenced.line();
+        if v.value == 0 {
+            self.error(file, line, format!("{what} must be greater than zero"));
+        } else if v.value > max {
+            self.error(file, line, format!("{what} must be at most {max}"));
+        }
+        usize::try_from(v.value.clamp(1, max)).unwrap_or(default)
+    }
+
+    /// One `rate_limit` bucket; `None` (and an error at its line) when
+    /// invalid.
+    fn rate(&mut self, file: &str, what: &str, b: &Spanned<super::file::FileRate>) -> Option<Rate> {
+        let line = b.value.rate.referenced.line();
+        let (count, period) = match parse_rate(&b.value.rate.value) {
+            Ok(x) => x,
+            Err(e) => {
+                self.error(file, line, format!("{what}.rate: {e}"));
+                return None;
+            }
+        };
+        let burst = match &b.value.burst {
+            None => count,
+            Some(v) => match u32::try_from(v.value) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    self.error(
+                        file,
+                        v.referenced.line(),
+                        format!("{what}.burst must be between 1 and {}", u32::MAX),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Rate {
+            count,
+            period,
+            burst,
+        })
+    }
+
     fn duration(&mut self, file: &str, line: u64, what: &str, s: &str) -> Duration {
         parse_duration(s).unwrap_or_else(|e| {
             self.error(file, line, format!("{what}: {e}"));
@@ -2147,6 +2248,64 @@ impl Builder {
             "listen.header_read_timeout",
             &l.header_read_timeout,
         );
+        let keepalive_timeout = self.listen_duration(
+            file,
+            "listen.keepalive_timeout",
+            &l.keepalive_timeout,
+            "60s",
+        );
+        let request_timeout =
+            self.listen_duration(file, "listen.request_timeout", &l.request_timeout, "2m");
+        let body_read_timeout = self.listen_duration(
+            file,
+            "listen.body_read_timeout",
+            &l.body_read_timeout,
+            "30s",
+        );
+        let max_uri_bytes =
+            self.count(file, "listen.max_uri_bytes", &l.max_uri_bytes, 8192, 65_534);
+        if let Some(v) = &l.max_uri_bytes
+            && v.value >= l.max_header_bytes as u64
+        {
+            self.warn(
+                file,
+                v.referenced.line(),
+                format!(
+                    "listen.max_uri_bytes {} is not below listen.max_header_bytes {}: a target that long is refused by the head limit first (431 without a JSON body)",
+                    v.value, l.max_header_bytes
+                ),
+            );
+        }
+        let max_headers = self.count(file, "listen.max_headers", &l.max_headers, 100, 1000);
+        let max_connections = self.count(
+            file,
+            "listen.max_connections",
+            &l.max_connections,
+            4096,
+            1 << 24,
+        );
+        let max_connections_per_ip = self.count(
+            file,
+            "listen.max_connections_per_ip",
+            &l.max_connections_per_ip,
+            256,
+            1 << 24,
+        );
+        let rate_limit = match &l.rate_limit {
+            None => RateLimits::default(),
+            Some(r) => RateLimits {
+                per_ip: r
+                    .value
+                    .per_ip
+                    .as_ref()
+                    .and_then(|b| self.rate(file, "listen.rate_limit.per_ip", b)),
+                per_principal: r
+                    .value
+                    .per_principal
+                    .as_ref()
+                    .and_then(|b| self.rate(file, "listen.rate_limit.per_principal", b)),
+            },
+        };
         let single = FileListener {
             addr: l.addr.clone().unwrap_or_else(|| "127.0.0.1:8080".into()),
             tls: l.tls,
@@ -2213,6 +2372,14 @@ impl Builder {
             max_websocket_message_bytes: l.max_websocket_message_bytes,
             header_read_timeout,
             max_concurrent_streams: l.max_concurrent_streams,
+            keepalive_timeout,
+            request_timeout,
+            body_read_timeout,
+            max_uri_bytes,
+            max_headers,
+            max_connections,
+            max_connections_per_ip,
+            rate_limit,
             listeners: out,
         })
     }
@@ -2660,6 +2827,41 @@ mod tests {
     use super::*;
 
     const MAIN: &str = "upstreams:\n  app: { url: \"http://127.0.0.1:9\" }\n";
+
+    #[test]
+    fn rates_parse_as_count_per_period() {
+        let secs = Duration::from_secs;
+        assert_eq!(parse_rate("100/s"), Ok((100, secs(1))));
+        assert_eq!(parse_rate(" 600 / m "), Ok((600, secs(60))));
+        assert_eq!(parse_rate("5/h"), Ok((5, secs(3600))));
+        assert_eq!(parse_rate("10/30s"), Ok((10, secs(30))));
+        assert_eq!(parse_rate("3/500ms"), Ok((3, Duration::from_millis(500))));
+        for bad in [
+            "",
+            "100",
+            "0/s",
+            "-1/s",
+            "1.5/s",
+            "x/s",
+            "10/",
+            "10/fortnight",
+            "2000000000/1ns",
+        ] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn listen_limits_default_when_absent() {
+        let (rt, diags) = load_rules(&[]);
+        let l = rt.unwrap_or_else(|| panic!("{diags:#?}")).listen;
+        assert_eq!(l.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(l.request_timeout, Duration::from_secs(120));
+        assert_eq!(l.body_read_timeout, Duration::from_secs(30));
+        assert_eq!((l.max_uri_bytes, l.max_headers), (8192, 100));
+        assert_eq!((l.max_connections, l.max_connections_per_ip), (4096, 256));
+        assert_eq!(l.rate_limit, super::super::RateLimits::default());
+    }
 
     /// Loads `MAIN` plus the given rules files; the diagnostics as
     /// `check` prints them, and the runtime when there was no error.

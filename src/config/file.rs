@@ -80,6 +80,24 @@ pub struct FileListen {
     pub header_read_timeout: String,
     /// HTTP/2 streams a client may have open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Keys below are `Spanned` (absent: the default) so `check` can name
+    /// their line.
+    /// An idle connection (no request in flight) is closed after this.
+    pub keepalive_timeout: Option<Spanned<String>>,
+    /// The whole request (head and body) must arrive within this.
+    pub request_timeout: Option<Spanned<String>>,
+    /// Longest wait for the next byte of a request body.
+    pub body_read_timeout: Option<Spanned<String>>,
+    /// Longest request target (path and query), in bytes.
+    pub max_uri_bytes: Option<Spanned<u64>>,
+    /// Most header fields in one request.
+    pub max_headers: Option<Spanned<u64>>,
+    /// Client connections open at once, all public listeners together.
+    pub max_connections: Option<Spanned<u64>>,
+    /// Client connections open at once from one client address.
+    pub max_connections_per_ip: Option<Spanned<u64>>,
+    /// Token-bucket request rate limits; absent: none.
+    pub rate_limit: Option<Spanned<FileRateLimit>>,
     pub tls: Option<FileTls>,
     pub h2c: Option<bool>,
     pub redirect_https: Option<FileRedirect>,
@@ -94,11 +112,40 @@ impl Default for FileListen {
             max_websocket_message_bytes: 1024 * 1024,
             header_read_timeout: "10s".into(),
             max_concurrent_streams: 100,
+            keepalive_timeout: None,
+            request_timeout: None,
+            body_read_timeout: None,
+            max_uri_bytes: None,
+            max_headers: None,
+            max_connections: None,
+            max_connections_per_ip: None,
+            rate_limit: None,
             tls: None,
             h2c: None,
             redirect_https: None,
         }
     }
+}
+
+/// `listen.rate_limit`: one token bucket per client address and/or per
+/// principal.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    #[serde(default)]
+    pub per_ip: Option<Spanned<FileRate>>,
+    #[serde(default)]
+    pub per_principal: Option<Spanned<FileRate>>,
+}
+
+/// One bucket: `rate: "100/s"` (`N/s`, `N/m`, `N/h` or `N/<duration>`)
+/// and the requests allowed at once (`burst`, default N).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRate {
+    pub rate: Spanned<String>,
+    #[serde(default)]
+    pub burst: Option<Spanned<u64>>,
 }
 
 /// One entry of `listeners:`.

@@ -145,8 +145,41 @@ pub struct ListenSettings {
     pub header_read_timeout: Duration,
     /// HTTP/2: streams open at once per connection.
     pub max_concurrent_streams: u32,
+    /// A connection with no request in flight is closed after this
+    /// (HTTP/1.1: also bounded by `header_read_timeout`, see the README).
+    pub keepalive_timeout: Duration,
+    /// The whole request, head and body, must be received within this.
+    pub request_timeout: Duration,
+    /// Longest wait for the next byte of a request body.
+    pub body_read_timeout: Duration,
+    /// Longest request target (path and query) in bytes: 414 above.
+    pub max_uri_bytes: usize,
+    /// Most header fields in a request: 431 above.
+    pub max_headers: usize,
+    /// Client connections open at once over every public listener.
+    pub max_connections: usize,
+    /// Client connections open at once from one address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    pub rate_limit: RateLimits,
     /// Every public listener, in config order (at least one).
     pub listeners: Vec<Listener>,
+}
+
+/// `listen.rate_limit`: token buckets checked by the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Checked before authentication, keyed by client address.
+    pub per_ip: Option<Rate>,
+    /// Checked after authentication, keyed by issuer + subject.
+    pub per_principal: Option<Rate>,
+}
+
+/// One token bucket: `count` requests per `period`, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub period: Duration,
+    pub burst: u32,
 }
 
 /// One public listener.

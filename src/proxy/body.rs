@@ -1,5 +1,5 @@
-//! Body adapters: the request-body size limit, the masked response body
-//! and the session-bound response body.
+//! Body adapters: the request-body size limit and receive timeouts, the
+//! masked response body and the session-bound response body.
 //!
 //! Bodies are streamed, never buffered: the limit counts bytes as they pass
 //! and fails the stream once `listen.max_body_bytes` is exceeded (a
@@ -26,6 +26,92 @@ pub struct BodyTooLarge;
 #[derive(Debug, thiserror::Error)]
 #[error("malformed request body")]
 pub struct MalformedBody(#[source] pub BoxError);
+
+/// The error a timed request body yields when the client is too slow
+/// (`listen.request_timeout`, `listen.body_read_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.code())]
+pub struct TooSlow(pub crate::error::RequestTimeout);
+
+/// A client's request body with its receive timeouts: fails once no frame
+/// has come for `gap` while it was being waited for (`body_read_timeout`,
+/// nginx's `client_body_timeout`), or once `deadline` (the end of
+/// `request_timeout`) passes while waiting. Time only counts while the
+/// body is polled and has nothing: an upstream that reads slowly never
+/// makes the client late. After the last frame it is inert, so a long
+/// response (or a websocket) is never cut by a request timeout.
+pub struct Timed<B> {
+    inner: B,
+    deadline: tokio::time::Instant,
+    gap: std::time::Duration,
+    /// The wait for the next frame, armed when a poll finds none (so a
+    /// body that never has to be waited for, an empty one, costs no timer).
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+impl<B> Timed<B> {
+    pub fn new(inner: B, deadline: tokio::time::Instant, gap: std::time::Duration) -> Self {
+        Timed {
+            inner,
+            deadline,
+            gap,
+            waiting: None,
+            done: false,
+        }
+    }
+}
+
+impl<B> Body for Timed<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending if !this.done => {}
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            other => {
+                this.waiting = None;
+                return other;
+            }
+        }
+        use crate::error::RequestTimeout;
+        // One timer: the earlier of the gap's end and the deadline.
+        let (gap, deadline) = (this.gap, this.deadline);
+        let waiting = this.waiting.get_or_insert_with(|| {
+            let gap_end = tokio::time::Instant::now() + gap;
+            Box::pin(tokio::time::sleep_until(gap_end.min(deadline)))
+        });
+        if waiting.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            let which = if tokio::time::Instant::now() >= deadline {
+                RequestTimeout::Whole
+            } else {
+                RequestTimeout::BodyRead
+            };
+            return Poll::Ready(Some(Err(Box::new(TooSlow(which)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// A body whose first frame was already read (before the upstream request
 /// started, so a body broken from its start never reaches the upstream),

@@ -13,6 +13,15 @@
 //! hyper with a bare status and never reach the pipeline; they are logged
 //! here as access lines.
 //!
+//! Connection limits are applied at accept: past `listen.max_connections`
+//! (all public listeners together) or `listen.max_connections_per_ip`, a
+//! new connection is closed at once, before any TLS or HTTP work (a warn
+//! line at most every 10 s says how many). Each admitted connection holds
+//! a [`ConnSlot`] until its task ends (an open websocket holds it too).
+//! A connection with no request in flight is closed gracefully after
+//! `listen.keepalive_timeout` (before its first request: after
+//! `header_read_timeout`); HTTP/2 gets a GOAWAY.
+//!
 //! Which protocol a connection speaks is decided here, once: TLS by ALPN
 //! (`h2` → HTTP/2 only, else HTTP/1.1 only), a plain listener HTTP/1.1 only
 //! unless `h2c` (then the HTTP/2 preface, prior knowledge, selects HTTP/2).
@@ -30,6 +39,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::limits::{Activity, ConnSlot, Tracked};
 use super::pipeline::Gateway;
 use super::tls::ClientCert;
 use super::wire::{H2Facts, H2Tap, Heads, Tap};
@@ -49,6 +59,9 @@ pub struct Conn {
     /// What the HTTP/2 mirror saw (connections that may speak HTTP/2);
     /// an HTTP/2 request on a connection without one is refused.
     pub h2: Option<Arc<H2Facts>>,
+    /// The connection's place under `listen.max_connections` (handed to
+    /// a websocket relay, which keeps the connection open).
+    pub slot: Option<Arc<ConnSlot>>,
 }
 
 impl Conn {
@@ -60,6 +73,7 @@ impl Conn {
             client_cert: None,
             redirect: None,
             h2: None,
+            slot: None,
         }
     }
 }
@@ -74,19 +88,32 @@ enum Proto {
 }
 
 /// Runs a hyper connection to its end; when the listener shuts down
-/// (`drain` changes), asks it to finish gracefully and waits for that.
-/// The receiver is held until the connection is done: the listener's
-/// drain waits for every receiver to be gone.
+/// (`drain` changes) or the connection has been idle too long (`idle`
+/// resolves), asks it to finish gracefully and waits for that: after an
+/// idle shutdown, only until `settled` (a client that never finishes its
+/// HTTP/2 preface would otherwise hold it forever). The receiver is held
+/// until the connection is done: the listener's drain waits for every
+/// receiver to be gone.
 macro_rules! drained {
-    ($conn:expr, $drain:expr) => {{
+    ($conn:expr, $drain:expr, $idle:expr, $settled:expr) => {{
         let mut drain = $drain;
         let conn = $conn;
         tokio::pin!(conn);
+        let idle = $idle;
+        tokio::pin!(idle);
         let r = tokio::select! {
             r = conn.as_mut() => r,
             _ = drain.changed() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
+            }
+            _ = &mut idle => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    biased;
+                    r = conn.as_mut() => r,
+                    _ = $settled => Ok(()),
+                }
             }
         };
         drop(drain);
@@ -102,7 +129,19 @@ struct Settings {
     redirect: Option<Redirect>,
     max_header_bytes: usize,
     header_read_timeout: Duration,
+    keepalive_timeout: Duration,
     max_concurrent_streams: u32,
+    /// hyper's own header-count limit: above `listen.max_headers`, so the
+    /// pipeline answers a few too many with JSON (see `hyper_max_headers`).
+    max_headers: usize,
+}
+
+/// hyper's header-count limit for `max_headers`: twice ours, at least
+/// hyper's default (kept on the stack by hyper, so no allocation per head
+/// unless raised). Between ours and this, the pipeline answers 431 JSON;
+/// above it, hyper answers a bare 431.
+fn hyper_max_headers(max_headers: usize) -> usize {
+    max_headers.saturating_mul(2).max(super::wire::MAX_HEADERS)
 }
 
 /// A connection's end of its listener's drain signal.
@@ -153,25 +192,42 @@ pub async fn serve_nth(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let settings = {
+                let (settings, slot) = {
                     let rt = gateway.runtime();
                     // Fail closed: a listener the runtime does not describe
                     // serves nothing.
                     let Some(l) = rt.listen.listeners.get(index) else {
                         continue;
                     };
-                    Settings {
+                    // Over a connection limit: closed now (dropped), before
+                    // any TLS or HTTP work.
+                    let counts = gateway.connections();
+                    let slot = match counts.admit(
+                        peer.ip(),
+                        rt.listen.max_connections,
+                        rt.listen.max_connections_per_ip,
+                    ) {
+                        Ok(slot) => slot,
+                        Err(why) => {
+                            counts.warn_refused(peer, why);
+                            continue;
+                        }
+                    };
+                    let settings = Settings {
                         tls: l.tls.clone(),
                         h2c: l.h2c,
                         redirect: l.redirect.clone(),
                         max_header_bytes: rt.listen.max_header_bytes,
                         header_read_timeout: rt.listen.header_read_timeout,
+                        keepalive_timeout: rt.listen.keepalive_timeout,
                         max_concurrent_streams: rt.listen.max_concurrent_streams,
-                    }
+                        max_headers: hyper_max_headers(rt.listen.max_headers),
+                    };
+                    (settings, Arc::new(slot))
                 };
+                let _ = stream.set_nodelay(true);
                 let rx = drain.subscribe();
-                tokio::spawn(connection(gateway.clone(), stream, peer, settings, rx));
+                tokio::spawn(connection(gateway.clone(), stream, peer, settings, slot, rx));
             }
             _ = &mut shutdown => break,
         }
@@ -194,6 +250,7 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     s: Settings,
+    slot: Arc<ConnSlot>,
     drain: Drain,
 ) {
     let Some(cfg) = s.tls.clone() else {
@@ -203,10 +260,11 @@ async fn connection(
             client_cert: None,
             redirect: s.redirect.clone(),
             h2: None,
+            slot: Some(slot),
         };
         let heads = Heads::default();
         if !s.h2c {
-            let io = Tap::new(stream, heads.clone(), s.max_header_bytes);
+            let io = Tap::new(stream, heads.clone(), s.max_header_bytes).max_headers(s.max_headers);
             return http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await;
         }
         // The HTTP/2 preface (or the first bytes that rule it out) within
@@ -223,7 +281,7 @@ async fn connection(
         let facts = Arc::new(H2Facts::default());
         conn.h2 = Some(facts.clone());
         let io = H2Tap::new(stream, facts, s.max_header_bytes);
-        let io = Tap::new(io, heads.clone(), s.max_header_bytes);
+        let io = Tap::new(io, heads.clone(), s.max_header_bytes).max_headers(s.max_headers);
         return http(gw, io, Proto::Sniff, Some(heads), conn, &s, drain).await;
     };
     let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
@@ -252,6 +310,7 @@ async fn connection(
         client_cert,
         redirect: None,
         h2: None,
+        slot: Some(slot),
     };
     if h2 {
         let facts = Arc::new(H2Facts::default());
@@ -260,7 +319,7 @@ async fn connection(
         http(gw, io, Proto::Http2, None, conn, &s, drain).await
     } else {
         let heads = Heads::default();
-        let io = Tap::new(tls, heads.clone(), s.max_header_bytes);
+        let io = Tap::new(tls, heads.clone(), s.max_header_bytes).max_headers(s.max_headers);
         http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await
     }
 }
@@ -279,9 +338,21 @@ async fn http<I>(
 {
     let peer = conn.peer;
     let conn = Arc::new(conn);
+    let activity = Activity::new();
+    let watch = activity.clone();
+    // Before the first request the head timeout applies, after it the
+    // keep-alive timeout; an idle connection shut down gracefully gets as
+    // long again to be gone.
+    let first = s.header_read_timeout.min(s.keepalive_timeout);
+    let idle = async {
+        watch.idle(first, s.keepalive_timeout).await;
+        tracing::debug!(peer = %peer, "closing idle connection");
+    };
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let conn = conn.clone();
+        // In flight until the response body is done (keep-alive timeout).
+        let busy = activity.begin();
         // The head the tap read for this request (HTTP/1.1 answers in
         // order); none if it lost the stream, or on HTTP/2.
         if let Some(h) = heads.as_ref().and_then(Heads::pop) {
@@ -292,7 +363,7 @@ async fn http<I>(
                 Some(to) => gw.redirect(req, &conn, to),
                 None => gw.handle(req, &conn).await,
             };
-            Ok::<_, std::convert::Infallible>(resp)
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy)))
         }
     });
     let io = TokioIo::new(io);
@@ -301,27 +372,34 @@ async fn http<I>(
     // the other protocol); auto only to tell h2c from HTTP/1.1.
     let result = match proto {
         Proto::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
                 .header_read_timeout(s.header_read_timeout)
-                .max_buf_size(s.max_header_bytes)
+                .max_buf_size(s.max_header_bytes);
+            if s.max_headers > super::wire::MAX_HEADERS {
+                b.max_headers(s.max_headers);
+            }
+            let conn = b
                 .serve_connection(io, service)
                 // Websockets.
                 .with_upgrades();
-            drained!(conn, drain).map_err(Into::into)
+            drained!(conn, drain, idle, watch.settled(first)).map_err(Into::into)
         }
         Proto::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             h2_limits(&mut b, s);
             let conn = b.serve_connection(io, service);
-            drained!(conn, drain).map_err(Into::into)
+            drained!(conn, drain, idle, watch.settled(first)).map_err(Into::into)
         }
         Proto::Sniff => {
             let mut b = auto::Builder::new(TokioExecutor::new());
-            b.http1()
-                .timer(TokioTimer::new())
+            let mut h1 = b.http1();
+            h1.timer(TokioTimer::new())
                 .header_read_timeout(s.header_read_timeout)
                 .max_buf_size(s.max_header_bytes);
+            if s.max_headers > super::wire::MAX_HEADERS {
+                h1.max_headers(s.max_headers);
+            }
             let mut h2 = b.http2();
             h2.timer(TokioTimer::new())
                 .max_concurrent_streams(s.max_concurrent_streams)
@@ -329,7 +407,7 @@ async fn http<I>(
                 .keep_alive_interval(Some(H2_PING_INTERVAL))
                 .keep_alive_timeout(H2_PING_TIMEOUT);
             let conn = b.serve_connection_with_upgrades(io, service);
-            drained!(conn, drain)
+            drained!(conn, drain, idle, watch.settled(first))
         }
     };
     if let Err(e) = result {

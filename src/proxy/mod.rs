@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod limits;
 pub mod listener;
 pub mod pipeline;
 pub mod pool;

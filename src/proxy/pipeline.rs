@@ -7,9 +7,12 @@
 //! one decision.
 //!
 //! ```text
+//! 0 limits       target length, header count,      proxy::limits          (414/431/429)
+//!                per-IP rate
 //! 1 normalize    canonical path, host              route::canonicalize
 //! 2 route        (host, method, path) → route      route::Router::at      (404 default deny)
 //! 3 authenticate token → Principal                 auth::Authenticator    (401)
+//!                per-principal rate                proxy::limits          (429)
 //! 4 session      idle / revoked / deactivated      session::Store (401)
 //! 5 authorize    policy::decide                    policy                 (403)
 //! 6 forward      headers, stream body upstream     proxy::headers, upstream (502/504/413)
@@ -34,8 +37,11 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::body::{BodyTooLarge, Limited, MalformedBody, MaskedBody, Primed, SessionBound};
+use super::body::{
+    BodyTooLarge, Limited, MalformedBody, MaskedBody, Primed, SessionBound, Timed, TooSlow,
+};
 use super::headers::{self, ForwardedFor};
+use super::limits::{ConnCounts, RateLimiters};
 use super::listener::Conn;
 use super::upstream::{self, BodyIdleTimeout, BoxError, UpstreamBody, has_cause};
 use super::websocket;
@@ -44,7 +50,7 @@ use super::wire::{Framing, RawHead};
 use crate::auth::Verified;
 use crate::config::{ClientCertRule, Redirect, Route, RouteMask, Runtime};
 use crate::directory::{self, UserRecord};
-use crate::error::{BadRequest, ClientCertDenial, Deny, Fault, Refusal, error_body};
+use crate::error::{BadRequest, ClientCertDenial, Deny, Fault, RateLimit, Refusal, error_body};
 use crate::mask;
 use crate::policy::{self, Decision, Denial, NoRelations, Principal, Relations};
 use crate::relations;
@@ -81,6 +87,11 @@ pub struct Gateway {
     /// Set once the gateway shuts down: open websockets close with 1001.
     /// Every relay holds a receiver until it has closed.
     going_away: tokio::sync::watch::Sender<bool>,
+    /// Open client connections (`listen.max_connections*`); outlives
+    /// reloads, like the buckets below.
+    conns: Arc<ConnCounts>,
+    /// `listen.rate_limit` buckets.
+    rates: RateLimiters,
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -111,6 +122,9 @@ pub struct Ctx {
     /// A websocket upgrade: the client's handshake headers, kept aside
     /// while the hop-by-hop strip runs (set in phase 6).
     pub websocket: Option<websocket::Handshake>,
+    /// A websocket upgrade: the connection's place under
+    /// `listen.max_connections`, handed to the relay (set in phase 6).
+    pub slot: Option<Arc<super::limits::ConnSlot>>,
 }
 
 /// The normalised request target.
@@ -146,6 +160,8 @@ impl Gateway {
             directory: DashMap::new(),
             reloader: Default::default(),
             going_away: tokio::sync::watch::Sender::new(false),
+            conns: Arc::default(),
+            rates: RateLimiters::default(),
         })
     }
 
@@ -180,6 +196,11 @@ impl Gateway {
         self.audit.reopen();
     }
 
+    /// Open client connections (the listener counts them at accept).
+    pub fn connections(&self) -> &Arc<ConnCounts> {
+        &self.conns
+    }
+
     /// The session store (admin API, shutdown flush).
     pub fn store(&self) -> &Store {
         &self.store
@@ -203,6 +224,7 @@ impl Gateway {
             from_cookie: false,
             accept_html: accepts_html(req.headers()),
             websocket: None,
+            slot: None,
         }
     }
 
@@ -230,6 +252,10 @@ impl Gateway {
         let mut ctx = self.start(&req, conn);
         ctx.path = req.uri().path().to_string();
         ctx.route = Some("(redirect_https)".into());
+        if let Err(refusal) = self.admit(&rt, conn, &req) {
+            let resp = refuse(&rt, &mut ctx, refusal);
+            return finish(&ctx, resp);
+        }
         let h2 = ctx.h2;
         let location = || -> Result<HeaderValue, Refusal> {
             let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
@@ -271,6 +297,8 @@ impl Gateway {
         conn: &Conn,
         mut req: Request<Incoming>,
     ) -> Result<Response<RespBody>, Refusal> {
+        // 0 limits: target length, header count, the client's rate.
+        self.admit(rt, conn, &req)?;
         // 1 normalize: one canonical path, decided once and forwarded as is.
         let target = normalize(rt, ctx, conn, &req)?;
         if req.method() == Method::POST && target.canon.path == rt.sessions.logout_path {
@@ -306,6 +334,21 @@ impl Gateway {
             Some(v) => Some(self.directory_principal(rt, v)?),
             None => None,
         };
+        // 3c the principal's rate (after authentication: a forged token
+        //    never spends someone else's bucket).
+        if let Some(v) = &verified {
+            let p = &v.principal;
+            self.rates
+                .check_principal(
+                    rt.listen.rate_limit.per_principal.as_ref(),
+                    &p.issuer,
+                    &p.subject,
+                )
+                .map_err(|retry_after| Deny::RateLimited {
+                    limit: RateLimit::Principal,
+                    retry_after,
+                })?;
+        }
         if websocket && ctx.from_cookie {
             websocket::check_origin(
                 req.headers(),
@@ -363,6 +406,7 @@ impl Gateway {
             // 6 + 7 for a websocket (never masked: `check` refuses a mask on
             //   a websocket route).
             let client = hyper::upgrade::on(&mut req);
+            ctx.slot = conn.slot.clone();
             let resp = forward(rt, ctx, route, &target, principal, false, req).await?;
             return self
                 .upgrade(rt, ctx, route, verified.as_ref(), client, resp)
@@ -471,10 +515,37 @@ impl Gateway {
                 route: route.name.clone(),
                 subject: ctx.subject.clone().unwrap_or_default(),
                 going_away: self.going_away(),
+                slot: ctx.slot.clone(),
             },
         );
         let body = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
         Ok(websocket::switching(parts.headers, accept, body))
+    }
+
+    /// Phase 0: the head limits of `listen` (a JSON 414/431 where the HTTP
+    /// layer would answer bare, or not at all) and the client's per-IP
+    /// bucket, before anything costs more than a hash lookup.
+    fn admit(&self, rt: &Runtime, conn: &Conn, req: &Request<Incoming>) -> Result<(), Refusal> {
+        // The target as sent (HTTP/1.1: the tap's copy, fragment and
+        // absolute form included); HTTP/2: `:path`.
+        let target = match req.extensions().get::<RawHead>() {
+            Some(raw) => raw.target.len(),
+            None => req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()),
+        };
+        if target > rt.listen.max_uri_bytes {
+            return Err(Deny::UriTooLong.into());
+        }
+        if req.headers().len() > rt.listen.max_headers {
+            return Err(Deny::TooManyHeaders.into());
+        }
+        self.rates
+            .check_ip(rt.listen.rate_limit.per_ip.as_ref(), conn.peer.ip())
+            .map_err(|retry_after| {
+                Refusal::from(Deny::RateLimited {
+                    limit: RateLimit::Ip,
+                    retry_after,
+                })
+            })
     }
 
     /// Wraps the body so it stops once the session is over (checked every
@@ -946,10 +1017,18 @@ async fn forward(
     // the upstream request starts, so a body broken from its start never
     // reaches the upstream; one that breaks later aborts the upstream
     // request (it never sees a complete request).
-    let mut body = Limited::new(
+    // The receive timeouts: the whole request within `request_timeout` of
+    // its head, no gap over `body_read_timeout` (see `body::Timed`).
+    let deadline = tokio::time::Instant::now()
+        + rt.listen
+            .request_timeout
+            .saturating_sub(ctx.started.elapsed());
+    let body = Timed::new(
         body.map_err(|e| Box::new(MalformedBody(Box::new(e))) as BoxError),
-        max,
+        deadline,
+        rt.listen.body_read_timeout,
     );
+    let mut body = Limited::new(body, max);
     let first = if body.is_end_stream() {
         None
     } else {
@@ -959,7 +1038,10 @@ async fn forward(
             Some(Err(e)) if has_cause::<BodyTooLarge>(e.as_ref()) => {
                 return Err(Deny::BodyTooLarge.into());
             }
-            Some(Err(_)) => return Err(Deny::BadRequest(BadRequest::MalformedBody).into()),
+            Some(Err(e)) => match e.downcast_ref::<TooSlow>() {
+                Some(TooSlow(t)) => return Err(Deny::RequestTimeout(*t).into()),
+                None => return Err(Deny::BadRequest(BadRequest::MalformedBody).into()),
+            },
         }
     };
 
@@ -1232,6 +1314,9 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
     let h = resp.headers_mut();
     if refusal.status() == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, refusal.challenge());
+    }
+    if let Some(secs) = refusal.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if refusal.closes_connection() && !ctx.h2 {
         // Ambiguous framing or a broken body: nothing after it on this

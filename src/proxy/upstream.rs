@@ -33,7 +33,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 use crate::config::Upstream;
 use crate::error::{BadRequest, Deny, Fault, Refusal};
-use crate::proxy::body::{BodyTooLarge, MalformedBody};
+use crate::proxy::body::{BodyTooLarge, MalformedBody, TooSlow};
 use crate::proxy::pool::{Pick, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -292,6 +292,12 @@ fn failed(up: &Upstream, pick: &Pick, e: &hyper_util::client::legacy::Error) -> 
     // aborted, so it never got a complete request.
     if has_cause::<BodyTooLarge>(e) {
         return Deny::BodyTooLarge.into();
+    }
+    // The client stopped sending its body: the upstream request was
+    // aborted (it never saw a complete request); 408.
+    if let Some(TooSlow(t)) = find_cause::<TooSlow>(e) {
+        tracing::debug!(upstream = %up.name, timeout = t.code(), "request body too slow while forwarding");
+        return Deny::RequestTimeout(*t).into();
     }
     if has_cause::<MalformedBody>(e) {
         tracing::debug!(upstream = %up.name, error = %chain(e), "request body broke while forwarding");

@@ -405,6 +405,9 @@ pub struct Relay {
     pub subject: String,
     /// Turns true when the gateway shuts down (close 1001 both ways).
     pub going_away: tokio::sync::watch::Receiver<bool>,
+    /// The client connection's place under `listen.max_connections`: an
+    /// open websocket still holds its connection.
+    pub slot: Option<std::sync::Arc<super::limits::ConnSlot>>,
 }
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;

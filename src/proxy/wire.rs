@@ -52,8 +52,10 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// hyper's default limit on headers per request (`h1_max_headers`).
-const MAX_HEADERS: usize = 100;
+/// hyper's default limit on headers per request (`h1_max_headers`); a
+/// tracker follows heads of up to this many on the stack, more (when the
+/// listener raises hyper's limit) in a vector.
+pub const MAX_HEADERS: usize = 100;
 
 /// One request head as it was on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +168,13 @@ impl<IO> Tap<IO> {
             tracker: Tracker::new(heads, max_head),
         }
     }
+
+    /// Follows heads of up to `n` header fields (hyper's `max_headers`
+    /// of this connection; at least [`MAX_HEADERS`]).
+    pub fn max_headers(mut self, n: usize) -> Self {
+        self.tracker.max_headers = n.max(MAX_HEADERS);
+        self
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tap<IO> {
@@ -259,6 +268,8 @@ pub struct Tracker {
     state: State,
     head_buf: Vec<u8>,
     max_head: usize,
+    /// Header fields a head may have (as many as hyper accepts).
+    max_headers: usize,
     /// The last head asked for an upgrade: the connection is likely to
     /// become a long-lived websocket, so `head_buf` is not kept for reuse.
     upgrade_asked: bool,
@@ -271,6 +282,7 @@ impl Tracker {
             state: State::Head,
             head_buf: Vec::new(),
             max_head,
+            max_headers: MAX_HEADERS,
             upgrade_asked: false,
         }
     }
@@ -346,8 +358,15 @@ impl Tracker {
     /// Parses `head_buf`; on a complete head queues it, sets the body
     /// state and returns the head's length. `None`: incomplete, or lost.
     fn parse_head(&mut self) -> Option<usize> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
+        let mut stack = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut heap;
+        let headers: &mut [httparse::Header<'_>] = if self.max_headers <= MAX_HEADERS {
+            &mut stack
+        } else {
+            heap = vec![httparse::EMPTY_HEADER; self.max_headers];
+            &mut heap
+        };
+        let mut req = httparse::Request::new(headers);
         let len = match req.parse(&self.head_buf) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {

@@ -1,0 +1,476 @@
+//! Limits that outlive a request: open connections (in total and per
+//! client address), the per-connection activity that closes idle
+//! connections, and the `listen.rate_limit` token buckets.
+//!
+//! Owns counters and buckets only; the listener asks at accept (connection
+//! limits, [`Activity`]), the pipeline asks per request (phase 0 per-IP
+//! bucket, phase 3c per-principal bucket). The numbers themselves come
+//! from the runtime each time, so a reload applies at the next accept or
+//! request; the state lives in the `Gateway`, so a reload keeps every
+//! count. A reload that changes a bucket's rate starts that bucket afresh
+//! (every client gets a full bucket); one that does not keeps it.
+//!
+//! Client addresses are keyed by IPv4 address or IPv6 /64 prefix: one
+//! IPv6 host usually holds a whole /64, so a per-address key would give it
+//! 2^64 connection slots and buckets.
+
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use dashmap::DashMap;
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+
+use crate::config::Rate;
+use crate::session::now_ms;
+
+/// The key a client address is counted and limited under: the IPv4
+/// address (an IPv4-mapped IPv6 address counts as IPv4), or the IPv6 /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// Open client connections, in total and per client key.
+#[derive(Default)]
+pub struct ConnCounts {
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, usize>,
+    /// Connections refused since the last warning (rate-limited log).
+    refused: AtomicU64,
+    last_warn_ms: AtomicU64,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnRefused {
+    /// `listen.max_connections` are open.
+    Total,
+    /// `listen.max_connections_per_ip` are open from this client.
+    PerIp,
+}
+
+impl ConnRefused {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConnRefused::Total => "max_connections",
+            ConnRefused::PerIp => "max_connections_per_ip",
+        }
+    }
+}
+
+/// How often a refused connection may log a warning.
+const WARN_EVERY_MS: u64 = 10_000;
+
+impl ConnCounts {
+    /// Counts a new connection from `ip`, or refuses it when a limit is
+    /// reached. The slot is given back when the returned guard drops.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<ConnSlot, ConnRefused> {
+        let key = client_key(ip);
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnRefused::Total);
+        }
+        // The shard guard ends with this block (before any other access).
+        let admitted = {
+            let mut n = self.per_ip.entry(key).or_insert(0);
+            if *n >= max_per_ip {
+                false
+            } else {
+                *n += 1;
+                true
+            }
+        };
+        if !admitted {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnRefused::PerIp);
+        }
+        Ok(ConnSlot {
+            counts: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    /// Client keys with an open connection (bounded by `open`).
+    pub fn clients(&self) -> usize {
+        self.per_ip.len()
+    }
+
+    /// Logs a refused connection at warn, at most once per 10 s, with the
+    /// number refused since the last line.
+    pub fn warn_refused(&self, peer: std::net::SocketAddr, why: ConnRefused) {
+        let refused = self.refused.fetch_add(1, Ordering::AcqRel) + 1;
+        let now = now_ms();
+        let last = self.last_warn_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) < WARN_EVERY_MS
+            || self
+                .last_warn_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            tracing::debug!(peer = %peer, limit = why.code(), "connection refused");
+            return;
+        }
+        self.refused.fetch_sub(refused, Ordering::AcqRel);
+        tracing::warn!(
+            peer = %peer,
+            limit = why.code(),
+            refused,
+            open = self.open(),
+            "connection limit reached: connections closed at accept"
+        );
+    }
+}
+
+/// One admitted connection's place in [`ConnCounts`]; held by the
+/// connection task (and a websocket relay it hands over to) and given back
+/// on drop, whatever way the connection ends.
+pub struct ConnSlot {
+    counts: Arc<ConnCounts>,
+    key: IpAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut e) = self.counts.per_ip.entry(self.key) {
+            if *e.get() <= 1 {
+                e.remove();
+            } else {
+                *e.get_mut() -= 1;
+            }
+        }
+        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for ConnSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnSlot").field("key", &self.key).finish()
+    }
+}
+
+// ------------------------------------------------------------- idleness
+
+/// Whether a connection has a request in flight, and since when it has
+/// had none: the listener closes it (gracefully) once it has been idle
+/// too long. A request is in flight from the moment hyper hands it to the
+/// service until its response body is done (or dropped).
+pub struct Activity {
+    inflight: AtomicUsize,
+    /// Milliseconds after `base` the last request ended (0: none yet).
+    idle_since_ms: AtomicU64,
+    /// A request has been seen on this connection.
+    served: AtomicBool,
+    base: tokio::time::Instant,
+    ended: Notify,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            inflight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+            base: tokio::time::Instant::now(),
+            ended: Notify::new(),
+        })
+    }
+
+    /// A request starts; it ends when the guard drops.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.served.store(true, Ordering::Release);
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for
+    /// `first` (before its first request) or `keepalive` (after one).
+    pub async fn idle(&self, first: Duration, keepalive: Duration) {
+        loop {
+            if self.inflight.load(Ordering::Acquire) > 0 {
+                self.ended.notified().await;
+                continue;
+            }
+            let limit = if self.served.load(Ordering::Acquire) {
+                keepalive
+            } else {
+                first
+            };
+            let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            let deadline = self.base + since + limit;
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = self.ended.notified() => {}
+            }
+        }
+    }
+}
+
+impl Activity {
+    /// After an idle connection was asked to shut down: resolves once
+    /// `grace` has passed and no request is in flight (one that raced the
+    /// shutdown finishes first); at once if it never had a request (there
+    /// is nothing to finish, and an HTTP/2 client still inside its preface
+    /// cannot be sent a GOAWAY).
+    pub async fn settled(&self, grace: Duration) {
+        if !self.served.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::time::sleep(grace).await;
+        while self.inflight.load(Ordering::Acquire) > 0 {
+            self.ended.notified().await;
+        }
+    }
+}
+
+/// A request in flight on its connection (see [`Activity`]).
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        let now = a.base.elapsed().as_millis() as u64;
+        a.idle_since_ms.fetch_max(now, Ordering::AcqRel);
+        if a.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            a.ended.notify_one();
+        }
+    }
+}
+
+/// A response body that keeps its request in flight until it is done.
+pub struct Tracked<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, busy: Busy) -> Self {
+        Tracked { inner, _busy: busy }
+    }
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// ---------------------------------------------------------- rate limits
+
+/// The `listen.rate_limit` buckets: per client key and per principal.
+#[derive(Default)]
+pub struct RateLimiters {
+    ip: Keyed<IpAddr>,
+    principal: Keyed<(String, String)>,
+}
+
+impl RateLimiters {
+    /// Takes a token from `ip`'s bucket; `Err(seconds)` to wait when empty.
+    /// `None` (no `per_ip` configured) drops any old buckets.
+    pub fn check_ip(&self, rate: Option<&Rate>, ip: IpAddr) -> Result<(), u64> {
+        self.ip.check(rate, &client_key(ip))
+    }
+
+    /// Takes a token from the principal's bucket (issuer + subject).
+    pub fn check_principal(
+        &self,
+        rate: Option<&Rate>,
+        issuer: &str,
+        subject: &str,
+    ) -> Result<(), u64> {
+        self.principal
+            .check(rate, &(issuer.to_string(), subject.to_string()))
+    }
+}
+
+/// One keyed limiter, rebuilt when its configured rate changes.
+struct Keyed<K: Hash + Eq + Clone> {
+    current: ArcSwapOption<Bucket<K>>,
+    last_sweep_ms: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone> Default for Keyed<K> {
+    fn default() -> Self {
+        Keyed {
+            current: ArcSwapOption::empty(),
+            last_sweep_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+struct Bucket<K: Hash + Eq + Clone> {
+    rate: Rate,
+    limiter: DefaultKeyedRateLimiter<K>,
+}
+
+/// How often idle keys are dropped (`retain_recent`): a key is idle once
+/// its bucket has refilled, so memory follows the clients active within
+/// one refill time.
+const SWEEP_EVERY_MS: u64 = 1_000;
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    fn check(&self, rate: Option<&Rate>, key: &K) -> Result<(), u64> {
+        let Some(rate) = rate else {
+            if self.current.load().is_some() {
+                self.current.store(None);
+            }
+            return Ok(());
+        };
+        let bucket = match self.current.load_full() {
+            Some(b) if b.rate == *rate => b,
+            _ => {
+                let Some(quota) = quota(rate) else {
+                    return Ok(());
+                };
+                let b = Arc::new(Bucket {
+                    rate: *rate,
+                    limiter: DefaultKeyedRateLimiter::dashmap(quota),
+                });
+                self.current.store(Some(b.clone()));
+                b
+            }
+        };
+        let now = now_ms();
+        let last = self.last_sweep_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= SWEEP_EVERY_MS
+            && self
+                .last_sweep_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            bucket.limiter.retain_recent();
+        }
+        bucket.limiter.check_key(key).map_err(|not_until| {
+            retry_after_secs(not_until.wait_time_from(bucket.limiter.clock().now()))
+        })
+    }
+}
+
+/// `count` per `period`, `burst` at once; `None` if it cannot be one
+/// (`check` refuses such rates).
+fn quota(rate: &Rate) -> Option<Quota> {
+    let per_token = rate.period.checked_div(rate.count)?;
+    Some(Quota::with_period(per_token)?.allow_burst(NonZeroU32::new(rate.burst)?))
+}
+
+/// Whole seconds, rounded up, at least 1 (`Retry-After`).
+fn retry_after_secs(d: Duration) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_prefix_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn connection_slots_are_counted_per_client_and_given_back_on_drop() {
+        let c = Arc::new(ConnCounts::default());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = c.admit(ip, 3, 2).unwrap();
+        let b = c.admit(ip, 3, 2).unwrap();
+        assert_eq!(c.admit(ip, 3, 2).unwrap_err(), ConnRefused::PerIp);
+        let d = c.admit(other, 3, 2).unwrap();
+        assert_eq!(c.admit(other, 3, 2).unwrap_err(), ConnRefused::Total);
+        assert_eq!((c.open(), c.clients()), (3, 2));
+        drop((a, b, d));
+        assert_eq!((c.open(), c.clients()), (0, 0));
+        let _again = c.admit(ip, 3, 2).unwrap();
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+    }
+
+    #[test]
+    fn a_bucket_refuses_after_its_burst_and_is_rebuilt_when_the_rate_changes() {
+        let l = RateLimiters::default();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let slow = Rate {
+            count: 1,
+            period: Duration::from_secs(60),
+            burst: 2,
+        };
+        assert!(l.check_ip(Some(&slow), ip).is_ok());
+        assert!(l.check_ip(Some(&slow), ip).is_ok());
+        let wait = l.check_ip(Some(&slow), ip).unwrap_err();
+        assert!((1..=60).contains(&wait), "{wait}");
+        // Another client has its own bucket.
+        assert!(
+            l.check_ip(Some(&slow), "192.0.2.10".parse().unwrap())
+                .is_ok()
+        );
+        // A new rate: a fresh bucket.
+        let other = Rate { burst: 3, ..slow };
+        assert!(l.check_ip(Some(&other), ip).is_ok());
+        // No limit configured: everything passes.
+        for _ in 0..10 {
+            assert!(l.check_ip(None, ip).is_ok());
+        }
+        assert!(l.check_principal(Some(&slow), "iss", "sub").is_ok());
+        assert!(l.check_principal(Some(&slow), "iss", "sub").is_ok());
+        assert!(l.check_principal(Some(&slow), "iss", "sub").is_err());
+        assert!(l.check_principal(Some(&slow), "iss", "other").is_ok());
+    }
+}

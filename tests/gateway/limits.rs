@@ -1,0 +1,699 @@
+//! `listen` limits on the real gateway: target length (414), header count
+//! (431), request receive timeouts (408), connection limits in total and
+//! per client address (closed at accept, slots given back), keep-alive
+//! idle timeouts (HTTP/1.1 and HTTP/2), slowloris heads, HTTP/2 stream
+//! limit, and the per-IP and per-principal rate limits (429 + Retry-After).
+//!
+//! Timeouts are configured short (300 ms) and waited for with generous
+//! deadlines; no test measures a duration.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+use crate::common::*;
+
+/// A gateway whose `listen:` has `listen` (indented YAML lines) and whose
+/// config ends with `extra`.
+async fn gateway(up: SocketAddr, listen: &str, extra: &str) -> Gw {
+    let dir = scratch_dir("limits");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "listen:\n  addr: \"127.0.0.1:0\"\n{listen}{}upstreams:\n  app: {{ url: \"http://{up}\", timeout: 5s }}\nrules: rules.yaml\n{extra}",
+        identity_yaml()
+    );
+    start_with_config(&dir, &cfg).await
+}
+
+fn viewer_as(sub: &str) -> String {
+    token_with(json!({ "roles": ["viewer"], "sub": sub, "sid": format!("sid-{sub}") }))
+}
+
+/// A JSON refusal with this status, error code and reason.
+#[track_caller]
+fn assert_refused(r: &Resp, status: u16, error: &str, reason: &str) {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let j = r.json();
+    assert_eq!(j["error"], error);
+    assert_eq!(j["reason"], reason);
+    assert!(j["request_id"].is_string());
+}
+
+/// Waits (at most 5 s) until the peer closes `s`; true if it did. Bytes
+/// sent before the close are returned through `got`.
+async fn closed_by_peer(s: &mut TcpStream, got: &mut Vec<u8>) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// One keep-alive request on an open connection; reads exactly one
+/// response (bodies carry Content-Length here).
+async fn keepalive_get(s: &mut TcpStream, target: &str) -> Resp {
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return parse_response(&buf[..end + 4 + len]);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A connection from `local` (another loopback address is another client).
+async fn connect_from(local: &str, to: SocketAddr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// Whether a new connection from `local` is served (a 200 for the public
+/// status route) rather than closed at accept.
+async fn served(local: &str, to: SocketAddr) -> bool {
+    let mut s = connect_from(local, to).await;
+    let req = b"GET /api/status HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
+    if s.write_all(req).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("answer or close in time");
+    buf.starts_with(b"HTTP/1.1 200")
+}
+
+/// A new keep-alive connection from `local` that got a 200 for one request,
+/// retried (slots are given back just after a client's close is seen).
+async fn keepalive_conn(local: &str, to: SocketAddr) -> TcpStream {
+    for _ in 0..100 {
+        let mut s = connect_from(local, to).await;
+        let req = b"GET /api/status HTTP/1.1\r\nHost: app.test\r\n\r\n";
+        if s.write_all(req).await.is_ok() {
+            let mut b = [0u8; 12];
+            let read = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+                .await
+                .expect("answer or close in time");
+            if read.is_ok() {
+                assert_eq!(&b, b"HTTP/1.1 200");
+                return s;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no connection from {local} was served: a connection slot leaked");
+}
+
+/// Retries `served` until it is true (slots are given back when the
+/// gateway's connection task ends, just after the client closes).
+async fn eventually_served(local: &str, to: SocketAddr) {
+    for _ in 0..100 {
+        if served(local, to).await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("a new connection from {local} was never served again: a connection slot leaked");
+}
+
+/// An upstream answering each request after `delay`.
+async fn slow_upstream(delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("{}"))))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that reads the whole request, then streams `parts` chunks
+/// of its answer `gap` apart.
+async fn dribbling_upstream(parts: usize, gap: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                    tokio::spawn(async move {
+                        for i in 0..parts {
+                            tokio::time::sleep(gap).await;
+                            let chunk = Bytes::from(format!("part-{i};"));
+                            if tx.send(Ok(Frame::data(chunk))).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    let body = StreamBody::new(tokio_stream_from(rx));
+                    Ok::<_, Infallible>(hyper::Response::new(body))
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An mpsc receiver as a `Stream` (no tokio-stream dependency).
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+// ------------------------------------------------------------ head limits
+
+#[tokio::test]
+async fn a_target_over_max_uri_bytes_is_414_json_and_never_forwarded() {
+    let up = Upstream::start().await;
+    let gw = gateway(up.addr, "  max_uri_bytes: 64\n", "").await;
+    let base = "/api/status?q=";
+    let at_limit = format!("{base}{}", "a".repeat(64 - base.len()));
+    let over = format!("{at_limit}a");
+    let r = req(gw.addr, "GET", &at_limit, None, &[]).await;
+    assert_eq!(r.status, 200, "a target of exactly max_uri_bytes passes");
+    let r = req(gw.addr, "GET", &over, None, &[]).await;
+    assert_refused(
+        &r,
+        414,
+        "uri_too_long",
+        "request target exceeds the configured limit",
+    );
+    // Checked before routing and authentication.
+    let r = req(
+        gw.addr,
+        "GET",
+        &format!("/nowhere/{}", "x".repeat(80)),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!((r.status, r.error().as_str()), (414, "uri_too_long"));
+    assert_eq!(up.count(), 1);
+}
+
+#[tokio::test]
+async fn more_than_max_headers_is_431_json_and_never_forwarded() {
+    let up = Upstream::start().await;
+    let gw = gateway(up.addr, "  max_headers: 10\n", "").await;
+    // `req` sends Host and Connection: 8 more make 10, 9 more make 11.
+    let extra: Vec<String> = (0..9).map(|i| format!("X-Extra-{i}: v")).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let r = req(gw.addr, "GET", "/api/status", None, &extra[..8]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = req(gw.addr, "GET", "/api/status", None, &extra).await;
+    assert_refused(&r, 431, "too_many_headers", "too many header fields");
+    assert_eq!(up.count(), 1);
+}
+
+// --------------------------------------------------------------- timeouts
+
+#[tokio::test]
+async fn a_body_that_never_starts_is_408_before_anything_goes_upstream() {
+    let probe = BodyProbe::start().await;
+    let gw = gateway(probe.addr, "  body_read_timeout: 300ms\n", "").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /files/a HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n",
+        viewer_as("u-408a")
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    assert!(
+        closed_by_peer(&mut s, &mut got).await,
+        "connection held open"
+    );
+    let r = parse_response(&got);
+    assert_refused(&r, 408, "request_timeout", "body_read_timeout");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(
+        probe.seen.lock().unwrap().is_empty(),
+        "the upstream was called"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_midway_is_408_and_the_upstream_never_gets_it_whole() {
+    let probe = BodyProbe::start().await;
+    let gw = gateway(probe.addr, "  body_read_timeout: 300ms\n", "").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /files/a HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n0123456789",
+        viewer_as("u-408b")
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    assert!(
+        closed_by_peer(&mut s, &mut got).await,
+        "connection held open"
+    );
+    let r = parse_response(&got);
+    assert_refused(&r, 408, "request_timeout", "body_read_timeout");
+    // The upstream got the head and the first bytes, then an aborted body.
+    for _ in 0..100 {
+        if !probe.seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = probe.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].is_err(),
+        "the upstream saw a complete body: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_trickled_past_request_timeout_is_408() {
+    let probe = BodyProbe::start().await;
+    let gw = gateway(
+        probe.addr,
+        "  request_timeout: 400ms\n  body_read_timeout: 10s\n",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /files/a HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\n",
+        viewer_as("u-408c")
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // One byte every 50 ms: never a gap of body_read_timeout, but the
+    // whole body would take 50 s.
+    let writer = tokio::spawn(async move {
+        for _ in 0..1000 {
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut got)).await;
+    writer.abort();
+    assert!(closed.is_ok(), "connection held open");
+    let r = parse_response(&got);
+    assert_refused(&r, 408, "request_timeout", "request_timeout");
+    assert_eq!(probe.complete(), 0);
+}
+
+#[tokio::test]
+async fn a_long_response_is_not_cut_by_the_request_timeouts() {
+    // The answer takes about 1.2 s, four times both receive timeouts.
+    let up = dribbling_upstream(6, Duration::from_millis(200)).await;
+    let gw = gateway(
+        up,
+        "  request_timeout: 300ms\n  body_read_timeout: 300ms\n",
+        "",
+    )
+    .await;
+    let r = req_json(
+        gw.addr,
+        "POST",
+        "/files/a",
+        Some(&viewer_as("u-long")),
+        "{\"a\":1}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "part-0;part-1;part-2;part-3;part-4;part-5;"
+    );
+}
+
+// ------------------------------------------------ idle and slow connections
+
+#[tokio::test]
+async fn an_idle_keepalive_connection_is_closed_by_the_gateway() {
+    let up = Upstream::start().await;
+    // header_read_timeout stays long: only keepalive_timeout can close it
+    // within the wait below.
+    let gw = gateway(
+        up.addr,
+        "  keepalive_timeout: 300ms\n  header_read_timeout: 30s\n",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    // Requests keep it open...
+    for _ in 0..3 {
+        assert_eq!(keepalive_get(&mut s, "/api/status").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...idleness closes it.
+    let mut got = Vec::new();
+    assert!(
+        closed_by_peer(&mut s, &mut got).await,
+        "idle keep-alive connection left open"
+    );
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_with_goaway() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        up.addr,
+        "  h2c: true\n  keepalive_timeout: 300ms\n  header_read_timeout: 30s\n",
+        "",
+    )
+    .await;
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("http://app.test/api/status")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    // The server ends the connection (GOAWAY, then close): the client's
+    // connection task finishes on its own.
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(ended.is_ok(), "idle HTTP/2 connection left open");
+}
+
+#[tokio::test]
+async fn a_slowloris_head_is_cut_by_header_read_timeout() {
+    let up = Upstream::start().await;
+    let gw = gateway(up.addr, "  header_read_timeout: 300ms\n", "").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /api/status HTTP/1.1\r\nHost: app.test\r\n")
+        .await
+        .unwrap();
+    // One header line every 100 ms, never the end of the head.
+    let trickle = async {
+        for i in 0..100 {
+            if s.write_all(format!("X-Slow-{i}: v\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    let cut_while_writing = tokio::time::timeout(Duration::from_secs(5), trickle)
+        .await
+        .unwrap_or(false);
+    let mut got = Vec::new();
+    assert!(
+        cut_while_writing || closed_by_peer(&mut s, &mut got).await,
+        "a trickled head kept its connection"
+    );
+    assert_eq!(up.count(), 0);
+}
+
+// ------------------------------------------------------ connection limits
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_at_accept_and_slots_come_back() {
+    let up = Upstream::start().await;
+    let gw = gateway(up.addr, "  max_connections: 3\n", "").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(keepalive_conn("127.0.0.1", gw.addr).await);
+    }
+    // The fourth, from any address, is closed without an answer.
+    for local in ["127.0.0.1", "127.0.0.2"] {
+        let mut s = connect_from(local, gw.addr).await;
+        let _ = s
+            .write_all(b"GET /api/status HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await;
+        let mut got = Vec::new();
+        assert!(
+            closed_by_peer(&mut s, &mut got).await,
+            "{local}: not closed"
+        );
+        assert!(
+            got.is_empty(),
+            "{local}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    // Closing one frees its slot; closing all frees all of them.
+    open.pop();
+    eventually_served("127.0.0.2", gw.addr).await;
+    open.clear();
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        again.push(keepalive_conn("127.0.0.1", gw.addr).await);
+    }
+    assert!(!served("127.0.0.1", gw.addr).await, "the limit still holds");
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_per_ip_are_closed_for_that_client_only() {
+    let up = Upstream::start().await;
+    let gw = gateway(up.addr, "  max_connections_per_ip: 2\n", "").await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(keepalive_conn("127.0.0.1", gw.addr).await);
+    }
+    assert!(
+        !served("127.0.0.1", gw.addr).await,
+        "a third connection was served"
+    );
+    // Another client address is not affected.
+    assert!(served("127.0.0.2", gw.addr).await);
+    // Closing both gives the slots back.
+    open.clear();
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        again.push(keepalive_conn("127.0.0.1", gw.addr).await);
+    }
+    assert!(!served("127.0.0.1", gw.addr).await, "the limit still holds");
+}
+
+// ----------------------------------------------------------------- HTTP/2
+
+/// A raw HTTP/2 frame.
+fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A GET as an HPACK block of literals without indexing (short values).
+fn get_block(path: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (k, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "app.test"),
+        (":path", path),
+    ] {
+        block.push(0);
+        block.push(k.len() as u8);
+        block.extend_from_slice(k.as_bytes());
+        block.push(v.len() as u8);
+        block.extend_from_slice(v.as_bytes());
+    }
+    block
+}
+
+/// Reads frames until stream `id` ends: its answer complete (`Ok`, a
+/// frame with END_STREAM) or reset (`Err(error code)`).
+async fn stream_outcome<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    id: u32,
+) -> Result<(), u32> {
+    loop {
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let f: Vec<u8> = buf.drain(..9 + len).collect();
+            let (ty, flags) = (f[3], f[4]);
+            let sid = u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff;
+            if ty == 4 && flags & 1 == 0 {
+                // Acknowledge the server's SETTINGS.
+                s.write_all(&frame(4, 1, 0, &[])).await.unwrap();
+            }
+            if sid == id && (ty == 0 || ty == 1) && flags & 1 == 1 {
+                return Ok(());
+            }
+            if sid == id && ty == 3 {
+                return Err(u32::from_be_bytes([f[9], f[10], f[11], f[12]]));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a frame in time")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn streams_over_max_concurrent_streams_are_refused() {
+    // The upstream holds every answer for a second: the first two streams
+    // are still open when the third arrives.
+    let up = slow_upstream(Duration::from_secs(1)).await;
+    let gw = gateway(up, "  h2c: true\n  max_concurrent_streams: 2\n", "").await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let mut buf = Vec::new();
+    // A first stream, answered and closed: SETTINGS exchanged and
+    // acknowledged.
+    s.write_all(&frame(1, 0x5, 1, &get_block("/api/status")))
+        .await
+        .unwrap();
+    assert_eq!(stream_outcome(&mut s, &mut buf, 1).await, Ok(()));
+    let mut all = Vec::new();
+    for id in [3u32, 5, 7] {
+        all.extend(frame(1, 0x5, id, &get_block("/api/status")));
+    }
+    s.write_all(&all).await.unwrap();
+    // 7 is the third open stream: refused (REFUSED_STREAM = 0x7).
+    assert_eq!(stream_outcome(&mut s, &mut buf, 7).await, Err(0x7));
+    assert_eq!(stream_outcome(&mut s, &mut buf, 3).await, Ok(()));
+    assert_eq!(stream_outcome(&mut s, &mut buf, 5).await, Ok(()));
+}
+
+// ------------------------------------------------------------ rate limits
+
+#[tokio::test]
+async fn the_per_ip_rate_limit_is_429_with_retry_after_before_authentication() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        up.addr,
+        "  rate_limit:\n    per_ip: { rate: 1/m, burst: 2 }\n",
+        "",
+    )
+    .await;
+    let addr = gw.addr;
+    let send = move |local: &'static str, token: Option<String>| async move {
+        let mut s = connect_from(local, addr).await;
+        let mut r =
+            "GET /bots/1/flows HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n".to_string();
+        if let Some(t) = token {
+            r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        r.push_str("\r\n");
+        s.write_all(r.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        parse_response(&buf)
+    };
+    let t = viewer_as("u-ip");
+    assert_eq!(send("127.0.0.1", Some(t.clone())).await.status, 200);
+    // A refused request spends a token too (no credentials: 401).
+    assert_eq!(send("127.0.0.1", None).await.status, 401);
+    for token in [Some(t.clone()), None] {
+        let r = send("127.0.0.1", token).await;
+        assert_refused(&r, 429, "rate_limited", "per_ip");
+        let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&after), "Retry-After {after}");
+    }
+    // Another client address has its own bucket.
+    assert_eq!(send("127.0.0.2", Some(t)).await.status, 200);
+    assert_eq!(up.count(), 2);
+}
+
+#[tokio::test]
+async fn the_per_principal_rate_limit_is_429_per_issuer_and_subject() {
+    let up = Upstream::start().await;
+    let gw = gateway(
+        up.addr,
+        "  rate_limit:\n    per_principal: { rate: 2/h, burst: 2 }\n",
+        "",
+    )
+    .await;
+    let a = viewer_as("u-rate-a");
+    for _ in 0..2 {
+        assert_eq!(
+            req(gw.addr, "GET", "/bots/1/flows", Some(&a), &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some(&a), &[]).await;
+    assert_refused(&r, 429, "rate_limited", "per_principal");
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=1800).contains(&after), "Retry-After {after}");
+    // Another subject, anonymous requests and bad tokens are not counted
+    // against this principal (a bad token is a 401, never a 429).
+    let b = viewer_as("u-rate-b");
+    assert_eq!(
+        req(gw.addr, "GET", "/bots/1/flows", Some(&b), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        req(gw.addr, "GET", "/api/status", None, &[]).await.status,
+        200
+    );
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some("not.a.token"), &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(up.count(), 4);
+}
