@@ -631,14 +631,25 @@ fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
             .await
             .map_err(anyhow::Error::msg)
             .context("opening the session store")?;
-        let listeners = proxy::listener::bind(&loaded.runtime.listen).await?;
-        let admin = match &loaded.runtime.admin {
-            Some(a) => Some(
+        let rt = &loaded.runtime;
+        let (listeners, admin) = match proxy::listener::inherited(&rt.listen, rt.admin.is_some())? {
+            Some((public, admin)) => {
+                tracing::info!(
+                    sockets = public.len() + usize::from(admin.is_some()),
+                    "listening on sockets handed over by socket activation"
+                );
+                (public, admin)
+            }
+            None => (proxy::listener::bind(&rt.listen).await?, None),
+        };
+        let admin = match (admin, &rt.admin) {
+            (Some(l), _) => Some(l),
+            (None, Some(a)) => Some(
                 tokio::net::TcpListener::bind(a.addr)
                     .await
                     .with_context(|| format!("binding admin {}", a.addr))?,
             ),
-            None => None,
+            (None, None) => None,
         };
         for (l, spec) in listeners.iter().zip(&loaded.runtime.listen.listeners) {
             tracing::info!(

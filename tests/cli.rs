@@ -1174,3 +1174,222 @@ async fn sighup_reloads_and_a_broken_config_keeps_the_old_policy() {
     );
     assert_eq!(req(addr, "GET", "/api/status", None, &[]).await.status, 200);
 }
+
+// ------------------------------------------------- restart, socket activation
+
+/// `rolegate serve` in `dir`, handed `socket` as fd 3 with `LISTEN_FDS=1`,
+/// as systemd socket activation does; log lines go to the receiver.
+fn serve_activated(
+    dir: &Path,
+    socket: &std::net::TcpListener,
+) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = socket.as_raw_fd();
+    let mut cmd = bin();
+    cmd.args(["serve", "-c", "rolegate.yaml"])
+        .current_dir(dir)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .stdout(Stdio::piped());
+    // SAFETY: only dup2, which is async-signal-safe, between fork and exec;
+    // the copy on fd 3 is not close-on-exec, so the gateway inherits it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = Proc(cmd.spawn().unwrap());
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn wait_exit(child: &mut Proc) -> std::process::ExitStatus {
+    for _ in 0..800 {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("the gateway did not exit after SIGTERM");
+}
+
+/// Requests without pause from three clients, each on a fresh
+/// connection, counted until `stop`. Plain threads with blocking sockets:
+/// the test's own blocking waits (log lines, process exit) cannot stall
+/// them between connecting and sending, which the gateway would rightly
+/// treat as a silent client.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    clients: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Traffic {
+    fn start(addr: std::net::SocketAddr) -> Traffic {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients = (0..3)
+            .map(|_| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                std::thread::spawn(move || {
+                    let t = token_with(serde_json::json!({ "roles": ["viewer"] }));
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match try_req(addr, &t) {
+                            Ok(200) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            other => errors.push(format!("{other:?}")),
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Traffic { stop, ok, clients }
+    }
+
+    fn answered(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` more requests were answered 200.
+    fn served(&self, n: usize) {
+        let target = self.answered() + n;
+        for _ in 0..2000 {
+            if self.answered() >= target {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the clients got no answers for 20 s");
+    }
+
+    /// Stops the clients; every request that failed.
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for c in self.clients {
+            errors.extend(c.join().unwrap());
+        }
+        errors
+    }
+}
+
+/// A config dir for the restart tests: the listener on `socket`'s address,
+/// `store` as the sessions' store line.
+fn restart_dir(up: &Upstream, socket: &std::net::TcpListener, store: &str) -> PathBuf {
+    let dir = config_dir(TEST_RULES, &format!("http://{}", up.addr));
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    std::fs::write(
+        dir.join("rolegate.yaml"),
+        format!(
+            "listen: {{ addr: \"{}\" }}\nshutdown: {{ drain_timeout: 5s }}\nsessions: {{ {store} }}\n{cfg}",
+            socket.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// The restart the README documents for one instance: the listening
+/// socket belongs to systemd (here: the test), so while the old gateway
+/// drains and the new one starts, connections wait in the socket's queue
+/// instead of being refused. Requests sent while no gateway runs are
+/// answered by the next one: not one fails.
+// The upstream runs on the runtime's workers; the body blocks freely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_activated_restart_refuses_no_connection() {
+    let up = Upstream::start().await;
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = restart_dir(&up, &socket, "store: embedded");
+    let (mut a, a_log) = serve_activated(&dir, &socket);
+    wait_log(&a_log, "rolegate listening");
+    let traffic = Traffic::start(socket.local_addr().unwrap());
+    traffic.served(30);
+    // A client that connected but is slow to send: accepted by `a`, it
+    // still gets its answer from `a` after the SIGTERM.
+    let mut slow = std::net::TcpStream::connect(socket.local_addr().unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+
+    signal(&a, "-TERM");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    {
+        use std::io::{Read, Write};
+        let t = token_with(serde_json::json!({ "roles": ["viewer"] }));
+        write!(slow, "GET /bots/1/flows HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        slow.read_to_end(&mut buf).unwrap();
+        assert_eq!(parse_response(&buf).status, 200);
+    }
+    assert!(wait_exit(&mut a).success());
+    // Nothing serves the socket now; clients wait in its queue.
+    let before = traffic.answered();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (_b, b_log) = serve_activated(&dir, &socket);
+    wait_log(&b_log, "rolegate listening");
+    traffic.served(30);
+    assert!(traffic.answered() > before);
+    let errors = traffic.finish();
+    assert!(errors.is_empty(), "{} failed: {errors:?}", errors.len());
+}
+
+/// With the Redis store, two gateways may run at once on the same socket:
+/// the new one starts, then the old one is told to stop. Not one request
+/// fails (the embedded store's journal has one writer, so there the
+/// restart is stop-and-start, above).
+// The upstream runs on the runtime's workers; the body blocks freely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_gateways_on_one_socket_refuse_no_connection() {
+    let redis = TestRedis::start();
+    let up = Upstream::start().await;
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = restart_dir(&up, &socket, &format!("store: \"{}\"", redis.url()));
+    let (mut a, a_log) = serve_activated(&dir, &socket);
+    wait_log(&a_log, "rolegate listening");
+    let traffic = Traffic::start(socket.local_addr().unwrap());
+    traffic.served(30);
+    let (_b, b_log) = serve_activated(&dir, &socket);
+    wait_log(&b_log, "rolegate listening");
+    traffic.served(30);
+    signal(&a, "-TERM");
+    assert!(wait_exit(&mut a).success());
+    traffic.served(30);
+    let errors = traffic.finish();
+    assert!(errors.is_empty(), "{} failed: {errors:?}", errors.len());
+}
+
+/// One request on a fresh connection: the status, or what went wrong.
+fn try_req(addr: std::net::SocketAddr, token: &str) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET /bots/1/flows HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    if !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        return Err(format!(
+            "incomplete answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        ));
+    }
+    Ok(parse_response(&buf).status)
+}

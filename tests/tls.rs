@@ -92,6 +92,15 @@ fn tls_block(client_auth: Option<&str>) -> String {
 /// Starts the gateway with `listeners` (YAML list items) in front of `up`;
 /// returns each listener's bound address, in order.
 async fn start(pki: &Pki, up: SocketAddr, listeners: &str) -> Vec<SocketAddr> {
+    start_gw(pki, up, listeners).await.0
+}
+
+/// [`start`], also returning the gateway (its reloader reads `pki.dir`).
+async fn start_gw(
+    pki: &Pki,
+    up: SocketAddr,
+    listeners: &str,
+) -> (Vec<SocketAddr>, Arc<rolegate::Gateway>) {
     std::fs::write(
         pki.dir.join("rules.yaml"),
         format!("{TEST_RULES}{CERT_ROUTES}"),
@@ -121,13 +130,14 @@ async fn start(pki: &Pki, up: SocketAddr, listeners: &str) -> Vec<SocketAddr> {
         .await
         .unwrap();
     let gw = rolegate::Gateway::new(loaded.runtime, store);
+    gw.reloader().configure(Some(path), loaded.sources);
     tokio::spawn(rolegate::proxy::listener::run_all(
-        gw,
+        gw.clone(),
         bound,
         None,
         std::future::pending(),
     ));
-    addrs
+    (addrs, gw)
 }
 
 /// The usual gateway of these tests: [0] plain, [1] TLS with optional
@@ -308,6 +318,88 @@ fn der(leaf: &Leaf) -> Vec<u8> {
 }
 
 // ----------------------------------------------------------- TLS basics
+
+/// Certificates renewed on disk are served after a reload to new
+/// connections, while a connection opened before it carries on; a broken
+/// certificate is refused by the reload and the last good one stays.
+#[tokio::test]
+async fn certificates_reload_without_dropping_open_connections() {
+    use rolegate::reload::{Outcome, Trigger};
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let listeners = format!("\n  - addr: \"127.0.0.1:0\"{}", tls_block(None));
+    let (gw, gateway) = start_gw(&pki, up.addr, &listeners).await;
+    let renewed_ca = TestCa::new("rolegate renewed CA");
+    // A client trusting both CAs: the certificate it is shown tells which.
+    let both = {
+        let mut roots = rustls::RootCertStore::empty();
+        for pem in [&pki.ca.pem, &renewed_ca.pem] {
+            for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(BOTH)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(cfg)
+    };
+    let t = viewer();
+    let before = connect(gw[0], "a.test", both.clone()).await.unwrap();
+    assert_eq!(server_cert(&before), der(&pki.a));
+    let mut open = h2_over(before).await;
+    assert_eq!(
+        h2_req(&mut open, "https", "GET", "/bots/1/flows", Some(&t), &[])
+            .await
+            .status,
+        200
+    );
+
+    // Renewed in place (a.pem and a.key overwritten), then reloaded.
+    let renewed = renewed_ca.server(&pki.dir, "a", &["a.test"]);
+    let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
+    assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
+    let after = connect(gw[0], "a.test", both.clone()).await.unwrap();
+    assert_eq!(server_cert(&after), der(&renewed));
+    // The connection from before the reload still serves requests.
+    for _ in 0..3 {
+        assert_eq!(
+            h2_req(&mut open, "https", "GET", "/bots/1/flows", Some(&t), &[])
+                .await
+                .status,
+            200
+        );
+    }
+
+    // A broken certificate: the reload fails (file and line of the
+    // listener) and the renewed certificate is still served.
+    std::fs::write(
+        pki.dir.join("a.pem"),
+        "-----BEGIN CERTIFICATE-----\nbroken\n",
+    )
+    .unwrap();
+    let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
+    assert_eq!(a.result, Outcome::Failed);
+    assert!(
+        a.errors
+            .iter()
+            .any(|d| d.file.ends_with("rolegate.yaml") && d.line > 0),
+        "{:?}",
+        a.errors
+    );
+    let again = connect(gw[0], "a.test", both).await.unwrap();
+    assert_eq!(server_cert(&again), der(&renewed));
+    assert_eq!(
+        h2_req(&mut open, "https", "GET", "/bots/1/flows", Some(&t), &[])
+            .await
+            .status,
+        200
+    );
+}
 
 #[tokio::test]
 async fn tls_requests_reach_the_upstream_marked_https_and_plain_ones_http() {

@@ -703,3 +703,115 @@ async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
     let r = req(b.addr, "GET", "/api/ping", Some(&q), &[]).await;
     assert_eq!((r.status, r.error()), (401, "session_expired".to_string()));
 }
+
+// ------------------------------------------------------------ shutdown
+
+/// SIGTERM to the real binary with a slow request and a websocket in
+/// flight: the request is answered, the websocket is closed with 1001
+/// (going away) both ways, new connections are refused, the process exits
+/// 0 and the session it saw is in the journal.
+#[tokio::test]
+async fn sigterm_finishes_requests_and_closes_websockets_with_1001() {
+    use std::io::{BufRead, BufReader};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = WsUpstream::start().await;
+    // A slow HTTP upstream: answers each request a second after reading it.
+    let slow = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            let got_tx = got_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => n += k,
+                    }
+                }
+                let _ = got_tx.send(());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let body = r#"{"slow":true}"#;
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    let dir = scratch_dir("ws-term");
+    let port = free_port();
+    let cfg = config(&dir, up.addr, slow_addr, "  state_dir: state\n").replacen(
+        "listen: { addr: \"127.0.0.1:0\"",
+        &format!("listen: {{ addr: \"127.0.0.1:{port}\""),
+        1,
+    ) + "shutdown: { drain_timeout: 10s }\n";
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    let mut child = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_rolegate"))
+            .args(["serve", "-c", "rolegate.yaml"])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let out = child.0.stdout.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let l = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            l.lock().unwrap().push(line);
+        }
+    });
+    wait_listening(port).await;
+    let gw: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let t = tok("s-term", "u-term", &["viewer"]);
+    let mut ws = open_ok(gw, "/ws/echo", &t).await;
+    echo(&mut ws, "before").await;
+    let t2 = t.clone();
+    let in_flight = tokio::spawn(async move { req(gw, "GET", "/api/ping", Some(&t2), &[]).await });
+    tokio::time::timeout(Duration::from_secs(10), got.recv())
+        .await
+        .expect("the slow request reached the upstream");
+
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(10)).await;
+    assert_eq!(f.code, CloseCode::Away, "{f}");
+    assert_eq!(f.reason.as_str(), "gateway shutting down");
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["slow"], true);
+    // The process ends by itself, successfully; nothing listens then.
+    let mut status = None;
+    for _ in 0..400 {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = status.expect("the gateway exited after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(gw).await.is_err());
+    assert!(
+        up.closes().iter().any(|(code, _)| *code == 1001),
+        "{:?}",
+        up.closes()
+    );
+    let journal = std::fs::read_to_string(dir.join("state").join("sessions.journal")).unwrap();
+    assert!(journal.contains("s-term"), "{journal}");
+    let log = log.lock().unwrap().join("\n");
+    assert!(log.contains("shutting down"), "{log}");
+}

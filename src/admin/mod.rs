@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -374,19 +374,66 @@ fn reload_reply(caller: &Caller, peer: SocketAddr, a: &crate::reload::Attempt) -
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.
+/// Admin connections open at once; more are closed at accept. The admin
+/// API is for operators and their scripts: a handful is plenty, and a cap
+/// keeps a client that opens connections without end from taking the
+/// process's file descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "admin: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %peer, limit = MAX_CONNECTIONS, "admin: connection limit reached; connection closed");
+                    continue;
+                };
                 let gw = gw.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
+                    let (head, whole) = {
+                        let rt = gw.runtime();
+                        (rt.listen.header_read_timeout, rt.listen.request_timeout)
+                    };
                     let svc = service_fn(move |req| {
                         let gw = gw.clone();
-                        async move { Ok::<_, Infallible>(handle(&gw, req, peer).await) }
+                        async move {
+                            // A request (its body included) that takes
+                            // longer than `listen.request_timeout` is
+                            // answered 408, as on the public listener.
+                            let resp = tokio::time::timeout(whole, handle(&gw, req, peer))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    let mut r = error(
+                                        StatusCode::REQUEST_TIMEOUT,
+                                        "request_timeout",
+                                        "the request was not received within listen.request_timeout",
+                                    );
+                                    r.headers_mut()
+                                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                                    r
+                                });
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    // The head within `listen.header_read_timeout`, which on
+                    // HTTP/1.1 also bounds the idle time between requests.
+                    let _ = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(head)
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
                 });
             }
             _ = &mut shutdown => break,

@@ -235,6 +235,17 @@ impl Activity {
 }
 
 impl Activity {
+    /// Resolves once a request has started on this connection (at once if
+    /// one has), or after `limit`.
+    pub async fn first_request(&self, limit: Duration) {
+        let wait = async {
+            while !self.served.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+
     /// After an idle connection was asked to shut down: resolves once
     /// `grace` has passed and no request is in flight (one that raced the
     /// shutdown finishes first); at once if it never had a request (there

@@ -95,7 +95,7 @@ enum Proto {
 /// until the connection is done: the listener's drain waits for every
 /// receiver to be gone.
 macro_rules! drained {
-    ($conn:expr, $drain:expr, $idle:expr, $settled:expr) => {{
+    ($conn:expr, $drain:expr, $idle:expr, $settled:expr, $first:expr) => {{
         let mut drain = $drain;
         let conn = $conn;
         tokio::pin!(conn);
@@ -104,8 +104,16 @@ macro_rules! drained {
         let r = tokio::select! {
             r = conn.as_mut() => r,
             _ = drain.changed() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                // A connection accepted just before the drain whose first
+                // request is still on its way is served, not closed.
+                let arriving = $first;
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = arriving => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                }
             }
             _ = &mut idle => {
                 conn.as_mut().graceful_shutdown();
@@ -120,6 +128,10 @@ macro_rules! drained {
         r
     }};
 }
+
+/// At shutdown, how long a connection that has not sent its first request
+/// yet gets to start one (it was accepted, so its client is sending).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Per-connection settings, copied out of the runtime at accept.
 #[derive(Clone)]
@@ -157,6 +169,48 @@ pub async fn bind(listen: &ListenSettings) -> std::io::Result<Vec<TcpListener>> 
         out.push(bound);
     }
     Ok(out)
+}
+
+/// The listening sockets handed over by systemd socket activation
+/// (`LISTEN_FDS`; `LISTEN_PID`, when set, must be this process): one per
+/// public listener, in config order, then the admin listener's when the
+/// config has one and a socket is left for it (otherwise it is bound as
+/// usual). `Ok(None)`: no sockets were handed over, bind as usual. The
+/// sockets' own addresses win over the configured ones (they are logged).
+pub fn inherited(
+    listen: &ListenSettings,
+    admin: bool,
+) -> std::io::Result<Option<(Vec<TcpListener>, Option<TcpListener>)>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let n = fds.len();
+    if n == 0 {
+        return Ok(None);
+    }
+    let want = listen.listeners.len();
+    if n < want || n > want + usize::from(admin) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "socket activation handed over {n} socket(s); the config has {want} public listener(s){}",
+                if admin { " and an admin listener" } else { "" }
+            ),
+        ));
+    }
+    let mut take = |i: usize| -> std::io::Result<TcpListener> {
+        let l = fds.take_tcp_listener(i)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("socket activation: socket {i} is not a listening TCP socket"),
+            )
+        })?;
+        l.set_nonblocking(true)?;
+        TcpListener::from_std(l)
+    };
+    let public = (0..want)
+        .map(&mut take)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let admin = if n > want { Some(take(want)?) } else { None };
+    Ok(Some((public, admin)))
 }
 
 /// Serves `listener` as the first configured listener until `shutdown`
@@ -383,13 +437,27 @@ async fn http<I>(
                 .serve_connection(io, service)
                 // Websockets.
                 .with_upgrades();
-            drained!(conn, drain, idle, watch.settled(first)).map_err(Into::into)
+            drained!(
+                conn,
+                drain,
+                idle,
+                watch.settled(first),
+                watch.first_request(FIRST_REQUEST_GRACE)
+            )
+            .map_err(Into::into)
         }
         Proto::Http2 => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             h2_limits(&mut b, s);
             let conn = b.serve_connection(io, service);
-            drained!(conn, drain, idle, watch.settled(first)).map_err(Into::into)
+            drained!(
+                conn,
+                drain,
+                idle,
+                watch.settled(first),
+                watch.first_request(FIRST_REQUEST_GRACE)
+            )
+            .map_err(Into::into)
         }
         Proto::Sniff => {
             let mut b = auto::Builder::new(TokioExecutor::new());
@@ -407,7 +475,13 @@ async fn http<I>(
                 .keep_alive_interval(Some(H2_PING_INTERVAL))
                 .keep_alive_timeout(H2_PING_TIMEOUT);
             let conn = b.serve_connection_with_upgrades(io, service);
-            drained!(conn, drain, idle, watch.settled(first))
+            drained!(
+                conn,
+                drain,
+                idle,
+                watch.settled(first),
+                watch.first_request(FIRST_REQUEST_GRACE)
+            )
         }
     };
     if let Err(e) = result {

@@ -697,3 +697,93 @@ async fn the_per_principal_rate_limit_is_429_per_issuer_and_subject() {
     assert_eq!(r.status, 401);
     assert_eq!(up.count(), 4);
 }
+
+// ------------------------------------------------------ the admin listener
+
+/// The admin listener has its own guards: a silent or trickled head is
+/// cut by `listen.header_read_timeout`, and at most
+/// `rolegate::admin::MAX_CONNECTIONS` connections are open at once (more
+/// are closed at accept; slots come back when connections end).
+#[tokio::test]
+async fn the_admin_listener_cuts_slow_heads_and_caps_its_connections() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("limits-admin");
+    std::fs::write(
+        dir.join("admin.token"),
+        "admin-token-for-limit-tests-0123456",
+    )
+    .unwrap();
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "listen:\n  addr: \"127.0.0.1:0\"\n  header_read_timeout: 300ms\n{}upstreams:\n  app: {{ url: \"http://{}\", timeout: 5s }}\nadmin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\nrules: rules.yaml\n",
+        identity_yaml(),
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let admin = gw.admin.unwrap();
+
+    // Slowloris on the admin port: cut.
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    assert!(
+        closed_by_peer(&mut s, &mut got).await,
+        "a silent admin head kept its connection"
+    );
+
+    // Fill every slot with unfinished heads; the cap is checked at once,
+    // before the head timeout ends them.
+    let mut held = Vec::new();
+    for _ in 0..rolegate::admin::MAX_CONNECTIONS {
+        let mut c = TcpStream::connect(admin).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(c);
+    }
+    // Let the gateway accept them all before the next one.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut over = TcpStream::connect(admin).await.unwrap();
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    assert!(
+        closed_by_peer(&mut over, &mut got).await,
+        "over the cap: not closed"
+    );
+    assert!(
+        got.is_empty(),
+        "over the cap: answered {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // Once they are gone (closed by the head timeout), the admin API answers again.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(1), try_get(admin, "/healthz")).await;
+        if let Ok(Some(200)) = r {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the admin API did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET target` on a fresh connection: the status, or `None` if the
+/// connection closed without one.
+async fn try_get(addr: SocketAddr, target: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let line = String::from_utf8_lossy(&buf);
+    line.split(' ').nth(1)?.parse().ok()
+}
