@@ -585,15 +585,48 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// SIGHUP reloads the configuration (as `POST /reload` does); a failed
-/// reload keeps the old one and logs why. Must run inside the runtime,
-/// before anything listens (SIGHUP's default action ends the process).
-fn reload_on_hangup(gateway: &std::sync::Arc<Gateway>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(mut hup) => {
+/// The operator's signals: SIGHUP reloads the configuration (as `POST
+/// /reload` does; a failed reload keeps the old one and logs why), SIGUSR1
+/// opens the audit log anew (log rotation). Registered first thing in the
+/// runtime, before the store opens: both signals' default action ends the
+/// process, and a service manager may send them as soon as it exists. One
+/// that arrives before the gateway runs is acted on once it does.
+#[cfg(unix)]
+struct OperatorSignals {
+    hangup: Option<tokio::signal::unix::Signal>,
+    user1: Option<tokio::signal::unix::Signal>,
+}
+
+#[cfg(not(unix))]
+struct OperatorSignals;
+
+impl OperatorSignals {
+    /// Must run inside the runtime.
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let take = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot handle {name}; it will stop the gateway");
+                    None
+                }
+            };
+            OperatorSignals {
+                hangup: take(SignalKind::hangup(), "SIGHUP"),
+                user1: take(SignalKind::user_defined1(), "SIGUSR1"),
+            }
+        }
+        #[cfg(not(unix))]
+        OperatorSignals
+    }
+
+    /// Acts on the signals for `gateway` from now on.
+    fn serve(self, gateway: &std::sync::Arc<Gateway>) {
+        #[cfg(unix)]
+        {
+            if let Some(mut hup) = self.hangup {
                 let gw = std::sync::Arc::downgrade(gateway);
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
@@ -603,8 +636,21 @@ fn reload_on_hangup(gateway: &std::sync::Arc<Gateway>) {
                     }
                 });
             }
-            Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP; it will stop the gateway"),
+            if let Some(mut usr1) = self.user1 {
+                let gw = std::sync::Arc::downgrade(gateway);
+                tokio::spawn(async move {
+                    while usr1.recv().await.is_some() {
+                        let Some(gw) = gw.upgrade() else { return };
+                        tracing::info!(
+                            "SIGUSR1 received: the audit log is opened anew at its next record"
+                        );
+                        gw.reopen_audit();
+                    }
+                });
+            }
         }
+        #[cfg(not(unix))]
+        let _ = gateway;
     }
 }
 
@@ -625,19 +671,35 @@ fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
             "insecure_skip_verify: the upstream's TLS certificate is not verified; anyone on the network path can impersonate it"
         );
     }
+    // Before the runtime starts any thread: it clears LISTEN_FDS.
+    let inherited = proxy::listener::inherited(
+        &loaded.runtime.listen,
+        loaded.runtime.admin.as_ref().map(|a| a.addr),
+    )
+    .context("socket activation")?;
     let rt = tokio_runtime()?;
     rt.block_on(async move {
+        let signals = OperatorSignals::register();
         let store = Store::open(&loaded.runtime.sessions)
             .await
             .map_err(anyhow::Error::msg)
             .context("opening the session store")?;
         let rt = &loaded.runtime;
-        let (listeners, admin) = match proxy::listener::inherited(&rt.listen, rt.admin.is_some())? {
-            Some((public, admin)) => {
+        let (listeners, admin) = match inherited {
+            Some(fds) => {
                 tracing::info!(
-                    sockets = public.len() + usize::from(admin.is_some()),
+                    sockets = fds.public.len() + usize::from(fds.admin.is_some()),
                     "listening on sockets handed over by socket activation"
                 );
+                let public = fds
+                    .public
+                    .into_iter()
+                    .map(tokio::net::TcpListener::from_std)
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                let admin = fds
+                    .admin
+                    .map(tokio::net::TcpListener::from_std)
+                    .transpose()?;
                 (public, admin)
             }
             None => (proxy::listener::bind(&rt.listen).await?, None),
@@ -672,8 +734,7 @@ fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
         gateway
             .reloader()
             .configure(Some(config_path), loaded.sources);
-        // Before anything listens: once the port answers, SIGHUP is safe.
-        reload_on_hangup(&gateway);
+        signals.serve(&gateway);
         tokio::spawn(reload::watch(std::sync::Arc::downgrade(&gateway)));
         proxy::listener::run_all(gateway, listeners, admin, shutdown_signal()).await;
         tracing::info!("rolegate stopped");

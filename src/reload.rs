@@ -247,6 +247,12 @@ impl Reloader {
             }
         }
         log(&path, &attempt);
+        if attempt.result != Outcome::Reloaded {
+            // Log rotation reloads after renaming the audit log: a config
+            // that does not load then must not leave records going to the
+            // renamed (soon compressed and deleted) file.
+            gw.reopen_audit();
+        }
         let mut s = self.state();
         s.seen = seen;
         s.last = Some(attempt.clone());

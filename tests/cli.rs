@@ -1173,6 +1173,21 @@ async fn sighup_reloads_and_a_broken_config_keeps_the_old_policy() {
         403
     );
     assert_eq!(req(addr, "GET", "/api/status", None, &[]).await.status, 200);
+
+    // SIGUSR1 (log rotation) only reopens the audit log: the gateway
+    // keeps running on the same policy.
+    signal(&child, "-USR1");
+    wait_log(&rx, "SIGUSR1 received");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "SIGUSR1 ended the gateway"
+    );
+    assert_eq!(
+        req(addr, "GET", "/bots/3/flows", Some(&viewer), &[])
+            .await
+            .status,
+        403
+    );
 }
 
 // ------------------------------------------------- restart, socket activation
@@ -1183,11 +1198,26 @@ fn serve_activated(
     dir: &Path,
     socket: &std::net::TcpListener,
 ) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    serve_handed(dir, socket, "$$")
+}
+
+/// As `serve_activated`, with `LISTEN_PID` set to `pid` (`$$`: the
+/// gateway's own).
+fn serve_handed(
+    dir: &Path,
+    socket: &std::net::TcpListener,
+    pid: &str,
+) -> (Proc, std::sync::mpsc::Receiver<String>) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let fd = socket.as_raw_fd();
-    let mut cmd = bin();
-    cmd.args(["serve", "-c", "rolegate.yaml"])
+    // `LISTEN_PID` must name the gateway's process: a shell sets it to its
+    // own pid, then execs the gateway in its place.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(r#"LISTEN_PID={pid} exec "$0" "$@""#))
+        .arg(env!("CARGO_BIN_EXE_rolegate"))
+        .args(["serve", "-c", "rolegate.yaml"])
         .current_dir(dir)
         .env("LISTEN_FDS", "1")
         .env_remove("LISTEN_PID")
@@ -1392,4 +1422,33 @@ fn try_req(addr: std::net::SocketAddr, token: &str) -> Result<u16, String> {
         ));
     }
     Ok(parse_response(&buf).status)
+}
+
+/// Handed-over sockets are used only when `LISTEN_PID` names the gateway
+/// (else they belong to someone else: it binds as configured), and only on
+/// the configured addresses (a unit listing its sockets in another order
+/// than the config must not serve one listener on another's socket).
+// The upstream runs on the runtime's workers; the body blocks freely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_over_sockets_must_be_ours_and_on_the_configured_address() {
+    let up = Upstream::start().await;
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = restart_dir(&up, &elsewhere, "store: embedded");
+    let configured = elsewhere.local_addr().unwrap();
+    drop(elsewhere);
+
+    // Ours, but on another address than the config's: refused at start.
+    let (mut g, _log) = serve_activated(&dir, &socket);
+    assert_eq!(wait_exit(&mut g).code(), Some(2));
+
+    // Not ours (another LISTEN_PID): ignored, the configured address is
+    // bound and served.
+    let (_g, log) = serve_handed(&dir, &socket, "1");
+    wait_log(&log, "rolegate listening");
+    let t = token_with(serde_json::json!({ "roles": ["viewer"] }));
+    let status = tokio::task::spawn_blocking(move || try_req(configured, &t))
+        .await
+        .unwrap();
+    assert_eq!(status, Ok(200));
 }

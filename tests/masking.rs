@@ -1061,3 +1061,41 @@ async fn a_column_choice_reaches_every_instance_through_redis_within_a_second() 
         "[REDACTED]"
     );
 }
+
+/// Log rotation renames the audit log, then reloads (or sends SIGUSR1):
+/// the gateway opens the file anew even when the configuration on disk
+/// does not load at that moment, so no record goes to the renamed file
+/// after it.
+#[tokio::test]
+async fn a_rotated_audit_log_is_reopened_even_when_the_reload_fails() {
+    let (gw, _release, _) = setup().await;
+    let audited = |what: &str| {
+        std::fs::read_to_string(gw.dir.join(what))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let r = req(gw.addr, "GET", "/shape/plain", Some(&supervisor()), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(audited("audit.jsonl"), 1);
+    std::fs::rename(gw.dir.join("audit.jsonl"), gw.dir.join("audit.jsonl.1")).unwrap();
+    std::fs::write(gw.dir.join("rules.yaml"), "roles: [").unwrap();
+    let attempt = gw
+        .gateway
+        .reloader()
+        .reload(&gw.gateway, rolegate::reload::Trigger::Signal)
+        .await;
+    assert_eq!(attempt.to_json()["result"], "failed");
+    let r = req(gw.addr, "GET", "/shape/plain", Some(&supervisor()), &[]).await;
+    assert_eq!(r.status, 200, "the old policy is still in force");
+    assert_eq!(
+        audited("audit.jsonl.1"),
+        1,
+        "nothing more went to the rotated file"
+    );
+    assert_eq!(
+        audited("audit.jsonl"),
+        1,
+        "the new record went to a new file"
+    );
+}

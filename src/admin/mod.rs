@@ -80,10 +80,36 @@ fn session_json(r: &Record, now: u64) -> Value {
     })
 }
 
-/// The request body, up to `limit` bytes (413 `body_too_large` above).
+/// When the request must have been received whole (`listen.request_timeout`
+/// after its head); set by [`serve`].
+#[derive(Clone, Copy)]
+struct ReceiveBy(tokio::time::Instant);
+
+/// The request body, up to `limit` bytes (413 `body_too_large` above),
+/// received by its [`ReceiveBy`] deadline (408 `request_timeout` after).
+/// Only receiving is timed: once a change starts it runs to its end, so a
+/// slow client never leaves one half applied.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Resp> {
     use http_body_util::{BodyExt, Limited};
-    match Limited::new(req.into_body(), limit).collect().await {
+    let by = req.extensions().get::<ReceiveBy>().copied();
+    let body = Limited::new(req.into_body(), limit).collect();
+    let received = match by {
+        Some(ReceiveBy(at)) => match tokio::time::timeout_at(at, body).await {
+            Ok(r) => r,
+            Err(_) => {
+                let mut r = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request was not received within listen.request_timeout",
+                );
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Err(r);
+            }
+        },
+        None => body.await,
+    };
+    match received {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -379,10 +405,14 @@ fn reload_reply(caller: &Caller, peer: SocketAddr, a: &crate::reload::Attempt) -
 /// keeps a client that opens connections without end from taking the
 /// process's file descriptors.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Admin connections open at once from one client address, so that one
+/// runaway client cannot take every slot from the others.
+pub const MAX_CONNECTIONS_PER_IP: usize = 16;
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_ip: Arc<dashmap::DashMap<std::net::IpAddr, usize>> = Arc::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -399,45 +429,68 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, shutdown: impl Futur
                     tracing::warn!(peer = %peer, limit = MAX_CONNECTIONS, "admin: connection limit reached; connection closed");
                     continue;
                 };
+                let Some(ip_slot) = IpSlot::take(&per_ip, peer.ip()) else {
+                    tracing::warn!(peer = %peer, limit = MAX_CONNECTIONS_PER_IP, "admin: per-address connection limit reached; connection closed");
+                    continue;
+                };
                 let gw = gw.clone();
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    let _slots = (slot, ip_slot);
                     let (head, whole) = {
                         let rt = gw.runtime();
                         (rt.listen.header_read_timeout, rt.listen.request_timeout)
                     };
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |mut req: Request<Incoming>| {
                         let gw = gw.clone();
-                        async move {
-                            // A request (its body included) that takes
-                            // longer than `listen.request_timeout` is
-                            // answered 408, as on the public listener.
-                            let resp = tokio::time::timeout(whole, handle(&gw, req, peer))
-                                .await
-                                .unwrap_or_else(|_| {
-                                    let mut r = error(
-                                        StatusCode::REQUEST_TIMEOUT,
-                                        "request_timeout",
-                                        "the request was not received within listen.request_timeout",
-                                    );
-                                    r.headers_mut()
-                                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                                    r
-                                });
-                            Ok::<_, Infallible>(resp)
-                        }
+                        req.extensions_mut()
+                            .insert(ReceiveBy(tokio::time::Instant::now() + whole));
+                        async move { Ok::<_, Infallible>(handle(&gw, req, peer).await) }
                     });
                     // The head within `listen.header_read_timeout`, which on
                     // HTTP/1.1 also bounds the idle time between requests.
-                    let _ = http1::Builder::new()
+                    let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(head)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                        .serve_connection(TokioIo::new(stream), svc);
+                    // A client that stops reading its answers holds its
+                    // slot no longer than this (admin calls are short).
+                    let _ = tokio::time::timeout(head + whole + whole, conn).await;
                 });
             }
             _ = &mut shutdown => break,
         }
+    }
+}
+
+/// One admin connection counted against its client address.
+struct IpSlot {
+    map: Arc<dashmap::DashMap<std::net::IpAddr, usize>>,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    fn take(
+        map: &Arc<dashmap::DashMap<std::net::IpAddr, usize>>,
+        ip: std::net::IpAddr,
+    ) -> Option<IpSlot> {
+        let mut n = map.entry(ip).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        self.map.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
     }
 }
 

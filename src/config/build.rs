@@ -464,6 +464,7 @@ impl Builder {
             sessions: sessions?,
             admin: admin?,
             relations: relations?,
+            relation_cache: Default::default(),
             directory: directory?,
             owner_masks: compiled_masks
                 .iter()

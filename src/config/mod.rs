@@ -44,6 +44,10 @@ pub struct Runtime {
     /// `relations:` — where each named relation is answered (a relation
     /// leaf whose name is not here is always unknown).
     pub relations: std::collections::BTreeMap<String, RelationSource>,
+    /// Pulled relation answers. Part of the runtime, so a reload (which may
+    /// repoint a source or shorten its TTLs) starts with none, and a
+    /// request still running on the old runtime fills only the old cache.
+    pub relation_cache: crate::relations::Cache,
     /// The user directory (`directory:`), if configured.
     pub directory: Option<crate::directory::DirectorySettings>,
     /// Masks with `owner_columns`, by name (the admin API's `/masks/...`).

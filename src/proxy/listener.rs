@@ -171,46 +171,89 @@ pub async fn bind(listen: &ListenSettings) -> std::io::Result<Vec<TcpListener>> 
     Ok(out)
 }
 
-/// The listening sockets handed over by systemd socket activation
-/// (`LISTEN_FDS`; `LISTEN_PID`, when set, must be this process): one per
-/// public listener, in config order, then the admin listener's when the
-/// config has one and a socket is left for it (otherwise it is bound as
-/// usual). `Ok(None)`: no sockets were handed over, bind as usual. The
-/// sockets' own addresses win over the configured ones (they are logged).
+/// Listening sockets handed over by socket activation: one per public
+/// listener, in config order, then the admin listener's if one was handed
+/// over.
+pub struct Inherited {
+    pub public: Vec<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+/// The listening sockets handed over by systemd socket activation, read
+/// as `sd_listen_fds(3)` reads them: `LISTEN_FDS` sockets from fd 3 on,
+/// only when `LISTEN_PID` names this process (else they are not ours and
+/// are left alone). One per public listener, in config order, then the
+/// admin listener's when the config has one and a socket is left for it
+/// (otherwise it is bound as usual). Each must be a listening TCP socket
+/// on its listener's configured address (any, for a configured port 0), so
+/// a unit whose `ListenStream=` order differs from the config's cannot
+/// serve the admin API on the public port. `Ok(None)`: nothing handed
+/// over, bind as usual.
+///
+/// Call before any thread is started: it clears the variables from the
+/// environment.
 pub fn inherited(
     listen: &ListenSettings,
-    admin: bool,
-) -> std::io::Result<Option<(Vec<TcpListener>, Option<TcpListener>)>> {
-    let mut fds = listenfd::ListenFd::from_env();
-    let n = fds.len();
-    if n == 0 {
+    admin: Option<SocketAddr>,
+) -> std::io::Result<Option<Inherited>> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    if std::env::var_os("LISTEN_FDS").is_none() {
         return Ok(None);
     }
-    let want = listen.listeners.len();
-    if n < want || n > want + usize::from(admin) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "socket activation handed over {n} socket(s); the config has {want} public listener(s){}",
-                if admin { " and an admin listener" } else { "" }
-            ),
-        ));
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    if !ours {
+        tracing::warn!(
+            "LISTEN_FDS is set but LISTEN_PID does not name this process: the sockets are not ours; binding as configured"
+        );
+        return Ok(None);
     }
-    let mut take = |i: usize| -> std::io::Result<TcpListener> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let n = fds.len();
+    let want = listen.listeners.len();
+    if n < want || n > want + usize::from(admin.is_some()) {
+        return Err(invalid(format!(
+            "socket activation handed over {n} socket(s); the config has {want} public listener(s){}",
+            if admin.is_some() {
+                " and an admin listener"
+            } else {
+                ""
+            }
+        )));
+    }
+    let mut take = |i: usize, what: &str, configured: SocketAddr| {
         let l = fds.take_tcp_listener(i)?.ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("socket activation: socket {i} is not a listening TCP socket"),
-            )
+            invalid(format!(
+                "socket activation: socket {i} ({what}) is not a TCP socket"
+            ))
         })?;
+        if !socket2::SockRef::from(&l).is_listener()? {
+            return Err(invalid(format!(
+                "socket activation: socket {i} ({what}) is not listening"
+            )));
+        }
+        let actual = l.local_addr()?;
+        if configured.port() != 0 && actual != configured {
+            return Err(invalid(format!(
+                "socket activation: socket {i} listens on {actual} but {what} is configured on {configured}; list the sockets in the config's order (public listeners, then the admin listener)"
+            )));
+        }
         l.set_nonblocking(true)?;
-        TcpListener::from_std(l)
+        Ok(l)
     };
-    let public = (0..want)
-        .map(&mut take)
+    let public = listen
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| take(i, &format!("public listener {}", i + 1), l.addr))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let admin = if n > want { Some(take(want)?) } else { None };
-    Ok(Some((public, admin)))
+    let admin = match admin {
+        Some(addr) if n > want => Some(take(want, "the admin listener", addr)?),
+        _ => None,
+    };
+    Ok(Some(Inherited { public, admin }))
 }
 
 /// Serves `listener` as the first configured listener until `shutdown`

@@ -75,7 +75,6 @@ pub struct Gateway {
     /// Unmasked-PII access records (`masking.audit_log`).
     audit: AuditLog,
     /// Pulled relation answers; outlives reloads (each entry has its TTL).
-    relations: relations::Cache,
     /// Mask policies extended with owner-chosen columns.
     owner_masks: mask::owner::OwnerCache,
     /// Parsed directory entries, by subject, with the stored text they
@@ -155,7 +154,6 @@ impl Gateway {
             ids: RequestIds::new(),
             store: Arc::new(store),
             audit,
-            relations: relations::Cache::default(),
             owner_masks: Default::default(),
             directory: DashMap::new(),
             reloader: Default::default(),
@@ -193,6 +191,12 @@ impl Gateway {
         runtime.start_health_checks();
         self.runtime.store(Arc::new(runtime));
         // A rotated audit log file is written anew from here on.
+        self.audit.reopen();
+    }
+
+    /// Opens the audit log anew at its next record (after log rotation:
+    /// SIGUSR1, and every reload attempt, failed ones included).
+    pub fn reopen_audit(&self) {
         self.audit.reopen();
     }
 
@@ -389,7 +393,7 @@ impl Gateway {
             };
             if !questions.is_empty() && (unknown(&decision) || unmask_unknown()) {
                 let answers =
-                    relations::resolve(rt, &self.relations, self.store(), pr, questions).await;
+                    relations::resolve(rt, &rt.relation_cache, self.store(), pr, questions).await;
                 (decision, u) = decide(&answers);
             }
             unmask = u;

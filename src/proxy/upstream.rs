@@ -241,6 +241,23 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
         *again.headers_mut() = req.headers().clone();
         again
     });
+    // The response-head timeout counts from the request's last byte: while
+    // a client is still sending, its own timeouts (`request_timeout`,
+    // `body_read_timeout`: 408) bound the wait, and a slow upload never
+    // counts against the server's health.
+    let (req, body_sent) = if req.body().is_end_stream() {
+        (req, None)
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = req.map(|inner| {
+            Reported {
+                inner,
+                done: Some(tx),
+            }
+            .boxed()
+        });
+        (req, Some(rx))
+    };
     let req = to_server(req, server)?;
     let attempt = async {
         match pool.client().request(req).await {
@@ -255,8 +272,20 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
         }
         .map_err(Attempt::Failed)
     };
-    match tokio::time::timeout(up.timeout, attempt).await {
-        Err(_) => {
+    let head_timeout = async {
+        if let Some(sent) = body_sent {
+            // Sent, or dropped: the request is over either way.
+            let _ = sent.await;
+        }
+        tokio::time::sleep(up.timeout).await;
+    };
+    let answer = tokio::select! {
+        biased;
+        r = attempt => Ok(r),
+        _ = head_timeout => Err(()),
+    };
+    match answer {
+        Err(()) => {
             pick.failure();
             Err(Fault::UpstreamTimeout(up.name.clone()).into())
         }
@@ -267,6 +296,42 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
         }
         Ok(Err(Attempt::Refused(r))) => Err(r),
         Ok(Err(Attempt::Failed(e))) => Err(failed(up, &pick, &e)),
+    }
+}
+
+/// A request body that says when its last frame has gone to the upstream
+/// connection (or it ended in an error): see `send`.
+struct Reported {
+    inner: UpBody,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Body for Reported {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let over = match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if over && let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -715,7 +715,7 @@ async fn the_admin_listener_cuts_slow_heads_and_caps_its_connections() {
     .unwrap();
     std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
     let cfg = format!(
-        "listen:\n  addr: \"127.0.0.1:0\"\n  header_read_timeout: 300ms\n{}upstreams:\n  app: {{ url: \"http://{}\", timeout: 5s }}\nadmin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\nrules: rules.yaml\n",
+        "listen:\n  addr: \"127.0.0.1:0\"\n  header_read_timeout: 2s\n{}upstreams:\n  app: {{ url: \"http://{}\", timeout: 5s }}\nadmin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\nrules: rules.yaml\n",
         identity_yaml(),
         up.addr
     );
@@ -733,30 +733,40 @@ async fn the_admin_listener_cuts_slow_heads_and_caps_its_connections() {
         "a silent admin head kept its connection"
     );
 
-    // Fill every slot with unfinished heads; the cap is checked at once,
-    // before the head timeout ends them.
+    // One address fills its own slots with unfinished heads (the caps are
+    // checked at once, before the head timeout ends them): its next
+    // connection is closed, another address's is served.
+    let per_ip = rolegate::admin::MAX_CONNECTIONS_PER_IP;
     let mut held = Vec::new();
-    for _ in 0..rolegate::admin::MAX_CONNECTIONS {
-        let mut c = TcpStream::connect(admin).await.unwrap();
+    for _ in 0..per_ip {
+        let mut c = connect_from("127.0.0.1", admin).await;
         c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
         held.push(c);
     }
-    // Let the gateway accept them all before the next one.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut over = TcpStream::connect(admin).await.unwrap();
-    let _ = over
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
-        .await;
-    let mut got = Vec::new();
-    assert!(
-        closed_by_peer(&mut over, &mut got).await,
-        "over the cap: not closed"
+    assert_closed_unanswered(
+        connect_from("127.0.0.1", admin).await,
+        "over the per-address cap",
+    )
+    .await;
+    assert_eq!(
+        try_get_from("127.0.0.2", admin, "/healthz").await,
+        Some(200)
     );
-    assert!(
-        got.is_empty(),
-        "over the cap: answered {:?}",
-        String::from_utf8_lossy(&got)
-    );
+    // Every address together: the total cap.
+    let total = rolegate::admin::MAX_CONNECTIONS;
+    for i in 0..total - per_ip {
+        let local = format!("127.0.0.{}", 2 + i / per_ip);
+        let mut c = connect_from(&local, admin).await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_closed_unanswered(
+        connect_from("127.0.0.99", admin).await,
+        "over the total cap",
+    )
+    .await;
     // Once they are gone (closed by the head timeout), the admin API answers again.
     drop(held);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -773,10 +783,30 @@ async fn the_admin_listener_cuts_slow_heads_and_caps_its_connections() {
     }
 }
 
+/// Sends a request on `s` and expects the connection closed without an
+/// answer.
+async fn assert_closed_unanswered(mut s: TcpStream, what: &str) {
+    let _ = s
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    assert!(closed_by_peer(&mut s, &mut got).await, "{what}: not closed");
+    assert!(
+        got.is_empty(),
+        "{what}: answered {:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
 /// `GET target` on a fresh connection: the status, or `None` if the
 /// connection closed without one.
 async fn try_get(addr: SocketAddr, target: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
+    try_get_from("127.0.0.1", addr, target).await
+}
+
+/// `try_get` from the local address `local`.
+async fn try_get_from(local: &str, addr: SocketAddr, target: &str) -> Option<u16> {
+    let mut s = connect_from(local, addr).await;
     s.write_all(
         format!("GET {target} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -786,4 +816,45 @@ async fn try_get(addr: SocketAddr, target: &str) -> Option<u16> {
     s.read_to_end(&mut buf).await.ok()?;
     let line = String::from_utf8_lossy(&buf);
     line.split(' ').nth(1)?.parse().ok()
+}
+
+/// A slow but steady upload is bounded by the client-side timeouts
+/// (`body_read_timeout`, `request_timeout`), not by the upstream's
+/// response timeout, which counts from the request's last byte: the upload
+/// goes through, and the server is never blamed for the client's pace.
+#[tokio::test]
+async fn a_slow_upload_is_not_an_upstream_timeout() {
+    let probe = BodyProbe::start().await;
+    let dir = scratch_dir("limits-upload");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "listen:\n  addr: \"127.0.0.1:0\"\n  body_read_timeout: 2s\n{}upstreams:\n  app: {{ url: \"http://{}\", timeout: 300ms, health: {{ failures: 1, eject_for: 60s }} }}\nrules: rules.yaml\n",
+        identity_yaml(),
+        probe.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    for round in 0..2 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST /files/a HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+            viewer_as("u-upload")
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // One byte every 200 ms: 800 ms in all, well past the upstream's
+        // 300 ms, each gap well within body_read_timeout.
+        for b in b"abcd" {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            s.write_all(&[*b]).await.unwrap();
+        }
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        let r = parse_response(&got);
+        assert_eq!(
+            r.status,
+            200,
+            "round {round}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(*probe.seen.lock().unwrap(), vec![Ok(4), Ok(4)]);
 }

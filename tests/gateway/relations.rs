@@ -663,3 +663,40 @@ async fn a_push_on_one_instance_is_enforced_by_another_through_redis() {
         "a new instance did not load the pushed tuples"
     );
 }
+
+/// A reload starts with no cached answers: an answer the old source gave
+/// must not decide under a configuration that asks another one.
+#[tokio::test]
+async fn a_reload_forgets_the_answers_cached_under_the_old_configuration() {
+    let console = Console::start().await;
+    let gw = start(&console).await;
+    let t = agent();
+    let c1 = |gw: SocketAddr, t: String| async move {
+        req(gw, "GET", "/api/customers/c1", Some(&t), &[]).await
+    };
+    assert_eq!(c1(gw.addr, t.clone()).await.status, 200);
+    assert_eq!(c1(gw.addr, t.clone()).await.status, 200, "cached for 60 s");
+    assert_eq!(console.calls().len(), 1);
+
+    // The relation now asks the source that is down.
+    let status = gw.gateway.reloader().status(false);
+    let path = std::path::PathBuf::from(status["config"].as_str().unwrap());
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "upstream: console, path: /relations/active_conversation",
+        "upstream: down, path: /relations/active_conversation",
+    );
+    std::fs::write(&path, text).unwrap();
+    let attempt = gw
+        .gateway
+        .reloader()
+        .reload(&gw.gateway, rolegate::reload::Trigger::Admin)
+        .await;
+    assert_eq!(
+        attempt.to_json()["result"],
+        "reloaded",
+        "{:?}",
+        attempt.to_json()
+    );
+    assert_unavailable(&c1(gw.addr, t).await, "after the reload");
+    assert_eq!(console.calls().len(), 1, "the old source is not asked");
+}
