@@ -401,6 +401,54 @@ async fn certificates_reload_without_dropping_open_connections() {
     );
 }
 
+/// A reload that changes who a listener admits (here: its client CA
+/// bundle) closes that listener's open connections gracefully: a client
+/// the new CA no longer vouches for cannot keep using a connection it
+/// opened before. A reload that changes nothing about admission leaves
+/// them open (certificate renewal: the test above).
+#[tokio::test]
+async fn a_reload_that_changes_the_client_ca_closes_open_connections() {
+    use rolegate::reload::{Outcome, Trigger};
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let listeners = format!("\n  - addr: \"127.0.0.1:0\"{}", tls_block(Some("required")));
+    let (gw, gateway) = start_gw(&pki, up.addr, &listeners).await;
+    let cfg = client_config(&pki, Some(&pki.client), &[b"h2"], BOTH);
+    let mut open = h2_over(connect(gw[0], "a.test", cfg).await.unwrap()).await;
+    let status = |r: Resp| r.status;
+    assert_eq!(
+        status(h2_req(&mut open, "https", "GET", "/machine/status", None, &[]).await),
+        200
+    );
+    let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
+    assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
+    assert_eq!(
+        status(h2_req(&mut open, "https", "GET", "/machine/status", None, &[]).await),
+        200,
+        "a reload that changes nothing about admission keeps connections"
+    );
+
+    TestCa::new("replacement client CA").write(&pki.dir, "clients-ca.pem");
+    let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
+    assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while open.ready().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection admitted under the old CA stayed open"
+    );
+    // A new handshake with the old client certificate fails.
+    let old = client_config(&pki, Some(&pki.client), &[], BOTH);
+    if let Ok(mut s) = connect(gw[0], "a.test", old).await {
+        let buf = exchange(&mut s, &h1_request("GET", "/machine/status", None, &[])).await;
+        assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+    }
+}
+
 #[tokio::test]
 async fn tls_requests_reach_the_upstream_marked_https_and_plain_ones_http() {
     let pki = Pki::new();

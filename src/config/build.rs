@@ -2441,17 +2441,18 @@ impl Builder {
                 Some(Redirect::Url(base.to_string()))
             }
         };
-        let (tls, client_auth) = match spec.tls {
-            None => (None, None),
+        let (tls, client_auth, client_ca_digest) = match spec.tls {
+            None => (None, None, None),
             Some(t) => {
-                let (cfg, ca) = self.build_tls(file, what, t)?;
-                (Some(Arc::new(cfg)), ca)
+                let (cfg, mode, digest) = self.build_tls(file, what, t)?;
+                (Some(Arc::new(cfg)), mode, digest)
             }
         };
         Some(Listener {
             addr: addr?,
             tls,
             client_auth,
+            client_ca_digest,
             h2c: spec.h2c,
             redirect,
         })
@@ -2464,7 +2465,7 @@ impl Builder {
         file: &str,
         what: &str,
         t: FileTls,
-    ) -> Option<(rustls::ServerConfig, Option<ClientAuth>)> {
+    ) -> Option<(rustls::ServerConfig, Option<ClientAuth>, Option<Vec<u8>>)> {
         let provider = tls::provider();
         let mut ok = true;
         let line = t.cert.referenced.line();
@@ -2498,6 +2499,7 @@ impl Builder {
                 }
             }
         }
+        let mut ca_digest = None;
         let client_auth = match &t.client_auth {
             None => None,
             Some(c) => {
@@ -2514,7 +2516,13 @@ impl Builder {
                         None
                     }
                 };
-                match tls::load_roots(&self.input(&c.value.ca)) {
+                let ca = self.input(&c.value.ca);
+                ca_digest = std::fs::read(&ca).ok().map(|b| {
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &b)
+                        .as_ref()
+                        .to_vec()
+                });
+                match tls::load_roots(&ca) {
                     Ok(roots) => mode.map(|m| (m, roots)),
                     Err(e) => {
                         self.error(file, l, format!("{what}.tls.client_auth.ca: {e}"));
@@ -2555,7 +2563,7 @@ impl Builder {
         }
         let mode = client_auth.as_ref().map(|(m, _)| *m);
         match tls::server_config(resolver, client_auth) {
-            Ok(cfg) => Some((cfg, mode)),
+            Ok(cfg) => Some((cfg, mode, ca_digest)),
             Err(e) => {
                 self.error(file, line, format!("{what}.tls: {e}"));
                 None

@@ -193,6 +193,10 @@ pub struct Listener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The listener asks for client certificates (`tls.client_auth`).
     pub client_auth: Option<crate::proxy::tls::ClientAuth>,
+    /// SHA-256 of the `client_auth.ca` bundle file: a reload that changes
+    /// it changes who may connect, so the listener's open connections are
+    /// closed (gracefully) and clients handshake again.
+    pub client_ca_digest: Option<Vec<u8>>,
     /// HTTP/2 with prior knowledge on a plain listener.
     pub h2c: bool,
     /// Every request is answered with a redirect to https.

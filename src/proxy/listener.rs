@@ -275,10 +275,26 @@ pub async fn serve_nth(
     shutdown: impl Future<Output = ()>,
 ) {
     // Connection drain: every connection holds a receiver until it ends.
-    let (drain, _) = tokio::sync::watch::channel(());
+    let (mut drain, _) = tokio::sync::watch::channel(());
+    // The drains of connections accepted before a reload changed who this
+    // listener admits: told to close at once, awaited at shutdown.
+    let mut retired: Vec<tokio::sync::watch::Sender<()>> = Vec::new();
+    let mut epochs = gateway.listener_epochs();
+    let epoch = |e: &Vec<u64>| e.get(index).copied().unwrap_or(0);
+    let mut seen = epoch(&epochs.borrow_and_update());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            Ok(()) = epochs.changed() => {
+                let now = epoch(&epochs.borrow_and_update());
+                if now != seen {
+                    seen = now;
+                    let old = std::mem::replace(&mut drain, tokio::sync::watch::channel(()).0);
+                    let _ = old.send(());
+                    retired.retain(|d| !d.is_closed());
+                    retired.push(old);
+                }
+            }
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
@@ -331,11 +347,13 @@ pub async fn serve_nth(
     }
     drop(listener);
     let _ = drain.send(());
+    retired.push(drain);
     let limit = gateway.runtime().drain_timeout;
+    let all_closed = futures_util::future::join_all(retired.iter().map(|d| d.closed()));
     tokio::select! {
-        _ = drain.closed() => {}
+        _ = all_closed => {}
         _ = tokio::time::sleep(limit) => tracing::warn!(
-            open = drain.receiver_count(),
+            open = retired.iter().map(|d| d.receiver_count()).sum::<usize>(),
             "shutdown: connections still open after shutdown.drain_timeout; closing them"
         ),
     }

@@ -74,7 +74,6 @@ pub struct Gateway {
     store: Arc<Store>,
     /// Unmasked-PII access records (`masking.audit_log`).
     audit: AuditLog,
-    /// Pulled relation answers; outlives reloads (each entry has its TTL).
     /// Mask policies extended with owner-chosen columns.
     owner_masks: mask::owner::OwnerCache,
     /// Parsed directory entries, by subject, with the stored text they
@@ -91,6 +90,21 @@ pub struct Gateway {
     conns: Arc<ConnCounts>,
     /// `listen.rate_limit` buckets.
     rates: RateLimiters,
+    /// One counter per public listener, raised by a reload that changes
+    /// who the listener admits (client certificate mode or CA bundle,
+    /// `redirect_https`, `h2c`): its open connections are then closed
+    /// gracefully, so none keeps what the new configuration took away.
+    listener_epochs: tokio::sync::watch::Sender<Vec<u64>>,
+}
+
+/// Whether two versions of a listener admit the same clients the same way.
+/// Certificates and limits do not count: open connections may keep them.
+fn same_admission(a: &crate::config::Listener, b: &crate::config::Listener) -> bool {
+    a.client_auth == b.client_auth
+        && a.client_ca_digest == b.client_ca_digest
+        && a.redirect == b.redirect
+        && a.h2c == b.h2c
+        && a.tls.is_some() == b.tls.is_some()
 }
 
 /// Per-request context: what the log line needs, filled in as phases run.
@@ -160,6 +174,7 @@ impl Gateway {
             going_away: tokio::sync::watch::Sender::new(false),
             conns: Arc::default(),
             rates: RateLimiters::default(),
+            listener_epochs: tokio::sync::watch::Sender::new(Vec::new()),
         })
     }
 
@@ -189,7 +204,32 @@ impl Gateway {
     /// Replaces the runtime; requests in flight finish on the old one.
     pub fn swap(&self, runtime: Runtime) {
         runtime.start_health_checks();
-        self.runtime.store(Arc::new(runtime));
+        let old = self.runtime.swap(Arc::new(runtime));
+        let new = self.runtime();
+        let changed: Vec<usize> = (new.listen.listeners.iter().enumerate())
+            .filter(|(i, l)| {
+                old.listen
+                    .listeners
+                    .get(*i)
+                    .is_none_or(|o| !same_admission(o, l))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !changed.is_empty() {
+            tracing::info!(
+                target: "rolegate::reload",
+                listeners = ?changed.iter().map(|i| i + 1).collect::<Vec<_>>(),
+                "listener admission changed (client certificates, redirect_https or h2c): closing its open connections gracefully"
+            );
+            self.listener_epochs.send_modify(|epochs| {
+                for i in changed {
+                    if epochs.len() <= i {
+                        epochs.resize(i + 1, 0);
+                    }
+                    epochs[i] += 1;
+                }
+            });
+        }
         // A rotated audit log file is written anew from here on.
         self.audit.reopen();
     }
@@ -198,6 +238,11 @@ impl Gateway {
     /// SIGUSR1, and every reload attempt, failed ones included).
     pub fn reopen_audit(&self) {
         self.audit.reopen();
+    }
+
+    /// Changes of who the public listeners admit (see `listener_epochs`).
+    pub(crate) fn listener_epochs(&self) -> tokio::sync::watch::Receiver<Vec<u64>> {
+        self.listener_epochs.subscribe()
     }
 
     /// Open client connections (the listener counts them at accept).
