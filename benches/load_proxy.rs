@@ -205,9 +205,11 @@ fn main() {
         for alg in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256] {
             let good = token(alg);
             let forged = format!("{}AAAA", &good[..good.len() - 4]);
+            let viewer = token_for(alg, "viewer");
             for port in [rg_port, ha_port] {
                 assert_eq!(status(port, &good), 200, "{alg:?} on {port}");
                 assert_eq!(status(port, &forged), 401, "forged {alg:?} on {port}");
+                assert_eq!(status(port, &viewer), 403, "viewer {alg:?} on {port}");
             }
         }
         let target = |s: &Scenario| -> (u16, Vec<u32>) {
@@ -355,6 +357,11 @@ fn measure(
 /// A token every server accepts for the profile route: issuer `load-<alg>`
 /// (rolegate has one issuer per key), audience `a`, role `agent`.
 fn token(alg: Algorithm) -> String {
+    token_for(alg, "agent")
+}
+
+/// [`token`] with another role.
+fn token_for(alg: Algorithm, role: &str) -> String {
     let (iss, key) = match alg {
         Algorithm::HS256 => (
             "load-hs",
@@ -372,7 +379,7 @@ fn token(alg: Algorithm) -> String {
     };
     let claims = json!({
         "iss": iss, "aud": "a", "sub": format!("u-{iss}"), "sid": format!("s-{iss}"),
-        "exp": 4_000_000_000u64, "roles": ["agent"],
+        "exp": 4_000_000_000u64, "roles": [role],
     });
     jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap()
 }
@@ -505,7 +512,8 @@ http {{
 
 /// HAProxy verifying the token as rolegate does: the signature with the
 /// key of the token's algorithm (HS256, RS256 or ES256 allowed), the
-/// issuer, the audience and the expiry, then an ACL on the roles claim.
+/// issuer, the audience and the expiry, then an ACL on the roles claim
+/// (its first entry: HAProxy 2.6's JSON query cannot search an array).
 fn haproxy_config(port: u16, up: SocketAddr) -> String {
     let k = keys();
     format!(
@@ -537,7 +545,7 @@ frontend fe
   http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.iss') -m beg load- }}
   http-request deny deny_status 401 unless {{ var(txn.bearer),jwt_payload_query('$.aud') -m str a }}
   http-request deny deny_status 401 if {{ var(txn.exp),sub(txn.now) -m int lt 0 }}
-  http-request deny deny_status 403 unless {{ path_beg /api/customers/ }} {{ var(txn.bearer),jwt_payload_query('$.roles') -m sub agent }}
+  http-request deny deny_status 403 unless {{ path_beg /api/customers/ }} {{ var(txn.bearer),jwt_payload_query('$.roles[0]') -m str agent }}
   default_backend app
 backend app
   http-reuse always
