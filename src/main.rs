@@ -176,13 +176,16 @@ fn load(path: &Path) -> Option<Loaded> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    // Log lines still buffered (see `telemetry::LogBuffer`).
+    telemetry::flush();
+    code
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -2578,9 +2578,8 @@ impl Builder {
         cookie: Option<String>,
     ) -> Option<ForwardSettings> {
         let prefix = f.identity_header_prefix.to_ascii_lowercase();
-        if prefix.len() < 3
-            || http::HeaderName::from_bytes(format!("{prefix}user").as_bytes()).is_err()
-        {
+        let identity = crate::proxy::headers::IdentityNames::new(&prefix);
+        if prefix.len() < 3 || identity.is_none() {
             self.error(
                 file,
                 0,
@@ -2655,6 +2654,7 @@ impl Builder {
         }
         Some(ForwardSettings {
             identity_prefix: prefix,
+            identity: identity?,
             strip,
             strip_prefixes,
             keep,

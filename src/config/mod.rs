@@ -319,6 +319,8 @@ pub struct Upstream {
 pub struct ForwardSettings {
     /// Lowercased identity header prefix (default `x-rolegate-`).
     pub identity_prefix: String,
+    /// The identity headers' names under that prefix, made once.
+    pub identity: crate::proxy::headers::IdentityNames,
     /// Exact client header names to drop: the built-in default list
     /// (minus `keep_headers`) plus `forward.strip_headers` (lowercased).
     pub strip: Vec<http::HeaderName>,

@@ -84,8 +84,8 @@ impl fmt::Display for Severity {
 pub(crate) struct GrantSet {
     /// Concrete capabilities covered: `true` = granted as written, `false`
     /// = only implied by a higher level of its ladder.
-    exact: HashMap<String, bool>,
-    below: HashSet<String>,
+    exact: HashMap<String, bool, foldhash::fast::RandomState>,
+    below: HashSet<String, foldhash::fast::RandomState>,
     /// Grants as written, in declaration order, deduplicated: for traces
     /// only (implied levels are not listed; see [`Levels::implied`]).
     pub(crate) list: Vec<String>,

@@ -26,17 +26,49 @@ use crate::policy::Principal;
 /// `proxy-connection`). `upgrade` too: a websocket handshake on a route that
 /// allows websockets gets its upgrade headers back afterwards
 /// (`proxy::websocket::Handshake::restore`), nothing else is upgraded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The identity headers' names under `forward.identity_header_prefix`,
+/// made once when the configuration loads.
+#[derive(Debug, Clone)]
+pub struct IdentityNames {
+    user: HeaderName,
+    issuer: HeaderName,
+    session: HeaderName,
+    roles: HeaderName,
+    partners: HeaderName,
+    teams: HeaderName,
+}
+
+impl IdentityNames {
+    /// `None` if `prefix` does not make valid header names.
+    pub fn new(prefix: &str) -> Option<IdentityNames> {
+        let name = |s: &str| HeaderName::from_bytes(format!("{prefix}{s}").as_bytes()).ok();
+        Some(IdentityNames {
+            user: name("user")?,
+            issuer: name("issuer")?,
+            session: name("session")?,
+            roles: name("roles")?,
+            partners: name("partners")?,
+            teams: name("teams")?,
+        })
+    }
+}
 
 /// Client headers that are always removed, whatever `forward.keep_headers`
 /// says: request rewriting and method overriding that a backend framework
@@ -121,18 +153,20 @@ pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
 
 /// Removes `Connection`-named headers and the hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(&name);
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(&name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -231,54 +265,76 @@ pub fn inject(
     ff: &ForwardedFor<'_>,
     principal: Option<&Principal>,
 ) {
-    let set = |h: &mut HeaderMap, name: &str, value: &str| {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            set(h, n, v);
+    let put = |h: &mut HeaderMap, name: &HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            set(h, name.clone(), v);
         }
     };
-    set(headers, "x-forwarded-for", &ff.client_ip.to_string());
-    set(headers, "x-forwarded-proto", ff.proto);
-    set(headers, "x-forwarded-host", ff.host);
-    set(headers, "x-request-id", ff.request_id);
-    let Some(p) = principal else { return };
-    let prefix = &fwd.identity_prefix;
-    set(headers, &format!("{prefix}user"), &encode_one(&p.subject));
-    set(headers, &format!("{prefix}issuer"), &encode_one(&p.issuer));
-    if let Some(s) = &p.session {
-        set(headers, &format!("{prefix}session"), &encode_one(s));
-    }
-    set(headers, &format!("{prefix}roles"), &encode_list(&p.roles));
+    let mut ip = [0u8; 48];
+    put(headers, &X_FORWARDED_FOR, format_ip(ff.client_ip, &mut ip));
     set(
         headers,
-        &format!("{prefix}partners"),
-        &encode_list(&p.partners),
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(ff.proto),
     );
-    set(headers, &format!("{prefix}teams"), &encode_list(&p.teams));
+    put(headers, &X_FORWARDED_HOST, ff.host);
+    put(headers, &X_REQUEST_ID, ff.request_id);
+    let Some(p) = principal else { return };
+    let names = &fwd.identity;
+    let mut buf = String::new();
+    put(headers, &names.user, encoded(&[&p.subject], &mut buf));
+    put(headers, &names.issuer, encoded(&[&p.issuer], &mut buf));
+    if let Some(s) = &p.session {
+        put(headers, &names.session, encoded(&[s], &mut buf));
+    }
+    put(headers, &names.roles, encoded(&p.roles, &mut buf));
+    put(headers, &names.partners, encoded(&p.partners, &mut buf));
+    put(headers, &names.teams, encoded(&p.teams, &mut buf));
 }
 
-/// Percent-encodes everything outside visible ASCII, plus `%` and `,`, so a
-/// claim value can never inject a header line or a list separator.
-fn encode_one(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_graphic() && b != b'%' && b != b',' || b == b' ' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
+/// `ip` written into `buf` without an allocation.
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    // An IPv6 address takes at most 45 bytes.
+    let _ = write!(cur, "{ip}");
+    let n = cur.position() as usize;
+    std::str::from_utf8(&buf[..n]).unwrap_or("")
+}
+
+/// Whether a claim byte goes into an identity header as it is: visible
+/// ASCII and space, except `%` and `,`.
+fn plain(b: u8) -> bool {
+    (b.is_ascii_graphic() && b != b'%' && b != b',') || b == b' '
+}
+
+/// `items` joined with `,`, each percent-encoding everything outside
+/// visible ASCII plus `%` and `,`, so a claim value can never inject a
+/// header line or a list separator. A single item that needs no encoding
+/// is returned as it is; otherwise the text is built in `buf`.
+fn encoded<'a, S: AsRef<str>>(items: &'a [S], buf: &'a mut String) -> &'a str {
+    if let [one] = items
+        && one.as_ref().bytes().all(plain)
+    {
+        return one.as_ref();
+    }
+    buf.clear();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            buf.push(',');
+        }
+        for b in item.as_ref().bytes() {
+            if plain(b) {
+                buf.push(b as char);
+            } else {
+                const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                buf.push('%');
+                buf.push(HEX[usize::from(b >> 4)] as char);
+                buf.push(HEX[usize::from(b & 15)] as char);
+            }
         }
     }
-    out
-}
-
-fn encode_list(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|i| encode_one(i))
-        .collect::<Vec<_>>()
-        .join(",")
+    buf
 }
 
 /// Removes every one of `names` (a hash lookup each: cheaper than a pass of
@@ -335,6 +391,7 @@ mod tests {
     fn fwd() -> ForwardSettings {
         ForwardSettings {
             identity_prefix: "x-rolegate-".into(),
+            identity: IdentityNames::new("x-rolegate-").unwrap(),
             strip: vec![HeaderName::from_static("remote-user")],
             strip_prefixes: vec!["x-forwarded-".into(), "x-auth-request-".into()],
             keep: vec![HeaderName::from_static("x-forwarded-ssl")],
