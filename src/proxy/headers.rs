@@ -546,7 +546,11 @@ mod tests {
 
     #[test]
     fn control_characters_are_encoded() {
-        assert_eq!(encode_one("a\r\nb%"), "a%0D%0Ab%25");
-        assert_eq!(encode_one("jörg"), "j%C3%B6rg");
+        let mut buf = String::new();
+        assert_eq!(encoded(&["a\r\nb%"], &mut buf), "a%0D%0Ab%25");
+        assert_eq!(encoded(&["jörg"], &mut buf), "j%C3%B6rg");
+        assert_eq!(encoded(&["plain value"], &mut buf), "plain value");
+        assert_eq!(encoded(&["a,b", "c"], &mut buf), "a%2Cb,c");
+        assert_eq!(encoded::<&str>(&[], &mut buf), "");
     }
 }
