@@ -674,7 +674,7 @@ fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
             "insecure_skip_verify: the upstream's TLS certificate is not verified; anyone on the network path can impersonate it"
         );
     }
-    // Before the runtime starts any thread: it clears LISTEN_FDS.
+    // Before the runtime starts its threads: it clears LISTEN_FDS.
     let inherited = proxy::listener::inherited(
         &loaded.runtime.listen,
         loaded.runtime.admin.as_ref().map(|a| a.addr),

@@ -190,8 +190,9 @@ pub struct Inherited {
 /// serve the admin API on the public port. `Ok(None)`: nothing handed
 /// over, bind as usual.
 ///
-/// Call before any thread is started: it clears the variables from the
-/// environment.
+/// Call before the async runtime starts its threads: it clears the
+/// variables from the environment, which must not race a thread reading
+/// it (the log thread, the only one started earlier, never does).
 pub fn inherited(
     listen: &ListenSettings,
     admin: Option<SocketAddr>,
