@@ -1,17 +1,20 @@
 //! Load: rolegate authorizing and forwarding, side by side with nginx as a
 //! plain reverse proxy and HAProxy verifying the same JWTs with ACLs, on
-//! the same machine, in one interleaved run.
+//! the same machine, in one interleaved run (issue 23's harness).
 //!
-//! Layout (2-core machine): every server (the release `rolegate` binary,
-//! nginx with one worker, HAProxy with one thread) runs pinned to CPU 0 and
-//! only one is loaded at a time; this process (a minimal hyper upstream
-//! answering a 1 KB customer profile) and `wrk -t1 -c32` run pinned to
-//! CPU 1. Each server writes an access line per request: rolegate its JSON
-//! access log to a file (stdout redirected), nginx `combined` to a file
-//! with `buffer=64k flush=1s`, HAProxy `option httplog` to stdout
-//! (redirected to a file; one write per line, as HAProxy does).
+//! Layout (2-core machine): the proxies under test (the release `rolegate`
+//! binary, nginx with one worker, HAProxy with one thread) run pinned to
+//! CPU 0 and only one is loaded at a time. The upstream is a second nginx
+//! serving fixed JSON files (32 B, the 1 KB customer profile, a 100 KB and
+//! a 1 MB list) with keep-alive; it, Redis (for the Redis-store scenario)
+//! and `wrk -t1 -c32` run pinned to CPU 1. Each proxy writes an access
+//! line per request: rolegate its JSON access log to a file (stdout
+//! redirected; rolegate buffers it), nginx `combined` to a file with
+//! `buffer=64k flush=1s`, HAProxy `option httplog` to stdout (redirected to
+//! a file; one write per line, as HAProxy does).
 //!
-//! Scenarios, each once per round, the order rotating from round to round:
+//! Scenarios, each once per round, the order rotating from round to round
+//! (the body is the 1 KB profile unless the name says otherwise):
 //!
 //! - `direct`: wrk straight to the upstream (the latency baseline);
 //! - `nginx`: nginx `proxy_pass` with kept-alive upstream connections, no
@@ -21,28 +24,38 @@
 //!   cache on, as by default);
 //! - `ha-hs256`, `ha-rs256`, `ha-es256`: HAProxy checking the same token:
 //!   `jwt_verify` of the signature for the token's `alg` (HS256, RS256,
-//!   ES256 allowed), `iss`, `aud`, `exp`, and an ACL on the `roles` claim.
+//!   ES256 allowed), `iss`, `aud`, `exp`, and an ACL on the `roles` claim;
+//! - `rg-mask`: rolegate masking four PII fields of the profile (HS256);
+//! - `rg-redis`: rolegate with the Redis session store (HS256);
+//! - `rg-many`: rolegate with 1000 principals, each its own token and
+//!   session, rotated per request (a wrk Lua script);
+//! - `rg-2w`, `rg-2w-many`: rolegate on both cores (two runtime workers),
+//!   one session and 1000 sessions. wrk and the upstream share those cores,
+//!   so requests/s cannot show the scaling; the CPU per request against
+//!   the one-worker case can (equal CPU per request = no contention);
+//! - `direct-32b`, `nginx-32b`, `rg-32b` and the same for `100kb` and
+//!   `1mb`: the other body sizes (HS256).
 //!
 //! Figures: medians over rounds with 95 % confidence intervals (sign-test
-//! order statistics), each server's own CPU time per request
+//! order statistics), each proxy's own CPU time per request
 //! (`/proc/<pid>/stat`; nginx master + worker), wrk's p99 latency, the
-//! per-round ratio to nginx and to HAProxy with the same algorithm, and
-//! the p99 added over `direct` in the same round. `LOAD_ROUNDS` (default
-//! 10), `LOAD_SECS` (default 2), `LOAD_ONLY=<name>,…` (ratios need their
-//! reference scenario). Needs `wrk`, `taskset`, `nginx` and `haproxy`
-//! (2.5 or later, for `jwt_verify`) on PATH; skipped without them. Run:
-//! `cargo bench --bench load_proxy`.
+//! per-round ratio to nginx with the same body and to HAProxy with the
+//! same algorithm, and the p99 added over `direct` with the same body in
+//! the same round. `LOAD_ROUNDS` (default 10), `LOAD_SECS` (default 2),
+//! `LOAD_ONLY=<name>,…` (ratios need their reference scenario),
+//! `LOAD_RECORD=1` appends the table to BENCHMARKS.md with the date, the
+//! machine and the command. Needs `wrk`, `taskset`, `nginx`, `haproxy`
+//! (2.5 or later, for `jwt_verify`) and `redis-server`; run as root on a
+//! machine without them, it installs them from Debian's packages first.
+//! Run: `cargo bench --bench load_proxy`.
 
 #[path = "common/procs.rs"]
 mod procs;
 #[path = "common/stats.rs"]
 mod stats;
-#[path = "common/upstream.rs"]
-mod upstream;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -53,13 +66,60 @@ use stats::show;
 /// A 1 KB customer profile (the same document as `load_mask`).
 const PROFILE: &str = r#"{"customer":{"id":"c-1001","name":"Asha Rao","email":"asha.rao@example.com","phone":"+91 98200 11223","tier":"gold","address":{"street":"12 Marine Drive","city":"Mumbai","zip":"400002","country":"IN"},"date_of_birth":"1988-04-12","preferences":{"language":"en","channel":"whatsapp","marketing":false,"locale":"en-IN"},"tags":["vip","repeat","priority-support","early-adopter"],"orders":[{"id":"o-1","total":129.5,"currency":"INR","status":"delivered"},{"id":"o-2","total":54.0,"currency":"INR","status":"shipped"},{"id":"o-3","total":12.25,"currency":"INR","status":"pending"}],"notes":"prefers evening calls; asked about the annual plan renewal and a refund for order o-2","created_at":"2024-01-03T10:00:00Z","updated_at":"2026-11-20T08:30:00Z"},"conversations":[{"id":"cv-7","channel":"whatsapp","opened_at":"2026-11-20T08:00:00Z","status":"open"},{"id":"cv-6","channel":"email","opened_at":"2026-11-02T14:12:00Z","status":"closed","rating":5}],"meta":{"source":"crm","version":17,"segment":"retail-west","owner":"team-7"}}"#;
 
-const PATH: &str = "/api/customers/c-1001";
+/// Principals in the many-sessions scenarios.
+const MANY: usize = 1000;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Body {
+    B32,
+    K1,
+    K100,
+    M1,
+}
+
+impl Body {
+    /// The upstream path serving this body (rolegate's routes match it).
+    fn path(self) -> &'static str {
+        match self {
+            Body::B32 => "/api/lists/b32",
+            Body::K1 => "/api/customers/c-1001",
+            Body::K100 => "/api/lists/b100k",
+            Body::M1 => "/api/lists/b1m",
+        }
+    }
+
+    fn content(self) -> String {
+        match self {
+            Body::B32 => r#"{"ok":true,"id":"c-1001","n":17}"#.to_string(),
+            Body::K1 => PROFILE.to_string(),
+            Body::K100 => list(100 * 1024),
+            Body::M1 => list(1024 * 1024),
+        }
+    }
+}
+
+/// A JSON list of profiles of about `size` bytes.
+fn list(size: usize) -> String {
+    let n = size / (PROFILE.len() + 1);
+    format!("[{}]", vec![PROFILE; n.max(1)].join(","))
+}
+
+/// Which rolegate instance serves a scenario.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Rg {
+    /// Embedded store, one core.
+    One,
+    /// Redis store, one core.
+    Redis,
+    /// Embedded store, both cores.
+    Two,
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Server {
     Direct,
     Nginx,
-    Rolegate,
+    Rolegate(Rg),
     Haproxy,
 }
 
@@ -67,49 +127,69 @@ struct Scenario {
     name: &'static str,
     server: Server,
     alg: Option<Algorithm>,
+    body: Body,
+    /// The masked route instead of the plain one.
+    masked: bool,
+    /// 1000 principals rotated per request instead of one.
+    many: bool,
 }
 
-const SCENARIOS: [Scenario; 8] = [
+const fn sc(name: &'static str, server: Server, alg: Option<Algorithm>, body: Body) -> Scenario {
     Scenario {
-        name: "direct",
-        server: Server::Direct,
-        alg: None,
-    },
+        name,
+        server,
+        alg,
+        body,
+        masked: false,
+        many: false,
+    }
+}
+
+const HS: Option<Algorithm> = Some(Algorithm::HS256);
+const ONE: Server = Server::Rolegate(Rg::One);
+
+const SCENARIOS: [Scenario; 22] = [
+    sc("direct", Server::Direct, None, Body::K1),
+    sc("nginx", Server::Nginx, None, Body::K1),
+    sc("rg-hs256", ONE, HS, Body::K1),
+    sc("rg-rs256", ONE, Some(Algorithm::RS256), Body::K1),
+    sc("rg-es256", ONE, Some(Algorithm::ES256), Body::K1),
+    sc("ha-hs256", Server::Haproxy, HS, Body::K1),
+    sc(
+        "ha-rs256",
+        Server::Haproxy,
+        Some(Algorithm::RS256),
+        Body::K1,
+    ),
+    sc(
+        "ha-es256",
+        Server::Haproxy,
+        Some(Algorithm::ES256),
+        Body::K1,
+    ),
     Scenario {
-        name: "nginx",
-        server: Server::Nginx,
-        alg: None,
+        masked: true,
+        ..sc("rg-mask", ONE, HS, Body::K1)
     },
+    sc("rg-redis", Server::Rolegate(Rg::Redis), HS, Body::K1),
     Scenario {
-        name: "rg-hs256",
-        server: Server::Rolegate,
-        alg: Some(Algorithm::HS256),
+        many: true,
+        ..sc("rg-many", ONE, HS, Body::K1)
     },
+    sc("rg-2w", Server::Rolegate(Rg::Two), HS, Body::K1),
     Scenario {
-        name: "rg-rs256",
-        server: Server::Rolegate,
-        alg: Some(Algorithm::RS256),
+        many: true,
+        ..sc("rg-2w-many", Server::Rolegate(Rg::Two), HS, Body::K1)
     },
-    Scenario {
-        name: "rg-es256",
-        server: Server::Rolegate,
-        alg: Some(Algorithm::ES256),
-    },
-    Scenario {
-        name: "ha-hs256",
-        server: Server::Haproxy,
-        alg: Some(Algorithm::HS256),
-    },
-    Scenario {
-        name: "ha-rs256",
-        server: Server::Haproxy,
-        alg: Some(Algorithm::RS256),
-    },
-    Scenario {
-        name: "ha-es256",
-        server: Server::Haproxy,
-        alg: Some(Algorithm::ES256),
-    },
+    sc("direct-32b", Server::Direct, None, Body::B32),
+    sc("nginx-32b", Server::Nginx, None, Body::B32),
+    sc("rg-32b", ONE, HS, Body::B32),
+    sc("direct-100kb", Server::Direct, None, Body::K100),
+    sc("nginx-100kb", Server::Nginx, None, Body::K100),
+    sc("rg-100kb", ONE, HS, Body::K100),
+    sc("direct-1mb", Server::Direct, None, Body::M1),
+    sc("nginx-1mb", Server::Nginx, None, Body::M1),
+    sc("rg-1mb", ONE, HS, Body::M1),
 ];
 
 /// One slice: requests/s, server CPU µs per request, p99 latency in µs.
@@ -124,6 +204,74 @@ fn keys() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys")
 }
 
+/// What the harness needs on PATH, and the Debian package of each.
+const TOOLS: [(&str, &str, &str); 5] = [
+    ("wrk", "--version", "wrk"),
+    ("nginx", "-v", "nginx"),
+    ("haproxy", "-v", "haproxy"),
+    ("redis-server", "--version", "redis-server"),
+    ("taskset", "--version", "util-linux"),
+];
+
+fn missing_tools() -> Vec<&'static str> {
+    TOOLS
+        .iter()
+        .filter(|(bin, arg, _)| Command::new(bin).arg(arg).output().is_err())
+        .map(|t| t.2)
+        .collect()
+}
+
+/// Installs the missing tools from Debian's packages when running as root
+/// with apt-get; false when something is still missing.
+fn ensure_tools() -> bool {
+    let missing = missing_tools();
+    if missing.is_empty() {
+        return true;
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if root && Command::new("apt-get").arg("--version").output().is_ok() {
+        println!("load_proxy: installing {}", missing.join(" "));
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .status();
+    }
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        println!("load_proxy: skipped (missing: {})", missing.join(" "));
+    }
+    missing.is_empty()
+}
+
+/// A process the harness started, stopped by pid when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+fn spawn(cpus: &str, program: &str, args: &[&str], log: Option<&Path>) -> Proc {
+    let out = |p: Option<&Path>| match p {
+        Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+        None => Stdio::null(),
+    };
+    Proc(
+        Command::new("taskset")
+            .args(["-c", cpus, program])
+            .args(args)
+            .stdout(out(log))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}")),
+    )
+}
+
 fn main() {
     let rounds: usize = env_or("LOAD_ROUNDS", 10).max(2);
     let secs: u64 = env_or("LOAD_SECS", 2);
@@ -132,117 +280,233 @@ fn main() {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
     };
-    for tool in ["wrk", "taskset"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            println!("load_proxy: skipped ({tool} not installed)");
-            return;
-        }
+    if !ensure_tools() {
+        return;
     }
-    for tool in [["nginx", "-v"], ["haproxy", "-v"]] {
-        if Command::new(tool[0]).arg(tool[1]).output().is_err() {
-            println!("load_proxy: skipped ({} not installed)", tool[0]);
-            return;
-        }
-    }
-
+    raise_nofile();
     pin(std::process::id(), "1");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let up = rt.block_on(upstream::json_upstream(PROFILE.as_bytes()));
-    std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
 
     let dir = std::env::temp_dir().join(format!("rolegate-load-proxy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    for sub in [
+        "www/api/customers",
+        "www/api/lists",
+        "www/masked/customers",
+        "up",
+        "ng",
+        "state1",
+        "state2",
+        "state3",
+    ] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    for body in [Body::B32, Body::K1, Body::K100, Body::M1] {
+        std::fs::write(dir.join("www").join(&body.path()[1..]), body.content()).unwrap();
+    }
+    std::fs::write(dir.join("www/masked/customers/c-1001"), PROFILE).unwrap();
+    std::fs::write(dir.join("many.tokens"), many_tokens().join("\n")).unwrap();
+    std::fs::write(dir.join("many.lua"), many_script(&dir.join("many.tokens"))).unwrap();
 
-    let rg_port = free_port();
-    std::fs::write(
-        dir.join("rolegate.yaml"),
-        rolegate_config(&dir, rg_port, up),
-    )
-    .unwrap();
-    let mut rolegate = Command::new("taskset")
-        .args(["-c", "0", env!("CARGO_BIN_EXE_rolegate"), "serve", "-c"])
-        .arg(dir.join("rolegate.yaml"))
-        .stdout(std::fs::File::create(dir.join("rolegate-access.jsonl")).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start rolegate");
-
-    let ng_port = free_port();
-    std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, ng_port, up)).unwrap();
-    let mut nginx = Command::new("taskset")
-        .args(["-c", "0", "nginx", "-c"])
-        .arg(dir.join("nginx.conf"))
-        .arg("-p")
-        .arg(&dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-
-    let ha_port = free_port();
-    std::fs::write(dir.join("haproxy.cfg"), haproxy_config(ha_port, up)).unwrap();
-    let mut haproxy = Command::new("taskset")
-        .args(["-c", "0", "haproxy", "-db", "-f"])
-        .arg(dir.join("haproxy.cfg"))
-        .stdout(std::fs::File::create(dir.join("haproxy-access.log")).unwrap())
-        .stderr(std::fs::File::create(dir.join("haproxy-errors.log")).unwrap())
-        .spawn()
-        .expect("start haproxy");
-
+    let procs = start_all(&dir);
     let result = std::panic::catch_unwind(|| {
-        for p in [rg_port, ng_port, ha_port] {
-            wait_listening(p);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        // Both verifying servers must refuse a token with a broken
-        // signature and accept the real ones, or the comparison is void.
-        for alg in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256] {
-            let good = token(alg);
-            let forged = format!("{}AAAA", &good[..good.len() - 4]);
-            let viewer = token_for(alg, "viewer");
-            for port in [rg_port, ha_port] {
-                assert_eq!(status(port, &good), 200, "{alg:?} on {port}");
-                assert_eq!(status(port, &forged), 401, "forged {alg:?} on {port}");
-                assert_eq!(status(port, &viewer), 403, "viewer {alg:?} on {port}");
-            }
-        }
+        sanity(&procs);
         let target = |s: &Scenario| -> (u16, Vec<u32>) {
             match s.server {
-                Server::Direct => (up.port(), vec![]),
+                Server::Direct => (procs.up_port, vec![]),
                 Server::Nginx => {
-                    let mut p = vec![nginx.id()];
-                    p.extend(children(nginx.id()));
-                    (ng_port, p)
+                    let id = procs.nginx.0.id();
+                    let mut p = vec![id];
+                    p.extend(children(id));
+                    (procs.ng_port, p)
                 }
-                Server::Rolegate => (rg_port, vec![rolegate.id()]),
-                Server::Haproxy => (ha_port, vec![haproxy.id()]),
+                Server::Rolegate(rg) => {
+                    let (port, p) = procs.rolegate(rg);
+                    (port, vec![p.0.id()])
+                }
+                Server::Haproxy => (procs.ha_port, vec![procs.haproxy.0.id()]),
             }
         };
-        measure(rounds, secs, &selected, &target);
+        let table = measure(rounds, secs, &selected, &target, &dir);
+        if std::env::var("LOAD_RECORD").is_ok_and(|v| v == "1") {
+            record(&table, rounds, secs);
+        }
     });
-    stop(&mut rolegate);
-    stop(&mut nginx);
-    stop(&mut haproxy);
+    drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
 }
 
+/// Everything the harness runs, with the port each listens on.
+struct Procs {
+    up_port: u16,
+    ng_port: u16,
+    ha_port: u16,
+    rg: [(u16, Proc); 3],
+    nginx: Proc,
+    haproxy: Proc,
+    // Dropped last: the proxies above stop first.
+    _upstream: Proc,
+    _redis: Proc,
+}
+
+impl Procs {
+    fn rolegate(&self, rg: Rg) -> (u16, &Proc) {
+        let (port, p) = &self.rg[rg as usize];
+        (*port, p)
+    }
+}
+
+fn start_all(dir: &Path) -> Procs {
+    let up_port = free_port();
+    let up_conf = dir.join("up/nginx.conf");
+    std::fs::write(&up_conf, upstream_config(dir, up_port)).unwrap();
+    let upstream = nginx_proc("1", &up_conf, &dir.join("up"));
+
+    let redis_port = free_port();
+    let redis = spawn(
+        "1",
+        "redis-server",
+        &[
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        None,
+    );
+    wait_listening(redis_port);
+
+    let rg = [
+        ("rg1", "0", "embedded".to_string(), "state1"),
+        (
+            "rg-redis",
+            "0",
+            format!("redis://127.0.0.1:{redis_port}"),
+            "state3",
+        ),
+        ("rg2", "0,1", "embedded".to_string(), "state2"),
+    ]
+    .map(|(name, cpus, store, state)| {
+        let port = free_port();
+        let conf = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &conf,
+            rolegate_config(dir, port, up_port, &store, &dir.join(state)),
+        )
+        .unwrap();
+        let p = spawn(
+            cpus,
+            env!("CARGO_BIN_EXE_rolegate"),
+            &["serve", "-c", conf.to_str().unwrap()],
+            Some(&dir.join(format!("{name}-access.jsonl"))),
+        );
+        (port, p)
+    });
+
+    let ng_port = free_port();
+    let ng_conf = dir.join("ng/nginx.conf");
+    std::fs::write(&ng_conf, nginx_config(&dir.join("ng"), ng_port, up_port)).unwrap();
+    let nginx = nginx_proc("0", &ng_conf, &dir.join("ng"));
+
+    let ha_port = free_port();
+    std::fs::write(dir.join("haproxy.cfg"), haproxy_config(ha_port, up_port)).unwrap();
+    let haproxy = spawn(
+        "0",
+        "haproxy",
+        &["-db", "-f", dir.join("haproxy.cfg").to_str().unwrap()],
+        Some(&dir.join("haproxy-access.log")),
+    );
+    for p in [up_port, ng_port, ha_port, rg[0].0, rg[1].0, rg[2].0] {
+        wait_listening(p);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    Procs {
+        up_port,
+        ng_port,
+        ha_port,
+        rg,
+        nginx,
+        haproxy,
+        _upstream: upstream,
+        _redis: redis,
+    }
+}
+
+fn nginx_proc(cpus: &str, conf: &Path, prefix: &Path) -> Proc {
+    spawn(
+        cpus,
+        "nginx",
+        &[
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            prefix.to_str().unwrap(),
+            "-e",
+            prefix.join("error.log").to_str().unwrap(),
+        ],
+        None,
+    )
+}
+
+/// Every proxy must answer the real request with the upstream's body, and
+/// both verifiers must refuse a forged token and a wrong role, or the
+/// comparison is void.
+fn sanity(p: &Procs) {
+    for body in [Body::B32, Body::K1, Body::K100, Body::M1] {
+        let want = body.content().len();
+        let tok = token(Algorithm::HS256);
+        for port in [p.up_port, p.ng_port, p.rg[0].0, p.rg[1].0, p.rg[2].0] {
+            let (code, len) = get(port, body.path(), Some(&tok));
+            assert_eq!((code, len), (200, want), "{body:?} on {port}");
+        }
+    }
+    let (code, len) = get(
+        p.rg[0].0,
+        "/masked/customers/c-1001",
+        Some(&token(Algorithm::HS256)),
+    );
+    assert_eq!(code, 200, "masked route");
+    assert_ne!(len, PROFILE.len(), "the masked profile must differ");
+    for alg in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256] {
+        let good = token(alg);
+        let forged = format!("{}AAAA", &good[..good.len() - 4]);
+        let viewer = token_for(alg, "viewer", 0);
+        for port in [p.rg[0].0, p.ha_port] {
+            let path = Body::K1.path();
+            assert_eq!(get(port, path, Some(&good)).0, 200, "{alg:?} on {port}");
+            assert_eq!(
+                get(port, path, Some(&forged)).0,
+                401,
+                "forged {alg:?} on {port}"
+            );
+            assert_eq!(
+                get(port, path, Some(&viewer)).0,
+                403,
+                "viewer {alg:?} on {port}"
+            );
+        }
+    }
+}
+
+/// The printed table's rows (already formatted).
+type Table = Vec<String>;
+
 fn measure(
     rounds: usize,
     secs: u64,
     selected: &dyn Fn(&str) -> bool,
     target: &dyn Fn(&Scenario) -> (u16, Vec<u32>),
-) {
+    dir: &Path,
+) -> Table {
     let tick = 1.0 / ticks_per_sec();
     let tokens: Vec<Option<String>> = SCENARIOS.iter().map(|s| s.alg.map(token)).collect();
+    let script = dir.join("many.lua");
     let mut results: Vec<Vec<Slice>> = vec![Vec::new(); SCENARIOS.len()];
     let picked: Vec<usize> = (0..SCENARIOS.len())
         .filter(|&i| selected(SCENARIOS[i].name))
@@ -254,14 +518,23 @@ fn measure(
             let i = picked[(k + round) % n];
             let s = &SCENARIOS[i];
             let (port, pids) = target(s);
-            let url = format!("http://127.0.0.1:{port}{PATH}");
-            let token = tokens[i].as_deref();
+            let path = if s.masked {
+                "/masked/customers/c-1001"
+            } else {
+                s.body.path()
+            };
+            let url = format!("http://127.0.0.1:{port}{path}");
+            let load = if s.many {
+                Load::Script(&script)
+            } else {
+                Load::Token(tokens[i].as_deref())
+            };
             if round == 0 {
-                wrk(&url, token, 1); // warm-up: caches, sessions, pools
+                wrk(&url, &load, 1); // warm-up: caches, sessions, pools
             }
             let c0 = cpu_ticks_all(&pids);
             let t0 = Instant::now();
-            let (rps, p99_us) = wrk(&url, token, secs);
+            let (rps, p99_us) = wrk(&url, &load, secs);
             let wall = t0.elapsed().as_secs_f64();
             let cpu = (cpu_ticks_all(&pids) - c0) as f64 * tick;
             let cpu_us = if pids.is_empty() {
@@ -270,7 +543,7 @@ fn measure(
                 cpu / (rps * wall) * 1e6
             };
             println!(
-                "round {round} {:>9}: {rps:>8.0} req/s  p99 {:>7.0} µs  server CPU {cpu_us:>6.1} µs/request ({:.0} % of a core)",
+                "round {round} {:>12}: {rps:>8.0} req/s  p99 {:>7.0} µs  server CPU {cpu_us:>6.1} µs/request ({:.0} % of a core)",
                 s.name,
                 p99_us,
                 cpu / wall * 100.0
@@ -282,86 +555,145 @@ fn measure(
             });
         }
     }
+    summarize(rounds, secs, &picked, &results)
+}
 
-    let idx = |name: &str| SCENARIOS.iter().position(|s| s.name == name).unwrap();
+fn summarize(rounds: usize, secs: u64, picked: &[usize], results: &[Vec<Slice>]) -> Table {
+    let find = |f: &dyn Fn(&Scenario) -> bool| SCENARIOS.iter().position(f);
     // Per-round ratio of scenario `a` to scenario `b` under `f`.
-    let ratio = |a: usize, b: &str, f: fn(&Slice) -> f64| -> Option<Vec<f64>> {
-        let b = idx(b);
-        if results[a].is_empty() || results[b].is_empty() {
-            return None;
+    let ratio = |a: usize, b: Option<usize>, f: fn(&Slice) -> f64| -> String {
+        match b {
+            Some(b) if b != a && !results[a].is_empty() && !results[b].is_empty() => {
+                let v: Vec<f64> = results[a]
+                    .iter()
+                    .zip(&results[b])
+                    .map(|(x, y)| f(x) / f(y))
+                    .collect();
+                show(&v, |x| format!("{x:.2}"))
+            }
+            _ => "–".into(),
         }
-        Some(
-            results[a]
-                .iter()
-                .zip(&results[b])
-                .map(|(x, y)| f(x) / f(y))
-                .collect(),
-        )
     };
-    let direct = idx("direct");
-    println!("\n{rounds} rounds of {secs} s, wrk -t1 -c32; medians [95 % CI]");
-    println!(
-        "| scenario | req/s | × nginx | × HAProxy (same alg) | server CPU µs/req | CPU ÷ nginx's | p99 µs | p99 added over direct, µs |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    for &i in &picked {
+    let mut table = vec![
+        format!("{rounds} rounds of {secs} s, wrk -t1 -c32; medians [95 % CI]"),
+        String::new(),
+        "| scenario | req/s | × nginx | × HAProxy (same alg) | CPU ÷ reference | proxy CPU µs/req | CPU ÷ nginx's | p99 µs | p99 added over direct, µs |".into(),
+        "|---|---|---|---|---|---|---|---|---|".into(),
+    ];
+    for &i in picked {
         let s = &SCENARIOS[i];
         let col = |f: fn(&Slice) -> f64| results[i].iter().map(f).collect::<Vec<f64>>();
-        let fmt2 =
-            |v: Option<Vec<f64>>| v.map_or("–".into(), |v| show(&v, |x| format!("{x:.2}")));
+        let nginx = find(&|x| x.server == Server::Nginx && x.body == s.body);
+        let direct = find(&|x| x.server == Server::Direct && x.body == s.body);
         let vs_ha = match (s.server, s.alg) {
-            (Server::Rolegate, Some(a)) => {
-                let name = format!("ha-{}", format!("{a:?}").to_lowercase());
-                fmt2(ratio(i, &name, |x| x.rps))
+            (Server::Rolegate(_), Some(a)) if s.body == Body::K1 && !s.masked => ratio(
+                i,
+                find(&|x| x.server == Server::Haproxy && x.alg == Some(a)),
+                |x| x.rps,
+            ),
+            _ => "–".into(),
+        };
+        // The CPU reference of a variant: the same case on one worker,
+        // the embedded store, one session (how much the variant adds).
+        let reference = match s.server {
+            Server::Rolegate(rg) if rg != Rg::One || s.many || s.masked => {
+                let one = if rg == Rg::Two {
+                    find(&|x| {
+                        x.server == ONE
+                            && x.many == s.many
+                            && x.body == s.body
+                            && x.alg == s.alg
+                            && !x.masked
+                    })
+                } else {
+                    find(&|x| x.name == "rg-hs256")
+                };
+                ratio(i, one, |x| x.cpu_us)
             }
             _ => "–".into(),
         };
-        let added = if i != direct && !results[direct].is_empty() {
-            let d: Vec<f64> = results[i]
-                .iter()
-                .zip(&results[direct])
-                .map(|(x, y)| x.p99_us - y.p99_us)
-                .collect();
-            show(&d, |x| format!("{x:.0}"))
-        } else {
-            "–".into()
+        let added = match direct {
+            Some(d) if d != i && !results[d].is_empty() => {
+                let v: Vec<f64> = results[i]
+                    .iter()
+                    .zip(&results[d])
+                    .map(|(x, y)| x.p99_us - y.p99_us)
+                    .collect();
+                show(&v, |x| format!("{x:.0}"))
+            }
+            _ => "–".into(),
         };
-        let cpu = if s.server == Server::Direct {
-            "–".into()
-        } else {
-            show(&col(|x| x.cpu_us), |x| format!("{x:.1}"))
-        };
-        let cpu_vs = if matches!(s.server, Server::Direct | Server::Nginx) {
-            "–".into()
-        } else {
-            fmt2(ratio(i, "nginx", |x| x.cpu_us))
-        };
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        let proxy = !matches!(s.server, Server::Direct);
+        table.push(format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.name,
             show(&col(|x| x.rps), |x| format!("{x:.0}")),
-            if s.server == Server::Nginx {
-                "1".into()
+            if proxy {
+                ratio(i, nginx, |x| x.rps)
             } else {
-                fmt2(ratio(i, "nginx", |x| x.rps))
+                "–".into()
             },
             vs_ha,
-            cpu,
-            cpu_vs,
+            reference,
+            if proxy {
+                show(&col(|x| x.cpu_us), |x| format!("{x:.1}"))
+            } else {
+                "–".into()
+            },
+            if proxy {
+                ratio(i, nginx, |x| x.cpu_us)
+            } else {
+                "–".into()
+            },
             show(&col(|x| x.p99_us), |x| format!("{x:.0}")),
             added,
-        );
+        ));
     }
+    println!();
+    for line in &table {
+        println!("{line}");
+    }
+    table
+}
+
+/// Appends the table to BENCHMARKS.md with the date, the machine and the
+/// command that produced it.
+fn record(table: &Table, rounds: usize, secs: u64) {
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    let text = format!(
+        "\n## {} — load_proxy (recorded by the harness)\n\nMachine: {}, {} cores ({}), {}. Versions: {}; {}; {}.\n\nCommand: `LOAD_RECORD=1 LOAD_ROUNDS={rounds} LOAD_SECS={secs} cargo bench --bench load_proxy`\n\n{}\n",
+        sh("date -u +%Y-%m-%d"),
+        sh("uname -srm"),
+        sh("nproc"),
+        cpu.trim(),
+        sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
+        sh("nginx -v 2>&1"),
+        sh("haproxy -v | head -1"),
+        sh("wrk --version 2>&1 | head -1"),
+        table.join("\n"),
+    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    let mut all = std::fs::read_to_string(&path).unwrap_or_default();
+    all.push_str(&text);
+    std::fs::write(&path, all).unwrap();
+    println!("load_proxy: table appended to {}", path.display());
 }
 
 /// A token every server accepts for the profile route: issuer `load-<alg>`
 /// (rolegate has one issuer per key), audience `a`, role `agent`.
 fn token(alg: Algorithm) -> String {
-    token_for(alg, "agent")
+    token_for(alg, "agent", 0)
 }
 
-/// [`token`] with another role.
-fn token_for(alg: Algorithm, role: &str) -> String {
+/// [`token`] with another role, for principal number `n`.
+fn token_for(alg: Algorithm, role: &str, n: usize) -> String {
     let (iss, key) = match alg {
         Algorithm::HS256 => (
             "load-hs",
@@ -378,10 +710,32 @@ fn token_for(alg: Algorithm, role: &str) -> String {
         other => panic!("no key for {other:?}"),
     };
     let claims = json!({
-        "iss": iss, "aud": "a", "sub": format!("u-{iss}"), "sid": format!("s-{iss}"),
+        "iss": iss, "aud": "a", "sub": format!("u-{iss}-{n}"), "sid": format!("s-{iss}-{n}"),
         "exp": 4_000_000_000u64, "roles": [role],
     });
     jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap()
+}
+
+fn many_tokens() -> Vec<String> {
+    (0..MANY)
+        .map(|n| token_for(Algorithm::HS256, "agent", n))
+        .collect()
+}
+
+/// A wrk script sending each request with the next of the tokens in
+/// `file` (one per line).
+fn many_script(file: &Path) -> String {
+    format!(
+        r#"local tokens = {{}}
+for line in io.lines("{}") do tokens[#tokens + 1] = "Bearer " .. line end
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, {{ ["Authorization"] = tokens[i] }})
+end
+"#,
+        file.display()
+    )
 }
 
 fn hmac_secret() -> String {
@@ -391,15 +745,28 @@ fn hmac_secret() -> String {
         .to_string()
 }
 
+/// How wrk authenticates: one token (or none) on every request, or a
+/// script rotating tokens.
+enum Load<'a> {
+    Token(Option<&'a str>),
+    Script(&'a Path),
+}
+
 /// Runs wrk (on CPU 1) for `secs` seconds: requests/s and p99 latency in
 /// µs. Any non-2xx answer or socket error fails the bench (a refusal is
 /// cheap and would flatter the figures).
-fn wrk(url: &str, token: Option<&str>, secs: u64) -> (f64, f64) {
+fn wrk(url: &str, load: &Load, secs: u64) -> (f64, f64) {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1", "wrk", "-t1", "-c32", "--latency"])
         .arg(format!("-d{secs}s"));
-    if let Some(t) = token {
-        cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+    match load {
+        Load::Token(Some(t)) => {
+            cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        Load::Token(None) => {}
+        Load::Script(s) => {
+            cmd.arg("-s").arg(s);
+        }
     }
     let out = cmd.arg(url).output().expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -420,22 +787,55 @@ fn wrk(url: &str, token: Option<&str>, secs: u64) -> (f64, f64) {
     (rps, p99)
 }
 
-/// The status of one `GET PATH` with `token` on a fresh connection.
-fn status(port: u16, token: &str) -> u16 {
+/// The status and body length of one `GET path` on a fresh connection.
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, usize) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {PATH} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: bench\r\n{auth}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf)
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let code = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let len = if chunked {
+        dechunked_len(&buf[head_end..])
+    } else {
+        buf.len() - head_end
+    };
+    (code, len)
+}
+
+/// The payload length of a chunked body.
+fn dechunked_len(mut b: &[u8]) -> usize {
+    let mut total = 0;
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return total;
+        };
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return total;
+        }
+        total += size;
+        b = &b[(eol + 2 + size + 2).min(b.len())..];
+    }
 }
 
 /// wrk's `1.23ms` / `812.00us` / `1.02s` in µs.
@@ -448,7 +848,7 @@ fn micros(v: &str) -> Option<f64> {
     None
 }
 
-fn rolegate_config(dir: &Path, port: u16, up: SocketAddr) -> String {
+fn rolegate_config(dir: &Path, port: u16, up: u16, store: &str, state: &Path) -> String {
     let k = keys();
     format!(
         r#"listen: {{ addr: "127.0.0.1:{port}" }}
@@ -458,27 +858,70 @@ identity:
     - {{ iss: load-rs, audiences: [a], algorithms: [RS256], keys: {{ pem: [{{ file: "{rs}" }}] }} }}
     - {{ iss: load-es, audiences: [a], algorithms: [ES256], keys: {{ pem: [{{ file: "{es}" }}] }} }}
 upstreams:
-  app: {{ url: "http://{up}" }}
+  app: {{ url: "http://127.0.0.1:{up}" }}
 sessions:
-  store: embedded
+  store: "{store}"
   state_dir: "{state}"
 reload: {{ watch: false }}
+masking: {{ audit_log: "{audit}" }}
+masks:
+  pii:
+    unmask_with: customer.pii.view
+    fields:
+      - {{ path: "$..phone", as: last4 }}
+      - {{ path: "$..email", as: email }}
+      - {{ path: "$..name", as: redact }}
+      - {{ path: "$..address", as: redact }}
 roles:
   agent: {{ grants: [customer.profile.view] }}
 routes:
   - {{ name: profile, match: {{ methods: [GET], path: "/api/customers/{{id}}" }}, require: customer.profile.view }}
+  - {{ name: lists, match: {{ methods: [GET], path: "/api/lists/{{name}}" }}, require: customer.profile.view }}
+  - {{ name: masked, match: {{ methods: [GET], path: "/masked/customers/{{id}}" }}, require: customer.profile.view, mask: pii, record: "{{id}}" }}
 "#,
         hs = k.join("hmac.secret").display(),
         rs = k.join("rsa.pub").display(),
         es = k.join("ec256.pub").display(),
-        state = dir.join("state").display(),
+        state = state.display(),
+        audit = dir.join("audit.jsonl").display(),
     )
 }
 
-/// nginx as a plain reverse proxy: one worker (the servers are pinned to
+/// The upstream: nginx serving the fixed JSON files, keep-alive, no log.
+fn upstream_config(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"worker_processes 1;
+daemon off;
+master_process on;
+pid {d}/up/nginx.pid;
+error_log {d}/up/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/up/client_body;
+  proxy_temp_path {d}/up/proxy;
+  fastcgi_temp_path {d}/up/fastcgi;
+  uwsgi_temp_path {d}/up/uwsgi;
+  scgi_temp_path {d}/up/scgi;
+  keepalive_timeout 60s;
+  keepalive_requests 1000000;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/json;
+  server {{
+    listen 127.0.0.1:{port};
+    root {d}/www;
+  }}
+}}
+"#
+    )
+}
+
+/// nginx as a plain reverse proxy: one worker (the proxies are pinned to
 /// one core), client and upstream keep-alive, an access line per request
 /// (buffered).
-fn nginx_config(dir: &Path, port: u16, up: SocketAddr) -> String {
+fn nginx_config(dir: &Path, port: u16, up: u16) -> String {
     let d = dir.display();
     format!(
         r#"worker_processes 1;
@@ -496,7 +939,7 @@ http {{
   scgi_temp_path {d}/scgi;
   keepalive_timeout 60s;
   keepalive_requests 1000000;
-  upstream app {{ server {up}; keepalive 64; }}
+  upstream app {{ server 127.0.0.1:{up}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -509,12 +952,11 @@ http {{
 "#
     )
 }
-
 /// HAProxy verifying the token as rolegate does: the signature with the
 /// key of the token's algorithm (HS256, RS256 or ES256 allowed), the
 /// issuer, the audience and the expiry, then an ACL on the roles claim
 /// (its first entry: HAProxy 2.6's JSON query cannot search an array).
-fn haproxy_config(port: u16, up: SocketAddr) -> String {
+fn haproxy_config(port: u16, up: u16) -> String {
     let k = keys();
     format!(
         r#"global
@@ -549,7 +991,7 @@ frontend fe
   default_backend app
 backend app
   http-reuse always
-  server s1 {up}
+  server s1 127.0.0.1:{up}
 "#,
         secret = hmac_secret(),
         rs = k.join("rsa.pub").display(),
