@@ -25,6 +25,8 @@
 //! statistics of the binomial, so no assumption on the noise's shape).
 //! Needs `wrk` and `taskset` on PATH. Run: `cargo bench --bench load_mask`.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "common/procs.rs"]
 mod procs;
 #[path = "common/stats.rs"]
@@ -36,14 +38,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
+use fixtures::{PII_MASK_YAML, PROFILE};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use procs::{env_or, free_port, pin, ticks_per_sec, wait_listening};
 use serde_json::json;
 use stats::{median, median_ci};
 use upstream::json_upstream;
-
-/// A 1 KB customer profile with the usual PII fields.
-const PROFILE: &str = r#"{"customer":{"id":"c-1001","name":"Asha Rao","email":"asha.rao@example.com","phone":"+91 98200 11223","tier":"gold","address":{"street":"12 Marine Drive","city":"Mumbai","zip":"400002","country":"IN"},"date_of_birth":"1988-04-12","preferences":{"language":"en","channel":"whatsapp","marketing":false,"locale":"en-IN"},"tags":["vip","repeat","priority-support","early-adopter"],"orders":[{"id":"o-1","total":129.5,"currency":"INR","status":"delivered"},{"id":"o-2","total":54.0,"currency":"INR","status":"shipped"},{"id":"o-3","total":12.25,"currency":"INR","status":"pending"}],"notes":"prefers evening calls; asked about the annual plan renewal and a refund for order o-2","created_at":"2024-01-03T10:00:00Z","updated_at":"2026-11-20T08:30:00Z"},"conversations":[{"id":"cv-7","channel":"whatsapp","opened_at":"2026-11-20T08:00:00Z","status":"open"},{"id":"cv-6","channel":"email","opened_at":"2026-11-02T14:12:00Z","status":"closed","rating":5}],"meta":{"source":"crm","version":17,"segment":"retail-west","owner":"team-7"}}"#;
 
 struct Scenario {
     name: &'static str,
@@ -205,15 +205,7 @@ sessions:
   store: embedded
   state_dir: "{state}"
 masking: {{ audit_log: "{audit}" }}
-masks:
-  pii:
-    unmask_with: customer.pii.view
-    fields:
-      - {{ path: "$..phone", as: last4 }}
-      - {{ path: "$..email", as: email }}
-      - {{ path: "$..name", as: redact }}
-      - {{ path: "$..address", as: redact }}
-roles:
+{masks}roles:
   agent: {{ grants: [customer.profile.view] }}
   pii: {{ grants: [customer.pii.view] }}
 routes:
@@ -223,6 +215,7 @@ routes:
         secret = secret.display(),
         state = dir.join("state").display(),
         audit = dir.join("audit.jsonl").display(),
+        masks = PII_MASK_YAML,
     )
 }
 

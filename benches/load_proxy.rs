@@ -49,6 +49,8 @@
 //! machine without them, it installs them from Debian's packages first.
 //! Run: `cargo bench --bench load_proxy`.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "common/procs.rs"]
 mod procs;
 #[path = "common/stats.rs"]
@@ -58,13 +60,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fixtures::{PII_MASK_YAML, PROFILE, redis_args};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use procs::*;
 use serde_json::json;
 use stats::show;
-
-/// A 1 KB customer profile (the same document as `load_mask`).
-const PROFILE: &str = r#"{"customer":{"id":"c-1001","name":"Asha Rao","email":"asha.rao@example.com","phone":"+91 98200 11223","tier":"gold","address":{"street":"12 Marine Drive","city":"Mumbai","zip":"400002","country":"IN"},"date_of_birth":"1988-04-12","preferences":{"language":"en","channel":"whatsapp","marketing":false,"locale":"en-IN"},"tags":["vip","repeat","priority-support","early-adopter"],"orders":[{"id":"o-1","total":129.5,"currency":"INR","status":"delivered"},{"id":"o-2","total":54.0,"currency":"INR","status":"shipped"},{"id":"o-3","total":12.25,"currency":"INR","status":"pending"}],"notes":"prefers evening calls; asked about the annual plan renewal and a refund for order o-2","created_at":"2024-01-03T10:00:00Z","updated_at":"2026-11-20T08:30:00Z"},"conversations":[{"id":"cv-7","channel":"whatsapp","opened_at":"2026-11-20T08:00:00Z","status":"open"},{"id":"cv-6","channel":"email","opened_at":"2026-11-02T14:12:00Z","status":"closed","rating":5}],"meta":{"source":"crm","version":17,"segment":"retail-west","owner":"team-7"}}"#;
 
 /// Principals in the many-sessions scenarios.
 const MANY: usize = 1000;
@@ -368,16 +368,10 @@ fn start_all(dir: &Path) -> Procs {
     let redis = spawn(
         "1",
         "redis-server",
-        &[
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
+        &redis_args(redis_port)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
         None,
     );
     wait_listening(redis_port);
@@ -864,15 +858,7 @@ sessions:
   state_dir: "{state}"
 reload: {{ watch: false }}
 masking: {{ audit_log: "{audit}" }}
-masks:
-  pii:
-    unmask_with: customer.pii.view
-    fields:
-      - {{ path: "$..phone", as: last4 }}
-      - {{ path: "$..email", as: email }}
-      - {{ path: "$..name", as: redact }}
-      - {{ path: "$..address", as: redact }}
-roles:
+{masks}roles:
   agent: {{ grants: [customer.profile.view] }}
 routes:
   - {{ name: profile, match: {{ methods: [GET], path: "/api/customers/{{id}}" }}, require: customer.profile.view }}
@@ -884,6 +870,7 @@ routes:
         es = k.join("ec256.pub").display(),
         state = state.display(),
         audit = dir.join("audit.jsonl").display(),
+        masks = PII_MASK_YAML,
     )
 }
 

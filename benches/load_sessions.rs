@@ -11,6 +11,8 @@
 //! "1KB plain", "1KB mask", "1KB unmasked": the masked route read by a
 //! principal holding `unmask_with`, i.e. everything but the masking itself).
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "common/upstream.rs"]
 mod upstream;
 
@@ -47,16 +49,7 @@ fn main() {
             .unwrap()
             .port();
         let redis = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(fixtures::redis_args(port))
             .stdout(std::process::Stdio::null())
             .spawn();
         let Ok(mut redis) = redis else {
