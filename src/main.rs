@@ -174,6 +174,9 @@ fn load(path: &Path) -> Option<Loaded> {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match run(cli) {

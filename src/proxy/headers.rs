@@ -242,7 +242,8 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 
 /// What the forwarding headers say about the client side.
 pub struct ForwardedFor<'a> {
-    pub client_ip: std::net::IpAddr,
+    /// The client's address, as the header's value.
+    pub client_ip: &'a HeaderValue,
     /// `https` on TLS listeners, else `http`.
     pub proto: &'static str,
     pub host: &'a str,
@@ -270,8 +271,7 @@ pub fn inject(
             set(h, name.clone(), v);
         }
     };
-    let mut ip = [0u8; 48];
-    put(headers, &X_FORWARDED_FOR, format_ip(ff.client_ip, &mut ip));
+    set(headers, X_FORWARDED_FOR, ff.client_ip.clone());
     set(
         headers,
         X_FORWARDED_PROTO,
@@ -290,16 +290,6 @@ pub fn inject(
     put(headers, &names.roles, encoded(&p.roles, &mut buf));
     put(headers, &names.partners, encoded(&p.partners, &mut buf));
     put(headers, &names.teams, encoded(&p.teams, &mut buf));
-}
-
-/// `ip` written into `buf` without an allocation.
-fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &str {
-    use std::io::Write;
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    // An IPv6 address takes at most 45 bytes.
-    let _ = write!(cur, "{ip}");
-    let n = cur.position() as usize;
-    std::str::from_utf8(&buf[..n]).unwrap_or("")
 }
 
 /// Whether a claim byte goes into an identity header as it is: visible
@@ -418,7 +408,7 @@ mod tests {
             ..Default::default()
         };
         let ff = ForwardedFor {
-            client_ip: [127, 0, 0, 1].into(),
+            client_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "https",
             host: "h",
             request_id: "r1",
@@ -427,6 +417,7 @@ mod tests {
         assert_eq!(h["x-rolegate-user"], "alice");
         assert_eq!(h["x-rolegate-roles"], "a%2Cb,c");
         assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         for gone in ["x-custom", "connection", "remote-user", "x-original-url"] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }

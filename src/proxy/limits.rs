@@ -210,27 +210,37 @@ impl Activity {
 
     /// Resolves once the connection has had no request in flight for
     /// `first` (before its first request) or `keepalive` (after one).
+    ///
+    /// One timer for the connection's life, set to the earliest moment it
+    /// could be idle long enough and moved on when it fires early: a
+    /// request ending wakes nobody (at most it leaves `ended` a permit).
     pub async fn idle(&self, first: Duration, keepalive: Duration) {
+        let sleep = tokio::time::sleep_until(self.idle_deadline(first, keepalive));
+        tokio::pin!(sleep);
         loop {
+            (&mut sleep).await;
             if self.inflight.load(Ordering::Acquire) > 0 {
                 self.ended.notified().await;
                 continue;
             }
-            let limit = if self.served.load(Ordering::Acquire) {
-                keepalive
-            } else {
-                first
-            };
-            let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-            let deadline = self.base + since + limit;
+            let deadline = self.idle_deadline(first, keepalive);
             if tokio::time::Instant::now() >= deadline {
                 return;
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {}
-                _ = self.ended.notified() => {}
-            }
+            sleep.as_mut().reset(deadline);
         }
+    }
+
+    /// When the connection will have been idle long enough if no request
+    /// starts before then.
+    fn idle_deadline(&self, first: Duration, keepalive: Duration) -> tokio::time::Instant {
+        let limit = if self.served.load(Ordering::Acquire) {
+            keepalive
+        } else {
+            first
+        };
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        self.base + since + limit
     }
 }
 

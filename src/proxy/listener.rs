@@ -49,6 +49,10 @@ use crate::config::{ListenSettings, Redirect};
 #[derive(Debug, Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
+    /// `peer` as text (access lines) and its address as the
+    /// `X-Forwarded-For` value, made once per connection.
+    pub peer_text: Arc<str>,
+    pub peer_ip: http::HeaderValue,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
     pub tls: bool,
     /// The client certificate rustls verified against the listener's CA
@@ -67,8 +71,13 @@ pub struct Conn {
 impl Conn {
     /// A plain connection from `peer` (tests, tools).
     pub fn plain(peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_string();
         Conn {
             peer,
+            peer_text: peer.to_string().into(),
+            // An IP address's text is always a valid header value.
+            peer_ip: http::HeaderValue::from_str(&ip)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
             tls: false,
             client_cert: None,
             redirect: None,
@@ -371,12 +380,9 @@ async fn connection(
 ) {
     let Some(cfg) = s.tls.clone() else {
         let mut conn = Conn {
-            peer,
-            tls: false,
-            client_cert: None,
             redirect: s.redirect.clone(),
-            h2: None,
             slot: Some(slot),
+            ..Conn::plain(peer)
         };
         let heads = Heads::default();
         if !s.h2c {
@@ -421,12 +427,10 @@ async fn connection(
         .and_then(|chain| chain.first())
         .and_then(ClientCert::from_der);
     let mut conn = Conn {
-        peer,
         tls: true,
         client_cert,
-        redirect: None,
-        h2: None,
         slot: Some(slot),
+        ..Conn::plain(peer)
     };
     if h2 {
         let facts = Arc::new(H2Facts::default());

@@ -118,6 +118,10 @@ pub struct Ctx {
     pub client_request_id: Option<String>,
     pub started: Instant,
     pub peer: SocketAddr,
+    /// `peer` as text, and its address as a header value (the
+    /// connection's, made once).
+    pub peer_text: Arc<str>,
+    pub peer_ip: HeaderValue,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
     /// The request came over HTTP/2 (no raw head; no `Connection` header
@@ -263,6 +267,8 @@ impl Gateway {
             client_request_id,
             started: Instant::now(),
             peer: conn.peer,
+            peer_text: conn.peer_text.clone(),
+            peer_ip: conn.peer_ip.clone(),
             https: conn.tls,
             h2: req.version() == http::Version::HTTP_2,
             method: req.method().clone(),
@@ -1151,7 +1157,7 @@ async fn forward(
         parts.headers.insert(header::HOST, v);
     }
     let ff = ForwardedFor {
-        client_ip: ctx.peer.ip(),
+        client_ip: &ctx.peer_ip,
         proto: if ctx.https { "https" } else { "http" },
         host,
         request_id: ctx.trace_id(),
@@ -1409,21 +1415,20 @@ fn log(ctx: &Ctx, status: StatusCode) {
         Some((c, d, r)) => (*c, *d, r.as_str()),
         None => ("", "", ""),
     };
-    tracing::info!(
-        target: "rolegate::access",
-        request_id = %ctx.request_id,
-        client_request_id = ctx.client_request_id.as_deref().unwrap_or(""),
-        peer = %ctx.peer,
-        method = %ctx.method,
-        path = %ctx.path,
-        route = ctx.route.as_deref().unwrap_or(""),
-        subject = ctx.subject.as_deref().unwrap_or(""),
-        status = status.as_u16(),
+    crate::telemetry::access(&crate::telemetry::Access {
+        request_id: &ctx.request_id,
+        client_request_id: ctx.client_request_id.as_deref().unwrap_or(""),
+        peer: &ctx.peer_text,
+        method: ctx.method.as_str(),
+        path: &ctx.path,
+        route: ctx.route.as_deref().unwrap_or(""),
+        subject: ctx.subject.as_deref().unwrap_or(""),
+        status: status.as_u16(),
         error,
         detail,
         reason,
-        duration_us = ctx.started.elapsed().as_micros() as u64,
-    );
+        duration_us: ctx.started.elapsed().as_micros() as u64,
+    });
 }
 
 /// Request ids: every request gets a process-unique id made from a random
