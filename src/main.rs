@@ -563,11 +563,19 @@ fn admin_call(
     })
 }
 
+/// The gateway's runtime: one worker per CPU the process may use, or
+/// `TOKIO_WORKER_THREADS` (checked here: tokio would panic on a bad value).
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        let n = v
+            .to_str()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .with_context(|| format!("TOKIO_WORKER_THREADS={v:?}: not a positive integer"))?;
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("starting the async runtime")
 }
 
 async fn shutdown_signal() {

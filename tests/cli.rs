@@ -46,6 +46,26 @@ fn config_dir(rules: &str, upstream: &str) -> PathBuf {
     dir
 }
 
+// ------------------------------------------------------------------- serve
+
+#[test]
+fn serve_refuses_a_bad_worker_count() {
+    for bad in ["0", "two", ""] {
+        let o = bin()
+            .args(["serve"])
+            .current_dir(root())
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .expect("run rolegate");
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {out}");
+        assert!(
+            out.contains("TOKIO_WORKER_THREADS") && out.contains("not a positive integer"),
+            "{bad:?}: {out}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------- check
 
 #[test]

@@ -17,30 +17,7 @@ use crate::policy::Principal;
 
 type Digest = [u8; 32];
 
-/// Hashes a cache key by its first eight bytes: the key is already a
-/// SHA-256 digest, so they are as good a hash as any (SipHash over all 32
-/// bytes was measurable on every request), and only verified tokens are
-/// ever inserted, so nobody can choose keys to collide.
-#[derive(Default, Clone, Copy)]
-struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut first = [0u8; 8];
-        let n = bytes.len().min(8);
-        first[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_le_bytes(first);
-    }
-
-    /// The length prefix of a `[u8; 32]` says nothing.
-    fn write_usize(&mut self, _: usize) {}
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type DigestState = std::hash::BuildHasherDefault<DigestHasher>;
+use crate::hashing::DigestState;
 
 /// What a verified token's cache entry holds.
 #[derive(Debug, Clone)]

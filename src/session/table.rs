@@ -36,6 +36,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::watch::Watchers;
+use crate::hashing::{AdminKeyed, DigestState};
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,16 +241,16 @@ impl Entry {
 /// ids on the request path: no lock and no allocation per request.
 #[derive(Default)]
 pub struct Table {
-    sessions: DashMap<Key, Entry>,
-    deactivated: DashMap<Box<str>, u64>,
+    sessions: DashMap<Key, Entry, DigestState>,
+    deactivated: DashMap<Box<str>, u64, AdminKeyed>,
     /// Subject → time of its last deactivation (ms): tokens issued at or
     /// before it are refused. Only ever raised, never dropped.
-    not_before: DashMap<Box<str>, u64>,
-    revoked_ids: DashMap<Box<str>, RevokedId>,
+    not_before: DashMap<Box<str>, u64, AdminKeyed>,
+    revoked_ids: DashMap<Box<str>, RevokedId, AdminKeyed>,
     /// Open websockets' session-end notifications: fired after every
     /// transition to ended (see `watch.rs`).
     watchers: Watchers,
-    issuers: DashMap<Box<str>, Arc<str>>,
+    issuers: DashMap<Box<str>, Arc<str>, AdminKeyed>,
     /// Shared records besides sessions (relation tuples), persisted by
     /// the store like the rest of the table.
     shared: super::shared::Shared,
