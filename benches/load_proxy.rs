@@ -29,10 +29,13 @@
 //! - `rg-redis`: rolegate with the Redis session store (HS256);
 //! - `rg-many`: rolegate with 1000 principals, each its own token and
 //!   session, rotated per request (a wrk Lua script);
-//! - `rg-2w`, `rg-2w-many`: rolegate on both cores (two runtime workers),
-//!   one session and 1000 sessions. wrk and the upstream share those cores,
-//!   so requests/s cannot show the scaling; the CPU per request against
-//!   the one-worker case can (equal CPU per request = no contention);
+//! - `nginx-2w`, `rg-2w`, `rg-2w-many`: nginx and rolegate on both cores
+//!   (two workers), rolegate with one session and 1000 sessions. wrk and
+//!   the upstream share those cores, so requests/s cannot show the
+//!   scaling; the CPU per request against the one-worker case can (equal
+//!   CPU per request = no contention), and nginx's own ratio says how much
+//!   of it the shared machine costs any proxy. `× nginx` of the two-worker
+//!   cases is against `nginx-2w`;
 //! - `direct-32b`, `nginx-32b`, `rg-32b` and the same for `100kb` and
 //!   `1mb`: the other body sizes (HS256).
 //!
@@ -119,6 +122,8 @@ enum Rg {
 enum Server {
     Direct,
     Nginx,
+    /// nginx with two workers on both cores (the two-worker reference).
+    Nginx2,
     Rolegate(Rg),
     Haproxy,
 }
@@ -148,7 +153,7 @@ const fn sc(name: &'static str, server: Server, alg: Option<Algorithm>, body: Bo
 const HS: Option<Algorithm> = Some(Algorithm::HS256);
 const ONE: Server = Server::Rolegate(Rg::One);
 
-const SCENARIOS: [Scenario; 22] = [
+const SCENARIOS: [Scenario; 23] = [
     sc("direct", Server::Direct, None, Body::K1),
     sc("nginx", Server::Nginx, None, Body::K1),
     sc("rg-hs256", ONE, HS, Body::K1),
@@ -176,6 +181,7 @@ const SCENARIOS: [Scenario; 22] = [
         many: true,
         ..sc("rg-many", ONE, HS, Body::K1)
     },
+    sc("nginx-2w", Server::Nginx2, None, Body::K1),
     sc("rg-2w", Server::Rolegate(Rg::Two), HS, Body::K1),
     Scenario {
         many: true,
@@ -294,6 +300,7 @@ fn main() {
         "www/masked/customers",
         "up",
         "ng",
+        "ng2",
         "state1",
         "state2",
         "state3",
@@ -313,11 +320,16 @@ fn main() {
         let target = |s: &Scenario| -> (u16, Vec<u32>) {
             match s.server {
                 Server::Direct => (procs.up_port, vec![]),
-                Server::Nginx => {
-                    let id = procs.nginx.0.id();
+                Server::Nginx | Server::Nginx2 => {
+                    let (port, n) = if s.server == Server::Nginx {
+                        (procs.ng_port, &procs.nginx)
+                    } else {
+                        (procs.ng2_port, &procs.nginx2)
+                    };
+                    let id = n.0.id();
                     let mut p = vec![id];
                     p.extend(children(id));
-                    (procs.ng_port, p)
+                    (port, p)
                 }
                 Server::Rolegate(rg) => {
                     let (port, p) = procs.rolegate(rg);
@@ -342,9 +354,11 @@ fn main() {
 struct Procs {
     up_port: u16,
     ng_port: u16,
+    ng2_port: u16,
     ha_port: u16,
     rg: [(u16, Proc); 3],
     nginx: Proc,
+    nginx2: Proc,
     haproxy: Proc,
     // Dropped last: the proxies above stop first.
     _upstream: Proc,
@@ -405,8 +419,16 @@ fn start_all(dir: &Path) -> Procs {
 
     let ng_port = free_port();
     let ng_conf = dir.join("ng/nginx.conf");
-    std::fs::write(&ng_conf, nginx_config(&dir.join("ng"), ng_port, up_port)).unwrap();
+    std::fs::write(&ng_conf, nginx_config(&dir.join("ng"), ng_port, up_port, 1)).unwrap();
     let nginx = nginx_proc("0", &ng_conf, &dir.join("ng"));
+    let ng2_port = free_port();
+    let ng2_conf = dir.join("ng2/nginx.conf");
+    std::fs::write(
+        &ng2_conf,
+        nginx_config(&dir.join("ng2"), ng2_port, up_port, 2),
+    )
+    .unwrap();
+    let nginx2 = nginx_proc("0,1", &ng2_conf, &dir.join("ng2"));
 
     let ha_port = free_port();
     std::fs::write(dir.join("haproxy.cfg"), haproxy_config(ha_port, up_port)).unwrap();
@@ -416,16 +438,20 @@ fn start_all(dir: &Path) -> Procs {
         &["-db", "-f", dir.join("haproxy.cfg").to_str().unwrap()],
         Some(&dir.join("haproxy-access.log")),
     );
-    for p in [up_port, ng_port, ha_port, rg[0].0, rg[1].0, rg[2].0] {
+    for p in [
+        up_port, ng_port, ng2_port, ha_port, rg[0].0, rg[1].0, rg[2].0,
+    ] {
         wait_listening(p);
     }
     std::thread::sleep(Duration::from_millis(200));
     Procs {
         up_port,
         ng_port,
+        ng2_port,
         ha_port,
         rg,
         nginx,
+        nginx2,
         haproxy,
         _upstream: upstream,
         _redis: redis,
@@ -455,7 +481,9 @@ fn sanity(p: &Procs) {
     for body in [Body::B32, Body::K1, Body::K100, Body::M1] {
         let want = body.content().len();
         let tok = token(Algorithm::HS256);
-        for port in [p.up_port, p.ng_port, p.rg[0].0, p.rg[1].0, p.rg[2].0] {
+        for port in [
+            p.up_port, p.ng_port, p.ng2_port, p.rg[0].0, p.rg[1].0, p.rg[2].0,
+        ] {
             let (code, len) = get(port, body.path(), Some(&tok));
             assert_eq!((code, len), (200, want), "{body:?} on {port}");
         }
@@ -577,7 +605,12 @@ fn summarize(rounds: usize, secs: u64, picked: &[usize], results: &[Vec<Slice>])
     for &i in picked {
         let s = &SCENARIOS[i];
         let col = |f: fn(&Slice) -> f64| results[i].iter().map(f).collect::<Vec<f64>>();
-        let nginx = find(&|x| x.server == Server::Nginx && x.body == s.body);
+        // Two workers compare with nginx on two workers.
+        let ng = match s.server {
+            Server::Rolegate(Rg::Two) => Server::Nginx2,
+            _ => Server::Nginx,
+        };
+        let nginx = find(&|x| x.server == ng && x.body == s.body);
         let direct = find(&|x| x.server == Server::Direct && x.body == s.body);
         let vs_ha = match (s.server, s.alg) {
             (Server::Rolegate(_), Some(a)) if s.body == Body::K1 && !s.masked => ratio(
@@ -590,6 +623,7 @@ fn summarize(rounds: usize, secs: u64, picked: &[usize], results: &[Vec<Slice>])
         // The CPU reference of a variant: the same case on one worker,
         // the embedded store, one session (how much the variant adds).
         let reference = match s.server {
+            Server::Nginx2 => ratio(i, find(&|x| x.name == "nginx"), |x| x.cpu_us),
             Server::Rolegate(rg) if rg != Rg::One || s.many || s.masked => {
                 let one = if rg == Rg::Two {
                     find(&|x| {
@@ -665,7 +699,7 @@ fn record(table: &Table, rounds: usize, secs: u64) {
         "\n## {} — load_proxy (recorded by the harness)\n\nMachine: {}, {} cores ({}), {}. Versions: {}; {}; {}.\n\nCommand: `LOAD_RECORD=1 LOAD_ROUNDS={rounds} LOAD_SECS={secs} cargo bench --bench load_proxy`\n\n{}\n",
         sh("date -u +%Y-%m-%d"),
         sh("uname -srm"),
-        sh("nproc"),
+        sh("nproc --all"),
         cpu.trim(),
         sh("free -g | awk '/Mem:/ {print $2 \" GiB\"}'"),
         sh("nginx -v 2>&1"),
@@ -905,13 +939,13 @@ http {{
     )
 }
 
-/// nginx as a plain reverse proxy: one worker (the proxies are pinned to
-/// one core), client and upstream keep-alive, an access line per request
-/// (buffered).
-fn nginx_config(dir: &Path, port: u16, up: u16) -> String {
+/// nginx as a plain reverse proxy: `workers` workers (one: the proxies
+/// are pinned to one core; two for the two-worker reference), client and
+/// upstream keep-alive, an access line per request (buffered).
+fn nginx_config(dir: &Path, port: u16, up: u16, workers: u8) -> String {
     let d = dir.display();
     format!(
-        r#"worker_processes 1;
+        r#"worker_processes {workers};
 daemon off;
 master_process on;
 pid {d}/nginx.pid;

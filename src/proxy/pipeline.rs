@@ -612,17 +612,14 @@ impl Gateway {
         resp: Response<RespBody>,
     ) -> Response<RespBody> {
         let store = self.store.clone();
-        let p = &v.principal;
-        let session = p.session.clone().unwrap_or_default();
-        let subject = p.subject.clone();
-        let issuer = p.issuer.clone();
-        let idle_ms = rt.idle_timeout(p).as_millis() as u64;
+        let p = v.principal.clone();
+        let idle_ms = rt.idle_timeout(&p).as_millis() as u64;
         let max_life = rt.sessions.max_lifetime.map(|m| m.as_millis() as u64);
         let still_valid = Box::new(move || {
             let id = SessionRef {
-                issuer: &issuer,
-                subject: &subject,
-                session: &session,
+                issuer: &p.issuer,
+                subject: &p.subject,
+                session: p.session.as_deref().unwrap_or(""),
             };
             store.still_valid(id, now_ms(), idle_ms, max_life)
         });
