@@ -69,7 +69,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A plain connection from `peer` (tests, tools).
+    /// A plain connection from `peer`; the listener fills in the rest.
     pub fn plain(peer: SocketAddr) -> Self {
         let ip = peer.ip().to_string();
         Conn {
