@@ -1224,7 +1224,7 @@ impl Builder {
             else {
                 continue;
             };
-            let (client, fresh) = match crate::proxy::upstream::new_clients(ClientSettings {
+            let clients = match crate::proxy::upstream::new_clients(ClientSettings {
                 connect_timeout,
                 http2: u.http2,
                 tls,
@@ -1242,7 +1242,7 @@ impl Builder {
                 FileBalance::RoundRobin => Balance::RoundRobin,
                 FileBalance::LeastOutstanding => Balance::LeastOutstanding,
             };
-            let pool = Pool::new(name.clone(), servers, balance, health, client, fresh);
+            let pool = Pool::new(name.clone(), servers, balance, health, clients);
             out.push(Upstream {
                 name,
                 base_path,

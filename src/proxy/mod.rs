@@ -4,6 +4,7 @@
 //! are the pieces it calls. See `pipeline.rs` for the picture.
 
 pub mod body;
+pub mod h1;
 pub mod headers;
 pub mod limits;
 pub mod listener;

@@ -42,7 +42,8 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http_body_util::{BodyExt, Empty, Limited};
 use tokio::time::Instant;
 
-use super::upstream::HttpClient;
+use super::h1::H1;
+use super::upstream::{Clients, HttpClient};
 
 /// `balance:` — how a request picks among the usable servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +130,8 @@ pub struct Pool {
     /// The same settings without idle connections: the keep-alive race
     /// retry always gets a new connection.
     fresh: HttpClient,
+    /// HTTP/1.1 upstreams: connections driven by the requests themselves.
+    h1: Option<H1>,
     /// Ejection deadlines count from here.
     epoch: Instant,
     checker_started: AtomicBool,
@@ -142,8 +145,7 @@ impl Pool {
         servers: Vec<Server>,
         balance: Balance,
         health: Health,
-        client: HttpClient,
-        fresh: HttpClient,
+        clients: Clients,
     ) -> Pool {
         Pool {
             name,
@@ -151,8 +153,9 @@ impl Pool {
             balance,
             health,
             cursor: AtomicUsize::new(0),
-            client,
-            fresh,
+            client: clients.pooled,
+            fresh: clients.fresh,
+            h1: clients.h1,
             epoch: Instant::now(),
             checker_started: AtomicBool::new(false),
             stop: tokio::sync::watch::Sender::new(()),
@@ -173,6 +176,10 @@ impl Pool {
 
     pub(crate) fn fresh(&self) -> &HttpClient {
         &self.fresh
+    }
+
+    pub(crate) fn h1(&self) -> Option<&H1> {
+        self.h1.as_ref()
     }
 
     /// Milliseconds since the epoch, at least 1 (0 means "never ejected").
@@ -410,7 +417,7 @@ mod tests {
     use crate::proxy::upstream::{ClientSettings, new_clients};
 
     fn pool(n: usize, balance: Balance, health: Health) -> Arc<Pool> {
-        let (client, fresh) = new_clients(ClientSettings {
+        let clients = new_clients(ClientSettings {
             connect_timeout: Duration::from_secs(1),
             http2: false,
             tls: None,
@@ -429,8 +436,7 @@ mod tests {
             servers,
             balance,
             health,
-            client,
-            fresh,
+            clients,
         ))
     }
 

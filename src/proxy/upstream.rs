@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
@@ -34,6 +34,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use crate::config::Upstream;
 use crate::error::{BadRequest, Deny, Fault, Refusal};
 use crate::proxy::body::{BodyTooLarge, MalformedBody, TooSlow};
+use crate::proxy::h1::{Conns, Failure, H1, IDLE_FOR, Lease};
 use crate::proxy::pool::{Pick, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,6 +57,18 @@ impl HttpClient {
             HttpClient::Tls(c) => c.request(req),
         }
     }
+}
+
+/// The clients of one upstream (see [`new_clients`]).
+pub struct Clients {
+    /// hyper-util's pooled client: HTTP/2 upstreams, websocket upgrades
+    /// and the active health checks.
+    pub pooled: HttpClient,
+    /// The same without idle connections (the keep-alive race retry's).
+    pub fresh: HttpClient,
+    /// HTTP/1.1 upstreams: the connections driven in the request's task
+    /// (`h1.rs`), for every request but websocket upgrades.
+    pub h1: Option<H1>,
 }
 
 /// How to reach one upstream.
@@ -110,19 +123,20 @@ fn tls_config(tls: TlsSettings) -> Result<ClientConfig, rustls::Error> {
     Ok(config)
 }
 
-/// The two clients of an upstream, built on one connector: the pooled
-/// one (idle connections kept 60 s) and one that keeps no idle connection
-/// (the keep-alive race retry's). Both have the connect timeout. Fails
-/// only when rustls refuses the TLS settings (e.g. a client key that does
-/// not match its certificate).
-pub fn new_clients(settings: ClientSettings) -> Result<(HttpClient, HttpClient), rustls::Error> {
+/// The clients of an upstream, built on one connector: the pooled one
+/// (idle connections kept 60 s), one that keeps no idle connection (the
+/// keep-alive race retry's) and, for HTTP/1.1, the request-driven
+/// connections. All have the connect timeout. Fails only when rustls
+/// refuses the TLS settings (e.g. a client key that does not match its
+/// certificate).
+pub fn new_clients(settings: ClientSettings) -> Result<Clients, rustls::Error> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(settings.connect_timeout));
     connector.set_nodelay(true);
     let mut pooled = Client::builder(TokioExecutor::new());
     pooled
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(IDLE_FOR)
         // hyper-util's own retry (the default, kept explicit): a request
         // handed a pooled connection found dead before a byte was written
         // is sent again on another one. `send` adds the case it leaves out.
@@ -136,10 +150,11 @@ pub fn new_clients(settings: ClientSettings) -> Result<(HttpClient, HttpClient),
             // origin, never from client input, so enforcing http keeps an
             // `https` URI from ever going out in clear on this client.
             connector.enforce_http(true);
-            Ok((
-                HttpClient::Plain(pooled.build(connector.clone())),
-                HttpClient::Plain(fresh.build(connector)),
-            ))
+            Ok(Clients {
+                pooled: HttpClient::Plain(pooled.build(connector.clone())),
+                fresh: HttpClient::Plain(fresh.build(connector.clone())),
+                h1: (!settings.http2).then(|| H1::Plain(Conns::new(connector))),
+            })
         }
         Some(mut tls) => {
             let server_name = tls.server_name.take();
@@ -158,10 +173,11 @@ pub fn new_clients(settings: ClientSettings) -> Result<(HttpClient, HttpClient),
             } else {
                 b.enable_http1().wrap_connector(connector)
             };
-            Ok((
-                HttpClient::Tls(pooled.build(connector.clone())),
-                HttpClient::Tls(fresh.build(connector)),
-            ))
+            Ok(Clients {
+                pooled: HttpClient::Tls(pooled.build(connector.clone())),
+                fresh: HttpClient::Tls(fresh.build(connector.clone())),
+                h1: (!settings.http2).then(|| H1::Tls(Conns::new(connector))),
+            })
         }
     }
 }
@@ -258,19 +274,44 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
         });
         (req, Some(rx))
     };
-    let req = to_server(req, server)?;
     let attempt = async {
-        match pool.client().request(req).await {
-            Err(e) if keepalive_race(&e) => match replay {
-                Some(again) => {
-                    tracing::debug!(target: "rolegate::upstream", upstream = %up.name, server = %server.label, error = %chain(&e), "connection closed before an answer: sending again on a new connection");
-                    pool.fresh().request(to_server(again, server)?).await
+        match pool.h1().filter(|_| !req.headers().contains_key(header::UPGRADE)) {
+            Some(h1) => {
+                let req = origin_form(req);
+                let (scheme, authority) = (&server.scheme, &server.authority);
+                match h1.exchange(scheme, authority, req, false).await {
+                    Err(Failure::Exchange(e)) if keepalive_race(&e) => match replay {
+                        Some(again) => {
+                            tracing::debug!(target: "rolegate::upstream", upstream = %up.name, server = %server.label, error = %chain(&e), "connection closed before an answer: sending again on a new connection");
+                            h1.exchange(scheme, authority, origin_form(again), true)
+                                .await
+                        }
+                        None => Err(Failure::Exchange(e)),
+                    },
+                    r => r,
                 }
-                None => Err(e),
-            },
-            r => r,
+                .map(|(resp, lease)| (resp, Some(lease)))
+                .map_err(Attempt::from)
+            }
+            None => {
+                let req = to_server(req, server)?;
+                match pool.client().request(req).await {
+                    Err(e) if keepalive_race(&e) => match replay {
+                        Some(again) => {
+                            tracing::debug!(target: "rolegate::upstream", upstream = %up.name, server = %server.label, error = %chain(&e), "connection closed before an answer: sending again on a new connection");
+                            pool.fresh().request(to_server(again, server)?).await
+                        }
+                        None => Err(e),
+                    },
+                    r => r,
+                }
+                .map(|resp| (resp, None))
+                .map_err(|e| Attempt::Failed {
+                    connect: e.is_connect(),
+                    error: Box::new(e),
+                })
+            }
         }
-        .map_err(Attempt::Failed)
     };
     let head_timeout = async {
         if let Some(sent) = body_sent {
@@ -289,13 +330,13 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
             pick.failure();
             Err(Fault::UpstreamTimeout(up.name.clone()).into())
         }
-        Ok(Ok(resp)) => {
+        Ok(Ok((resp, lease))) => {
             pick.success();
             let idle = up.body_idle_timeout;
-            Ok(resp.map(|body| UpstreamBody::new(body, idle, pick)))
+            Ok(resp.map(|body| UpstreamBody::new(body, lease, idle, pick)))
         }
         Ok(Err(Attempt::Refused(r))) => Err(r),
-        Ok(Err(Attempt::Failed(e))) => Err(failed(up, &pick, &e)),
+        Ok(Err(Attempt::Failed { error, connect })) => Err(failed(up, &pick, &*error, connect)),
     }
 }
 
@@ -339,7 +380,26 @@ impl Body for Reported {
 enum Attempt {
     /// Before anything was sent (an unforwardable URI).
     Refused(Refusal),
-    Failed(hyper_util::client::legacy::Error),
+    Failed {
+        error: BoxError,
+        /// No connection was made (refused, unreachable, timed out, TLS).
+        connect: bool,
+    },
+}
+
+impl From<Failure> for Attempt {
+    fn from(f: Failure) -> Self {
+        match f {
+            Failure::Connect(error) => Attempt::Failed {
+                error,
+                connect: true,
+            },
+            Failure::Exchange(e) => Attempt::Failed {
+                error: Box::new(e),
+                connect: false,
+            },
+        }
+    }
 }
 
 impl From<Refusal> for Attempt {
@@ -350,7 +410,12 @@ impl From<Refusal> for Attempt {
 
 /// The refusal for a failed attempt; transport failures count against the
 /// server's health, the client's own broken body does not.
-fn failed(up: &Upstream, pick: &Pick, e: &hyper_util::client::legacy::Error) -> Refusal {
+fn failed(
+    up: &Upstream,
+    pick: &Pick,
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+    connect: bool,
+) -> Refusal {
     let server = &pick.server().label;
     // The client's body broke while it was being sent: the client's
     // fault (400/413), not the upstream's; the upstream request was
@@ -377,7 +442,7 @@ fn failed(up: &Upstream, pick: &Pick, e: &hyper_util::client::legacy::Error) -> 
         tracing::warn!(upstream = %up.name, server = %server, error = %cause, "upstream TLS failed");
         return Fault::UpstreamTls(up.name.clone(), cause).into();
     }
-    if e.is_connect() {
+    if connect {
         tracing::warn!(upstream = %up.name, server = %server, error = %chain(e), "upstream connect failed");
         return Fault::UpstreamUnavailable(up.name.clone()).into();
     }
@@ -398,6 +463,22 @@ fn to_server(req: Request<UpBody>, server: &Server) -> Result<Request<UpBody>, R
     Ok(Request::from_parts(parts, body))
 }
 
+/// The request with an origin-form target (`/path?query`), what an
+/// HTTP/1.1 connection to the server sends.
+fn origin_form(req: Request<UpBody>) -> Request<UpBody> {
+    if req.uri().scheme().is_none() && req.uri().path_and_query().is_some() {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = http::Uri::from(pq);
+    Request::from_parts(parts, body)
+}
+
 fn empty() -> UpBody {
     Empty::<Bytes>::new().map_err(|e| match e {}).boxed()
 }
@@ -415,8 +496,11 @@ fn replayable(req: &Request<UpBody>) -> bool {
 /// answer, on a connection that was open: not a connect or TLS failure and
 /// not a timeout. The answer's head was not started, or hyper would have
 /// said it was malformed.
-fn keepalive_race(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() || has_cause::<rustls::Error>(e) {
+fn keepalive_race(e: &(dyn std::error::Error + 'static)) -> bool {
+    let connect = e
+        .downcast_ref::<hyper_util::client::legacy::Error>()
+        .is_some_and(|e| e.is_connect());
+    if connect || has_cause::<rustls::Error>(e) {
         return false;
     }
     if find_cause::<hyper::Error>(e).is_some_and(|h| h.is_incomplete_message() || h.is_canceled()) {
@@ -446,8 +530,12 @@ pub struct BodyIdleTimeout;
 /// clock read per frame. On timeout (and on the end, or an error) the
 /// connection's body is dropped at once: a cut body's connection is closed,
 /// never returned to the pool.
+///
+/// On an HTTP/1.1 upstream the body also drives its connection (`lease`,
+/// see `h1.rs`) and hands it back when the body has ended.
 pub struct UpstreamBody {
     inner: Option<Incoming>,
+    lease: Option<Lease>,
     idle: Duration,
     /// When the last frame (or the head) arrived.
     last: tokio::time::Instant,
@@ -456,9 +544,10 @@ pub struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn new(inner: Incoming, idle: Duration, pick: Pick) -> Self {
+    fn new(inner: Incoming, lease: Option<Lease>, idle: Duration, pick: Pick) -> Self {
         UpstreamBody {
             inner: Some(inner),
+            lease,
             idle,
             last: tokio::time::Instant::now(),
             timer: None,
@@ -466,10 +555,31 @@ impl UpstreamBody {
         }
     }
 
+    /// Cut short: the connection (if this body holds one) is closed.
     fn done(&mut self) {
         self.inner = None;
+        self.lease = None;
         self.timer = None;
         self.pick = None;
+    }
+
+    /// Ended: the connection goes back to be kept, if it can.
+    fn finished(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+        self.done();
+    }
+}
+
+impl Drop for UpstreamBody {
+    /// A body nobody read to its end is still whole when it had nothing
+    /// left (a `HEAD`'s, a `204`'s, or one the server stopped reading after
+    /// its last frame): its connection is kept too.
+    fn drop(&mut self) {
+        if self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
+            self.finished();
+        }
     }
 }
 
@@ -485,6 +595,9 @@ impl Body for UpstreamBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(lease) = this.lease.as_mut() {
+            lease.drive(cx);
+        }
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last = tokio::time::Instant::now();
@@ -495,7 +608,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
-                this.done();
+                this.finished();
                 Poll::Ready(None)
             }
             Poll::Pending => loop {
