@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -134,20 +135,44 @@ impl<C: Connector> Conns<C> {
         fresh: bool,
     ) -> Result<(Response<Incoming>, Held<C>), Failure> {
         let (slot, host, kept) = self.checkout(scheme, authority, fresh);
-        let mut held = match kept {
-            Some(h) => h,
-            None => self.connect(slot, scheme, authority).await?,
-        };
         if !req.headers().contains_key(header::HOST) {
             req.headers_mut().insert(header::HOST, host);
         }
-        let mut answer = pin!(held.send.send_request(req));
+        let reused = kept.is_some();
+        let held = match kept {
+            Some(h) => h,
+            None => self.connect(slot, scheme, authority).await?,
+        };
+        match Self::send_on(held, req).await {
+            Ok(r) => Ok(r),
+            // A kept connection found closed before a byte of the request
+            // went out (hyper hands the request back): sent once more on a
+            // new connection, whatever its method, as hyper-util's
+            // `retry_canceled_requests` does. Nothing of it reached the
+            // server.
+            Err(mut e) if reused => match e.take_message() {
+                Some(req) => {
+                    let held = self.connect(slot, scheme, authority).await?;
+                    Self::send_on(held, req)
+                        .await
+                        .map_err(|e| Failure::Exchange(e.into_error()))
+                }
+                None => Err(Failure::Exchange(e.into_error())),
+            },
+            Err(e) => Err(Failure::Exchange(e.into_error())),
+        }
+    }
+
+    async fn send_on(
+        mut held: Held<C>,
+        req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Held<C>), TrySendError<Request<UpBody>>> {
+        let mut answer = pin!(held.send.try_send_request(req));
         let resp = poll_fn(|cx| {
             held.drive(cx);
             answer.as_mut().poll(cx)
         })
-        .await
-        .map_err(Failure::Exchange)?;
+        .await?;
         Ok((resp, held))
     }
 
@@ -187,8 +212,7 @@ impl<C: Connector> Conns<C> {
             // Polled outside the lock: a connection the server closed while
             // it sat idle ends here (its end of stream is already seen)
             // and the next one is tried.
-            if idle.since.elapsed() < IDLE_FOR && open_and_ready(&mut idle.send, &mut idle.conn)
-            {
+            if idle.since.elapsed() < IDLE_FOR && open_and_ready(&mut idle.send, &mut idle.conn) {
                 let held = Held {
                     home: self.clone(),
                     slot,
@@ -212,7 +236,11 @@ impl<C: Connector> Conns<C> {
             .path_and_query("/")
             .build()
             .map_err(|e| Failure::Connect(e.into()))?;
-        let io = self.connector.connect(uri).await.map_err(Failure::Connect)?;
+        let io = self
+            .connector
+            .connect(uri)
+            .await
+            .map_err(Failure::Connect)?;
         let (send, conn) = self
             .builder
             .handshake(io)
@@ -274,7 +302,11 @@ impl<C: Connector> Conns<C> {
         let mut out = Vec::new();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         for s in slots.iter_mut() {
-            while s.idle.front().is_some_and(|i| i.since.elapsed() >= IDLE_FOR) {
+            while s
+                .idle
+                .front()
+                .is_some_and(|i| i.since.elapsed() >= IDLE_FOR)
+            {
                 out.extend(s.idle.pop_front());
             }
         }
@@ -313,13 +345,17 @@ impl<C: Connector> Held<C> {
 }
 
 /// Polls an idle connection once (no one is woken by it): whether it is
-/// still open and waiting for a request.
+/// still open and waiting for a request. Outside tokio's cooperative
+/// budget: a task that has spent it would get `Pending` without the socket
+/// being read, and a connection the server closed, or one with stray bytes
+/// after its last answer, would pass for idle.
 fn open_and_ready<Io: Stream>(
     send: &mut SendRequest<UpBody>,
     conn: &mut Box<Connection<Io, UpBody>>,
 ) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
-    Pin::new(&mut **conn).poll(&mut cx).is_pending() && send.is_ready()
+    let mut poll = tokio::task::unconstrained(&mut **conn);
+    Pin::new(&mut poll).poll(&mut cx).is_pending() && send.is_ready()
 }
 
 /// `host[:port]`, the port left out when it is the scheme's default (what
@@ -477,7 +513,11 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // `fresh` never takes the kept one.
-        let (resp, held) = conns.exchange(&Scheme::HTTP, &at, get(), true).await.ok().unwrap();
+        let (resp, held) = conns
+            .exchange(&Scheme::HTTP, &at, get(), true)
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(conns.idle_count(), 1);
         drop((resp, held));
@@ -487,7 +527,11 @@ mod tests {
     async fn a_connection_whose_body_was_not_read_to_its_end_is_closed() {
         let (at, accepted) = upstream(false).await;
         let conns = Conns::new(HttpConnector::new());
-        let (resp, held) = conns.exchange(&Scheme::HTTP, &at, get(), false).await.ok().unwrap();
+        let (resp, held) = conns
+            .exchange(&Scheme::HTTP, &at, get(), false)
+            .await
+            .ok()
+            .unwrap();
         drop(resp);
         drop(held);
         assert_eq!(conns.idle_count(), 0);
@@ -506,10 +550,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_idle_connection_the_server_closed_is_skipped_at_checkout() {
-        // The server closes each connection 50 ms after its answer, between
-        // our requests, without `Connection: close`.
+    /// A server that closes each connection 50 ms after its answer,
+    /// between our requests, without `Connection: close`.
+    async fn closing_after_answer() -> (Authority, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let at = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -530,6 +573,12 @@ mod tests {
                 });
             }
         });
+        (at, accepted)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_skipped_at_checkout() {
+        let (at, accepted) = closing_after_answer().await;
         let conns = Conns::new(HttpConnector::new());
         fetch_small(&conns, &at).await;
         assert_eq!(conns.idle_count(), 1);
@@ -538,6 +587,113 @@ mod tests {
         // it: no error, a new connection.
         fetch_small(&conns, &at).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stray_answer_is_never_taken_for_the_next_request_even_on_a_spent_budget() {
+        let (at, accepted) = stray_bytes_server().await;
+        let conns = Conns::new(HttpConnector::new());
+        assert_eq!(body_of(&conns, &at).await, "ok");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Spend tokio's cooperative budget, then start the exchange (its
+        // checkout runs in its first poll) in the same poll of this task:
+        // the stray answer waiting on the kept connection must never be
+        // handed out as this request's answer. (Two guards hold here: the
+        // checkout's poll is outside the budget, and hyper reads a kept
+        // connection before writing to it, giving the request back.)
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..1000 {
+            tx.send(i).unwrap();
+        }
+        let mut exchange = pin!(conns.exchange(&Scheme::HTTP, &at, get(), false));
+        let first = poll_fn(|cx| {
+            for _ in 0..1000 {
+                let _ = rx.poll_recv(cx);
+            }
+            std::task::Poll::Ready(exchange.as_mut().poll(cx).is_ready())
+        })
+        .await;
+        assert!(!first, "the exchange cannot be over in its first poll");
+        let Ok((resp, mut held)) = exchange.await else {
+            panic!("exchange failed");
+        };
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        while let Some(f) = poll_fn(|cx| {
+            held.drive(cx);
+            Pin::new(&mut body).poll_frame(cx)
+        })
+        .await
+        {
+            out.extend_from_slice(&f.unwrap().into_data().unwrap_or_default());
+        }
+        assert_eq!(out, b"good");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A raw server: its first connection answers `ok`, then 50 ms later
+    /// sends a second, unasked-for answer (`EVIL`) on it; every later
+    /// connection answers `good`.
+    async fn stray_bytes_server() -> (Authority, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        let body: &[u8] = if n == 0 { b"ok" } else { b"good" };
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        let _ = s.write_all(&[head.as_bytes(), body].concat()).await;
+                        if n == 0 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL")
+                                .await;
+                        }
+                    }
+                });
+            }
+        });
+        (at, accepted)
+    }
+
+    #[tokio::test]
+    async fn bytes_after_an_answer_make_its_connection_unusable() {
+        let (at, accepted) = stray_bytes_server().await;
+        let conns = Conns::new(HttpConnector::new());
+        assert_eq!(body_of(&conns, &at).await, "ok");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(body_of(&conns, &at).await, "good");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    async fn body_of(conns: &Arc<Conns<HttpConnector>>, at: &Authority) -> String {
+        let Ok((resp, mut held)) = conns.exchange(&Scheme::HTTP, at, get(), false).await else {
+            panic!("exchange failed");
+        };
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        while let Some(f) = poll_fn(|cx| {
+            held.drive(cx);
+            Pin::new(&mut body).poll_frame(cx)
+        })
+        .await
+        {
+            out.extend_from_slice(&f.unwrap().into_data().unwrap_or_default());
+        }
+        held.release();
+        String::from_utf8(out).unwrap()
     }
 
     async fn fetch_small(conns: &Arc<Conns<HttpConnector>>, at: &Authority) {

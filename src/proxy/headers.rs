@@ -153,19 +153,26 @@ pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
 
 /// Removes `Connection`-named headers and the hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(&name);
-        }
+    // One pass over the names present (a standard name compares as one
+    // integer) instead of a hash lookup per fixed name: requests and
+    // answers seldom carry any, and the list is gathered before anything
+    // is removed, so the names `Connection` lists are read first.
+    let mut gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k))
+        .cloned()
+        .collect();
+    if gone.contains(&CONNECTION) {
+        gone.extend(
+            headers
+                .get_all(CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+        );
     }
-    for name in &HOP_BY_HOP {
+    for name in &gone {
         headers.remove(name);
     }
 }

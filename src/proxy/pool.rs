@@ -431,13 +431,7 @@ mod tests {
                 )
             })
             .collect();
-        Arc::new(Pool::new(
-            "app".into(),
-            servers,
-            balance,
-            health,
-            clients,
-        ))
+        Arc::new(Pool::new("app".into(), servers, balance, health, clients))
     }
 
     fn health(failures: u32) -> Health {

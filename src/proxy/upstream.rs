@@ -1,14 +1,15 @@
-//! Phase 6 transport: the pooled hyper client per upstream, its TLS and
-//! HTTP version, and the mapping of its failures to [`Fault`]s.
+//! Phase 6 transport: the clients of each upstream, their TLS and HTTP
+//! version, and the mapping of their failures to [`Fault`]s.
 //!
-//! Owns connecting (plain TCP, or rustls for `https://` upstreams),
-//! connection pooling, the response-head and body idle timeouts and the
-//! keep-alive race retry. Which server a request goes to, and their
-//! health, is `pool.rs`'s; this module only reports each attempt's
-//! outcome to it. It does not touch headers (that is `headers.rs`) or
-//! decide anything. TLS settings arrive already read
-//! and parsed (`config::build` reads the PEM files, so `check` can report
-//! them); this module only turns them into a client.
+//! Owns the connectors (plain TCP, or rustls for `https://` upstreams),
+//! which client a request takes (HTTP/1.1: the request-driven connections
+//! of `h1.rs`; HTTP/2 and websocket upgrades: hyper-util's pooled client),
+//! the response-head and body idle timeouts and the keep-alive race retry.
+//! Which server a request goes to, and their health, is `pool.rs`'s; this
+//! module only reports each attempt's outcome to it. It does not touch
+//! headers (that is `headers.rs`) or decide anything. TLS settings arrive
+//! already read and parsed (`config::build` reads the PEM files, so `check`
+//! can report them); this module only turns them into a client.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -275,7 +276,10 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
         (req, Some(rx))
     };
     let attempt = async {
-        match pool.h1().filter(|_| !req.headers().contains_key(header::UPGRADE)) {
+        match pool
+            .h1()
+            .filter(|_| !req.headers().contains_key(header::UPGRADE))
+        {
             Some(h1) => {
                 let req = origin_form(req);
                 let (scheme, authority) = (&server.scheme, &server.authority);
