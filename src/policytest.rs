@@ -248,6 +248,7 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             profiles: tp.profiles.clone(),
             grants: tp.grants.clone(),
             claims: tp.claims.clone(),
+            identity_values: Default::default(),
         };
         let stated = match Stated::parse(case.relations.iter().map(|(k, v)| (k.as_str(), *v))) {
             Ok(s) => s,

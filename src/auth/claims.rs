@@ -103,6 +103,7 @@ pub fn to_principal(
         profiles: string_list(claims, &names.profiles)?,
         grants: string_list(claims, &names.grants)?,
         claims: extra,
+        identity_values: Default::default(),
     })
 }
 

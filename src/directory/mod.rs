@@ -146,6 +146,7 @@ pub fn resolve(
         roles: rec.roles.clone(),
         profiles: Vec::new(),
         grants: rec.grants.clone(),
+        identity_values: Default::default(),
     };
     for a in &rec.profiles {
         match profile(&a.name) {

@@ -80,6 +80,47 @@ pub struct Principal {
     pub grants: Vec<String>,
     /// Other string / string-list claims, for requirement conditions.
     pub claims: BTreeMap<String, Vec<String>>,
+    /// The identity headers' values, encoded on the first request this
+    /// principal makes and reused by the next ones (the principal of a
+    /// cached token is shared by all of them).
+    pub identity_values: Memo<Box<[Option<http::HeaderValue>]>>,
+}
+
+/// A value derived from the rest of its struct once, on first use. A
+/// clone starts empty (a principal changed after cloning never carries
+/// values derived from another), and it takes no part in equality.
+pub struct Memo<T>(std::sync::OnceLock<T>);
+
+impl<T> Memo<T> {
+    pub fn get_or_init(&self, f: impl FnOnce() -> T) -> &T {
+        self.0.get_or_init(f)
+    }
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo(std::sync::OnceLock::new())
+    }
+}
+
+impl<T> Clone for Memo<T> {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl<T> PartialEq for Memo<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Memo<T> {}
+
+impl<T> std::fmt::Debug for Memo<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 /// A parsed binding: `name` alone (global) or `name@kind:id` (scoped to one resource).

@@ -288,15 +288,38 @@ pub fn inject(
     put(headers, &X_REQUEST_ID, ff.request_id);
     let Some(p) = principal else { return };
     let names = &fwd.identity;
-    let mut buf = String::new();
-    put(headers, &names.user, encoded(&[&p.subject], &mut buf));
-    put(headers, &names.issuer, encoded(&[&p.issuer], &mut buf));
-    if let Some(s) = &p.session {
-        put(headers, &names.session, encoded(&[s], &mut buf));
+    let values = p.identity_values.get_or_init(|| identity_values(p));
+    let names = [
+        &names.user,
+        &names.issuer,
+        &names.session,
+        &names.roles,
+        &names.partners,
+        &names.teams,
+    ];
+    for (name, value) in names.into_iter().zip(values.iter()) {
+        if let Some(v) = value {
+            set(headers, name.clone(), v.clone());
+        }
     }
-    put(headers, &names.roles, encoded(&p.roles, &mut buf));
-    put(headers, &names.partners, encoded(&p.partners, &mut buf));
-    put(headers, &names.teams, encoded(&p.teams, &mut buf));
+}
+
+/// The identity headers' values of a principal, in the order `inject`
+/// names them: user, issuer, session, roles, partners, teams. `None`: not
+/// sent (no session; a value no header can carry).
+fn identity_values(p: &Principal) -> Box<[Option<HeaderValue>]> {
+    let mut buf = String::new();
+    let value = |text: &str| HeaderValue::from_str(text).ok();
+    let user = value(encoded(&[&p.subject], &mut buf));
+    let issuer = value(encoded(&[&p.issuer], &mut buf));
+    let session = p
+        .session
+        .as_ref()
+        .and_then(|s| value(encoded(&[s], &mut buf)));
+    let roles = value(encoded(&p.roles, &mut buf));
+    let partners = value(encoded(&p.partners, &mut buf));
+    let teams = value(encoded(&p.teams, &mut buf));
+    Box::new([user, issuer, session, roles, partners, teams])
 }
 
 /// Whether a claim byte goes into an identity header as it is: visible
@@ -428,6 +451,40 @@ mod tests {
         for gone in ["x-custom", "connection", "remote-user", "x-original-url"] {
             assert!(!h.contains_key(gone), "{gone} survived");
         }
+    }
+
+    #[test]
+    fn identity_values_are_made_once_per_principal_and_a_changed_clone_gets_its_own() {
+        let ff = ForwardedFor {
+            client_ip: &HeaderValue::from_static("127.0.0.1"),
+            proto: "http",
+            host: "",
+            request_id: "r1",
+        };
+        let p = Principal {
+            subject: "alice".into(),
+            issuer: "idp".into(),
+            session: Some("s1".into()),
+            roles: vec!["agent".into()],
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            let mut h = HeaderMap::new();
+            h.insert("x-rolegate-user", HeaderValue::from_static("mallory"));
+            inject(&mut h, &fwd(), &ff, Some(&p));
+            assert_eq!(h["x-rolegate-user"], "alice");
+            assert_eq!(h["x-rolegate-issuer"], "idp");
+            assert_eq!(h["x-rolegate-session"], "s1");
+            assert_eq!(h["x-rolegate-roles"], "agent");
+            assert_eq!(h.get_all("x-rolegate-user").iter().count(), 1);
+        }
+        let mut q = p.clone();
+        q.roles = vec!["supervisor".into()];
+        q.session = None;
+        let mut h = HeaderMap::new();
+        inject(&mut h, &fwd(), &ff, Some(&q));
+        assert_eq!(h["x-rolegate-roles"], "supervisor");
+        assert!(!h.contains_key("x-rolegate-session"));
     }
 
     #[test]
