@@ -12,9 +12,11 @@
 //! client) drops its connection, which closes it.
 //!
 //! Owns the idle lists (newest first out, each connection kept
-//! [`IDLE_FOR`]), connecting, and the `Host` header of a request that has
-//! none. Not retries, timeouts, health or errors' meaning (`upstream.rs`,
-//! `pool.rs`); websocket upgrades and HTTP/2 stay on hyper-util's client.
+//! [`IDLE_FOR`]), connecting, the `Host` header of a request that has
+//! none, and sending again a request hyper gives back unsent from a kept
+//! connection found closed. Not the keep-alive race retry, timeouts,
+//! health or errors' meaning (`upstream.rs`, `pool.rs`); websocket
+//! upgrades and HTTP/2 stay on hyper-util's client.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
