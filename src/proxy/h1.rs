@@ -477,28 +477,37 @@ mod tests {
         req
     }
 
-    /// One exchange, its body read to the end with the connection driven,
-    /// then the connection released; the body's length and the `Host` seen.
-    async fn fetch(conns: &Arc<Conns<HttpConnector>>, at: &Authority) -> (usize, String) {
-        let Ok((resp, mut held)) = conns.exchange(&Scheme::HTTP, at, get(), false).await else {
-            panic!("exchange failed");
-        };
-        let host = resp.headers()["x-host"].to_str().unwrap().to_string();
+    /// The answer's body read to its end, its connection driven meanwhile.
+    async fn read_to_end(resp: Response<Incoming>, held: &mut Held<HttpConnector>) -> Vec<u8> {
         let mut body = resp.into_body();
-        let mut len = 0;
-        loop {
-            let frame = poll_fn(|cx| {
-                held.drive(cx);
-                Pin::new(&mut body).poll_frame(cx)
-            })
-            .await;
-            match frame {
-                Some(f) => len += f.unwrap().into_data().map_or(0, |d| d.len()),
-                None => break,
-            }
+        let mut out = Vec::new();
+        while let Some(f) = poll_fn(|cx| {
+            held.drive(cx);
+            Pin::new(&mut body).poll_frame(cx)
+        })
+        .await
+        {
+            out.extend_from_slice(&f.unwrap().into_data().unwrap_or_default());
         }
+        out
+    }
+
+    /// One exchange, its body read to the end, then the connection
+    /// released; the body and the `x-host` answered (the `Host` seen).
+    async fn fetch(conns: &Arc<Conns<HttpConnector>>, at: &Authority) -> (Vec<u8>, String) {
+        let (resp, mut held) = match conns.exchange(&Scheme::HTTP, at, get(), false).await {
+            Ok(r) => r,
+            Err(Failure::Exchange(e)) => panic!("exchange failed: {e}"),
+            Err(Failure::Connect(e)) => panic!("connect failed: {e}"),
+        };
+        let host = resp
+            .headers()
+            .get("x-host")
+            .map(|h| h.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = read_to_end(resp, &mut held).await;
         held.release();
-        (len, host)
+        (body, host)
     }
 
     use http_body::Body as _;
@@ -508,8 +517,8 @@ mod tests {
         let (at, accepted) = upstream(false).await;
         let conns = Conns::new(HttpConnector::new());
         for _ in 0..3 {
-            let (len, host) = fetch(&conns, &at).await;
-            assert_eq!(len, 4096);
+            let (body, host) = fetch(&conns, &at).await;
+            assert_eq!(body.len(), 4096);
             assert_eq!(host, at.as_str(), "the Host a request without one gets");
             assert_eq!(conns.idle_count(), 1);
         }
@@ -546,7 +555,7 @@ mod tests {
         let (at, accepted) = upstream(true).await;
         let conns = Conns::new(HttpConnector::new());
         for n in 1..=2 {
-            assert_eq!(fetch(&conns, &at).await.0, 4096);
+            assert_eq!(fetch(&conns, &at).await.0.len(), 4096);
             assert_eq!(conns.idle_count(), 0);
             assert_eq!(accepted.load(Ordering::SeqCst), n);
         }
@@ -582,12 +591,12 @@ mod tests {
     async fn an_idle_connection_the_server_closed_is_skipped_at_checkout() {
         let (at, accepted) = closing_after_answer().await;
         let conns = Conns::new(HttpConnector::new());
-        fetch_small(&conns, &at).await;
+        fetch(&conns, &at).await;
         assert_eq!(conns.idle_count(), 1);
         tokio::time::sleep(Duration::from_millis(200)).await;
         // The kept connection is found closed before anything is sent on
         // it: no error, a new connection.
-        fetch_small(&conns, &at).await;
+        fetch(&conns, &at).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -595,7 +604,7 @@ mod tests {
     async fn a_stray_answer_is_never_taken_for_the_next_request_even_on_a_spent_budget() {
         let (at, accepted) = stray_bytes_server().await;
         let conns = Conns::new(HttpConnector::new());
-        assert_eq!(body_of(&conns, &at).await, "ok");
+        assert_eq!(fetch(&conns, &at).await.0, b"ok");
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Spend tokio's cooperative budget, then start the exchange (its
         // checkout runs in its first poll) in the same poll of this task:
@@ -619,17 +628,7 @@ mod tests {
         let Ok((resp, mut held)) = exchange.await else {
             panic!("exchange failed");
         };
-        let mut body = resp.into_body();
-        let mut out = Vec::new();
-        while let Some(f) = poll_fn(|cx| {
-            held.drive(cx);
-            Pin::new(&mut body).poll_frame(cx)
-        })
-        .await
-        {
-            out.extend_from_slice(&f.unwrap().into_data().unwrap_or_default());
-        }
-        assert_eq!(out, b"good");
+        assert_eq!(read_to_end(resp, &mut held).await, b"good");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
@@ -674,44 +673,9 @@ mod tests {
     async fn bytes_after_an_answer_make_its_connection_unusable() {
         let (at, accepted) = stray_bytes_server().await;
         let conns = Conns::new(HttpConnector::new());
-        assert_eq!(body_of(&conns, &at).await, "ok");
+        assert_eq!(fetch(&conns, &at).await.0, b"ok");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(body_of(&conns, &at).await, "good");
+        assert_eq!(fetch(&conns, &at).await.0, b"good");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
-    }
-
-    async fn body_of(conns: &Arc<Conns<HttpConnector>>, at: &Authority) -> String {
-        let Ok((resp, mut held)) = conns.exchange(&Scheme::HTTP, at, get(), false).await else {
-            panic!("exchange failed");
-        };
-        let mut body = resp.into_body();
-        let mut out = Vec::new();
-        while let Some(f) = poll_fn(|cx| {
-            held.drive(cx);
-            Pin::new(&mut body).poll_frame(cx)
-        })
-        .await
-        {
-            out.extend_from_slice(&f.unwrap().into_data().unwrap_or_default());
-        }
-        held.release();
-        String::from_utf8(out).unwrap()
-    }
-
-    async fn fetch_small(conns: &Arc<Conns<HttpConnector>>, at: &Authority) {
-        let (resp, mut held) = match conns.exchange(&Scheme::HTTP, at, get(), false).await {
-            Ok(r) => r,
-            Err(Failure::Exchange(e)) => panic!("exchange failed: {e}"),
-            Err(Failure::Connect(e)) => panic!("connect failed: {e}"),
-        };
-        let mut body = resp.into_body();
-        while poll_fn(|cx| {
-            held.drive(cx);
-            Pin::new(&mut body).poll_frame(cx)
-        })
-        .await
-        .is_some()
-        {}
-        held.release();
     }
 }
