@@ -128,6 +128,7 @@ listen:
   rate_limit:
     per_ip: { rate: 100/fortnight }
     per_principal: { rate: 0/s, burst: 5 }
+  send_timeout: 0s
 ";
     std::fs::write(dir.join("rolegate.yaml"), format!("{listen}{cfg}")).unwrap();
     let o = run(&["check"], &dir);
@@ -142,6 +143,7 @@ listen:
         "rolegate.yaml:8: error: listen.max_connections_per_ip must be greater than zero",
         "rolegate.yaml:10: error: listen.rate_limit.per_ip.rate: invalid rate \"100/fortnight\"",
         "rolegate.yaml:11: error: listen.rate_limit.per_principal.rate: invalid rate \"0/s\"",
+        "rolegate.yaml:12: error: listen.send_timeout must be greater than zero",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }

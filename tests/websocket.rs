@@ -29,6 +29,7 @@ roles:
 routes:
   - { name: live, match: { methods: [GET], path: /ws/echo }, upstream: app, require: chat.view, websocket: true }
   - { name: tick, match: { methods: [GET], path: /ws/tick }, upstream: app, require: chat.view, websocket: true }
+  - { name: flood, match: { methods: [GET], path: /ws/flood }, upstream: app, require: chat.view, websocket: true }
   - { name: passive, match: { methods: [GET], path: /ws/passive }, upstream: app, require: chat.view, websocket: true, activity: passive }
   - { name: cross, match: { methods: [GET], path: /ws/cross }, upstream: app, require: chat.view, websocket: true, websocket_origins: ["https://console.example"] }
   - { name: refuse, match: { methods: [GET], path: /ws/refuse }, upstream: app, require: chat.view, websocket: true }
@@ -47,9 +48,13 @@ struct Seen {
     heads: Vec<Vec<(String, String)>>,
     /// Close frames received (code, reason).
     closes: Vec<(u16, String)>,
+    /// `/ws/flood` websockets that ended (their sending failed or their
+    /// connection closed).
+    floods_ended: usize,
 }
 
 /// A real websocket upstream: `/ws/tick` sends a text every 100 ms,
+/// `/ws/flood` sends 64 KiB messages as fast as they are taken,
 /// `/ws/refuse` answers 404, every other path echoes.
 struct WsUpstream {
     addr: SocketAddr,
@@ -79,6 +84,10 @@ impl WsUpstream {
     fn closes(&self) -> Vec<(u16, String)> {
         self.seen.lock().unwrap().closes.clone()
     }
+
+    fn floods_ended(&self) -> usize {
+        self.seen.lock().unwrap().floods_ended
+    }
 }
 
 #[allow(clippy::result_large_err)] // the callback type is tungstenite's
@@ -105,6 +114,13 @@ async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
         return;
     };
     let tick = path.lock().unwrap().as_str() == "/ws/tick";
+    if path.lock().unwrap().as_str() == "/ws/flood" {
+        let (mut tx, _rx) = ws.split();
+        let message = Message::binary(vec![b'x'; 64 * 1024]);
+        while tx.send(message.clone()).await.is_ok() {}
+        rec.lock().unwrap().floods_ended += 1;
+        return;
+    }
     let (mut tx, mut rx) = ws.split();
     let mut every = tokio::time::interval(Duration::from_millis(100));
     loop {
@@ -142,7 +158,10 @@ fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) ->
     let mut rest = String::new();
     for line in sessions.lines() {
         match line.strip_prefix("max_websocket_message_bytes: ") {
-            Some(n) => listen = format!(", max_websocket_message_bytes: {}", n.trim()),
+            Some(n) => listen.push_str(&format!(", max_websocket_message_bytes: {}", n.trim())),
+            None if line.starts_with("send_timeout: ") => {
+                listen.push_str(&format!(", {line}"));
+            }
             None => {
                 rest.push_str(line);
                 rest.push('\n');
@@ -549,6 +568,32 @@ async fn client_frames_keep_the_session_alive_and_a_passive_route_does_not() {
         req(gw.addr, "GET", "/api/ping", Some(&t), &[]).await.status,
         200
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_websocket_is_cut_by_send_timeout() {
+    let (up, gw) = start("send_timeout: 300ms").await;
+    let t = tok("s-flood", "user-flood", &["viewer"]);
+    let mut req = "ws://app.test/ws/flood".into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(gw.addr).await.unwrap();
+    // The handshake, then nothing read: the flood fills the buffers on
+    // the way and the gateway's writes to the client block.
+    let (_ws, resp) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    let start = Instant::now();
+    while up.floods_ended() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the websocket of a client that stopped reading was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -2263,6 +2263,8 @@ impl Builder {
             &l.body_read_timeout,
             "30s",
         );
+        let send_timeout =
+            self.listen_duration(file, "listen.send_timeout", &l.send_timeout, "60s");
         let max_uri_bytes =
             self.count(file, "listen.max_uri_bytes", &l.max_uri_bytes, 8192, 65_534);
         if let Some(v) = &l.max_uri_bytes
@@ -2376,6 +2378,7 @@ impl Builder {
             keepalive_timeout,
             request_timeout,
             body_read_timeout,
+            send_timeout,
             max_uri_bytes,
             max_headers,
             max_connections,
@@ -2867,6 +2870,7 @@ mod tests {
         assert_eq!(l.keepalive_timeout, Duration::from_secs(60));
         assert_eq!(l.request_timeout, Duration::from_secs(120));
         assert_eq!(l.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(l.send_timeout, Duration::from_secs(60));
         assert_eq!((l.max_uri_bytes, l.max_headers), (8192, 100));
         assert_eq!((l.max_connections, l.max_connections_per_ip), (4096, 256));
         assert_eq!(l.rate_limit, super::super::RateLimits::default());

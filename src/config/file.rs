@@ -88,6 +88,8 @@ pub struct FileListen {
     pub request_timeout: Option<Spanned<String>>,
     /// Longest wait for the next byte of a request body.
     pub body_read_timeout: Option<Spanned<String>>,
+    /// Longest a client may accept no bytes of what is sent to it.
+    pub send_timeout: Option<Spanned<String>>,
     /// Longest request target (path and query), in bytes.
     pub max_uri_bytes: Option<Spanned<u64>>,
     /// Most header fields in one request.
@@ -115,6 +117,7 @@ impl Default for FileListen {
             keepalive_timeout: None,
             request_timeout: None,
             body_read_timeout: None,
+            send_timeout: None,
             max_uri_bytes: None,
             max_headers: None,
             max_connections: None,

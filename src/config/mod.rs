@@ -156,6 +156,9 @@ pub struct ListenSettings {
     pub request_timeout: Duration,
     /// Longest wait for the next byte of a request body.
     pub body_read_timeout: Duration,
+    /// A connection whose client accepts no bytes of what the gateway is
+    /// sending it for this long is closed (nginx `send_timeout`).
+    pub send_timeout: Duration,
     /// Longest request target (path and query) in bytes: 414 above.
     pub max_uri_bytes: usize,
     /// Most header fields in a request: 431 above.

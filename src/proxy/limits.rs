@@ -1,6 +1,7 @@
 //! Limits that outlive a request: open connections (in total and per
 //! client address), the per-connection activity that closes idle
-//! connections, and the `listen.rate_limit` token buckets.
+//! connections, the send timeout that closes connections whose client
+//! stopped reading, and the `listen.rate_limit` token buckets.
 //!
 //! Owns counters and buckets only; the listener asks at accept (connection
 //! limits, [`Activity`]), the pipeline asks per request (phase 0 per-IP
@@ -14,6 +15,7 @@
 //! IPv6 host usually holds a whole /64, so a per-address key would give it
 //! 2^64 connection slots and buckets.
 
+use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
@@ -29,6 +31,7 @@ use dashmap::DashMap;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::config::Rate;
@@ -321,6 +324,142 @@ where
     }
 }
 
+// ------------------------------------------------------- send timeout
+
+/// A client connection's writes, cut when the client accepts nothing for
+/// `limit` (`listen.send_timeout`, nginx's `send_timeout`): a write that
+/// stays blocked that long fails with `TimedOut`, which ends the
+/// connection (and the upstream exchange feeding it). Any progress starts
+/// the clock again, so a slow reader is served; only a stalled one is cut.
+/// The timer exists only while a write is blocked: a client that keeps up
+/// costs nothing.
+///
+/// Reads pass through untouched.
+pub struct SendTimeout<IO> {
+    io: IO,
+    limit: Duration,
+    /// Armed while a write is blocked; made on the first stall.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl<IO> SendTimeout<IO> {
+    pub fn new(io: IO, limit: Duration) -> Self {
+        SendTimeout {
+            io,
+            limit,
+            stall: None,
+            armed: false,
+        }
+    }
+
+    /// The inner connection (for socket options and peeking).
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// `r`, the outcome of a write (`write`) or of a flush or shutdown: a
+    /// write that completes disarms the timer (a flush says nothing of
+    /// the client); a block arms it (once per stall) and fails once it has
+    /// run out.
+    fn guard<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+        write: bool,
+    ) -> Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            if write {
+                self.armed = false;
+            }
+            return r;
+        }
+        let limit = self.limit;
+        let stall = self
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if !self.armed {
+            stall.as_mut().reset(tokio::time::Instant::now() + limit);
+            self.armed = true;
+        }
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.armed = false;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    SendTimedOut(self.limit),
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The error a stalled write fails with (found in hyper's error chain by
+/// the listener, to log it as a send timeout).
+#[derive(Debug)]
+pub struct SendTimedOut(pub Duration);
+
+impl std::fmt::Display for SendTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the client accepted no data for {:?} (listen.send_timeout)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SendTimedOut {}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for SendTimeout<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for SendTimeout<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.guard(cx, r, true)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.guard(cx, r, true)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.guard(cx, r, false)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.guard(cx, r, false)
+    }
+}
+
 // ---------------------------------------------------------- rate limits
 
 /// The `listen.rate_limit` buckets: per client key and per principal.
@@ -438,6 +577,45 @@ mod tests {
         assert_ne!(client_key(a), client_key(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    /// Virtual time (paused clock): the sleeps below take no real time.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_accepts_fails_after_send_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (a, _reader_never_reads) = tokio::io::duplex(64);
+        let mut w = SendTimeout::new(a, Duration::from_secs(60));
+        let started = tokio::time::Instant::now();
+        let err = w.write_all(&[7u8; 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(err.get_ref().is_some_and(|e| e.is::<SendTimedOut>()));
+        assert!(started.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut w = SendTimeout::new(a, Duration::from_secs(60));
+        // 64 bytes every 45 s: every stall shorter than the limit, the
+        // whole write (16 stalls, 12 minutes) far longer.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                tokio::time::sleep(Duration::from_secs(45)).await;
+                match b.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        w.write_all(&[7u8; 1024]).await.unwrap();
+        assert!(started.elapsed() > Duration::from_secs(60));
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert_eq!(reader.await.unwrap(), vec![7u8; 1024]);
     }
 
     #[test]

@@ -39,9 +39,10 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::limits::{Activity, ConnSlot, Tracked};
+use super::limits::{Activity, ConnSlot, SendTimedOut, SendTimeout, Tracked};
 use super::pipeline::Gateway;
 use super::tls::ClientCert;
+use super::upstream::find_cause;
 use super::wire::{H2Facts, H2Tap, Heads, Tap};
 use crate::config::{ListenSettings, Redirect};
 
@@ -151,6 +152,7 @@ struct Settings {
     max_header_bytes: usize,
     header_read_timeout: Duration,
     keepalive_timeout: Duration,
+    send_timeout: Duration,
     max_concurrent_streams: u32,
     /// hyper's own header-count limit: above `listen.max_headers`, so the
     /// pipeline answers a few too many with JSON (see `hyper_max_headers`).
@@ -343,6 +345,7 @@ pub async fn serve_nth(
                         max_header_bytes: rt.listen.max_header_bytes,
                         header_read_timeout: rt.listen.header_read_timeout,
                         keepalive_timeout: rt.listen.keepalive_timeout,
+                        send_timeout: rt.listen.send_timeout,
                         max_concurrent_streams: rt.listen.max_concurrent_streams,
                         max_headers: hyper_max_headers(rt.listen.max_headers),
                     };
@@ -378,6 +381,7 @@ async fn connection(
     slot: Arc<ConnSlot>,
     drain: Drain,
 ) {
+    let stream = SendTimeout::new(stream, s.send_timeout);
     let Some(cfg) = s.tls.clone() else {
         let mut conn = Conn {
             redirect: s.redirect.clone(),
@@ -392,7 +396,7 @@ async fn connection(
         // The HTTP/2 preface (or the first bytes that rule it out) within
         // `header_read_timeout`: hyper-util's protocol sniff itself waits
         // without a timer, and a silent client must not hold the socket.
-        if !preface_in_time(&stream, s.header_read_timeout).await {
+        if !preface_in_time(stream.get_ref(), s.header_read_timeout).await {
             tracing::debug!(peer = %peer, "connection closed: no request within header_read_timeout");
             return;
         }
@@ -596,6 +600,10 @@ async fn preface_in_time(stream: &TcpStream, limit: Duration) -> bool {
 }
 
 fn log_error(peer: SocketAddr, e: &(dyn std::error::Error + Send + Sync + 'static)) {
+    if let Some(t) = find_cause::<SendTimedOut>(e) {
+        tracing::info!(peer = %peer, send_timeout = ?t.0, "connection closed: the client stopped reading (listen.send_timeout)");
+        return;
+    }
     match e.downcast_ref::<hyper::Error>() {
         Some(he) => log_connection_error(peer, he),
         None => tracing::debug!(peer = %peer, error = %e, "connection ended with error"),

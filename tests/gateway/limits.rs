@@ -1,7 +1,8 @@
 //! `listen` limits on the real gateway: target length (414), header count
 //! (431), request receive timeouts (408), connection limits in total and
 //! per client address (closed at accept, slots given back), keep-alive
-//! idle timeouts (HTTP/1.1 and HTTP/2), slowloris heads, HTTP/2 stream
+//! idle timeouts (HTTP/1.1 and HTTP/2), slowloris heads, clients that stop
+//! reading (send timeout), HTTP/2 stream
 //! limit, and the per-IP and per-principal rate limits (429 + Retry-After).
 //!
 //! Timeouts are configured short (300 ms) and waited for with generous
@@ -457,6 +458,104 @@ async fn a_slowloris_head_is_cut_by_header_read_timeout() {
         "a trickled head kept its connection"
     );
     assert_eq!(up.count(), 0);
+}
+
+/// An upstream streaming its answer without end, 64 KiB at a time, as
+/// fast as it is taken; `ended` is set once the gateway dropped it.
+async fn endless_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ended = std::sync::Arc::new(AtomicBool::new(false));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flag = ended.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: hyper::Request<Incoming>| {
+                    let flag = flag.clone();
+                    async move {
+                        let (tx, rx) =
+                            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                        tokio::spawn(async move {
+                            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                            while tx.send(Ok(Frame::data(chunk.clone()))).await.is_ok() {}
+                            flag.store(true, Ordering::Release);
+                        });
+                        let body = StreamBody::new(tokio_stream_from(rx));
+                        Ok::<_, Infallible>(hyper::Response::new(body))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, ended)
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_by_send_timeout_and_the_upstream_released() {
+    use std::sync::atomic::Ordering;
+    let (up, upstream_ended) = endless_upstream().await;
+    let gw = gateway(up, "  send_timeout: 300ms\n", "").await;
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(gw.addr).await.unwrap();
+    let token = viewer_as("u-stalled");
+    s.write_all(
+        format!(
+            "GET /files/endless HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The client reads nothing: the buffers on the way fill, the gateway's
+    // writes block, and after send_timeout it drops the exchange, which
+    // ends the upstream's endless answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !upstream_ended.load(Ordering::Acquire) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream exchange of a client that stopped reading was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the client's connection is closed: what was in flight, then the
+    // end (the answer itself has no end).
+    let mut got = Vec::new();
+    assert!(
+        closed_by_peer(&mut s, &mut got).await,
+        "the stalled client's connection was left open"
+    );
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+}
+
+#[tokio::test]
+async fn an_answer_with_pauses_longer_than_send_timeout_is_not_cut() {
+    // The upstream pauses 500 ms before each part: nothing is written to
+    // the client for longer than send_timeout, but no write waits on it.
+    let up = dribbling_upstream(4, Duration::from_millis(500)).await;
+    let gw = gateway(up, "  send_timeout: 300ms\n", "").await;
+    let r = req(
+        gw.addr,
+        "GET",
+        "/files/slow",
+        Some(&viewer_as("u-slow")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "part-0;part-1;part-2;part-3;"
+    );
 }
 
 // ------------------------------------------------------ connection limits
