@@ -1460,6 +1460,54 @@ impl RequestIds {
             })
             .map(str::to_string);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        (format!("{:016x}{:08x}", self.prefix, n), client)
+        let mut id = String::with_capacity(24);
+        push_hex(&mut id, self.prefix, 16);
+        push_hex(&mut id, n, 8);
+        (id, client)
+    }
+}
+
+/// `v` in lower-case hex, zero-padded to `width` digits (at most 16): what
+/// `format!("{v:0width$x}")` writes, without the formatting machinery (one
+/// id per request).
+fn push_hex(out: &mut String, v: u64, width: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let needed = (64 - v.leading_zeros() as usize).div_ceil(4);
+    for i in (0..needed.max(width).min(16)).rev() {
+        out.push(char::from(DIGITS[((v >> (i * 4)) & 0xf) as usize]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_counter_in_hex_as_format_writes_them() {
+        for v in [
+            0u64,
+            1,
+            0xa,
+            0xdead_beef,
+            u32::MAX as u64,
+            1 << 32,
+            u64::MAX,
+        ] {
+            for width in [8, 16] {
+                let mut s = String::new();
+                push_hex(&mut s, v, width);
+                assert_eq!(s, format!("{v:0width$x}"), "{v:#x} width {width}");
+            }
+        }
+        let ids = RequestIds::new();
+        let (a, client) = ids.take(&http::HeaderMap::new());
+        let (b, _) = ids.take(&http::HeaderMap::new());
+        assert_eq!(client, None);
+        assert_eq!((a.len(), b.len()), (24, 24));
+        assert_eq!(a[..16], b[..16]);
+        assert_eq!(
+            u64::from_str_radix(&b[16..], 16).unwrap(),
+            u64::from_str_radix(&a[16..], 16).unwrap() + 1
+        );
     }
 }
