@@ -20,8 +20,8 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -191,7 +191,15 @@ pub struct Activity {
     served: AtomicBool,
     base: tokio::time::Instant,
     ended: Notify,
+    /// The wait clocks of this connection's HTTP/2 response bodies (see
+    /// [`Activity::send_stalled`]); dead ones are dropped as it goes.
+    clocks: std::sync::Mutex<Vec<Weak<WaitClock>>>,
 }
+
+/// Since when a response body has been waiting for the client to take the
+/// frame it last handed over (milliseconds after its [`Activity`]'s base,
+/// plus one; 0: not waiting on the client).
+pub struct WaitClock(AtomicU64);
 
 impl Activity {
     pub fn new() -> Arc<Self> {
@@ -201,6 +209,7 @@ impl Activity {
             served: AtomicBool::new(false),
             base: tokio::time::Instant::now(),
             ended: Notify::new(),
+            clocks: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -248,6 +257,47 @@ impl Activity {
 }
 
 impl Activity {
+    /// A wait clock for one HTTP/2 response body, watched by
+    /// [`Activity::send_stalled`].
+    pub fn clock(&self) -> Arc<WaitClock> {
+        let clock = Arc::new(WaitClock(AtomicU64::new(0)));
+        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        // Live clocks are at most the connection's streams in flight.
+        if clocks.len() >= 64 {
+            clocks.retain(|c| c.strong_count() > 0);
+        }
+        clocks.push(Arc::downgrade(&clock));
+        clock
+    }
+
+    /// Resolves once one of this connection's HTTP/2 response bodies has
+    /// waited `limit` for the client to take a frame it handed over
+    /// (`listen.send_timeout` for a stream whose flow-control window the
+    /// client keeps shut: no write to the socket blocks, so
+    /// [`SendTimeout`] never sees it). Checked every quarter of `limit`.
+    pub async fn send_stalled(&self, limit: Duration) {
+        let every = (limit / 4).max(Duration::from_millis(10));
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.clock_ms();
+            let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+            clocks.retain(|c| c.strong_count() > 0);
+            let stalled = clocks.iter().filter_map(Weak::upgrade).any(|c| {
+                let since = c.0.load(Ordering::Acquire);
+                since != 0 && now.saturating_sub(since) >= limit_ms
+            });
+            if stalled {
+                return;
+            }
+        }
+    }
+
+    /// Milliseconds since `base`, plus one (never 0).
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+    }
+
     /// Resolves once a request has started on this connection (at once if
     /// one has), or after `limit`.
     pub async fn first_request(&self, limit: Duration) {
@@ -289,15 +339,22 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight until it is done.
+/// A response body that keeps its request in flight until it is done;
+/// on HTTP/2, it also tells its wait clock whether it is waiting on the
+/// client (it handed over a frame and has not been asked for the next).
 pub struct Tracked<B> {
     inner: B,
-    _busy: Busy,
+    busy: Busy,
+    waiting: Option<Arc<WaitClock>>,
 }
 
 impl<B> Tracked<B> {
-    pub fn new(inner: B, busy: Busy) -> Self {
-        Tracked { inner, _busy: busy }
+    pub fn new(inner: B, busy: Busy, waiting: Option<Arc<WaitClock>>) -> Self {
+        Tracked {
+            inner,
+            busy,
+            waiting,
+        }
     }
 }
 
@@ -312,7 +369,15 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(w) = &self.waiting {
+            let since = match &r {
+                Poll::Ready(Some(Ok(_))) => self.busy.0.clock_ms(),
+                _ => 0,
+            };
+            w.0.store(since, Ordering::Release);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -590,6 +655,39 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(err.get_ref().is_some_and(|e| e.is::<SendTimedOut>()));
         assert!(started.elapsed() >= Duration::from_secs(60));
+    }
+
+    /// An HTTP/2 body's wait clock: waiting on the client for the limit
+    /// trips the watchdog; a body that is asked for more, or is gone, does
+    /// not (virtual time).
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_watchdog_trips_only_on_a_body_left_waiting_on_the_client() {
+        let a = Activity::new();
+        let limit = Duration::from_secs(60);
+        let handed = |c: &WaitClock| c.0.store(a.clock_ms(), Ordering::Release);
+        // Waits on the upstream, then a body that keeps being asked for
+        // more (every 30 s), then one that is dropped while waiting: no
+        // stall in ten minutes.
+        let busy = a.clock();
+        let gone = a.clock();
+        handed(&gone);
+        drop(gone);
+        let quiet = async {
+            for _ in 0..20 {
+                handed(&busy);
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        };
+        tokio::select! {
+            _ = a.send_stalled(limit) => panic!("a body that was read tripped the watchdog"),
+            _ = quiet => {}
+        }
+        // Left waiting: tripped within a quarter of the limit after it.
+        handed(&busy);
+        let started = tokio::time::Instant::now();
+        a.send_stalled(limit).await;
+        let took = started.elapsed();
+        assert!(took >= limit && took <= limit + limit / 4, "{took:?}");
     }
 
     #[tokio::test(start_paused = true)]

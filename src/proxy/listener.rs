@@ -105,14 +105,20 @@ enum Proto {
 /// until the connection is done: the listener's drain waits for every
 /// receiver to be gone.
 macro_rules! drained {
-    ($conn:expr, $drain:expr, $idle:expr, $settled:expr, $first:expr) => {{
+    ($conn:expr, $drain:expr, $idle:expr, $stalled:expr, $settled:expr, $first:expr) => {{
         let mut drain = $drain;
         let conn = $conn;
         tokio::pin!(conn);
         let idle = $idle;
         tokio::pin!(idle);
+        let stalled = $stalled;
+        tokio::pin!(stalled);
         let r = tokio::select! {
             r = conn.as_mut() => r,
+            // A client that stopped taking an HTTP/2 stream's data: the
+            // connection is dropped (its streams, and the upstream
+            // exchanges behind them, with it).
+            _ = &mut stalled => Ok(()),
             _ = drain.changed() => {
                 // A connection accepted just before the drain whose first
                 // request is still on its way is served, not closed.
@@ -472,11 +478,23 @@ async fn http<I>(
         watch.idle(first, s.keepalive_timeout).await;
         tracing::debug!(peer = %peer, "closing idle connection");
     };
+    // HTTP/2 streams whose window the client keeps shut (HTTP/1.1 has no
+    // such thing: a client that stops reading blocks the socket, which
+    // `SendTimeout` watches).
+    let send_timeout = s.send_timeout;
+    let stalled = async {
+        if matches!(proto, Proto::Http1) {
+            std::future::pending::<()>().await;
+        }
+        watch.send_stalled(send_timeout).await;
+        tracing::info!(peer = %peer, send_timeout = ?send_timeout, "connection closed: the client stopped reading (listen.send_timeout)");
+    };
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let gw = gw.clone();
         let conn = conn.clone();
         // In flight until the response body is done (keep-alive timeout).
         let busy = activity.begin();
+        let waiting = (req.version() == http::Version::HTTP_2).then(|| activity.clock());
         // The head the tap read for this request (HTTP/1.1 answers in
         // order); none if it lost the stream, or on HTTP/2.
         if let Some(h) = heads.as_ref().and_then(Heads::pop) {
@@ -487,7 +505,7 @@ async fn http<I>(
                 Some(to) => gw.redirect(req, &conn, to),
                 None => gw.handle(req, &conn).await,
             };
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy)))
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy, waiting)))
         }
     });
     let io = TokioIo::new(io);
@@ -511,6 +529,7 @@ async fn http<I>(
                 conn,
                 drain,
                 idle,
+                stalled,
                 watch.settled(first),
                 watch.first_request(FIRST_REQUEST_GRACE)
             )
@@ -524,6 +543,7 @@ async fn http<I>(
                 conn,
                 drain,
                 idle,
+                stalled,
                 watch.settled(first),
                 watch.first_request(FIRST_REQUEST_GRACE)
             )
@@ -549,6 +569,7 @@ async fn http<I>(
                 conn,
                 drain,
                 idle,
+                stalled,
                 watch.settled(first),
                 watch.first_request(FIRST_REQUEST_GRACE)
             )

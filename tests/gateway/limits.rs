@@ -538,6 +538,75 @@ async fn a_client_that_stops_reading_is_cut_by_send_timeout_and_the_upstream_rel
 }
 
 #[tokio::test]
+async fn an_http2_stream_whose_window_the_client_keeps_shut_is_cut_by_send_timeout() {
+    use std::sync::atomic::Ordering;
+    let (up, upstream_ended) = endless_upstream().await;
+    let gw = gateway(up, "  h2c: true\n  send_timeout: 300ms\n", "").await;
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    // The client's connection task keeps reading the socket (so no write
+    // of the gateway ever blocks), but the body is never read: hyper's
+    // client gives no window back, and the stream stalls once the first
+    // 64 KiB are in.
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("http://app.test/files/endless")
+        .header(
+            "authorization",
+            format!("Bearer {}", viewer_as("u-h2-stalled")),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !upstream_ended.load(Ordering::Acquire) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream exchange of a stalled HTTP/2 stream was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The whole connection was closed.
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(
+        ended.is_ok(),
+        "the stalled client's connection was left open"
+    );
+    drop(resp);
+}
+
+#[tokio::test]
+async fn an_http2_answer_read_as_it_comes_is_not_cut_by_send_timeout() {
+    // Pauses of 500 ms between parts, longer than send_timeout: waiting on
+    // the upstream is not waiting on the client.
+    let up = dribbling_upstream(4, Duration::from_millis(500)).await;
+    let gw = gateway(up, "  h2c: true\n  send_timeout: 300ms\n", "").await;
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://app.test/files/slow")
+        .header(
+            "authorization",
+            format!("Bearer {}", viewer_as("u-h2-slow")),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "part-0;part-1;part-2;part-3;"
+    );
+}
+
+#[tokio::test]
 async fn an_answer_with_pauses_longer_than_send_timeout_is_not_cut() {
     // The upstream pauses 500 ms before each part: nothing is written to
     // the client for longer than send_timeout, but no write waits on it.
