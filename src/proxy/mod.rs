@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod h1;
+pub mod h1codec;
 pub mod headers;
 pub mod limits;
 pub mod listener;

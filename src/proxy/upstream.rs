@@ -35,7 +35,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use crate::config::Upstream;
 use crate::error::{BadRequest, Deny, Fault, Refusal};
 use crate::proxy::body::{BodyTooLarge, MalformedBody, TooSlow};
-use crate::proxy::h1::{Conns, Failure, H1, IDLE_FOR, Lease};
+use crate::proxy::h1::{Answer, Conns, Failure, H1, IDLE_FOR};
+use crate::proxy::h1codec::WireError;
 use crate::proxy::pool::{Pick, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -154,7 +155,7 @@ pub fn new_clients(settings: ClientSettings) -> Result<Clients, rustls::Error> {
             Ok(Clients {
                 pooled: HttpClient::Plain(pooled.build(connector.clone())),
                 fresh: HttpClient::Plain(fresh.build(connector.clone())),
-                h1: (!settings.http2).then(|| H1::Plain(Conns::new(connector))),
+                h1: (!settings.http2).then(|| Conns::new(connector)),
             })
         }
         Some(mut tls) => {
@@ -177,7 +178,7 @@ pub fn new_clients(settings: ClientSettings) -> Result<Clients, rustls::Error> {
             Ok(Clients {
                 pooled: HttpClient::Tls(pooled.build(connector.clone())),
                 fresh: HttpClient::Tls(fresh.build(connector.clone())),
-                h1: (!settings.http2).then(|| H1::Tls(Conns::new(connector))),
+                h1: (!settings.http2).then(|| Conns::new(connector)),
             })
         }
     }
@@ -294,7 +295,7 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
                     },
                     r => r,
                 }
-                .map(|(resp, lease)| (resp, Some(lease)))
+                .map(|resp| resp.map(Inner::H1))
                 .map_err(Attempt::from)
             }
             None => {
@@ -309,7 +310,7 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
                     },
                     r => r,
                 }
-                .map(|resp| (resp, None))
+                .map(|resp| resp.map(Inner::Pooled))
                 .map_err(|e| Attempt::Failed {
                     connect: e.is_connect(),
                     error: Box::new(e),
@@ -334,10 +335,10 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
             pick.failure();
             Err(Fault::UpstreamTimeout(up.name.clone()).into())
         }
-        Ok(Ok((resp, lease))) => {
+        Ok(Ok(resp)) => {
             pick.success();
             let idle = up.body_idle_timeout;
-            Ok(resp.map(|body| UpstreamBody::new(body, lease, idle, pick)))
+            Ok(resp.map(|body| UpstreamBody::new(body, idle, pick)))
         }
         Ok(Err(Attempt::Refused(r))) => Err(r),
         Ok(Err(Attempt::Failed { error, connect })) => Err(failed(up, &pick, &*error, connect)),
@@ -507,6 +508,9 @@ fn keepalive_race(e: &(dyn std::error::Error + 'static)) -> bool {
     if connect || has_cause::<rustls::Error>(e) {
         return false;
     }
+    if find_cause::<WireError>(e).is_some_and(WireError::before_answer) {
+        return true;
+    }
     if find_cause::<hyper::Error>(e).is_some_and(|h| h.is_incomplete_message() || h.is_canceled()) {
         return true;
     }
@@ -535,11 +539,10 @@ pub struct BodyIdleTimeout;
 /// connection's body is dropped at once: a cut body's connection is closed,
 /// never returned to the pool.
 ///
-/// On an HTTP/1.1 upstream the body also drives its connection (`lease`,
-/// see `h1.rs`) and hands it back when the body has ended.
+/// On an HTTP/1.1 upstream the body is read from the connection the
+/// request holds (`h1::Answer`), which goes back to be kept when it ends.
 pub struct UpstreamBody {
-    inner: Option<Incoming>,
-    lease: Option<Lease>,
+    inner: Option<Inner>,
     idle: Duration,
     /// When the last frame (or the head) arrived.
     last: tokio::time::Instant,
@@ -547,11 +550,43 @@ pub struct UpstreamBody {
     pick: Option<Pick>,
 }
 
+/// Where an answer's body comes from.
+pub enum Inner {
+    /// hyper-util's pooled client (HTTP/2, websocket upgrades).
+    Pooled(Incoming),
+    /// A connection of `h1.rs`.
+    H1(Answer),
+}
+
+impl Inner {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Inner::Pooled(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Inner::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Pooled(b) => b.is_end_stream(),
+            Inner::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Pooled(b) => b.size_hint(),
+            Inner::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 impl UpstreamBody {
-    fn new(inner: Incoming, lease: Option<Lease>, idle: Duration, pick: Pick) -> Self {
+    fn new(inner: Inner, idle: Duration, pick: Pick) -> Self {
         UpstreamBody {
             inner: Some(inner),
-            lease,
             idle,
             last: tokio::time::Instant::now(),
             timer: None,
@@ -559,31 +594,12 @@ impl UpstreamBody {
         }
     }
 
-    /// Cut short: the connection (if this body holds one) is closed.
+    /// Over (ended, cut short, timed out): the body is dropped, and with
+    /// it its connection, which is kept only if the body had ended.
     fn done(&mut self) {
         self.inner = None;
-        self.lease = None;
         self.timer = None;
         self.pick = None;
-    }
-
-    /// Ended: the connection goes back to be kept, if it can.
-    fn finished(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
-        self.done();
-    }
-}
-
-impl Drop for UpstreamBody {
-    /// A body nobody read to its end is still whole when it had nothing
-    /// left (a `HEAD`'s, a `204`'s, or one the server stopped reading after
-    /// its last frame): its connection is kept too.
-    fn drop(&mut self) {
-        if self.inner.as_ref().is_some_and(|b| b.is_end_stream()) {
-            self.finished();
-        }
     }
 }
 
@@ -599,20 +615,17 @@ impl Body for UpstreamBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(lease) = this.lease.as_mut() {
-            lease.drive(cx);
-        }
-        match Pin::new(inner).poll_frame(cx) {
+        match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last = tokio::time::Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.done();
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                this.finished();
+                this.done();
                 Poll::Ready(None)
             }
             Poll::Pending => loop {

@@ -257,7 +257,8 @@ async fn a_chunked_body_broken_from_its_start_never_reaches_the_upstream() {
     }
     assert!(
         up.seen.lock().unwrap().is_empty(),
-        "the upstream saw a request with a broken body"
+        "the upstream saw a request with a broken body: {:?}",
+        up.seen.lock().unwrap()
     );
 }
 

@@ -1,0 +1,1037 @@
+//! Phase 6 transport, HTTP/1.1 bytes towards an upstream: one request
+//! written and its answer read, on a connection `h1.rs` holds.
+//!
+//! Written here rather than driving hyper's client connection, for the
+//! cost (BENCHMARKS.md, issue 23): hyper's client hands each request
+//! through a channel to a dispatcher and a callback back, and polls a
+//! connection future of its own; a proxy that already holds the
+//! connection in the request's task needs only the framing. The parser
+//! is hyper's (`httparse`, strict default configuration) with hyper's
+//! client limits (100 header fields, a head of at most 400 KiB), and the
+//! answer's framing follows RFC 9112 §6.3 as hyper's client decoder does,
+//! stricter where the RFC lets a recipient refuse:
+//! - `Transfer-Encoding` with `Content-Length`: the length is removed and
+//!   the connection is not used again (§6.3 item 3);
+//! - `chunked` anywhere but last in `Transfer-Encoding` is refused;
+//! - chunk lines must end in CRLF; a size line is at most 4 KiB;
+//! - a `101` to a request that asked for no upgrade is refused.
+//!
+//! Requests always go out as HTTP/1.1 (the client's version is its own
+//! hop's); header values are `http::HeaderValue`s, which cannot hold CR or
+//! LF, so no field can split the request. Request trailers are not sent
+//! (`Trailer` is hop-by-hop and stripped, so none are declared).
+//!
+//! Owns: encoding the request head, framing its body (its
+//! `Content-Length`, else chunked), parsing the answer's head, decoding its
+//! body (a length, chunked, until close; none after `HEAD`, 1xx, 204, 304)
+//! and whether the connection can carry another request afterwards. Not:
+//! which connection, connecting, timeouts or retries (`h1.rs`,
+//! `upstream.rs`), and no header policy (`headers.rs`).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::request;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version, header};
+use http_body::{Body, Frame};
+use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::upstream::{BoxError, UpBody};
+
+/// Header fields an answer's head may have (hyper's client default).
+pub const MAX_HEADERS: usize = 100;
+/// The largest answer head (and trailer section) read: hyper's default
+/// buffer limit.
+pub const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// The longest chunk-size line (size and extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// At most this much of a request body is taken from it before being
+/// written (buffers, bytes).
+const QUEUED_BUFS: usize = 48;
+const QUEUED_BYTES: usize = 64 * 1024;
+/// Room made in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A connection's byte stream (plain TCP, or TLS over it).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
+
+/// One upstream connection: its stream and what was read from it and not
+/// yet used.
+pub struct Wire {
+    io: Box<dyn Io>,
+    rbuf: BytesMut,
+}
+
+/// Why an exchange or an answer's body failed.
+#[derive(Debug)]
+pub enum WireError {
+    Io(io::Error),
+    /// The server closed the connection before the answer was whole.
+    Closed {
+        /// Some byte of an answer had arrived.
+        answer_started: bool,
+    },
+    /// The answer's head could not be parsed.
+    Parse(httparse::Error),
+    /// The answer broke the framing rules (see the module doc), or the
+    /// request body did not match its own `Content-Length`.
+    Malformed(&'static str),
+    /// The answer's head (or trailer section) is over [`MAX_HEAD`].
+    HeadTooLarge,
+    /// The request body's own error (the client's upload broke).
+    Body(BoxError),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::Io(e) => write!(f, "connection error: {e}"),
+            WireError::Closed {
+                answer_started: false,
+            } => f.write_str("connection closed before an answer"),
+            WireError::Closed {
+                answer_started: true,
+            } => f.write_str("connection closed before the answer was complete"),
+            WireError::Parse(e) => write!(f, "invalid answer head: {e}"),
+            WireError::Malformed(what) => write!(f, "invalid answer: {what}"),
+            WireError::HeadTooLarge => write!(f, "answer head over {MAX_HEAD} bytes"),
+            WireError::Body(e) => write!(f, "request body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WireError::Io(e) => Some(e),
+            WireError::Body(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl WireError {
+    /// The connection ended before any byte of an answer (the keep-alive
+    /// race when the connection was kept).
+    pub fn before_answer(&self) -> bool {
+        matches!(
+            self,
+            WireError::Closed {
+                answer_started: false
+            }
+        )
+    }
+}
+
+/// A request on its way out: what is queued to be written and the body
+/// still to be read.
+pub struct Upload {
+    out: VecDeque<Bytes>,
+    body: Option<UpBody>,
+    framing: Framing,
+    /// Some byte of the request was written.
+    wrote: bool,
+    /// The body was polled: the request cannot be sent again.
+    polled: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// Bytes the body still owes to its `Content-Length`.
+    Length(u64),
+    Chunked,
+}
+
+impl Upload {
+    /// The request's head encoded in `scratch` (origin-form target,
+    /// HTTP/1.1) and its body framed: by its `Content-Length` if it has
+    /// one, by its exact size when known, else chunked. Fails on a
+    /// `Content-Length` that is not one number.
+    pub fn new(
+        parts: &mut request::Parts,
+        body: UpBody,
+        scratch: &mut BytesMut,
+    ) -> Result<Upload, WireError> {
+        let ended = body.is_end_stream();
+        let framing = if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            Framing::Length(
+                content_length(&parts.headers)
+                    .ok_or(WireError::Malformed("request Content-Length"))?,
+            )
+        } else if ended {
+            Framing::Length(0)
+        } else if let Some(n) = body.size_hint().exact() {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Framing::Length(n)
+        } else {
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            Framing::Chunked
+        };
+        scratch.extend_from_slice(parts.method.as_str().as_bytes());
+        scratch.extend_from_slice(b" ");
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        scratch.extend_from_slice(target.as_bytes());
+        scratch.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            scratch.extend_from_slice(name.as_str().as_bytes());
+            scratch.extend_from_slice(b": ");
+            scratch.extend_from_slice(value.as_bytes());
+            scratch.extend_from_slice(b"\r\n");
+        }
+        scratch.extend_from_slice(b"\r\n");
+        let mut out = VecDeque::with_capacity(4);
+        out.push_back(scratch.split().freeze());
+        Ok(Upload {
+            out,
+            body: (!ended).then_some(body),
+            framing,
+            wrote: false,
+            polled: false,
+        })
+    }
+
+    /// Queues a frame of the body, framed; at its end, the last chunk.
+    fn take(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), WireError> {
+        match frame {
+            Some(Ok(frame)) => {
+                // Trailers are dropped (see the module doc).
+                let Ok(data) = frame.into_data() else {
+                    return Ok(());
+                };
+                if data.is_empty() {
+                    return Ok(());
+                }
+                match &mut self.framing {
+                    Framing::Length(left) => {
+                        let n = data.len() as u64;
+                        if n > *left {
+                            self.body = None;
+                            return Err(WireError::Malformed(
+                                "request body longer than its Content-Length",
+                            ));
+                        }
+                        *left -= n;
+                        self.out.push_back(data);
+                    }
+                    Framing::Chunked => {
+                        self.out
+                            .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+                        self.out.push_back(data);
+                        self.out.push_back(Bytes::from_static(b"\r\n"));
+                    }
+                }
+                Ok(())
+            }
+            Some(Err(e)) => {
+                self.body = None;
+                Err(WireError::Body(e))
+            }
+            None => {
+                self.body = None;
+                match self.framing {
+                    Framing::Length(0) => Ok(()),
+                    Framing::Length(_) => Err(WireError::Malformed(
+                        "request body shorter than its Content-Length",
+                    )),
+                    Framing::Chunked => {
+                        self.out.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.out.iter().map(Bytes::len).sum()
+    }
+
+    /// Nothing of the request was written and its body was never polled:
+    /// it can go out whole on another connection.
+    pub fn untouched(&self) -> bool {
+        !self.wrote && !self.polled
+    }
+
+    /// The request's body back, for sending it again (see
+    /// [`Upload::untouched`]).
+    pub fn into_body(self) -> Option<UpBody> {
+        self.body
+    }
+}
+
+/// How an answer's body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    Eof,
+    /// Ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, or the final CRLF.
+    Trailers,
+}
+
+impl Decode {
+    pub fn is_done(&self) -> bool {
+        *self == Decode::Done
+    }
+
+    pub fn exact_len(&self) -> Option<u64> {
+        match self {
+            Decode::Length(n) => Some(*n),
+            Decode::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// An answer's head: the response without its body, how to read the
+/// body, and whether the connection may carry another request after it.
+pub struct Head {
+    pub response: Response<()>,
+    pub decode: Decode,
+    pub reusable: bool,
+}
+
+enum Parsed {
+    Partial,
+    Informational,
+    Final(Head),
+}
+
+impl Wire {
+    pub fn new(io: Box<dyn Io>) -> Wire {
+        Wire {
+            io,
+            rbuf: BytesMut::new(),
+        }
+    }
+
+    /// Writes what the upload has queued and the body as it comes, framed.
+    /// `Ready(Ok)` once the whole request is written and flushed.
+    pub fn poll_upload(
+        &mut self,
+        up: &mut Upload,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), WireError>> {
+        loop {
+            // What the body has ready is taken before anything is written,
+            // as hyper's client does: a body that fails at once (a broken
+            // chunked upload) leaves the server without even the head,
+            // and the frames already there go out with it in one write.
+            while up.out.len() < QUEUED_BUFS && up.queued() < QUEUED_BYTES {
+                let Some(body) = up.body.as_mut() else { break };
+                up.polled = true;
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(frame) => up.take(frame)?,
+                    Poll::Pending => break,
+                }
+            }
+            if up.out.is_empty() {
+                // TLS keeps records until flushed.
+                ready!(Pin::new(&mut self.io).poll_flush(cx)).map_err(WireError::Io)?;
+                return match up.body {
+                    None => Poll::Ready(Ok(())),
+                    // The body was polled above and is waiting.
+                    Some(_) => Poll::Pending,
+                };
+            }
+            let mut slices = [IoSlice::new(&[]); 4];
+            let n = up
+                .out
+                .iter()
+                .zip(slices.iter_mut())
+                .map(|(b, s)| *s = IoSlice::new(b))
+                .count();
+            let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))
+                .map_err(WireError::Io)?;
+            if written == 0 {
+                return Poll::Ready(Err(WireError::Io(io::ErrorKind::WriteZero.into())));
+            }
+            up.wrote = true;
+            advance(&mut up.out, written);
+        }
+    }
+
+    /// Reads until the answer's final head (informational ones are
+    /// skipped) and takes it off the buffer.
+    pub fn poll_head(
+        &mut self,
+        method: &Method,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Head, WireError>> {
+        let mut informational = false;
+        loop {
+            if !self.rbuf.is_empty() {
+                match parse_head(&mut self.rbuf, method)? {
+                    Parsed::Final(head) => return Poll::Ready(Ok(head)),
+                    Parsed::Informational => {
+                        informational = true;
+                        continue;
+                    }
+                    Parsed::Partial => {}
+                }
+                if self.rbuf.len() >= MAX_HEAD {
+                    return Poll::Ready(Err(WireError::HeadTooLarge));
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(WireError::Closed {
+                    answer_started: informational || !self.rbuf.is_empty(),
+                }));
+            }
+        }
+    }
+
+    /// The answer body's next frame, by `decode`, which it advances.
+    pub fn poll_body(
+        &mut self,
+        decode: &mut Decode,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, WireError>>> {
+        const CUT: WireError = WireError::Closed {
+            answer_started: true,
+        };
+        loop {
+            match decode {
+                Decode::Done => return Poll::Ready(None),
+                Decode::Length(left) | Decode::Chunked(Chunk::Data(left)) => {
+                    if !self.rbuf.is_empty() {
+                        let take = (*left).min(self.rbuf.len() as u64);
+                        let data = self.rbuf.split_to(take as usize).freeze();
+                        *left -= take;
+                        if *left == 0 {
+                            *decode = match decode {
+                                Decode::Length(_) => Decode::Done,
+                                _ => Decode::Chunked(Chunk::DataEnd),
+                            };
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Decode::Eof => {
+                    if !self.rbuf.is_empty() {
+                        let data = self.rbuf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    if ready!(self.poll_fill(cx))? == 0 {
+                        *decode = Decode::Done;
+                        return Poll::Ready(None);
+                    }
+                    continue;
+                }
+                Decode::Chunked(Chunk::Size) => match chunk_size(&self.rbuf)? {
+                    Some((used, size)) => {
+                        self.rbuf.advance(used);
+                        *decode = Decode::Chunked(match size {
+                            0 => Chunk::Trailers,
+                            n => Chunk::Data(n),
+                        });
+                        continue;
+                    }
+                    None if self.rbuf.len() > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(WireError::Malformed("chunk size line"))));
+                    }
+                    None => {}
+                },
+                Decode::Chunked(Chunk::DataEnd) => {
+                    if self.rbuf.len() >= 2 {
+                        if &self.rbuf[..2] != b"\r\n" {
+                            return Poll::Ready(Some(Err(WireError::Malformed("chunk data end"))));
+                        }
+                        self.rbuf.advance(2);
+                        *decode = Decode::Chunked(Chunk::Size);
+                        continue;
+                    }
+                }
+                Decode::Chunked(Chunk::Trailers) => {
+                    if self.rbuf.starts_with(b"\r\n") {
+                        self.rbuf.advance(2);
+                        *decode = Decode::Done;
+                        return Poll::Ready(None);
+                    }
+                    if self.rbuf.len() >= 2 {
+                        if let Some(end) = memchr::memmem::find(&self.rbuf, b"\r\n\r\n") {
+                            let fields = self.rbuf.split_to(end + 4).freeze();
+                            let trailers = parse_trailers(&fields)?;
+                            *decode = Decode::Done;
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        if self.rbuf.len() >= MAX_HEAD {
+                            return Poll::Ready(Some(Err(WireError::HeadTooLarge)));
+                        }
+                    }
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Some(Err(CUT)));
+            }
+        }
+    }
+
+    /// Nothing is left unread and the server has neither closed the
+    /// connection nor sent anything since: it can carry a request. Polled
+    /// once with no waker, outside tokio's cooperative budget (a task that
+    /// has spent it would get `Pending` without the socket being read, and
+    /// a closed connection, or one holding stray bytes, would pass).
+    pub fn idle_and_open(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut probe = tokio::task::unconstrained(std::future::poll_fn(|cx| self.poll_fill(cx)));
+        Pin::new(&mut probe).poll(&mut cx).is_pending()
+    }
+
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, WireError>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+            .map_err(WireError::Io)
+    }
+}
+
+use std::future::Future as _;
+
+/// Drops `n` written bytes off the front of the queue.
+fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = out.front_mut() else { return };
+        if n < front.len() {
+            front.advance(n);
+            return;
+        }
+        n -= front.len();
+        out.pop_front();
+    }
+}
+
+/// One answer head off the front of `buf`, if it is all there.
+fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, WireError> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    // Offsets of each field's name and value, so that the values can
+    // share the head's bytes once it is split off the buffer.
+    let mut spans: SmallVec<[[u32; 4]; 16]> = SmallVec::new();
+    let (len, code, reason, minor) = {
+        let mut res = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut res,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+            Err(e) => return Err(WireError::Parse(e)),
+        };
+        let base = buf.as_ptr() as usize;
+        for h in res.headers.iter() {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            spans.push([
+                name as u32,
+                (name + h.name.len()) as u32,
+                value as u32,
+                (value + h.value.len()) as u32,
+            ]);
+        }
+        let reason = res.reason.unwrap_or("");
+        let code = res.code.unwrap_or(0);
+        let canonical = StatusCode::from_u16(code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            == Some(reason);
+        let reason = (!canonical && !reason.is_empty())
+            .then(|| hyper::ext::ReasonPhrase::try_from(reason.as_bytes()).ok())
+            .flatten();
+        (len, code, reason, res.version.unwrap_or(1))
+    };
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| WireError::Malformed("status code"))?;
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(WireError::Malformed(
+                "101 to a request that asked for no upgrade",
+            ));
+        }
+        return Ok(Parsed::Informational);
+    }
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for [a, b, c, d] in spans {
+        let name = HeaderName::from_bytes(&head[a as usize..b as usize])
+            .map_err(|_| WireError::Malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(c as usize..d as usize))
+            .map_err(|_| WireError::Malformed("header value"))?;
+        headers.append(name, value);
+    }
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let mut reusable =
+        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let decode = if status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || *method == Method::HEAD
+    {
+        Decode::Done
+    } else if *method == Method::CONNECT && status.is_success() {
+        // A tunnel: never carried here; the connection is not used again.
+        reusable = false;
+        Decode::Done
+    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(WireError::Malformed("Transfer-Encoding on HTTP/1.0"));
+        }
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            reusable = false;
+        }
+        match chunked_last(&headers)? {
+            true => Decode::Chunked(Chunk::Size),
+            false => {
+                reusable = false;
+                Decode::Eof
+            }
+        }
+    } else if headers.contains_key(header::CONTENT_LENGTH) {
+        match content_length(&headers) {
+            Some(0) => Decode::Done,
+            Some(n) => Decode::Length(n),
+            None => return Err(WireError::Malformed("Content-Length")),
+        }
+    } else {
+        reusable = false;
+        Decode::Eof
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    if let Some(reason) = reason {
+        response.extensions_mut().insert(reason);
+    }
+    Ok(Parsed::Final(Head {
+        response,
+        decode,
+        reusable,
+    }))
+}
+
+/// Whether a comma-separated header has `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Whether `Transfer-Encoding` ends in `chunked`; `chunked` anywhere else
+/// is an error (it would be applied twice, or not last).
+fn chunked_last(headers: &HeaderMap) -> Result<bool, WireError> {
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    let chunked = |t: &&[u8]| t.eq_ignore_ascii_case(b"chunked");
+    let last = codings.last().is_some_and(chunked);
+    let others = codings[..codings.len().saturating_sub(1)]
+        .iter()
+        .any(chunked);
+    if others {
+        return Err(WireError::Malformed(
+            "chunked applied more than once or not last",
+        ));
+    }
+    Ok(last)
+}
+
+/// Every `Content-Length` value (comma lists too) is the same number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut found = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for t in v.as_bytes().split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let n: u64 = std::str::from_utf8(t).ok()?.parse().ok()?;
+            if found.is_some_and(|f| f != n) {
+                return None;
+            }
+            found = Some(n);
+        }
+    }
+    found
+}
+
+/// A chunk-size line at the front of `buf`: the bytes it takes and the
+/// size. `None` until its CRLF has arrived.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, WireError> {
+    const BAD: WireError = WireError::Malformed("chunk size line");
+    let Some(lf) = memchr::memchr(b'\n', buf) else {
+        return Ok(None);
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(BAD);
+    }
+    let line = &buf[..lf - 1];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(BAD);
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &d| {
+        (n << 4) | u64::from((d as char).to_digit(16).unwrap_or(0))
+    });
+    // Extensions (`;name=value`) are skipped; spaces may come before them.
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty()
+        && (rest[0] != b';' || rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f))
+    {
+        return Err(BAD);
+    }
+    Ok(Some((lf + 1, size)))
+}
+
+/// The trailer section (its fields and the final CRLF).
+fn parse_trailers(fields: &Bytes) -> Result<HeaderMap, WireError> {
+    let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let list = match httparse::parse_headers(fields, &mut parsed) {
+        Ok(httparse::Status::Complete((_, list))) => list,
+        Ok(httparse::Status::Partial) => return Err(WireError::Malformed("trailer section")),
+        Err(e) => return Err(WireError::Parse(e)),
+    };
+    let mut map = HeaderMap::with_capacity(list.len());
+    for h in list {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| WireError::Malformed("trailer name"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| WireError::Malformed("trailer value"))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    /// What a client made of an answer: status, header fields (without
+    /// `content-length`, which this codec drops next to
+    /// `Transfer-Encoding`), body, trailer fields; `None` if it failed.
+    type Outcome = Option<(u16, Vec<(String, Vec<u8>)>, Vec<u8>, Vec<(String, Vec<u8>)>)>;
+
+    fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = map
+            .iter()
+            .filter(|(n, _)| **n != header::CONTENT_LENGTH)
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A server that reads one request head, then writes `answer` in two
+    /// pieces (split at `split`) and closes.
+    async fn serve(mut io: DuplexStream, answer: Vec<u8>, split: usize) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let split = split.min(answer.len());
+        let _ = io.write_all(&answer[..split]).await;
+        tokio::task::yield_now().await;
+        let _ = io.write_all(&answer[split..]).await;
+        let _ = io.shutdown().await;
+    }
+
+    fn request(method: &Method) -> (request::Parts, UpBody) {
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = method.clone();
+        parts.uri = http::Uri::from_static("/x");
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("up"));
+        (parts, Empty::new().map_err(|e| match e {}).boxed())
+    }
+
+    async fn ours(method: Method, answer: Vec<u8>, split: usize) -> Outcome {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, answer, split));
+        let mut wire = Wire::new(Box::new(client));
+        let (mut parts, body) = request(&method);
+        let mut up = Upload::new(&mut parts, body, &mut BytesMut::new()).ok()?;
+        std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
+            .await
+            .ok()?;
+        let head = std::future::poll_fn(|cx| wire.poll_head(&method, cx))
+            .await
+            .ok()?;
+        let mut decode = head.decode;
+        let (mut body, mut trailers) = (Vec::new(), Vec::new());
+        while let Some(frame) = std::future::poll_fn(|cx| wire.poll_body(&mut decode, cx)).await {
+            match frame.ok()?.into_data() {
+                Ok(d) => body.extend_from_slice(&d),
+                Err(f) => trailers = fields(f.trailers_ref()?),
+            }
+        }
+        let r = head.response;
+        Some((r.status().as_u16(), fields(r.headers()), body, trailers))
+    }
+
+    async fn hypers(method: Method, answer: Vec<u8>, split: usize) -> Outcome {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, answer, split));
+        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, UpBody>(
+            hyper_util::rt::TokioIo::new(client),
+        )
+        .await
+        .ok()?;
+        tokio::spawn(conn);
+        let (parts, body) = request(&method);
+        let resp = send
+            .send_request(http::Request::from_parts(parts, body))
+            .await
+            .ok()?;
+        let (head, mut incoming) = resp.into_parts();
+        let (mut body, mut trailers) = (Vec::new(), Vec::new());
+        while let Some(frame) = incoming.frame().await {
+            match frame.ok()?.into_data() {
+                Ok(d) => body.extend_from_slice(&d),
+                Err(f) => trailers = fields(f.trailers_ref()?),
+            }
+        }
+        Some((head.status.as_u16(), fields(&head.headers), body, trailers))
+    }
+
+    const STATUS: &[&str] = &[
+        "HTTP/1.1 200 OK",
+        "HTTP/1.0 200 OK",
+        "HTTP/1.1 204 No Content",
+        "HTTP/1.1 304 Not Modified",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK",
+        "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Made",
+        "HTTP/1.1 101 Switching Protocols",
+        "HTTP/1.1 404 Gone Away",
+        "HTTP/1.1 20 X",
+        "HTTP/1.1 999 Odd",
+        "HTTP/2 200 OK",
+    ];
+    const FIELDS: &[&str] = &[
+        "Content-Length: 5",
+        "Content-Length: 3",
+        "Content-Length: 5, 5",
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: +5",
+        "Content-Length: 0",
+        "Transfer-Encoding: chunked",
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: chunked, gzip",
+        "Transfer-Encoding: gzip",
+        "Connection: close",
+        "X-A: b",
+        "X-A: c",
+        "X-Bad : x",
+        "X-Fold: a\r\n b",
+        "X-Nul: a\x00b",
+        "Bad Name: x",
+    ];
+    const BODIES: &[&str] = &[
+        "",
+        "hello",
+        "hel",
+        "hello world",
+        "5\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
+        "5;e=1\r\nhello\r\n0\r\n\r\n",
+        "5 \r\nhello\r\n0\r\n\r\n",
+        "5\nhello\n0\n\n",
+        "5\r\nhelloXX0\r\n\r\n",
+        "3\r\nabc\r\n",
+        "zz\r\nabc\r\n0\r\n\r\n",
+        "0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Differential check against hyper's client on the same bytes:
+        /// whatever this codec accepts, hyper accepts too and reads the
+        /// same status, fields, body and trailers (this codec may refuse
+        /// more, never less).
+        #[test]
+        fn never_reads_an_answer_differently_from_hyper(
+            status in 0..STATUS.len(),
+            picked in proptest::collection::vec(0..FIELDS.len(), 0..4),
+            body in 0..BODIES.len(),
+            head in any::<bool>(),
+            split in 0usize..80,
+        ) {
+            let mut answer = format!("{}\r\n", STATUS[status]);
+            for f in &picked {
+                answer.push_str(FIELDS[*f]);
+                answer.push_str("\r\n");
+            }
+            answer.push_str("\r\n");
+            answer.push_str(BODIES[body]);
+            let method = if head { Method::HEAD } else { Method::GET };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let bytes = answer.clone().into_bytes();
+            let (a, b) = rt.block_on(async {
+                let a = ours(method.clone(), bytes.clone(), split).await;
+                let b = hypers(method, bytes, split).await;
+                (a, b)
+            });
+            if a.is_some() {
+                prop_assert_eq!(&a, &b, "answer: {:?}", answer);
+            }
+        }
+    }
+
+    /// The same reading as hyper's on answers both must take, so that the
+    /// differential check below is not vacuous.
+    #[tokio::test]
+    async fn reads_what_hyper_reads_on_well_formed_answers() {
+        let cases: &[(&str, &[u8], &[u8])] = &[
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                b"hello",
+                b"",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n1\r\n!\r\n0\r\nX-T: 1\r\n\r\n",
+                b"hello!",
+                b"x-t",
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                b"ok",
+                b"",
+            ),
+            ("HTTP/1.0 200 OK\r\n\r\nuntil close", b"until close", b""),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                b"",
+                b"",
+            ),
+        ];
+        for (answer, body, trailer) in cases {
+            for split in [0, 7, 20, 1000] {
+                let a = ours(Method::GET, answer.as_bytes().to_vec(), split).await;
+                let b = hypers(Method::GET, answer.as_bytes().to_vec(), split).await;
+                let (_, _, got, trailers) =
+                    a.clone().unwrap_or_else(|| panic!("refused: {answer:?}"));
+                assert_eq!(&got, body, "{answer:?}");
+                assert_eq!(
+                    trailers.first().map(|t| t.0.as_bytes()).unwrap_or(b""),
+                    *trailer
+                );
+                assert_eq!(a, b, "{answer:?}");
+            }
+        }
+        // HEAD: the length describes a body that is not sent.
+        let a = ours(
+            Method::HEAD,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
+            3,
+        )
+        .await;
+        assert_eq!(a.unwrap().2, b"");
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        assert_eq!(chunk_size(b"1a\r\nx").unwrap(), Some((4, 26)));
+        assert_eq!(chunk_size(b"0\r\n").unwrap(), Some((3, 0)));
+        assert_eq!(chunk_size(b"5 ;ext=1\r\n").unwrap(), Some((10, 5)));
+        assert_eq!(
+            chunk_size(b"ffffffffffffffff\r\n").unwrap(),
+            Some((18, u64::MAX))
+        );
+        assert_eq!(chunk_size(b"5").unwrap(), None);
+        for bad in [
+            &b"5\n"[..],
+            b"\r\n",
+            b"x\r\n",
+            b"10000000000000000\r\n",
+            b"5 6\r\n",
+            b"5;a\x01\r\n",
+            b"+5\r\n",
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn content_lengths_must_agree() {
+        let map = |vals: &[&str]| {
+            let mut m = HeaderMap::new();
+            for v in vals {
+                m.append(header::CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        assert_eq!(content_length(&map(&["42"])), Some(42));
+        assert_eq!(content_length(&map(&["42", "42"])), Some(42));
+        assert_eq!(content_length(&map(&["42, 42"])), Some(42));
+        assert_eq!(content_length(&map(&["42", "43"])), None);
+        assert_eq!(content_length(&map(&["-1"])), None);
+        assert_eq!(content_length(&map(&["+1"])), None);
+        assert_eq!(content_length(&map(&[""])), None);
+        assert_eq!(content_length(&map(&["99999999999999999999"])), None);
+    }
+
+    #[test]
+    fn transfer_codings() {
+        let map = |vals: &[&str]| {
+            let mut m = HeaderMap::new();
+            for v in vals {
+                m.append(header::TRANSFER_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            m
+        };
+        assert!(chunked_last(&map(&["chunked"])).unwrap());
+        assert!(chunked_last(&map(&["gzip, Chunked"])).unwrap());
+        assert!(chunked_last(&map(&["gzip", "chunked"])).unwrap());
+        assert!(!chunked_last(&map(&["gzip"])).unwrap());
+        assert!(chunked_last(&map(&["chunked, gzip"])).is_err());
+        assert!(chunked_last(&map(&["chunked", "chunked"])).is_err());
+    }
+}
