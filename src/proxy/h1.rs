@@ -144,10 +144,13 @@ impl Conns {
         };
         match send_on(held, upload, &method).await {
             Ok(r) => Ok(r),
-            // A kept connection found closed before a byte of the request
-            // went out: sent once more on a new connection, whatever its
-            // method. Nothing of it reached the server.
-            Err((_, upload)) if reused && upload.untouched() => {
+            // A kept connection found closed or broken before a byte of the
+            // request went out: sent once more on a new connection,
+            // whatever its method (what the body gave is still queued).
+            // Nothing of it reached the server.
+            Err((WireError::Io(_) | WireError::Closed { .. }, upload))
+                if reused && upload.untouched() =>
+            {
                 let held = self.connect(slot, scheme, authority).await?;
                 send_on(held, upload, &method)
                     .await
@@ -299,8 +302,10 @@ async fn send_on(
             match held.wire.poll_upload(&mut upload, cx) {
                 Poll::Ready(Ok(())) => sending = false,
                 // A server that answers and closes before it has the whole
-                // request: its answer, if it is there, is the outcome.
-                Poll::Ready(Err(e @ WireError::Io(_))) => {
+                // request: its answer, if it is there, is the outcome (an
+                // answer read before any byte went out is not this
+                // request's: the retry above takes over).
+                Poll::Ready(Err(e @ WireError::Io(_))) if !upload.untouched() => {
                     return match held.wire.poll_head(method, cx) {
                         Poll::Ready(Ok(head)) => {
                             sending = false;

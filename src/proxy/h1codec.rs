@@ -13,13 +13,18 @@
 //! - `Transfer-Encoding` with `Content-Length`: the length is removed and
 //!   the connection is not used again (§6.3 item 3);
 //! - `chunked` anywhere but last in `Transfer-Encoding` is refused;
-//! - chunk lines must end in CRLF; a size line is at most 4 KiB;
+//! - chunk lines must end in CRLF; a size line is at most 4 KiB (and the
+//!   extensions of a body 16 KiB, its trailer section 16 KiB, as hyper);
 //! - a `101` to a request that asked for no upgrade is refused.
 //!
 //! Requests always go out as HTTP/1.1 (the client's version is its own
 //! hop's); header values are `http::HeaderValue`s, which cannot hold CR or
-//! LF, so no field can split the request. Request trailers are not sent
-//! (`Trailer` is hop-by-hop and stripped, so none are declared).
+//! LF, so no field can split the request. The body's framing is decided
+//! here (a caller's `Transfer-Encoding` is dropped): its `Content-Length`,
+//! which it must match, else its exact size, else chunked — except on
+//! `GET`, `HEAD` and `CONNECT`, where a body of unknown length is not sent,
+//! as hyper's client does. Request trailers are not sent (`Trailer` is
+//! hop-by-hop and stripped, so none are declared).
 //!
 //! Owns: encoding the request head, framing its body (its
 //! `Content-Length`, else chunked), parsing the answer's head, decoding its
@@ -50,6 +55,10 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// The longest chunk-size line (size and extensions).
 const MAX_CHUNK_LINE: usize = 4096;
+/// Chunk extensions of one body, all together, and its trailer section
+/// (hyper's limits).
+const MAX_CHUNK_EXT: usize = 16 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
 /// At most this much of a request body is taken from it before being
 /// written (buffers, bytes).
 const QUEUED_BUFS: usize = 48;
@@ -67,6 +76,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
 pub struct Wire {
     io: Box<dyn Io>,
     rbuf: BytesMut,
+    /// What the current answer's chunk extensions may still take.
+    ext_left: usize,
 }
 
 /// Why an exchange or an answer's body failed.
@@ -138,8 +149,6 @@ pub struct Upload {
     framing: Framing,
     /// Some byte of the request was written.
     wrote: bool,
-    /// The body was polled: the request cannot be sent again.
-    polled: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,13 +168,27 @@ impl Upload {
         body: UpBody,
         scratch: &mut BytesMut,
     ) -> Result<Upload, WireError> {
-        let ended = body.is_end_stream();
+        // The framing is decided here, never taken from the caller.
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        let mut ended = body.is_end_stream();
         let framing = if parts.headers.contains_key(header::CONTENT_LENGTH) {
-            Framing::Length(
-                content_length(&parts.headers)
-                    .ok_or(WireError::Malformed("request Content-Length"))?,
-            )
+            let n = content_length(&parts.headers)
+                .ok_or(WireError::Malformed("request Content-Length"))?;
+            if ended && n > 0 {
+                return Err(WireError::Malformed(
+                    "request body shorter than its Content-Length",
+                ));
+            }
+            Framing::Length(n)
         } else if ended {
+            Framing::Length(0)
+        } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT)
+            && body.size_hint().exact().is_none()
+        {
+            // As hyper's client: a body of unknown length on these is not
+            // sent (never as chunks an upstream that ignores bodies on
+            // `GET` would read as a second, unauthorized request).
+            ended = true;
             Framing::Length(0)
         } else if let Some(n) = body.size_hint().exact() {
             parts
@@ -198,7 +221,6 @@ impl Upload {
             body: (!ended).then_some(body),
             framing,
             wrote: false,
-            polled: false,
         })
     }
 
@@ -258,16 +280,11 @@ impl Upload {
         self.out.iter().map(Bytes::len).sum()
     }
 
-    /// Nothing of the request was written and its body was never polled:
-    /// it can go out whole on another connection.
+    /// No byte of the request was written: what the body gave so far is
+    /// still queued, so the whole request can go out on another
+    /// connection.
     pub fn untouched(&self) -> bool {
-        !self.wrote && !self.polled
-    }
-
-    /// The request's body back, for sending it again (see
-    /// [`Upload::untouched`]).
-    pub fn into_body(self) -> Option<UpBody> {
-        self.body
+        !self.wrote
     }
 }
 
@@ -326,6 +343,7 @@ impl Wire {
         Wire {
             io,
             rbuf: BytesMut::new(),
+            ext_left: MAX_CHUNK_EXT,
         }
     }
 
@@ -343,7 +361,6 @@ impl Wire {
             // and the frames already there go out with it in one write.
             while up.out.len() < QUEUED_BUFS && up.queued() < QUEUED_BYTES {
                 let Some(body) = up.body.as_mut() else { break };
-                up.polled = true;
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(frame) => up.take(frame)?,
                     Poll::Pending => break,
@@ -386,7 +403,10 @@ impl Wire {
         loop {
             if !self.rbuf.is_empty() {
                 match parse_head(&mut self.rbuf, method)? {
-                    Parsed::Final(head) => return Poll::Ready(Ok(head)),
+                    Parsed::Final(head) => {
+                        self.ext_left = MAX_CHUNK_EXT;
+                        return Poll::Ready(Ok(head));
+                    }
                     Parsed::Informational => {
                         informational = true;
                         continue;
@@ -443,7 +463,11 @@ impl Wire {
                     continue;
                 }
                 Decode::Chunked(Chunk::Size) => match chunk_size(&self.rbuf)? {
-                    Some((used, size)) => {
+                    Some((used, size, ext)) => {
+                        self.ext_left = self
+                            .ext_left
+                            .checked_sub(ext)
+                            .ok_or(WireError::Malformed("chunk extensions over 16 KiB"))?;
                         self.rbuf.advance(used);
                         *decode = Decode::Chunked(match size {
                             0 => Chunk::Trailers,
@@ -479,8 +503,10 @@ impl Wire {
                             *decode = Decode::Done;
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
-                        if self.rbuf.len() >= MAX_HEAD {
-                            return Poll::Ready(Some(Err(WireError::HeadTooLarge)));
+                        if self.rbuf.len() >= MAX_TRAILERS {
+                            return Poll::Ready(Some(Err(WireError::Malformed(
+                                "trailer section over 16 KiB",
+                            ))));
                         }
                     }
                 }
@@ -691,14 +717,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     found
 }
 
-/// A chunk-size line at the front of `buf`: the bytes it takes and the
-/// size. `None` until its CRLF has arrived.
-fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, WireError> {
+/// A chunk-size line at the front of `buf`: the bytes it takes, the size
+/// and the length of its extensions. `None` until its CRLF has arrived.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64, usize)>, WireError> {
     const BAD: WireError = WireError::Malformed("chunk size line");
     let Some(lf) = memchr::memchr(b'\n', buf) else {
         return Ok(None);
     };
-    if lf == 0 || buf[lf - 1] != b'\r' {
+    if lf == 0 || buf[lf - 1] != b'\r' || lf >= MAX_CHUNK_LINE {
         return Err(BAD);
     }
     let line = &buf[..lf - 1];
@@ -709,14 +735,20 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, WireError> {
     let size = line[..digits].iter().fold(0u64, |n, &d| {
         (n << 4) | u64::from((d as char).to_digit(16).unwrap_or(0))
     });
-    // Extensions (`;name=value`) are skipped; spaces may come before them.
-    let rest = line[digits..].trim_ascii_start();
+    // Extensions (`;name=value`) are skipped; spaces and tabs may come
+    // before them, nothing else (a bare CR is not whitespace here).
+    let rest = &line[digits..];
+    let blank = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &rest[blank..];
     if !rest.is_empty()
         && (rest[0] != b';' || rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f))
     {
         return Err(BAD);
     }
-    Ok(Some((lf + 1, size)))
+    Ok(Some((lf + 1, size, rest.len())))
 }
 
 /// The trailer section (its fields and the final CRLF).
@@ -883,6 +915,10 @@ mod tests {
         "3\r\nabc\r\n",
         "zz\r\nabc\r\n0\r\n\r\n",
         "0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        "5\r\r\nhello\r\n0\r\n\r\n",
+        "5\x0c\r\nhello\r\n0\r\n\r\n",
+        "5\r\nhello\r\n0\r\nX-T: 1\n\n",
+        "5\r\nhello\r\n0 ; a=\"b\"\r\n\r\n",
     ];
 
     proptest! {
@@ -972,16 +1008,98 @@ mod tests {
         assert_eq!(a.unwrap().2, b"");
     }
 
+    /// The bytes a request puts on the wire, its body given as `chunks`
+    /// of unknown total length.
+    async fn sent(
+        method: Method,
+        fields: &[(&str, &str)],
+        chunks: &[&'static str],
+    ) -> Result<String, WireError> {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let (mut parts, _) = request(&method);
+        for (n, v) in fields {
+            parts.headers.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let mut up = Upload::new(&mut parts, body, &mut BytesMut::new())?;
+        let mut wire = Wire::new(Box::new(client));
+        std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx)).await?;
+        drop(wire);
+        let mut out = String::new();
+        server.read_to_string(&mut out).await.unwrap();
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn request_bodies_are_framed_here_and_never_smuggled() {
+        // Unknown length: chunked, the caller's Transfer-Encoding ignored.
+        let out = sent(
+            Method::POST,
+            &[("transfer-encoding", "gzip")],
+            &["hello", "!"],
+        )
+        .await
+        .unwrap();
+        assert!(out.starts_with("POST /x HTTP/1.1\r\n"), "{out}");
+        assert!(
+            out.ends_with("\r\n\r\n5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("transfer-encoding").count(), 1, "{out}");
+        assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+        // A Content-Length is kept and must be matched.
+        let out = sent(Method::PUT, &[("content-length", "6")], &["hello", "!"])
+            .await
+            .unwrap();
+        assert!(out.contains("content-length: 6\r\n"), "{out}");
+        assert!(out.ends_with("\r\n\r\nhello!"), "{out}");
+        assert!(matches!(
+            sent(Method::PUT, &[("content-length", "3")], &["hello"]).await,
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            sent(Method::PUT, &[("content-length", "9")], &["hello"]).await,
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            sent(Method::POST, &[("content-length", "5")], &[]).await,
+            Err(WireError::Malformed(_))
+        ));
+        // A body of unknown length on GET is not sent: an upstream that
+        // ignores bodies on GET would read it as a second request.
+        let out = sent(Method::GET, &[], &["0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n"])
+            .await
+            .unwrap();
+        assert!(out.ends_with("host: up\r\n\r\n"), "{out}");
+        assert!(
+            !out.contains("/admin") && !out.contains("transfer-encoding"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn chunk_size_lines() {
-        assert_eq!(chunk_size(b"1a\r\nx").unwrap(), Some((4, 26)));
-        assert_eq!(chunk_size(b"0\r\n").unwrap(), Some((3, 0)));
-        assert_eq!(chunk_size(b"5 ;ext=1\r\n").unwrap(), Some((10, 5)));
+        assert_eq!(chunk_size(b"1a\r\nx").unwrap(), Some((4, 26, 0)));
+        assert_eq!(chunk_size(b"0\r\n").unwrap(), Some((3, 0, 0)));
+        assert_eq!(chunk_size(b"5 ;ext=1\r\n").unwrap(), Some((10, 5, 6)));
+        assert_eq!(chunk_size(b"5\t;e\r\n").unwrap(), Some((6, 5, 2)));
         assert_eq!(
             chunk_size(b"ffffffffffffffff\r\n").unwrap(),
-            Some((18, u64::MAX))
+            Some((18, u64::MAX, 0))
         );
         assert_eq!(chunk_size(b"5").unwrap(), None);
+        let long = format!("5;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
+        assert!(
+            chunk_size(long.as_bytes()).is_err(),
+            "a size line over 4 KiB"
+        );
         for bad in [
             &b"5\n"[..],
             b"\r\n",
@@ -990,6 +1108,10 @@ mod tests {
             b"5 6\r\n",
             b"5;a\x01\r\n",
             b"+5\r\n",
+            // A bare CR or a form feed is not whitespace (hyper refuses both).
+            b"5\r\r\n",
+            b"5\x0c\r\n",
+            b"5;a\rb\r\n",
         ] {
             assert!(
                 chunk_size(bad).is_err(),
