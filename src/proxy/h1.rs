@@ -227,7 +227,8 @@ impl Conns {
         })
     }
 
-    fn checkin(self: &Arc<Self>, slot: usize, wire: Box<Wire>) {
+    fn checkin(self: &Arc<Self>, slot: usize, mut wire: Box<Wire>) {
+        wire.shrink();
         let idle = Idle {
             wire,
             since: Instant::now(),

@@ -63,8 +63,12 @@ const MAX_TRAILERS: usize = 16 * 1024;
 /// written (buffers, bytes).
 const QUEUED_BUFS: usize = 48;
 const QUEUED_BYTES: usize = 64 * 1024;
-/// Room made in the read buffer before each read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made in the read buffer before a read: from the first size,
+/// doubled after each read that fills it, up to the last (a large body is
+/// read, and passed on, in large pieces, as hyper's adaptive reads do);
+/// halved after a read of under an eighth.
+const READ_FIRST: usize = 16 * 1024;
+const READ_MOST: usize = 256 * 1024;
 
 /// A connection's byte stream (plain TCP, or TLS over it).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {}
@@ -78,6 +82,8 @@ pub struct Wire {
     rbuf: BytesMut,
     /// What the current answer's chunk extensions may still take.
     ext_left: usize,
+    /// Room to make before the next read (see [`READ_FIRST`]).
+    read_size: usize,
 }
 
 /// Why an exchange or an answer's body failed.
@@ -344,6 +350,7 @@ impl Wire {
             io,
             rbuf: BytesMut::new(),
             ext_left: MAX_CHUNK_EXT,
+            read_size: READ_FIRST,
         }
     }
 
@@ -533,11 +540,29 @@ impl Wire {
 
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, WireError>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK);
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {
+            self.rbuf.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
-            .map_err(WireError::Io)
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rbuf
+        ))
+        .map_err(WireError::Io)?;
+        if n >= self.read_size {
+            self.read_size = (self.read_size * 2).min(READ_MOST);
+        } else if n < self.read_size / 8 {
+            self.read_size = (self.read_size / 2).max(READ_FIRST);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Lets go of a large read buffer before the connection sits idle.
+    pub fn shrink(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > READ_FIRST {
+            self.rbuf = BytesMut::new();
+        }
+        self.read_size = READ_FIRST;
     }
 }
 
