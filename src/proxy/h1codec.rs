@@ -1109,6 +1109,37 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_large_answer_is_read_in_growing_pieces_and_the_buffer_let_go_after() {
+        let size = 1 << 20;
+        let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        answer.extend(std::iter::repeat_n(b'x', size));
+        let (client, server) = tokio::io::duplex(2 << 20);
+        tokio::spawn(serve(server, answer, usize::MAX));
+        let mut wire = Wire::new(Box::new(client));
+        let (mut parts, body) = request(&Method::GET);
+        let mut up = Upload::new(&mut parts, body, &mut BytesMut::new()).unwrap();
+        std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
+            .await
+            .unwrap();
+        let head = std::future::poll_fn(|cx| wire.poll_head(&Method::GET, cx))
+            .await
+            .unwrap();
+        let mut decode = head.decode;
+        let (mut total, mut largest) = (0, 0);
+        while let Some(frame) = std::future::poll_fn(|cx| wire.poll_body(&mut decode, cx)).await {
+            let n = frame.unwrap().into_data().unwrap().len();
+            total += n;
+            largest = largest.max(n);
+        }
+        assert_eq!(total, size);
+        assert!(largest >= 128 * 1024, "largest piece {largest}");
+        assert!(wire.read_size > READ_FIRST);
+        wire.shrink();
+        assert_eq!(wire.read_size, READ_FIRST);
+        assert!(wire.rbuf.capacity() <= READ_FIRST);
+    }
+
     #[test]
     fn chunk_size_lines() {
         assert_eq!(chunk_size(b"1a\r\nx").unwrap(), Some((4, 26, 0)));
