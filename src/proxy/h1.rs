@@ -67,8 +67,16 @@ pub enum Failure {
     /// No connection: refused, unreachable, timed out, TLS handshake.
     Connect(BoxError),
     /// On a connection: closed, reset, a malformed answer, the request
-    /// body's own error.
-    Exchange(WireError),
+    /// body's own error; with the request, ready to be sent again, if it
+    /// has no body.
+    Exchange(WireError, Option<Resend>),
+}
+
+/// A request without a body, encoded, to be sent again on a new connection
+/// ([`Conns::resend`]).
+pub struct Resend {
+    upload: Upload,
+    method: Method,
 }
 
 /// The kept connections of one upstream, per server.
@@ -135,15 +143,16 @@ impl Conns {
             parts.headers.insert(header::HOST, host);
         }
         let mut scratch = BytesMut::with_capacity(1024);
-        let upload = Upload::new(&mut parts, body, &mut scratch).map_err(Failure::Exchange)?;
+        let upload =
+            Upload::new(&mut parts, body, &mut scratch).map_err(|e| Failure::Exchange(e, None))?;
         let method = parts.method;
         let reused = kept.is_some();
         let held = match kept {
             Some(h) => h,
             None => self.connect(slot, scheme, authority).await?,
         };
-        match send_on(held, upload, &method).await {
-            Ok(r) => Ok(r),
+        let (e, upload) = match send_on(held, upload, &method).await {
+            Ok(r) => return Ok(r),
             // A kept connection found closed or broken before a byte of the
             // request went out: sent once more on a new connection,
             // whatever its method (what the body gave is still queued).
@@ -152,12 +161,30 @@ impl Conns {
                 if reused && upload.untouched() =>
             {
                 let held = self.connect(slot, scheme, authority).await?;
-                send_on(held, upload, &method)
-                    .await
-                    .map_err(|(e, _)| Failure::Exchange(e))
+                match send_on(held, upload, &method).await {
+                    Ok(r) => return Ok(r),
+                    Err(failed) => failed,
+                }
             }
-            Err((e, _)) => Err(Failure::Exchange(e)),
-        }
+            Err(failed) => failed,
+        };
+        let again = upload.again().map(|upload| Resend { upload, method });
+        Err(Failure::Exchange(e, again))
+    }
+
+    /// Sends a request again on a new connection (the keep-alive race
+    /// retry of `upstream.rs`, which decides when).
+    pub async fn resend(
+        self: &Arc<Self>,
+        scheme: &Scheme,
+        authority: &Authority,
+        again: Resend,
+    ) -> Result<Response<Answer>, Failure> {
+        let (slot, _, _) = self.checkout(scheme, authority, true);
+        let held = self.connect(slot, scheme, authority).await?;
+        send_on(held, again.upload, &again.method)
+            .await
+            .map_err(|(e, _)| Failure::Exchange(e, None))
     }
 
     /// The server's slot, its `Host`, and its newest idle connection that
@@ -516,7 +543,7 @@ mod tests {
     async fn fetch(conns: &Arc<Conns>, at: &Authority) -> (Vec<u8>, String) {
         let resp = match conns.exchange(&Scheme::HTTP, at, get(), false).await {
             Ok(r) => r,
-            Err(Failure::Exchange(e)) => panic!("exchange failed: {e}"),
+            Err(Failure::Exchange(e, _)) => panic!("exchange failed: {e}"),
             Err(Failure::Connect(e)) => panic!("connect failed: {e}"),
         };
         let host = resp

@@ -155,6 +155,8 @@ pub struct Upload {
     framing: Framing,
     /// Some byte of the request was written.
     wrote: bool,
+    /// The encoded head of a request without a body, to send it again.
+    bodiless: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -220,13 +222,16 @@ impl Upload {
             scratch.extend_from_slice(b"\r\n");
         }
         scratch.extend_from_slice(b"\r\n");
+        let head = scratch.split().freeze();
+        let bodiless = ended.then(|| head.clone());
         let mut out = VecDeque::with_capacity(4);
-        out.push_back(scratch.split().freeze());
+        out.push_back(head);
         Ok(Upload {
             out,
             body: (!ended).then_some(body),
             framing,
             wrote: false,
+            bodiless,
         })
     }
 
@@ -284,6 +289,19 @@ impl Upload {
 
     fn queued(&self) -> usize {
         self.out.iter().map(Bytes::len).sum()
+    }
+
+    /// The same request, to be sent again from its first byte, if it has
+    /// no body (a body is streamed and not kept).
+    pub fn again(&self) -> Option<Upload> {
+        let head = self.bodiless.clone()?;
+        Some(Upload {
+            out: VecDeque::from([head.clone()]),
+            body: None,
+            framing: Framing::Length(0),
+            wrote: false,
+            bodiless: Some(head),
+        })
     }
 
     /// No byte of the request was written: what the body gave so far is
@@ -1138,6 +1156,21 @@ mod tests {
         wire.shrink();
         assert_eq!(wire.read_size, READ_FIRST);
         assert!(wire.rbuf.capacity() <= READ_FIRST);
+    }
+
+    #[test]
+    fn only_a_request_without_a_body_can_be_sent_again_and_then_byte_for_byte() {
+        let (mut parts, body) = request(&Method::GET);
+        let up = Upload::new(&mut parts, body, &mut BytesMut::new()).unwrap();
+        let again = up.again().expect("a bodiless request is kept");
+        assert_eq!(again.out, up.out);
+        assert!(again.untouched() && again.body.is_none());
+        let (mut parts, _) = request(&Method::PUT);
+        let body = http_body_util::Full::new(Bytes::from_static(b"x"))
+            .map_err(|e| match e {})
+            .boxed();
+        let up = Upload::new(&mut parts, body, &mut BytesMut::new()).unwrap();
+        assert!(up.again().is_none(), "a body is streamed, not kept");
     }
 
     #[test]

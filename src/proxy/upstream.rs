@@ -251,7 +251,13 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
         .pick()
         .ok_or_else(|| Fault::NoHealthyUpstream(up.name.clone()))?;
     let server = pick.server();
-    let replay = replayable(&req).then(|| {
+    let replayable = replayable(&req);
+    let h1 = pool
+        .h1()
+        .filter(|_| !req.headers().contains_key(header::UPGRADE));
+    // hyper-util's client takes the request: a copy is kept to send again.
+    // (An HTTP/1.1 connection of `h1.rs` keeps the encoded request.)
+    let replay = (replayable && h1.is_none()).then(|| {
         let mut again = Request::new(empty());
         *again.method_mut() = req.method().clone();
         *again.uri_mut() = req.uri().clone();
@@ -277,22 +283,15 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
         (req, Some(rx))
     };
     let attempt = async {
-        match pool
-            .h1()
-            .filter(|_| !req.headers().contains_key(header::UPGRADE))
-        {
+        match h1 {
             Some(h1) => {
                 let req = origin_form(req);
                 let (scheme, authority) = (&server.scheme, &server.authority);
                 match h1.exchange(scheme, authority, req, false).await {
-                    Err(Failure::Exchange(e)) if keepalive_race(&e) => match replay {
-                        Some(again) => {
-                            tracing::debug!(target: "rolegate::upstream", upstream = %up.name, server = %server.label, error = %chain(&e), "connection closed before an answer: sending again on a new connection");
-                            h1.exchange(scheme, authority, origin_form(again), true)
-                                .await
-                        }
-                        None => Err(Failure::Exchange(e)),
-                    },
+                    Err(Failure::Exchange(e, Some(again))) if replayable && keepalive_race(&e) => {
+                        tracing::debug!(target: "rolegate::upstream", upstream = %up.name, server = %server.label, error = %chain(&e), "connection closed before an answer: sending again on a new connection");
+                        h1.resend(scheme, authority, again).await
+                    }
                     r => r,
                 }
                 .map(|resp| resp.map(Inner::H1))
@@ -399,7 +398,7 @@ impl From<Failure> for Attempt {
                 error,
                 connect: true,
             },
-            Failure::Exchange(e) => Attempt::Failed {
+            Failure::Exchange(e, _) => Attempt::Failed {
                 error: Box::new(e),
                 connect: false,
             },
