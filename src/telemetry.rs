@@ -103,14 +103,19 @@ fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        // Escaping a `str` into a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut *out, v);
+        if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Nothing JSON escapes (most values): copied as it is.
+            out.push(b'"');
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
+        } else {
+            // Escaping a `str` into a `Vec` cannot fail.
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
     };
-    let _ = write!(
-        out,
-        "{{\"timestamp\":\"{}\",\"level\":\"INFO\"",
-        humantime::format_rfc3339_micros(at)
-    );
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out, at);
+    out.extend_from_slice(b"\",\"level\":\"INFO\"");
     string(out, "request_id", a.request_id);
     string(out, "client_request_id", a.client_request_id);
     string(out, "peer", a.peer);
@@ -127,6 +132,33 @@ fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
         ",\"duration_us\":{},\"target\":\"rolegate::access\"}}",
         a.duration_us
     );
+}
+
+/// `at` as humantime's `format_rfc3339_micros` writes it
+/// (`2026-12-06T04:05:06.123456Z`); the part up to the seconds is made
+/// once per second (per thread), the microseconds by hand.
+fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, [u8; 19])> =
+            const { std::cell::RefCell::new((u64::MAX, [0; 19])) };
+    }
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (secs, micros) = (since.as_secs(), since.subsec_micros());
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != secs {
+            let whole = humantime::format_rfc3339_seconds(at).to_string();
+            prefix.copy_from_slice(&whole.as_bytes()[..19]);
+            *second = secs;
+        }
+        out.extend_from_slice(prefix);
+    });
+    let mut digits = [b'.', b'0', b'0', b'0', b'0', b'0', b'0', b'Z'];
+    let mut n = micros;
+    for d in digits[1..7].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits);
 }
 
 /// Log lines on their way to stdout, written in batches as nginx's
@@ -324,6 +356,20 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    #[test]
+    fn timestamps_are_humantimes_to_the_microsecond() {
+        let base = std::time::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        for micros in [0, 7, 123_456, 999_999] {
+            for extra in [0, 1, 86_400] {
+                let at = base + Duration::from_secs(extra) + Duration::from_micros(micros);
+                let mut ours = Vec::new();
+                timestamp(&mut ours, at);
+                let theirs = humantime::format_rfc3339_micros(at).to_string();
+                assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+            }
         }
     }
 

@@ -28,7 +28,7 @@ use crate::policy::Principal;
 /// (`proxy::websocket::Handshake::restore`), nothing else is upgraded.
 static HOP_BY_HOP: [HeaderName; 9] = [
     http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
+    KEEP_ALIVE,
     HeaderName::from_static("proxy-connection"),
     http::header::PROXY_AUTHENTICATE,
     http::header::PROXY_AUTHORIZATION,
@@ -157,7 +157,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // integer) instead of a hash lookup per fixed name: requests and
     // answers seldom carry any, and the list is gathered before anything
     // is removed, so the names `Connection` lists are read first.
-    let mut gone: Vec<HeaderName> = headers
+    let mut gone: smallvec::SmallVec<[HeaderName; 4]> = headers
         .keys()
         .filter(|k| HOP_BY_HOP.contains(k))
         .cloned()
@@ -169,13 +169,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+                .filter_map(|n| connection_option(n.trim())),
         );
     }
     for name in &gone {
         headers.remove(name);
     }
 }
+
+/// The field a `Connection` option names; the two options almost every
+/// message carries without a copy of their names.
+fn connection_option(option: &str) -> Option<HeaderName> {
+    if option.eq_ignore_ascii_case("keep-alive") {
+        return Some(KEEP_ALIVE);
+    }
+    if option.eq_ignore_ascii_case("close") {
+        return Some(CLOSE);
+    }
+    HeaderName::from_bytes(option.as_bytes()).ok()
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// Removes every header a client could use to claim an identity or to
 /// rewrite the request behind the gateway (see [`is_stripped`]), and every
@@ -417,6 +432,21 @@ mod tests {
             keep: vec![HeaderName::from_static("x-forwarded-ssl")],
             cookie: Some("rg_session".into()),
         }
+    }
+
+    #[test]
+    fn connection_options_in_any_case_remove_the_fields_they_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("Keep-Alive, CLOSE ,X-Foo"),
+        );
+        for name in ["keep-alive", "close", "x-foo", "x-kept"] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
