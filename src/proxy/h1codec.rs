@@ -34,6 +34,7 @@
 //! `upstream.rs`), and no header policy (`headers.rs`).
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -583,8 +584,6 @@ impl Wire {
         self.read_size = READ_FIRST;
     }
 }
-
-use std::future::Future as _;
 
 /// Drops `n` written bytes off the front of the queue.
 fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
