@@ -401,6 +401,20 @@ async fn an_idle_keepalive_connection_is_closed_by_the_gateway() {
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
 }
 
+/// An HTTP/2 client (prior knowledge) on a new connection to `addr`: its
+/// request handle and the connection future, for the test to drive.
+async fn h2c(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    hyper::client::conn::http2::Connection<TokioIo<TcpStream>, Full<Bytes>, TokioExecutor>,
+) {
+    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_with_goaway() {
     let up = Upstream::start().await;
@@ -410,11 +424,7 @@ async fn an_idle_http2_connection_is_closed_with_goaway() {
         "",
     )
     .await;
-    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), io)
-            .await
-            .unwrap();
+    let (mut send, conn) = h2c(gw.addr).await;
     let driver = tokio::spawn(conn);
     let req = http::Request::get("http://app.test/api/status")
         .body(Full::new(Bytes::new()))
@@ -542,11 +552,7 @@ async fn an_http2_stream_whose_window_the_client_keeps_shut_is_cut_by_send_timeo
     use std::sync::atomic::Ordering;
     let (up, upstream_ended) = endless_upstream().await;
     let gw = gateway(up, "  h2c: true\n  send_timeout: 300ms\n", "").await;
-    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), io)
-            .await
-            .unwrap();
+    let (mut send, conn) = h2c(gw.addr).await;
     // The client's connection task keeps reading the socket (so no write
     // of the gateway ever blocks), but the body is never read: hyper's
     // client gives no window back, and the stream stalls once the first
@@ -584,11 +590,7 @@ async fn an_http2_answer_read_as_it_comes_is_not_cut_by_send_timeout() {
     // the upstream is not waiting on the client.
     let up = dribbling_upstream(4, Duration::from_millis(500)).await;
     let gw = gateway(up, "  h2c: true\n  send_timeout: 300ms\n", "").await;
-    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), io)
-            .await
-            .unwrap();
+    let (mut send, conn) = h2c(gw.addr).await;
     tokio::spawn(conn);
     let req = http::Request::get("http://app.test/files/slow")
         .header(
