@@ -15,6 +15,7 @@
 # by the requests wrk counted. Needs nginx, valgrind and wrk. Loopback
 # only; stops what it starts.
 set -euo pipefail
+. "$(dirname "$0")/callgrind_lib.sh"
 SECS=${1:-10}
 for tool in nginx valgrind callgrind_control wrk curl; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
@@ -24,28 +25,7 @@ DIR=$(mktemp -d /tmp/nginx-callgrind.XXXXXX)
 chmod 755 "$DIR"
 UP_PORT=18482
 PX_PORT=18483
-mkdir -p "$DIR/www/api/customers" "$DIR/up" "$DIR/px"
-python3 -c "
-import json
-print(json.dumps({'id':'1','name':'Ada Lovelace','email':'ada@example.com','phone':'+44 20 7946 0958','notes':'x'*850}))" \
-  > "$DIR/www/api/customers/1"
-temp_paths() {
-  echo "client_body_temp_path $1/cb; proxy_temp_path $1/p; fastcgi_temp_path $1/f; uwsgi_temp_path $1/u; scgi_temp_path $1/s;"
-}
-cat > "$DIR/up.conf" <<EOC
-worker_processes 1;
-daemon off;
-pid $DIR/up/nginx.pid;
-error_log $DIR/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  $(temp_paths "$DIR/up")
-  keepalive_timeout 60s; keepalive_requests 1000000;
-  default_type application/json;
-  server { listen 127.0.0.1:$UP_PORT; root $DIR/www; }
-}
-EOC
+mkdir -p "$DIR/px"
 cat > "$DIR/px.conf" <<EOC
 worker_processes 1;
 daemon off;
@@ -72,8 +52,7 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-nginx -c "$DIR/up.conf" -p "$DIR/up" -e "$DIR/up/error.log" &
-NG=$!
+start_upstream "$UP_PORT"
 valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.out" \
   nginx -c "$DIR/px.conf" -p "$DIR/px" -e "$DIR/px/error.log" > "$DIR/valgrind.log" 2>&1 &
 VG=$!
@@ -85,20 +64,6 @@ for _ in $(seq 1 200); do
 done
 # A token-shaped header, as the gateway's load carries (nginx ignores it).
 AUTH="Authorization: Bearer $(head -c 180 /dev/urandom | base64 -w0 | tr '+/' '-_')"
-wrk -t1 -c4 -d3s -H "$AUTH" "$URL" > /dev/null
-callgrind_control -z "$VG" > /dev/null
-wrk -t1 -c4 -d"${SECS}s" -H "$AUTH" "$URL" > "$DIR/wrk.txt"
-callgrind_control -d "$VG" > /dev/null
-for _ in $(seq 1 100); do
-  [ -s "$DIR/cg.out.1" ] && grep -q '^summary' "$DIR/cg.out.1" && break
-  sleep 0.2
-done
-REQUESTS=$(grep -oP '^\s+\K\d+(?= requests in)' "$DIR/wrk.txt")
-NON2XX=$(grep -oP 'Non-2xx or 3xx responses: \K\d+' "$DIR/wrk.txt" || echo 0)
-IR=$(grep -h '^summary' "$DIR/cg.out.1" | awk '{print $2}')
-if [ "$NON2XX" != 0 ]; then
-  echo "error: $NON2XX of $REQUESTS answers were not 2xx" >&2
-  exit 1
-fi
+count_window "$URL" "$AUTH"
 echo "nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')"
 echo "requests: $REQUESTS (non-2xx: 0)  instructions: $IR  per request: $((IR / REQUESTS))"
