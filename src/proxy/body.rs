@@ -15,6 +15,44 @@ use http_body::{Body, Frame, SizeHint};
 
 use super::upstream::BoxError;
 
+/// A client's request body as the listener hands it to the pipeline:
+/// hyper's, or none (a request read by the listener's own HTTP/1.1 side,
+/// `proxy::h1server`, which only takes requests without a body).
+#[derive(Debug)]
+pub enum ClientBody {
+    Hyper(hyper::body::Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// The error a limited body yields past its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the configured limit")]

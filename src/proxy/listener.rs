@@ -39,6 +39,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::body::ClientBody;
+use super::h1server;
 use super::limits::{Activity, ConnSlot, SendTimedOut, SendTimeout, Tracked};
 use super::pipeline::Gateway;
 use super::tls::ClientCert;
@@ -145,9 +147,7 @@ macro_rules! drained {
     }};
 }
 
-/// At shutdown, how long a connection that has not sent its first request
-/// yet gets to start one (it was accepted, so its client is sending).
-const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+use h1server::FIRST_REQUEST_GRACE;
 
 /// Per-connection settings, copied out of the runtime at accept.
 #[derive(Clone)]
@@ -394,11 +394,10 @@ async fn connection(
             slot: Some(slot),
             ..Conn::plain(peer)
         };
-        let heads = Heads::default();
         if !s.h2c {
-            let io = Tap::new(stream, heads.clone(), s.max_header_bytes).max_headers(s.max_headers);
-            return http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await;
+            return http1(gw, stream, conn, &s, drain).await;
         }
+        let heads = Heads::default();
         // The HTTP/2 preface (or the first bytes that rule it out) within
         // `header_read_timeout`: hyper-util's protocol sniff itself waits
         // without a timer, and a silent client must not hold the socket.
@@ -448,10 +447,38 @@ async fn connection(
         let io = H2Tap::new(tls, facts, s.max_header_bytes);
         http(gw, io, Proto::Http2, None, conn, &s, drain).await
     } else {
-        let heads = Heads::default();
-        let io = Tap::new(tls, heads.clone(), s.max_header_bytes).max_headers(s.max_headers);
-        http(gw, io, Proto::Http1, Some(heads), conn, &s, drain).await
+        http1(gw, tls, conn, &s, drain).await
     }
+}
+
+/// HTTP/1.1 on `io`: served by `h1server` while its heads are ones it
+/// takes, then (from the first one it does not) by hyper under the tap.
+async fn http1<I>(gw: Arc<Gateway>, mut io: I, conn: Conn, s: &Settings, mut drain: Drain)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = h1server::Limits {
+        max_header_bytes: s.max_header_bytes,
+        header_read_timeout: s.header_read_timeout,
+        keepalive_timeout: s.keepalive_timeout,
+    };
+    let outcome = {
+        let (gw, conn) = (&*gw, &conn);
+        h1server::serve(&mut io, &limits, &mut drain, |req| async move {
+            match &conn.redirect {
+                Some(to) => gw.redirect(req, conn, to),
+                None => gw.handle(req, conn).await,
+            }
+        })
+        .await
+    };
+    let h1server::Outcome::Handover(read) = outcome else {
+        return;
+    };
+    let heads = Heads::default();
+    let io = h1server::Rewind::new(read, io);
+    let io = Tap::new(io, heads.clone(), s.max_header_bytes).max_headers(s.max_headers);
+    http(gw, io, Proto::Http1, Some(heads), conn, s, drain).await
 }
 
 /// Serves HTTP on `io` until the connection ends (or is drained).
@@ -489,7 +516,8 @@ async fn http<I>(
         watch.send_stalled(send_timeout).await;
         tracing::info!(peer = %peer, send_timeout = ?send_timeout, "connection closed: the client stopped reading (listen.send_timeout)");
     };
-    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut req = req.map(ClientBody::Hyper);
         let gw = gw.clone();
         let conn = conn.clone();
         // In flight until the response body is done (keep-alive timeout).

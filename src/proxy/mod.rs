@@ -6,6 +6,7 @@
 pub mod body;
 pub mod h1;
 pub mod h1codec;
+pub mod h1server;
 pub mod headers;
 pub mod limits;
 pub mod listener;

@@ -35,10 +35,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 
 use super::body::{
-    BodyTooLarge, Limited, MalformedBody, MaskedBody, Primed, SessionBound, Timed, TooSlow,
+    BodyTooLarge, ClientBody, Limited, MalformedBody, MaskedBody, Primed, SessionBound, Timed,
+    TooSlow,
 };
 use super::headers::{self, ForwardedFor};
 use super::limits::{ConnCounts, RateLimiters};
@@ -260,7 +260,7 @@ impl Gateway {
     }
 
     /// A request's context before any phase ran.
-    fn start(&self, req: &Request<Incoming>, conn: &Conn) -> Ctx {
+    fn start(&self, req: &Request<ClientBody>, conn: &Conn) -> Ctx {
         let (request_id, client_request_id) = self.ids.take(req.headers());
         Ctx {
             request_id,
@@ -284,7 +284,7 @@ impl Gateway {
     }
 
     /// Handles one request: the inner pipeline, then the log line, always.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &Conn) -> Response<RespBody> {
+    pub async fn handle(&self, req: Request<ClientBody>, conn: &Conn) -> Response<RespBody> {
         let rt = self.runtime.load_full();
         let mut ctx = self.start(&req, conn);
         let resp = match self.handle_inner(&rt, &mut ctx, conn, req).await {
@@ -299,7 +299,7 @@ impl Gateway {
     /// any request. A request without a usable host is refused as usual.
     pub fn redirect(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: &Conn,
         to: &Redirect,
     ) -> Response<RespBody> {
@@ -350,7 +350,7 @@ impl Gateway {
         rt: &Runtime,
         ctx: &mut Ctx,
         conn: &Conn,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
     ) -> Result<Response<RespBody>, Refusal> {
         // 0 limits: target length, header count, the client's rate.
         self.admit(rt, conn, &req)?;
@@ -580,7 +580,7 @@ impl Gateway {
     /// Phase 0: the head limits of `listen` (a JSON 414/431 where the HTTP
     /// layer would answer bare, or not at all) and the client's per-IP
     /// bucket, before anything costs more than a hash lookup.
-    fn admit(&self, rt: &Runtime, conn: &Conn, req: &Request<Incoming>) -> Result<(), Refusal> {
+    fn admit(&self, rt: &Runtime, conn: &Conn, req: &Request<ClientBody>) -> Result<(), Refusal> {
         // The target as sent (HTTP/1.1: the tap's copy, fragment and
         // absolute form included); HTTP/2: `:path`.
         let target = match req.extensions().get::<RawHead>() {
@@ -816,7 +816,7 @@ impl Gateway {
         &self,
         rt: &Runtime,
         ctx: &mut Ctx,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
     ) -> Result<Response<RespBody>, Refusal> {
         ctx.route = Some("(logout)".into());
         let v = rt
@@ -874,7 +874,7 @@ fn normalize(
     rt: &Runtime,
     ctx: &mut Ctx,
     conn: &Conn,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
 ) -> Result<Target, Refusal> {
     // CONNECT asks for a tunnel, never a resource, whatever its target:
     // with a path (`CONNECT /x`) it would be authorized on `/x` and then
@@ -926,7 +926,7 @@ fn normalize(
 /// The request's raw head as the listener's tap read it (`proxy::wire`),
 /// if it is the head of this very request and its framing is unambiguous.
 /// No head (the tap lost the stream) or another one: refused, fail closed.
-fn raw_head(req: &Request<Incoming>) -> Result<&RawHead, Refusal> {
+fn raw_head(req: &Request<ClientBody>) -> Result<&RawHead, Refusal> {
     let bad = |b| Refusal::from(Deny::BadRequest(b));
     let raw = req
         .extensions()
@@ -955,7 +955,7 @@ fn check_method(method: &Method) -> Result<(), Refusal> {
 /// without port. RFC 9112 §3.2: an HTTP/1.1 request without Host, or any
 /// request with several, is a 400; so is an HTTP/1.0 one without Host in
 /// origin form (nothing to route on or to tell the upstream).
-fn request_host(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
+fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
@@ -986,7 +986,7 @@ fn request_host(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
 /// authority), else a single `Host` header (RFC 9113 §8.3.1). A `Host`
 /// next to `:authority` must name the same authority, or the request is
 /// refused: the upstream gets one of them, the router the other.
-fn h2_host(req: &Request<Incoming>) -> Result<Option<String>, Refusal> {
+fn h2_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
@@ -1030,7 +1030,7 @@ fn authenticate(
     rt: &Runtime,
     ctx: &mut Ctx,
     route: &Route,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
 ) -> Result<Option<Verified>, Refusal> {
     if route.policy.public {
         return Ok(None);
@@ -1051,7 +1051,7 @@ async fn forward(
     target: &Target,
     principal: Option<&Principal>,
     masking: bool,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let max = rt.listen.max_body_bytes;
     let declared = req

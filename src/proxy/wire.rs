@@ -61,9 +61,9 @@ pub const MAX_HEADERS: usize = 100;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawHead {
     /// The method token, as sent.
-    pub method: Vec<u8>,
+    pub method: bytes::Bytes,
     /// The request target, as sent (a fragment included).
-    pub target: Vec<u8>,
+    pub target: bytes::Bytes,
     /// What the `Content-Length` / `Transfer-Encoding` headers say.
     pub framing: Framing,
 }
@@ -444,8 +444,8 @@ impl Tracker {
             (Framing::Clean, State::Head)
         };
         self.heads.push(RawHead {
-            method: req.method.unwrap_or_default().as_bytes().to_vec(),
-            target: req.path.unwrap_or_default().as_bytes().to_vec(),
+            method: bytes::Bytes::copy_from_slice(req.method.unwrap_or_default().as_bytes()),
+            target: bytes::Bytes::copy_from_slice(req.path.unwrap_or_default().as_bytes()),
             framing,
         });
         // An unclean framing is refused and the connection closed: there is
@@ -761,7 +761,7 @@ mod tests {
             );
             assert!(hs[0].has_fragment() && !hs[1].has_fragment());
             assert!(hs.iter().all(|h| h.framing == Framing::Clean));
-            assert_eq!(hs[3].method, b"DELETE");
+            assert_eq!(hs[3].method, &b"DELETE"[..]);
             assert_eq!(state, State::Head, "split {split}");
         }
     }
@@ -855,8 +855,8 @@ mod tests {
     #[test]
     fn describes_matches_hyper_view() {
         let h = |m: &str, t: &str| RawHead {
-            method: m.as_bytes().to_vec(),
-            target: t.as_bytes().to_vec(),
+            method: bytes::Bytes::copy_from_slice(m.as_bytes()),
+            target: bytes::Bytes::copy_from_slice(t.as_bytes()),
             framing: Framing::Clean,
         };
         let uri = |s: &str| s.parse::<http::Uri>().unwrap();
