@@ -111,7 +111,7 @@ where
         // the connection waits for it, its first byte also within
         // `keepalive_timeout`.
         let start = Instant::now();
-        let head_until = start + limits.header_read_timeout;
+        let mut head_until = start + limits.header_read_timeout;
         let mut idle_until = start + limits.header_read_timeout.min(limits.keepalive_timeout);
         let (req, keep_alive) = loop {
             if !rbuf.is_empty() {
@@ -144,10 +144,12 @@ where
                     Ok(_) => {}
                 },
                 _ = drain.changed(), if !draining => {
+                    // A head on its way (or a first request) gets a short
+                    // grace, no more.
                     draining = true;
-                    if rbuf.is_empty() && !served {
-                        idle_until = idle_until.min(Instant::now() + FIRST_REQUEST_GRACE);
-                    }
+                    let grace = Instant::now() + FIRST_REQUEST_GRACE;
+                    idle_until = idle_until.min(grace);
+                    head_until = head_until.min(grace);
                 }
                 () = &mut timer => {
                     tracing::debug!("closing idle connection");
@@ -165,14 +167,29 @@ where
             tokio::select! {
                 biased;
                 resp = &mut exchange => break resp,
-                r = io.read_buf(&mut rbuf), if rbuf.len() < limits.max_header_bytes => match r {
+                // Only while nothing is buffered (as hyper: a pipelined
+                // head waits its turn, and bounds what is read ahead).
+                r = io.read_buf(&mut rbuf), if rbuf.is_empty() => match r {
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
                 _ = drain.changed(), if !draining => draining = true,
             }
         };
-        match write_response(io, &mut wbuf, resp, head, keep_alive && !draining).await {
+        let written = write_response(
+            io,
+            &mut wbuf,
+            &mut rbuf,
+            resp,
+            head,
+            keep_alive && !draining,
+        )
+        .await;
+        if wbuf.capacity() > READ_SIZE * 2 {
+            // An idle connection does not keep a large answer's buffer.
+            wbuf = Vec::new();
+        }
+        match written {
             Ok(true) => {}
             Ok(false) => {
                 let _ = io.shutdown().await;
@@ -211,8 +228,18 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             buf,
             &mut fields,
         ) {
-            Ok(httparse::Status::Complete(len)) if len < max_head => len,
+            Ok(httparse::Status::Complete(len)) if len < max_head && len <= u32::MAX as usize => {
+                len
+            }
             Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
+            // Too many fields for this side, but the head is not all
+            // there: read on (under this side's head timer) so that hyper
+            // gets the whole head and does not start its timer afresh.
+            Err(httparse::Error::TooManyHeaders)
+                if buf.len() < max_head && !has_blank_line(buf) =>
+            {
+                return Parsed::Partial;
+            }
             _ => return Parsed::Handover,
         };
         if req.version != Some(1) {
@@ -301,6 +328,12 @@ fn request_parts(
         headers.append(name, value);
     }
     Some((uri, headers))
+}
+
+/// Whether `buf` holds the blank line that ends a head (CRLF or bare LF
+/// line ends, as `httparse` takes them).
+fn has_blank_line(buf: &[u8]) -> bool {
+    memchr::memmem::find(buf, b"\n\r\n").is_some() || memchr::memmem::find(buf, b"\n\n").is_some()
 }
 
 /// Whether a comma-separated header value has `token` (case-insensitive).
@@ -584,12 +617,13 @@ fn is_chunked(v: &[u8]) -> bool {
 async fn write_response<I>(
     io: &mut I,
     wbuf: &mut Vec<u8>,
+    rbuf: &mut BytesMut,
     resp: Response<RespBody>,
     head: bool,
     keep_alive: bool,
 ) -> io::Result<bool>
 where
-    I: AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut parts, mut body) = resp.into_parts();
     let length = if body.is_end_stream() {
@@ -614,9 +648,20 @@ where
         let frame = match futures_util::FutureExt::now_or_never(body.frame()) {
             Some(f) => f,
             None => {
-                // Nothing more yet: what is there goes out first.
+                // Nothing more yet: what is there goes out first; while
+                // the body waits, a client that closes its end ends the
+                // exchange (the upstream's with it).
                 write_all(io, wbuf, &[]).await?;
-                body.frame().await
+                loop {
+                    tokio::select! {
+                        biased;
+                        f = body.frame() => break f,
+                        r = io.read_buf(rbuf), if rbuf.is_empty() => match r {
+                            Ok(0) | Err(_) => return Ok(false),
+                            Ok(_) => {}
+                        },
+                    }
+                }
             }
         };
         let data = match frame {
@@ -1205,6 +1250,93 @@ mod tests {
             assert!(got.is_empty());
             assert!(matches!(task.await.unwrap(), Outcome::Closed));
             assert_eq!(start.elapsed().as_secs(), expect, "trickle {trickle}");
+        }
+    }
+
+    /// Pipelined requests followed by a half-close are answered as hyper
+    /// answers them (the request in flight when the close is seen is
+    /// dropped); a client that closes while its answer's body waits ends
+    /// the exchange.
+    #[tokio::test(start_paused = true)]
+    async fn half_closes_answer_what_was_sent_and_end_waiting_bodies() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let (_tx, mut drain) = tokio::sync::watch::channel(());
+            serve(&mut server, &limits(), &mut drain, |req| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                service(req, plain(vec![], Kind::Full("hi"))).await
+            })
+            .await
+        });
+        client
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(matches!(task.await.unwrap(), Outcome::Closed));
+        // hyper, on the same bytes.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(hyper_side(server, vec![plain(vec![], Kind::Full("hi"))]));
+        client
+            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let mut theirs = Vec::new();
+        client.read_to_end(&mut theirs).await.unwrap();
+        let dates = regex::Regex::new(r"date: [^\r]*").unwrap();
+        let (ours, theirs) = (
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&theirs),
+        );
+        assert!(ours.starts_with("HTTP/1.1 200 OK\r\n"), "{ours}");
+        assert_eq!(dates.replace_all(&ours, ""), dates.replace_all(&theirs, ""));
+
+        // An answer whose body never comes: the client's close ends it.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let task = tokio::spawn(async move {
+            let (_tx, mut drain) = tokio::sync::watch::channel(());
+            serve(&mut server, &limits(), &mut drain, |_req| async move {
+                let never = futures_util::stream::pending::<
+                    Result<Frame<Bytes>, crate::proxy::upstream::BoxError>,
+                >();
+                Response::new(StreamBody::new(never).boxed())
+            })
+            .await
+        });
+        client
+            .write_all(b"GET /sse HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 17];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200 OK\r\n");
+        client.shutdown().await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(1), task).await;
+        assert!(matches!(ended, Ok(Ok(Outcome::Closed))));
+    }
+
+    /// A head with more fields than this side takes is read whole before
+    /// it goes to hyper (its timer does not start afresh), and answered
+    /// as hyper answers it.
+    #[test]
+    fn a_head_with_many_fields_goes_to_hyper_whole() {
+        let mut request = String::from("GET /many HTTP/1.1\r\n");
+        for i in 0..120 {
+            request.push_str(&format!("X-F{i}: v\r\n"));
+        }
+        request.push_str("\r\n");
+        let answers = vec![plain(vec![], Kind::Echo)];
+        for split in [30, 600, request.len() - 1] {
+            let (theirs, ours, served) = both(request.clone().into_bytes(), split, answers.clone());
+            assert_eq!(served, 0);
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs)
+            );
+            assert!(String::from_utf8_lossy(&ours).contains("x-f119: \"v\""));
         }
     }
 
