@@ -42,6 +42,7 @@ fn main() {
             token_exp_ms: now + 3_600_000,
             token_iat_ms: Some(now),
             touch: true,
+            key: None,
         });
     }
     let after = rss_kib();
@@ -68,6 +69,7 @@ fn main() {
             token_exp_ms: now + 3_600_000,
             token_iat_ms: Some(now),
             touch: true,
+            key: None,
         })
     };
     let rounds = 2_000_000usize;

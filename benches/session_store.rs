@@ -58,6 +58,7 @@ fn touch(session: &str) -> Touch<'_> {
         token_exp_ms: *TOKEN_EXP,
         token_iat_ms: Some(0),
         touch: true,
+        key: None,
     }
 }
 

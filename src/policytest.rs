@@ -159,6 +159,7 @@ fn session_after(rt: &Runtime, p: &Principal, idle_for: Duration, touch: bool) -
         token_exp_ms: u64::MAX,
         token_iat_ms: None,
         touch: true,
+        key: None,
     };
     // The last activity: the session's first request, allowed.
     table.check(&then);
@@ -249,6 +250,8 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             grants: tp.grants.clone(),
             claims: tp.claims.clone(),
             identity_values: Default::default(),
+            session_key: Default::default(),
+            idle_timeout: Default::default(),
         };
         let stated = match Stated::parse(case.relations.iter().map(|(k, v)| (k.as_str(), *v))) {
             Ok(s) => s,

@@ -123,15 +123,14 @@ fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
     string(out, "path", a.path);
     string(out, "route", a.route);
     string(out, "subject", a.subject);
-    let _ = write!(out, ",\"status\":{}", a.status);
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(itoa::Buffer::new().format(a.status).as_bytes());
     string(out, "error", a.error);
     string(out, "detail", a.detail);
     string(out, "reason", a.reason);
-    let _ = writeln!(
-        out,
-        ",\"duration_us\":{},\"target\":\"rolegate::access\"}}",
-        a.duration_us
-    );
+    out.extend_from_slice(b",\"duration_us\":");
+    out.extend_from_slice(itoa::Buffer::new().format(a.duration_us).as_bytes());
+    out.extend_from_slice(b",\"target\":\"rolegate::access\"}\n");
 }
 
 /// `at` as humantime's `format_rfc3339_micros` writes it

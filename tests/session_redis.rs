@@ -146,6 +146,7 @@ fn req<'a>(session: &'a str, subject: &'a str, idle_ms: u64, touch: bool) -> Tou
         // Issued just now: after any deactivation the test made before.
         token_iat_ms: Some(now_ms() + 1),
         touch,
+        key: None,
     }
 }
 

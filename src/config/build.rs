@@ -475,6 +475,7 @@ impl Builder {
                 watch_interval: reload_interval?,
             },
             drain_timeout: drain_timeout?,
+            generation: super::next_generation(),
         })
     }
 

@@ -57,6 +57,22 @@ pub struct Runtime {
     /// `shutdown.drain_timeout`: how long in-flight requests and
     /// websockets get to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// This runtime's number among those built by the process (values
+    /// derived from a principal under one runtime are kept per number).
+    pub generation: std::num::NonZeroU32,
+}
+
+/// The next runtime's `generation`: 1, 2, … (0 skipped if it ever wraps).
+pub fn next_generation() -> std::num::NonZeroU32 {
+    static LAST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    loop {
+        let n = LAST
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .wrapping_add(1);
+        if let Some(n) = std::num::NonZeroU32::new(n) {
+            return n;
+        }
+    }
 }
 
 /// `reload:`.
@@ -93,9 +109,11 @@ impl Runtime {
     /// place this rule is resolved (requests, websockets, streamed answers,
     /// policy test cases with `idle_for`).
     pub fn idle_timeout(&self, p: &Principal) -> Duration {
-        self.policy
-            .idle_timeout(p)
-            .unwrap_or(self.sessions.idle_timeout)
+        p.idle_timeout.get_or_init(self.generation, || {
+            self.policy
+                .idle_timeout(p)
+                .unwrap_or(self.sessions.idle_timeout)
+        })
     }
 }
 

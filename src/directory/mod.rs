@@ -147,6 +147,8 @@ pub fn resolve(
         profiles: Vec::new(),
         grants: rec.grants.clone(),
         identity_values: Default::default(),
+        session_key: Default::default(),
+        idle_timeout: Default::default(),
     };
     for a in &rec.profiles {
         match profile(&a.name) {

@@ -84,6 +84,63 @@ pub struct Principal {
     /// principal makes and reused by the next ones (the principal of a
     /// cached token is shared by all of them).
     pub identity_values: Memo<Box<[Option<http::HeaderValue>]>>,
+    /// The session store's key of this principal's session (a digest of
+    /// issuer, subject and session id), made on its first request.
+    pub session_key: Memo<[u8; 32]>,
+    /// The idle timeout this principal gets under one runtime, made on its
+    /// first request under that runtime (a reload may change it).
+    pub idle_timeout: PerRuntime,
+}
+
+/// One `Duration` derived from a principal and the runtime in force, kept
+/// for the runtime it was made under: a runtime generation (never 0) and
+/// whole milliseconds packed in one atomic word, so reading it is one
+/// load. A value over `u32::MAX` ms (49 days) is not kept: made again each
+/// time. Like [`Memo`], a clone starts empty and equality ignores it.
+#[derive(Default)]
+pub struct PerRuntime(std::sync::atomic::AtomicU64);
+
+impl PerRuntime {
+    /// The value made under `generation`, or `f()` (then kept).
+    pub fn get_or_init(
+        &self,
+        generation: std::num::NonZeroU32,
+        f: impl FnOnce() -> Duration,
+    ) -> Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        let word = self.0.load(Relaxed);
+        if (word >> 32) as u32 == generation.get() {
+            return Duration::from_millis(word & u64::from(u32::MAX));
+        }
+        let d = f();
+        if let Ok(ms) = u32::try_from(d.as_millis())
+            && Duration::from_millis(u64::from(ms)) == d
+        {
+            self.0
+                .store(u64::from(generation.get()) << 32 | u64::from(ms), Relaxed);
+        }
+        d
+    }
+}
+
+impl Clone for PerRuntime {
+    fn clone(&self) -> Self {
+        PerRuntime::default()
+    }
+}
+
+impl PartialEq for PerRuntime {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for PerRuntime {}
+
+impl std::fmt::Debug for PerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PerRuntime")
+    }
 }
 
 /// A value derived from the rest of its struct once, on first use. A
@@ -243,6 +300,38 @@ pub(crate) fn is_valid_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_runtime_values_are_kept_for_their_runtime_only() {
+        let g = |n| std::num::NonZeroU32::new(n).unwrap();
+        let memo = PerRuntime::default();
+        let calls = std::cell::Cell::new(0);
+        let make = |d: Duration| {
+            calls.set(calls.get() + 1);
+            d
+        };
+        let min = Duration::from_secs(60);
+        assert_eq!(memo.get_or_init(g(1), || make(min)), min);
+        assert_eq!(memo.get_or_init(g(1), || make(Duration::ZERO)), min);
+        assert_eq!(calls.get(), 1, "kept under the same runtime");
+        // Another runtime: made again, and that value kept from then on.
+        let sec = Duration::from_secs(1);
+        assert_eq!(memo.get_or_init(g(2), || make(sec)), sec);
+        assert_eq!(memo.get_or_init(g(2), || make(min)), sec);
+        assert_eq!(calls.get(), 2);
+        // Not whole milliseconds, or too long to pack: never kept.
+        for d in [
+            Duration::from_micros(1500),
+            Duration::from_secs(60 * 86_400),
+        ] {
+            let m = PerRuntime::default();
+            assert_eq!(m.get_or_init(g(3), || d), d);
+            assert_eq!(m.get_or_init(g(3), || sec), sec, "{d:?} was kept");
+        }
+        // A clone starts empty.
+        let c = memo.clone();
+        assert_eq!(c.get_or_init(g(2), || min), min);
+    }
 
     #[test]
     fn bindings_parse_or_are_refused() {

@@ -647,7 +647,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, WireError> 
         }
         return Ok(Parsed::Informational);
     }
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // One more for the `X-Request-Id` every answer gets.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
     for [a, b, c, d] in spans {
         let name = HeaderName::from_bytes(&head[a as usize..b as usize])
             .map_err(|_| WireError::Malformed("header name"))?;

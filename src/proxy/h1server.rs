@@ -313,6 +313,11 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     Parsed::Request(req, keep_alive)
 }
 
+/// Header fields the pipeline may add to a request before it goes
+/// upstream: `Host`, four forwarding fields, six identity fields and
+/// `Accept-Encoding` on masked routes.
+const FORWARD_HEADROOM: usize = 12;
+
 /// The URI and header map of a head split off the buffer (sharing its
 /// bytes); `None` if http refuses one of them.
 fn request_parts(
@@ -321,7 +326,9 @@ fn request_parts(
     spans: &[[u32; 4]],
 ) -> Option<(http::Uri, HeaderMap)> {
     let uri = http::Uri::from_maybe_shared(head.slice(target)).ok()?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for what the forward phase adds (the forwarding and identity
+    // headers): the map is not grown and rehashed on the way upstream.
+    let mut headers = HeaderMap::with_capacity(spans.len() + FORWARD_HEADROOM);
     for &[a, b, c, d] in spans {
         let name = HeaderName::from_bytes(&head[a as usize..b as usize]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(c as usize..d as usize)).ok()?;

@@ -538,7 +538,7 @@ impl RateLimiters {
     /// Takes a token from `ip`'s bucket; `Err(seconds)` to wait when empty.
     /// `None` (no `per_ip` configured) drops any old buckets.
     pub fn check_ip(&self, rate: Option<&Rate>, ip: IpAddr) -> Result<(), u64> {
-        self.ip.check(rate, &client_key(ip))
+        self.ip.check(rate, || client_key(ip))
     }
 
     /// Takes a token from the principal's bucket (issuer + subject).
@@ -548,8 +548,9 @@ impl RateLimiters {
         issuer: &str,
         subject: &str,
     ) -> Result<(), u64> {
+        // The key is only built when a limit is configured.
         self.principal
-            .check(rate, &(issuer.to_string(), subject.to_string()))
+            .check(rate, || (issuer.to_string(), subject.to_string()))
     }
 }
 
@@ -579,7 +580,7 @@ struct Bucket<K: Hash + Eq + Clone> {
 const SWEEP_EVERY_MS: u64 = 1_000;
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
-    fn check(&self, rate: Option<&Rate>, key: &K) -> Result<(), u64> {
+    fn check(&self, rate: Option<&Rate>, key: impl FnOnce() -> K) -> Result<(), u64> {
         let Some(rate) = rate else {
             if self.current.load().is_some() {
                 self.current.store(None);
@@ -610,7 +611,7 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         {
             bucket.limiter.retain_recent();
         }
-        bucket.limiter.check_key(key).map_err(|not_until| {
+        bucket.limiter.check_key(&key()).map_err(|not_until| {
             retry_after_secs(not_until.wait_time_from(bucket.limiter.clock().now()))
         })
     }

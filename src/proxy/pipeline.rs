@@ -780,10 +780,16 @@ impl Gateway {
     ) -> Result<(), Refusal> {
         let p = &v.principal;
         let idle = rt.idle_timeout(p);
-        let t = Touch {
+        let id = SessionRef {
             issuer: &p.issuer,
             subject: &p.subject,
             session: p.session.as_deref().unwrap_or(""),
+        };
+        let key = p.session_key.get_or_init(|| id.key().0);
+        let t = Touch {
+            issuer: id.issuer,
+            subject: id.subject,
+            session: id.session,
             now_ms: now_ms(),
             idle_ms: idle.as_millis() as u64,
             max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
@@ -792,6 +798,7 @@ impl Gateway {
             // a deactivation counts as issued before it (fail closed).
             token_iat_ms: v.iat.map(|s| s.saturating_mul(1000)),
             touch,
+            key: Some(key),
         };
         match self.store.check(&t).await {
             Ok(Verdict::Active) => Ok(()),
@@ -966,11 +973,10 @@ fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
         return Err(Deny::BadRequest(BadRequest::MissingHost).into());
     }
     let raw = match (absolute, first) {
-        (Some(a), _) => a.as_str().to_string(),
+        (Some(a), _) => a.as_str(),
         (None, Some(h)) => h
             .to_str()
-            .map_err(|_| Deny::BadHost("Host header is not ASCII"))?
-            .to_string(),
+            .map_err(|_| Deny::BadHost("Host header is not ASCII"))?,
         (None, None) => return Err(Deny::BadRequest(BadRequest::MissingHost).into()),
     };
     let authority: http::uri::Authority = raw
@@ -1400,7 +1406,7 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
 /// line (phase 8), refusals included.
 fn finish(ctx: &Ctx, mut resp: Response<RespBody>) -> Response<RespBody> {
     if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(headers::X_REQUEST_ID, v);
     }
     log(ctx, resp.status());
     resp

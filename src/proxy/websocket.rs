@@ -337,6 +337,7 @@ impl Binding {
             token_exp_ms: self.token_exp_ms,
             token_iat_ms: self.token_iat_ms,
             touch,
+            key: None,
         };
         match self.store.check(&t).await {
             Ok(Verdict::Active) => None,

@@ -296,6 +296,7 @@ mod tests {
             token_exp_ms: u64::MAX / 4,
             token_iat_ms: Some(0),
             touch: true,
+            key: None,
         }
     }
 

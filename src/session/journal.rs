@@ -590,6 +590,7 @@ mod tests {
             token_exp_ms: u64::MAX / 2,
             token_iat_ms: Some(0),
             touch: true,
+            key: None,
         }
     }
 
@@ -784,6 +785,7 @@ mod tests {
                 token_exp_ms: u64::MAX / 2,
                 token_iat_ms: Some(0),
                 touch: true,
+                key: None,
             })
             .0 == super::super::Verdict::Ended(EndReason::Revoked)
         };

@@ -780,7 +780,7 @@ impl Inner {
 
     async fn slow_check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
         let generation = self.generation.load(Ordering::Acquire);
-        let key = t.id().key();
+        let key = t.key();
         let mut inv = self.invocation(&self.scripts.check, t.now_ms);
         inv.key(session_key(&key))
             .key(deact_key())
@@ -1565,7 +1565,7 @@ impl RedisStore {
         {
             return Ok(Verdict::Ended(EndReason::Revoked));
         }
-        let local = inner.table.get(t.id());
+        let local = inner.table.get_key(&t.key());
         if let Some((reason, at)) = local.as_ref().and_then(|r| r.ended) {
             // Ended for good. A newer token of that session: make Redis
             // keep the record until it expires too (best effort: the
@@ -1916,6 +1916,7 @@ mod tests {
             token_exp_ms: 10_000,
             token_iat_ms: Some(0),
             touch: true,
+            key: None,
         };
         assert!(mirror_can_decide(&r, &t));
         // Locally idle: another instance may have kept it alive.

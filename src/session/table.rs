@@ -134,6 +134,9 @@ pub struct Touch<'a> {
     pub token_iat_ms: Option<u64>,
     /// Refresh last activity (false on passive routes and denied requests).
     pub touch: bool,
+    /// The session's key, when the caller has it already (the pipeline
+    /// keeps it with the principal); `None`: made from the three ids.
+    pub key: Option<&'a [u8; 32]>,
 }
 
 impl<'a> Touch<'a> {
@@ -142,6 +145,18 @@ impl<'a> Touch<'a> {
             issuer: self.issuer,
             subject: self.subject,
             session: self.session,
+        }
+    }
+
+    /// The session's table key: `key` when given, else made from the ids.
+    pub fn key(&self) -> Key {
+        match self.key {
+            Some(&k) => {
+                let k = Key(k);
+                debug_assert_eq!(k, self.id().key(), "a Touch's key must be its ids'");
+                k
+            }
+            None => self.id().key(),
         }
     }
 }
@@ -341,7 +356,7 @@ impl Table {
     pub fn check(&self, t: &Touch<'_>) -> (Verdict, Change) {
         let (verdict, change) = self.check_inner(t);
         if matches!(change, Change::Ended(_)) {
-            self.watchers.fire(&t.id().key());
+            self.watchers.fire(&t.key());
         }
         (verdict, change)
     }
@@ -358,7 +373,7 @@ impl Table {
         if self.is_revoked_id(t.session) || self.is_cut_off(t.subject, t.token_iat_ms) {
             return (Verdict::Ended(EndReason::Revoked), Change::None);
         }
-        let key = t.id().key();
+        let key = t.key();
         let (verdict, change, mut e) = match self.sessions.get_mut(&key) {
             Some(mut e) => {
                 let raised = t.token_exp_ms > e.exp;
@@ -546,7 +561,12 @@ impl Table {
     }
 
     pub fn get(&self, id: SessionRef<'_>) -> Option<Record> {
-        self.sessions.get(&id.key()).map(|e| e.record())
+        self.get_key(&id.key())
+    }
+
+    /// [`Table::get`] by the session's key.
+    pub fn get_key(&self, key: &Key) -> Option<Record> {
+        self.sessions.get(key).map(|e| e.record())
     }
 
     /// Sessions touched since the last call, for the activity flush.
@@ -656,6 +676,7 @@ mod tests {
             token_exp_ms: 10_000_000,
             token_iat_ms: Some(500),
             touch: true,
+            key: None,
         }
     }
 

@@ -204,6 +204,35 @@ async fn a_reload_that_needs_a_restart_is_refused_with_the_reason() {
     assert_eq!(in_force(&gw).await, Some('A'));
 }
 
+/// A reload that shortens a role's idle timeout applies to the very next
+/// request of a session already seen, with the same token: nothing derived
+/// from the principal under the old configuration (its verified token,
+/// its idle timeout) outlives the reload.
+#[tokio::test]
+async fn a_reload_that_shortens_a_role_s_idle_timeout_applies_to_sessions_already_seen() {
+    let up = Upstream::start().await;
+    let gw = start(&up, "").await;
+    let t = token_with(json!({ "roles": ["r1"], "sid": "idle-reload" }));
+    assert_eq!(req(gw.addr, "GET", "/v", Some(&t), &[]).await.status, 200);
+    replace(
+        &gw.dir,
+        "rules.yaml",
+        &RULES_A.replace(
+            "r1: { grants: [cap.a] }",
+            "r1: { grants: [cap.a], idle_timeout: 1s }",
+        ),
+    );
+    let r = admin(&gw, "POST", "/reload").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    let before = up.count();
+    let r = req(gw.addr, "GET", "/v", Some(&t), &[]).await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error(), "session_expired");
+    assert_eq!(r.json()["reason"], "idle");
+    assert_eq!(up.count(), before, "an idle session reached the upstream");
+}
+
 /// Several clients send requests without pause while the rules flip
 /// between A and B (and a broken file is tried in between): every answer
 /// is wholly A's or wholly B's, and after the last reload its rules hold.
