@@ -139,7 +139,7 @@ pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
     // backends, exactly like `X-Rolegate-User`: drop every name with an
     // underscore (nginx's default) so no spelling of a trusted header gets
     // through.
-    if k.contains('_')
+    if memchr::memchr(b'_', k.as_bytes()).is_some()
         || k.starts_with(fwd.identity_prefix.as_str())
         || ALWAYS_STRIPPED.contains(&k)
     {
@@ -148,7 +148,13 @@ pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
     if fwd.strip.contains(name) {
         return true;
     }
-    fwd.strip_prefixes.iter().any(|p| k.starts_with(p.as_str())) && !fwd.keep.contains(name)
+    // The first byte compared inline: most names share none with any
+    // prefix, and then no comparison call is made.
+    let first = k.as_bytes().first();
+    fwd.strip_prefixes
+        .iter()
+        .any(|p| p.as_bytes().first().is_none_or(|b| Some(b) == first) && k.starts_with(p.as_str()))
+        && !fwd.keep.contains(name)
 }
 
 /// Removes `Connection`-named headers and the hop-by-hop set.
@@ -557,6 +563,58 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["x-forwarded-ssl", "x-ok"]);
+    }
+
+    /// The scan's shortcuts (a byte search for `_`, prefixes compared from
+    /// their first byte) decide every name as the plain rule does: the
+    /// listed names, names under each prefix and next to them, kept names,
+    /// underscores anywhere, one-letter names.
+    #[test]
+    fn the_strip_decision_is_the_plain_rule_for_every_kind_of_name() {
+        fn plain(fwd: &ForwardSettings, name: &HeaderName) -> bool {
+            let k = name.as_str();
+            k.contains('_')
+                || k.starts_with(fwd.identity_prefix.as_str())
+                || ALWAYS_STRIPPED.contains(&k)
+                || fwd.strip.contains(name)
+                || (fwd.strip_prefixes.iter().any(|p| k.starts_with(p.as_str()))
+                    && !fwd.keep.contains(name))
+        }
+        let mut f = fwd();
+        f.strip_prefixes
+            .extend(DEFAULT_STRIPPED_PREFIXES.iter().map(|p| p.to_string()));
+        f.strip_prefixes.push("a".into());
+        let mut names: Vec<String> = ["host", "authorization", "a", "b", "x", "_", "x-", "s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let listed = ALWAYS_STRIPPED.iter().chain(DEFAULT_STRIPPED);
+        let prefixes = f.strip_prefixes.clone();
+        for base in listed.map(|s| s.to_string()).chain(prefixes) {
+            for n in [
+                base.clone(),
+                format!("{base}x"),
+                format!("{base}_x"),
+                format!("y{base}"),
+                base[..base.len() - 1].to_string(),
+                base.replacen('-', "_", 1),
+            ] {
+                names.push(n);
+            }
+        }
+        names.push("x-rolegate-user".into());
+        names.push("x-forwarded-ssl".into());
+        let mut stripped = 0;
+        for n in names.iter().filter(|n| !n.is_empty()) {
+            let name = HeaderName::from_bytes(n.as_bytes()).unwrap();
+            assert_eq!(is_stripped(&f, &name), plain(&f, &name), "{n}");
+            stripped += usize::from(plain(&f, &name));
+        }
+        assert!(
+            stripped > 0 && stripped < names.len(),
+            "{stripped} of {}",
+            names.len()
+        );
     }
 
     #[test]

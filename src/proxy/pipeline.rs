@@ -1456,7 +1456,7 @@ impl RequestIds {
     /// (our id, the client's valid `X-Request-Id` if any).
     fn take(&self, headers: &http::HeaderMap) -> (String, Option<String>) {
         let client = headers
-            .get("x-request-id")
+            .get(headers::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| {
                 !v.is_empty()
