@@ -99,10 +99,9 @@ fn access_event(a: &Access<'_>) {
 
 /// `a` as one JSON line, stamped `at`.
 fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
-    let string = |out: &mut Vec<u8>, key: &str, v: &str| {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
+    // `key` is the whole `,"name":` before the value.
+    let string = |out: &mut Vec<u8>, key: &[u8], v: &str| {
+        out.extend_from_slice(key);
         if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
             // Nothing JSON escapes (most values): copied as it is.
             out.push(b'"');
@@ -116,18 +115,18 @@ fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, at);
     out.extend_from_slice(b"\",\"level\":\"INFO\"");
-    string(out, "request_id", a.request_id);
-    string(out, "client_request_id", a.client_request_id);
-    string(out, "peer", a.peer);
-    string(out, "method", a.method);
-    string(out, "path", a.path);
-    string(out, "route", a.route);
-    string(out, "subject", a.subject);
+    string(out, b",\"request_id\":", a.request_id);
+    string(out, b",\"client_request_id\":", a.client_request_id);
+    string(out, b",\"peer\":", a.peer);
+    string(out, b",\"method\":", a.method);
+    string(out, b",\"path\":", a.path);
+    string(out, b",\"route\":", a.route);
+    string(out, b",\"subject\":", a.subject);
     out.extend_from_slice(b",\"status\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.status).as_bytes());
-    string(out, "error", a.error);
-    string(out, "detail", a.detail);
-    string(out, "reason", a.reason);
+    string(out, b",\"error\":", a.error);
+    string(out, b",\"detail\":", a.detail);
+    string(out, b",\"reason\":", a.reason);
     out.extend_from_slice(b",\"duration_us\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.duration_us).as_bytes());
     out.extend_from_slice(b",\"target\":\"rolegate::access\"}\n");
