@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -153,7 +153,10 @@ where
 
 /// A body whose first frame was already read (before the upstream request
 /// started, so a body broken from its start never reaches the upstream),
-/// followed by the rest.
+/// followed by the rest. The client's trailer fields are dropped, on every
+/// upstream path (the HTTP/1.1 client never sends them; over HTTP/2 they
+/// would reach the upstream past the header strips, and some backends
+/// read trailers as headers).
 pub struct Primed<B> {
     first: Option<Frame<Bytes>>,
     inner: B,
@@ -176,10 +179,17 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        if let Some(f) = self.first.take() {
+        if let Some(f) = self.first.take()
+            && f.is_data()
+        {
             return Poll::Ready(Some(Ok(f)));
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        loop {
+            match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+                Some(Ok(f)) if !f.is_data() => continue,
+                other => return Poll::Ready(other),
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -460,5 +470,46 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.done || self.inner.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn trailers(name: &'static str) -> Frame<Bytes> {
+        let mut t = http::HeaderMap::new();
+        t.insert(name, http::HeaderValue::from_static("admin"));
+        Frame::trailers(t)
+    }
+
+    /// A client's trailer section never goes upstream: not after the
+    /// data, not as the body's only frame (then read first, ahead of the
+    /// request).
+    #[tokio::test]
+    async fn a_primed_body_carries_the_data_and_never_the_trailers() {
+        let frames = |v: Vec<Frame<Bytes>>| {
+            StreamBody::new(futures_util::stream::iter(
+                v.into_iter().map(Ok::<_, std::convert::Infallible>),
+            ))
+        };
+        let rest = frames(vec![
+            Frame::data(Bytes::from_static(b"b")),
+            trailers("x-rolegate-user"),
+        ]);
+        let got = Primed::new(Some(Frame::data(Bytes::from_static(b"a"))), rest)
+            .collect()
+            .await
+            .unwrap();
+        assert!(got.trailers().is_none(), "{:?}", got.trailers());
+        assert_eq!(got.to_bytes(), "ab");
+
+        let only = Primed::new(Some(trailers("x-forwarded-for")), frames(vec![]))
+            .collect()
+            .await
+            .unwrap();
+        assert!(only.trailers().is_none());
+        assert!(only.to_bytes().is_empty());
     }
 }
