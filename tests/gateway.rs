@@ -591,9 +591,9 @@ async fn spoofed_identity_and_rewrite_headers_never_reach_upstream() {
         assert_eq!(s.header(gone), None, "{gone} reached the upstream");
     }
     assert_eq!(s.header_all("x-forwarded-for"), vec!["127.0.0.1"]);
-    assert_eq!(s.header("x-forwarded-proto"), Some("http"));
-    assert_eq!(s.header("x-forwarded-host"), Some("app.test"));
-    assert_eq!(s.header("x-request-id"), Some("trace-abc.123"));
+    assert_eq!(s.header_all("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(s.header_all("x-forwarded-host"), vec!["app.test"]);
+    assert_eq!(s.header_all("x-request-id"), vec!["trace-abc.123"]);
     assert_eq!(r.header("x-request-id"), Some("trace-abc.123"));
     // The upstream's own hop-by-hop headers do not reach the client.
     assert_eq!(r.header("x-upstream-private"), None);
@@ -609,7 +609,7 @@ async fn spoofed_identity_and_rewrite_headers_never_reach_upstream() {
     .await;
     let id = r.header("x-request-id").unwrap().to_string();
     assert_ne!(id, "bad id\"<>");
-    assert_eq!(up.last().header("x-request-id"), Some(id.as_str()));
+    assert_eq!(up.last().header_all("x-request-id"), vec![id.as_str()]);
 }
 
 // -------------------------------------------------------------- forwarding

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tower_service::Service;
@@ -135,16 +135,15 @@ impl Conns {
         scheme: &Scheme,
         authority: &Authority,
         req: Request<UpBody>,
+        extra: &[(HeaderName, HeaderValue)],
         fresh: bool,
     ) -> Result<Response<Answer>, Failure> {
         let (slot, host, kept) = self.checkout(scheme, authority, fresh);
         let (mut parts, body) = req.into_parts();
-        if !parts.headers.contains_key(header::HOST) {
-            parts.headers.insert(header::HOST, host);
-        }
+        let host = (!parts.headers.contains_key(header::HOST)).then_some((header::HOST, host));
         let mut scratch = BytesMut::with_capacity(1024);
-        let upload =
-            Upload::new(&mut parts, body, &mut scratch).map_err(|e| Failure::Exchange(e, None))?;
+        let upload = Upload::new(&mut parts, host.as_slice(), extra, body, &mut scratch)
+            .map_err(|e| Failure::Exchange(e, None))?;
         let method = parts.method;
         let reused = kept.is_some();
         let held = match kept {
@@ -541,7 +540,7 @@ mod tests {
     /// One exchange, its body read to the end (which puts its connection
     /// back); the body and the `x-host` answered (the `Host` seen).
     async fn fetch(conns: &Arc<Conns>, at: &Authority) -> (Vec<u8>, String) {
-        let resp = match conns.exchange(&Scheme::HTTP, at, get(), false).await {
+        let resp = match conns.exchange(&Scheme::HTTP, at, get(), &[], false).await {
             Ok(r) => r,
             Err(Failure::Exchange(e, _)) => panic!("exchange failed: {e}"),
             Err(Failure::Connect(e)) => panic!("connect failed: {e}"),
@@ -567,7 +566,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // `fresh` never takes the kept one.
         let resp = conns
-            .exchange(&Scheme::HTTP, &at, get(), true)
+            .exchange(&Scheme::HTTP, &at, get(), &[], true)
             .await
             .ok()
             .unwrap();
@@ -581,7 +580,7 @@ mod tests {
         let (at, accepted) = upstream(false).await;
         let conns = Conns::new(HttpConnector::new());
         let resp = conns
-            .exchange(&Scheme::HTTP, &at, get(), false)
+            .exchange(&Scheme::HTTP, &at, get(), &[], false)
             .await
             .ok()
             .unwrap();
@@ -656,7 +655,7 @@ mod tests {
         for i in 0..1000 {
             tx.send(i).unwrap();
         }
-        let mut exchange = pin!(conns.exchange(&Scheme::HTTP, &at, get(), false));
+        let mut exchange = pin!(conns.exchange(&Scheme::HTTP, &at, get(), &[], false));
         let first = poll_fn(|cx| {
             for _ in 0..1000 {
                 let _ = rx.poll_recv(cx);

@@ -171,9 +171,14 @@ impl Upload {
     /// The request's head encoded in `scratch` (origin-form target,
     /// HTTP/1.1) and its body framed: by its `Content-Length` if it has
     /// one, by its exact size when known, else chunked. Fails on a
-    /// `Content-Length` that is not one number.
+    /// `Content-Length` that is not one number. `first` and `last` are
+    /// fields written before and after the map's (`Host`, the injected
+    /// forwarding and identity fields): names the map does not have, and
+    /// never framing fields.
     pub fn new(
         parts: &mut request::Parts,
+        first: &[(HeaderName, HeaderValue)],
+        last: &[(HeaderName, HeaderValue)],
         body: UpBody,
         scratch: &mut BytesMut,
     ) -> Result<Upload, WireError> {
@@ -216,7 +221,11 @@ impl Upload {
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         scratch.extend_from_slice(target.as_bytes());
         scratch.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
+        let fields = first.iter().map(|(n, v)| (n, v));
+        for (name, value) in fields
+            .chain(&parts.headers)
+            .chain(last.iter().map(|(n, v)| (n, v)))
+        {
             scratch.extend_from_slice(name.as_str().as_bytes());
             scratch.extend_from_slice(b": ");
             scratch.extend_from_slice(value.as_bytes());
@@ -868,7 +877,7 @@ mod tests {
         tokio::spawn(serve(server, answer, split));
         let mut wire = Wire::new(Box::new(client));
         let (mut parts, body) = request(&method);
-        let mut up = Upload::new(&mut parts, body, &mut BytesMut::new()).ok()?;
+        let mut up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).ok()?;
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
             .await
             .ok()?;
@@ -1071,7 +1080,7 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
             .collect();
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
-        let mut up = Upload::new(&mut parts, body, &mut BytesMut::new())?;
+        let mut up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new())?;
         let mut wire = Wire::new(Box::new(client));
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx)).await?;
         drop(wire);
@@ -1136,7 +1145,7 @@ mod tests {
         tokio::spawn(serve(server, answer, usize::MAX));
         let mut wire = Wire::new(Box::new(client));
         let (mut parts, body) = request(&Method::GET);
-        let mut up = Upload::new(&mut parts, body, &mut BytesMut::new()).unwrap();
+        let mut up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).unwrap();
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
             .await
             .unwrap();
@@ -1161,7 +1170,7 @@ mod tests {
     #[test]
     fn only_a_request_without_a_body_can_be_sent_again_and_then_byte_for_byte() {
         let (mut parts, body) = request(&Method::GET);
-        let up = Upload::new(&mut parts, body, &mut BytesMut::new()).unwrap();
+        let up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).unwrap();
         let again = up.again().expect("a bodiless request is kept");
         assert_eq!(again.out, up.out);
         assert!(again.untouched() && again.body.is_none());
@@ -1169,7 +1178,7 @@ mod tests {
         let body = http_body_util::Full::new(Bytes::from_static(b"x"))
             .map_err(|e| match e {})
             .boxed();
-        let up = Upload::new(&mut parts, body, &mut BytesMut::new()).unwrap();
+        let up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).unwrap();
         assert!(up.again().is_none(), "a body is streamed, not kept");
     }
 

@@ -294,33 +294,62 @@ pub fn inject(
     ff: &ForwardedFor<'_>,
     principal: Option<&Principal>,
 ) {
-    let put = |h: &mut HeaderMap, name: &HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            set(h, name.clone(), v);
+    Injected::new(fwd, ff, principal).insert_into(headers);
+}
+
+/// The forwarding headers and the verified identity of one request (step
+/// 3 and 4), made apart from the header map: hyper's clients get them
+/// inserted ([`Injected::insert_into`]); rolegate's own HTTP/1.1 client
+/// writes them after the client's fields, with no map insert. Every name
+/// here is one the strip pass removes from the client's fields (the
+/// identity prefix, `X-Forwarded-*`, and `X-Request-Id`, which `forward`
+/// names for that pass), so both ways send one copy of each.
+#[derive(Default)]
+pub struct Injected(Vec<(HeaderName, HeaderValue)>);
+
+impl Injected {
+    pub fn new(
+        fwd: &ForwardSettings,
+        ff: &ForwardedFor<'_>,
+        principal: Option<&Principal>,
+    ) -> Self {
+        let mut out = Vec::with_capacity(10);
+        out.push((X_FORWARDED_FOR, ff.client_ip.clone()));
+        out.push((X_FORWARDED_PROTO, HeaderValue::from_static(ff.proto)));
+        for (name, value) in [(X_FORWARDED_HOST, ff.host), (X_REQUEST_ID, ff.request_id)] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                out.push((name, v));
+            }
         }
-    };
-    set(headers, X_FORWARDED_FOR, ff.client_ip.clone());
-    set(
-        headers,
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(ff.proto),
-    );
-    put(headers, &X_FORWARDED_HOST, ff.host);
-    put(headers, &X_REQUEST_ID, ff.request_id);
-    let Some(p) = principal else { return };
-    let names = &fwd.identity;
-    let values = p.identity_values.get_or_init(|| identity_values(p));
-    let names = [
-        &names.user,
-        &names.issuer,
-        &names.session,
-        &names.roles,
-        &names.partners,
-        &names.teams,
-    ];
-    for (name, value) in names.into_iter().zip(values.iter()) {
-        if let Some(v) = value {
-            set(headers, name.clone(), v.clone());
+        if let Some(p) = principal {
+            let names = &fwd.identity;
+            let values = p.identity_values.get_or_init(|| identity_values(p));
+            let names = [
+                &names.user,
+                &names.issuer,
+                &names.session,
+                &names.roles,
+                &names.partners,
+                &names.teams,
+            ];
+            for (name, value) in names.into_iter().zip(values.iter()) {
+                if let Some(v) = value {
+                    out.push((name.clone(), v.clone()));
+                }
+            }
+        }
+        Injected(out)
+    }
+
+    /// The fields, in the order they are sent.
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0
+    }
+
+    /// Moves the fields into `headers` (replacing any of the same name).
+    pub fn insert_into(&mut self, headers: &mut HeaderMap) {
+        for (name, value) in self.0.drain(..) {
+            set(headers, name, value);
         }
     }
 }

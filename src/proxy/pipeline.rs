@@ -1123,10 +1123,12 @@ async fn forward(
     // 304-vs-200 answers to validators the upstream computed over the
     // unmasked body would let a masked client confirm guesses of hidden
     // values. Dropped in the spoofing pass over the client's headers.
+    // The client's `X-Request-Id` goes too: the request's trace id (the
+    // client's, when valid) is sent in its place with the injected fields.
     let unforwarded: &[HeaderName] = if masking {
-        &PARTIAL_OR_CONDITIONAL
+        &PARTIAL_OR_CONDITIONAL_OR_REPLACED
     } else {
-        &[]
+        &REPLACED
     };
     // A websocket handshake (checked in phase 2b) is kept aside: the
     // upgrade headers are hop-by-hop, and go back on after the strips.
@@ -1165,7 +1167,11 @@ async fn forward(
         host,
         request_id: ctx.trace_id(),
     };
-    headers::inject(&mut parts.headers, &rt.forward, &ff, principal);
+    let injected = headers::Injected::new(&rt.forward, &ff, principal);
+    debug_assert!(
+        (injected.fields().iter()).all(|(name, _)| !parts.headers.contains_key(name)),
+        "an injected field survived the strip pass"
+    );
     if masking {
         // After the hop-by-hop strip, so `Connection: accept-encoding`
         // cannot take it out again.
@@ -1181,17 +1187,22 @@ async fn forward(
         ctx.websocket = Some(hs);
     }
     let body = Primed::new(first, body).boxed();
-    upstream::send(up, Request::from_parts(parts, body)).await
+    upstream::send(up, Request::from_parts(parts, body), injected).await
 }
 
-/// Request headers a masked route does not forward (see `forward`).
-static PARTIAL_OR_CONDITIONAL: [HeaderName; 6] = [
+/// Client request headers the gateway sends its own value of instead.
+static REPLACED: [HeaderName; 1] = [headers::X_REQUEST_ID];
+
+/// Request headers a masked route does not forward (see `forward`), and
+/// [`REPLACED`].
+static PARTIAL_OR_CONDITIONAL_OR_REPLACED: [HeaderName; 7] = [
     header::RANGE,
     header::IF_RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
     header::IF_UNMODIFIED_SINCE,
+    headers::X_REQUEST_ID,
 ];
 
 /// Response headers describing the upstream's unmasked representation.

@@ -32,6 +32,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::headers;
 use crate::config::Upstream;
 use crate::error::{BadRequest, Deny, Fault, Refusal};
 use crate::proxy::body::{BodyTooLarge, MalformedBody, TooSlow};
@@ -244,7 +245,14 @@ impl ServerCertVerifier for Unverified {
 /// once more, on a new connection to the same server, when the connection
 /// closed or reset before any byte of an answer: the keep-alive race (the
 /// server closed an idle connection as the request went out on it).
-pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<UpstreamBody>, Refusal> {
+///
+/// `injected` (the forwarding and identity fields) is sent after the
+/// request's own fields.
+pub async fn send(
+    up: &Upstream,
+    mut req: Request<UpBody>,
+    mut injected: headers::Injected,
+) -> Result<Response<UpstreamBody>, Refusal> {
     let pool = &up.pool;
     pool.start_checks();
     let pick = pool
@@ -255,6 +263,9 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
     let h1 = pool
         .h1()
         .filter(|_| !req.headers().contains_key(header::UPGRADE));
+    if h1.is_none() {
+        injected.insert_into(req.headers_mut());
+    }
     // hyper-util's client takes the request: a copy is kept to send again.
     // (An HTTP/1.1 connection of `h1.rs` keeps the encoded request.)
     let replay = (replayable && h1.is_none()).then(|| {
@@ -287,7 +298,10 @@ pub async fn send(up: &Upstream, req: Request<UpBody>) -> Result<Response<Upstre
             Some(h1) => {
                 let req = origin_form(req);
                 let (scheme, authority) = (&server.scheme, &server.authority);
-                match h1.exchange(scheme, authority, req, false).await {
+                match h1
+                    .exchange(scheme, authority, req, injected.fields(), false)
+                    .await
+                {
                     Err(Failure::Exchange(e, Some(again))) if replayable && keepalive_race(&e) => {
                         tracing::debug!(target: "rolegate::upstream", upstream = %up.name, server = %server.label, error = %chain(&e), "connection closed before an answer: sending again on a new connection");
                         h1.resend(scheme, authority, again).await
