@@ -287,16 +287,6 @@ pub fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
     headers.insert(name, value);
 }
 
-/// Sets the forwarding headers and the verified identity.
-pub fn inject(
-    headers: &mut HeaderMap,
-    fwd: &ForwardSettings,
-    ff: &ForwardedFor<'_>,
-    principal: Option<&Principal>,
-) {
-    Injected::new(fwd, ff, principal).insert_into(headers);
-}
-
 /// The forwarding headers and the verified identity of one request (step
 /// 3 and 4), made apart from the header map: hyper's clients get them
 /// inserted ([`Injected::insert_into`]); rolegate's own HTTP/1.1 client
@@ -354,7 +344,7 @@ impl Injected {
     }
 }
 
-/// The identity headers' values of a principal, in the order `inject`
+/// The identity headers' values of a principal, in the order `Injected::new`
 /// names them: user, issuer, session, roles, partners, teams. `None`: not
 /// sent (no session; a value no header can carry).
 fn identity_values(p: &Principal) -> Box<[Option<HeaderValue>]> {
@@ -508,7 +498,7 @@ mod tests {
             host: "h",
             request_id: "r1",
         };
-        inject(&mut h, &fwd(), &ff, Some(&p));
+        Injected::new(&fwd(), &ff, Some(&p)).insert_into(&mut h);
         assert_eq!(h["x-rolegate-user"], "alice");
         assert_eq!(h["x-rolegate-roles"], "a%2Cb,c");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -536,7 +526,7 @@ mod tests {
         for _ in 0..2 {
             let mut h = HeaderMap::new();
             h.insert("x-rolegate-user", HeaderValue::from_static("mallory"));
-            inject(&mut h, &fwd(), &ff, Some(&p));
+            Injected::new(&fwd(), &ff, Some(&p)).insert_into(&mut h);
             assert_eq!(h["x-rolegate-user"], "alice");
             assert_eq!(h["x-rolegate-issuer"], "idp");
             assert_eq!(h["x-rolegate-session"], "s1");
@@ -547,7 +537,7 @@ mod tests {
         q.roles = vec!["supervisor".into()];
         q.session = None;
         let mut h = HeaderMap::new();
-        inject(&mut h, &fwd(), &ff, Some(&q));
+        Injected::new(&fwd(), &ff, Some(&q)).insert_into(&mut h);
         assert_eq!(h["x-rolegate-roles"], "supervisor");
         assert!(!h.contains_key("x-rolegate-session"));
     }
