@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -32,6 +32,9 @@ struct Seen {
     /// The URI's authority (HTTP/2 `:authority`).
     authority: Option<String>,
     headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// The request's trailer fields, if it had any.
+    trailers: Vec<(String, String)>,
 }
 
 impl Seen {
@@ -142,24 +145,32 @@ async fn serve<I>(io: I, rec: Arc<Mutex<Vec<Seen>>>, sni: Option<String>, alpn: 
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let fields = |h: &http::HeaderMap| -> Vec<(String, String)> {
+        h.iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect()
+    };
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
-        rec.lock().unwrap().push(Seen {
-            version: req.version(),
-            sni: sni.clone(),
-            alpn: alpn.clone(),
-            authority: req.uri().authority().map(|a| a.to_string()),
-            headers: req
-                .headers()
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-        });
+        let (rec, sni, alpn) = (rec.clone(), sni.clone(), alpn.clone());
         async move {
+            let (parts, body) = req.into_parts();
+            let body = body.collect().await.ok();
+            rec.lock().unwrap().push(Seen {
+                version: parts.version,
+                sni,
+                alpn,
+                authority: parts.uri.authority().map(|a| a.to_string()),
+                headers: fields(&parts.headers),
+                trailers: (body.as_ref().and_then(|b| b.trailers()))
+                    .map(fields)
+                    .unwrap_or_default(),
+                body: body.map(|b| b.to_bytes().to_vec()).unwrap_or_default(),
+            });
             let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{\"tls\":\"ok\"}")));
             resp.headers_mut()
                 .insert("content-type", "application/json".parse().unwrap());
@@ -478,6 +489,34 @@ async fn http2_on_a_plain_upstream_is_h2c_with_prior_knowledge() {
     let r = req(gw.addr, "GET", "/bots/1/flows", Some(&viewer()), &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(up.last().version, http::Version::HTTP_11);
+}
+
+/// Trailer fields come after the body, past every header removal: a
+/// client's never reach an HTTP/2 upstream (which could carry them), and
+/// its body does.
+#[tokio::test]
+async fn a_client_s_request_trailers_never_reach_an_http2_upstream() {
+    let up = TlsUpstream::start(Listen {
+        cert: None,
+        client_ca: None,
+    })
+    .await;
+    let dir = scratch_dir("up-h2-trailers");
+    let gw = gateway(&dir, &format!("url: \"http://{}\", http2: true", up.addr)).await;
+    let request = format!(
+        "POST /files/a HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\nTrailer: X-Rolegate-User, X-Forwarded-For\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\
+         X-Rolegate-User: admin\r\nX-Forwarded-For: 10.6.6.6\r\nX-Note: 1\r\n\r\n",
+        viewer()
+    );
+    let r = raw(gw.addr, request.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let seen = up.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.body, b"hello");
+    assert!(seen.trailers.is_empty(), "{:?}", seen.trailers);
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
 }
 
 #[tokio::test]
