@@ -313,10 +313,11 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     Parsed::Request(req, keep_alive)
 }
 
-/// Header fields the pipeline may add to a request before it goes
-/// upstream: `Host`, four forwarding fields, six identity fields and
-/// `Accept-Encoding` on masked routes.
-const FORWARD_HEADROOM: usize = 12;
+/// Header fields the pipeline may add to a request's map before it goes
+/// upstream: `Host` (`preserve_host`) and `Accept-Encoding` on masked
+/// routes. (The forwarding and identity fields are written beside the map
+/// by the HTTP/1.1 client; hyper's clients reserve room for them.)
+const FORWARD_HEADROOM: usize = 2;
 
 /// The URI and header map of a head split off the buffer (sharing its
 /// bytes); `None` if http refuses one of them.
@@ -326,8 +327,8 @@ fn request_parts(
     spans: &[[u32; 4]],
 ) -> Option<(http::Uri, HeaderMap)> {
     let uri = http::Uri::from_maybe_shared(head.slice(target)).ok()?;
-    // Room for what the forward phase adds (the forwarding and identity
-    // headers): the map is not grown and rehashed on the way upstream.
+    // Room for what the forward phase adds: the map is not grown and
+    // rehashed on the way upstream.
     let mut headers = HeaderMap::with_capacity(spans.len() + FORWARD_HEADROOM);
     for &[a, b, c, d] in spans {
         let name = HeaderName::from_bytes(&head[a as usize..b as usize]).ok()?;
@@ -1266,7 +1267,7 @@ mod tests {
     /// the exchange.
     #[tokio::test(start_paused = true)]
     async fn half_closes_answer_what_was_sent_and_end_waiting_bodies() {
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(async move {
             let (_tx, mut drain) = tokio::sync::watch::channel(());
             serve(&mut server, &limits(), &mut drain, |req| async move {
@@ -1275,24 +1276,23 @@ mod tests {
             })
             .await
         });
-        client
-            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
+        // Two pipelined requests, the client's end closed, all it gets.
+        async fn half_closed(mut client: tokio::io::DuplexStream) -> Vec<u8> {
+            client
+                .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+                .await
+                .unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        }
+        let got = half_closed(client).await;
         assert!(matches!(task.await.unwrap(), Outcome::Closed));
         // hyper, on the same bytes.
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(hyper_side(server, vec![plain(vec![], Kind::Full("hi"))]));
-        client
-            .write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        client.shutdown().await.unwrap();
-        let mut theirs = Vec::new();
-        client.read_to_end(&mut theirs).await.unwrap();
+        let theirs = half_closed(client).await;
         let dates = regex::Regex::new(r"date: [^\r]*").unwrap();
         let (ours, theirs) = (
             String::from_utf8_lossy(&got),

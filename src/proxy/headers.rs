@@ -338,6 +338,7 @@ impl Injected {
 
     /// Moves the fields into `headers` (replacing any of the same name).
     pub fn insert_into(&mut self, headers: &mut HeaderMap) {
+        headers.reserve(self.0.len());
         for (name, value) in self.0.drain(..) {
             set(headers, name, value);
         }

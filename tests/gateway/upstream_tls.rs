@@ -468,15 +468,22 @@ async fn http2_over_tls_reaches_the_upstream_as_http2_with_headers_still_cleaned
     assert_eq!(seen.header("x-rolegate-roles"), Some("viewer"));
 }
 
-#[tokio::test]
-async fn http2_on_a_plain_upstream_is_h2c_with_prior_knowledge() {
+/// A plain-TCP upstream and a gateway speaking HTTP/2 to it (h2c, prior
+/// knowledge), in a scratch directory named `name`.
+async fn h2c_upstream_and_gateway(name: &str) -> (TlsUpstream, Gw) {
     let up = TlsUpstream::start(Listen {
         cert: None,
         client_ca: None,
     })
     .await;
-    let dir = scratch_dir("up-h2c");
+    let dir = scratch_dir(name);
     let gw = gateway(&dir, &format!("url: \"http://{}\", http2: true", up.addr)).await;
+    (up, gw)
+}
+
+#[tokio::test]
+async fn http2_on_a_plain_upstream_is_h2c_with_prior_knowledge() {
+    let (up, gw) = h2c_upstream_and_gateway("up-h2c").await;
     let r = req(gw.addr, "GET", "/bots/1/flows", Some(&viewer()), &[]).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let seen = up.last();
@@ -496,13 +503,7 @@ async fn http2_on_a_plain_upstream_is_h2c_with_prior_knowledge() {
 /// its body does.
 #[tokio::test]
 async fn a_client_s_request_trailers_never_reach_an_http2_upstream() {
-    let up = TlsUpstream::start(Listen {
-        cert: None,
-        client_ca: None,
-    })
-    .await;
-    let dir = scratch_dir("up-h2-trailers");
-    let gw = gateway(&dir, &format!("url: \"http://{}\", http2: true", up.addr)).await;
+    let (up, gw) = h2c_upstream_and_gateway("up-h2-trailers").await;
     let request = format!(
         "POST /files/a HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {}\r\n\
          Transfer-Encoding: chunked\r\nTrailer: X-Rolegate-User, X-Forwarded-For\r\n\
