@@ -2594,6 +2594,18 @@ impl Builder {
             );
             return None;
         }
+        use crate::proxy::headers::STANDARD_NAMES;
+        if let Some(std) = STANDARD_NAMES.iter().find(|n| n.starts_with(&prefix)) {
+            self.error(
+                file,
+                0,
+                format!(
+                    "forward.identity_header_prefix {:?} also matches the standard header {std}, which would then be removed from requests and answers; use a prefix of its own such as X-Rolegate-",
+                    f.identity_header_prefix
+                ),
+            );
+            return None;
+        }
         use crate::proxy::headers::{ALWAYS_STRIPPED, DEFAULT_STRIPPED, DEFAULT_STRIPPED_PREFIXES};
         let mut keep = Vec::new();
         for h in &f.keep_headers {
@@ -2901,6 +2913,29 @@ mod tests {
         load_from_text("rolegate.yaml", text, &base, RulesSource::Embedded(vec![]))
             .map(|l| l.runtime)
             .map_err(|d| d.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn an_identity_prefix_that_covers_a_standard_header_is_refused() {
+        let with = |prefix: &str| {
+            load_main(&format!(
+                "forward: {{ identity_header_prefix: \"{prefix}\" }}\n{MAIN}"
+            ))
+        };
+        for bad in ["con", "Content-", "x-forwarded-", "SET-", "x-req"] {
+            let errors = with(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(
+                errors.iter().any(|e| e.contains("standard header")),
+                "{bad:?}: {errors:?}"
+            );
+        }
+        for good in ["X-Rolegate-", "X-Auth-", "x-acme-user-"] {
+            if let Err(e) = with(good) {
+                panic!("{good:?} refused: {e:?}");
+            }
+        }
     }
 
     #[test]
