@@ -1075,6 +1075,123 @@ async fn upstreams_cannot_set_the_gateways_cookie_or_identity_headers() {
     }
 }
 
+/// An upstream that writes `answer` after each request head (and body,
+/// by its `Content-Length`) on a kept connection.
+async fn answering_bytes(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while got.len() < end + 4 + len {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    got.drain(..end + 4 + len);
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// What the gateway's answers must not pass on, written by the upstream
+/// in mixed spellings; and what they must pass on as it came.
+#[tokio::test]
+async fn answers_lose_hop_by_hop_and_gateway_fields_whichever_way_they_are_written() {
+    let addr = answering_bytes(
+        b"HTTP/1.1 200 OK\r\n\
+Content-Type: application/json\r\n\
+Connection: keep-alive, X-Hop\r\n\
+X-HOP: secret\r\n\
+Keep-Alive: timeout=5\r\n\
+Proxy-Connection: keep-alive\r\n\
+Upgrade: h2c\r\n\
+X-ROLEGATE-User: admin\r\n\
+Set-Cookie: RG.Session=minted; Path=/\r\n\
+Set-Cookie: theme=dark\r\n\
+x-request-id: made-upstream\r\n\
+Date: Sun, 06 Dec 2026 20:00:00 GMT\r\n\
+X-App: 1\r\n\
+Content-Length: 2\r\n\
+\r\n\
+{}",
+    )
+    .await;
+    let gw = start_gateway(addr, "").await;
+    let t = viewer();
+    // A GET is served by the gateway's own HTTP/1.1 server, which writes
+    // the upstream's fields as they came; a request with a body by hyper.
+    let get = req(
+        gw.addr,
+        "GET",
+        "/files/a",
+        Some(&t),
+        &["X-Request-Id: client-id"],
+    )
+    .await;
+    let post = req_json(gw.addr, "POST", "/files/a", Some(&t), "{}").await;
+    for (what, r) in [("GET", &get), ("POST", &post)] {
+        assert_eq!(r.status, 200, "{what}");
+        assert_eq!(r.body, b"{}", "{what}");
+        let all = |name: &str| -> Vec<&str> {
+            r.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        for gone in [
+            "x-hop",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "x-rolegate-user",
+        ] {
+            assert_eq!(all(gone), Vec::<&str>::new(), "{what}: {gone}");
+        }
+        assert_eq!(all("set-cookie"), ["theme=dark"], "{what}");
+        assert_eq!(all("date"), ["Sun, 06 Dec 2026 20:00:00 GMT"], "{what}");
+        assert_eq!(all("content-length"), ["2"], "{what}");
+        assert_eq!(all("content-type"), ["application/json"], "{what}");
+        assert_eq!(all("x-app"), ["1"], "{what}");
+        let ids = all("x-request-id");
+        assert_eq!(ids.len(), 1, "{what}: {ids:?}");
+        assert_ne!(ids[0], "made-upstream", "{what}");
+        assert!(
+            all("connection")
+                .iter()
+                .all(|v| v.eq_ignore_ascii_case("close")),
+            "{what}"
+        );
+    }
+    assert_eq!(get.header("x-request-id"), Some("client-id"));
+    // Relayed as written (nginx's way), not re-spelled.
+    assert!(get.headers.iter().any(|(k, _)| k == "X-App"));
+}
+
 // ------------------------------------------- virtual-host precedence
 // A route with a `match.host` owns its host. A host-less route, however
 // specific its path, never takes a request for a host that has routes of

@@ -77,6 +77,7 @@ pub enum Failure {
 pub struct Resend {
     upload: Upload,
     method: Method,
+    relay: bool,
 }
 
 /// The kept connections of one upstream, per server.
@@ -129,13 +130,16 @@ impl Conns {
 
     /// Sends `req` (origin-form URI) to `scheme://authority`, on a kept
     /// connection unless `fresh`, and waits for the answer's head, writing
-    /// the request's body meanwhile.
+    /// the request's body meanwhile. `extra` fields are written after the
+    /// request's own; with `relay`, the answer's fields come as its bytes
+    /// (see `relayed.rs`).
     pub async fn exchange(
         self: &Arc<Self>,
         scheme: &Scheme,
         authority: &Authority,
         req: Request<UpBody>,
         extra: &[(HeaderName, HeaderValue)],
+        relay: bool,
         fresh: bool,
     ) -> Result<Response<Answer>, Failure> {
         let (slot, host, kept) = self.checkout(scheme, authority, fresh);
@@ -150,7 +154,7 @@ impl Conns {
             Some(h) => h,
             None => self.connect(slot, scheme, authority).await?,
         };
-        let (e, upload) = match send_on(held, upload, &method).await {
+        let (e, upload) = match send_on(held, upload, &method, relay).await {
             Ok(r) => return Ok(r),
             // A kept connection found closed or broken before a byte of the
             // request went out: sent once more on a new connection,
@@ -160,14 +164,18 @@ impl Conns {
                 if reused && upload.untouched() =>
             {
                 let held = self.connect(slot, scheme, authority).await?;
-                match send_on(held, upload, &method).await {
+                match send_on(held, upload, &method, relay).await {
                     Ok(r) => return Ok(r),
                     Err(failed) => failed,
                 }
             }
             Err(failed) => failed,
         };
-        let again = upload.again().map(|upload| Resend { upload, method });
+        let again = upload.again().map(|upload| Resend {
+            upload,
+            method,
+            relay,
+        });
         Err(Failure::Exchange(e, again))
     }
 
@@ -181,7 +189,7 @@ impl Conns {
     ) -> Result<Response<Answer>, Failure> {
         let (slot, _, _) = self.checkout(scheme, authority, true);
         let held = self.connect(slot, scheme, authority).await?;
-        send_on(held, again.upload, &again.method)
+        send_on(held, again.upload, &again.method, again.relay)
             .await
             .map_err(|(e, _)| Failure::Exchange(e, None))
     }
@@ -322,6 +330,7 @@ async fn send_on(
     mut held: Held,
     mut upload: Upload,
     method: &Method,
+    relay: bool,
 ) -> Result<Response<Answer>, (WireError, Upload)> {
     let mut sending = true;
     let head = poll_fn(|cx| {
@@ -333,7 +342,7 @@ async fn send_on(
                 // answer read before any byte went out is not this
                 // request's: the retry above takes over).
                 Poll::Ready(Err(e @ WireError::Io(_))) if !upload.untouched() => {
-                    return match held.wire.poll_head(method, cx) {
+                    return match held.wire.poll_head(method, relay, cx) {
                         Poll::Ready(Ok(head)) => {
                             sending = false;
                             Poll::Ready(Ok((head, false)))
@@ -345,7 +354,7 @@ async fn send_on(
                 Poll::Pending => {}
             }
         }
-        held.wire.poll_head(method, cx).map_ok(|h| (h, true))
+        held.wire.poll_head(method, relay, cx).map_ok(|h| (h, true))
     })
     .await;
     match head {
@@ -540,7 +549,10 @@ mod tests {
     /// One exchange, its body read to the end (which puts its connection
     /// back); the body and the `x-host` answered (the `Host` seen).
     async fn fetch(conns: &Arc<Conns>, at: &Authority) -> (Vec<u8>, String) {
-        let resp = match conns.exchange(&Scheme::HTTP, at, get(), &[], false).await {
+        let resp = match conns
+            .exchange(&Scheme::HTTP, at, get(), &[], false, false)
+            .await
+        {
             Ok(r) => r,
             Err(Failure::Exchange(e, _)) => panic!("exchange failed: {e}"),
             Err(Failure::Connect(e)) => panic!("connect failed: {e}"),
@@ -566,7 +578,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // `fresh` never takes the kept one.
         let resp = conns
-            .exchange(&Scheme::HTTP, &at, get(), &[], true)
+            .exchange(&Scheme::HTTP, &at, get(), &[], false, true)
             .await
             .ok()
             .unwrap();
@@ -580,7 +592,7 @@ mod tests {
         let (at, accepted) = upstream(false).await;
         let conns = Conns::new(HttpConnector::new());
         let resp = conns
-            .exchange(&Scheme::HTTP, &at, get(), &[], false)
+            .exchange(&Scheme::HTTP, &at, get(), &[], false, false)
             .await
             .ok()
             .unwrap();
@@ -655,7 +667,7 @@ mod tests {
         for i in 0..1000 {
             tx.send(i).unwrap();
         }
-        let mut exchange = pin!(conns.exchange(&Scheme::HTTP, &at, get(), &[], false));
+        let mut exchange = pin!(conns.exchange(&Scheme::HTTP, &at, get(), &[], false, false));
         let first = poll_fn(|cx| {
             for _ in 0..1000 {
                 let _ = rx.poll_recv(cx);

@@ -47,6 +47,7 @@ use http_body::{Body, Frame};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::relayed::{Place, Relayed};
 use super::upstream::{BoxError, UpBody};
 
 /// Header fields an answer's head may have (hyper's client default).
@@ -428,16 +429,18 @@ impl Wire {
     }
 
     /// Reads until the answer's final head (informational ones are
-    /// skipped) and takes it off the buffer.
+    /// skipped) and takes it off the buffer; with `relay`, its fields as
+    /// the head's bytes (see [`parse_head`]).
     pub fn poll_head(
         &mut self,
         method: &Method,
+        relay: bool,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Head, WireError>> {
         let mut informational = false;
         loop {
             if !self.rbuf.is_empty() {
-                match parse_head(&mut self.rbuf, method)? {
+                match parse_head(&mut self.rbuf, method, relay)? {
                     Parsed::Final(head) => {
                         self.ext_left = MAX_CHUNK_EXT;
                         return Poll::Ready(Ok(head));
@@ -608,7 +611,11 @@ fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
 }
 
 /// One answer head off the front of `buf`, if it is all there.
-fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, WireError> {
+///
+/// With `relay`, only the framing fields go into the answer's header map;
+/// the others are kept as the head's bytes in a [`Relayed`] among its
+/// extensions (see `relayed.rs`).
+fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed, WireError> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // Offsets of each field's name and value, so that the values can
     // share the head's bytes once it is split off the buffer.
@@ -656,11 +663,26 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, WireError> 
         }
         return Ok(Parsed::Informational);
     }
+    let mut relayed = relay.then(|| Relayed::new(head.clone()));
     // One more for the `X-Request-Id` every answer gets.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
+    let mut headers = HeaderMap::with_capacity(match relayed {
+        Some(_) => 2,
+        None => spans.len() + 1,
+    });
     for [a, b, c, d] in spans {
-        let name = HeaderName::from_bytes(&head[a as usize..b as usize])
-            .map_err(|_| WireError::Malformed("header name"))?;
+        let name = &head[a as usize..b as usize];
+        if let Some(r) = relayed.as_mut() {
+            match Relayed::place(name) {
+                Place::Map => {}
+                Place::Connection => {
+                    r.push_connection([c, d]);
+                    continue;
+                }
+                Place::Relayed if r.push([a, b], [c, d]) => continue,
+                Place::Relayed => return Err(WireError::Malformed("header name")),
+            }
+        }
+        let name = HeaderName::from_bytes(name).map_err(|_| WireError::Malformed("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(c as usize..d as usize))
             .map_err(|_| WireError::Malformed("header value"))?;
         headers.append(name, value);
@@ -670,8 +692,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, WireError> 
     } else {
         Version::HTTP_10
     };
-    let mut reusable =
-        version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+    let mut reusable = version == Version::HTTP_11
+        && !has_token(&headers, header::CONNECTION, "close")
+        && !relayed.as_ref().is_some_and(|r| r.connection_has(b"close"));
     let decode = if status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || *method == Method::HEAD
@@ -711,6 +734,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Parsed, WireError> 
     *response.headers_mut() = headers;
     if let Some(reason) = reason {
         response.extensions_mut().insert(reason);
+    }
+    if let Some(relayed) = relayed {
+        response.extensions_mut().insert(relayed);
     }
     Ok(Parsed::Final(Head {
         response,
@@ -872,7 +898,9 @@ mod tests {
         (parts, Empty::new().map_err(|e| match e {}).boxed())
     }
 
-    async fn ours(method: Method, answer: Vec<u8>, split: usize) -> Outcome {
+    /// This codec's reading; with `relay`, the relayed fields put back
+    /// into the header map.
+    async fn ours(method: Method, answer: Vec<u8>, split: usize, relay: bool) -> Outcome {
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(serve(server, answer, split));
         let mut wire = Wire::new(Box::new(client));
@@ -881,7 +909,7 @@ mod tests {
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
             .await
             .ok()?;
-        let head = std::future::poll_fn(|cx| wire.poll_head(&method, cx))
+        let head = std::future::poll_fn(|cx| wire.poll_head(&method, relay, cx))
             .await
             .ok()?;
         let mut decode = head.decode;
@@ -892,7 +920,11 @@ mod tests {
                 Err(f) => trailers = fields(f.trailers_ref()?),
             }
         }
-        let r = head.response;
+        let mut r = head.response;
+        if let Some(relayed) = r.extensions_mut().remove::<Relayed>() {
+            assert!(relay, "fields relayed that were not asked for");
+            relayed.into_map(r.headers_mut());
+        }
         Some((r.status().as_u16(), fields(r.headers()), body, trailers))
     }
 
@@ -946,6 +978,10 @@ mod tests {
         "Transfer-Encoding: chunked, gzip",
         "Transfer-Encoding: gzip",
         "Connection: close",
+        "CONNECTION: Keep-Alive",
+        "content-LENGTH: 5",
+        "Date: Sun, 06 Dec 2026 20:00:00 GMT",
+        "Set-Cookie: a=b; Path=/",
         "X-A: b",
         "X-A: c",
         "X-Bad : x",
@@ -979,7 +1015,9 @@ mod tests {
         /// Differential check against hyper's client on the same bytes:
         /// whatever this codec accepts, hyper accepts too and reads the
         /// same status, fields, body and trailers (this codec may refuse
-        /// more, never less).
+        /// more, never less). Relaying the fields as bytes changes
+        /// nothing of that: the same answers are accepted, and their
+        /// fields put back in a map are the map's.
         #[test]
         fn never_reads_an_answer_differently_from_hyper(
             status in 0..STATUS.len(),
@@ -999,10 +1037,12 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let bytes = answer.clone().into_bytes();
             let (a, b) = rt.block_on(async {
-                let a = ours(method.clone(), bytes.clone(), split).await;
+                let a = ours(method.clone(), bytes.clone(), split, false).await;
+                let relayed = ours(method.clone(), bytes.clone(), split, true).await;
+                prop_assert_eq!(&relayed, &a, "answer relayed: {:?}", answer);
                 let b = hypers(method, bytes, split).await;
-                (a, b)
-            });
+                Ok((a, b))
+            })?;
             if a.is_some() {
                 prop_assert_eq!(&a, &b, "answer: {:?}", answer);
             }
@@ -1037,8 +1077,8 @@ mod tests {
             ),
         ];
         for (answer, body, trailer) in cases {
-            for split in [0, 7, 20, 1000] {
-                let a = ours(Method::GET, answer.as_bytes().to_vec(), split).await;
+            for (split, relay) in [(0, false), (7, true), (20, false), (1000, true)] {
+                let a = ours(Method::GET, answer.as_bytes().to_vec(), split, relay).await;
                 let b = hypers(Method::GET, answer.as_bytes().to_vec(), split).await;
                 let (_, _, got, trailers) =
                     a.clone().unwrap_or_else(|| panic!("refused: {answer:?}"));
@@ -1055,6 +1095,7 @@ mod tests {
             Method::HEAD,
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".to_vec(),
             3,
+            true,
         )
         .await;
         assert_eq!(a.unwrap().2, b"");
@@ -1149,7 +1190,7 @@ mod tests {
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
             .await
             .unwrap();
-        let head = std::future::poll_fn(|cx| wire.poll_head(&Method::GET, cx))
+        let head = std::future::poll_fn(|cx| wire.poll_head(&Method::GET, false, cx))
             .await
             .unwrap();
         let mut decode = head.decode;
@@ -1180,6 +1221,25 @@ mod tests {
             .boxed();
         let up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).unwrap();
         assert!(up.again().is_none(), "a body is streamed, not kept");
+    }
+
+    #[test]
+    fn connection_close_ends_the_connection_whether_fields_are_relayed_or_not() {
+        let reusable = |answer: &[u8], relay: bool| match parse_head(
+            &mut BytesMut::from(answer),
+            &Method::GET,
+            relay,
+        ) {
+            Ok(Parsed::Final(h)) => h.reusable,
+            _ => panic!("not a final head"),
+        };
+        for relay in [false, true] {
+            let close =
+                b"HTTP/1.1 200 OK\r\nX-A: 1\r\nconnection: Foo, Close\r\nContent-Length: 0\r\n\r\n";
+            assert!(!reusable(close, relay), "relay: {relay}");
+            let keep = b"HTTP/1.1 200 OK\r\nCONNECTION: keep-alive\r\nContent-Length: 0\r\n\r\n";
+            assert!(reusable(keep, relay), "relay: {relay}");
+        }
     }
 
     #[test]

@@ -39,6 +39,7 @@ use tokio::time::Instant;
 
 use super::body::ClientBody;
 use super::pipeline::RespBody;
+use super::relayed::Relayed;
 use super::wire::{Framing, RawHead};
 
 /// Header fields a head may have to be served here (hyper's default
@@ -455,6 +456,11 @@ fn encode_head(
             });
         }
     };
+    // An upstream's fields as it wrote them (`relayed.rs`), then the map's
+    // (framing, and what the gateway adds).
+    if let Some(relayed) = parts.extensions.get::<Relayed>() {
+        wrote_date = relayed.write(dst);
+    }
     let mut last: Option<&HeaderName> = None;
     for (name, value) in parts.headers.iter() {
         let same = last == Some(name);

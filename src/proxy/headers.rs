@@ -510,12 +510,12 @@ pub fn clean_response(headers: &mut HeaderMap, fwd: &ForwardSettings) -> Vec<Hea
         && headers
             .get_all(http::header::SET_COOKIE)
             .iter()
-            .any(|v| crate::auth::cookie::sets_lookalike(v, name))
+            .any(|v| crate::auth::cookie::sets_lookalike(v.as_bytes(), name))
     {
         let kept: Vec<HeaderValue> = headers
             .get_all(http::header::SET_COOKIE)
             .iter()
-            .filter(|v| !crate::auth::cookie::sets_lookalike(v, name))
+            .filter(|v| !crate::auth::cookie::sets_lookalike(v.as_bytes(), name))
             .cloned()
             .collect();
         headers.remove(http::header::SET_COOKIE);
@@ -527,19 +527,25 @@ pub fn clean_response(headers: &mut HeaderMap, fwd: &ForwardSettings) -> Vec<Hea
     removed
 }
 
+/// Forwarding settings for tests: the default identity prefix and cookie.
+#[cfg(test)]
+pub(crate) fn sample_forward() -> ForwardSettings {
+    ForwardSettings {
+        identity_prefix: "x-rolegate-".into(),
+        identity: IdentityNames::new("x-rolegate-").unwrap(),
+        strip: vec![HeaderName::from_static("remote-user")],
+        strip_prefixes: vec!["x-forwarded-".into(), "x-auth-request-".into()],
+        keep: vec![HeaderName::from_static("x-forwarded-ssl")],
+        cookie: Some("rg_session".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn fwd() -> ForwardSettings {
-        ForwardSettings {
-            identity_prefix: "x-rolegate-".into(),
-            identity: IdentityNames::new("x-rolegate-").unwrap(),
-            strip: vec![HeaderName::from_static("remote-user")],
-            strip_prefixes: vec!["x-forwarded-".into(), "x-auth-request-".into()],
-            keep: vec![HeaderName::from_static("x-forwarded-ssl")],
-            cookie: Some("rg_session".into()),
-        }
+        sample_forward()
     }
 
     #[test]

@@ -467,7 +467,7 @@ where
         h1server::serve(&mut io, &limits, &mut drain, |req| async move {
             match &conn.redirect {
                 Some(to) => gw.redirect(req, conn, to),
-                None => gw.handle(req, conn).await,
+                None => gw.handle_h1(req, conn).await,
             }
         })
         .await

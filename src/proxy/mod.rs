@@ -12,6 +12,7 @@ pub mod limits;
 pub mod listener;
 pub mod pipeline;
 pub mod pool;
+pub mod relayed;
 pub mod tls;
 pub mod upstream;
 pub mod websocket;

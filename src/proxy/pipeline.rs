@@ -43,6 +43,7 @@ use super::body::{
 use super::headers::{self, ForwardedFor};
 use super::limits::{ConnCounts, RateLimiters};
 use super::listener::Conn;
+use super::relayed::Relayed;
 use super::upstream::{self, BodyIdleTimeout, BoxError, UpstreamBody, has_cause};
 use super::websocket;
 use super::wire::{Framing, RawHead};
@@ -142,6 +143,9 @@ pub struct Ctx {
     /// A websocket upgrade: the connection's place under
     /// `listen.max_connections`, handed to the relay (set in phase 6).
     pub slot: Option<Arc<super::limits::ConnSlot>>,
+    /// The answer is written by `h1server`, which takes an upstream's
+    /// answer fields as their bytes (`relayed.rs`).
+    pub relay: bool,
 }
 
 /// The normalised request target.
@@ -260,7 +264,7 @@ impl Gateway {
     }
 
     /// A request's context before any phase ran.
-    fn start(&self, req: &Request<ClientBody>, conn: &Conn) -> Ctx {
+    fn start(&self, req: &Request<ClientBody>, conn: &Conn, relay: bool) -> Ctx {
         let (request_id, client_request_id) = self.ids.take(req.headers());
         Ctx {
             request_id,
@@ -280,13 +284,37 @@ impl Gateway {
             accept_html: accepts_html(req.headers()),
             websocket: None,
             slot: None,
+            relay,
         }
     }
 
     /// Handles one request: the inner pipeline, then the log line, always.
     pub async fn handle(&self, req: Request<ClientBody>, conn: &Conn) -> Response<RespBody> {
+        let mut resp = self.handle_with(req, conn, false).await;
+        // Never the case (nothing relayed was asked for); were it, the
+        // fields would be lost on a writer that only knows header maps.
+        if let Some(relayed) = resp.extensions_mut().remove::<Relayed>() {
+            debug_assert!(false, "relayed answer fields reached a header-map writer");
+            relayed.into_map(resp.headers_mut());
+        }
+        resp
+    }
+
+    /// [`Gateway::handle`] for `h1server`, which writes an upstream's
+    /// answer fields as they came (a [`Relayed`] among the answer's
+    /// extensions, where the route reads none of them).
+    pub async fn handle_h1(&self, req: Request<ClientBody>, conn: &Conn) -> Response<RespBody> {
+        self.handle_with(req, conn, true).await
+    }
+
+    async fn handle_with(
+        &self,
+        req: Request<ClientBody>,
+        conn: &Conn,
+        relay: bool,
+    ) -> Response<RespBody> {
         let rt = self.runtime.load_full();
-        let mut ctx = self.start(&req, conn);
+        let mut ctx = self.start(&req, conn, relay);
         let resp = match self.handle_inner(&rt, &mut ctx, conn, req).await {
             Ok(resp) => resp,
             Err(refusal) => refuse(&rt, &mut ctx, refusal),
@@ -304,7 +332,7 @@ impl Gateway {
         to: &Redirect,
     ) -> Response<RespBody> {
         let rt = self.runtime.load_full();
-        let mut ctx = self.start(&req, conn);
+        let mut ctx = self.start(&req, conn, false);
         ctx.path = req.uri().path().to_string();
         ctx.route = Some("(redirect_https)".into());
         if let Err(refusal) = self.admit(&rt, conn, &req) {
@@ -543,7 +571,7 @@ impl Gateway {
             .await
             .map_err(|e| failed(format!("upstream upgrade failed: {e}")))?;
         let (mut parts, _) = resp.into_parts();
-        clean_response(rt, ctx, &mut parts.headers);
+        clean_response(rt, ctx, &mut parts.headers, None);
         let binding = v.map(|v| {
             let p = &v.principal;
             websocket::Binding {
@@ -1186,8 +1214,11 @@ async fn forward(
         hs.restore(&mut parts.headers);
         ctx.websocket = Some(hs);
     }
+    // The answer's fields as their bytes where nothing reads them on the
+    // way (no mask, no handshake) and `h1server` writes them.
+    let relay = ctx.relay && route.mask.is_none() && ctx.websocket.is_none();
     let body = Primed::new(first, body).boxed();
-    upstream::send(up, Request::from_parts(parts, body), injected).await
+    upstream::send(up, Request::from_parts(parts, body), injected, relay).await
 }
 
 /// Client request headers the gateway sends its own value of instead.
@@ -1215,15 +1246,19 @@ static UNMASKED_REPRESENTATION: [HeaderName; 4] = [
 
 fn respond(rt: &Runtime, ctx: &Ctx, resp: Response<UpstreamBody>) -> Response<RespBody> {
     let (mut parts, body) = resp.into_parts();
-    clean_response(rt, ctx, &mut parts.headers);
+    let relayed = parts.extensions.get_mut::<Relayed>();
+    clean_response(rt, ctx, &mut parts.headers, relayed);
     Response::from_parts(parts, body.boxed())
 }
 
-/// The upstream's response headers, cleaned; an upstream setting the
-/// gateway's cookie or identity headers is logged (it could be minting or
-/// fixing a session).
-fn clean_response(rt: &Runtime, ctx: &Ctx, h: &mut http::HeaderMap) {
-    let removed = headers::clean_response(h, &rt.forward);
+/// The upstream's response headers (relayed ones too), cleaned; an
+/// upstream setting the gateway's cookie or identity headers is logged (it
+/// could be minting or fixing a session).
+fn clean_response(rt: &Runtime, ctx: &Ctx, h: &mut http::HeaderMap, relayed: Option<&mut Relayed>) {
+    let removed = match relayed {
+        Some(relayed) => relayed.clean(h, &rt.forward),
+        None => headers::clean_response(h, &rt.forward),
+    };
     if !removed.is_empty() {
         let names: Vec<&str> = removed.iter().map(HeaderName::as_str).collect();
         tracing::warn!(target: "rolegate::decision", request_id = %ctx.request_id, route = ctx.route.as_deref().unwrap_or(""), headers = ?names, "upstream response carried the gateway's credential cookie or identity headers: removed");
@@ -1258,7 +1293,7 @@ async fn mask_response(
 ) -> Result<Response<RespBody>, Refusal> {
     let (mut parts, body) = resp.into_parts();
     let h = &mut parts.headers;
-    clean_response(rt, ctx, h);
+    clean_response(rt, ctx, h, None);
     make_private(h);
     // The masked representation is a different one: validators and range
     // support of the upstream's do not describe it.

@@ -247,11 +247,14 @@ impl ServerCertVerifier for Unverified {
 /// server closed an idle connection as the request went out on it).
 ///
 /// `injected` (the forwarding and identity fields) is sent after the
-/// request's own fields.
+/// request's own fields. With `relay`, an HTTP/1.1 server's answer fields
+/// come as its bytes (`relayed.rs`): only for a caller that writes them
+/// out with `h1server` and reads none of them.
 pub async fn send(
     up: &Upstream,
     mut req: Request<UpBody>,
     mut injected: headers::Injected,
+    relay: bool,
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let pool = &up.pool;
     pool.start_checks();
@@ -299,7 +302,7 @@ pub async fn send(
                 let req = origin_form(req);
                 let (scheme, authority) = (&server.scheme, &server.authority);
                 match h1
-                    .exchange(scheme, authority, req, injected.fields(), false)
+                    .exchange(scheme, authority, req, injected.fields(), relay, false)
                     .await
                 {
                     Err(Failure::Exchange(e, Some(again))) if replayable && keepalive_race(&e) => {
