@@ -31,6 +31,7 @@ use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use super::h1codec::{Decode, Head, Io, Upload, Wire, WireError};
+use super::relayed::Relayed;
 use super::upstream::{BoxError, UpBody};
 
 /// How long an idle connection is kept (hyper-util's default, which the
@@ -361,12 +362,14 @@ async fn send_on(
         Ok((
             Head {
                 response,
+                relayed,
                 decode,
                 reusable,
             },
             upload_ok,
         )) => {
             let answer = Answer {
+                relayed,
                 held: Some(held),
                 upload: sending.then_some(upload),
                 decode,
@@ -383,6 +386,8 @@ async fn send_on(
 /// it) and puts back once the body has ended, if it can carry another
 /// request; otherwise the connection closes when the body is dropped.
 pub struct Answer {
+    /// The head's fields as its bytes, when asked for (`relayed.rs`).
+    relayed: Option<Box<Relayed>>,
     held: Option<Held>,
     upload: Option<Upload>,
     decode: Decode,
@@ -390,6 +395,11 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The head's relayed fields (once).
+    pub fn take_relayed(&mut self) -> Option<Box<Relayed>> {
+        self.relayed.take()
+    }
+
     /// Back to the idle list if whole and reusable, else closed.
     fn release(&mut self) {
         let Some(mut held) = self.held.take() else {

@@ -363,6 +363,8 @@ impl Decode {
 /// body, and whether the connection may carry another request after it.
 pub struct Head {
     pub response: Response<()>,
+    /// The fields kept as the head's bytes, when asked for.
+    pub relayed: Option<Box<Relayed>>,
     pub decode: Decode,
     pub reusable: bool,
 }
@@ -613,8 +615,8 @@ fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
 /// One answer head off the front of `buf`, if it is all there.
 ///
 /// With `relay`, only the framing fields go into the answer's header map;
-/// the others are kept as the head's bytes in a [`Relayed`] among its
-/// extensions (see `relayed.rs`).
+/// the others are kept as the head's bytes in a [`Relayed`] beside it (see
+/// `relayed.rs`).
 fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed, WireError> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // Offsets of each field's name and value, so that the values can
@@ -663,7 +665,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         }
         return Ok(Parsed::Informational);
     }
-    let mut relayed = relay.then(|| Relayed::new(head.clone()));
+    let mut relayed = relay.then(|| Box::new(Relayed::new(head.clone())));
     // One more for the `X-Request-Id` every answer gets.
     let mut headers = HeaderMap::with_capacity(match relayed {
         Some(_) => 2,
@@ -735,11 +737,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
     if let Some(reason) = reason {
         response.extensions_mut().insert(reason);
     }
-    if let Some(relayed) = relayed {
-        response.extensions_mut().insert(relayed);
-    }
     Ok(Parsed::Final(Head {
         response,
+        relayed,
         decode,
         reusable,
     }))
@@ -921,7 +921,7 @@ mod tests {
             }
         }
         let mut r = head.response;
-        if let Some(relayed) = r.extensions_mut().remove::<Relayed>() {
+        if let Some(relayed) = head.relayed {
             assert!(relay, "fields relayed that were not asked for");
             relayed.into_map(r.headers_mut());
         }

@@ -6,8 +6,11 @@
 //! hyper's dispatcher drives the exchange. This module serves them itself:
 //! each head is parsed once, with the parser hyper uses (`httparse`,
 //! default configuration), into the `http::Request` and the [`RawHead`]
-//! the pipeline checks; the answer is encoded as hyper encodes it (same
-//! status line, header order, framing and `date` header).
+//! the pipeline checks (handed beside the request, not among its
+//! extensions: that would cost a map per request); the answer is encoded
+//! as hyper encodes it (same status line, header order, framing and `date`
+//! header), an upstream's relayed fields (`relayed.rs`) written as they
+//! came.
 //!
 //! It takes only what it can serve exactly as hyper would, and hands the
 //! connection over for good on the first head it does not take: HTTP/1.0,
@@ -87,6 +90,10 @@ pub enum Outcome {
     Handover(BytesMut),
 }
 
+/// What the service answers: the response, and an upstream's fields
+/// relayed as its bytes (written before the response's own).
+pub type Served = (Response<RespBody>, Option<Box<Relayed>>);
+
 /// Serves requests on `io` until it closes or a head must go to hyper.
 /// `drain` resolving (or its sender going away) lets the request in
 /// flight finish and closes the connection after it.
@@ -98,8 +105,8 @@ pub async fn serve<I, S, F>(
 ) -> Outcome
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    S: FnMut(Request<ClientBody>) -> F,
-    F: Future<Output = Response<RespBody>>,
+    S: FnMut(Request<ClientBody>, RawHead) -> F,
+    F: Future<Output = Served>,
 {
     let mut rbuf = BytesMut::new();
     let mut wbuf: Vec<u8> = Vec::new();
@@ -114,10 +121,10 @@ where
         let start = Instant::now();
         let mut head_until = start + limits.header_read_timeout;
         let mut idle_until = start + limits.header_read_timeout.min(limits.keepalive_timeout);
-        let (req, keep_alive) = loop {
+        let (req, raw, keep_alive) = loop {
             if !rbuf.is_empty() {
                 match parse(&mut rbuf, limits.max_header_bytes) {
-                    Parsed::Request(req, keep_alive) => break (req, keep_alive),
+                    Parsed::Request(req, raw, keep_alive) => break (req, raw, keep_alive),
                     Parsed::Partial => {}
                     Parsed::Handover => {
                         if draining {
@@ -162,7 +169,7 @@ where
         let head = req.method() == Method::HEAD;
         // The exchange; a client that closes its end meanwhile takes it
         // with it (hyper's default: no half-closed connections).
-        let exchange = service(req);
+        let exchange = service(req, raw);
         tokio::pin!(exchange);
         let resp = loop {
             tokio::select! {
@@ -177,11 +184,13 @@ where
                 _ = drain.changed(), if !draining => draining = true,
             }
         };
+        let (resp, relayed) = resp;
         let written = write_response(
             io,
             &mut wbuf,
             &mut rbuf,
             resp,
+            relayed.as_deref(),
             head,
             keep_alive && !draining,
         )
@@ -208,9 +217,9 @@ where
 /// once per head: boxing the request would cost an allocation each).
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
-    /// A head served here, split off the buffer; whether the connection
-    /// may be kept alive after it.
-    Request(Request<ClientBody>, bool),
+    /// A head served here, split off the buffer, with its raw head;
+    /// whether the connection may be kept alive after it.
+    Request(Request<ClientBody>, RawHead, bool),
     /// Not all there yet (and under the head limit).
     Partial,
     /// A head hyper must serve (the buffer is left as it was).
@@ -310,8 +319,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    req.extensions_mut().insert(raw_head);
-    Parsed::Request(req, keep_alive)
+    Parsed::Request(req, raw_head, keep_alive)
 }
 
 /// Header fields the pipeline may add to a request's map before it goes
@@ -388,11 +396,13 @@ fn can_have_content_length(status: StatusCode) -> bool {
 /// connection without an answer).
 fn encode_head(
     parts: &mut http::response::Parts,
+    relayed: Option<&Relayed>,
     body: Option<BodyLength>,
     head: bool,
     keep_alive: bool,
     dst: &mut Vec<u8>,
 ) -> Result<(Framing1, bool), ()> {
+    let mut relayed = relayed;
     let mut is_last = !keep_alive;
     if is_last
         && !parts
@@ -415,6 +425,7 @@ fn encode_head(
         parts.version = Version::HTTP_11;
         parts.headers.clear();
         parts.extensions.clear();
+        relayed = None;
         body = None;
         is_last = true;
     }
@@ -458,7 +469,7 @@ fn encode_head(
     };
     // An upstream's fields as it wrote them (`relayed.rs`), then the map's
     // (framing, and what the gateway adds).
-    if let Some(relayed) = parts.extensions.get::<Relayed>() {
+    if let Some(relayed) = relayed {
         wrote_date = relayed.write(dst);
     }
     let mut last: Option<&HeaderName> = None;
@@ -633,6 +644,7 @@ async fn write_response<I>(
     wbuf: &mut Vec<u8>,
     rbuf: &mut BytesMut,
     resp: Response<RespBody>,
+    relayed: Option<&Relayed>,
     head: bool,
     keep_alive: bool,
 ) -> io::Result<bool>
@@ -649,7 +661,9 @@ where
         })
     };
     wbuf.clear();
-    let Ok((mut framing, is_last)) = encode_head(&mut parts, length, head, keep_alive, wbuf) else {
+    let Ok((mut framing, is_last)) =
+        encode_head(&mut parts, relayed, length, head, keep_alive, wbuf)
+    else {
         tracing::warn!("answer with contradictory framing headers: connection closed");
         return Ok(false);
     };
@@ -946,14 +960,19 @@ mod tests {
             .await;
     }
 
+    /// A service's answer with nothing relayed.
+    async fn unrelayed(answer: impl Future<Output = Response<RespBody>>) -> Served {
+        (answer.await, None)
+    }
+
     /// This side, handing over to hyper as the listener does. Returns how
     /// many requests it served itself.
     async fn our_side(mut io: DuplexStream, answers: Vec<Answer>) -> usize {
         let n = std::sync::atomic::AtomicUsize::new(0);
         let (_tx, mut drain) = tokio::sync::watch::channel(());
-        let outcome = serve(&mut io, &limits(), &mut drain, |req| {
+        let outcome = serve(&mut io, &limits(), &mut drain, |req, _| {
             let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            service(req, answers[i % answers.len()].clone())
+            unrelayed(service(req, answers[i % answers.len()].clone()))
         })
         .await;
         let ours = n.load(std::sync::atomic::Ordering::Relaxed);
@@ -1217,9 +1236,9 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         let (tx, mut drain) = tokio::sync::watch::channel(());
         let served = tokio::spawn(async move {
-            serve(&mut server, &limits(), &mut drain, |req| async move {
+            serve(&mut server, &limits(), &mut drain, |req, _| async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                service(req, plain(vec![], Kind::Full("hello"))).await
+                unrelayed(service(req, plain(vec![], Kind::Full("hello")))).await
             })
             .await
         });
@@ -1248,8 +1267,8 @@ mod tests {
             let (_tx, mut drain) = tokio::sync::watch::channel(());
             let start = Instant::now();
             let task = tokio::spawn(async move {
-                serve(&mut server, &short, &mut drain, |req| {
-                    service(req, plain(vec![], Kind::Empty))
+                serve(&mut server, &short, &mut drain, |req, _| {
+                    unrelayed(service(req, plain(vec![], Kind::Empty)))
                 })
                 .await
             });
@@ -1276,9 +1295,9 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(async move {
             let (_tx, mut drain) = tokio::sync::watch::channel(());
-            serve(&mut server, &limits(), &mut drain, |req| async move {
+            serve(&mut server, &limits(), &mut drain, |req, _| async move {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                service(req, plain(vec![], Kind::Full("hi"))).await
+                unrelayed(service(req, plain(vec![], Kind::Full("hi")))).await
             })
             .await
         });
@@ -1311,11 +1330,11 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         let task = tokio::spawn(async move {
             let (_tx, mut drain) = tokio::sync::watch::channel(());
-            serve(&mut server, &limits(), &mut drain, |_req| async move {
+            serve(&mut server, &limits(), &mut drain, |_req, _| {
                 let never = futures_util::stream::pending::<
                     Result<Frame<Bytes>, crate::proxy::upstream::BoxError>,
                 >();
-                Response::new(StreamBody::new(never).boxed())
+                unrelayed(async move { Response::new(StreamBody::new(never).boxed()) })
             })
             .await
         });

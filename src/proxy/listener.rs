@@ -464,10 +464,15 @@ where
     };
     let outcome = {
         let (gw, conn) = (&*gw, &conn);
-        h1server::serve(&mut io, &limits, &mut drain, |req| async move {
+        h1server::serve(&mut io, &limits, &mut drain, |mut req, raw| async move {
             match &conn.redirect {
-                Some(to) => gw.redirect(req, conn, to),
-                None => gw.handle_h1(req, conn).await,
+                Some(to) => {
+                    // Where hyper's requests have it (rare enough to cost
+                    // the extension map).
+                    req.extensions_mut().insert(raw);
+                    (gw.redirect(req, conn, to), None)
+                }
+                None => gw.handle_h1(req, raw, conn).await,
             }
         })
         .await

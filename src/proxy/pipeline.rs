@@ -146,6 +146,12 @@ pub struct Ctx {
     /// The answer is written by `h1server`, which takes an upstream's
     /// answer fields as their bytes (`relayed.rs`).
     pub relay: bool,
+    /// The request's raw head, when `h1server` read it (hyper's requests
+    /// carry the tap's among their extensions).
+    raw: Option<RawHead>,
+    /// The upstream's answer fields as its bytes, cleaned (phase 7), for
+    /// `h1server` to write.
+    relayed: Option<Box<Relayed>>,
 }
 
 /// The normalised request target.
@@ -264,7 +270,13 @@ impl Gateway {
     }
 
     /// A request's context before any phase ran.
-    fn start(&self, req: &Request<ClientBody>, conn: &Conn, relay: bool) -> Ctx {
+    fn start(
+        &self,
+        req: &Request<ClientBody>,
+        conn: &Conn,
+        relay: bool,
+        raw: Option<RawHead>,
+    ) -> Ctx {
         let (request_id, client_request_id) = self.ids.take(req.headers());
         Ctx {
             request_id,
@@ -285,41 +297,45 @@ impl Gateway {
             websocket: None,
             slot: None,
             relay,
+            raw,
+            relayed: None,
         }
     }
 
     /// Handles one request: the inner pipeline, then the log line, always.
     pub async fn handle(&self, req: Request<ClientBody>, conn: &Conn) -> Response<RespBody> {
-        let mut resp = self.handle_with(req, conn, false).await;
-        // Never the case (nothing relayed was asked for); were it, the
-        // fields would be lost on a writer that only knows header maps.
-        if let Some(relayed) = resp.extensions_mut().remove::<Relayed>() {
-            debug_assert!(false, "relayed answer fields reached a header-map writer");
-            relayed.into_map(resp.headers_mut());
-        }
+        let (resp, relayed) = self.handle_with(req, None, conn, false).await;
+        debug_assert!(relayed.is_none(), "relayed fields nobody asked for");
         resp
     }
 
-    /// [`Gateway::handle`] for `h1server`, which writes an upstream's
-    /// answer fields as they came (a [`Relayed`] among the answer's
-    /// extensions, where the route reads none of them).
-    pub async fn handle_h1(&self, req: Request<ClientBody>, conn: &Conn) -> Response<RespBody> {
-        self.handle_with(req, conn, true).await
+    /// [`Gateway::handle`] for `h1server`, with the head it read; the
+    /// upstream's answer fields come back as they came, cleaned, where the
+    /// route reads none of them (`relayed.rs`), for it to write.
+    pub async fn handle_h1(
+        &self,
+        req: Request<ClientBody>,
+        raw: RawHead,
+        conn: &Conn,
+    ) -> (Response<RespBody>, Option<Box<Relayed>>) {
+        self.handle_with(req, Some(raw), conn, true).await
     }
 
     async fn handle_with(
         &self,
         req: Request<ClientBody>,
+        raw: Option<RawHead>,
         conn: &Conn,
         relay: bool,
-    ) -> Response<RespBody> {
+    ) -> (Response<RespBody>, Option<Box<Relayed>>) {
         let rt = self.runtime.load_full();
-        let mut ctx = self.start(&req, conn, relay);
-        let resp = match self.handle_inner(&rt, &mut ctx, conn, req).await {
-            Ok(resp) => resp,
-            Err(refusal) => refuse(&rt, &mut ctx, refusal),
+        let mut ctx = self.start(&req, conn, relay, raw);
+        let (resp, relayed) = match self.handle_inner(&rt, &mut ctx, conn, req).await {
+            Ok(resp) => (resp, ctx.relayed.take()),
+            // An upstream's fields never go with a refusal.
+            Err(refusal) => (refuse(&rt, &mut ctx, refusal), None),
         };
-        finish(&ctx, resp)
+        (finish(&ctx, resp), relayed)
     }
 
     /// A `redirect_https` listener's answer to every request: 308 to the
@@ -332,10 +348,10 @@ impl Gateway {
         to: &Redirect,
     ) -> Response<RespBody> {
         let rt = self.runtime.load_full();
-        let mut ctx = self.start(&req, conn, false);
+        let mut ctx = self.start(&req, conn, false, None);
         ctx.path = req.uri().path().to_string();
         ctx.route = Some("(redirect_https)".into());
-        if let Err(refusal) = self.admit(&rt, conn, &req) {
+        if let Err(refusal) = self.admit(&rt, conn, &req, None) {
             let resp = refuse(&rt, &mut ctx, refusal);
             return finish(&ctx, resp);
         }
@@ -381,7 +397,7 @@ impl Gateway {
         mut req: Request<ClientBody>,
     ) -> Result<Response<RespBody>, Refusal> {
         // 0 limits: target length, header count, the client's rate.
-        self.admit(rt, conn, &req)?;
+        self.admit(rt, conn, &req, ctx.raw.as_ref())?;
         // 1 normalize: one canonical path, decided once and forwarded as is.
         let target = normalize(rt, ctx, conn, &req)?;
         if req.method() == Method::POST && target.canon.path == rt.sessions.logout_path {
@@ -514,7 +530,11 @@ impl Gateway {
         }
         // 7 respond: as is, unmasked with an audit record, or masked.
         let resp = match mask {
-            None => respond(rt, ctx, resp),
+            None => {
+                let (resp, relayed) = respond(rt, ctx, resp);
+                ctx.relayed = relayed;
+                resp
+            }
             Some((_, true)) => {
                 let record = route
                     .record
@@ -522,7 +542,8 @@ impl Gateway {
                     .and_then(|p| m.params.iter().find(|(k, _)| k == p))
                     .map(|(_, v)| v.as_str());
                 self.audit_unmasked(ctx, route, verified.as_ref(), record, resp.status(), head)?;
-                let mut resp = respond(rt, ctx, resp);
+                let (mut resp, relayed) = respond(rt, ctx, resp);
+                debug_assert!(relayed.is_none(), "fields relayed on a masked route");
                 make_private(resp.headers_mut());
                 resp
             }
@@ -553,7 +574,8 @@ impl Gateway {
     ) -> Result<Response<RespBody>, Refusal> {
         let up = &rt.upstreams[route.upstream].name;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let resp = respond(rt, ctx, resp);
+            let (resp, relayed) = respond(rt, ctx, resp);
+            debug_assert!(relayed.is_none(), "fields relayed to a websocket handshake");
             return Ok(match v {
                 Some(v) => self.session_bound(rt, v, resp),
                 None => resp,
@@ -608,10 +630,16 @@ impl Gateway {
     /// Phase 0: the head limits of `listen` (a JSON 414/431 where the HTTP
     /// layer would answer bare, or not at all) and the client's per-IP
     /// bucket, before anything costs more than a hash lookup.
-    fn admit(&self, rt: &Runtime, conn: &Conn, req: &Request<ClientBody>) -> Result<(), Refusal> {
-        // The target as sent (HTTP/1.1: the tap's copy, fragment and
+    fn admit(
+        &self,
+        rt: &Runtime,
+        conn: &Conn,
+        req: &Request<ClientBody>,
+        raw: Option<&RawHead>,
+    ) -> Result<(), Refusal> {
+        // The target as sent (HTTP/1.1: the raw head's copy, fragment and
         // absolute form included); HTTP/2: `:path`.
-        let target = match req.extensions().get::<RawHead>() {
+        let target = match raw.or_else(|| req.extensions().get::<RawHead>()) {
             Some(raw) => raw.target.len(),
             None => req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()),
         };
@@ -938,7 +966,7 @@ fn normalize(
     } else {
         // What hyper's parser hid: the framing headers as sent, and the
         // target with its fragment (see `proxy::wire`).
-        let raw = raw_head(req)?;
+        let raw = raw_head(req, ctx.raw.as_ref())?;
         check_method(req.method())?;
         let host = request_host(req)?;
         if raw.has_fragment() {
@@ -961,11 +989,13 @@ fn normalize(
 /// The request's raw head as the listener's tap read it (`proxy::wire`),
 /// if it is the head of this very request and its framing is unambiguous.
 /// No head (the tap lost the stream) or another one: refused, fail closed.
-fn raw_head(req: &Request<ClientBody>) -> Result<&RawHead, Refusal> {
+fn raw_head<'a>(
+    req: &'a Request<ClientBody>,
+    read: Option<&'a RawHead>,
+) -> Result<&'a RawHead, Refusal> {
     let bad = |b| Refusal::from(Deny::BadRequest(b));
-    let raw = req
-        .extensions()
-        .get::<RawHead>()
+    let raw = read
+        .or_else(|| req.extensions().get::<RawHead>())
         .filter(|h| h.describes(req.method(), req.uri()))
         .ok_or_else(|| bad(BadRequest::MalformedHead))?;
     match raw.framing {
@@ -1010,7 +1040,7 @@ fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
     let authority: http::uri::Authority = raw
         .parse()
         .map_err(|_| Deny::BadHost("invalid Host header"))?;
-    if raw.contains('@') {
+    if raw.as_bytes().contains(&b'@') {
         return Err(Deny::BadHost("Host must not carry user info").into());
     }
     Ok(Some(authority.host().to_ascii_lowercase()))
@@ -1244,11 +1274,17 @@ static UNMASKED_REPRESENTATION: [HeaderName; 4] = [
     HeaderName::from_static("content-md5"),
 ];
 
-fn respond(rt: &Runtime, ctx: &Ctx, resp: Response<UpstreamBody>) -> Response<RespBody> {
-    let (mut parts, body) = resp.into_parts();
-    let relayed = parts.extensions.get_mut::<Relayed>();
-    clean_response(rt, ctx, &mut parts.headers, relayed);
-    Response::from_parts(parts, body.boxed())
+/// The upstream's answer, cleaned; its fields relayed as its bytes, when
+/// they were asked for (`forward`), beside it.
+fn respond(
+    rt: &Runtime,
+    ctx: &Ctx,
+    resp: Response<UpstreamBody>,
+) -> (Response<RespBody>, Option<Box<Relayed>>) {
+    let (mut parts, mut body) = resp.into_parts();
+    let mut relayed = body.take_relayed();
+    clean_response(rt, ctx, &mut parts.headers, relayed.as_deref_mut());
+    (Response::from_parts(parts, body.boxed()), relayed)
 }
 
 /// The upstream's response headers (relayed ones too), cleaned; an

@@ -12,23 +12,26 @@
 //! framing code of both sides reads them. `Connection` (hop-by-hop: never
 //! passed on) is kept apart, for the cleaning and the codec's keep-alive
 //! decision. So the map holds the framing fields plus whatever the
-//! gateway adds (`X-Request-Id`), and a [`Relayed`] in the answer's
-//! extensions holds the rest.
+//! gateway adds (`X-Request-Id`), and a [`Relayed`] beside the answer
+//! (never among its extensions: a map per answer costs more than the
+//! rest) holds the rest, from `h1codec` through the upstream's body and
+//! the pipeline's context to `h1server`.
 //!
 //! Owns the representation, the cleaning of relayed lines and their
 //! conversion back into a header map. Must not decide anything about
 //! masking or framing: where a field must be read, it is not relayed.
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+#[cfg(test)]
+use http::header::HeaderValue;
+use http::header::{HeaderMap, HeaderName};
 use smallvec::SmallVec;
 
 use crate::config::ForwardSettings;
 
 /// Fields of one answer head, in the order they came, as offsets into
 /// the head's bytes. Built by `h1codec` only for a caller that asked for
-/// it; a `Relayed` is never left in a response another writer encodes
-/// (`Gateway::handle` turns it back into header fields).
+/// it (`Gateway::handle_h1`, whose writer is `h1server`).
 #[derive(Clone)]
 pub struct Relayed {
     head: Bytes,
@@ -170,9 +173,10 @@ impl Relayed {
         removed
     }
 
-    /// Appends every field to `map` (for a writer that only knows header
-    /// maps). `h1codec` checked each name and value when it kept them, so
-    /// nothing is refused here; a field that would be is dropped.
+    /// Appends every field to `map`: what a header-map reading of the
+    /// same head has (the tests compare the two). `h1codec` checked each
+    /// name and value when it kept them; a field refused here is dropped.
+    #[cfg(test)]
     pub fn into_map(self, map: &mut HeaderMap) {
         map.reserve(self.fields.len() + self.connection.len());
         for &v in &self.connection {

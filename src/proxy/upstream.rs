@@ -600,6 +600,15 @@ impl Inner {
 }
 
 impl UpstreamBody {
+    /// The answer's fields as its bytes, when they were asked for
+    /// (`send`'s `relay`); taken once.
+    pub fn take_relayed(&mut self) -> Option<Box<super::relayed::Relayed>> {
+        match self.inner.as_mut() {
+            Some(Inner::H1(answer)) => answer.take_relayed(),
+            _ => None,
+        }
+    }
+
     fn new(inner: Inner, idle: Duration, pick: Pick) -> Self {
         UpstreamBody {
             inner: Some(inner),

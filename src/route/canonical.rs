@@ -198,7 +198,9 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
         None => (target, None),
     };
     // Checked before the byte scan so a fragment is always reported as such.
-    if raw.contains('#') {
+    // (Byte searches here and below: paths are short, and a `str` pattern
+    // search costs more to set up than the scan.)
+    if raw.as_bytes().contains(&b'#') {
         return Err(PathError::Fragment);
     }
 
@@ -207,6 +209,8 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
     // Only escapes >= 0x80 can make the decoded path non-UTF-8, so the
     // (allocating) validation is skipped for the common all-ASCII case.
     let mut saw_high_escape = false;
+    // A `%25` (an escaped `%`) is in the output.
+    let mut saw_escaped_percent = false;
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -226,6 +230,7 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
                     v if is_unreserved(v) => path.push(char::from(v)),
                     v => {
                         saw_high_escape |= v >= 0x80;
+                        saw_escaped_percent |= v == b'%';
                         // Writing to a String cannot fail.
                         let _ = write!(path, "%{v:02X}");
                     }
@@ -250,21 +255,22 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
         return Err(PathError::InvalidUtf8);
     }
 
-    for seg in path.split('/') {
+    for seg in path.as_bytes().split(|&b| b == b'/') {
         // With path parameters allowed, Tomcat sees `..;x` as `..`.
         let seg = if opts.allow_semicolon {
-            seg.split(';').next().unwrap_or(seg)
+            seg.split(|&b| b == b';').next().unwrap_or(seg)
         } else {
             seg
         };
-        if seg == "." || seg == ".." {
+        if seg == b"." || seg == b".." {
             return Err(PathError::DotSegment);
         }
     }
 
     // `%25` is kept encoded, but the two characters after it are literal
     // and may be either case.
-    if path.contains("%25") {
+    if saw_escaped_percent {
+        debug_assert!(path.contains("%25"));
         let upper = path.to_ascii_uppercase();
         if ["%252E", "%252F", "%255C", "%2500"]
             .iter()
