@@ -1076,14 +1076,23 @@ async fn upstreams_cannot_set_the_gateways_cookie_or_identity_headers() {
 }
 
 /// An upstream that writes `answer` after each request head (and body,
-/// by its `Content-Length`) on a kept connection.
-async fn answering_bytes(answer: &'static [u8]) -> std::net::SocketAddr {
+/// by its `Content-Length`) on a kept connection; and how many
+/// connections it accepted.
+async fn answering_bytes(
+    answer: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -1114,17 +1123,18 @@ async fn answering_bytes(answer: &'static [u8]) -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    (addr, accepted)
 }
 
 /// What the gateway's answers must not pass on, written by the upstream
 /// in mixed spellings; and what they must pass on as it came.
 #[tokio::test]
 async fn answers_lose_hop_by_hop_and_gateway_fields_whichever_way_they_are_written() {
-    let addr = answering_bytes(
+    let (addr, _) = answering_bytes(
         b"HTTP/1.1 200 OK\r\n\
 Content-Type: application/json\r\n\
 Connection: keep-alive, X-Hop\r\n\
+Proxy-Authorization: Basic eA==\r\n\
 X-HOP: secret\r\n\
 Keep-Alive: timeout=5\r\n\
 Proxy-Connection: keep-alive\r\n\
@@ -1165,6 +1175,7 @@ Content-Length: 2\r\n\
         };
         for gone in [
             "x-hop",
+            "proxy-authorization",
             "keep-alive",
             "proxy-connection",
             "upgrade",
@@ -1190,6 +1201,112 @@ Content-Length: 2\r\n\
     assert_eq!(get.header("x-request-id"), Some("client-id"));
     // Relayed as written (nginx's way), not re-spelled.
     assert!(get.headers.iter().any(|(k, _)| k == "X-App"));
+}
+
+/// The upstream's word on its connection holds when its fields are
+/// relayed: `close` (in any field, any case) or HTTP/1.0 ends it, a
+/// keep-alive answer's connection serves the next request.
+#[tokio::test]
+async fn relayed_answers_keep_their_connection_only_when_it_may_be_kept() {
+    for (answer, connections) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nX-App: 1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+            3,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-App: 1\r\nConnection: x-foo\r\nconnection: Close\r\nContent-Length: 2\r\n\r\nok",
+            3,
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nX-App: 1\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            3,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-App: 1\r\nContent-Length: 2\r\n\r\nok",
+            1,
+        ),
+    ] {
+        let what = String::from_utf8_lossy(answer);
+        let (addr, accepted) = answering_bytes(answer).await;
+        let gw = start_gateway(addr, "").await;
+        let t = viewer();
+        for _ in 0..3 {
+            let r = req(gw.addr, "GET", "/files/a", Some(&t), &[]).await;
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "{what}");
+            assert!(r.headers.iter().any(|(k, _)| k == "X-App"), "{what}: not relayed");
+        }
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(n, connections, "{what}");
+    }
+}
+
+/// Answers without a body (`304`, `204`, a `HEAD`'s) and heads with bare
+/// LF line ends keep their own fields, lose the gateway's, and keep their
+/// framing when relayed.
+#[tokio::test]
+async fn relayed_answers_without_a_body_or_with_bare_lf_are_cleaned_and_framed() {
+    /// The upstream's answer, the method, then what the client must get:
+    /// status, fields kept, fields gone, body.
+    type Case = (
+        &'static [u8],
+        &'static str,
+        u16,
+        &'static [(&'static str, &'static str)],
+        &'static [&'static str],
+        &'static [u8],
+    );
+    let cases: [Case; 4] = [
+        (
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"e\"\r\nX-App: 1\r\nX-Rolegate-User: a\r\n\r\n",
+            "GET",
+            304,
+            &[("etag", "\"e\""), ("x-app", "1")],
+            &["x-rolegate-user"],
+            b"",
+        ),
+        (
+            b"HTTP/1.1 204 No Content\r\nX-App: 1\r\nSet-Cookie: rg_session=x\r\n\r\n",
+            "GET",
+            204,
+            &[("x-app", "1")],
+            &["set-cookie"],
+            b"",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-App: 1\r\nContent-Length: 7\r\n\r\n",
+            "HEAD",
+            200,
+            &[("x-app", "1"), ("content-length", "7")],
+            &[],
+            b"",
+        ),
+        (
+            b"HTTP/1.1 200 OK\nX-App: 1\nX-ROLEGATE-Roles: r\nContent-Length: 2\n\nok",
+            "GET",
+            200,
+            &[("x-app", "1"), ("content-length", "2")],
+            &["x-rolegate-roles"],
+            b"ok",
+        ),
+    ];
+    for (answer, method, status, kept, gone, body) in cases {
+        let what = String::from_utf8_lossy(answer);
+        let (addr, _) = answering_bytes(answer).await;
+        let gw = start_gateway(addr, "").await;
+        let r = req(gw.addr, method, "/files/a", Some(&viewer()), &[]).await;
+        assert_eq!(r.status, status, "{what}");
+        assert!(
+            r.headers.iter().any(|(k, _)| k == "X-App"),
+            "{what}: not relayed"
+        );
+        for (name, value) in kept {
+            assert_eq!(r.header(name), Some(*value), "{what}: {name}");
+        }
+        for name in gone {
+            assert_eq!(r.header(name), None, "{what}: {name}");
+        }
+        assert_eq!(r.body, body, "{what}");
+    }
 }
 
 // ------------------------------------------- virtual-host precedence

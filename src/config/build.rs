@@ -2922,7 +2922,16 @@ mod tests {
                 "forward: {{ identity_header_prefix: \"{prefix}\" }}\n{MAIN}"
             ))
         };
-        for bad in ["con", "Content-", "x-forwarded-", "SET-", "x-req"] {
+        for bad in [
+            "con",
+            "Content-",
+            "x-forwarded-",
+            "SET-",
+            "x-req",
+            "Referrer-",
+            "cross-origin-",
+            "permissions-",
+        ] {
             let errors = with(bad)
                 .err()
                 .unwrap_or_else(|| panic!("{bad:?} accepted"));

@@ -1223,6 +1223,100 @@ mod tests {
         assert!(up.again().is_none(), "a body is streamed, not kept");
     }
 
+    /// Answer fields for the relay-vs-map comparison: every kind the
+    /// cleaning treats apart, in odd spellings and bytes.
+    const CLEANED: &[&str] = &[
+        "Content-Type: application/json",
+        "content-length: 2",
+        "Content-Length: 2",
+        "Transfer-Encoding: chunked",
+        "Connection: keep-alive, X-Secret",
+        "CONNECTION: close",
+        "Connection: X-Secret, \u{e9}",
+        "Connection: Content-Length",
+        "Keep-Alive: timeout=5",
+        "Proxy-Connection: keep-alive",
+        "TE: trailers",
+        "Trailer: X-T",
+        "Upgrade: h2c",
+        "Proxy-Authenticate: Basic",
+        "Proxy-Authorization: Basic eA==",
+        "X-Secret: 1",
+        "X-Rolegate-User: admin",
+        "x-ROLEGATE-roles: root",
+        "Set-Cookie: rg_session=forged; Path=/",
+        "Set-Cookie: RG.Session=forged",
+        "Set-Cookie: theme=dark",
+        "X-Request-Id: made-upstream",
+        "Date: Sun, 06 Dec 2026 20:00:00 GMT",
+        "X-Del: a\u{7f}b",
+        "X-Obs: \u{e9}\u{ff}",
+        "X-Tab: a\tb",
+        "X-Empty:",
+        "X-Bad : x",
+    ];
+
+    /// An answer head read both ways and cleaned as the pipeline cleans
+    /// it: the fields left (the upstream's `X-Request-Id` replaced
+    /// afterwards on both paths), the removals logged, the body's framing
+    /// and the connection's reuse; `None` if refused.
+    type Cleaned = Option<(Vec<(String, Vec<u8>)>, Vec<String>, Decode, bool)>;
+
+    fn read_and_clean(head: &[u8], method: &Method, relay: bool) -> Cleaned {
+        let fwd = crate::proxy::headers::sample_forward();
+        let Ok(Parsed::Final(h)) = parse_head(&mut BytesMut::from(head), method, relay) else {
+            return None;
+        };
+        let mut map = h.response.headers().clone();
+        let mut removed = match h.relayed {
+            Some(mut relayed) => {
+                let removed = relayed.clean(&mut map, &fwd);
+                relayed.into_map(&mut map);
+                removed
+            }
+            None => {
+                assert!(!relay, "nothing relayed");
+                let removed = crate::proxy::headers::clean_response(&mut map, &fwd);
+                map.remove("x-request-id");
+                removed
+            }
+        };
+        let mut removed: Vec<String> = removed.drain(..).map(|n| n.to_string()).collect();
+        removed.sort();
+        let mut fields: Vec<_> = map
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        fields.sort();
+        Some((fields, removed, h.decode, h.reusable))
+    }
+
+    proptest! {
+        /// Relaying an answer's fields (`relayed.rs`) and cleaning them
+        /// there leaves what reading them into a header map and cleaning
+        /// that leaves: the same answers accepted, the same fields kept,
+        /// the same removals logged, the same framing and reuse.
+        #[test]
+        fn relayed_answers_are_read_and_cleaned_as_header_maps_are(
+            picked in proptest::collection::vec(0..CLEANED.len(), 0..12),
+            status in prop::sample::select(vec!["HTTP/1.1 200 OK", "HTTP/1.1 204 No Content", "HTTP/1.1 304 Not Modified", "HTTP/1.0 200 OK"]),
+            bare_lf in any::<bool>(),
+            head in any::<bool>(),
+        ) {
+            let eol = if bare_lf { "\n" } else { "\r\n" };
+            let mut text = format!("{status}{eol}");
+            for &i in &picked {
+                text.push_str(CLEANED[i]);
+                text.push_str(eol);
+            }
+            text.push_str(eol);
+            let method = if head { Method::HEAD } else { Method::GET };
+            let by_map = read_and_clean(text.as_bytes(), &method, false);
+            let relayed = read_and_clean(text.as_bytes(), &method, true);
+            prop_assert_eq!(relayed, by_map, "head: {:?}", text);
+        }
+    }
+
     #[test]
     fn connection_close_ends_the_connection_whether_fields_are_relayed_or_not() {
         let reusable = |answer: &[u8], relay: bool| match parse_head(

@@ -93,6 +93,7 @@ pub const STANDARD_NAMES: &[&str] = &[
     "alt-svc",
     "authorization",
     "cache-control",
+    "clear-site-data",
     "connection",
     "content-disposition",
     "content-encoding",
@@ -101,8 +102,12 @@ pub const STANDARD_NAMES: &[&str] = &[
     "content-location",
     "content-range",
     "content-security-policy",
+    "content-security-policy-report-only",
     "content-type",
     "cookie",
+    "cross-origin-embedder-policy",
+    "cross-origin-opener-policy",
+    "cross-origin-resource-policy",
     "date",
     "etag",
     "expect",
@@ -119,11 +124,13 @@ pub const STANDARD_NAMES: &[&str] = &[
     "link",
     "location",
     "origin",
+    "permissions-policy",
     "pragma",
     "proxy-authenticate",
     "proxy-authorization",
     "range",
     "referer",
+    "referrer-policy",
     "retry-after",
     "sec-websocket-accept",
     "sec-websocket-extensions",
@@ -150,6 +157,7 @@ pub const STANDARD_NAMES: &[&str] = &[
     "x-frame-options",
     "x-real-ip",
     "x-request-id",
+    "x-xss-protection",
 ];
 
 /// Client headers that are always removed, whatever `forward.keep_headers`
@@ -251,13 +259,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .cloned()
         .collect();
     if gone.contains(&CONNECTION) {
+        // By bytes: a value with obs-text (not a `str`) still names the
+        // fields its other options name.
         gone.extend(
             headers
                 .get_all(CONNECTION)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|n| connection_option(n.trim())),
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .filter_map(|n| connection_option(n.trim_ascii())),
         );
     }
     for name in &gone {
@@ -267,14 +276,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The field a `Connection` option names; the two options almost every
 /// message carries without a copy of their names.
-fn connection_option(option: &str) -> Option<HeaderName> {
-    if option.eq_ignore_ascii_case("keep-alive") {
+fn connection_option(option: &[u8]) -> Option<HeaderName> {
+    if option.eq_ignore_ascii_case(b"keep-alive") {
         return Some(KEEP_ALIVE);
     }
-    if option.eq_ignore_ascii_case("close") {
+    if option.eq_ignore_ascii_case(b"close") {
         return Some(CLOSE);
     }
-    HeaderName::from_bytes(option.as_bytes()).ok()
+    HeaderName::from_bytes(option).ok()
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -558,6 +567,22 @@ mod tests {
         for name in ["keep-alive", "close", "x-foo", "x-kept"] {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
         }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    /// A `Connection` value that is not a `str` (obs-text in one option)
+    /// still names the fields of its other options.
+    #[test]
+    fn connection_options_beside_obs_text_remove_the_fields_they_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_bytes(b"X-Secret, \xc3\xa9").unwrap(),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
