@@ -145,7 +145,7 @@ pub struct Ctx {
     pub slot: Option<Arc<super::limits::ConnSlot>>,
     /// The answer is written by `h1server`, which takes an upstream's
     /// answer fields as their bytes (`relayed.rs`).
-    pub relay: bool,
+    relay: bool,
     /// The request's raw head, when `h1server` read it (hyper's requests
     /// carry the tap's among their extensions).
     raw: Option<RawHead>,
