@@ -876,6 +876,8 @@ mod tests {
     struct Answer {
         status: u16,
         reason: bool,
+        /// Answered as HTTP/1.0 (an HTTP/1.0 upstream's answer).
+        http10: bool,
         fields: Vec<(&'static str, &'static str)>,
         body: Kind,
     }
@@ -889,6 +891,9 @@ mod tests {
         Stream(Vec<&'static str>, bool),
         /// What the request was, as the service saw it.
         Echo,
+        /// A body of unknown length: this many frames of this many bytes
+        /// (over the sizes copied into the write buffer and flushed).
+        Big(usize, usize),
     }
 
     /// The service both servers run: answers the `n`th request of the
@@ -917,6 +922,12 @@ mod tests {
                 }
                 StreamBody::new(futures_util::stream::iter(v)).boxed()
             }
+            Kind::Big(frames, size) => {
+                let v: Vec<Result<Frame<Bytes>, crate::proxy::upstream::BoxError>> = (0..frames)
+                    .map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + (i % 26) as u8; size]))))
+                    .collect();
+                StreamBody::new(futures_util::stream::iter(v)).boxed()
+            }
             Kind::Echo => {
                 let mut s = format!("{} {} {:?}\n", parts.method, parts.uri, parts.version);
                 for (n, v) in &parts.headers {
@@ -928,6 +939,9 @@ mod tests {
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = StatusCode::from_u16(answer.status).unwrap();
+        if answer.http10 {
+            *resp.version_mut() = http::Version::HTTP_10;
+        }
         for (n, v) in &answer.fields {
             resp.headers_mut().append(*n, HeaderValue::from_static(v));
         }
@@ -1037,6 +1051,7 @@ mod tests {
         Answer {
             status: 200,
             reason: false,
+            http10: false,
             fields,
             body,
         }
@@ -1115,6 +1130,9 @@ mod tests {
             Just((vec![("transfer-encoding", "chunked")], Kind::Full("hello"))),
             Just((vec![("trailer", "x-t")], Kind::Stream(vec!["ab"], true))),
             Just((vec![], Kind::Echo)),
+            Just((vec![], Kind::Big(9, 9000))),
+            Just((vec![("content-length", "27000")], Kind::Big(3, 9000))),
+            Just((vec![], Kind::Big(40, 2000))),
         ];
         let extra = proptest::sample::subsequence(
             vec![
@@ -1127,13 +1145,15 @@ mod tests {
             ],
             0..3,
         );
-        let status = proptest::sample::select(vec![200u16, 201, 204, 304, 404, 500]);
-        let answer = (status, any::<bool>(), kind, extra).prop_map(
-            |(status, reason, (mut fields, body), extra)| {
+        let status = proptest::sample::select(vec![200u16, 201, 204, 304, 404, 500, 101, 103]);
+        let http10 = prop_oneof![4 => Just(false), 1 => Just(true)];
+        let answer = (status, any::<bool>(), http10, kind, extra).prop_map(
+            |(status, reason, http10, (mut fields, body), extra)| {
                 fields.extend(extra);
                 Answer {
                     status,
                     reason,
+                    http10,
                     fields,
                     body,
                 }
@@ -1370,6 +1390,38 @@ mod tests {
             );
             assert!(String::from_utf8_lossy(&ours).contains("x-f119: \"v\""));
         }
+    }
+
+    /// An upstream's relayed fields are written first, as they came; its
+    /// `Date` is the only one; an informational status (answered as hyper
+    /// answers it, an empty 500) carries none of them.
+    #[test]
+    fn relayed_fields_go_first_and_their_date_is_the_only_one() {
+        let head = Bytes::from_static(b"X-App1DateSun, 06 Dec 2026 20:00:00 GMT");
+        let mut relayed = Relayed::new(head);
+        assert!(relayed.push([0, 5], [5, 6]));
+        assert!(relayed.push([6, 10], [10, 39]));
+        let encode = |status: StatusCode| {
+            let mut resp = Response::new(());
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert("x-request-id", HeaderValue::from_static("r1"));
+            let (mut parts, ()) = resp.into_parts();
+            let mut out = Vec::new();
+            let known = Some(BodyLength::Known(2));
+            encode_head(&mut parts, Some(&relayed), known, false, true, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            encode(StatusCode::OK),
+            "HTTP/1.1 200 OK\r\nX-App: 1\r\nDate: Sun, 06 Dec 2026 20:00:00 GMT\r\nx-request-id: r1\r\ncontent-length: 2\r\n\r\n"
+        );
+        let early = encode(StatusCode::from_u16(103).unwrap());
+        assert!(early.starts_with("HTTP/1.1 500 "), "{early}");
+        assert!(
+            !early.contains("X-App") && !early.contains("20:00:00"),
+            "{early}"
+        );
     }
 
     proptest! {
