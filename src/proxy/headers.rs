@@ -366,7 +366,8 @@ pub struct ForwardedFor<'a> {
     /// `https` on TLS listeners, else `http`.
     pub proto: &'static str,
     pub host: &'a str,
-    pub request_id: &'a str,
+    /// The request's trace id (`None`: not a header value, not sent).
+    pub request_id: Option<HeaderValue>,
 }
 
 /// `headers.insert(name, value)`, one copy of the code for every caller:
@@ -397,10 +398,11 @@ impl Injected {
         let mut out = Vec::with_capacity(10);
         out.push((X_FORWARDED_FOR, ff.client_ip.clone()));
         out.push((X_FORWARDED_PROTO, HeaderValue::from_static(ff.proto)));
-        for (name, value) in [(X_FORWARDED_HOST, ff.host), (X_REQUEST_ID, ff.request_id)] {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                out.push((name, v));
-            }
+        if let Ok(v) = HeaderValue::from_str(ff.host) {
+            out.push((X_FORWARDED_HOST, v));
+        }
+        if let Some(v) = &ff.request_id {
+            out.push((X_REQUEST_ID, v.clone()));
         }
         if let Some(p) = principal {
             let names = &fwd.identity;
@@ -610,7 +612,7 @@ mod tests {
             client_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "https",
             host: "h",
-            request_id: "r1",
+            request_id: Some(HeaderValue::from_static("r1")),
         };
         Injected::new(&fwd(), &ff, Some(&p)).insert_into(&mut h);
         assert_eq!(h["x-rolegate-user"], "alice");
@@ -628,7 +630,7 @@ mod tests {
             client_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "http",
             host: "",
-            request_id: "r1",
+            request_id: Some(HeaderValue::from_static("r1")),
         };
         let p = Principal {
             subject: "alice".into(),

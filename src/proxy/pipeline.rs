@@ -152,6 +152,9 @@ pub struct Ctx {
     /// The upstream's answer fields as its bytes, cleaned (phase 7), for
     /// `h1server` to write.
     relayed: Option<Box<Relayed>>,
+    /// [`Ctx::trace_id`] as a header value, made once for the upstream
+    /// request and the answer.
+    trace_value: Option<HeaderValue>,
 }
 
 /// The normalised request target.
@@ -168,6 +171,15 @@ impl Ctx {
         self.client_request_id
             .as_deref()
             .unwrap_or(&self.request_id)
+    }
+
+    /// [`Ctx::trace_id`] as a header value (made on first use; `None` if
+    /// it is not one, which the id's checks rule out).
+    fn trace_value(&mut self) -> Option<HeaderValue> {
+        if self.trace_value.is_none() {
+            self.trace_value = HeaderValue::from_str(self.trace_id()).ok();
+        }
+        self.trace_value.clone()
     }
 }
 
@@ -299,6 +311,7 @@ impl Gateway {
             relay,
             raw,
             relayed: None,
+            trace_value: None,
         }
     }
 
@@ -335,7 +348,7 @@ impl Gateway {
             // An upstream's fields never go with a refusal.
             Err(refusal) => (refuse(&rt, &mut ctx, refusal), None),
         };
-        (finish(&ctx, resp), relayed)
+        (finish(&mut ctx, resp), relayed)
     }
 
     /// A `redirect_https` listener's answer to every request: 308 to the
@@ -353,7 +366,7 @@ impl Gateway {
         ctx.route = Some("(redirect_https)".into());
         if let Err(refusal) = self.admit(&rt, conn, &req, None) {
             let resp = refuse(&rt, &mut ctx, refusal);
-            return finish(&ctx, resp);
+            return finish(&mut ctx, resp);
         }
         let h2 = ctx.h2;
         let location = || -> Result<HeaderValue, Refusal> {
@@ -386,7 +399,7 @@ impl Gateway {
             }
             Err(refusal) => refuse(&rt, &mut ctx, refusal),
         };
-        finish(&ctx, resp)
+        finish(&mut ctx, resp)
     }
 
     async fn handle_inner(
@@ -1135,10 +1148,7 @@ async fn forward(
     // request (it never sees a complete request).
     // The receive timeouts: the whole request within `request_timeout` of
     // its head, no gap over `body_read_timeout` (see `body::Timed`).
-    let deadline = tokio::time::Instant::now()
-        + rt.listen
-            .request_timeout
-            .saturating_sub(ctx.started.elapsed());
+    let deadline = tokio::time::Instant::from_std(ctx.started) + rt.listen.request_timeout;
     let body = Timed::new(
         body.map_err(|e| Box::new(MalformedBody(Box::new(e))) as BoxError),
         deadline,
@@ -1219,11 +1229,12 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
+    let request_id = ctx.trace_value();
     let ff = ForwardedFor {
         client_ip: &ctx.peer_ip,
         proto: if ctx.https { "https" } else { "http" },
         host,
-        request_id: ctx.trace_id(),
+        request_id,
     };
     let injected = headers::Injected::new(&rt.forward, &ff, principal);
     debug_assert!(
@@ -1486,8 +1497,8 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
 
 /// Every answer carries the request's `X-Request-Id` and writes its access
 /// line (phase 8), refusals included.
-fn finish(ctx: &Ctx, mut resp: Response<RespBody>) -> Response<RespBody> {
-    if let Ok(v) = HeaderValue::from_str(ctx.trace_id()) {
+fn finish(ctx: &mut Ctx, mut resp: Response<RespBody>) -> Response<RespBody> {
+    if let Some(v) = ctx.trace_value() {
         resp.headers_mut().insert(headers::X_REQUEST_ID, v);
     }
     log(ctx, resp.status());
