@@ -18,8 +18,8 @@
 //! the pipeline's context to `h1server`.
 //!
 //! Owns the representation, the cleaning of relayed lines and their
-//! conversion back into a header map. Must not decide anything about
-//! masking or framing: where a field must be read, it is not relayed.
+//! writing. Must not decide anything about masking or framing: where a
+//! field must be read, it is not relayed.
 
 use bytes::Bytes;
 #[cfg(test)]
@@ -222,8 +222,9 @@ fn options<'a>(head: &'a [u8], values: &'a [[u32; 2]]) -> impl Iterator<Item = &
         .filter(|o| !o.is_empty())
 }
 
-/// The hop-by-hop names of `headers::HOP_BY_HOP` but `Connection` (never
-/// relayed), compared with the name's length first.
+/// The hop-by-hop names of `headers::HOP_BY_HOP` (`Connection` and
+/// `Transfer-Encoding` are never relayed; listed all the same), compared
+/// with the name's length first.
 fn is_hop_by_hop(name: &[u8]) -> bool {
     let one_of = |names: &[&[u8]]| names.iter().any(|n| name.eq_ignore_ascii_case(n));
     match name.len() {
