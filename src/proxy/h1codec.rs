@@ -694,9 +694,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
     } else {
         Version::HTTP_10
     };
-    let mut reusable = version == Version::HTTP_11
-        && !has_token(&headers, header::CONNECTION, "close")
-        && !relayed.as_ref().is_some_and(|r| r.connection_has(b"close"));
+    // Relayed, `Connection` is not in the map but kept apart.
+    let close = match &relayed {
+        Some(r) => r.connection_has(b"close"),
+        None => has_token(&headers, header::CONNECTION, "close"),
+    };
+    let mut reusable = version == Version::HTTP_11 && !close;
     let decode = if status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || *method == Method::HEAD

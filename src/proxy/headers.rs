@@ -26,17 +26,33 @@ use crate::policy::Principal;
 /// `proxy-connection`). `upgrade` too: a websocket handshake on a route that
 /// allows websockets gets its upgrade headers back afterwards
 /// (`proxy::websocket::Handshake::restore`), nothing else is upgraded.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    http::header::CONNECTION,
-    KEEP_ALIVE,
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
+/// As text for the cleaning of relayed answer fields (`relayed.rs`), as
+/// names for header maps: one list.
+pub const HOP_BY_HOP_NAMES: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
+static HOP_BY_HOP: [HeaderName; 9] = {
+    let n = HOP_BY_HOP_NAMES;
+    [
+        HeaderName::from_static(n[0]),
+        HeaderName::from_static(n[1]),
+        HeaderName::from_static(n[2]),
+        HeaderName::from_static(n[3]),
+        HeaderName::from_static(n[4]),
+        HeaderName::from_static(n[5]),
+        HeaderName::from_static(n[6]),
+        HeaderName::from_static(n[7]),
+        HeaderName::from_static(n[8]),
+    ]
+};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -222,21 +222,12 @@ fn options<'a>(head: &'a [u8], values: &'a [[u32; 2]]) -> impl Iterator<Item = &
         .filter(|o| !o.is_empty())
 }
 
-/// The hop-by-hop names of `headers::HOP_BY_HOP` (`Connection` and
-/// `Transfer-Encoding` are never relayed; listed all the same), compared
-/// with the name's length first.
+/// Whether a name (any case) is one of `headers::HOP_BY_HOP_NAMES`, the
+/// one list both cleanings go by; lengths compared first.
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    let one_of = |names: &[&[u8]]| names.iter().any(|n| name.eq_ignore_ascii_case(n));
-    match name.len() {
-        2 => one_of(&[b"te"]),
-        7 => one_of(&[b"trailer", b"upgrade"]),
-        10 => one_of(&[b"keep-alive", b"connection"]),
-        16 => one_of(&[b"proxy-connection"]),
-        17 => one_of(&[b"transfer-encoding"]),
-        18 => one_of(&[b"proxy-authenticate"]),
-        19 => one_of(&[b"proxy-authorization"]),
-        _ => false,
-    }
+    crate::proxy::headers::HOP_BY_HOP_NAMES
+        .iter()
+        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 #[cfg(test)]
