@@ -104,24 +104,45 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// headers among them (`None`: none).
 type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
 
-/// Request headers a masked route must not forward.
-const PARTIAL_OR_CONDITIONAL: [&str; 6] = [
+/// Request headers a masked route must not forward: partial, conditional,
+/// and asking for a digest of the (unmasked) answer.
+const PARTIAL_OR_CONDITIONAL: [&str; 9] = [
     "range",
     "if-range",
     "if-none-match",
     "if-modified-since",
     "if-match",
     "if-unmodified-since",
+    "want-repr-digest",
+    "want-content-digest",
+    "want-digest",
 ];
 
 /// All of them, as a client would send them.
-const PARTIAL_HEADERS: [&str; 6] = [
+const PARTIAL_HEADERS: [&str; 9] = [
     "Range: bytes=0-20",
     "If-Range: \"v1-strong\"",
     "If-None-Match: \"v1-strong\"",
     "If-Modified-Since: Tue, 01 Jan 2030 00:00:00 GMT",
     "If-Match: \"v1-strong\"",
     "If-Unmodified-Since: Tue, 01 Jan 2030 00:00:00 GMT",
+    "Want-Repr-Digest: sha-256=10",
+    "Want-Content-Digest: sha-256=10",
+    "Want-Digest: SHA-256",
+];
+
+/// Digests of the upstream's (unmasked) body: gone from masked answers.
+const DIGESTS: [&str; 3] = ["repr-digest", "content-digest", "digest"];
+
+/// Cache directives CDNs obey before `Cache-Control`: gone from every
+/// answer of a masked route.
+const CDN_CACHE: [&str; 6] = [
+    "surrogate-control",
+    "cdn-cache-control",
+    "cloudflare-cdn-cache-control",
+    "vercel-cdn-cache-control",
+    "edge-control",
+    "x-accel-expires",
 ];
 
 fn full(ct: &str, enc: Option<&str>, body: Vec<u8>) -> hyper::Response<Body> {
@@ -135,6 +156,17 @@ fn full(ct: &str, enc: Option<&str>, body: Vec<u8>) -> hyper::Response<Body> {
         .insert("etag", "\"v1-strong\"".parse().unwrap());
     r.headers_mut()
         .insert("cache-control", "public, max-age=600".parse().unwrap());
+    for name in DIGESTS {
+        r.headers_mut().insert(
+            name,
+            "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:"
+                .parse()
+                .unwrap(),
+        );
+    }
+    for name in CDN_CACHE {
+        r.headers_mut().insert(name, "max-age=600".parse().unwrap());
+    }
     r
 }
 
@@ -407,6 +439,9 @@ async fn every_shape_is_masked_for_an_agent_and_unmasked_for_a_supervisor() {
             r.header("vary").unwrap_or("").contains("Authorization"),
             "{shape}"
         );
+        for name in DIGESTS.iter().chain(&CDN_CACHE) {
+            assert_eq!(r.header(name), None, "{shape}: {name} reached an agent");
+        }
         let text = String::from_utf8_lossy(&r.body).to_string();
         assert!(
             text.contains("1223"),
@@ -431,6 +466,15 @@ async fn every_shape_is_masked_for_an_agent_and_unmasked_for_a_supervisor() {
             Some("private, no-store"),
             "{shape}: an unmasked PII answer must not be shared-cached"
         );
+        for name in CDN_CACHE {
+            assert_eq!(r.header(name), None, "{shape}: {name} reached a supervisor");
+        }
+        if shape == "plain" {
+            // The upstream sent them; they describe what a supervisor gets.
+            for name in DIGESTS {
+                assert!(r.header(name).is_some(), "{name} of the unmasked body lost");
+            }
+        }
     }
     // The JSON shapes parse after masking, and the structure is intact.
     let r = req(gw.addr, "GET", "/shape/gzip", Some(&a), &[]).await;
@@ -516,7 +560,10 @@ async fn ranges_heads_and_not_modified_on_masked_routes() {
     )
     .await;
     let last = seen.lock().unwrap().last().cloned().unwrap();
-    assert_eq!(last.1.map(|h| h.matches(": ").count()), Some(6));
+    assert_eq!(
+        last.1.map(|h| h.matches(": ").count()),
+        Some(PARTIAL_HEADERS.len())
+    );
 
     let r = req(gw.addr, "HEAD", "/shape/plain", Some(&a), &[]).await;
     assert_eq!(r.status, 200);
@@ -702,6 +749,8 @@ enum Sending {
     /// The head, the whole body as one chunk and the terminating chunk in
     /// a single write: the gateway has everything before it answers.
     AllAtOnce,
+    /// An HTTP/1.0 answer without a length: the body, then the close.
+    Http10,
 }
 
 /// A hand-written HTTP/1.1 upstream: every request gets `body` as a
@@ -720,6 +769,14 @@ async fn raw_json_upstream(body: &'static [u8], how: Sending) -> std::net::Socke
                         Ok(0) | Err(_) => return,
                         Ok(n) => head.extend_from_slice(&b[..n]),
                     }
+                }
+                if let Sending::Http10 = how {
+                    let mut all =
+                        b"HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n".to_vec();
+                    all.extend_from_slice(body);
+                    let _ = s.write_all(&all).await;
+                    let _ = s.flush().await;
+                    return;
                 }
                 let start: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
                 if let Sending::AllAtOnce = how {
@@ -768,7 +825,7 @@ async fn gateway_for(up: std::net::SocketAddr) -> Gw {
 /// selected value, never zero bytes.
 #[tokio::test]
 async fn a_streamed_json_answer_that_turns_invalid_is_cut_after_the_head() {
-    let cases: [(&str, &'static [u8], Sending, &str, usize); 4] = [
+    let cases: [(&str, &'static [u8], Sending, &str, usize); 5] = [
         (
             "invalid after the value",
             br#"{"name":"Jane Canary","x":tru}"#,
@@ -798,6 +855,15 @@ async fn a_streamed_json_answer_that_turns_invalid_is_cut_after_the_head() {
             Sending::AllAtOnce,
             "",
             30,
+        ),
+        // Cut before its last chunk too, not ended by a close that would
+        // look like the end of a complete HTTP/1.0 answer.
+        (
+            "HTTP/1.0 upstream, invalid",
+            br#"{"name":"Jane Canary","x":tru}"#,
+            Sending::Http10,
+            "",
+            5,
         ),
     ];
     let a = agent();

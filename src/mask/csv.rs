@@ -448,10 +448,22 @@ impl CsvMasker {
                     return Err(BodyError::Csv("body looks like JSON, not CSV".into()));
                 }
                 let mut columns = Vec::with_capacity(nend);
+                let p = &*self.policy;
                 for (i, cell) in cells.enumerate() {
-                    let column = rules.column(text(row, i, cell)?, self.policy.case_insensitive);
+                    let name = text(row, i, cell)?;
+                    let column = rules.column(name, p.case_insensitive);
                     if column.action != Action::Drop {
-                        writer.cell(cell);
+                        // Through the detectors too, whatever their scope:
+                        // an answer without its header row (`?header=false`,
+                        // a page after the first) has a row of data here,
+                        // and no column name looks like an address or a
+                        // number (the columns are still chosen by the
+                        // names as sent).
+                        let scrubbed = scrub(&p.detectors, name);
+                        if scrubbed != name {
+                            self.masked += 1;
+                        }
+                        writer.cell(scrubbed.as_bytes());
                     }
                     columns.push(column);
                 }
@@ -589,6 +601,53 @@ mod tests {
         assert!(matches!(m.push(b"a\n", &mut out), Err(BodyError::Csv(_))));
         assert!(matches!(m.finish(&mut out), Err(BodyError::Csv(_))));
         assert!(out.is_empty());
+    }
+
+    /// A body without its header row: its first row of data is taken as
+    /// the header, and still goes through the detectors.
+    #[test]
+    fn a_first_row_of_data_taken_as_the_header_is_scrubbed() {
+        use super::super::{Detector, Selector, Strategy};
+        for detect_in in [
+            DetectScope::All,
+            DetectScope::Fields(vec![Selector::parse("$..notes").unwrap()]),
+        ] {
+            let policy = Arc::new(Policy {
+                name: "t".into(),
+                fields: vec![(
+                    Selector::parse("$..name").unwrap(),
+                    Strategy::parse("redact").unwrap(),
+                )],
+                detectors: vec![Detector::Email, Detector::Phone],
+                detect_in,
+                case_insensitive: false,
+                hash_key: Vec::new(),
+                limits: super::super::Limits {
+                    max_depth: 8,
+                    max_string_bytes: 1024,
+                },
+                compiled: Default::default(),
+            });
+            let mut m = CsvMasker::new(policy);
+            let mut out = Vec::new();
+            m.push(
+                b"c1,jane@example.com,+1 415 555 0100\r\nc2,bo@example.com,+1 415 555 0101\r\n",
+                &mut out,
+            )
+            .unwrap();
+            m.finish(&mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                !text.contains("jane@example.com") && !text.contains("555 0100"),
+                "{text}"
+            );
+            assert!(text.starts_with("c1,"), "{text}");
+        }
+        // A real header is not changed by it.
+        let mut m = CsvMasker::new(name_policy());
+        let mut out = Vec::new();
+        m.push(b"id,name,email\r\n", &mut out).unwrap();
+        assert_eq!(out, b"id,name,email\r\n");
     }
 
     fn name_policy() -> Arc<Policy> {

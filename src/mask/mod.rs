@@ -1301,13 +1301,17 @@ mod tests {
             format!("id,note,other\r\n1,{},{}\r\n", q(&scrubbed), q(&note))
         );
 
-        // A field rule wins over the detectors; the header is never scrubbed.
+        // A field rule wins over the detectors; the header goes through the
+        // detectors too (it may be a row of data: a body without its header).
         let both = policy_with(&[("$.note", "redact")], &["email"], DetectScope::All, false);
         let body = format!("id,note,{EMAIL}\n1,{note},x\n");
         let out = run(&both, BodyKind::Csv, Encoding::Identity, body.as_bytes(), 5).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            format!("id,note,{EMAIL}\r\n1,[REDACTED],x\r\n")
+            format!(
+                "id,note,{}\r\n1,[REDACTED],x\r\n",
+                scrub(&[Detector::Email], EMAIL)
+            )
         );
     }
 

@@ -1265,24 +1265,46 @@ async fn forward(
 /// Client request headers the gateway sends its own value of instead.
 static REPLACED: [HeaderName; 1] = [headers::X_REQUEST_ID];
 
-/// Request headers a masked route does not forward (see `forward`), and
-/// [`REPLACED`].
-static PARTIAL_OR_CONDITIONAL_OR_REPLACED: [HeaderName; 7] = [
+/// Request headers a masked route does not forward (see `forward`): the
+/// partial and conditional ones, the asks for a digest of the answer
+/// (RFC 9530, RFC 3230), and [`REPLACED`].
+static PARTIAL_OR_CONDITIONAL_OR_REPLACED: [HeaderName; 10] = [
     header::RANGE,
     header::IF_RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
     header::IF_UNMODIFIED_SINCE,
+    HeaderName::from_static("want-repr-digest"),
+    HeaderName::from_static("want-content-digest"),
+    HeaderName::from_static("want-digest"),
     headers::X_REQUEST_ID,
 ];
 
-/// Response headers describing the upstream's unmasked representation.
-static UNMASKED_REPRESENTATION: [HeaderName; 4] = [
+/// Response headers describing the upstream's unmasked representation:
+/// its validators and range, and its digests (a hash of the unmasked body
+/// would let a client confirm guesses of the values masked in it).
+static UNMASKED_REPRESENTATION: [HeaderName; 7] = [
     header::ETAG,
     header::CONTENT_RANGE,
     header::LAST_MODIFIED,
     HeaderName::from_static("content-md5"),
+    HeaderName::from_static("repr-digest"),
+    HeaderName::from_static("content-digest"),
+    HeaderName::from_static("digest"),
+];
+
+/// Cache directives that CDNs and caching proxies obey before
+/// `Cache-Control` (Fastly, Akamai, Cloudflare, Vercel, RFC 9213, nginx's
+/// `proxy_cache`): removed from masked routes' answers, whose
+/// `Cache-Control: private, no-store` must be the one that counts.
+static SHARED_CACHE_DIRECTIVES: [HeaderName; 6] = [
+    HeaderName::from_static("surrogate-control"),
+    HeaderName::from_static("cdn-cache-control"),
+    HeaderName::from_static("cloudflare-cdn-cache-control"),
+    HeaderName::from_static("vercel-cdn-cache-control"),
+    HeaderName::from_static("edge-control"),
+    HeaderName::from_static("x-accel-expires"),
 ];
 
 /// The upstream's answer, cleaned; its fields relayed as its bytes, when
@@ -1315,6 +1337,7 @@ fn clean_response(rt: &Runtime, ctx: &Ctx, h: &mut http::HeaderMap, relayed: Opt
 /// Responses of masked routes, masked or not, are never stored by shared
 /// caches and never reused across credentials.
 fn make_private(h: &mut http::HeaderMap) {
+    headers::remove_each(h, &SHARED_CACHE_DIRECTIVES);
     headers::set(
         h,
         header::CACHE_CONTROL,
@@ -1339,6 +1362,11 @@ async fn mask_response(
     head: bool,
 ) -> Result<Response<RespBody>, Refusal> {
     let (mut parts, body) = resp.into_parts();
+    // Sent as HTTP/1.1 whatever the upstream spoke: a streamed answer
+    // whose masking fails is cut before its last chunk, which a client
+    // can tell from a complete one; an HTTP/1.0 answer of unknown length
+    // would end at the close either way.
+    parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
     clean_response(rt, ctx, h, None);
     make_private(h);
