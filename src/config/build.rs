@@ -308,8 +308,14 @@ impl Builder {
         match serde_saphyr::from_str::<T>(text) {
             Ok(v) => Some(v),
             Err(e) => {
+                // One line, as every diagnostic: the parser's message
+                // without its source excerpt, and without the "error:" and
+                // line the diagnostic itself prints.
+                let text = e.without_snippet().to_string();
+                let text = text.strip_prefix("error: ").unwrap_or(&text).trim();
+                let msg = text.lines().next().unwrap_or_default().to_string();
                 let line = e.location().map(|l| l.line()).unwrap_or(0);
-                self.error(name, line, e.to_string());
+                self.error(name, line, msg);
                 None
             }
         }
@@ -2634,12 +2640,13 @@ impl Builder {
             }
             keep.push(n);
         }
-        let mut strip: Vec<http::HeaderName> = DEFAULT_STRIPPED
-            .iter()
-            .copied()
-            .map(http::HeaderName::from_static)
-            .filter(|n| !keep.contains(n))
-            .collect();
+        let mut strip = crate::proxy::headers::stripped_names(
+            DEFAULT_STRIPPED
+                .iter()
+                .copied()
+                .map(http::HeaderName::from_static)
+                .filter(|n| !keep.contains(n)),
+        );
         let mut strip_prefixes: Vec<String> = DEFAULT_STRIPPED_PREFIXES
             .iter()
             .map(|p| p.to_string())
@@ -2660,7 +2667,9 @@ impl Builder {
                     0,
                     format!("forward.strip_headers: {h} is also in forward.keep_headers"),
                 ),
-                Ok(n) => strip.push(n),
+                Ok(n) => {
+                    strip.insert(n);
+                }
                 Err(_) => self.error(
                     file,
                     0,

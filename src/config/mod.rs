@@ -342,9 +342,10 @@ pub struct ForwardSettings {
     pub identity_prefix: String,
     /// The identity headers' names under that prefix, made once.
     pub identity: crate::proxy::headers::IdentityNames,
-    /// Exact client header names to drop: the built-in default list
-    /// (minus `keep_headers`) plus `forward.strip_headers` (lowercased).
-    pub strip: Vec<http::HeaderName>,
+    /// Exact client header names to drop: the ones always dropped, the
+    /// built-in default list (minus `keep_headers`) and
+    /// `forward.strip_headers` (lowercased).
+    pub strip: crate::proxy::headers::NameSet,
     /// Name prefixes to drop: the built-in ones plus `strip_headers`
     /// entries ending in `*`.
     pub strip_prefixes: Vec<String>,

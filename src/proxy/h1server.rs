@@ -114,6 +114,14 @@ where
     let mut draining = false;
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
+    // One wait for the drain for the whole connection, registered once:
+    // a `changed()` made afresh for every head would join and leave the
+    // channel's waiter list (a lock each way) on every request.
+    let mut watch = drain.clone();
+    let drained = async move {
+        let _ = watch.changed().await;
+    };
+    tokio::pin!(drained);
     loop {
         // The head: its whole within `header_read_timeout` of the moment
         // the connection waits for it, its first byte also within
@@ -151,7 +159,7 @@ where
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
-                _ = drain.changed(), if !draining => {
+                () = &mut drained, if !draining => {
                     // A head on its way (or a first request) gets a short
                     // grace, no more.
                     draining = true;
@@ -181,9 +189,11 @@ where
                     Ok(0) | Err(_) => return Outcome::Closed,
                     Ok(_) => {}
                 },
-                _ = drain.changed(), if !draining => draining = true,
             }
         };
+        // A drain meanwhile (or the sender gone) closes the connection
+        // after this answer: read here, where the answer is framed.
+        draining |= !matches!(drain.has_changed(), Ok(false));
         let (resp, relayed) = resp;
         let written = write_response(
             io,

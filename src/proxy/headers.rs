@@ -238,6 +238,20 @@ pub const DEFAULT_STRIPPED_PREFIXES: &[&str] = &[
     "x-client-cert-",
 ];
 
+/// A set of header names, looked up by hash (one lookup instead of a
+/// comparison per listed name; the names are the configuration's, so a
+/// client's names only look up, never insert).
+pub type NameSet = std::collections::HashSet<HeaderName, foldhash::fast::RandomState>;
+
+/// The exact names [`is_stripped`] drops: [`ALWAYS_STRIPPED`] and `names`.
+pub fn stripped_names(names: impl IntoIterator<Item = HeaderName>) -> NameSet {
+    ALWAYS_STRIPPED
+        .iter()
+        .map(|n| HeaderName::from_static(n))
+        .chain(names)
+        .collect()
+}
+
 /// Whether a client header is dropped before forwarding (step 2).
 pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
     let k = name.as_str();
@@ -247,11 +261,8 @@ pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
     // through.
     if memchr::memchr(b'_', k.as_bytes()).is_some()
         || k.starts_with(fwd.identity_prefix.as_str())
-        || ALWAYS_STRIPPED.contains(&k)
+        || fwd.strip.contains(name)
     {
-        return true;
-    }
-    if fwd.strip.contains(name) {
         return true;
     }
     // The first byte compared inline: most names share none with any
@@ -560,7 +571,7 @@ pub(crate) fn sample_forward() -> ForwardSettings {
     ForwardSettings {
         identity_prefix: "x-rolegate-".into(),
         identity: IdentityNames::new("x-rolegate-").unwrap(),
-        strip: vec![HeaderName::from_static("remote-user")],
+        strip: stripped_names([HeaderName::from_static("remote-user")]),
         strip_prefixes: vec!["x-forwarded-".into(), "x-auth-request-".into()],
         keep: vec![HeaderName::from_static("x-forwarded-ssl")],
         cookie: Some("rg_session".into()),
