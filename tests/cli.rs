@@ -91,6 +91,14 @@ fn check_reports_every_error_with_file_and_line() {
         out.contains("rules.yaml:4") && out.contains("unknown field"),
         "{out}"
     );
+    // One line, as every diagnostic: `file:line: error: message`, then the count.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains("rules.yaml:4: error: unknown field `grant`"),
+        "{out}"
+    );
+    assert!(lines[1].ends_with("1 error(s); not loaded"), "{out}");
     let rules = rules.replace("grant:", "grants:");
     std::fs::write(dir.join("rules.yaml"), rules).unwrap();
     let o = run(&["check"], &dir);

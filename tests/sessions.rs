@@ -230,6 +230,12 @@ async fn admin_api_revokes_deactivates_and_lists() {
         req(adm, "GET", "/readyz", None, &[]).await.json()["ready"],
         true
     );
+    // Their wrong methods are 405, with or without a token.
+    for path in ["/healthz", "/readyz"] {
+        let r = req(adm, "POST", path, None, &[]).await;
+        assert_eq!((r.status, r.error().as_str()), (405, "method_not_allowed"));
+        assert_eq!(admin(adm, "DELETE", path).await.status, 405);
+    }
     let r = req(adm, "POST", "/users/alice/deactivate", None, &[]).await;
     assert_eq!((r.status, r.error().as_str()), (401, "unauthorized"));
     let r = req(

@@ -343,19 +343,17 @@ async fn import_csv(
     dir: &DirectorySettings,
     body: Option<&[u8]>,
 ) -> Answer {
-    let rows = match crate::directory::csv::import(body.unwrap_or_default()) {
+    let rows = match crate::directory::csv::import_rows(body.unwrap_or_default()) {
         Ok(rows) => rows,
         Err(e) => {
             let body = json!({ "error": "invalid_import", "reason": e.reason(), "rows": e.rows });
             return (reply(StatusCode::BAD_REQUEST, body), None);
         }
     };
-    // Spreadsheet row of each user (header = row 1; the import keeps file order).
     let mut problems: Vec<Value> = Vec::new();
     let mut status = StatusCode::BAD_REQUEST;
     let mut changes = Vec::new();
-    for (i, (sub, mut rec)) in rows.into_iter().enumerate() {
-        let row = i + 2;
+    for (row, sub, mut rec) in rows {
         let old = match user(store, &sub) {
             Ok(o) => o,
             Err(r) => return (r, None),

@@ -146,6 +146,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
                 )
             };
         }
+        // Open paths: a wrong method is told without asking for a token.
+        (_, ["healthz" | "readyz"]) => {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "see the README's admin API",
+            );
+        }
         _ => {}
     }
     let rt = gw.runtime();

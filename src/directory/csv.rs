@@ -276,9 +276,17 @@ impl From<FileProblem> for ImportError {
     }
 }
 
-/// Reads a whole CSV file (see the module docs): every user's record,
-/// normalised, in file order; or every problem found.
+/// [`import_rows`] without the row numbers.
+#[cfg(test)]
 pub fn import(text: &[u8]) -> Result<Vec<(String, UserRecord)>, ImportError> {
+    import_rows(text).map(|rows| rows.into_iter().map(|(_, u, r)| (u, r)).collect())
+}
+
+/// Reads a whole CSV file (see the module docs): every user's record,
+/// normalised, in file order, with its spreadsheet row number (the header
+/// is row 1; skipped blank rows count, as a spreadsheet shows them); or
+/// every problem found.
+pub fn import_rows(text: &[u8]) -> Result<Vec<(usize, String, UserRecord)>, ImportError> {
     if text.len() > MAX_IMPORT_BYTES {
         return Err(FileProblem::TooLarge { bytes: text.len() }.into());
     }
@@ -294,7 +302,7 @@ pub fn import(text: &[u8]) -> Result<Vec<(String, UserRecord)>, ImportError> {
     let mut record = csv::ByteRecord::new();
 
     let mut columns: Option<Columns> = None;
-    let mut users: Vec<(String, UserRecord)> = Vec::new();
+    let mut users: Vec<(usize, String, UserRecord)> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut bad: Vec<RowError> = Vec::new();
     // Data rows judged (skipped empty rows are not counted).
@@ -361,7 +369,7 @@ pub fn import(text: &[u8]) -> Result<Vec<(String, UserRecord)>, ImportError> {
                 }
             }
         }
-        users.push((user, rec));
+        users.push((row, user, rec));
     }
     if columns.is_none() {
         return Err(FileProblem::Empty.into());

@@ -458,8 +458,9 @@ async fn csv_export_edit_import_round_trip_and_a_bad_file_changes_nothing() {
     );
 
     // A file with a bad row (unknown role) and a good one: nothing applied,
-    // every bad row reported.
-    let bad = "user,roles\nbob,viewer\nann,wizard\ndan,approver@bot:1\n";
+    // every bad row reported, by its row in the file (skipped blank and
+    // empty rows counted, as a spreadsheet shows them).
+    let bad = "user,roles\nbob,viewer\n\n,\nann,wizard\ndan,approver@bot:1\n";
     let r = req_json(
         gw.admin.unwrap(),
         "POST",
@@ -471,7 +472,7 @@ async fn csv_export_edit_import_round_trip_and_a_bad_file_changes_nothing() {
     assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
     let rows = r.json()["rows"].as_array().unwrap().clone();
     let numbers: Vec<u64> = rows.iter().map(|x| x["row"].as_u64().unwrap()).collect();
-    assert_eq!(numbers, [3, 4], "{rows:?}");
+    assert_eq!(numbers, [5, 6], "{rows:?}");
     assert_eq!(
         status(&gw, "PUT", "/bots/1/flows", &bob).await,
         200,
