@@ -906,6 +906,42 @@ async fn a_streamed_json_answer_that_turns_invalid_is_cut_after_the_head() {
     }
 }
 
+/// An HTTP/1.0 client reads a body to the close, so a cut stream would
+/// look complete to it: its masked answers are masked whole, sent with a
+/// length, and a failure is a clean 502.
+#[tokio::test]
+async fn an_http10_client_gets_masked_answers_whole_or_a_502() {
+    let a = agent();
+    let request =
+        format!("GET /shape/raw HTTP/1.0\r\nHost: a\r\nAuthorization: Bearer {a}\r\n\r\n");
+    let cases: [(&[u8], Sending); 2] = [
+        (br#"{"name":"Jane Canary","x":tru}"#, Sending::Bytes),
+        (br#"{"name":"Jane Canary","x":tru}"#, Sending::Http10),
+    ];
+    for (body, how) in cases {
+        let gw = gateway_for(raw_json_upstream(body, how).await).await;
+        let all = raw_bytes(gw.addr, request.as_bytes()).await;
+        let text = String::from_utf8_lossy(&all).to_string();
+        assert!(text.starts_with("HTTP/1.0 502 "), "{text}");
+        assert!(text.contains("unmaskable_response"), "{text}");
+        assert!(!text.contains("Jane") && !text.contains("Canary"), "{text}");
+    }
+    // A valid streamed answer arrives whole, masked, with its length.
+    let body: &'static [u8] = br#"{"id":1,"name":"Jane Canary","tier":"gold"}"#;
+    let gw = gateway_for(raw_json_upstream(body, Sending::Bytes).await).await;
+    let all = raw_bytes(gw.addr, request.as_bytes()).await;
+    let text = String::from_utf8_lossy(&all).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200 "), "{text}");
+    let lower = head.to_ascii_lowercase();
+    assert!(!lower.contains("transfer-encoding"), "{head}");
+    assert!(
+        lower.contains(&format!("content-length: {}", rest.len())),
+        "{text}"
+    );
+    assert_eq!(rest, r#"{"id":1,"name":"[REDACTED]","tier":"gold"}"#);
+}
+
 #[tokio::test]
 async fn an_unwritable_audit_log_refuses_the_unmasked_answer_without_io_details() {
     let (gw, _release, _) = setup().await;

@@ -128,6 +128,9 @@ pub struct Ctx {
     /// The request came over HTTP/2 (no raw head; no `Connection` header
     /// in answers).
     pub h2: bool,
+    /// The request is HTTP/1.0: its answer cannot be chunked, so a cut
+    /// body looks complete (masked answers are masked whole first).
+    pub http10: bool,
     pub method: http::Method,
     pub path: String,
     pub route: Option<String>,
@@ -299,6 +302,7 @@ impl Gateway {
             peer_ip: conn.peer_ip.clone(),
             https: conn.tls,
             h2: req.version() == http::Version::HTTP_2,
+            http10: req.version() == http::Version::HTTP_10,
             method: req.method().clone(),
             path: String::new(),
             route: None,
@@ -1419,11 +1423,19 @@ async fn mask_response(
     }
     let mut masker = mask::BodyMasker::new(policy, kind, encoding, rt.masking.max_body_bytes);
 
-    if let Some(len) = declared.filter(|l| *l <= rt.masking.buffer_bytes) {
+    let whole = match declared {
+        Some(len) if len <= rt.masking.buffer_bytes => Some(len),
+        // An HTTP/1.0 client reads a body to the close: it could not tell
+        // a stream cut by a masking failure from a complete answer. Masked
+        // whole (up to `masking.max_body_bytes`) and sent with its length.
+        _ if ctx.http10 => Some(declared.unwrap_or(rt.masking.max_body_bytes)),
+        _ => None,
+    };
+    if let Some(len) = whole {
         // Masked frame by frame as they arrive (the masker streams), but
         // sent only once the whole body is masked, so a failure is a 502.
         let mut body = Limited::new(body, len);
-        let mut out = Vec::with_capacity(len as usize);
+        let mut out = Vec::with_capacity(len.min(rt.masking.buffer_bytes) as usize);
         // Done once the declared length has arrived (as hyper's server side
         // decides for a streamed body): asking for a frame after the last one
         // costs a trip through the reactor per answer. With the HTTP/1
@@ -1436,6 +1448,8 @@ async fn mask_response(
             let frame = frame.map_err(|e| {
                 Refusal::from(if has_cause::<BodyIdleTimeout>(e.as_ref()) {
                     Fault::UpstreamTimeout(upstream.to_string())
+                } else if has_cause::<BodyTooLarge>(e.as_ref()) {
+                    Fault::Unmaskable("body exceeds masking.max_body_bytes".into())
                 } else {
                     Fault::UpstreamFailed(upstream.to_string(), e.to_string())
                 })
