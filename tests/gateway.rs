@@ -734,6 +734,17 @@ const OTHER_PROXIES_IDENTITY: &[&str] = &[
     "X-Goog-Authenticated-User-Email",
     "X-Ms-Client-Principal-Name",
     "True-Client-IP",
+    "Cf-Access-Authenticated-User-Email",
+    "Cf-Access-Jwt-Assertion",
+    "X-Authentik-Username",
+    "X-Authentik-Groups",
+    "Tailscale-User-Login",
+    "X-Consumer-Username",
+    "X-Consumer-Groups",
+    "X-Vouch-User",
+    "X-Authenticated-Userid",
+    "X-Authenticated-Scope",
+    "X-Userinfo",
 ];
 
 #[tokio::test]
@@ -1402,4 +1413,37 @@ async fn an_admin_vhosts_requirement_cannot_be_skipped_through_a_hostless_route(
     // The wildcard needs a label: the bare name is just another host.
     let r = get(&gw, "tenants.example", "/public/report", None).await;
     assert_eq!(r.status, 200);
+
+    // Hosts changing from request to request on one kept-alive connection
+    // are each routed as their own (the connection remembers the last one).
+    let before = up.count();
+    let hosts = [
+        ("app.test", 200),
+        ("admin.example", 401),
+        ("app.test", 200),
+        ("ADMIN.example", 401),
+        ("admin.example", 401),
+        ("app.test", 200),
+        ("admin.example@app.test", 400),
+    ];
+    let mut pipelined = String::new();
+    for (i, (host, _)) in hosts.iter().enumerate() {
+        let close = if i + 1 == hosts.len() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        pipelined.push_str(&format!(
+            "GET /public/report HTTP/1.1\r\nHost: {host}\r\n{close}\r\n"
+        ));
+    }
+    let all = raw_bytes(gw.addr, pipelined.as_bytes()).await;
+    let text = String::from_utf8_lossy(&all);
+    let statuses: Vec<u16> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| text[i + 9..i + 12].parse().unwrap())
+        .collect();
+    let expected: Vec<u16> = hosts.iter().map(|(_, s)| *s).collect();
+    assert_eq!(statuses, expected, "{text}");
+    assert_eq!(up.count(), before + 3);
 }

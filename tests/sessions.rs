@@ -751,6 +751,37 @@ async fn stream_lifetime<F: std::future::Future<Output = ()>>(
     start.elapsed()
 }
 
+/// `sessions.max_lifetime` cuts a stream that outlives it, also with the
+/// Redis store (whose local view forgets active sessions: the session's
+/// start is taken when the stream begins).
+#[tokio::test]
+async fn open_streams_are_cut_at_the_maximum_lifetime_with_either_store() {
+    let redis = TestRedis::start();
+    let up = streaming_upstream().await;
+    for store in [
+        String::new(),
+        format!("  store: \"redis://127.0.0.1:{}\"\n", redis.port),
+    ] {
+        let dir = scratch_dir("stream-life");
+        let extra = format!("{store}  max_lifetime: 2s\n");
+        let cfg = config(&dir, up, "127.0.0.1:0", "127.0.0.1:0", &extra);
+        let gw = start_with_config(&dir, &cfg).await;
+        let t = tok("st-life", &["viewer"]);
+        let opened = Instant::now();
+        let took = stream_lifetime(gw.addr, &t, async {}).await;
+        let lived = opened.elapsed();
+        assert!(
+            lived >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+            "{store:?}: cut after {lived:?}"
+        );
+        assert_eq!(
+            get(&gw, "/bots/1/flows", &t).await.status,
+            401,
+            "{store:?}: the session outlived its lifetime"
+        );
+    }
+}
+
 #[tokio::test]
 async fn open_streams_are_cut_when_the_session_is_revoked_or_idles_out() {
     let up = streaming_upstream().await;

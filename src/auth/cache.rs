@@ -4,8 +4,10 @@
 //! Keyed by the SHA-256 digest of the raw token (never the token itself, so
 //! a heap dump holds no bearer credentials); an entry is only returned while
 //! the token's `exp` has not passed. Bounded by `identity.cache_entries`:
-//! when full, expired entries are swept; if it is still full the new token is
-//! simply not cached (a miss costs one verification, never correctness).
+//! when full, expired entries are swept (at most once a second: a sweep
+//! reads every entry, and a cache full of live tokens would otherwise be
+//! swept by every new one); if it is still full the new token is simply not
+//! cached (a miss costs one verification, never correctness).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,6 +33,8 @@ pub struct Times {
 pub struct TokenCache {
     entries: DashMap<Digest, (Times, Arc<Principal>), DigestState>,
     max_entries: usize,
+    /// The second (unix) of the last sweep.
+    swept: std::sync::atomic::AtomicU64,
 }
 
 pub fn now_unix() -> u64 {
@@ -54,6 +58,7 @@ impl TokenCache {
         TokenCache {
             entries: DashMap::default(),
             max_entries,
+            swept: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -76,12 +81,25 @@ impl TokenCache {
 
     /// Remembers a verified token until its `exp` (unix seconds).
     pub fn insert(&self, token: &str, times: Times, principal: Arc<Principal>) {
+        self.insert_at(token, times, principal, now_unix());
+    }
+
+    /// [`TokenCache::insert`] at `now` (unix seconds).
+    fn insert_at(&self, token: &str, times: Times, principal: Arc<Principal>, now: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
         if self.max_entries == 0 {
             return;
         }
         if self.entries.len() >= self.max_entries {
-            let now = now_unix();
-            self.entries.retain(|_, (t, _)| t.exp > now);
+            let last = self.swept.load(Relaxed);
+            if now > last
+                && self
+                    .swept
+                    .compare_exchange(last, now, Relaxed, Relaxed)
+                    .is_ok()
+            {
+                self.entries.retain(|_, (t, _)| t.exp > now);
+            }
             if self.entries.len() >= self.max_entries {
                 return;
             }
@@ -126,5 +144,28 @@ mod tests {
         }
         assert_eq!(c.len(), 2);
         assert!(c.get("c").is_none());
+    }
+
+    /// A full cache is swept of expired tokens at most once a second.
+    #[test]
+    fn a_full_cache_is_swept_at_most_once_a_second() {
+        let c = TokenCache::new(2);
+        let p = Arc::new(Principal::default());
+        let now = now_unix();
+        let t = |exp| Times { exp, iat: None };
+        c.insert_at("live", t(now + 100), p.clone(), now);
+        c.insert_at("old", t(now - 1), p.clone(), now);
+        // Full: swept (the expired one goes), the new one is cached.
+        c.insert_at("new", t(now - 1), p.clone(), now);
+        assert_eq!(c.len(), 2);
+        assert!(c.entries.contains_key(&digest_of("new")));
+        assert!(!c.entries.contains_key(&digest_of("old")));
+        // Full again, in the same second: no second sweep, not cached.
+        c.insert_at("next", t(now + 100), p.clone(), now);
+        assert!(!c.entries.contains_key(&digest_of("next")));
+        // A second later: swept again, cached.
+        c.insert_at("next", t(now + 100), p, now + 1);
+        assert!(c.entries.contains_key(&digest_of("next")));
+        assert!(!c.entries.contains_key(&digest_of("new")));
     }
 }

@@ -114,7 +114,10 @@ fn same_folded(candidate: &str, name: &str) -> bool {
 
 /// The most lenient reading of a cookie name: percent-decoded (repeatedly
 /// is not needed: no backend decodes twice), trimmed, ASCII lower-case,
-/// with `.`, ` ` and `[` read as `_`.
+/// cut before a `[` that a `]` follows (PHP reads `rg_session[0]` as an
+/// element of an array named `rg_session`), and with `.`, ` `, `+` (a
+/// space once decoded, as PHP before 8.1.11 read names) and any other `[`
+/// read as `_`.
 fn fold(name: &str) -> Vec<u8> {
     let b = name.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -132,11 +135,16 @@ fn fold(name: &str) -> Vec<u8> {
         out.push(c);
         i += 1;
     }
-    let trimmed = out.trim_ascii();
+    let mut trimmed = out.trim_ascii();
+    if let Some(open) = trimmed.iter().position(|&c| c == b'[')
+        && trimmed[open..].contains(&b']')
+    {
+        trimmed = trimmed[..open].trim_ascii_end();
+    }
     trimmed
         .iter()
         .map(|&c| match c.to_ascii_lowercase() {
-            b'.' | b' ' | b'[' => b'_',
+            b'.' | b' ' | b'+' | b'[' => b'_',
             c => c,
         })
         .collect()
@@ -172,6 +180,12 @@ mod tests {
             "rg[session=x",
             "a=1, rg_session=x",
             "rg_session",
+            "rg_session[0]=x",
+            "rg_session[]=x",
+            "rg_session[a][b]=x",
+            "rg%5Fsession[x]=x",
+            "rg+session=x",
+            "RG.Session[]=x",
         ] {
             assert_eq!(scan(&headers(&[v]), "rg_session").lookalikes, 1, "{v}");
         }
@@ -180,6 +194,8 @@ mod tests {
             "xrg_session=x",
             "rg-session=x",
             "theme=rg_session",
+            "rg_session_[0]=x",
+            "[rg_session]=x",
         ] {
             assert_eq!(scan(&headers(&[v]), "rg_session").lookalikes, 0, "{v}");
         }
@@ -208,6 +224,10 @@ mod tests {
         let mut h = headers(&["theme=dark"]);
         assert_eq!(strip(&mut h, "rg_session"), 0);
         assert_eq!(h[COOKIE], "theme=dark");
+        // PHP's array spelling, which a PHP backend reads under the name.
+        let mut h = headers(&["rg_session[0]=forged; rg_session=a; rg+session=b; q[1]=2"]);
+        assert_eq!(strip(&mut h, "rg_session"), 3);
+        assert_eq!(h[COOKIE], "q[1]=2");
     }
 
     #[test]
@@ -215,5 +235,7 @@ mod tests {
         assert!(sets_lookalike(b"rg_session=x; Path=/", "rg_session"));
         assert!(sets_lookalike(b"RG.Session=x", "rg_session"));
         assert!(!sets_lookalike(b"theme=rg_session; Path=/", "rg_session"));
+        assert!(sets_lookalike(b"rg_session[a]=x; Path=/", "rg_session"));
+        assert!(sets_lookalike(b"rg+session=x", "rg_session"));
     }
 }

@@ -197,14 +197,20 @@ pub const ALWAYS_STRIPPED: &[&str] = &[
 
 /// Identity and client-address headers that other auth proxies and load
 /// balancers set and that backends behind them trust (oauth2-proxy,
-/// Authelia, Pomerium, Envoy, Apache, Grafana's auth proxy, cloud load
-/// balancers), removed by default; `forward.keep_headers` can keep one.
+/// Authelia, Pomerium, Envoy, Apache, Grafana's auth proxy, Vouch, Kong,
+/// cloud load balancers), removed by default; `forward.keep_headers` can
+/// keep one.
 pub const DEFAULT_STRIPPED: &[&str] = &[
     "remote-user",
     "remote-groups",
     "remote-email",
     "remote-name",
     "x-webauth-user",
+    // Vouch Proxy; Kong's OAuth 2.0 and OpenID Connect plugins.
+    "x-vouch-user",
+    "x-authenticated-userid",
+    "x-authenticated-scope",
+    "x-userinfo",
     "x-client-ip",
     "true-client-ip",
     "x-cluster-client-ip",
@@ -233,6 +239,11 @@ pub const DEFAULT_STRIPPED_PREFIXES: &[&str] = &[
     "x-goog-authenticated-user-",
     "x-ms-client-principal",
     "x-ms-token-",
+    // Cloudflare Access, authentik, Tailscale (serve/funnel), Kong consumers.
+    "cf-access-",
+    "x-authentik-",
+    "tailscale-user-",
+    "x-consumer-",
     "x-ssl-client-",
     "ssl-client-",
     "x-client-cert-",
@@ -489,13 +500,22 @@ fn plain(b: u8) -> bool {
     (b.is_ascii_graphic() && b != b'%' && b != b',') || b == b' '
 }
 
+/// Whether `item` goes into an identity header as it is: every byte
+/// [`plain`], and no space first or last (an HTTP parser trims those off a
+/// value, and a list parser off each item: `" admin"` would be read as
+/// `admin`, which the gateway did not see).
+fn plain_item(item: &[u8]) -> bool {
+    item.iter().copied().all(plain) && item.first() != Some(&b' ') && item.last() != Some(&b' ')
+}
+
 /// `items` joined with `,`, each percent-encoding everything outside
-/// visible ASCII plus `%` and `,`, so a claim value can never inject a
-/// header line or a list separator. A single item that needs no encoding
-/// is returned as it is; otherwise the text is built in `buf`.
+/// visible ASCII plus `%` and `,`, and a space at either end of an item,
+/// so a claim value can never inject a header line or a list separator,
+/// or be read as another value once trimmed. A single item that needs no
+/// encoding is returned as it is; otherwise the text is built in `buf`.
 fn encoded<'a, S: AsRef<str>>(items: &'a [S], buf: &'a mut String) -> &'a str {
     if let [one] = items
-        && one.as_ref().bytes().all(plain)
+        && plain_item(one.as_ref().as_bytes())
     {
         return one.as_ref();
     }
@@ -504,8 +524,10 @@ fn encoded<'a, S: AsRef<str>>(items: &'a [S], buf: &'a mut String) -> &'a str {
         if i > 0 {
             buf.push(',');
         }
-        for b in item.as_ref().bytes() {
-            if plain(b) {
+        let item = item.as_ref().as_bytes();
+        for (at, &b) in item.iter().enumerate() {
+            let end = at == 0 || at + 1 == item.len();
+            if plain(b) && !(end && b == b' ') {
                 buf.push(b as char);
             } else {
                 const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -857,5 +879,21 @@ mod tests {
         assert_eq!(encoded(&["plain value"], &mut buf), "plain value");
         assert_eq!(encoded(&["a,b", "c"], &mut buf), "a%2Cb,c");
         assert_eq!(encoded::<&str>(&[], &mut buf), "");
+    }
+
+    /// A space at either end of a value or list item would be trimmed off
+    /// by the backend's parser, turning `" admin"` (a role the gateway did
+    /// not see) into `admin`: encoded.
+    #[test]
+    fn spaces_at_the_ends_of_items_are_encoded() {
+        let mut buf = String::new();
+        assert_eq!(encoded(&["admin "], &mut buf), "admin%20");
+        assert_eq!(encoded(&[" admin"], &mut buf), "%20admin");
+        assert_eq!(encoded(&[" "], &mut buf), "%20");
+        assert_eq!(
+            encoded(&["viewer", " admin", "a b "], &mut buf),
+            "viewer,%20admin,a b%20"
+        );
+        assert_eq!(encoded(&["a b"], &mut buf), "a b");
     }
 }

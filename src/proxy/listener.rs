@@ -49,7 +49,7 @@ use super::wire::{H2Facts, H2Tap, Heads, Tap};
 use crate::config::{ListenSettings, Redirect};
 
 /// What the pipeline may know about the connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Conn {
     pub peer: SocketAddr,
     /// `peer` as text (access lines) and its address as the
@@ -69,7 +69,14 @@ pub struct Conn {
     /// The connection's place under `listen.max_connections` (handed to
     /// a websocket relay, which keeps the connection open).
     pub slot: Option<Arc<ConnSlot>>,
+    /// The last `Host` header read on this connection and the routing
+    /// host it gave: a kept-alive connection sends the same one with every
+    /// request, which is then not parsed again.
+    pub host_memo: HostMemo,
 }
+
+/// See [`Conn::host_memo`].
+pub type HostMemo = std::sync::Mutex<Option<(http::HeaderValue, String)>>;
 
 impl Conn {
     /// A plain connection from `peer`; the listener fills in the rest.
@@ -86,6 +93,7 @@ impl Conn {
             redirect: None,
             h2: None,
             slot: None,
+            host_memo: HostMemo::default(),
         }
     }
 }

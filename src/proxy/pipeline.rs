@@ -42,7 +42,7 @@ use super::body::{
 };
 use super::headers::{self, ForwardedFor};
 use super::limits::{ConnCounts, RateLimiters};
-use super::listener::Conn;
+use super::listener::{Conn, HostMemo};
 use super::relayed::Relayed;
 use super::upstream::{self, BodyIdleTimeout, BoxError, UpstreamBody, has_cause};
 use super::websocket;
@@ -381,7 +381,7 @@ impl Gateway {
                     let host = if h2 {
                         h2_host(&req)?
                     } else {
-                        request_host(&req)?
+                        request_host(&req, None)?
                     };
                     let host = host.ok_or(Deny::BadRequest(BadRequest::MissingHost))?;
                     match port {
@@ -688,14 +688,20 @@ impl Gateway {
         let p = v.principal.clone();
         let idle_ms = rt.idle_timeout(&p).as_millis() as u64;
         let max_life = rt.sessions.max_lifetime.map(|m| m.as_millis() as u64);
-        let still_valid = Box::new(move || {
-            let id = SessionRef {
+        fn id(p: &Principal) -> SessionRef<'_> {
+            SessionRef {
                 issuer: &p.issuer,
                 subject: &p.subject,
                 session: p.session.as_deref().unwrap_or(""),
-            };
-            store.still_valid(id, now_ms(), idle_ms, max_life)
+            }
+        }
+        // The key the session check made (no second digest per request).
+        let created = max_life.and_then(|_| {
+            let key = *p.session_key.get_or_init(|| id(&p).key().0);
+            store.created_ms(&crate::session::table::Key(key))
         });
+        let still_valid =
+            Box::new(move || store.still_valid(id(&p), now_ms(), idle_ms, max_life, created));
         resp.map(|b| SessionBound::new(b, std::time::Duration::from_secs(1), still_valid).boxed())
     }
 
@@ -985,7 +991,7 @@ fn normalize(
         // target with its fragment (see `proxy::wire`).
         let raw = raw_head(req, ctx.raw.as_ref())?;
         check_method(req.method())?;
-        let host = request_host(req)?;
+        let host = request_host(req, Some(&conn.host_memo))?;
         if raw.has_fragment() {
             return Err(Deny::BadTarget(PathError::Fragment).into());
         }
@@ -1036,8 +1042,13 @@ fn check_method(method: &Method) -> Result<(), Refusal> {
 /// line has one (RFC 9112 §3.2.2), else the single Host header; lowercased,
 /// without port. RFC 9112 §3.2: an HTTP/1.1 request without Host, or any
 /// request with several, is a 400; so is an HTTP/1.0 one without Host in
-/// origin form (nothing to route on or to tell the upstream).
-fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
+/// origin form (nothing to route on or to tell the upstream). A `Host`
+/// header's host is remembered in `memo` (the connection's) for the next
+/// request that sends the same header.
+fn request_host(
+    req: &Request<ClientBody>,
+    memo: Option<&HostMemo>,
+) -> Result<Option<String>, Refusal> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
@@ -1047,11 +1058,20 @@ fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
     if first.is_none() && (req.version() != http::Version::HTTP_10 || absolute.is_none()) {
         return Err(Deny::BadRequest(BadRequest::MissingHost).into());
     }
-    let raw = match (absolute, first) {
-        (Some(a), _) => a.as_str(),
-        (None, Some(h)) => h
-            .to_str()
-            .map_err(|_| Deny::BadHost("Host header is not ASCII"))?,
+    let (raw, header) = match (absolute, first) {
+        (Some(a), _) => (a.as_str(), None),
+        (None, Some(h)) => {
+            if let Some(Ok(m)) = memo.map(|m| m.try_lock())
+                && let Some((seen, host)) = m.as_ref()
+                && seen == h
+            {
+                return Ok(Some(host.clone()));
+            }
+            let raw = h
+                .to_str()
+                .map_err(|_| Deny::BadHost("Host header is not ASCII"))?;
+            (raw, Some(h))
+        }
         (None, None) => return Err(Deny::BadRequest(BadRequest::MissingHost).into()),
     };
     let authority: http::uri::Authority = raw
@@ -1060,7 +1080,11 @@ fn request_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
     if raw.as_bytes().contains(&b'@') {
         return Err(Deny::BadHost("Host must not carry user info").into());
     }
-    Ok(Some(authority.host().to_ascii_lowercase()))
+    let host = authority.host().to_ascii_lowercase();
+    if let (Some(h), Some(Ok(mut m))) = (header, memo.map(|m| m.try_lock())) {
+        *m = Some((h.clone(), host.clone()));
+    }
+    Ok(Some(host))
 }
 
 /// The routing host of an HTTP/2 request: `:authority` (the URI's

@@ -210,8 +210,11 @@ impl EmbeddedStore {
             .unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         let changed = self.inner.table.deactivate(subject, now);
-        self.inner.persist(|j| j.deactivate(subject, now))?;
+        // Ended in memory before anything is written: open websockets and
+        // streams close at once even when the journal cannot take it (the
+        // call then fails, and is retried).
         let ended = self.inner.table.end_user(subject, EndReason::Revoked, now);
+        self.inner.persist(|j| j.deactivate(subject, now))?;
         self.inner.persist(|j| j.records(&ended))?;
         Ok(changed)
     }
@@ -321,6 +324,25 @@ mod tests {
                 .any(|l| l.contains("\"op\":\"end\"") && l.contains("\"s\":\"s1\"")),
             "{text}"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A deactivation the journal cannot take still ends the user's
+    /// sessions in memory at once (their websockets and streams close).
+    #[tokio::test]
+    async fn an_unwritable_deactivation_still_ends_the_sessions() {
+        let (store, d) = open("deact");
+        let t = touch("s1", now_ms(), 60_000);
+        assert_eq!(store.check(&t).unwrap(), Verdict::Active);
+        let ended = store.inner.table.watchers().subscribe(t.id().key());
+        store.inner.journal.inject(Some(Fault::Full));
+        assert!(store.deactivate("u1").is_err());
+        assert!(store.inner.table.get(t.id()).unwrap().ended.is_some());
+        assert!(
+            ended.has_changed().unwrap_or(true),
+            "the session's watchers were not told"
+        );
+        assert_eq!(store.check(&t).unwrap(), Verdict::Deactivated);
         let _ = std::fs::remove_dir_all(&d);
     }
 

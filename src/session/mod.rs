@@ -257,20 +257,28 @@ impl Store {
     /// counts as ended and idleness is judged locally. A Redis gateway's
     /// table is only a mirror: its own `last` may be older than activity on
     /// other gateways, and it forgets active sessions periodically, so there
-    /// only ended sessions (every end is published to every gateway) and
-    /// deactivations cut a stream.
+    /// only ended sessions (every end is published to every gateway),
+    /// deactivations and the maximum lifetime cut a stream. `created_ms` is
+    /// the session's start as known when the stream began ([`Store::created_ms`]),
+    /// so the lifetime holds whatever the mirror forgets.
     pub fn still_valid(
         &self,
         id: SessionRef<'_>,
         now_ms: u64,
         idle_ms: u64,
         max_lifetime_ms: Option<u64>,
+        created_ms: Option<u64>,
     ) -> bool {
         let (table, authoritative) = match self {
             Store::Embedded(s) => (s.table(), true),
             Store::Redis(s) => (s.table(), false),
         };
         if table.is_deactivated(id.subject) || table.is_revoked_id(id.session) {
+            return false;
+        }
+        if let (Some(max), Some(created)) = (max_lifetime_ms, created_ms)
+            && now_ms.saturating_sub(created) > max
+        {
             return false;
         }
         match table.get(id) {
@@ -282,6 +290,12 @@ impl Store {
             Some(_) => true,
             None => !authoritative,
         }
+    }
+
+    /// When the session of `key` started, as this gateway knows it (no I/O): right
+    /// after its check, the record the check read or mirrored.
+    pub fn created_ms(&self, key: &table::Key) -> Option<u64> {
+        self.table().get_key(key).map(|r| r.created_ms)
     }
 
     /// Subscribes to the end of session `id` (an open websocket). Subscribe

@@ -588,9 +588,11 @@ impl Table {
 
     /// Housekeeping: ends sessions idle past their timeout (so listings and
     /// other instances see them ended) and drops records that can no longer
-    /// matter: token expired and `retention_ms` passed since it ended or was
-    /// last active; revoked ids past their `until`. Returns the newly ended
-    /// records.
+    /// matter: ended, token expired and `retention_ms` passed since the end;
+    /// revoked ids past their `until`. A session not ended is kept, however
+    /// long its idle timeout: dropped, its next token (same session id)
+    /// would start it afresh, its maximum lifetime counted anew. Returns the
+    /// newly ended records.
     pub fn sweep(&self, now_ms: u64, retention_ms: u64) -> Vec<Record> {
         let mut ended = Vec::new();
         let mut keys = Vec::new();
@@ -600,12 +602,7 @@ impl Table {
                 ended.push(e.record());
                 keys.push(*k);
             }
-            let since = if e.ended.is_some() {
-                e.ended_at
-            } else {
-                e.last
-            };
-            e.exp > now_ms || now_ms.saturating_sub(since) <= retention_ms
+            e.ended.is_none() || e.exp > now_ms || now_ms.saturating_sub(e.ended_at) <= retention_ms
         });
         self.revoked_ids.retain(|_, r| r.until_ms > now_ms);
         self.fire_each(&keys);
@@ -820,6 +817,33 @@ mod tests {
         // After token expiry plus retention everything goes.
         assert_eq!(t.sweep(20_000_000, 1_000).len(), 0);
         assert!(t.is_empty());
+    }
+
+    /// An idle timeout longer than `retention`: a session whose token has
+    /// expired but that is not idle yet is kept, so the next token of the
+    /// session continues it (its lifetime counted from its start).
+    #[test]
+    fn a_session_within_its_idle_timeout_outlives_retention() {
+        let t = Table::new();
+        let mut a = touch("long", 1_000, 100_000);
+        a.token_exp_ms = 2_000;
+        a.max_lifetime_ms = Some(60_000);
+        t.check(&a);
+        // Token expired, retention (1 s) long past, idle timeout not reached.
+        assert!(t.sweep(50_000, 1_000).is_empty());
+        assert_eq!(t.get(id("long")).map(|r| r.created_ms), Some(1_000));
+        // A new token of the session: the lifetime still counts from 1 s.
+        let mut b = touch("long", 62_000, 100_000);
+        b.max_lifetime_ms = Some(60_000);
+        assert_eq!(t.check(&b).0, Verdict::Ended(EndReason::Lifetime));
+        // Idle past its timeout: ended by the sweep, dropped after retention.
+        let mut c = touch("idle", 1_000, 10_000);
+        c.token_exp_ms = 2_000;
+        t.check(&c);
+        assert_eq!(t.sweep(12_000, 1_000).len(), 1);
+        assert!(t.get(id("idle")).is_some());
+        t.sweep(13_500, 1_000);
+        assert!(t.get(id("idle")).is_none());
     }
 
     #[test]
