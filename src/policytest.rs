@@ -250,6 +250,8 @@ pub fn run_table(rt: &Runtime, file: &str, table: &Table, summary: &mut Summary)
             grants: tp.grants.clone(),
             claims: tp.claims.clone(),
             identity_values: Default::default(),
+            identity_block: Default::default(),
+            session_is_token: false,
             session_key: Default::default(),
             idle_timeout: Default::default(),
         };

@@ -610,6 +610,23 @@ async fn spoofed_identity_and_rewrite_headers_never_reach_upstream() {
     let id = r.header("x-request-id").unwrap().to_string();
     assert_ne!(id, "bad id\"<>");
     assert_eq!(up.last().header_all("x-request-id"), vec![id.as_str()]);
+    // A token without a session id (no `sid`, no `jti`) is its own
+    // session: no `X-Rolegate-Session` is sent, nor the client's.
+    let own = token_with(json!({ "sub": "bob", "roles": ["viewer"], "sid": null }));
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        Some(&own),
+        &["X-Rolegate-Session: forged"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("x-rolegate-user"), Some("bob"));
+    assert_eq!(up.last().header("x-rolegate-session"), None);
+    // The same request again (the token's principal cached).
+    req(gw.addr, "GET", "/bots/1/flows", Some(&own), &[]).await;
+    assert_eq!(up.last().header("x-rolegate-session"), None);
 }
 
 // -------------------------------------------------------------- forwarding

@@ -104,6 +104,8 @@ pub fn to_principal(
         grants: string_list(claims, &names.grants)?,
         claims: extra,
         identity_values: Default::default(),
+        identity_block: Default::default(),
+        session_is_token: false,
         session_key: Default::default(),
         idle_timeout: Default::default(),
     })

@@ -253,6 +253,7 @@ impl Authenticator {
                     .map(|b| format!("{b:02x}"))
                     .collect::<String>()
             ));
+            principal.session_is_token = true;
         }
         let principal = Arc::new(principal);
         self.cache.insert(token, times.clone(), principal.clone());

@@ -147,6 +147,8 @@ pub fn resolve(
         profiles: Vec::new(),
         grants: rec.grants.clone(),
         identity_values: Default::default(),
+        identity_block: Default::default(),
+        session_is_token: token.session_is_token,
         session_key: Default::default(),
         idle_timeout: Default::default(),
     };

@@ -71,6 +71,10 @@ pub struct Principal {
     pub subject: String,
     pub issuer: String,
     pub session: Option<String>,
+    /// `session` is the token's own digest (`t:…`: no `sid`, no `jti`):
+    /// the gateway's key for it, not an id the token carries (not sent in
+    /// `X-Rolegate-Session`).
+    pub session_is_token: bool,
     /// Raw role bindings: `"agent"` (global) or `"developer@bot:42"` (scoped).
     pub roles: Vec<String>,
     pub partners: Vec<String>,
@@ -84,6 +88,10 @@ pub struct Principal {
     /// principal makes and reused by the next ones (the principal of a
     /// cached token is shared by all of them).
     pub identity_values: Memo<Box<[Option<http::HeaderValue>]>>,
+    /// The same fields encoded as header lines (`name: value\r\n` each),
+    /// for the HTTP/1.1 upstream client to write as they are; kept with the
+    /// name of the first field, which says what names they were made with.
+    pub identity_block: Memo<(http::HeaderName, bytes::Bytes)>,
     /// The session store's key of this principal's session (a digest of
     /// issuer, subject and session id), made on its first request.
     pub session_key: Memo<[u8; 32]>,

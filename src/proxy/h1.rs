@@ -131,15 +131,15 @@ impl Conns {
 
     /// Sends `req` (origin-form URI) to `scheme://authority`, on a kept
     /// connection unless `fresh`, and waits for the answer's head, writing
-    /// the request's body meanwhile. `extra` fields are written after the
-    /// request's own; with `relay`, the answer's fields come as its bytes
-    /// (see `relayed.rs`).
+    /// the request's body meanwhile. `extra` fields, then `extra` lines
+    /// (encoded header lines), are written after the request's own; with
+    /// `relay`, the answer's fields come as its bytes (see `relayed.rs`).
     pub async fn exchange(
         self: &Arc<Self>,
         scheme: &Scheme,
         authority: &Authority,
         req: Request<UpBody>,
-        extra: &[(HeaderName, HeaderValue)],
+        extra: (&[(HeaderName, HeaderValue)], &[u8]),
         relay: bool,
         fresh: bool,
     ) -> Result<Response<Answer>, Failure> {
@@ -560,7 +560,7 @@ mod tests {
     /// back); the body and the `x-host` answered (the `Host` seen).
     async fn fetch(conns: &Arc<Conns>, at: &Authority) -> (Vec<u8>, String) {
         let resp = match conns
-            .exchange(&Scheme::HTTP, at, get(), &[], false, false)
+            .exchange(&Scheme::HTTP, at, get(), (&[], &[]), false, false)
             .await
         {
             Ok(r) => r,
@@ -588,7 +588,7 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         // `fresh` never takes the kept one.
         let resp = conns
-            .exchange(&Scheme::HTTP, &at, get(), &[], false, true)
+            .exchange(&Scheme::HTTP, &at, get(), (&[], &[]), false, true)
             .await
             .ok()
             .unwrap();
@@ -602,7 +602,7 @@ mod tests {
         let (at, accepted) = upstream(false).await;
         let conns = Conns::new(HttpConnector::new());
         let resp = conns
-            .exchange(&Scheme::HTTP, &at, get(), &[], false, false)
+            .exchange(&Scheme::HTTP, &at, get(), (&[], &[]), false, false)
             .await
             .ok()
             .unwrap();
@@ -677,7 +677,8 @@ mod tests {
         for i in 0..1000 {
             tx.send(i).unwrap();
         }
-        let mut exchange = pin!(conns.exchange(&Scheme::HTTP, &at, get(), &[], false, false));
+        let mut exchange =
+            pin!(conns.exchange(&Scheme::HTTP, &at, get(), (&[], &[]), false, false));
         let first = poll_fn(|cx| {
             for _ in 0..1000 {
                 let _ = rx.poll_recv(cx);

@@ -174,15 +174,16 @@ impl Upload {
     /// one, by its exact size when known, else chunked. Fails on a
     /// `Content-Length` that is not one number. `first` and `last` are
     /// fields written before and after the map's (`Host`, the injected
-    /// forwarding and identity fields): names the map does not have, and
-    /// never framing fields.
+    /// forwarding fields; `last.1`: the injected identity fields as encoded
+    /// header lines): names the map does not have, and never framing fields.
     pub fn new(
         parts: &mut request::Parts,
         first: &[(HeaderName, HeaderValue)],
-        last: &[(HeaderName, HeaderValue)],
+        last: (&[(HeaderName, HeaderValue)], &[u8]),
         body: UpBody,
         scratch: &mut BytesMut,
     ) -> Result<Upload, WireError> {
+        let (last, lines) = last;
         // The framing is decided here, never taken from the caller.
         parts.headers.remove(header::TRANSFER_ENCODING);
         let mut ended = body.is_end_stream();
@@ -232,6 +233,7 @@ impl Upload {
             scratch.extend_from_slice(value.as_bytes());
             scratch.extend_from_slice(b"\r\n");
         }
+        scratch.extend_from_slice(lines);
         scratch.extend_from_slice(b"\r\n");
         let head = scratch.split().freeze();
         let bodiless = ended.then(|| head.clone());
@@ -908,7 +910,7 @@ mod tests {
         tokio::spawn(serve(server, answer, split));
         let mut wire = Wire::new(Box::new(client));
         let (mut parts, body) = request(&method);
-        let mut up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).ok()?;
+        let mut up = Upload::new(&mut parts, &[], (&[], &[]), body, &mut BytesMut::new()).ok()?;
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
             .await
             .ok()?;
@@ -1124,7 +1126,7 @@ mod tests {
             .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
             .collect();
         let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
-        let mut up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new())?;
+        let mut up = Upload::new(&mut parts, &[], (&[], &[]), body, &mut BytesMut::new())?;
         let mut wire = Wire::new(Box::new(client));
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx)).await?;
         drop(wire);
@@ -1189,7 +1191,7 @@ mod tests {
         tokio::spawn(serve(server, answer, usize::MAX));
         let mut wire = Wire::new(Box::new(client));
         let (mut parts, body) = request(&Method::GET);
-        let mut up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).unwrap();
+        let mut up = Upload::new(&mut parts, &[], (&[], &[]), body, &mut BytesMut::new()).unwrap();
         std::future::poll_fn(|cx| wire.poll_upload(&mut up, cx))
             .await
             .unwrap();
@@ -1214,7 +1216,7 @@ mod tests {
     #[test]
     fn only_a_request_without_a_body_can_be_sent_again_and_then_byte_for_byte() {
         let (mut parts, body) = request(&Method::GET);
-        let up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).unwrap();
+        let up = Upload::new(&mut parts, &[], (&[], &[]), body, &mut BytesMut::new()).unwrap();
         let again = up.again().expect("a bodiless request is kept");
         assert_eq!(again.out, up.out);
         assert!(again.untouched() && again.body.is_none());
@@ -1222,7 +1224,7 @@ mod tests {
         let body = http_body_util::Full::new(Bytes::from_static(b"x"))
             .map_err(|e| match e {})
             .boxed();
-        let up = Upload::new(&mut parts, &[], &[], body, &mut BytesMut::new()).unwrap();
+        let up = Upload::new(&mut parts, &[], (&[], &[]), body, &mut BytesMut::new()).unwrap();
         assert!(up.again().is_none(), "a body is streamed, not kept");
     }
 

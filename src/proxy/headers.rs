@@ -420,60 +420,128 @@ pub fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
 /// The forwarding headers and the verified identity of one request (step
 /// 3 and 4), made apart from the header map: hyper's clients get them
 /// inserted ([`Injected::insert_into`]); rolegate's own HTTP/1.1 client
-/// writes them after the client's fields, with no map insert. Every name
-/// here is one the strip pass removes from the client's fields (the
-/// identity prefix, `X-Forwarded-*`, and `X-Request-Id`, which `forward`
-/// names for that pass), so both ways send one copy of each.
+/// writes them after the client's fields, with no map insert, the
+/// identity fields as the principal's lines encoded once
+/// ([`Injected::encoded_identity`]). Every name here is one the strip pass
+/// removes from the client's fields (the identity prefix, `X-Forwarded-*`,
+/// and `X-Request-Id`, which `forward` names for that pass), so both ways
+/// send one copy of each.
 #[derive(Default)]
-pub struct Injected(Vec<(HeaderName, HeaderValue)>);
+pub struct Injected<'a> {
+    forwarding: smallvec::SmallVec<[(HeaderName, HeaderValue); 4]>,
+    identity: Option<Identity<'a>>,
+}
 
-impl Injected {
+/// A principal's identity fields under the configured names.
+struct Identity<'a> {
+    names: [&'a HeaderName; 6],
+    values: &'a [Option<HeaderValue>],
+    /// The same as header lines, when made with these names.
+    lines: Option<&'a [u8]>,
+}
+
+impl<'a> Injected<'a> {
     pub fn new(
-        fwd: &ForwardSettings,
+        fwd: &'a ForwardSettings,
         ff: &ForwardedFor<'_>,
-        principal: Option<&Principal>,
+        principal: Option<&'a Principal>,
     ) -> Self {
-        let mut out = Vec::with_capacity(10);
-        out.push((X_FORWARDED_FOR, ff.client_ip.clone()));
-        out.push((X_FORWARDED_PROTO, HeaderValue::from_static(ff.proto)));
+        let mut forwarding = smallvec::SmallVec::new();
+        forwarding.push((X_FORWARDED_FOR, ff.client_ip.clone()));
+        forwarding.push((X_FORWARDED_PROTO, HeaderValue::from_static(ff.proto)));
         if let Ok(v) = HeaderValue::from_str(ff.host) {
-            out.push((X_FORWARDED_HOST, v));
+            forwarding.push((X_FORWARDED_HOST, v));
         }
         if let Some(v) = &ff.request_id {
-            out.push((X_REQUEST_ID, v.clone()));
+            forwarding.push((X_REQUEST_ID, v.clone()));
         }
-        if let Some(p) = principal {
-            let names = &fwd.identity;
-            let values = p.identity_values.get_or_init(|| identity_values(p));
+        let identity = principal.map(|p| {
+            let n = &fwd.identity;
             let names = [
-                &names.user,
-                &names.issuer,
-                &names.session,
-                &names.roles,
-                &names.partners,
-                &names.teams,
+                &n.user,
+                &n.issuer,
+                &n.session,
+                &n.roles,
+                &n.partners,
+                &n.teams,
             ];
-            for (name, value) in names.into_iter().zip(values.iter()) {
+            let values: &[Option<HeaderValue>] =
+                p.identity_values.get_or_init(|| identity_values(p));
+            let (made_with, lines) = p
+                .identity_block
+                .get_or_init(|| (n.user.clone(), identity_lines(&names, values)));
+            Identity {
+                names,
+                values,
+                // A principal kept across a reload that renamed the fields
+                // has its lines under the old names: not used.
+                lines: (*made_with == n.user).then_some(&lines[..]),
+            }
+        });
+        Injected {
+            forwarding,
+            identity,
+        }
+    }
+
+    /// The forwarding fields, in the order they are sent.
+    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.forwarding
+    }
+
+    /// The identity fields as header lines (`name: value\r\n` each), sent
+    /// after [`Injected::fields`]; `None` when they are only to be had as
+    /// fields ([`Injected::identity_into`]).
+    pub fn encoded_identity(&self) -> Option<&'a [u8]> {
+        self.identity.as_ref().map_or(Some(&[][..]), |i| i.lines)
+    }
+
+    /// Every name sent, forwarding and identity.
+    pub fn names(&self) -> impl Iterator<Item = &HeaderName> {
+        let identity = self.identity.iter().flat_map(|i| {
+            i.names
+                .into_iter()
+                .zip(i.values)
+                .filter_map(|(n, v)| v.as_ref().map(|_| n))
+        });
+        self.forwarding.iter().map(|(n, _)| n).chain(identity)
+    }
+
+    /// Inserts the identity fields into `headers` (replacing any of the
+    /// same name).
+    pub fn identity_into(&self, headers: &mut HeaderMap) {
+        if let Some(i) = &self.identity {
+            for (name, value) in i.names.into_iter().zip(i.values) {
                 if let Some(v) = value {
-                    out.push((name.clone(), v.clone()));
+                    set(headers, name.clone(), v.clone());
                 }
             }
         }
-        Injected(out)
     }
 
-    /// The fields, in the order they are sent.
-    pub fn fields(&self) -> &[(HeaderName, HeaderValue)] {
-        &self.0
-    }
-
-    /// Moves the fields into `headers` (replacing any of the same name).
+    /// Moves every field into `headers` (replacing any of the same name).
     pub fn insert_into(&mut self, headers: &mut HeaderMap) {
-        headers.reserve(self.0.len());
-        for (name, value) in self.0.drain(..) {
+        headers.reserve(self.forwarding.len() + 6);
+        for (name, value) in self.forwarding.drain(..) {
             set(headers, name, value);
         }
+        self.identity_into(headers);
     }
+}
+
+/// The identity fields as header lines, in the order [`Injected::new`]
+/// names them; fields without a value are left out.
+fn identity_lines(names: &[&HeaderName; 6], values: &[Option<HeaderValue>]) -> bytes::Bytes {
+    let mut out = Vec::new();
+    for (name, value) in names.iter().zip(values) {
+        if let Some(v) = value {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.into()
 }
 
 /// The identity headers' values of a principal, in the order `Injected::new`
@@ -484,9 +552,12 @@ fn identity_values(p: &Principal) -> Box<[Option<HeaderValue>]> {
     let value = |text: &str| HeaderValue::from_str(text).ok();
     let user = value(encoded(&[&p.subject], &mut buf));
     let issuer = value(encoded(&[&p.issuer], &mut buf));
+    // A token without a session id of its own is its own session: its
+    // digest is the gateway's key, not an id to tell the upstream.
     let session = p
         .session
         .as_ref()
+        .filter(|_| !p.session_is_token)
         .and_then(|s| value(encoded(&[s], &mut buf)));
     let roles = value(encoded(&p.roles, &mut buf));
     let partners = value(encoded(&p.partners, &mut buf));
@@ -705,6 +776,69 @@ mod tests {
         Injected::new(&fwd(), &ff, Some(&q)).insert_into(&mut h);
         assert_eq!(h["x-rolegate-roles"], "supervisor");
         assert!(!h.contains_key("x-rolegate-session"));
+    }
+
+    /// The encoded lines the own client writes are the fields hyper's
+    /// clients get inserted; made once per principal, and not used under
+    /// other names (a reload that changed the prefix).
+    #[test]
+    fn encoded_identity_lines_are_the_inserted_fields() {
+        let ff = ForwardedFor {
+            client_ip: &HeaderValue::from_static("127.0.0.1"),
+            proto: "http",
+            host: "h",
+            request_id: None,
+        };
+        let p = Principal {
+            subject: "alice".into(),
+            issuer: "idp".into(),
+            roles: vec!["agent".into(), " admin".into()],
+            ..Default::default()
+        };
+        let fwd = fwd();
+        let injected = Injected::new(&fwd, &ff, Some(&p));
+        let lines = String::from_utf8(injected.encoded_identity().unwrap().to_vec()).unwrap();
+        assert_eq!(
+            lines,
+            "x-rolegate-user: alice\r\nx-rolegate-issuer: idp\r\nx-rolegate-roles: agent,%20admin\r\n\
+             x-rolegate-partners: \r\nx-rolegate-teams: \r\n"
+        );
+        let mut h = HeaderMap::new();
+        injected.identity_into(&mut h);
+        let mut inserted = String::new();
+        for (n, v) in &h {
+            inserted.push_str(&format!("{n}: {}\r\n", v.to_str().unwrap()));
+        }
+        assert_eq!(inserted, lines);
+        let names: Vec<&str> = injected.names().map(HeaderName::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-rolegate-user",
+                "x-rolegate-issuer",
+                "x-rolegate-roles",
+                "x-rolegate-partners",
+                "x-rolegate-teams"
+            ]
+        );
+        // Under another prefix: no lines, the fields under the new names.
+        let mut other = sample_forward();
+        other.identity_prefix = "x-acme-".into();
+        other.identity = IdentityNames::new("x-acme-").unwrap();
+        let injected = Injected::new(&other, &ff, Some(&p));
+        assert_eq!(injected.encoded_identity(), None);
+        let mut h = HeaderMap::new();
+        injected.identity_into(&mut h);
+        assert_eq!(h["x-acme-user"], "alice");
+        assert!(!h.contains_key("x-rolegate-user"));
+        // Without a principal there is nothing to write.
+        assert_eq!(
+            Injected::new(&fwd, &ff, None).encoded_identity(),
+            Some(&[][..])
+        );
     }
 
     #[test]

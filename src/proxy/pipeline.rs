@@ -654,6 +654,15 @@ impl Gateway {
         req: &Request<ClientBody>,
         raw: Option<&RawHead>,
     ) -> Result<(), Refusal> {
+        // First of all: every request a client sends counts, refused or not.
+        self.rates
+            .check_ip(rt.listen.rate_limit.per_ip.as_ref(), conn.peer.ip())
+            .map_err(|retry_after| {
+                Refusal::from(Deny::RateLimited {
+                    limit: RateLimit::Ip,
+                    retry_after,
+                })
+            })?;
         // The target as sent (HTTP/1.1: the raw head's copy, fragment and
         // absolute form included); HTTP/2: `:path`.
         let target = match raw.or_else(|| req.extensions().get::<RawHead>()) {
@@ -666,14 +675,7 @@ impl Gateway {
         if req.headers().len() > rt.listen.max_headers {
             return Err(Deny::TooManyHeaders.into());
         }
-        self.rates
-            .check_ip(rt.listen.rate_limit.per_ip.as_ref(), conn.peer.ip())
-            .map_err(|retry_after| {
-                Refusal::from(Deny::RateLimited {
-                    limit: RateLimit::Ip,
-                    retry_after,
-                })
-            })
+        Ok(())
     }
 
     /// Wraps the body so it stops once the session is over (checked every
@@ -1266,7 +1268,9 @@ async fn forward(
     };
     let injected = headers::Injected::new(&rt.forward, &ff, principal);
     debug_assert!(
-        (injected.fields().iter()).all(|(name, _)| !parts.headers.contains_key(name)),
+        injected
+            .names()
+            .all(|name| !parts.headers.contains_key(name)),
         "an injected field survived the strip pass"
     );
     if masking {

@@ -253,7 +253,7 @@ impl ServerCertVerifier for Unverified {
 pub async fn send(
     up: &Upstream,
     mut req: Request<UpBody>,
-    mut injected: headers::Injected,
+    mut injected: headers::Injected<'_>,
     relay: bool,
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let pool = &up.pool;
@@ -269,6 +269,16 @@ pub async fn send(
     if h1.is_none() {
         injected.insert_into(req.headers_mut());
     }
+    // The identity fields as the principal's encoded lines, for the own
+    // client (into the map when there are none for these names).
+    let identity_lines = match (&h1, injected.encoded_identity()) {
+        (Some(_), Some(lines)) => lines,
+        (Some(_), None) => {
+            injected.identity_into(req.headers_mut());
+            &[]
+        }
+        (None, _) => &[],
+    };
     // hyper-util's client takes the request: a copy is kept to send again.
     // (An HTTP/1.1 connection of `h1.rs` keeps the encoded request.)
     let replay = (replayable && h1.is_none()).then(|| {
@@ -302,7 +312,14 @@ pub async fn send(
                 let req = origin_form(req);
                 let (scheme, authority) = (&server.scheme, &server.authority);
                 match h1
-                    .exchange(scheme, authority, req, injected.fields(), relay, false)
+                    .exchange(
+                        scheme,
+                        authority,
+                        req,
+                        (injected.fields(), identity_lines),
+                        relay,
+                        false,
+                    )
                     .await
                 {
                     Err(Failure::Exchange(e, Some(again))) if replayable && keepalive_race(&e) => {

@@ -281,10 +281,26 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
     }
 
     let route_path = (opts.allow_semicolon && path.contains(';')).then(|| {
-        path.split('/')
-            .map(|seg| seg.split(';').next().unwrap_or(seg))
-            .collect::<Vec<_>>()
-            .join("/")
+        let mut routed = String::with_capacity(path.len());
+        for (i, seg) in path.split('/').enumerate() {
+            if i > 0 {
+                routed.push('/');
+            }
+            routed.push_str(seg.split(';').next().unwrap_or(seg));
+        }
+        if opts.merge_slashes {
+            // A segment of parameters only (`/;x/admin`) leaves `//` once
+            // they are cut, which a servlet container merges: merged here
+            // too, or the backend's `/admin` would be routed as `//admin`.
+            let mut merged = String::with_capacity(routed.len());
+            for c in routed.chars() {
+                if !(c == '/' && merged.ends_with('/')) {
+                    merged.push(c);
+                }
+            }
+            routed = merged;
+        }
+        routed
     });
     Ok(Canonical {
         path,
@@ -571,5 +587,26 @@ mod tests {
         assert_eq!(c.routing_path(), "/p/acme/users/export.csv/y");
         let c = canonicalize("/plain", &o).unwrap();
         assert_eq!((c.routing_path(), c.route_path.is_none()), ("/plain", true));
+        // A segment of parameters only: routed as the servlet container
+        // reads it (the `//` it leaves merged), forwarded as sent.
+        for (t, routed) in [
+            ("/;x/admin/users", "/admin/users"),
+            ("/api/;x/admin", "/api/admin"),
+            ("/a/;x;y/;z/b", "/a/b"),
+            ("/a/;x", "/a/"),
+            ("/;x", "/"),
+        ] {
+            let c = canonicalize(t, &o).unwrap();
+            assert_eq!((c.path.as_str(), c.routing_path()), (t, routed), "{t}");
+        }
+        // Slashes not merged: neither are these.
+        let o = CanonOptions {
+            merge_slashes: false,
+            ..o
+        };
+        assert_eq!(
+            canonicalize("/;x/admin", &o).unwrap().routing_path(),
+            "//admin"
+        );
     }
 }

@@ -823,6 +823,20 @@ async fn the_per_ip_rate_limit_is_429_with_retry_after_before_authentication() {
         let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
         assert!((1..=60).contains(&after), "Retry-After {after}");
     }
+    // Checked first of all: a target over `max_uri_bytes` from the empty
+    // bucket is 429 too, not 414.
+    let mut s = connect_from("127.0.0.1", addr).await;
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        "a".repeat(9000)
+    );
+    s.write_all(long.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_refused(&parse_response(&buf), 429, "rate_limited", "per_ip");
     // Another client address has its own bucket.
     assert_eq!(send("127.0.0.2", Some(t)).await.status, 200);
     assert_eq!(up.count(), 2);
