@@ -532,6 +532,22 @@ async fn host_is_the_upstreams_unless_preserved() {
     let gw = start_with_config(&dir, &cfg).await;
     req(gw.addr, "GET", "/api/status", None, &[]).await;
     assert_eq!(up.last().header("host"), Some("app.test"));
+    // As the client sent it, port included; so is `X-Forwarded-Host`.
+    assert_eq!(
+        get(&gw, "App.Test:8443", "/api/status", None).await.status,
+        200
+    );
+    assert_eq!(up.last().header("host"), Some("App.Test:8443"));
+    assert_eq!(up.last().header("x-forwarded-host"), Some("App.Test:8443"));
+    // An absolute-form target's authority is the client's host.
+    let r = raw(
+        gw.addr,
+        b"GET http://abs.test:81/api/status HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("host"), Some("abs.test:81"));
+    assert_eq!(up.last().header("x-forwarded-host"), Some("abs.test:81"));
 }
 
 // ----------------------------------------------------------------- headers

@@ -290,6 +290,9 @@ async fn admin_api_revokes_deactivates_and_lists() {
         get(&gw, "/bots/1/flows", &bob_new).await.error(),
         "user_deactivated"
     );
+    // Its logout path too.
+    let r = req(gw.addr, "POST", "/.rolegate/logout", Some(&bob_new), &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
     assert_eq!(
         admin(adm, "GET", "/users/bob/sessions").await.json()["deactivated"],
         true

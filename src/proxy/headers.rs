@@ -403,7 +403,8 @@ pub struct ForwardedFor<'a> {
     pub client_ip: &'a HeaderValue,
     /// `https` on TLS listeners, else `http`.
     pub proto: &'static str,
-    pub host: &'a str,
+    /// The client's host as it sent it (`X-Forwarded-Host`).
+    pub host: Option<HeaderValue>,
     /// The request's trace id (`None`: not a header value, not sent).
     pub request_id: Option<HeaderValue>,
 }
@@ -449,8 +450,8 @@ impl<'a> Injected<'a> {
         let mut forwarding = smallvec::SmallVec::new();
         forwarding.push((X_FORWARDED_FOR, ff.client_ip.clone()));
         forwarding.push((X_FORWARDED_PROTO, HeaderValue::from_static(ff.proto)));
-        if let Ok(v) = HeaderValue::from_str(ff.host) {
-            forwarding.push((X_FORWARDED_HOST, v));
+        if let Some(v) = &ff.host {
+            forwarding.push((X_FORWARDED_HOST, v.clone()));
         }
         if let Some(v) = &ff.request_id {
             forwarding.push((X_REQUEST_ID, v.clone()));
@@ -731,7 +732,7 @@ mod tests {
         let ff = ForwardedFor {
             client_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "https",
-            host: "h",
+            host: Some(HeaderValue::from_static("h")),
             request_id: Some(HeaderValue::from_static("r1")),
         };
         Injected::new(&fwd(), &ff, Some(&p)).insert_into(&mut h);
@@ -749,7 +750,7 @@ mod tests {
         let ff = ForwardedFor {
             client_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "http",
-            host: "",
+            host: Some(HeaderValue::from_static("")),
             request_id: Some(HeaderValue::from_static("r1")),
         };
         let p = Principal {
@@ -786,7 +787,7 @@ mod tests {
         let ff = ForwardedFor {
             client_ip: &HeaderValue::from_static("127.0.0.1"),
             proto: "http",
-            host: "h",
+            host: Some(HeaderValue::from_static("h")),
             request_id: None,
         };
         let p = Principal {

@@ -912,6 +912,16 @@ impl Gateway {
             .authenticate(req.headers())
             .map_err(Deny::Unauthenticated)?;
         ctx.subject = Some(v.principal.subject.clone());
+        // Every token of a deactivated user answers 401, this path too
+        // (its sessions are ended already).
+        if self
+            .store
+            .is_deactivated(&v.principal.subject)
+            .await
+            .map_err(|e| Fault::StoreUnavailable(e.0))?
+        {
+            return Err(Deny::UserDeactivated.into());
+        }
         let sid = v.principal.session.as_deref().unwrap_or("");
         let id = SessionRef {
             issuer: &v.principal.issuer,
@@ -1171,6 +1181,12 @@ async fn forward(
     }
     let up = &rt.upstreams[route.upstream];
     let (mut parts, body) = req.into_parts();
+    // The client's host as it sent it (port included), checked in phase 1:
+    // the absolute-form authority (HTTP/2: `:authority`), else `Host`.
+    let sent_host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     // The client's body errors are the client's (400), told apart from the
     // upstream's by type (`upstream::send`). Its first frame is read before
     // the upstream request starts, so a body broken from its start never
@@ -1249,21 +1265,19 @@ async fn forward(
         route.pass_credentials,
     );
     headers::join_cookies(&mut parts.headers);
-    let host = target.host.as_deref().unwrap_or("");
     // The upstream's own host unless it asks for the client's: a route that
     // matches any host must not let the client pick a virtual host behind it.
     parts.headers.remove(header::HOST);
     if up.preserve_host
-        && !host.is_empty()
-        && let Ok(v) = HeaderValue::from_str(host)
+        && let Some(v) = &sent_host
     {
-        parts.headers.insert(header::HOST, v);
+        parts.headers.insert(header::HOST, v.clone());
     }
     let request_id = ctx.trace_value();
     let ff = ForwardedFor {
         client_ip: &ctx.peer_ip,
         proto: if ctx.https { "https" } else { "http" },
-        host,
+        host: sent_host,
         request_id,
     };
     let injected = headers::Injected::new(&rt.forward, &ff, principal);
