@@ -146,25 +146,78 @@ pub fn validate(rt: &Runtime, store: &Store, rec: &mut UserRecord) -> Result<(),
     Ok(())
 }
 
+/// Whether a user's own token (not the admin token) may set `sub`'s entry
+/// from inactive to active: only while the directory's deactivation is
+/// the user's last one (an operator's `POST /users/{user}/deactivate`,
+/// before or after it, is lifted only by the admin token).
+/// `Err`: the store could not say (503); `Ok(Err)`: refused (403).
+#[allow(clippy::result_large_err)]
+async fn may_reactivate(
+    store: &Store,
+    caller: &Caller,
+    sub: &str,
+    old: Option<&UserRecord>,
+    new: &UserRecord,
+) -> Result<Result<(), Refused>, Resp> {
+    let reactivates = old.is_some_and(|o| !o.active) && new.active;
+    if !reactivates || matches!(caller, Caller::Operator) {
+        return Ok(Ok(()));
+    }
+    if !store.is_deactivated(sub).await.map_err(unavailable)? {
+        return Ok(Ok(()));
+    }
+    let last = store.not_before(sub).await.map_err(unavailable)?;
+    let own = old.and_then(|o| o.deactivated_ms);
+    if own.is_some() && own == last {
+        return Ok(Ok(()));
+    }
+    Ok(Err(Refused {
+        status: 403,
+        code: "forbidden",
+        reason: "this user is also deactivated outside the directory (by an operator): only the admin token reactivates them".into(),
+    }))
+}
+
 /// The ops that write `new` for `sub` (or remove it), with the store's
 /// session side effects applied first: deactivating an entry ends every
 /// session of the user (and sets the not-before cut-off), reactivating it
-/// lifts the deactivation.
+/// lifts the deactivation. The record written (the directory's
+/// deactivation time kept in it) is returned with the op.
 #[allow(clippy::result_large_err)]
 pub async fn write_user(
     store: &Store,
     sub: &str,
     old: Option<&UserRecord>,
     new: Option<&UserRecord>,
-) -> Result<SharedOp, Resp> {
+) -> Result<(SharedOp, Option<UserRecord>), Resp> {
     let was = old.is_none_or(|o| o.active);
     let is = new.is_none_or(|n| n.active);
+    let mut new = new.cloned();
+    if let Some(n) = &mut new {
+        // Never the caller's: the time of the directory's own
+        // deactivation, kept while the entry stays inactive.
+        n.deactivated_ms = if n.active {
+            None
+        } else {
+            old.and_then(|o| o.deactivated_ms)
+        };
+    }
     if was && !is {
-        store.deactivate(sub).await.map_err(unavailable)?;
+        let first = store.deactivate(sub).await.map_err(unavailable)?;
+        // Already deactivated by someone else: that deactivation is not
+        // the directory's to lift.
+        let at = if first {
+            store.not_before(sub).await.map_err(unavailable)?
+        } else {
+            None
+        };
+        if let Some(n) = &mut new {
+            n.deactivated_ms = at;
+        }
     } else if !was && is && new.is_some() {
         store.reactivate(sub).await.map_err(unavailable)?;
     }
-    Ok(match new {
+    let op = match &new {
         Some(n) => SharedOp::Put {
             ns: USERS.into(),
             k: sub.to_string(),
@@ -175,7 +228,8 @@ pub async fn write_user(
             ns: USERS.into(),
             k: sub.to_string(),
         },
-    })
+    };
+    Ok((op, new))
 }
 
 fn may<'a>(
@@ -358,8 +412,14 @@ async fn import_csv(
             Ok(o) => o,
             Err(r) => return (r, None),
         };
-        let checked = validate(rt, store, &mut rec)
+        let mut checked = validate(rt, store, &mut rec)
             .and_then(|()| check_change(dir, old.as_ref(), Some(&rec), &may(rt, caller)));
+        if checked.is_ok() {
+            checked = match may_reactivate(store, caller, &sub, old.as_ref(), &rec).await {
+                Ok(r) => r,
+                Err(r) => return (r, None),
+            };
+        }
         match checked {
             Ok(()) => changes.push((sub, old, rec)),
             Err(r) => {
@@ -388,11 +448,11 @@ async fn import_csv(
     for (sub, old, rec) in &changes {
         if old.is_none() {
             created += 1;
-        } else if old.as_ref() != Some(rec) {
+        } else if old.as_ref().is_some_and(|o| !o.same_entry(rec)) {
             updated += 1;
         }
         match write_user(store, sub, old.as_ref(), Some(rec)).await {
-            Ok(op) => ops.push(op),
+            Ok((op, _)) => ops.push(op),
             Err(r) => return (r, None),
         }
     }
@@ -467,8 +527,13 @@ async fn put_user(
     if let Err(r) = check_change(dir, old.as_ref(), Some(&new), &may(rt, caller)) {
         return (refused(r), None);
     }
-    let op = match write_user(store, sub, old.as_ref(), Some(&new)).await {
-        Ok(op) => op,
+    match may_reactivate(store, caller, sub, old.as_ref(), &new).await {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return (refused(r), None),
+        Err(r) => return (r, None),
+    }
+    let (op, new) = match write_user(store, sub, old.as_ref(), Some(&new)).await {
+        Ok((op, written)) => (op, written.unwrap_or(new)),
         Err(r) => return (r, None),
     };
     if let Err(e) = store.shared_apply(vec![op]).await {

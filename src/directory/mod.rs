@@ -63,6 +63,13 @@ pub struct UserRecord {
     pub grants: Vec<String>,
     #[serde(default = "yes")]
     pub active: bool,
+    /// When the directory deactivated the user (the store's deactivation
+    /// time it made), kept while the entry is inactive: a user's own token
+    /// may set the entry back to active only while that deactivation is
+    /// the last one, so it never lifts one made by an operator. Set by the
+    /// gateway; a value sent in a `PUT` is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deactivated_ms: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -108,6 +115,16 @@ impl ProfileVersions {
 }
 
 impl UserRecord {
+    /// The same entry, but for what the gateway keeps in it for itself
+    /// (`deactivated_ms`).
+    pub fn same_entry(&self, other: &UserRecord) -> bool {
+        let mine = UserRecord {
+            deactivated_ms: other.deactivated_ms,
+            ..self.clone()
+        };
+        mine == *other
+    }
+
     /// Sorts and deduplicates every list (the stored, compared form).
     pub fn normalise(&mut self) {
         for v in [
@@ -288,6 +305,7 @@ fn global_part(r: &UserRecord) -> UserRecord {
         partners: Vec::new(),
         roles: unscoped(&r.roles),
         grants: unscoped(&r.grants),
+        deactivated_ms: None,
         ..r.clone()
     }
 }

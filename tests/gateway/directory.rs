@@ -132,6 +132,104 @@ async fn an_entry_replaces_the_tokens_roles_and_deactivation_applies_at_once() {
     assert_eq!(status(&gw, "GET", "/bots/1/flows", &t).await, 401);
 }
 
+/// A Partner Admin lifts the deactivations the directory made, never an
+/// operator's (before or after theirs); the admin token lifts any.
+#[tokio::test]
+async fn a_partner_admin_never_lifts_an_operators_deactivation() {
+    let (_up, gw) = start("state_dir: state", "dir-react").await;
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "pat",
+        json!({ "partners": ["acme"], "roles": ["partner-admin"] }),
+    )
+    .await);
+    let pat = tok("pat", &[]);
+    let entry =
+        |active: bool| json!({ "partners": ["acme"], "roles": ["viewer"], "active": active });
+    for who in ["mia", "max"] {
+        ok(&put_user(&gw, &pat, who, entry(true)).await);
+    }
+    // The directory's own deactivation: Pat lifts it.
+    let r = put_user(&gw, &pat, "mia", entry(false)).await;
+    ok(&r);
+    assert!(
+        r.json()["record"]["deactivated_ms"].as_u64().is_some(),
+        "{}",
+        r.json()
+    );
+    ok(&put_user(&gw, &pat, "mia", entry(true)).await);
+    let deactivated = |who: &'static str| {
+        let gw = &gw;
+        async move {
+            call(
+                gw,
+                DIR_ADMIN_TOKEN,
+                "GET",
+                &format!("/users/{who}/sessions"),
+                &Value::Null,
+            )
+            .await
+            .json()["deactivated"]
+                .clone()
+        }
+    };
+    assert_eq!(deactivated("mia").await, json!(false));
+    // A value sent for `deactivated_ms` is not taken.
+    let mut forged = entry(false);
+    forged["deactivated_ms"] = json!(1);
+    let r = put_user(&gw, &pat, "mia", forged).await;
+    ok(&r);
+    assert_ne!(r.json()["record"]["deactivated_ms"], json!(1));
+    ok(&put_user(&gw, &pat, "mia", entry(true)).await);
+
+    // The operator deactivates max first; Pat's false-then-true cannot
+    // lift it, nor can Pat lift one the operator made after Pat's.
+    let op = |path: &'static str| call(&gw, DIR_ADMIN_TOKEN, "POST", path, &Value::Null);
+    ok(&op("/users/max/deactivate").await);
+    ok(&put_user(&gw, &pat, "max", entry(false)).await);
+    let r = put_user(&gw, &pat, "max", entry(true)).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.json()
+    );
+    // Nor through a CSV import.
+    let r = req_json(
+        gw.admin.unwrap(),
+        "POST",
+        "/directory/users.csv",
+        Some(&pat),
+        "user,partners,roles,active\nmax,acme,viewer,true\n",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.json()
+    );
+    ok(&op("/users/max/reactivate").await);
+    ok(&put_user(&gw, &pat, "max", entry(true)).await);
+    ok(&put_user(&gw, &pat, "max", entry(false)).await);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    ok(&op("/users/max/deactivate").await);
+    let r = put_user(&gw, &pat, "max", entry(true)).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.json()
+    );
+    let late = tok("max", &["viewer"]);
+    assert_eq!(status(&gw, "GET", "/bots/1/flows", &late).await, 401);
+    assert_eq!(deactivated("max").await, json!(true));
+    // The admin token lifts it through the directory too.
+    ok(&put_user(&gw, DIR_ADMIN_TOKEN, "max", entry(true)).await);
+    assert_eq!(deactivated("max").await, json!(false));
+}
+
 #[tokio::test]
 async fn a_partner_admin_adds_an_existing_user_only_with_access_to_all_their_partners() {
     let (_up, gw) = start("state_dir: state", "dir-partners").await;
