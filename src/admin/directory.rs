@@ -146,6 +146,38 @@ pub fn validate(rt: &Runtime, store: &Store, rec: &mut UserRecord) -> Result<(),
     Ok(())
 }
 
+/// Whether a user's own token may create the entry of `sub`, which has
+/// none: not for a subject this gateway has seen sign in (a session of it
+/// is known), whose tokens carry claims the directory cannot see when the
+/// entry is written, its partners among them (seed 002: a user is added
+/// only by whoever has access to every partner they belong to, which
+/// cannot be told here). Such a subject's entry is created with the admin
+/// token. `Err`: the store could not say (503); `Ok(Err)`: refused (403).
+#[allow(clippy::result_large_err)]
+async fn may_create(
+    store: &Store,
+    caller: &Caller,
+    sub: &str,
+    old: Option<&UserRecord>,
+) -> Result<Result<(), Refused>, Resp> {
+    if old.is_some() || matches!(caller, Caller::Operator) {
+        return Ok(Ok(()));
+    }
+    if store
+        .sessions_of(sub)
+        .await
+        .map_err(unavailable)?
+        .is_empty()
+    {
+        return Ok(Ok(()));
+    }
+    Ok(Err(Refused {
+        status: 403,
+        code: "forbidden",
+        reason: "this user has signed in before, with token claims (partners, roles) the directory cannot see: only the admin token creates their entry".into(),
+    }))
+}
+
 /// Whether a user's own token (not the admin token) may set `sub`'s entry
 /// from inactive to active: only while the directory's deactivation is
 /// the user's last one (an operator's `POST /users/{user}/deactivate`,
@@ -415,6 +447,12 @@ async fn import_csv(
         let mut checked = validate(rt, store, &mut rec)
             .and_then(|()| check_change(dir, old.as_ref(), Some(&rec), &may(rt, caller)));
         if checked.is_ok() {
+            checked = match may_create(store, caller, &sub, old.as_ref()).await {
+                Ok(r) => r,
+                Err(r) => return (r, None),
+            };
+        }
+        if checked.is_ok() {
             checked = match may_reactivate(store, caller, &sub, old.as_ref(), &rec).await {
                 Ok(r) => r,
                 Err(r) => return (r, None),
@@ -527,10 +565,15 @@ async fn put_user(
     if let Err(r) = check_change(dir, old.as_ref(), Some(&new), &may(rt, caller)) {
         return (refused(r), None);
     }
-    match may_reactivate(store, caller, sub, old.as_ref(), &new).await {
-        Ok(Ok(())) => {}
-        Ok(Err(r)) => return (refused(r), None),
-        Err(r) => return (r, None),
+    for allowed in [
+        may_create(store, caller, sub, old.as_ref()).await,
+        may_reactivate(store, caller, sub, old.as_ref(), &new).await,
+    ] {
+        match allowed {
+            Ok(Ok(())) => {}
+            Ok(Err(r)) => return (refused(r), None),
+            Err(r) => return (r, None),
+        }
     }
     let (op, new) = match write_user(store, sub, old.as_ref(), Some(&new)).await {
         Ok((op, written)) => (op, written.unwrap_or(new)),

@@ -132,10 +132,11 @@ async fn an_entry_replaces_the_tokens_roles_and_deactivation_applies_at_once() {
     assert_eq!(status(&gw, "GET", "/bots/1/flows", &t).await, 401);
 }
 
-/// A Partner Admin lifts the deactivations the directory made, never an
-/// operator's (before or after theirs); the admin token lifts any.
+/// A Partner Admin creates entries only for subjects never seen signing
+/// in, and lifts the deactivations the directory made, never an
+/// operator's (before or after theirs); the admin token does both.
 #[tokio::test]
-async fn a_partner_admin_never_lifts_an_operators_deactivation() {
+async fn a_partner_admin_never_takes_over_a_known_user_nor_lifts_an_operators_deactivation() {
     let (_up, gw) = start("state_dir: state", "dir-react").await;
     ok(&put_user(
         &gw,
@@ -147,6 +148,39 @@ async fn a_partner_admin_never_lifts_an_operators_deactivation() {
     let pat = tok("pat", &[]);
     let entry =
         |active: bool| json!({ "partners": ["acme"], "roles": ["viewer"], "active": active });
+    // A subject that signed in already (its token's claims unknown to the
+    // directory) gets its entry only from the admin token or a global
+    // `manage_with`: Pat cannot take it over (demote, move, deactivate).
+    let kim = token_with(
+        json!({ "sub": "kim", "sid": "s-kim", "roles": ["editor"], "partners": ["globex"] }),
+    );
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &kim).await, 200);
+    for body in [entry(true), entry(false)] {
+        let r = put_user(&gw, &pat, "kim", body).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (403, "forbidden"),
+            "{}",
+            r.json()
+        );
+    }
+    let r = req_json(
+        gw.admin.unwrap(),
+        "POST",
+        "/directory/users.csv",
+        Some(&pat),
+        "user,partners,roles\nkim,acme,viewer\n",
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &kim).await, 200);
+    ok(&put_user(&gw, DIR_ADMIN_TOKEN, "kim", entry(true)).await);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &kim).await, 403);
     for who in ["mia", "max"] {
         ok(&put_user(&gw, &pat, who, entry(true)).await);
     }
