@@ -99,35 +99,48 @@ fn access_event(a: &Access<'_>) {
 
 /// `a` as one JSON line, stamped `at`.
 fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
-    // `key` is the whole `,"name":` before the value.
-    let string = |out: &mut Vec<u8>, key: &[u8], v: &str| {
-        out.extend_from_slice(key);
+    // Each string value is written between the static text around it,
+    // which carries its quotes: `…","request_id":"` + value + `","…`, one
+    // copy per piece rather than one per quote, key and value.
+    let value = |out: &mut Vec<u8>, v: &str| {
         if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
             // Nothing JSON escapes (most values): copied as it is.
-            out.push(b'"');
             out.extend_from_slice(v.as_bytes());
-            out.push(b'"');
         } else {
-            // Escaping a `str` into a `Vec` cannot fail.
+            // Escaping a `str` into a `Vec` cannot fail; its quotes are
+            // already written around it.
+            let start = out.len();
             let _ = serde_json::to_writer(&mut *out, v);
+            out.remove(start);
+            out.pop();
         }
     };
+    out.reserve(256 + a.path.len() + a.reason.len() + a.detail.len());
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, at);
-    out.extend_from_slice(b"\",\"level\":\"INFO\"");
-    string(out, b",\"request_id\":", a.request_id);
-    string(out, b",\"client_request_id\":", a.client_request_id);
-    string(out, b",\"peer\":", a.peer);
-    string(out, b",\"method\":", a.method);
-    string(out, b",\"path\":", a.path);
-    string(out, b",\"route\":", a.route);
-    string(out, b",\"subject\":", a.subject);
-    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":\"");
+    value(out, a.request_id);
+    out.extend_from_slice(b"\",\"client_request_id\":\"");
+    value(out, a.client_request_id);
+    out.extend_from_slice(b"\",\"peer\":\"");
+    value(out, a.peer);
+    out.extend_from_slice(b"\",\"method\":\"");
+    value(out, a.method);
+    out.extend_from_slice(b"\",\"path\":\"");
+    value(out, a.path);
+    out.extend_from_slice(b"\",\"route\":\"");
+    value(out, a.route);
+    out.extend_from_slice(b"\",\"subject\":\"");
+    value(out, a.subject);
+    out.extend_from_slice(b"\",\"status\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.status).as_bytes());
-    string(out, b",\"error\":", a.error);
-    string(out, b",\"detail\":", a.detail);
-    string(out, b",\"reason\":", a.reason);
-    out.extend_from_slice(b",\"duration_us\":");
+    out.extend_from_slice(b",\"error\":\"");
+    value(out, a.error);
+    out.extend_from_slice(b"\",\"detail\":\"");
+    value(out, a.detail);
+    out.extend_from_slice(b"\",\"reason\":\"");
+    value(out, a.reason);
+    out.extend_from_slice(b"\",\"duration_us\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.duration_us).as_bytes());
     out.extend_from_slice(b",\"target\":\"rolegate::access\"}\n");
 }
