@@ -1447,6 +1447,40 @@ async fn an_admin_vhosts_requirement_cannot_be_skipped_through_a_hostless_route(
     let r = get(&gw, "tenants.example", "/public/report", None).await;
     assert_eq!(r.status, 200);
 
+    // Only host names: what a backend or the router could read as another
+    // host is refused (the whole value goes upstream in X-Forwarded-Host).
+    let before = up.count();
+    for host in [
+        "app.test:1,evil.test",
+        "app.test,evil.test",
+        "admin.example..",
+        ".admin.example",
+        "admin..example",
+        "admin.example%2e",
+        "app.test:80x",
+        "app.test:123456",
+        "app.test;x",
+    ] {
+        let r = get(&gw, host, "/public/report", None).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (400, "bad_request"),
+            "{host}"
+        );
+    }
+    assert_eq!(up.count(), before, "a bad Host reached the upstream");
+    for host in [
+        "app.test:8080",
+        "[::1]:8080",
+        "[::1]",
+        "10.0.0.1",
+        "app.test.",
+        "a_b.test:",
+    ] {
+        let r = get(&gw, host, "/public/report", None).await;
+        assert_eq!(r.status, 200, "{host}");
+    }
+
     // Hosts changing from request to request on one kept-alive connection
     // are each routed as their own (the connection remembers the last one).
     let before = up.count();

@@ -75,8 +75,20 @@ pub fn to_principal(
             .flatten()
             .filter(|s| !s.is_empty()),
     };
+    // Only the claims not mapped to a field: a user directory's entry
+    // replaces the fields, and a condition must not see the token's word
+    // on them under another name (`principal.claims.partners`).
+    let mapped = [
+        &names.subject,
+        &names.session,
+        &names.roles,
+        &names.partners,
+        &names.teams,
+        &names.profiles,
+        &names.grants,
+    ];
     let mut extra = std::collections::BTreeMap::new();
-    for (k, v) in claims {
+    for (k, v) in claims.iter().filter(|(k, _)| !mapped.contains(k)) {
         match v {
             Value::String(s) => {
                 extra.insert(k.clone(), vec![s.clone()]);
@@ -138,6 +150,12 @@ mod tests {
         assert_eq!(p.partners, vec!["acme"]);
         assert_eq!(p.session.as_deref(), Some("j1"));
         assert_eq!(p.claims["team_lead"], vec!["t9"]);
+        // The claims mapped to fields are not also `principal.claims.*`
+        // (a directory entry replaces the fields).
+        for mapped in ["sub", "partners"] {
+            assert!(!p.claims.contains_key(mapped), "{mapped}");
+        }
+        assert_eq!(p.claims["jti"], vec!["j1"]);
     }
 
     #[test]

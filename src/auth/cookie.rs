@@ -129,6 +129,10 @@ fn fold(name: &str) -> Vec<u8> {
         {
             i += 2;
             h << 4 | l
+        } else if b[i] == b'+' {
+            // A space to PHP before 8.1.11, trimmed off a name's ends
+            // like one (`+rg_session`).
+            b' '
         } else {
             b[i]
         };
@@ -144,7 +148,7 @@ fn fold(name: &str) -> Vec<u8> {
     trimmed
         .iter()
         .map(|&c| match c.to_ascii_lowercase() {
-            b'.' | b' ' | b'+' | b'[' => b'_',
+            b'.' | b' ' | b'[' => b'_',
             c => c,
         })
         .collect()
@@ -185,6 +189,8 @@ mod tests {
             "rg_session[a][b]=x",
             "rg%5Fsession[x]=x",
             "rg+session=x",
+            "+rg_session=x",
+            "rg_session+=x",
             "RG.Session[]=x",
         ] {
             assert_eq!(scan(&headers(&[v]), "rg_session").lookalikes, 1, "{v}");

@@ -769,11 +769,14 @@ impl Policy {
                             );
                         }
                     }
+                    // Errors, as the mapping forms `{ any: [] }` and
+                    // `{ all: [] }` are: an empty all() would let anyone
+                    // authenticated in.
                     Requirement::Any(v) if v.is_empty() => {
-                        push(Severity::Warning, "empty any() is always false".to_string())
+                        push(Severity::Error, "empty any() is always false".to_string())
                     }
                     Requirement::All(v) if v.is_empty() => {
-                        push(Severity::Warning, "empty all() is always true".to_string())
+                        push(Severity::Error, "empty all() is always true".to_string())
                     }
                     Requirement::In(a, b) | Requirement::Eq(a, b) => {
                         check_operand(&mut push, a);
@@ -1138,11 +1141,15 @@ mod tests {
             ),
             (
                 route(false, req("any()"), None),
-                Some((Severity::Warning, "empty any()")),
+                Some((Severity::Error, "empty any()")),
             ),
             (
                 route(false, req("all()"), None),
-                Some((Severity::Warning, "empty all()")),
+                Some((Severity::Error, "empty all()")),
+            ),
+            (
+                route(false, req("any(bot.publish, all())"), None),
+                Some((Severity::Error, "empty all()")),
             ),
             (
                 route(false, req("no.such.cap"), None),

@@ -1086,13 +1086,7 @@ fn request_host(
         }
         (None, None) => return Err(Deny::BadRequest(BadRequest::MissingHost).into()),
     };
-    let authority: http::uri::Authority = raw
-        .parse()
-        .map_err(|_| Deny::BadHost("invalid Host header"))?;
-    if raw.as_bytes().contains(&b'@') {
-        return Err(Deny::BadHost("Host must not carry user info").into());
-    }
-    let host = authority.host().to_ascii_lowercase();
+    let host = routing_host(raw)?;
     if let (Some(h), Some(Ok(mut m))) = (header, memo.map(|m| m.try_lock())) {
         *m = Some((h.clone(), host.clone()));
     }
@@ -1122,13 +1116,47 @@ fn h2_host(req: &Request<ClientBody>) -> Result<Option<String>, Refusal> {
             .map_err(|_| Deny::BadHost("Host header is not ASCII"))?,
         (None, None) => return Err(Deny::BadRequest(BadRequest::MissingHost).into()),
     };
-    if raw.contains('@') {
-        return Err(Deny::BadHost("Host must not carry user info").into());
+    Ok(Some(routing_host(raw)?))
+}
+
+/// The routing host of a client's authority (`Host`, an absolute-form
+/// target's or HTTP/2's `:authority`), lower-cased, without its port. The
+/// whole value goes upstream as sent (`X-Forwarded-Host`, `preserve_host`),
+/// so it must be a host name and nothing else: `http`'s URI grammar also
+/// takes sub-delimiters, percent-escapes and any port text, which a backend
+/// may read as another host (`a.example,evil.example`, `a.example:1,evil`)
+/// or which the router would not match to the host's own routes
+/// (`a.example..`, `.a.example`, `a.example%2e`). Refused: user info, a
+/// name with other than letters, digits, `-`, `_` and `.`, an empty label
+/// (one trailing dot is allowed), a port other than 1 to 5 digits.
+fn routing_host(raw: &str) -> Result<String, Refusal> {
+    let bad = |why| Refusal::from(Deny::BadHost(why));
+    if raw.as_bytes().contains(&b'@') {
+        return Err(bad("Host must not carry user info"));
     }
-    let authority: http::uri::Authority = raw
-        .parse()
-        .map_err(|_| Deny::BadHost("invalid Host header"))?;
-    Ok(Some(authority.host().to_ascii_lowercase()))
+    let authority: http::uri::Authority = raw.parse().map_err(|_| bad("invalid Host header"))?;
+    let host = authority.host();
+    // `http` checked the brackets of an IP-literal; its text is the host.
+    let port = raw.get(host.len()..).unwrap_or_default();
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(p) => p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()),
+    };
+    if !port_ok {
+        return Err(bad("invalid port in Host header"));
+    }
+    if !host.starts_with('[') {
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !name.split('.').all(label_ok) {
+            return Err(bad("invalid host name in Host header"));
+        }
+    }
+    Ok(host.to_ascii_lowercase())
 }
 
 /// A route's `client_cert:` against the connection's verified certificate.
