@@ -591,8 +591,9 @@ impl Table {
     /// matter: ended, token expired and `retention_ms` passed since the end;
     /// revoked ids past their `until`. A session not ended is kept, however
     /// long its idle timeout: dropped, its next token (same session id)
-    /// would start it afresh, its maximum lifetime counted anew. Returns the
-    /// newly ended records.
+    /// would start it afresh, its maximum lifetime counted anew; except a
+    /// token's own session (no session id: `t:` and its digest), which no
+    /// other token continues. Returns the newly ended records.
     pub fn sweep(&self, now_ms: u64, retention_ms: u64) -> Vec<Record> {
         let mut ended = Vec::new();
         let mut keys = Vec::new();
@@ -602,7 +603,17 @@ impl Table {
                 ended.push(e.record());
                 keys.push(*k);
             }
-            e.ended.is_none() || e.exp > now_ms || now_ms.saturating_sub(e.ended_at) <= retention_ms
+            // A token that is its own session (`t:` + its digest) is never
+            // continued by another token: kept as before, `retention`
+            // after its last activity once it has expired.
+            let since = if e.ended.is_some() {
+                e.ended_at
+            } else {
+                e.last
+            };
+            (e.ended.is_none() && !e.session.starts_with("t:"))
+                || e.exp > now_ms
+                || now_ms.saturating_sub(since) <= retention_ms
         });
         self.revoked_ids.retain(|_, r| r.until_ms > now_ms);
         self.fire_each(&keys);
@@ -844,6 +855,14 @@ mod tests {
         assert!(t.get(id("idle")).is_some());
         t.sweep(13_500, 1_000);
         assert!(t.get(id("idle")).is_none());
+        // A token's own session is not kept past its token for that.
+        let mut own = touch("t:0123", 1_000, 100_000);
+        own.token_exp_ms = 2_000;
+        t.check(&own);
+        t.sweep(1_900, 1_000);
+        assert!(t.get(id("t:0123")).is_some());
+        t.sweep(2_500, 1_000);
+        assert!(t.get(id("t:0123")).is_none());
     }
 
     #[test]
