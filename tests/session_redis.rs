@@ -306,8 +306,11 @@ async fn deactivation_on_b_is_refused_on_a_within_a_second_and_ends_every_sessio
     let a = open(&redis, LONG).await;
     let b = open(&redis, LONG).await;
     assert_eq!(check(&a, "s", "bob", LONG).await, Verdict::Active);
-    assert!(b.deactivate("bob").await.unwrap());
-    assert!(!b.deactivate("bob").await.unwrap());
+    let (first, cut) = b.deactivate("bob").await.unwrap();
+    let (again, later) = b.deactivate("bob").await.unwrap();
+    assert!(first && !again);
+    // Each deactivation has its own cut-off, even in the same millisecond.
+    assert!(later > cut, "{later} after {cut}");
     assert!(
         within(Duration::from_secs(1), async || check(&a, "s", "bob", LONG)
             .await
@@ -359,10 +362,10 @@ async fn tokens_issued_before_the_last_deactivation_are_refused_on_every_instanc
     // Issued before the deactivation, never presented before it.
     let old = now_ms();
     assert_eq!(a.not_before("bob").await.unwrap(), None);
-    assert!(b.deactivate("bob").await.unwrap());
+    assert!(b.deactivate("bob").await.unwrap().0);
     sleep(Duration::from_millis(5)).await;
     // Deactivated again: the later time is the cut-off.
-    assert!(!b.deactivate("bob").await.unwrap());
+    assert!(!b.deactivate("bob").await.unwrap().0);
     let nb = b.not_before("bob").await.unwrap().expect("a cut-off");
     assert!(nb > old);
     assert!(b.reactivate("bob").await.unwrap());
@@ -616,8 +619,8 @@ async fn redis_down_fails_closed_and_recovers_after_restart() {
             .await
             .unwrap()
     );
-    assert!(a.deactivate("mallory").await.unwrap());
-    assert!(a.deactivate("oscar").await.unwrap());
+    assert!(a.deactivate("mallory").await.unwrap().0);
+    assert!(a.deactivate("oscar").await.unwrap().0);
     assert!(a.reactivate("oscar").await.unwrap());
     let nb = a.not_before("oscar").await.unwrap().expect("a cut-off");
 
@@ -800,8 +803,8 @@ async fn with_redis_down_known_refusals_are_still_answered_and_only_unknowns_fai
             .unwrap()
     );
     assert!(!a.revoke_id("revoked-1", now_ms() + 60_000).await.unwrap());
-    assert!(a.deactivate("mallory").await.unwrap());
-    assert!(a.deactivate("oscar").await.unwrap());
+    assert!(a.deactivate("mallory").await.unwrap().0);
+    assert!(a.deactivate("oscar").await.unwrap().0);
     assert!(a.reactivate("oscar").await.unwrap());
     let nb = a.not_before("oscar").await.unwrap().expect("a cut-off");
 

@@ -235,14 +235,10 @@ pub async fn write_user(
         };
     }
     if was && !is {
-        let first = store.deactivate(sub).await.map_err(unavailable)?;
+        let (first, cut_off) = store.deactivate(sub).await.map_err(unavailable)?;
         // Already deactivated by someone else: that deactivation is not
         // the directory's to lift.
-        let at = if first {
-            store.not_before(sub).await.map_err(unavailable)?
-        } else {
-            None
-        };
+        let at = first.then_some(cut_off);
         if let Some(n) = &mut new {
             n.deactivated_ms = at;
         }

@@ -314,7 +314,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         }
         (&Method::POST, ["users", user, "deactivate"]) if !user.is_empty() => {
             match store.deactivate(user).await {
-                Ok(changed) => (
+                Ok((changed, _)) => (
                     "deactivate_user",
                     *user,
                     json!({ "user": user, "deactivated": true, "changed": changed }),

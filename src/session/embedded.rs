@@ -202,21 +202,29 @@ impl EmbeddedStore {
     /// Deactivates a user and ends every session the user has: recorded
     /// first (so requests in flight are refused), then the sessions are
     /// ended, both journaled before the call returns.
-    pub fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
+    /// Deactivates `subject`: whether it was not deactivated yet, and the
+    /// cut-off it now has (later than any before: two deactivations never
+    /// share one, so a cut-off names the deactivation that set it).
+    pub fn deactivate(&self, subject: &str) -> Result<(bool, u64), StoreError> {
         let _order = self
             .inner
             .user_ops
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
-        let changed = self.inner.table.deactivate(subject, now);
+        let at = self
+            .inner
+            .table
+            .not_before(subject)
+            .map_or(now, |nb| now.max(nb + 1));
+        let changed = self.inner.table.deactivate(subject, at);
         // Ended in memory before anything is written: open websockets and
         // streams close at once even when the journal cannot take it (the
         // call then fails, and is retried).
         let ended = self.inner.table.end_user(subject, EndReason::Revoked, now);
-        self.inner.persist(|j| j.deactivate(subject, now))?;
+        self.inner.persist(|j| j.deactivate(subject, at))?;
         self.inner.persist(|j| j.records(&ended))?;
-        Ok(changed)
+        Ok((changed, at))
     }
 
     pub fn reactivate(&self, subject: &str) -> Result<bool, StoreError> {
@@ -324,6 +332,19 @@ mod tests {
                 .any(|l| l.contains("\"op\":\"end\"") && l.contains("\"s\":\"s1\"")),
             "{text}"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Every deactivation has a cut-off of its own, later than the last
+    /// one, however close together they come.
+    #[tokio::test]
+    async fn each_deactivation_has_its_own_cut_off() {
+        let (store, d) = open("cutoffs");
+        let (first, a) = store.deactivate("u2").unwrap();
+        let (again, b) = store.deactivate("u2").unwrap();
+        assert!(first && !again);
+        assert!(b > a, "{b} after {a}");
+        assert_eq!(store.table().not_before("u2"), Some(b));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -202,7 +202,9 @@ impl Store {
     /// every session of the user ends for good; the deactivation time
     /// becomes the user's not-before cut-off, so after reactivation only
     /// tokens issued later (new logins) work.
-    pub async fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
+    /// Deactivates `subject`: whether it was not deactivated yet, and its
+    /// cut-off now (each deactivation's its own, later than any before).
+    pub async fn deactivate(&self, subject: &str) -> Result<(bool, u64), StoreError> {
         match self {
             Store::Embedded(s) => s.deactivate(subject),
             Store::Redis(s) => s.deactivate(subject).await,

@@ -349,10 +349,14 @@ return raise_nb(KEYS[1], ARGV[5], tonumber(ARGV[6]))
 
 /// Deactivates a user and ends every session the user has, in one step,
 /// and raises the user's not-before cut-off to now (also when it was
-/// deactivated already). KEYS: deact, user set, notbefore. ARGV[5]: subject.
+/// deactivated already), or past the one it had: two deactivations never
+/// share a cut-off. KEYS: deact, user set, notbefore. ARGV[5]: subject.
 /// Returns `{changed, since, cut-off, ended records...}`.
 const LUA_DEACTIVATE: &str = r#"
-local nb = raise_nb(KEYS[3], ARGV[5], NOW)
+local at = NOW
+local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[5]) or '0')
+if at <= cur then at = cur + 1 end
+local nb = raise_nb(KEYS[3], ARGV[5], at)
 redis.call('PUBLISH', CH, 'notbefore ' .. nb .. ' ' .. ARGV[5])
 local changed = redis.call('HSETNX', KEYS[1], ARGV[5], s(NOW))
 local since = redis.call('HGET', KEYS[1], ARGV[5])
@@ -1666,7 +1670,7 @@ impl RedisStore {
     }
 
     /// Deactivates a user everywhere. Returns whether it was active before.
-    pub async fn deactivate(&self, subject: &str) -> Result<bool, StoreError> {
+    pub async fn deactivate(&self, subject: &str) -> Result<(bool, u64), StoreError> {
         let mut inv = self
             .inner
             .invocation(&self.inner.scripts.deactivate, now_ms());
@@ -1678,14 +1682,13 @@ impl RedisStore {
         let [changed, since, not_before, ended @ ..] = v.as_slice() else {
             return Err(StoreError("redis deactivate: unexpected reply".into()));
         };
-        self.inner
-            .table
-            .set_not_before(subject, parse_u64(not_before)?);
+        let not_before = parse_u64(not_before)?;
+        self.inner.table.set_not_before(subject, not_before);
         self.inner.table.set_deactivated(subject, parse_u64(since)?);
         for r in &parse_records(ended)? {
             self.inner.table.apply(r);
         }
-        Ok(changed == "1")
+        Ok((changed == "1", not_before))
     }
 
     /// Reactivates a user everywhere. Returns whether it was deactivated.
