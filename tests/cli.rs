@@ -1125,15 +1125,18 @@ fn serve_logging(dir: &Path, port: u16) -> (Proc, std::sync::mpsc::Receiver<Stri
     (child, rx)
 }
 
-/// The next log line containing `needle` (panics after 10 s without one).
+/// The next log line containing `needle` (panics after 20 s without one,
+/// showing the lines that came instead).
 fn wait_log(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let mut seen = Vec::new();
     loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+        let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) else {
+            panic!("no log line with {needle:?}; got:\n{}", seen.join("\n"));
+        };
         if line.contains(needle) {
             return line;
         }
+        seen.push(line);
     }
 }
 
