@@ -748,6 +748,33 @@ async fn h2c_prior_knowledge_only_where_enabled() {
     // HTTP/1.1 still works on the h2c listener.
     let r = req(gw[3], "GET", "/bots/1/flows", Some(&t), &[]).await;
     assert_eq!(r.status, 200);
+    // A preface or a head that arrives in pieces: the bytes read to tell
+    // which it is reach the connection's parser as sent.
+    let mut s = TcpStream::connect(gw[3]).await.unwrap();
+    for piece in [&b"PRI * HTTP/2.0\r"[..], b"\n\r\nSM\r\n\r"] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.write_all(b"\n").await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut c = RawH2 { s, buf: Vec::new() };
+    c.send(1, &base_fields("/bots/1/flows", &format!("Bearer {t}")))
+        .await;
+    assert_eq!(c.outcome(1).await, Ok(200));
+    let mut s = TcpStream::connect(gw[3]).await.unwrap();
+    s.write_all(b"GE").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rest = format!(
+        "T /bots/1/flows HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(rest.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
     // Without h2c, the preface is refused.
     let (send, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
         TokioExecutor::new(),

@@ -409,10 +409,13 @@ async fn connection(
         // The HTTP/2 preface (or the first bytes that rule it out) within
         // `header_read_timeout`: hyper-util's protocol sniff itself waits
         // without a timer, and a silent client must not hold the socket.
-        if !preface_in_time(stream.get_ref(), s.header_read_timeout).await {
+        // Read, then replayed to the taps and hyper.
+        let mut stream = stream;
+        let Some(first) = preface_in_time(&mut stream, s.header_read_timeout).await else {
             tracing::debug!(peer = %peer, "connection closed: no request within header_read_timeout");
             return;
-        }
+        };
+        let stream = h1server::Rewind::new(first, stream);
         // h2c: both taps see the bytes until the first ones tell which
         // protocol it is; the other gives up at once and costs nothing
         // more (HTTP/2 requests never look for a head, HTTP/1.1 ones never
@@ -640,25 +643,31 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// The HTTP/2 client preface, as hyper-util's sniff compares it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Waits (peeking, nothing consumed) until the first bytes either hold the
-/// whole HTTP/2 preface or rule it out, at most `limit`; false on timeout
-/// or a closed connection.
-async fn preface_in_time(stream: &TcpStream, limit: Duration) -> bool {
+/// Reads until the first bytes either hold the whole HTTP/2 preface or
+/// rule it out, at most `limit`: the bytes read (to be replayed), `None`
+/// on timeout or a closed connection. Each read waits for the socket (a
+/// client trickling the preface costs a read per arrival, no polling).
+async fn preface_in_time<I: tokio::io::AsyncRead + Unpin>(
+    stream: &mut I,
+    limit: Duration,
+) -> Option<bytes::BytesMut> {
+    use tokio::io::AsyncReadExt;
     let wait = async {
-        let mut buf = [0u8; 24];
+        let mut buf = bytes::BytesMut::with_capacity(H2_PREFACE.len());
         loop {
-            let n = match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => n,
-            };
-            if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-                return true;
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf.len() >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+                return Some(buf);
             }
             // A partial preface: more is on its way (or never comes).
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            buf.reserve(H2_PREFACE.len());
         }
     };
-    tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    tokio::time::timeout(limit, wait).await.ok().flatten()
 }
 
 fn log_error(peer: SocketAddr, e: &(dyn std::error::Error + Send + Sync + 'static)) {
