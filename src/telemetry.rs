@@ -118,28 +118,34 @@ fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
     out.reserve(256 + a.path.len() + a.reason.len() + a.detail.len());
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, at);
-    out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":\"");
-    value(out, a.request_id);
-    out.extend_from_slice(b"\",\"client_request_id\":\"");
-    value(out, a.client_request_id);
-    out.extend_from_slice(b"\",\"peer\":\"");
-    value(out, a.peer);
-    out.extend_from_slice(b"\",\"method\":\"");
-    value(out, a.method);
-    out.extend_from_slice(b"\",\"path\":\"");
-    value(out, a.path);
-    out.extend_from_slice(b"\",\"route\":\"");
-    value(out, a.route);
-    out.extend_from_slice(b"\",\"subject\":\"");
-    value(out, a.subject);
+    let strings = |out: &mut Vec<u8>, fields: &[(&[u8], &str)]| {
+        for (text, v) in fields {
+            out.extend_from_slice(text);
+            value(out, v);
+        }
+    };
+    strings(
+        out,
+        &[
+            (b"\",\"level\":\"INFO\",\"request_id\":\"", a.request_id),
+            (b"\",\"client_request_id\":\"", a.client_request_id),
+            (b"\",\"peer\":\"", a.peer),
+            (b"\",\"method\":\"", a.method),
+            (b"\",\"path\":\"", a.path),
+            (b"\",\"route\":\"", a.route),
+            (b"\",\"subject\":\"", a.subject),
+        ],
+    );
     out.extend_from_slice(b"\",\"status\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.status).as_bytes());
-    out.extend_from_slice(b",\"error\":\"");
-    value(out, a.error);
-    out.extend_from_slice(b"\",\"detail\":\"");
-    value(out, a.detail);
-    out.extend_from_slice(b"\",\"reason\":\"");
-    value(out, a.reason);
+    strings(
+        out,
+        &[
+            (b",\"error\":\"", a.error),
+            (b"\",\"detail\":\"", a.detail),
+            (b"\",\"reason\":\"", a.reason),
+        ],
+    );
     out.extend_from_slice(b"\",\"duration_us\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.duration_us).as_bytes());
     out.extend_from_slice(b",\"target\":\"rolegate::access\"}\n");

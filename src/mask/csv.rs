@@ -582,20 +582,7 @@ mod tests {
 
     #[test]
     fn unreadable_selector_fails_closed_at_first_byte() {
-        let policy = Arc::new(Policy {
-            name: "t".into(),
-            fields: Vec::new(),
-            detectors: Vec::new(),
-            detect_in: DetectScope::None,
-            case_insensitive: false,
-            hash_key: Vec::new(),
-            limits: super::super::Limits {
-                max_depth: 8,
-                max_string_bytes: 1024,
-            },
-            compiled: Default::default(),
-        });
-        let mut m = CsvMasker::new(policy);
+        let mut m = CsvMasker::new(policy(&[], Vec::new(), DetectScope::None));
         m.rules = Err("selector \"?\" cannot be applied to CSV columns".into());
         let mut out = Vec::new();
         assert!(matches!(m.push(b"a\n", &mut out), Err(BodyError::Csv(_))));
@@ -607,28 +594,13 @@ mod tests {
     /// the header, and still goes through the detectors.
     #[test]
     fn a_first_row_of_data_taken_as_the_header_is_scrubbed() {
-        use super::super::{Detector, Selector, Strategy};
+        use super::super::{Detector, Selector};
         for detect_in in [
             DetectScope::All,
             DetectScope::Fields(vec![Selector::parse("$..notes").unwrap()]),
         ] {
-            let policy = Arc::new(Policy {
-                name: "t".into(),
-                fields: vec![(
-                    Selector::parse("$..name").unwrap(),
-                    Strategy::parse("redact").unwrap(),
-                )],
-                detectors: vec![Detector::Email, Detector::Phone],
-                detect_in,
-                case_insensitive: false,
-                hash_key: Vec::new(),
-                limits: super::super::Limits {
-                    max_depth: 8,
-                    max_string_bytes: 1024,
-                },
-                compiled: Default::default(),
-            });
-            let mut m = CsvMasker::new(policy);
+            let detectors = vec![Detector::Email, Detector::Phone];
+            let mut m = CsvMasker::new(policy(&[("$..name", "redact")], detectors, detect_in));
             let mut out = Vec::new();
             m.push(
                 b"c1,jane@example.com,+1 415 555 0100\r\nc2,bo@example.com,+1 415 555 0101\r\n",
@@ -650,16 +622,22 @@ mod tests {
         assert_eq!(out, b"id,name,email\r\n");
     }
 
-    fn name_policy() -> Arc<Policy> {
+    /// A policy with these field rules (selector, strategy), detectors
+    /// and detector scope.
+    fn policy(
+        fields: &[(&str, &str)],
+        detectors: Vec<super::super::Detector>,
+        detect_in: DetectScope,
+    ) -> Arc<Policy> {
         use super::super::{Selector, Strategy};
         Arc::new(Policy {
             name: "t".into(),
-            fields: vec![(
-                Selector::parse("$..name").unwrap(),
-                Strategy::parse("redact").unwrap(),
-            )],
-            detectors: Vec::new(),
-            detect_in: DetectScope::None,
+            fields: fields
+                .iter()
+                .map(|(sel, st)| (Selector::parse(sel).unwrap(), Strategy::parse(st).unwrap()))
+                .collect(),
+            detectors,
+            detect_in,
             case_insensitive: false,
             hash_key: Vec::new(),
             limits: super::super::Limits {
@@ -668,6 +646,10 @@ mod tests {
             },
             compiled: Default::default(),
         })
+    }
+
+    fn name_policy() -> Arc<Policy> {
+        policy(&[("$..name", "redact")], Vec::new(), DetectScope::None)
     }
 
     /// Pushes `body` in `chunk`-byte pieces; returns everything written
