@@ -171,11 +171,9 @@ async fn may_create(
     {
         return Ok(Ok(()));
     }
-    Ok(Err(Refused {
-        status: 403,
-        code: "forbidden",
-        reason: "this user has signed in before, with token claims (partners, roles) the directory cannot see: only the admin token creates their entry".into(),
-    }))
+    Ok(Err(crate::directory::forbidden(
+        "this user has signed in before, with token claims (partners, roles) the directory cannot see: only the admin token creates their entry".into(),
+    )))
 }
 
 /// Whether a user's own token (not the admin token) may set `sub`'s entry
@@ -203,11 +201,9 @@ async fn may_reactivate(
     if own.is_some() && own == last {
         return Ok(Ok(()));
     }
-    Ok(Err(Refused {
-        status: 403,
-        code: "forbidden",
-        reason: "this user is also deactivated outside the directory (by an operator): only the admin token reactivates them".into(),
-    }))
+    Ok(Err(crate::directory::forbidden(
+        "this user is also deactivated outside the directory (by an operator): only the admin token reactivates them".into(),
+    )))
 }
 
 /// The ops that write `new` for `sub` (or remove it), with the store's

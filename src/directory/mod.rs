@@ -191,7 +191,7 @@ pub struct Refused {
     pub reason: String,
 }
 
-fn forbidden(reason: String) -> Refused {
+pub fn forbidden(reason: String) -> Refused {
     Refused {
         status: 403,
         code: "forbidden",
