@@ -161,6 +161,9 @@ pub enum BadRequest {
     /// handshake (not a GET on HTTP/1.1, no `Connection: upgrade`,
     /// `Sec-WebSocket-Version` not 13, missing or malformed key, a body).
     WebsocketHandshake,
+    /// A `GET` or `HEAD` with a body: it has no meaning (RFC 9110 §9.3.1),
+    /// and an upstream that skips it would read it as a request of its own.
+    BodyOnGetOrHead,
 }
 
 impl BadRequest {
@@ -175,6 +178,7 @@ impl BadRequest {
             BadRequest::MalformedBody => "malformed_body",
             BadRequest::MalformedHead => "malformed_head",
             BadRequest::WebsocketHandshake => "websocket_handshake",
+            BadRequest::BodyOnGetOrHead => "body_on_get_or_head",
         }
     }
 

@@ -565,16 +565,26 @@ fn admin_call(
 
 /// The gateway's runtime: one worker per CPU the process may use, or
 /// `TOKIO_WORKER_THREADS` (checked here: tokio would panic on a bad value).
+/// One worker is tokio's single-threaded scheduler, as one nginx worker is
+/// one event loop: with nobody to steal work from, the multi-threaded
+/// scheduler's run queues, wake-ups across threads and per-batch clock
+/// reads were a few per cent of each request's CPU.
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
-        let n = v
+    let workers = match std::env::var_os("TOKIO_WORKER_THREADS") {
+        Some(v) => v
             .to_str()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|n| *n > 0)
-            .with_context(|| format!("TOKIO_WORKER_THREADS={v:?}: not a positive integer"))?;
-        b.worker_threads(n);
-    }
+            .with_context(|| format!("TOKIO_WORKER_THREADS={v:?}: not a positive integer"))?,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     b.enable_all().build().context("starting the async runtime")
 }
 

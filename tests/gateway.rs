@@ -420,6 +420,63 @@ async fn default_deny_and_public_routes() {
 
 // ------------------------------------------------------------- path tricks
 
+/// A literal route segment holding a delimiter (`:`, `@`) cannot be dodged
+/// by escaping it into a looser catch-all: the backend decodes `%3A` back
+/// to the `:` of the route that was skipped. Nor can a character a path
+/// may not hold raw be spelt both ways.
+#[tokio::test]
+async fn an_escaped_delimiter_does_not_dodge_a_literal_route() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("gw-delims");
+    std::fs::write(
+        dir.join("rules.yaml"),
+        r#"
+roles:
+  viewer: { grants: [bot.flows.view] }
+  purger: { grants: [jobs.purge] }
+routes:
+  - { name: purge, match: { path: "/v1/jobs:purge" }, require: jobs.purge }
+  - { name: me, match: { path: "/users/@me" }, require: jobs.purge }
+  - { name: pipe, match: { path: "/users/a%7Cb" }, require: jobs.purge }
+  - { name: v1, match: { path: "/v1/**" }, require: bot.flows.view }
+  - { name: users, match: { path: "/users/**" }, require: bot.flows.view }
+"#,
+    )
+    .unwrap();
+    let cfg = format!(
+        "{}upstreams:\n  app: {{ url: \"http://{}\" }}\nrules: rules.yaml\n",
+        identity_yaml(),
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let t = viewer();
+    for path in [
+        "/v1/jobs%3Apurge",
+        "/v1/jobs%3apurge",
+        "/users/%40me",
+        "/users/a%7Cb",
+        "/users/a%7cb",
+    ] {
+        let r = req(gw.addr, "POST", path, Some(&t), &[]).await;
+        assert_eq!((r.status, r.error().as_str()), (403, "forbidden"), "{path}");
+    }
+    let r = raw(
+        gw.addr,
+        format!("GET /users/a|b HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "a raw | dodged the route spelt %7C");
+    assert_eq!(up.count(), 0, "a dodged route reached the upstream");
+    // Allowed, the request is forwarded as it was routed.
+    let purger = token_with(json!({ "roles": ["purger"] }));
+    let r = req(gw.addr, "POST", "/v1/jobs%3Apurge", Some(&purger), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri, "/v1/jobs:purge");
+    let r = req(gw.addr, "GET", "/users/x%3Dy%2C%28z%29", Some(&t), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().uri, "/users/x=y,(z)");
+}
+
 #[tokio::test]
 async fn path_tricks_are_refused_or_normalised_and_the_same_path_is_forwarded() {
     let up = Upstream::start().await;

@@ -1446,6 +1446,54 @@ listeners:
     );
 }
 
+/// An upstream's trailers reach an HTTP/2 client cleaned as its head is:
+/// no identity field, no hop-by-hop field; the rest (`grpc-status`) kept.
+#[tokio::test]
+async fn upstream_trailers_reach_http2_clients_cleaned() {
+    let pki = Pki::new();
+    // A raw HTTP/1.1 upstream answering chunked with trailers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    got.clear();
+                    let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n2\r\nok\r\n0\r\nX-Rolegate-User: admin\r\nGrpc-Status: 0\r\nKeep-Alive: timeout=5\r\n\r\n";
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let addrs = start(&pki, up, "\n  - { addr: \"127.0.0.1:0\", h2c: true }").await;
+    let mut h2 = h2_over(TcpStream::connect(addrs[0]).await.unwrap()).await;
+    let t = viewer();
+    let req = http::Request::builder()
+        .uri("http://app.test/bots/1/flows")
+        .header("authorization", format!("Bearer {t}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap();
+    let trailers = body.trailers().cloned().expect("trailers");
+    assert_eq!(body.to_bytes(), "ok");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("x-rolegate-user"), None, "{trailers:?}");
+    assert_eq!(trailers.get("keep-alive"), None, "{trailers:?}");
+}
+
 #[tokio::test]
 async fn h2c_listeners_close_connections_that_send_no_request_in_time() {
     let pki = Pki::new();

@@ -464,7 +464,7 @@ impl Builder {
             policy,
             auth: auth?,
             upstreams,
-            forward: forward?,
+            forward: Arc::new(forward?),
             expose_reason: cfg.errors.expose_reason,
             masking,
             sessions: sessions?,

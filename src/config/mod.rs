@@ -35,7 +35,7 @@ pub struct Runtime {
     pub policy: Policy,
     pub auth: Authenticator,
     pub upstreams: Vec<Upstream>,
-    pub forward: ForwardSettings,
+    pub forward: Arc<ForwardSettings>,
     /// `errors.expose_reason`: show the policy/token reason to clients.
     pub expose_reason: bool,
     pub sessions: SessionSettings,

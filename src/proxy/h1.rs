@@ -355,7 +355,14 @@ async fn send_on(
                 Poll::Pending => {}
             }
         }
-        held.wire.poll_head(method, relay, cx).map_ok(|h| (h, true))
+        // An answer that comes before the whole request went out leaves
+        // the rest of it on the connection, where a server that skipped it
+        // could read it as a request of its own: the connection is not
+        // used again.
+        let whole = !sending;
+        held.wire
+            .poll_head(method, relay, cx)
+            .map_ok(|h| (h, whole))
     })
     .await;
     match head {
@@ -729,6 +736,67 @@ mod tests {
             }
         });
         (at, accepted)
+    }
+
+    /// A request body sent as the test says, one chunk per message.
+    struct ChanBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for ChanBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_request_went_out_closes_its_connection() {
+        // A raw server that answers as soon as it has the head, then reads
+        // (and skips) whatever follows, keeping the connection open.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let conns = Conns::new(HttpConnector::new());
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut req = Request::new(ChanBody(rx).boxed());
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = Uri::from_static("/x");
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("4"));
+        let Ok(resp) = conns
+            .exchange(&Scheme::HTTP, &at, req, (&[], &[]), false, false)
+            .await
+        else {
+            panic!("exchange failed");
+        };
+        // The answer came first; the body goes out after it.
+        tx.send(Bytes::from_static(b"body")).await.unwrap();
+        drop(tx);
+        assert_eq!(read_to_end(resp).await, b"ok");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            conns.idle_count(),
+            0,
+            "a connection answered early was kept"
+        );
     }
 
     #[tokio::test]

@@ -193,6 +193,10 @@ pub const ALWAYS_STRIPPED: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-real-ip",
+    // The gateway answers `Expect: 100-continue` itself (as Envoy does): an
+    // upstream asked again could answer before the body, leaving it on the
+    // connection for a server that skips it to read as a request.
+    "expect",
 ];
 
 /// Identity and client-address headers that other auth proxies and load
@@ -214,6 +218,15 @@ pub const DEFAULT_STRIPPED: &[&str] = &[
     "x-client-ip",
     "true-client-ip",
     "x-cluster-client-ip",
+    // Rails, Cloudflare, Fastly, ingress-nginx; the dashless
+    // `X-Forwarded` and the host overrides some frameworks honour.
+    "client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-forwarded",
+    "x-host",
+    "x-original-host",
     "x-goog-iap-jwt-assertion",
     // Client-certificate claims of TLS-terminating proxies (nginx, Apache,
     // IIS/ARR, RFC 9440): rolegate terminates TLS itself, so a client

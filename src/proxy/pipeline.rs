@@ -1207,6 +1207,14 @@ async fn forward(
     if declared.is_some_and(|n| n > max) {
         return Err(Deny::BodyTooLarge.into());
     }
+    // A body on GET or HEAD means nothing (RFC 9110 §9.3.1), and an
+    // upstream that skips it reads it as a second request, one nobody
+    // authorized (CL.0 smuggling): refused, whatever its framing. (One of
+    // unknown length that starts empty is never sent: `h1codec`.)
+    let bodiless = matches!(*req.method(), Method::GET | Method::HEAD);
+    if bodiless && declared.is_some_and(|n| n > 0) {
+        return Err(Deny::BadRequest(BadRequest::BodyOnGetOrHead).into());
+    }
     let up = &rt.upstreams[route.upstream];
     let (mut parts, body) = req.into_parts();
     // The client's host as it sent it (port included), checked in phase 1:
@@ -1244,6 +1252,14 @@ async fn forward(
             },
         }
     };
+    if bodiless
+        && first
+            .as_ref()
+            .and_then(http_body::Frame::data_ref)
+            .is_some_and(|d| !d.is_empty())
+    {
+        return Err(Deny::BadRequest(BadRequest::BodyOnGetOrHead).into());
+    }
 
     let mut pq = String::with_capacity(up.base_path.len() + target.canon.path.len() + 16);
     pq.push_str(&up.base_path);
@@ -1390,6 +1406,11 @@ fn respond(
 ) -> (Response<RespBody>, Option<Box<Relayed>>) {
     let (mut parts, mut body) = resp.into_parts();
     let mut relayed = body.take_relayed();
+    if !ctx.relay {
+        // Answers hyper writes can carry trailers (to HTTP/2 clients);
+        // `h1server`'s never do.
+        body.clean_trailers(rt.forward.clone());
+    }
     clean_response(rt, ctx, &mut parts.headers, relayed.as_deref_mut());
     (Response::from_parts(parts, body.boxed()), relayed)
 }

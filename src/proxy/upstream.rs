@@ -33,7 +33,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::headers;
-use crate::config::Upstream;
+use crate::config::{ForwardSettings, Upstream};
 use crate::error::{BadRequest, Deny, Fault, Refusal};
 use crate::proxy::body::{BodyTooLarge, MalformedBody, TooSlow};
 use crate::proxy::h1::{Answer, Conns, Failure, H1, IDLE_FOR};
@@ -581,6 +581,9 @@ pub struct UpstreamBody {
     last: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pick: Option<Pick>,
+    /// Trailers are cleaned as the head was, by these rules, when set
+    /// (answers a client can receive trailers on: HTTP/2).
+    trailers: Option<Arc<ForwardSettings>>,
 }
 
 /// Where an answer's body comes from.
@@ -633,7 +636,14 @@ impl UpstreamBody {
             last: tokio::time::Instant::now(),
             timer: None,
             pick: Some(pick),
+            trailers: None,
         }
+    }
+
+    /// Cleans the answer's trailers as its head was cleaned (hop-by-hop
+    /// fields, the identity prefix, the credential cookie's `Set-Cookie`).
+    pub fn clean_trailers(&mut self, rules: Arc<ForwardSettings>) {
+        self.trailers = Some(rules);
     }
 
     /// Over (ended, cut short, timed out): the body is dropped, and with
@@ -660,6 +670,17 @@ impl Body for UpstreamBody {
         match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.last = tokio::time::Instant::now();
+                let frame = match (&this.trailers, frame.into_trailers()) {
+                    (Some(rules), Ok(mut t)) => {
+                        let removed = headers::clean_response(&mut t, rules);
+                        if !removed.is_empty() {
+                            tracing::warn!(target: "rolegate::upstream", headers = ?removed, "upstream trailers carried the gateway's credential cookie, identity or hop-by-hop fields: removed");
+                        }
+                        Frame::trailers(t)
+                    }
+                    (_, Ok(t)) => Frame::trailers(t),
+                    (_, Err(frame)) => frame,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {

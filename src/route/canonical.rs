@@ -23,9 +23,14 @@
 //!    clients never send fragments, so one here is an attack or a bug.
 //! 4. **Percent-encoding.** `%` must be followed by two hex digits
 //!    (`bad_percent`). Escapes of RFC 3986 §2.3 *unreserved* characters
-//!    (`A-Z a-z 0-9 - . _ ~`) are decoded; every other escape stays encoded,
-//!    normalised to upper-case hex (`%3f` → `%3F`). `+` is not a space in a
-//!    path and is left alone.
+//!    (`A-Z a-z 0-9 - . _ ~`) and of the delimiters a segment holds as data
+//!    (`: @ ! $ & ' ( ) * + , =`) are decoded; every other escape stays
+//!    encoded, normalised to upper-case hex (`%3f` → `%3F`). The printable
+//!    characters a path may not hold raw (`" < > [ ] ^ ` { | }`) are
+//!    escaped. So every printable character has one spelling: a literal
+//!    route segment cannot be dodged by escaping one of its characters (or
+//!    by not escaping it), which a backend decodes back. `+` is not a space
+//!    in a path and is left alone.
 //! 5. **Forbidden bytes**, raw or encoded: `%2F` (`encoded_slash`), `%5C`
 //!    (`encoded_backslash`), raw `\` (`backslash`), raw NUL or `%00` (`nul`),
 //!    raw C0 controls, space and DEL (`control_char`), raw non-ASCII
@@ -227,7 +232,7 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::EncodedBackslash),
                     0 => return Err(PathError::Nul),
-                    v if is_unreserved(v) => path.push(char::from(v)),
+                    v if is_unreserved(v) || is_segment_delim(v) => path.push(char::from(v)),
                     v => {
                         saw_high_escape |= v >= 0x80;
                         saw_escaped_percent |= v == b'%';
@@ -243,6 +248,10 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
             0x01..=0x20 | 0x7F => return Err(PathError::ControlChar),
             0x80.. => return Err(PathError::NonAscii),
             b';' if !opts.allow_semicolon => return Err(PathError::Semicolon),
+            b if must_escape(b) => {
+                // Writing to a String cannot fail.
+                let _ = write!(path, "%{b:02X}");
+            }
             // Only raw `/` ever reaches the output as `/` (an encoded one is
             // refused above), so "ends with `/`" means "inside a run".
             b'/' if opts.merge_slashes && path.ends_with('/') => {}
@@ -360,6 +369,27 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// The delimiters a path segment holds as data (RFC 3986 §3.3 `pchar`:
+/// the sub-delims and `:` `@`), `;` excepted (rule 6): written raw, their
+/// escapes decoded, so that `/jobs%3Apurge` is routed as the `/jobs:purge`
+/// a backend decodes it to.
+fn is_segment_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b':' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'='
+    )
+}
+
+/// Printable ASCII a path may not hold raw (RFC 3986 §3.3) that parsers
+/// let through anyway: always written escaped, so `/a|b` is routed as the
+/// `/a%7Cb` a backend decodes the same way.
+fn must_escape(b: u8) -> bool {
+    matches!(
+        b,
+        b'"' | b'<' | b'>' | b'[' | b']' | b'^' | b'`' | b'{' | b'|' | b'}'
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +455,18 @@ mod tests {
             ("/a/%3f", "/a/%3F", None),
             ("/a/%c3%b6", "/a/%C3%B6", None),
             ("/a/%3b", "/a/%3B", None),
+            ("/v1/jobs%3apurge", "/v1/jobs:purge", None),
+            (
+                "/u/%40me/%21%24%26%27%28%29%2A%2B%2C%3D",
+                "/u/@me/!$&'()*+,=",
+                None,
+            ),
+            (
+                "/a|b/{c}/\"q\"/[d]/^`<>",
+                "/a%7Cb/%7Bc%7D/%22q%22/%5Bd%5D/%5E%60%3C%3E",
+                None,
+            ),
+            ("/a/%7c", "/a/%7C", None),
             ("/a/%20b", "/a/%20b", None),
             ("//a///b", "/a/b", None),
             ("/a//b/", "/a/b/", None),
@@ -520,7 +562,8 @@ mod tests {
     fn nasty_ascii() -> impl Strategy<Value = String> {
         let interesting = prop::sample::select(vec![
             "/", "/", "/", ".", ".", "%", "%2", "%2e", "%2E", "%2f", "%2F", "%5c", "%00", "%41",
-            "%7e", "%3f", "%c3%b6", "%ff", ";", "?", "#", "\\", " ", "a", "B", "~", "-",
+            "%7e", "%3f", "%c3%b6", "%ff", ";", "?", "#", "\\", " ", "a", "B", "~", "-", "%3a",
+            "%40", "%2b", "%7C", "|", ":", "{",
         ]);
         let any_char = (0u8..0x80).prop_map(|b| char::from(b).to_string());
         let piece = prop_oneof![3 => interesting.prop_map(str::to_owned), 1 => any_char];
@@ -545,6 +588,19 @@ mod tests {
                     prop_assert!(!c.path.contains(bad), "{} in {:?}", bad, c.path);
                 }
                 prop_assert!(!c.path.ends_with("/.") && !c.path.ends_with("/.."));
+                // One spelling per character: nothing escaped that is
+                // written raw, nothing raw that is written escaped.
+                let b = c.path.as_bytes();
+                for (i, &ch) in b.iter().enumerate() {
+                    prop_assert!(!must_escape(ch), "raw {:?} in {:?}", ch as char, c.path);
+                    if ch == b'%' {
+                        let v = u8::from_str_radix(&c.path[i + 1..i + 3], 16).unwrap();
+                        prop_assert!(
+                            !is_unreserved(v) && !is_segment_delim(v),
+                            "escaped {:?} in {:?}", v as char, c.path
+                        );
+                    }
+                }
                 if merge {
                     prop_assert!(!c.path.contains("//"), "// in {:?}", c.path);
                 }

@@ -15,7 +15,8 @@
 //!
 //! - **literal** — matched byte-for-byte (case-sensitive) against the
 //!   canonical path, so it must itself be canonical: `%7e` is refused
-//!   (write `~`), `%2F`, `.`, `..`, `\`, `?`, `#`, spaces are refused. `*`
+//!   (write `~`), as are `%3A` (write `:`) and `|` (write `%7C`); `%2F`,
+//!   `.`, `..`, `\`, `?`, `#`, spaces are refused. `*`
 //!   and literal braces are not allowed in a literal segment.
 //! - **`{name}`** — one whole, non-empty segment. Names are
 //!   `[A-Za-z_][A-Za-z0-9_]*` and unique within a template.
@@ -1426,6 +1427,9 @@ mod tests {
             "/a/{x:[0-9]{1,6}",
             "/a/}",
             "/a/%7e",
+            "/a/jobs%3Apurge",
+            "/a/b|c",
+            "/a/[b]",
             "/a/%2F",
             "/a/..",
             "/a/./b",
@@ -1442,6 +1446,27 @@ mod tests {
                 "{path:?} should be an error, got {issues:?}"
             );
             assert!(r.routes.is_empty(), "{path:?} should not be loaded");
+        }
+    }
+
+    #[test]
+    fn an_escaped_delimiter_matches_the_literal_it_spells() {
+        let r = clean(&[
+            any("/v1/jobs:purge"),
+            any("/v1/**"),
+            any("/u/a%7Cb"),
+            any("/u/**"),
+        ]);
+        for (path, want) in [
+            ("/v1/jobs%3Apurge", 0),
+            ("/v1/jobs%3apurge", 0),
+            ("/v1/jobs:purge", 0),
+            ("/u/a|b", 2),
+            ("/u/a%7cb", 2),
+        ] {
+            let c = canonicalize(path, &CanonOptions::default()).unwrap();
+            let m = r.at(None, "GET", c.routing_path()).unwrap();
+            assert_eq!(m.route, want, "{path}");
         }
     }
 

@@ -234,6 +234,79 @@ async fn keep_alive_requests_after_bodies_are_still_served() {
 
 // --------------------------------------------------------------------- body
 
+/// A body on GET or HEAD never reaches the upstream: one that skips it
+/// would read it as a second request (here one with forged identity
+/// headers), which nobody authorized.
+#[tokio::test]
+async fn a_body_on_get_or_head_is_refused_and_never_reaches_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let t = editor();
+    let smuggled =
+        "GET /partners/acme/users HTTP/1.1\r\nHost: up\r\nX-Rolegate-User: admin\r\n\r\n";
+    for method in ["GET", "HEAD"] {
+        for framing in [
+            format!("Content-Length: {}\r\n\r\n{smuggled}", smuggled.len()),
+            format!(
+                "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+                smuggled.len()
+            ),
+        ] {
+            let r = raw(
+                gw.addr,
+                format!("{method} /bots/1/flows HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n{framing}").as_bytes(),
+            )
+            .await;
+            let what = format!("{method} {framing:?}");
+            assert_eq!(r.status, 400, "{what}");
+            assert_eq!(r.header("connection"), Some("close"), "{what}");
+            if method == "GET" {
+                assert_bad_request(&r, "body_on_get_or_head", &what);
+            }
+        }
+    }
+    assert_eq!(up.count(), 0, "a GET or HEAD body reached the upstream");
+    // No body, an empty one: forwarded as ever.
+    for extra in [
+        "",
+        "Content-Length: 0\r\n",
+        "Transfer-Encoding: chunked\r\n",
+    ] {
+        let body = if extra.contains("chunked") {
+            "0\r\n\r\n"
+        } else {
+            ""
+        };
+        let r = raw(
+            gw.addr,
+            format!("GET /bots/1/flows HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {t}\r\n{extra}Connection: close\r\n\r\n{body}").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{extra:?}");
+    }
+    assert_eq!(up.count(), 3);
+}
+
+/// `Expect: 100-continue` is the gateway's to answer: an upstream asked
+/// again could answer before the body and leave it on the connection.
+#[tokio::test]
+async fn expect_is_answered_by_the_gateway_and_not_forwarded() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let t = editor();
+    let r = req(
+        gw.addr,
+        "PUT",
+        "/bots/1/flows",
+        Some(&t),
+        &["Expect: 100-continue"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.count(), 1);
+    assert_eq!(up.last().header("expect"), None);
+}
+
 #[tokio::test]
 async fn a_chunked_body_broken_from_its_start_never_reaches_the_upstream() {
     let up = BodyProbe::start().await;
