@@ -394,26 +394,29 @@ pub struct SessionOver;
 /// most every `every`, on data and — through a timer armed when the
 /// upstream goes quiet — on silent streams too. Short responses finish
 /// long before the first check and pay one `Instant` read per frame.
-pub struct SessionBound<B> {
+pub struct SessionBound<B, F> {
     inner: B,
-    still_valid: Box<dyn Fn() -> bool + Send + Sync>,
+    still_valid: F,
     every: std::time::Duration,
     last_check: std::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
-impl<B> SessionBound<B> {
+impl<B, F: Fn() -> bool> SessionBound<B, F> {
+    /// Checks `still_valid` every `every`, the first time `every` after
+    /// `since` (the request's start: no clock read of its own).
     pub fn new(
         inner: B,
         every: std::time::Duration,
-        still_valid: Box<dyn Fn() -> bool + Send + Sync>,
+        since: std::time::Instant,
+        still_valid: F,
     ) -> Self {
         SessionBound {
             inner,
             still_valid,
             every,
-            last_check: std::time::Instant::now(),
+            last_check: since,
             timer: None,
             done: false,
         }
@@ -429,7 +432,7 @@ impl<B> SessionBound<B> {
     }
 }
 
-impl<B> Body for SessionBound<B>
+impl<B, F: Fn() -> bool + Unpin> Body for SessionBound<B, F>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,

@@ -329,13 +329,13 @@ impl Gateway {
     /// [`Gateway::handle`] for `h1server`, with the head it read; the
     /// upstream's answer fields come back as they came, cleaned, where the
     /// route reads none of them (`relayed.rs`), for it to write.
-    pub async fn handle_h1(
-        &self,
+    pub fn handle_h1<'a>(
+        &'a self,
         req: Request<ClientBody>,
         raw: RawHead,
-        conn: &Conn,
-    ) -> (Response<RespBody>, Option<Box<Relayed>>) {
-        self.handle_with(req, Some(raw), conn, true).await
+        conn: &'a Conn,
+    ) -> impl std::future::Future<Output = (Response<RespBody>, Option<Box<Relayed>>)> + 'a {
+        self.handle_with(req, Some(raw), conn, true)
     }
 
     async fn handle_with(
@@ -573,7 +573,7 @@ impl Gateway {
         // A response that outlives its session (an event stream, a slow
         // download) is cut when the session ends.
         Ok(match &verified {
-            Some(v) => self.session_bound(rt, v, resp),
+            Some(v) => self.session_bound(rt, v, ctx.started, resp),
             None => resp,
         })
     }
@@ -594,7 +594,7 @@ impl Gateway {
             let (resp, relayed) = respond(rt, ctx, resp);
             debug_assert!(relayed.is_none(), "fields relayed to a websocket handshake");
             return Ok(match v {
-                Some(v) => self.session_bound(rt, v, resp),
+                Some(v) => self.session_bound(rt, v, ctx.started, resp),
                 None => resp,
             });
         }
@@ -684,6 +684,7 @@ impl Gateway {
         &self,
         rt: &Runtime,
         v: &Verified,
+        since: Instant,
         resp: Response<RespBody>,
     ) -> Response<RespBody> {
         let store = self.store.clone();
@@ -702,9 +703,9 @@ impl Gateway {
             let key = *p.session_key.get_or_init(|| id(&p).key().0);
             store.created_ms(&crate::session::table::Key(key))
         });
-        let still_valid =
-            Box::new(move || store.still_valid(id(&p), now_ms(), idle_ms, max_life, created));
-        resp.map(|b| SessionBound::new(b, std::time::Duration::from_secs(1), still_valid).boxed())
+        let still_valid = move || store.still_valid(id(&p), now_ms(), idle_ms, max_life, created);
+        let every = std::time::Duration::from_secs(1);
+        resp.map(|b| SessionBound::new(b, every, since, still_valid).boxed())
     }
 
     /// Phase 3b: with a user directory, the principal of a subject that has
@@ -1348,7 +1349,12 @@ async fn forward(
     // The answer's fields as their bytes where nothing reads them on the
     // way (no mask, no handshake) and `h1server` writes them.
     let relay = ctx.relay && route.mask.is_none() && ctx.websocket.is_none();
-    let body = Primed::new(first, body).boxed();
+    let body = if first.is_none() && body.is_end_stream() {
+        // Nothing to send (most requests): no wrappers to box and poll.
+        upstream::empty()
+    } else {
+        Primed::new(first, body).boxed()
+    };
     upstream::send(up, Request::from_parts(parts, body), injected, relay).await
 }
 

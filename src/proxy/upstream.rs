@@ -517,7 +517,7 @@ fn origin_form(req: Request<UpBody>) -> Request<UpBody> {
     Request::from_parts(parts, body)
 }
 
-fn empty() -> UpBody {
+pub(crate) fn empty() -> UpBody {
     Empty::<Bytes>::new().map_err(|e| match e {}).boxed()
 }
 
@@ -674,7 +674,7 @@ impl Body for UpstreamBody {
                     (Some(rules), Ok(mut t)) => {
                         let removed = headers::clean_response(&mut t, rules);
                         if !removed.is_empty() {
-                            tracing::warn!(target: "rolegate::upstream", headers = ?removed, "upstream trailers carried the gateway's credential cookie, identity or hop-by-hop fields: removed");
+                            tracing::warn!(target: "rolegate::upstream", headers = ?removed, "upstream trailers carried the gateway's credential cookie or identity headers: removed");
                         }
                         Frame::trailers(t)
                     }

@@ -428,7 +428,8 @@ impl Router {
         let vh = self.vhosts.get(self.vhost(host))?;
         let m = vh.tree.at(path).ok()?;
         // matchit yields params in path order, which is template order.
-        let values: Vec<String> = m.params.iter().map(|(_, v)| decode_param(v)).collect();
+        let values: smallvec::SmallVec<[String; 4]> =
+            m.params.iter().map(|(_, v)| decode_param(v)).collect();
         let route = vh.slots[*m.value]
             .iter()
             .map(|&r| &self.routes[r])
