@@ -26,11 +26,11 @@
 //!    (`A-Z a-z 0-9 - . _ ~`) and of the delimiters a segment holds as data
 //!    (`: @ ! $ & ' ( ) * + , =`) are decoded; every other escape stays
 //!    encoded, normalised to upper-case hex (`%3f` → `%3F`). The printable
-//!    characters a path may not hold raw (`" < > [ ] ^ ` { | }`) are
-//!    escaped. So every printable character has one spelling: a literal
-//!    route segment cannot be dodged by escaping one of its characters (or
-//!    by not escaping it), which a backend decodes back. `+` is not a space
-//!    in a path and is left alone.
+//!    characters a path may not hold raw (`"`, `<`, `>`, `[`, `]`, `^`, the
+//!    backtick, `{`, `|`, `}`) are escaped. So every printable character
+//!    has one spelling: a literal route segment cannot be dodged by escaping
+//!    one of its characters (or by not escaping it), which a backend decodes
+//!    back. `+` is not a space in a path and is left alone.
 //! 5. **Forbidden bytes**, raw or encoded: `%2F` (`encoded_slash`), `%5C`
 //!    (`encoded_backslash`), raw `\` (`backslash`), raw NUL or `%00` (`nul`),
 //!    raw C0 controls, space and DEL (`control_char`), raw non-ASCII
