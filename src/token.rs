@@ -106,6 +106,10 @@ pub fn mint(auth: &Authenticator, req: &TokenRequest) -> Result<String, String> 
     }
     let mut header = Header::new(alg);
     header.kid = dev.kid.clone();
+    // The issuer's first accepted type, when it lists some (`types`).
+    if let Some(t) = issuer.types.first() {
+        header.typ = Some(t.clone());
+    }
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&dev.secret))
         .map_err(|e| e.to_string())
 }

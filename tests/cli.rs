@@ -278,6 +278,38 @@ fn admin_listener_on_the_public_address_is_an_error() {
 
 // ------------------------------------------------------- token and explain
 
+/// A dev issuer with `types` mints tokens of its first type, which it then
+/// accepts.
+#[test]
+fn minted_tokens_carry_the_dev_issuer_s_first_type() {
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    let typed = cfg.replacen("dev: true", "dev: true\n      types: [at+jwt, JWT]", 1);
+    assert_ne!(cfg, typed);
+    std::fs::write(dir.join("rolegate.yaml"), typed).unwrap();
+    let o = run(&["token", "--sub", "dana", "--roles", "viewer"], &dir);
+    assert!(o.status.success(), "{}", text(&o));
+    let token = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    use base64::Engine;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.split('.').next().unwrap())
+        .unwrap();
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["typ"], "at+jwt");
+    let o = run(
+        &[
+            "explain",
+            "--token",
+            &token,
+            "--json",
+            "GET",
+            "/bots/7/flows",
+        ],
+        &dir,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 #[test]
 fn token_minting_needs_a_dev_issuer_and_explain_verifies_it() {
     let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");

@@ -92,6 +92,50 @@ async fn assert_rejected(gw: &Gw, up: &Upstream, token: &str, detail: &str) {
     );
 }
 
+/// With `types`, an issuer's tokens must say what they are (RFC 8725
+/// §3.11): an ID token, or any other JWT of the same issuer and audience,
+/// is not taken for an access token.
+#[tokio::test]
+async fn an_issuer_with_types_accepts_only_those_token_types() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("gw-typ");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "identity:\n  issuers:\n    - {{ iss: \"{ISS_HMAC}\", audiences: [\"{AUD}\"], algorithms: [HS256], keys: {{ hmac_secret_file: \"{}\" }}, types: [at+jwt] }}\nupstreams:\n  app: {{ url: \"http://{}\" }}\nrules: rules.yaml\n",
+        key("hmac.secret").display(),
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let secret = std::fs::read_to_string(key("hmac.secret")).unwrap();
+    let signed = |typ: Option<&str>| {
+        let mut h = jsonwebtoken::Header::new(Algorithm::HS256);
+        h.typ = typ.map(str::to_string);
+        let body = claims(ISS_HMAC, json!({ "roles": ["viewer"] }));
+        let k = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
+        jsonwebtoken::encode(&h, &body, &k).unwrap()
+    };
+    for typ in ["at+jwt", "application/AT+JWT"] {
+        let r = req(
+            gw.addr,
+            "GET",
+            "/bots/1/flows",
+            Some(&signed(Some(typ))),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{typ}: {}", String::from_utf8_lossy(&r.body));
+    }
+    for typ in [Some("JWT"), Some("id_token+jwt"), None] {
+        assert_rejected(&gw, &up, &signed(typ), &format!("typ {typ:?}")).await;
+        let r = req(gw.addr, "GET", "/bots/1/flows", Some(&signed(typ)), &[]).await;
+        assert_eq!(
+            r.json()["reason"].as_str().unwrap(),
+            "token type (typ) is not accepted from this issuer",
+            "{typ:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn forged_and_invalid_tokens_are_refused() {
     let up = Upstream::start().await;

@@ -77,6 +77,8 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("token claim {0} is malformed")]
     BadClaim(String),
+    #[error("token type (typ) is not accepted from this issuer")]
+    WrongType,
 }
 
 impl AuthError {
@@ -109,6 +111,7 @@ impl AuthError {
             AuthError::WrongAudience => "wrong_audience",
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::BadClaim(_) => "bad_claim",
+            AuthError::WrongType => "wrong_type",
         }
     }
 }
@@ -135,6 +138,20 @@ pub struct Issuer {
     pub dev: bool,
     /// The first HMAC secret, kept only for `dev` issuers (token minting).
     pub dev_secret: Option<DevSecret>,
+    /// The header `typ` values accepted, normalised by [`typ_key`]; empty:
+    /// any `typ`, or none.
+    pub types: Vec<String>,
+}
+
+/// A `typ` value as compared: lower case, without the `application/`
+/// prefix RFC 7515 §4.1.9 lets senders omit (`at+jwt` and
+/// `application/at+jwt` are the same type).
+pub fn typ_key(typ: &str) -> String {
+    let t = typ.to_ascii_lowercase();
+    match t.strip_prefix("application/") {
+        Some(rest) => rest.to_string(),
+        None => t,
+    }
 }
 
 /// The secret `rolegate token` signs with, and the `kid` it names.
@@ -300,6 +317,18 @@ impl Authenticator {
             .ok_or(AuthError::UnknownIssuer)?;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed(alg_name.to_string()));
+        }
+        // Explicit typing (RFC 8725 §3.11): an ID token or another JWT of
+        // the same issuer and audience is not taken for an access token.
+        if !issuer.types.is_empty() {
+            let typ = match header.get("typ") {
+                None => return Err(AuthError::WrongType),
+                Some(Value::String(t)) => typ_key(t),
+                Some(_) => return Err(AuthError::Malformed),
+            };
+            if !issuer.types.contains(&typ) {
+                return Err(AuthError::WrongType);
+            }
         }
         let key = issuer.keys.select(alg.family(), kid).map_err(|e| match e {
             SelectError::UnknownKid => AuthError::UnknownKid,

@@ -2743,6 +2743,18 @@ impl Builder {
                     ),
                 );
             }
+            if is
+                .types
+                .iter()
+                .any(|t| t.trim().is_empty() || t.trim() != t)
+            {
+                ok = false;
+                self.error(
+                    file,
+                    line,
+                    format!("issuer {}: types must be non-empty names without surrounding spaces (`at+jwt`)", is.iss),
+                );
+            }
             if issuers.iter().any(|i: &Issuer| i.iss == is.iss) {
                 ok = false;
                 self.error(file, line, format!("issuer {} is listed twice", is.iss));
@@ -2819,6 +2831,7 @@ impl Builder {
                 keys,
                 dev: is.dev,
                 dev_secret,
+                types: is.types.iter().map(|t| crate::auth::typ_key(t)).collect(),
             });
         }
         let c = id.claims;

@@ -242,6 +242,9 @@ pub struct FileIssuer {
     pub keys: FileKeys,
     #[serde(default)]
     pub dev: bool,
+    /// The header `typ` values accepted (RFC 8725 §3.11); empty: any.
+    #[serde(default)]
+    pub types: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
