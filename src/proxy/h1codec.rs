@@ -838,7 +838,12 @@ fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64, usize)>, WireError> {
 fn parse_trailers(fields: &Bytes) -> Result<HeaderMap, WireError> {
     let mut parsed = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let list = match httparse::parse_headers(fields, &mut parsed) {
-        Ok(httparse::Status::Complete((_, list))) => list,
+        // The whole block, or bytes after its end would be dropped unseen
+        // (`X: a\n\nJUNK\r\n\r\n`) on a connection then used again.
+        Ok(httparse::Status::Complete((n, list))) if n == fields.len() => list,
+        Ok(httparse::Status::Complete(_)) => {
+            return Err(WireError::Malformed("bytes after the trailer section"));
+        }
         Ok(httparse::Status::Partial) => return Err(WireError::Malformed("trailer section")),
         Err(e) => return Err(WireError::Parse(e)),
     };
@@ -1052,6 +1057,22 @@ mod tests {
                 prop_assert_eq!(&a, &b, "answer: {:?}", answer);
             }
         }
+    }
+
+    /// A trailer block that ends early (bare LFs) with bytes after it, up to
+    /// the CRLF CRLF the block is cut at: refused, not read as trailers with
+    /// the rest dropped unseen.
+    #[tokio::test]
+    async fn bytes_after_the_trailer_section_are_refused() {
+        let answer =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX: a\n\nJUNK\r\n\r\n";
+        for split in [0, 40, 1000] {
+            assert_eq!(ours(Method::GET, answer.to_vec(), split, false).await, None);
+        }
+        // A well-formed block is still taken.
+        let ok =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX: a\r\n\r\n";
+        assert!(ours(Method::GET, ok.to_vec(), 0, false).await.is_some());
     }
 
     /// The same reading as hyper's on answers both must take, so that the
