@@ -2938,6 +2938,26 @@ mod tests {
     }
 
     #[test]
+    fn an_issuer_s_types_must_be_plain_names() {
+        let with = |types: &str| {
+            load_main(&format!(
+                "identity:\n  issuers:\n    - {{ iss: a, audiences: [x], algorithms: [HS256], keys: {{ hmac_secret_file: /nonexistent }}, types: {types} }}\n{MAIN}"
+            ))
+            .err()
+            .unwrap_or_default()
+            .join("\n")
+        };
+        for bad in ["[\"\"]", "[\" at+jwt\"]", "[at+jwt, \"jwt \"]"] {
+            let errs = with(bad);
+            assert!(
+                errs.contains("issuer a: types must be non-empty names"),
+                "{bad}: {errs}"
+            );
+        }
+        assert!(!with("[at+jwt, JWT]").contains("types must"));
+    }
+
+    #[test]
     fn an_identity_prefix_that_covers_a_standard_header_is_refused() {
         let with = |prefix: &str| {
             load_main(&format!(
