@@ -53,6 +53,10 @@ pub enum Deny {
     /// origin (cross-site websocket hijacking).
     #[error("websocket origin not allowed")]
     WebsocketOrigin,
+    /// A cookie-authenticated logout from a page of another origin
+    /// (cross-site request forgery ending the victim's session).
+    #[error("logout origin not allowed")]
+    LogoutOrigin,
     /// The route demands a verified client certificate (`client_cert:`)
     /// and the connection has none, or one the route does not list.
     #[error("{}", .0.reason())]
@@ -256,9 +260,10 @@ impl Refusal {
                 Deny::Unauthenticated(_) | Deny::SessionEnded(_) | Deny::UserDeactivated => {
                     StatusCode::UNAUTHORIZED
                 }
-                Deny::Forbidden(_) | Deny::WebsocketOrigin | Deny::ClientCert(_) => {
-                    StatusCode::FORBIDDEN
-                }
+                Deny::Forbidden(_)
+                | Deny::WebsocketOrigin
+                | Deny::LogoutOrigin
+                | Deny::ClientCert(_) => StatusCode::FORBIDDEN,
                 Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 Deny::UriTooLong => StatusCode::URI_TOO_LONG,
                 Deny::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -287,7 +292,7 @@ impl Refusal {
                 Deny::BadRequest(_) => "bad_request",
                 Deny::NoRoute => "no_route",
                 Deny::Unauthenticated(e) => e.code(),
-                Deny::Forbidden(_) | Deny::WebsocketOrigin => "forbidden",
+                Deny::Forbidden(_) | Deny::WebsocketOrigin | Deny::LogoutOrigin => "forbidden",
                 Deny::ClientCert(_) => "client_cert_required",
                 Deny::BodyTooLarge => "body_too_large",
                 Deny::SessionEnded(EndReason::Idle | EndReason::Lifetime) => "session_expired",
@@ -321,6 +326,7 @@ impl Refusal {
             Refusal::Deny(Deny::Unauthenticated(e)) => e.detail(),
             Refusal::Deny(Deny::Forbidden(d)) => d.code,
             Refusal::Deny(Deny::WebsocketOrigin) => "websocket_origin",
+            Refusal::Deny(Deny::LogoutOrigin) => "logout_origin",
             Refusal::Deny(Deny::ClientCert(c)) => c.code(),
             Refusal::Deny(Deny::RequestTimeout(t)) => t.code(),
             Refusal::Deny(Deny::RateLimited { limit, .. }) => limit.code(),

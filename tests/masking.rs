@@ -106,8 +106,9 @@ type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
 
 /// Request headers a masked route must not forward: partial, conditional,
 /// and asking for a digest of the (unmasked) answer.
-const PARTIAL_OR_CONDITIONAL: [&str; 9] = [
+const PARTIAL_OR_CONDITIONAL: [&str; 10] = [
     "range",
+    "request-range",
     "if-range",
     "if-none-match",
     "if-modified-since",
@@ -119,8 +120,9 @@ const PARTIAL_OR_CONDITIONAL: [&str; 9] = [
 ];
 
 /// All of them, as a client would send them.
-const PARTIAL_HEADERS: [&str; 9] = [
+const PARTIAL_HEADERS: [&str; 10] = [
     "Range: bytes=0-20",
+    "Request-Range: bytes=0-20",
     "If-Range: \"v1-strong\"",
     "If-None-Match: \"v1-strong\"",
     "If-Modified-Since: Tue, 01 Jan 2030 00:00:00 GMT",
@@ -277,6 +279,32 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                 // Valid JSON, but which of the two types is it?
                                 let mut r = full("application/json", None, doc.clone());
                                 r.headers_mut().append("content-type", "text/plain".parse().unwrap());
+                                r
+                            }
+                            "/shape/partial" => {
+                                // A slice of the record: a bare string no key path names.
+                                let mut r = full("application/json", None, format!("\"{NAME}\"").into_bytes());
+                                *r.status_mut() = hyper::StatusCode::PARTIAL_CONTENT;
+                                r.headers_mut().insert("content-range", "bytes 23-32/120".parse().unwrap());
+                                r
+                            }
+                            "/shape/range-200" => {
+                                let mut r = full("application/json", None, doc.clone());
+                                r.headers_mut().insert("content-range", "bytes 0-99/120".parse().unwrap());
+                                r
+                            }
+                            "/shape/conn-encoding" => {
+                                // gzip, with its label named hop-by-hop.
+                                let mut r = full("application/json", Some("gzip"), gzip(&doc));
+                                r.headers_mut().insert("connection", "content-encoding".parse().unwrap());
+                                r
+                            }
+                            "/shape/reason" => {
+                                let mut r = full("application/json", None, b"{}".to_vec());
+                                *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+                                r.extensions_mut().insert(
+                                    hyper::ext::ReasonPhrase::try_from(format!("{EMAIL} not found").into_bytes()).unwrap(),
+                                );
                                 r
                             }
                             "/shape/lying" => full("application/json", None, b"<html><body>Asha Rao 98200 11223</body></html>".to_vec()),
@@ -519,6 +547,9 @@ async fn unmaskable_answers_are_refused_never_passed_through() {
         "semicolon-csv",
         "two-encodings",
         "two-types",
+        "partial",
+        "range-200",
+        "conn-encoding",
     ] {
         let r = req(gw.addr, "GET", &format!("/shape/{shape}"), Some(&a), &[]).await;
         assert_eq!(
@@ -569,6 +600,22 @@ async fn ranges_heads_and_not_modified_on_masked_routes() {
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty());
     assert_eq!(r.header("etag"), None);
+
+    // The upstream's own reason phrase is not passed on a masked answer
+    // (nobody masks it); the status's standard one is.
+    let head = |b: &[u8]| {
+        String::from_utf8_lossy(&b[..b.windows(2).position(|w| w == b"\r\n").unwrap()]).into_owned()
+    };
+    let raw_get = |t: &str| {
+        format!(
+            "GET /shape/reason HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nAuthorization: Bearer {t}\r\n\r\n"
+        )
+    };
+    let masked = raw_bytes(gw.addr, raw_get(&a).as_bytes()).await;
+    assert_eq!(head(&masked), "HTTP/1.1 404 Not Found");
+    // Unmasked, it is the upstream's (so the shape above is real).
+    let unmasked = raw_bytes(gw.addr, raw_get(&supervisor()).as_bytes()).await;
+    assert_eq!(head(&unmasked), format!("HTTP/1.1 404 {EMAIL} not found"));
 
     let r = req(
         gw.addr,
@@ -1124,6 +1171,16 @@ async fn a_bots_super_admin_chooses_columns_others_see_masked() {
     .await;
     assert_eq!((r.status, r.error().as_str()), (404, "unknown_mask"));
 
+    // A spelling of the table a case-blind backend serves alike is the
+    // same record.
+    for spelling in ["Customers", "CUSTOMERS", "%43ustomers"] {
+        assert_eq!(
+            rows(&gw, &dev, spelling).await["rows"][0]["phone"],
+            "[REDACTED]",
+            "{spelling}"
+        );
+    }
+
     // The operator can clear it; then rows pass as they are again.
     let r = choose(&gw, OWNER_ADMIN_TOKEN, "DELETE", path, "").await;
     assert_eq!(r.status, 200);
@@ -1131,6 +1188,42 @@ async fn a_bots_super_admin_chooses_columns_others_see_masked() {
         rows(&gw, &dev, "customers").await["rows"][0]["phone"],
         PHONE
     );
+
+    // A choice without a record covers every table of the bot, together
+    // with a table's own choice.
+    let r = choose(
+        &gw,
+        &owner,
+        "PUT",
+        "/masks/bot-table-columns/columns/42",
+        r#"{"columns":["phone"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = choose(&gw, &owner, "PUT", path, r#"{"columns":["nick"]}"#).await;
+    assert_eq!(r.status, 200);
+    for table in ["orders", "customers"] {
+        assert_eq!(
+            rows(&gw, &dev, table).await["rows"][0]["phone"],
+            "[REDACTED]",
+            "{table}"
+        );
+    }
+    assert_eq!(
+        rows(&gw, &dev, "customers").await["rows"][1]["nick"],
+        "[REDACTED]"
+    );
+    assert_eq!(rows(&gw, &dev, "orders").await["rows"][1]["nick"], "bo");
+    // Another bot is not touched.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/9/tables/orders",
+        Some(&bot_user("dev-9", "developer@bot:9")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["rows"][0]["phone"], PHONE);
 }
 
 #[tokio::test]

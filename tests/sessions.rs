@@ -221,6 +221,60 @@ async fn logout_ends_the_session_and_clears_the_cookie() {
 }
 
 #[tokio::test]
+async fn a_page_of_another_site_cannot_log_its_visitor_out() {
+    let (_up, gw) = start("").await;
+    let c = tok("s-csrf", &["viewer"]);
+    let cookie = format!("Cookie: rg_session={c}");
+    let with_cookie = [cookie.as_str()];
+    let flows = || req(gw.addr, "GET", "/bots/1/flows", None, &with_cookie);
+    assert_eq!(flows().await.status, 200);
+    // A cross-site form POST carries the cookie and the attacker's Origin.
+    for origin in [
+        "Origin: https://evil.example",
+        "Origin: null",
+        "Origin: http://app.test.evil.example",
+    ] {
+        let r = req(
+            gw.addr,
+            "POST",
+            "/.rolegate/logout",
+            None,
+            &[&cookie, origin],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (403, "forbidden"),
+            "{origin}"
+        );
+        assert_eq!(r.json()["reason"], "logout origin not allowed");
+        assert_eq!(flows().await.status, 200, "{origin}: the session was ended");
+    }
+    // The site's own page (same host) logs out.
+    let r = req(
+        gw.addr,
+        "POST",
+        "/.rolegate/logout",
+        None,
+        &[&cookie, "Origin: https://app.test"],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(flows().await.status, 401);
+    // A bearer token is not ambient: no Origin check.
+    let t = tok("s-csrf-bearer", &["viewer"]);
+    let r = req(
+        gw.addr,
+        "POST",
+        "/.rolegate/logout",
+        Some(&t),
+        &["Origin: https://evil.example"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
 async fn admin_api_revokes_deactivates_and_lists() {
     let (_up, gw) = start("").await;
     let adm = gw.admin.unwrap();
@@ -666,6 +720,14 @@ async fn on_store_error_allow_never_lets_a_known_revoked_session_through() {
     let r = flows(gw.addr, &out).await;
     assert_eq!((r.status, r.error()), (401, "session_ended".into()));
     assert_eq!(up.count(), before + 1);
+    // The admin API never identifies a user it cannot check: 503, not
+    // `allow` (a revoked admin would otherwise keep acting).
+    let caller = tok("allow-admin-caller", &["viewer"]);
+    let r = req(adm, "GET", "/sessions", Some(&caller), &[]).await;
+    assert_eq!(
+        (r.status, r.error()),
+        (503, "session_store_unavailable".into())
+    );
 }
 
 // ------------------------------------------------------- long-lived streams

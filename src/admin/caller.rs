@@ -109,7 +109,9 @@ pub async fn identify(
         Ok(v) => v,
         Err(refusal) => return Err(refusal_answer(&refusal)),
     };
-    if let Err(refusal) = gw.session(rt, &v, false).await {
+    // Fail closed even under `on_store_error: allow`: a revoked admin
+    // must not keep acting while the store is away.
+    if let Err(refusal) = gw.session_strict(rt, &v).await {
         return Err(refusal_answer(&refusal));
     }
     Ok(Caller::User(v.principal))

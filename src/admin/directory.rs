@@ -263,6 +263,12 @@ fn may<'a>(
     move |cap, scope| caller.may(rt, cap, scope)
 }
 
+/// The admin token: the only caller for whom "every partner" means all
+/// (a Partner Admin's `manage_with` is bound to its own partners).
+fn operator(caller: &Caller) -> bool {
+    matches!(caller, Caller::Operator)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProfileSave {
@@ -344,7 +350,8 @@ fn partner_param(query: Option<&str>) -> Option<String> {
 }
 
 /// The `?partner=` of a listing or export, if the caller may see that
-/// partner's users (`manage_with` on it; without `partner`: held globally).
+/// partner's users (`manage_with` on it; without `partner`, every user:
+/// the admin token only).
 #[allow(clippy::result_large_err)]
 fn partner_users(
     rt: &Runtime,
@@ -354,12 +361,15 @@ fn partner_users(
     what: &str,
 ) -> Result<Option<String>, Resp> {
     let partner = partner_param(query);
-    let scope = partner.as_deref().map(|p| ("partner", p));
-    if caller.may(rt, &dir.manage_with, scope) {
+    let allowed = match partner.as_deref() {
+        Some(p) => caller.may(rt, &dir.manage_with, Some(("partner", p))),
+        None => operator(caller),
+    };
+    if allowed {
         Ok(partner)
     } else {
         Err(forbidden(&format!(
-            "{what} users requires {} on the partner (`?partner=`)",
+            "{what} users requires {} on the partner (`?partner=`; every partner: the admin token)",
             dir.manage_with
         )))
     }
@@ -436,8 +446,15 @@ async fn import_csv(
             Ok(o) => o,
             Err(r) => return (r, None),
         };
-        let mut checked = validate(rt, store, &mut rec)
-            .and_then(|()| check_change(dir, old.as_ref(), Some(&rec), &may(rt, caller)));
+        let mut checked = validate(rt, store, &mut rec).and_then(|()| {
+            check_change(
+                dir,
+                operator(caller),
+                old.as_ref(),
+                Some(&rec),
+                &may(rt, caller),
+            )
+        });
         if checked.is_ok() {
             checked = match may_create(store, caller, &sub, old.as_ref()).await {
                 Ok(r) => r,
@@ -514,8 +531,7 @@ fn get_user(
         }
         Err(r) => return r,
     };
-    let sees = matches!(caller, Caller::Operator)
-        || caller.may(rt, &dir.manage_with, None)
+    let sees = operator(caller)
         || rec
             .partners
             .iter()
@@ -554,7 +570,13 @@ async fn put_user(
         Ok(o) => o,
         Err(r) => return (r, None),
     };
-    if let Err(r) = check_change(dir, old.as_ref(), Some(&new), &may(rt, caller)) {
+    if let Err(r) = check_change(
+        dir,
+        operator(caller),
+        old.as_ref(),
+        Some(&new),
+        &may(rt, caller),
+    ) {
         return (refused(r), None);
     }
     for allowed in [
@@ -602,7 +624,7 @@ async fn delete_user(
         }
         Err(r) => return (r, None),
     };
-    if let Err(r) = check_change(dir, Some(&old), None, &may(rt, caller)) {
+    if let Err(r) = check_change(dir, operator(caller), Some(&old), None, &may(rt, caller)) {
         return (refused(r), None);
     }
     let op = SharedOp::Del {
@@ -670,6 +692,21 @@ async fn save_profile(
         .find(|g| !crate::policy::is_valid_grant(g))
     {
         return (bad(format!("{g:?} is not a grant")), None);
+    }
+    // A profile's grants reach every holder: a user's own token puts in
+    // only what it holds itself (as for an entry's global grants).
+    if !operator(caller)
+        && let Some(g) = save
+            .grants
+            .iter()
+            .find(|g| !crate::directory::may_grant(&may(rt, caller), g))
+    {
+        return (
+            forbidden(&format!(
+                "a profile granting {g} requires holding it yourself (wildcards: the admin token only)"
+            )),
+            None,
+        );
     }
     let mut versions = profile(store, name).unwrap_or_default();
     let version = versions.latest().map_or(1, |v| v.version + 1);

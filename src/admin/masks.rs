@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::caller::{Caller, forbidden};
 use super::{Resp, error, reply};
 use crate::config::Runtime;
-use crate::mask::owner::{MAX_COLUMNS, choice_key, choice_ns, valid_column};
+use crate::mask::owner::{MAX_COLUMNS, choice_key, choice_ns, legacy_choice_key, valid_column};
 use crate::session::{SharedOp, Store, now_ms};
 
 /// A choice body larger than this is refused (413).
@@ -58,6 +58,9 @@ pub async fn handle(
         );
     }
     let (ns, key) = (choice_ns(mask), choice_key(resource, record));
+    // A choice stored under the record's exact spelling (before records
+    // were lower-cased) goes with any change.
+    let legacy = legacy_choice_key(resource, record).map(|k| SharedOp::Del { ns: ns.clone(), k });
     let answer = |columns: Value| {
         json!({
             "mask": mask,
@@ -121,7 +124,10 @@ pub async fn handle(
         SharedOp::Put { v, .. } => serde_json::from_str(v).unwrap_or_else(|_| json!([])),
         SharedOp::Del { .. } => json!([]),
     };
-    match store.shared_apply(vec![op]).await {
+    match store
+        .shared_apply([op].into_iter().chain(legacy).collect())
+        .await
+    {
         Ok(()) => {
             let result = answer(columns);
             (

@@ -2073,6 +2073,30 @@ impl Builder {
                 );
             }
         }
+        // The same resource through another method: a PUT or PATCH that
+        // echoes the updated record returns what the masked GET hides.
+        let shape = |c: &Route| (c.spec.host.clone(), template_shape(&c.spec.path));
+        for (r, c) in routes.iter().zip(compiled.iter()) {
+            if c.mask.is_some() {
+                continue;
+            }
+            let masked = compiled.iter().find_map(|m| {
+                m.mask
+                    .as_ref()
+                    .filter(|_| shape(m) == shape(c))
+                    .map(|mk| (m, mk))
+            });
+            if let Some((m, mk)) = masked {
+                self.warn(
+                    &r.file,
+                    r.line,
+                    format!(
+                        "route {}: answers on the path of masked route {} without a mask: what it returns (a PUT or PATCH that echoes the record) is not masked; add `mask: {}` unless it never returns the record",
+                        c.name, m.name, mk.policy.name
+                    ),
+                );
+            }
+        }
     }
 
     fn build_sessions(
@@ -2862,6 +2886,23 @@ fn same_socket(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
 }
 
 /// The parameter names of a path template (`{name}` / `{name:re}`).
+/// A path template with its parameters unnamed (`/a/{id}` and `/a/{x}`
+/// match the same paths).
+fn template_shape(path: &str) -> String {
+    path.split('/')
+        .map(
+            |seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(inner) => match inner.split_once(':') {
+                    Some((_, re)) => format!("{{:{re}}}"),
+                    None => "{}".to_string(),
+                },
+                None => seg.to_string(),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn template_params(path: &str) -> Vec<String> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -2935,6 +2976,31 @@ mod tests {
         load_from_text("rolegate.yaml", text, &base, RulesSource::Embedded(vec![]))
             .map(|l| l.runtime)
             .map_err(|d| d.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_route_answering_unmasked_on_a_masked_path_warns() {
+        let rules = |edit_mask: &str| {
+            format!(
+                "masks:\n  pii: {{ unmask_with: c.unmask, fields: [{{ path: \"$..email\", as: redact }}] }}\n\
+                 roles:\n  r: {{ grants: [c.view, c.edit, c.unmask] }}\n\
+                 routes:\n\
+                 \x20 - {{ name: view, match: {{ methods: [GET], path: \"/c/{{id}}\" }}, mask: pii, require: c.view }}\n\
+                 \x20 - {{ name: edit, match: {{ methods: [PUT], path: \"/c/{{cid}}\" }}, {edit_mask}require: c.edit }}\n\
+                 \x20 - {{ name: sub, match: {{ methods: [PUT], path: \"/c/{{id}}/notes\" }}, require: c.edit }}\n"
+            )
+        };
+        let (rt, w) = load_rules(&[("r.yaml", &rules(""))]);
+        assert!(rt.is_some(), "{w:#?}");
+        let hits: Vec<&String> = w.iter().filter(|w| w.contains("masked route")).collect();
+        assert_eq!(hits.len(), 1, "{w:#?}");
+        assert!(
+            hits[0].contains("route edit: answers on the path of masked route view"),
+            "{}",
+            hits[0]
+        );
+        let (_, w) = load_rules(&[("r.yaml", &rules("mask: pii, "))]);
+        assert!(!w.iter().any(|w| w.contains("masked route")), "{w:#?}");
     }
 
     #[test]

@@ -204,7 +204,8 @@ pub fn forbidden(reason: String) -> Refused {
 pub type May<'a> = &'a dyn Fn(&str, Option<(&str, &str)>) -> bool;
 
 /// The seeds' rules for replacing `old` with `new` (either may be absent:
-/// a new user, a removed entry), for a caller described by `may`:
+/// a new user, a removed entry), for a caller described by `may` (and
+/// `operator`: the admin token, not a user's own token):
 ///
 /// - a partner added or removed needs `manage_with` on that partner
 ///   ("only a Partner Admin of a partner manages its users");
@@ -215,7 +216,11 @@ pub type May<'a> = &'a dyn Fn(&str, Option<(&str, &str)>) -> bool;
 /// - anything that applies system-wide — global roles, profiles, global
 ///   grants, teams, the active flag, name, e-mail, removing the entry —
 ///   needs `manage_with` on every partner the user belongs to before or
-///   after (a user in no partner: `manage_with` held globally);
+///   after (a user in no partner: the operator only — a Partner Admin's
+///   `manage_with` is bound to the partners it belongs to, never "all");
+/// - a global grant added (a bare capability, which no role bounds) must
+///   be one the caller holds itself, and never a wildcard, unless the
+///   caller is the operator;
 /// - a role or grant scoped to a resource (`developer@bot:42`), added or
 ///   removed, needs `share_with` on that resource ("only a bot's Super
 ///   Admin shares access to that bot").
@@ -225,6 +230,7 @@ pub type May<'a> = &'a dyn Fn(&str, Option<(&str, &str)>) -> bool;
 /// caller.
 pub fn check_change(
     settings: &DirectorySettings,
+    operator: bool,
     old: Option<&UserRecord>,
     new: Option<&UserRecord>,
     may: May<'_>,
@@ -258,14 +264,27 @@ pub fn check_change(
     if system_wide {
         let all: BTreeSet<&str> = op.union(&np).copied().collect();
         let ok = if all.is_empty() {
-            may(&settings.manage_with, None)
+            operator
         } else {
             all.iter().all(|p| manage(p))
         };
         if !ok {
             return Err(forbidden(format!(
-                "roles, profiles, grants, teams and the active state apply system-wide: changing them requires {} on every partner the user belongs to",
+                "roles, profiles, grants, teams and the active state apply system-wide: changing them requires {} on every partner the user belongs to (a user in no partner: the admin token)",
                 settings.manage_with
+            )));
+        }
+    }
+    if !operator {
+        let global =
+            |r: &UserRecord| -> BTreeSet<String> { global_part(r).grants.into_iter().collect() };
+        let held = global(o);
+        if let Some(g) = global(n)
+            .iter()
+            .find(|g| !held.contains(*g) && !may_grant(may, g))
+        {
+            return Err(forbidden(format!(
+                "granting {g} system-wide requires holding it yourself (wildcards: the admin token only)"
             )));
         }
     }
@@ -290,6 +309,13 @@ pub fn check_change(
         }
     }
     Ok(())
+}
+
+/// Whether a user's own token may hand out the global grant `g`: only a
+/// capability it holds itself, never a wildcard (which reaches further
+/// than any role the caller was given).
+pub fn may_grant(may: May<'_>, g: &str) -> bool {
+    !g.contains('*') && may(g, None)
 }
 
 /// The part of a record that applies system-wide (everything but

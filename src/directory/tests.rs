@@ -38,16 +38,16 @@ fn a_partner_admin_adds_an_existing_user_only_with_every_partner_of_theirs() {
     let old = user(&["acme", "globex"], &["agent"]);
     let new = user(&["acme", "globex", "initech"], &["agent"]);
     let only_two = admin_of(&["acme", "initech"], &[]);
-    let e = check_change(&s, Some(&old), Some(&new), &only_two).unwrap_err();
+    let e = check_change(&s, false, Some(&old), Some(&new), &only_two).unwrap_err();
     assert_eq!((e.status, e.code), (403, "forbidden"));
     assert!(e.reason.contains("globex"), "{}", e.reason);
     let all = admin_of(&["acme", "globex", "initech"], &[]);
-    assert!(check_change(&s, Some(&old), Some(&new), &all).is_ok());
+    assert!(check_change(&s, false, Some(&old), Some(&new), &all).is_ok());
     // A new user (no entry yet) is added by the partner's own admin.
     let fresh = user(&["initech"], &["agent"]);
     let just = admin_of(&["initech"], &[]);
-    assert!(check_change(&s, None, Some(&fresh), &just).is_ok());
-    assert!(check_change(&s, None, Some(&fresh), &admin_of(&["acme"], &[])).is_err());
+    assert!(check_change(&s, false, None, Some(&fresh), &just).is_ok());
+    assert!(check_change(&s, false, None, Some(&fresh), &admin_of(&["acme"], &[])).is_err());
 }
 
 #[test]
@@ -55,8 +55,17 @@ fn removing_a_membership_needs_that_partner_only() {
     let s = settings();
     let old = user(&["acme", "globex"], &["agent"]);
     let new = user(&["acme"], &["agent"]);
-    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["globex"], &[])).is_ok());
-    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
+    assert!(
+        check_change(
+            &s,
+            false,
+            Some(&old),
+            Some(&new),
+            &admin_of(&["globex"], &[])
+        )
+        .is_ok()
+    );
+    assert!(check_change(&s, false, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
 }
 
 #[test]
@@ -64,10 +73,11 @@ fn system_wide_changes_need_every_partner_of_the_user() {
     let s = settings();
     let old = user(&["acme", "globex"], &["agent"]);
     let mut new = user(&["acme", "globex"], &["agent", "supervisor"]);
-    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
+    assert!(check_change(&s, false, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
     assert!(
         check_change(
             &s,
+            false,
             Some(&old),
             Some(&new),
             &admin_of(&["acme", "globex"], &[])
@@ -76,14 +86,16 @@ fn system_wide_changes_need_every_partner_of_the_user() {
     );
     new = old.clone();
     new.active = false;
-    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
+    assert!(check_change(&s, false, Some(&old), Some(&new), &admin_of(&["acme"], &[])).is_err());
     // Removing the entry is system-wide too.
-    assert!(check_change(&s, Some(&old), None, &admin_of(&["acme"], &[])).is_err());
-    // No partner at all: only a global holder.
+    assert!(check_change(&s, false, Some(&old), None, &admin_of(&["acme"], &[])).is_err());
+    // No partner at all: only the operator (a capability held "globally"
+    // is still a Partner Admin's, bound to its partners).
     let lone = user(&[], &["agent"]);
     let global = |c: &str, sc: Option<(&str, &str)>| c == "partner.users.manage" && sc.is_none();
-    assert!(check_change(&s, None, Some(&lone), &admin_of(&["acme"], &[])).is_err());
-    assert!(check_change(&s, None, Some(&lone), &global).is_ok());
+    assert!(check_change(&s, false, None, Some(&lone), &admin_of(&["acme"], &[])).is_err());
+    assert!(check_change(&s, false, None, Some(&lone), &global).is_err());
+    assert!(check_change(&s, true, None, Some(&lone), &global).is_ok());
 }
 
 #[test]
@@ -92,10 +104,50 @@ fn only_a_bots_super_admin_grants_roles_on_that_bot() {
     let old = user(&["acme"], &["agent"]);
     let new = user(&["acme"], &["agent", "developer@bot:42"]);
     // Scoped-only change: no system-wide part, so no partner check beyond.
-    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&["acme"], &["9"])).is_err());
-    assert!(check_change(&s, Some(&old), Some(&new), &admin_of(&[], &["42"])).is_ok());
+    assert!(
+        check_change(
+            &s,
+            false,
+            Some(&old),
+            Some(&new),
+            &admin_of(&["acme"], &["9"])
+        )
+        .is_err()
+    );
+    assert!(check_change(&s, false, Some(&old), Some(&new), &admin_of(&[], &["42"])).is_ok());
     // And removing it.
-    assert!(check_change(&s, Some(&new), Some(&old), &admin_of(&[], &["9"])).is_err());
+    assert!(check_change(&s, false, Some(&new), Some(&old), &admin_of(&[], &["9"])).is_err());
+}
+
+#[test]
+fn a_users_token_hands_out_only_global_grants_it_holds_and_no_wildcard() {
+    let s = settings();
+    let old = user(&["acme"], &["agent"]);
+    let with = |g: &[&str]| {
+        let mut r = old.clone();
+        r.grants = g.iter().map(|s| s.to_string()).collect();
+        r
+    };
+    // A Partner Admin of acme who also holds `reports.view` globally.
+    let pa = |cap: &str, scope: Option<(&str, &str)>| match scope {
+        Some(("partner", "acme")) => cap == "partner.users.manage",
+        None => cap == "reports.view",
+        _ => false,
+    };
+    assert!(check_change(&s, false, Some(&old), Some(&with(&["reports.view"])), &pa).is_ok());
+    for g in ["bot.flows.edit", "bot.*", "reports.*"] {
+        let e = check_change(&s, false, Some(&old), Some(&with(&[g])), &pa).unwrap_err();
+        assert_eq!((e.status, e.code), (403, "forbidden"), "{g}");
+        assert!(e.reason.contains(g), "{}", e.reason);
+        // The admin token may.
+        assert!(check_change(&s, true, Some(&old), Some(&with(&[g])), &pa).is_ok());
+    }
+    // A grant already on the entry is kept (and removed) by whoever manages it.
+    let has = with(&["bot.*"]);
+    let mut renamed = has.clone();
+    renamed.name = Some("Uma".into());
+    assert!(check_change(&s, false, Some(&has), Some(&renamed), &pa).is_ok());
+    assert!(check_change(&s, false, Some(&has), Some(&old), &pa).is_ok());
 }
 
 #[test]

@@ -55,9 +55,31 @@ pub fn choice_ns(mask: &str) -> String {
 }
 
 /// A choice's key: the JSON array `[resource id, record]` (`""` for a
-/// route without `record:`).
+/// route without `record:`, and for a choice made for every record of the
+/// resource). The record is lower-cased: backends that resolve table names
+/// without regard to case (MySQL, most ORMs) serve `Customers` as
+/// `customers`, and a choice must not be dodged by a spelling.
 pub fn choice_key(resource: &str, record: &str) -> String {
-    serde_json::to_string(&[resource, record]).unwrap_or_default()
+    serde_json::to_string(&[resource, &record.to_lowercase()]).unwrap_or_default()
+}
+
+/// The key a choice for a record with upper-case letters had before
+/// records were lower-cased (still applied and removed, never written).
+pub fn legacy_choice_key(resource: &str, record: &str) -> Option<String> {
+    (record.to_lowercase() != record)
+        .then(|| serde_json::to_string(&[resource, record]).unwrap_or_default())
+}
+
+/// Several stored choices (JSON arrays of column names) as one, sorted and
+/// without repeats; `None` if one is not such an array (fail closed).
+pub fn merge_choices<'a>(stored: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let mut all: Vec<String> = Vec::new();
+    for s in stored {
+        all.extend(serde_json::from_str::<Vec<String>>(s).ok()?);
+    }
+    all.sort();
+    all.dedup();
+    serde_json::to_string(&all).ok()
 }
 
 /// Derived policies by (mask name, chosen columns as stored), each with
@@ -123,6 +145,22 @@ mod tests {
         assert_eq!(texts, ["$..['ph\\'one\\\\x']", "$..['email']", "$..email"]);
         assert_eq!(p.fields[0].0.last_key(), Some("ph'one\\x"));
         assert_eq!(p.fields[1].1, Strategy::Redact, "the owner's choice wins");
+    }
+
+    #[test]
+    fn records_are_keyed_without_case_and_choices_merge() {
+        assert_eq!(choice_key("42", "Customers"), choice_key("42", "customers"));
+        assert_ne!(choice_key("42", "customers"), choice_key("42", ""));
+        assert_eq!(legacy_choice_key("42", "customers"), None);
+        assert_eq!(
+            legacy_choice_key("42", "Customers").as_deref(),
+            Some(r#"["42","Customers"]"#)
+        );
+        assert_eq!(
+            merge_choices([r#"["b","a"]"#, r#"["c","a"]"#]).as_deref(),
+            Some(r#"["a","b","c"]"#)
+        );
+        assert_eq!(merge_choices([r#"["a"]"#, r#"{"a":1}"#]), None);
     }
 
     #[test]

@@ -325,6 +325,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a `Connection` header of `headers` names the field `name`
+/// (lower-case), which the hop-by-hop strip would then remove.
+pub fn connection_names(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|n| n.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+}
+
 /// The field a `Connection` option names; the two options almost every
 /// message carries without a copy of their names.
 fn connection_option(option: &[u8]) -> Option<HeaderName> {

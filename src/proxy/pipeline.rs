@@ -418,7 +418,7 @@ impl Gateway {
         // 1 normalize: one canonical path, decided once and forwarded as is.
         let target = normalize(rt, ctx, conn, &req)?;
         if req.method() == Method::POST && target.canon.path == rt.sessions.logout_path {
-            return self.logout(rt, ctx, &req).await;
+            return self.logout(rt, ctx, &req, target.host.as_deref()).await;
         }
         // 2 route: default deny.
         let m = rt
@@ -638,6 +638,7 @@ impl Gateway {
                 subject: ctx.subject.clone().unwrap_or_default(),
                 going_away: self.going_away(),
                 slot: ctx.slot.clone(),
+                send_timeout: rt.listen.send_timeout,
             },
         );
         let body = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
@@ -796,18 +797,31 @@ impl Gateway {
             .as_deref()
             .and_then(param)
             .unwrap_or_default();
-        let stored = self.store.shared().get(
-            &mask::owner::choice_ns(&mk.policy.name),
-            &mask::owner::choice_key(resource, record),
-            now_ms(),
-        );
-        match stored {
-            None => Ok(mk.policy.clone()),
-            Some(s) => self
-                .owner_masks
-                .policy(&mk.policy, &s, &owner.spec.strategy)
-                .ok_or_else(|| unmaskable("owner-chosen columns unreadable")),
+        // The choice for every record of the resource, for this record
+        // (any case), and one stored before records were lower-cased.
+        let ns = mask::owner::choice_ns(&mk.policy.name);
+        let now = now_ms();
+        let shared = self.store.shared();
+        let mut keys = vec![mask::owner::choice_key(resource, record)];
+        if !record.is_empty() {
+            keys.push(mask::owner::choice_key(resource, ""));
+            keys.extend(mask::owner::legacy_choice_key(resource, record));
         }
+        let stored: Vec<String> = keys
+            .iter()
+            .filter_map(|k| shared.get(&ns, k, now))
+            .collect();
+        let merged = match stored.as_slice() {
+            [] => return Ok(mk.policy.clone()),
+            [one] => Some(one.clone()),
+            several => mask::owner::merge_choices(several.iter().map(String::as_str)),
+        };
+        merged
+            .and_then(|s| {
+                self.owner_masks
+                    .policy(&mk.policy, &s, &owner.spec.strategy)
+            })
+            .ok_or_else(|| unmaskable("owner-chosen columns unreadable"))
     }
 
     /// Writes the audit record of a response carrying unmasked PII; a
@@ -860,6 +874,29 @@ impl Gateway {
         v: &Verified,
         touch: bool,
     ) -> Result<(), Refusal> {
+        match self.session_verdict(rt, v, touch).await {
+            Ok(r) => r,
+            Err(e) => self.store_failed(rt, e),
+        }
+    }
+
+    /// The session check with a store that cannot answer refused (503)
+    /// whatever `sessions.on_store_error` says: the admin API's user
+    /// callers, who change what others may see, never act unchecked.
+    pub(crate) async fn session_strict(&self, rt: &Runtime, v: &Verified) -> Result<(), Refusal> {
+        self.session_verdict(rt, v, false)
+            .await
+            .unwrap_or_else(|e| Err(Fault::StoreUnavailable(e.0).into()))
+    }
+
+    /// The store's verdict on `v`'s session (`Err`: the store could not
+    /// answer).
+    async fn session_verdict(
+        &self,
+        rt: &Runtime,
+        v: &Verified,
+        touch: bool,
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let p = &v.principal;
         let idle = rt.idle_timeout(p);
         let id = SessionRef {
@@ -882,12 +919,11 @@ impl Gateway {
             touch,
             key: Some(key),
         };
-        match self.store.check(&t).await {
-            Ok(Verdict::Active) => Ok(()),
-            Ok(Verdict::Ended(reason)) => Err(Deny::SessionEnded(reason).into()),
-            Ok(Verdict::Deactivated) => Err(Deny::UserDeactivated.into()),
-            Err(e) => self.store_failed(rt, e),
-        }
+        Ok(match self.store.check(&t).await? {
+            Verdict::Active => Ok(()),
+            Verdict::Ended(reason) => Err(Deny::SessionEnded(reason).into()),
+            Verdict::Deactivated => Err(Deny::UserDeactivated.into()),
+        })
     }
 
     fn store_failed(&self, rt: &Runtime, e: StoreError) -> Result<(), Refusal> {
@@ -906,12 +942,18 @@ impl Gateway {
         rt: &Runtime,
         ctx: &mut Ctx,
         req: &Request<ClientBody>,
+        host: Option<&str>,
     ) -> Result<Response<RespBody>, Refusal> {
         ctx.route = Some("(logout)".into());
         let v = rt
             .auth
             .authenticate(req.headers())
             .map_err(Deny::Unauthenticated)?;
+        // A page of another site must not end the session its visitor's
+        // cookie carries (a cross-site form POST, `SameSite=None` cookies).
+        if v.from_cookie && !websocket::same_origin(req.headers(), host, &[]) {
+            return Err(Deny::LogoutOrigin.into());
+        }
         ctx.subject = Some(v.principal.subject.clone());
         // Every token of a deactivated user answers 401, this path too
         // (its sessions are ended already).
@@ -1364,8 +1406,10 @@ static REPLACED: [HeaderName; 1] = [headers::X_REQUEST_ID];
 /// Request headers a masked route does not forward (see `forward`): the
 /// partial and conditional ones, the asks for a digest of the answer
 /// (RFC 9530, RFC 3230), and [`REPLACED`].
-static PARTIAL_OR_CONDITIONAL_OR_REPLACED: [HeaderName; 10] = [
+static PARTIAL_OR_CONDITIONAL_OR_REPLACED: [HeaderName; 11] = [
     header::RANGE,
+    // The pre-RFC 2616 spelling, still honoured by Apache httpd.
+    HeaderName::from_static("request-range"),
     header::IF_RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
@@ -1463,11 +1507,37 @@ async fn mask_response(
     head: bool,
 ) -> Result<Response<RespBody>, Refusal> {
     let (mut parts, body) = resp.into_parts();
+    let unmaskable = |why: String| Refusal::from(Fault::Unmaskable(why));
+    // A slice of the document (asked for in a way the gateway did not
+    // strip) is no document: a string cut out of a record matches no key.
+    if parts.status == StatusCode::PARTIAL_CONTENT
+        || parts.headers.contains_key(header::CONTENT_RANGE)
+    {
+        return Err(unmaskable("partial content (206, Content-Range)".into()));
+    }
+    // The body's description must survive the hop-by-hop strip: a
+    // `Connection: content-encoding` would have the masker read coded
+    // bytes as plain ones.
+    if [
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LENGTH,
+    ]
+    .iter()
+    .any(|name| headers::connection_names(&parts.headers, name.as_str()))
+    {
+        return Err(unmaskable(
+            "Connection names a header describing the body".into(),
+        ));
+    }
     // Sent as HTTP/1.1 whatever the upstream spoke: a streamed answer
     // whose masking fails is cut before its last chunk, which a client
     // can tell from a complete one; an HTTP/1.0 answer of unknown length
     // would end at the close either way.
     parts.version = http::Version::HTTP_11;
+    // The upstream's own reason phrase is text nobody masks (`404 jane@x
+    // not found`): the status's standard phrase goes instead.
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
     let h = &mut parts.headers;
     clean_response(rt, ctx, h, None);
     make_private(h);
@@ -1487,7 +1557,6 @@ async fn mask_response(
             Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
         ));
     }
-    let unmaskable = |why: String| Refusal::from(Fault::Unmaskable(why));
     // One readable value each, or the body's format is not known for sure.
     let single = |name: header::HeaderName| {
         let mut values = h.get_all(&name).iter();

@@ -45,6 +45,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
+use super::limits::SendTimeout;
 use crate::error::{BadRequest, Deny, Refusal};
 use crate::session::{
     EndReason, OnStoreError, SessionRef, SessionWatch, Store, Touch, Verdict, now_ms,
@@ -130,14 +131,24 @@ pub fn check_handshake<B>(req: &Request<B>) -> Result<(), Refusal> {
 /// `Origin: null` (sandboxed frames, file pages) and anything unreadable do
 /// not.
 pub fn check_origin(h: &HeaderMap, host: Option<&str>, allowed: &[String]) -> Result<(), Refusal> {
+    if same_origin(h, host, allowed) {
+        Ok(())
+    } else {
+        Err(Deny::WebsocketOrigin.into())
+    }
+}
+
+/// The `Origin` test of [`check_origin`], also used for a
+/// cookie-authenticated logout.
+pub fn same_origin(h: &HeaderMap, host: Option<&str>, allowed: &[String]) -> bool {
     let mut values = h.get_all(header::ORIGIN).iter();
     let origin = match (values.next(), values.next()) {
-        (None, _) => return Ok(()),
+        (None, _) => return true,
         (Some(v), None) => v.to_str().ok(),
         (Some(_), Some(_)) => None,
     };
     let origin = origin.map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase());
-    let ok = origin.as_deref().is_some_and(|o| {
+    origin.as_deref().is_some_and(|o| {
         if allowed.iter().any(|a| a == o) {
             return true;
         }
@@ -146,12 +157,7 @@ pub fn check_origin(h: &HeaderMap, host: Option<&str>, allowed: &[String]) -> Re
         };
         matches!(uri.scheme_str(), Some("http" | "https"))
             && uri.host().is_some_and(|oh| Some(oh) == host)
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(Deny::WebsocketOrigin.into())
-    }
+    })
 }
 
 fn valid_key(key: &str) -> bool {
@@ -409,9 +415,17 @@ pub struct Relay {
     /// The client connection's place under `listen.max_connections`: an
     /// open websocket still holds its connection.
     pub slot: Option<std::sync::Arc<super::limits::ConnSlot>>,
+    /// `listen.send_timeout`: longest the upstream may go without
+    /// accepting any byte of a message.
+    pub send_timeout: Duration,
 }
 
+/// The client side's writes are bounded by the listener's `SendTimeout`;
+/// the upstream side gets its own, so an upstream that stops reading
+/// fails the relay (else a public socket, with no session to end it,
+/// would hold its connection slot until TCP gave up).
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type UpWs = WebSocketStream<SendTimeout<TokioIo<Upgraded>>>;
 
 /// How a relay ended.
 enum End {
@@ -449,10 +463,10 @@ pub fn spawn(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
 /// starts and only the halves are held.
 async fn relay_task(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
     let cfg = ws_config(relay.max_message);
-    let upstream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(cfg))
-            .await
-            .split();
+    let upstream = SendTimeout::new(TokioIo::new(upstream), relay.send_timeout);
+    let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(cfg))
+        .await
+        .split();
     let client = match client.await {
         Ok(c) => c,
         Err(e) => {
@@ -466,9 +480,9 @@ async fn relay_task(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
     run(client, upstream, &relay).await;
 }
 
-type Halves = (SplitSink<Ws, Message>, SplitStream<Ws>);
+type Halves<W> = (SplitSink<W, Message>, SplitStream<W>);
 
-async fn run(mut client: Halves, mut upstream: Halves, relay: &Relay) {
+async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay) {
     let started = Instant::now();
     // Subscribed before the first check (in `Binding::over`).
     let mut watch = relay.binding.as_ref().map(|b| b.store.watch(b.id()));
@@ -562,7 +576,7 @@ async fn run(mut client: Halves, mut upstream: Halves, relay: &Relay) {
 }
 
 /// Completes the closing handshake on both sides after the relay ended.
-async fn close_both(end: End, client: &mut Halves, upstream: &mut Halves) {
+async fn close_both(end: End, client: &mut Halves<Ws>, upstream: &mut Halves<UpWs>) {
     let (c_tx, c_rx) = client;
     let (u_tx, u_rx) = upstream;
     match end {
@@ -739,14 +753,15 @@ mod tests {
 
     /// The relay task's future lives as long as its socket: a store call's
     /// state (the Redis check is ~1.8 KB) or the closing handshake's must
-    /// not be held inline for the socket's whole life (it was 6.4 KB).
+    /// not be held inline for the socket's whole life (it was 6.4 KB; about
+    /// 2 KB since, the upstream side's send timer included).
     #[test]
     fn relay_task_future_stays_small() {
         fn size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let task = size(relay_task);
-        assert!(task <= 2048, "relay task future is {task} bytes");
+        assert!(task <= 2112, "relay task future is {task} bytes");
         let check = size::<&'static Binding, bool, (), _>(|b, touch, ()| b.check(touch));
         assert!(check <= 256, "session check future is {check} bytes");
     }

@@ -334,6 +334,114 @@ async fn a_partner_admin_adds_an_existing_user_only_with_access_to_all_their_par
 }
 
 #[tokio::test]
+async fn a_partner_admin_is_bound_to_its_partners_and_hands_out_no_grant_it_lacks() {
+    let (_up, gw) = start("state_dir: state", "dir-ceiling").await;
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "pat",
+        json!({ "partners": ["acme"], "roles": ["partner-admin"], "grants": ["profiles.manage"] }),
+    )
+    .await);
+    for (sub, rec) in [
+        (
+            "uma",
+            json!({ "partners": ["globex"], "roles": ["viewer"] }),
+        ),
+        ("ops1", json!({ "roles": ["viewer"] })),
+    ] {
+        ok(&put_user(&gw, DIR_ADMIN_TOKEN, sub, rec).await);
+    }
+    let pat = tok("pat", &[]);
+    // Every user, or a user of no partner: the admin token only.
+    for path in [
+        "/directory/users",
+        "/directory/users.csv",
+        "/directory/users/ops1",
+    ] {
+        forbidden(&call(&gw, &pat, "GET", path, &Value::Null).await);
+        assert_eq!(
+            call(&gw, DIR_ADMIN_TOKEN, "GET", path, &Value::Null)
+                .await
+                .status,
+            200,
+            "{path}"
+        );
+    }
+    forbidden(
+        &put_user(
+            &gw,
+            &pat,
+            "ops1",
+            json!({ "roles": ["viewer"], "active": false }),
+        )
+        .await,
+    );
+    forbidden(&put_user(&gw, &pat, "fresh", json!({ "roles": ["viewer"] })).await);
+    forbidden(&call(&gw, &pat, "DELETE", "/directory/users/ops1", &Value::Null).await);
+    // Pat's own entry, with grants Pat does not hold: refused (a wildcard
+    // would reach every bot of every tenant), and nothing changed.
+    let me = |grants: &[&str]| json!({ "partners": ["acme"], "roles": ["partner-admin"], "grants": grants });
+    for g in [
+        &["profiles.manage", "bot.*"][..],
+        &["profiles.manage", "bot.flows.edit"],
+    ] {
+        let r = put_user(&gw, &pat, "pat", me(g)).await;
+        forbidden(&r);
+        assert!(
+            r.json()["reason"].as_str().unwrap().contains(g[1]),
+            "{}",
+            r.json()
+        );
+    }
+    assert_eq!(status(&gw, "PUT", "/bots/7/flows", &pat).await, 403);
+    // A grant Pat holds is Pat's to hand out to its partner's users.
+    ok(&put_user(
+        &gw,
+        &pat,
+        "neo",
+        json!({ "partners": ["acme"], "grants": ["profiles.manage"] }),
+    )
+    .await);
+    // The same ceiling for a profile's grants (they reach every holder).
+    let save = |grants: &[&str]| json!({ "roles": ["viewer"], "grants": grants, "apply": true });
+    let r = call(
+        &gw,
+        &pat,
+        "PUT",
+        "/directory/profiles/p1",
+        &save(&["bot.*"]),
+    )
+    .await;
+    forbidden(&r);
+    ok(&call(
+        &gw,
+        &pat,
+        "PUT",
+        "/directory/profiles/p1",
+        &save(&["profiles.manage"]),
+    )
+    .await);
+    ok(&call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "PUT",
+        "/directory/profiles/p1",
+        &save(&["bot.*"]),
+    )
+    .await);
+    // The listing of Pat's own partner still works.
+    ok(&call(
+        &gw,
+        &pat,
+        "GET",
+        "/directory/users?partner=acme",
+        &Value::Null,
+    )
+    .await);
+}
+
+#[tokio::test]
 async fn only_a_bots_super_admin_shares_it_and_approver_needs_developer() {
     let (_up, gw) = start("state_dir: state", "dir-bots").await;
     ok(&put_user(
