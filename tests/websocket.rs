@@ -30,6 +30,7 @@ routes:
   - { name: live, match: { methods: [GET], path: /ws/echo }, upstream: app, require: chat.view, websocket: true }
   - { name: tick, match: { methods: [GET], path: /ws/tick }, upstream: app, require: chat.view, websocket: true }
   - { name: flood, match: { methods: [GET], path: /ws/flood }, upstream: app, require: chat.view, websocket: true }
+  - { name: deaf, match: { methods: [GET], path: /ws/deaf }, upstream: app, require: chat.view, websocket: true }
   - { name: passive, match: { methods: [GET], path: /ws/passive }, upstream: app, require: chat.view, websocket: true, activity: passive }
   - { name: cross, match: { methods: [GET], path: /ws/cross }, upstream: app, require: chat.view, websocket: true, websocket_origins: ["https://console.example"] }
   - { name: refuse, match: { methods: [GET], path: /ws/refuse }, upstream: app, require: chat.view, websocket: true }
@@ -113,6 +114,12 @@ async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
         return;
     };
+    if path.lock().unwrap().as_str() == "/ws/deaf" {
+        // Takes the handshake, then reads nothing.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(ws);
+        return;
+    }
     let tick = path.lock().unwrap().as_str() == "/ws/tick";
     if path.lock().unwrap().as_str() == "/ws/flood" {
         let (mut tx, _rx) = ws.split();
@@ -594,6 +601,37 @@ async fn a_client_that_stops_reading_its_websocket_is_cut_by_send_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_its_websocket_is_cut_by_send_timeout() {
+    let (_up, gw) = start("send_timeout: 300ms").await;
+    let t = tok("s-deaf", "user-deaf", &["viewer"]);
+    let ws = open_ok(gw.addr, "/ws/deaf", &t).await;
+    let (mut tx, mut rx) = ws.split();
+    // The client keeps sending; the upstream takes nothing, so the
+    // gateway's writes to it block once the buffers on the way are full.
+    let sender = tokio::spawn(async move {
+        let message = Message::binary(vec![b'x'; 64 * 1024]);
+        while tx.send(message.clone()).await.is_ok() {}
+    });
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the websocket of an upstream that stopped reading was kept");
+    let f = close.expect("a close frame with a code");
+    assert_eq!(
+        (u16::from(f.code), f.reason.as_str()),
+        (1011, "upstream failed")
+    );
+    sender.abort();
 }
 
 #[tokio::test]

@@ -431,8 +431,8 @@ async fn import_csv(
     dir: &DirectorySettings,
     body: Option<&[u8]>,
 ) -> Answer {
-    let rows = match crate::directory::csv::import_rows(body.unwrap_or_default()) {
-        Ok(rows) => rows,
+    let file = match crate::directory::csv::import_rows(body.unwrap_or_default()) {
+        Ok(file) => file,
         Err(e) => {
             let body = json!({ "error": "invalid_import", "reason": e.reason(), "rows": e.rows });
             return (reply(StatusCode::BAD_REQUEST, body), None);
@@ -441,11 +441,18 @@ async fn import_csv(
     let mut problems: Vec<Value> = Vec::new();
     let mut status = StatusCode::BAD_REQUEST;
     let mut changes = Vec::new();
-    for (row, sub, mut rec) in rows {
+    for (row, sub, mut rec) in file.rows {
         let old = match user(store, &sub) {
             Ok(o) => o,
             Err(r) => return (r, None),
         };
+        // A file without the column says nothing of the state: an
+        // existing user keeps it (a stale export never reactivates).
+        if !file.active_given
+            && let Some(o) = &old
+        {
+            rec.active = o.active;
+        }
         let mut checked = validate(rt, store, &mut rec).and_then(|()| {
             check_change(
                 dir,

@@ -279,14 +279,25 @@ impl From<FileProblem> for ImportError {
 /// [`import_rows`] without the row numbers.
 #[cfg(test)]
 pub fn import(text: &[u8]) -> Result<Vec<(String, UserRecord)>, ImportError> {
-    import_rows(text).map(|rows| rows.into_iter().map(|(_, u, r)| (u, r)).collect())
+    import_rows(text).map(|f| f.rows.into_iter().map(|(_, u, r)| (u, r)).collect())
+}
+
+/// A file read by [`import_rows`].
+pub struct Imported {
+    /// Every user's record, normalised, in file order, with its
+    /// spreadsheet row number.
+    pub rows: Vec<(usize, String, UserRecord)>,
+    /// Whether the file has an `active` column: without one, the records'
+    /// `active: true` is a default that must not reactivate anyone (the
+    /// endpoint keeps each existing user's state).
+    pub active_given: bool,
 }
 
 /// Reads a whole CSV file (see the module docs): every user's record,
 /// normalised, in file order, with its spreadsheet row number (the header
 /// is row 1; skipped blank rows count, as a spreadsheet shows them); or
 /// every problem found.
-pub fn import_rows(text: &[u8]) -> Result<Vec<(usize, String, UserRecord)>, ImportError> {
+pub fn import_rows(text: &[u8]) -> Result<Imported, ImportError> {
     if text.len() > MAX_IMPORT_BYTES {
         return Err(FileProblem::TooLarge { bytes: text.len() }.into());
     }
@@ -371,16 +382,19 @@ pub fn import_rows(text: &[u8]) -> Result<Vec<(usize, String, UserRecord)>, Impo
         }
         users.push((row, user, rec));
     }
-    if columns.is_none() {
+    let Some(columns) = columns else {
         return Err(FileProblem::Empty.into());
-    }
+    };
     if !bad.is_empty() {
         return Err(ImportError {
             file: None,
             rows: bad,
         });
     }
-    Ok(users)
+    Ok(Imported {
+        rows: users,
+        active_given: columns.has("active"),
+    })
 }
 
 /// Spreadsheet row numbers. The csv reader skips blank lines, which a
@@ -471,6 +485,13 @@ impl Columns {
         }
         reason.push_str(&format!(" (known columns: {})", COLUMNS.join(", ")));
         Err(FileProblem::Header(reason))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        COLUMNS
+            .iter()
+            .position(|c| *c == name)
+            .is_some_and(|k| self.at[k].is_some())
     }
 
     /// The cell of column `name` in `cells`, the export's quote removed.

@@ -167,6 +167,18 @@ fn valid_key(key: &str) -> bool {
         .is_ok_and(|k| k.len() == 16)
 }
 
+/// Whether an offered subprotocol looks like a credential: a JWT (three
+/// dot-separated base64url parts, the first a JSON header: `eyJ`), or an
+/// item naming a bearer token or authorization.
+fn carries_credential(p: &str) -> bool {
+    let lower = p.to_ascii_lowercase();
+    let jwt = p.starts_with("eyJ")
+        && p.split('.').count() == 3
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='));
+    jwt || lower.contains("bearer") || lower.contains("authorization")
+}
+
 /// The handshake headers of the client's request, kept aside before the
 /// hop-by-hop strip.
 pub struct Handshake {
@@ -176,12 +188,30 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    /// Only after [`check_handshake`] passed.
+    /// Only after [`check_handshake`] passed. Offered subprotocols that
+    /// carry a credential (browsers cannot set headers on a websocket, so
+    /// apps put tokens there: `access_token, <jwt>`, Kubernetes'
+    /// `base64url.bearer.authorization.k8s.io.<token>`) are left out: the
+    /// gateway never checked them, and a backend that reads them would
+    /// take a forged one for the user (the `Authorization` rule).
     pub fn take(h: &HeaderMap) -> Option<Handshake> {
+        let offered: Vec<&str> = h
+            .get_all(&SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && !carries_credential(p))
+            .collect();
+        let protocols = if offered.is_empty() {
+            Vec::new()
+        } else {
+            vec![HeaderValue::from_str(&offered.join(", ")).ok()?]
+        };
         Some(Handshake {
             key: h.get(&SEC_WEBSOCKET_KEY)?.clone(),
             version: h.get(&SEC_WEBSOCKET_VERSION)?.clone(),
-            protocols: h.get_all(&SEC_WEBSOCKET_PROTOCOL).iter().cloned().collect(),
+            protocols,
         })
     }
 
@@ -707,6 +737,37 @@ mod tests {
             })
             .headers()
         ));
+    }
+
+    #[test]
+    fn credentials_in_offered_subprotocols_are_not_forwarded() {
+        let jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.";
+        let r = req(|r| {
+            r.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(&format!(
+                    "graphql-transport-ws, access_token, {jwt}, base64url.bearer.authorization.k8s.io.dG9r"
+                ))
+                .unwrap(),
+            );
+        });
+        let hs = Handshake::take(r.headers()).unwrap();
+        let mut fwd = HeaderMap::new();
+        hs.restore(&mut fwd);
+        assert_eq!(
+            fwd["sec-websocket-protocol"],
+            "graphql-transport-ws, access_token"
+        );
+        // Only credentials offered: no header at all.
+        let r = req(|r| {
+            r.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(jwt).unwrap(),
+            );
+        });
+        let mut fwd = HeaderMap::new();
+        Handshake::take(r.headers()).unwrap().restore(&mut fwd);
+        assert!(!fwd.contains_key("sec-websocket-protocol"));
     }
 
     #[test]

@@ -439,6 +439,47 @@ async fn a_partner_admin_is_bound_to_its_partners_and_hands_out_no_grant_it_lack
         &Value::Null,
     )
     .await);
+
+    // A file without an `active` column leaves a deactivated user so (a
+    // stale or trimmed export is no reactivation); a new user is active.
+    ok(&put_user(
+        &gw,
+        &pat,
+        "neo",
+        json!({ "partners": ["acme"], "active": false }),
+    )
+    .await);
+    ok(&import(
+        &gw,
+        &pat,
+        "user,partners,roles\nneo,acme,viewer\nnew1,acme,viewer\n",
+    )
+    .await);
+    let entry = |sub: &'static str| {
+        let gw = &gw;
+        async move {
+            call(
+                gw,
+                DIR_ADMIN_TOKEN,
+                "GET",
+                &format!("/directory/users/{sub}"),
+                &Value::Null,
+            )
+            .await
+            .json()["record"]["active"]
+                .clone()
+        }
+    };
+    assert_eq!(entry("neo").await, json!(false));
+    assert_eq!(entry("new1").await, json!(true));
+    // With the column, the file says it.
+    ok(&import(
+        &gw,
+        &pat,
+        "user,partners,roles,active\nneo,acme,viewer,true\n",
+    )
+    .await);
+    assert_eq!(entry("neo").await, json!(true));
 }
 
 #[tokio::test]
