@@ -45,6 +45,8 @@ struct Pki {
     client: Leaf,
     ops: Leaf,
     foreign: Leaf,
+    /// The client CA (it signs revocation lists).
+    clients: TestCa,
 }
 
 impl Pki {
@@ -68,6 +70,7 @@ impl Pki {
             client,
             ops,
             foreign,
+            clients,
         }
     }
 }
@@ -447,6 +450,90 @@ async fn a_reload_that_changes_the_client_ca_closes_open_connections() {
         let buf = exchange(&mut s, &h1_request("GET", "/machine/status", None, &[])).await;
         assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
     }
+}
+
+/// `client_auth.crls`: a revoked client certificate is refused at the
+/// handshake; a reload with a list that revokes another closes the
+/// connections that list no longer admits; an expired list (past its
+/// `nextUpdate`) admits nobody, as OpenSSL's does.
+#[tokio::test]
+async fn revoked_client_certificates_are_refused_and_a_new_list_applies_on_reload() {
+    use rolegate::reload::{Outcome, Trigger};
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    pki.clients
+        .crl(&pki.dir, "clients.crl", &[&pki.ops], (2030, 1, 1));
+    let block = tls_block(Some("required")).replace(
+        "ca: clients-ca.pem }",
+        "ca: clients-ca.pem, crls: [clients.crl] }",
+    );
+    assert!(block.contains("crls"), "{block}");
+    let listeners = format!("\n  - addr: \"127.0.0.1:0\"{block}");
+    let (gw, gateway) = start_gw(&pki, up.addr, &listeners).await;
+    let admitted = |leaf: &Leaf| {
+        let cfg = client_config(&pki, Some(leaf), &[], BOTH);
+        let addr = gw[0];
+        async move {
+            match connect(addr, "a.test", cfg).await {
+                Ok(mut s) => {
+                    let buf =
+                        exchange(&mut s, &h1_request("GET", "/machine/status", None, &[])).await;
+                    !buf.is_empty() && parse_response(&buf).status == 200
+                }
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(
+        admitted(&pki.client).await,
+        "a certificate the list does not name"
+    );
+    assert!(
+        !admitted(&pki.ops).await,
+        "a revoked certificate was admitted"
+    );
+
+    // A connection open under the first list; the new list also revokes
+    // its certificate: the reload closes it and no new one is admitted.
+    let cfg = client_config(&pki, Some(&pki.client), &[b"h2"], BOTH);
+    let mut open = h2_over(connect(gw[0], "a.test", cfg).await.unwrap()).await;
+    let r = h2_req(&mut open, "https", "GET", "/machine/status", None, &[]).await;
+    assert_eq!(r.status, 200);
+    pki.clients.crl(
+        &pki.dir,
+        "clients.crl",
+        &[&pki.ops, &pki.client],
+        (2030, 1, 1),
+    );
+    let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
+    assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while open.ready().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a connection of a revoked certificate stayed open"
+    );
+    assert!(!admitted(&pki.client).await);
+
+    // An expired list: nobody, not even a certificate it does not name.
+    let fresh = pki.clients.client(&pki.dir, "fresh", "fresh-job");
+    pki.clients.crl(&pki.dir, "clients.crl", &[], (2026, 1, 2));
+    let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
+    assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
+    assert!(
+        !admitted(&fresh).await,
+        "an expired revocation list admitted a client"
+    );
+    // A current list that names none of them: all admitted again.
+    pki.clients.crl(&pki.dir, "clients.crl", &[], (2030, 1, 1));
+    let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
+    assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
+    assert!(admitted(&fresh).await);
+    assert!(admitted(&pki.ops).await);
 }
 
 #[tokio::test]
@@ -1378,6 +1465,7 @@ fn check(dir: &Path) -> (i32, String) {
 fn bad_certificate_files_are_check_errors_with_file_and_line() {
     let pki = Pki::new();
     std::fs::write(pki.dir.join("garbage.pem"), "not a certificate\n").unwrap();
+    pki.clients.crl(&pki.dir, "clients.crl", &[], (2030, 1, 1));
     // a.pem with default.key: a key that does not belong to the certificate.
     let cfg = r#"upstreams: { app: { url: "http://127.0.0.1:9" } }
 routes:
@@ -1393,7 +1481,7 @@ listeners:
       key: default.key
       sni:
         - { names: [b.test], cert: garbage.pem, key: a.key }
-      client_auth: { mode: sometimes, ca: nowhere.pem }
+      client_auth: { mode: sometimes, ca: nowhere.pem, crls: [garbage.pem] }
   - { addr: "127.0.0.1:0", redirect_https: "http://plain.example" }
 "#;
     std::fs::write(pki.dir.join("rolegate.yaml"), cfg).unwrap();
@@ -1405,6 +1493,7 @@ listeners:
         (14, "garbage.pem"),
         (15, "client_auth.mode"),
         (15, "nowhere.pem"),
+        (15, "client_auth.crls"),
         (16, "redirect_https"),
     ] {
         assert!(
@@ -1422,8 +1511,8 @@ listeners:
         .replace("key: default.key\n      sni", "key: a.key\n      sni")
         .replace("garbage.pem, key: a.key", "wild.pem, key: wild.key")
         .replace(
-            "mode: sometimes, ca: nowhere.pem",
-            "mode: optional, ca: clients-ca.pem",
+            "mode: sometimes, ca: nowhere.pem, crls: [garbage.pem]",
+            "mode: optional, ca: clients-ca.pem, crls: [clients.crl]",
         )
         .replace("http://plain.example", "https://gw.example");
     std::fs::write(pki.dir.join("rolegate.yaml"), fixed).unwrap();

@@ -2551,13 +2551,25 @@ impl Builder {
                     }
                 };
                 let ca = self.input(&c.value.ca);
-                ca_digest = std::fs::read(&ca).ok().map(|b| {
-                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &b)
-                        .as_ref()
-                        .to_vec()
-                });
+                // What the listener admits: the CA bundle and the
+                // revocation lists (a change closes its connections).
+                let mut admitted = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+                admitted.update(&std::fs::read(&ca).unwrap_or_default());
+                let mut crls = Vec::new();
+                for f in &c.value.crls {
+                    let path = self.input(f);
+                    admitted.update(&std::fs::read(&path).unwrap_or_default());
+                    match tls::load_crls(&path) {
+                        Ok(mut list) => crls.append(&mut list),
+                        Err(e) => {
+                            self.error(file, l, format!("{what}.tls.client_auth.crls: {e}"));
+                            ok = false;
+                        }
+                    }
+                }
+                ca_digest = Some(admitted.finish().as_ref().to_vec());
                 match tls::load_roots(&ca) {
-                    Ok(roots) => mode.map(|m| (m, roots)),
+                    Ok(roots) => mode.map(|mode| tls::ClientVerification { mode, roots, crls }),
                     Err(e) => {
                         self.error(file, l, format!("{what}.tls.client_auth.ca: {e}"));
                         ok = false;
@@ -2595,7 +2607,7 @@ impl Builder {
         if !ok || (t.client_auth.is_some() && client_auth.is_none()) {
             return None;
         }
-        let mode = client_auth.as_ref().map(|(m, _)| *m);
+        let mode = client_auth.as_ref().map(|c| c.mode);
         match tls::server_config(resolver, client_auth) {
             Ok(cfg) => Some((cfg, mode, ca_digest)),
             Err(e) => {

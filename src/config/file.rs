@@ -197,6 +197,9 @@ pub struct FileClientAuth {
     pub mode: String,
     /// PEM bundle of the CAs client certificates must chain to.
     pub ca: String,
+    /// PEM files of certificate revocation lists (one per issuing CA).
+    #[serde(default)]
+    pub crls: Vec<String>,
 }
 
 /// `redirect_https:` — an https port on the same host, or a base URL.

@@ -19,7 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// The TLS versions every listener accepts: 1.3 and 1.2, nothing older.
 pub static VERSIONS: &[&rustls::SupportedProtocolVersion] =
@@ -88,6 +88,22 @@ fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
         rustls_pki_types::pem::Error::NoItemsFound => "no PEM item found".into(),
         other => format!("{other:?}"),
     }
+}
+
+/// Every certificate revocation list of a PEM file; none is an error.
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {}", path.display(), pem_error(&e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {}", path.display(), pem_error(&e)))?;
+    if crls.is_empty() {
+        return Err(format!("{}: no PEM X509 CRL found", path.display()));
+    }
+    for crl in &crls {
+        webpki::OwnedCertRevocationList::from_der(crl)
+            .map_err(|e| format!("{}: not a usable CRL: {e:?}", path.display()))?;
+    }
+    Ok(crls)
 }
 
 /// Reads a CA bundle for client-certificate verification.
@@ -160,10 +176,18 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// How a TLS listener verifies client certificates (`tls.client_auth`).
+pub struct ClientVerification {
+    pub mode: ClientAuth,
+    pub roots: RootCertStore,
+    /// Revocation lists (`crls`); none: no revocation check.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+}
+
 /// The server config of one TLS listener.
 pub fn server_config(
     resolver: SniResolver,
-    client_auth: Option<(ClientAuth, RootCertStore)>,
+    client_auth: Option<ClientVerification>,
 ) -> Result<ServerConfig, String> {
     let provider = provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -171,8 +195,18 @@ pub fn server_config(
         .map_err(|e| format!("TLS versions: {e}"))?;
     let builder = match client_auth {
         None => builder.with_no_client_auth(),
-        Some((mode, roots)) => {
-            let v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        Some(ClientVerification { mode, roots, crls }) => {
+            let mut v = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if !crls.is_empty() {
+                // The client certificate itself is looked up (a CA's own
+                // revocation goes with a new bundle); one whose issuer has
+                // no CRL listed, or whose CRL is past its `nextUpdate`, is
+                // refused, as OpenSSL (nginx's `ssl_crl`) does.
+                v = v
+                    .with_crls(crls)
+                    .only_check_end_entity_revocation()
+                    .enforce_revocation_expiration();
+            }
             let v = match mode {
                 ClientAuth::Required => v,
                 ClientAuth::Optional => v.allow_unauthenticated(),

@@ -681,6 +681,24 @@ pub struct Leaf {
     pub key_path: PathBuf,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The certificate's serial number (what a CRL lists).
+    pub serial: rcgen::SerialNumber,
+}
+
+/// A positive 16-byte serial, different per certificate.
+fn rand_serial() -> [u8; 16] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut s = [0u8; 16];
+    s[..8].copy_from_slice(&t.to_be_bytes());
+    s[8..].copy_from_slice(&(n ^ u64::from(std::process::id())).to_be_bytes());
+    s[0] = (s[0] & 0x7f) | 0x01;
+    s
 }
 
 impl TestCa {
@@ -724,6 +742,8 @@ impl TestCa {
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         params.extended_key_usages = vec![usage];
+        let serial = rcgen::SerialNumber::from_slice(&rand_serial());
+        params.serial_number = Some(serial.clone());
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let leaf = Leaf {
@@ -731,6 +751,7 @@ impl TestCa {
             key_path: dir.join(format!("{stem}.key")),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         };
         std::fs::write(&leaf.cert_path, &leaf.cert_pem).unwrap();
         std::fs::write(&leaf.key_path, &leaf.key_pem).unwrap();
@@ -746,6 +767,30 @@ impl TestCa {
             names.first().copied().unwrap_or("server"),
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         )
+    }
+
+    /// Writes to `dir/<file>` this CA's revocation list naming `revoked`,
+    /// issued 2026-01-01 with its next update on `next` (y, m, d): a date
+    /// past makes an expired list.
+    pub fn crl(&self, dir: &std::path::Path, file: &str, revoked: &[&Leaf], next: (i32, u8, u8)) {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(next.0, next.1, next.2),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|l| rcgen::RevokedCertParams {
+                    serial_number: l.serial.clone(),
+                    revocation_time: rcgen::date_time_ymd(2026, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).unwrap();
+        std::fs::write(dir.join(file), crl.pem().unwrap()).unwrap();
     }
 
     /// A client certificate with subject common name `cn`.
