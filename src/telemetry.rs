@@ -51,6 +51,8 @@ pub struct Access<'a> {
     pub detail: &'a str,
     pub reason: &'a str,
     pub duration_us: u64,
+    /// When the request ended (the line's timestamp).
+    pub at: std::time::SystemTime,
 }
 
 /// Logs one access line at INFO, target `rolegate::access`, if `RUST_LOG`
@@ -72,7 +74,7 @@ pub fn access(a: &Access<'_>) {
     }
     LINE.with_borrow_mut(|line| {
         line.clear();
-        access_json(line, a, std::time::SystemTime::now());
+        access_json(line, a, a.at);
         LogBuffer::global().append(line);
     });
 }
@@ -408,6 +410,7 @@ mod tests {
             detail: "missing_capability",
             reason: "needs customer.profile.view",
             duration_us: 1234,
+            at: std::time::SystemTime::now(),
         };
         let captured = Captured::default();
         let sink = captured.clone();

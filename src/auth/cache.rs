@@ -63,14 +63,20 @@ impl TokenCache {
     }
 
     /// The principal and times of a token verified earlier, if it has not expired.
+    #[cfg(test)]
     pub fn get(&self, token: &str) -> Option<(Arc<Principal>, Times)> {
+        self.get_at(token, now_unix())
+    }
+
+    /// [`TokenCache::get`] at `now` (unix seconds).
+    pub fn get_at(&self, token: &str, now: u64) -> Option<(Arc<Principal>, Times)> {
         if self.max_entries == 0 {
             return None;
         }
         let key = digest_of(token);
         let hit = self.entries.get(&key).map(|e| (e.0.clone(), e.1.clone()));
         match hit {
-            Some((times, p)) if now_unix() < times.exp => Some((p, times)),
+            Some((times, p)) if now < times.exp => Some((p, times)),
             Some(_) => {
                 self.entries.remove(&key);
                 None

@@ -203,8 +203,14 @@ impl Authenticator {
 
     /// Finds the token in the request headers and verifies it.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Verified, AuthError> {
+        self.authenticate_at(headers, now_unix())
+    }
+
+    /// [`Authenticator::authenticate`] with the request's clock (unix
+    /// seconds), read once per request by the pipeline.
+    pub fn authenticate_at(&self, headers: &HeaderMap, now: u64) -> Result<Verified, AuthError> {
         let (token, from_cookie) = self.extract(headers)?;
-        let (principal, Times { exp, iat }) = self.verify(token)?;
+        let (principal, Times { exp, iat }) = self.verify_at(token, now)?;
         Ok(Verified {
             principal,
             exp,
@@ -253,10 +259,16 @@ impl Authenticator {
     /// Verifies a raw token (also used by `rolegate explain --token`):
     /// the principal and the token's `exp` and `iat` (unix seconds).
     pub fn verify(&self, token: &str) -> Result<(Arc<Principal>, Times), AuthError> {
+        self.verify_at(token, now_unix())
+    }
+
+    /// [`Authenticator::verify`] at `now` (unix seconds: a cached token is
+    /// taken only before its `exp`).
+    fn verify_at(&self, token: &str, now: u64) -> Result<(Arc<Principal>, Times), AuthError> {
         if token.len() > self.settings.max_token_bytes {
             return Err(AuthError::TooLarge(self.settings.max_token_bytes));
         }
-        if let Some(hit) = self.cache.get(token) {
+        if let Some(hit) = self.cache.get_at(token, now) {
             return Ok(hit);
         }
         let (mut principal, times) = self.verify_uncached(token)?;

@@ -21,7 +21,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Scheme};
@@ -87,6 +87,9 @@ pub struct Conns {
     slots: Mutex<Vec<Slot>>,
     /// The expiry task runs (started with the first connection put back).
     reaping: std::sync::atomic::AtomicBool,
+    /// The reaper's tick count (one every half of [`IDLE_FOR`]): idle
+    /// connections are aged in ticks, not read from the clock per request.
+    ticks: std::sync::atomic::AtomicU64,
 }
 
 /// The HTTP/1.1 connections of an upstream, plain or TLS alike.
@@ -103,7 +106,15 @@ struct Slot {
 
 struct Idle {
     wire: Box<Wire>,
-    since: Instant,
+    /// The reaper's tick when it was checked in.
+    since: u64,
+}
+
+/// Whether a connection checked in at tick `since` may still be used at
+/// tick `now`: two ticks later it has been idle at least half of
+/// [`IDLE_FOR`] and maybe nearly all of it, so it goes (early, never late).
+fn fresh_at(since: u64, now: u64) -> bool {
+    now.saturating_sub(since) < 2
 }
 
 /// A connection lent to one exchange.
@@ -126,6 +137,7 @@ impl Conns {
             connect: Box::new(connect),
             slots: Mutex::new(Vec::new()),
             reaping: std::sync::atomic::AtomicBool::new(false),
+            ticks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -231,7 +243,8 @@ impl Conns {
             // Probed outside the lock: a connection the server closed (or
             // sent stray bytes on) while it sat idle ends here and the next
             // one is tried.
-            if idle.since.elapsed() < IDLE_FOR && idle.wire.idle_and_open() {
+            let now = self.ticks.load(std::sync::atomic::Ordering::Relaxed);
+            if fresh_at(idle.since, now) && idle.wire.idle_and_open() {
                 let held = Held {
                     home: self.clone(),
                     slot,
@@ -266,7 +279,7 @@ impl Conns {
         wire.shrink();
         let idle = Idle {
             wire,
-            since: Instant::now(),
+            since: self.ticks.load(std::sync::atomic::Ordering::Relaxed),
         };
         {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,6 +306,7 @@ impl Conns {
             loop {
                 tokio::time::sleep(IDLE_FOR / 2).await;
                 let Some(conns) = weak.upgrade() else { return };
+                conns.ticks.fetch_add(1, Relaxed);
                 let expired = conns.expired();
                 drop(conns);
                 drop(expired);
@@ -303,14 +317,11 @@ impl Conns {
     /// Takes the expired connections out (they close when dropped, after
     /// the lock is released).
     fn expired(&self) -> Vec<Idle> {
+        let now = self.ticks.load(std::sync::atomic::Ordering::Relaxed);
         let mut out = Vec::new();
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         for s in slots.iter_mut() {
-            while s
-                .idle
-                .front()
-                .is_some_and(|i| i.since.elapsed() >= IDLE_FOR)
-            {
+            while s.idle.front().is_some_and(|i| !fresh_at(i.since, now)) {
                 out.extend(s.idle.pop_front());
             }
         }
@@ -496,6 +507,16 @@ fn host_value(scheme: &Scheme, authority: &Authority) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_idle_connection_is_used_for_less_than_two_ticks() {
+        assert!(fresh_at(5, 5));
+        assert!(fresh_at(5, 6));
+        assert!(!fresh_at(5, 7));
+        assert!(!fresh_at(5, 100));
+        // A tick read before the check-in's (a race of two threads) is fresh.
+        assert!(fresh_at(6, 5));
+    }
+
     use super::*;
     use http_body_util::{BodyExt, Empty, Full};
     use hyper::body::Incoming;

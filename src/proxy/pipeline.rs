@@ -25,7 +25,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -118,6 +118,10 @@ pub struct Ctx {
     /// ours, never trusted to be unique.
     pub client_request_id: Option<String>,
     pub started: Instant,
+    /// The wall clock at `started`: the request's clock for token expiry,
+    /// session activity and the log line (one read per request, as nginx
+    /// reads the time once per event-loop turn).
+    pub wall: SystemTime,
     pub peer: SocketAddr,
     /// `peer` as text, and its address as a header value (the
     /// connection's, made once).
@@ -297,6 +301,7 @@ impl Gateway {
             request_id,
             client_request_id,
             started: Instant::now(),
+            wall: SystemTime::now(),
             peer: conn.peer,
             peer_text: conn.peer_text.clone(),
             peer_ip: conn.peer_ip.clone(),
@@ -510,8 +515,13 @@ impl Gateway {
             }
             unmask = u;
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
-            self.session(rt, v, decision.is_allow() && !route.passive)
-                .await?;
+            self.session(
+                rt,
+                v,
+                decision.is_allow() && !route.passive,
+                unix_ms(ctx.wall),
+            )
+            .await?;
             // 5b authorize.
             if let Decision::Deny(d) = decision {
                 return Err(Deny::Forbidden(d).into());
@@ -873,8 +883,9 @@ impl Gateway {
         rt: &Runtime,
         v: &Verified,
         touch: bool,
+        now_ms: u64,
     ) -> Result<(), Refusal> {
-        match self.session_verdict(rt, v, touch).await {
+        match self.session_verdict(rt, v, touch, now_ms).await {
             Ok(r) => r,
             Err(e) => self.store_failed(rt, e),
         }
@@ -884,7 +895,7 @@ impl Gateway {
     /// whatever `sessions.on_store_error` says: the admin API's user
     /// callers, who change what others may see, never act unchecked.
     pub(crate) async fn session_strict(&self, rt: &Runtime, v: &Verified) -> Result<(), Refusal> {
-        self.session_verdict(rt, v, false)
+        self.session_verdict(rt, v, false, now_ms())
             .await
             .unwrap_or_else(|e| Err(Fault::StoreUnavailable(e.0).into()))
     }
@@ -896,6 +907,7 @@ impl Gateway {
         rt: &Runtime,
         v: &Verified,
         touch: bool,
+        now_ms: u64,
     ) -> Result<Result<(), Refusal>, StoreError> {
         let p = &v.principal;
         let idle = rt.idle_timeout(p);
@@ -909,7 +921,7 @@ impl Gateway {
             issuer: id.issuer,
             subject: id.subject,
             session: id.session,
-            now_ms: now_ms(),
+            now_ms,
             idle_ms: idle.as_millis() as u64,
             max_lifetime_ms: rt.sessions.max_lifetime.map(|m| m.as_millis() as u64),
             token_exp_ms: v.exp.saturating_mul(1000),
@@ -984,6 +996,18 @@ impl Gateway {
         }
         Ok(resp)
     }
+}
+
+/// Unix seconds of `t` (0 before the epoch).
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Unix milliseconds of `t` (0 before the epoch).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn accepts_html(h: &http::HeaderMap) -> bool {
@@ -1225,7 +1249,7 @@ fn authenticate(
     }
     let v = rt
         .auth
-        .authenticate(req.headers())
+        .authenticate_at(req.headers(), unix_secs(ctx.wall))
         .map_err(Deny::Unauthenticated)?;
     ctx.subject = Some(v.principal.subject.clone());
     ctx.from_cookie = v.from_cookie;
@@ -1715,6 +1739,7 @@ fn finish(ctx: &mut Ctx, mut resp: Response<RespBody>) -> Response<RespBody> {
 
 /// Phase 8: one access line per request, refusals included.
 fn log(ctx: &Ctx, status: StatusCode) {
+    let took = ctx.started.elapsed();
     let (error, detail, reason) = match &ctx.refusal {
         Some((c, d, r)) => (*c, *d, r.as_str()),
         None => ("", "", ""),
@@ -1731,7 +1756,8 @@ fn log(ctx: &Ctx, status: StatusCode) {
         error,
         detail,
         reason,
-        duration_us: ctx.started.elapsed().as_micros() as u64,
+        duration_us: took.as_micros() as u64,
+        at: ctx.wall + took,
     });
 }
 

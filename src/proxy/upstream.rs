@@ -577,8 +577,10 @@ pub struct BodyIdleTimeout;
 pub struct UpstreamBody {
     inner: Option<Inner>,
     idle: Duration,
-    /// When the last frame (or the head) arrived.
-    last: tokio::time::Instant,
+    /// When the body started waiting for its next frame; `None` after a
+    /// frame (or the head) came and until the next wait, which reads the
+    /// clock then: a body that never waits reads none.
+    last: Option<tokio::time::Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pick: Option<Pick>,
     /// Trailers are cleaned as the head was, by these rules, when set
@@ -633,7 +635,7 @@ impl UpstreamBody {
         UpstreamBody {
             inner: Some(inner),
             idle,
-            last: tokio::time::Instant::now(),
+            last: None,
             timer: None,
             pick: Some(pick),
             trailers: None,
@@ -669,7 +671,7 @@ impl Body for UpstreamBody {
         };
         match inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.last = tokio::time::Instant::now();
+                this.last = None;
                 let frame = match (&this.trailers, frame.into_trailers()) {
                     (Some(rules), Ok(mut t)) => {
                         let removed = headers::clean_response(&mut t, rules);
@@ -692,7 +694,10 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => loop {
-                let deadline = this.last + this.idle;
+                // Silent from the first wait after the last frame (the
+                // same poll that took that frame, or the next one).
+                let last = *this.last.get_or_insert_with(tokio::time::Instant::now);
+                let deadline = last + this.idle;
                 let timer = this
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -702,7 +707,7 @@ impl Body for UpstreamBody {
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                if this.last + this.idle <= tokio::time::Instant::now() {
+                if deadline <= tokio::time::Instant::now() {
                     if let Some(p) = &this.pick {
                         tracing::warn!(target: "rolegate::upstream", upstream = %p.pool().name(), server = %p.server().label, idle_ms = this.idle.as_millis() as u64, "upstream body idle timeout: response aborted");
                     }
