@@ -243,22 +243,38 @@ pub fn check_change(
         n.partners.iter().map(String::as_str).collect(),
     );
     let added: Vec<&str> = np.difference(&op).copied().collect();
+    // A refusal names only what the caller wrote in `new`: the rest of
+    // the user's memberships and bindings is not theirs to learn.
     for p in added.iter().chain(op.difference(&np)) {
         if !manage(p) {
-            return Err(forbidden(format!(
-                "changing membership of partner {p} requires {} on partner:{p}",
-                settings.manage_with
-            )));
+            return Err(forbidden(if np.contains(p) {
+                format!(
+                    "changing membership of partner {p} requires {} on partner:{p}",
+                    settings.manage_with
+                )
+            } else {
+                format!(
+                    "this change removes the user from a partner you do not manage (requires {} on it)",
+                    settings.manage_with
+                )
+            }));
         }
     }
     if old.is_some()
         && !added.is_empty()
         && let Some(q) = op.iter().find(|q| !manage(q))
     {
-        return Err(forbidden(format!(
-            "this user also belongs to partner {q}: adding them to another partner requires {} on every partner they belong to",
-            settings.manage_with
-        )));
+        return Err(forbidden(if np.contains(q) {
+            format!(
+                "this user also belongs to partner {q}: adding them to another partner requires {} on every partner they belong to",
+                settings.manage_with
+            )
+        } else {
+            format!(
+                "this user also belongs to a partner you do not manage: adding them to another partner requires {} on every partner they belong to",
+                settings.manage_with
+            )
+        }));
     }
     let system_wide = old.is_none() != new.is_none() || global_part(o) != global_part(n);
     if system_wide {
@@ -302,10 +318,17 @@ pub fn check_change(
             continue;
         };
         if !may(&settings.share_with, Some((kind, id))) {
-            return Err(forbidden(format!(
-                "granting or removing {b} requires {} on {kind}:{id}",
-                settings.share_with
-            )));
+            return Err(forbidden(if ns.contains(b) {
+                format!(
+                    "granting {b} requires {} on {kind}:{id}",
+                    settings.share_with
+                )
+            } else {
+                format!(
+                    "this change removes a role or grant scoped to a resource you may not share (requires {} on it)",
+                    settings.share_with
+                )
+            }));
         }
     }
     Ok(())

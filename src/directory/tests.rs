@@ -151,6 +151,46 @@ fn a_users_token_hands_out_only_global_grants_it_holds_and_no_wildcard() {
 }
 
 #[test]
+fn a_refusal_names_only_what_the_caller_wrote() {
+    let s = settings();
+    // The victim is in acme and globex, developer on bot 99; the caller
+    // manages acme only and writes an entry without the rest.
+    let old = user(&["acme", "globex"], &["agent", "developer@bot:99"]);
+    let acme = admin_of(&["acme"], &[]);
+    for new in [
+        user(&["acme"], &["agent", "developer@bot:99"]),
+        user(&["acme", "initech"], &["agent", "developer@bot:99"]),
+    ] {
+        let e = check_change(&s, false, Some(&old), Some(&new), &acme).unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(!e.reason.contains("globex"), "{}", e.reason);
+    }
+    let both = admin_of(&["acme", "globex"], &[]);
+    let e = check_change(
+        &s,
+        false,
+        Some(&old),
+        Some(&user(&["acme", "globex"], &["agent"])),
+        &both,
+    )
+    .unwrap_err();
+    assert!(!e.reason.contains("99"), "{}", e.reason);
+    // What the caller wrote is named.
+    let e = check_change(
+        &s,
+        false,
+        Some(&old),
+        Some(&user(
+            &["acme", "globex"],
+            &["agent", "developer@bot:99", "developer@bot:7"],
+        )),
+        &both,
+    )
+    .unwrap_err();
+    assert!(e.reason.contains("developer@bot:7"), "{}", e.reason);
+}
+
+#[test]
 fn approver_requires_developer_on_the_same_bot() {
     let requires = |r: &str| match r {
         "approver" => Some(vec!["developer".to_string()]),
