@@ -709,6 +709,22 @@ fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
             .map_err(anyhow::Error::msg)
             .context("opening the session store")?;
         let rt = &loaded.runtime;
+        // Owner-chosen columns stored under a record's exact spelling by
+        // an older version: folded into the lower-cased key before any
+        // request is served.
+        match rolegate::admin::masks::fold_legacy_choices(
+            &store,
+            rt.owner_masks.keys().map(String::as_str),
+        )
+        .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                choices = n,
+                "owner-chosen column choices folded to lower-cased records"
+            ),
+            Err(e) => anyhow::bail!("folding owner-chosen column choices: {e}"),
+        }
         let (listeners, admin) = match inherited {
             Some(fds) => {
                 tracing::info!(

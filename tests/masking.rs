@@ -307,6 +307,12 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                 );
                                 r
                             }
+                            "/shape/empty-write" => {
+                                // A write's answer: 201, no body, no type.
+                                let mut r = hyper::Response::new(Full::new(Bytes::new()).boxed());
+                                *r.status_mut() = hyper::StatusCode::CREATED;
+                                r
+                            }
                             "/shape/lying" => full("application/json", None, b"<html><body>Asha Rao 98200 11223</body></html>".to_vec()),
                             "/shape/invalid" => full("application/json", None, doc[..doc.len() - 5].to_vec()),
                             "/shape/html" => full("text/html", None, format!("<p>{NAME}</p>").into_bytes()),
@@ -399,6 +405,7 @@ masks:
     detect_in: ["$..transcript", "$..notes"]
 routes:
   - { name: shapes, match: { methods: [GET], path: "/shape/{kind}" }, require: customer.view, mask: pii, record: "{kind}" }
+  - { name: shape-write, match: { methods: [PUT], path: "/shape/{kind}" }, require: customer.view, mask: pii, record: "{kind}" }
 "#;
 
 async fn setup() -> (Gw, Arc<Notify>, Seen) {
@@ -627,6 +634,46 @@ async fn ranges_heads_and_not_modified_on_masked_routes() {
     .await;
     assert_eq!(r.status, 304);
     assert_eq!(r.header("etag"), None);
+}
+
+#[tokio::test]
+async fn a_masked_write_keeps_its_preconditions_and_may_answer_without_a_body() {
+    let (gw, _release, seen) = setup().await;
+    let a = agent();
+    let r = req(
+        gw.addr,
+        "PUT",
+        "/shape/empty-write",
+        Some(&a),
+        &[
+            "If-Match: \"v1-strong\"",
+            "Range: bytes=0-20",
+            "Content-Length: 0",
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // The precondition reached the upstream (dropping it would turn the
+    // client's optimistic locking into a lost update); the range did not.
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        last,
+        (
+            "/shape/empty-write".to_string(),
+            Some("if-match: \"v1-strong\"".to_string())
+        )
+    );
+    // A write's answer with a record in it is masked as a read's is.
+    let r = req(
+        gw.addr,
+        "PUT",
+        "/shape/plain",
+        Some(&a),
+        &["Content-Length: 0"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(leaks(&r.body), Vec::<&str>::new());
 }
 
 #[tokio::test]

@@ -300,6 +300,18 @@ pub async fn handle(
         );
         return (r, None);
     };
+    // A user's rights over an entry are judged from the entries as this
+    // instance holds them: while its copy may be stale (Redis events
+    // down), a Partner Admin is refused rather than judged on old
+    // memberships. The operator may still act.
+    if !operator(caller) && !store.shared_fresh() {
+        let r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_store_unavailable",
+            "the directory's copy may be stale (session store events not in sync)",
+        );
+        return (r, None);
+    }
     match (method, rest) {
         (&Method::GET, ["users"]) => (list(rt, store, caller, dir, query), None),
         (&Method::GET, ["users.csv"]) => (export_csv(rt, store, caller, dir, query), None),
@@ -731,6 +743,28 @@ async fn save_profile(
     }];
     let mut applied = 0;
     if save.apply {
+        // Moving holders to the new version changes their roles: with a
+        // user's own token, only holders the caller manages (every
+        // partner of each; a holder in no partner: the admin token).
+        let may_all = may(rt, caller);
+        let foreign = users(store, None).into_iter().find(|(_, rec)| {
+            rec.profiles.iter().any(|p| p.name == name)
+                && !operator(caller)
+                && (rec.partners.is_empty()
+                    || !rec
+                        .partners
+                        .iter()
+                        .all(|p| may_all(&dir.manage_with, Some(("partner", p)))))
+        });
+        if foreign.is_some() {
+            return (
+                forbidden(&format!(
+                    "\"apply\" moves every holder of {name}: some are users you do not manage ({} on each of their partners; users in no partner: the admin token)",
+                    dir.manage_with
+                )),
+                None,
+            );
+        }
         for (sub, mut rec) in users(store, None) {
             let mut held = false;
             for p in &mut rec.profiles {

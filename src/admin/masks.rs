@@ -145,3 +145,126 @@ pub async fn handle(
         ),
     }
 }
+
+/// Folds choices stored before records were lower-cased (a record with
+/// upper-case letters under its exact spelling) into their lower-cased
+/// key, merged with any choice already there, and removes the old keys:
+/// afterwards every spelling of the record finds them. Run once at start;
+/// returns how many were folded.
+pub async fn fold_legacy_choices(
+    store: &Store,
+    masks: impl Iterator<Item = &str>,
+) -> Result<usize, crate::session::StoreError> {
+    let now = now_ms();
+    let shared = store.shared();
+    let mut ops = Vec::new();
+    let mut folded = 0;
+    for mask in masks {
+        let ns = choice_ns(mask);
+        let entries = shared.list(&ns, now);
+        // New key → the stored values merged into it.
+        let mut merged: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (k, e) in &entries {
+            let Ok([resource, record]) = serde_json::from_str::<[String; 2]>(k) else {
+                continue;
+            };
+            if legacy_choice_key(&resource, &record).is_none() {
+                continue;
+            }
+            let to = choice_key(&resource, &record);
+            let values = merged
+                .entry(to.clone())
+                .or_insert_with(|| shared.get(&ns, &to, now).into_iter().collect());
+            values.push(e.value.clone());
+            ops.push(SharedOp::Del {
+                ns: ns.clone(),
+                k: k.clone(),
+            });
+            folded += 1;
+        }
+        for (k, values) in merged {
+            // A value that is not a column list is kept as the new key's
+            // (the respond stage then refuses the answer: fail closed).
+            let v = crate::mask::owner::merge_choices(values.iter().map(String::as_str))
+                .unwrap_or_else(|| values.join(""));
+            ops.push(SharedOp::Put {
+                ns: ns.clone(),
+                k,
+                v,
+                x: None,
+            });
+        }
+    }
+    if !ops.is_empty() {
+        store.shared_apply(ops).await?;
+    }
+    Ok(folded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{OnStoreError, SessionSettings, StoreKind};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn choices_stored_under_an_exact_spelling_are_folded_to_every_spelling() {
+        let d = std::env::temp_dir().join(format!("rolegate-fold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let settings = SessionSettings {
+            idle_timeout: Duration::from_secs(60),
+            max_lifetime: None,
+            store: StoreKind::Embedded {
+                state_dir: d.clone(),
+            },
+            flush_interval: Duration::from_secs(5),
+            retention: Duration::from_secs(60),
+            logout_path: "/.rolegate/logout".into(),
+            login_url: None,
+            on_store_error: OnStoreError::Deny,
+        };
+        let store = Store::open(&settings).await.unwrap();
+        let ns = choice_ns("cols");
+        let put = |k: &str, v: &str| SharedOp::Put {
+            ns: ns.clone(),
+            k: k.to_string(),
+            v: v.to_string(),
+            x: None,
+        };
+        // As an older version stored them: `Customers` exactly, and a
+        // lower-case choice for the same table made since.
+        store
+            .shared_apply(vec![
+                put(r#"["42","Customers"]"#, r#"["phone"]"#),
+                put(r#"["42","customers"]"#, r#"["nick"]"#),
+                put(r#"["42","Orders"]"#, r#"["email"]"#),
+                put(r#"["42",""]"#, r#"["ssn"]"#),
+            ])
+            .await
+            .unwrap();
+        let n = fold_legacy_choices(&store, ["cols"].into_iter())
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        let get = |k: &str| store.shared().get(&ns, k, now_ms());
+        assert_eq!(
+            get(&choice_key("42", "CUSTOMERS")).as_deref(),
+            Some(r#"["nick","phone"]"#)
+        );
+        assert_eq!(
+            get(&choice_key("42", "orders")).as_deref(),
+            Some(r#"["email"]"#)
+        );
+        assert_eq!(get(r#"["42","Customers"]"#), None);
+        assert_eq!(get(r#"["42","Orders"]"#), None);
+        assert_eq!(get(r#"["42",""]"#).as_deref(), Some(r#"["ssn"]"#));
+        // Nothing left to fold.
+        assert_eq!(
+            fold_legacy_choices(&store, ["cols"].into_iter())
+                .await
+                .unwrap(),
+            0
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

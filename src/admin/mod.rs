@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 mod caller;
 mod directory;
-mod masks;
+pub mod masks;
 mod relations;
 
 use caller::Caller;

@@ -10,7 +10,7 @@
 //! the request and its connection.
 //!
 //! Owns the idle lists (newest first out, each connection kept
-//! [`IDLE_FOR`]), connecting, the `Host` header of a request that has
+//! at most two [`TICK`]s), connecting, the `Host` header of a request that has
 //! none, and sending again a request found unsent on a kept connection the
 //! server had closed. Not the bytes (`h1codec.rs`), the keep-alive race
 //! retry, timeouts, health or errors' meaning (`upstream.rs`, `pool.rs`);
@@ -87,7 +87,7 @@ pub struct Conns {
     slots: Mutex<Vec<Slot>>,
     /// The expiry task runs (started with the first connection put back).
     reaping: std::sync::atomic::AtomicBool,
-    /// The reaper's tick count (one every half of [`IDLE_FOR`]): idle
+    /// The reaper's tick count (one every [`TICK`]): idle
     /// connections are aged in ticks, not read from the clock per request.
     ticks: std::sync::atomic::AtomicU64,
 }
@@ -110,9 +110,14 @@ struct Idle {
     since: u64,
 }
 
+/// The reaper's tick: a third of [`IDLE_FOR`], so that two ticks, the
+/// most a kept connection lives idle, stay well inside it whatever the
+/// timer's lateness.
+const TICK: Duration = Duration::from_secs(IDLE_FOR.as_secs() / 3);
+
 /// Whether a connection checked in at tick `since` may still be used at
-/// tick `now`: two ticks later it has been idle at least half of
-/// [`IDLE_FOR`] and maybe nearly all of it, so it goes (early, never late).
+/// tick `now`: two ticks later it has been idle at least one [`TICK`] and
+/// at most two, so it goes (early, never late).
 fn fresh_at(since: u64, now: u64) -> bool {
     now.saturating_sub(since) < 2
 }
@@ -288,7 +293,7 @@ impl Conns {
         self.start_reaping();
     }
 
-    /// Closes connections idle for [`IDLE_FOR`], every half of it, for as
+    /// Closes connections idle for two [`TICK`]s, every tick, for as
     /// long as the upstream exists (a reload drops it, and the task ends).
     fn start_reaping(self: &Arc<Self>) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -304,7 +309,7 @@ impl Conns {
         let weak: Weak<Self> = Arc::downgrade(self);
         rt.spawn(async move {
             loop {
-                tokio::time::sleep(IDLE_FOR / 2).await;
+                tokio::time::sleep(TICK).await;
                 let Some(conns) = weak.upgrade() else { return };
                 conns.ticks.fetch_add(1, Relaxed);
                 let expired = conns.expired();

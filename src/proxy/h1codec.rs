@@ -12,7 +12,8 @@
 //! stricter where the RFC lets a recipient refuse:
 //! - `Transfer-Encoding` with `Content-Length`: the length is removed and
 //!   the connection is not used again (§6.3 item 3);
-//! - `chunked` anywhere but last in `Transfer-Encoding` is refused;
+//! - a `Transfer-Encoding` other than `chunked` alone is refused (a coding
+//!   before it would be passed on undecoded and unlabelled);
 //! - chunk lines must end in CRLF; a size line is at most 4 KiB (and the
 //!   extensions of a body 16 KiB, its trailer section 16 KiB, as hyper);
 //! - a `101` to a request that asked for no upgrade is refused.

@@ -515,6 +515,9 @@ impl Gateway {
             }
             unmask = u;
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
+            //   Judged at the request's clock (its start): a pull relation
+            //   asked above may have taken up to its timeout since, so an
+            //   idle or lifetime end can land that much later, never sooner.
             self.session(
                 rt,
                 v,
@@ -1350,10 +1353,16 @@ async fn forward(
     // values. Dropped in the spoofing pass over the client's headers.
     // The client's `X-Request-Id` goes too: the request's trace id (the
     // client's, when valid) is sent in its place with the injected fields.
-    let unforwarded: &[HeaderName] = if masking {
-        &PARTIAL_OR_CONDITIONAL_OR_REPLACED
-    } else {
-        &REPLACED
+    // A write's preconditions (`If-Match`, `If-Unmodified-Since`, …)
+    // govern the write, not the answer's representation: dropping them
+    // would turn optimistic locking into lost updates, so only reads lose
+    // them (a conditional read would answer with the unmasked one's
+    // validators, or a 304 to a masked body).
+    let safe = matches!(parts.method, Method::GET | Method::HEAD);
+    let unforwarded: &[HeaderName] = match (masking, safe) {
+        (true, true) => &PARTIAL_OR_CONDITIONAL_OR_REPLACED,
+        (true, false) => &PARTIAL_OR_REPLACED,
+        (false, _) => &REPLACED,
     };
     // A websocket handshake (checked in phase 2b) is kept aside: the
     // upgrade headers are hop-by-hop, and go back on after the strips.
@@ -1439,6 +1448,18 @@ static PARTIAL_OR_CONDITIONAL_OR_REPLACED: [HeaderName; 11] = [
     header::IF_MODIFIED_SINCE,
     header::IF_MATCH,
     header::IF_UNMODIFIED_SINCE,
+    HeaderName::from_static("want-repr-digest"),
+    HeaderName::from_static("want-content-digest"),
+    HeaderName::from_static("want-digest"),
+    headers::X_REQUEST_ID,
+];
+
+/// [`PARTIAL_OR_CONDITIONAL_OR_REPLACED`] without the preconditions: what
+/// a masked route's writes do not forward.
+static PARTIAL_OR_REPLACED: [HeaderName; 7] = [
+    header::RANGE,
+    HeaderName::from_static("request-range"),
+    header::IF_RANGE,
     HeaderName::from_static("want-repr-digest"),
     HeaderName::from_static("want-content-digest"),
     HeaderName::from_static("want-digest"),
@@ -1570,7 +1591,16 @@ async fn mask_response(
     headers::remove_each(h, &UNMASKED_REPRESENTATION);
     headers::set(h, header::ACCEPT_RANGES, HeaderValue::from_static("none"));
     let status = parts.status;
+    // An empty body needs no type (a write's `201` with `Content-Length:
+    // 0`): nothing to mask, nothing refused.
+    let empty = h
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .all(|v| v.as_bytes() == b"0")
+        && h.contains_key(header::CONTENT_LENGTH)
+        && !h.contains_key(header::TRANSFER_ENCODING);
     let bodyless = head
+        || empty
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;

@@ -179,6 +179,21 @@ fn carries_credential(p: &str) -> bool {
     jwt || lower.contains("bearer") || lower.contains("authorization")
 }
 
+/// Whether an offered subprotocol announces that the next one is a token
+/// (`access_token, <token>`, as several websocket client libraries send).
+fn is_token_marker(p: &str) -> bool {
+    [
+        "access_token",
+        "token",
+        "auth",
+        "jwt",
+        "bearer",
+        "authorization",
+    ]
+    .iter()
+    .any(|m| p.eq_ignore_ascii_case(m))
+}
+
 /// The handshake headers of the client's request, kept aside before the
 /// hop-by-hop strip.
 pub struct Handshake {
@@ -195,13 +210,21 @@ impl Handshake {
     /// gateway never checked them, and a backend that reads them would
     /// take a forged one for the user (the `Authorization` rule).
     pub fn take(h: &HeaderMap) -> Option<Handshake> {
-        let offered: Vec<&str> = h
+        let items: Vec<&str> = h
             .get_all(&SEC_WEBSOCKET_PROTOCOL)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|p| !p.is_empty() && !carries_credential(p))
+            .filter(|p| !p.is_empty())
+            .collect();
+        // An item after a marker (`access_token, <opaque token>`) is the
+        // token, whatever it looks like.
+        let offered: Vec<&str> = items
+            .iter()
+            .enumerate()
+            .filter(|&(i, p)| !carries_credential(p) && !(i > 0 && is_token_marker(items[i - 1])))
+            .map(|(_, p)| *p)
             .collect();
         let protocols = if offered.is_empty() {
             Vec::new()
@@ -746,7 +769,7 @@ mod tests {
             r.headers_mut().insert(
                 "sec-websocket-protocol",
                 HeaderValue::from_str(&format!(
-                    "graphql-transport-ws, access_token, {jwt}, base64url.bearer.authorization.k8s.io.dG9r"
+                    "graphql-transport-ws, access_token, {jwt}, base64url.bearer.authorization.k8s.io.dG9r, token, opaque123, chat"
                 ))
                 .unwrap(),
             );
@@ -756,7 +779,7 @@ mod tests {
         hs.restore(&mut fwd);
         assert_eq!(
             fwd["sec-websocket-protocol"],
-            "graphql-transport-ws, access_token"
+            "graphql-transport-ws, access_token, token, chat"
         );
         // Only credentials offered: no header at all.
         let r = req(|r| {

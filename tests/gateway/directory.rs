@@ -430,6 +430,27 @@ async fn a_partner_admin_is_bound_to_its_partners_and_hands_out_no_grant_it_lack
         &save(&["bot.*"]),
     )
     .await);
+    // "Save and apply" moves every holder: with a holder Pat does not
+    // manage (a user in no partner), Pat may save but not apply.
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "ops1",
+        json!({ "roles": ["viewer"], "profiles": [{ "name": "p1" }] }),
+    )
+    .await);
+    forbidden(
+        &call(
+            &gw,
+            &pat,
+            "PUT",
+            "/directory/profiles/p1",
+            &save(&["profiles.manage"]),
+        )
+        .await,
+    );
+    let keep = json!({ "roles": ["viewer"], "grants": ["profiles.manage"], "apply": false });
+    ok(&call(&gw, &pat, "PUT", "/directory/profiles/p1", &keep).await);
     // The listing of Pat's own partner still works.
     ok(&call(
         &gw,
