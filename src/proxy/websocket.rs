@@ -223,7 +223,10 @@ impl Handshake {
         let offered: Vec<&str> = items
             .iter()
             .enumerate()
-            .filter(|&(i, p)| !carries_credential(p) && !(i > 0 && is_token_marker(items[i - 1])))
+            .filter(|&(i, p)| {
+                let after_marker = i > 0 && is_token_marker(items[i - 1]);
+                !carries_credential(p) && !after_marker
+            })
             .map(|(_, p)| *p)
             .collect();
         let protocols = if offered.is_empty() {
