@@ -307,6 +307,21 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                 );
                                 r
                             }
+                            "/shape/gzip-big" => {
+                                // ~2 MiB of records in a few KiB of gzip: within
+                                // buffer_bytes as declared, far past it decoded.
+                                let mut list = String::from("[");
+                                for i in 0..2000 {
+                                    if i > 0 {
+                                        list.push(',');
+                                    }
+                                    let mut c = customer();
+                                    c["pad"] = json!("x".repeat(800));
+                                    list.push_str(&c.to_string());
+                                }
+                                list.push(']');
+                                full("application/json", Some("gzip"), gzip(list.as_bytes()))
+                            }
                             "/shape/empty-write" => {
                                 // A write's answer: 201, no body, no type.
                                 let mut r = hyper::Response::new(Full::new(Bytes::new()).boxed());
@@ -414,7 +429,7 @@ async fn setup() -> (Gw, Arc<Notify>, Seen) {
     let dir = scratch_dir("mask");
     std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
     let cfg = format!(
-        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{up}\" }}\nrules: rules.yaml\nmasking: {{ audit_log: audit.jsonl }}\n",
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{up}\" }}\nrules: rules.yaml\nmasking: {{ audit_log: audit.jsonl, buffer_bytes: 65536 }}\n",
         identity_yaml()
     );
     (start_with_config(&dir, &cfg).await, release, seen)
@@ -634,6 +649,27 @@ async fn ranges_heads_and_not_modified_on_masked_routes() {
     .await;
     assert_eq!(r.status, 304);
     assert_eq!(r.header("etag"), None);
+}
+
+/// A compressed answer small enough to be masked whole as declared, but
+/// decoding to more than 16 × `buffer_bytes`, is streamed from there on
+/// (still masked) instead of held whole up to `max_body_bytes`.
+#[tokio::test]
+async fn a_small_compressed_answer_that_decodes_large_is_streamed_masked() {
+    let (gw, _release, _) = setup().await;
+    let r = req(gw.addr, "GET", "/shape/gzip-big", Some(&agent()), &[]).await;
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&r.body[..200.min(r.body.len())])
+    );
+    assert_eq!(r.header("content-length"), None, "held whole");
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert!(r.body.len() > 16 * 65536, "{}", r.body.len());
+    assert_eq!(leaks(&r.body), Vec::<&str>::new());
+    let list: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2000);
 }
 
 #[tokio::test]

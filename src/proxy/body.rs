@@ -288,6 +288,9 @@ pub type OnEnd = Box<dyn FnOnce(Result<u64, String>) + Send + Sync>;
 /// failure, then the cut.
 pub struct MaskedBody<B> {
     inner: B,
+    /// Masked bytes to send first (an answer begun whole, see
+    /// `with_prefix`).
+    prefix: Option<Bytes>,
     masker: crate::mask::BodyMasker,
     finished: bool,
     /// A failure waiting for hyper to flush what went before it.
@@ -300,11 +303,19 @@ impl<B> MaskedBody<B> {
     pub fn new(inner: B, masker: crate::mask::BodyMasker, on_end: OnEnd) -> Self {
         MaskedBody {
             inner,
+            prefix: None,
             masker,
             finished: false,
             failed: None,
             on_end: Some(on_end),
         }
+    }
+
+    /// Sends `masked` first: what the masker already gave for the start of
+    /// `inner`'s answer (`masker` carries on from there).
+    pub fn with_prefix(mut self, masked: Bytes) -> Self {
+        self.prefix = (!masked.is_empty()).then_some(masked);
+        self
     }
 
     /// Records the failure and yields once (see the type's docs).
@@ -342,6 +353,9 @@ where
             }
             if self.finished {
                 return Poll::Ready(None);
+            }
+            if let Some(first) = self.prefix.take() {
+                return Poll::Ready(Some(Ok(Frame::data(first))));
             }
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,

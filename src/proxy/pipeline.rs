@@ -1679,6 +1679,18 @@ async fn mask_response(
                     .push(data, &mut out)
                     .map_err(|e| unmaskable(e.code().to_string()))?;
             }
+            // A small compressed answer may decode to far more than it
+            // declared: past `DECODED_WHOLE` times the buffer, it is sent
+            // as a stream from here on (what is masked first), rather than
+            // held whole in memory up to `max_body_bytes`.
+            if !ctx.http10
+                && out.len() as u64 > rt.masking.buffer_bytes.saturating_mul(DECODED_WHOLE)
+            {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                let streamed = MaskedBody::new(body, masker, masking_failed(ctx))
+                    .with_prefix(Bytes::from(out));
+                return Ok(Response::from_parts(parts, streamed.boxed()));
+            }
         }
         masker
             .finish(&mut out)
@@ -1694,19 +1706,27 @@ async fn mask_response(
         ));
     }
     parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        parts,
+        MaskedBody::new(body, masker, masking_failed(ctx)).boxed(),
+    ))
+}
+
+/// How many times `masking.buffer_bytes` an answer masked whole may grow
+/// to once decoded before it is streamed instead.
+const DECODED_WHOLE: u64 = 16;
+
+/// The log line of a masked stream that fails midway.
+fn masking_failed(ctx: &Ctx) -> crate::proxy::body::OnEnd {
     let (rid, route) = (
         ctx.request_id.clone(),
         ctx.route.clone().unwrap_or_default(),
     );
-    let on_end = Box::new(move |r: Result<u64, String>| {
+    Box::new(move |r: Result<u64, String>| {
         if let Err(code) = r {
             tracing::warn!(target: "rolegate::decision", request_id = %rid, route = %route, error = "unmaskable_response", detail = %code, "masking failed mid-stream: response aborted");
         }
-    });
-    Ok(Response::from_parts(
-        parts,
-        MaskedBody::new(body, masker, on_end).boxed(),
-    ))
+    })
 }
 
 /// Turns a refusal into the JSON error response (and records it for the log).
