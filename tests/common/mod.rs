@@ -145,6 +145,10 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    // A directory of an earlier run whose process had the same id (pids
+    // repeat in a fresh PID namespace, as CI's are) holds its state: a
+    // journal of sessions ended there would end this run's.
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
