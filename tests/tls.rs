@@ -404,6 +404,18 @@ async fn certificates_reload_without_dropping_open_connections() {
     );
 }
 
+/// Whether the HTTP/2 connection `open` is closed by the gateway within
+/// 5 s.
+async fn closes_within_5s(open: &mut H2) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while open.ready().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
 /// A reload that changes who a listener admits (here: its client CA
 /// bundle) closes that listener's open connections gracefully: a client
 /// the new CA no longer vouches for cannot keep using a connection it
@@ -434,14 +446,9 @@ async fn a_reload_that_changes_the_client_ca_closes_open_connections() {
     TestCa::new("replacement client CA").write(&pki.dir, "clients-ca.pem");
     let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
     assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while open.ready().await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let closed = closes_within_5s(&mut open).await;
     assert!(
-        closed.is_ok(),
+        closed,
         "the connection admitted under the old CA stayed open"
     );
     // A new handshake with the old client certificate fails.
@@ -507,16 +514,8 @@ async fn revoked_client_certificates_are_refused_and_a_new_list_applies_on_reloa
     );
     let a = gateway.reloader().reload(&gateway, Trigger::Admin).await;
     assert_eq!(a.result, Outcome::Reloaded, "{:?}", a.errors);
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while open.ready().await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "a connection of a revoked certificate stayed open"
-    );
+    let closed = closes_within_5s(&mut open).await;
+    assert!(closed, "a connection of a revoked certificate stayed open");
     assert!(!admitted(&pki.client).await);
 
     // An expired list: nobody, not even a certificate it does not name.

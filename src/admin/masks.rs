@@ -58,9 +58,6 @@ pub async fn handle(
         );
     }
     let (ns, key) = (choice_ns(mask), choice_key(resource, record));
-    // A choice stored under the record's exact spelling (before records
-    // were lower-cased) goes with any change.
-    let legacy = legacy_choice_key(resource, record).map(|k| SharedOp::Del { ns: ns.clone(), k });
     let answer = |columns: Value| {
         json!({
             "mask": mask,
@@ -124,10 +121,7 @@ pub async fn handle(
         SharedOp::Put { v, .. } => serde_json::from_str(v).unwrap_or_else(|_| json!([])),
         SharedOp::Del { .. } => json!([]),
     };
-    match store
-        .shared_apply([op].into_iter().chain(legacy).collect())
-        .await
-    {
+    match store.shared_apply(vec![op]).await {
         Ok(()) => {
             let result = answer(columns);
             (
@@ -204,25 +198,12 @@ pub async fn fold_legacy_choices(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{OnStoreError, SessionSettings, StoreKind};
-    use std::time::Duration;
 
     #[tokio::test]
     async fn choices_stored_under_an_exact_spelling_are_folded_to_every_spelling() {
         let d = std::env::temp_dir().join(format!("rolegate-fold-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let settings = SessionSettings {
-            idle_timeout: Duration::from_secs(60),
-            max_lifetime: None,
-            store: StoreKind::Embedded {
-                state_dir: d.clone(),
-            },
-            flush_interval: Duration::from_secs(5),
-            retention: Duration::from_secs(60),
-            logout_path: "/.rolegate/logout".into(),
-            login_url: None,
-            on_store_error: OnStoreError::Deny,
-        };
+        let settings = crate::session::embedded_test_settings(&d);
         let store = Store::open(&settings).await.unwrap();
         let ns = choice_ns("cols");
         let put = |k: &str, v: &str| SharedOp::Put {

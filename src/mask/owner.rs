@@ -64,7 +64,7 @@ pub fn choice_key(resource: &str, record: &str) -> String {
 }
 
 /// The key a choice for a record with upper-case letters had before
-/// records were lower-cased (still applied and removed, never written).
+/// records were lower-cased (folded into the new key at start).
 pub fn legacy_choice_key(resource: &str, record: &str) -> Option<String> {
     (record.to_lowercase() != record)
         .then(|| serde_json::to_string(&[resource, record]).unwrap_or_default())

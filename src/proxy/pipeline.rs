@@ -810,15 +810,14 @@ impl Gateway {
             .as_deref()
             .and_then(param)
             .unwrap_or_default();
-        // The choice for every record of the resource, for this record
-        // (any case), and one stored before records were lower-cased.
+        // The choice for every record of the resource and for this record
+        // (any case: choices of older versions are folded at start).
         let ns = mask::owner::choice_ns(&mk.policy.name);
         let now = now_ms();
         let shared = self.store.shared();
         let mut keys = vec![mask::owner::choice_key(resource, record)];
         if !record.is_empty() {
             keys.push(mask::owner::choice_key(resource, ""));
-            keys.extend(mask::owner::legacy_choice_key(resource, record));
         }
         let stored: Vec<String> = keys
             .iter()

@@ -274,25 +274,13 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::super::journal::Fault;
-    use super::super::{OnStoreError, StoreKind};
     use super::*;
 
     pub(super) fn open(tag: &str) -> (EmbeddedStore, std::path::PathBuf) {
         let d =
             std::env::temp_dir().join(format!("rolegate-embedded-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        let settings = SessionSettings {
-            idle_timeout: Duration::from_secs(60),
-            max_lifetime: None,
-            store: StoreKind::Embedded {
-                state_dir: d.clone(),
-            },
-            flush_interval: Duration::from_secs(5),
-            retention: Duration::from_secs(60),
-            logout_path: "/.rolegate/logout".into(),
-            login_url: None,
-            on_store_error: OnStoreError::Deny,
-        };
+        let settings = super::super::embedded_test_settings(&d);
         (EmbeddedStore::open(&d, &settings).unwrap(), d)
     }
 

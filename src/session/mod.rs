@@ -110,6 +110,24 @@ pub enum Store {
     Redis(RedisStore),
 }
 
+/// Settings of an embedded store in `dir` for unit tests (60 s idle,
+/// no lifetime, deny on store errors).
+#[cfg(test)]
+pub(crate) fn embedded_test_settings(dir: &std::path::Path) -> SessionSettings {
+    SessionSettings {
+        idle_timeout: std::time::Duration::from_secs(60),
+        max_lifetime: None,
+        store: StoreKind::Embedded {
+            state_dir: dir.to_path_buf(),
+        },
+        flush_interval: std::time::Duration::from_secs(5),
+        retention: std::time::Duration::from_secs(60),
+        logout_path: "/.rolegate/logout".into(),
+        login_url: None,
+        on_store_error: OnStoreError::Deny,
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
