@@ -57,6 +57,10 @@ pub enum Deny {
     /// (cross-site request forgery ending the victim's session).
     #[error("logout origin not allowed")]
     LogoutOrigin,
+    /// A cookie-authenticated request with an unsafe method from a page of
+    /// another origin (cross-site request forgery).
+    #[error("cross-origin request not allowed")]
+    CookieOrigin,
     /// The route demands a verified client certificate (`client_cert:`)
     /// and the connection has none, or one the route does not list.
     #[error("{}", .0.reason())]
@@ -263,6 +267,7 @@ impl Refusal {
                 Deny::Forbidden(_)
                 | Deny::WebsocketOrigin
                 | Deny::LogoutOrigin
+                | Deny::CookieOrigin
                 | Deny::ClientCert(_) => StatusCode::FORBIDDEN,
                 Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
                 Deny::UriTooLong => StatusCode::URI_TOO_LONG,
@@ -292,7 +297,10 @@ impl Refusal {
                 Deny::BadRequest(_) => "bad_request",
                 Deny::NoRoute => "no_route",
                 Deny::Unauthenticated(e) => e.code(),
-                Deny::Forbidden(_) | Deny::WebsocketOrigin | Deny::LogoutOrigin => "forbidden",
+                Deny::Forbidden(_)
+                | Deny::WebsocketOrigin
+                | Deny::LogoutOrigin
+                | Deny::CookieOrigin => "forbidden",
                 Deny::ClientCert(_) => "client_cert_required",
                 Deny::BodyTooLarge => "body_too_large",
                 Deny::SessionEnded(EndReason::Idle | EndReason::Lifetime) => "session_expired",
@@ -327,6 +335,7 @@ impl Refusal {
             Refusal::Deny(Deny::Forbidden(d)) => d.code,
             Refusal::Deny(Deny::WebsocketOrigin) => "websocket_origin",
             Refusal::Deny(Deny::LogoutOrigin) => "logout_origin",
+            Refusal::Deny(Deny::CookieOrigin) => "cookie_origin",
             Refusal::Deny(Deny::ClientCert(c)) => c.code(),
             Refusal::Deny(Deny::RequestTimeout(t)) => t.code(),
             Refusal::Deny(Deny::RateLimited { limit, .. }) => limit.code(),

@@ -1189,6 +1189,111 @@ async fn answering_with(headers: &'static [(&'static str, &'static str)]) -> std
     addr
 }
 
+/// Cross-site request forgery: a cookie-authenticated request with an
+/// unsafe method from a page of another origin is refused before anything
+/// is decided or forwarded; the site's own pages, the listed
+/// `identity.cookie_origins`, safe methods and bearer tokens are not.
+#[tokio::test]
+async fn cookie_authenticated_writes_from_other_sites_are_refused() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("csrf");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let identity = identity_yaml().replace(
+        "  cookie: rg_session\n",
+        "  cookie: rg_session\n  cookie_origins: [\"https://Console.example/\"]\n",
+    );
+    assert!(identity.contains("cookie_origins"));
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{identity}upstreams:\n  app: {{ url: \"http://{}\" }}\nrules: rules.yaml\n",
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let t = token_with(json!({ "roles": ["editor"] }));
+    let cookie = format!("Cookie: rg_session={t}");
+    for (method, origin) in [
+        ("PUT", "Origin: https://evil.example"),
+        ("POST", "Origin: https://evil.example"),
+        ("PUT", "Origin: null"),
+        ("PUT", "Origin: http://app.test.evil.example"),
+        ("PUT", "Origin: https://console.example.evil"),
+    ] {
+        let before = up.count();
+        let r = req(gw.addr, method, "/bots/1/flows", None, &[&cookie, origin]).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (403, "forbidden"),
+            "{method} {origin}"
+        );
+        assert_eq!(r.json()["reason"], "cross-origin request not allowed");
+        assert_eq!(up.count(), before, "{method} {origin} was forwarded");
+    }
+    // Two Origin headers are no answer either.
+    let r = req(
+        gw.addr,
+        "PUT",
+        "/bots/1/flows",
+        None,
+        &[
+            &cookie,
+            "Origin: https://app.test",
+            "Origin: https://evil.example",
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // The site's own page (same host, any scheme or port), a listed origin
+    // (compared without case), a client that sends no Origin.
+    for origin in [
+        "Origin: https://app.test",
+        "Origin: http://app.test:8080",
+        "Origin: https://console.example",
+        "X-No-Origin: 1",
+    ] {
+        let r = req(gw.addr, "PUT", "/bots/1/flows", None, &[&cookie, origin]).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{origin}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // A safe method from another site is a read: no check.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/1/flows",
+        None,
+        &[&cookie, "Origin: https://evil.example"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // A bearer token is not ambient: no check.
+    let r = req(
+        gw.addr,
+        "PUT",
+        "/bots/1/flows",
+        Some(&t),
+        &["Origin: https://evil.example"],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    // The listed origin may log the visitor out too.
+    let r = req(
+        gw.addr,
+        "POST",
+        "/.rolegate/logout",
+        None,
+        &[&cookie, "Origin: https://console.example"],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let set = r.header("set-cookie").unwrap().to_string();
+    assert!(
+        set.starts_with("rg_session=;") && !set.contains("Secure"),
+        "{set}"
+    );
+}
+
 #[tokio::test]
 async fn upstreams_cannot_set_the_gateways_cookie_or_identity_headers() {
     let addr = answering_with(&[

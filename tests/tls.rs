@@ -568,6 +568,27 @@ async fn tls_requests_reach_the_upstream_marked_https_and_plain_ones_http() {
     assert_eq!(r.status, 200);
     assert_eq!(up.last().header_all("x-forwarded-proto"), vec!["http"]);
 
+    // The credential cookie is cleared with `Secure` over TLS (a browser
+    // ignores a `__Host-`/`__Secure-` cookie without it), not over plain
+    // HTTP (a browser refuses `Secure` from an http page).
+    let cookie = format!("rg_session={t}");
+    let cfg = client_config(&pki, None, &[b"http/1.1"], BOTH);
+    let r = h1_tls(
+        gw[1],
+        cfg,
+        "POST",
+        "/.rolegate/logout",
+        None,
+        &[("Cookie", &cookie)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let set = r.header("set-cookie").unwrap();
+    assert!(
+        set.starts_with("rg_session=;") && set.ends_with("; Secure"),
+        "{set}"
+    );
+
     // Plain HTTP to the TLS port gets no answer, and the listener lives on.
     let buf = raw_bytes(gw[1], b"GET /api/status HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(

@@ -271,7 +271,7 @@ impl Authenticator {
         if let Some(hit) = self.cache.get_at(token, now) {
             return Ok(hit);
         }
-        let (mut principal, times) = self.verify_uncached(token)?;
+        let (mut principal, times) = self.verify_uncached(token, now)?;
         if principal.session.is_none() {
             // No `sid`, no `jti`: the token itself is the session.
             let d = cache::digest_of(token);
@@ -289,7 +289,7 @@ impl Authenticator {
         Ok((principal, times))
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, Times), AuthError> {
+    fn verify_uncached(&self, token: &str, now: u64) -> Result<(Principal, Times), AuthError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(_sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -361,11 +361,15 @@ impl Authenticator {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(AuthError::BadClaim("exp".into()))?;
-        // Optional, but when present a whole number of seconds like `exp`:
-        // a malformed `iat` could otherwise dodge the not-before cut-off.
+        // Optional, but when present a whole number of seconds like `exp`,
+        // and not later than now (beyond `leeway`): a malformed or future
+        // `iat` could otherwise dodge the not-before cut-off.
         let iat = match data.claims.get("iat") {
             None => None,
-            Some(v) => Some(v.as_u64().ok_or(AuthError::BadClaim("iat".into()))?),
+            Some(v) => match v.as_u64() {
+                Some(iat) if iat <= now.saturating_add(self.settings.leeway_secs) => Some(iat),
+                _ => return Err(AuthError::BadClaim("iat".into())),
+            },
         };
         let principal = claims::to_principal(&data.claims, &self.settings.claims, &issuer.iss)?;
         Ok((principal, Times { exp, iat }))

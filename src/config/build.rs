@@ -400,6 +400,19 @@ impl Builder {
             None => Some(None),
         };
         let cookie = cfg.identity.cookie.clone();
+        let cookie_origins = self.origins(
+            name,
+            0,
+            "identity.cookie_origins",
+            &cfg.identity.cookie_origins,
+        );
+        if !cookie_origins.is_empty() && cookie.is_none() {
+            self.warn(
+                name,
+                0,
+                "identity.cookie_origins has no effect without identity.cookie",
+            );
+        }
         let issuer_names: Vec<String> = cfg
             .identity
             .issuers
@@ -420,7 +433,7 @@ impl Builder {
         };
         let auth = self.build_auth(name, cfg.identity);
         let listen = self.build_listen(name, cfg.listen, cfg.listeners);
-        let forward = self.build_forward(name, cfg.forward, cookie);
+        let forward = self.build_forward(name, cfg.forward, cookie, cookie_origins);
         if let (Some(listen), Some(Some(a))) = (&listen, &admin) {
             for l in &listen.listeners {
                 if same_socket(l.addr, a.addr) {
@@ -1039,24 +1052,12 @@ impl Builder {
                     ),
                 );
             }
-            for o in &v.websocket_origins {
-                let ok = http::Uri::from_str(o).is_ok_and(|u| {
-                    matches!(u.scheme_str(), Some("http" | "https"))
-                        && u.authority().is_some()
-                        && matches!(u.path(), "" | "/")
-                        && u.query().is_none()
-                });
-                if !ok {
-                    self.error(
-                        f,
-                        l,
-                        format!(
-                            "route {}: websocket_origins: {o:?} is not an origin like https://console.example",
-                            v.name
-                        ),
-                    );
-                }
-            }
+            let websocket_origins = self.origins(
+                f,
+                l,
+                &format!("route {}: websocket_origins", v.name),
+                &v.websocket_origins,
+            );
             if v.websocket {
                 if v.mask.is_some() {
                     self.error(
@@ -1138,11 +1139,7 @@ impl Builder {
                 origin: format!("{f}:{l}"),
                 passive,
                 websocket: v.websocket,
-                websocket_origins: v
-                    .websocket_origins
-                    .iter()
-                    .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
-                    .collect(),
+                websocket_origins,
                 pass_credentials,
                 mask: None,
                 record: None,
@@ -2617,11 +2614,37 @@ impl Builder {
         }
     }
 
+    /// A list of page origins (`https://console.example`: scheme, host,
+    /// optional port), lower-cased without a trailing `/`; each entry that
+    /// is not one is an error.
+    fn origins(&mut self, file: &str, line: u64, what: &str, list: &[String]) -> Vec<String> {
+        let mut out = Vec::with_capacity(list.len());
+        for o in list {
+            let ok = http::Uri::from_str(o).is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+            });
+            if ok {
+                out.push(o.trim_end_matches('/').to_ascii_lowercase());
+            } else {
+                self.error(
+                    file,
+                    line,
+                    format!("{what}: {o:?} is not an origin like https://console.example"),
+                );
+            }
+        }
+        out
+    }
+
     fn build_forward(
         &mut self,
         file: &str,
         f: super::file::FileForward,
         cookie: Option<String>,
+        cookie_origins: Vec<String>,
     ) -> Option<ForwardSettings> {
         let prefix = f.identity_header_prefix.to_ascii_lowercase();
         let identity = crate::proxy::headers::IdentityNames::new(&prefix);
@@ -2720,6 +2743,7 @@ impl Builder {
             strip_prefixes,
             keep,
             cookie,
+            cookie_origins,
         })
     }
 

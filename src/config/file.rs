@@ -215,6 +215,7 @@ pub enum FileRedirect {
 pub struct FileIdentity {
     pub bearer: bool,
     pub cookie: Option<String>,
+    pub cookie_origins: Vec<String>,
     pub max_token_bytes: usize,
     pub leeway: String,
     pub cache_entries: usize,
@@ -227,6 +228,7 @@ impl Default for FileIdentity {
         FileIdentity {
             bearer: true,
             cookie: None,
+            cookie_origins: Vec::new(),
             max_token_bytes: 8 * 1024,
             leeway: "30s".into(),
             cache_entries: 100_000,

@@ -356,4 +356,8 @@ pub struct ForwardSettings {
     /// is not the verified credential being passed on, and never accepted
     /// from an upstream's `Set-Cookie`.
     pub cookie: Option<String>,
+    /// `identity.cookie_origins`, lower-cased: other page origins allowed
+    /// to send cookie-authenticated requests with unsafe methods (and the
+    /// logout).
+    pub cookie_origins: Vec<String>,
 }

@@ -445,7 +445,12 @@ impl Wire {
         let mut informational = false;
         loop {
             if !self.rbuf.is_empty() {
+                let before = self.rbuf.len();
                 match parse_head(&mut self.rbuf, method, relay)? {
+                    // A whole head over the limit that came in one read.
+                    Parsed::Final(_) if before - self.rbuf.len() > MAX_HEAD => {
+                        return Poll::Ready(Err(WireError::HeadTooLarge));
+                    }
                     Parsed::Final(head) => {
                         self.ext_left = MAX_CHUNK_EXT;
                         return Poll::Ready(Ok(head));
@@ -541,6 +546,11 @@ impl Wire {
                     }
                     if self.rbuf.len() >= 2 {
                         if let Some(end) = memchr::memmem::find(&self.rbuf, b"\r\n\r\n") {
+                            if end + 4 > MAX_TRAILERS {
+                                return Poll::Ready(Some(Err(WireError::Malformed(
+                                    "trailer section over 16 KiB",
+                                ))));
+                            }
                             let fields = self.rbuf.split_to(end + 4).freeze();
                             let trailers = parse_trailers(&fields)?;
                             *decode = Decode::Done;
@@ -707,6 +717,20 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         || status == StatusCode::NOT_MODIFIED
         || *method == Method::HEAD
     {
+        // No body follows, whatever the fields say (RFC 9112 §6.3). A 204
+        // with a length other than 0, or a 204/304 with Transfer-Encoding,
+        // says one does: if its bytes come after all, they must not be
+        // read as the next request's answer, so the connection is not
+        // reused. (A 304's and a HEAD answer's length is the
+        // representation's, as it should be.)
+        if *method != Method::HEAD
+            && (headers.contains_key(header::TRANSFER_ENCODING)
+                || (status == StatusCode::NO_CONTENT
+                    && headers.contains_key(header::CONTENT_LENGTH)
+                    && content_length(&headers) != Some(0)))
+        {
+            reusable = false;
+        }
         Decode::Done
     } else if *method == Method::CONNECT && status.is_success() {
         // A tunnel: never carried here; the connection is not used again.
@@ -722,10 +746,25 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         only_chunked(&headers)?;
         Decode::Chunked(Chunk::Size)
     } else if headers.contains_key(header::CONTENT_LENGTH) {
-        match content_length(&headers) {
-            Some(0) => Decode::Done,
-            Some(n) => Decode::Length(n),
-            None => return Err(WireError::Malformed("Content-Length")),
+        let Some(n) = content_length(&headers) else {
+            return Err(WireError::Malformed("Content-Length"));
+        };
+        // `5, 5` or two equal fields: passed on as the one number they say.
+        if headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .nth(1)
+            .is_some()
+            || headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_digit))
+        {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        if n == 0 {
+            Decode::Done
+        } else {
+            Decode::Length(n)
         }
     } else {
         reusable = false;
@@ -1351,6 +1390,98 @@ mod tests {
             let keep = b"HTTP/1.1 200 OK\r\nCONNECTION: keep-alive\r\nContent-Length: 0\r\n\r\n";
             assert!(reusable(keep, relay), "relay: {relay}");
         }
+    }
+
+    /// A 204 that announces a body, or a 204/304 with Transfer-Encoding:
+    /// no body is read, and the connection is not used again (late bytes
+    /// must not become the next request's answer). A 304's or a HEAD
+    /// answer's length is the representation's: reused.
+    #[test]
+    fn bodyless_answers_announcing_a_body_end_the_connection() {
+        let head = |answer: &str, method: Method| match parse_head(
+            &mut BytesMut::from(answer.as_bytes()),
+            &method,
+            false,
+        ) {
+            Ok(Parsed::Final(h)) => (h.reusable, matches!(h.decode, Decode::Done)),
+            _ => panic!("not a final head: {answer:?}"),
+        };
+        for a in [
+            "HTTP/1.1 204 No Content\r\nContent-Length: 120\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(head(a, Method::GET), (false, true), "{a:?}");
+        }
+        for a in [
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 120\r\n\r\n",
+        ] {
+            assert_eq!(head(a, Method::GET), (true, true), "{a:?}");
+        }
+        let a = "HTTP/1.1 200 OK\r\nContent-Length: 120\r\n\r\n";
+        assert_eq!(head(a, Method::HEAD), (true, true));
+    }
+
+    /// `Content-Length: 5, 5` (or the field twice) is passed on as `5`, so
+    /// every client reads one number whatever the route.
+    #[test]
+    fn equal_content_lengths_are_passed_on_as_one() {
+        for a in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhello",
+        ] {
+            for relay in [false, true] {
+                let Ok(Parsed::Final(h)) = parse_head(&mut BytesMut::from(a), &Method::GET, relay)
+                else {
+                    panic!("not a final head");
+                };
+                assert!(matches!(h.decode, Decode::Length(5)));
+                let lengths: Vec<_> = h
+                    .response
+                    .headers()
+                    .get_all(header::CONTENT_LENGTH)
+                    .iter()
+                    .collect();
+                assert_eq!(lengths, [&HeaderValue::from(5)], "relay {relay}");
+            }
+        }
+    }
+
+    /// The head and trailer limits hold when the whole section arrives in
+    /// one read, not only while it is incomplete.
+    #[tokio::test]
+    async fn head_and_trailer_limits_hold_for_sections_read_whole() {
+        let big = "a".repeat(20 * 1024);
+        let trailers = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX: {big}\r\n\r\n"
+        );
+        assert_eq!(
+            ours(Method::GET, trailers.into_bytes(), 0, false).await,
+            None
+        );
+        let field = "b".repeat(4000);
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..99 {
+            head.push_str(&format!("X-{i}: {field}\r\n"));
+        }
+        head.push_str("Content-Length: 0\r\n\r\n");
+        assert!(head.len() < MAX_HEAD, "{}", head.len());
+        assert!(
+            ours(Method::GET, head.into_bytes(), 0, false)
+                .await
+                .is_some()
+        );
+        let field = "b".repeat(4300);
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..99 {
+            head.push_str(&format!("X-{i}: {field}\r\n"));
+        }
+        head.push_str("Content-Length: 0\r\n\r\n");
+        assert!(head.len() > MAX_HEAD, "{}", head.len());
+        assert_eq!(ours(Method::GET, head.into_bytes(), 0, false).await, None);
     }
 
     #[test]

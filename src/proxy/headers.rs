@@ -692,6 +692,7 @@ pub(crate) fn sample_forward() -> ForwardSettings {
         strip_prefixes: vec!["x-forwarded-".into(), "x-auth-request-".into()],
         keep: vec![HeaderName::from_static("x-forwarded-ssl")],
         cookie: Some("rg_session".into()),
+        cookie_origins: Vec::new(),
     }
 }
 

@@ -477,6 +477,19 @@ impl Gateway {
                 &route.websocket_origins,
             )?;
         }
+        // 3d cross-site request forgery: a browser sends the cookie with a
+        //    form or fetch from any site (`SameSite=None`, or a sibling
+        //    subdomain under `Lax`); it always says which page sent it.
+        if ctx.from_cookie
+            && !is_safe_method(req.method())
+            && !websocket::same_origin(
+                req.headers(),
+                target.host.as_deref(),
+                &rt.forward.cookie_origins,
+            )
+        {
+            return Err(Deny::CookieOrigin.into());
+        }
         // Whether the principal holds the mask's `unmask_with` (no principal:
         // it does not).
         let mut unmask = false;
@@ -965,7 +978,8 @@ impl Gateway {
             .map_err(Deny::Unauthenticated)?;
         // A page of another site must not end the session its visitor's
         // cookie carries (a cross-site form POST, `SameSite=None` cookies).
-        if v.from_cookie && !websocket::same_origin(req.headers(), host, &[]) {
+        if v.from_cookie && !websocket::same_origin(req.headers(), host, &rt.forward.cookie_origins)
+        {
             return Err(Deny::LogoutOrigin.into());
         }
         ctx.subject = Some(v.principal.subject.clone());
@@ -994,7 +1008,7 @@ impl Gateway {
         let mut resp = json_response(StatusCode::OK, body);
         if let Some(name) = &rt.forward.cookie {
             resp.headers_mut()
-                .insert(header::SET_COOKIE, clear_cookie(name));
+                .insert(header::SET_COOKIE, clear_cookie(name, ctx.https));
         }
         Ok(resp)
     }
@@ -1018,9 +1032,25 @@ fn accepts_html(h: &http::HeaderMap) -> bool {
         .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
 }
 
-fn clear_cookie(name: &str) -> HeaderValue {
+/// Methods a browser page of another site may send with the cookie
+/// without asking (RFC 9110 §9.2.1 safe methods): they must not change
+/// state, so no origin check.
+fn is_safe_method(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The `Set-Cookie` that clears the credential cookie. Browsers ignore a
+/// `__Host-`/`__Secure-` cookie without `Secure` (the clearing one too),
+/// and refuse `Secure` from a plain-HTTP page: `Secure` when the name has
+/// such a prefix or the connection is TLS.
+fn clear_cookie(name: &str, https: bool) -> HeaderValue {
+    let secure = https || name.starts_with("__Host-") || name.starts_with("__Secure-");
     HeaderValue::from_str(&format!(
-        "{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+        "{name}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax{}",
+        if secure { "; Secure" } else { "" }
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("rg_session=; Path=/; Max-Age=0"))
 }
@@ -1759,7 +1789,7 @@ fn refuse(rt: &Runtime, ctx: &mut Ctx, refusal: Refusal) -> Response<RespBody> {
         if ctx.from_cookie
             && let Some(name) = &rt.forward.cookie
         {
-            h.insert(header::SET_COOKIE, clear_cookie(name));
+            h.insert(header::SET_COOKIE, clear_cookie(name, ctx.https));
         }
         if ctx.accept_html
             && let Some(url) = &rt.sessions.login_url
@@ -1863,6 +1893,18 @@ fn push_hex(out: &mut String, v: u64, width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixed_cookies_are_cleared_with_secure_even_over_plain_http() {
+        let c = |name, https| clear_cookie(name, https).to_str().unwrap().to_string();
+        assert_eq!(
+            c("rg_session", false),
+            "rg_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
+        );
+        assert!(c("rg_session", true).ends_with("; Secure"));
+        assert!(c("__Host-rg", false).ends_with("; Secure"));
+        assert!(c("__Secure-rg", false).ends_with("; Secure"));
+    }
 
     #[test]
     fn request_ids_are_the_prefix_and_counter_in_hex_as_format_writes_them() {

@@ -157,10 +157,11 @@ pub enum PathError {
     /// A `.` or `..` segment (raw or encoded).
     #[error("dot segment in request path")]
     DotSegment,
-    /// `%25` followed by the escape of `.`, `/`, `\` or NUL: harmless to
-    /// us, but a backend that decodes twice would see a dot segment or a
-    /// separator the gateway never routed on.
-    #[error("double-encoded dot, slash, backslash or NUL in request path")]
+    /// `%25` followed by the escape of an ASCII character (`%252E`,
+    /// `%2561`): harmless to us, but a backend that decodes twice would see
+    /// a dot segment, a separator or a letter of a path the gateway never
+    /// routed on.
+    #[error("double-encoded character in request path")]
     DoubleEncoding,
 }
 
@@ -277,14 +278,15 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
     }
 
     // `%25` is kept encoded, but the two characters after it are literal
-    // and may be either case.
+    // and may be either case: `%25` then the escape of an ASCII character
+    // (`%2561`, `%252F`, `%2525`) is one.
     if saw_escaped_percent {
         debug_assert!(path.contains("%25"));
-        let upper = path.to_ascii_uppercase();
-        if ["%252E", "%252F", "%255C", "%2500"]
-            .iter()
-            .any(|d| upper.contains(d))
-        {
+        let b = path.as_bytes();
+        let double = b.windows(5).any(|w| {
+            w.starts_with(b"%25") && hex_val(w[3]).is_some_and(|h| h < 8) && hex_val(w[4]).is_some()
+        });
+        if double {
             return Err(PathError::DoubleEncoding);
         }
     }
@@ -625,11 +627,22 @@ mod tests {
             "/a%255cb",
             "/a%2500",
             "/a/%252E",
+            // Any ASCII character: a letter of a literal route segment,
+            // a `;` or `?` a twice-decoding backend splits on, `%` itself.
+            "/%2561dmin",
+            "/api/%2541DMIN",
+            "/a%253Bx=1",
+            "/a%253f",
+            "/a%2525",
+            "/a%257e",
         ] {
             assert_eq!(canonicalize(t, &o), Err(PathError::DoubleEncoding), "{t}");
         }
-        // A literal percent sign elsewhere is fine.
-        assert_eq!(canonicalize("/a/100%25", &o).unwrap().path, "/a/100%25");
+        // A literal percent sign elsewhere is fine, as is one before text
+        // that is no ASCII escape.
+        for t in ["/a/100%25", "/a/100%25x", "/a/%25g1", "/a/%25C3%25A9"] {
+            assert_eq!(canonicalize(t, &o).unwrap().path, t);
+        }
     }
 
     #[test]

@@ -262,6 +262,13 @@ async fn tokens_issued_before_a_deactivation_stay_refused(a: &Gw, b: &Gw) {
     // A malformed `iat` is an invalid token, deactivation or not.
     let r = flows(a, &iat("f-bad", json!("yesterday"))).await;
     assert_eq!((r.status, r.error().as_str()), (401, "invalid_token"));
+    // So is one issued in the future beyond the leeway (5 s here): it would
+    // pass any later cut-off. Within the leeway it is clock skew.
+    let r = flows(a, &iat("f-future", json!(now() + 3600))).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "invalid_token"));
+    let skewed =
+        token_with(json!({ "sub": "heidi", "sid": "h-1", "roles": ["viewer"], "iat": now() + 3 }));
+    assert_eq!(flows(a, &skewed).await.status, 200);
     // No deactivation yet: no cut-off, and a token without `iat` works.
     let grace =
         token_with(json!({ "sub": "grace", "sid": "g-1", "roles": ["viewer"], "iat": null }));
