@@ -65,15 +65,17 @@ impl Inner {
     }
 
     /// Makes a change already applied to memory durable: `write` appends its
-    /// lines. If that fails, or an earlier write failed (the journal may lack
-    /// changes memory holds), the journal is rewritten from memory instead,
-    /// which holds this change too. Err: the change is not known to be on
-    /// disk, so the caller must not report success.
+    /// lines, and the file is synced (an acknowledged logout, revocation or
+    /// deactivation must survive a power loss, not only a crash of this
+    /// process). If that fails, or an earlier write failed (the journal may
+    /// lack changes memory holds), the journal is rewritten from memory
+    /// instead, which holds this change too. Err: the change is not known
+    /// to be on disk, so the caller must not report success.
     fn persist(
         &self,
         write: impl FnOnce(&Journal) -> std::io::Result<usize>,
     ) -> Result<usize, StoreError> {
-        match write(&self.journal) {
+        match write(&self.journal).and_then(|n| self.journal.sync().map(|()| n)) {
             Ok(n) => Ok(n),
             Err(e) => {
                 tracing::error!(error = %e, "session journal append failed; rewriting it from memory");
@@ -320,6 +322,29 @@ mod tests {
                 .any(|l| l.contains("\"op\":\"end\"") && l.contains("\"s\":\"s1\"")),
             "{text}"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// An acknowledged end is synced to the disk; a sync that fails is a
+    /// failed write (the journal is rewritten from memory, and synced,
+    /// before the call answers).
+    #[tokio::test]
+    async fn acknowledged_ends_are_synced_to_the_disk() {
+        let (store, d) = open("sync");
+        let t = touch("s1", now_ms(), 60_000);
+        assert_eq!(store.check(&t).unwrap(), Verdict::Active);
+        store.inner.journal.inject(Some(Fault::Sync));
+        assert!(store.end(t.id(), EndReason::Logout, 0).unwrap());
+        assert_eq!(store.inner.journal.fault(), None, "the end was not synced");
+        let text = std::fs::read_to_string(d.join("sessions.journal")).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("\"op\":\"end\"") && l.contains("\"s\":\"s1\"")),
+            "{text}"
+        );
+        store.inner.journal.inject(Some(Fault::Sync));
+        assert!(store.deactivate("u1").unwrap().0);
+        assert_eq!(store.inner.journal.fault(), None, "the deactivation was not synced");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -135,6 +135,8 @@ pub(super) enum Fault {
     Full,
     /// Opening the new append handle in `compact` fails once.
     Open,
+    /// The next sync fails once.
+    Sync,
 }
 
 #[cfg(test)]
@@ -235,6 +237,26 @@ impl Journal {
         inner.len += buf.len() as u64;
         inner.appended += lines.len();
         Ok(inner.appended)
+    }
+
+    /// Syncs what was appended to the disk (`fdatasync`). Activity
+    /// flushes are not synced (losing the last seconds of activity to a
+    /// power loss only shortens sessions); the changes that refuse
+    /// something are.
+    pub fn sync(&self) -> std::io::Result<()> {
+        #[allow(unused_mut)]
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(test)]
+        if inner.fault == Some(Fault::Sync) {
+            inner.fault = None;
+            return Err(injected());
+        }
+        inner.file.sync_data()
+    }
+
+    #[cfg(test)]
+    pub(super) fn fault(&self) -> Option<Fault> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).fault
     }
 
     /// Whether appends wait for a rewrite (an earlier write failed).
