@@ -1157,6 +1157,7 @@ impl Builder {
                 IssueKind::Warning => self.warn(&r.file, r.line, msg),
             }
         }
+        self.lint_trailing_slash(&router, routes, &compiled);
         for (i, route) in compiled.iter().enumerate() {
             let params = template_params(&route.spec.path);
             for issue in policy.check_route(&route.policy, &params) {
@@ -1174,6 +1175,55 @@ impl Builder {
             }
         }
         (router, ok.then_some(compiled))
+    }
+
+    /// Warns when a route's path with a trailing slash added is decided
+    /// by another route with another policy: rolegate keeps the slash
+    /// (paths differ), but many backends (Express, Spring before 6, Flask
+    /// with `strict_slashes=False`) serve `/admin/5/` as `/admin/5`. Probed
+    /// with `1` for every parameter; routes whose parameters refuse `1`,
+    /// and catch-alls, are not probed.
+    fn lint_trailing_slash(
+        &mut self,
+        router: &Router,
+        routes: &[Located<super::file::FileRoute>],
+        compiled: &[Route],
+    ) {
+        for (i, c) in compiled.iter().enumerate() {
+            let path = &c.spec.path;
+            if path.ends_with('/') || path.contains("**") {
+                continue;
+            }
+            let sample = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "1" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            let host = c.spec.host.as_ref().map(|h| h.replacen('*', "a", 1));
+            let method = c.spec.methods.first().map_or("GET", String::as_str);
+            let at = |p: &str| router.at(host.as_deref(), method, p).map(|m| m.route);
+            if at(&sample) != Some(i) {
+                continue;
+            }
+            let Some(j) = at(&format!("{sample}/")) else {
+                continue;
+            };
+            let other = &compiled[j];
+            if j != i
+                && (other.policy.public != c.policy.public
+                    || other.policy.require != c.policy.require
+                    || other.policy.scope != c.policy.scope)
+            {
+                self.warn(
+                    &routes[i].file,
+                    routes[i].line,
+                    format!(
+                        "route {}: {sample}/ (with a trailing slash) is decided by route {}, with another policy; backends that ignore a trailing slash serve it as {sample}: add the slashed path to this route's policy (a route for {path}/), or make sure the backend tells them apart",
+                        c.name, other.name
+                    ),
+                );
+            }
+        }
     }
 
     fn build_upstreams(
@@ -3037,6 +3087,34 @@ mod tests {
         );
         let (_, w) = load_rules(&[("r.yaml", &rules("mask: pii, "))]);
         assert!(!w.iter().any(|w| w.contains("masked route")), "{w:#?}");
+    }
+
+    #[test]
+    fn a_trailing_slash_decided_by_a_looser_route_warns() {
+        let rules = |catch_all: &str| {
+            format!(
+                "roles:\n  r: {{ grants: [a.x, b.view] }}\n\
+                 routes:\n\
+                 \x20 - {{ name: admin, match: {{ methods: [GET], path: \"/api/admin/{{id}}\" }}, require: a.x }}\n\
+                 \x20 - {{ name: num, match: {{ methods: [GET], path: \"/api/n/{{id:[a-z]+}}\" }}, require: a.x }}\n\
+                 \x20 - {{ name: rest, match: {{ methods: [GET], path: \"/api/**\" }}, require: {catch_all} }}\n"
+            )
+        };
+        let (rt, w) = load_rules(&[("r.yaml", &rules("b.view"))]);
+        assert!(rt.is_some(), "{w:#?}");
+        let hits: Vec<&String> = w.iter().filter(|w| w.contains("trailing slash")).collect();
+        // `num` refuses the probe value: not probed.
+        assert_eq!(hits.len(), 1, "{w:#?}");
+        assert!(
+            hits[0].contains(
+                "route admin: /api/admin/1/ (with a trailing slash) is decided by route rest"
+            ),
+            "{}",
+            hits[0]
+        );
+        // The same policy on both: nothing gained by the slash.
+        let (_, w) = load_rules(&[("r.yaml", &rules("a.x"))]);
+        assert!(!w.iter().any(|w| w.contains("trailing slash")), "{w:#?}");
     }
 
     #[test]

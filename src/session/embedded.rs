@@ -344,7 +344,11 @@ mod tests {
         );
         store.inner.journal.inject(Some(Fault::Sync));
         assert!(store.deactivate("u1").unwrap().0);
-        assert_eq!(store.inner.journal.fault(), None, "the deactivation was not synced");
+        assert_eq!(
+            store.inner.journal.fault(),
+            None,
+            "the deactivation was not synced"
+        );
         let _ = std::fs::remove_dir_all(&d);
     }
 
