@@ -1257,6 +1257,27 @@ async fn cookie_authenticated_writes_from_other_sites_are_refused() {
             String::from_utf8_lossy(&r.body)
         );
     }
+    // `Sec-Fetch-Site`, which pages cannot set, comes first: a same-origin
+    // post of a `Referrer-Policy: no-referrer` page says `Origin: null`.
+    for (site, origin, want) in [
+        ("same-origin", "Origin: null", 200),
+        ("none", "X-No-Origin: 1", 200),
+        ("cross-site", "X-No-Origin: 1", 403),
+        ("same-site", "X-No-Origin: 1", 403),
+        ("same-site", "Origin: https://evil.example", 403),
+        ("cross-site", "Origin: https://console.example", 200),
+    ] {
+        let fetch = format!("Sec-Fetch-Site: {site}");
+        let r = req(
+            gw.addr,
+            "PUT",
+            "/bots/1/flows",
+            None,
+            &[&cookie, &fetch, origin],
+        )
+        .await;
+        assert_eq!(r.status, want, "{site} {origin}");
+    }
     // A safe method from another site is a read: no check.
     let r = req(
         gw.addr,

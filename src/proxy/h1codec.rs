@@ -713,6 +713,19 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         None => has_token(&headers, header::CONNECTION, "close"),
     };
     let mut reusable = version == Version::HTTP_11 && !close;
+    // `5, 5` or two equal fields: passed on as the one number they say
+    // (HEAD, 204 and 304 answers too).
+    let listed = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .nth(1)
+        .is_some()
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_digit));
+    if listed && let Some(n) = content_length(&headers) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     let decode = if status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || *method == Method::HEAD
@@ -749,18 +762,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         let Some(n) = content_length(&headers) else {
             return Err(WireError::Malformed("Content-Length"));
         };
-        // `5, 5` or two equal fields: passed on as the one number they say.
-        if headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .nth(1)
-            .is_some()
-            || headers
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_digit))
-        {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
         if n == 0 {
             Decode::Done
         } else {
@@ -1433,12 +1434,21 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhello",
         ] {
-            for relay in [false, true] {
-                let Ok(Parsed::Final(h)) = parse_head(&mut BytesMut::from(a), &Method::GET, relay)
+            for (relay, method) in [
+                (false, Method::GET),
+                (true, Method::GET),
+                (false, Method::HEAD),
+                (true, Method::HEAD),
+            ] {
+                let Ok(Parsed::Final(h)) = parse_head(&mut BytesMut::from(a), &method, relay)
                 else {
                     panic!("not a final head");
                 };
-                assert!(matches!(h.decode, Decode::Length(5)));
+                if method == Method::GET {
+                    assert!(matches!(h.decode, Decode::Length(5)));
+                } else {
+                    assert!(matches!(h.decode, Decode::Done));
+                }
                 let lengths: Vec<_> = h
                     .response
                     .headers()

@@ -482,7 +482,7 @@ impl Gateway {
         //    subdomain under `Lax`); it always says which page sent it.
         if ctx.from_cookie
             && !is_safe_method(req.method())
-            && !websocket::same_origin(
+            && !websocket::cookie_request_allowed(
                 req.headers(),
                 target.host.as_deref(),
                 &rt.forward.cookie_origins,
@@ -978,7 +978,8 @@ impl Gateway {
             .map_err(Deny::Unauthenticated)?;
         // A page of another site must not end the session its visitor's
         // cookie carries (a cross-site form POST, `SameSite=None` cookies).
-        if v.from_cookie && !websocket::same_origin(req.headers(), host, &rt.forward.cookie_origins)
+        if v.from_cookie
+            && !websocket::cookie_request_allowed(req.headers(), host, &rt.forward.cookie_origins)
         {
             return Err(Deny::LogoutOrigin.into());
         }

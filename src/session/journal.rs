@@ -120,6 +120,11 @@ struct Inner {
     /// already applied, a flushed activity batch). Appends are refused
     /// until [`Journal::compact`] has rewritten the file from memory.
     needs_rewrite: bool,
+    /// Appended since the last sync (a rewrite is synced whole).
+    unsynced: bool,
+    /// Syncs done (tests count them).
+    #[cfg(test)]
+    syncs: usize,
     #[cfg(test)]
     fault: Option<Fault>,
 }
@@ -195,6 +200,9 @@ impl Journal {
                 len,
                 appended: 0,
                 needs_rewrite: false,
+                unsynced: false,
+                #[cfg(test)]
+                syncs: 0,
                 #[cfg(test)]
                 fault: None,
             }),
@@ -236,6 +244,7 @@ impl Journal {
         }
         inner.len += buf.len() as u64;
         inner.appended += lines.len();
+        inner.unsynced = true;
         Ok(inner.appended)
     }
 
@@ -243,20 +252,39 @@ impl Journal {
     /// flushes are not synced (losing the last seconds of activity to a
     /// power loss only shortens sessions); the changes that refuse
     /// something are.
+    /// Nothing appended since the last sync (a repeated logout of an
+    /// ended session): no sync. A failed sync makes a rewrite pending, as
+    /// a failed append does.
     pub fn sync(&self) -> std::io::Result<()> {
-        #[allow(unused_mut)]
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        #[cfg(test)]
-        if inner.fault == Some(Fault::Sync) {
-            inner.fault = None;
-            return Err(injected());
+        if !inner.unsynced {
+            return Ok(());
         }
-        inner.file.sync_data()
+        #[cfg(test)]
+        let result = if inner.fault == Some(Fault::Sync) {
+            inner.fault = None;
+            Err(injected())
+        } else {
+            inner.syncs += 1;
+            inner.file.sync_data()
+        };
+        #[cfg(not(test))]
+        let result = inner.file.sync_data();
+        match result {
+            Ok(()) => inner.unsynced = false,
+            Err(_) => inner.needs_rewrite = true,
+        }
+        result
     }
 
     #[cfg(test)]
     pub(super) fn fault(&self) -> Option<Fault> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).fault
+    }
+
+    #[cfg(test)]
+    pub(super) fn syncs(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).syncs
     }
 
     /// Whether appends wait for a rewrite (an earlier write failed).
@@ -373,6 +401,7 @@ impl Journal {
         inner.len = len;
         inner.appended = 0;
         inner.needs_rewrite = false;
+        inner.unsynced = false;
         Ok(())
     }
 }
