@@ -176,44 +176,19 @@ async fn may_create(
     )))
 }
 
-/// Whether a user's own token (not the admin token) may set `sub`'s entry
-/// from inactive to active: only while the directory's deactivation is
-/// the user's last one (an operator's `POST /users/{user}/deactivate`,
-/// before or after it, is lifted only by the admin token).
-/// `Err`: the store could not say (503); `Ok(Err)`: refused (403).
-#[allow(clippy::result_large_err)]
-async fn may_reactivate(
-    store: &Store,
-    caller: &Caller,
-    sub: &str,
-    old: Option<&UserRecord>,
-    new: &UserRecord,
-) -> Result<Result<(), Refused>, Resp> {
-    let reactivates = old.is_some_and(|o| !o.active) && new.active;
-    if !reactivates || matches!(caller, Caller::Operator) {
-        return Ok(Ok(()));
-    }
-    if !store.is_deactivated(sub).await.map_err(unavailable)? {
-        return Ok(Ok(()));
-    }
-    let last = store.not_before(sub).await.map_err(unavailable)?;
-    let own = old.and_then(|o| o.deactivated_ms);
-    if own.is_some() && own == last {
-        return Ok(Ok(()));
-    }
-    Ok(Err(crate::directory::forbidden(
-        "this user is also deactivated outside the directory (by an operator): only the admin token reactivates them".into(),
-    )))
-}
-
 /// The ops that write `new` for `sub` (or remove it), with the store's
 /// session side effects applied first: deactivating an entry ends every
-/// session of the user (and sets the not-before cut-off), reactivating it
-/// lifts the deactivation. The record written (the directory's
-/// deactivation time kept in it) is returned with the op.
+/// session the directory's issuer gave the user and sets the not-before
+/// cut-off of that issuer's tokens; reactivating it lifts that
+/// deactivation. The directory speaks for its issuer only: the same
+/// subject's tokens from other issuers, and a deactivation by the admin
+/// API (`POST /users/{user}/deactivate`, every issuer), are not touched.
+/// The record written (the directory's deactivation time kept in it) is
+/// returned with the op.
 #[allow(clippy::result_large_err)]
 pub async fn write_user(
     store: &Store,
+    issuer: &str,
     sub: &str,
     old: Option<&UserRecord>,
     new: Option<&UserRecord>,
@@ -230,16 +205,14 @@ pub async fn write_user(
             old.and_then(|o| o.deactivated_ms)
         };
     }
+    let user = crate::session::issuer_user_key(issuer, sub);
     if was && !is {
-        let (first, cut_off) = store.deactivate(sub).await.map_err(unavailable)?;
-        // Already deactivated by someone else: that deactivation is not
-        // the directory's to lift.
-        let at = first.then_some(cut_off);
+        let (_, cut_off) = store.deactivate(&user).await.map_err(unavailable)?;
         if let Some(n) = &mut new {
-            n.deactivated_ms = at;
+            n.deactivated_ms = Some(cut_off);
         }
     } else if !was && is && new.is_some() {
-        store.reactivate(sub).await.map_err(unavailable)?;
+        store.reactivate(&user).await.map_err(unavailable)?;
     }
     let op = match &new {
         Some(n) => SharedOp::Put {
@@ -480,12 +453,6 @@ async fn import_csv(
                 Err(r) => return (r, None),
             };
         }
-        if checked.is_ok() {
-            checked = match may_reactivate(store, caller, &sub, old.as_ref(), &rec).await {
-                Ok(r) => r,
-                Err(r) => return (r, None),
-            };
-        }
         match checked {
             Ok(()) => changes.push((sub, old, rec)),
             Err(r) => {
@@ -517,7 +484,7 @@ async fn import_csv(
         } else if old.as_ref().is_some_and(|o| !o.same_entry(rec)) {
             updated += 1;
         }
-        match write_user(store, sub, old.as_ref(), Some(rec)).await {
+        match write_user(store, &dir.issuer, sub, old.as_ref(), Some(rec)).await {
             Ok((op, _)) => ops.push(op),
             Err(r) => return (r, None),
         }
@@ -598,17 +565,12 @@ async fn put_user(
     ) {
         return (refused(r), None);
     }
-    for allowed in [
-        may_create(store, caller, sub, old.as_ref()).await,
-        may_reactivate(store, caller, sub, old.as_ref(), &new).await,
-    ] {
-        match allowed {
-            Ok(Ok(())) => {}
-            Ok(Err(r)) => return (refused(r), None),
-            Err(r) => return (r, None),
-        }
+    match may_create(store, caller, sub, old.as_ref()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(r)) => return (refused(r), None),
+        Err(r) => return (r, None),
     }
-    let (op, new) = match write_user(store, sub, old.as_ref(), Some(&new)).await {
+    let (op, new) = match write_user(store, &dir.issuer, sub, old.as_ref(), Some(&new)).await {
         Ok((op, written)) => (op, written.unwrap_or(new)),
         Err(r) => return (r, None),
     };

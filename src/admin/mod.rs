@@ -323,7 +323,21 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             }
         }
         (&Method::POST, ["users", user, "reactivate"]) if !user.is_empty() => {
-            match store.reactivate(user).await {
+            // Also the directory's deactivation of its issuer's tokens (an
+            // entry still inactive keeps refusing them: see the directory).
+            let directory = match &rt.directory {
+                Some(d) => {
+                    store
+                        .reactivate(&crate::session::issuer_user_key(&d.issuer, user))
+                        .await
+                }
+                None => Ok(false),
+            };
+            let all = match directory {
+                Ok(d) => store.reactivate(user).await.map(|a| a || d),
+                Err(e) => Err(e),
+            };
+            match all {
                 Ok(changed) => (
                     "reactivate_user",
                     *user,
@@ -333,13 +347,28 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             }
         }
         (&Method::GET, ["users", user, "sessions"]) if !user.is_empty() => {
-            let (sessions, deactivated, not_before) = match (
-                store.sessions_of(user).await,
-                store.is_deactivated(user).await,
-                store.not_before(user).await,
-            ) {
-                (Ok(s), Ok(d), Ok(nb)) => (s, d, nb),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return unavailable(e),
+            // Deactivated for every issuer, or by the directory for its own.
+            let users: Vec<String> = std::iter::once(user.to_string())
+                .chain(
+                    rt.directory
+                        .as_ref()
+                        .map(|d| crate::session::issuer_user_key(&d.issuer, user)),
+                )
+                .collect();
+            let mut deactivated = false;
+            let mut not_before: Option<u64> = None;
+            for u in &users {
+                match (store.is_deactivated(u).await, store.not_before(u).await) {
+                    (Ok(d), Ok(nb)) => {
+                        deactivated |= d;
+                        not_before = not_before.max(nb);
+                    }
+                    (Err(e), _) | (_, Err(e)) => return unavailable(e),
+                }
+            }
+            let sessions = match store.sessions_of(user).await {
+                Ok(s) => s,
+                Err(e) => return unavailable(e),
             };
             let now = now_ms();
             let list: Vec<Value> = sessions.iter().map(|r| session_json(r, now)).collect();

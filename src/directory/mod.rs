@@ -63,11 +63,9 @@ pub struct UserRecord {
     pub grants: Vec<String>,
     #[serde(default = "yes")]
     pub active: bool,
-    /// When the directory deactivated the user (the store's deactivation
-    /// time it made), kept while the entry is inactive: a user's own token
-    /// may set the entry back to active only while that deactivation is
-    /// the last one, so it never lifts one made by an operator. Set by the
-    /// gateway; a value sent in a `PUT` is ignored.
+    /// When the directory deactivated the user (the not-before cut-off of
+    /// the directory issuer's tokens it set), kept while the entry is
+    /// inactive. Set by the gateway; a value sent in a `PUT` is ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deactivated_ms: Option<u64>,
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
 pub use shared::{Entry as SharedEntry, Op as SharedOp};
-pub use table::{EndReason, Record, SessionRef, Touch, Verdict};
+pub use table::{EndReason, Record, SessionRef, Touch, Verdict, issuer_user_key};
 
 /// An open websocket's subscription to its session's end (see `watch.rs`);
 /// unsubscribes when dropped.
@@ -293,7 +293,7 @@ impl Store {
             Store::Embedded(s) => (s.table(), true),
             Store::Redis(s) => (s.table(), false),
         };
-        if table.is_deactivated(id.subject) || table.is_revoked_id(id.session) {
+        if table.user_deactivated(id.issuer, id.subject) || table.is_revoked_id(id.session) {
             return false;
         }
         if let (Some(max), Some(created)) = (max_lifetime_ms, created_ms)

@@ -102,7 +102,8 @@ use tokio::task::JoinHandle;
 
 use super::shared::Op as SharedOp;
 use super::table::{
-    Change, EndReason, Key, Record, RevokedId, SessionRef, Table, Touch, Verdict, sort_records,
+    Change, EndReason, Key, Record, RevokedId, SessionRef, Table, Touch, Verdict, issuer_user_key,
+    sort_records, split_user_key,
 };
 use super::{SessionSettings, StoreError, now_ms};
 
@@ -189,15 +190,16 @@ local function raise_nb(key, sub, at)
   end
   return s(nb)
 end
--- Ends every active session in the set `set` (session keys); returns them flattened.
-local function end_all(set, reason)
+-- Ends every active session in the set `set` (session keys), of issuer `iss`
+-- only when given; returns them flattened.
+local function end_all(set, reason, iss)
   local out = {}
   for _, hex in ipairs(redis.call('SMEMBERS', set)) do
     local skey = P .. 'sess:' .. hex
     local r = load(skey)
     if not r then
       redis.call('SREM', set, hex)
-    elseif not r.ended then
+    elseif not r.ended and (iss == nil or iss == '' or r.iss == iss) then
       end_session(skey, r, reason, NOW, true)
       flat(out, r)
     end
@@ -208,16 +210,22 @@ end
 
 /// The per-request check. KEYS: session, deact, revoked id, notbefore.
 /// ARGV[5..]: session key (hex), iss, sub, sid, idle, max lifetime (0:
-/// none), token exp, touch (1/0), token iat ('': none). Returns
-/// `{'deact', since}`, `{'notbefore', cut-off}` (the token is refused as
-/// revoked, no session is made) or `{'ok', record...}`.
+/// none), token exp, touch (1/0), token iat ('': none), the subject's
+/// issuer user key (deactivations and cut-offs of this issuer only).
+/// Returns `{'deact', since}`, `{'notbefore', cut-off, user key}` (the
+/// token is refused as revoked, no session is made) or `{'ok', record...}`.
 const LUA_CHECK: &str = r#"
 local hex, iss, sub, sid = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local idle, maxl, texp = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local since = redis.call('HGET', KEYS[2], sub)
-if since then return { 'deact', since } end
-local nb = redis.call('HGET', KEYS[4], sub)
-if nb and (ARGV[13] == '' or tonumber(ARGV[13]) < math.floor(tonumber(nb) / 1000) * 1000) then return { 'notbefore', nb } end
+local users = { sub, ARGV[14] }
+for _, u in ipairs(users) do
+  local since = redis.call('HGET', KEYS[2], u)
+  if since then return { 'deact', since } end
+end
+for _, u in ipairs(users) do
+  local nb = redis.call('HGET', KEYS[4], u)
+  if nb and (ARGV[13] == '' or tonumber(ARGV[13]) < math.floor(tonumber(nb) / 1000) * 1000) then return { 'notbefore', nb, u } end
+end
 local revoked = redis.call('EXISTS', KEYS[3]) == 1
 local r = load(KEYS[1])
 if not r then
@@ -309,10 +317,11 @@ expire_at(KEYS[1], r)
 return 1
 "#;
 
-/// Ends every active session of a user. KEYS: user set.
+/// Ends every active session of a user. KEYS: user set. ARGV[5]: the
+/// issuer whose sessions end ('': every issuer's).
 /// Returns the newly ended records, flattened.
 const LUA_END_USER: &str = r#"
-return end_all(KEYS[1], 'revoked')
+return end_all(KEYS[1], 'revoked', ARGV[5])
 "#;
 
 /// A user's sessions; ends those idle or past their lifetime by Redis's
@@ -350,7 +359,8 @@ return raise_nb(KEYS[1], ARGV[5], tonumber(ARGV[6]))
 /// Deactivates a user and ends every session the user has, in one step,
 /// and raises the user's not-before cut-off to now (also when it was
 /// deactivated already), or past the one it had: two deactivations never
-/// share a cut-off. KEYS: deact, user set, notbefore. ARGV[5]: subject.
+/// share a cut-off. KEYS: deact, user set, notbefore. ARGV[5]: user key,
+/// ARGV[6]: the issuer whose sessions end ('': every issuer's).
 /// Returns `{changed, since, cut-off, ended records...}`.
 const LUA_DEACTIVATE: &str = r#"
 local at = NOW
@@ -362,7 +372,7 @@ local changed = redis.call('HSETNX', KEYS[1], ARGV[5], s(NOW))
 local since = redis.call('HGET', KEYS[1], ARGV[5])
 redis.call('PUBLISH', CH, 'deact ' .. since .. ' ' .. ARGV[5])
 local out = { s(changed), since, nb }
-for _, v in ipairs(end_all(KEYS[2], 'revoked')) do out[#out + 1] = v end
+for _, v in ipairs(end_all(KEYS[2], 'revoked', ARGV[6])) do out[#out + 1] = v end
 return out
 "#;
 
@@ -802,14 +812,15 @@ impl Inner {
                 t.token_iat_ms
                     .map(|i| i.min(MAX_MS).to_string())
                     .unwrap_or_default(),
-            );
+            )
+            .arg(issuer_user_key(t.issuer, t.subject));
         let v: Vec<String> = self.invoke("check", &inv).await?;
         match v.first().map(String::as_str) {
             Some("deact") => Ok(Verdict::Deactivated),
             Some("notbefore") => {
                 // A cut-off only ever rises: safe to mirror whenever read.
-                if let Some(nb) = v.get(1) {
-                    self.table.set_not_before(t.subject, parse_u64(nb)?);
+                if let (Some(nb), Some(user)) = (v.get(1), v.get(2)) {
+                    self.table.set_not_before(user, parse_u64(nb)?);
                 }
                 Ok(Verdict::Ended(EndReason::Revoked))
             }
@@ -1562,10 +1573,13 @@ impl RedisStore {
     /// forward the request. Only then does a lost subscription fail.
     pub async fn check(&self, t: &Touch<'_>) -> Result<Verdict, StoreError> {
         let inner = &*self.inner;
-        if inner.table.is_deactivated(t.subject) {
+        if inner.table.user_deactivated(t.issuer, t.subject) {
             return Ok(Verdict::Deactivated);
         }
-        if inner.table.is_revoked_id(t.session) || inner.table.is_cut_off(t.subject, t.token_iat_ms)
+        if inner.table.is_revoked_id(t.session)
+            || inner
+                .table
+                .user_cut_off(t.issuer, t.subject, t.token_iat_ms)
         {
             return Ok(Verdict::Ended(EndReason::Revoked));
         }
@@ -1656,11 +1670,12 @@ impl RedisStore {
     }
 
     /// Ends every active session of a user; returns how many there were.
-    pub async fn end_user(&self, subject: &str) -> Result<usize, StoreError> {
+    pub async fn end_user(&self, user: &str) -> Result<usize, StoreError> {
+        let (issuer, subject) = split_user_key(user);
         let mut inv = self
             .inner
             .invocation(&self.inner.scripts.end_user, now_ms());
-        inv.key(user_key(subject));
+        inv.key(user_key(subject)).arg(issuer.unwrap_or(""));
         let v: Vec<String> = self.inner.invoke("end_user", &inv).await?;
         let ended = parse_records(&v)?;
         for r in &ended {
@@ -1674,10 +1689,12 @@ impl RedisStore {
         let mut inv = self
             .inner
             .invocation(&self.inner.scripts.deactivate, now_ms());
+        let (issuer, sub) = split_user_key(subject);
         inv.key(deact_key())
-            .key(user_key(subject))
+            .key(user_key(sub))
             .key(not_before_key())
-            .arg(subject);
+            .arg(subject)
+            .arg(issuer.unwrap_or(""));
         let v: Vec<String> = self.inner.invoke("deactivate", &inv).await?;
         let [changed, since, not_before, ended @ ..] = v.as_slice() else {
             return Err(StoreError("redis deactivate: unexpected reply".into()));

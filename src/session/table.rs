@@ -30,6 +30,10 @@
 //! (`iat`), or without `iat`, is refused as a revoked session without
 //! creating one: after a reactivation only new logins work, also for tokens
 //! the gateway never saw before the deactivation.
+//!
+//! Deactivations and cut-offs are keyed by a *user key*: a plain subject
+//! (the admin API's: every issuer's tokens of that subject) or an
+//! [`issuer_user_key`] (the user directory's: its issuer's tokens only).
 
 use std::sync::Arc;
 
@@ -269,6 +273,27 @@ pub struct Table {
     /// Shared records besides sessions (relation tuples), persisted by
     /// the store like the rest of the table.
     shared: super::shared::Shared,
+    /// Some deactivation or cut-off was ever keyed by issuer and subject
+    /// ([`issuer_user_key`]): only then does a check make that key.
+    any_issuer_keyed: std::sync::atomic::AtomicBool,
+}
+
+/// The user key of a deactivation (and its not-before cut-off) that
+/// concerns one issuer's subject only — the user directory's, which speaks
+/// for its issuer alone: `\0{issuer}\0{subject}`. A plain subject is the
+/// admin API's: every issuer's tokens of that subject. (Issuers cannot hold
+/// NUL, so the key splits back unambiguously; a subject holding one can
+/// only ever name itself.)
+pub fn issuer_user_key(issuer: &str, subject: &str) -> String {
+    format!("\0{issuer}\0{subject}")
+}
+
+/// A user key's issuer (for an [`issuer_user_key`]) and subject.
+pub fn split_user_key(key: &str) -> (Option<&str>, &str) {
+    match key.strip_prefix('\0').and_then(|k| k.split_once('\0')) {
+        Some((issuer, subject)) => (Some(issuer), subject),
+        None => (None, key),
+    }
 }
 
 impl Table {
@@ -312,9 +337,37 @@ impl Table {
             .is_some_and(|nb| iat_ms.is_none_or(|iat| iat < nb / 1000 * 1000))
     }
 
+    /// Is `subject` of `issuer` deactivated, by the admin API (every
+    /// issuer) or for this issuer only (the directory)?
+    pub fn user_deactivated(&self, issuer: &str, subject: &str) -> bool {
+        self.is_deactivated(subject)
+            || (self.any_issuer_keyed() && self.is_deactivated(&issuer_user_key(issuer, subject)))
+    }
+
+    /// [`Table::is_cut_off`] for a token of `issuer`: the later of the
+    /// subject's cut-off and its cut-off for this issuer.
+    pub fn user_cut_off(&self, issuer: &str, subject: &str, iat_ms: Option<u64>) -> bool {
+        self.is_cut_off(subject, iat_ms)
+            || (self.any_issuer_keyed()
+                && self.is_cut_off(&issuer_user_key(issuer, subject), iat_ms))
+    }
+
+    fn any_issuer_keyed(&self) -> bool {
+        self.any_issuer_keyed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_key(&self, key: &str) {
+        if key.starts_with('\0') {
+            self.any_issuer_keyed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Raises the subject's cut-off to `at_ms` (deactivation, journal
     /// replay, another instance); a later cut-off always wins.
     pub fn set_not_before(&self, subject: &str, at_ms: u64) {
+        self.note_key(subject);
         let mut e = self.not_before.entry(subject.into()).or_insert(at_ms);
         *e = (*e).max(at_ms);
     }
@@ -367,10 +420,10 @@ impl Table {
     }
 
     fn check_inner(&self, t: &Touch<'_>) -> (Verdict, Change) {
-        if self.is_deactivated(t.subject) {
+        if self.user_deactivated(t.issuer, t.subject) {
             return (Verdict::Deactivated, Change::None);
         }
-        if self.is_revoked_id(t.session) || self.is_cut_off(t.subject, t.token_iat_ms) {
+        if self.is_revoked_id(t.session) || self.user_cut_off(t.issuer, t.subject, t.token_iat_ms) {
             return (Verdict::Ended(EndReason::Revoked), Change::None);
         }
         let key = t.key();
@@ -427,7 +480,7 @@ impl Table {
         // scan sees this entry or this re-check sees the record. Either way
         // the session ends and stays ended.
         let revoked = self.is_revoked_id(t.session);
-        if revoked || self.is_deactivated(t.subject) {
+        if revoked || self.user_deactivated(t.issuer, t.subject) {
             e.end(EndReason::Revoked, t.now_ms);
             let v = if revoked {
                 Verdict::Ended(EndReason::Revoked)
@@ -514,12 +567,18 @@ impl Table {
             .collect()
     }
 
-    /// Ends every active session of `subject`; returns the newly ended ones.
-    pub fn end_user(&self, subject: &str, reason: EndReason, now_ms: u64) -> Vec<Record> {
+    /// Ends every active session of a user key (a subject: of every
+    /// issuer; an [`issuer_user_key`]: of that issuer); returns the newly
+    /// ended ones.
+    pub fn end_user(&self, user: &str, reason: EndReason, now_ms: u64) -> Vec<Record> {
+        let (issuer, subject) = split_user_key(user);
         let mut out = Vec::new();
         let mut keys = Vec::new();
         for mut kv in self.sessions.iter_mut() {
-            if &*kv.subject == subject && kv.ended.is_none() {
+            if &*kv.subject == subject
+                && issuer.is_none_or(|i| *kv.issuer == *i)
+                && kv.ended.is_none()
+            {
                 kv.end(reason, now_ms);
                 out.push(kv.record());
                 keys.push(*kv.key());
@@ -690,6 +749,51 @@ mod tests {
 
     fn id(session: &'static str) -> SessionRef<'static> {
         touch(session, 0, 0).id()
+    }
+
+    /// A deactivation keyed by issuer and subject (the directory's)
+    /// refuses and ends that issuer's sessions of the subject only; a plain
+    /// one (the admin API's) every issuer's.
+    #[test]
+    fn an_issuer_keyed_deactivation_concerns_that_issuer_only() {
+        let t = Table::new();
+        let touch = |issuer: &'static str, session: &'static str, iat: u64| Touch {
+            issuer,
+            subject: "u1",
+            session,
+            now_ms: 10_000,
+            idle_ms: 60_000,
+            max_lifetime_ms: None,
+            token_exp_ms: 100_000,
+            token_iat_ms: Some(iat),
+            touch: true,
+            key: None,
+        };
+        assert_eq!(t.check(&touch("a", "s1", 1_000)).0, Verdict::Active);
+        assert_eq!(t.check(&touch("b", "s2", 1_000)).0, Verdict::Active);
+        let key = issuer_user_key("a", "u1");
+        assert_eq!(split_user_key(&key), (Some("a"), "u1"));
+        assert_eq!(split_user_key("u1"), (None, "u1"));
+        assert!(t.deactivate(&key, 5_000));
+        let ended = t.end_user(&key, EndReason::Revoked, 5_000);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].issuer, "a");
+        assert_eq!(t.check(&touch("a", "s3", 9_000)).0, Verdict::Deactivated);
+        assert_eq!(t.check(&touch("b", "s2", 1_000)).0, Verdict::Active);
+        assert!(!t.is_deactivated("u1"));
+        // Reactivated: issuer a's tokens from before the cut-off stay out.
+        assert!(t.reactivate(&key));
+        assert_eq!(
+            t.check(&touch("a", "s4", 1_000)).0,
+            Verdict::Ended(EndReason::Revoked)
+        );
+        assert_eq!(t.check(&touch("a", "s5", 6_000)).0, Verdict::Active);
+        // A plain deactivation: every issuer.
+        assert!(t.deactivate("u1", 7_000));
+        assert_eq!(t.end_user("u1", EndReason::Revoked, 7_000).len(), 2);
+        for iss in ["a", "b"] {
+            assert_eq!(t.check(&touch(iss, "s6", 8_000)).0, Verdict::Deactivated);
+        }
     }
 
     #[test]

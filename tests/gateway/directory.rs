@@ -132,6 +132,10 @@ async fn an_entry_replaces_the_tokens_roles_and_deactivation_applies_at_once() {
     ok(&r);
     let r = req(gw.addr, "GET", "/bots/1/flows", Some(&t), &[]).await;
     assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
+    // The directory speaks for its issuer only: the other issuer's
+    // `alice` (maybe an operator of another identity provider) is not
+    // deactivated, and her session goes on.
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &other).await, 200);
     let r = call(
         &gw,
         DIR_ADMIN_TOKEN,
@@ -152,11 +156,29 @@ async fn an_entry_replaces_the_tokens_roles_and_deactivation_applies_at_once() {
     )
     .await);
     assert_eq!(status(&gw, "GET", "/bots/1/flows", &t).await, 401);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &other).await, 200);
+    // The admin API's reactivation lifts it; the tokens issued before the
+    // deactivation stay refused (not-before cut-off), a new login works.
+    ok(&call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "POST",
+        "/users/alice/reactivate",
+        &Value::Null,
+    )
+    .await);
+    assert_eq!(status(&gw, "GET", "/bots/1/flows", &t).await, 401);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = token_with(
+        json!({ "sub": "alice", "sid": "s-alice-3", "roles": ["viewer"], "iat": now() }),
+    );
+    assert_eq!(status(&gw, "GET", "/bots/1/flows", &fresh).await, 200);
 }
 
 /// A Partner Admin creates entries only for subjects never seen signing
-/// in, and lifts the deactivations the directory made, never an
-/// operator's (before or after theirs); the admin token does both.
+/// in, and lifts the deactivations the directory made; an operator's
+/// (admin API, every issuer) is not the directory's to lift, whoever
+/// writes the entry.
 #[tokio::test]
 async fn a_partner_admin_never_takes_over_a_known_user_nor_lifts_an_operators_deactivation() {
     let (_up, gw) = start("state_dir: state", "dir-react").await;
@@ -220,32 +242,38 @@ async fn a_partner_admin_never_takes_over_a_known_user_nor_lifts_an_operators_de
     assert_ne!(r.json()["record"]["deactivated_ms"], json!(1));
     ok(&put_user(&gw, &pat, "mia", entry(true)).await);
 
-    // The operator deactivates max first; Pat's false-then-true cannot
-    // lift it, nor can Pat lift one the operator made after Pat's.
+    // The operator deactivates max first; Pat's false-then-true sets the
+    // entry back to active but does not lift it, nor one the operator
+    // made after Pat's; nor does a CSV import or the admin token's entry.
     let op = |path: &'static str| call(&gw, DIR_ADMIN_TOKEN, "POST", path, &Value::Null);
+    let max = tok("max", &["viewer"]);
     ok(&op("/users/max/deactivate").await);
     ok(&put_user(&gw, &pat, "max", entry(false)).await);
-    forbidden(&put_user(&gw, &pat, "max", entry(true)).await);
-    // Nor through a CSV import.
+    ok(&put_user(&gw, &pat, "max", entry(true)).await);
+    let r = req(gw.addr, "GET", "/bots/1/flows", Some(&max), &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
+    assert_eq!(deactivated("max").await, json!(true));
+    ok(&put_user(&gw, &pat, "max", entry(false)).await);
     let r = import(
         &gw,
         &pat,
         "user,partners,roles,active\nmax,acme,viewer,true\n",
     )
     .await;
-    forbidden(&r);
+    ok(&r);
+    assert_eq!(deactivated("max").await, json!(true));
     ok(&op("/users/max/reactivate").await);
-    ok(&put_user(&gw, &pat, "max", entry(true)).await);
+    assert_eq!(deactivated("max").await, json!(false));
     ok(&put_user(&gw, &pat, "max", entry(false)).await);
     // (In the same millisecond or not: every deactivation has its own
     // cut-off.)
     ok(&op("/users/max/deactivate").await);
-    forbidden(&put_user(&gw, &pat, "max", entry(true)).await);
+    ok(&put_user(&gw, &pat, "max", entry(true)).await);
+    ok(&put_user(&gw, DIR_ADMIN_TOKEN, "max", entry(true)).await);
     let late = tok("max", &["viewer"]);
     assert_eq!(status(&gw, "GET", "/bots/1/flows", &late).await, 401);
     assert_eq!(deactivated("max").await, json!(true));
-    // The admin token lifts it through the directory too.
-    ok(&put_user(&gw, DIR_ADMIN_TOKEN, "max", entry(true)).await);
+    ok(&op("/users/max/reactivate").await);
     assert_eq!(deactivated("max").await, json!(false));
 }
 
@@ -660,6 +688,40 @@ async fn a_directory_change_on_one_instance_holds_on_another_through_redis() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A deactivation through A's directory: B refuses rita's tokens of the
+    // directory's issuer (an old token and one B never saw), not another
+    // issuer's `rita`.
+    let other = sign(
+        jsonwebtoken::Algorithm::HS256,
+        None,
+        &claims(
+            ISS_HMAC,
+            json!({ "sub": "rita", "sid": "s-rita-h", "roles": ["editor"] }),
+        ),
+    );
+    assert_eq!(status(&b, "PUT", "/bots/1/flows", &other).await, 200);
+    ok(&put_user(
+        &a,
+        DIR_ADMIN_TOKEN,
+        "rita",
+        json!({ "roles": ["viewer"], "active": false }),
+    )
+    .await);
+    let unseen = token_with(json!({ "sub": "rita", "sid": "s-rita-2", "roles": ["viewer"] }));
+    for tk in [&t, &unseen] {
+        let r = req(b.addr, "GET", "/bots/1/flows", Some(tk), &[]).await;
+        assert_eq!((r.status, r.error().as_str()), (401, "user_deactivated"));
+    }
+    assert_eq!(status(&b, "PUT", "/bots/1/flows", &other).await, 200);
+    // Reactivated through the directory: tokens issued before stay
+    // refused (B has never seen `older`), in B's mirror and in Redis.
+    let older = token_with(
+        json!({ "sub": "rita", "sid": "s-rita-3", "roles": ["viewer"], "iat": now() - 5 }),
+    );
+    ok(&put_user(&a, DIR_ADMIN_TOKEN, "rita", json!({ "roles": ["viewer"] })).await);
+    let r = req(b.addr, "GET", "/bots/1/flows", Some(&older), &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "session_ended"));
+    assert_eq!(status(&b, "PUT", "/bots/1/flows", &other).await, 200);
 }
 
 /// `rolegate users …` against the running gateway's admin listener (run
