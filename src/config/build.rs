@@ -2665,19 +2665,28 @@ impl Builder {
     }
 
     /// A list of page origins (`https://console.example`: scheme, host,
-    /// optional port), lower-cased without a trailing `/`; each entry that
-    /// is not one is an error.
+    /// optional port), as browsers write them in `Origin`: lower-cased,
+    /// without a trailing `/` or the scheme's default port; each entry
+    /// that is not one (a path, a query, user info) is an error.
     fn origins(&mut self, file: &str, line: u64, what: &str, list: &[String]) -> Vec<String> {
         let mut out = Vec::with_capacity(list.len());
         for o in list {
-            let ok = http::Uri::from_str(o).is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https"))
-                    && u.authority().is_some()
+            let origin = http::Uri::from_str(o).ok().and_then(|u| {
+                let scheme = u.scheme_str()?.to_ascii_lowercase();
+                let authority = u.authority()?;
+                let default = if scheme == "https" { 443 } else { 80 };
+                (matches!(scheme.as_str(), "http" | "https")
+                    && !authority.as_str().contains('@')
                     && matches!(u.path(), "" | "/")
-                    && u.query().is_none()
+                    && u.query().is_none())
+                .then(|| match authority.port_u16() {
+                    Some(p) if p != default => format!("{scheme}://{}:{p}", authority.host()),
+                    _ => format!("{scheme}://{}", authority.host()),
+                })
+                .map(|o| o.to_ascii_lowercase())
             });
-            if ok {
-                out.push(o.trim_end_matches('/').to_ascii_lowercase());
+            if let Some(origin) = origin {
+                out.push(origin);
             } else {
                 self.error(
                     file,
@@ -3087,6 +3096,37 @@ mod tests {
         );
         let (_, w) = load_rules(&[("r.yaml", &rules("mask: pii, "))]);
         assert!(!w.iter().any(|w| w.contains("masked route")), "{w:#?}");
+    }
+
+    #[test]
+    fn origins_are_written_as_browsers_send_them() {
+        let with = |list: &str| {
+            load_main(&format!(
+                "identity:\n  cookie: rg\n  cookie_origins: {list}\n{MAIN}"
+            ))
+        };
+        let rt = with("[\"HTTPS://Console.example:443/\", \"http://a.example:8080\", \"http://b.example:80\"]")
+            .expect("loads");
+        assert_eq!(
+            rt.forward.cookie_origins,
+            [
+                "https://console.example",
+                "http://a.example:8080",
+                "http://b.example"
+            ]
+        );
+        for bad in [
+            "https://u@x.example",
+            "https://x.example/app",
+            "x.example",
+            "ftp://x.example",
+        ] {
+            let e = with(&format!("[\"{bad}\"]"))
+                .err()
+                .unwrap_or_default()
+                .join("\n");
+            assert!(e.contains("is not an origin like"), "{bad}: {e}");
+        }
     }
 
     #[test]
