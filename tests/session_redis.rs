@@ -595,6 +595,56 @@ async fn mirror_refresh_forgets_active_sessions_but_keeps_revocations_and_activi
     );
 }
 
+/// An end the subscription missed (written while it was down) is learnt
+/// when it comes back: the sessions the mirror held as active are read
+/// back, so a long-lived answer judging its session on the mirror stops.
+#[tokio::test]
+async fn an_end_missed_while_the_subscription_was_down_reaches_the_mirror() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    assert_eq!(check(&a, "s", "alice", LONG).await, Verdict::Active);
+    assert_eq!(check(&a, "t", "alice", LONG).await, Verdict::Active);
+    let valid = |session: &str| a.still_valid(sid(session, "alice"), now_ms(), LONG, None, None);
+    assert!(valid("s"));
+    // Ended in Redis with no event: as if published while nobody listened.
+    let mut c = redis.client().await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("rolegate:sess:{}", sid("s", "alice").key().hex()))
+        .arg("ended")
+        .arg("logout")
+        .arg("ended_at")
+        .arg(now_ms())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(valid("s"), "the mirror cannot know yet");
+    // The subscription drops and comes back.
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        within(Duration::from_secs(5), async || !valid("s")).await,
+        "the missed end never reached the mirror"
+    );
+    assert_eq!(
+        mirror(&a)
+            .get(sid("s", "alice"))
+            .unwrap()
+            .ended
+            .map(|e| e.0),
+        Some(EndReason::Logout)
+    );
+    // The other session is untouched.
+    assert!(valid("t"));
+    assert_eq!(check(&a, "t", "alice", LONG).await, Verdict::Active);
+}
+
 async fn evalsha_calls(c: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")

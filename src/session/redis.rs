@@ -1029,10 +1029,57 @@ impl Inner {
             self.table.set_not_before(sub, *at);
         }
         self.resync_shared().await?;
+        self.reread_active().await?;
         // Keep the activity not yet written; the next flush retries it.
         let mut pending = self.pending.lock().await;
         merge_pending(&mut pending, self.table.take_dirty());
         self.table.forget_active();
+        Ok(())
+    }
+
+    /// Ends published while the subscription was down were missed: the
+    /// sessions the mirror holds as active are read back from Redis once,
+    /// and those that ended meanwhile end in the mirror too (their open
+    /// websockets and long-lived answers, which judge the session on the
+    /// mirror alone, stop).
+    async fn reread_active(&self) -> Result<(), StoreError> {
+        const FIELDS: [&str; RECORD_FIELDS] = [
+            "iss", "sub", "sid", "created", "last", "idle", "exp", "ended", "ended_at",
+        ];
+        let mut c = self.conn();
+        for chunk in self.table.active_keys().chunks(FLUSH_BATCH) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HMGET").arg(session_key(key)).arg(&FIELDS[..]);
+            }
+            let rows: Vec<Vec<Option<String>>> =
+                bounded("resync", pipe.query_async(&mut c)).await?;
+            for row in rows {
+                // Gone (expired) or still active: nothing to learn.
+                let (Some(created), Some(Some(_))) = (row.get(3).cloned().flatten(), row.get(7))
+                else {
+                    continue;
+                };
+                let field = |i: usize, default: &str| {
+                    row.get(i)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| default.to_string())
+                };
+                let fields = [
+                    field(0, ""),
+                    field(1, ""),
+                    field(2, ""),
+                    created.clone(),
+                    field(4, &created),
+                    field(5, "0"),
+                    field(6, "0"),
+                    field(7, ""),
+                    field(8, "0"),
+                ];
+                self.table.apply(&parse_record(&fields)?);
+            }
+        }
         Ok(())
     }
 

@@ -702,6 +702,15 @@ impl Table {
         }
     }
 
+    /// The keys of the sessions not ended.
+    pub fn active_keys(&self) -> Vec<Key> {
+        self.sessions
+            .iter()
+            .filter(|kv| kv.ended.is_none())
+            .map(|kv| *kv.key())
+            .collect()
+    }
+
     /// Forgets everything not ended (Redis store: after a reconnect the
     /// local mirror is re-read from Redis).
     pub fn forget_active(&self) {
