@@ -521,7 +521,19 @@ impl Gateway {
                 )),
                 _ => false,
             };
-            if !questions.is_empty() && (unknown(&decision) || unmask_unknown()) {
+            // A session this gateway knows is refused causes no lookup
+            // (the session stage below answers 401).
+            let known_refused = || {
+                let id = SessionRef {
+                    issuer: &pr.issuer,
+                    subject: &pr.subject,
+                    session: pr.session.as_deref().unwrap_or(""),
+                };
+                self.store
+                    .known_refused(id, v.iat.map(|s| s.saturating_mul(1000)))
+            };
+            if !questions.is_empty() && (unknown(&decision) || unmask_unknown()) && !known_refused()
+            {
                 let answers =
                     relations::resolve(rt, &rt.relation_cache, self.store(), pr, questions).await;
                 (decision, u) = decide(&answers);

@@ -268,6 +268,19 @@ impl Store {
         }
     }
 
+    /// Whether this gateway already knows the session of `id` is refused
+    /// (no I/O): the user deactivated, the token cut off (`iat_ms`), the
+    /// session id revoked, or the session ended. For work the pipeline
+    /// would do before the session stage (relation lookups), which such a
+    /// request must not cause; the session stage still decides.
+    pub fn known_refused(&self, id: SessionRef<'_>, iat_ms: Option<u64>) -> bool {
+        let table = self.table();
+        table.user_deactivated(id.issuer, id.subject)
+            || table.is_revoked_id(id.session)
+            || table.user_cut_off(id.issuer, id.subject, iat_ms)
+            || table.get(id).is_some_and(|r| r.ended.is_some())
+    }
+
     /// Is this session still usable, judged from this gateway's own view
     /// (no I/O)? Used to cut long-lived responses (event streams, slow
     /// downloads) whose session ended after they started: ended, revoked,

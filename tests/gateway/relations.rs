@@ -199,6 +199,26 @@ async fn a_decision_that_does_not_depend_on_the_relation_asks_nothing() {
     assert!(console.calls().is_empty(), "{:?}", console.calls());
 }
 
+/// A session this gateway knows is over (logged out) asks the source
+/// nothing: the answer is the session's 401, with no lookup made for it.
+#[tokio::test]
+async fn an_ended_session_causes_no_relation_lookup() {
+    let console = Console::start().await;
+    let gw = start(&console).await;
+    let t = token_with(json!({ "sub": "agent 2", "sid": "s-agent-2", "roles": ["agent"] }));
+    // `watching` caches no negative answer: every allowed request asks.
+    let r = req(gw.addr, "GET", "/api/watched/c2", Some(&t), &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(console.calls().len(), 1);
+    let r = req(gw.addr, "POST", "/.rolegate/logout", Some(&t), &[]).await;
+    assert_eq!(r.status, 200);
+    for _ in 0..3 {
+        let r = req(gw.addr, "GET", "/api/watched/c2", Some(&t), &[]).await;
+        assert_eq!((r.status, r.error().as_str()), (401, "session_ended"));
+    }
+    assert_eq!(console.calls().len(), 1, "{:?}", console.calls());
+}
+
 #[tokio::test]
 async fn an_unreachable_slow_or_broken_source_fails_closed() {
     let console = Console::start().await;
