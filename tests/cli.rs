@@ -236,6 +236,44 @@ fn capability_level_mistakes_are_check_errors_with_file_and_line() {
     );
 }
 
+/// The shipped config signs its dev issuer's tokens with a secret published
+/// in the repository: on a listener that is not loopback it is an error
+/// (anyone could mint tokens), on loopback it checks clean.
+#[test]
+fn the_published_dev_secret_is_refused_off_loopback() {
+    let shipped = std::fs::read_to_string(root().join("rolegate.yaml")).unwrap();
+    let secret = root().join("demo/dev-hmac.secret");
+    let rules = root().join("rules");
+    let at = |addr: &str| {
+        let dir = scratch_dir("published");
+        let cfg = shipped
+            .replace("\"127.0.0.1:8080\"", &format!("\"{addr}\""))
+            .replace("demo/dev-hmac.secret", &secret.display().to_string())
+            .replace("rules: rules", &format!("rules: {}", rules.display()));
+        assert!(cfg.contains(addr));
+        std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+        dir
+    };
+    let o = run(&["check"], &at("0.0.0.0:8080"));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("secret published in rolegate's repository"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["check", "--strict"], &at("127.0.0.1:8080"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A secret of one's own is not refused.
+    let dir = at("0.0.0.0:8080");
+    std::fs::write(dir.join("own.secret"), "0123456789abcdef0123456789abcdef-own").unwrap();
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml"))
+        .unwrap()
+        .replace(&secret.display().to_string(), "own.secret");
+    std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+    let o = run(&["check"], &dir);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
 #[test]
 fn strict_check_fails_on_warnings_only() {
     // A role that grants nothing, and one whose grants no route requires, are warnings.

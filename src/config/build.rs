@@ -449,6 +449,9 @@ impl Builder {
                 }
             }
         }
+        if let (Some(auth), Some(listen)) = (&auth, &listen) {
+            self.refuse_published_secret(name, auth, listen);
+        }
         if let (Some(compiled), Some(listen)) = (&compiled_routes, &listen)
             && !listen.listeners.iter().any(|l| l.client_auth.is_some())
         {
@@ -2660,6 +2663,34 @@ impl Builder {
             Err(e) => {
                 self.error(file, line, format!("{what}.tls: {e}"));
                 None
+            }
+        }
+    }
+
+    /// A `dev: true` issuer signing with the secret published in this
+    /// repository (`demo/dev-hmac.secret`, for the quick start) on a
+    /// listener that is not loopback: anyone who has read the repository
+    /// mints tokens with any role for it. An error, not a warning: such a
+    /// gateway must not start.
+    fn refuse_published_secret(&mut self, file: &str, auth: &Authenticator, listen: &ListenSettings) {
+        const PUBLISHED: &[u8] = include_bytes!("../../demo/dev-hmac.secret");
+        let Some(public) = listen.listeners.iter().find(|l| !l.addr.ip().is_loopback()) else {
+            return;
+        };
+        for is in auth.issuers() {
+            if is
+                .dev_secret
+                .as_ref()
+                .is_some_and(|d| d.secret == PUBLISHED.trim_ascii())
+            {
+                self.error(
+                    file,
+                    0,
+                    format!(
+                        "issuer {}: dev: true with the secret published in rolegate's repository (demo/dev-hmac.secret) on {}, which is not loopback: anyone can mint tokens for it; use a secret of your own (and no dev issuer in production)",
+                        is.iss, public.addr
+                    ),
+                );
             }
         }
     }
