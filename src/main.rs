@@ -792,15 +792,19 @@ fn demo(listen: SocketAddr, admin: SocketAddr) -> Result<ExitCode> {
         let backend_addr = backend.local_addr()?;
         tokio::spawn(rolegate::demo::serve_backend(backend));
 
-        let state = std::env::temp_dir().join(format!("rolegate-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+        // The demo's secrets and session journal: a directory made afresh
+        // (never one that was there: another local user could own it, or
+        // have planted links in it), owner-only from its creation on.
+        let state = std::env::temp_dir().join(format!(
+            "rolegate-demo-{}-{}",
+            std::process::id(),
+            &rolegate::token::random_id()[..8]
+        ));
+        let mut dir = std::fs::DirBuilder::new();
         #[cfg(unix)]
-        {
-            // The demo's secrets and session journal: owner-only.
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("restricting {}", state.display()))?;
-        }
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(&state)
+            .with_context(|| format!("creating {}", state.display()))?;
         let loaded = match rolegate::demo::runtime(listen, admin, backend_addr, &state) {
             Ok(l) => l,
             Err(diags) => {

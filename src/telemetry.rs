@@ -1,5 +1,6 @@
 //! Logging setup: JSON lines on stdout (one object per event), filtered by
-//! `RUST_LOG` (default `info`). Access lines use target `rolegate::access`,
+//! `RUST_LOG` (default `info`; audit lines, target `rolegate::audit`, stay
+//! on unless it names them). Access lines use target `rolegate::access`,
 //! refusals caused by faults `rolegate::decision`.
 
 use std::io::Write;
@@ -14,7 +15,13 @@ use tracing_subscriber::fmt::MakeWriter;
 /// before the process exits.
 pub fn init(json: bool) {
     JSON.store(json, std::sync::atomic::Ordering::Relaxed);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Audit lines (admin actions, logouts) stay on when `RUST_LOG` lowers
+    // the level (`warn`), unless it names their target itself.
+    let names_audit = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rolegate::audit"));
+    if !names_audit && let Ok(d) = "rolegate::audit=info".parse() {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(LogBuffer::global());
@@ -351,12 +358,12 @@ impl AuditLog {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = guard.insert(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?,
-        );
+        // Who saw which unmasked record: owner-only from its creation on.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = guard.insert(opts.open(&self.path)?);
         file.write_all(&line)
     }
 }

@@ -265,7 +265,11 @@ fn the_published_dev_secret_is_refused_off_loopback() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     // A secret of one's own is not refused.
     let dir = at("0.0.0.0:8080");
-    std::fs::write(dir.join("own.secret"), "0123456789abcdef0123456789abcdef-own").unwrap();
+    std::fs::write(
+        dir.join("own.secret"),
+        "0123456789abcdef0123456789abcdef-own",
+    )
+    .unwrap();
     let cfg = std::fs::read_to_string(dir.join("rolegate.yaml"))
         .unwrap()
         .replace(&secret.display().to_string(), "own.secret");
@@ -1169,6 +1173,15 @@ async fn demo_runs_with_zero_files_and_shows_allowed_and_denied() {
 /// `rolegate serve` started in `dir` on `port`, its log lines sent to the
 /// returned receiver.
 fn serve_logging(dir: &Path, port: u16) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    serve_logging_with(dir, port, &[])
+}
+
+/// [`serve_logging`] with environment variables set.
+fn serve_logging_with(
+    dir: &Path,
+    port: u16,
+    env: &[(&str, &str)],
+) -> (Proc, std::sync::mpsc::Receiver<String>) {
     let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
     std::fs::write(
         dir.join("rolegate.yaml"),
@@ -1178,6 +1191,7 @@ fn serve_logging(dir: &Path, port: u16) -> (Proc, std::sync::mpsc::Receiver<Stri
     let mut child = Proc(
         bin()
             .args(["serve", "-c", "rolegate.yaml"])
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdout(Stdio::piped())
             .spawn()
@@ -1216,6 +1230,45 @@ fn signal(child: &Proc, sig: &str) {
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// Audit lines stay on when `RUST_LOG` lowers the level, access lines do
+/// not; a logout's actor has the admin API's `user:` form.
+#[tokio::test]
+async fn audit_lines_survive_a_lower_log_level() {
+    let up = Upstream::start().await;
+    let dir = config_dir(TEST_RULES, &format!("http://{}", up.addr));
+    let port = free_port();
+    let (mut child, rx) = serve_logging_with(&dir, port, &[("RUST_LOG", "warn")]);
+    wait_listening(port).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let viewer = token_with(serde_json::json!({ "roles": ["viewer"] }));
+    assert_eq!(
+        req(addr, "GET", "/bots/1/flows", Some(&viewer), &[])
+            .await
+            .status,
+        200
+    );
+    let r = req(addr, "POST", "/.rolegate/logout", Some(&viewer), &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Stopped gracefully: every buffered line is written, then stdout ends.
+    signal(&child, "-TERM");
+    let _ = child.0.wait();
+    let lines: Vec<String> = rx.iter().collect();
+    let logout: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"action\":\"logout\""))
+        .collect();
+    assert_eq!(logout.len(), 1, "{lines:#?}");
+    assert!(
+        logout[0].contains("\"actor\":\"user:user-1@127.0.0.1:"),
+        "{}",
+        logout[0]
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("rolegate::access")),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test]

@@ -737,6 +737,16 @@ async fn unmasked_access_is_audited() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-request-id"), Some("audit-me"));
     let log = std::fs::read_to_string(gw.dir.join("audit.jsonl")).expect("audit log written");
+    #[cfg(unix)]
+    {
+        // Who saw which record: owner-only, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(gw.dir.join("audit.jsonl"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -142,7 +142,11 @@ pub fn load_from_text(
 }
 
 /// The rules files under `dir` (every `*.yaml`/`*.yml` below it, except
-/// the top-level `tests/` folder), sorted by path.
+/// the top-level `tests/` folder and hidden entries, whose name starts
+/// with `.`), sorted by path. Hidden entries are skipped because a
+/// Kubernetes ConfigMap volume holds every file three times: the visible
+/// links, `..data` and the `..<timestamp>` directory it points to; editors
+/// leave hidden files too.
 pub fn rules_files(dir: &Path) -> Vec<PathBuf> {
     walk_rules_dir(dir).0
 }
@@ -161,6 +165,9 @@ fn walk_rules_dir(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) 
             }
         };
         for entry in entries.flatten() {
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
             let p = entry.path();
             if p.is_dir() {
                 if !(d == dir && p.file_name().is_some_and(|n| n == "tests")) {
@@ -2672,7 +2679,12 @@ impl Builder {
     /// listener that is not loopback: anyone who has read the repository
     /// mints tokens with any role for it. An error, not a warning: such a
     /// gateway must not start.
-    fn refuse_published_secret(&mut self, file: &str, auth: &Authenticator, listen: &ListenSettings) {
+    fn refuse_published_secret(
+        &mut self,
+        file: &str,
+        auth: &Authenticator,
+        listen: &ListenSettings,
+    ) {
         const PUBLISHED: &[u8] = include_bytes!("../../demo/dev-hmac.secret");
         let Some(public) = listen.listeners.iter().find(|l| !l.addr.ip().is_loopback()) else {
             return;
@@ -3127,6 +3139,30 @@ mod tests {
         );
         let (_, w) = load_rules(&[("r.yaml", &rules("mask: pii, "))]);
         assert!(!w.iter().any(|w| w.contains("masked route")), "{w:#?}");
+    }
+
+    /// A Kubernetes ConfigMap volume: the visible files are links into
+    /// `..data`, itself a link to a `..<timestamp>` directory. Each file is
+    /// read once, through its visible name.
+    #[cfg(unix)]
+    #[test]
+    fn a_configmap_rules_volume_is_read_once() {
+        let d = std::env::temp_dir().join(format!("rolegate-cm-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let stamp = d.join("..2026_12_07_00_00_00.1");
+        std::fs::create_dir_all(stamp.join("routes")).unwrap();
+        std::fs::write(stamp.join("roles.yaml"), "roles: {}\n").unwrap();
+        std::fs::write(stamp.join("routes/a.yaml"), "routes: []\n").unwrap();
+        std::os::unix::fs::symlink("..2026_12_07_00_00_00.1", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/roles.yaml", d.join("roles.yaml")).unwrap();
+        std::os::unix::fs::symlink("..data/routes", d.join("routes")).unwrap();
+        std::fs::write(d.join(".roles.yaml.swp"), "garbage").unwrap();
+        let files: Vec<String> = rules_files(&d)
+            .iter()
+            .map(|p| p.strip_prefix(&d).unwrap().display().to_string())
+            .collect();
+        assert_eq!(files, ["roles.yaml", "routes/a.yaml"]);
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

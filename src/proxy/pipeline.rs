@@ -1016,7 +1016,9 @@ impl Gateway {
             .end(id, EndReason::Logout, v.exp.saturating_mul(1000))
             .await
             .map_err(|e| Fault::StoreUnavailable(e.0))?;
-        tracing::info!(target: "rolegate::audit", actor = %v.principal.subject, action = "logout", session = sid, "session ended");
+        // The admin API's actor form: a subject can never pass for the
+        // operator (`admin@…`).
+        tracing::info!(target: "rolegate::audit", actor = %format_args!("user:{}@{}", v.principal.subject, ctx.peer), action = "logout", object = sid, "session ended");
         let body = serde_json::json!({ "logged_out": true, "session": sid }).to_string();
         let mut resp = json_response(StatusCode::OK, body);
         if let Some(name) = &rt.forward.cookie {

@@ -94,8 +94,8 @@ struct Entry {
 }
 
 /// The answer cache, one bounded map per relation name. It belongs to the
-/// gateway, not the runtime: a reload keeps cached answers (each expires
-/// on its own TTL, taken when it was stored).
+/// runtime: a reload starts with an empty one (answers cached under the
+/// old sources, paths or TTLs are never served under the new ones).
 #[derive(Default)]
 pub struct Cache {
     by_relation: DashMap<String, Arc<DashMap<Key, Entry>>>,

@@ -184,9 +184,11 @@ impl Journal {
         if path.exists() {
             replay_file(&path, table, retention_ms)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let file = opts
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let len = file
@@ -351,7 +353,7 @@ impl Journal {
             return Err(injected());
         }
         let tmp = self.dir.join("sessions.journal.tmp");
-        let mut out = std::io::BufWriter::new(File::create(&tmp)?);
+        let mut out = std::io::BufWriter::new(private_file(&tmp)?);
         for r in table.snapshot() {
             serde_json::to_writer(&mut out, &line_of(&r)).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
@@ -404,6 +406,16 @@ impl Journal {
         inner.unsynced = false;
         Ok(())
     }
+}
+
+/// A new file readable by its owner only (sessions, subjects, directory
+/// entries): 0600 from its creation on, whatever the umask.
+fn private_file(path: &Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)
 }
 
 impl Inner {
@@ -701,6 +713,23 @@ mod tests {
         let t = Table::new();
         let _j = Journal::open(&d, &t, RET).unwrap();
         assert_state(&t);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Sessions, subjects and directory entries: owner-only, whatever
+    /// the umask.
+    #[cfg(unix)]
+    #[test]
+    fn the_journal_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("mode");
+        let t = Table::new();
+        drop(Journal::open(&d, &t, RET).unwrap());
+        let mode = std::fs::metadata(d.join(JOURNAL))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         let _ = std::fs::remove_dir_all(&d);
     }
 
