@@ -715,14 +715,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
     let mut reusable = version == Version::HTTP_11 && !close;
     // `5, 5` or two equal fields: passed on as the one number they say
     // (HEAD, 204 and 304 answers too).
-    let listed = headers
-        .get_all(header::CONTENT_LENGTH)
-        .iter()
-        .nth(1)
-        .is_some()
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_digit));
+    let listed = {
+        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => !v.as_bytes().iter().all(u8::is_ascii_digit),
+            (Some(_), Some(_)) => true,
+            (None, _) => false,
+        }
+    };
     if listed && let Some(n) = content_length(&headers) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
