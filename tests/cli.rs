@@ -1272,6 +1272,78 @@ async fn audit_lines_survive_a_lower_log_level() {
 }
 
 #[tokio::test]
+async fn a_directory_import_audits_every_user_it_changes_and_a_profile_what_it_grants() {
+    let dir = config_dir(TEST_RULES, "http://127.0.0.1:9");
+    token_file(&dir, "admin.token");
+    let admin_port = free_port();
+    let cfg = std::fs::read_to_string(dir.join("rolegate.yaml")).unwrap();
+    std::fs::write(
+        dir.join("rolegate.yaml"),
+        format!(
+            "admin: {{ addr: \"127.0.0.1:{admin_port}\", token_file: admin.token }}\ndirectory: {{ issuer: \"{ISS_RSA}\" }}\n{cfg}"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let (mut child, rx) = serve_logging(&dir, port);
+    wait_listening(admin_port).await;
+    let admin = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let token = "0123456789abcdef0123456789abcdef";
+    let csv = "user,roles\nann,viewer\nbob,editor\n";
+    let r = req_json(admin, "POST", "/directory/users.csv", Some(token), csv).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The same file again changes nothing: no user line.
+    let r = req_json(admin, "POST", "/directory/users.csv", Some(token), csv).await;
+    assert_eq!(r.status, 200);
+    let save = r#"{"roles":["viewer","viewer"],"grants":["bot.flows.view"]}"#;
+    let r = req_json(
+        admin,
+        "PUT",
+        "/directory/profiles/support",
+        Some(token),
+        save,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    signal(&child, "-TERM");
+    let _ = child.0.wait();
+    let lines: Vec<Value> = rx
+        .iter()
+        .filter(|l| l.contains("rolegate::audit"))
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect();
+    let field = |l: &Value, k: &str| l[k].as_str().unwrap_or_default().to_string();
+    let users: Vec<String> = lines
+        .iter()
+        .filter(|l| field(l, "action") == "directory_user")
+        .map(|l| field(l, "object"))
+        .collect();
+    assert_eq!(users, ["ann", "bob"], "{lines:#?}");
+    let bob = lines
+        .iter()
+        .find(|l| field(l, "object") == "bob")
+        .map(|l| field(l, "result"))
+        .unwrap();
+    assert!(
+        bob.contains("\"editor\"") && bob.contains("users.csv"),
+        "{bob}"
+    );
+    let imports = lines
+        .iter()
+        .filter(|l| field(l, "action") == "directory_import")
+        .count();
+    assert_eq!(imports, 2, "{lines:#?}");
+    let profile = lines
+        .iter()
+        .find(|l| field(l, "action") == "directory_profile")
+        .map(|l| field(l, "result"))
+        .unwrap();
+    let profile: Value = serde_json::from_str(&profile).unwrap();
+    assert_eq!(profile["roles"], serde_json::json!(["viewer"]));
+    assert_eq!(profile["grants"], serde_json::json!(["bot.flows.view"]));
+}
+
+#[tokio::test]
 async fn sighup_reloads_and_a_broken_config_keeps_the_old_policy() {
     let up = Upstream::start().await;
     let dir = config_dir(TEST_RULES, &format!("http://{}", up.addr));

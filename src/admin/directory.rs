@@ -9,6 +9,8 @@
 //! all-or-nothing batch per call). Must not decide requests: the pipeline
 //! resolves principals from what is stored here.
 
+use std::collections::HashSet;
+
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -28,7 +30,11 @@ use crate::session::{SharedOp, Store, now_ms};
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// The answer and, for a change, the audit line's action, object, result.
-pub type Answer = (Resp, Option<(&'static str, String, Value)>);
+/// Versions kept of a directory profile (see `save_profile`).
+pub const MAX_PROFILE_VERSIONS: usize = 100;
+
+/// An answer and the audit lines it writes (action, object, result).
+pub type Answer = (Resp, Vec<(&'static str, String, Value)>);
 
 fn refused(r: Refused) -> Resp {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
@@ -146,34 +152,30 @@ pub fn validate(rt: &Runtime, store: &Store, rec: &mut UserRecord) -> Result<(),
     Ok(())
 }
 
-/// Whether a user's own token may create the entry of `sub`, which has
-/// none: not for a subject this gateway has seen sign in (a session of it
-/// is known), whose tokens carry claims the directory cannot see when the
-/// entry is written, its partners among them (seed 002: a user is added
-/// only by whoever has access to every partner they belong to, which
-/// cannot be told here). Such a subject's entry is created with the admin
-/// token. `Err`: the store could not say (503); `Ok(Err)`: refused (403).
+/// Which of `subs` (subjects without an entry) a user's own token may not
+/// create the entry of: those this gateway has seen sign in (a session of
+/// theirs is known), whose tokens carry claims the directory cannot see
+/// when the entry is written, their partners among them (seed 002: a user
+/// is added only by whoever has access to every partner they belong to,
+/// which cannot be told here). Their entries are created with the admin
+/// token. One store read for all of them (a CSV import asks for every
+/// new row at once). `Err`: the store could not say (503).
 #[allow(clippy::result_large_err)]
-async fn may_create(
+async fn seen_before(
     store: &Store,
     caller: &Caller,
-    sub: &str,
-    old: Option<&UserRecord>,
-) -> Result<Result<(), Refused>, Resp> {
-    if old.is_some() || matches!(caller, Caller::Operator) {
-        return Ok(Ok(()));
+    subs: &HashSet<&str>,
+) -> Result<HashSet<String>, Resp> {
+    if matches!(caller, Caller::Operator) {
+        return Ok(HashSet::new());
     }
-    if store
-        .sessions_of(sub)
-        .await
-        .map_err(unavailable)?
-        .is_empty()
-    {
-        return Ok(Ok(()));
-    }
-    Ok(Err(crate::directory::forbidden(
+    store.subjects_seen(subs).await.map_err(unavailable)
+}
+
+fn seen_refusal() -> Refused {
+    crate::directory::forbidden(
         "this user has signed in before, with token claims (partners, roles) the directory cannot see: only the admin token creates their entry".into(),
-    )))
+    )
 }
 
 /// The ops that write `new` for `sub` (or remove it), with the store's
@@ -271,7 +273,7 @@ pub async fn handle(
             "not_found",
             "no user directory is configured (`directory:`)",
         );
-        return (r, None);
+        return (r, vec![]);
     };
     // A user's rights over an entry are judged from the entries as this
     // instance holds them: while its copy may be stale (Redis events
@@ -283,13 +285,13 @@ pub async fn handle(
             "session_store_unavailable",
             "the directory's copy may be stale (session store events not in sync)",
         );
-        return (r, None);
+        return (r, vec![]);
     }
     match (method, rest) {
-        (&Method::GET, ["users"]) => (list(rt, store, caller, dir, query), None),
-        (&Method::GET, ["users.csv"]) => (export_csv(rt, store, caller, dir, query), None),
+        (&Method::GET, ["users"]) => (list(rt, store, caller, dir, query), vec![]),
+        (&Method::GET, ["users.csv"]) => (export_csv(rt, store, caller, dir, query), vec![]),
         (&Method::POST, ["users.csv"]) => import_csv(rt, store, caller, dir, body).await,
-        (&Method::GET, ["users", sub]) => (get_user(rt, store, caller, dir, sub), None),
+        (&Method::GET, ["users", sub]) => (get_user(rt, store, caller, dir, sub), vec![]),
         (&Method::PUT, ["users", sub]) => put_user(rt, store, caller, dir, sub, body).await,
         (&Method::DELETE, ["users", sub]) => delete_user(rt, store, caller, dir, sub).await,
         (&Method::GET, ["profiles", name]) => match profile(store, name) {
@@ -298,7 +300,7 @@ pub async fn handle(
                     StatusCode::OK,
                     json!({ "profile": name, "versions": v.versions }),
                 ),
-                None,
+                vec![],
             ),
             None => (
                 error(
@@ -306,7 +308,7 @@ pub async fn handle(
                     "unknown_profile",
                     "no directory profile of that name",
                 ),
-                None,
+                vec![],
             ),
         },
         (&Method::PUT, ["profiles", name]) => {
@@ -318,11 +320,11 @@ pub async fn handle(
                 "method_not_allowed",
                 "see the README's admin API",
             ),
-            None,
+            vec![],
         ),
         _ => (
             error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
-            None,
+            vec![],
         ),
     }
 }
@@ -420,17 +422,29 @@ async fn import_csv(
         Ok(file) => file,
         Err(e) => {
             let body = json!({ "error": "invalid_import", "reason": e.reason(), "rows": e.rows });
-            return (reply(StatusCode::BAD_REQUEST, body), None);
+            return (reply(StatusCode::BAD_REQUEST, body), vec![]);
         }
     };
     let mut problems: Vec<Value> = Vec::new();
     let mut status = StatusCode::BAD_REQUEST;
     let mut changes = Vec::new();
-    for (row, sub, mut rec) in file.rows {
-        let old = match user(store, &sub) {
-            Ok(o) => o,
-            Err(r) => return (r, None),
-        };
+    let mut rows = Vec::with_capacity(file.rows.len());
+    for (row, sub, rec) in file.rows {
+        match user(store, &sub) {
+            Ok(old) => rows.push((row, sub, rec, old)),
+            Err(r) => return (r, vec![]),
+        }
+    }
+    let new_subs: HashSet<&str> = rows
+        .iter()
+        .filter(|r| r.3.is_none())
+        .map(|r| r.1.as_str())
+        .collect();
+    let seen = match seen_before(store, caller, &new_subs).await {
+        Ok(seen) => seen,
+        Err(r) => return (r, vec![]),
+    };
+    for (row, sub, mut rec, old) in rows {
         // A file without the column says nothing of the state: an
         // existing user keeps it (a stale export never reactivates).
         if !file.active_given
@@ -447,11 +461,8 @@ async fn import_csv(
                 &may(rt, caller),
             )
         });
-        if checked.is_ok() {
-            checked = match may_create(store, caller, &sub, old.as_ref()).await {
-                Ok(r) => r,
-                Err(r) => return (r, None),
-            };
+        if checked.is_ok() && old.is_none() && seen.contains(&sub) {
+            checked = Err(seen_refusal());
         }
         match checked {
             Ok(()) => changes.push((sub, old, rec)),
@@ -474,29 +485,58 @@ async fn import_csv(
             "reason": format!("{} row(s) refused; nothing was applied", problems.len()),
             "rows": problems,
         });
-        return (reply(status, body), None);
+        return (reply(status, body), vec![]);
     }
     let (mut created, mut updated) = (0, 0);
     let mut ops = Vec::new();
+    // One audit line per user the file changed, as a `PUT` writes; and
+    // when the write fails, the activations already changed in the store.
+    let mut lines = Vec::new();
+    let mut states = Vec::new();
     for (sub, old, rec) in &changes {
+        let changed = old.as_ref().is_none_or(|o| !o.same_entry(rec));
         if old.is_none() {
             created += 1;
-        } else if old.as_ref().is_some_and(|o| !o.same_entry(rec)) {
+        } else if changed {
             updated += 1;
         }
         match write_user(store, &dir.issuer, sub, old.as_ref(), Some(rec)).await {
-            Ok((op, _)) => ops.push(op),
-            Err(r) => return (r, None),
+            Ok((op, written)) => {
+                ops.push(op);
+                if changed {
+                    let record = written.unwrap_or_else(|| rec.clone());
+                    let result = json!({ "user": sub, "record": record, "created": old.is_none(), "via": "users.csv" });
+                    lines.push(("directory_user", sub.clone(), result));
+                }
+            }
+            Err(r) => return (r, states),
+        }
+        if let Some(line) = state_change(sub, old.as_ref(), Some(rec)) {
+            states.push(line);
         }
     }
     if let Err(e) = store.shared_apply(ops).await {
-        return (unavailable(e), None);
+        return (unavailable(e), states);
     }
     let result = json!({ "imported": changes.len(), "created": created, "updated": updated });
-    (
-        reply(StatusCode::OK, result.clone()),
-        Some(("directory_import", "users.csv".to_string(), result)),
-    )
+    lines.push(("directory_import", "users.csv".to_string(), result.clone()));
+    (reply(StatusCode::OK, result), lines)
+}
+
+/// The audit line of an activation changed in the store for an entry
+/// whose write then failed (`write_user` applies it first): the entry
+/// still says otherwise, the store's state stands.
+fn state_change(
+    sub: &str,
+    old: Option<&UserRecord>,
+    new: Option<&UserRecord>,
+) -> Option<(&'static str, String, Value)> {
+    let was = old.is_none_or(|o| o.active);
+    let is = new.is_none_or(|n| n.active);
+    (was != is && new.is_some()).then(|| {
+        let result = json!({ "user": sub, "active": is, "entry_written": false });
+        ("directory_user_state", sub.to_string(), result)
+    })
 }
 
 fn get_user(
@@ -542,19 +582,19 @@ async fn put_user(
     if sub.is_empty() || sub.chars().any(char::is_control) {
         return (
             bad("the user (token `sub`) must be a non-empty name".into()),
-            None,
+            vec![],
         );
     }
     let mut new: UserRecord = match serde_json::from_slice(body.unwrap_or_default()) {
         Ok(r) => r,
-        Err(e) => return (bad(format!("body is not a directory entry: {e}")), None),
+        Err(e) => return (bad(format!("body is not a directory entry: {e}")), vec![]),
     };
     if let Err(r) = validate(rt, store, &mut new) {
-        return (refused(r), None);
+        return (refused(r), vec![]);
     }
     let old = match user(store, sub) {
         Ok(o) => o,
-        Err(r) => return (r, None),
+        Err(r) => return (r, vec![]),
     };
     if let Err(r) = check_change(
         dir,
@@ -563,24 +603,27 @@ async fn put_user(
         Some(&new),
         &may(rt, caller),
     ) {
-        return (refused(r), None);
+        return (refused(r), vec![]);
     }
-    match may_create(store, caller, sub, old.as_ref()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(r)) => return (refused(r), None),
-        Err(r) => return (r, None),
+    if old.is_none() {
+        match seen_before(store, caller, &HashSet::from([sub])).await {
+            Ok(seen) if seen.is_empty() => {}
+            Ok(_) => return (refused(seen_refusal()), vec![]),
+            Err(r) => return (r, vec![]),
+        }
     }
     let (op, new) = match write_user(store, &dir.issuer, sub, old.as_ref(), Some(&new)).await {
         Ok((op, written)) => (op, written.unwrap_or(new)),
-        Err(r) => return (r, None),
+        Err(r) => return (r, vec![]),
     };
     if let Err(e) = store.shared_apply(vec![op]).await {
-        return (unavailable(e), None);
+        let state = state_change(sub, old.as_ref(), Some(&new));
+        return (unavailable(e), state.into_iter().collect());
     }
     let result = json!({ "user": sub, "record": new, "created": old.is_none() });
     (
         reply(StatusCode::OK, result.clone()),
-        Some(("directory_user", sub.to_string(), result)),
+        vec![("directory_user", sub.to_string(), result)],
     )
 }
 
@@ -600,25 +643,25 @@ async fn delete_user(
                     "unknown_user",
                     "no directory entry for this user",
                 ),
-                None,
+                vec![],
             );
         }
-        Err(r) => return (r, None),
+        Err(r) => return (r, vec![]),
     };
     if let Err(r) = check_change(dir, operator(caller), Some(&old), None, &may(rt, caller)) {
-        return (refused(r), None);
+        return (refused(r), vec![]);
     }
     let op = SharedOp::Del {
         ns: USERS.into(),
         k: sub.to_string(),
     };
     if let Err(e) = store.shared_apply(vec![op]).await {
-        return (unavailable(e), None);
+        return (unavailable(e), vec![]);
     }
     let result = json!({ "user": sub, "removed": true });
     (
         reply(StatusCode::OK, result.clone()),
-        Some(("directory_user_removed", sub.to_string(), result)),
+        vec![("directory_user_removed", sub.to_string(), result)],
     )
 }
 
@@ -633,7 +676,7 @@ async fn save_profile(
     if !caller.may(rt, &dir.profiles_with, None) {
         return (
             forbidden(&format!("saving profiles requires {}", dir.profiles_with)),
-            None,
+            vec![],
         );
     }
     if rt.policy.profile(name).is_some() {
@@ -642,19 +685,23 @@ async fn save_profile(
         );
         return (
             error(StatusCode::CONFLICT, "profile_in_config", &reason),
-            None,
+            vec![],
         );
     }
     if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return (
             bad("a profile name has no spaces or control characters".into()),
-            None,
+            vec![],
         );
     }
-    let save: ProfileSave = match serde_json::from_slice(body.unwrap_or_default()) {
+    let mut save: ProfileSave = match serde_json::from_slice(body.unwrap_or_default()) {
         Ok(s) => s,
-        Err(e) => return (bad(format!("body is not a profile: {e}")), None),
+        Err(e) => return (bad(format!("body is not a profile: {e}")), vec![]),
     };
+    for v in [&mut save.roles, &mut save.grants] {
+        v.sort();
+        v.dedup();
+    }
     // Global roles only: a profile is assigned to users, not to resources.
     if let Some(r) = save
         .roles
@@ -664,7 +711,7 @@ async fn save_profile(
         let reason = format!("{r} is not a global role");
         return (
             error(StatusCode::BAD_REQUEST, "unknown_role", &reason),
-            None,
+            vec![],
         );
     }
     if let Some(g) = save
@@ -672,7 +719,7 @@ async fn save_profile(
         .iter()
         .find(|g| !crate::policy::is_valid_grant(g))
     {
-        return (bad(format!("{g:?} is not a grant")), None);
+        return (bad(format!("{g:?} is not a grant")), vec![]);
     }
     // A profile's grants reach every holder: a user's own token puts in
     // only what it holds itself (as for an entry's global grants).
@@ -686,11 +733,31 @@ async fn save_profile(
             forbidden(&format!(
                 "a profile granting {g} requires holding it yourself (wildcards: the admin token only)"
             )),
-            None,
+            vec![],
         );
     }
     let mut versions = profile(store, name).unwrap_or_default();
     let version = versions.latest().map_or(1, |v| v.version + 1);
+    // Bounded: past the cap the oldest versions no user holds go (never
+    // the latest); when every one is held, the save is refused.
+    if versions.versions.len() >= MAX_PROFILE_VERSIONS {
+        let held: HashSet<u64> = users(store, None)
+            .iter()
+            .flat_map(|(_, rec)| rec.profiles.iter())
+            .filter(|p| p.name == name)
+            .filter_map(|p| p.version)
+            .collect();
+        if !versions.make_room(&held, MAX_PROFILE_VERSIONS) {
+            let reason = format!(
+                "profile {name} has {MAX_PROFILE_VERSIONS} versions, each held by a user or the latest: move holders to a newer version first"
+            );
+            return (
+                error(StatusCode::CONFLICT, "too_many_versions", &reason),
+                vec![],
+            );
+        }
+    }
+    let (roles, grants) = (save.roles.clone(), save.grants.clone());
     versions.versions.push(ProfileVersion {
         version,
         roles: save.roles,
@@ -724,7 +791,7 @@ async fn save_profile(
                     "\"apply\" moves every holder of {name}: some are users you do not manage ({} on each of their partners; users in no partner: the admin token)",
                     dir.manage_with
                 )),
-                None,
+                vec![],
             );
         }
         for (sub, mut rec) in users(store, None) {
@@ -747,7 +814,7 @@ async fn save_profile(
         }
     }
     if let Err(e) = store.shared_apply(ops).await {
-        return (unavailable(e), None);
+        return (unavailable(e), vec![]);
     }
     let result = json!({
         "profile": name,
@@ -755,8 +822,12 @@ async fn save_profile(
         "applied": save.apply,
         "holders_updated": applied,
     });
+    // The audit line says what the version grants too.
+    let mut audited = result.clone();
+    audited["roles"] = json!(roles);
+    audited["grants"] = json!(grants);
     (
-        reply(StatusCode::OK, result.clone()),
-        Some(("directory_profile", name.to_string(), result)),
+        reply(StatusCode::OK, result),
+        vec![("directory_profile", name.to_string(), audited)],
     )
 }

@@ -166,10 +166,14 @@ pub async fn fold_legacy_choices(
                 continue;
             }
             let to = choice_key(&resource, &record);
-            let values = merged
-                .entry(to.clone())
-                .or_insert_with(|| shared.get(&ns, &to, now).into_iter().collect());
-            values.push(e.value.clone());
+            let values = merged.entry(to.clone()).or_insert_with(|| {
+                shared
+                    .get(&ns, &to, now)
+                    .map(|v| v.to_string())
+                    .into_iter()
+                    .collect()
+            });
+            values.push(e.value.to_string());
             ops.push(SharedOp::Del {
                 ns: ns.clone(),
                 k: k.clone(),

@@ -228,7 +228,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
             body.as_deref(),
         )
         .await;
-        if let Some((action, object, result)) = audited {
+        for (action, object, result) in audited {
             caller::audit(&caller, peer, action, &object, &result);
         }
         return resp;

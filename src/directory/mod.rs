@@ -7,8 +7,9 @@
 //!
 //! Entries are shared records of the session store (`session::shared`):
 //! namespace `dir.user` (key: the subject) and `dir.profile` (key: the
-//! profile name; every saved version is kept, so holders of an older one
-//! keep resolving it). Durable and shared exactly like sessions.
+//! profile name; a version is kept while a user holds it, so holders of
+//! an older one keep resolving it; unheld old ones go past a cap). Durable
+//! and shared exactly like sessions.
 //!
 //! Owns the record formats, resolving a principal from a record, and the
 //! seeds' rules for changing records ([`check_change`]). Must not: do I/O
@@ -16,6 +17,7 @@
 //! policy decides on the resolved principal).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +86,43 @@ pub struct ProfileRef {
     pub version: Option<u64>,
 }
 
+/// Records parsed from the shared store's text, by key, kept with the text
+/// they came from: an unchanged record (the same stored value, told by its
+/// pointer first) is not parsed again, so a request costs a lookup however
+/// large the record. Bounded: past `max` keys the cache starts over.
+pub struct ParsedCache<T> {
+    parsed: dashmap::DashMap<String, (Arc<str>, Arc<T>)>,
+    max: usize,
+}
+
+impl<T: serde::de::DeserializeOwned> ParsedCache<T> {
+    pub fn new(max: usize) -> Self {
+        ParsedCache {
+            parsed: dashmap::DashMap::new(),
+            max,
+        }
+    }
+
+    /// `raw` (the stored value of `key`) parsed.
+    pub fn get(&self, key: &str, raw: Arc<str>) -> Result<Arc<T>, serde_json::Error> {
+        // The read guard ends here, before any insert into the same shard.
+        let cached = self
+            .parsed
+            .get(key)
+            .filter(|e| Arc::ptr_eq(&e.0, &raw) || *e.0 == *raw)
+            .map(|e| e.1.clone());
+        if let Some(v) = cached {
+            return Ok(v);
+        }
+        let v = Arc::new(serde_json::from_str::<T>(&raw)?);
+        if self.parsed.len() >= self.max {
+            self.parsed.clear();
+        }
+        self.parsed.insert(key.to_string(), (raw, v.clone()));
+        Ok(v)
+    }
+}
+
 /// Every saved version of a directory profile (`dir.profile`), oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +148,21 @@ impl ProfileVersions {
 
     pub fn get(&self, version: u64) -> Option<&ProfileVersion> {
         self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// Drops the oldest versions that no user holds (`held`), never the
+    /// latest, until one more fits under `max`. False when it cannot.
+    pub fn make_room(&mut self, held: &std::collections::HashSet<u64>, max: usize) -> bool {
+        let latest = self.latest().map(|v| v.version);
+        let mut excess = (self.versions.len() + 1).saturating_sub(max);
+        if excess > 0 {
+            self.versions.retain(|v| {
+                let drop = excess > 0 && !held.contains(&v.version) && Some(v.version) != latest;
+                excess -= usize::from(drop);
+                !drop
+            });
+        }
+        excess == 0
     }
 }
 
@@ -149,7 +203,7 @@ impl UserRecord {
 pub fn resolve(
     token: &Principal,
     rec: &UserRecord,
-    profile: &dyn Fn(&str) -> Option<ProfileVersions>,
+    profile: &dyn Fn(&str) -> Option<Arc<ProfileVersions>>,
 ) -> Principal {
     let mut p = Principal {
         subject: token.subject.clone(),
@@ -273,6 +327,14 @@ pub fn check_change(
                 settings.manage_with
             )
         }));
+    }
+    // An entry in no partner is the operator's (only the admin token makes
+    // one): a Partner Admin who added it to their own partner would
+    // then manage it.
+    if old.is_some() && op.is_empty() && !added.is_empty() && !operator {
+        return Err(forbidden(
+            "this user belongs to no partner: adding them to one requires the admin token".into(),
+        ));
     }
     let system_wide = old.is_none() != new.is_none() || global_part(o) != global_part(n);
     if system_wide {

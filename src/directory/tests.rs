@@ -99,6 +99,22 @@ fn system_wide_changes_need_every_partner_of_the_user() {
 }
 
 #[test]
+fn an_entry_in_no_partner_is_not_taken_into_a_partner_by_its_admin() {
+    let s = settings();
+    // The operator's entry, and the same entry put into acme, nothing else
+    // changed: acme's admin would then manage it.
+    let old = user(&[], &["account-admin"]);
+    let new = user(&["acme"], &["account-admin"]);
+    let e = check_change(&s, false, Some(&old), Some(&new), &admin_of(&["acme"], &[])).unwrap_err();
+    assert_eq!((e.status, e.code), (403, "forbidden"));
+    assert!(e.reason.contains("no partner"), "{}", e.reason);
+    let anything = |_: &str, _: Option<(&str, &str)>| true;
+    assert!(check_change(&s, true, Some(&old), Some(&new), &anything).is_ok());
+    // Nor by a caller who may manage every partner, without the token.
+    assert!(check_change(&s, false, Some(&old), Some(&new), &anything).is_err());
+}
+
+#[test]
 fn only_a_bots_super_admin_grants_roles_on_that_bot() {
     let s = settings();
     let old = user(&["acme"], &["agent"]);
@@ -250,7 +266,7 @@ fn the_entry_replaces_the_tokens_roles_and_profiles_resolve_to_the_held_version(
             },
         ],
     };
-    let lookup = |n: &str| (n == "support").then(|| versions.clone());
+    let lookup = |n: &str| (n == "support").then(|| Arc::new(versions.clone()));
     let p = resolve(&token, &rec, &lookup);
     assert_eq!(p.subject, "u1");
     assert_eq!(p.session.as_deref(), Some("s1"));
@@ -262,4 +278,43 @@ fn the_entry_replaces_the_tokens_roles_and_profiles_resolve_to_the_held_version(
     );
     assert_eq!(p.grants, ["channel.web.site.reply"]);
     assert_eq!(p.profiles, ["from-config"]);
+}
+
+#[test]
+fn a_full_profile_drops_its_oldest_unheld_versions_never_the_latest() {
+    let v = |n: u64| ProfileVersion {
+        version: n,
+        roles: vec![],
+        grants: vec![],
+        saved_ms: n,
+    };
+    let mut p = ProfileVersions {
+        versions: (1..=4).map(v).collect(),
+    };
+    let held = std::collections::HashSet::from([1, 2]);
+    // Under the cap: nothing goes.
+    assert!(p.make_room(&held, 5));
+    assert_eq!(p.versions.len(), 4);
+    // At the cap: the oldest unheld (3) goes, the held ones stay.
+    assert!(p.make_room(&held, 4));
+    let left: Vec<u64> = p.versions.iter().map(|v| v.version).collect();
+    assert_eq!(left, [1, 2, 4]);
+    // Every version held or the latest: no room.
+    assert!(!p.make_room(&held, 3));
+    assert_eq!(p.versions.len(), 3);
+}
+
+#[test]
+fn the_parsed_cache_parses_a_stored_value_once_and_a_changed_one_again() {
+    let cache: ParsedCache<UserRecord> = ParsedCache::new(2);
+    let raw: Arc<str> = Arc::from(r#"{"roles":["agent"]}"#);
+    let a = cache.get("u1", raw.clone()).unwrap();
+    let b = cache.get("u1", raw.clone()).unwrap();
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "the same stored value is not parsed again"
+    );
+    let changed: Arc<str> = Arc::from(r#"{"roles":["supervisor"]}"#);
+    assert_eq!(cache.get("u1", changed).unwrap().roles, ["supervisor"]);
+    assert!(cache.get("u2", Arc::from("not json")).is_err());
 }

@@ -29,7 +29,6 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use dashmap::DashMap;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
@@ -64,10 +63,12 @@ use crate::telemetry::AuditLog;
 /// The response body type sent to clients.
 pub type RespBody = BoxBody<Bytes, BoxError>;
 
-/// The gateway: the current runtime plus process-wide state.
 /// Parsed directory entries kept at most (then the cache starts over).
 const DIRECTORY_CACHE: usize = 100_000;
+/// Parsed directory profiles kept at most.
+const PROFILE_CACHE: usize = 10_000;
 
+/// The gateway: the current runtime plus process-wide state.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     ids: RequestIds,
@@ -77,9 +78,10 @@ pub struct Gateway {
     audit: AuditLog,
     /// Mask policies extended with owner-chosen columns.
     owner_masks: mask::owner::OwnerCache,
-    /// Parsed directory entries, by subject, with the stored text they
-    /// were parsed from (a changed entry is parsed again).
-    directory: DashMap<String, (String, Arc<UserRecord>)>,
+    /// Parsed directory entries, by subject (a changed entry is parsed
+    /// again), and profiles, by name.
+    directory: directory::ParsedCache<UserRecord>,
+    profiles: directory::ParsedCache<directory::ProfileVersions>,
     /// Hot reload: what the runtime in force was read from, the last
     /// attempt.
     reloader: crate::reload::Reloader,
@@ -202,7 +204,8 @@ impl Gateway {
             store: Arc::new(store),
             audit,
             owner_masks: Default::default(),
-            directory: DashMap::new(),
+            directory: directory::ParsedCache::new(DIRECTORY_CACHE),
+            profiles: directory::ParsedCache::new(PROFILE_CACHE),
             reloader: Default::default(),
             going_away: tokio::sync::watch::Sender::new(false),
             conns: Arc::default(),
@@ -771,34 +774,16 @@ impl Gateway {
         let Some(raw) = shared.get(directory::USERS, &v.principal.subject, now) else {
             return Ok(v);
         };
-        // The read guard ends here, before any insert into the same shard.
-        let cached = self
+        let rec = self
             .directory
-            .get(&v.principal.subject)
-            .filter(|e| e.0 == raw)
-            .map(|e| e.1.clone());
-        let rec = match cached {
-            Some(rec) => rec,
-            None => {
-                let rec: UserRecord = serde_json::from_str(&raw).map_err(|e| {
-                    Fault::StoreUnavailable(format!("unreadable directory entry: {e}"))
-                })?;
-                let rec = Arc::new(rec);
-                if self.directory.len() >= DIRECTORY_CACHE {
-                    self.directory.clear();
-                }
-                self.directory
-                    .insert(v.principal.subject.clone(), (raw, rec.clone()));
-                rec
-            }
-        };
+            .get(&v.principal.subject, raw)
+            .map_err(|e| Fault::StoreUnavailable(format!("unreadable directory entry: {e}")))?;
         if !rec.active {
             return Err(Deny::UserDeactivated.into());
         }
         let profile = |name: &str| {
-            shared
-                .get(directory::PROFILES, name, now)
-                .and_then(|s| serde_json::from_str(&s).ok())
+            let raw = shared.get(directory::PROFILES, name, now)?;
+            self.profiles.get(name, raw).ok()
         };
         v.principal = Arc::new(directory::resolve(&v.principal, &rec, &profile));
         Ok(v)
@@ -844,14 +829,14 @@ impl Gateway {
         if !record.is_empty() {
             keys.push(mask::owner::choice_key(resource, ""));
         }
-        let stored: Vec<String> = keys
+        let stored: Vec<Arc<str>> = keys
             .iter()
             .filter_map(|k| shared.get(&ns, k, now))
             .collect();
         let merged = match stored.as_slice() {
             [] => return Ok(mk.policy.clone()),
             [one] => Some(one.clone()),
-            several => mask::owner::merge_choices(several.iter().map(String::as_str)),
+            several => mask::owner::merge_choices(several.iter().map(|s| &**s)).map(Arc::from),
         };
         merged
             .and_then(|s| {

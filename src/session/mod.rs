@@ -260,6 +260,19 @@ impl Store {
         }
     }
 
+    /// Which of `subjects` have a session on record (ended ones included,
+    /// while their records are kept): one scan of the embedded table, or
+    /// one pipelined read per batch of Redis.
+    pub async fn subjects_seen(
+        &self,
+        subjects: &std::collections::HashSet<&str>,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(s.table().subjects_seen(subjects)),
+            Store::Redis(s) => s.subjects_seen(subjects).await,
+        }
+    }
+
     /// Readiness: can the store answer right now?
     pub async fn ready(&self) -> bool {
         match self {

@@ -1808,6 +1808,32 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Which of `subjects` have a session on record: a user's index key
+    /// lives as long as the longest-kept of its records.
+    pub async fn subjects_seen(
+        &self,
+        subjects: &std::collections::HashSet<&str>,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let subjects: Vec<&str> = subjects.iter().copied().collect();
+        let mut c = self.inner.conn();
+        for chunk in subjects.chunks(FLUSH_BATCH) {
+            let mut pipe = redis::pipe();
+            for sub in chunk {
+                pipe.cmd("EXISTS").arg(user_key(sub));
+            }
+            let found: Vec<bool> = bounded("subjects_seen", pipe.query_async(&mut c)).await?;
+            seen.extend(
+                chunk
+                    .iter()
+                    .zip(found)
+                    .filter(|(_, f)| *f)
+                    .map(|(s, _)| s.to_string()),
+            );
+        }
+        Ok(seen)
+    }
+
     /// Whether the event subscription is up (the mirror is in sync).
     pub fn subscribed(&self) -> bool {
         self.inner.subscribed.load(Ordering::Acquire)

@@ -15,7 +15,7 @@
 //! (embedded) or resync (Redis).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,10 +38,12 @@ pub enum Op {
     },
 }
 
-/// One stored value.
+/// One stored value (shared: a read is a reference count, not a copy,
+/// and readers that cache what they parse from it tell an unchanged
+/// value by its pointer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    pub value: String,
+    pub value: Arc<str>,
     /// Expiry in ms since the epoch; `None`: until deleted.
     pub exp_ms: Option<u64>,
 }
@@ -69,7 +71,7 @@ impl Shared {
                     map.entry(ns.clone()).or_default().insert(
                         k.clone(),
                         Entry {
-                            value: v.clone(),
+                            value: Arc::from(v.as_str()),
                             exp_ms: *x,
                         },
                     );
@@ -87,7 +89,7 @@ impl Shared {
     }
 
     /// A live value.
-    pub fn get(&self, ns: &str, k: &str, now_ms: u64) -> Option<String> {
+    pub fn get(&self, ns: &str, k: &str, now_ms: u64) -> Option<Arc<str>> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         map.get(ns)?
             .get(k)
@@ -127,7 +129,7 @@ impl Shared {
                     .map(|(k, e)| Op::Put {
                         ns: ns.clone(),
                         k: k.clone(),
-                        v: e.value.clone(),
+                        v: e.value.to_string(),
                         x: e.exp_ms,
                     })
             })

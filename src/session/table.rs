@@ -607,6 +607,24 @@ impl Table {
             .collect()
     }
 
+    /// Which of `subjects` have a session on record here (one full scan,
+    /// however many are asked).
+    pub fn subjects_seen(
+        &self,
+        subjects: &std::collections::HashSet<&str>,
+    ) -> std::collections::HashSet<String> {
+        let mut seen = std::collections::HashSet::new();
+        if subjects.is_empty() {
+            return seen;
+        }
+        for kv in self.sessions.iter() {
+            if subjects.contains(&*kv.subject) && !seen.contains(&*kv.subject) {
+                seen.insert(kv.subject.to_string());
+            }
+        }
+        seen
+    }
+
     /// The sessions of one user (admin listing; a full scan).
     pub fn sessions_of(&self, subject: &str) -> Vec<Record> {
         let mut v: Vec<Record> = self
@@ -933,6 +951,12 @@ mod tests {
                 .filter(|r| r.ended.is_some())
                 .count(),
             2
+        );
+        // Ended sessions are on record too; a subject never seen is not.
+        let asked = std::collections::HashSet::from(["u1", "u3"]);
+        assert_eq!(
+            t.subjects_seen(&asked),
+            std::collections::HashSet::from(["u1".to_string()])
         );
         // c is idle at 2000: the sweep ends it; nothing is dropped before token expiry.
         let ended = t.sweep(2_000, 1_000);

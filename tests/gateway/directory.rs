@@ -202,6 +202,16 @@ async fn a_partner_admin_never_takes_over_a_known_user_nor_lifts_an_operators_de
     for body in [entry(true), entry(false)] {
         forbidden(&put_user(&gw, &pat, "kim", body).await);
     }
+    // In a file of new users, kim's row alone is refused (and so the file).
+    let r = import(
+        &gw,
+        &pat,
+        "user,partners,roles\nnew1,acme,viewer\nkim,acme,viewer\nnew2,acme,viewer\n",
+    )
+    .await;
+    forbidden(&r);
+    assert_eq!(r.json()["rows"].as_array().map(Vec::len), Some(1));
+    assert_eq!(r.json()["rows"][0]["user"], json!("kim"));
     forbidden(&import(&gw, &pat, "user,partners,roles\nkim,acme,viewer\n").await);
     assert_eq!(status(&gw, "PUT", "/bots/1/flows", &kim).await, 200);
     ok(&put_user(&gw, DIR_ADMIN_TOKEN, "kim", entry(true)).await);
@@ -669,6 +679,56 @@ async fn save_keeps_holders_on_their_version_save_and_apply_moves_them() {
     )
     .await;
     assert_eq!(r.status, 403);
+
+    // Repeated roles are stored once; past 100 versions the oldest one no
+    // user holds goes, not a held one (version 1, pinned) nor the latest.
+    ok(&put_user(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "pinned",
+        json!({ "profiles": [{ "name": "support", "version": 1 }] }),
+    )
+    .await);
+    let put = |roles: Value| {
+        let body = save(roles, false);
+        let gw = &gw;
+        async move {
+            call(
+                gw,
+                DIR_ADMIN_TOKEN,
+                "PUT",
+                "/directory/profiles/support",
+                &body,
+            )
+            .await
+        }
+    };
+    let r = put(json!(["viewer", "viewer"])).await;
+    assert_eq!(r.json()["version"], 4);
+    for _ in 5..=101 {
+        ok(&put(json!(["viewer"])).await);
+    }
+    let r = call(
+        &gw,
+        DIR_ADMIN_TOKEN,
+        "GET",
+        "/directory/profiles/support",
+        &Value::Null,
+    )
+    .await;
+    let versions = r.json()["versions"].as_array().cloned().unwrap();
+    let numbers: Vec<u64> = versions
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers.len(), 100);
+    assert_eq!(&numbers[..3], [1, 3, 4], "version 2 (unheld) went");
+    assert_eq!(numbers.last(), Some(&101));
+    assert_eq!(versions[2]["roles"], json!(["viewer"]));
+    assert_eq!(
+        status(&gw, "GET", "/bots/1/flows", &tok("pinned", &[])).await,
+        200
+    );
 }
 
 #[tokio::test]
@@ -722,6 +782,37 @@ async fn a_directory_change_on_one_instance_holds_on_another_through_redis() {
     let r = req(b.addr, "GET", "/bots/1/flows", Some(&older), &[]).await;
     assert_eq!((r.status, r.error().as_str()), (401, "session_ended"));
     assert_eq!(status(&b, "PUT", "/bots/1/flows", &other).await, 200);
+
+    // A subject that signed in on B (its session is in Redis) is not
+    // created by a Partner Admin on A; the file's other new users would be.
+    ok(&put_user(
+        &a,
+        DIR_ADMIN_TOKEN,
+        "pat",
+        json!({ "partners": ["acme"], "roles": ["partner-admin"] }),
+    )
+    .await);
+    let pat = tok("pat", &[]);
+    assert_eq!(
+        status(&b, "PUT", "/bots/1/flows", &tok("ned", &["editor"])).await,
+        200
+    );
+    let file = "user,partners,roles\nnew1,acme,viewer\nned,acme,viewer\nnew2,acme,viewer\n";
+    let r = import(&a, &pat, file).await;
+    forbidden(&r);
+    let rows = r.json()["rows"].clone();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["user"], json!("ned"));
+    forbidden(
+        &put_user(
+            &a,
+            &pat,
+            "ned",
+            json!({ "partners": ["acme"], "roles": ["viewer"] }),
+        )
+        .await,
+    );
+    ok(&import(&a, &pat, &file.replace("ned,acme,viewer\n", "")).await);
 }
 
 /// `rolegate users …` against the running gateway's admin listener (run
