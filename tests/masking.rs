@@ -1082,6 +1082,39 @@ async fn an_http10_client_gets_masked_answers_whole_or_a_502() {
     assert_eq!(rest, r#"{"id":1,"name":"[REDACTED]","tier":"gold"}"#);
 }
 
+/// An HTTP/1.0 client's answer is held whole only up to 16 times
+/// `buffer_bytes`: a larger one is refused, not held up to
+/// `max_body_bytes`; an HTTP/1.1 client gets the same answer streamed.
+#[tokio::test]
+async fn an_http10_clients_masked_answer_is_held_whole_only_up_to_a_bound() {
+    let a = agent();
+    let mut doc = String::from(r#"{"name":"Jane Canary","notes":["#);
+    while doc.len() < 20_000 {
+        doc.push_str(r#""filler text","#);
+    }
+    doc.push_str(r#""end"]}"#);
+    let body: &'static [u8] = Box::leak(doc.into_bytes().into_boxed_slice());
+    let up = raw_json_upstream(body, Sending::AllAtOnce).await;
+    let dir = scratch_dir("mask-http10");
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{up}\" }}\nrules: rules.yaml\nmasking: {{ audit_log: audit.jsonl, buffer_bytes: 1024 }}\n",
+        identity_yaml()
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let request =
+        format!("GET /shape/raw HTTP/1.0\r\nHost: a\r\nAuthorization: Bearer {a}\r\n\r\n");
+    let all = raw_bytes(gw.addr, request.as_bytes()).await;
+    let text = String::from_utf8_lossy(&all).to_string();
+    assert!(text.starts_with("HTTP/1.0 502 "), "{text}");
+    assert!(text.contains("unmaskable_response"), "{text}");
+    assert!(!text.contains("Jane"), "{text}");
+    let r = req(gw.addr, "GET", "/shape/raw", Some(&a), &[]).await;
+    assert_eq!(r.status, 200);
+    let got = String::from_utf8_lossy(&r.body);
+    assert!(got.starts_with(r#"{"name":"[REDACTED]""#) && got.ends_with(r#""end"]}"#));
+}
+
 #[tokio::test]
 async fn an_unwritable_audit_log_refuses_the_unmasked_answer_without_io_details() {
     let (gw, _release, _) = setup().await;

@@ -11,8 +11,9 @@
 //! - The first record is the header. A column is selected by a field rule
 //!   whose selector's LAST key segment equals the header name (`$..phone`,
 //!   `$.phone`, `$[*].phone`, `$.customer.phone` and `$['phone']` all select
-//!   column `phone`); a last segment `.*` selects every column; a last
-//!   segment `[*]`/`[N]` selects none. Header names are compared after
+//!   column `phone`); a last segment `.*` selects every column; an index
+//!   `[*]`/`[N]` is skipped (`$..phones[*]` selects column `phones`), and
+//!   a selector of indexes alone (`$[*]`) selects none. Header names are compared after
 //!   trimming surrounding whitespace, ASCII-case-insensitively when
 //!   `policy.case_insensitive`. The first matching field rule wins.
 //! - Per cell, via [`strategy::mask_text`](super::strategy::mask_text):
@@ -55,7 +56,7 @@ enum Last {
     Key(String),
     /// `.*`: every column.
     AnyColumn,
-    /// `$`, `[*]`, `[N]`: no column.
+    /// `$`, `$[*]`, `$[N]`: no column (an index after a key keeps the key's).
     NoColumn,
 }
 
@@ -123,15 +124,16 @@ fn last_segment(selector: &str) -> Result<Last, String> {
                         }
                         last = Last::Key(String::from_utf8(key).map_err(|_| bad())?);
                     }
+                    // An index names no column of its own: the key before it
+                    // still does (`$..phones[*]`: column `phones`, a list
+                    // flattened into one cell), fail closed.
                     Some(b'*') => {
                         i += 1;
-                        last = Last::NoColumn;
                     }
                     Some(c) if c.is_ascii_digit() => {
                         while b.get(i).is_some_and(u8::is_ascii_digit) {
                             i += 1;
                         }
-                        last = Last::NoColumn;
                     }
                     _ => return Err(bad()),
                 }
@@ -447,10 +449,20 @@ impl CsvMasker {
                 if matches!(first.trim_ascii_start().first(), Some(b'{' | b'[')) {
                     return Err(BodyError::Csv("body looks like JSON, not CSV".into()));
                 }
+                // Excel's `sep=` line: the real header is the next record,
+                // which would be taken as data.
+                if first.len() >= 4 && first[..4].eq_ignore_ascii_case(b"sep=") {
+                    return Err(BodyError::Csv("a `sep=` line instead of a header".into()));
+                }
                 let mut columns = Vec::with_capacity(nend);
                 let p = &*self.policy;
                 for (i, cell) in cells.enumerate() {
                     let name = text(row, i, cell)?;
+                    // UTF-16 without a byte-order mark is valid UTF-8 with
+                    // a NUL in every other byte: no name would match.
+                    if name.contains('\0') {
+                        return Err(BodyError::Csv("a header name contains NUL".into()));
+                    }
                     let column = rules.column(name, p.case_insensitive);
                     if column.action != Action::Drop {
                         // Through the detectors too, whatever their scope:
@@ -572,8 +584,14 @@ mod tests {
         assert_eq!(last_segment("$.a[\"b.c\"]"), key("b.c"));
         assert_eq!(last_segment("$.*"), Ok(Last::AnyColumn));
         assert_eq!(last_segment("$[*].*"), Ok(Last::AnyColumn));
-        assert_eq!(last_segment("$.items[*]"), Ok(Last::NoColumn));
-        assert_eq!(last_segment("$.items[12]"), Ok(Last::NoColumn));
+        assert_eq!(last_segment("$.items[*]"), Ok(Last::Key("items".into())));
+        assert_eq!(
+            last_segment("$..phones[12]"),
+            Ok(Last::Key("phones".into()))
+        );
+        assert_eq!(last_segment("$.*[0]"), Ok(Last::AnyColumn));
+        assert_eq!(last_segment("$[*]"), Ok(Last::NoColumn));
+        assert_eq!(last_segment("$[3]"), Ok(Last::NoColumn));
         assert_eq!(last_segment("$"), Ok(Last::NoColumn));
         for bad in ["phone", "$.", "$[", "$['x", "$[x]", "$x", "$.a[*"] {
             assert!(last_segment(bad).is_err(), "{bad}");
@@ -700,6 +718,14 @@ mod tests {
             (
                 "short last row, no line end",
                 b"id,tier,name\r\nc1,gold,x\r\nJane Canary",
+            ),
+            // Excel's separator line: the header would be taken as data.
+            ("sep= line", b"sep=,\r\nid,name\r\nc1,Jane Canary\r\n"),
+            ("SEP= line", b"SEP=;\r\nid,name\r\nc1,Jane Canary\r\n"),
+            // UTF-16 (little-endian, no byte-order mark).
+            (
+                "UTF-16 header",
+                b"i\0d\0,\0n\0a\0m\0e\0\r\0\n\0c\x001\0,\0Jane\r\0\n\0",
             ),
         ];
         for (what, body) in bad {

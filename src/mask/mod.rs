@@ -1374,8 +1374,14 @@ mod tests {
     }
 
     #[test]
-    fn csv_index_selector_names_no_column() {
+    fn csv_index_selector_names_the_column_of_the_key_before_it() {
+        // `$.a[0]` masks the JSON list's item; in CSV the list is one cell
+        // of column `a`: the whole cell goes (fail closed).
         let policy = policy_with(&[("$.a[0]", "redact")], &[], DetectScope::None, false);
+        let out = run(&policy, BodyKind::Csv, Encoding::Identity, b"a,b\n1,2\n", 1).unwrap();
+        assert_eq!(out, b"a,b\r\n[REDACTED],2\r\n");
+        // Indexes alone name no column.
+        let policy = policy_with(&[("$[0]", "redact")], &[], DetectScope::None, false);
         let out = run(&policy, BodyKind::Csv, Encoding::Identity, b"a\n1\n", 1).unwrap();
         assert_eq!(out, b"a\r\n1\r\n");
     }

@@ -38,7 +38,9 @@
 //! | `phone` | a digit run (optional leading `+`, separators space `-` `.` `(` `)`) of 7 or more digits | every digit but the last 2 starred, separators kept: `+1 (555) 123-4567` → `+* (***) ***-**67` |
 //!
 //! A digit run is digits joined by at most two separator characters. Card is tried first; a run
-//! longer than 19 digits is also searched for Luhn-valid card windows made of whole groups.
+//! of 13 or more digits that is not one card is also searched for Luhn-valid card windows made
+//! of whole groups (a card followed by its CVV or expiry), and with `phone` on the digits around
+//! a window are starred but the last 2 of each stretch.
 //! Phone is defined as 7–15 digits, but runs of more than 15 digits (which may be several
 //! numbers glued together) are masked the same way: fail closed. An ISO date (`2024-01-15`) is not a
 //! phone number. Detectors apply in the order email, then card/phone, whatever their order in the
@@ -239,27 +241,33 @@ fn mask_digit_run(run: &str, phone: bool, card: bool) -> String {
         if (13..=19).contains(&n) && luhn(&digits) {
             return card_mask(&digits);
         }
-        if n > 19
-            && let Some(s) = card_windows(run)
+        // A card glued to more digits (a CVV, an expiry, a phone number):
+        // the digits around it are phone-masked when `phone` is on.
+        if n >= 13
+            && let Some(s) = card_windows(run, phone)
         {
             return s;
         }
     }
     if phone && n >= 7 && !is_iso_date(run) {
-        let mut left = n;
-        return run
-            .chars()
-            .map(|c| {
-                if c.is_ascii_digit() {
-                    left -= 1;
-                    if left >= 2 { '*' } else { c }
-                } else {
-                    c
-                }
-            })
-            .collect();
+        return star_digits(run);
     }
     run.to_owned()
+}
+
+/// Every digit but the last 2 starred, separators kept.
+fn star_digits(run: &str) -> String {
+    let mut left = run.bytes().filter(u8::is_ascii_digit).count();
+    run.chars()
+        .map(|c| {
+            if c.is_ascii_digit() {
+                left -= 1;
+                if left >= 2 { '*' } else { c }
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// `****-****-****-` + the last 4 digits.
@@ -271,8 +279,11 @@ fn card_mask(digits: &[u8]) -> String {
     s
 }
 
-/// In a long run, masks every Luhn-valid window of consecutive digit groups with 13–19 digits.
-fn card_windows(run: &str) -> Option<String> {
+/// In a long run, masks every Luhn-valid window of consecutive digit groups with 13–19 digits;
+/// with `phone`, the digits outside the windows as well (every digit but the last 2 of each
+/// stretch between windows starred: fail closed, whatever their count).
+fn card_windows(run: &str, phone: bool) -> Option<String> {
+    let rest = |s: &str| if phone { star_digits(s) } else { s.to_owned() };
     // (start byte, end byte, digits) for each maximal group of digits.
     let mut groups: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let b = run.as_bytes();
@@ -306,7 +317,7 @@ fn card_windows(run: &str) -> Option<String> {
         }
         match hit {
             Some((h, d)) => {
-                out.push_str(run.get(copied..groups[g].0)?);
+                out.push_str(&rest(run.get(copied..groups[g].0)?));
                 out.push_str(&card_mask(&d));
                 copied = groups[h].1;
                 g = h + 1;
@@ -318,7 +329,7 @@ fn card_windows(run: &str) -> Option<String> {
     if !found {
         return None;
     }
-    out.push_str(run.get(copied..)?);
+    out.push_str(&rest(run.get(copied..)?));
     Some(out)
 }
 
@@ -477,6 +488,24 @@ mod tests {
                 "4111 1111 1111 1111 05 25",
                 "****-****-****-1111 05 25",
             ),
+            // 18 and 19 digits that are not one card: the card inside is still found.
+            (
+                &[Card],
+                "4111 1111 1111 1111 123",
+                "****-****-****-1111 123",
+            ),
+            (
+                &[Card],
+                "exp 4111 1111 1111 1111 12/26",
+                "exp ****-****-****-1111 12/26",
+            ),
+            // With phone on, what is glued to the card is masked too.
+            (
+                &all,
+                "4111 1111 1111 1111 5551234567",
+                "****-****-****-1111 ********67",
+            ),
+            (&all, "4111 1111 1111 1111 123", "****-****-****-1111 *23"),
             (
                 &[],
                 "john@example.com 555-123-4567",

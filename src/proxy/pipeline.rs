@@ -1672,12 +1672,24 @@ async fn mask_response(
     }
     let mut masker = mask::BodyMasker::new(policy, kind, encoding, rt.masking.max_body_bytes);
 
+    // What an answer masked whole may grow to once decoded.
+    let held = rt
+        .masking
+        .buffer_bytes
+        .saturating_mul(DECODED_WHOLE)
+        .min(rt.masking.max_body_bytes);
+    let too_large_for_http10 =
+        || unmaskable("answer too large to mask whole for an HTTP/1.0 client".into());
     let whole = match declared {
         Some(len) if len <= rt.masking.buffer_bytes => Some(len),
         // An HTTP/1.0 client reads a body to the close: it could not tell
         // a stream cut by a masking failure from a complete answer. Masked
-        // whole (up to `masking.max_body_bytes`) and sent with its length.
-        _ if ctx.http10 => Some(declared.unwrap_or(rt.masking.max_body_bytes)),
+        // whole (up to `DECODED_WHOLE` times the buffer) and sent with its
+        // length; a larger one is refused rather than held.
+        _ if ctx.http10 => match declared {
+            Some(len) if len > held => return Err(too_large_for_http10()),
+            _ => Some(declared.unwrap_or(held)),
+        },
         _ => None,
     };
     if let Some(len) = whole {
@@ -1697,6 +1709,8 @@ async fn mask_response(
             let frame = frame.map_err(|e| {
                 Refusal::from(if has_cause::<BodyIdleTimeout>(e.as_ref()) {
                     Fault::UpstreamTimeout(upstream.to_string())
+                } else if has_cause::<BodyTooLarge>(e.as_ref()) && ctx.http10 {
+                    return too_large_for_http10();
                 } else if has_cause::<BodyTooLarge>(e.as_ref()) {
                     Fault::Unmaskable("body exceeds masking.max_body_bytes".into())
                 } else {
@@ -1712,9 +1726,10 @@ async fn mask_response(
             // declared: past `DECODED_WHOLE` times the buffer, it is sent
             // as a stream from here on (what is masked first), rather than
             // held whole in memory up to `max_body_bytes`.
-            if !ctx.http10
-                && out.len() as u64 > rt.masking.buffer_bytes.saturating_mul(DECODED_WHOLE)
-            {
+            if out.len() as u64 > held {
+                if ctx.http10 {
+                    return Err(too_large_for_http10());
+                }
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let streamed = MaskedBody::new(body, masker, masking_failed(ctx))
                     .with_prefix(Bytes::from(out));
