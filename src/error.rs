@@ -128,6 +128,9 @@ pub enum ClientCertDenial {
     Missing,
     /// A verified certificate whose names are not in `client_cert.allow`.
     NotAllowed,
+    /// The connection's certificate is outside its validity period now
+    /// (it expired while the connection stayed open).
+    Expired,
 }
 
 impl ClientCertDenial {
@@ -136,6 +139,7 @@ impl ClientCertDenial {
         match self {
             ClientCertDenial::Missing => "client_cert_missing",
             ClientCertDenial::NotAllowed => "client_cert_not_allowed",
+            ClientCertDenial::Expired => "client_cert_expired",
         }
     }
 
@@ -143,6 +147,7 @@ impl ClientCertDenial {
         match self {
             ClientCertDenial::Missing => "this route requires a verified client certificate",
             ClientCertDenial::NotAllowed => "the client certificate is not one this route allows",
+            ClientCertDenial::Expired => "the client certificate is outside its validity period",
         }
     }
 }
@@ -471,6 +476,7 @@ mod tests {
         for (c, detail) in [
             (ClientCertDenial::Missing, "client_cert_missing"),
             (ClientCertDenial::NotAllowed, "client_cert_not_allowed"),
+            (ClientCertDenial::Expired, "client_cert_expired"),
         ] {
             let r = Refusal::from(Deny::ClientCert(c));
             assert_eq!(r.status(), StatusCode::FORBIDDEN);

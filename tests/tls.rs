@@ -722,6 +722,61 @@ async fn a_listener_requiring_client_certificates_refuses_handshakes_without_one
     assert_eq!(r.status, 200);
 }
 
+/// A client certificate is judged per request: one that expires while its
+/// connection stays open is refused there, and a new connection never
+/// resumes the session of an earlier handshake (which would bring the
+/// certificate back unchecked): it is verified afresh.
+#[tokio::test]
+async fn an_expired_client_certificate_is_refused_on_open_and_new_connections() {
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let gw = gateway(&pki, up.addr).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let brief = pki
+        .clients
+        .client_until(&pki.dir, "brief", "batch-job", now + 3);
+    let cfg = client_config(&pki, Some(&brief), &[b"h2"], BOTH);
+    let mut h2 = h2_over(connect(gw[1], "a.test", cfg.clone()).await.unwrap()).await;
+    let r = h2_req(&mut h2, "https", "GET", "/machine/status", None, &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The first connection got no ticket or session to resume.
+    let again = connect(gw[1], "a.test", cfg.clone()).await.unwrap();
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    drop(again);
+    // Past `notAfter` (seconds resolution: one more to be sure).
+    let expired = std::time::UNIX_EPOCH + Duration::from_secs(now + 4);
+    if let Ok(wait) = expired.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait + Duration::from_millis(200)).await;
+    }
+    let before = up.count();
+    let r = h2_req(&mut h2, "https", "GET", "/machine/status", None, &[]).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "client_cert_required")
+    );
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("validity period"),
+        "{}",
+        r.json()
+    );
+    assert_eq!(up.count(), before, "a refused request reached the upstream");
+    // A new connection verifies the certificate again: the handshake (or
+    // the first read after it, in TLS 1.3) fails.
+    if let Ok(mut s) = connect(gw[1], "a.test", cfg).await {
+        let buf = exchange(&mut s, &h1_request("GET", "/machine/status", None, &[])).await;
+        assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    }
+}
+
 #[tokio::test]
 async fn routes_demand_client_certificates_on_optional_listeners() {
     let pki = Pki::new();
@@ -1348,6 +1403,10 @@ fn attacks() -> Vec<Attack> {
             ("x-original-url", "/bots/1/publish"),
             ("x-forwarded-for", "10.9.9.9"),
             ("x-ssl-client-s-dn", "CN=ops-console"),
+            ("x-amzn-mtls-clientcert-subject", "CN=ops-console"),
+            ("x-amzn-mtls-clientcert", "-----BEGIN%20CERTIFICATE-----"),
+            ("cloudfront-viewer-cert-present", "1"),
+            ("cloudfront-viewer-address", "10.9.9.9:443"),
         ],
         want: Want::Forwarded("/bots/1/flows"),
     });

@@ -744,6 +744,11 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         {
             reusable = false;
         }
+        // A length that is no one number (`abc`, `5, 6`) is not passed on
+        // for the client's parser to guess at; none is needed here.
+        if headers.contains_key(header::CONTENT_LENGTH) && content_length(&headers).is_none() {
+            headers.remove(header::CONTENT_LENGTH);
+        }
         Decode::Done
     } else if *method == Method::CONNECT && status.is_success() {
         // A tunnel: never carried here; the connection is not used again.
@@ -1424,6 +1429,37 @@ mod tests {
         }
         let a = "HTTP/1.1 200 OK\r\nContent-Length: 120\r\n\r\n";
         assert_eq!(head(a, Method::HEAD), (true, true));
+        // A length that is no one number is dropped, not passed on.
+        for (a, method) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+                Method::HEAD,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+                Method::HEAD,
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: x\r\n\r\n",
+                Method::GET,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 1\r\ncontent-length: 2\r\n\r\n",
+                Method::GET,
+            ),
+        ] {
+            for relay in [false, true] {
+                let Ok(Parsed::Final(h)) =
+                    parse_head(&mut BytesMut::from(a.as_bytes()), &method, relay)
+                else {
+                    panic!("not a final head: {a:?}");
+                };
+                assert!(
+                    !h.response.headers().contains_key(header::CONTENT_LENGTH),
+                    "{a:?} relay {relay}"
+                );
+            }
+        }
     }
 
     /// `Content-Length: 5, 5` (or the field twice) is passed on as `5`, so

@@ -238,6 +238,8 @@ pub const DEFAULT_STRIPPED: &[&str] = &[
     "x-client-verify",
     "x-arr-clientcert",
     "x-ssl-cert",
+    // CloudFront's viewer address (its certificate fields: prefix below).
+    "cloudfront-viewer-address",
 ];
 
 /// Name prefixes removed by default (every header starting with one);
@@ -260,6 +262,10 @@ pub const DEFAULT_STRIPPED_PREFIXES: &[&str] = &[
     "x-ssl-client-",
     "ssl-client-",
     "x-client-cert-",
+    // AWS ALB mutual TLS (`X-Amzn-Mtls-Clientcert` and its `-Subject`,
+    // `-Issuer`, … fields) and CloudFront viewer mutual TLS.
+    "x-amzn-mtls-clientcert",
+    "cloudfront-viewer-cert-",
 ];
 
 /// A set of header names, looked up by hash (one lookup instead of a

@@ -442,7 +442,7 @@ impl Gateway {
         // 2b the route's transport requirement: a verified client
         //    certificate (checked before any token: no token makes up for it).
         if let Some(rule) = &route.client_cert {
-            check_client_cert(rule, conn)?;
+            check_client_cert(rule, conn, unix_secs(ctx.wall))?;
         }
         // 2b websocket: only on routes that allow it, only a valid handshake.
         let websocket = websocket::requested(req.headers());
@@ -1259,10 +1259,15 @@ fn routing_host(raw: &str) -> Result<String, Refusal> {
 }
 
 /// A route's `client_cert:` against the connection's verified certificate.
-fn check_client_cert(rule: &ClientCertRule, conn: &Conn) -> Result<(), Refusal> {
+/// Checked per request: a connection outlives the certificate's validity
+/// (resumption is off on listeners that ask for certificates).
+fn check_client_cert(rule: &ClientCertRule, conn: &Conn, now: u64) -> Result<(), Refusal> {
     let Some(cert) = &conn.client_cert else {
         return Err(Deny::ClientCert(ClientCertDenial::Missing).into());
     };
+    if !cert.valid_at(now) {
+        return Err(Deny::ClientCert(ClientCertDenial::Expired).into());
+    }
     match rule {
         ClientCertRule::Required => Ok(()),
         ClientCertRule::Allow(names) if cert.is_allowed(names) => Ok(()),

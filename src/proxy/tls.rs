@@ -193,6 +193,7 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| format!("TLS versions: {e}"))?;
+    let asks_for_certificates = client_auth.is_some();
     let builder = match client_auth {
         None => builder.with_no_client_auth(),
         Some(ClientVerification { mode, roots, crls }) => {
@@ -219,6 +220,13 @@ pub fn server_config(
     };
     let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    if asks_for_certificates {
+        // A resumed session brings back the certificate of its first
+        // handshake unchecked (expired or past its CRL's `nextUpdate`
+        // since): every connection of such a listener verifies afresh.
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    }
     Ok(cfg)
 }
 
@@ -229,6 +237,9 @@ pub struct ClientCert {
     pub common_name: String,
     /// The DNS names of the subject alternative name extension.
     pub dns_names: Vec<String>,
+    /// Validity period, Unix seconds (`notBefore`, `notAfter`).
+    pub not_before: u64,
+    pub not_after: u64,
 }
 
 impl ClientCert {
@@ -236,10 +247,18 @@ impl ClientCert {
     /// if it cannot be parsed (then it counts as no certificate).
     pub fn from_der(der: &CertificateDer<'_>) -> Option<ClientCert> {
         let ee = webpki::EndEntityCert::try_from(der).ok()?;
+        let (not_before, not_after) = validity(der)?;
         Some(ClientCert {
             common_name: common_name(ee.subject()).unwrap_or_default(),
             dns_names: ee.valid_dns_names().map(str::to_ascii_lowercase).collect(),
+            not_before,
+            not_after,
         })
+    }
+
+    /// Whether `now` (Unix seconds) is inside the validity period.
+    pub fn valid_at(&self, now: u64) -> bool {
+        (self.not_before..=self.not_after).contains(&now)
     }
 
     /// Whether one of `allowed` is this certificate's common name (exact)
@@ -282,6 +301,77 @@ fn common_name(subject: &[u8]) -> Option<String> {
     found
 }
 
+/// The validity period of a DER certificate, Unix seconds. Read here by
+/// hand, as the common name is: webpki checks the period at the handshake
+/// but does not expose it, and a full X.509 parser would be a new crate
+/// tree for two fields. `Certificate ::= SEQUENCE { tbsCertificate
+/// SEQUENCE { [0] version OPTIONAL, serialNumber, signature, issuer,
+/// validity SEQUENCE { notBefore, notAfter }, … }, … }`.
+fn validity(der: &[u8]) -> Option<(u64, u64)> {
+    let (0x30, cert, _) = der_item(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = der_item(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = der_item(rest)?;
+    if tag == 0xa0 {
+        rest = after; // version
+    }
+    for _ in 0..3 {
+        let (_, _, after) = der_item(rest)?; // serial, signature, issuer
+        rest = after;
+    }
+    let (0x30, period, _) = der_item(rest)? else {
+        return None;
+    };
+    let (t1, from, period) = der_item(period)?;
+    let (t2, until, _) = der_item(period)?;
+    Some((asn1_time(t1, from)?, asn1_time(t2, until)?))
+}
+
+/// An ASN.1 UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049, RFC 5280 §4.1.2.5.1)
+/// or GeneralizedTime (`YYYYMMDDHHMMSSZ`) as Unix seconds; `None` for any
+/// other form (RFC 5280 allows no other) or a time before 1970.
+fn asn1_time(tag: u8, text: &[u8]) -> Option<u64> {
+    let digits = |b: &[u8]| -> Option<u64> {
+        b.iter().try_fold(0u64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+        })
+    };
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 13) => {
+            let yy = digits(&text[..2])?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &text[2..])
+        }
+        (0x18, 15) => (digits(&text[..4])?, &text[4..]),
+        _ => return None,
+    };
+    if rest.last() != Some(&b'Z') {
+        return None;
+    }
+    let field = |i: usize| digits(&rest[i..i + 2]);
+    let (month, day) = (field(0)?, field(2)?);
+    let (h, m, s) = (field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's `days_from_civil`).
+    let y = if month <= 2 {
+        year.checked_sub(1)?
+    } else {
+        year
+    };
+    let era = y / 400;
+    let yoe = y % 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3_600 + m * 60 + s)
+}
+
 /// One DER TLV: (tag, contents, rest).
 fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *b.first()?;
@@ -307,6 +397,43 @@ fn der_item(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn asn1_times_read_as_unix_seconds() {
+        let utc = |t: &str| asn1_time(0x17, t.as_bytes());
+        let general = |t: &str| asn1_time(0x18, t.as_bytes());
+        assert_eq!(utc("700101000000Z"), Some(0));
+        assert_eq!(utc("491231235959Z"), Some(2_524_607_999));
+        assert_eq!(utc("500101000000Z"), None, "1950: before the epoch");
+        assert_eq!(general("20000229120000Z"), Some(951_825_600));
+        assert_eq!(general("20261207120000Z"), Some(1_796_644_800));
+        for bad in [
+            "20261207120000",
+            "2026120712000Z",
+            "20261307120000Z",
+            "20261200120000Z",
+            "20261207240000Z",
+            "2026120712000aZ",
+        ] {
+            assert_eq!(general(bad), None, "{bad}");
+        }
+        assert_eq!(asn1_time(0x04, b"700101000000Z"), None);
+    }
+
+    #[test]
+    fn a_certificates_validity_is_read_from_its_der() {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2024, 2, 29);
+        params.not_after = rcgen::date_time_ymd(2051, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let c = ClientCert::from_der(cert.der()).unwrap();
+        // 2051 is past UTCTime's range: a GeneralizedTime.
+        assert_eq!((c.not_before, c.not_after), (1_709_164_800, 2_556_144_000));
+        assert!(c.valid_at(1_709_164_800) && c.valid_at(2_556_144_000));
+        assert!(!c.valid_at(1_709_164_799) && !c.valid_at(2_556_144_001));
+        assert_eq!(validity(&cert.der()[..40]), None);
+    }
 
     #[test]
     fn only_tls12_and_tls13_are_offered() {
@@ -354,6 +481,7 @@ mod tests {
         let c = ClientCert {
             common_name: "Ops".into(),
             dns_names: vec!["batch.example".into()],
+            ..Default::default()
         };
         assert!(c.is_allowed(&["Ops".into()]));
         assert!(!c.is_allowed(&["ops".into()]));

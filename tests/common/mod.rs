@@ -739,9 +739,26 @@ impl TestCa {
         cn: &str,
         usage: rcgen::ExtendedKeyUsagePurpose,
     ) -> Leaf {
+        self.leaf_until(dir, stem, names, cn, usage, None)
+    }
+
+    /// [`TestCa::leaf`] valid until `not_after` (Unix seconds), if given.
+    fn leaf_until(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        names: &[&str],
+        cn: &str,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+        not_after: Option<u64>,
+    ) -> Leaf {
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        if let Some(t) = not_after {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(t);
+        }
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
@@ -805,6 +822,24 @@ impl TestCa {
             &[],
             cn,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// A client certificate valid until `not_after` (Unix seconds).
+    pub fn client_until(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        cn: &str,
+        not_after: u64,
+    ) -> Leaf {
+        self.leaf_until(
+            dir,
+            stem,
+            &[],
+            cn,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            Some(not_after),
         )
     }
 }
