@@ -770,6 +770,9 @@ fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
             routes = loaded.runtime.routes.len(),
             "rolegate listening"
         );
+        for d in reload::orphaned_owner_choices(&loaded.runtime, &store) {
+            tracing::warn!(target: "rolegate::config", "{d}");
+        }
         let gateway = Gateway::new(loaded.runtime, store);
         gateway
             .reloader()

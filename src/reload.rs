@@ -178,6 +178,28 @@ impl Reloader {
     }
 
     async fn reload_locked(&self, gw: &Gateway, trigger: Trigger) -> Attempt {
+        self.reload_locked_with(gw, trigger, config::load).await
+    }
+
+    /// [`Reloader::reload`] with `load` reading the configuration (tests:
+    /// a file changed while a reload reads them).
+    #[doc(hidden)]
+    pub async fn reload_with(
+        &self,
+        gw: &Gateway,
+        trigger: Trigger,
+        load: impl FnOnce(&Path) -> Result<config::Loaded, Vec<Diagnostic>> + Send + 'static,
+    ) -> Attempt {
+        let _one_at_a_time = self.lock.lock().await;
+        self.reload_locked_with(gw, trigger, load).await
+    }
+
+    async fn reload_locked_with(
+        &self,
+        gw: &Gateway,
+        trigger: Trigger,
+        load: impl FnOnce(&Path) -> Result<config::Loaded, Vec<Diagnostic>> + Send + 'static,
+    ) -> Attempt {
         let (path, old_sources) = {
             let s = self.state();
             (s.path.clone(), s.sources.clone())
@@ -199,7 +221,7 @@ impl Reloader {
         // being read is seen by the next look of the watcher.
         let before = fingerprint(&old_sources);
         let load_path = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&load_path))
+        let loaded = tokio::task::spawn_blocking(move || load(&load_path))
             .await
             .unwrap_or_else(|e| Err(vec![note("", &format!("the reload task failed: {e}"))]));
         let mut attempt = Attempt {
@@ -227,11 +249,19 @@ impl Reloader {
                 let reasons = restart_only_changes(&gw.runtime(), &loaded.runtime);
                 attempt.warnings = loaded.warnings;
                 if reasons.is_empty() {
+                    attempt
+                        .warnings
+                        .extend(orphaned_owner_choices(&loaded.runtime, gw.store()));
                     attempt.result = Outcome::Reloaded;
                     attempt.policy_hash = Some(loaded.sources.policy_hash.clone());
                     gw.swap(loaded.runtime);
+                    // Files the new configuration watches: as they were
+                    // before the load (never stat'ed after it, which would
+                    // take a change written meanwhile as seen); one not
+                    // watched before counts as changed, for one more
+                    // (idempotent) reload.
                     if loaded.sources != old_sources {
-                        seen = fingerprint(&loaded.sources);
+                        seen = seen.rebased(watched(&loaded.sources));
                     }
                     let mut s = self.state();
                     s.sources = loaded.sources;
@@ -286,6 +316,33 @@ impl Reloader {
         };
         fingerprint(&sources) != seen
     }
+}
+
+/// Owner-chosen columns stored for a mask the runtime has no
+/// `owner_columns` mask of (renamed, or removed): those columns are no
+/// longer masked. A warning at start and on every reload; the choices
+/// stay stored, and apply again if the mask comes back under its name.
+pub fn orphaned_owner_choices(rt: &Runtime, store: &crate::session::Store) -> Vec<Diagnostic> {
+    const NS: &str = "mask.";
+    let mut orphans: Vec<String> = store
+        .shared()
+        .namespaces(NS, now_ms())
+        .into_iter()
+        .filter_map(|ns| ns.strip_prefix(NS).map(str::to_string))
+        .filter(|mask| !rt.owner_masks.contains_key(mask))
+        .collect();
+    orphans.sort();
+    orphans
+        .into_iter()
+        .map(|mask| Diagnostic {
+            severity: config::Severity::Warning,
+            file: String::new(),
+            line: 0,
+            message: format!(
+                "owner-chosen columns are stored for mask {mask}, which is not configured with owner_columns: they are no longer masked (a renamed mask keeps its choices only under its old name)"
+            ),
+        })
+        .collect()
 }
 
 fn note(file: &str, message: &str) -> Diagnostic {
@@ -405,15 +462,20 @@ fn stat(p: &Path) -> Option<Stat> {
     Some((m.len(), m.modified().ok()?, ino))
 }
 
-fn fingerprint(s: &Sources) -> Fingerprint {
+/// Every file a configuration's reload watches, sorted.
+fn watched(s: &Sources) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = s.files.clone();
     if let Some(dir) = &s.rules_dir {
         files.extend(config::rules_files(dir));
     }
     files.sort();
     files.dedup();
+    files
+}
+
+fn fingerprint(s: &Sources) -> Fingerprint {
     Fingerprint(
-        files
+        watched(s)
             .into_iter()
             .map(|p| {
                 let st = stat(&p);
@@ -421,6 +483,26 @@ fn fingerprint(s: &Sources) -> Fingerprint {
             })
             .collect(),
     )
+}
+
+impl Fingerprint {
+    /// This fingerprint's stats for `files`; a file it has none of gets
+    /// one no file has (it reads as changed at the next look).
+    fn rebased(&self, files: Vec<PathBuf>) -> Fingerprint {
+        const UNSEEN: Stat = (u64::MAX, SystemTime::UNIX_EPOCH, u64::MAX);
+        Fingerprint(
+            files
+                .into_iter()
+                .map(|p| {
+                    let st = match self.0.binary_search_by(|(q, _)| q.cmp(&p)) {
+                        Ok(i) => self.0[i].1,
+                        Err(_) => Some(UNSEEN),
+                    };
+                    (p, st)
+                })
+                .collect(),
+        )
+    }
 }
 
 /// The file watcher: every `reload.watch_interval` it looks at the watched

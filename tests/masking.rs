@@ -1225,6 +1225,47 @@ async fn choose(gw: &Gw, token: &str, method: &str, path: &str, body: &str) -> R
     req_json(gw.admin.unwrap(), method, path, Some(token), body).await
 }
 
+/// Renaming a mask leaves its owners' choices under the old name, where
+/// no route finds them: the reload says so (a warning), and the name
+/// restored brings them back.
+#[tokio::test]
+async fn a_renamed_mask_with_stored_owner_choices_is_warned_about() {
+    use rolegate::reload::{Outcome, Trigger};
+    let up = table_upstream().await;
+    let gw = start_tables(up, "owner-rename", "state_dir: state").await;
+    let owner = bot_user("owner-1", "super-admin@bot:42");
+    let dev = bot_user("dev-1", "developer@bot:42");
+    let path = "/masks/bot-table-columns/columns/42/customers";
+    let r = choose(&gw, &owner, "PUT", path, r#"{"columns":["phone"]}"#).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let cfg_path = gw.dir.join("rolegate.yaml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let reload = |text: String| {
+        std::fs::write(&cfg_path, text).unwrap();
+        gw.gateway.reloader().reload(&gw.gateway, Trigger::Admin)
+    };
+    let a = reload(cfg.replace("bot-table-columns", "bot-table-cols")).await;
+    assert_eq!(a.result, Outcome::Reloaded);
+    let warned: Vec<String> = a.warnings.iter().map(|d| d.message.clone()).collect();
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("mask bot-table-columns") && w.contains("no longer masked")),
+        "{warned:?}"
+    );
+    assert_eq!(
+        rows(&gw, &dev, "customers").await["rows"][0]["phone"],
+        PHONE
+    );
+    let a = reload(cfg).await;
+    assert_eq!(a.result, Outcome::Reloaded);
+    assert!(a.warnings.is_empty(), "{:?}", a.warnings);
+    assert_eq!(
+        rows(&gw, &dev, "customers").await["rows"][0]["phone"],
+        "[REDACTED]"
+    );
+}
+
 #[tokio::test]
 async fn a_bots_super_admin_chooses_columns_others_see_masked() {
     let up = table_upstream().await;

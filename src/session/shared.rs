@@ -97,6 +97,15 @@ impl Shared {
             .map(|e| e.value.clone())
     }
 
+    /// The namespaces starting with `prefix` that hold a live value.
+    pub fn namespaces(&self, prefix: &str, now_ms: u64) -> Vec<String> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .filter(|(ns, m)| ns.starts_with(prefix) && m.values().any(|e| e.live(now_ms)))
+            .map(|(ns, _)| ns.clone())
+            .collect()
+    }
+
     /// Whether a live value exists (no copy).
     pub fn contains(&self, ns: &str, k: &str, now_ms: u64) -> bool {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());

@@ -345,6 +345,32 @@ async fn the_watcher_reloads_a_changed_rules_file_unless_turned_off() {
     assert_eq!(in_force(&gw).await, Some('A'));
 }
 
+/// A rules file rewritten while a reload is reading the files is not taken
+/// as seen: the watcher's next look loads it (the last change wins).
+#[tokio::test]
+async fn a_change_written_during_a_reload_is_loaded_by_the_watcher() {
+    use rolegate::reload::{Outcome, Trigger};
+    let up = Upstream::start().await;
+    let gw = start(&up, "reload: { watch: true, watch_interval: 50ms }\n").await;
+    assert_eq!(in_force(&gw).await, Some('A'));
+    replace(&gw.dir, "rules.yaml", RULES_B);
+    let dir = gw.dir.clone();
+    let a = gw
+        .gateway
+        .reloader()
+        .reload_with(&gw.gateway, Trigger::Admin, move |path| {
+            let loaded = rolegate::config::load(path);
+            // Saved after the load read B, before the reload ends.
+            replace(&dir, "rules.yaml", RULES_A);
+            loaded
+        })
+        .await;
+    assert_eq!(a.result, Outcome::Reloaded);
+    assert_eq!(in_force(&gw).await, Some('B'));
+    tokio::spawn(rolegate::reload::watch(Arc::downgrade(&gw.gateway)));
+    wait_for_rules(&gw, 'A').await;
+}
+
 /// Waits (at most 10 s) until `want`'s rules are in force.
 async fn wait_for_rules(gw: &Gw, want: char) {
     for _ in 0..500 {
