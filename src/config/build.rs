@@ -164,16 +164,37 @@ fn walk_rules_dir(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) 
                 continue;
             }
         };
-        for entry in entries.flatten() {
+        for entry in entries {
+            // An entry that cannot be read or followed (a dangling link to
+            // a directory of route files, a permission error) is an error,
+            // never skipped: its routes missing could let requests fall to
+            // looser ones.
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    unreadable.push((d.clone(), e));
+                    continue;
+                }
+            };
             if entry.file_name().as_encoded_bytes().starts_with(b".") {
                 continue;
             }
             let p = entry.path();
-            if p.is_dir() {
+            let meta = match std::fs::metadata(&p) {
+                Ok(m) => m,
+                Err(e) => {
+                    unreadable.push((p, e));
+                    continue;
+                }
+            };
+            if meta.is_dir() {
                 if !(d == dir && p.file_name().is_some_and(|n| n == "tests")) {
                     stack.push(p);
                 }
-            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            } else if p
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+            {
                 paths.push(p);
             }
         }
@@ -635,6 +656,15 @@ impl Builder {
             );
             return None;
         }
+        if max_ttl.is_some() && default_ttl.is_none() {
+            self.warn(
+                file,
+                line,
+                format!(
+                    "relations.{name}: push.max_ttl bounds only the ttl a push asks for; a tuple pushed without one stays until removed (set push.default_ttl to bound those too)"
+                ),
+            );
+        }
         Some(PushSource {
             default_ttl,
             max_ttl,
@@ -747,7 +777,7 @@ impl Builder {
             self.error(
                 cfg_name,
                 0,
-                format!("rules: cannot read directory {}: {e}", d.display()),
+                format!("rules: cannot read {}: {e}", d.display()),
             );
         }
         {
@@ -3117,6 +3147,30 @@ mod tests {
     }
 
     #[test]
+    fn a_push_max_ttl_without_a_default_warns() {
+        let warnings = |push: &str| {
+            let text = format!("relations:\n  member: {{ push: {push} }}\n{MAIN}");
+            load_from_text(
+                "rolegate.yaml",
+                &text,
+                &std::env::temp_dir(),
+                RulesSource::Embedded(vec![]),
+            )
+            .map(|l| {
+                l.warnings
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_else(|d| panic!("{d:?}"))
+        };
+        let w = warnings("{ max_ttl: 1h }");
+        assert!(w.iter().any(|w| w.contains("push.default_ttl")), "{w:?}");
+        let w = warnings("{ max_ttl: 1h, default_ttl: 10m }");
+        assert!(!w.iter().any(|w| w.contains("push.default_ttl")), "{w:?}");
+    }
+
+    #[test]
     fn a_route_answering_unmasked_on_a_masked_path_warns() {
         let rules = |edit_mask: &str| {
             format!(
@@ -3162,6 +3216,28 @@ mod tests {
             .map(|p| p.strip_prefix(&d).unwrap().display().to_string())
             .collect();
         assert_eq!(files, ["roles.yaml", "routes/a.yaml"]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A link that leads nowhere (a directory of route files gone) is an
+    /// error of the walk, not an entry skipped; an upper-case extension is
+    /// a rules file too.
+    #[cfg(unix)]
+    #[test]
+    fn the_rules_walk_reports_dangling_links_and_reads_any_case_extension() {
+        let d = std::env::temp_dir().join(format!("rolegate-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("ROLES.YAML"), "roles: {}\n").unwrap();
+        std::os::unix::fs::symlink("gone", d.join("routes")).unwrap();
+        let (files, unreadable) = walk_rules_dir(&d);
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.strip_prefix(&d).unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["ROLES.YAML"]);
+        assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+        assert!(unreadable[0].0.ends_with("routes"));
         let _ = std::fs::remove_dir_all(&d);
     }
 
