@@ -180,8 +180,21 @@ fn walk_rules_dir(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) 
                 continue;
             }
             let p = entry.path();
+            let is_rules = p
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
             let meta = match std::fs::metadata(&p) {
                 Ok(m) => m,
+                // Gone since the listing (a tool's temporary file), or a
+                // link to another kind of file left dangling for a moment
+                // (a Kubernetes ConfigMap key being removed): not rules.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && (std::fs::symlink_metadata(&p).is_err()
+                            || (!is_rules && p.extension().is_some())) =>
+                {
+                    continue;
+                }
                 Err(e) => {
                     unreadable.push((p, e));
                     continue;
@@ -191,10 +204,7 @@ fn walk_rules_dir(dir: &Path) -> (Vec<PathBuf>, Vec<(PathBuf, std::io::Error)>) 
                 if !(d == dir && p.file_name().is_some_and(|n| n == "tests")) {
                     stack.push(p);
                 }
-            } else if p
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
-            {
+            } else if is_rules {
                 paths.push(p);
             }
         }
@@ -3230,6 +3240,8 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("ROLES.YAML"), "roles: {}\n").unwrap();
         std::os::unix::fs::symlink("gone", d.join("routes")).unwrap();
+        // A dangling link to a file that is not rules is passed over.
+        std::os::unix::fs::symlink("gone.md", d.join("README.md")).unwrap();
         let (files, unreadable) = walk_rules_dir(&d);
         let names: Vec<String> = files
             .iter()

@@ -106,13 +106,19 @@ impl<T: serde::de::DeserializeOwned> ParsedCache<T> {
     /// `raw` (the stored value of `key`) parsed.
     pub fn get(&self, key: &str, raw: Arc<str>) -> Result<Arc<T>, serde_json::Error> {
         // The read guard ends here, before any insert into the same shard.
-        let cached = self
-            .parsed
-            .get(key)
-            .filter(|e| Arc::ptr_eq(&e.0, &raw) || *e.0 == *raw)
-            .map(|e| e.1.clone());
-        if let Some(v) = cached {
-            return Ok(v);
+        let cached = self.parsed.get(key).and_then(|e| {
+            let same = Arc::ptr_eq(&e.0, &raw);
+            (same || *e.0 == *raw).then(|| (same, e.1.clone()))
+        });
+        match cached {
+            Some((true, v)) => return Ok(v),
+            // The same text stored anew (a resync): kept with its new
+            // pointer, so the next request compares pointers only.
+            Some((false, v)) => {
+                self.parsed.insert(key.to_string(), (raw, v.clone()));
+                return Ok(v);
+            }
+            None => {}
         }
         let v = Arc::new(serde_json::from_str::<T>(&raw)?);
         if self.parsed.len() >= self.max {

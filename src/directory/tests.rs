@@ -314,6 +314,10 @@ fn the_parsed_cache_parses_a_stored_value_once_and_a_changed_one_again() {
         Arc::ptr_eq(&a, &b),
         "the same stored value is not parsed again"
     );
+    // The same text stored anew: not parsed again, and its new pointer kept.
+    let anew: Arc<str> = Arc::from(&*raw);
+    assert!(Arc::ptr_eq(&cache.get("u1", anew.clone()).unwrap(), &a));
+    assert!(Arc::ptr_eq(&cache.parsed.get("u1").unwrap().0, &anew));
     let changed: Arc<str> = Arc::from(r#"{"roles":["supervisor"]}"#);
     assert_eq!(cache.get("u1", changed).unwrap().roles, ["supervisor"]);
     assert!(cache.get("u2", Arc::from("not json")).is_err());

@@ -37,10 +37,10 @@
 //! | `card` | a digit run of 13–19 digits (separated by single/double spaces, `-`, `.`, parentheses) passing Luhn | `****-****-****-1234` (last 4 digits kept; the length is hidden) |
 //! | `phone` | a digit run (optional leading `+`, separators space `-` `.` `(` `)`) of 7 or more digits | every digit but the last 2 starred, separators kept: `+1 (555) 123-4567` → `+* (***) ***-**67` |
 //!
-//! A digit run is digits joined by at most two separator characters. Card is tried first; a run
-//! of 13 or more digits that is not one card is also searched for Luhn-valid card windows made
-//! of whole groups (a card followed by its CVV or expiry), and with `phone` on the digits around
-//! a window are starred but the last 2 of each stretch.
+//! A digit run is digits joined by at most two separator characters. Card is tried first, then
+//! phone; with `card` alone, a run of 13 or more digits that is not one card is searched for
+//! Luhn-valid card windows made of whole groups (a card followed by its CVV or expiry; with
+//! `phone` on, such a run is starred whole, which shows less).
 //! Phone is defined as 7–15 digits, but runs of more than 15 digits (which may be several
 //! numbers glued together) are masked the same way: fail closed. An ISO date (`2024-01-15`) is not a
 //! phone number. Detectors apply in the order email, then card/phone, whatever their order in the
@@ -237,20 +237,21 @@ fn replace<'a>(
 fn mask_digit_run(run: &str, phone: bool, card: bool) -> String {
     let digits: Vec<u8> = run.bytes().filter(u8::is_ascii_digit).collect();
     let n = digits.len();
-    if card {
-        if (13..=19).contains(&n) && luhn(&digits) {
-            return card_mask(&digits);
-        }
-        // A card glued to more digits (a CVV, an expiry, a phone number):
-        // the digits around it are phone-masked when `phone` is on.
-        if n >= 13
-            && let Some(s) = card_windows(run, phone)
-        {
-            return s;
-        }
+    if card && (13..=19).contains(&n) && luhn(&digits) {
+        return card_mask(&digits);
     }
+    // Any other run, a card glued to more digits included: with `phone`,
+    // every digit but the last 2 starred (less than a card's mask shows).
     if phone && n >= 7 && !is_iso_date(run) {
         return star_digits(run);
+    }
+    // Cards alone: one glued to more digits (a CVV, an expiry) is found
+    // inside the run.
+    if card
+        && n >= 13
+        && let Some(s) = card_windows(run)
+    {
+        return s;
     }
     run.to_owned()
 }
@@ -279,11 +280,8 @@ fn card_mask(digits: &[u8]) -> String {
     s
 }
 
-/// In a long run, masks every Luhn-valid window of consecutive digit groups with 13–19 digits;
-/// with `phone`, the digits outside the windows as well (every digit but the last 2 of each
-/// stretch between windows starred: fail closed, whatever their count).
-fn card_windows(run: &str, phone: bool) -> Option<String> {
-    let rest = |s: &str| if phone { star_digits(s) } else { s.to_owned() };
+/// In a long run, masks every Luhn-valid window of consecutive digit groups with 13–19 digits.
+fn card_windows(run: &str) -> Option<String> {
     // (start byte, end byte, digits) for each maximal group of digits.
     let mut groups: Vec<(usize, usize, Vec<u8>)> = Vec::new();
     let b = run.as_bytes();
@@ -317,7 +315,7 @@ fn card_windows(run: &str, phone: bool) -> Option<String> {
         }
         match hit {
             Some((h, d)) => {
-                out.push_str(&rest(run.get(copied..groups[g].0)?));
+                out.push_str(run.get(copied..groups[g].0)?);
                 out.push_str(&card_mask(&d));
                 copied = groups[h].1;
                 g = h + 1;
@@ -329,7 +327,7 @@ fn card_windows(run: &str, phone: bool) -> Option<String> {
     if !found {
         return None;
     }
-    out.push_str(&rest(run.get(copied..)?));
+    out.push_str(run.get(copied..)?);
     Some(out)
 }
 
@@ -499,13 +497,18 @@ mod tests {
                 "exp 4111 1111 1111 1111 12/26",
                 "exp ****-****-****-1111 12/26",
             ),
-            // With phone on, what is glued to the card is masked too.
+            // With phone on, a run that is not one card is starred whole.
             (
                 &all,
                 "4111 1111 1111 1111 5551234567",
-                "****-****-****-1111 ********67",
+                "**** **** **** **** ********67",
             ),
-            (&all, "4111 1111 1111 1111 123", "****-****-****-1111 *23"),
+            (&all, "4111 1111 1111 1111 123", "**** **** **** **** *23"),
+            (
+                &all,
+                "4111 1111 1111 1111 05 25",
+                "**** **** **** **** ** 25",
+            ),
             (
                 &[],
                 "john@example.com 555-123-4567",

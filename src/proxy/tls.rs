@@ -332,8 +332,8 @@ fn validity(der: &[u8]) -> Option<(u64, u64)> {
 }
 
 /// An ASN.1 UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049, RFC 5280 §4.1.2.5.1)
-/// or GeneralizedTime (`YYYYMMDDHHMMSSZ`) as Unix seconds; `None` for any
-/// other form (RFC 5280 allows no other) or a time before 1970.
+/// or GeneralizedTime (`YYYYMMDDHHMMSSZ`) as Unix seconds, a time before
+/// 1970 as 0; `None` for any other form (RFC 5280 allows no other).
 fn asn1_time(tag: u8, text: &[u8]) -> Option<u64> {
     let digits = |b: &[u8]| -> Option<u64> {
         b.iter().try_fold(0u64, |n, &c| {
@@ -359,7 +359,7 @@ fn asn1_time(tag: u8, text: &[u8]) -> Option<u64> {
     }
     // Days from the civil date (Howard Hinnant's `days_from_civil`).
     let y = if month <= 2 {
-        year.checked_sub(1)?
+        year.saturating_sub(1)
     } else {
         year
     };
@@ -368,7 +368,9 @@ fn asn1_time(tag: u8, text: &[u8]) -> Option<u64> {
     let mp = (month + 9) % 12;
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let Some(days) = (era * 146_097 + doe).checked_sub(719_468) else {
+        return Some(0);
+    };
     Some(days * 86_400 + h * 3_600 + m * 60 + s)
 }
 
@@ -404,7 +406,8 @@ mod tests {
         let general = |t: &str| asn1_time(0x18, t.as_bytes());
         assert_eq!(utc("700101000000Z"), Some(0));
         assert_eq!(utc("491231235959Z"), Some(2_524_607_999));
-        assert_eq!(utc("500101000000Z"), None, "1950: before the epoch");
+        assert_eq!(utc("500101000000Z"), Some(0), "1950: before the epoch");
+        assert_eq!(general("19691231235959Z"), Some(0));
         assert_eq!(general("20000229120000Z"), Some(951_825_600));
         assert_eq!(general("20261207120000Z"), Some(1_796_644_800));
         for bad in [
