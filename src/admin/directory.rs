@@ -29,7 +29,6 @@ use crate::session::{SharedOp, Store, now_ms};
 /// their own limit.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The answer and, for a change, the audit line's action, object, result.
 /// Versions kept of a directory profile (see `save_profile`).
 pub const MAX_PROFILE_VERSIONS: usize = 100;
 
