@@ -770,7 +770,10 @@ fn serve(loaded: Loaded, config_path: PathBuf) -> Result<ExitCode> {
             routes = loaded.runtime.routes.len(),
             "rolegate listening"
         );
-        for d in reload::orphaned_owner_choices(&loaded.runtime, &store) {
+        for d in reload::orphaned_owner_choices(&loaded.runtime, &store)
+            .into_iter()
+            .chain(reload::loose_secrets(&loaded.sources))
+        {
             tracing::warn!(target: "rolegate::config", "{d}");
         }
         let gateway = Gateway::new(loaded.runtime, store);

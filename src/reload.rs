@@ -252,6 +252,7 @@ impl Reloader {
                     attempt
                         .warnings
                         .extend(orphaned_owner_choices(&loaded.runtime, gw.store()));
+                    attempt.warnings.extend(loose_secrets(&loaded.sources));
                     attempt.result = Outcome::Reloaded;
                     attempt.policy_hash = Some(loaded.sources.policy_hash.clone());
                     gw.swap(loaded.runtime);
@@ -336,10 +337,30 @@ pub fn orphaned_owner_choices(rt: &Runtime, store: &crate::session::Store) -> Ve
         .into_iter()
         .map(|mask| Diagnostic {
             severity: config::Severity::Warning,
-            file: String::new(),
+            file: format!("masks.{mask}"),
             line: 0,
             message: format!(
                 "owner-chosen columns are stored for mask {mask}, which is not configured with owner_columns: they are no longer masked (a renamed mask keeps its choices only under its old name)"
+            ),
+        })
+        .collect()
+}
+
+/// Secret files (private keys, HMAC secrets, the admin token, the masking
+/// hash key) that any user may read: a warning at start and
+/// on every reload, not an error (`check` does not ask: files written for
+/// a test or a build are rarely owner-only, and the service user is what
+/// matters).
+pub fn loose_secrets(sources: &Sources) -> Vec<Diagnostic> {
+    sources
+        .loose_secrets()
+        .into_iter()
+        .map(|(path, mode)| Diagnostic {
+            severity: config::Severity::Warning,
+            file: path.display().to_string(),
+            line: 0,
+            message: format!(
+                "holds a secret and any user may read it (mode {mode:03o}): make it readable by its owner and the service's group only (chmod 640 or 600)"
             ),
         })
         .collect()

@@ -93,6 +93,31 @@ pub struct Sources {
     /// The rules directory (`rules:` naming a directory), walked again to
     /// see rules files added or removed.
     pub rules_dir: Option<PathBuf>,
+    /// The files among `files` that hold secrets: private keys, HMAC
+    /// secrets, the admin token, the masking hash key.
+    pub secrets: Vec<PathBuf>,
+}
+
+impl Sources {
+    /// The secret files any user may read (Unix: a permission bit for
+    /// others; the group is the service's, see the README), with their mode.
+    pub fn loose_secrets(&self) -> Vec<(PathBuf, u32)> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.secrets
+                .iter()
+                .filter_map(|p| {
+                    let mode = std::fs::metadata(p).ok()?.permissions().mode() & 0o777;
+                    (mode & 0o007 != 0).then(|| (p.clone(), mode))
+                })
+                .collect()
+        }
+        #[cfg(not(unix))]
+        {
+            Vec::new()
+        }
+    }
 }
 
 /// Where rules come from when not from the config's `rules:` directory.
@@ -338,6 +363,16 @@ impl Builder {
         let mut s = self.sources.borrow_mut();
         if !s.files.contains(&path) {
             s.files.push(path.clone());
+        }
+        path
+    }
+
+    /// [`Self::input`] for a file that holds a secret.
+    fn secret_input(&self, p: &str) -> PathBuf {
+        let path = self.input(p);
+        let mut s = self.sources.borrow_mut();
+        if !s.secrets.contains(&path) {
+            s.secrets.push(path.clone());
         }
         path
     }
@@ -1751,7 +1786,7 @@ impl Builder {
         path: &Spanned<String>,
     ) -> Option<PrivateKeyDer<'static>> {
         let line = path.referenced.line();
-        let full = self.input(&path.value);
+        let full = self.secret_input(&path.value);
         let bytes = match std::fs::read(&full) {
             Ok(b) => b,
             Err(e) => {
@@ -1883,7 +1918,7 @@ impl Builder {
     fn build_masking(&mut self, file: &str, m: &super::file::FileMasking) -> MaskingSettings {
         let hash_key = match &m.hash_key_file {
             Some(f) => {
-                let path = self.input(f);
+                let path = self.secret_input(f);
                 match std::fs::read(&path) {
                     Ok(k) if k.trim_ascii().len() >= 32 => Some(k.trim_ascii().to_vec()),
                     Ok(_) => {
@@ -2336,7 +2371,7 @@ impl Builder {
                 return None;
             }
         };
-        let path = self.input(&a.token_file);
+        let path = self.secret_input(&a.token_file);
         let token = match std::fs::read_to_string(&path) {
             Ok(t) => t.trim().to_string(),
             Err(e) => {
@@ -2602,7 +2637,7 @@ impl Builder {
         let line = t.cert.referenced.line();
         let default = match tls::load_key_pair(
             &self.input(&t.cert.value),
-            &self.input(&t.key.value),
+            &self.secret_input(&t.key.value),
             &provider,
         ) {
             Ok(k) => Some(k),
@@ -2620,7 +2655,7 @@ impl Builder {
             }
             match tls::load_key_pair(
                 &self.input(&s.value.cert),
-                &self.input(&s.value.key),
+                &self.secret_input(&s.value.key),
                 &provider,
             ) {
                 Ok(k) => extra.push((l, &s.value.names, k)),
@@ -2986,7 +3021,7 @@ impl Builder {
                 .map(|f| (f, None))
                 .chain(is.keys.hmac.iter().map(|k| (&k.file, k.kid.clone())));
             for (h, kid) in hmac {
-                let path = self.input(h);
+                let path = self.secret_input(h);
                 let r = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
                 match r.and_then(|b| keys.add_hmac(&b, kid.clone(), h).map(|_| b)) {
                     // `rolegate token` signs with the first secret.

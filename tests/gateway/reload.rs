@@ -371,6 +371,38 @@ async fn a_change_written_during_a_reload_is_loaded_by_the_watcher() {
     wait_for_rules(&gw, 'A').await;
 }
 
+/// A secret file any user may read is warned about on every reload,
+/// until only its owner and group may.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_secret_file_others_may_read_is_warned_about() {
+    use rolegate::reload::Trigger;
+    use std::os::unix::fs::PermissionsExt;
+    let up = Upstream::start().await;
+    let gw = start(&up, "").await;
+    let token = gw.dir.join("admin.token");
+    let warned = |a: &rolegate::reload::Attempt| {
+        a.warnings
+            .iter()
+            .any(|d| d.file.ends_with("admin.token") && d.message.contains("any user may read"))
+    };
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let a = gw
+        .gateway
+        .reloader()
+        .reload(&gw.gateway, Trigger::Admin)
+        .await;
+    assert!(warned(&a), "{:?}", a.warnings);
+    assert!(a.warnings.iter().any(|d| d.message.contains("mode 644")));
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let a = gw
+        .gateway
+        .reloader()
+        .reload(&gw.gateway, Trigger::Admin)
+        .await;
+    assert!(!warned(&a), "{:?}", a.warnings);
+}
+
 /// Waits (at most 10 s) until `want`'s rules are in force.
 async fn wait_for_rules(gw: &Gw, want: char) {
     for _ in 0..500 {
