@@ -607,7 +607,8 @@ async fn http<I>(
                 .max_concurrent_streams(s.max_concurrent_streams)
                 .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
                 .keep_alive_interval(Some(H2_PING_INTERVAL))
-                .keep_alive_timeout(H2_PING_TIMEOUT);
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .max_send_buf_size(H2_SEND_BUF);
             let conn = b.serve_connection_with_upgrades(io, service);
             drained!(
                 conn,
@@ -633,8 +634,15 @@ fn h2_limits(b: &mut hyper::server::conn::http2::Builder<TokioExecutor>, s: &Set
         .max_concurrent_streams(s.max_concurrent_streams)
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_send_buf_size(H2_SEND_BUF);
 }
+
+/// Bytes of a response an HTTP/2 stream buffers beyond what the client's
+/// window lets out (hyper's default is 400 KiB): a client that opens a
+/// large window and then stops reading holds this much per stream until
+/// `send_timeout`.
+const H2_SEND_BUF: usize = 64 * 1024;
 
 /// HTTP/2 keep-alive pings: every 30 s; no answer within 20 s closes it.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);

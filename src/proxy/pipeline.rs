@@ -461,17 +461,7 @@ impl Gateway {
         // 3c the principal's rate (after authentication: a forged token
         //    never spends someone else's bucket).
         if let Some(v) = &verified {
-            let p = &v.principal;
-            self.rates
-                .check_principal(
-                    rt.listen.rate_limit.per_principal.as_ref(),
-                    &p.issuer,
-                    &p.subject,
-                )
-                .map_err(|retry_after| Deny::RateLimited {
-                    limit: RateLimit::Principal,
-                    retry_after,
-                })?;
+            self.principal_rate(rt, &v.principal)?;
         }
         if websocket && ctx.from_cookie {
             websocket::check_origin(
@@ -961,6 +951,23 @@ impl Gateway {
     }
 
     /// `POST {sessions.logout_path}`: ends the caller's session for good.
+    /// `listen.rate_limit.per_principal` for an authenticated principal.
+    fn principal_rate(&self, rt: &Runtime, p: &Principal) -> Result<(), Refusal> {
+        self.rates
+            .check_principal(
+                rt.listen.rate_limit.per_principal.as_ref(),
+                &p.issuer,
+                &p.subject,
+            )
+            .map_err(|retry_after| {
+                Deny::RateLimited {
+                    limit: RateLimit::Principal,
+                    retry_after,
+                }
+                .into()
+            })
+    }
+
     async fn logout(
         &self,
         rt: &Runtime,
@@ -981,6 +988,8 @@ impl Gateway {
             return Err(Deny::LogoutOrigin.into());
         }
         ctx.subject = Some(v.principal.subject.clone());
+        // Logouts are the principal's requests too (each costs store work).
+        self.principal_rate(rt, &v.principal)?;
         // Every token of a deactivated user answers 401, this path too
         // (its sessions are ended already).
         if self

@@ -59,8 +59,13 @@ impl Inner {
         if dirty.is_empty() {
             return;
         }
-        if let Err(e) = self.journal.records(&dirty) {
-            tracing::error!(error = %e, sessions = dirty.len(), "session activity flush failed");
+        match self.journal.records(&dirty) {
+            // Activity is most of what is appended: it is what makes the
+            // journal grow, so it is what compacts it.
+            Ok(appended) => self.maybe_compact(appended),
+            Err(e) => {
+                tracing::error!(error = %e, sessions = dirty.len(), "session activity flush failed")
+            }
         }
     }
 
@@ -93,8 +98,9 @@ impl Inner {
             tracing::error!(error = %e, "session journal rewrite failed (retried)");
         }
         let ended = self.table.sweep(now_ms(), self.retention_ms);
-        if let Err(e) = self.journal.records(&ended) {
-            tracing::error!(error = %e, "session sweep journal write failed");
+        match self.journal.records(&ended) {
+            Ok(appended) => self.maybe_compact(appended),
+            Err(e) => tracing::error!(error = %e, "session sweep journal write failed"),
         }
     }
 
@@ -224,8 +230,9 @@ impl EmbeddedStore {
         // streams close at once even when the journal cannot take it (the
         // call then fails, and is retried).
         let ended = self.inner.table.end_user(subject, EndReason::Revoked, now);
-        self.inner.persist(|j| j.deactivate(subject, at))?;
-        self.inner.persist(|j| j.records(&ended))?;
+        // One write: a crash never keeps the deactivation without the
+        // sessions it ended.
+        self.inner.persist(|j| j.deactivate(subject, at, &ended))?;
         Ok((changed, at))
     }
 
@@ -242,7 +249,8 @@ impl EmbeddedStore {
 
     /// A batch of shared records: memory, then the journal (a failed
     /// append is rewritten from memory, as for every other change, and the
-    /// call fails only if that fails too). One lock orders batches, so the
+    /// call fails only if that fails too: then memory is put back, so a
+    /// failed call changed nothing). One lock orders batches, so the
     /// journal replays them in memory's order.
     pub fn shared_apply(&self, ops: &[super::SharedOp]) -> Result<(), StoreError> {
         let _order = self
@@ -250,8 +258,13 @@ impl EmbeddedStore {
             .user_ops
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        self.inner.table.shared().apply(ops);
-        self.inner.persist(|j| j.state(ops))?;
+        let shared = self.inner.table.shared();
+        let undo = shared.inverse(ops);
+        shared.apply(ops);
+        if let Err(e) = self.inner.persist(|j| j.state(ops)) {
+            shared.apply(&undo);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -355,6 +368,84 @@ mod tests {
             store.inner.journal.syncs() > syncs,
             "the deactivation was not synced"
         );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Activity is what makes the journal grow: its flushes compact it
+    /// (not only a request that ends a session).
+    #[tokio::test]
+    async fn activity_flushes_keep_the_journal_compact() {
+        let (store, d) = open("compact");
+        let now = now_ms();
+        let ids: Vec<String> = (0..1_000).map(|i| format!("s{i}")).collect();
+        for round in 0..(COMPACT_AFTER as u64 / 1_000 + 2) {
+            for id in &ids {
+                let t = touch(id, now + round, 60_000);
+                assert_eq!(store.check(&t).unwrap(), Verdict::Active);
+            }
+            store.flush();
+        }
+        let lines = std::fs::read_to_string(d.join("sessions.journal"))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(
+            lines < 4 * ids.len(),
+            "{lines} lines for {} sessions",
+            ids.len()
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A rewrite whose rename cannot be made durable (the directory sync
+    /// fails) is not taken as done: it stays pending, and the next write
+    /// rewrites again before it answers.
+    #[tokio::test]
+    async fn a_rewrite_is_done_only_once_its_directory_is_synced() {
+        let (store, d) = open("dirsync");
+        let t = touch("s1", now_ms(), 60_000);
+        assert_eq!(store.check(&t).unwrap(), Verdict::Active);
+        store.inner.journal.inject(Some(Fault::DirSync));
+        assert!(store.inner.journal.compact(store.table()).is_err());
+        assert!(store.inner.journal.needs_rewrite());
+        assert!(store.end(t.id(), EndReason::Logout, 0).unwrap());
+        assert!(!store.inner.journal.needs_rewrite());
+        let text = std::fs::read_to_string(d.join("sessions.journal")).unwrap();
+        assert!(text.lines().any(|l| l.contains("\"op\":\"end\"")), "{text}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A shared batch the journal cannot take fails and changes nothing
+    /// (a pusher told 503 may retry or give up; nothing half-applied).
+    #[tokio::test]
+    async fn a_failed_shared_batch_changes_nothing() {
+        use super::super::SharedOp;
+        let (store, d) = open("shared-undo");
+        let put = |k: &str, v: &str| SharedOp::Put {
+            ns: "rel.t".into(),
+            k: k.into(),
+            v: v.into(),
+            x: None,
+        };
+        store.shared_apply(&[put("a", "1")]).unwrap();
+        store.inner.journal.inject(Some(Fault::Full));
+        let batch = [
+            put("a", "2"),
+            put("b", "1"),
+            SharedOp::Del {
+                ns: "rel.t".into(),
+                k: "a".into(),
+            },
+        ];
+        assert!(store.shared_apply(&batch).is_err());
+        let shared = store.table().shared();
+        assert_eq!(shared.get("rel.t", "a", 0).as_deref(), Some("1"));
+        assert_eq!(shared.get("rel.t", "b", 0), None);
+        // Space again: the rewrite from memory has the first batch only.
+        store.inner.journal.inject(None);
+        store.inner.housekeeping();
+        let text = std::fs::read_to_string(d.join("sessions.journal")).unwrap();
+        assert!(!text.contains("\"b\""), "{text}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -97,6 +97,34 @@ impl Shared {
             .map(|e| e.value.clone())
     }
 
+    /// The batch that puts back what `ops` would change (applied after
+    /// `ops`, it restores the state before them).
+    pub fn inverse(&self, ops: &[Op]) -> Vec<Op> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut back: Vec<Op> = ops
+            .iter()
+            .map(|op| {
+                let (Op::Put { ns, k, .. } | Op::Del { ns, k }) = op;
+                match map.get(ns).and_then(|m| m.get(k)) {
+                    Some(e) => Op::Put {
+                        ns: ns.clone(),
+                        k: k.clone(),
+                        v: e.value.to_string(),
+                        x: e.exp_ms,
+                    },
+                    None => Op::Del {
+                        ns: ns.clone(),
+                        k: k.clone(),
+                    },
+                }
+            })
+            .collect();
+        // A key changed twice in the batch: its first state is the one to
+        // put back, so the first inverse must be applied last.
+        back.reverse();
+        back
+    }
+
     /// The namespaces starting with `prefix` that hold a live value.
     pub fn namespaces(&self, prefix: &str, now_ms: u64) -> Vec<String> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());

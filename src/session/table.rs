@@ -421,9 +421,11 @@ impl Table {
 
     fn check_inner(&self, t: &Touch<'_>) -> (Verdict, Change) {
         if self.user_deactivated(t.issuer, t.subject) {
+            self.outlive_token(t);
             return (Verdict::Deactivated, Change::None);
         }
         if self.is_revoked_id(t.session) || self.user_cut_off(t.issuer, t.subject, t.token_iat_ms) {
+            self.outlive_token(t);
             return (Verdict::Ended(EndReason::Revoked), Change::None);
         }
         let key = t.key();
@@ -492,6 +494,19 @@ impl Table {
         (verdict, change)
     }
 
+    /// A refused request's token: the session's (ended) record must outlive
+    /// it, as for an ended session's newer token, so the session stays
+    /// ended once the revocation or deactivation that refused it is gone
+    /// (written with the next activity flush).
+    fn outlive_token(&self, t: &Touch<'_>) {
+        if let Some(mut e) = self.sessions.get_mut(&t.key())
+            && t.token_exp_ms > e.exp
+        {
+            e.exp = t.token_exp_ms;
+            e.dirty = true;
+        }
+    }
+
     /// Ends one session for good. An unknown session gets an ended record
     /// too (it must stay ended if it shows up). Returns the record when it
     /// was not ended before.
@@ -507,7 +522,10 @@ impl Table {
             .sessions
             .entry(key)
             .or_insert_with(|| self.entry(id, now_ms, 0, keep_until_ms));
-        e.exp = e.exp.max(keep_until_ms);
+        if keep_until_ms > e.exp {
+            e.exp = keep_until_ms;
+            e.dirty = true;
+        }
         if e.ended.is_some() {
             return None;
         }
@@ -934,6 +952,27 @@ mod tests {
         // The revoked id is dropped once its `until` has passed.
         t.sweep(20_000_000, 1_000);
         assert!(!t.is_revoked_id("never-seen"));
+    }
+
+    /// A revoked session whose client keeps presenting refreshed tokens
+    /// (same `sid`) stays ended after the revoked id is dropped: its record
+    /// outlives the newest token it showed.
+    #[test]
+    fn a_revoked_session_stays_ended_while_its_tokens_are_refreshed() {
+        let t = Table::new();
+        let mut first = touch("s9", 1_000, 60_000);
+        first.token_exp_ms = 300_000;
+        assert_eq!(t.check(&first).0, Verdict::Active);
+        assert_eq!(t.revoke_id("s9", 2_000, 400_000).len(), 1);
+        let mut refreshed = touch("s9", 3_000, 60_000);
+        refreshed.token_exp_ms = 50_000_000;
+        assert_eq!(t.check(&refreshed).0, Verdict::Ended(EndReason::Revoked));
+        assert!(t.take_dirty().iter().any(|r| r.exp_ms == 50_000_000));
+        // Past the revoked id's end and the retention after the end.
+        t.sweep(10_000_000, 1_000);
+        assert!(!t.is_revoked_id("s9"));
+        refreshed.now_ms = 10_000_001;
+        assert_eq!(t.check(&refreshed).0, Verdict::Ended(EndReason::Revoked));
     }
 
     #[test]

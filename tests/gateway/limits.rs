@@ -880,6 +880,14 @@ async fn the_per_principal_rate_limit_is_429_per_issuer_and_subject() {
     let r = req(gw.addr, "GET", "/bots/1/flows", Some("not.a.token"), &[]).await;
     assert_eq!(r.status, 401);
     assert_eq!(up.count(), 4);
+    // Logouts spend the principal's bucket too (each costs store work).
+    let c = viewer_as("u-rate-c");
+    for _ in 0..2 {
+        let r = req(gw.addr, "POST", "/.rolegate/logout", Some(&c), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r = req(gw.addr, "POST", "/.rolegate/logout", Some(&c), &[]).await;
+    assert_refused(&r, 429, "rate_limited", "per_principal");
 }
 
 // ------------------------------------------------------ the admin listener
