@@ -1115,6 +1115,73 @@ async fn an_http10_clients_masked_answer_is_held_whole_only_up_to_a_bound() {
     assert!(got.starts_with(r#"{"name":"[REDACTED]""#) && got.ends_with(r#""end"]}"#));
 }
 
+/// A masked answer buffered whole is one large frame; on HTTP/2 it is
+/// handed over in pieces, so a client that never opens its flow-control
+/// window holds the stream waiting, and `send_timeout` cuts the
+/// connection (h2 would otherwise buffer the whole frame, with no clock).
+#[tokio::test]
+async fn an_http2_client_that_keeps_its_window_shut_on_a_large_masked_answer_is_cut() {
+    let mut doc = String::from(r#"{"name":"Jane Canary","notes":"#);
+    doc.push('"');
+    doc.push_str(&"x".repeat(600 * 1024));
+    doc.push_str("\"}");
+    let doc = Bytes::from(doc);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let doc = doc.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: hyper::Request<Incoming>| {
+                    let doc = doc.clone();
+                    async move {
+                        let mut r = hyper::Response::new(Full::new(doc));
+                        r.headers_mut().insert(
+                            "content-type",
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = scratch_dir("mask-h2-window");
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\", h2c: true, send_timeout: 300ms }}\n{}upstreams:\n  app: {{ url: \"http://{up}\" }}\nrules: rules.yaml\nmasking: {{ audit_log: audit.jsonl }}\n",
+        identity_yaml()
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let io = TokioIo::new(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    // The protocol's default window (hyper's client would open 2 MiB).
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake(io)
+            .await
+            .unwrap();
+    // The connection task reads the socket (no write of the gateway ever
+    // blocks), but the body is never read: no window is given back.
+    let driver = tokio::spawn(conn);
+    let req = http::Request::get("http://a/shape/raw")
+        .header("authorization", format!("Bearer {}", agent()))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(
+        ended.is_ok(),
+        "the stalled client's connection was left open"
+    );
+    drop(resp);
+}
+
 #[tokio::test]
 async fn an_unwritable_audit_log_refuses_the_unmasked_answer_without_io_details() {
     let (gw, _release, _) = setup().await;

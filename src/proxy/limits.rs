@@ -341,12 +341,22 @@ impl Drop for Busy {
 
 /// A response body that keeps its request in flight until it is done;
 /// on HTTP/2, it also tells its wait clock whether it is waiting on the
-/// client (it handed over a frame and has not been asked for the next).
+/// client (it handed over a frame and has not been asked for the next),
+/// and hands data over in pieces of at most [`H2_PIECE`]: h2 takes a whole
+/// frame once the stream has any window, so a large last frame would be
+/// buffered whole, the body done, and no clock left to see the client
+/// never open its window.
 pub struct Tracked<B> {
     inner: B,
     busy: Busy,
     waiting: Option<Arc<WaitClock>>,
+    /// What is left of a data frame cut into pieces (HTTP/2).
+    rest: Bytes,
 }
+
+/// The largest piece of data an HTTP/2 answer hands over at once (the
+/// protocol's default frame size).
+const H2_PIECE: usize = 16 * 1024;
 
 impl<B> Tracked<B> {
     pub fn new(inner: B, busy: Busy, waiting: Option<Arc<WaitClock>>) -> Self {
@@ -354,6 +364,7 @@ impl<B> Tracked<B> {
             inner,
             busy,
             waiting,
+            rest: Bytes::new(),
         }
     }
 }
@@ -369,23 +380,47 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(w) = &self.waiting {
-            let since = match &r {
-                Poll::Ready(Some(Ok(_))) => self.busy.0.clock_ms(),
-                _ => 0,
-            };
-            w.0.store(since, Ordering::Release);
-        }
+        let Some(w) = self.waiting.clone() else {
+            return Pin::new(&mut self.inner).poll_frame(cx);
+        };
+        let this = &mut *self;
+        let r = if this.rest.is_empty() {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) if data.len() > H2_PIECE => {
+                        this.rest = data.split_off(H2_PIECE);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            let n = this.rest.len().min(H2_PIECE);
+            Poll::Ready(Some(Ok(Frame::data(this.rest.split_to(n)))))
+        };
+        let since = match &r {
+            Poll::Ready(Some(Ok(_))) => this.busy.0.clock_ms(),
+            _ => 0,
+        };
+        w.0.store(since, Ordering::Release);
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        // The upper bound first: a lower bound above it panics.
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint.set_lower(hint.lower().saturating_add(rest));
+        hint
     }
 }
 
