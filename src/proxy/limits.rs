@@ -380,10 +380,10 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let Some(w) = self.waiting.clone() else {
-            return Pin::new(&mut self.inner).poll_frame(cx);
-        };
         let this = &mut *self;
+        if this.waiting.is_none() {
+            return Pin::new(&mut this.inner).poll_frame(cx);
+        }
         let r = if this.rest.is_empty() {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -404,7 +404,9 @@ where
             Poll::Ready(Some(Ok(_))) => this.busy.0.clock_ms(),
             _ => 0,
         };
-        w.0.store(since, Ordering::Release);
+        if let Some(w) = &this.waiting {
+            w.0.store(since, Ordering::Release);
+        }
         r
     }
 

@@ -731,19 +731,8 @@ impl TestCa {
         p
     }
 
+    /// A leaf for `names`, valid until `not_after` (Unix seconds) if given.
     fn leaf(
-        &self,
-        dir: &std::path::Path,
-        stem: &str,
-        names: &[&str],
-        cn: &str,
-        usage: rcgen::ExtendedKeyUsagePurpose,
-    ) -> Leaf {
-        self.leaf_until(dir, stem, names, cn, usage, None)
-    }
-
-    /// [`TestCa::leaf`] valid until `not_after` (Unix seconds), if given.
-    fn leaf_until(
         &self,
         dir: &std::path::Path,
         stem: &str,
@@ -787,6 +776,7 @@ impl TestCa {
             names,
             names.first().copied().unwrap_or("server"),
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            None,
         )
     }
 
@@ -822,6 +812,7 @@ impl TestCa {
             &[],
             cn,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            None,
         )
     }
 
@@ -833,7 +824,7 @@ impl TestCa {
         cn: &str,
         not_after: u64,
     ) -> Leaf {
-        self.leaf_until(
+        self.leaf(
             dir,
             stem,
             &[],
