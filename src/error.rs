@@ -227,6 +227,10 @@ pub enum Fault {
     /// tried.
     #[error("upstream {0} has no healthy server")]
     NoHealthyUpstream(String),
+    /// The upstream's `max_requests` are in flight: answered at once,
+    /// nothing is sent.
+    #[error("upstream {0} has max_requests in flight")]
+    UpstreamBusy(String),
     /// The session store cannot answer (Redis down) and
     /// `sessions.on_store_error` is `deny`. The field is the store's error
     /// text: logged, never sent to the client.
@@ -287,7 +291,8 @@ impl Refusal {
                 Fault::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 Fault::StoreUnavailable(_)
                 | Fault::AuditUnavailable(_)
-                | Fault::NoHealthyUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+                | Fault::NoHealthyUpstream(_)
+                | Fault::UpstreamBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 Fault::Unmaskable(_) => StatusCode::BAD_GATEWAY,
             },
         }
@@ -321,6 +326,7 @@ impl Refusal {
                 Fault::UpstreamUnavailable(_) | Fault::UpstreamTls(..) => "upstream_unavailable",
                 Fault::UpstreamTimeout(_) => "upstream_timeout",
                 Fault::NoHealthyUpstream(_) => "no_healthy_upstream",
+                Fault::UpstreamBusy(_) => "upstream_busy",
                 Fault::UpstreamFailed(..) => "upstream_failed",
                 Fault::StoreUnavailable(_) => "session_store_unavailable",
                 Fault::Unmaskable(_) => "unmaskable_response",
@@ -553,6 +559,11 @@ mod tests {
         assert_eq!(r.generic_reason(), "temporarily unavailable");
         assert_eq!(r.to_string(), "upstream app has no healthy server");
         assert!(r.is_fault() && r.cause().is_empty());
+        let r = Refusal::from(Fault::UpstreamBusy("app".into()));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((r.code(), r.detail()), ("upstream_busy", "upstream_busy"));
+        assert_eq!(r.to_string(), "upstream app has max_requests in flight");
+        assert!(r.is_fault() && r.retry_after().is_none());
     }
 
     #[test]

@@ -159,16 +159,19 @@ async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
 // ------------------------------------------------------------ gateway
 
 fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) -> String {
-    // A `max_websocket_message_bytes: N` line in `sessions` (a test
-    // shortcut) goes to `listen`.
+    // `max_websocket_message_bytes`, `send_timeout` and `websocket_*`
+    // lines in `sessions` (a test shortcut) go to `listen`, `app.KEY: V`
+    // lines to the upstream `app`.
     let mut listen = String::new();
+    let mut app = String::new();
     let mut rest = String::new();
     for line in sessions.lines() {
         match line.strip_prefix("max_websocket_message_bytes: ") {
             Some(n) => listen.push_str(&format!(", max_websocket_message_bytes: {}", n.trim())),
-            None if line.starts_with("send_timeout: ") => {
+            None if line.starts_with("send_timeout: ") || line.starts_with("websocket_") => {
                 listen.push_str(&format!(", {line}"));
             }
+            None if line.starts_with("app.") => app.push_str(&format!(", {}", &line[4..])),
             None => {
                 rest.push_str(line);
                 rest.push('\n');
@@ -179,7 +182,7 @@ fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) ->
     std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
     std::fs::write(dir.join("admin.token"), ADMIN_TOKEN).unwrap();
     format!(
-        "listen: {{ addr: \"127.0.0.1:0\"{listen} }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\", timeout: 2s }}\n  http: {{ url: \"http://{http}\" }}\nrules: rules.yaml\n\
+        "listen: {{ addr: \"127.0.0.1:0\"{listen} }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\", timeout: 2s{app} }}\n  http: {{ url: \"http://{http}\" }}\nrules: rules.yaml\n\
          admin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\n\
          sessions:\n  idle_timeout: 10s\n  flush_interval: 50ms\n{sessions}",
         identity_yaml()
@@ -632,6 +635,33 @@ async fn an_upstream_that_stops_reading_its_websocket_is_cut_by_send_timeout() {
         (1011, "upstream failed")
     );
     sender.abort();
+}
+
+#[tokio::test]
+async fn an_open_websocket_holds_its_place_under_the_upstreams_max_requests() {
+    let (_up, gw) = start("app.max_requests: 1").await;
+    let t = tok("s-cap", "user-cap", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, "held").await;
+    let (status, body) = refused(gw.addr, "/ws/echo", bearer(&t)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("upstream_busy"))
+    );
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    // The slot comes back once the relay has ended.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        match open(gw.addr, "/ws/echo", bearer(&t)).await {
+            Ok(mut again) => {
+                echo(&mut again, "again").await;
+                break;
+            }
+            Err(e) => assert!(Instant::now() < give_up, "slot not given back: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

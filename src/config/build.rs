@@ -1335,6 +1335,13 @@ impl Builder {
                 &format!("upstream {name}: body_idle_timeout"),
                 &u.body_idle_timeout,
             );
+            let max_requests = self.count(
+                file,
+                &format!("upstream {name}: max_requests"),
+                &u.max_requests,
+                1024,
+                1 << 24,
+            );
             let health = match &u.health {
                 Some(h) => self.upstream_health(file, h.referenced.line(), &name, &h.value),
                 None => self.upstream_health(file, line, &name, &Default::default()),
@@ -1381,7 +1388,14 @@ impl Builder {
                 FileBalance::RoundRobin => Balance::RoundRobin,
                 FileBalance::LeastOutstanding => Balance::LeastOutstanding,
             };
-            let pool = Pool::new(name.clone(), servers, balance, health, clients);
+            let pool = Pool::new(
+                name.clone(),
+                servers,
+                balance,
+                health,
+                max_requests,
+                clients,
+            );
             out.push(Upstream {
                 name,
                 base_path,
@@ -3407,6 +3421,7 @@ mod tests {
     servers: [\"http://10.0.0.1:8080/studio/\", \"http://10.0.0.2:8080/studio\"]
     balance: least_outstanding
     body_idle_timeout: 30s
+    max_requests: 200
     health:
       failures: 5
       eject_for: 2s
@@ -3429,6 +3444,10 @@ mod tests {
         let one = &rt.upstreams[1];
         assert_eq!(one.pool.servers()[0].label, "https://api.test");
         assert_eq!(one.body_idle_timeout, Duration::from_secs(300));
+        assert_eq!(
+            (app.pool.max_requests(), one.pool.max_requests()),
+            (200, 1024)
+        );
     }
 
     #[test]
@@ -3446,6 +3465,7 @@ mod tests {
   badcheck:
     url: \"http://a.test\"
     body_idle_timeout: 0s
+    max_requests: 0
     health:
       eject_for: 1m
       max_eject_for: 10s
@@ -3482,6 +3502,10 @@ mod tests {
             (
                 "upstream badcheck: body_idle_timeout must be above 0",
                 line("badcheck:") + 1,
+            ),
+            (
+                "upstream badcheck: max_requests must be greater than zero",
+                line("max_requests: 0"),
             ),
             (
                 "upstream badcheck: health.max_eject_for is below health.eject_for",

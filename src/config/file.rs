@@ -328,6 +328,9 @@ pub struct FileUpstream {
     /// Longest silence between two reads of the response body.
     #[serde(default = "default_body_idle_timeout")]
     pub body_idle_timeout: String,
+    /// Requests in flight to this upstream at once (all servers).
+    #[serde(default)]
+    pub max_requests: Option<Spanned<u64>>,
     #[serde(default)]
     pub preserve_host: bool,
     /// Forward the verified credential to this upstream (overrides

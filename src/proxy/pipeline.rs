@@ -640,6 +640,8 @@ impl Gateway {
         let upstream = hyper::upgrade::on(&mut resp)
             .await
             .map_err(|e| failed(format!("upstream upgrade failed: {e}")))?;
+        // The upgraded connection stays counted against `max_requests`.
+        let pick = resp.body_mut().take_pick();
         let (mut parts, _) = resp.into_parts();
         clean_response(rt, ctx, &mut parts.headers, None);
         let binding = v.map(|v| {
@@ -669,6 +671,7 @@ impl Gateway {
                 subject: ctx.subject.clone().unwrap_or_default(),
                 going_away: self.going_away(),
                 slot: ctx.slot.clone(),
+                pick,
                 send_timeout: rt.listen.send_timeout,
             },
         );

@@ -2,7 +2,8 @@
 //! goes to, and what the gateway knows about each server's health.
 //!
 //! Owns the server list of one upstream, the balancing (`round_robin`,
-//! `least_outstanding`), the in-flight counts, passive health (consecutive
+//! `least_outstanding`), the in-flight counts and their cap
+//! (`max_requests`), passive health (consecutive
 //! transport failures eject a server for a back-off that doubles while it
 //! keeps failing) and the optional active checker task. Everything a
 //! request touches is an atomic: no lock is taken, nothing is held across
@@ -124,6 +125,10 @@ pub struct Pool {
     health: Health,
     /// The round-robin position (also the tie-break of least_outstanding).
     cursor: AtomicUsize,
+    /// Requests in flight to all the servers together, and their cap
+    /// (`max_requests`).
+    in_flight: AtomicUsize,
+    max_requests: usize,
     /// Shared by every server: one pool of kept-alive connections per
     /// `scheme://authority`.
     client: HttpClient,
@@ -145,6 +150,7 @@ impl Pool {
         servers: Vec<Server>,
         balance: Balance,
         health: Health,
+        max_requests: usize,
         clients: Clients,
     ) -> Pool {
         Pool {
@@ -153,6 +159,8 @@ impl Pool {
             balance,
             health,
             cursor: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_requests,
             client: clients.pooled,
             fresh: clients.fresh,
             h1: clients.h1,
@@ -188,8 +196,18 @@ impl Pool {
     }
 
     /// A server for one request, counted in flight until the returned
-    /// [`Pick`] is dropped; `None` when every server is down (503).
-    pub fn pick(self: &Arc<Self>) -> Option<Pick> {
+    /// [`Pick`] is dropped; refused (503) when every server is down or
+    /// `max_requests` are in flight.
+    pub fn pick(self: &Arc<Self>) -> Result<Pick, NoPick> {
+        if self.in_flight.fetch_add(1, Relaxed) >= self.max_requests {
+            self.in_flight.fetch_sub(1, Relaxed);
+            return Err(NoPick::Busy);
+        }
+        // Counted from here: dropped on the way out if no server is up.
+        let mut pick = Pick {
+            pool: self.clone(),
+            idx: usize::MAX,
+        };
         let turn = if self.servers.len() == 1 {
             0
         } else {
@@ -205,12 +223,21 @@ impl Pool {
                 until == 0 || until <= *now.get_or_insert_with(|| self.now_ms())
             })
             // Every server that is up is ejected: try them anyway.
-            .or_else(|| self.choose(turn, |s| !s.down.load(Relaxed)))?;
+            .or_else(|| self.choose(turn, |s| !s.down.load(Relaxed)))
+            .ok_or(NoPick::AllDown)?;
         self.servers[idx].in_flight.fetch_add(1, Relaxed);
-        Some(Pick {
-            pool: self.clone(),
-            idx,
-        })
+        pick.idx = idx;
+        Ok(pick)
+    }
+
+    /// `max_requests`.
+    pub fn max_requests(&self) -> usize {
+        self.max_requests
+    }
+
+    /// Requests in flight to this upstream now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Relaxed)
     }
 
     /// Round robin: the first server that is `ok` from the `turn`th on.
@@ -378,8 +405,19 @@ async fn run_checks(weak: Weak<Pool>, mut stop: tokio::sync::watch::Receiver<()>
     }
 }
 
+/// Why a request got no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPick {
+    /// Every server is down (active health check): 503
+    /// `no_healthy_upstream`.
+    AllDown,
+    /// `max_requests` are in flight: 503 `upstream_busy`.
+    Busy,
+}
+
 /// A server picked for one request: counted in flight until dropped
-/// (`upstream.rs` keeps it in the response body until the body ends).
+/// (`upstream.rs` keeps it in the response body until the body ends; a
+/// websocket relay holds it until the socket closes).
 pub struct Pick {
     pool: Arc<Pool>,
     idx: usize,
@@ -407,7 +445,10 @@ impl Pick {
 
 impl Drop for Pick {
     fn drop(&mut self) {
-        self.server().in_flight.fetch_sub(1, Relaxed);
+        if let Some(s) = self.pool.servers.get(self.idx) {
+            s.in_flight.fetch_sub(1, Relaxed);
+        }
+        self.pool.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -431,7 +472,14 @@ mod tests {
                 )
             })
             .collect();
-        Arc::new(Pool::new("app".into(), servers, balance, health, clients))
+        Arc::new(Pool::new(
+            "app".into(),
+            servers,
+            balance,
+            health,
+            1024,
+            clients,
+        ))
     }
 
     fn health(failures: u32) -> Health {
@@ -514,7 +562,22 @@ mod tests {
         p.servers[0].down.store(true, Relaxed);
         assert_eq!(picks(&p, 3), [1, 1, 1]);
         p.servers[1].down.store(true, Relaxed);
-        assert!(p.pick().is_none());
+        assert_eq!(p.pick().err(), Some(NoPick::AllDown));
+        assert_eq!(p.in_flight(), 0, "a refused pick is not counted");
+    }
+
+    #[test]
+    fn max_requests_caps_the_requests_in_flight_over_all_servers() {
+        let p = pool(2, Balance::RoundRobin, health(0));
+        let held: Vec<Pick> = (0..1024).map(|_| p.pick().unwrap()).collect();
+        assert_eq!(p.in_flight(), 1024);
+        assert_eq!(p.pick().err(), Some(NoPick::Busy));
+        assert_eq!(p.in_flight(), 1024, "a refused pick is not counted");
+        assert_eq!(p.servers[0].in_flight.load(Relaxed), 512);
+        drop(held);
+        assert_eq!(p.in_flight(), 0);
+        assert_eq!(p.servers[1].in_flight.load(Relaxed), 0);
+        assert!(p.pick().is_ok(), "slots come back when requests end");
     }
 
     #[test]

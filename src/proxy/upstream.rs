@@ -38,7 +38,7 @@ use crate::error::{BadRequest, Deny, Fault, Refusal};
 use crate::proxy::body::{BodyTooLarge, MalformedBody, TooSlow};
 use crate::proxy::h1::{Answer, Conns, Failure, H1, IDLE_FOR};
 use crate::proxy::h1codec::WireError;
-use crate::proxy::pool::{Pick, Server};
+use crate::proxy::pool::{NoPick, Pick, Server};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The request body type sent upstream (the client's body, streamed, with a size limit).
@@ -258,9 +258,10 @@ pub async fn send(
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let pool = &up.pool;
     pool.start_checks();
-    let pick = pool
-        .pick()
-        .ok_or_else(|| Fault::NoHealthyUpstream(up.name.clone()))?;
+    let pick = pool.pick().map_err(|why| match why {
+        NoPick::AllDown => Fault::NoHealthyUpstream(up.name.clone()),
+        NoPick::Busy => Fault::UpstreamBusy(up.name.clone()),
+    })?;
     let server = pick.server();
     let replayable = replayable(&req);
     let h1 = pool
@@ -629,6 +630,12 @@ impl UpstreamBody {
             Some(Inner::H1(answer)) => answer.take_relayed(),
             _ => None,
         }
+    }
+
+    /// The server's place in flight, for a websocket relay that holds the
+    /// upgraded connection after this (empty) body is gone.
+    pub fn take_pick(&mut self) -> Option<Pick> {
+        self.pick.take()
     }
 
     fn new(inner: Inner, idle: Duration, pick: Pick) -> Self {

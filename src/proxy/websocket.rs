@@ -490,6 +490,9 @@ pub struct Relay {
     /// The client connection's place under `listen.max_connections`: an
     /// open websocket still holds its connection.
     pub slot: Option<std::sync::Arc<super::limits::ConnSlot>>,
+    /// The upstream's place under its `max_requests`: an open websocket
+    /// still holds its upstream connection.
+    pub pick: Option<super::pool::Pick>,
     /// `listen.send_timeout`: longest the upstream may go without
     /// accepting any byte of a message.
     pub send_timeout: Duration,

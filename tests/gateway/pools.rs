@@ -220,6 +220,34 @@ async fn least_outstanding_sends_to_the_idle_server_while_the_other_is_busy() {
     assert_eq!(r.json()["server"], busy.name);
 }
 
+#[tokio::test]
+async fn max_requests_in_flight_over_all_servers_answers_503_upstream_busy() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let gw = gateway(&format!("{}    max_requests: 2\n", servers(&[&a, &b]))).await;
+    let addr = gw.addr;
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { req(addr, "GET", "/p/slow", None, &[]).await }))
+        .collect();
+    let held = || a.state.slow.load(SeqCst) + b.state.slow.load(SeqCst);
+    wait_for("both slow requests reached a server", || held() == 2).await;
+    let hits = a.hits() + b.hits();
+    let r = req(gw.addr, "GET", "/p/fast", None, &[]).await;
+    assert_eq!((r.status, r.error()), (503, "upstream_busy".to_string()));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.json()["request_id"].is_string());
+    assert_eq!(a.hits() + b.hits(), hits, "nothing was sent upstream");
+    for s in [&a, &b] {
+        for _ in 0..s.state.slow.load(SeqCst) {
+            s.state.release.notify_one();
+        }
+    }
+    for t in slow {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    // Slots come back as the answers end.
+    assert_eq!(get(&gw, "/p/fast").await.0, 200);
+}
+
 // --------------------------------------------------------------- health
 
 #[tokio::test]
