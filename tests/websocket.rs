@@ -34,6 +34,7 @@ routes:
   - { name: passive, match: { methods: [GET], path: /ws/passive }, upstream: app, require: chat.view, websocket: true, activity: passive }
   - { name: cross, match: { methods: [GET], path: /ws/cross }, upstream: app, require: chat.view, websocket: true, websocket_origins: ["https://console.example"] }
   - { name: refuse, match: { methods: [GET], path: /ws/refuse }, upstream: app, require: chat.view, websocket: true }
+  - { name: fragment, match: { methods: [GET], path: /ws/fragment }, upstream: app, require: chat.view, websocket: true }
   - { name: plain, match: { methods: [GET], path: /ws/plain }, upstream: app, require: chat.view }
   - { name: ping, match: { methods: [GET], path: /api/ping }, upstream: http, require: chat.view }
 "#;
@@ -56,6 +57,7 @@ struct Seen {
 
 /// A real websocket upstream: `/ws/tick` sends a text every 100 ms,
 /// `/ws/flood` sends 64 KiB messages as fast as they are taken,
+/// `/ws/fragment` sends the first frame of a message and never the rest,
 /// `/ws/refuse` answers 404, every other path echoes.
 struct WsUpstream {
     addr: SocketAddr,
@@ -129,6 +131,9 @@ async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
         return;
     }
     let (mut tx, mut rx) = ws.split();
+    if path.lock().unwrap().as_str() == "/ws/fragment" && tx.send(first_fragment()).await.is_err() {
+        return;
+    }
     let mut every = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -154,6 +159,18 @@ async fn serve_one(stream: TcpStream, rec: Arc<Mutex<Seen>>) {
             }
         }
     }
+}
+
+/// The first frame of a text message whose other frames never come.
+fn first_fragment() -> Message {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+    let header = FrameHeader {
+        is_final: false,
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    Message::Frame(Frame::from_payload(header, "the start of a message".into()))
 }
 
 // ------------------------------------------------------------ gateway
@@ -715,6 +732,115 @@ async fn a_message_over_the_limit_ends_the_websocket() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(up.closes().first().map(|c| c.0), Some(1001));
+}
+
+#[tokio::test]
+async fn a_client_message_left_unfinished_is_cut_by_the_message_timeout_pings_or_not() {
+    let (up, gw) = start("websocket_message_timeout: 400ms").await;
+    let t = tok("s-trickle", "user-trickle", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    // Whole messages, however long the socket lives, are never timed.
+    for i in 0..8 {
+        echo(&mut ws, &format!("whole {i}")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ws.send(first_fragment()).await.unwrap();
+    // Control frames may come between fragments: they do not end it.
+    let (f, _) = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let _ = ws.send(Message::Ping("still here".into())).await;
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(Message::Close(Some(f)))) => return (f, ()),
+                    Some(Ok(_)) => {}
+                    other => panic!("ended without a close frame: {other:?}"),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+    .await
+    .expect("an unfinished message was kept past the message timeout");
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Policy, "websocket message timeout")
+    );
+    let start = Instant::now();
+    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.closes(), vec![(1001, String::new())]);
+}
+
+#[tokio::test]
+async fn an_upstream_message_left_unfinished_is_cut_by_the_message_timeout() {
+    let (up, gw) = start("websocket_message_timeout: 400ms").await;
+    let t = tok("s-up-trickle", "user-up-trickle", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/fragment", &t).await;
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(
+        (u16::from(f.code), f.reason.as_str()),
+        (1011, "upstream failed")
+    );
+    let start = Instant::now();
+    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        up.closes(),
+        vec![(1008, "websocket message timeout".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_without_data_messages_either_way_is_closed_by_the_idle_timeout() {
+    let (up, gw) = start("websocket_idle_timeout: 600ms").await;
+    let t = tok("s-ws-quiet", "user-quiet", &["viewer"]);
+    // The upstream's messages count: a ticking socket stays open.
+    let mut ticking = open_ok(gw.addr, "/ws/tick", &t).await;
+    let mut quiet = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut quiet, "one message").await;
+    // Pings are not data: they do not keep a socket open.
+    let (f, _) = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let _ = quiet.send(Message::Ping("ping".into())).await;
+            tokio::select! {
+                m = quiet.next() => match m {
+                    Some(Ok(Message::Close(Some(f)))) => return (f, ()),
+                    Some(Ok(_)) => {}
+                    other => panic!("ended without a close frame: {other:?}"),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    })
+    .await
+    .expect("a socket without data messages was kept past the idle timeout");
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Away, "websocket idle timeout")
+    );
+    let start = Instant::now();
+    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        up.closes(),
+        vec![(1001, "websocket idle timeout".to_string())]
+    );
+    // Well past the idle timeout, the ticking socket still relays.
+    let ticks = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut n = 0;
+        while n < 5 {
+            match ticking.next().await {
+                Some(Ok(Message::Text(_))) => n += 1,
+                Some(Ok(Message::Close(f))) => panic!("ticking socket closed: {f:?}"),
+                Some(Ok(_)) => {}
+                other => panic!("ticking socket ended: {other:?}"),
+            }
+        }
+    });
+    ticks.await.expect("ticks kept coming");
 }
 
 // ------------------------------------------------------------ session end

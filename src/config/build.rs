@@ -2442,6 +2442,18 @@ impl Builder {
         );
         let send_timeout =
             self.listen_duration(file, "listen.send_timeout", &l.send_timeout, "60s");
+        let websocket_message_timeout = self.listen_duration(
+            file,
+            "listen.websocket_message_timeout",
+            &l.websocket_message_timeout,
+            "2m",
+        );
+        let websocket_idle_timeout = self.listen_duration(
+            file,
+            "listen.websocket_idle_timeout",
+            &l.websocket_idle_timeout,
+            "1h",
+        );
         let max_uri_bytes =
             self.count(file, "listen.max_uri_bytes", &l.max_uri_bytes, 8192, 65_534);
         if let Some(v) = &l.max_uri_bytes
@@ -2556,6 +2568,8 @@ impl Builder {
             request_timeout,
             body_read_timeout,
             send_timeout,
+            websocket_message_timeout,
+            websocket_idle_timeout,
             max_uri_bytes,
             max_headers,
             max_connections,
@@ -3174,6 +3188,8 @@ mod tests {
         assert_eq!(l.request_timeout, Duration::from_secs(120));
         assert_eq!(l.body_read_timeout, Duration::from_secs(30));
         assert_eq!(l.send_timeout, Duration::from_secs(60));
+        assert_eq!(l.websocket_message_timeout, Duration::from_secs(120));
+        assert_eq!(l.websocket_idle_timeout, Duration::from_secs(3600));
         assert_eq!((l.max_uri_bytes, l.max_headers), (8192, 100));
         assert_eq!((l.max_connections, l.max_connections_per_ip), (4096, 256));
         assert_eq!(l.rate_limit, super::super::RateLimits::default());

@@ -90,6 +90,11 @@ pub struct FileListen {
     pub body_read_timeout: Option<Spanned<String>>,
     /// Longest a client may accept no bytes of what is sent to it.
     pub send_timeout: Option<Spanned<String>>,
+    /// A websocket frame or fragmented message must end within this of
+    /// its first byte.
+    pub websocket_message_timeout: Option<Spanned<String>>,
+    /// A websocket with no data message either way for this long closes.
+    pub websocket_idle_timeout: Option<Spanned<String>>,
     /// Longest request target (path and query), in bytes.
     pub max_uri_bytes: Option<Spanned<u64>>,
     /// Most header fields in one request.
@@ -118,6 +123,8 @@ impl Default for FileListen {
             request_timeout: None,
             body_read_timeout: None,
             send_timeout: None,
+            websocket_message_timeout: None,
+            websocket_idle_timeout: None,
             max_uri_bytes: None,
             max_headers: None,
             max_connections: None,

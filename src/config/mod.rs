@@ -177,6 +177,12 @@ pub struct ListenSettings {
     /// A connection whose client accepts no bytes of what the gateway is
     /// sending it for this long is closed (nginx `send_timeout`).
     pub send_timeout: Duration,
+    /// A websocket frame or fragmented message (either way) must be read
+    /// whole within this of its first byte.
+    pub websocket_message_timeout: Duration,
+    /// A websocket without a data message (either way) for this long is
+    /// closed.
+    pub websocket_idle_timeout: Duration,
     /// Longest request target (path and query) in bytes: 414 above.
     pub max_uri_bytes: usize,
     /// Most header fields in a request: 431 above.

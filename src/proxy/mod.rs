@@ -17,5 +17,6 @@ pub mod tls;
 pub mod upstream;
 pub mod websocket;
 pub mod wire;
+pub mod ws_progress;
 
 pub use pipeline::Gateway;

@@ -673,6 +673,8 @@ impl Gateway {
                 slot: ctx.slot.clone(),
                 pick,
                 send_timeout: rt.listen.send_timeout,
+                message_timeout: rt.listen.websocket_message_timeout,
+                idle_timeout: rt.listen.websocket_idle_timeout,
             },
         );
         let body = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();

@@ -20,6 +20,9 @@
 //!      → client: close 1008 + reason; upstream: close 1000 + reason; no frame relayed after
 //!    either side closes → the close is passed on; the other side's answer awaited ≤ 1 s
 //!    either side fails → the other side gets a close (client 1011, upstream 1001)
+//!    a side's frame or fragmented message not whole within websocket_message_timeout
+//!      → that side: close 1008 "websocket message timeout"; the other: its failure close
+//!    no data message either way for websocket_idle_timeout → close 1001 both ways
 //! ```
 //!
 //! Session end is pushed, not polled: the socket subscribes to its session
@@ -46,6 +49,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::limits::SendTimeout;
+use super::ws_progress::{Started, Watched};
 use crate::error::{BadRequest, Deny, Refusal};
 use crate::session::{
     EndReason, OnStoreError, SessionRef, SessionWatch, Store, Touch, Verdict, now_ms,
@@ -496,14 +500,20 @@ pub struct Relay {
     /// `listen.send_timeout`: longest the upstream may go without
     /// accepting any byte of a message.
     pub send_timeout: Duration,
+    /// `listen.websocket_message_timeout`: a frame or fragmented message
+    /// (either way) must be read whole within this of its first byte.
+    pub message_timeout: Duration,
+    /// `listen.websocket_idle_timeout`: longest without a data message
+    /// either way.
+    pub idle_timeout: Duration,
 }
 
 /// The client side's writes are bounded by the listener's `SendTimeout`;
 /// the upstream side gets its own, so an upstream that stops reading
 /// fails the relay (else a public socket, with no session to end it,
 /// would hold its connection slot until TCP gave up).
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
-type UpWs = WebSocketStream<SendTimeout<TokioIo<Upgraded>>>;
+type Ws = WebSocketStream<Watched<TokioIo<Upgraded>>>;
+type UpWs = WebSocketStream<Watched<SendTimeout<TokioIo<Upgraded>>>>;
 
 /// How a relay ended.
 enum End {
@@ -515,10 +525,21 @@ enum End {
     Session(CloseReason),
     /// The gateway is shutting down.
     GoingAway,
+    /// A side's frame or message did not end within the message timeout.
+    ClientSlow,
+    UpstreamSlow,
+    /// No data message either way within the idle timeout.
+    Idle,
 }
 
 /// The close reason sent both ways when the gateway shuts down.
 const GOING_AWAY: &str = "gateway shutting down";
+/// The close reason sent to a side whose message did not end in time.
+const MESSAGE_TIMEOUT: &str = "websocket message timeout";
+/// The close reason sent both ways after the idle timeout.
+const IDLE_TIMEOUT: &str = "websocket idle timeout";
+/// What the client is told when the upstream fails.
+const UPSTREAM_FAILED: &str = "upstream failed";
 
 fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -541,7 +562,9 @@ pub fn spawn(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
 /// starts and only the halves are held.
 async fn relay_task(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
     let cfg = ws_config(relay.max_message);
+    let clocks = Clocks::default();
     let upstream = SendTimeout::new(TokioIo::new(upstream), relay.send_timeout);
+    let upstream = Watched::new(upstream, clocks.upstream.clone(), clocks.base);
     let upstream = WebSocketStream::from_raw_socket(upstream, Role::Client, Some(cfg))
         .await
         .split();
@@ -552,15 +575,79 @@ async fn relay_task(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
             return;
         }
     };
-    let client = WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(cfg))
+    let client = Watched::new(TokioIo::new(client), clocks.client.clone(), clocks.base);
+    let client = WebSocketStream::from_raw_socket(client, Role::Server, Some(cfg))
         .await
         .split();
-    run(client, upstream, &relay).await;
+    run(client, upstream, &relay, &clocks).await;
+}
+
+/// What the relay's timer looks at: since when each side has had a frame
+/// or message pending, and when the last data message went either way
+/// (milliseconds after `base`).
+struct Clocks {
+    base: Instant,
+    client: Arc<Started>,
+    upstream: Arc<Started>,
+    last_data_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Clocks {
+    fn default() -> Self {
+        Clocks {
+            base: Instant::now(),
+            client: Arc::default(),
+            upstream: Arc::default(),
+            last_data_ms: Default::default(),
+        }
+    }
+}
+
+impl Clocks {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A data message went one way or the other.
+    fn data(&self) {
+        self.last_data_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once a side's frame or message has been pending for
+    /// `message`, or no data message went either way for `idle`; checked
+    /// every quarter of the shorter one.
+    async fn expired(&self, message: Duration, idle: Duration) -> End {
+        let every = (message.min(idle) / 4).max(Duration::from_millis(10));
+        let (message, idle) = (ms(message), ms(idle));
+        loop {
+            tokio::time::sleep(every).await;
+            let now = self.now_ms();
+            let late = |s: &Started| {
+                s.since_ms()
+                    .is_some_and(|t| now.saturating_sub(t) >= message)
+            };
+            if late(&self.client) {
+                return End::ClientSlow;
+            }
+            if late(&self.upstream) {
+                return End::UpstreamSlow;
+            }
+            let last = self.last_data_ms.load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= idle {
+                return End::Idle;
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 type Halves<W> = (SplitSink<W, Message>, SplitStream<W>);
 
-async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay) {
+async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, clocks: &Clocks) {
     let started = Instant::now();
     // Subscribed before the first check (in `Binding::over`).
     let mut watch = relay.binding.as_ref().map(|b| b.store.watch(b.id()));
@@ -578,12 +665,16 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay) 
                     Some(Ok(Message::Close(f))) => return End::Client(f),
                     Some(Ok(m)) => m,
                 };
+                let data = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if data {
+                    clocks.data();
+                }
                 // Only data frames are activity: pings and pongs are sent by
                 // client libraries (and browsers, answering the upstream's
                 // pings) on their own, without the user doing anything.
                 if let Some(b) = b
                     && b.active
-                    && matches!(msg, Message::Text(_) | Message::Binary(_))
+                    && data
                     && last_touch.elapsed() >= b.touch_every()
                 {
                     last_touch = Instant::now();
@@ -604,6 +695,9 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay) 
                     Some(Ok(Message::Close(f))) => return End::Upstream(f),
                     Some(Ok(m)) => m,
                 };
+                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                    clocks.data();
+                }
                 if let Err(e) = c_tx.send(msg).await {
                     return End::ClientFailed(e.to_string());
                 }
@@ -620,17 +714,30 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay) 
             let _ = going_away.wait_for(|away| *away).await;
             End::GoingAway
         };
+        let expired = clocks.expired(relay.message_timeout, relay.idle_timeout);
         tokio::select! {
             e = up => e,
             e = down => e,
             e = over => e,
             e = away => e,
+            e = expired => e,
         }
     };
     drop(watch);
     let (closed_by, code, reason) = match &end {
         End::Session(r) => ("gateway", r.client_code().into(), r.text().to_string()),
         End::GoingAway => ("gateway", CloseCode::Away.into(), GOING_AWAY.to_string()),
+        End::ClientSlow => (
+            "gateway",
+            CloseCode::Policy.into(),
+            MESSAGE_TIMEOUT.to_string(),
+        ),
+        End::UpstreamSlow => (
+            "gateway",
+            CloseCode::Error.into(),
+            "upstream message timeout".to_string(),
+        ),
+        End::Idle => ("gateway", CloseCode::Away.into(), IDLE_TIMEOUT.to_string()),
         End::Client(f) => ("client", close_code(f), close_reason(f)),
         End::Upstream(f) => ("upstream", close_code(f), close_reason(f)),
         End::ClientFailed(e) => ("client_error", 0u16, e.clone()),
@@ -689,7 +796,25 @@ async fn close_both(end: End, client: &mut Halves<Ws>, upstream: &mut Halves<UpW
             finish(u_tx, u_rx, Some(close(CloseCode::Away, ""))).await;
         }
         End::UpstreamFailed(_) => {
-            finish(c_tx, c_rx, Some(close(CloseCode::Error, "upstream failed"))).await;
+            finish(c_tx, c_rx, Some(close(CloseCode::Error, UPSTREAM_FAILED))).await;
+        }
+        End::ClientSlow => {
+            tokio::join!(
+                finish(c_tx, c_rx, Some(close(CloseCode::Policy, MESSAGE_TIMEOUT))),
+                finish(u_tx, u_rx, Some(close(CloseCode::Away, ""))),
+            );
+        }
+        End::UpstreamSlow => {
+            tokio::join!(
+                finish(c_tx, c_rx, Some(close(CloseCode::Error, UPSTREAM_FAILED))),
+                finish(u_tx, u_rx, Some(close(CloseCode::Policy, MESSAGE_TIMEOUT))),
+            );
+        }
+        End::Idle => {
+            tokio::join!(
+                finish(c_tx, c_rx, Some(close(CloseCode::Away, IDLE_TIMEOUT))),
+                finish(u_tx, u_rx, Some(close(CloseCode::Away, IDLE_TIMEOUT))),
+            );
         }
     }
 }
@@ -863,14 +988,15 @@ mod tests {
     /// The relay task's future lives as long as its socket: a store call's
     /// state (the Redis check is ~1.8 KB) or the closing handshake's must
     /// not be held inline for the socket's whole life (it was 6.4 KB; about
-    /// 2 KB since, the upstream side's send timer included).
+    /// 2.4 KB since, the upstream side's send timer and the message and
+    /// idle timer included).
     #[test]
     fn relay_task_future_stays_small() {
         fn size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let task = size(relay_task);
-        assert!(task <= 2112, "relay task future is {task} bytes");
+        assert!(task <= 2432, "relay task future is {task} bytes");
         let check = size::<&'static Binding, bool, (), _>(|b, touch, ()| b.check(touch));
         assert!(check <= 256, "session check future is {check} bytes");
     }
