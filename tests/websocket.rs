@@ -773,6 +773,32 @@ async fn a_client_message_left_unfinished_is_cut_by_the_message_timeout_pings_or
 }
 
 #[tokio::test]
+async fn a_steady_stream_of_whole_messages_is_never_cut_by_the_message_timeout() {
+    let (up, gw) = start("websocket_message_timeout: 300ms").await;
+    let t = tok("s-steady", "user-steady", &["viewer"]);
+    // 64 KiB messages back to back: nearly every read the gateway makes
+    // ends inside a frame, and a reader slower than the upstream keeps the
+    // gateway waiting on the client with the upstream's next frame begun.
+    let mut ws = open_ok(gw.addr, "/ws/flood", &t).await;
+    let start = Instant::now();
+    let mut got = 0usize;
+    while start.elapsed() < Duration::from_millis(1500) {
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => got += b.len(),
+            Ok(Some(Ok(Message::Close(f)))) => panic!("cut after {got} bytes: {f:?}"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the stream ended after {got} bytes: {other:?}"),
+        }
+        if got > 4 << 20 {
+            // Slower than the upstream from here on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(got > 4 << 20, "only {got} bytes relayed");
+    assert_eq!(up.floods_ended(), 0);
+}
+
+#[tokio::test]
 async fn an_upstream_message_left_unfinished_is_cut_by_the_message_timeout() {
     let (up, gw) = start("websocket_message_timeout: 400ms").await;
     let t = tok("s-up-trickle", "user-up-trickle", &["viewer"]);

@@ -682,9 +682,11 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, 
                         return End::Session(r);
                     }
                 }
+                clocks.client.hold(|| clocks.now_ms());
                 if let Err(e) = u_tx.send(msg).await {
                     return End::UpstreamFailed(e.to_string());
                 }
+                clocks.client.resume(|| clocks.now_ms());
             }
         };
         let down = async {
@@ -698,9 +700,11 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, 
                 if matches!(msg, Message::Text(_) | Message::Binary(_)) {
                     clocks.data();
                 }
+                clocks.upstream.hold(|| clocks.now_ms());
                 if let Err(e) = c_tx.send(msg).await {
                     return End::ClientFailed(e.to_string());
                 }
+                clocks.upstream.resume(|| clocks.now_ms());
             }
         };
         let over = async {

@@ -35,8 +35,11 @@ pub struct Framing {
 }
 
 impl Framing {
-    /// Takes the next bytes of the stream.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    /// Takes the next bytes of the stream; true if, somewhere in them,
+    /// nothing was pending (a message ended and no fragment was open), so
+    /// that whatever is pending after them began in them.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut between = false;
         while !bytes.is_empty() {
             if self.left > 0 {
                 let n = usize::try_from(self.left).map_or(bytes.len(), |l| l.min(bytes.len()));
@@ -44,6 +47,7 @@ impl Framing {
                 bytes = &bytes[n..];
                 if self.left == 0 {
                     self.frame_done();
+                    between |= !self.pending();
                 }
                 continue;
             }
@@ -54,6 +58,7 @@ impl Framing {
                 self.left = self.payload_len();
                 if self.left == 0 {
                     self.frame_done();
+                    between |= !self.pending();
                 } else {
                     // The header is read; only the opcode and fin bit are
                     // still needed, in `head[0]`.
@@ -61,6 +66,7 @@ impl Framing {
                 }
             }
         }
+        between
     }
 
     /// A frame has begun and not ended, or a message is fragmented and
@@ -112,16 +118,51 @@ impl Framing {
 }
 
 /// Since when one side has had a frame or message pending: milliseconds
-/// after the relay's start, plus one; 0 when nothing is pending.
+/// after the relay's start, plus one; 0 when nothing is pending. While
+/// held (see [`Started::hold`]), the value waits in `held`.
 #[derive(Debug, Default)]
-pub struct Started(AtomicU64);
+pub struct Started {
+    started: AtomicU64,
+    held: AtomicU64,
+    held_at_ms: AtomicU64,
+}
 
 impl Started {
     pub fn since_ms(&self) -> Option<u64> {
-        match self.0.load(Ordering::Acquire) {
+        match self.started.load(Ordering::Acquire) {
             0 => None,
             ms => Some(ms - 1),
         }
+    }
+
+    /// The side's reads stop while the relay hands its last message to the
+    /// other side: so does its clock (the other side's slowness is
+    /// `send_timeout`'s, not this side's fault). Nothing reads this side
+    /// meanwhile, so nothing else moves the clock. `now_ms` (milliseconds
+    /// after the relay's start) is only read when something is pending.
+    /// Kept in atomics rather than returned, so that the relay task's
+    /// future holds nothing more across the send.
+    pub fn hold(&self, now_ms: impl FnOnce() -> u64) {
+        let ms = self.started.swap(0, Ordering::AcqRel);
+        if ms != 0 {
+            self.held_at_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        self.held.store(ms, Ordering::Release);
+    }
+
+    /// After [`Started::hold`]: the clock runs again, moved on by the time
+    /// it was held.
+    pub fn resume(&self, now_ms: impl FnOnce() -> u64) {
+        let ms = self.held.swap(0, Ordering::AcqRel);
+        if ms != 0 {
+            let held_for = now_ms().saturating_sub(self.held_at_ms.load(Ordering::Relaxed));
+            self.started
+                .store(ms.saturating_add(held_for), Ordering::Release);
+        }
+    }
+
+    fn set(&self, v: u64) {
+        self.started.store(v, Ordering::Release);
     }
 }
 
@@ -158,14 +199,16 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         {
             let this = &mut *self;
             let was = this.framing.pending();
-            this.framing.feed(&buf.filled()[before..]);
-            match (was, this.framing.pending()) {
+            let between = this.framing.feed(&buf.filled()[before..]);
+            match (was && !between, this.framing.pending()) {
+                // Began in these bytes (nothing was pending before them, or
+                // a message ended in them and the next began).
                 (false, true) => {
                     let ms = u64::try_from(this.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-                    this.started.0.store(ms + 1, Ordering::Release);
+                    this.started.set(ms + 1);
                 }
-                (true, false) => this.started.0.store(0, Ordering::Release),
-                _ => {}
+                (_, false) => this.started.set(0),
+                (true, true) => {}
             }
         }
         r
@@ -289,12 +332,32 @@ mod tests {
         assert!(!f.pending());
     }
 
+    #[test]
+    fn feed_says_whether_a_message_ended_in_its_bytes() {
+        let first = frame(true, OpCode::Data(Data::Binary), 300, true);
+        let next = frame(true, OpCode::Data(Data::Binary), 300, true);
+        let mut f = Framing::default();
+        assert!(!f.feed(&first[..100]), "nothing ended");
+        let mut chunk = first[100..].to_vec();
+        chunk.extend(&next[..50]);
+        assert!(f.feed(&chunk), "the first message ended, the next began");
+        assert!(f.pending());
+        let mut f = Framing::default();
+        f.feed(&frame(false, OpCode::Data(Data::Text), 10, true));
+        assert!(
+            !f.feed(&frame(true, OpCode::Control(Ctl::Ping), 0, true)),
+            "a ping between fragments ends no message"
+        );
+    }
+
     #[tokio::test]
     async fn the_wrapper_marks_when_a_frame_starts_and_clears_it_when_it_ends() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut tx, rx) = tokio::io::duplex(1 << 20);
         let started = Arc::new(Started::default());
-        let mut w = Watched::new(rx, started.clone(), std::time::Instant::now());
+        // A relay that began 10 s ago: a clock started now reads about 10 s.
+        let base = std::time::Instant::now() - std::time::Duration::from_secs(10);
+        let mut w = Watched::new(rx, started.clone(), base);
         let bytes = frame(true, OpCode::Data(Data::Binary), 1000, true);
         let mut buf = vec![0u8; 4096];
         tx.write_all(&bytes[..500]).await.unwrap();
@@ -304,5 +367,28 @@ mod tests {
         tx.write_all(&bytes[500..]).await.unwrap();
         w.read_exact(&mut buf[..bytes.len() - 500]).await.unwrap();
         assert_eq!(started.since_ms(), None, "the frame ended");
+
+        // A read that ends one frame and begins the next restarts the clock.
+        tx.write_all(&bytes[..500]).await.unwrap();
+        w.read_exact(&mut buf[..500]).await.unwrap();
+        started.set(1);
+        let mut chunk = bytes[500..].to_vec();
+        chunk.extend(&bytes[..10]);
+        tx.write_all(&chunk).await.unwrap();
+        w.read_exact(&mut buf[..chunk.len()]).await.unwrap();
+        assert!(started.since_ms().unwrap() >= 10_000, "the clock restarted");
+
+        // Held while the other side takes a message: not pending meanwhile,
+        // and moved on by the time held when it resumes.
+        let at = started.since_ms().unwrap();
+        started.hold(|| 20_000);
+        assert!(started.since_ms().is_none(), "not pending while held");
+        started.resume(|| 20_500);
+        assert_eq!(started.since_ms(), Some(at + 500), "moved on by the hold");
+        // Holding with nothing pending leaves nothing to resume.
+        started.set(0);
+        started.hold(|| unreachable!("no clock read"));
+        started.resume(|| unreachable!("no clock read"));
+        assert_eq!(started.since_ms(), None);
     }
 }
