@@ -108,6 +108,9 @@ pub enum RateLimit {
     Ip,
     /// `rate_limit.per_principal`: the authenticated issuer + subject.
     Principal,
+    /// `listen.max_streams_per_ip`: HTTP/2 requests in flight from the
+    /// client address (IPv6: its /64).
+    Streams,
 }
 
 impl RateLimit {
@@ -116,6 +119,7 @@ impl RateLimit {
         match self {
             RateLimit::Ip => "per_ip",
             RateLimit::Principal => "per_principal",
+            RateLimit::Streams => "max_streams_per_ip",
         }
     }
 }
@@ -525,6 +529,7 @@ mod tests {
         for (limit, detail) in [
             (RateLimit::Ip, "per_ip"),
             (RateLimit::Principal, "per_principal"),
+            (RateLimit::Streams, "max_streams_per_ip"),
         ] {
             let r = Refusal::from(Deny::RateLimited {
                 limit,

@@ -2483,6 +2483,13 @@ impl Builder {
             256,
             1 << 24,
         );
+        let max_streams_per_ip = self.count(
+            file,
+            "listen.max_streams_per_ip",
+            &l.max_streams_per_ip,
+            256,
+            1 << 24,
+        );
         let rate_limit = match &l.rate_limit {
             None => RateLimits::default(),
             Some(r) => RateLimits {
@@ -2574,6 +2581,7 @@ impl Builder {
             max_headers,
             max_connections,
             max_connections_per_ip,
+            max_streams_per_ip,
             rate_limit,
             listeners: out,
         })
@@ -3192,6 +3200,7 @@ mod tests {
         assert_eq!(l.websocket_idle_timeout, Duration::from_secs(3600));
         assert_eq!((l.max_uri_bytes, l.max_headers), (8192, 100));
         assert_eq!((l.max_connections, l.max_connections_per_ip), (4096, 256));
+        assert_eq!(l.max_streams_per_ip, 256);
         assert_eq!(l.rate_limit, super::super::RateLimits::default());
     }
 

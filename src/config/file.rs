@@ -103,6 +103,8 @@ pub struct FileListen {
     pub max_connections: Option<Spanned<u64>>,
     /// Client connections open at once from one client address.
     pub max_connections_per_ip: Option<Spanned<u64>>,
+    /// HTTP/2 requests in flight at once from one client address.
+    pub max_streams_per_ip: Option<Spanned<u64>>,
     /// Token-bucket request rate limits; absent: none.
     pub rate_limit: Option<Spanned<FileRateLimit>>,
     pub tls: Option<FileTls>,
@@ -129,6 +131,7 @@ impl Default for FileListen {
             max_headers: None,
             max_connections: None,
             max_connections_per_ip: None,
+            max_streams_per_ip: None,
             rate_limit: None,
             tls: None,
             h2c: None,

@@ -191,6 +191,9 @@ pub struct ListenSettings {
     pub max_connections: usize,
     /// Client connections open at once from one address (IPv6: one /64).
     pub max_connections_per_ip: usize,
+    /// HTTP/2 requests in flight at once from one address, over all its
+    /// connections: 429 above.
+    pub max_streams_per_ip: usize,
     pub rate_limit: RateLimits,
     /// Every public listener, in config order (at least one).
     pub listeners: Vec<Listener>,

@@ -53,10 +53,19 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 #[derive(Default)]
 pub struct ConnCounts {
     total: AtomicUsize,
-    per_ip: DashMap<IpAddr, usize>,
+    per_ip: DashMap<IpAddr, PerIp>,
     /// Connections refused since the last warning (rate-limited log).
     refused: AtomicU64,
     last_warn_ms: AtomicU64,
+}
+
+/// One client key's open connections, and its HTTP/2 streams in flight
+/// (shared with each of its connections' slots, so counting a stream
+/// takes no lookup).
+#[derive(Default)]
+struct PerIp {
+    connections: usize,
+    streams: Arc<AtomicUsize>,
 }
 
 /// Why a connection was refused at accept.
@@ -96,21 +105,22 @@ impl ConnCounts {
         }
         // The shard guard ends with this block (before any other access).
         let admitted = {
-            let mut n = self.per_ip.entry(key).or_insert(0);
-            if *n >= max_per_ip {
-                false
+            let mut n = self.per_ip.entry(key).or_default();
+            if n.connections >= max_per_ip {
+                None
             } else {
-                *n += 1;
-                true
+                n.connections += 1;
+                Some(n.streams.clone())
             }
         };
-        if !admitted {
+        let Some(streams) = admitted else {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(ConnRefused::PerIp);
-        }
+        };
         Ok(ConnSlot {
             counts: self.clone(),
             key,
+            streams,
         })
     }
 
@@ -156,18 +166,48 @@ impl ConnCounts {
 pub struct ConnSlot {
     counts: Arc<ConnCounts>,
     key: IpAddr,
+    /// The client key's HTTP/2 streams in flight, over all its connections.
+    streams: Arc<AtomicUsize>,
+}
+
+impl ConnSlot {
+    /// An HTTP/2 request of this connection starts: counted against its
+    /// client key until the guard drops. The count includes it.
+    pub fn stream(&self) -> (StreamSlot, usize) {
+        let n = self.streams.fetch_add(1, Ordering::AcqRel) + 1;
+        (StreamSlot(self.streams.clone()), n)
+    }
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         if let dashmap::Entry::Occupied(mut e) = self.counts.per_ip.entry(self.key) {
-            if *e.get() <= 1 {
+            if e.get().connections <= 1 {
                 e.remove();
             } else {
-                *e.get_mut() -= 1;
+                e.get_mut().connections -= 1;
             }
         }
         self.counts.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Put in an HTTP/2 request's extensions by the listener when its client
+/// key had more than `listen.max_streams_per_ip` streams in flight with
+/// it: the pipeline refuses it (429) before anything else.
+#[derive(Debug, Clone, Copy)]
+pub struct OverStreamLimit;
+
+/// One HTTP/2 request in flight under its client key's
+/// `listen.max_streams_per_ip` (see [`ConnSlot::stream`]). A stream that
+/// outlives its connection's slot keeps counting on the count it started
+/// on; a new connection of that client after all others closed starts a
+/// fresh one.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -349,6 +389,8 @@ impl Drop for Busy {
 pub struct Tracked<B> {
     inner: B,
     busy: Busy,
+    /// HTTP/2: the request's place under `max_streams_per_ip`.
+    _stream: Option<StreamSlot>,
     waiting: Option<Arc<WaitClock>>,
     /// What is left of a data frame cut into pieces (HTTP/2).
     rest: Bytes,
@@ -359,10 +401,16 @@ pub struct Tracked<B> {
 const H2_PIECE: usize = 16 * 1024;
 
 impl<B> Tracked<B> {
-    pub fn new(inner: B, busy: Busy, waiting: Option<Arc<WaitClock>>) -> Self {
+    pub fn new(
+        inner: B,
+        busy: Busy,
+        waiting: Option<Arc<WaitClock>>,
+        stream: Option<StreamSlot>,
+    ) -> Self {
         Tracked {
             inner,
             busy,
+            _stream: stream,
             waiting,
             rest: Bytes::new(),
         }

@@ -41,7 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::body::ClientBody;
 use super::h1server;
-use super::limits::{Activity, ConnSlot, SendTimedOut, SendTimeout, Tracked};
+use super::limits::{Activity, ConnSlot, OverStreamLimit, SendTimedOut, SendTimeout, Tracked};
 use super::pipeline::Gateway;
 use super::tls::ClientCert;
 use super::upstream::find_cause;
@@ -168,6 +168,9 @@ struct Settings {
     keepalive_timeout: Duration,
     send_timeout: Duration,
     max_concurrent_streams: u32,
+    /// HTTP/2 requests in flight from one client key, all its connections
+    /// together.
+    max_streams_per_ip: usize,
     /// hyper's own header-count limit: above `listen.max_headers`, so the
     /// pipeline answers a few too many with JSON (see `hyper_max_headers`).
     max_headers: usize,
@@ -361,6 +364,7 @@ pub async fn serve_nth(
                         keepalive_timeout: rt.listen.keepalive_timeout,
                         send_timeout: rt.listen.send_timeout,
                         max_concurrent_streams: rt.listen.max_concurrent_streams,
+                        max_streams_per_ip: rt.listen.max_streams_per_ip,
                         max_headers: hyper_max_headers(rt.listen.max_headers),
                     };
                     (settings, Arc::new(slot))
@@ -532,13 +536,25 @@ async fn http<I>(
         watch.send_stalled(send_timeout).await;
         tracing::info!(peer = %peer, send_timeout = ?send_timeout, "connection closed: the client stopped reading (listen.send_timeout)");
     };
+    let max_streams = s.max_streams_per_ip;
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let mut req = req.map(ClientBody::Hyper);
         let gw = gw.clone();
         let conn = conn.clone();
         // In flight until the response body is done (keep-alive timeout).
         let busy = activity.begin();
-        let waiting = (req.version() == http::Version::HTTP_2).then(|| activity.clock());
+        let (waiting, stream) = if req.version() == http::Version::HTTP_2 {
+            let stream = conn.slot.as_ref().map(|slot| {
+                let (stream, open) = slot.stream();
+                if open > max_streams {
+                    req.extensions_mut().insert(OverStreamLimit);
+                }
+                stream
+            });
+            (Some(activity.clock()), stream)
+        } else {
+            (None, None)
+        };
         // The head the tap read for this request (HTTP/1.1 answers in
         // order); none if it lost the stream, or on HTTP/2.
         if let Some(h) = heads.as_ref().and_then(Heads::pop) {
@@ -549,7 +565,7 @@ async fn http<I>(
                 Some(to) => gw.redirect(req, &conn, to),
                 None => gw.handle(req, &conn).await,
             };
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy, waiting)))
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, busy, waiting, stream)))
         }
     });
     let io = TokioIo::new(io);

@@ -40,7 +40,7 @@ use super::body::{
     TooSlow,
 };
 use super::headers::{self, ForwardedFor};
-use super::limits::{ConnCounts, RateLimiters};
+use super::limits::{ConnCounts, OverStreamLimit, RateLimiters};
 use super::listener::{Conn, HostMemo};
 use super::relayed::Relayed;
 use super::upstream::{self, BodyIdleTimeout, BoxError, UpstreamBody, has_cause};
@@ -700,6 +700,14 @@ impl Gateway {
                     retry_after,
                 })
             })?;
+        // HTTP/2: the listener counted this stream over the client's limit.
+        if req.extensions().get::<OverStreamLimit>().is_some() {
+            return Err(Deny::RateLimited {
+                limit: RateLimit::Streams,
+                retry_after: 1,
+            }
+            .into());
+        }
         // The target as sent (HTTP/1.1: the raw head's copy, fragment and
         // absolute form included); HTTP/2: `:path`.
         let target = match raw.or_else(|| req.extensions().get::<RawHead>()) {

@@ -785,6 +785,113 @@ async fn streams_over_max_concurrent_streams_are_refused() {
     assert_eq!(stream_outcome(&mut s, &mut buf, 5).await, Ok(()));
 }
 
+/// An upstream that holds every answer until `release` turns true;
+/// `arrived` counts the requests it holds.
+async fn held_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::sync::watch::Sender<bool>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let arrived = std::sync::Arc::new(AtomicUsize::new(0));
+    let (release, rx) = tokio::sync::watch::channel(false);
+    let count = arrived.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (count, rx) = (count.clone(), rx.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: hyper::Request<Incoming>| {
+                    let (count, mut rx) = (count.clone(), rx.clone());
+                    async move {
+                        count.fetch_add(1, SeqCst);
+                        let _ = rx.wait_for(|go| *go).await;
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from("{}"))))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, arrived, release)
+}
+
+#[tokio::test]
+async fn http2_streams_over_max_streams_per_ip_across_connections_are_429() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (up, arrived, release) = held_upstream().await;
+    let gw = gateway(up, "  h2c: true\n  max_streams_per_ip: 3\n", "").await;
+    let t = viewer_as("u-streams");
+    let h2_from = |local: &'static str| async move {
+        let io = TokioIo::new(connect_from(local, gw.addr).await);
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send
+    };
+    let get = |mut send: hyper::client::conn::http2::SendRequest<Full<Bytes>>, t: String| async move {
+        let req = http::Request::get("http://app.test/bots/1/flows")
+            .header("authorization", format!("Bearer {t}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let retry = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, retry, body)
+    };
+    let (a, b) = (h2_from("127.0.0.1").await, h2_from("127.0.0.1").await);
+    // Three streams held upstream, over two connections of one client.
+    let held = vec![
+        tokio::spawn(get(a.clone(), t.clone())),
+        tokio::spawn(get(a.clone(), t.clone())),
+        tokio::spawn(get(b.clone(), t.clone())),
+    ];
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    while arrived.load(SeqCst) < 3 {
+        assert!(std::time::Instant::now() < give_up, "streams never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A fourth, on either connection, is refused before authentication
+    // or anything upstream.
+    let (status, retry, body) =
+        tokio::time::timeout(Duration::from_secs(10), get(b.clone(), t.clone()))
+            .await
+            .expect("the fourth stream was held (forwarded) instead of refused");
+    assert_eq!((status, retry.as_deref()), (429, Some("1")));
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "rate_limited");
+    assert_eq!(json["reason"], "max_streams_per_ip");
+    // Another client address is not affected.
+    let other = tokio::spawn(get(h2_from("127.0.0.2").await, t.clone()));
+    while arrived.load(SeqCst) < 4 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the other client's stream never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        arrived.load(SeqCst),
+        4,
+        "the refused stream never went upstream"
+    );
+    release.send(true).unwrap();
+    for h in held {
+        assert_eq!(h.await.unwrap().0, 200);
+    }
+    assert_eq!(other.await.unwrap().0, 200);
+    // The streams' places come back as their answers end.
+    assert_eq!(get(a, t).await.0, 200);
+}
+
 // ------------------------------------------------------------ rate limits
 
 #[tokio::test]
