@@ -97,7 +97,7 @@ impl Inner {
         {
             tracing::error!(error = %e, "session journal rewrite failed (retried)");
         }
-        let ended = self.table.sweep(now_ms(), self.retention_ms);
+        let ended = self.table.sweep(self.table.sweep_now(), self.retention_ms);
         match self.journal.records(&ended) {
             Ok(appended) => self.maybe_compact(appended),
             Err(e) => tracing::error!(error = %e, "session sweep journal write failed"),

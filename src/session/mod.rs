@@ -113,6 +113,24 @@ pub enum Store {
 /// Settings of an embedded store in `dir` for unit tests (60 s idle,
 /// no lifetime, deny on store errors).
 #[cfg(test)]
+mod steady_tests {
+    use super::*;
+
+    #[test]
+    fn a_wall_clock_stepped_forward_is_held_to_the_monotonic_time() {
+        let s = SteadyWall::default();
+        let start = s.wall0_ms;
+        // Ten days ahead of the monotonic time: held back to about now.
+        let held = s.at(start + 10 * 86_400_000);
+        assert!(held >= start && held < start + 60_000, "{held} vs {start}");
+        // A clock stepped back is taken as it is: sweeps come later.
+        assert_eq!(s.at(start - 5_000), start - 5_000);
+        // The real clock, read now, is not ahead of the monotonic one.
+        assert!(s.now_ms() >= start && s.now_ms() < start + 60_000);
+    }
+}
+
+#[cfg(test)]
 pub(crate) fn embedded_test_settings(dir: &std::path::Path) -> SessionSettings {
     SessionSettings {
         idle_timeout: std::time::Duration::from_secs(60),
@@ -133,6 +151,41 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// The wall clock as housekeeping reads it: never ahead of the wall time
+/// at its creation plus the monotonic time since. Sweeps drop ended
+/// sessions and revocations by their wall-clock age; a clock stepped
+/// forward (a bad NTP answer, a VM restored with a wrong time) and then
+/// back would otherwise have dropped records whose tokens are valid again
+/// once the clock is right — a logged-out session usable anew. A step back
+/// makes sweeps later, never earlier. Requests read the real wall clock
+/// (token expiry is wall-clock time); only what is dropped waits.
+#[derive(Debug)]
+pub struct SteadyWall {
+    wall0_ms: u64,
+    mono0: std::time::Instant,
+}
+
+impl Default for SteadyWall {
+    fn default() -> Self {
+        SteadyWall {
+            wall0_ms: now_ms(),
+            mono0: std::time::Instant::now(),
+        }
+    }
+}
+
+impl SteadyWall {
+    pub fn now_ms(&self) -> u64 {
+        self.at(now_ms())
+    }
+
+    /// `wall_ms` (the wall clock now), held back to the monotonic time.
+    fn at(&self, wall_ms: u64) -> u64 {
+        let elapsed = u64::try_from(self.mono0.elapsed().as_millis()).unwrap_or(u64::MAX);
+        wall_ms.min(self.wall0_ms.saturating_add(elapsed))
+    }
 }
 
 impl Store {

@@ -967,9 +967,10 @@ impl Inner {
         // Only sessions re-read from Redis in the last instant can be active
         // here, and only one idle by Redis's own view can be ended: make that
         // decision known.
-        let ended = self
-            .table
-            .sweep(now_ms(), MIRROR_RETENTION_MS.min(self.retention_ms));
+        let ended = self.table.sweep(
+            self.table.sweep_now(),
+            MIRROR_RETENTION_MS.min(self.retention_ms),
+        );
         for r in &ended {
             if let Err(e) = self.persist_end(r).await {
                 tracing::warn!(error = %e, "redis session store: could not write a swept end");

@@ -273,6 +273,8 @@ pub struct Table {
     /// Shared records besides sessions (relation tuples), persisted by
     /// the store like the rest of the table.
     shared: super::shared::Shared,
+    /// The time sweeps run at (see [`Table::sweep_now`]).
+    steady: super::SteadyWall,
     /// Some deactivation or cut-off was ever keyed by issuer and subject
     /// ([`issuer_user_key`]): only then does a check make that key.
     any_issuer_keyed: std::sync::atomic::AtomicBool,
@@ -303,6 +305,13 @@ impl Table {
 
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// The time to [`Table::sweep`] at: the wall clock, held back to the
+    /// monotonic time since the table was made (a clock stepped forward
+    /// drops nothing early).
+    pub fn sweep_now(&self) -> u64 {
+        self.steady.now_ms()
     }
 
     pub fn shared(&self) -> &super::shared::Shared {
