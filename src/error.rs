@@ -244,6 +244,10 @@ pub enum Fault {
     /// type or encoding, invalid body, over the limit): never forwarded raw.
     #[error("response cannot be masked: {0}")]
     Unmaskable(String),
+    /// An answer to an HTTP/1.0 client must be masked whole, and the
+    /// answers held whole already take `masking.max_held_bytes`.
+    #[error("masking buffers full (masking.max_held_bytes)")]
+    MaskingBusy,
     /// The audit log of unmasked access could not be written. The field is
     /// the I/O error text: logged, never sent to the client.
     #[error("audit log unavailable")]
@@ -296,7 +300,8 @@ impl Refusal {
                 Fault::StoreUnavailable(_)
                 | Fault::AuditUnavailable(_)
                 | Fault::NoHealthyUpstream(_)
-                | Fault::UpstreamBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                | Fault::UpstreamBusy(_)
+                | Fault::MaskingBusy => StatusCode::SERVICE_UNAVAILABLE,
                 Fault::Unmaskable(_) => StatusCode::BAD_GATEWAY,
             },
         }
@@ -331,6 +336,7 @@ impl Refusal {
                 Fault::UpstreamTimeout(_) => "upstream_timeout",
                 Fault::NoHealthyUpstream(_) => "no_healthy_upstream",
                 Fault::UpstreamBusy(_) => "upstream_busy",
+                Fault::MaskingBusy => "masking_busy",
                 Fault::UpstreamFailed(..) => "upstream_failed",
                 Fault::StoreUnavailable(_) => "session_store_unavailable",
                 Fault::Unmaskable(_) => "unmaskable_response",
@@ -569,6 +575,9 @@ mod tests {
         assert_eq!((r.code(), r.detail()), ("upstream_busy", "upstream_busy"));
         assert_eq!(r.to_string(), "upstream app has max_requests in flight");
         assert!(r.is_fault() && r.retry_after().is_none());
+        let r = Refusal::from(Fault::MaskingBusy);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!((r.code(), r.detail()), ("masking_busy", "masking_busy"));
     }
 
     #[test]

@@ -1115,6 +1115,105 @@ async fn an_http10_clients_masked_answer_is_held_whole_only_up_to_a_bound() {
     assert!(got.starts_with(r#"{"name":"[REDACTED]""#) && got.ends_with(r#""end"]}"#));
 }
 
+/// Answers masked whole share `masking.max_held_bytes`: while one holds
+/// the budget, an HTTP/1.1 answer that would be held whole is streamed
+/// instead, and an HTTP/1.0 one (which must be held whole) is 503
+/// `masking_busy`; once the first is sent, the budget is back.
+#[tokio::test]
+async fn answers_masked_whole_share_the_max_held_bytes_budget() {
+    const BODY: &[u8] = br#"{"id":1,"name":"Jane Canary","tier":"gold"}"#;
+    let release = Arc::new(Notify::new());
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let gate = release.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let mut out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    BODY.len()
+                )
+                .into_bytes();
+                // `?hold`: the first bytes, then the rest once released.
+                let held = String::from_utf8_lossy(&head).contains("?hold");
+                let cut = if held { 10 } else { BODY.len() };
+                out.extend_from_slice(&BODY[..cut]);
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                if held {
+                    gate.notified().await;
+                    let _ = s.write_all(&BODY[cut..]).await;
+                }
+                let _ = s.flush().await;
+            });
+        }
+    });
+    let dir = scratch_dir("mask-held");
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{up}\" }}\nrules: rules.yaml\nmasking: {{ audit_log: audit.jsonl, buffer_bytes: 64, max_held_bytes: 64 }}\n",
+        identity_yaml()
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let a = agent();
+    let http10 = format!("GET /shape/raw HTTP/1.0\r\nHost: a\r\nAuthorization: Bearer {a}\r\n\r\n");
+    let http11 = format!(
+        "GET /shape/raw HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {a}\r\nConnection: close\r\n\r\n"
+    );
+    // Before anything is held: whole, with its length.
+    let text = String::from_utf8_lossy(&raw_bytes(gw.addr, http10.as_bytes()).await).to_string();
+    assert!(text.starts_with("HTTP/1.0 200 "), "{text}");
+    let (addr, t) = (gw.addr, a.clone());
+    let first =
+        tokio::spawn(async move { req(addr, "GET", "/shape/raw?hold", Some(&t), &[]).await });
+    // Until the gateway holds the first answer's share, HTTP/1.0 answers
+    // still fit.
+    let give_up = std::time::Instant::now() + Duration::from_secs(20);
+    let busy = loop {
+        let text =
+            String::from_utf8_lossy(&raw_bytes(gw.addr, http10.as_bytes()).await).to_string();
+        if text.starts_with("HTTP/1.0 503 ") {
+            break text;
+        }
+        assert!(text.starts_with("HTTP/1.0 200 "), "{text}");
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the budget was never taken"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(busy.contains("\"masking_busy\""), "{busy}");
+    assert!(!busy.contains("Jane"), "{busy}");
+    // HTTP/1.1: streamed (chunked, no length), masked all the same.
+    let cut = CutResp::parse(&raw_bytes(gw.addr, http11.as_bytes()).await);
+    let head = cut.head.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert!(
+        head.contains("transfer-encoding: chunked") && !head.contains("content-length"),
+        "{head}"
+    );
+    assert!(cut.terminated);
+    assert_eq!(cut.body, br#"{"id":1,"name":"[REDACTED]","tier":"gold"}"#);
+    // The first answer completes whole; its share comes back.
+    release.notify_one();
+    let r = first.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, br#"{"id":1,"name":"[REDACTED]","tier":"gold"}"#);
+    let text = String::from_utf8_lossy(&raw_bytes(gw.addr, http10.as_bytes()).await).to_string();
+    assert!(text.starts_with("HTTP/1.0 200 "), "{text}");
+}
+
 /// A masked answer buffered whole is one large frame; on HTTP/2 it is
 /// handed over in pieces, so a client that never opens its flow-control
 /// window holds the stream waiting, and `send_timeout` cuts the

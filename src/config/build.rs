@@ -1962,10 +1962,21 @@ impl Builder {
                 "masking: max_depth, max_string_bytes and max_body_bytes must be greater than zero",
             );
         }
+        if m.max_held_bytes < m.buffer_bytes {
+            self.error(
+                file,
+                0,
+                format!(
+                    "masking.max_held_bytes {} is below masking.buffer_bytes {}",
+                    m.max_held_bytes, m.buffer_bytes
+                ),
+            );
+        }
         MaskingSettings {
             hash_key,
             max_body_bytes: m.max_body_bytes,
             buffer_bytes: m.buffer_bytes,
+            max_held_bytes: m.max_held_bytes,
             limits: mask::Limits {
                 max_depth: m.max_depth,
                 max_string_bytes: m.max_string_bytes,
@@ -3228,6 +3239,23 @@ mod tests {
         load_from_text("rolegate.yaml", text, &base, RulesSource::Embedded(vec![]))
             .map(|l| l.runtime)
             .map_err(|d| d.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn max_held_bytes_defaults_to_256_mib_and_may_not_be_below_buffer_bytes() {
+        let rt = load_main("upstreams: { app: { url: \"http://a.test\" } }\n").unwrap();
+        assert_eq!(rt.masking.max_held_bytes, 256 << 20);
+        let errs = load_main(
+            "upstreams: { app: { url: \"http://a.test\" } }\nmasking: { buffer_bytes: 4096, max_held_bytes: 4095 }\n",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            errs.iter()
+                .any(|e| e
+                    .contains("masking.max_held_bytes 4095 is below masking.buffer_bytes 4096")),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -650,6 +650,8 @@ pub struct FileMasking {
     /// Bodies with a Content-Length up to this are masked whole before the
     /// answer starts, so a failure is a clean 502.
     pub buffer_bytes: u64,
+    /// Bytes of masked answers held whole at once, all requests together.
+    pub max_held_bytes: u64,
     pub max_depth: usize,
     pub max_string_bytes: usize,
     /// JSON-lines audit log of unmasked PII access.
@@ -662,6 +664,7 @@ impl Default for FileMasking {
             hash_key_file: None,
             max_body_bytes: 2 * 1024 * 1024 * 1024,
             buffer_bytes: 1024 * 1024,
+            max_held_bytes: 256 * 1024 * 1024,
             max_depth: 64,
             max_string_bytes: 1024 * 1024,
             audit_log: "var/rolegate/audit.jsonl".into(),

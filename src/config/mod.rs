@@ -317,6 +317,8 @@ pub struct MaskingSettings {
     pub hash_key: Option<Vec<u8>>,
     pub max_body_bytes: u64,
     pub buffer_bytes: u64,
+    /// Bytes of masked answers held whole at once, all requests together.
+    pub max_held_bytes: u64,
     pub limits: mask::Limits,
     pub audit_log: std::path::PathBuf,
 }

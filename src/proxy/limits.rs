@@ -217,6 +217,94 @@ impl std::fmt::Debug for ConnSlot {
     }
 }
 
+// ------------------------------------------------------- held answers
+
+/// Bytes of masked answers held whole in memory, all requests together,
+/// against `masking.max_held_bytes`: each answer masked whole takes its
+/// share as its buffer grows and gives it back when its body is dropped
+/// (sent, or the client gone).
+#[derive(Default)]
+pub struct HeldBytes(AtomicU64);
+
+impl HeldBytes {
+    /// An empty share for one answer.
+    pub fn share(self: &Arc<Self>) -> HeldShare {
+        HeldShare {
+            all: self.clone(),
+            n: 0,
+        }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One answer's share of [`HeldBytes`]; given back on drop.
+pub struct HeldShare {
+    all: Arc<HeldBytes>,
+    n: u64,
+}
+
+impl HeldShare {
+    /// Grows the share to `n` bytes if all answers together stay within
+    /// `max`; false (and unchanged) otherwise.
+    pub fn grow_to(&mut self, n: u64, max: u64) -> bool {
+        let Some(more) = n.checked_sub(self.n).filter(|m| *m > 0) else {
+            return true;
+        };
+        let before = self.all.0.fetch_add(more, Ordering::AcqRel);
+        if before.saturating_add(more) > max {
+            self.all.0.fetch_sub(more, Ordering::AcqRel);
+            return false;
+        }
+        self.n = n;
+        true
+    }
+}
+
+impl Drop for HeldShare {
+    fn drop(&mut self) {
+        self.all.0.fetch_sub(self.n, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its [`HeldShare`] until it is dropped.
+pub struct Holding<B> {
+    inner: B,
+    _share: HeldShare,
+}
+
+impl<B> Holding<B> {
+    pub fn new(inner: B, share: HeldShare) -> Self {
+        Holding {
+            inner,
+            _share: share,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 // ------------------------------------------------------------- idleness
 
 /// Whether a connection has a request in flight, and since when it has
@@ -718,6 +806,24 @@ fn retry_after_secs(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_shares_stay_within_the_budget_and_come_back_on_drop() {
+        let all = Arc::new(HeldBytes::default());
+        let mut a = all.share();
+        let mut b = all.share();
+        assert!(a.grow_to(600, 1000));
+        assert!(a.grow_to(500, 1000), "shrinking is a no-op");
+        assert!(!b.grow_to(500, 1000), "600 + 500 is over 1000");
+        assert_eq!(all.held(), 600, "a refused growth takes nothing");
+        assert!(b.grow_to(400, 1000));
+        assert_eq!(all.held(), 1000);
+        drop(a);
+        assert_eq!(all.held(), 400);
+        assert!(b.grow_to(1000, 1000));
+        drop(b);
+        assert_eq!(all.held(), 0);
+    }
 
     #[test]
     fn ipv6_clients_are_keyed_by_their_64_prefix_and_mapped_ipv4_as_ipv4() {

@@ -40,7 +40,7 @@ use super::body::{
     TooSlow,
 };
 use super::headers::{self, ForwardedFor};
-use super::limits::{ConnCounts, OverStreamLimit, RateLimiters};
+use super::limits::{ConnCounts, HeldBytes, Holding, OverStreamLimit, RateLimiters};
 use super::listener::{Conn, HostMemo};
 use super::relayed::Relayed;
 use super::upstream::{self, BodyIdleTimeout, BoxError, UpstreamBody, has_cause};
@@ -93,6 +93,8 @@ pub struct Gateway {
     conns: Arc<ConnCounts>,
     /// `listen.rate_limit` buckets.
     rates: RateLimiters,
+    /// Bytes of masked answers held whole (`masking.max_held_bytes`).
+    held: Arc<HeldBytes>,
     /// One counter per public listener, raised by a reload that changes
     /// who the listener admits (client certificate mode or CA bundle,
     /// `redirect_https`, `h2c`): its open connections are then closed
@@ -209,6 +211,7 @@ impl Gateway {
             reloader: Default::default(),
             going_away: tokio::sync::watch::Sender::new(false),
             conns: Arc::default(),
+            held: Arc::default(),
             rates: RateLimiters::default(),
             listener_epochs: tokio::sync::watch::Sender::new(Vec::new()),
         })
@@ -598,7 +601,7 @@ impl Gateway {
             Some((mk, false)) => {
                 let policy = self.mask_policy(mk, &m.params)?;
                 let upstream = &rt.upstreams[route.upstream].name;
-                mask_response(rt, ctx, policy, upstream, resp, head).await?
+                mask_response(rt, ctx, policy, upstream, resp, head, &self.held).await?
             }
         };
         // A response that outlives its session (an event stream, a slow
@@ -1606,6 +1609,7 @@ async fn mask_response(
     upstream: &str,
     resp: Response<UpstreamBody>,
     head: bool,
+    held: &Arc<HeldBytes>,
 ) -> Result<Response<RespBody>, Refusal> {
     let (mut parts, body) = resp.into_parts();
     let unmaskable = |why: String| Refusal::from(Fault::Unmaskable(why));
@@ -1700,13 +1704,15 @@ async fn mask_response(
     let mut masker = mask::BodyMasker::new(policy, kind, encoding, rt.masking.max_body_bytes);
 
     // What an answer masked whole may grow to once decoded.
-    let held = rt
+    let whole_max = rt
         .masking
         .buffer_bytes
         .saturating_mul(DECODED_WHOLE)
         .min(rt.masking.max_body_bytes);
     let too_large_for_http10 =
         || unmaskable("answer too large to mask whole for an HTTP/1.0 client".into());
+    let max_held = rt.masking.max_held_bytes;
+    let mut share = held.share();
     let whole = match declared {
         Some(len) if len <= rt.masking.buffer_bytes => Some(len),
         // An HTTP/1.0 client reads a body to the close: it could not tell
@@ -1714,10 +1720,22 @@ async fn mask_response(
         // whole (up to `DECODED_WHOLE` times the buffer) and sent with its
         // length; a larger one is refused rather than held.
         _ if ctx.http10 => match declared {
-            Some(len) if len > held => return Err(too_large_for_http10()),
-            _ => Some(declared.unwrap_or(held)),
+            Some(len) if len > whole_max => return Err(too_large_for_http10()),
+            _ => Some(declared.unwrap_or(whole_max)),
         },
         _ => None,
+    };
+    // Over `max_held_bytes` (every answer held whole together): streamed
+    // instead, or, to an HTTP/1.0 client, which could not tell a cut
+    // stream from a whole answer, refused.
+    let whole = match whole {
+        Some(len) if !share.grow_to(len.min(rt.masking.buffer_bytes), max_held) => {
+            if ctx.http10 {
+                return Err(Fault::MaskingBusy.into());
+            }
+            None
+        }
+        w => w,
     };
     if let Some(len) = whole {
         // Masked frame by frame as they arrive (the masker streams), but
@@ -1753,27 +1771,38 @@ async fn mask_response(
             // declared: past `DECODED_WHOLE` times the buffer, it is sent
             // as a stream from here on (what is masked first), rather than
             // held whole in memory up to `max_body_bytes`.
-            if out.len() as u64 > held {
+            let over_budget = !share.grow_to(out.capacity() as u64, max_held);
+            if out.len() as u64 > whole_max || over_budget {
+                if ctx.http10 && over_budget {
+                    return Err(Fault::MaskingBusy.into());
+                }
                 if ctx.http10 {
                     return Err(too_large_for_http10());
                 }
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let streamed = MaskedBody::new(body, masker, masking_failed(ctx))
                     .with_prefix(Bytes::from(out));
-                return Ok(Response::from_parts(parts, streamed.boxed()));
+                return Ok(Response::from_parts(
+                    parts,
+                    Holding::new(streamed, share).boxed(),
+                ));
             }
         }
         masker
             .finish(&mut out)
             .map_err(|e| unmaskable(e.code().to_string()))?;
+        // What `finish` added (a CSV or JSON tail) is held like the rest,
+        // beyond the budget if need be: the answer is complete.
+        share.grow_to(out.capacity() as u64, u64::MAX);
         headers::set(
             &mut parts.headers,
             header::CONTENT_LENGTH,
             HeaderValue::from(out.len()),
         );
+        let body = Full::new(Bytes::from(out)).map_err(|e| match e {});
         return Ok(Response::from_parts(
             parts,
-            Full::new(Bytes::from(out)).map_err(|e| match e {}).boxed(),
+            Holding::new(body, share).boxed(),
         ));
     }
     parts.headers.remove(header::CONTENT_LENGTH);
