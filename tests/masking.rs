@@ -1123,13 +1123,14 @@ async fn an_http10_clients_masked_answer_is_held_whole_only_up_to_a_bound() {
 async fn answers_masked_whole_share_the_max_held_bytes_budget() {
     const BODY: &[u8] = br#"{"id":1,"name":"Jane Canary","tier":"gold"}"#;
     let release = Arc::new(Notify::new());
+    let begun = Arc::new(Notify::new());
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = l.local_addr().unwrap();
-    let gate = release.clone();
+    let (gate, told) = (release.clone(), begun.clone());
     tokio::spawn(async move {
         loop {
             let (mut s, _) = l.accept().await.unwrap();
-            let gate = gate.clone();
+            let (gate, told) = (gate.clone(), told.clone());
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut b = [0u8; 1024];
@@ -1152,6 +1153,8 @@ async fn answers_masked_whole_share_the_max_held_bytes_budget() {
                     return;
                 }
                 if held {
+                    let _ = s.flush().await;
+                    told.notify_one();
                     gate.notified().await;
                     let _ = s.write_all(&BODY[cut..]).await;
                 }
@@ -1177,6 +1180,9 @@ async fn answers_masked_whole_share_the_max_held_bytes_budget() {
     let (addr, t) = (gw.addr, a.clone());
     let first =
         tokio::spawn(async move { req(addr, "GET", "/shape/raw?hold", Some(&t), &[]).await });
+    // The held answer's head is on its way to the gateway before any probe
+    // is sent (a probe holding the budget first would make it stream);
+    begun.notified().await;
     // Until the gateway holds the first answer's share, HTTP/1.0 answers
     // still fit.
     let give_up = std::time::Instant::now() + Duration::from_secs(20);

@@ -254,13 +254,16 @@ impl HeldShare {
         let Some(more) = n.checked_sub(self.n).filter(|m| *m > 0) else {
             return true;
         };
-        let before = self.all.0.fetch_add(more, Ordering::AcqRel);
-        if before.saturating_add(more) > max {
-            self.all.0.fetch_sub(more, Ordering::AcqRel);
-            return false;
+        let grown = self
+            .all
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(more).filter(|total| *total <= max)
+            });
+        if grown.is_ok() {
+            self.n = n;
         }
-        self.n = n;
-        true
+        grown.is_ok()
     }
 }
 

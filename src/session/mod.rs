@@ -113,24 +113,6 @@ pub enum Store {
 /// Settings of an embedded store in `dir` for unit tests (60 s idle,
 /// no lifetime, deny on store errors).
 #[cfg(test)]
-mod steady_tests {
-    use super::*;
-
-    #[test]
-    fn a_wall_clock_stepped_forward_is_held_to_the_monotonic_time() {
-        let s = SteadyWall::default();
-        let start = s.wall0_ms;
-        // Ten days ahead of the monotonic time: held back to about now.
-        let held = s.at(start + 10 * 86_400_000);
-        assert!(held >= start && held < start + 60_000, "{held} vs {start}");
-        // A clock stepped back is taken as it is: sweeps come later.
-        assert_eq!(s.at(start - 5_000), start - 5_000);
-        // The real clock, read now, is not ahead of the monotonic one.
-        assert!(s.now_ms() >= start && s.now_ms() < start + 60_000);
-    }
-}
-
-#[cfg(test)]
 pub(crate) fn embedded_test_settings(dir: &std::path::Path) -> SessionSettings {
     SessionSettings {
         idle_timeout: std::time::Duration::from_secs(60),
@@ -153,38 +135,68 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The wall clock as housekeeping reads it: never ahead of the wall time
-/// at its creation plus the monotonic time since. Sweeps drop ended
-/// sessions and revocations by their wall-clock age; a clock stepped
-/// forward (a bad NTP answer, a VM restored with a wrong time) and then
-/// back would otherwise have dropped records whose tokens are valid again
-/// once the clock is right — a logged-out session usable anew. A step back
-/// makes sweeps later, never earlier. Requests read the real wall clock
-/// (token expiry is wall-clock time); only what is dropped waits.
+/// The wall clock as housekeeping reads it. Sweeps drop ended sessions
+/// and revocations by their wall-clock age; a clock stepped forward (a bad
+/// NTP answer, a VM restored with a wrong time) and then back would have
+/// dropped records whose tokens are valid again once the clock is right —
+/// a logged-out session usable anew. So this time follows the wall clock
+/// only as fast as the monotonic clock runs, catching up with a wall clock
+/// that stays ahead at twice that pace (a forward step of D is honoured
+/// after D has passed); a step back is followed at once (sweeps come later,
+/// never earlier). Requests read the real wall clock (token expiry is
+/// wall-clock time); only what is dropped waits.
 #[derive(Debug)]
 pub struct SteadyWall {
-    wall0_ms: u64,
-    mono0: std::time::Instant,
+    /// The last time given and the monotonic instant it was given at.
+    last: std::sync::Mutex<(u64, std::time::Instant)>,
+    /// A lag over a minute was logged (until it is caught up).
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl Default for SteadyWall {
     fn default() -> Self {
         SteadyWall {
-            wall0_ms: now_ms(),
-            mono0: std::time::Instant::now(),
+            last: std::sync::Mutex::new((now_ms(), std::time::Instant::now())),
+            warned: Default::default(),
         }
     }
 }
 
+/// 2020-01-01 in ms: a wall clock behind this was not set when the gateway
+/// started, and is followed as it is once it is.
+const PLAUSIBLE_WALL_MS: u64 = 1_577_836_800_000;
+
 impl SteadyWall {
     pub fn now_ms(&self) -> u64 {
-        self.at(now_ms())
+        self.at(now_ms(), std::time::Instant::now())
     }
 
-    /// `wall_ms` (the wall clock now), held back to the monotonic time.
-    fn at(&self, wall_ms: u64) -> u64 {
-        let elapsed = u64::try_from(self.mono0.elapsed().as_millis()).unwrap_or(u64::MAX);
-        wall_ms.min(self.wall0_ms.saturating_add(elapsed))
+    /// The time for a wall clock reading `wall_ms` at monotonic `mono`.
+    fn at(&self, wall_ms: u64, mono: std::time::Instant) -> u64 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let (prev, at) = *last;
+        let ran = u64::try_from(mono.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
+        let t = if wall_ms <= prev.saturating_add(ran) || prev < PLAUSIBLE_WALL_MS {
+            wall_ms
+        } else {
+            wall_ms.min(prev.saturating_add(ran.saturating_mul(2)))
+        };
+        *last = (t, mono);
+        drop(last);
+        let lag = wall_ms.saturating_sub(t);
+        let warned = self.warned.load(std::sync::atomic::Ordering::Relaxed);
+        if lag > 60_000 && !warned {
+            self.warned
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                lag_ms = lag,
+                "the wall clock jumped ahead of the monotonic clock: session records are dropped on the monotonic time until it has caught up"
+            );
+        } else if lag == 0 && warned {
+            self.warned
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        t
     }
 }
 
@@ -429,5 +441,44 @@ impl Store {
             Store::Embedded(s) => s.flush(),
             Store::Redis(s) => s.flush().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod steady_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_wall_clock_stepped_forward_is_caught_up_at_twice_the_monotonic_pace() {
+        let now = now_ms();
+        let m0 = Instant::now();
+        let s = SteadyWall {
+            last: std::sync::Mutex::new((now, m0)),
+            warned: Default::default(),
+        };
+        let day = 86_400_000;
+        let at = |wall: u64, secs: u64| s.at(wall, m0 + Duration::from_secs(secs));
+        // One second later, the clock 10 days ahead: two seconds of it.
+        assert_eq!(at(now + 10 * day, 1), now + 2_000);
+        // It stays ahead: catches up two seconds a second.
+        assert_eq!(at(now + 10 * day + 1_000, 2), now + 4_000);
+        // Followed as it is once caught up (here: stepped back).
+        assert_eq!(at(now + 3_000, 3), now + 3_000);
+        // A clock stepped back is taken as it is: sweeps come later.
+        assert_eq!(at(now - 5_000, 4), now - 5_000);
+        // And a clock moving normally is followed exactly.
+        assert_eq!(at(now - 4_000, 5), now - 4_000);
+    }
+
+    #[test]
+    fn a_wall_clock_unset_at_start_is_followed_once_set() {
+        let m0 = Instant::now();
+        let s = SteadyWall {
+            last: std::sync::Mutex::new((0, m0)),
+            warned: Default::default(),
+        };
+        let now = now_ms();
+        assert_eq!(s.at(now, m0 + Duration::from_secs(1)), now);
     }
 }
