@@ -255,7 +255,8 @@ impl Reloader {
                     attempt.warnings.extend(loose_secrets(&loaded.sources));
                     attempt.result = Outcome::Reloaded;
                     attempt.policy_hash = Some(loaded.sources.policy_hash.clone());
-                    gw.swap(loaded.runtime);
+                    let policy_changed = loaded.sources.policy_hash != old_sources.policy_hash;
+                    gw.swap_policy(loaded.runtime, policy_changed);
                     // Files the new configuration watches: as they were
                     // before the load (never stat'ed after it, which would
                     // take a change written meanwhile as seen); one not

@@ -869,6 +869,52 @@ async fn a_websocket_without_data_messages_either_way_is_closed_by_the_idle_time
     ticks.await.expect("ticks kept coming");
 }
 
+/// A reload that changes the policy closes open websockets (1012), so
+/// their clients reconnect and are authorized under the new one; a reload
+/// that changes nothing (log rotation's SIGHUP) keeps them, and so does
+/// `reload.websockets: keep`.
+#[tokio::test]
+async fn a_reload_that_changes_the_policy_closes_open_websockets() {
+    for keep in [false, true] {
+        let up = WsUpstream::start().await;
+        let http = Upstream::start().await;
+        let dir = scratch_dir("ws-reload");
+        let mut cfg = config(&dir, up.addr, http.addr, "  state_dir: state\n");
+        cfg.push_str(if keep {
+            "reload: { watch: false, websockets: keep }\n"
+        } else {
+            "reload: { watch: false }\n"
+        });
+        let gw = start_with_config(&dir, &cfg).await;
+        let t = tok("s-ws-reload", "user-reload", &["viewer"]);
+        let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+        // Nothing changed: kept.
+        assert_eq!(admin(&gw, "/reload").await.status, 200);
+        echo(&mut ws, "after a reload that changed nothing").await;
+        // The rules change.
+        let rules = std::fs::read_to_string(dir.join("rules.yaml")).unwrap();
+        std::fs::write(dir.join("rules.yaml"), format!("{rules}\n# tightened\n")).unwrap();
+        assert_eq!(admin(&gw, "/reload").await.status, 200);
+        if keep {
+            echo(&mut ws, "kept").await;
+            continue;
+        }
+        let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+        assert_eq!(
+            (u16::from(f.code), f.reason.as_str()),
+            (1012, "policy reloaded")
+        );
+        let start = Instant::now();
+        while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(up.closes(), vec![(1001, "policy reloaded".to_string())]);
+        // Reconnecting is authorized under the new policy.
+        let mut again = open_ok(gw.addr, "/ws/echo", &t).await;
+        echo(&mut again, "again").await;
+    }
+}
+
 // ------------------------------------------------------------ session end
 
 #[tokio::test]

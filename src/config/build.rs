@@ -568,9 +568,11 @@ impl Builder {
             reload: ReloadSettings {
                 watch: cfg.reload.watch,
                 watch_interval: reload_interval?,
+                close_websockets: cfg.reload.websockets == super::file::FileReloadWebsockets::Close,
             },
             drain_timeout: drain_timeout?,
             generation: super::next_generation(),
+            websocket_epoch: 0,
         })
     }
 

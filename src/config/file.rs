@@ -379,6 +379,19 @@ pub struct FileReload {
     pub watch: bool,
     /// How often the watched files' metadata is read.
     pub watch_interval: String,
+    /// What a reload that changes the policy does to open websockets.
+    pub websockets: FileReloadWebsockets,
+}
+
+/// `reload.websockets`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileReloadWebsockets {
+    /// Closed (1012), so the client reconnects under the new policy.
+    #[default]
+    Close,
+    /// Kept open under the policy that opened them.
+    Keep,
 }
 
 impl Default for FileReload {
@@ -386,6 +399,7 @@ impl Default for FileReload {
         FileReload {
             watch: true,
             watch_interval: "1s".into(),
+            websockets: FileReloadWebsockets::Close,
         }
     }
 }

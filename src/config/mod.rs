@@ -60,6 +60,10 @@ pub struct Runtime {
     /// This runtime's number among those built by the process (values
     /// derived from a principal under one runtime are kept per number).
     pub generation: std::num::NonZeroU32,
+    /// Raised by each reload that closes websockets (set by the gateway
+    /// when it swaps this runtime in): a websocket opened under an older
+    /// number is closed.
+    pub websocket_epoch: u64,
 }
 
 /// The next runtime's `generation`: 1, 2, … (0 skipped if it ever wraps).
@@ -82,6 +86,9 @@ pub struct ReloadSettings {
     pub watch: bool,
     /// How often the watched files' metadata is read.
     pub watch_interval: Duration,
+    /// A reload that changes the policy closes open websockets
+    /// (`reload.websockets: close`).
+    pub close_websockets: bool,
 }
 
 /// Where a relation's answers come from (`relations.NAME`).

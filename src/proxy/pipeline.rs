@@ -85,9 +85,10 @@ pub struct Gateway {
     /// Hot reload: what the runtime in force was read from, the last
     /// attempt.
     reloader: crate::reload::Reloader,
-    /// Set once the gateway shuts down: open websockets close with 1001.
-    /// Every relay holds a receiver until it has closed.
-    going_away: tokio::sync::watch::Sender<bool>,
+    /// What open websockets are told: the gateway shuts down (1001), or a
+    /// reload changed the policy (1012). Every relay holds a receiver
+    /// until it has closed.
+    going_away: tokio::sync::watch::Sender<RelaySignal>,
     /// Open client connections (`listen.max_connections*`); outlives
     /// reloads, like the buckets below.
     conns: Arc<ConnCounts>,
@@ -100,6 +101,15 @@ pub struct Gateway {
     /// `redirect_https`, `h2c`): its open connections are then closed
     /// gracefully, so none keeps what the new configuration took away.
     listener_epochs: tokio::sync::watch::Sender<Vec<u64>>,
+}
+
+/// What the gateway tells open websockets (see `Gateway::going_away`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelaySignal {
+    /// The gateway shuts down.
+    pub away: bool,
+    /// The `websocket_epoch` of the runtime in force.
+    pub epoch: u64,
 }
 
 /// Whether two versions of a listener admit the same clients the same way.
@@ -209,7 +219,7 @@ impl Gateway {
             directory: directory::ParsedCache::new(DIRECTORY_CACHE),
             profiles: directory::ParsedCache::new(PROFILE_CACHE),
             reloader: Default::default(),
-            going_away: tokio::sync::watch::Sender::new(false),
+            going_away: tokio::sync::watch::Sender::new(RelaySignal::default()),
             conns: Arc::default(),
             held: Arc::default(),
             rates: RateLimiters::default(),
@@ -225,13 +235,14 @@ impl Gateway {
     /// Tells open websockets to close (1001, going away) and waits until
     /// they have, at most `limit`. Returns how many were still open then.
     pub async fn close_websockets(&self, limit: std::time::Duration) -> usize {
-        self.going_away.send_replace(true);
+        self.going_away.send_modify(|s| s.away = true);
         let _ = tokio::time::timeout(limit, self.going_away.closed()).await;
         self.going_away.receiver_count()
     }
 
-    /// A receiver of the shutdown signal for one websocket relay.
-    pub(crate) fn going_away(&self) -> tokio::sync::watch::Receiver<bool> {
+    /// A receiver of the shutdown and policy signals for one websocket
+    /// relay.
+    pub(crate) fn going_away(&self) -> tokio::sync::watch::Receiver<RelaySignal> {
         self.going_away.subscribe()
     }
 
@@ -242,8 +253,28 @@ impl Gateway {
 
     /// Replaces the runtime; requests in flight finish on the old one.
     pub fn swap(&self, runtime: Runtime) {
+        self.swap_policy(runtime, false);
+    }
+
+    /// [`Gateway::swap`] for a reload; `policy_changed`: the config or
+    /// rules text differs from the runtime in force, and with
+    /// `reload.websockets: close` every open websocket is closed (1012),
+    /// so that its client reconnects and is authorized anew.
+    pub fn swap_policy(&self, mut runtime: Runtime, policy_changed: bool) {
         runtime.start_health_checks();
+        let close = policy_changed && runtime.reload.close_websockets;
+        let epoch = self.going_away.borrow().epoch + u64::from(close);
+        runtime.websocket_epoch = epoch;
         let old = self.runtime.swap(Arc::new(runtime));
+        if close {
+            // After the swap: a relay of the old runtime that subscribes
+            // later still sees a newer epoch than its own.
+            self.going_away.send_modify(|s| s.epoch = epoch);
+            let open = self.going_away.receiver_count();
+            if open > 0 {
+                tracing::info!(target: "rolegate::reload", websockets = open, "policy changed: closing open websockets (reload.websockets: close)");
+            }
+        }
         let new = self.runtime();
         let changed: Vec<usize> = (new.listen.listeners.iter().enumerate())
             .filter(|(i, l)| {
@@ -673,6 +704,7 @@ impl Gateway {
                 route: route.name.clone(),
                 subject: ctx.subject.clone().unwrap_or_default(),
                 going_away: self.going_away(),
+                epoch: rt.websocket_epoch,
                 slot: ctx.slot.clone(),
                 pick,
                 send_timeout: rt.listen.send_timeout,

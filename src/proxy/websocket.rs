@@ -23,6 +23,7 @@
 //!    a side's frame or fragmented message not whole within websocket_message_timeout
 //!      → that side: close 1008 "websocket message timeout"; the other: its failure close
 //!    no data message either way for websocket_idle_timeout → close 1001 both ways
+//!    a reload changes the policy (reload.websockets: close) → client 1012, upstream 1001
 //! ```
 //!
 //! Session end is pushed, not polled: the socket subscribes to its session
@@ -489,8 +490,12 @@ pub struct Relay {
     pub request_id: String,
     pub route: String,
     pub subject: String,
-    /// Turns true when the gateway shuts down (close 1001 both ways).
-    pub going_away: tokio::sync::watch::Receiver<bool>,
+    /// Says when the gateway shuts down (close 1001 both ways) and its
+    /// websocket epoch: once that differs from `epoch`, the one of the
+    /// runtime that authorized this socket (a reload changed the policy),
+    /// the socket closes (1012 to the client).
+    pub going_away: tokio::sync::watch::Receiver<super::pipeline::RelaySignal>,
+    pub epoch: u64,
     /// The client connection's place under `listen.max_connections`: an
     /// open websocket still holds its connection.
     pub slot: Option<std::sync::Arc<super::limits::ConnSlot>>,
@@ -525,6 +530,8 @@ enum End {
     Session(CloseReason),
     /// The gateway is shutting down.
     GoingAway,
+    /// A reload changed the policy that authorized the socket.
+    PolicyReloaded,
     /// A side's frame or message did not end within the message timeout.
     ClientSlow,
     UpstreamSlow,
@@ -534,6 +541,8 @@ enum End {
 
 /// The close reason sent both ways when the gateway shuts down.
 const GOING_AWAY: &str = "gateway shutting down";
+/// The close reason sent both ways when a reload changed the policy.
+const POLICY_RELOADED: &str = "policy reloaded";
 /// The close reason sent to a side whose message did not end in time.
 const MESSAGE_TIMEOUT: &str = "websocket message timeout";
 /// The close reason sent both ways after the idle timeout.
@@ -714,9 +723,14 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, 
             }
         };
         let away = async {
-            // An error: the gateway itself is gone, which is going away too.
-            let _ = going_away.wait_for(|away| *away).await;
-            End::GoingAway
+            // Checked at once: a reload between the authorization and here
+            // closes the socket too. An error: the gateway itself is gone,
+            // which is going away too.
+            let epoch = relay.epoch;
+            match going_away.wait_for(|s| s.away || s.epoch != epoch).await {
+                Ok(s) if !s.away => End::PolicyReloaded,
+                _ => End::GoingAway,
+            }
         };
         let expired = clocks.expired(relay.message_timeout, relay.idle_timeout);
         tokio::select! {
@@ -731,6 +745,11 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, 
     let (closed_by, code, reason) = match &end {
         End::Session(r) => ("gateway", r.client_code().into(), r.text().to_string()),
         End::GoingAway => ("gateway", CloseCode::Away.into(), GOING_AWAY.to_string()),
+        End::PolicyReloaded => (
+            "gateway",
+            CloseCode::Restart.into(),
+            POLICY_RELOADED.to_string(),
+        ),
         End::ClientSlow => (
             "gateway",
             CloseCode::Policy.into(),
@@ -781,6 +800,12 @@ async fn close_both(end: End, client: &mut Halves<Ws>, upstream: &mut Halves<UpW
             tokio::join!(
                 finish(c_tx, c_rx, Some(close(CloseCode::Away, GOING_AWAY))),
                 finish(u_tx, u_rx, Some(close(CloseCode::Away, GOING_AWAY))),
+            );
+        }
+        End::PolicyReloaded => {
+            tokio::join!(
+                finish(c_tx, c_rx, Some(close(CloseCode::Restart, POLICY_RELOADED))),
+                finish(u_tx, u_rx, Some(close(CloseCode::Away, POLICY_RELOADED))),
             );
         }
         End::Client(f) => {
@@ -992,15 +1017,15 @@ mod tests {
     /// The relay task's future lives as long as its socket: a store call's
     /// state (the Redis check is ~1.8 KB) or the closing handshake's must
     /// not be held inline for the socket's whole life (it was 6.4 KB; about
-    /// 2.4 KB since, the upstream side's send timer and the message and
-    /// idle timer included).
+    /// 2.5 KB since, the upstream side's send timer, the message and idle
+    /// timer and the reload signal included).
     #[test]
     fn relay_task_future_stays_small() {
         fn size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let task = size(relay_task);
-        assert!(task <= 2432, "relay task future is {task} bytes");
+        assert!(task <= 2496, "relay task future is {task} bytes");
         let check = size::<&'static Binding, bool, (), _>(|b, touch, ()| b.check(touch));
         assert!(check <= 256, "session check future is {check} bytes");
     }
