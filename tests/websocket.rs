@@ -178,9 +178,10 @@ fn first_fragment() -> Message {
 fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) -> String {
     // `max_websocket_message_bytes`, `send_timeout` and `websocket_*`
     // lines in `sessions` (a test shortcut) go to `listen`, `app.KEY: V`
-    // lines to the upstream `app`.
+    // lines to the upstream `app`, a `directory: …` line to the top level.
     let mut listen = String::new();
     let mut app = String::new();
+    let mut top = String::new();
     let mut rest = String::new();
     for line in sessions.lines() {
         match line.strip_prefix("max_websocket_message_bytes: ") {
@@ -189,6 +190,10 @@ fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) ->
                 listen.push_str(&format!(", {line}"));
             }
             None if line.starts_with("app.") => app.push_str(&format!(", {}", &line[4..])),
+            None if line.starts_with("directory: ") => {
+                top.push_str(line);
+                top.push('\n');
+            }
             None => {
                 rest.push_str(line);
                 rest.push('\n');
@@ -201,7 +206,7 @@ fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) ->
     format!(
         "listen: {{ addr: \"127.0.0.1:0\"{listen} }}\n{}upstreams:\n  app: {{ url: \"http://{upstream}\", timeout: 2s{app} }}\n  http: {{ url: \"http://{http}\" }}\nrules: rules.yaml\n\
          admin: {{ addr: \"127.0.0.1:0\", token_file: admin.token }}\n\
-         sessions:\n  idle_timeout: 10s\n  flush_interval: 50ms\n{sessions}",
+         {top}sessions:\n  idle_timeout: 10s\n  flush_interval: 50ms\n{sessions}",
         identity_yaml()
     )
 }
@@ -915,6 +920,55 @@ async fn a_reload_that_changes_the_policy_closes_open_websockets() {
     }
 }
 
+/// With a user directory, a socket is authorized on its subject's entry:
+/// a change to that entry (created, roles changed, removed) closes the
+/// subject's sockets (1008 `user changed`), so they reconnect under what
+/// the directory says now; other subjects' sockets are untouched.
+#[tokio::test]
+async fn a_change_to_the_subjects_directory_entry_closes_its_websockets() {
+    let up = WsUpstream::start().await;
+    let http = Upstream::start().await;
+    let dir = scratch_dir("ws-directory");
+    let mut cfg = config(&dir, up.addr, http.addr, "  state_dir: state\n");
+    cfg.push_str(&format!("directory: {{ issuer: \"{ISS_RSA}\" }}\n"));
+    let gw = start_with_config(&dir, &cfg).await;
+    let put = |sub: &'static str, rec: serde_json::Value| {
+        let admin = gw.admin.unwrap();
+        async move {
+            let r = req_json(
+                admin,
+                "PUT",
+                &format!("/directory/users/{sub}"),
+                Some(ADMIN_TOKEN),
+                &rec.to_string(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    };
+    let t = tok("s-ws-dir", "user-dir", &["viewer"]);
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, "on the token's claims").await;
+    // Another subject's entry: nothing happens here.
+    put("user-else", json!({ "roles": ["viewer"] })).await;
+    echo(&mut ws, "still open").await;
+    // An entry for this subject: its claims are no longer what decides.
+    put("user-dir", json!({ "roles": ["viewer"] })).await;
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Policy, "user changed")
+    );
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, "on the directory's entry").await;
+    // The role is taken away: closed, and refused when it reconnects.
+    put("user-dir", json!({ "roles": [] })).await;
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(f.reason.as_str(), "user changed");
+    let (status, _) = refused(gw.addr, "/ws/echo", bearer(&t)).await;
+    assert_eq!(status, 403);
+}
+
 // ------------------------------------------------------------ session end
 
 #[tokio::test]
@@ -980,7 +1034,10 @@ async fn the_maximum_lifetime_closes_the_websocket() {
 #[tokio::test]
 async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
     let redis = TestRedis::start();
-    let store = format!("  store: \"redis://127.0.0.1:{}\"\n", redis.port);
+    let store = format!(
+        "  store: \"redis://127.0.0.1:{}\"\ndirectory: {{ issuer: \"{ISS_RSA}\" }}\n",
+        redis.port
+    );
     let (_up_a, a) = start(&store).await;
     let (_up_b, b) = start(&store).await;
     // Logout on B closes the socket on A.
@@ -1006,6 +1063,19 @@ async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
         200
     );
     assert_closed(&mut ws, Duration::from_secs(2), "user deactivated").await;
+    // A directory entry written through B closes the subject's socket on A.
+    let e = tok("s-redis-dir", "user-redis-4", &["viewer"]);
+    let mut ws = open_ok(a.addr, "/ws/echo", &e).await;
+    let r = req_json(
+        b.admin.unwrap(),
+        "PUT",
+        "/directory/users/user-redis-4",
+        Some(ADMIN_TOKEN),
+        r#"{"roles":["viewer"]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_closed(&mut ws, Duration::from_secs(2), "user changed").await;
     // Idle: a socket on A with a 1 s role, silent, is closed.
     let q = tok("s-redis-idle", "user-redis-3", &["viewer", "quick"]);
     let mut ws = open_ok(a.addr, "/ws/tick", &q).await;

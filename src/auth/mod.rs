@@ -126,6 +126,10 @@ pub struct Verified {
     pub iat: Option<u64>,
     /// The token came from the credential cookie (not `Authorization`).
     pub from_cookie: bool,
+    /// With a user directory for this principal's issuer: the subject's
+    /// entry as read when the principal was resolved (`Some(None)`: none),
+    /// so an open websocket can tell when it changes.
+    pub directory_entry: Option<Option<Arc<str>>>,
 }
 
 /// One trusted token issuer.
@@ -216,6 +220,7 @@ impl Authenticator {
             exp,
             iat,
             from_cookie,
+            directory_entry: None,
         })
     }
 

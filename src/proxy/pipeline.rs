@@ -691,6 +691,7 @@ impl Gateway {
                 token_iat_ms: v.iat.map(|s| s.saturating_mul(1000)),
                 active: !route.passive,
                 on_store_error: rt.sessions.on_store_error,
+                directory_entry: v.directory_entry.clone(),
             }
         });
         websocket::spawn(
@@ -809,7 +810,9 @@ impl Gateway {
         }
         let shared = self.store.shared();
         let now = now_ms();
-        let Some(raw) = shared.get(directory::USERS, &v.principal.subject, now) else {
+        let entry = shared.get(directory::USERS, &v.principal.subject, now);
+        v.directory_entry = Some(entry.clone());
+        let Some(raw) = entry else {
             return Ok(v);
         };
         let rec = self

@@ -16,6 +16,7 @@
 //!    upstream answers anything else → passed on as a normal response (no websocket)
 //!  relay: frames both ways, bounded (max message = listen.max_websocket_message_bytes)
 //!    client Text/Binary → session touched (at most every min(1 s, idle/4); not on passive routes)
+//!    the subject's user-directory entry changes → client: close 1008 "user changed"
 //!    session ends (notification from the session table, or the idle/lifetime deadline)
 //!      → client: close 1008 + reason; upstream: close 1000 + reason; no frame relayed after
 //!    either side closes → the close is passed on; the other side's answer awaited ≤ 1 s
@@ -343,6 +344,9 @@ pub enum CloseReason {
     Lifetime,
     /// The store could not answer and `on_store_error` is `deny`.
     StoreUnavailable,
+    /// The subject's user-directory entry changed (roles, partners,
+    /// grants…): the socket was authorized on the old one.
+    UserChanged,
 }
 
 impl CloseReason {
@@ -355,6 +359,7 @@ impl CloseReason {
             CloseReason::Deactivated => "user deactivated",
             CloseReason::Lifetime => "session lifetime exceeded",
             CloseReason::StoreUnavailable => "session store unavailable",
+            CloseReason::UserChanged => "user changed",
         }
     }
 
@@ -392,6 +397,9 @@ pub struct Binding {
     /// Client frames touch the session (false on `activity: passive`).
     pub active: bool,
     pub on_store_error: OnStoreError,
+    /// The subject's user-directory entry the socket was authorized on
+    /// (`Some(None)`: none); `None` without a directory for its issuer.
+    pub directory_entry: Option<Option<Arc<str>>>,
 }
 
 impl Binding {
@@ -439,6 +447,20 @@ impl Binding {
         }
     }
 
+    /// The subject's directory entry is not the one the socket was
+    /// authorized on (changed, created or removed since). The table wakes
+    /// the subject's sockets when its entry changes.
+    fn user_changed(&self) -> bool {
+        let Some(then) = &self.directory_entry else {
+            return false;
+        };
+        let now = self
+            .store
+            .shared()
+            .get(crate::directory::USERS, &self.subject, now_ms());
+        now != *then
+    }
+
     /// When the session would end by itself (idle or lifetime) by this
     /// gateway's view, as a timer deadline; just after, so that the check
     /// then finds it over.
@@ -472,6 +494,9 @@ impl Binding {
         loop {
             if let Some(r) = self.check(false).await {
                 return r;
+            }
+            if self.user_changed() {
+                return CloseReason::UserChanged;
             }
             let deadline = self.deadline();
             tokio::select! {
@@ -1018,14 +1043,14 @@ mod tests {
     /// state (the Redis check is ~1.8 KB) or the closing handshake's must
     /// not be held inline for the socket's whole life (it was 6.4 KB; about
     /// 2.5 KB since, the upstream side's send timer, the message and idle
-    /// timer and the reload signal included).
+    /// timer, the reload signal and the directory entry included).
     #[test]
     fn relay_task_future_stays_small() {
         fn size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let task = size(relay_task);
-        assert!(task <= 2496, "relay task future is {task} bytes");
+        assert!(task <= 2560, "relay task future is {task} bytes");
         let check = size::<&'static Binding, bool, (), _>(|b, touch, ()| b.check(touch));
         assert!(check <= 256, "session check future is {check} bytes");
     }

@@ -265,6 +265,7 @@ impl EmbeddedStore {
             shared.apply(&undo);
             return Err(e);
         }
+        self.inner.table.shared_changed(ops);
         Ok(())
     }
 
@@ -469,7 +470,11 @@ mod tests {
         let (store, d) = open("deact");
         let t = touch("s1", now_ms(), 60_000);
         assert_eq!(store.check(&t).unwrap(), Verdict::Active);
-        let ended = store.inner.table.watchers().subscribe(t.id().key());
+        let ended = store
+            .inner
+            .table
+            .watchers()
+            .subscribe(t.id().key(), t.subject);
         store.inner.journal.inject(Some(Fault::Full));
         assert!(store.deactivate("u1").is_err());
         assert!(store.inner.table.get(t.id()).unwrap().ended.is_some());

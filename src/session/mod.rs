@@ -414,7 +414,7 @@ impl Store {
     /// by the check or by the subscription.
     pub fn watch(self: &Arc<Self>, id: SessionRef<'_>) -> SessionWatch {
         let key = id.key();
-        let rx = self.table().watchers().subscribe(key);
+        let rx = self.table().watchers().subscribe(key, id.subject);
         SessionWatch {
             store: self.clone(),
             key,

@@ -1348,6 +1348,7 @@ impl Inner {
             }
             Some(Event::Shared { seq, ops }) => {
                 self.table.shared().apply(&ops);
+                self.table.shared_changed(&ops);
                 self.shared_seq.send_replace(seq);
             }
             None => return false,

@@ -428,6 +428,21 @@ impl Table {
         &self.watchers
     }
 
+    /// A batch of shared records was applied: the sockets of each subject
+    /// whose user-directory entry it changes re-check what they were
+    /// authorized on.
+    pub fn shared_changed(&self, ops: &[super::SharedOp]) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        for op in ops {
+            let (super::SharedOp::Put { ns, k, .. } | super::SharedOp::Del { ns, k }) = op;
+            if ns == crate::directory::USERS {
+                self.watchers.fire_subject(k);
+            }
+        }
+    }
+
     fn check_inner(&self, t: &Touch<'_>) -> (Verdict, Change) {
         if self.user_deactivated(t.issuer, t.subject) {
             self.outlive_token(t);

@@ -20,25 +20,51 @@ use tokio::sync::watch;
 
 use super::table::Key;
 
-/// The watched sessions of one table.
+/// The watched sessions of one table, and which subject each is of (so
+/// a change to a subject's user-directory entry wakes only its sockets).
 #[derive(Default)]
 pub struct Watchers {
-    map: DashMap<Key, watch::Sender<()>>,
+    map: DashMap<Key, (watch::Sender<()>, Box<str>)>,
+    by_subject: DashMap<Box<str>, Vec<Key>>,
 }
 
 impl Watchers {
-    /// A receiver that changes whenever `key`'s session may have ended.
-    pub fn subscribe(&self, key: Key) -> watch::Receiver<()> {
-        self.map
+    /// A receiver that changes whenever `key`'s session (of `subject`)
+    /// may have ended.
+    pub fn subscribe(&self, key: Key, subject: &str) -> watch::Receiver<()> {
+        let mut added = false;
+        let rx = self
+            .map
             .entry(key)
-            .or_insert_with(|| watch::channel(()).0)
-            .subscribe()
+            .or_insert_with(|| {
+                added = true;
+                (watch::channel(()).0, subject.into())
+            })
+            .0
+            .subscribe();
+        // Map guards never nest: `map`'s is gone here.
+        if added {
+            self.by_subject.entry(subject.into()).or_default().push(key);
+        }
+        rx
     }
 
     /// Wakes every socket of `key`'s session (no-op when none is open).
     pub fn fire(&self, key: &Key) {
-        if let Some(tx) = self.map.get(key) {
-            tx.send_replace(());
+        if let Some(e) = self.map.get(key) {
+            e.0.send_replace(());
+        }
+    }
+
+    /// Wakes every socket of `subject`'s sessions (its directory entry
+    /// changed: each re-checks what it was authorized on).
+    pub fn fire_subject(&self, subject: &str) {
+        let keys = match self.by_subject.get(subject) {
+            Some(keys) => keys.clone(),
+            None => return,
+        };
+        for k in &keys {
+            self.fire(k);
         }
     }
 
@@ -46,13 +72,30 @@ impl Watchers {
     /// events may have been missed, each socket re-checks its session).
     pub fn fire_all(&self) {
         for kv in self.map.iter() {
-            kv.value().send_replace(());
+            kv.value().0.send_replace(());
         }
     }
 
     /// Forgets `key`'s channel once its last receiver is gone.
     pub fn release(&self, key: &Key) {
-        self.map.remove_if(key, |_, tx| tx.receiver_count() == 0);
+        let Some((_, (_, subject))) = self
+            .map
+            .remove_if(key, |_, (tx, _)| tx.receiver_count() == 0)
+        else {
+            return;
+        };
+        if let dashmap::Entry::Occupied(mut e) = self.by_subject.entry(subject.clone()) {
+            e.get_mut().retain(|k| k != key);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        // A socket of the same session that subscribed meanwhile may have
+        // had its key taken out with ours: put it back (a duplicate only
+        // wakes it twice).
+        if self.map.contains_key(key) {
+            self.by_subject.entry(subject).or_default().push(*key);
+        }
     }
 
     /// Sessions with at least one open websocket.
@@ -73,9 +116,9 @@ mod tests {
     async fn fire_wakes_subscribers_and_release_forgets_unwatched_sessions() {
         let w = Watchers::default();
         let (a, b) = (Key([1; 32]), Key([2; 32]));
-        let mut ra = w.subscribe(a);
-        let mut ra2 = w.subscribe(a);
-        let rb = w.subscribe(b);
+        let mut ra = w.subscribe(a, "alice");
+        let mut ra2 = w.subscribe(a, "alice");
+        let rb = w.subscribe(b, "bob");
         assert_eq!(w.len(), 2);
         w.fire(&a);
         assert!(ra.has_changed().unwrap());
@@ -94,5 +137,31 @@ mod tests {
         w.fire(&a);
         w.fire_all();
         assert!(rb.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn fire_subject_wakes_only_that_subjects_sessions_while_watched() {
+        let w = Watchers::default();
+        let (a1, a2, b) = (Key([1; 32]), Key([2; 32]), Key([3; 32]));
+        let mut ra1 = w.subscribe(a1, "alice");
+        let ra2 = w.subscribe(a2, "alice");
+        let mut rb = w.subscribe(b, "bob");
+        w.fire_subject("alice");
+        assert!(ra1.has_changed().unwrap() && ra2.has_changed().unwrap());
+        assert!(!rb.has_changed().unwrap());
+        ra1.mark_unchanged();
+        drop(ra2);
+        w.release(&a2);
+        assert_eq!(w.by_subject.get("alice").unwrap().as_slice(), &[a1]);
+        drop(ra1);
+        w.release(&a1);
+        assert!(
+            w.by_subject.get("alice").is_none(),
+            "forgotten with its last socket"
+        );
+        w.fire_subject("alice");
+        w.fire_subject("bob");
+        assert!(rb.has_changed().unwrap());
+        rb.mark_unchanged();
     }
 }
