@@ -902,6 +902,20 @@ async fn a_reload_that_changes_the_policy_closes_open_websockets() {
         assert_eq!(admin(&gw, "/reload").await.status, 200);
         if keep {
             echo(&mut ws, "kept").await;
+            // A listener that now admits clients another way (here: h2c)
+            // closes its websockets whatever `reload.websockets` says.
+            let cfg = cfg.replacen(
+                "listen: { addr: \"127.0.0.1:0\"",
+                "listen: { addr: \"127.0.0.1:0\", h2c: true",
+                1,
+            );
+            std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
+            assert_eq!(admin(&gw, "/reload").await.status, 200);
+            let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+            assert_eq!(
+                (u16::from(f.code), f.reason.as_str()),
+                (1012, "policy reloaded")
+            );
             continue;
         }
         let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;

@@ -262,21 +262,8 @@ impl Gateway {
     /// so that its client reconnects and is authorized anew.
     pub fn swap_policy(&self, mut runtime: Runtime, policy_changed: bool) {
         runtime.start_health_checks();
-        let close = policy_changed && runtime.reload.close_websockets;
-        let epoch = self.going_away.borrow().epoch + u64::from(close);
-        runtime.websocket_epoch = epoch;
-        let old = self.runtime.swap(Arc::new(runtime));
-        if close {
-            // After the swap: a relay of the old runtime that subscribes
-            // later still sees a newer epoch than its own.
-            self.going_away.send_modify(|s| s.epoch = epoch);
-            let open = self.going_away.receiver_count();
-            if open > 0 {
-                tracing::info!(target: "rolegate::reload", websockets = open, "policy changed: closing open websockets (reload.websockets: close)");
-            }
-        }
-        let new = self.runtime();
-        let changed: Vec<usize> = (new.listen.listeners.iter().enumerate())
+        let old = self.runtime();
+        let changed: Vec<usize> = (runtime.listen.listeners.iter().enumerate())
             .filter(|(i, l)| {
                 old.listen
                     .listeners
@@ -285,6 +272,22 @@ impl Gateway {
             })
             .map(|(i, _)| i)
             .collect();
+        // A listener that now admits other clients (a CA bundle or CRL
+        // changed): its upgraded websockets, detached from their
+        // connections, are closed too, whatever `reload.websockets` says.
+        let close = (policy_changed && runtime.reload.close_websockets) || !changed.is_empty();
+        let epoch = self.going_away.borrow().epoch + u64::from(close);
+        runtime.websocket_epoch = epoch;
+        self.runtime.swap(Arc::new(runtime));
+        if close {
+            // After the swap: a relay of the old runtime that subscribes
+            // later still sees a newer epoch than its own.
+            self.going_away.send_modify(|s| s.epoch = epoch);
+            let open = self.going_away.receiver_count();
+            if open > 0 {
+                tracing::info!(target: "rolegate::reload", websockets = open, "policy or listener admission changed: closing open websockets");
+            }
+        }
         if !changed.is_empty() {
             tracing::info!(
                 target: "rolegate::reload",
@@ -704,7 +707,6 @@ impl Gateway {
                 request_id: ctx.request_id.clone(),
                 route: route.name.clone(),
                 subject: ctx.subject.clone().unwrap_or_default(),
-                going_away: self.going_away(),
                 epoch: rt.websocket_epoch,
                 slot: ctx.slot.clone(),
                 pick,
@@ -712,6 +714,7 @@ impl Gateway {
                 message_timeout: rt.listen.websocket_message_timeout,
                 idle_timeout: rt.listen.websocket_idle_timeout,
             },
+            self.going_away(),
         );
         let body = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
         Ok(websocket::switching(parts.headers, accept, body))

@@ -515,11 +515,10 @@ pub struct Relay {
     pub request_id: String,
     pub route: String,
     pub subject: String,
-    /// Says when the gateway shuts down (close 1001 both ways) and its
-    /// websocket epoch: once that differs from `epoch`, the one of the
-    /// runtime that authorized this socket (a reload changed the policy),
-    /// the socket closes (1012 to the client).
-    pub going_away: tokio::sync::watch::Receiver<super::pipeline::RelaySignal>,
+    /// The websocket epoch of the runtime that authorized this socket:
+    /// once the gateway's [`Signal`] carries a newer one (a reload changed
+    /// the policy or a listener's admission), the socket closes (1012 to
+    /// the client).
     pub epoch: u64,
     /// The client connection's place under `listen.max_connections`: an
     /// open websocket still holds its connection.
@@ -587,14 +586,19 @@ fn ws_config(max_message: usize) -> WebSocketConfig {
 /// Spawns the relay of one websocket: waits for the client side of the
 /// upgrade (done once hyper has sent the `101`), then relays until a side
 /// closes or the session ends.
-pub fn spawn(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
-    tokio::spawn(relay_task(client, upstream, relay));
+pub fn spawn(client: OnUpgrade, upstream: Upgraded, relay: Relay, going_away: Signal) {
+    tokio::spawn(relay_task(client, upstream, relay, going_away));
 }
+
+/// What the gateway tells a relay: it shuts down (close 1001 both ways),
+/// and its websocket epoch. One receiver per open socket: the gateway
+/// counts them at shutdown.
+pub type Signal = tokio::sync::watch::Receiver<super::pipeline::RelaySignal>;
 
 /// The relay task. Its future lives as long as the socket, so it is kept
 /// small (see BENCHMARKS.md): both connections are split before the relay
 /// starts and only the halves are held.
-async fn relay_task(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
+async fn relay_task(client: OnUpgrade, upstream: Upgraded, relay: Relay, going_away: Signal) {
     let cfg = ws_config(relay.max_message);
     let clocks = Clocks::default();
     let upstream = SendTimeout::new(TokioIo::new(upstream), relay.send_timeout);
@@ -613,7 +617,7 @@ async fn relay_task(client: OnUpgrade, upstream: Upgraded, relay: Relay) {
     let client = WebSocketStream::from_raw_socket(client, Role::Server, Some(cfg))
         .await
         .split();
-    run(client, upstream, &relay, &clocks).await;
+    run(client, upstream, &relay, &clocks, going_away).await;
 }
 
 /// What the relay's timer looks at: since when each side has had a frame
@@ -657,10 +661,7 @@ impl Clocks {
         loop {
             tokio::time::sleep(every).await;
             let now = self.now_ms();
-            let late = |s: &Started| {
-                s.since_ms()
-                    .is_some_and(|t| now.saturating_sub(t) >= message)
-            };
+            let late = |s: &Started| s.pending_for(now).is_some_and(|t| t >= message);
             if late(&self.client) {
                 return End::ClientSlow;
             }
@@ -681,11 +682,16 @@ fn ms(d: Duration) -> u64 {
 
 type Halves<W> = (SplitSink<W, Message>, SplitStream<W>);
 
-async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, clocks: &Clocks) {
+async fn run(
+    mut client: Halves<Ws>,
+    mut upstream: Halves<UpWs>,
+    relay: &Relay,
+    clocks: &Clocks,
+    going_away: Signal,
+) {
     let started = Instant::now();
     // Subscribed before the first check (in `Binding::over`).
     let mut watch = relay.binding.as_ref().map(|b| b.store.watch(b.id()));
-    let mut going_away = relay.going_away.clone();
     let (c_tx, c_rx) = &mut client;
     let (u_tx, u_rx) = &mut upstream;
     let end = {
@@ -716,7 +722,12 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, 
                         return End::Session(r);
                     }
                 }
-                clocks.client.hold(|| clocks.now_ms());
+                // Only a data message can be followed by a message of this
+                // side already begun (read ahead); a control frame between
+                // fragments does not stop the clock.
+                if data {
+                    clocks.client.hold(|| clocks.now_ms());
+                }
                 if let Err(e) = u_tx.send(msg).await {
                     return End::UpstreamFailed(e.to_string());
                 }
@@ -731,10 +742,11 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, 
                     Some(Ok(Message::Close(f))) => return End::Upstream(f),
                     Some(Ok(m)) => m,
                 };
-                if matches!(msg, Message::Text(_) | Message::Binary(_)) {
+                let data = matches!(msg, Message::Text(_) | Message::Binary(_));
+                if data {
                     clocks.data();
+                    clocks.upstream.hold(|| clocks.now_ms());
                 }
-                clocks.upstream.hold(|| clocks.now_ms());
                 if let Err(e) = c_tx.send(msg).await {
                     return End::ClientFailed(e.to_string());
                 }
@@ -752,7 +764,8 @@ async fn run(mut client: Halves<Ws>, mut upstream: Halves<UpWs>, relay: &Relay, 
             // closes the socket too. An error: the gateway itself is gone,
             // which is going away too.
             let epoch = relay.epoch;
-            match going_away.wait_for(|s| s.away || s.epoch != epoch).await {
+            let mut going_away = going_away;
+            match going_away.wait_for(|s| s.away || s.epoch > epoch).await {
                 Ok(s) if !s.away => End::PolicyReloaded,
                 _ => End::GoingAway,
             }
@@ -1049,7 +1062,7 @@ mod tests {
         fn size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        let task = size(relay_task);
+        let task = size(|c, u, (r, g)| relay_task(c, u, r, g));
         assert!(task <= 2560, "relay task future is {task} bytes");
         let check = size::<&'static Binding, bool, (), _>(|b, touch, ()| b.check(touch));
         assert!(check <= 256, "session check future is {check} bytes");

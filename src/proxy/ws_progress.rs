@@ -118,51 +118,70 @@ impl Framing {
 }
 
 /// Since when one side has had a frame or message pending: milliseconds
-/// after the relay's start, plus one; 0 when nothing is pending. While
-/// held (see [`Started::hold`]), the value waits in `held`.
+/// after the relay's start, plus one; 0 when nothing is pending. The clock
+/// stops while the relay hands this side's last message to the other side
+/// (see [`Started::hold`]).
 #[derive(Debug, Default)]
 pub struct Started {
     started: AtomicU64,
-    held: AtomicU64,
-    held_at_ms: AtomicU64,
+    /// When the current hold began (ms after the relay's start, plus
+    /// one); 0: not held.
+    held_at: AtomicU64,
 }
 
 impl Started {
-    pub fn since_ms(&self) -> Option<u64> {
-        match self.started.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(ms - 1),
-        }
+    /// How long something has been pending at `now_ms`, the time held
+    /// not counted; `None` when nothing is.
+    pub fn pending_for(&self, now_ms: u64) -> Option<u64> {
+        let started = match self.started.load(Ordering::Acquire) {
+            0 => return None,
+            ms => ms - 1,
+        };
+        let until = match self.held_at.load(Ordering::Acquire) {
+            0 => now_ms,
+            at => at - 1,
+        };
+        Some(until.saturating_sub(started))
     }
 
-    /// The side's reads stop while the relay hands its last message to the
-    /// other side: so does its clock (the other side's slowness is
+    /// The side's reads stop while the relay hands its last data message
+    /// to the other side: so does its clock (the other side's slowness is
     /// `send_timeout`'s, not this side's fault). Nothing reads this side
-    /// meanwhile, so nothing else moves the clock. `now_ms` (milliseconds
-    /// after the relay's start) is only read when something is pending.
-    /// Kept in atomics rather than returned, so that the relay task's
-    /// future holds nothing more across the send.
+    /// meanwhile, so nothing else moves the clock. The clock stays visible
+    /// (frozen), and control frames do not hold it (the relay calls this
+    /// for data messages only): a side that keeps the relay busy with pings
+    /// between the fragments of a message is timed all the same. `now_ms` (milliseconds after the
+    /// relay's start) is only read when something is pending. Kept in
+    /// atomics, so that the relay task's future holds nothing more across
+    /// the send.
     pub fn hold(&self, now_ms: impl FnOnce() -> u64) {
-        let ms = self.started.swap(0, Ordering::AcqRel);
-        if ms != 0 {
-            self.held_at_ms.store(now_ms(), Ordering::Relaxed);
+        if self.started.load(Ordering::Acquire) != 0 {
+            self.held_at
+                .store(now_ms().saturating_add(1), Ordering::Release);
         }
-        self.held.store(ms, Ordering::Release);
     }
 
     /// After [`Started::hold`]: the clock runs again, moved on by the time
     /// it was held.
     pub fn resume(&self, now_ms: impl FnOnce() -> u64) {
-        let ms = self.held.swap(0, Ordering::AcqRel);
-        if ms != 0 {
-            let held_for = now_ms().saturating_sub(self.held_at_ms.load(Ordering::Relaxed));
-            self.started
-                .store(ms.saturating_add(held_for), Ordering::Release);
+        let at = self.held_at.swap(0, Ordering::AcqRel);
+        if at != 0 {
+            let held_for = now_ms().saturating_sub(at - 1);
+            let started = self.started.load(Ordering::Acquire);
+            if started != 0 {
+                self.started
+                    .store(started.saturating_add(held_for), Ordering::Release);
+            }
         }
     }
 
     fn set(&self, v: u64) {
         self.started.store(v, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    fn since_ms(&self) -> Option<u64> {
+        self.started.load(Ordering::Acquire).checked_sub(1)
     }
 }
 
@@ -381,14 +400,17 @@ mod tests {
         // Held while the other side takes a message: not pending meanwhile,
         // and moved on by the time held when it resumes.
         let at = started.since_ms().unwrap();
-        started.hold(|| 20_000);
-        assert!(started.since_ms().is_none(), "not pending while held");
-        started.resume(|| 20_500);
+        assert_eq!(started.pending_for(at + 300), Some(300));
+        started.hold(|| at + 300);
+        // Frozen while held: still pending, not growing.
+        assert_eq!(started.pending_for(at + 900), Some(300));
+        started.resume(|| at + 800);
         assert_eq!(started.since_ms(), Some(at + 500), "moved on by the hold");
+        assert_eq!(started.pending_for(at + 1000), Some(500));
         // Holding with nothing pending leaves nothing to resume.
         started.set(0);
         started.hold(|| unreachable!("no clock read"));
         started.resume(|| unreachable!("no clock read"));
-        assert_eq!(started.since_ms(), None);
+        assert_eq!(started.pending_for(at), None);
     }
 }

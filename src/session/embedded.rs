@@ -263,6 +263,9 @@ impl EmbeddedStore {
         shared.apply(ops);
         if let Err(e) = self.inner.persist(|j| j.state(ops)) {
             shared.apply(&undo);
+            // A socket authorized on the batch while it was visible
+            // re-checks against what is back.
+            self.inner.table.shared_changed(ops);
             return Err(e);
         }
         self.inner.table.shared_changed(ops);

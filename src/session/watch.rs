@@ -32,19 +32,17 @@ impl Watchers {
     /// A receiver that changes whenever `key`'s session (of `subject`)
     /// may have ended.
     pub fn subscribe(&self, key: Key, subject: &str) -> watch::Receiver<()> {
-        let mut added = false;
+        // Guards are taken in one order everywhere: the subject's entry,
+        // then the session's (see `release`).
+        let mut keys = self.by_subject.entry(subject.into()).or_default();
         let rx = self
             .map
             .entry(key)
-            .or_insert_with(|| {
-                added = true;
-                (watch::channel(()).0, subject.into())
-            })
+            .or_insert_with(|| (watch::channel(()).0, subject.into()))
             .0
             .subscribe();
-        // Map guards never nest: `map`'s is gone here.
-        if added {
-            self.by_subject.entry(subject.into()).or_default().push(key);
+        if !keys.contains(&key) {
+            keys.push(key);
         }
         rx
     }
@@ -78,23 +76,25 @@ impl Watchers {
 
     /// Forgets `key`'s channel once its last receiver is gone.
     pub fn release(&self, key: &Key) {
-        let Some((_, (_, subject))) = self
-            .map
-            .remove_if(key, |_, (tx, _)| tx.receiver_count() == 0)
-        else {
+        let Some(subject) = self.map.get(key).map(|e| e.1.clone()) else {
             return;
         };
-        if let dashmap::Entry::Occupied(mut e) = self.by_subject.entry(subject.clone()) {
-            e.get_mut().retain(|k| k != key);
-            if e.get().is_empty() {
-                e.remove();
+        // The subject's entry, then the session's, as in `subscribe`: a
+        // socket of this session subscribing meanwhile waits, and keeps its
+        // key listed.
+        let unwatched = |_: &Key, (tx, _): &(watch::Sender<()>, Box<str>)| tx.receiver_count() == 0;
+        match self.by_subject.entry(subject) {
+            dashmap::Entry::Occupied(mut keys) => {
+                if self.map.remove_if(key, unwatched).is_some() {
+                    keys.get_mut().retain(|k| k != key);
+                    if keys.get().is_empty() {
+                        keys.remove();
+                    }
+                }
             }
-        }
-        // A socket of the same session that subscribed meanwhile may have
-        // had its key taken out with ours: put it back (a duplicate only
-        // wakes it twice).
-        if self.map.contains_key(key) {
-            self.by_subject.entry(subject).or_default().push(*key);
+            dashmap::Entry::Vacant(_) => {
+                self.map.remove_if(key, unwatched);
+            }
         }
     }
 
