@@ -24,7 +24,8 @@
 //!    a side's frame or fragmented message not whole within websocket_message_timeout
 //!      → that side: close 1008 "websocket message timeout"; the other: its failure close
 //!    no data message either way for websocket_idle_timeout → close 1001 both ways
-//!    a reload changes the policy (reload.websockets: close) → client 1012, upstream 1001
+//!    a reload changes the policy (reload.websockets: close) or a listener's admission
+//!      → client 1012, upstream 1001
 //! ```
 //!
 //! Session end is pushed, not polled: the socket subscribes to its session
