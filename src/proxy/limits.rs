@@ -273,17 +273,29 @@ impl Drop for HeldShare {
     }
 }
 
-/// A response body that keeps its [`HeldShare`] until it is dropped.
+/// A response body that keeps its [`HeldShare`] until it is dropped, or
+/// until its first frame is out (an answer that started streaming after
+/// part of it was held: only that part is held).
 pub struct Holding<B> {
     inner: B,
-    _share: HeldShare,
+    share: Option<HeldShare>,
+    first_frame_only: bool,
 }
 
 impl<B> Holding<B> {
     pub fn new(inner: B, share: HeldShare) -> Self {
         Holding {
             inner,
-            _share: share,
+            share: Some(share),
+            first_frame_only: false,
+        }
+    }
+
+    /// Gives the share back once the first frame (the part held) is out.
+    pub fn first_frame(inner: B, share: HeldShare) -> Self {
+        Holding {
+            first_frame_only: true,
+            ..Holding::new(inner, share)
         }
     }
 }
@@ -296,7 +308,11 @@ impl<B: Body + Unpin> Body for Holding<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.first_frame_only && r.is_ready() {
+            self.share = None;
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -825,6 +841,33 @@ mod tests {
         assert_eq!(all.held(), 400);
         assert!(b.grow_to(1000, 1000));
         drop(b);
+        assert_eq!(all.held(), 0);
+    }
+
+    #[test]
+    fn a_holding_body_gives_its_share_back_after_its_first_frame_when_asked() {
+        use http_body_util::{BodyExt, Full};
+        let all = Arc::new(HeldBytes::default());
+        let mut share = all.share();
+        assert!(share.grow_to(100, 1000));
+        let mut body = Holding::first_frame(Full::new(Bytes::from_static(b"prefix")), share);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert_eq!(all.held(), 100);
+        let first = Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
+        assert_eq!(all.held(), 0, "given back once the held part is out");
+        let mut share = all.share();
+        assert!(share.grow_to(100, 1000));
+        let body = Holding::new(Full::new(Bytes::from_static(b"whole")), share);
+        let mut body = body.boxed();
+        let _ = Pin::new(&mut body).poll_frame(&mut cx);
+        assert_eq!(
+            all.held(),
+            100,
+            "a whole answer holds its share until dropped"
+        );
+        drop(body);
         assert_eq!(all.held(), 0);
     }
 

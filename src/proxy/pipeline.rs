@@ -1822,7 +1822,7 @@ async fn mask_response(
                     .with_prefix(Bytes::from(out));
                 return Ok(Response::from_parts(
                     parts,
-                    Holding::new(streamed, share).boxed(),
+                    Holding::first_frame(streamed, share).boxed(),
                 ));
             }
         }
