@@ -740,7 +740,8 @@ async fn a_message_over_the_limit_ends_the_websocket() {
 }
 
 #[tokio::test]
-async fn a_client_message_left_unfinished_is_cut_by_the_message_timeout_pings_or_not() {
+async fn a_client_message_left_unfinished_is_cut_by_the_message_timeout_despite_pings_between_fragments()
+ {
     let (up, gw) = start("websocket_message_timeout: 400ms").await;
     let t = tok("s-trickle", "user-trickle", &["viewer"]);
     let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
@@ -975,12 +976,30 @@ async fn a_change_to_the_subjects_directory_entry_closes_its_websockets() {
     );
     let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
     echo(&mut ws, "on the directory's entry").await;
+    // The entry is removed: the token's claims decide again.
+    let r = req_json(
+        gw.admin.unwrap(),
+        "DELETE",
+        "/directory/users/user-dir",
+        Some(ADMIN_TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(f.reason.as_str(), "user changed");
+    let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+    echo(&mut ws, "on the token's claims again").await;
     // The role is taken away: closed, and refused when it reconnects.
     put("user-dir", json!({ "roles": [] })).await;
     let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
     assert_eq!(f.reason.as_str(), "user changed");
     let (status, _) = refused(gw.addr, "/ws/echo", bearer(&t)).await;
     assert_eq!(status, 403);
+    // The session itself did not end: the token still authenticates
+    // (403 on what the entry no longer grants, not 401).
+    let r = req(gw.addr, "GET", "/api/ping", Some(&t), &[]).await;
+    assert_eq!(r.status, 403);
 }
 
 // ------------------------------------------------------------ session end

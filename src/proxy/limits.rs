@@ -1,11 +1,14 @@
 //! Limits that outlive a request: open connections (in total and per
-//! client address), the per-connection activity that closes idle
-//! connections, the send timeout that closes connections whose client
-//! stopped reading, and the `listen.rate_limit` token buckets.
+//! client address) and each address's HTTP/2 streams in flight, the
+//! per-connection activity that closes idle connections, the send timeout
+//! that closes connections whose client stopped reading, the
+//! `listen.rate_limit` token buckets, and the bytes of masked answers held
+//! whole (`masking.max_held_bytes`).
 //!
 //! Owns counters and buckets only; the listener asks at accept (connection
-//! limits, [`Activity`]), the pipeline asks per request (phase 0 per-IP
-//! bucket, phase 3c per-principal bucket). The numbers themselves come
+//! limits, [`Activity`]) and per HTTP/2 request (stream count), the
+//! pipeline asks per request (phase 0 per-IP bucket and stream marker,
+//! phase 3c per-principal bucket, phase 7 held bytes). The numbers themselves come
 //! from the runtime each time, so a reload applies at the next accept or
 //! request; the state lives in the `Gateway`, so a reload keeps every
 //! count. A reload that changes a bucket's rate starts that bucket afresh
@@ -273,29 +276,19 @@ impl Drop for HeldShare {
     }
 }
 
-/// A response body that keeps its [`HeldShare`] until it is dropped, or
-/// until its first frame is out (an answer that started streaming after
-/// part of it was held: only that part is held).
+/// A response body that keeps its [`HeldShare`] until it is dropped (its
+/// bytes may sit in the connection's buffers until then: an HTTP/2 answer
+/// is handed over in pieces as the client's window opens).
 pub struct Holding<B> {
     inner: B,
-    share: Option<HeldShare>,
-    first_frame_only: bool,
+    _share: HeldShare,
 }
 
 impl<B> Holding<B> {
     pub fn new(inner: B, share: HeldShare) -> Self {
         Holding {
             inner,
-            share: Some(share),
-            first_frame_only: false,
-        }
-    }
-
-    /// Gives the share back once the first frame (the part held) is out.
-    pub fn first_frame(inner: B, share: HeldShare) -> Self {
-        Holding {
-            first_frame_only: true,
-            ..Holding::new(inner, share)
+            _share: share,
         }
     }
 }
@@ -308,11 +301,7 @@ impl<B: Body + Unpin> Body for Holding<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if self.first_frame_only && r.is_ready() {
-            self.share = None;
-        }
-        r
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -841,33 +830,6 @@ mod tests {
         assert_eq!(all.held(), 400);
         assert!(b.grow_to(1000, 1000));
         drop(b);
-        assert_eq!(all.held(), 0);
-    }
-
-    #[test]
-    fn a_holding_body_gives_its_share_back_after_its_first_frame_when_asked() {
-        use http_body_util::{BodyExt, Full};
-        let all = Arc::new(HeldBytes::default());
-        let mut share = all.share();
-        assert!(share.grow_to(100, 1000));
-        let mut body = Holding::first_frame(Full::new(Bytes::from_static(b"prefix")), share);
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        assert_eq!(all.held(), 100);
-        let first = Pin::new(&mut body).poll_frame(&mut cx);
-        assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
-        assert_eq!(all.held(), 0, "given back once the held part is out");
-        let mut share = all.share();
-        assert!(share.grow_to(100, 1000));
-        let body = Holding::new(Full::new(Bytes::from_static(b"whole")), share);
-        let mut body = body.boxed();
-        let _ = Pin::new(&mut body).poll_frame(&mut cx);
-        assert_eq!(
-            all.held(),
-            100,
-            "a whole answer holds its share until dropped"
-        );
-        drop(body);
         assert_eq!(all.held(), 0);
     }
 

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! 0 limits       target length, header count,      proxy::limits          (414/431/429)
-//!                per-IP rate
+//!                per-IP rate, HTTP/2 streams per IP
 //! 1 normalize    canonical path, host              route::canonicalize
 //! 2 route        (host, method, path) → route      route::Router::at      (404 default deny)
 //! 3 authenticate token → Principal                 auth::Authenticator    (401)
@@ -16,8 +16,9 @@
 //! 4 session      idle / revoked / deactivated      session::Store (401)
 //! 5 authorize    policy::decide                    policy                 (403)
 //! 6 forward      headers, stream body upstream     proxy::headers, upstream (502/504/413)
-//!                pick a server (balance, health)   proxy::pool            (503 if all down)
-//! 7 respond      mask or audit, stream back        mask::BodyMasker (502 if unmaskable)
+//!                pick a server (balance, health)   proxy::pool            (503 all down / busy)
+//! 7 respond      mask or audit, stream back        mask::BodyMasker (502 if unmaskable,
+//!                                                    503 HTTP/1.0 over max_held_bytes)
 //!                websocket: 101 → relay            proxy::websocket (400 if not allowed)
 //! 8 log          access + decision line            always
 //! ```
@@ -251,15 +252,12 @@ impl Gateway {
         self.runtime.load_full()
     }
 
-    /// Replaces the runtime; requests in flight finish on the old one.
-    pub fn swap(&self, runtime: Runtime) {
-        self.swap_policy(runtime, false);
-    }
-
-    /// [`Gateway::swap`] for a reload; `policy_changed`: the config or
-    /// rules text differs from the runtime in force, and with
-    /// `reload.websockets: close` every open websocket is closed (1012),
-    /// so that its client reconnects and is authorized anew.
+    /// Replaces the runtime (a reload); requests in flight finish on the
+    /// old one. `policy_changed`: the config or rules text differs from
+    /// the runtime in force, and with `reload.websockets: close` every open
+    /// websocket is closed (1012), so that its client reconnects and is
+    /// authorized anew (as it is, whatever the setting, when a listener's
+    /// admission changed).
     pub fn swap_policy(&self, mut runtime: Runtime, policy_changed: bool) {
         runtime.start_health_checks();
         let old = self.runtime();
@@ -1822,7 +1820,7 @@ async fn mask_response(
                     .with_prefix(Bytes::from(out));
                 return Ok(Response::from_parts(
                     parts,
-                    Holding::first_frame(streamed, share).boxed(),
+                    Holding::new(streamed, share).boxed(),
                 ));
             }
         }

@@ -119,7 +119,7 @@ impl Framing {
 
 /// Since when one side has had a frame or message pending: milliseconds
 /// after the relay's start, plus one; 0 when nothing is pending. The clock
-/// stops while the relay hands this side's last message to the other side
+/// stops while the relay hands this side's last data message to the other side
 /// (see [`Started::hold`]).
 #[derive(Debug, Default)]
 pub struct Started {
@@ -397,7 +397,7 @@ mod tests {
         w.read_exact(&mut buf[..chunk.len()]).await.unwrap();
         assert!(started.since_ms().unwrap() >= 10_000, "the clock restarted");
 
-        // Held while the other side takes a message: not pending meanwhile,
+        // Held while the other side takes a data message: frozen meanwhile,
         // and moved on by the time held when it resumes.
         let at = started.since_ms().unwrap();
         assert_eq!(started.pending_for(at + 300), Some(300));

@@ -147,8 +147,10 @@ pub fn now_ms() -> u64 {
 /// wall-clock time); only what is dropped waits.
 #[derive(Debug)]
 pub struct SteadyWall {
-    /// The last time given and the monotonic instant it was given at.
-    last: std::sync::Mutex<(u64, std::time::Instant)>,
+    /// The last time given, the monotonic instant it was given at, and
+    /// whether a plausible wall clock was ever read (until then it is
+    /// followed as it is: it was not set when the gateway started).
+    last: std::sync::Mutex<(u64, std::time::Instant, bool)>,
     /// A lag over a minute was logged (until it is caught up).
     warned: std::sync::atomic::AtomicBool,
 }
@@ -156,14 +158,17 @@ pub struct SteadyWall {
 impl Default for SteadyWall {
     fn default() -> Self {
         SteadyWall {
-            last: std::sync::Mutex::new((now_ms(), std::time::Instant::now())),
+            last: std::sync::Mutex::new({
+                let wall = now_ms();
+                (wall, std::time::Instant::now(), wall >= PLAUSIBLE_WALL_MS)
+            }),
             warned: Default::default(),
         }
     }
 }
 
-/// 2020-01-01 in ms: a wall clock behind this was not set when the gateway
-/// started, and is followed as it is once it is.
+/// 2020-01-01 in ms: a wall clock behind this at start was not set, and is
+/// followed as it is until it first reads later than this.
 const PLAUSIBLE_WALL_MS: u64 = 1_577_836_800_000;
 
 impl SteadyWall {
@@ -174,14 +179,14 @@ impl SteadyWall {
     /// The time for a wall clock reading `wall_ms` at monotonic `mono`.
     fn at(&self, wall_ms: u64, mono: std::time::Instant) -> u64 {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let (prev, at) = *last;
+        let (prev, at, set) = *last;
         let ran = u64::try_from(mono.saturating_duration_since(at).as_millis()).unwrap_or(u64::MAX);
-        let t = if wall_ms <= prev.saturating_add(ran) || prev < PLAUSIBLE_WALL_MS {
+        let t = if wall_ms <= prev.saturating_add(ran) || !set {
             wall_ms
         } else {
             wall_ms.min(prev.saturating_add(ran.saturating_mul(2)))
         };
-        *last = (t, mono);
+        *last = (t, mono, set || wall_ms >= PLAUSIBLE_WALL_MS);
         drop(last);
         let lag = wall_ms.saturating_sub(t);
         let warned = self.warned.load(std::sync::atomic::Ordering::Relaxed);
@@ -454,7 +459,7 @@ mod steady_tests {
         let now = now_ms();
         let m0 = Instant::now();
         let s = SteadyWall {
-            last: std::sync::Mutex::new((now, m0)),
+            last: std::sync::Mutex::new((now, m0, true)),
             warned: Default::default(),
         };
         let day = 86_400_000;
@@ -475,10 +480,14 @@ mod steady_tests {
     fn a_wall_clock_unset_at_start_is_followed_once_set() {
         let m0 = Instant::now();
         let s = SteadyWall {
-            last: std::sync::Mutex::new((0, m0)),
+            last: std::sync::Mutex::new((0, m0, false)),
             warned: Default::default(),
         };
         let now = now_ms();
         assert_eq!(s.at(now, m0 + Duration::from_secs(1)), now);
+        // Once set, a step back to 1970 and forward again is not followed
+        // at once.
+        assert_eq!(s.at(5, m0 + Duration::from_secs(2)), 5);
+        assert_eq!(s.at(now + 86_400_000, m0 + Duration::from_secs(3)), 2_005);
     }
 }

@@ -6,9 +6,12 @@
 //! user's last deactivation) and the session ids revoked by the admin API, with
 //! every transition done under the session's DashMap entry lock, so
 //! concurrent requests of one session can never race an expired session
-//! back to life. Pure and synchronous: time comes in as `now_ms`,
+//! back to life. Synchronous: request time comes in as `now_ms` (the
+//! table's own clock only says when to sweep, see [`Table::sweep_now`]),
 //! durability (journal, Redis) is the caller's business, driven by the
-//! returned [`Change`].
+//! returned [`Change`]. It wakes the open websockets of sessions it ends,
+//! and of subjects whose user-directory entry a shared batch changes
+//! ([`Table::shared_changed`]).
 //!
 //! A session is keyed by **issuer + subject + session id** ([`SessionRef`],
 //! hashed into a [`Key`]): session ids are only unique per user, so a token

@@ -1,19 +1,26 @@
-//! Session-end notifications for open websockets (`proxy::websocket`).
+//! Notifications for open websockets (`proxy::websocket`): their session
+//! may have ended, or their subject's user-directory entry changed.
 //!
 //! Owns one `tokio::sync::watch` channel per *watched* session (a session
-//! with at least one open websocket), keyed like the session table. The
-//! table fires a session's channel whenever it ends that session (logout,
-//! admin revocation, deactivation, idle or lifetime, locally or applied from
-//! another gateway's pub/sub event), so a websocket learns of the end at
-//! once instead of polling. Cost is flat in the number of sockets: firing
-//! is one map lookup per ended session, and nothing scans the sockets.
+//! with at least one open websocket), keyed like the session table, and an
+//! index of the watched sessions by subject. The table fires a session's
+//! channel whenever it ends that session (logout, admin revocation,
+//! deactivation, idle or lifetime, locally or applied from another
+//! gateway's pub/sub event), and a subject's channels when a shared batch
+//! changes its directory entry, so a websocket learns of it at once instead
+//! of polling. Cost is flat in the number of sockets: firing is one map
+//! lookup per ended session (per watched session of the subject), and
+//! nothing scans the sockets.
 //!
 //! A notification carries no payload: the socket re-checks its session
-//! and reads the reason from the store. A notification sent before the
-//! socket subscribed is never needed: the socket subscribes first and then
-//! checks the session, and the table marks a session ended before firing.
+//! (and directory entry) and reads the reason from the store. A
+//! notification sent before the socket subscribed is never needed: the
+//! socket subscribes first and then checks, and the table marks a session
+//! ended before firing.
 //!
-//! Must not: hold a map guard across an `.await` (nothing here is async).
+//! Must not: hold a map guard across an `.await` (nothing here is async),
+//! or take the subject index's guard while holding a session's (the order
+//! is subject, then session).
 
 use dashmap::DashMap;
 use tokio::sync::watch;
