@@ -1355,6 +1355,7 @@ masks:
 roles:
   super-admin: {{ scope: bot, grants: [bot.tables.view, bot.tables.masks.manage, bot.tables.columns.unmask] }}
   developer: {{ scope: bot, grants: [bot.tables.view] }}
+  auditor: {{ grants: [bot.tables.view] }}
 routes:
   - name: table
     match: {{ methods: [GET], path: "/bots/{{bot}}/tables/{{table}}" }}
@@ -1442,6 +1443,45 @@ async fn a_renamed_mask_with_stored_owner_choices_is_warned_about() {
         rows(&gw, &dev, "customers").await["rows"][0]["phone"],
         "[REDACTED]"
     );
+}
+
+/// A number spelled with leading zeros or `+` is the same resource to a
+/// backend that reads ids as integers: the owner's choice for bot 42 holds
+/// on `/bots/042/...` and `/bots/+42/...` too (only a principal holding
+/// the capability on every bot can ask for those spellings: a binding to
+/// `bot:42` does not cover `bot:042`).
+#[tokio::test]
+async fn an_owner_choice_holds_for_every_spelling_of_a_numeric_id() {
+    let up = table_upstream().await;
+    let gw = start_tables(up, "owner-numeric", "state_dir: state").await;
+    let owner = bot_user("owner-1", "super-admin@bot:42");
+    let auditor = bot_user("auditor-1", "auditor");
+    let path = "/masks/bot-table-columns/columns/42/customers";
+    let r = choose(&gw, &owner, "PUT", path, r#"{"columns":["phone"]}"#).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    for id in ["42", "042", "+42", "0042"] {
+        let r = req(
+            gw.addr,
+            "GET",
+            &format!("/bots/{id}/tables/customers"),
+            Some(&auditor),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{id}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["rows"][0]["phone"], "[REDACTED]", "{id}");
+        assert_eq!(r.json()["rows"][0]["plan"], "gold", "{id}");
+    }
+    // Another number is another resource.
+    let r = req(
+        gw.addr,
+        "GET",
+        "/bots/420/tables/customers",
+        Some(&auditor),
+        &[],
+    )
+    .await;
+    assert_eq!(r.json()["rows"][0]["phone"], PHONE);
 }
 
 #[tokio::test]

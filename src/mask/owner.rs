@@ -63,6 +63,23 @@ pub fn choice_key(resource: &str, record: &str) -> String {
     serde_json::to_string(&[resource, &record.to_lowercase()]).unwrap_or_default()
 }
 
+/// The other spelling a resource id is looked up under: an id written as
+/// digits with leading zeros or a `+` (`042`, `+42`) is also the canonical
+/// number (`42`), which backends that parse ids as integers read it as;
+/// `None` for any other id. The owner's choice is kept under the id they
+/// hold the capability on (canonical in practice: `bot:042` is not
+/// `bot:42` for a role binding), so a request spelling the id otherwise
+/// still gets it.
+pub fn canonical_number(id: &str) -> Option<String> {
+    let digits = id.strip_prefix('+').unwrap_or(id);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let trimmed = digits.trim_start_matches('0');
+    let canonical = if trimmed.is_empty() { "0" } else { trimmed };
+    (canonical != id).then(|| canonical.to_string())
+}
+
 /// The key a choice for a record with upper-case letters had before
 /// records were lower-cased (folded into the new key at start).
 pub fn legacy_choice_key(resource: &str, record: &str) -> Option<String> {
@@ -120,6 +137,18 @@ impl OwnerCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numeric_ids_have_one_canonical_spelling() {
+        assert_eq!(canonical_number("042").as_deref(), Some("42"));
+        assert_eq!(canonical_number("+42").as_deref(), Some("42"));
+        assert_eq!(canonical_number("000").as_deref(), Some("0"));
+        assert_eq!(canonical_number("42"), None, "already canonical");
+        assert_eq!(canonical_number("0"), None);
+        for other in ["", "+", "4a", "-42", "0x2a", "abc", "42.0", "ﾑ"] {
+            assert_eq!(canonical_number(other), None, "{other:?}");
+        }
+    }
 
     fn base() -> Policy {
         Policy {

@@ -867,9 +867,16 @@ impl Gateway {
         let ns = mask::owner::choice_ns(&mk.policy.name);
         let now = now_ms();
         let shared = self.store.shared();
-        let mut keys = vec![mask::owner::choice_key(resource, record)];
-        if !record.is_empty() {
-            keys.push(mask::owner::choice_key(resource, ""));
+        // Under the id as written and, for a number spelled with leading
+        // zeros or `+`, as the number (a backend reading `042` as 42 must
+        // not serve it without 42's choice).
+        let canonical = mask::owner::canonical_number(resource);
+        let mut keys = Vec::with_capacity(4);
+        for id in std::iter::once(resource).chain(canonical.as_deref()) {
+            keys.push(mask::owner::choice_key(id, record));
+            if !record.is_empty() {
+                keys.push(mask::owner::choice_key(id, ""));
+            }
         }
         let stored: Vec<Arc<str>> = keys
             .iter()
