@@ -35,6 +35,7 @@ routes:
   - { name: cross, match: { methods: [GET], path: /ws/cross }, upstream: app, require: chat.view, websocket: true, websocket_origins: ["https://console.example"] }
   - { name: refuse, match: { methods: [GET], path: /ws/refuse }, upstream: app, require: chat.view, websocket: true }
   - { name: fragment, match: { methods: [GET], path: /ws/fragment }, upstream: app, require: chat.view, websocket: true }
+  - { name: public-echo, match: { methods: [GET], path: /ws/public }, upstream: app, public: true, websocket: true }
   - { name: plain, match: { methods: [GET], path: /ws/plain }, upstream: app, require: chat.view }
   - { name: ping, match: { methods: [GET], path: /api/ping }, upstream: http, require: chat.view }
 "#;
@@ -894,15 +895,19 @@ async fn a_reload_that_changes_the_policy_closes_open_websockets() {
         let gw = start_with_config(&dir, &cfg).await;
         let t = tok("s-ws-reload", "user-reload", &["viewer"]);
         let mut ws = open_ok(gw.addr, "/ws/echo", &t).await;
+        // A public socket (no session behind it) is closed the same way.
+        let mut public = open(gw.addr, "/ws/public", None).await.unwrap();
         // Nothing changed: kept.
         assert_eq!(admin(&gw, "/reload").await.status, 200);
         echo(&mut ws, "after a reload that changed nothing").await;
+        echo(&mut public, "public, after a reload that changed nothing").await;
         // The rules change.
         let rules = std::fs::read_to_string(dir.join("rules.yaml")).unwrap();
         std::fs::write(dir.join("rules.yaml"), format!("{rules}\n# tightened\n")).unwrap();
         assert_eq!(admin(&gw, "/reload").await.status, 200);
         if keep {
             echo(&mut ws, "kept").await;
+            echo(&mut public, "kept too").await;
             // A listener that now admits clients another way (here: h2c)
             // closes its websockets whatever `reload.websockets` says.
             let cfg = cfg.replacen(
@@ -912,23 +917,27 @@ async fn a_reload_that_changes_the_policy_closes_open_websockets() {
             );
             std::fs::write(dir.join("rolegate.yaml"), cfg).unwrap();
             assert_eq!(admin(&gw, "/reload").await.status, 200);
-            let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+            for sock in [&mut ws, &mut public] {
+                let (f, _) = closed_within(sock, Duration::from_secs(5)).await;
+                assert_eq!(
+                    (u16::from(f.code), f.reason.as_str()),
+                    (1012, "policy reloaded")
+                );
+            }
+            continue;
+        }
+        for sock in [&mut ws, &mut public] {
+            let (f, _) = closed_within(sock, Duration::from_secs(5)).await;
             assert_eq!(
                 (u16::from(f.code), f.reason.as_str()),
                 (1012, "policy reloaded")
             );
-            continue;
         }
-        let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
-        assert_eq!(
-            (u16::from(f.code), f.reason.as_str()),
-            (1012, "policy reloaded")
-        );
         let start = Instant::now();
-        while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
+        while up.closes().len() < 2 && start.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(up.closes(), vec![(1001, "policy reloaded".to_string())]);
+        assert_eq!(up.closes(), vec![(1001, "policy reloaded".to_string()); 2]);
         // Reconnecting is authorized under the new policy.
         let mut again = open_ok(gw.addr, "/ws/echo", &t).await;
         echo(&mut again, "again").await;
