@@ -92,6 +92,15 @@ impl WsUpstream {
     fn floods_ended(&self) -> usize {
         self.seen.lock().unwrap().floods_ended
     }
+
+    /// Waits (up to 3 s) until at least `n` close frames reached the
+    /// upstream; the caller asserts what they were.
+    async fn wait_for_closes(&self, n: usize) {
+        let start = Instant::now();
+        while self.closes().len() < n && start.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[allow(clippy::result_large_err)] // the callback type is tungstenite's
@@ -319,6 +328,26 @@ async fn assert_closed(ws: &mut Client, limit: Duration, reason: &str) {
     assert_eq!(f.reason.as_str(), reason);
 }
 
+/// Sends a ping every 100 ms (or after each frame that comes) until the
+/// gateway's close frame, which it returns; fails with `what` if none
+/// comes within 5 s.
+async fn closed_while_pinging(ws: &mut Client, what: &str) -> CloseFrame {
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let _ = ws.send(Message::Ping("still here".into())).await;
+            tokio::select! {
+                m = ws.next() => match m {
+                    Some(Ok(Message::Close(Some(f)))) => return f,
+                    Some(Ok(_)) => {}
+                    other => panic!("ended without a close frame: {other:?}"),
+                },
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    close.await.expect(what)
+}
+
 async fn echo(ws: &mut Client, text: &str) {
     ws.send(Message::text(text)).await.unwrap();
     let deadline = tokio::time::timeout(Duration::from_secs(2), async {
@@ -388,10 +417,7 @@ async fn frames_are_relayed_both_ways_and_the_handshake_is_forwarded_with_identi
     }))
     .await
     .unwrap();
-    let start = Instant::now();
-    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(3) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    up.wait_for_closes(1).await;
     assert_eq!(up.closes(), vec![(1000, "bye".to_string())]);
 }
 
@@ -702,10 +728,7 @@ async fn server_frames_never_count_as_activity() {
         "closed after {took:?}, before the idle timeout"
     );
     // The upstream got a normal close.
-    let start = Instant::now();
-    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    up.wait_for_closes(1).await;
     assert_eq!(
         up.closes(),
         vec![(1000, "session idle timeout".to_string())]
@@ -733,10 +756,7 @@ async fn a_message_over_the_limit_ends_the_websocket() {
     })
     .await;
     assert!(end.is_ok(), "the websocket stayed open");
-    let start = Instant::now();
-    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    up.wait_for_closes(1).await;
     assert_eq!(up.closes().first().map(|c| c.0), Some(1001));
 }
 
@@ -753,29 +773,16 @@ async fn a_client_message_left_unfinished_is_cut_by_the_message_timeout_despite_
     }
     ws.send(first_fragment()).await.unwrap();
     // Control frames may come between fragments: they do not end it.
-    let (f, _) = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let _ = ws.send(Message::Ping("still here".into())).await;
-            tokio::select! {
-                m = ws.next() => match m {
-                    Some(Ok(Message::Close(Some(f)))) => return (f, ()),
-                    Some(Ok(_)) => {}
-                    other => panic!("ended without a close frame: {other:?}"),
-                },
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-    })
-    .await
-    .expect("an unfinished message was kept past the message timeout");
+    let f = closed_while_pinging(
+        &mut ws,
+        "an unfinished message was kept past the message timeout",
+    )
+    .await;
     assert_eq!(
         (f.code, f.reason.as_str()),
         (CloseCode::Policy, "websocket message timeout")
     );
-    let start = Instant::now();
-    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    up.wait_for_closes(1).await;
     assert_eq!(up.closes(), vec![(1001, String::new())]);
 }
 
@@ -815,10 +822,7 @@ async fn an_upstream_message_left_unfinished_is_cut_by_the_message_timeout() {
         (u16::from(f.code), f.reason.as_str()),
         (1011, "upstream failed")
     );
-    let start = Instant::now();
-    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    up.wait_for_closes(1).await;
     assert_eq!(
         up.closes(),
         vec![(1008, "websocket message timeout".to_string())]
@@ -834,29 +838,16 @@ async fn a_websocket_without_data_messages_either_way_is_closed_by_the_idle_time
     let mut quiet = open_ok(gw.addr, "/ws/echo", &t).await;
     echo(&mut quiet, "one message").await;
     // Pings are not data: they do not keep a socket open.
-    let (f, _) = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let _ = quiet.send(Message::Ping("ping".into())).await;
-            tokio::select! {
-                m = quiet.next() => match m {
-                    Some(Ok(Message::Close(Some(f)))) => return (f, ()),
-                    Some(Ok(_)) => {}
-                    other => panic!("ended without a close frame: {other:?}"),
-                },
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        }
-    })
-    .await
-    .expect("a socket without data messages was kept past the idle timeout");
+    let f = closed_while_pinging(
+        &mut quiet,
+        "a socket without data messages was kept past the idle timeout",
+    )
+    .await;
     assert_eq!(
         (f.code, f.reason.as_str()),
         (CloseCode::Away, "websocket idle timeout")
     );
-    let start = Instant::now();
-    while up.closes().is_empty() && start.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    up.wait_for_closes(1).await;
     assert_eq!(
         up.closes(),
         vec![(1001, "websocket idle timeout".to_string())]
@@ -933,10 +924,7 @@ async fn a_reload_that_changes_the_policy_closes_open_websockets() {
                 (1012, "policy reloaded")
             );
         }
-        let start = Instant::now();
-        while up.closes().len() < 2 && start.elapsed() < Duration::from_secs(2) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        up.wait_for_closes(2).await;
         assert_eq!(up.closes(), vec![(1001, "policy reloaded".to_string()); 2]);
         // Reconnecting is authorized under the new policy.
         let mut again = open_ok(gw.addr, "/ws/echo", &t).await;
