@@ -37,7 +37,11 @@
 //!   of it the shared machine costs any proxy. `× nginx` of the two-worker
 //!   cases is against `nginx-2w`;
 //! - `direct-32b`, `nginx-32b`, `rg-32b` and the same for `100kb` and
-//!   `1mb`: the other body sizes (HS256).
+//!   `1mb`: the other body sizes (HS256);
+//! - `rg-base`, only with `LOAD_BASELINE=<path>`: another rolegate binary
+//!   (an earlier commit's release build) as `rg-hs256`, to tell a change
+//!   in the code from a change in the machine: its `CPU ÷ reference` is
+//!   its CPU per request over this build's (`rg-hs256`) in the same round.
 //!
 //! Figures: medians over rounds with 95 % confidence intervals (sign-test
 //! order statistics), each proxy's own CPU time per request
@@ -116,6 +120,8 @@ enum Rg {
     Redis,
     /// Embedded store, both cores.
     Two,
+    /// The `LOAD_BASELINE` binary: embedded store, one core.
+    Base,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -153,7 +159,7 @@ const fn sc(name: &'static str, server: Server, alg: Option<Algorithm>, body: Bo
 const HS: Option<Algorithm> = Some(Algorithm::HS256);
 const ONE: Server = Server::Rolegate(Rg::One);
 
-const SCENARIOS: [Scenario; 23] = [
+const SCENARIOS: [Scenario; 24] = [
     sc("direct", Server::Direct, None, Body::K1),
     sc("nginx", Server::Nginx, None, Body::K1),
     sc("rg-hs256", ONE, HS, Body::K1),
@@ -196,6 +202,7 @@ const SCENARIOS: [Scenario; 23] = [
     sc("direct-1mb", Server::Direct, None, Body::M1),
     sc("nginx-1mb", Server::Nginx, None, Body::M1),
     sc("rg-1mb", ONE, HS, Body::M1),
+    sc("rg-base", Server::Rolegate(Rg::Base), HS, Body::K1),
 ];
 
 /// One slice: requests/s, server CPU µs per request, p99 latency in µs.
@@ -282,9 +289,15 @@ fn main() {
     let rounds: usize = env_or("LOAD_ROUNDS", 10).max(2);
     let secs: u64 = env_or("LOAD_SECS", 2);
     let only = std::env::var("LOAD_ONLY").ok();
+    let baseline = std::env::var("LOAD_BASELINE").ok().map(PathBuf::from);
+    if let Some(b) = &baseline {
+        assert!(b.is_file(), "LOAD_BASELINE: no file at {}", b.display());
+    }
     let selected = |name: &str| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
+        (name != "rg-base" || baseline.is_some())
+            && only
+                .as_deref()
+                .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
     };
     if !ensure_tools() {
         return;
@@ -304,6 +317,7 @@ fn main() {
         "state1",
         "state2",
         "state3",
+        "state4",
     ] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
@@ -314,7 +328,7 @@ fn main() {
     std::fs::write(dir.join("many.tokens"), many_tokens().join("\n")).unwrap();
     std::fs::write(dir.join("many.lua"), many_script(&dir.join("many.tokens"))).unwrap();
 
-    let procs = start_all(&dir);
+    let procs = start_all(&dir, baseline.as_deref());
     let result = std::panic::catch_unwind(|| {
         sanity(&procs);
         let target = |s: &Scenario| -> (u16, Vec<u32>) {
@@ -356,7 +370,8 @@ struct Procs {
     ng_port: u16,
     ng2_port: u16,
     ha_port: u16,
-    rg: [(u16, Proc); 3],
+    /// In [`Rg`]'s order; the baseline's only with `LOAD_BASELINE`.
+    rg: Vec<(u16, Proc)>,
     nginx: Proc,
     nginx2: Proc,
     haproxy: Proc,
@@ -372,7 +387,7 @@ impl Procs {
     }
 }
 
-fn start_all(dir: &Path) -> Procs {
+fn start_all(dir: &Path, baseline: Option<&Path>) -> Procs {
     let up_port = free_port();
     let up_conf = dir.join("up/nginx.conf");
     std::fs::write(&up_conf, upstream_config(dir, up_port)).unwrap();
@@ -390,32 +405,40 @@ fn start_all(dir: &Path) -> Procs {
     );
     wait_listening(redis_port);
 
-    let rg = [
-        ("rg1", "0", "embedded".to_string(), "state1"),
+    let this = Path::new(env!("CARGO_BIN_EXE_rolegate"));
+    let mut instances = vec![
+        ("rg1", "0", "embedded".to_string(), "state1", this),
         (
             "rg-redis",
             "0",
             format!("redis://127.0.0.1:{redis_port}"),
             "state3",
+            this,
         ),
-        ("rg2", "0,1", "embedded".to_string(), "state2"),
-    ]
-    .map(|(name, cpus, store, state)| {
-        let port = free_port();
-        let conf = dir.join(format!("{name}.yaml"));
-        std::fs::write(
-            &conf,
-            rolegate_config(dir, port, up_port, &store, &dir.join(state)),
-        )
-        .unwrap();
-        let p = spawn(
-            cpus,
-            env!("CARGO_BIN_EXE_rolegate"),
-            &["serve", "-c", conf.to_str().unwrap()],
-            Some(&dir.join(format!("{name}-access.jsonl"))),
-        );
-        (port, p)
-    });
+        ("rg2", "0,1", "embedded".to_string(), "state2", this),
+    ];
+    if let Some(bin) = baseline {
+        instances.push(("rg-base", "0", "embedded".to_string(), "state4", bin));
+    }
+    let rg: Vec<(u16, Proc)> = instances
+        .into_iter()
+        .map(|(name, cpus, store, state, bin)| {
+            let port = free_port();
+            let conf = dir.join(format!("{name}.yaml"));
+            std::fs::write(
+                &conf,
+                rolegate_config(dir, port, up_port, &store, &dir.join(state)),
+            )
+            .unwrap();
+            let p = spawn(
+                cpus,
+                bin.to_str().unwrap(),
+                &["serve", "-c", conf.to_str().unwrap()],
+                Some(&dir.join(format!("{name}-access.jsonl"))),
+            );
+            (port, p)
+        })
+        .collect();
 
     let ng_port = free_port();
     let ng_conf = dir.join("ng/nginx.conf");
@@ -438,9 +461,10 @@ fn start_all(dir: &Path) -> Procs {
         &["-db", "-f", dir.join("haproxy.cfg").to_str().unwrap()],
         Some(&dir.join("haproxy-access.log")),
     );
-    for p in [
-        up_port, ng_port, ng2_port, ha_port, rg[0].0, rg[1].0, rg[2].0,
-    ] {
+    for p in [up_port, ng_port, ng2_port, ha_port]
+        .into_iter()
+        .chain(rg.iter().map(|r| r.0))
+    {
         wait_listening(p);
     }
     std::thread::sleep(Duration::from_millis(200));
@@ -481,9 +505,10 @@ fn sanity(p: &Procs) {
     for body in [Body::B32, Body::K1, Body::K100, Body::M1] {
         let want = body.content().len();
         let tok = token(Algorithm::HS256);
-        for port in [
-            p.up_port, p.ng_port, p.ng2_port, p.rg[0].0, p.rg[1].0, p.rg[2].0,
-        ] {
+        for port in [p.up_port, p.ng_port, p.ng2_port]
+            .into_iter()
+            .chain(p.rg.iter().map(|r| r.0))
+        {
             let (code, len) = get(port, body.path(), Some(&tok));
             assert_eq!((code, len), (200, want), "{body:?} on {port}");
         }
@@ -499,7 +524,10 @@ fn sanity(p: &Procs) {
         let good = token(alg);
         let forged = format!("{}AAAA", &good[..good.len() - 4]);
         let viewer = token_for(alg, "viewer", 0);
-        for port in [p.rg[0].0, p.ha_port] {
+        for port in [p.rg[0].0, p.ha_port]
+            .into_iter()
+            .chain(p.rg.get(Rg::Base as usize).map(|r| r.0))
+        {
             let path = Body::K1.path();
             assert_eq!(get(port, path, Some(&good)).0, 200, "{alg:?} on {port}");
             assert_eq!(
@@ -696,7 +724,7 @@ fn record(table: &Table, rounds: usize, secs: u64) {
     };
     let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
     let text = format!(
-        "\n## {} — load_proxy (recorded by the harness)\n\nMachine: {}, {} cores ({}), {}. Versions: {}; {}; {}.\n\nCommand: `LOAD_RECORD=1 LOAD_ROUNDS={rounds} LOAD_SECS={secs} cargo bench --bench load_proxy`\n\n{}\n",
+        "\n## {} — load_proxy (recorded by the harness)\n\nMachine: {}, {} cores ({}), {}. Versions: {}; {}; {}.\n\nCommand: `LOAD_RECORD=1 LOAD_ROUNDS={rounds} LOAD_SECS={secs} {}cargo bench --bench load_proxy`\n\n{}\n",
         sh("date -u +%Y-%m-%d"),
         sh("uname -srm"),
         sh("nproc --all"),
@@ -705,6 +733,10 @@ fn record(table: &Table, rounds: usize, secs: u64) {
         sh("nginx -v 2>&1"),
         sh("haproxy -v | head -1"),
         sh("wrk --version 2>&1 | head -1"),
+        ["LOAD_ONLY", "LOAD_BASELINE"]
+            .iter()
+            .filter_map(|k| Some(format!("{k}={} ", std::env::var(k).ok()?)))
+            .collect::<String>(),
         table.join("\n"),
     );
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");

@@ -36,6 +36,8 @@ routes:
   - { name: refuse, match: { methods: [GET], path: /ws/refuse }, upstream: app, require: chat.view, websocket: true }
   - { name: fragment, match: { methods: [GET], path: /ws/fragment }, upstream: app, require: chat.view, websocket: true }
   - { name: public-echo, match: { methods: [GET], path: /ws/public }, upstream: app, public: true, websocket: true }
+  - { name: conversation, match: { methods: [GET], path: "/ws/conv/{customer}" }, upstream: app, require: "relation:active_conversation({customer})", websocket: true }
+  - { name: either, match: { methods: [GET], path: "/ws/either/{customer}" }, upstream: app, require: { any: ["relation:active_conversation({customer})", "relation:supervises({customer})"] }, websocket: true }
   - { name: plain, match: { methods: [GET], path: /ws/plain }, upstream: app, require: chat.view }
   - { name: ping, match: { methods: [GET], path: /api/ping }, upstream: http, require: chat.view }
 "#;
@@ -188,7 +190,8 @@ fn first_fragment() -> Message {
 fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) -> String {
     // `max_websocket_message_bytes`, `send_timeout` and `websocket_*`
     // lines in `sessions` (a test shortcut) go to `listen`, `app.KEY: V`
-    // lines to the upstream `app`, a `directory: …` line to the top level.
+    // lines to the upstream `app`, `directory: …` and `relations: …` lines
+    // to the top level.
     let mut listen = String::new();
     let mut app = String::new();
     let mut top = String::new();
@@ -200,7 +203,7 @@ fn config(dir: &Path, upstream: SocketAddr, http: SocketAddr, sessions: &str) ->
                 listen.push_str(&format!(", {line}"));
             }
             None if line.starts_with("app.") => app.push_str(&format!(", {}", &line[4..])),
-            None if line.starts_with("directory: ") => {
+            None if line.starts_with("directory: ") || line.starts_with("relations: ") => {
                 top.push_str(line);
                 top.push('\n');
             }
@@ -999,6 +1002,72 @@ async fn a_change_to_the_subjects_directory_entry_closes_its_websockets() {
     assert_eq!(r.status, 403);
 }
 
+/// A websocket allowed by a pushed relation tuple is closed when the tuple
+/// is removed or expires, and only then: another subject's or another
+/// customer's tuple changing leaves it open.
+#[tokio::test]
+async fn a_websocket_is_closed_when_the_pushed_tuple_it_was_allowed_on_goes() {
+    let (_up, gw) =
+        start("relations: { active_conversation: { push: {} }, supervises: { push: {} } }\n").await;
+    let tuple = |rel: &'static str, method: &'static str, body: serde_json::Value| {
+        let admin = gw.admin.unwrap();
+        async move {
+            let r = req_json(
+                admin,
+                method,
+                &format!("/relations/{rel}"),
+                Some(ADMIN_TOKEN),
+                &body.to_string(),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        }
+    };
+    let conv = |sub: &str, customer: &str| json!({ "subject": sub, "issuer": ISS_RSA, "object": customer });
+    let t = tok("s-ws-rel", "agent-rel", &[]);
+    assert_eq!(refused(gw.addr, "/ws/conv/c-1", bearer(&t)).await.0, 403);
+    tuple("active_conversation", "POST", conv("agent-rel", "c-1")).await;
+    tuple("active_conversation", "POST", conv("agent-rel", "c-2")).await;
+    let mut ws = open_ok(gw.addr, "/ws/conv/c-1", &t).await;
+    echo(&mut ws, "in the conversation").await;
+    // Other tuples come and go: nothing happens to this socket.
+    tuple("active_conversation", "POST", conv("agent-else", "c-1")).await;
+    tuple("active_conversation", "DELETE", conv("agent-else", "c-1")).await;
+    tuple("active_conversation", "DELETE", conv("agent-rel", "c-2")).await;
+    echo(&mut ws, "still in it").await;
+    // The conversation ends: closed, and refused when it reconnects.
+    tuple("active_conversation", "DELETE", conv("agent-rel", "c-1")).await;
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Policy, "relation removed")
+    );
+    assert_eq!(refused(gw.addr, "/ws/conv/c-1", bearer(&t)).await.0, 403);
+    // The session did not end: the token still opens what it may.
+    tuple("active_conversation", "POST", conv("agent-rel", "c-1")).await;
+    let mut ws = open_ok(gw.addr, "/ws/conv/c-1", &t).await;
+    echo(&mut ws, "back in it").await;
+    // A tuple pushed again with a ttl expires: the socket is closed then,
+    // without any other change to wake it.
+    let mut with_ttl = conv("agent-rel", "c-1");
+    with_ttl["ttl"] = json!("1s");
+    tuple("active_conversation", "POST", with_ttl).await;
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(f.reason.as_str(), "relation removed");
+    // Allowed on either of two tuples: removing one of them is enough to
+    // close it (the socket keeps no decision to re-run), and reconnecting
+    // on the other is allowed.
+    tuple("active_conversation", "POST", conv("agent-rel", "c-3")).await;
+    tuple("supervises", "POST", conv("agent-rel", "c-3")).await;
+    let mut ws = open_ok(gw.addr, "/ws/either/c-3", &t).await;
+    echo(&mut ws, "on both").await;
+    tuple("supervises", "DELETE", conv("agent-rel", "c-3")).await;
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(f.reason.as_str(), "relation removed");
+    let mut ws = open_ok(gw.addr, "/ws/either/c-3", &t).await;
+    echo(&mut ws, "on one").await;
+}
+
 // ------------------------------------------------------------ session end
 
 #[tokio::test]
@@ -1065,7 +1134,8 @@ async fn the_maximum_lifetime_closes_the_websocket() {
 async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
     let redis = TestRedis::start();
     let store = format!(
-        "  store: \"redis://127.0.0.1:{}\"\ndirectory: {{ issuer: \"{ISS_RSA}\" }}\n",
+        "  store: \"redis://127.0.0.1:{}\"\ndirectory: {{ issuer: \"{ISS_RSA}\" }}\n\
+         relations: {{ active_conversation: {{ push: {{}} }} }}\n",
         redis.port
     );
     let (_up_a, a) = start(&store).await;
@@ -1106,6 +1176,31 @@ async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_closed(&mut ws, Duration::from_secs(2), "user changed").await;
+    // A relation tuple removed through B closes the socket it allowed on A.
+    let tuple =
+        json!({ "subject": "user-redis-5", "issuer": ISS_RSA, "object": "c-9" }).to_string();
+    let r = req_json(
+        b.admin.unwrap(),
+        "POST",
+        "/relations/active_conversation",
+        Some(ADMIN_TOKEN),
+        &tuple,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let c = tok("s-redis-rel", "user-redis-5", &[]);
+    let mut ws = open_ok(a.addr, "/ws/conv/c-9", &c).await;
+    echo(&mut ws, "in the conversation").await;
+    let r = req_json(
+        b.admin.unwrap(),
+        "DELETE",
+        "/relations/active_conversation",
+        Some(ADMIN_TOKEN),
+        &tuple,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_closed(&mut ws, Duration::from_secs(2), "relation removed").await;
     // Idle: a socket on A with a 1 s role, silent, is closed.
     let q = tok("s-redis-idle", "user-redis-3", &["viewer", "quick"]);
     let mut ws = open_ok(a.addr, "/ws/tick", &q).await;

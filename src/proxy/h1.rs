@@ -731,6 +731,11 @@ mod tests {
     /// sends a second, unasked-for answer (`EVIL`) on it; every later
     /// connection answers `good`.
     async fn stray_bytes_server() -> (Authority, Arc<AtomicUsize>) {
+        stray_after("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await
+    }
+
+    /// As [`stray_bytes_server`], the first connection answering `first`.
+    async fn stray_after(first: &'static str) -> (Authority, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let at = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -747,10 +752,12 @@ mod tests {
                             Ok(0) | Err(_) => return,
                             Ok(_) => {}
                         }
-                        let body: &[u8] = if n == 0 { b"ok" } else { b"good" };
-                        let head =
-                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
-                        let _ = s.write_all(&[head.as_bytes(), body].concat()).await;
+                        let answer: &[u8] = if n == 0 {
+                            first.as_bytes()
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood"
+                        };
+                        let _ = s.write_all(answer).await;
                         if n == 0 {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             let _ = s
@@ -762,6 +769,34 @@ mod tests {
             }
         });
         (at, accepted)
+    }
+
+    /// A server that sends a body after its answer to `HEAD` (or after a
+    /// 304), and late: the connection is not taken for the next request
+    /// however soon it comes, so the late bytes are never its answer.
+    #[tokio::test]
+    async fn a_bodyless_answer_announcing_a_body_ends_its_connection() {
+        for first in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\ncontent-length: 4\r\n\r\n",
+        ] {
+            let (at, accepted) = stray_after(first).await;
+            let conns = Conns::new(HttpConnector::new());
+            let mut req = get();
+            if first.contains("200") {
+                *req.method_mut() = Method::HEAD;
+            }
+            let Ok(resp) = conns
+                .exchange(&Scheme::HTTP, &at, req, (&[], &[]), false, false)
+                .await
+            else {
+                panic!("exchange failed");
+            };
+            assert_eq!(read_to_end(resp).await, b"", "{first:?}");
+            assert_eq!(conns.idle_count(), 0, "{first:?}");
+            assert_eq!(fetch(&conns, &at).await.0, b"good", "{first:?}");
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "{first:?}");
+        }
     }
 
     /// A request body sent as the test says, one chunk per message.

@@ -521,6 +521,9 @@ impl Gateway {
         // Whether the principal holds the mask's `unmask_with` (no principal:
         // it does not).
         let mut unmask = false;
+        // The pushed relation tuples a websocket is allowed on (re-checked
+        // while it is open).
+        let mut tuples = Vec::new();
         if let Some(v) = &verified {
             // 5a decide first (pure), so that 4 knows whether to touch:
             //    only allowed, non-passive requests keep a session alive.
@@ -565,6 +568,9 @@ impl Gateway {
                 let answers =
                     relations::resolve(rt, &rt.relation_cache, self.store(), pr, questions).await;
                 (decision, u) = decide(&answers);
+                if websocket {
+                    tuples = answers.pushed_true(rt, pr);
+                }
             }
             unmask = u;
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
@@ -590,9 +596,8 @@ impl Gateway {
             let client = hyper::upgrade::on(&mut req);
             ctx.slot = conn.slot.clone();
             let resp = forward(rt, ctx, route, &target, principal, false, req).await?;
-            return self
-                .upgrade(rt, ctx, route, verified.as_ref(), client, resp)
-                .await;
+            let authorized = verified.as_ref().map(|v| (v, tuples));
+            return self.upgrade(rt, ctx, route, authorized, client, resp).await;
         }
         // 7a mask plan, decided before forwarding (a masked answer is fetched
         //    whole: no Range, identity encoding preferred).
@@ -645,13 +650,16 @@ impl Gateway {
     }
 
     /// Phase 7 for a websocket: a `101` with a valid handshake starts the
-    /// relay; any other answer is passed on as a normal response.
+    /// relay; any other answer is passed on as a normal response. The
+    /// socket is bound to the principal's session and to the pushed
+    /// relation tuples it was allowed on (`authorized`; none on a public
+    /// route).
     async fn upgrade(
         &self,
         rt: &Runtime,
         ctx: &Ctx,
         route: &Route,
-        v: Option<&Verified>,
+        authorized: Option<(&Verified, Vec<(String, String)>)>,
         client: hyper::upgrade::OnUpgrade,
         mut resp: Response<UpstreamBody>,
     ) -> Result<Response<RespBody>, Refusal> {
@@ -659,7 +667,7 @@ impl Gateway {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (resp, relayed) = respond(rt, ctx, resp);
             debug_assert!(relayed.is_none(), "fields relayed to a websocket handshake");
-            return Ok(match v {
+            return Ok(match authorized.map(|a| a.0) {
                 Some(v) => self.session_bound(rt, v, ctx.started, resp),
                 None => resp,
             });
@@ -679,7 +687,7 @@ impl Gateway {
         let pick = resp.body_mut().take_pick();
         let (mut parts, _) = resp.into_parts();
         clean_response(rt, ctx, &mut parts.headers, None);
-        let binding = v.map(|v| {
+        let binding = authorized.map(|(v, tuples)| {
             let p = &v.principal;
             websocket::Binding {
                 store: self.store.clone(),
@@ -693,6 +701,7 @@ impl Gateway {
                 active: !route.passive,
                 on_store_error: rt.sessions.on_store_error,
                 directory_entry: v.directory_entry.clone(),
+                tuples: tuples.into_boxed_slice(),
             }
         });
         websocket::spawn(

@@ -17,6 +17,8 @@
 //!  relay: frames both ways, bounded (max message = listen.max_websocket_message_bytes)
 //!    client Text/Binary → session touched (at most every min(1 s, idle/4); not on passive routes)
 //!    the subject's user-directory entry changes → client: close 1008 "user changed"
+//!    a pushed relation tuple it was allowed on is removed or expires
+//!      → client: close 1008 "relation removed"
 //!    session ends (notification from the session table, or the idle/lifetime deadline)
 //!      → client: close 1008 + reason; upstream: close 1000 + reason; no frame relayed after
 //!    either side closes → the close is passed on; the other side's answer awaited ≤ 1 s
@@ -348,6 +350,9 @@ pub enum CloseReason {
     /// The subject's user-directory entry changed (roles, partners,
     /// grants…): the socket was authorized on the old one.
     UserChanged,
+    /// A pushed relation tuple the socket was authorized on was removed
+    /// or expired.
+    RelationRemoved,
 }
 
 impl CloseReason {
@@ -361,6 +366,7 @@ impl CloseReason {
             CloseReason::Lifetime => "session lifetime exceeded",
             CloseReason::StoreUnavailable => "session store unavailable",
             CloseReason::UserChanged => "user changed",
+            CloseReason::RelationRemoved => "relation removed",
         }
     }
 
@@ -401,6 +407,9 @@ pub struct Binding {
     /// The subject's user-directory entry the socket was authorized on
     /// (`Some(None)`: none); `None` without a directory for its issuer.
     pub directory_entry: Option<Option<Arc<str>>>,
+    /// The pushed relation tuples (shared-records namespace, key) that
+    /// answered true when the socket was authorized.
+    pub tuples: Box<[(String, String)]>,
 }
 
 impl Binding {
@@ -462,10 +471,31 @@ impl Binding {
         now != *then
     }
 
+    /// A pushed relation tuple the socket was authorized on is gone
+    /// (removed or expired); otherwise the earliest expiry among them.
+    /// The table wakes the subject's sockets when a tuple of theirs is
+    /// pushed or removed. While this instance's copy may be stale (Redis
+    /// events down) nothing is decided: the resync wakes every socket.
+    fn tuples_held(&self, now: u64) -> Result<Option<u64>, CloseReason> {
+        if self.tuples.is_empty() || !self.store.shared_fresh() {
+            return Ok(None);
+        }
+        let shared = self.store.shared();
+        let mut first = None::<u64>;
+        for (ns, k) in &self.tuples {
+            match shared.live_until(ns, k, now) {
+                None => return Err(CloseReason::RelationRemoved),
+                Some(Some(x)) => first = Some(first.map_or(x, |f| f.min(x))),
+                Some(None) => {}
+            }
+        }
+        Ok(first)
+    }
+
     /// When the session would end by itself (idle or lifetime) by this
-    /// gateway's view, as a timer deadline; just after, so that the check
-    /// then finds it over.
-    fn deadline(&self) -> tokio::time::Instant {
+    /// gateway's view, or a tuple it was authorized on expires, as a timer
+    /// deadline; just after, so that the check then finds it over.
+    fn deadline(&self, tuple_exp: Option<u64>) -> tokio::time::Instant {
         let now = now_ms();
         let at = match self.store.local_record(self.id()) {
             Some(r) => {
@@ -483,6 +513,7 @@ impl Binding {
             // sessions): check again one idle period from now.
             None => now.saturating_add(self.idle_ms),
         };
+        let at = tuple_exp.map_or(at, |x| at.min(x.saturating_add(1)));
         // Never a busy loop, whatever the clocks say.
         let wait = at.saturating_sub(now).max(20);
         tokio::time::Instant::now() + Duration::from_millis(wait)
@@ -499,7 +530,11 @@ impl Binding {
             if self.user_changed() {
                 return CloseReason::UserChanged;
             }
-            let deadline = self.deadline();
+            let tuple_exp = match self.tuples_held(now_ms()) {
+                Ok(x) => x,
+                Err(r) => return r,
+            };
+            let deadline = self.deadline(tuple_exp);
             tokio::select! {
                 _ = watch.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -1057,14 +1092,15 @@ mod tests {
     /// state (the Redis check is ~1.8 KB) or the closing handshake's must
     /// not be held inline for the socket's whole life (it was 6.4 KB; about
     /// 2.5 KB since, the upstream side's send timer, the message and idle
-    /// timer, the reload signal and the directory entry included).
+    /// timer, the reload signal, the directory entry and the relation
+    /// tuples included).
     #[test]
     fn relay_task_future_stays_small() {
         fn size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let task = size(|c, u, (r, g)| relay_task(c, u, r, g));
-        assert!(task <= 2560, "relay task future is {task} bytes");
+        assert!(task <= 2600, "relay task future is {task} bytes");
         let check = size::<&'static Binding, bool, (), _>(|b, touch, ()| b.check(touch));
         assert!(check <= 256, "session check future is {check} bytes");
     }

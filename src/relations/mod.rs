@@ -49,6 +49,20 @@ impl Answers {
     pub fn insert(&mut self, name: &str, args: Vec<String>, answer: Option<bool>) {
         self.0.insert((name.to_string(), args), answer);
     }
+
+    /// The stored tuples (shared-records namespace and key) of the pushed
+    /// relations that answered true: what a websocket authorized with these
+    /// answers depends on (re-checked while it is open).
+    pub fn pushed_true(&self, rt: &Runtime, p: &Principal) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .filter(|((name, _), answer)| {
+                **answer == Some(true)
+                    && matches!(rt.relations.get(name), Some(RelationSource::Push(_)))
+            })
+            .map(|((name, args), _)| (tuple_ns(name), tuple_key(&p.issuer, &p.subject, args)))
+            .collect()
+    }
 }
 
 impl Relations for Answers {
@@ -187,9 +201,12 @@ fn pushed(store: &Store, p: &Principal, name: &str, args: &[String]) -> Option<b
     Some(store.shared().contains(&tuple_ns(name), &key, now_ms()))
 }
 
+/// What the shared-records namespaces of pushed relations start with.
+pub const TUPLE_NS_PREFIX: &str = "rel.";
+
 /// The shared-records namespace of a pushed relation's tuples.
 pub fn tuple_ns(name: &str) -> String {
-    format!("rel.{name}")
+    format!("{TUPLE_NS_PREFIX}{name}")
 }
 
 /// A tuple's key: the JSON array `[issuer, subject, arg…]` (unambiguous

@@ -142,6 +142,16 @@ impl Shared {
             .is_some_and(|e| e.live(now_ms))
     }
 
+    /// A live value's expiry: `Some(None)` for one kept until deleted,
+    /// `None` when there is no live value.
+    pub fn live_until(&self, ns: &str, k: &str, now_ms: u64) -> Option<Option<u64>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(ns)?
+            .get(k)
+            .filter(|e| e.live(now_ms))
+            .map(|e| e.exp_ms)
+    }
+
     /// The live entries of a namespace, in key order.
     pub fn list(&self, ns: &str, now_ms: u64) -> Vec<(String, Entry)> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());

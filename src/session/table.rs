@@ -432,8 +432,8 @@ impl Table {
     }
 
     /// A batch of shared records was applied: the sockets of each subject
-    /// whose user-directory entry it changes re-check what they were
-    /// authorized on.
+    /// whose user-directory entry or pushed relation tuples it changes
+    /// re-check what they were authorized on.
     pub fn shared_changed(&self, ops: &[super::SharedOp]) {
         if self.watchers.is_empty() {
             return;
@@ -442,6 +442,10 @@ impl Table {
             let (super::SharedOp::Put { ns, k, .. } | super::SharedOp::Del { ns, k }) = op;
             if ns == crate::directory::USERS {
                 self.watchers.fire_subject(k);
+            } else if ns.starts_with(crate::relations::TUPLE_NS_PREFIX)
+                && let Some((_, subject, _)) = crate::relations::parse_tuple_key(k)
+            {
+                self.watchers.fire_subject(&subject);
             }
         }
     }
