@@ -27,6 +27,7 @@ routes:
   - { name: edit, match: { methods: [PUT], path: "/bots/{bot}/flows" }, require: bot.flows.edit }
   - { name: notifications, match: { methods: [GET], path: /api/notifications }, require: bot.flows.view, activity: passive }
   - { name: events, match: { methods: [GET], path: /api/events }, require: bot.flows.view }
+  - { name: conversation-events, match: { methods: [GET], path: "/api/conv/{customer}/events" }, require: "relation:active_conversation({customer})" }
 "#;
 
 const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
@@ -777,17 +778,18 @@ async fn streaming_upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// Opens `/api/events` and returns how long the stream lasted after
-/// `after` resolved (the stream must still be flowing then).
+/// Opens `path` (an event stream) and returns how long the stream lasted
+/// after `after` resolved (the stream must still be flowing then).
 async fn stream_lifetime<F: std::future::Future<Output = ()>>(
     gw: std::net::SocketAddr,
+    path: &str,
     token: &str,
     after: F,
 ) -> Duration {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
     s.write_all(
-        format!("GET /api/events HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n")
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n")
             .as_bytes(),
     )
     .await
@@ -833,7 +835,7 @@ async fn open_streams_are_cut_at_the_maximum_lifetime_with_either_store() {
         let gw = start_with_config(&dir, &cfg).await;
         let t = tok("st-life", &["viewer"]);
         let opened = Instant::now();
-        let took = stream_lifetime(gw.addr, &t, async {}).await;
+        let took = stream_lifetime(gw.addr, "/api/events", &t, async {}).await;
         let lived = opened.elapsed();
         assert!(
             lived >= Duration::from_millis(1500) && took < Duration::from_secs(4),
@@ -857,7 +859,7 @@ async fn open_streams_are_cut_when_the_session_is_revoked_or_idles_out() {
 
     // Revoked while streaming: cut within about a second.
     let t = tok("st-1", &["viewer"]);
-    let took = stream_lifetime(gw.addr, &t, async {
+    let took = stream_lifetime(gw.addr, "/api/events", &t, async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             admin(adm, "POST", "/sessions/st-1/revoke").await.status,
@@ -869,7 +871,51 @@ async fn open_streams_are_cut_when_the_session_is_revoked_or_idles_out() {
 
     // Idle (1 s role) with no other activity: the stream is cut too.
     let t = tok("st-2", &["viewer", "quick"]);
-    let took = stream_lifetime(gw.addr, &t, async {}).await;
+    let took = stream_lifetime(gw.addr, "/api/events", &t, async {}).await;
     assert!(took < Duration::from_secs(4), "cut after {took:?}");
     assert_expired(&get(&gw, "/bots/1/flows", &t).await);
+}
+
+/// What else a stream was authorized on besides its session: a stream
+/// allowed by a pushed relation tuple is cut when the tuple is removed, one
+/// of a subject with a directory entry when the entry changes; the session
+/// stays.
+#[tokio::test]
+async fn open_streams_are_cut_when_their_tuple_goes_or_their_directory_entry_changes() {
+    let up = streaming_upstream().await;
+    let dir = scratch_dir("stream-standing");
+    let extra = format!(
+        "relations: {{ active_conversation: {{ push: {{}} }} }}\ndirectory: {{ issuer: \"{ISS_RSA}\" }}\n"
+    );
+    let cfg = config(&dir, up, "127.0.0.1:0", "127.0.0.1:0", &extra);
+    let gw = start_with_config(&dir, &cfg).await;
+    let adm = gw.admin.unwrap();
+    let call = |method: &'static str, path: &'static str, body: String| async move {
+        let r = req_json(adm, method, path, Some(ADMIN_TOKEN), &body).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    };
+    let tuple = json!({ "subject": "agent-s", "issuer": ISS_RSA, "object": "c-1" }).to_string();
+    call("POST", "/relations/active_conversation", tuple.clone()).await;
+    let t = token_with(json!({ "sid": "st-rel", "sub": "agent-s", "roles": [] }));
+    let took = stream_lifetime(gw.addr, "/api/conv/c-1/events", &t, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        call("DELETE", "/relations/active_conversation", tuple.clone()).await;
+    })
+    .await;
+    assert!(took < Duration::from_secs(3), "cut after {took:?}");
+    // Refused now, on the relation (403), not on the session (401).
+    let r = get(&gw, "/api/conv/c-1/events", &t).await;
+    assert_eq!(r.status, 403);
+
+    let u = token_with(json!({ "sid": "st-dir", "sub": "user-dir-s", "roles": ["viewer"] }));
+    let took = stream_lifetime(gw.addr, "/api/events", &u, async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let entry = json!({ "roles": ["viewer"] }).to_string();
+        call("PUT", "/directory/users/user-dir-s", entry).await;
+    })
+    .await;
+    assert!(took < Duration::from_secs(3), "cut after {took:?}");
+    // The session stays: 403 where the entry grants nothing, not 401.
+    let r = req(gw.addr, "PUT", "/bots/1/flows", Some(&u), &[]).await;
+    assert_eq!(r.status, 403);
 }

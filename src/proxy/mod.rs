@@ -13,6 +13,7 @@ pub mod listener;
 pub mod pipeline;
 pub mod pool;
 pub mod relayed;
+pub mod standing;
 pub mod tls;
 pub mod upstream;
 pub mod websocket;

@@ -44,6 +44,7 @@ use super::headers::{self, ForwardedFor};
 use super::limits::{ConnCounts, HeldBytes, Holding, OverStreamLimit, RateLimiters};
 use super::listener::{Conn, HostMemo};
 use super::relayed::Relayed;
+use super::standing::Standing;
 use super::upstream::{self, BodyIdleTimeout, BoxError, UpstreamBody, has_cause};
 use super::websocket;
 use super::wire::{Framing, RawHead};
@@ -521,8 +522,8 @@ impl Gateway {
         // Whether the principal holds the mask's `unmask_with` (no principal:
         // it does not).
         let mut unmask = false;
-        // The pushed relation tuples a websocket is allowed on (re-checked
-        // while it is open).
+        // The pushed relation tuples that answered true (re-checked while
+        // a websocket or a long-lived answer lasts).
         let mut tuples = Vec::new();
         if let Some(v) = &verified {
             // 5a decide first (pure), so that 4 knows whether to touch:
@@ -568,9 +569,7 @@ impl Gateway {
                 let answers =
                     relations::resolve(rt, &rt.relation_cache, self.store(), pr, questions).await;
                 (decision, u) = decide(&answers);
-                if websocket {
-                    tuples = answers.pushed_true(rt, pr);
-                }
+                tuples = answers.pushed_true(rt, pr);
             }
             unmask = u;
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
@@ -596,7 +595,7 @@ impl Gateway {
             let client = hyper::upgrade::on(&mut req);
             ctx.slot = conn.slot.clone();
             let resp = forward(rt, ctx, route, &target, principal, false, req).await?;
-            let authorized = verified.as_ref().map(|v| (v, tuples));
+            let authorized = verified.as_ref().map(|v| (v, standing(v, tuples)));
             return self.upgrade(rt, ctx, route, authorized, client, resp).await;
         }
         // 7a mask plan, decided before forwarding (a masked answer is fetched
@@ -642,24 +641,24 @@ impl Gateway {
             }
         };
         // A response that outlives its session (an event stream, a slow
-        // download) is cut when the session ends.
+        // download) is cut when the session ends, or what else it was
+        // authorized on changes.
         Ok(match &verified {
-            Some(v) => self.session_bound(rt, v, ctx.started, resp),
+            Some(v) => self.session_bound(rt, v, standing(v, tuples), ctx.started, resp),
             None => resp,
         })
     }
 
     /// Phase 7 for a websocket: a `101` with a valid handshake starts the
     /// relay; any other answer is passed on as a normal response. The
-    /// socket is bound to the principal's session and to the pushed
-    /// relation tuples it was allowed on (`authorized`; none on a public
-    /// route).
+    /// socket is bound to the principal's session and to what else it was
+    /// authorized on (`authorized`; none on a public route).
     async fn upgrade(
         &self,
         rt: &Runtime,
         ctx: &Ctx,
         route: &Route,
-        authorized: Option<(&Verified, Vec<(String, String)>)>,
+        authorized: Option<(&Verified, Standing)>,
         client: hyper::upgrade::OnUpgrade,
         mut resp: Response<UpstreamBody>,
     ) -> Result<Response<RespBody>, Refusal> {
@@ -667,8 +666,8 @@ impl Gateway {
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (resp, relayed) = respond(rt, ctx, resp);
             debug_assert!(relayed.is_none(), "fields relayed to a websocket handshake");
-            return Ok(match authorized.map(|a| a.0) {
-                Some(v) => self.session_bound(rt, v, ctx.started, resp),
+            return Ok(match authorized {
+                Some((v, standing)) => self.session_bound(rt, v, standing, ctx.started, resp),
                 None => resp,
             });
         }
@@ -687,7 +686,7 @@ impl Gateway {
         let pick = resp.body_mut().take_pick();
         let (mut parts, _) = resp.into_parts();
         clean_response(rt, ctx, &mut parts.headers, None);
-        let binding = authorized.map(|(v, tuples)| {
+        let binding = authorized.map(|(v, standing)| {
             let p = &v.principal;
             websocket::Binding {
                 store: self.store.clone(),
@@ -700,8 +699,7 @@ impl Gateway {
                 token_iat_ms: v.iat.map(|s| s.saturating_mul(1000)),
                 active: !route.passive,
                 on_store_error: rt.sessions.on_store_error,
-                directory_entry: v.directory_entry.clone(),
-                tuples: tuples.into_boxed_slice(),
+                standing,
             }
         });
         websocket::spawn(
@@ -769,12 +767,14 @@ impl Gateway {
         Ok(())
     }
 
-    /// Wraps the body so it stops once the session is over (checked every
-    /// second against this gateway's view of the session, no I/O).
+    /// Wraps the body so it stops once the session is over or what else
+    /// it was authorized on changed (`standing`; checked every second
+    /// against this gateway's view, no I/O).
     fn session_bound(
         &self,
         rt: &Runtime,
         v: &Verified,
+        standing: Standing,
         since: Instant,
         resp: Response<RespBody>,
     ) -> Response<RespBody> {
@@ -794,7 +794,11 @@ impl Gateway {
             let key = *p.session_key.get_or_init(|| id(&p).key().0);
             store.created_ms(&crate::session::table::Key(key))
         });
-        let still_valid = move || store.still_valid(id(&p), now_ms(), idle_ms, max_life, created);
+        let still_valid = move || {
+            let now = now_ms();
+            store.still_valid(id(&p), now, idle_ms, max_life, created)
+                && standing.check(&store, &p.subject, now).is_ok()
+        };
         let every = std::time::Duration::from_secs(1);
         resp.map(|b| SessionBound::new(b, every, since, still_valid).boxed())
     }
@@ -1092,6 +1096,15 @@ impl Gateway {
 }
 
 /// Unix seconds of `t` (0 before the epoch).
+/// What else than its session an authorization of `v` stands on: its
+/// directory entry and the pushed relation `tuples` that answered true.
+fn standing(v: &Verified, tuples: Vec<(String, String)>) -> Standing {
+    Standing {
+        directory_entry: v.directory_entry.clone(),
+        tuples: tuples.into_boxed_slice(),
+    }
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -54,6 +54,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::limits::SendTimeout;
+use super::standing::{Lost, Standing};
 use super::ws_progress::{Started, Watched};
 use crate::error::{BadRequest, Deny, Refusal};
 use crate::session::{
@@ -404,12 +405,9 @@ pub struct Binding {
     /// Client frames touch the session (false on `activity: passive`).
     pub active: bool,
     pub on_store_error: OnStoreError,
-    /// The subject's user-directory entry the socket was authorized on
-    /// (`Some(None)`: none); `None` without a directory for its issuer.
-    pub directory_entry: Option<Option<Arc<str>>>,
-    /// The pushed relation tuples (shared-records namespace, key) that
-    /// answered true when the socket was authorized.
-    pub tuples: Box<[(String, String)]>,
+    /// What else it was authorized on: the subject's directory entry, the
+    /// pushed relation tuples.
+    pub standing: Standing,
 }
 
 impl Binding {
@@ -457,41 +455,6 @@ impl Binding {
         }
     }
 
-    /// The subject's directory entry is not the one the socket was
-    /// authorized on (changed, created or removed since). The table wakes
-    /// the subject's sockets when its entry changes.
-    fn user_changed(&self) -> bool {
-        let Some(then) = &self.directory_entry else {
-            return false;
-        };
-        let now = self
-            .store
-            .shared()
-            .get(crate::directory::USERS, &self.subject, now_ms());
-        now != *then
-    }
-
-    /// A pushed relation tuple the socket was authorized on is gone
-    /// (removed or expired); otherwise the earliest expiry among them.
-    /// The table wakes the subject's sockets when a tuple of theirs is
-    /// pushed or removed. While this instance's copy may be stale (Redis
-    /// events down) nothing is decided: the resync wakes every socket.
-    fn tuples_held(&self, now: u64) -> Result<Option<u64>, CloseReason> {
-        if self.tuples.is_empty() || !self.store.shared_fresh() {
-            return Ok(None);
-        }
-        let shared = self.store.shared();
-        let mut first = None::<u64>;
-        for (ns, k) in &self.tuples {
-            match shared.live_until(ns, k, now) {
-                None => return Err(CloseReason::RelationRemoved),
-                Some(Some(x)) => first = Some(first.map_or(x, |f| f.min(x))),
-                Some(None) => {}
-            }
-        }
-        Ok(first)
-    }
-
     /// When the session would end by itself (idle or lifetime) by this
     /// gateway's view, or a tuple it was authorized on expires, as a timer
     /// deadline; just after, so that the check then finds it over.
@@ -527,12 +490,12 @@ impl Binding {
             if let Some(r) = self.check(false).await {
                 return r;
             }
-            if self.user_changed() {
-                return CloseReason::UserChanged;
-            }
-            let tuple_exp = match self.tuples_held(now_ms()) {
+            // The table wakes the subject's sockets when its directory
+            // entry or one of its tuples changes.
+            let tuple_exp = match self.standing.check(&self.store, &self.subject, now_ms()) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(Lost::UserChanged) => return CloseReason::UserChanged,
+                Err(Lost::RelationRemoved) => return CloseReason::RelationRemoved,
             };
             let deadline = self.deadline(tuple_exp);
             tokio::select! {
