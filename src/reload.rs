@@ -307,6 +307,15 @@ impl Reloader {
         })
     }
 
+    /// The last attempt found files that do not load (not one that
+    /// needs a restart: trying again changes nothing until the files do).
+    fn last_failed(&self) -> bool {
+        self.state()
+            .last
+            .as_ref()
+            .is_some_and(|a| a.result == Outcome::Failed)
+    }
+
     /// The watched files changed since they were last read.
     fn changed(&self) -> bool {
         let (sources, seen) = {
@@ -531,12 +540,20 @@ impl Fingerprint {
 /// files' metadata; a change that has settled (the same on two looks in a
 /// row, so a file written in pieces is read whole) triggers a reload.
 ///
+/// A reload that failed (by any trigger) is tried again after
+/// [`RETRY_FIRST`], then twice as long each time up to [`RETRY_MOST`],
+/// until one loads or the files change: what it failed on may be a file
+/// the configuration in force does not name, hence does not watch (a new
+/// certificate or rules file written after the config that names it).
+///
 /// Polling rather than inotify (the `notify` crate): it sees a file
 /// replaced by rename or behind a swapped symlink, on any file system, with
 /// the same few lines of code, and a handful of `stat` calls a second cost
 /// nothing. Runs until the gateway is dropped; off while `reload.watch` is
 /// false (read from the runtime in force at every look).
 pub async fn watch(gw: std::sync::Weak<Gateway>) {
+    // The next retry of a failed reload, and the wait after it.
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         let interval = match gw.upgrade() {
             Some(g) => g.runtime().reload.watch_interval,
@@ -548,7 +565,19 @@ pub async fn watch(gw: std::sync::Weak<Gateway>) {
             continue;
         }
         let r = g.reloader();
+        retry = match (r.last_failed(), retry) {
+            (false, _) => None,
+            (true, None) => Some((tokio::time::Instant::now() + RETRY_FIRST, RETRY_FIRST)),
+            (true, kept) => kept,
+        };
         if !blocking(&g, |g| g.reloader().changed()).await {
+            if let Some((at, wait)) = retry
+                && tokio::time::Instant::now() >= at
+            {
+                let wait = (wait * 2).min(RETRY_MOST);
+                retry = Some((tokio::time::Instant::now() + wait, wait));
+                r.reload_watched(&g).await;
+            }
             continue;
         }
         // Settled: the same again after a short pause.
@@ -564,6 +593,11 @@ pub async fn watch(gw: std::sync::Weak<Gateway>) {
         r.reload_watched(&g).await;
     }
 }
+
+/// The first retry of a failed reload comes this long after it.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Retries of a failed reload come at least this often.
+pub const RETRY_MOST: Duration = Duration::from_secs(30);
 
 async fn blocking(g: &std::sync::Arc<Gateway>, f: fn(&Gateway) -> bool) -> bool {
     let g = g.clone();

@@ -876,10 +876,46 @@ async fn open_streams_are_cut_when_the_session_is_revoked_or_idles_out() {
     assert_expired(&get(&gw, "/bots/1/flows", &t).await);
 }
 
+/// Opens `path` (an event stream) on a connection of its own; the answer's
+/// head has been read.
+async fn open_stream(gw: std::net::SocketAddr, path: &str, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
+/// Whether the stream still sends ticks after `d` (read until then).
+async fn still_flowing_after(s: &mut tokio::net::TcpStream, d: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let until = Instant::now() + d;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                if Instant::now() >= until {
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// What else a stream was authorized on besides its session: a stream
 /// allowed by a pushed relation tuple is cut when the tuple is removed, one
 /// of a subject with a directory entry when the entry changes; the session
-/// stays.
+/// stays. Streams whose grounds did not change keep flowing: the same
+/// subject's stream on another tuple, and a subject whose entry was
+/// rewritten unchanged.
 #[tokio::test]
 async fn open_streams_are_cut_when_their_tuple_goes_or_their_directory_entry_changes() {
     let up = streaming_upstream().await;
@@ -894,28 +930,48 @@ async fn open_streams_are_cut_when_their_tuple_goes_or_their_directory_entry_cha
         let r = req_json(adm, method, path, Some(ADMIN_TOKEN), &body).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     };
-    let tuple = json!({ "subject": "agent-s", "issuer": ISS_RSA, "object": "c-1" }).to_string();
-    call("POST", "/relations/active_conversation", tuple.clone()).await;
+    let tuple =
+        |c: &str| json!({ "subject": "agent-s", "issuer": ISS_RSA, "object": c }).to_string();
+    let entry = json!({ "roles": ["viewer"] }).to_string();
+    call("POST", "/relations/active_conversation", tuple("c-1")).await;
+    call("POST", "/relations/active_conversation", tuple("c-2")).await;
+    call("PUT", "/directory/users/user-ctl", entry.clone()).await;
     let t = token_with(json!({ "sid": "st-rel", "sub": "agent-s", "roles": [] }));
+    let ctl = token_with(json!({ "sid": "st-ctl", "sub": "user-ctl", "roles": [] }));
+    let mut other_tuple = open_stream(gw.addr, "/api/conv/c-2/events", &t).await;
+    let mut same_entry = open_stream(gw.addr, "/api/events", &ctl).await;
     let took = stream_lifetime(gw.addr, "/api/conv/c-1/events", &t, async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        call("DELETE", "/relations/active_conversation", tuple.clone()).await;
+        // Past the streams' first check.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        call("DELETE", "/relations/active_conversation", tuple("c-1")).await;
+        call("PUT", "/directory/users/user-ctl", entry.clone()).await;
     })
     .await;
     assert!(took < Duration::from_secs(3), "cut after {took:?}");
+    assert!(
+        still_flowing_after(&mut other_tuple, Duration::from_millis(2500)).await,
+        "a stream on a tuple that stayed was cut"
+    );
+    assert!(
+        still_flowing_after(&mut same_entry, Duration::from_millis(500)).await,
+        "a stream whose entry was rewritten unchanged was cut"
+    );
     // Refused now, on the relation (403), not on the session (401).
     let r = get(&gw, "/api/conv/c-1/events", &t).await;
     assert_eq!(r.status, 403);
 
     let u = token_with(json!({ "sid": "st-dir", "sub": "user-dir-s", "roles": ["viewer"] }));
     let took = stream_lifetime(gw.addr, "/api/events", &u, async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let entry = json!({ "roles": ["viewer"] }).to_string();
-        call("PUT", "/directory/users/user-dir-s", entry).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        call("PUT", "/directory/users/user-dir-s", entry.clone()).await;
     })
     .await;
     assert!(took < Duration::from_secs(3), "cut after {took:?}");
-    // The session stays: 403 where the entry grants nothing, not 401.
+    // The session stays: 403 on a route its roles do not reach, not 401.
     let r = req(gw.addr, "PUT", "/bots/1/flows", Some(&u), &[]).await;
     assert_eq!(r.status, 403);
+    assert!(
+        still_flowing_after(&mut same_entry, Duration::from_millis(500)).await,
+        "another subject's entry change cut a stream"
+    );
 }

@@ -1095,7 +1095,6 @@ impl Gateway {
     }
 }
 
-/// Unix seconds of `t` (0 before the epoch).
 /// What else than its session an authorization of `v` stands on: its
 /// directory entry and the pushed relation `tuples` that answered true.
 fn standing(v: &Verified, tuples: Vec<(String, String)>) -> Standing {
@@ -1105,6 +1104,7 @@ fn standing(v: &Verified, tuples: Vec<(String, String)>) -> Standing {
     }
 }
 
+/// Unix seconds of `t` (0 before the epoch).
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -345,6 +345,56 @@ async fn the_watcher_reloads_a_changed_rules_file_unless_turned_off() {
     assert_eq!(in_force(&gw).await, Some('A'));
 }
 
+/// A reload that fails on a file the configuration in force does not name
+/// (so the watcher does not look at it) is tried again: once the file is
+/// written, it loads without another change to the watched files.
+#[tokio::test]
+async fn a_failed_reload_is_tried_again_until_it_loads() {
+    let up = Upstream::start().await;
+    let gw = start(&up, "reload: { watch: true, watch_interval: 50ms }\n").await;
+    tokio::spawn(rolegate::reload::watch(Arc::downgrade(&gw.gateway)));
+    assert_eq!(in_force(&gw).await, Some('A'));
+    let cfg = std::fs::read_to_string(gw.dir.join("rolegate.yaml"))
+        .unwrap()
+        .replace("rules: rules.yaml", "rules: rules-next.yaml");
+    replace(&gw.dir, "rolegate.yaml", &cfg);
+    let failed_at = {
+        let mut s = admin(&gw, "GET", "/status").await.json();
+        for _ in 0..500 {
+            if s["last_reload"]["result"] == "failed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            s = admin(&gw, "GET", "/status").await.json();
+        }
+        assert_eq!(s["last_reload"]["result"], "failed", "{s}");
+        s["last_reload"]["at_ms"].as_u64().unwrap()
+    };
+    assert_eq!(in_force(&gw).await, Some('A'));
+    // Tried again on its own (the first retry a second later), and
+    // failing again while the file is missing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = admin(&gw, "GET", "/status").await.json();
+        if s["last_reload"]["at_ms"].as_u64().unwrap() > failed_at {
+            assert_eq!(s["last_reload"]["result"], "failed");
+            assert_eq!(s["last_reload"]["trigger"], "watch");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed reload was never tried again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replace(&gw.dir, "rules-next.yaml", RULES_B);
+    wait_for_rules(&gw, 'B').await;
+    assert_eq!(
+        admin(&gw, "GET", "/status").await.json()["last_reload"]["result"],
+        "reloaded"
+    );
+}
+
 /// A rules file rewritten while a reload is reading the files is not taken
 /// as seen: the watcher's next look loads it (the last change wins).
 #[tokio::test]
