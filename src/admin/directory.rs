@@ -52,6 +52,68 @@ fn bad(reason: String) -> Resp {
     error(StatusCode::BAD_REQUEST, "bad_request", &reason)
 }
 
+/// A call to `/directory/...`: what the handler reads of the request.
+pub struct Call<'a> {
+    pub method: &'a Method,
+    /// The path after `directory`.
+    pub rest: &'a [&'a str],
+    pub query: Option<&'a str>,
+    pub body: Option<&'a [u8]>,
+    /// `If-Match` and `If-None-Match` (a write of one entry).
+    pub preconditions: Preconditions,
+}
+
+/// The conditions of a write on the entry's revision (RFC 9110 §13.1.1,
+/// §13.1.2): its `ETag` is `"<revision>"`.
+#[derive(Debug, Default)]
+pub struct Preconditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+}
+
+impl Preconditions {
+    /// Whether a write may go ahead on an entry whose revision is
+    /// `current` (`None`: no entry); otherwise 412 `precondition_failed`
+    /// with the current revision.
+    #[allow(clippy::result_large_err)]
+    fn check(&self, current: Option<&str>) -> Result<(), Resp> {
+        // `*`, or a list of entity tags; `If-Match` compares strongly (a
+        // weak tag never matches), `If-None-Match` weakly.
+        let matches = |field: &str, strong: bool| {
+            field.split(',').map(str::trim).any(|t| {
+                if t == "*" {
+                    return current.is_some();
+                }
+                let (weak, tag) = match t.strip_prefix("W/") {
+                    Some(rest) => (true, rest),
+                    None => (false, t),
+                };
+                let tag = tag.trim_matches('"');
+                !(strong && weak) && current == Some(tag)
+            })
+        };
+        let ok = self.if_match.as_deref().is_none_or(|f| matches(f, true))
+            && self
+                .if_none_match
+                .as_deref()
+                .is_none_or(|f| !matches(f, false));
+        if ok {
+            return Ok(());
+        }
+        Err(reply(
+            StatusCode::PRECONDITION_FAILED,
+            json!({
+                "error": "precondition_failed",
+                "reason": match current {
+                    Some(_) => "the entry is not at the revision the request names (changed since it was read, or created)",
+                    None => "there is no entry (removed since it was read, or never written)",
+                },
+                "revision": current,
+            }),
+        ))
+    }
+}
+
 /// The stored entry of `sub`, if any (an unreadable one is an error,
 /// answered as it is: admin calls are rare, the size does not matter).
 #[allow(clippy::result_large_err)]
@@ -257,15 +319,8 @@ struct ProfileSave {
 }
 
 /// `/directory/...` (the path after `directory`).
-pub async fn handle(
-    rt: &Runtime,
-    store: &Store,
-    caller: &Caller,
-    method: &Method,
-    rest: &[&str],
-    query: Option<&str>,
-    body: Option<&[u8]>,
-) -> Answer {
+pub async fn handle(rt: &Runtime, store: &Store, caller: &Caller, call: &Call<'_>) -> Answer {
+    let (method, rest, query, body) = (call.method, call.rest, call.query, call.body);
     let Some(dir) = &rt.directory else {
         let r = error(
             StatusCode::NOT_FOUND,
@@ -291,8 +346,8 @@ pub async fn handle(
         (&Method::GET, ["users.csv"]) => (export_csv(rt, store, caller, dir, query), vec![]),
         (&Method::POST, ["users.csv"]) => import_csv(rt, store, caller, dir, body).await,
         (&Method::GET, ["users", sub]) => (get_user(rt, store, caller, dir, sub), vec![]),
-        (&Method::PUT, ["users", sub]) => put_user(rt, store, caller, dir, sub, body).await,
-        (&Method::DELETE, ["users", sub]) => delete_user(rt, store, caller, dir, sub).await,
+        (&Method::PUT, ["users", sub]) => put_user(rt, store, caller, dir, sub, call).await,
+        (&Method::DELETE, ["users", sub]) => delete_user(rt, store, caller, dir, sub, call).await,
         (&Method::GET, ["profiles", name]) => match profile(store, name) {
             Some(v) => (
                 reply(
@@ -375,7 +430,7 @@ fn list(
     };
     let list: Vec<Value> = users(store, partner.as_deref())
         .into_iter()
-        .map(|(sub, r)| json!({ "user": sub, "record": r }))
+        .map(|(sub, r)| json!({ "user": sub, "revision": r.revision(), "record": r }))
         .collect();
     reply(StatusCode::OK, json!({ "partner": partner, "users": list }))
 }
@@ -428,9 +483,19 @@ async fn import_csv(
     let mut status = StatusCode::BAD_REQUEST;
     let mut changes = Vec::new();
     let mut rows = Vec::with_capacity(file.rows.len());
-    for (row, sub, rec) in file.rows {
+    // Rows whose entry is not at the revision the file gives: the file is
+    // older than a change made since (judged after the rights, below, so
+    // that a caller learns nothing of entries it may not change).
+    let mut stale = HashSet::new();
+    for (row, sub, rec, revision) in file.rows {
         match user(store, &sub) {
-            Ok(old) => rows.push((row, sub, rec, old)),
+            Ok(old) => {
+                let now = old.as_ref().map(UserRecord::revision);
+                if file.revision_given && revision != now {
+                    stale.insert(row);
+                }
+                rows.push((row, sub, rec, old, revision, now));
+            }
             Err(r) => return (r, vec![]),
         }
     }
@@ -443,7 +508,8 @@ async fn import_csv(
         Ok(seen) => seen,
         Err(r) => return (r, vec![]),
     };
-    for (row, sub, mut rec, old) in rows {
+    let mut conflict = false;
+    for (row, sub, mut rec, old, given, now) in rows {
         // A file without the column says nothing of the state: an
         // existing user keeps it (a stale export never reactivates).
         if !file.active_given
@@ -463,6 +529,20 @@ async fn import_csv(
         if checked.is_ok() && old.is_none() && seen.contains(&sub) {
             checked = Err(seen_refusal());
         }
+        if checked.is_ok() && stale.contains(&row) {
+            conflict = true;
+            let reason = match (given, now) {
+                (Some(g), Some(n)) => format!(
+                    "the entry changed since the file was exported (revision {g}, now {n}): export again"
+                ),
+                (Some(g), None) => format!(
+                    "the entry was removed since the file was exported (revision {g}): export again, or empty the revision cell to create it"
+                ),
+                (None, _) => "the entry was created since the file was exported (the row has no revision): export again".to_string(),
+            };
+            problems.push(json!({ "row": row, "user": sub, "reason": reason }));
+            continue;
+        }
         match checked {
             Ok(()) => changes.push((sub, old, rec)),
             Err(r) => {
@@ -476,6 +556,9 @@ async fn import_csv(
     if !problems.is_empty() {
         let code = if status == StatusCode::FORBIDDEN {
             "forbidden"
+        } else if conflict {
+            status = StatusCode::CONFLICT;
+            "import_conflict"
         } else {
             "invalid_import"
         };
@@ -567,7 +650,15 @@ fn get_user(
             dir.manage_with
         ));
     }
-    reply(StatusCode::OK, json!({ "user": sub, "record": rec }))
+    let revision = rec.revision();
+    let mut r = reply(
+        StatusCode::OK,
+        json!({ "user": sub, "revision": revision, "record": rec }),
+    );
+    if let Ok(tag) = http::HeaderValue::from_str(&format!("\"{revision}\"")) {
+        r.headers_mut().insert(http::header::ETAG, tag);
+    }
+    r
 }
 
 async fn put_user(
@@ -576,8 +667,9 @@ async fn put_user(
     caller: &Caller,
     dir: &DirectorySettings,
     sub: &str,
-    body: Option<&[u8]>,
+    call: &Call<'_>,
 ) -> Answer {
+    let body = call.body;
     if sub.is_empty() || sub.chars().any(char::is_control) {
         return (
             bad("the user (token `sub`) must be a non-empty name".into()),
@@ -604,6 +696,14 @@ async fn put_user(
     ) {
         return (refused(r), vec![]);
     }
+    // After the rights: a caller who may not change the entry learns
+    // nothing of its revision.
+    if let Err(r) = call
+        .preconditions
+        .check(old.as_ref().map(UserRecord::revision).as_deref())
+    {
+        return (r, vec![]);
+    }
     if old.is_none() {
         match seen_before(store, caller, &HashSet::from([sub])).await {
             Ok(seen) if seen.is_empty() => {}
@@ -619,7 +719,8 @@ async fn put_user(
         let state = state_change(sub, old.as_ref(), Some(&new));
         return (unavailable(e), state.into_iter().collect());
     }
-    let result = json!({ "user": sub, "record": new, "created": old.is_none() });
+    let result =
+        json!({ "user": sub, "revision": new.revision(), "record": new, "created": old.is_none() });
     (
         reply(StatusCode::OK, result.clone()),
         vec![("directory_user", sub.to_string(), result)],
@@ -632,6 +733,7 @@ async fn delete_user(
     caller: &Caller,
     dir: &DirectorySettings,
     sub: &str,
+    call: &Call<'_>,
 ) -> Answer {
     let old = match user(store, sub) {
         Ok(Some(o)) => o,
@@ -649,6 +751,9 @@ async fn delete_user(
     };
     if let Err(r) = check_change(dir, operator(caller), Some(&old), None, &may(rt, caller)) {
         return (refused(r), vec![]);
+    }
+    if let Err(r) = call.preconditions.check(Some(&old.revision())) {
+        return (r, vec![]);
     }
     let op = SharedOp::Del {
         ns: USERS.into(),

@@ -205,6 +205,20 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
     if let ["directory", rest @ ..] = segs.as_slice() {
         let method = req.method().clone();
         let query = req.uri().query().map(str::to_string);
+        let field = |name: header::HeaderName| {
+            // Not text: kept as read, so that it matches no revision.
+            let values: Vec<String> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            (!values.is_empty()).then(|| values.join(","))
+        };
+        let preconditions = directory::Preconditions {
+            if_match: field(header::IF_MATCH),
+            if_none_match: field(header::IF_NONE_MATCH),
+        };
         let body = if method == Method::PUT || method == Method::POST {
             let limit = if rest == ["users.csv"] {
                 crate::directory::csv::MAX_IMPORT_BYTES
@@ -218,16 +232,14 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> R
         } else {
             None
         };
-        let (resp, audited) = directory::handle(
-            &rt,
-            store,
-            &caller,
-            &method,
+        let call = directory::Call {
+            method: &method,
             rest,
-            query.as_deref(),
-            body.as_deref(),
-        )
-        .await;
+            query: query.as_deref(),
+            body: body.as_deref(),
+            preconditions,
+        };
+        let (resp, audited) = directory::handle(&rt, store, &caller, &call).await;
         for (action, object, result) in audited {
             caller::audit(&caller, peer, action, &object, &result);
         }

@@ -24,7 +24,8 @@
 //!   reads it). Export ends each record with CRLF; import accepts CRLF, LF
 //!   or CR.
 //! - **Header** (row 1). Export writes [`COLUMNS`] in that order:
-//!   `user,name,email,partners,teams,roles,profiles,grants,active`. Import
+//!   `user,name,email,partners,teams,roles,profiles,grants,active,revision`
+//!   (`revision`: the entry's, checked by the endpoint on import). Import
 //!   takes them in any order, compared case-insensitively and ignoring
 //!   surrounding spaces. `user` is required; every other column is optional
 //!   (missing: no name, no e-mail, empty lists, `active` true). An unknown,
@@ -100,8 +101,9 @@ pub const MAX_IMPORT_BYTES: usize = 5 * 1024 * 1024;
 /// Most users (non-empty data rows) [`import`] reads.
 pub const MAX_IMPORT_ROWS: usize = 10_000;
 /// The columns, in the order [`export`] writes them.
-pub const COLUMNS: [&str; 9] = [
+pub const COLUMNS: [&str; 10] = [
     "user", "name", "email", "partners", "teams", "roles", "profiles", "grants", "active",
+    "revision",
 ];
 
 const BOM: &str = "\u{feff}";
@@ -131,6 +133,8 @@ fn write_rows(users: &[&(String, UserRecord)]) -> Result<String, Box<dyn std::er
         .from_writer(Vec::new());
     w.write_record(COLUMNS)?;
     for (user, rec) in users {
+        // Of the record as stored.
+        let revision = rec.revision();
         let mut rec = rec.clone();
         rec.normalise();
         let profiles = rec.profiles.iter().map(|p| {
@@ -150,6 +154,7 @@ fn write_rows(users: &[&(String, UserRecord)]) -> Result<String, Box<dyn std::er
             guard(&join(profiles)),
             guard(&join(rec.grants.iter().map(|s| escape(s, false)))),
             rec.active.to_string(),
+            revision,
         ];
         w.write_record(&row)?;
     }
@@ -279,18 +284,21 @@ impl From<FileProblem> for ImportError {
 /// [`import_rows`] without the row numbers.
 #[cfg(test)]
 pub fn import(text: &[u8]) -> Result<Vec<(String, UserRecord)>, ImportError> {
-    import_rows(text).map(|f| f.rows.into_iter().map(|(_, u, r)| (u, r)).collect())
+    import_rows(text).map(|f| f.rows.into_iter().map(|(_, u, r, _)| (u, r)).collect())
 }
 
 /// A file read by [`import_rows`].
 pub struct Imported {
     /// Every user's record, normalised, in file order, with its
-    /// spreadsheet row number.
-    pub rows: Vec<(usize, String, UserRecord)>,
+    /// spreadsheet row number and its `revision` cell (`None`: empty).
+    pub rows: Vec<(usize, String, UserRecord, Option<String>)>,
     /// Whether the file has an `active` column: without one, the records'
     /// `active: true` is a default that must not reactivate anyone (the
     /// endpoint keeps each existing user's state).
     pub active_given: bool,
+    /// Whether the file has a `revision` column: then each row must match
+    /// the entry as it is now (an empty cell: no entry).
+    pub revision_given: bool,
 }
 
 /// Reads a whole CSV file (see the module docs): every user's record,
@@ -313,7 +321,7 @@ pub fn import_rows(text: &[u8]) -> Result<Imported, ImportError> {
     let mut record = csv::ByteRecord::new();
 
     let mut columns: Option<Columns> = None;
-    let mut users: Vec<(usize, String, UserRecord)> = Vec::new();
+    let mut users: Vec<(usize, String, UserRecord, Option<String>)> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut bad: Vec<RowError> = Vec::new();
     // Data rows judged (skipped empty rows are not counted).
@@ -365,7 +373,7 @@ pub fn import_rows(text: &[u8]) -> Result<Imported, ImportError> {
             });
             continue;
         }
-        let (user, rec, problems) = parse_row(cols, &cells);
+        let (user, rec, revision, problems) = parse_row(cols, &cells);
         for reason in problems {
             bad.push(RowError { row, reason });
         }
@@ -380,7 +388,7 @@ pub fn import_rows(text: &[u8]) -> Result<Imported, ImportError> {
                 }
             }
         }
-        users.push((row, user, rec));
+        users.push((row, user, rec, revision));
     }
     let Some(columns) = columns else {
         return Err(FileProblem::Empty.into());
@@ -394,6 +402,7 @@ pub fn import_rows(text: &[u8]) -> Result<Imported, ImportError> {
     Ok(Imported {
         rows: users,
         active_given: columns.has("active"),
+        revision_given: columns.has("revision"),
     })
 }
 
@@ -502,9 +511,10 @@ impl Columns {
     }
 }
 
-/// One data row: the user (empty when missing), the record, and every
-/// problem found (each prefixed with its column).
-fn parse_row(cols: &Columns, cells: &[&str]) -> (String, UserRecord, Vec<String>) {
+/// One data row: the user (empty when missing), the record, its revision
+/// (`None`: empty or no column), and every problem found (each prefixed
+/// with its column).
+fn parse_row(cols: &Columns, cells: &[&str]) -> (String, UserRecord, Option<String>, Vec<String>) {
     let mut problems = Vec::new();
     let mut rec = UserRecord {
         active: true,
@@ -573,8 +583,29 @@ fn parse_row(cols: &Columns, cells: &[&str]) -> (String, UserRecord, Vec<String>
         }
     }
 
+    let revision = cols
+        .get(cells, "revision")
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty());
+    if let Some(r) = &revision
+        && !is_revision(r)
+    {
+        problems.push(format!(
+            "revision: {r:?} is not a revision (as exported: r and 16 hex digits)"
+        ));
+    }
+
     rec.normalise();
-    (user.to_string(), rec, problems)
+    (user.to_string(), rec, revision, problems)
+}
+
+/// `r` and 16 lower-case hex digits ([`UserRecord::revision`]).
+fn is_revision(r: &str) -> bool {
+    r.len() == 17
+        && r.starts_with('r')
+        && r[1..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn check_email(email: &str) -> Result<(), &'static str> {

@@ -173,6 +173,19 @@ impl ProfileVersions {
 }
 
 impl UserRecord {
+    /// The entry's revision: `r` and 16 hex digits of a SHA-256 over the
+    /// stored form, so any change to what is stored changes it, and the
+    /// same record always has the same one, on every gateway and across
+    /// restarts (no counter to keep). The `r` keeps spreadsheets from
+    /// reading a revision of digits as a number.
+    pub fn revision(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&d.as_ref()[..8]);
+        format!("r{:016x}", u64::from_be_bytes(first))
+    }
+
     /// The same entry, but for what the gateway keeps in it for itself
     /// (`deactivated_ms`).
     pub fn same_entry(&self, other: &UserRecord) -> bool {

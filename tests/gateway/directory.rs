@@ -929,3 +929,168 @@ async fn csv_export_edit_import_round_trip_and_a_bad_file_changes_nothing() {
     .await;
     assert_eq!((r.status, r.error().as_str()), (400, "invalid_import"));
 }
+
+/// `PUT` or `DELETE` of one entry with the admin token and the given
+/// precondition header lines.
+async fn write_if(gw: &Gw, method: &str, sub: &str, body: &Value, conditions: &[&str]) -> Resp {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    let mut r = format!(
+        "{method} /directory/users/{sub} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+         Authorization: Bearer {DIR_ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for c in conditions {
+        r.push_str(c);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r.push_str(&body);
+    raw(gw.admin.unwrap(), r.as_bytes()).await
+}
+
+#[track_caller]
+fn precondition_failed(r: &Resp) {
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (412, "precondition_failed"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// Entries have revisions: a write that names the revision it read
+/// (`If-Match`) is refused once the entry has changed since, and a CSV
+/// file exported before a change cannot undo it (a stale file re-imported
+/// neither reactivates a user deactivated since nor gives back a role
+/// taken since).
+#[tokio::test]
+async fn a_write_or_an_import_older_than_the_entry_is_refused() {
+    let (_up, gw) = start("state_dir: state", "dir-revision").await;
+    let admin = DIR_ADMIN_TOKEN;
+    let get = |sub: &'static str| {
+        let gw = &gw;
+        async move {
+            let path = format!("/directory/users/{sub}");
+            call(gw, admin, "GET", &path, &Value::Null).await
+        }
+    };
+    let r = put_user(
+        &gw,
+        admin,
+        "eve",
+        json!({ "partners": ["acme"], "roles": ["editor"] }),
+    )
+    .await;
+    ok(&r);
+    let first = r.json()["revision"].as_str().unwrap().to_string();
+    let r = get("eve").await;
+    assert_eq!(r.json()["revision"], first.as_str());
+    assert_eq!(r.header("etag"), Some(format!("\"{first}\"").as_str()));
+    let listed = call(&gw, admin, "GET", "/directory/users", &Value::Null).await;
+    assert_eq!(listed.json()["users"][0]["revision"], first.as_str());
+
+    // Written at the revision read: applied, with a new revision.
+    let tag = format!("If-Match: \"{first}\"");
+    let r = write_if(
+        &gw,
+        "PUT",
+        "eve",
+        &json!({ "partners": ["acme"], "roles": ["viewer"] }),
+        &[&tag],
+    )
+    .await;
+    ok(&r);
+    let second = r.json()["revision"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    // The same condition again: the entry moved on; nothing written.
+    let r = write_if(
+        &gw,
+        "PUT",
+        "eve",
+        &json!({ "partners": ["acme"], "roles": ["editor"] }),
+        &[&tag],
+    )
+    .await;
+    precondition_failed(&r);
+    assert_eq!(r.json()["revision"], second.as_str());
+    let eve = tok("eve", &[]);
+    assert_eq!(status(&gw, "PUT", "/bots/1/flows", &eve).await, 403);
+    // A weak tag never matches If-Match; `*` needs an entry; If-None-Match
+    // `*` only creates.
+    let weak = format!("If-Match: W/\"{second}\"");
+    precondition_failed(&write_if(&gw, "DELETE", "eve", &Value::Null, &[&weak]).await);
+    let none = json!({ "partners": ["acme"] });
+    precondition_failed(&write_if(&gw, "PUT", "nobody", &none, &["If-Match: *"]).await);
+    precondition_failed(&write_if(&gw, "PUT", "eve", &none, &["If-None-Match: *"]).await);
+    ok(&write_if(&gw, "PUT", "fay", &none, &["If-None-Match: *"]).await);
+    // A DELETE at an old revision is refused; at the current one, done.
+    precondition_failed(&write_if(&gw, "DELETE", "eve", &Value::Null, &[&tag]).await);
+    let now = format!("If-Match: \"{second}\"");
+    ok(&write_if(&gw, "DELETE", "eve", &Value::Null, &[&now]).await);
+
+    // The spreadsheet flow: a file exported, then the user deactivated and
+    // a role taken away; the old file imported again changes nothing.
+    ok(&put_user(
+        &gw,
+        admin,
+        "gus",
+        json!({ "partners": ["acme"], "roles": ["editor"] }),
+    )
+    .await);
+    let out = cli(&gw, &["export", "--partner", "acme"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let old = String::from_utf8(out.stdout).unwrap();
+    assert!(old.contains(",revision\r\n"), "{old}");
+    ok(&put_user(
+        &gw,
+        admin,
+        "gus",
+        json!({ "partners": ["acme"], "roles": ["viewer"], "active": false }),
+    )
+    .await);
+    let r = import(&gw, admin, &old).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (409, "import_conflict"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let rows = r.json()["rows"].as_array().unwrap().clone();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["user"], "gus");
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("changed since the file was exported")
+    );
+    let r = get("gus").await;
+    assert_eq!(r.json()["record"]["active"], false);
+    assert_eq!(r.json()["record"]["roles"], json!(["viewer"]));
+    // The CLI says so and exits 1.
+    let file = gw.dir.join("old.csv");
+    std::fs::write(&file, &old).unwrap();
+    let out = cli(&gw, &["import", file.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("import_conflict"));
+    // Exported again, the same edit goes through; a file without the
+    // column is last-writer-wins, as before.
+    let out = cli(&gw, &["export", "--partner", "acme"]).await;
+    let fresh = String::from_utf8(out.stdout).unwrap();
+    let edited = fresh.replace("gus,,,acme,,viewer,,,false", "gus,,,acme,,editor,,,false");
+    assert_ne!(edited, fresh, "{fresh}");
+    ok(&import(&gw, admin, &edited).await);
+    assert_eq!(
+        get("gus").await.json()["record"]["roles"],
+        json!(["editor"])
+    );
+    ok(&import(&gw, admin, "user,partners,roles\ngus,acme,viewer\n").await);
+    assert_eq!(
+        get("gus").await.json()["record"]["roles"],
+        json!(["viewer"])
+    );
+}

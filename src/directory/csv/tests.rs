@@ -70,13 +70,66 @@ fn export_writes_a_bom_the_header_and_sorted_rows_with_crlf() {
     bob.grants = strs(&["bot.flows.view@bot:7"]);
     let mut alice = record(&[], &[]);
     alice.active = false;
+    let (rb, ra) = (bob.revision(), alice.revision());
     let text = export(&[("bob".into(), bob), ("alice".into(), alice)]);
     assert_eq!(
         text,
-        "\u{feff}user,name,email,partners,teams,roles,profiles,grants,active\r\n\
-         alice,,,,,,,,false\r\n\
-         bob,Bob,bob@example.com,acme;globex,t1,agent;developer@bot:42,base;support:3,bot.flows.view@bot:7,true\r\n"
+        format!(
+            "\u{feff}user,name,email,partners,teams,roles,profiles,grants,active,revision\r\n\
+             alice,,,,,,,,false,{ra}\r\n\
+             bob,Bob,bob@example.com,acme;globex,t1,agent;developer@bot:42,base;support:3,bot.flows.view@bot:7,true,{rb}\r\n"
+        )
     );
+}
+
+/// A revision is `r` and 16 hex digits, the same for the same record and
+/// different for any change to it (the `active` flag, a role, the time of
+/// a deactivation).
+#[test]
+fn a_revision_follows_every_change_of_the_stored_record() {
+    let a = record(&["acme"], &["agent"]);
+    let r = a.revision();
+    assert!(is_revision(&r), "{r}");
+    assert_eq!(record(&["acme"], &["agent"]).revision(), r);
+    let mut b = a.clone();
+    b.active = false;
+    let mut c = a.clone();
+    c.roles.push("developer@bot:1".into());
+    let mut d = b.clone();
+    d.deactivated_ms = Some(5);
+    let all = [r, b.revision(), c.revision(), d.revision()];
+    for (i, x) in all.iter().enumerate() {
+        for y in &all[i + 1..] {
+            assert_ne!(x, y);
+        }
+    }
+}
+
+/// A `revision` cell is read (any case), empty is none, anything else is
+/// a row problem; without the column, no row has one.
+#[test]
+fn revision_cells_are_read_and_checked() {
+    let r = record(&[], &[]).revision();
+    let text = format!(
+        "user,revision\nalice,{}\nbob,\ncarol,not-a-revision\n",
+        r.to_uppercase()
+    );
+    let err = import_rows(text.as_bytes()).err().unwrap();
+    assert_eq!(err.rows.len(), 1);
+    assert_eq!(err.rows[0].row, 4);
+    assert!(
+        err.rows[0].reason.starts_with("revision:"),
+        "{:?}",
+        err.rows
+    );
+    let text = format!("user,revision\nalice,{r}\nbob,\n");
+    let file = import_rows(text.as_bytes()).unwrap();
+    assert!(file.revision_given);
+    assert_eq!(file.rows[0].3.as_deref(), Some(r.as_str()));
+    assert_eq!(file.rows[1].3, None);
+    let file = import_rows(b"user\nalice\n").unwrap();
+    assert!(!file.revision_given);
+    assert_eq!(file.rows[0].3, None);
 }
 
 #[test]
@@ -84,7 +137,7 @@ fn export_of_no_users_is_the_header_and_imports_as_nothing() {
     let text = export(&[]);
     assert_eq!(
         text,
-        "\u{feff}user,name,email,partners,teams,roles,profiles,grants,active\r\n"
+        "\u{feff}user,name,email,partners,teams,roles,profiles,grants,active,revision\r\n"
     );
     assert_eq!(import(text.as_bytes()).unwrap(), vec![]);
 }
