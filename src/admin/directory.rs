@@ -73,10 +73,12 @@ pub struct Preconditions {
 
 impl Preconditions {
     /// Whether a write may go ahead on an entry whose revision is
-    /// `current` (`None`: no entry); otherwise 412 `precondition_failed`
-    /// with the current revision.
+    /// `current` (`None`: no entry); otherwise 412 `precondition_failed`,
+    /// with the current revision when the caller may read the entry
+    /// (`shown`; else `null`: a write that changes nothing passes the
+    /// rights of any caller, and must not tell it the revision).
     #[allow(clippy::result_large_err)]
-    fn check(&self, current: Option<&str>) -> Result<(), Resp> {
+    fn check(&self, current: Option<&str>, shown: bool) -> Result<(), Resp> {
         // `*`, or a list of entity tags; `If-Match` compares strongly (a
         // weak tag never matches), `If-None-Match` weakly.
         let matches = |field: &str, strong: bool| {
@@ -108,7 +110,7 @@ impl Preconditions {
                     Some(_) => "the entry is not at the revision the request names (changed since it was read, or created)",
                     None => "there is no entry (removed since it was read, or never written)",
                 },
-                "revision": current,
+                "revision": current.filter(|_| shown),
             }),
         ))
     }
@@ -290,6 +292,17 @@ pub async fn write_user(
         },
     };
     Ok((op, new))
+}
+
+/// Whether `caller` may read the entry `rec`: the admin token, or
+/// `manage_with` on one of its partners (no entry: nothing to read).
+fn sees(rt: &Runtime, caller: &Caller, dir: &DirectorySettings, rec: Option<&UserRecord>) -> bool {
+    operator(caller)
+        || rec.is_some_and(|r| {
+            r.partners
+                .iter()
+                .any(|p| caller.may(rt, &dir.manage_with, Some(("partner", p))))
+        })
 }
 
 fn may<'a>(
@@ -529,11 +542,18 @@ async fn import_csv(
         if checked.is_ok() && old.is_none() && seen.contains(&sub) {
             checked = Err(seen_refusal());
         }
-        if checked.is_ok() && stale.contains(&row) {
+        // A stale row that would change nothing is no conflict (the user
+        // deactivated again since, say, with the same entry).
+        let no_op = old.as_ref().is_some_and(|o| o.same_entry(&rec));
+        if checked.is_ok() && stale.contains(&row) && !no_op {
             conflict = true;
+            let shown = sees(rt, caller, dir, old.as_ref());
             let reason = match (given, now) {
-                (Some(g), Some(n)) => format!(
+                (Some(g), Some(n)) if shown => format!(
                     "the entry changed since the file was exported (revision {g}, now {n}): export again"
+                ),
+                (Some(g), Some(_)) => format!(
+                    "the entry changed since the file was exported (revision {g}): export again"
                 ),
                 (Some(g), None) => format!(
                     "the entry was removed since the file was exported (revision {g}): export again, or empty the revision cell to create it"
@@ -639,12 +659,7 @@ fn get_user(
         }
         Err(r) => return r,
     };
-    let sees = operator(caller)
-        || rec
-            .partners
-            .iter()
-            .any(|p| caller.may(rt, &dir.manage_with, Some(("partner", p))));
-    if !sees {
+    if !sees(rt, caller, dir, Some(&rec)) {
         return forbidden(&format!(
             "viewing this user requires {} on one of their partners",
             dir.manage_with
@@ -698,10 +713,10 @@ async fn put_user(
     }
     // After the rights: a caller who may not change the entry learns
     // nothing of its revision.
-    if let Err(r) = call
-        .preconditions
-        .check(old.as_ref().map(UserRecord::revision).as_deref())
-    {
+    if let Err(r) = call.preconditions.check(
+        old.as_ref().map(UserRecord::revision).as_deref(),
+        sees(rt, caller, dir, old.as_ref()),
+    ) {
         return (r, vec![]);
     }
     if old.is_none() {
@@ -752,7 +767,10 @@ async fn delete_user(
     if let Err(r) = check_change(dir, operator(caller), Some(&old), None, &may(rt, caller)) {
         return (refused(r), vec![]);
     }
-    if let Err(r) = call.preconditions.check(Some(&old.revision())) {
+    if let Err(r) = call
+        .preconditions
+        .check(Some(&old.revision()), sees(rt, caller, dir, Some(&old)))
+    {
         return (r, vec![]);
     }
     let op = SharedOp::Del {

@@ -60,6 +60,10 @@
 //!     turn `true` into `TRUE`), surrounding spaces ignored. An empty cell is
 //!     an error, not "true": clearing the cell must not silently re-activate
 //!     a deactivated user. Export writes `true`/`false`.
+//!   - `revision`: the entry's revision when it was exported
+//!     ([`UserRecord::revision`]: `r` and 16 hex digits, read in any case);
+//!     empty means the user had no entry. The endpoint refuses a row whose
+//!     entry is no longer at that revision.
 //! - **Lists** (`partners`, `teams`, `roles`, `profiles`, `grants`): items
 //!   separated by `;` (the field separator is `,`, so a list stays one
 //!   cell). Items are trimmed, empty items dropped (`a; ;b;` is `a;b`),

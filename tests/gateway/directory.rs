@@ -933,6 +933,18 @@ async fn csv_export_edit_import_round_trip_and_a_bad_file_changes_nothing() {
 /// `PUT` or `DELETE` of one entry with the admin token and the given
 /// precondition header lines.
 async fn write_if(gw: &Gw, method: &str, sub: &str, body: &Value, conditions: &[&str]) -> Resp {
+    write_as(gw, DIR_ADMIN_TOKEN, method, sub, body, conditions).await
+}
+
+/// [`write_if`] with `token`.
+async fn write_as(
+    gw: &Gw,
+    token: &str,
+    method: &str,
+    sub: &str,
+    body: &Value,
+    conditions: &[&str],
+) -> Resp {
     let body = if body.is_null() {
         String::new()
     } else {
@@ -940,7 +952,7 @@ async fn write_if(gw: &Gw, method: &str, sub: &str, body: &Value, conditions: &[
     };
     let mut r = format!(
         "{method} /directory/users/{sub} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
-         Authorization: Bearer {DIR_ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
     );
     for c in conditions {
@@ -1024,7 +1036,39 @@ async fn a_write_or_an_import_older_than_the_entry_is_refused() {
     let weak = format!("If-Match: W/\"{second}\"");
     precondition_failed(&write_if(&gw, "DELETE", "eve", &Value::Null, &[&weak]).await);
     let none = json!({ "partners": ["acme"] });
-    precondition_failed(&write_if(&gw, "PUT", "nobody", &none, &["If-Match: *"]).await);
+    let r = write_if(&gw, "PUT", "nobody", &none, &["If-Match: *"]).await;
+    precondition_failed(&r);
+    assert_eq!(r.json()["revision"], Value::Null);
+    // A Partner Admin of another partner: refused on its rights (403),
+    // never told the revision; sending the entry unchanged (which its
+    // rights let through) it gets 412 without the revision.
+    ok(&put_user(
+        &gw,
+        admin,
+        "pat",
+        json!({ "partners": ["globex"], "roles": ["partner-admin"] }),
+    )
+    .await);
+    let pat = tok("pat", &[]);
+    let r = write_as(
+        &gw,
+        &pat,
+        "PUT",
+        "eve",
+        &json!({ "partners": ["acme"], "roles": ["editor"] }),
+        &[&tag],
+    )
+    .await;
+    forbidden(&r);
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&second),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let same = json!({ "partners": ["acme"], "roles": ["viewer"] });
+    let r = write_as(&gw, &pat, "PUT", "eve", &same, &[&tag]).await;
+    precondition_failed(&r);
+    assert_eq!(r.json()["revision"], Value::Null);
     precondition_failed(&write_if(&gw, "PUT", "eve", &none, &["If-None-Match: *"]).await);
     ok(&write_if(&gw, "PUT", "fay", &none, &["If-None-Match: *"]).await);
     // A DELETE at an old revision is refused; at the current one, done.
@@ -1092,5 +1136,44 @@ async fn a_write_or_an_import_older_than_the_entry_is_refused() {
     assert_eq!(
         get("gus").await.json()["record"]["roles"],
         json!(["viewer"])
+    );
+
+    // Which way a row is stale: removed since, or created since (an empty
+    // cell); a stale row that would change nothing passes.
+    let gus = get("gus").await.json()["revision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stale = format!(
+        "user,partners,roles,active,revision\nzed,acme,viewer,true,{first}\ngus,acme,editor,false,\n"
+    );
+    let r = import(&gw, admin, &stale).await;
+    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    let reasons: Vec<String> = r.json()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(reasons[0].contains("removed since"), "{reasons:?}");
+    assert!(reasons[1].contains("created since"), "{reasons:?}");
+    ok(&import(
+        &gw,
+        admin,
+        &format!("user,partners,roles,active,revision\ngus,acme,viewer,false,{first}\n"),
+    )
+    .await);
+    // A stale row the caller may not write: 403, and no revision named.
+    let r = import(
+        &gw,
+        &pat,
+        &format!("user,partners,roles,active,revision\ngus,acme,editor,false,{first}\n"),
+    )
+    .await;
+    forbidden(&r);
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains(&gus),
+        "{}",
+        String::from_utf8_lossy(&r.body)
     );
 }
