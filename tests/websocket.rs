@@ -1068,6 +1068,84 @@ async fn a_websocket_is_closed_when_the_pushed_tuple_it_was_allowed_on_goes() {
     echo(&mut ws, "on one").await;
 }
 
+/// A relation source answering `{"allowed": …}` as `answer` says: 1 true,
+/// 0 false, anything else 500.
+async fn relation_source(answer: Arc<std::sync::atomic::AtomicU8>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let a = answer.load(std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let (status, body) = match a {
+                            1 => (200, r#"{"allowed":true}"#),
+                            0 => (200, r#"{"allowed":false}"#),
+                            _ => (500, "down"),
+                        };
+                        let mut r = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(body.as_bytes()),
+                        ));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A websocket allowed by a *pulled* relation asks it again while it is
+/// open (every `cache_ttl`, at least a second): closed when the source
+/// answers false (1008 `relation removed`) or cannot answer (1011
+/// `relation unavailable`, fail closed), open while it answers true.
+#[tokio::test]
+async fn a_websocket_allowed_by_a_pulled_relation_is_closed_when_it_no_longer_holds() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let answer = Arc::new(AtomicU8::new(1));
+    let source = relation_source(answer.clone()).await;
+    let up = WsUpstream::start().await;
+    let http = Upstream::start().await;
+    let dir = scratch_dir("ws-pull");
+    let cfg = config(
+        &dir,
+        up.addr,
+        http.addr,
+        "  state_dir: state\nrelations: { active_conversation: { pull: { upstream: rel, path: /relations/conv, cache_ttl: 1s, negative_ttl: 0s } } }\n",
+    )
+    .replace("upstreams:\n", &format!("upstreams:\n  rel: {{ url: \"http://{source}\" }}\n"));
+    let gw = start_with_config(&dir, &cfg).await;
+    let t = tok("s-ws-pull", "agent-pull", &[]);
+    let mut ws = open_ok(gw.addr, "/ws/conv/c-1", &t).await;
+    // Asked again at least twice meanwhile, still true: open.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    echo(&mut ws, "still in the conversation").await;
+    answer.store(0, Ordering::SeqCst);
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Policy, "relation removed")
+    );
+    assert_eq!(refused(gw.addr, "/ws/conv/c-1", bearer(&t)).await.0, 403);
+    // The source fails: closed too, as a request would be refused.
+    answer.store(1, Ordering::SeqCst);
+    let mut ws = open_ok(gw.addr, "/ws/conv/c-1", &t).await;
+    echo(&mut ws, "back in it").await;
+    answer.store(2, Ordering::SeqCst);
+    let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;
+    assert_eq!(
+        (f.code, f.reason.as_str()),
+        (CloseCode::Error, "relation unavailable")
+    );
+}
+
 // ------------------------------------------------------------ session end
 
 #[tokio::test]

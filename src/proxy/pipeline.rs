@@ -525,6 +525,9 @@ impl Gateway {
         // The pushed relation tuples that answered true (re-checked while
         // a websocket or a long-lived answer lasts).
         let mut tuples = Vec::new();
+        // The pulled relations that answered true (asked again while a
+        // websocket is open).
+        let mut pulled = Vec::new();
         if let Some(v) = &verified {
             // 5a decide first (pure), so that 4 knows whether to touch:
             //    only allowed, non-passive requests keep a session alive.
@@ -570,6 +573,9 @@ impl Gateway {
                     relations::resolve(rt, &rt.relation_cache, self.store(), pr, questions).await;
                 (decision, u) = decide(&answers);
                 tuples = answers.pushed_true(rt, pr);
+                if websocket {
+                    pulled = answers.pulled_true(rt);
+                }
             }
             unmask = u;
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
@@ -595,7 +601,7 @@ impl Gateway {
             let client = hyper::upgrade::on(&mut req);
             ctx.slot = conn.slot.clone();
             let resp = forward(rt, ctx, route, &target, principal, false, req).await?;
-            let authorized = verified.as_ref().map(|v| (v, standing(v, tuples)));
+            let authorized = verified.as_ref().map(|v| (v, standing(v, tuples), pulled));
             return self.upgrade(rt, ctx, route, authorized, client, resp).await;
         }
         // 7a mask plan, decided before forwarding (a masked answer is fetched
@@ -658,7 +664,7 @@ impl Gateway {
         rt: &Runtime,
         ctx: &Ctx,
         route: &Route,
-        authorized: Option<(&Verified, Standing)>,
+        authorized: Option<(&Verified, Standing, Vec<relations::Question>)>,
         client: hyper::upgrade::OnUpgrade,
         mut resp: Response<UpstreamBody>,
     ) -> Result<Response<RespBody>, Refusal> {
@@ -667,7 +673,7 @@ impl Gateway {
             let (resp, relayed) = respond(rt, ctx, resp);
             debug_assert!(relayed.is_none(), "fields relayed to a websocket handshake");
             return Ok(match authorized {
-                Some((v, standing)) => self.session_bound(rt, v, standing, ctx.started, resp),
+                Some((v, standing, _)) => self.session_bound(rt, v, standing, ctx.started, resp),
                 None => resp,
             });
         }
@@ -686,7 +692,7 @@ impl Gateway {
         let pick = resp.body_mut().take_pick();
         let (mut parts, _) = resp.into_parts();
         clean_response(rt, ctx, &mut parts.headers, None);
-        let binding = authorized.map(|(v, standing)| {
+        let binding = authorized.map(|(v, standing, pulled)| {
             let p = &v.principal;
             websocket::Binding {
                 store: self.store.clone(),
@@ -700,6 +706,14 @@ impl Gateway {
                 active: !route.passive,
                 on_store_error: rt.sessions.on_store_error,
                 standing,
+                pulls: (!pulled.is_empty()).then(|| {
+                    Box::new(websocket::Pulls {
+                        every: relations::ask_again_every(rt, &pulled),
+                        rt: self.runtime(),
+                        principal: p.clone(),
+                        questions: pulled,
+                    })
+                }),
             }
         });
         websocket::spawn(

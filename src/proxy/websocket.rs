@@ -17,8 +17,9 @@
 //!  relay: frames both ways, bounded (max message = listen.max_websocket_message_bytes)
 //!    client Text/Binary → session touched (at most every min(1 s, idle/4); not on passive routes)
 //!    the subject's user-directory entry changes → client: close 1008 "user changed"
-//!    a pushed relation tuple it was allowed on is removed or expires
-//!      → client: close 1008 "relation removed"
+//!    a pushed relation tuple it was allowed on is removed or expires, or a
+//!    pulled relation (asked again every cache_ttl) answers false
+//!      → client: close 1008 "relation removed" (cannot be answered: 1011)
 //!    session ends (notification from the session table, or the idle/lifetime deadline)
 //!      → client: close 1008 + reason; upstream: close 1000 + reason; no frame relayed after
 //!    either side closes → the close is passed on; the other side's answer awaited ≤ 1 s
@@ -352,8 +353,11 @@ pub enum CloseReason {
     /// grants…): the socket was authorized on the old one.
     UserChanged,
     /// A pushed relation tuple the socket was authorized on was removed
-    /// or expired.
+    /// or expired, or a pulled relation answers false now.
     RelationRemoved,
+    /// A pulled relation the socket was authorized on could not be
+    /// answered when it was asked again (fail closed, as for a request).
+    RelationUnavailable,
 }
 
 impl CloseReason {
@@ -368,6 +372,7 @@ impl CloseReason {
             CloseReason::StoreUnavailable => "session store unavailable",
             CloseReason::UserChanged => "user changed",
             CloseReason::RelationRemoved => "relation removed",
+            CloseReason::RelationUnavailable => "relation unavailable",
         }
     }
 
@@ -375,7 +380,7 @@ impl CloseReason {
     /// ended, 1011 when it cannot be checked.
     fn client_code(self) -> CloseCode {
         match self {
-            CloseReason::StoreUnavailable => CloseCode::Error,
+            CloseReason::StoreUnavailable | CloseReason::RelationUnavailable => CloseCode::Error,
             _ => CloseCode::Policy,
         }
     }
@@ -408,6 +413,46 @@ pub struct Binding {
     /// What else it was authorized on: the subject's directory entry, the
     /// pushed relation tuples.
     pub standing: Standing,
+    /// The pulled relations that answered true, asked again while it is
+    /// open (boxed: most sockets have none).
+    pub pulls: Option<Box<Pulls>>,
+}
+
+/// Pulled relations an open websocket was allowed on, and what asking them
+/// again needs.
+pub struct Pulls {
+    /// The configuration that authorized the socket (its relation
+    /// sources, cache and upstreams).
+    pub rt: Arc<crate::config::Runtime>,
+    pub principal: Arc<crate::policy::Principal>,
+    pub questions: Vec<crate::relations::Question>,
+    /// How often ([`crate::relations::ask_again_every`]).
+    pub every: Duration,
+}
+
+impl Pulls {
+    /// Asks every question again (from the answer cache when it can):
+    /// `Some(reason)` once one is false or cannot be answered.
+    async fn ask(&self, store: &Store) -> Option<CloseReason> {
+        let rt = &self.rt;
+        let answers = crate::relations::resolve(
+            rt,
+            &rt.relation_cache,
+            store,
+            &self.principal,
+            self.questions.clone(),
+        )
+        .await;
+        let mut reason = None;
+        for q in &self.questions {
+            match answers.get(q) {
+                Some(true) => {}
+                Some(false) => return Some(CloseReason::RelationRemoved),
+                None => reason = Some(CloseReason::RelationUnavailable),
+            }
+        }
+        reason
+    }
 }
 
 impl Binding {
@@ -486,6 +531,10 @@ impl Binding {
     /// (the subscription came after phase 4), then whenever the table
     /// signals an end, and at each idle/lifetime deadline.
     async fn over(&self, watch: &mut SessionWatch) -> CloseReason {
+        let mut next_pull = self
+            .pulls
+            .as_ref()
+            .map(|p| tokio::time::Instant::now() + p.every);
         loop {
             if let Some(r) = self.check(false).await {
                 return r;
@@ -498,9 +547,22 @@ impl Binding {
                 Err(Lost::RelationRemoved) => return CloseReason::RelationRemoved,
             };
             let deadline = self.deadline(tuple_exp);
+            // One timer for both (a second one would be held in the relay
+            // task's future for the socket's whole life).
+            let wake = next_pull.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
                 _ = watch.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(wake) => {
+                    if let (Some(p), Some(at)) = (&self.pulls, next_pull)
+                        && tokio::time::Instant::now() >= at
+                    {
+                        // Boxed: the pull's state is not held inline either.
+                        if let Some(r) = Box::pin(p.ask(&self.store)).await {
+                            return r;
+                        }
+                        next_pull = Some(tokio::time::Instant::now() + p.every);
+                    }
+                }
             }
         }
     }
@@ -1055,15 +1117,15 @@ mod tests {
     /// state (the Redis check is ~1.8 KB) or the closing handshake's must
     /// not be held inline for the socket's whole life (it was 6.4 KB; about
     /// 2.5 KB since, the upstream side's send timer, the message and idle
-    /// timer, the reload signal, the directory entry and the relation
-    /// tuples included).
+    /// timer, the reload signal, the directory entry, the relation tuples
+    /// and the pulled relations' clock included).
     #[test]
     fn relay_task_future_stays_small() {
         fn size<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let task = size(|c, u, (r, g)| relay_task(c, u, r, g));
-        assert!(task <= 2600, "relay task future is {task} bytes");
+        assert!(task <= 2640, "relay task future is {task} bytes");
         let check = size::<&'static Binding, bool, (), _>(|b, touch, ()| b.check(touch));
         assert!(check <= 256, "session check future is {check} bytes");
     }

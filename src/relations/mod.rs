@@ -50,19 +50,57 @@ impl Answers {
         self.0.insert((name.to_string(), args), answer);
     }
 
-    /// The stored tuples (shared-records namespace and key) of the pushed
-    /// relations that answered true: what a websocket authorized with these
-    /// answers depends on (re-checked while it is open).
-    pub fn pushed_true(&self, rt: &Runtime, p: &Principal) -> Vec<(String, String)> {
+    /// The questions of pushed (`pushed`) or pulled relations that
+    /// answered true.
+    fn held<'a>(&'a self, rt: &'a Runtime, pushed: bool) -> impl Iterator<Item = &'a Question> {
         self.0
             .iter()
-            .filter(|((name, _), answer)| {
+            .filter(move |((name, _), answer)| {
                 **answer == Some(true)
-                    && matches!(rt.relations.get(name), Some(RelationSource::Push(_)))
+                    && match rt.relations.get(name) {
+                        Some(RelationSource::Push(_)) => pushed,
+                        Some(RelationSource::Pull(_)) => !pushed,
+                        None => false,
+                    }
             })
-            .map(|((name, args), _)| (tuple_ns(name), tuple_key(&p.issuer, &p.subject, args)))
+            .map(|(q, _)| q)
+    }
+
+    /// The stored tuples (shared-records namespace and key) of the pushed
+    /// relations that answered true: what a websocket or a long-lived
+    /// answer authorized with these answers depends on (re-checked while
+    /// it lasts).
+    pub fn pushed_true(&self, rt: &Runtime, p: &Principal) -> Vec<(String, String)> {
+        self.held(rt, true)
+            .map(|(name, args)| (tuple_ns(name), tuple_key(&p.issuer, &p.subject, args)))
             .collect()
     }
+
+    /// The pulled relations that answered true: asked again while a
+    /// websocket authorized with these answers is open.
+    pub fn pulled_true(&self, rt: &Runtime) -> Vec<Question> {
+        self.held(rt, false).cloned().collect()
+    }
+
+    /// The answer to `question` (`None`: unknown or not asked).
+    pub fn get(&self, question: &Question) -> Option<bool> {
+        self.0.get(question).copied().flatten()
+    }
+}
+
+/// How often an open websocket asks its pulled relations again: the
+/// shortest `cache_ttl` among them (an answer is never older than that
+/// for a request either), at least a second.
+pub fn ask_again_every(rt: &Runtime, questions: &[Question]) -> std::time::Duration {
+    questions
+        .iter()
+        .filter_map(|(name, _)| match rt.relations.get(name) {
+            Some(RelationSource::Pull(src)) => Some(src.cache_ttl),
+            _ => None,
+        })
+        .min()
+        .unwrap_or_default()
+        .max(std::time::Duration::from_secs(1))
 }
 
 impl Relations for Answers {
