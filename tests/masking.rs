@@ -264,6 +264,20 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                     full("text/csv", None, body)
                                 }
                             }
+                            "/shape/headers" => {
+                                // PII in header values, and headers that must pass.
+                                let mut r = full("application/json", None, doc.clone());
+                                let h = r.headers_mut();
+                                let disposition = format!("attachment; filename=\"{EMAIL}.json\"");
+                                h.insert("content-disposition", disposition.parse().unwrap());
+                                h.insert("location", format!("/customers?email={EMAIL}").parse().unwrap());
+                                h.insert("x-customer-card", CARD.parse().unwrap());
+                                h.insert("x-customer-phone", PHONE.parse().unwrap());
+                                h.insert("x-ratelimit-reset", "1733600000".parse().unwrap());
+                                h.insert("strict-transport-security", "max-age=31536000".parse().unwrap());
+                                h.insert("x-raw", hyper::header::HeaderValue::from_bytes(b"caf\xe9").unwrap());
+                                r
+                            }
                             "/shape/json-as-sse" => full("text/event-stream", None, doc),
                             "/shape/json-as-csv" => full("text/csv", None, doc),
                             "/shape/semicolon-csv" => {
@@ -552,6 +566,55 @@ async fn every_shape_is_masked_for_an_agent_and_unmasked_for_a_supervisor() {
             && !text.contains("keepalive")
             && text.contains("\n:\n"),
         "{text}"
+    );
+}
+
+/// PII in the answer's header values is masked for an agent by the mask's
+/// detectors (also on a bodyless answer to HEAD), and passes for a
+/// supervisor; headers describing the body, its caching or security
+/// policy, and numbers that are no card, pass as sent.
+#[tokio::test]
+async fn pii_in_response_headers_is_masked_for_an_agent() {
+    let (gw, _release, _) = setup().await;
+    let (a, s) = (agent(), supervisor());
+    for method in ["GET", "HEAD"] {
+        let r = req(gw.addr, method, "/shape/headers", Some(&a), &[]).await;
+        assert_eq!(r.status, 200, "{method}");
+        let all: String = r
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect();
+        for pii in [EMAIL, CARD, PHONE] {
+            assert!(!all.contains(pii), "{method}: {pii} leaked in\n{all}");
+        }
+        assert!(
+            r.header("content-disposition")
+                .is_some_and(|v| v.starts_with("attachment; filename=")),
+            "{all}"
+        );
+        assert!(
+            r.header("location")
+                .is_some_and(|v| v.starts_with("/customers?email=")),
+            "{all}"
+        );
+        assert_eq!(r.header("x-ratelimit-reset"), Some("1733600000"));
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=31536000")
+        );
+        assert!(
+            r.header("content-type")
+                .is_some_and(|v| v.starts_with("application/json"))
+        );
+        assert_eq!(r.header("x-raw"), None, "a value that is not text goes");
+    }
+    let r = req(gw.addr, "GET", "/shape/headers", Some(&s), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-customer-card"), Some(CARD));
+    assert!(
+        r.header("content-disposition")
+            .is_some_and(|v| v.contains(EMAIL))
     );
 }
 

@@ -1069,16 +1069,20 @@ async fn a_websocket_is_closed_when_the_pushed_tuple_it_was_allowed_on_goes() {
 }
 
 /// A relation source answering `{"allowed": …}` as `answer` says: 1 true,
-/// 0 false, anything else 500.
-async fn relation_source(answer: Arc<std::sync::atomic::AtomicU8>) -> SocketAddr {
+/// 0 false, anything else 500; `asked` counts the calls.
+async fn relation_source(
+    answer: Arc<std::sync::atomic::AtomicU8>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (s, _) = l.accept().await.unwrap();
-            let answer = answer.clone();
+            let (answer, asked) = (answer.clone(), asked.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| {
+                    asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let a = answer.load(std::sync::atomic::Ordering::SeqCst);
                     async move {
                         let (status, body) = match a {
@@ -1108,9 +1112,10 @@ async fn relation_source(answer: Arc<std::sync::atomic::AtomicU8>) -> SocketAddr
 /// `relation unavailable`, fail closed), open while it answers true.
 #[tokio::test]
 async fn a_websocket_allowed_by_a_pulled_relation_is_closed_when_it_no_longer_holds() {
-    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
     let answer = Arc::new(AtomicU8::new(1));
-    let source = relation_source(answer.clone()).await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let source = relation_source(answer.clone(), asked.clone()).await;
     let up = WsUpstream::start().await;
     let http = Upstream::start().await;
     let dir = scratch_dir("ws-pull");
@@ -1124,8 +1129,13 @@ async fn a_websocket_allowed_by_a_pulled_relation_is_closed_when_it_no_longer_ho
     let gw = start_with_config(&dir, &cfg).await;
     let t = tok("s-ws-pull", "agent-pull", &[]);
     let mut ws = open_ok(gw.addr, "/ws/conv/c-1", &t).await;
-    // Asked again at least twice meanwhile, still true: open.
+    let at_open = asked.load(Ordering::SeqCst);
+    assert_eq!(at_open, 1, "asked once for the handshake");
+    // Asked again meanwhile (every second, the cached answer expiring each
+    // time), still true: open.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    let again = asked.load(Ordering::SeqCst) - at_open;
+    assert!((1..=3).contains(&again), "asked {again} times in 2.5 s");
     echo(&mut ws, "still in the conversation").await;
     answer.store(0, Ordering::SeqCst);
     let (f, _) = closed_within(&mut ws, Duration::from_secs(5)).await;

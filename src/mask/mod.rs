@@ -2,7 +2,8 @@
 //! principal who lacks the policy's `unmask_with` capability (phase 7,
 //! respond).
 //!
-//! Owns: choosing how a body is read ([`body_kind`], [`encoding`]) and the
+//! Owns: the masked answer's header values ([`headers`]), choosing how a
+//! body is read ([`body_kind`], [`encoding`]) and the
 //! per-body pipeline [`BodyMasker`]: decode ([`decode`]) → frame
 //! ([`framing`] for NDJSON/SSE, [`csv`]) → mask ([`json`], [`strategy`] under a
 //! [`policy::Policy`]). Must not: do I/O, know about hyper/tokio/HTTP types,
@@ -68,6 +69,7 @@
 pub mod csv;
 pub mod decode;
 pub mod framing;
+pub mod headers;
 pub mod json;
 pub mod owner;
 pub mod policy;

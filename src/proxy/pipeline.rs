@@ -452,7 +452,7 @@ impl Gateway {
 
     async fn handle_inner(
         &self,
-        rt: &Runtime,
+        rt: &Arc<Runtime>,
         ctx: &mut Ctx,
         conn: &Conn,
         mut req: Request<ClientBody>,
@@ -661,7 +661,7 @@ impl Gateway {
     /// authorized on (`authorized`; none on a public route).
     async fn upgrade(
         &self,
-        rt: &Runtime,
+        rt: &Arc<Runtime>,
         ctx: &Ctx,
         route: &Route,
         authorized: Option<(&Verified, Standing, Vec<relations::Question>)>,
@@ -709,7 +709,7 @@ impl Gateway {
                 pulls: (!pulled.is_empty()).then(|| {
                     Box::new(websocket::Pulls {
                         every: relations::ask_again_every(rt, &pulled),
-                        rt: self.runtime(),
+                        rt: rt.clone(),
                         principal: p.clone(),
                         questions: pulled,
                     })
@@ -1729,6 +1729,9 @@ async fn mask_response(
     // support of the upstream's do not describe it.
     headers::remove_each(h, &UNMASKED_REPRESENTATION);
     headers::set(h, header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    // PII in header values (a file name, a redirect's query) is masked by
+    // the mask's detectors too, bodyless answers included.
+    mask::headers::scrub_headers(&policy.detectors, h, &[headers::X_REQUEST_ID]);
     let status = parts.status;
     // An empty body needs no type (a write's `201` with `Content-Length:
     // 0`): nothing to mask, nothing refused.

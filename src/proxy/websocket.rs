@@ -422,7 +422,8 @@ pub struct Binding {
 /// again needs.
 pub struct Pulls {
     /// The configuration that authorized the socket (its relation
-    /// sources, cache and upstreams).
+    /// sources, cache and upstreams), also after a reload that keeps the
+    /// socket open (`reload.websockets: keep`).
     pub rt: Arc<crate::config::Runtime>,
     pub principal: Arc<crate::policy::Principal>,
     pub questions: Vec<crate::relations::Question>,
