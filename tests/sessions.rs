@@ -786,21 +786,9 @@ async fn stream_lifetime<F: std::future::Future<Output = ()>>(
     token: &str,
     after: F,
 ) -> Duration {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
+    use tokio::io::AsyncReadExt;
+    let mut s = open_stream(gw, path, token).await;
     let mut buf = vec![0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
     after.await;
     let start = Instant::now();
     let mut ticks = 0;
@@ -889,7 +877,8 @@ async fn open_stream(gw: std::net::SocketAddr, path: &str, token: &str) -> tokio
     .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     s
 }
 

@@ -1731,7 +1731,10 @@ async fn mask_response(
     headers::set(h, header::ACCEPT_RANGES, HeaderValue::from_static("none"));
     // PII in header values (a file name, a redirect's query) is masked by
     // the mask's detectors too, bodyless answers included.
-    mask::headers::scrub_headers(&policy.detectors, h, &[headers::X_REQUEST_ID]);
+    let scrubbed = mask::headers::scrub_headers(&policy.detectors, h, &[headers::X_REQUEST_ID]);
+    if scrubbed > 0 {
+        tracing::debug!(target: "rolegate::mask", request_id = %ctx.request_id, headers = scrubbed, "masked addresses in response headers");
+    }
     let status = parts.status;
     // An empty body needs no type (a write's `201` with `Content-Length:
     // 0`): nothing to mask, nothing refused.

@@ -43,20 +43,34 @@ pub use table::{EndReason, Record, SessionRef, Touch, Verdict, issuer_user_key};
 pub struct SessionWatch {
     store: Arc<Store>,
     key: table::Key,
-    rx: Option<tokio::sync::watch::Receiver<()>>,
+    rx: Option<tokio::sync::watch::Receiver<watch::Wakes>>,
+    /// The session count of the last wake seen.
+    session_wakes: u64,
 }
 
 impl SessionWatch {
-    /// Resolves when the session may have ended (the caller re-checks it).
-    /// Never resolves again once the channel is gone.
-    pub async fn changed(&mut self) {
-        let gone = match self.rx.as_mut() {
-            Some(rx) => rx.changed().await.is_err(),
-            None => true,
+    /// Resolves when the session may have ended or its subject changed (the
+    /// caller re-checks): true when the session may have ended (the caller
+    /// asks the store), false when only its subject changed. Never resolves
+    /// again once the channel is gone.
+    pub async fn changed(&mut self) -> bool {
+        let seen = match self.rx.as_mut() {
+            Some(rx) => match rx.changed().await {
+                Ok(()) => Some(rx.borrow_and_update().session),
+                Err(_) => None,
+            },
+            None => None,
         };
-        if gone {
-            self.rx = None;
-            std::future::pending::<()>().await;
+        match seen {
+            Some(n) => {
+                let moved = n != self.session_wakes;
+                self.session_wakes = n;
+                moved
+            }
+            None => {
+                self.rx = None;
+                std::future::pending::<bool>().await
+            }
         }
     }
 }
@@ -420,10 +434,12 @@ impl Store {
     pub fn watch(self: &Arc<Self>, id: SessionRef<'_>) -> SessionWatch {
         let key = id.key();
         let rx = self.table().watchers().subscribe(key, id.subject);
+        let session_wakes = rx.borrow().session;
         SessionWatch {
             store: self.clone(),
             key,
             rx: Some(rx),
+            session_wakes,
         }
     }
 

@@ -12,8 +12,11 @@
 //! lookup per ended session (per watched session of the subject), and
 //! nothing scans the sockets.
 //!
-//! A notification carries no payload: the socket re-checks its session
-//! (and directory entry) and reads the reason from the store. A
+//! A notification carries two counters ([`Wakes`]): one moved by session
+//! events, one by subject events. The socket re-checks its session (a
+//! store call, a round trip with Redis when its mirror forgot the session)
+//! only when the first moved, and what else it was authorized on (memory
+//! only) at every wake; the reason is read from the store. A
 //! notification sent before the socket subscribed is never needed: the
 //! socket subscribes first and then checks, and the table marks a session
 //! ended before firing.
@@ -27,25 +30,34 @@ use tokio::sync::watch;
 
 use super::table::Key;
 
+/// What a watched session's channel carries: how many times it was woken
+/// for its session (ended, or the store resubscribed) and for its subject
+/// (directory entry or relation tuples changed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wakes {
+    pub session: u64,
+    pub subject: u64,
+}
+
 /// The watched sessions of one table, and which subject each is of (so
 /// a change to a subject's user-directory entry wakes only its sockets).
 #[derive(Default)]
 pub struct Watchers {
-    map: DashMap<Key, (watch::Sender<()>, Box<str>)>,
+    map: DashMap<Key, (watch::Sender<Wakes>, Box<str>)>,
     by_subject: DashMap<Box<str>, Vec<Key>>,
 }
 
 impl Watchers {
     /// A receiver that changes whenever `key`'s session (of `subject`)
     /// may have ended.
-    pub fn subscribe(&self, key: Key, subject: &str) -> watch::Receiver<()> {
+    pub fn subscribe(&self, key: Key, subject: &str) -> watch::Receiver<Wakes> {
         // Guards are taken in one order everywhere: the subject's entry,
         // then the session's (see `release`).
         let mut keys = self.by_subject.entry(subject.into()).or_default();
         let rx = self
             .map
             .entry(key)
-            .or_insert_with(|| (watch::channel(()).0, subject.into()))
+            .or_insert_with(|| (watch::channel(Wakes::default()).0, subject.into()))
             .0
             .subscribe();
         if !keys.contains(&key) {
@@ -57,7 +69,7 @@ impl Watchers {
     /// Wakes every socket of `key`'s session (no-op when none is open).
     pub fn fire(&self, key: &Key) {
         if let Some(e) = self.map.get(key) {
-            e.0.send_replace(());
+            e.0.send_modify(|w| w.session += 1);
         }
     }
 
@@ -69,7 +81,9 @@ impl Watchers {
             None => return,
         };
         for k in &keys {
-            self.fire(k);
+            if let Some(e) = self.map.get(k) {
+                e.0.send_modify(|w| w.subject += 1);
+            }
         }
     }
 
@@ -77,7 +91,7 @@ impl Watchers {
     /// events may have been missed, each socket re-checks its session).
     pub fn fire_all(&self) {
         for kv in self.map.iter() {
-            kv.value().0.send_replace(());
+            kv.value().0.send_modify(|w| w.session += 1);
         }
     }
 
@@ -89,7 +103,8 @@ impl Watchers {
         // The subject's entry, then the session's, as in `subscribe`: a
         // socket of this session subscribing meanwhile waits, and keeps its
         // key listed.
-        let unwatched = |_: &Key, (tx, _): &(watch::Sender<()>, Box<str>)| tx.receiver_count() == 0;
+        let unwatched =
+            |_: &Key, (tx, _): &(watch::Sender<Wakes>, Box<str>)| tx.receiver_count() == 0;
         match self.by_subject.entry(subject) {
             dashmap::Entry::Occupied(mut keys) => {
                 if self.map.remove_if(key, unwatched).is_some() {
@@ -156,6 +171,22 @@ mod tests {
         w.fire_subject("alice");
         assert!(ra1.has_changed().unwrap() && ra2.has_changed().unwrap());
         assert!(!rb.has_changed().unwrap());
+        // A subject's wake is told apart from a session's.
+        assert_eq!(
+            *ra1.borrow(),
+            Wakes {
+                session: 0,
+                subject: 1
+            }
+        );
+        w.fire(&a1);
+        assert_eq!(
+            *ra1.borrow(),
+            Wakes {
+                session: 1,
+                subject: 1
+            }
+        );
         ra1.mark_unchanged();
         drop(ra2);
         w.release(&a2);
