@@ -1729,8 +1729,8 @@ async fn mask_response(
     // support of the upstream's do not describe it.
     headers::remove_each(h, &UNMASKED_REPRESENTATION);
     headers::set(h, header::ACCEPT_RANGES, HeaderValue::from_static("none"));
-    // PII in header values (a file name, a redirect's query) is masked by
-    // the mask's detectors too, bodyless answers included.
+    // E-mail addresses in header values (a file name, a redirect's query)
+    // are masked too, bodyless answers included (`mask::headers`).
     let scrubbed = mask::headers::scrub_headers(&policy.detectors, h, &[headers::X_REQUEST_ID]);
     if scrubbed > 0 {
         tracing::debug!(target: "rolegate::mask", request_id = %ctx.request_id, headers = scrubbed, "masked addresses in response headers");
