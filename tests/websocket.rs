@@ -1293,6 +1293,29 @@ async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
     let q = tok("s-redis-idle", "user-redis-3", &["viewer", "quick"]);
     let mut ws = open_ok(a.addr, "/ws/tick", &q).await;
     assert_closed(&mut ws, Duration::from_secs(4), "session idle timeout").await;
+    // Also while its subject's tuples keep changing (each change wakes the
+    // socket, for its subject alone): those wakes must not put off the
+    // idle deadline.
+    let q = tok("s-redis-idle-2", "user-redis-6", &["viewer", "quick"]);
+    let mut ws = open_ok(a.addr, "/ws/tick", &q).await;
+    let admin_b = b.admin.unwrap();
+    let churn = tokio::spawn(async move {
+        for i in 0..40 {
+            let t =
+                json!({ "subject": "user-redis-6", "issuer": ISS_RSA, "object": format!("c-{i}") });
+            req_json(
+                admin_b,
+                "POST",
+                "/relations/active_conversation",
+                Some(ADMIN_TOKEN),
+                &t.to_string(),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    assert_closed(&mut ws, Duration::from_secs(4), "session idle timeout").await;
+    churn.abort();
     // And the end is shared: B refuses the session too.
     let r = req(b.addr, "GET", "/api/ping", Some(&q), &[]).await;
     assert_eq!((r.status, r.error()), (401, "session_expired".to_string()));

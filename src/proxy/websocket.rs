@@ -502,11 +502,11 @@ impl Binding {
     }
 
     /// When the session would end by itself (idle or lifetime) by this
-    /// gateway's view, or a tuple it was authorized on expires, as a timer
-    /// deadline; just after, so that the check then finds it over.
-    fn deadline(&self, tuple_exp: Option<u64>) -> tokio::time::Instant {
-        let now = now_ms();
-        let at = match self.store.local_record(self.id()) {
+    /// gateway's view, in ms since the epoch; just after, so that the check
+    /// then finds it over. Made after each session check and kept until
+    /// the next one (a wake for the subject alone must not move it).
+    fn session_end_ms(&self) -> u64 {
+        match self.store.local_record(self.id()) {
             Some(r) => {
                 let idle = match r.idle_ms {
                     0 => self.idle_ms,
@@ -520,12 +520,8 @@ impl Binding {
             }
             // Not in this gateway's view (a Redis mirror forgets active
             // sessions): check again one idle period from now.
-            None => now.saturating_add(self.idle_ms),
-        };
-        let at = tuple_exp.map_or(at, |x| at.min(x.saturating_add(1)));
-        // Never a busy loop, whatever the clocks say.
-        let wait = at.saturating_sub(now).max(20);
-        tokio::time::Instant::now() + Duration::from_millis(wait)
+            None => now_ms().saturating_add(self.idle_ms),
+        }
     }
 
     /// Resolves with the reason once the session is over: checked now
@@ -541,9 +537,13 @@ impl Binding {
         // the subject alone (a directory or tuple change: a store call, a
         // Redis round trip, per socket of the subject, would buy nothing).
         let mut session_check = true;
+        let mut session_end = 0;
         loop {
-            if session_check && let Some(r) = self.check(false).await {
-                return r;
+            if session_check {
+                if let Some(r) = self.check(false).await {
+                    return r;
+                }
+                session_end = self.session_end_ms();
             }
             // The table wakes the subject's sockets when its directory
             // entry or one of its tuples changes.
@@ -552,7 +552,10 @@ impl Binding {
                 Err(Lost::UserChanged) => return CloseReason::UserChanged,
                 Err(Lost::RelationRemoved) => return CloseReason::RelationRemoved,
             };
-            let deadline = self.deadline(tuple_exp);
+            let at = tuple_exp.map_or(session_end, |x| session_end.min(x.saturating_add(1)));
+            // Never a busy loop, whatever the clocks say.
+            let wait = at.saturating_sub(now_ms()).max(20);
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
             // One timer for both (a second one would be held in the relay
             // task's future for the socket's whole life).
             let wake = next_pull.map_or(deadline, |at| at.min(deadline));

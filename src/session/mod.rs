@@ -433,8 +433,8 @@ impl Store {
     /// by the check or by the subscription.
     pub fn watch(self: &Arc<Self>, id: SessionRef<'_>) -> SessionWatch {
         let key = id.key();
-        let rx = self.table().watchers().subscribe(key, id.subject);
-        let session_wakes = rx.borrow().session;
+        let mut rx = self.table().watchers().subscribe(key, id.subject);
+        let session_wakes = rx.borrow_and_update().session;
         SessionWatch {
             store: self.clone(),
             key,
