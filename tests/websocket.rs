@@ -1298,6 +1298,12 @@ async fn with_redis_a_session_ended_on_another_gateway_closes_the_websocket() {
     // idle deadline.
     let q = tok("s-redis-idle-2", "user-redis-6", &["viewer", "quick"]);
     let mut ws = open_ok(a.addr, "/ws/tick", &q).await;
+    // A's mirror forgets active sessions (its housekeeping does so every
+    // 30 s): its deadline can no longer be read from there.
+    let rolegate::session::Store::Redis(store) = a.gateway.store() else {
+        unreachable!("a Redis store")
+    };
+    store.refresh_mirror().await;
     let admin_b = b.admin.unwrap();
     let churn = tokio::spawn(async move {
         for i in 0..40 {
