@@ -503,7 +503,11 @@ async fn import_csv(
     for (row, sub, rec, revision) in file.rows {
         match user(store, &sub) {
             Ok(old) => {
-                let now = old.as_ref().map(UserRecord::revision);
+                // Digested only when the file has the column.
+                let now = old
+                    .as_ref()
+                    .filter(|_| file.revision_given)
+                    .map(UserRecord::revision);
                 if file.revision_given && revision != now {
                     stale.insert(row);
                 }

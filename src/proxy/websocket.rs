@@ -445,8 +445,9 @@ impl Pulls {
         )
         .await;
         let mut reason = None;
-        for q in &self.questions {
-            match answers.get(q) {
+        for (name, args) in &self.questions {
+            use crate::policy::Relations;
+            match answers.check(name, args, &self.principal) {
                 Some(true) => {}
                 Some(false) => return Some(CloseReason::RelationRemoved),
                 None => reason = Some(CloseReason::RelationUnavailable),

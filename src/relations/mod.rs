@@ -81,11 +81,6 @@ impl Answers {
     pub fn pulled_true(&self, rt: &Runtime) -> Vec<Question> {
         self.held(rt, false).cloned().collect()
     }
-
-    /// The answer to `question` (`None`: unknown or not asked).
-    pub fn get(&self, question: &Question) -> Option<bool> {
-        self.0.get(question).copied().flatten()
-    }
 }
 
 /// How often an open websocket asks its pulled relations again: the
