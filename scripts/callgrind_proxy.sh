@@ -14,8 +14,8 @@
 # program's instructions over the window divided by the requests wrk
 # counted. Needs nginx, valgrind and wrk. Loopback only; stops what it
 # starts. Under valgrind, aws-lc's SHA-256 runs its AVX code, not the SHA
-# extensions the CPU may have: the two digests per request (token cache
-# key, session key) count for more here than on the real CPU.
+# extensions the CPU may have: a digest (the shared token cache's key, on
+# a connection's first request) counts for more here than on the real CPU.
 set -euo pipefail
 . "$(dirname "$0")/callgrind_lib.sh"
 BIN=$(realpath "${1:-target/release/rolegate}")

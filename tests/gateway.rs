@@ -340,6 +340,65 @@ async fn token_extraction_rules() {
     assert_eq!(r.error(), "missing_token");
 }
 
+/// A kept-alive connection remembers the last token it verified; a
+/// different token on it — another user's, a forgery of the same length,
+/// none — is judged on its own, never answered from the memory.
+#[tokio::test]
+async fn a_kept_alive_connection_judges_every_token_it_sends() {
+    let up = Upstream::start().await;
+    let gw = start_gateway(up.addr, "").await;
+    let alice = token_with(json!({ "sub": "alice", "sid": "s-a", "roles": ["viewer"] }));
+    let bob = token_with(json!({ "sub": "bob", "sid": "s-b", "roles": ["viewer"] }));
+    let mut forged = alice.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let mut c = KeptAlive::open(gw.addr).await;
+    let mut seen = Vec::new();
+    for (token, status) in [
+        (Some(&alice), 200),
+        (Some(&alice), 200),
+        (Some(&bob), 200),
+        (Some(&forged), 401),
+        (None, 401),
+        (Some(&alice), 200),
+    ] {
+        let before = up.count();
+        let r = c.get("/bots/1/flows", token.map(String::as_str)).await;
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        if status == 200 {
+            seen.push(up.last().header("x-rolegate-user").unwrap().to_string());
+        } else {
+            assert_eq!(up.count(), before, "a refused request reached the upstream");
+        }
+    }
+    assert_eq!(seen, ["alice", "alice", "bob", "alice"]);
+}
+
+/// The connection's memory of a token ends with the token's `exp`.
+#[tokio::test]
+async fn a_kept_alive_connection_s_token_expires_on_time() {
+    let up = Upstream::start().await;
+    let dir = scratch_dir("gw");
+    std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{}\" }}\nrules: rules.yaml\n",
+        identity_yaml().replace("leeway: 5s", "leeway: 0s"),
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let exp = now() + 2;
+    let t = token_with(json!({ "exp": exp, "roles": ["viewer"] }));
+    let mut c = KeptAlive::open(gw.addr).await;
+    assert_eq!(c.get("/bots/1/flows", Some(&t)).await.status, 200);
+    while now() <= exp {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let r = c.get("/bots/1/flows", Some(&t)).await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(up.count(), 1);
+}
+
 // ------------------------------------------------------------------ policy
 
 #[tokio::test]

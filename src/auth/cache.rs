@@ -113,6 +113,12 @@ impl TokenCache {
         self.entries.insert(digest_of(token), (times, principal));
     }
 
+    /// `false` with `cache_entries: 0`, which also turns off the
+    /// connections' memos (`auth::ConnToken`): every request verifies.
+    pub fn enabled(&self) -> bool {
+        self.max_entries > 0
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

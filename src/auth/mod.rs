@@ -2,8 +2,9 @@
 //!
 //! Owns token extraction (one `Authorization: Bearer` header, or the
 //! configured cookie; never the query string), JWT verification per issuer
-//! with a pinned algorithm allow-list (RFC 8725), the verified-token cache
-//! and the claims → principal mapping. It knows nothing of routes or
+//! with a pinned algorithm allow-list (RFC 8725), the verified-token cache,
+//! each connection's memory of its last token ([`ConnToken`]) and the
+//! claims → principal mapping. It knows nothing of routes or
 //! policy, and never logs a token.
 //!
 //! Verification order, each step failing closed with a 401:
@@ -180,6 +181,73 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
     cache: TokenCache,
+    /// Tells this authenticator's [`ConnToken`] entries from those of the
+    /// one a reload replaced (numbers are never reused).
+    generation: u64,
+}
+
+/// The last token one client connection presented and what it verified
+/// to. A kept-alive connection sends the same token with every request:
+/// it is then compared with this one (in constant time: a connection a
+/// front proxy shares between clients must not tell one client how much of
+/// another's token it guessed) instead of being digested and looked up in
+/// the shared cache. Taken only by the authenticator that verified it and
+/// only before the token's `exp`, as the cache's entries are. Unlike the
+/// shared cache it holds the token itself, for as long as the connection
+/// lives (its read buffer held it too).
+#[derive(Default)]
+pub struct ConnToken(std::sync::Mutex<Option<Remembered>>);
+
+/// Never prints the token.
+impl std::fmt::Debug for ConnToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnToken(..)")
+    }
+}
+
+struct Remembered {
+    generation: u64,
+    token: Vec<u8>,
+    principal: Arc<Principal>,
+    times: Times,
+}
+
+impl ConnToken {
+    /// The remembered verification of `token`, if `generation` made it and
+    /// it has not expired at `now`. Never waits: a connection whose memo
+    /// is in use by another of its requests (HTTP/2) goes to the cache.
+    fn get(&self, generation: u64, token: &str, now: u64) -> Option<(Arc<Principal>, Times)> {
+        let guard = self.0.try_lock().ok()?;
+        let r = guard.as_ref()?;
+        let same = r.generation == generation
+            && now < r.times.exp
+            && aws_lc_rs::constant_time::verify_slices_are_equal(&r.token, token.as_bytes())
+                .is_ok();
+        same.then(|| (r.principal.clone(), r.times.clone()))
+    }
+
+    fn put(&self, generation: u64, token: &str, principal: &Arc<Principal>, times: &Times) {
+        let Ok(mut guard) = self.0.try_lock() else {
+            return;
+        };
+        match guard.as_mut() {
+            Some(r) => {
+                r.generation = generation;
+                r.token.clear();
+                r.token.extend_from_slice(token.as_bytes());
+                r.principal = principal.clone();
+                r.times = times.clone();
+            }
+            None => {
+                *guard = Some(Remembered {
+                    generation,
+                    token: token.as_bytes().to_vec(),
+                    principal: principal.clone(),
+                    times: times.clone(),
+                })
+            }
+        }
+    }
 }
 
 impl Authenticator {
@@ -194,6 +262,10 @@ impl Authenticator {
             issuers,
             by_iss,
             cache: TokenCache::new(cache_entries),
+            generation: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         }
     }
 
@@ -207,14 +279,35 @@ impl Authenticator {
 
     /// Finds the token in the request headers and verifies it.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Verified, AuthError> {
-        self.authenticate_at(headers, now_unix())
+        self.authenticate_at(headers, now_unix(), None)
     }
 
     /// [`Authenticator::authenticate`] with the request's clock (unix
     /// seconds), read once per request by the pipeline.
-    pub fn authenticate_at(&self, headers: &HeaderMap, now: u64) -> Result<Verified, AuthError> {
+    /// `memo`: the connection's last token, tried before the shared cache.
+    pub fn authenticate_at(
+        &self,
+        headers: &HeaderMap,
+        now: u64,
+        memo: Option<&ConnToken>,
+    ) -> Result<Verified, AuthError> {
         let (token, from_cookie) = self.extract(headers)?;
-        let (principal, Times { exp, iat }) = self.verify_at(token, now)?;
+        let (principal, Times { exp, iat }) = match memo.filter(|_| self.cache.enabled()) {
+            None => self.verify_at(token, now)?,
+            Some(memo) => {
+                if token.len() > self.settings.max_token_bytes {
+                    return Err(AuthError::TooLarge(self.settings.max_token_bytes));
+                }
+                match memo.get(self.generation, token, now) {
+                    Some(hit) => hit,
+                    None => {
+                        let (principal, times) = self.verify_at(token, now)?;
+                        memo.put(self.generation, token, &principal, &times);
+                        (principal, times)
+                    }
+                }
+            }
+        };
         Ok(Verified {
             principal,
             exp,
@@ -487,5 +580,47 @@ fn map_jwt_error(kind: &jsonwebtoken::errors::ErrorKind) -> AuthError {
         // cannot be valid for any key we trust.
         K::InvalidEcdsaKey | K::InvalidEddsaKey | K::InvalidRsaKey(_) => AuthError::BadSignature,
         _ => AuthError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_memo_answers_only_for_its_token_generation_and_lifetime() {
+        let memo = ConnToken::default();
+        let p = Arc::new(Principal {
+            subject: "alice".into(),
+            ..Principal::default()
+        });
+        let times = Times {
+            exp: 100,
+            iat: None,
+        };
+        assert!(memo.get(1, "a.b.c", 50).is_none(), "empty");
+        memo.put(1, "a.b.c", &p, &times);
+        let (hit, t) = memo
+            .get(1, "a.b.c", 50)
+            .expect("same token, generation, before exp");
+        assert_eq!(hit.subject, "alice");
+        assert_eq!(t.exp, 100);
+        assert!(
+            memo.get(1, "a.b.d", 50).is_none(),
+            "another token of the same length"
+        );
+        assert!(memo.get(1, "a.b.cc", 50).is_none(), "a longer one");
+        assert!(memo.get(1, "a.b.", 50).is_none(), "its prefix");
+        assert!(memo.get(2, "a.b.c", 50).is_none(), "another authenticator");
+        assert!(memo.get(1, "a.b.c", 100).is_none(), "at exp");
+        // Replaced by the next token verified on the connection.
+        let q = Arc::new(Principal {
+            subject: "bob".into(),
+            ..Principal::default()
+        });
+        memo.put(2, "x.y.z", &q, &times);
+        assert!(memo.get(1, "a.b.c", 50).is_none());
+        assert!(memo.get(2, "a.b.c", 50).is_none());
+        assert_eq!(memo.get(2, "x.y.z", 50).unwrap().0.subject, "bob");
     }
 }

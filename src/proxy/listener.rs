@@ -73,6 +73,8 @@ pub struct Conn {
     /// host it gave: a kept-alive connection sends the same one with every
     /// request, which is then not parsed again.
     pub host_memo: HostMemo,
+    /// The last token verified on this connection (`auth::ConnToken`).
+    pub token_memo: crate::auth::ConnToken,
 }
 
 /// See [`Conn::host_memo`].
@@ -94,6 +96,7 @@ impl Conn {
             h2: None,
             slot: None,
             host_memo: HostMemo::default(),
+            token_memo: Default::default(),
         }
     }
 }

@@ -490,7 +490,7 @@ impl Gateway {
         }
         // 3 authenticate (public routes skip it, and the session stage, and
         //   get no identity).
-        let verified = match authenticate(rt, ctx, route, &req)? {
+        let verified = match authenticate(rt, ctx, conn, route, &req)? {
             Some(v) => Some(self.directory_principal(rt, v)?),
             None => None,
         };
@@ -1382,6 +1382,7 @@ fn check_client_cert(rule: &ClientCertRule, conn: &Conn, now: u64) -> Result<(),
 fn authenticate(
     rt: &Runtime,
     ctx: &mut Ctx,
+    conn: &Conn,
     route: &Route,
     req: &Request<ClientBody>,
 ) -> Result<Option<Verified>, Refusal> {
@@ -1390,7 +1391,7 @@ fn authenticate(
     }
     let v = rt
         .auth
-        .authenticate_at(req.headers(), unix_secs(ctx.wall))
+        .authenticate_at(req.headers(), unix_secs(ctx.wall), Some(&conn.token_memo))
         .map_err(Deny::Unauthenticated)?;
     ctx.subject = Some(v.principal.subject.clone());
     ctx.from_cookie = v.from_cookie;

@@ -396,6 +396,61 @@ pub async fn req(
     raw(addr, r.as_bytes()).await
 }
 
+/// One kept-alive HTTP/1.1 client connection: requests one after another,
+/// each answer read by its `Content-Length` (or chunks), the connection
+/// left open.
+pub struct KeptAlive(TcpStream, Vec<u8>);
+
+impl KeptAlive {
+    pub async fn open(addr: SocketAddr) -> KeptAlive {
+        KeptAlive(TcpStream::connect(addr).await.unwrap(), Vec::new())
+    }
+
+    /// `GET target` with an optional bearer token; panics if the gateway
+    /// closes the connection instead of answering.
+    pub async fn get(&mut self, target: &str, token: Option<&str>) -> Resp {
+        let mut r = format!("GET {target} HTTP/1.1\r\nHost: app.test\r\n");
+        if let Some(t) = token {
+            r.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        r.push_str("\r\n");
+        self.0.write_all(r.as_bytes()).await.unwrap();
+        loop {
+            if let Some(n) = complete_response(&self.1) {
+                let resp = parse_response(&self.1[..n]);
+                self.1.drain(..n);
+                return resp;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), self.0.read(&mut chunk))
+                .await
+                .expect("response in time")
+                .unwrap();
+            assert!(n > 0, "the gateway closed the connection");
+            self.1.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// The length of the first complete response in `buf`, if there is one.
+fn complete_response(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let field = |name: &str| {
+        head.split("\r\n")
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    if let Some(len) = field("content-length:") {
+        let total = end + len.parse::<usize>().unwrap();
+        return (buf.len() >= total).then_some(total);
+    }
+    if field("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        let last = buf[end..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+        return Some(end + last + 5);
+    }
+    Some(end)
+}
+
 /// `METHOD target` with a bearer token and a JSON body.
 pub async fn req_json(
     addr: SocketAddr,

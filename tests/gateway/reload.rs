@@ -163,6 +163,29 @@ async fn admin_reload_swaps_the_rules_and_a_broken_file_keeps_the_old_ones() {
     assert_eq!(r.status, 405);
 }
 
+/// A token a kept-alive connection verified before a reload is verified
+/// again by the new configuration: here the issuers no longer accept its
+/// audience, so the next request on the same connection is refused.
+#[tokio::test]
+async fn a_reload_makes_kept_alive_connections_verify_their_token_again() {
+    let up = Upstream::start().await;
+    let gw = start(&up, "").await;
+    let t = tok("r1");
+    let mut c = KeptAlive::open(gw.addr).await;
+    assert_eq!(c.get("/v", Some(&t)).await.status, 200);
+    let moved = config(up.addr, "").replace(
+        &format!("audiences: [\"{AUD}\"]"),
+        "audiences: [\"elsewhere\"]",
+    );
+    assert_ne!(moved, config(up.addr, ""));
+    replace(&gw.dir, "rolegate.yaml", &moved);
+    let r = admin(&gw, "POST", "/reload").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = c.get("/v", Some(&t)).await;
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "invalid_token");
+}
+
 #[tokio::test]
 async fn a_reload_that_needs_a_restart_is_refused_with_the_reason() {
     let up = Upstream::start().await;
