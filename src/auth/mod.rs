@@ -194,7 +194,7 @@ pub struct Authenticator {
 /// the shared cache. Taken only by the authenticator that verified it and
 /// only before the token's `exp`, as the cache's entries are. Unlike the
 /// shared cache it holds the token itself, for as long as the connection
-/// lives (its read buffer held it too).
+/// lives (at most `max_token_bytes`), wiped when replaced or dropped.
 #[derive(Default)]
 pub struct ConnToken(std::sync::Mutex<Option<Remembered>>);
 
@@ -210,6 +210,13 @@ struct Remembered {
     token: Vec<u8>,
     principal: Arc<Principal>,
     times: Times,
+}
+
+/// The token is wiped when the connection ends, not left in freed memory.
+impl Drop for Remembered {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
 }
 
 impl ConnToken {
@@ -233,7 +240,8 @@ impl ConnToken {
         match guard.as_mut() {
             Some(r) => {
                 r.generation = generation;
-                r.token.clear();
+                // The whole buffer: a longer earlier token's tail too.
+                zeroize::Zeroize::zeroize(&mut r.token);
                 r.token.extend_from_slice(token.as_bytes());
                 r.principal = principal.clone();
                 r.times = times.clone();
