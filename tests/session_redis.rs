@@ -12,7 +12,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use rolegate::session::{
-    EndReason, OnStoreError, SessionRef, SessionSettings, Store, StoreKind, Touch, Verdict, now_ms,
+    EndReason, OnStoreError, SessionRef, SessionSettings, SharedExpect, SharedOp, Store, StoreKind,
+    Touch, Verdict, now_ms,
 };
 use tokio::time::{Instant, sleep};
 
@@ -190,6 +191,81 @@ fn mirror(store: &Store) -> &rolegate::session::table::Table {
 }
 
 const LONG: u64 = 60_000;
+
+/// A conditional batch is judged in Redis, not on the writer's mirror:
+/// what another instance wrote since the read refuses it, whatever this
+/// instance has seen yet; an expired value counts as none.
+#[tokio::test]
+async fn a_conditional_shared_batch_is_judged_on_what_redis_holds() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = open(&redis, LONG).await;
+    let b = open(&redis, LONG).await;
+    let put = |k: &str, v: &str, x: Option<u64>| SharedOp::Put {
+        ns: "users".into(),
+        k: k.into(),
+        v: v.into(),
+        x,
+    };
+    let read = |k: &str, v: Option<&str>| SharedExpect {
+        ns: "users".into(),
+        k: k.into(),
+        v: v.map(str::to_string),
+    };
+    assert!(
+        a.shared_apply_if(&[read("u", None)], vec![put("u", "1", None)])
+            .await
+            .unwrap()
+    );
+    // B read "1"; A writes "2"; B's write on its read is refused at once,
+    // before or after B's mirror hears of A's.
+    assert!(
+        within(Duration::from_secs(2), async || b
+            .shared()
+            .get("users", "u", now_ms())
+            .as_deref()
+            == Some("1"))
+        .await
+    );
+    a.shared_apply(vec![put("u", "2", None)]).await.unwrap();
+    let stale = [read("u", Some("1")), read("v", None)];
+    let batch = vec![put("u", "3", None), put("v", "3", None)];
+    assert!(!b.shared_apply_if(&stale, batch.clone()).await.unwrap());
+    sleep(Duration::from_millis(100)).await;
+    for s in [&a, &b] {
+        assert_eq!(s.shared().get("users", "u", now_ms()).as_deref(), Some("2"));
+        assert_eq!(s.shared().get("users", "v", now_ms()), None);
+    }
+    let fresh = [read("u", Some("2")), read("v", None)];
+    assert!(b.shared_apply_if(&fresh, batch).await.unwrap());
+    assert!(
+        within(Duration::from_secs(2), async || a
+            .shared()
+            .get("users", "v", now_ms())
+            .as_deref()
+            == Some("3"))
+        .await
+    );
+    // An expired value reads as none, in Redis as on the mirror.
+    a.shared_apply(vec![put("w", "old", Some(now_ms() - 1))])
+        .await
+        .unwrap();
+    assert!(
+        !a.shared_apply_if(&[read("w", Some("old"))], vec![put("w", "x", None)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        a.shared_apply_if(&[read("w", None)], vec![put("w", "new", None)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        a.shared().get("users", "w", now_ms()).as_deref(),
+        Some("new")
+    );
+}
 
 #[tokio::test]
 async fn session_created_on_one_instance_is_known_on_the_other() {

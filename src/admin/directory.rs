@@ -23,7 +23,7 @@ use crate::directory::{
     check_change, check_requirements,
 };
 use crate::route::decode_param;
-use crate::session::{SharedOp, Store, now_ms};
+use crate::session::{SharedExpect, SharedOp, Store, now_ms};
 
 /// A directory body larger than this is refused (413); CSV imports have
 /// their own limit.
@@ -120,26 +120,83 @@ impl Preconditions {
 /// answered as it is: admin calls are rare, the size does not matter).
 #[allow(clippy::result_large_err)]
 pub fn user(store: &Store, sub: &str) -> Result<Option<UserRecord>, Resp> {
-    match store.shared().get(USERS, sub, now_ms()) {
-        None => Ok(None),
-        Some(raw) => serde_json::from_str(&raw).map(Some).map_err(|e| {
+    user_read(store, sub).map(|(rec, _)| rec)
+}
+
+/// [`user`], with the condition that a write replacing what was read
+/// lands only on it ([`Store::shared_apply_if`]).
+#[allow(clippy::result_large_err)]
+fn user_read(store: &Store, sub: &str) -> Result<(Option<UserRecord>, SharedExpect), Resp> {
+    let raw = store.shared().get(USERS, sub, now_ms());
+    let rec = match &raw {
+        None => None,
+        Some(raw) => Some(serde_json::from_str(raw).map_err(|e| {
             error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "directory_damaged",
                 &format!("stored entry of {sub} unreadable: {e}"),
             )
-        }),
-    }
+        })?),
+    };
+    let read = SharedExpect {
+        ns: USERS.into(),
+        k: sub.to_string(),
+        v: raw.map(|r| r.to_string()),
+    };
+    Ok((rec, read))
 }
+
+/// The answer to a write whose entries changed between the read its checks
+/// were made on and the write (another gateway wrote them meanwhile):
+/// nothing was written. 412 when the request named a revision (it was no
+/// longer current), else 409 `write_conflict`.
+fn changed_meanwhile(preconditions: Option<&Preconditions>) -> Resp {
+    if preconditions.is_some_and(|p| p.if_match.is_some() || p.if_none_match.is_some()) {
+        let body = json!({
+            "error": "precondition_failed",
+            "reason": "the entry changed while this write was being applied",
+            "revision": null,
+        });
+        return reply(StatusCode::PRECONDITION_FAILED, body);
+    }
+    error(
+        StatusCode::CONFLICT,
+        "write_conflict",
+        "the directory changed while this write was being applied (another gateway wrote it): nothing was written; read it again and retry",
+    )
+}
+
+/// Directory writes of this process, one at a time: each reads, checks
+/// (rights, revisions) and writes as one step. Across gateways sharing a
+/// Redis store the write itself is conditional on what was read
+/// ([`changed_meanwhile`]).
+static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Every entry (for listings and exports), optionally of one partner.
 pub fn users(store: &Store, partner: Option<&str>) -> Vec<(String, UserRecord)> {
+    users_read(store)
+        .into_iter()
+        .map(|(k, r, _)| (k, r))
+        .filter(|(_, r)| partner.is_none_or(|p| r.partners.iter().any(|x| x == p)))
+        .collect()
+}
+
+/// Every entry, with the condition that a write replacing it lands only on
+/// what was read.
+fn users_read(store: &Store) -> Vec<(String, UserRecord, SharedExpect)> {
     store
         .shared()
         .list(USERS, now_ms())
         .into_iter()
-        .filter_map(|(k, e)| Some((k, serde_json::from_str::<UserRecord>(&e.value).ok()?)))
-        .filter(|(_, r)| partner.is_none_or(|p| r.partners.iter().any(|x| x == p)))
+        .filter_map(|(k, e)| {
+            let rec = serde_json::from_str::<UserRecord>(&e.value).ok()?;
+            let read = SharedExpect {
+                ns: USERS.into(),
+                k: k.clone(),
+                v: Some(e.value.to_string()),
+            };
+            Some((k, rec, read))
+        })
         .collect()
 }
 
@@ -354,6 +411,11 @@ pub async fn handle(rt: &Runtime, store: &Store, caller: &Caller, call: &Call<'_
         );
         return (r, vec![]);
     }
+    let _one_write_at_a_time = if method == Method::GET {
+        None
+    } else {
+        Some(WRITES.lock().await)
+    };
     match (method, rest) {
         (&Method::GET, ["users"]) => (list(rt, store, caller, dir, query), vec![]),
         (&Method::GET, ["users.csv"]) => (export_csv(rt, store, caller, dir, query), vec![]),
@@ -500,9 +562,11 @@ async fn import_csv(
     // older than a change made since (judged after the rights, below, so
     // that a caller learns nothing of entries it may not change).
     let mut stale = HashSet::new();
+    let mut reads = Vec::with_capacity(file.rows.len());
     for (row, sub, rec, revision) in file.rows {
-        match user(store, &sub) {
-            Ok(old) => {
+        match user_read(store, &sub) {
+            Ok((old, read)) => {
+                reads.push(read);
                 // Digested only when the file has the column.
                 let now = old
                     .as_ref()
@@ -599,6 +663,12 @@ async fn import_csv(
     // when the write fails, the activations already changed in the store.
     let mut lines = Vec::new();
     let mut states = Vec::new();
+    // Before the store's side effects, as for one entry (`put_user`).
+    match store.shared_holds(&reads).await {
+        Ok(true) => {}
+        Ok(false) => return (changed_meanwhile(None), vec![]),
+        Err(e) => return (unavailable(e), vec![]),
+    }
     for (sub, old, rec) in &changes {
         let changed = old.as_ref().is_none_or(|o| !o.same_entry(rec));
         if old.is_none() {
@@ -621,8 +691,10 @@ async fn import_csv(
             states.push(line);
         }
     }
-    if let Err(e) = store.shared_apply(ops).await {
-        return (unavailable(e), states);
+    match store.shared_apply_if(&reads, ops).await {
+        Ok(true) => {}
+        Ok(false) => return (changed_meanwhile(None), states),
+        Err(e) => return (unavailable(e), states),
     }
     let result = json!({ "imported": changes.len(), "created": created, "updated": updated });
     lines.push(("directory_import", "users.csv".to_string(), result.clone()));
@@ -702,7 +774,7 @@ async fn put_user(
     if let Err(r) = validate(rt, store, &mut new) {
         return (refused(r), vec![]);
     }
-    let old = match user(store, sub) {
+    let (old, read) = match user_read(store, sub) {
         Ok(o) => o,
         Err(r) => return (r, vec![]),
     };
@@ -730,13 +802,28 @@ async fn put_user(
             Err(r) => return (r, vec![]),
         }
     }
+    // Before the store's side effects (ending sessions on deactivation):
+    // a copy that missed another gateway's write is found out here.
+    match store.shared_holds(std::slice::from_ref(&read)).await {
+        Ok(true) => {}
+        Ok(false) => return (changed_meanwhile(Some(&call.preconditions)), vec![]),
+        Err(e) => return (unavailable(e), vec![]),
+    }
     let (op, new) = match write_user(store, &dir.issuer, sub, old.as_ref(), Some(&new)).await {
         Ok((op, written)) => (op, written.unwrap_or(new)),
         Err(r) => return (r, vec![]),
     };
-    if let Err(e) = store.shared_apply(vec![op]).await {
-        let state = state_change(sub, old.as_ref(), Some(&new));
-        return (unavailable(e), state.into_iter().collect());
+    match store.shared_apply_if(&[read], vec![op]).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let state = state_change(sub, old.as_ref(), Some(&new));
+            let r = changed_meanwhile(Some(&call.preconditions));
+            return (r, state.into_iter().collect());
+        }
+        Err(e) => {
+            let state = state_change(sub, old.as_ref(), Some(&new));
+            return (unavailable(e), state.into_iter().collect());
+        }
     }
     let result =
         json!({ "user": sub, "revision": new.revision(), "record": new, "created": old.is_none() });
@@ -754,9 +841,9 @@ async fn delete_user(
     sub: &str,
     call: &Call<'_>,
 ) -> Answer {
-    let old = match user(store, sub) {
-        Ok(Some(o)) => o,
-        Ok(None) => {
+    let (old, read) = match user_read(store, sub) {
+        Ok((Some(o), read)) => (o, read),
+        Ok((None, _)) => {
             return (
                 error(
                     StatusCode::NOT_FOUND,
@@ -781,8 +868,10 @@ async fn delete_user(
         ns: USERS.into(),
         k: sub.to_string(),
     };
-    if let Err(e) = store.shared_apply(vec![op]).await {
-        return (unavailable(e), vec![]);
+    match store.shared_apply_if(&[read], vec![op]).await {
+        Ok(true) => {}
+        Ok(false) => return (changed_meanwhile(Some(&call.preconditions)), vec![]),
+        Err(e) => return (unavailable(e), vec![]),
     }
     let result = json!({ "user": sub, "removed": true });
     (
@@ -862,7 +951,16 @@ async fn save_profile(
             vec![],
         );
     }
-    let mut versions = profile(store, name).unwrap_or_default();
+    let raw = store.shared().get(PROFILES, name, now_ms());
+    let mut versions: ProfileVersions = raw
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let mut reads = vec![SharedExpect {
+        ns: PROFILES.into(),
+        k: name.to_string(),
+        v: raw.map(|r| r.to_string()),
+    }];
     let version = versions.latest().map_or(1, |v| v.version + 1);
     // Bounded: past the cap the oldest versions no user holds go (never
     // the latest); when every one is held, the save is refused.
@@ -920,7 +1018,7 @@ async fn save_profile(
                 vec![],
             );
         }
-        for (sub, mut rec) in users(store, None) {
+        for (sub, mut rec, read) in users_read(store) {
             let mut held = false;
             for p in &mut rec.profiles {
                 if p.name == name {
@@ -930,6 +1028,7 @@ async fn save_profile(
             }
             if held {
                 applied += 1;
+                reads.push(read);
                 ops.push(SharedOp::Put {
                     ns: USERS.into(),
                     k: sub,
@@ -939,8 +1038,10 @@ async fn save_profile(
             }
         }
     }
-    if let Err(e) = store.shared_apply(ops).await {
-        return (unavailable(e), vec![]);
+    match store.shared_apply_if(&reads, ops).await {
+        Ok(true) => {}
+        Ok(false) => return (changed_meanwhile(None), vec![]),
+        Err(e) => return (unavailable(e), vec![]),
     }
     let result = json!({
         "profile": name,

@@ -252,13 +252,21 @@ impl EmbeddedStore {
     /// call fails only if that fails too: then memory is put back, so a
     /// failed call changed nothing). One lock orders batches, so the
     /// journal replays them in memory's order.
-    pub fn shared_apply(&self, ops: &[super::SharedOp]) -> Result<(), StoreError> {
+    /// `Ok(false)`: a condition in `expect` did not hold, nothing written.
+    pub fn shared_apply(
+        &self,
+        expect: &[super::SharedExpect],
+        ops: &[super::SharedOp],
+    ) -> Result<bool, StoreError> {
         let _order = self
             .inner
             .user_ops
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let shared = self.inner.table.shared();
+        if !shared.holds(expect, super::now_ms()) {
+            return Ok(false);
+        }
         let undo = shared.inverse(ops);
         shared.apply(ops);
         if let Err(e) = self.inner.persist(|j| j.state(ops)) {
@@ -269,7 +277,7 @@ impl EmbeddedStore {
             return Err(e);
         }
         self.inner.table.shared_changed(ops);
-        Ok(())
+        Ok(true)
     }
 
     pub fn is_deactivated(&self, subject: &str) -> bool {
@@ -431,7 +439,7 @@ mod tests {
             v: v.into(),
             x: None,
         };
-        store.shared_apply(&[put("a", "1")]).unwrap();
+        assert!(store.shared_apply(&[], &[put("a", "1")]).unwrap());
         store.inner.journal.inject(Some(Fault::Full));
         let batch = [
             put("a", "2"),
@@ -441,7 +449,7 @@ mod tests {
                 k: "a".into(),
             },
         ];
-        assert!(store.shared_apply(&batch).is_err());
+        assert!(store.shared_apply(&[], &batch).is_err());
         let shared = store.table().shared();
         assert_eq!(shared.get("rel.t", "a", 0).as_deref(), Some("1"));
         assert_eq!(shared.get("rel.t", "b", 0), None);
@@ -450,6 +458,57 @@ mod tests {
         store.inner.housekeeping();
         let text = std::fs::read_to_string(d.join("sessions.journal")).unwrap();
         assert!(!text.contains("\"b\""), "{text}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A batch with conditions is written only when each holds: a key
+    /// holding the value read, or nothing when nothing was read.
+    #[tokio::test]
+    async fn a_conditional_batch_is_written_only_on_what_was_read() {
+        use super::super::{SharedExpect, SharedOp};
+        let (store, d) = open("shared-cas");
+        let put = |k: &str, v: &str| SharedOp::Put {
+            ns: "users".into(),
+            k: k.into(),
+            v: v.into(),
+            x: None,
+        };
+        let read = |k: &str, v: Option<&str>| SharedExpect {
+            ns: "users".into(),
+            k: k.into(),
+            v: v.map(str::to_string),
+        };
+        let shared = store.table().shared();
+        assert!(
+            store
+                .shared_apply(&[read("a", None)], &[put("a", "1")])
+                .unwrap()
+        );
+        // Read "1", someone wrote "2" since: refused, nothing written.
+        assert!(store.shared_apply(&[], &[put("a", "2")]).unwrap());
+        let stale = [read("a", Some("1")), read("b", None)];
+        assert!(
+            !store
+                .shared_apply(&stale, &[put("a", "3"), put("b", "3")])
+                .unwrap()
+        );
+        assert_eq!(shared.get("users", "a", 0).as_deref(), Some("2"));
+        assert_eq!(shared.get("users", "b", 0), None);
+        // Created meanwhile: a write that read nothing is refused.
+        assert!(
+            !store
+                .shared_apply(&[read("a", None)], &[put("a", "4")])
+                .unwrap()
+        );
+        let fresh = [read("a", Some("2")), read("b", None)];
+        assert!(
+            store
+                .shared_apply(&fresh, &[put("a", "3"), put("b", "3")])
+                .unwrap()
+        );
+        assert_eq!(shared.get("users", "a", 0).as_deref(), Some("3"));
+        let text = std::fs::read_to_string(d.join("sessions.journal")).unwrap();
+        assert!(!text.contains("\"4\""), "{text}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

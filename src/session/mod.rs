@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use embedded::EmbeddedStore;
 pub use redis::RedisStore;
-pub use shared::{Entry as SharedEntry, Op as SharedOp};
+pub use shared::{Entry as SharedEntry, Expect as SharedExpect, Op as SharedOp};
 pub use table::{EndReason, Record, SessionRef, Touch, Verdict, issuer_user_key};
 
 /// An open websocket's subscription to its session's end (see `watch.rs`);
@@ -246,8 +246,32 @@ impl Store {
     /// pub/sub latency. All or nothing.
     pub async fn shared_apply(&self, ops: Vec<SharedOp>) -> Result<(), StoreError> {
         match self {
-            Store::Embedded(s) => s.shared_apply(&ops),
-            Store::Redis(s) => Box::pin(s.shared_apply(&ops)).await,
+            Store::Embedded(s) => s.shared_apply(&[], &ops).map(|_| ()),
+            Store::Redis(s) => Box::pin(s.shared_apply(&[], &ops)).await.map(|_| ()),
+        }
+    }
+
+    /// [`Store::shared_apply`] if every condition in `expect` holds where
+    /// the batch is made durable (the journal's writer; Redis, in the same
+    /// script): `Ok(false)`, nothing written, when one does not.
+    pub async fn shared_apply_if(
+        &self,
+        expect: &[SharedExpect],
+        ops: Vec<SharedOp>,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => s.shared_apply(expect, &ops),
+            Store::Redis(s) => Box::pin(s.shared_apply(expect, &ops)).await,
+        }
+    }
+
+    /// Whether every condition in `expect` holds now where the batches are
+    /// made durable (checked before a write with side effects; the write
+    /// itself is still conditional: [`Store::shared_apply_if`]).
+    pub async fn shared_holds(&self, expect: &[SharedExpect]) -> Result<bool, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(s.table().shared().holds(expect, now_ms())),
+            Store::Redis(s) => s.shared_holds(expect).await,
         }
     }
 

@@ -100,7 +100,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubS
 use redis::{Client, ErrorKind, RedisResult, Script, ServerErrorKind};
 use tokio::task::JoinHandle;
 
-use super::shared::Op as SharedOp;
+use super::shared::{Expect as SharedExpect, Op as SharedOp};
 use super::table::{
     Change, EndReason, Key, Record, RevokedId, SessionRef, Table, Touch, Verdict, issuer_user_key,
     sort_records, split_user_key,
@@ -391,17 +391,40 @@ return s(changed)
 /// (passed on in the event as it is); then per op five arguments: kind
 /// (`put`/`del`), namespace, key, expiry (`-` for none), value. A record is
 /// stored as `<expiry or -> <value>` in the hash `state:{ns}`; the
-/// namespace joins the set `state-ns`. Returns the batch's sequence number
-/// (`state-seq`), which its event carries.
+/// namespace joins the set `state-ns`. Conditions come first, five
+/// arguments each too: `want`, namespace, key, `=` and the value it must
+/// hold, or `-` and `` for no live value; if one does not hold, nothing is
+/// written and the script returns `conflict`. Otherwise it returns the
+/// batch's sequence number (`state-seq`), which its event carries; or,
+/// when ARGV[5] is empty (conditions only), `holds`.
 const LUA_SHARED: &str = r#"
-local seq = redis.call('INCR', P .. 'state-seq')
 local i = 6
+while ARGV[i] do
+  if ARGV[i] == 'want' then
+    local cur = redis.call('HGET', P .. 'state:' .. ARGV[i + 1], ARGV[i + 2])
+    local val = false
+    if cur then
+      local sp = string.find(cur, ' ', 1, true)
+      local x = string.sub(cur, 1, sp - 1)
+      if x == '-' or tonumber(x) > NOW then val = string.sub(cur, sp + 1) end
+    end
+    if ARGV[i + 3] == '-' then
+      if val then return 'conflict' end
+    elseif val ~= ARGV[i + 4] then
+      return 'conflict'
+    end
+  end
+  i = i + 5
+end
+if ARGV[5] == '' then return 'holds' end
+local seq = redis.call('INCR', P .. 'state-seq')
+i = 6
 while ARGV[i] do
   local key = P .. 'state:' .. ARGV[i + 1]
   if ARGV[i] == 'put' then
     redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3] .. ' ' .. ARGV[i + 4])
     redis.call('SADD', P .. 'state-ns', ARGV[i + 1])
-  else
+  elseif ARGV[i] == 'del' then
     redis.call('HDEL', key, ARGV[i + 2])
   end
   i = i + 5
@@ -1845,11 +1868,20 @@ impl RedisStore {
     /// and waits, up to [`OP_TIMEOUT`], until this instance's subscriber
     /// has applied it, so a caller reads its own write. Another instance
     /// applies it when the event reaches it (milliseconds).
-    pub async fn shared_apply(&self, ops: &[SharedOp]) -> Result<(), StoreError> {
+    ///
+    /// `expect`: conditions checked in the same script, against what Redis
+    /// holds (not this instance's mirror); `Ok(false)` when one does not
+    /// hold, nothing written.
+    pub async fn shared_apply(
+        &self,
+        expect: &[SharedExpect],
+        ops: &[SharedOp],
+    ) -> Result<bool, StoreError> {
         let inner = &*self.inner;
         let json = serde_json::to_string(ops).map_err(|e| StoreError(e.to_string()))?;
         let mut inv = inner.invocation(&inner.scripts.shared, now_ms());
         inv.arg(json);
+        want_args(&mut inv, expect);
         for op in ops {
             match op {
                 SharedOp::Put { ns, k, v, x } => {
@@ -1865,6 +1897,9 @@ impl RedisStore {
             }
         }
         let seq: String = inner.invoke("shared records", &inv).await?;
+        if seq == "conflict" {
+            return Ok(false);
+        }
         let seq: u64 = parse_u64(&seq)?;
         let mut rx = inner.shared_seq.subscribe();
         if tokio::time::timeout(OP_TIMEOUT, rx.wait_for(|s| *s >= seq))
@@ -1876,7 +1911,17 @@ impl RedisStore {
                 "redis session store: shared records written, event not seen yet (applied at the next resync)"
             );
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether every condition holds in Redis now (nothing written).
+    pub async fn shared_holds(&self, expect: &[SharedExpect]) -> Result<bool, StoreError> {
+        let inner = &*self.inner;
+        let mut inv = inner.invocation(&inner.scripts.shared, now_ms());
+        inv.arg("");
+        want_args(&mut inv, expect);
+        let answer: String = inner.invoke("shared records", &inv).await?;
+        Ok(answer == "holds")
     }
 
     /// Ready when the subscription is up and Redis answers a PING in time.
@@ -1907,6 +1952,17 @@ impl RedisStore {
     #[doc(hidden)]
     pub async fn refresh_mirror(&self) {
         self.inner.refresh_mirror().await;
+    }
+}
+
+/// The conditions of a shared batch, as [`LUA_SHARED`] reads them.
+fn want_args(inv: &mut redis::ScriptInvocation<'_>, expect: &[SharedExpect]) {
+    for e in expect {
+        inv.arg("want").arg(&e.ns).arg(&e.k);
+        match &e.v {
+            Some(v) => inv.arg("=").arg(v),
+            None => inv.arg("-").arg(""),
+        };
     }
 }
 

@@ -38,6 +38,19 @@ pub enum Op {
     },
 }
 
+/// A condition of a batch: when the batch is applied, `k` in `ns` holds
+/// `v` (`None`: no live value). A batch whose conditions do not all hold
+/// is not applied at all (a compare-and-set: what a read-check-write of
+/// the admin API read is still what it overwrites). Checked by the store
+/// where the batch is made durable; never part of the batch's wire or
+/// journal format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expect {
+    pub ns: String,
+    pub k: String,
+    pub v: Option<String>,
+}
+
 /// One stored value (shared: a read is a reference count, not a copy,
 /// and readers that cache what they parse from it tell an unchanged
 /// value by its pointer).
@@ -95,6 +108,13 @@ impl Shared {
             .get(k)
             .filter(|e| e.live(now_ms))
             .map(|e| e.value.clone())
+    }
+
+    /// Whether every condition holds now.
+    pub fn holds(&self, expect: &[Expect], now_ms: u64) -> bool {
+        expect
+            .iter()
+            .all(|e| self.get(&e.ns, &e.k, now_ms).as_deref() == e.v.as_deref())
     }
 
     /// The batch that puts back what `ops` would change (applied after

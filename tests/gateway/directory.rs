@@ -1177,3 +1177,78 @@ async fn a_write_or_an_import_older_than_the_entry_is_refused() {
         String::from_utf8_lossy(&r.body)
     );
 }
+
+/// With gateways sharing Redis, a write is made on what Redis holds, not on
+/// the writer's copy: a gateway whose copy has not yet heard of another's
+/// write refuses its own (412 when it named the revision it read, else 409
+/// `write_conflict`) instead of writing over the other's, and nothing of it
+/// is written.
+#[tokio::test]
+async fn a_write_judged_on_a_stale_copy_is_refused_not_written_over_anothers() {
+    let redis = TestRedis::start();
+    let store = format!("store: \"{}\"", redis.url());
+    let (_ua, a) = start(&store, "dir-cas-a").await;
+    let (_ub, b) = start(&store, "dir-cas-b").await;
+    let admin = DIR_ADMIN_TOKEN;
+    let mirror = |gw: &Gw| {
+        gw.gateway.store().shared().get(
+            rolegate::directory::USERS,
+            "vera",
+            rolegate::session::now_ms(),
+        )
+    };
+    let seen_by_b = async |want: &str| {
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while mirror(&b).as_deref() != Some(want) {
+            assert!(std::time::Instant::now() < until, "B never saw A's write");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let r = put_user(&a, admin, "vera", json!({ "roles": ["viewer"] })).await;
+    ok(&r);
+    let first = r.json()["revision"].as_str().unwrap().to_string();
+    let first_raw = mirror(&a).unwrap().to_string();
+    seen_by_b(&first_raw).await;
+    let r = put_user(&a, admin, "vera", json!({ "roles": ["editor"] })).await;
+    ok(&r);
+    let second = r.json()["revision"].as_str().unwrap().to_string();
+    seen_by_b(&mirror(&a).unwrap()).await;
+    // B's copy as if A's second write had not reached it yet.
+    b.gateway
+        .store()
+        .shared()
+        .apply(&[rolegate::session::SharedOp::Put {
+            ns: rolegate::directory::USERS.into(),
+            k: "vera".into(),
+            v: first_raw,
+            x: None,
+        }]);
+    let path = "/directory/users/vera";
+    let r = call(&b, admin, "GET", path, &Value::Null).await;
+    assert_eq!(r.json()["revision"], first.as_str(), "B's copy is stale");
+    let tag = format!("If-Match: \"{first}\"");
+    let body = json!({ "roles": ["viewer"], "active": false });
+    let r = write_as(&b, admin, "PUT", "vera", &body, &[&tag]).await;
+    precondition_failed(&r);
+    let r = write_as(&b, admin, "PUT", "vera", &body, &[]).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (409, "write_conflict"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = write_as(&b, admin, "DELETE", "vera", &Value::Null, &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (409, "write_conflict"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = call(&a, admin, "GET", path, &Value::Null).await;
+    assert_eq!(r.json()["revision"], second.as_str(), "A's write stands");
+    assert_eq!(r.json()["record"]["roles"], json!(["editor"]));
+    assert_eq!(r.json()["record"]["active"], json!(true));
+    // The refused deactivation ended nothing: vera still gets in.
+    for gw in [&a, &b] {
+        assert_eq!(
+            status(gw, "GET", "/bots/1/flows", &tok("vera", &[])).await,
+            200
+        );
+    }
+}
