@@ -265,6 +265,35 @@ async fn a_conditional_shared_batch_is_judged_on_what_redis_holds() {
         a.shared().get("users", "w", now_ms()).as_deref(),
         Some("new")
     );
+    // Values with spaces, the empty value (not the same as none), a
+    // failing condition after a holding one; and conditions alone.
+    a.shared_apply(vec![put("s", "two words", None), put("e", "", None)])
+        .await
+        .unwrap();
+    let holding = [read("s", Some("two words")), read("e", Some(""))];
+    assert!(b.shared_holds(&holding).await.unwrap());
+    assert!(!b.shared_holds(&[read("e", None)]).await.unwrap());
+    assert!(
+        !b.shared_holds(&[read("s", Some("two")), read("e", Some(""))])
+            .await
+            .unwrap()
+    );
+    let second_fails = [read("s", Some("two words")), read("e", Some("x"))];
+    assert!(!b.shared_holds(&second_fails).await.unwrap());
+    assert!(
+        !b.shared_apply_if(&second_fails, vec![put("s", "y", None)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        b.shared_apply_if(&holding, vec![put("s", "y z", None)])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        b.shared().get("users", "s", now_ms()).as_deref(),
+        Some("y z")
+    );
 }
 
 #[tokio::test]

@@ -172,6 +172,10 @@ fn changed_meanwhile(preconditions: Option<&Preconditions>) -> Resp {
 /// ([`changed_meanwhile`]).
 static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// How long a directory write waits for the one before it: past that,
+/// 503 `directory_busy`.
+const WRITE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Every entry (for listings and exports), optionally of one partner.
 pub fn users(store: &Store, partner: Option<&str>) -> Vec<(String, UserRecord)> {
     users_read(store)
@@ -414,7 +418,17 @@ pub async fn handle(rt: &Runtime, store: &Store, caller: &Caller, call: &Call<'_
     let _one_write_at_a_time = if method == Method::GET {
         None
     } else {
-        Some(WRITES.lock().await)
+        match tokio::time::timeout(WRITE_WAIT, WRITES.lock()).await {
+            Ok(guard) => Some(guard),
+            Err(_) => {
+                let r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "directory_busy",
+                    "another directory write has been running for too long (a large import on a slow store?): try again",
+                );
+                return (r, vec![]);
+            }
+        }
     };
     match (method, rest) {
         (&Method::GET, ["users"]) => (list(rt, store, caller, dir, query), vec![]),
@@ -961,13 +975,17 @@ async fn save_profile(
         k: name.to_string(),
         v: raw.map(|r| r.to_string()),
     }];
+    // One read of the entries for everything below: the held versions,
+    // the rights over the holders, the holders' writes and their
+    // conditions.
+    let entries = users_read(store);
     let version = versions.latest().map_or(1, |v| v.version + 1);
     // Bounded: past the cap the oldest versions no user holds go (never
     // the latest); when every one is held, the save is refused.
     if versions.versions.len() >= MAX_PROFILE_VERSIONS {
-        let held: HashSet<u64> = users(store, None)
+        let held: HashSet<u64> = entries
             .iter()
-            .flat_map(|(_, rec)| rec.profiles.iter())
+            .flat_map(|(_, rec, _)| rec.profiles.iter())
             .filter(|p| p.name == name)
             .filter_map(|p| p.version)
             .collect();
@@ -1000,7 +1018,7 @@ async fn save_profile(
         // user's own token, only holders the caller manages (every
         // partner of each; a holder in no partner: the admin token).
         let may_all = may(rt, caller);
-        let foreign = users(store, None).into_iter().find(|(_, rec)| {
+        let foreign = entries.iter().find(|(_, rec, _)| {
             rec.profiles.iter().any(|p| p.name == name)
                 && !operator(caller)
                 && (rec.partners.is_empty()
@@ -1018,7 +1036,7 @@ async fn save_profile(
                 vec![],
             );
         }
-        for (sub, mut rec, read) in users_read(store) {
+        for (sub, mut rec, read) in entries {
             let mut held = false;
             for p in &mut rec.profiles {
                 if p.name == name {

@@ -195,8 +195,25 @@ pub struct Authenticator {
 /// only before the token's `exp`, as the cache's entries are. Unlike the
 /// shared cache it holds the token itself, for as long as the connection
 /// lives (at most `max_token_bytes`), wiped when replaced or dropped.
+///
+/// A connection whose token keeps changing (a front proxy's, carrying
+/// many clients' requests) stops remembering after [`MAX_CHANGES`] changes
+/// in a row without a repeat: each change would cost a compare and a copy
+/// and save nothing.
 #[derive(Default)]
-pub struct ConnToken(std::sync::Mutex<Option<Remembered>>);
+pub struct ConnToken(std::sync::Mutex<Memo>);
+
+#[derive(Default)]
+struct Memo {
+    last: Option<Remembered>,
+    /// Tokens verified in a row that replaced the remembered one, each
+    /// never presented again before the next: at [`MAX_CHANGES`] nothing
+    /// is remembered any more on this connection.
+    changes: u8,
+}
+
+/// See [`ConnToken`].
+const MAX_CHANGES: u8 = 4;
 
 /// Never prints the token.
 impl std::fmt::Debug for ConnToken {
@@ -224,20 +241,34 @@ impl ConnToken {
     /// it has not expired at `now`. Never waits: a connection whose memo
     /// is in use by another of its requests (HTTP/2) goes to the cache.
     fn get(&self, generation: u64, token: &str, now: u64) -> Option<(Arc<Principal>, Times)> {
-        let guard = self.0.try_lock().ok()?;
-        let r = guard.as_ref()?;
+        let mut memo = self.0.try_lock().ok()?;
+        let r = memo.last.as_ref()?;
         let same = r.generation == generation
             && now < r.times.exp
             && aws_lc_rs::constant_time::verify_slices_are_equal(&r.token, token.as_bytes())
                 .is_ok();
-        same.then(|| (r.principal.clone(), r.times.clone()))
+        let hit = same.then(|| (r.principal.clone(), r.times.clone()));
+        if hit.is_some() {
+            memo.changes = 0;
+        }
+        hit
     }
 
     fn put(&self, generation: u64, token: &str, principal: &Arc<Principal>, times: &Times) {
-        let Ok(mut guard) = self.0.try_lock() else {
+        let Ok(mut memo) = self.0.try_lock() else {
             return;
         };
-        match guard.as_mut() {
+        if memo.changes >= MAX_CHANGES {
+            return;
+        }
+        if memo.last.is_some() {
+            memo.changes += 1;
+            if memo.changes >= MAX_CHANGES {
+                memo.last = None;
+                return;
+            }
+        }
+        match memo.last.as_mut() {
             Some(r) => {
                 r.generation = generation;
                 // The whole buffer: a longer earlier token's tail too.
@@ -247,7 +278,7 @@ impl ConnToken {
                 r.times = times.clone();
             }
             None => {
-                *guard = Some(Remembered {
+                memo.last = Some(Remembered {
                     generation,
                     token: token.as_bytes().to_vec(),
                     principal: principal.clone(),
@@ -630,5 +661,38 @@ mod tests {
         assert!(memo.get(1, "a.b.c", 50).is_none());
         assert!(memo.get(2, "a.b.c", 50).is_none());
         assert_eq!(memo.get(2, "x.y.z", 50).unwrap().0.subject, "bob");
+    }
+
+    /// A token that changes with every request (a front proxy carrying
+    /// many clients) turns the memo off for the connection; one that
+    /// changes now and then (a refreshed token) does not.
+    #[test]
+    fn a_connection_whose_token_keeps_changing_stops_remembering() {
+        let p = Arc::new(Principal::default());
+        let times = Times {
+            exp: 100,
+            iat: None,
+        };
+        let memo = ConnToken::default();
+        for round in 0..10 {
+            let t = format!("t.{round}.x");
+            assert!(memo.get(1, &t, 50).is_none());
+            memo.put(1, &t, &p, &times);
+            // Every token is asked for twice: the repeat resets the count.
+            assert!(memo.get(1, &t, 50).is_some(), "round {round}");
+        }
+        let busy = ConnToken::default();
+        // The first token, then MAX_CHANGES others, none asked for again.
+        for round in 0..=MAX_CHANGES {
+            busy.put(1, &format!("u.{round}.x"), &p, &times);
+        }
+        let last = format!("u.{MAX_CHANGES}.x");
+        assert!(
+            busy.get(1, &last, 50).is_none(),
+            "off after changes in a row"
+        );
+        busy.put(1, "v.1.x", &p, &times);
+        assert!(busy.get(1, "v.1.x", 50).is_none(), "and stays off");
+        assert!(busy.0.lock().unwrap().last.is_none(), "nothing held");
     }
 }

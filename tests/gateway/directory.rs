@@ -1251,4 +1251,53 @@ async fn a_write_judged_on_a_stale_copy_is_refused_not_written_over_anothers() {
             200
         );
     }
+    // A file imported on the stale copy: refused whole.
+    let r = import(&b, admin, "user,roles\nvera,viewer\nwalt,viewer\n").await;
+    assert_eq!((r.status, r.error().as_str()), (409, "write_conflict"));
+    let r = call(&a, admin, "GET", "/directory/users/walt", &Value::Null).await;
+    assert_eq!(r.status, 404, "no row of the refused file was written");
+
+    // A profile saved on a stale copy would have numbered its version as
+    // the one another gateway saved meanwhile, with other roles.
+    let profile = "/directory/profiles/desk";
+    ok(&call(&a, admin, "PUT", profile, &json!({ "roles": ["viewer"] })).await);
+    let raw = |gw: &Gw| {
+        gw.gateway
+            .store()
+            .shared()
+            .get("dir.profile", "desk", rolegate::session::now_ms())
+            .map(|v| v.to_string())
+    };
+    let v1 = raw(&a).expect("the profile is stored under dir.profile");
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while raw(&b).as_deref() != Some(v1.as_str()) {
+        assert!(std::time::Instant::now() < until, "B never saw the profile");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ok(&call(&a, admin, "PUT", profile, &json!({ "roles": ["editor"] })).await);
+    let v2 = raw(&a).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while raw(&b).as_deref() != Some(v2.as_str()) {
+        assert!(std::time::Instant::now() < until, "B never saw version 2");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.gateway
+        .store()
+        .shared()
+        .apply(&[rolegate::session::SharedOp::Put {
+            ns: "dir.profile".into(),
+            k: "desk".into(),
+            v: v1,
+            x: None,
+        }]);
+    let r = call(&b, admin, "PUT", profile, &json!({ "roles": ["viewer"] })).await;
+    assert_eq!((r.status, r.error().as_str()), (409, "write_conflict"));
+    let r = call(&a, admin, "GET", profile, &Value::Null).await;
+    let versions = r.json()["versions"].clone();
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    assert_eq!(
+        versions[1]["roles"],
+        json!(["editor"]),
+        "A's version 2 stands"
+    );
 }
