@@ -1521,9 +1521,11 @@ async fn a_renamed_mask_with_stored_owner_choices_is_warned_about() {
     );
 }
 
-/// A number spelled with leading zeros or `+` is the same resource to a
-/// backend that reads ids as integers: the owner's choice for bot 42 holds
-/// on `/bots/042/...` and `/bots/+42/...` too (only a principal holding
+/// A number spelled with leading zeros or `+`, a fraction of zeros, an
+/// exponent, as a hex or binary literal or with white space is the same
+/// resource to a backend that reads ids leniently (JavaScript's `Number`,
+/// PHP): the owner's choice for bot 42 holds on `/bots/042/...`,
+/// `/bots/42.0/...`, `/bots/0x2a/...` too (only a principal holding
 /// the capability on every bot can ask for those spellings: a binding to
 /// `bot:42` does not cover `bot:042`).
 #[tokio::test]
@@ -1535,7 +1537,9 @@ async fn an_owner_choice_holds_for_every_spelling_of_a_numeric_id() {
     let path = "/masks/bot-table-columns/columns/42/customers";
     let r = choose(&gw, &owner, "PUT", path, r#"{"columns":["phone"]}"#).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    for id in ["42", "042", "+42", "0042"] {
+    for id in [
+        "42", "042", "+42", "0042", "42.0", "42.", "4.2e1", "0x2a", "0b101010", "%2042",
+    ] {
         let r = req(
             gw.addr,
             "GET",
@@ -1549,15 +1553,17 @@ async fn an_owner_choice_holds_for_every_spelling_of_a_numeric_id() {
         assert_eq!(r.json()["rows"][0]["plan"], "gold", "{id}");
     }
     // Another number is another resource.
-    let r = req(
-        gw.addr,
-        "GET",
-        "/bots/420/tables/customers",
-        Some(&auditor),
-        &[],
-    )
-    .await;
-    assert_eq!(r.json()["rows"][0]["phone"], PHONE);
+    for id in ["420", "42.5", "0x2b"] {
+        let r = req(
+            gw.addr,
+            "GET",
+            &format!("/bots/{id}/tables/customers"),
+            Some(&auditor),
+            &[],
+        )
+        .await;
+        assert_eq!(r.json()["rows"][0]["phone"], PHONE, "{id}");
+    }
 }
 
 #[tokio::test]

@@ -63,21 +63,45 @@ pub fn choice_key(resource: &str, record: &str) -> String {
     serde_json::to_string(&[resource, &record.to_lowercase()]).unwrap_or_default()
 }
 
-/// The other spelling a resource id is looked up under: an id written as
-/// digits with leading zeros or a `+` (`042`, `+42`) is also the canonical
-/// number (`42`), which backends that parse ids as integers read it as;
-/// `None` for any other id. The owner's choice is kept under the id they
-/// hold the capability on (canonical in practice: `bot:042` is not
-/// `bot:42` for a role binding), so a request spelling the id otherwise
-/// still gets it.
+/// The other spelling a resource id is looked up under: an id a lenient
+/// backend reads as an integer other than the id as written — leading
+/// zeros or a sign (`042`, `+42`), a fraction of zeros (`42.0`, `42.`),
+/// an exponent (`4.2e1`), a hex, octal or binary literal (`0x2a`, `0o52`,
+/// `0b101010`), surrounding white space — is also that integer's canonical
+/// decimal spelling (`42`): what JavaScript's `Number()`, PHP's numeric
+/// strings, `parseFloat` and integer parsers make of it. Decimals are read
+/// as JavaScript reads them (a double: `42.0000000000000001` is 42);
+/// integers past 2^53 and anything else are `None`. The owner's choice is
+/// kept under the id they hold the capability on (canonical in practice:
+/// `bot:042` is not `bot:42` for a role binding), so a request spelling the
+/// id otherwise still gets it.
 pub fn canonical_number(id: &str) -> Option<String> {
-    let digits = id.strip_prefix('+').unwrap_or(id);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let s = id.trim_matches(|c: char| c.is_ascii_whitespace());
+    let radix = |p: &str| {
+        let (head, digits) = s.split_at_checked(2)?;
+        head.eq_ignore_ascii_case(p).then_some(digits)
+    };
+    let value = if let Some(d) = radix("0x") {
+        u64::from_str_radix(d, 16).ok()? as f64
+    } else if let Some(d) = radix("0o") {
+        u64::from_str_radix(d, 8).ok()? as f64
+    } else if let Some(d) = radix("0b") {
+        u64::from_str_radix(d, 2).ok()? as f64
+    } else {
+        // Digits, a sign, a point, an exponent: no `inf`, `NaN` or `_`.
+        let numeric = |b: u8| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E');
+        if s.is_empty() || !s.bytes().all(numeric) || !s.bytes().any(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse::<f64>().ok()?
+    };
+    if !value.is_finite() || value.fract() != 0.0 || value.abs() >= EXACT {
         return None;
     }
-    let trimmed = digits.trim_start_matches('0');
-    let canonical = if trimmed.is_empty() { "0" } else { trimmed };
-    (canonical != id).then(|| canonical.to_string())
+    // `-0` is 0.
+    let canonical = (value as i64).to_string();
+    (canonical != id).then_some(canonical)
 }
 
 /// The key a choice for a record with upper-case letters had before
@@ -145,7 +169,49 @@ mod tests {
         assert_eq!(canonical_number("000").as_deref(), Some("0"));
         assert_eq!(canonical_number("42"), None, "already canonical");
         assert_eq!(canonical_number("0"), None);
-        for other in ["", "+", "4a", "-42", "0x2a", "abc", "42.0", "ﾑ"] {
+        assert_eq!(canonical_number("-42"), None, "already canonical");
+        for (lenient, number) in [
+            ("42.0", "42"),
+            ("42.", "42"),
+            ("42.000", "42"),
+            ("+42.0", "42"),
+            ("4.2e1", "42"),
+            ("420E-1", "42"),
+            ("0x2a", "42"),
+            ("0X2A", "42"),
+            ("0o52", "42"),
+            ("0b101010", "42"),
+            (" 42", "42"),
+            ("42\t", "42"),
+            ("-0", "0"),
+            ("-042", "-42"),
+            ("42.0000000000000001", "42"),
+            ("9007199254740991", "9007199254740991"),
+        ] {
+            let expected = (lenient != number).then(|| number.to_string());
+            assert_eq!(canonical_number(lenient), expected, "{lenient:?}");
+        }
+        for other in [
+            "",
+            "+",
+            "4a",
+            "abc",
+            "ﾑ",
+            "42.5",
+            "4.25e1",
+            "inf",
+            "-Infinity",
+            "NaN",
+            "1e400",
+            "9007199254740993",
+            "0x",
+            "0xg",
+            "4_2",
+            "1e",
+            ".",
+            "e5",
+            "0x-2a",
+        ] {
             assert_eq!(canonical_number(other), None, "{other:?}");
         }
     }
