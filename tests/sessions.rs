@@ -864,6 +864,41 @@ async fn open_streams_are_cut_when_the_session_is_revoked_or_idles_out() {
     assert_expired(&get(&gw, "/bots/1/flows", &t).await);
 }
 
+/// A reload that changes the policy cuts the answers still being sent
+/// under the old one (`reload.streams: close`, the default), as it closes
+/// websockets, and a stream opened under the new one flows; with `keep`
+/// they run on. A reload that changes no text cuts nothing.
+#[tokio::test]
+async fn a_policy_reload_cuts_open_streams_unless_they_are_kept() {
+    let up = streaming_upstream().await;
+    for (extra, cut) in [("", true), ("reload: { streams: keep }\n", false)] {
+        let dir = scratch_dir("stream-reload");
+        let cfg = config(&dir, up, "127.0.0.1:0", "127.0.0.1:0", extra);
+        let gw = start_with_config(&dir, &cfg).await;
+        let adm = gw.admin.unwrap();
+        let t = tok("st-reload", &["viewer"]);
+        let mut s = open_stream(gw.addr, "/api/events", &t).await;
+        assert_eq!(admin(adm, "POST", "/reload").await.status, 200);
+        assert!(
+            still_flowing_after(&mut s, Duration::from_millis(1500)).await,
+            "{extra:?}: a reload that changed nothing cut the stream"
+        );
+        let rules = std::fs::read_to_string(dir.join("rules.yaml")).unwrap();
+        let tmp = dir.join(".rules.yaml.tmp");
+        std::fs::write(&tmp, format!("{rules}\n# changed\n")).unwrap();
+        std::fs::rename(&tmp, dir.join("rules.yaml")).unwrap();
+        let r = admin(adm, "POST", "/reload").await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let flowing = still_flowing_after(&mut s, Duration::from_millis(2500)).await;
+        assert_eq!(flowing, !cut, "{extra:?}: flowing after a policy reload");
+        let mut fresh = open_stream(gw.addr, "/api/events", &t).await;
+        assert!(
+            still_flowing_after(&mut fresh, Duration::from_millis(1500)).await,
+            "{extra:?}: a stream of the new policy was cut"
+        );
+    }
+}
+
 /// Opens `path` (an event stream) on a connection of its own; the answer's
 /// head has been read.
 async fn open_stream(gw: std::net::SocketAddr, path: &str, token: &str) -> tokio::net::TcpStream {

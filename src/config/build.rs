@@ -569,10 +569,12 @@ impl Builder {
                 watch: cfg.reload.watch,
                 watch_interval: reload_interval?,
                 close_websockets: cfg.reload.websockets == super::file::FileReloadWebsockets::Close,
+                cut_streams: cfg.reload.streams == super::file::FileReloadWebsockets::Close,
             },
             drain_timeout: drain_timeout?,
             generation: super::next_generation(),
             websocket_epoch: 0,
+            stream_epoch: 0,
         })
     }
 

@@ -381,9 +381,12 @@ pub struct FileReload {
     pub watch_interval: String,
     /// What a reload that changes the policy does to open websockets.
     pub websockets: FileReloadWebsockets,
+    /// What it does to answers still being sent (event streams, long
+    /// downloads): `close` cuts them, `keep` lets them run.
+    pub streams: FileReloadWebsockets,
 }
 
-/// `reload.websockets`.
+/// `reload.websockets` and `reload.streams`.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FileReloadWebsockets {
@@ -400,6 +403,7 @@ impl Default for FileReload {
             watch: true,
             watch_interval: "1s".into(),
             websockets: FileReloadWebsockets::Close,
+            streams: FileReloadWebsockets::Close,
         }
     }
 }

@@ -64,6 +64,10 @@ pub struct Runtime {
     /// when it swaps this runtime in): a websocket opened under an older
     /// number is closed.
     pub websocket_epoch: u64,
+    /// Raised by each reload that cuts streams (set like
+    /// `websocket_epoch`): an answer authorized under an older number is
+    /// cut at its next check.
+    pub stream_epoch: u64,
 }
 
 /// The next runtime's `generation`: 1, 2, … (0 skipped if it ever wraps).
@@ -89,6 +93,9 @@ pub struct ReloadSettings {
     /// A reload that changes the policy closes open websockets
     /// (`reload.websockets: close`).
     pub close_websockets: bool,
+    /// A reload that changes the policy cuts answers still being sent
+    /// (`reload.streams: close`).
+    pub cut_streams: bool,
 }
 
 /// Where a relation's answers come from (`relations.NAME`).

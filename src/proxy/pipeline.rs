@@ -103,6 +103,10 @@ pub struct Gateway {
     /// `redirect_https`, `h2c`): its open connections are then closed
     /// gracefully, so none keeps what the new configuration took away.
     listener_epochs: tokio::sync::watch::Sender<Vec<u64>>,
+    /// The `stream_epoch` of the runtime in force, raised by a reload that
+    /// cuts streams: an answer still being sent under an older one is cut
+    /// at its next check (`session_bound`).
+    stream_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What the gateway tells open websockets (see `Gateway::going_away`).
@@ -226,6 +230,7 @@ impl Gateway {
             held: Arc::default(),
             rates: RateLimiters::default(),
             listener_epochs: tokio::sync::watch::Sender::new(Vec::new()),
+            stream_epoch: Arc::default(),
         })
     }
 
@@ -277,7 +282,19 @@ impl Gateway {
         let close = (policy_changed && runtime.reload.close_websockets) || !changed.is_empty();
         let epoch = self.going_away.borrow().epoch + u64::from(close);
         runtime.websocket_epoch = epoch;
+        // Answers still being sent: cut by the same changes, under their
+        // own setting. Raised after the swap, and compared as "newer than
+        // the authorizing runtime's", so a request of the new runtime that
+        // starts in between is never cut.
+        let cut = (policy_changed && runtime.reload.cut_streams) || !changed.is_empty();
+        let streams = old.stream_epoch + u64::from(cut);
+        runtime.stream_epoch = streams;
         self.runtime.swap(Arc::new(runtime));
+        if cut {
+            self.stream_epoch
+                .store(streams, std::sync::atomic::Ordering::Release);
+            tracing::info!(target: "rolegate::reload", "policy or listener admission changed: cutting answers still being sent");
+        }
         if close {
             // After the swap: a relay of the old runtime that subscribes
             // later still sees a newer epoch than its own.
@@ -808,9 +825,11 @@ impl Gateway {
             let key = *p.session_key.get_or_init(|| id(&p).key().0);
             store.created_ms(&crate::session::table::Key(key))
         });
+        let (epochs, authorized_in) = (self.stream_epoch.clone(), rt.stream_epoch);
         let still_valid = move || {
             let now = now_ms();
-            store.still_valid(id(&p), now, idle_ms, max_life, created)
+            epochs.load(std::sync::atomic::Ordering::Acquire) <= authorized_in
+                && store.still_valid(id(&p), now, idle_ms, max_life, created)
                 && standing.check(&store, &p.subject, now).is_ok()
         };
         let every = std::time::Duration::from_secs(1);
