@@ -1538,7 +1538,22 @@ async fn an_owner_choice_holds_for_every_spelling_of_a_numeric_id() {
     let r = choose(&gw, &owner, "PUT", path, r#"{"columns":["phone"]}"#).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     for id in [
-        "42", "042", "+42", "0042", "42.0", "42.", "4.2e1", "0x2a", "0b101010", "%2042",
+        "42",
+        "042",
+        "+42",
+        "0042",
+        "42.0",
+        "42.",
+        "4.2e1",
+        "0x2a",
+        "+0x2a",
+        "0b101010",
+        "%2042",
+        "%0B42",
+        "4_2",
+        "052",
+        "42.5",
+        "%EF%BC%94%EF%BC%92",
     ] {
         let r = req(
             gw.addr,
@@ -1553,7 +1568,7 @@ async fn an_owner_choice_holds_for_every_spelling_of_a_numeric_id() {
         assert_eq!(r.json()["rows"][0]["plan"], "gold", "{id}");
     }
     // Another number is another resource.
-    for id in ["420", "42.5", "0x2b"] {
+    for id in ["420", "43.5", "0x2b", "42abc"] {
         let r = req(
             gw.addr,
             "GET",

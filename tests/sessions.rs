@@ -896,6 +896,12 @@ async fn a_policy_reload_cuts_open_streams_unless_they_are_kept() {
             still_flowing_after(&mut fresh, Duration::from_millis(1500)).await,
             "{extra:?}: a stream of the new policy was cut"
         );
+        // The next policy reload cuts it in turn.
+        std::fs::write(&tmp, format!("{rules}\n# changed again\n")).unwrap();
+        std::fs::rename(&tmp, dir.join("rules.yaml")).unwrap();
+        assert_eq!(admin(adm, "POST", "/reload").await.status, 200);
+        let flowing = still_flowing_after(&mut fresh, Duration::from_millis(2500)).await;
+        assert_eq!(flowing, !cut, "{extra:?}: flowing after a second reload");
     }
 }
 

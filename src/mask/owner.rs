@@ -63,45 +63,115 @@ pub fn choice_key(resource: &str, record: &str) -> String {
     serde_json::to_string(&[resource, &record.to_lowercase()]).unwrap_or_default()
 }
 
-/// The other spelling a resource id is looked up under: an id a lenient
-/// backend reads as an integer other than the id as written — leading
-/// zeros or a sign (`042`, `+42`), a fraction of zeros (`42.0`, `42.`),
-/// an exponent (`4.2e1`), a hex, octal or binary literal (`0x2a`, `0o52`,
-/// `0b101010`), surrounding white space — is also that integer's canonical
-/// decimal spelling (`42`): what JavaScript's `Number()`, PHP's numeric
-/// strings, `parseFloat` and integer parsers make of it. Decimals are read
-/// as JavaScript reads them (a double: `42.0000000000000001` is 42);
-/// integers past 2^53 and anything else are `None`. The owner's choice is
+/// The other ids a resource id is also looked up under: the integers a
+/// lenient backend may read it as, in canonical decimal (`42`), when that
+/// is not how it is written. Each reading is taken, so a spelling two
+/// parsers read differently gets the choices of both:
+/// - as an integer: a sign, leading zeros, `_` between digits (`+042`,
+///   `4_2`; exact at any length), or a hex, octal or binary literal with
+///   an optional sign (`0x2a`, `-0o52`, `0b101010`);
+/// - as a C or Go "base 0" integer, a leading zero meaning octal (`052`);
+/// - as a double (`Number()`, `parseFloat`, PHP): a fraction or an
+///   exponent (`42.0`, `4.2e1`, `42.0000000000000001`), up to 2^53;
+/// - as a prefix parser (`parseInt`, `atoi`, PHP's `(int)`) reads an id
+///   made of digits, signs, points and exponents: its leading digits
+///   (`42.5` is 42, `4.2e1` is 4); `0x…` is 0 to `parseFloat`.
+///
+/// White space around the id (any Unicode white space, which JavaScript
+/// and Python trim) is ignored, and full-width digits (`４２`) read as
+/// ASCII ones. Ids with other characters (`42abc`, a UUID) have no
+/// reading: only the id as written is looked up. The owner's choice is
 /// kept under the id they hold the capability on (canonical in practice:
 /// `bot:042` is not `bot:42` for a role binding), so a request spelling the
-/// id otherwise still gets it.
-pub fn canonical_number(id: &str) -> Option<String> {
+/// id otherwise still gets it; an extra reading only adds choices (more
+/// masking), never removes one.
+pub fn canonical_numbers(id: &str) -> Vec<String> {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
-    let s = id.trim_matches(|c: char| c.is_ascii_whitespace());
-    let radix = |p: &str| {
-        let (head, digits) = s.split_at_checked(2)?;
-        head.eq_ignore_ascii_case(p).then_some(digits)
-    };
-    let value = if let Some(d) = radix("0x") {
-        u64::from_str_radix(d, 16).ok()? as f64
-    } else if let Some(d) = radix("0o") {
-        u64::from_str_radix(d, 8).ok()? as f64
-    } else if let Some(d) = radix("0b") {
-        u64::from_str_radix(d, 2).ok()? as f64
-    } else {
-        // Digits, a sign, a point, an exponent: no `inf`, `NaN` or `_`.
-        let numeric = |b: u8| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E');
-        if s.is_empty() || !s.bytes().all(numeric) || !s.bytes().any(|b| b.is_ascii_digit()) {
-            return None;
+    let folded: String = id
+        .trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .chars()
+        .map(|c| match c {
+            '\u{ff10}'..='\u{ff19}' => char::from(b'0' + (c as u32 - 0xff10) as u8),
+            '\u{ff0b}' => '+',
+            '\u{ff0d}' => '-',
+            _ => c,
+        })
+        .collect();
+    let s = folded.as_str();
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |n: String| {
+        if n != id && !out.contains(&n) {
+            out.push(n);
         }
-        s.parse::<f64>().ok()?
     };
-    if !value.is_finite() || value.fract() != 0.0 || value.abs() >= EXACT {
-        return None;
+    let (negative, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let signed = |digits: &str| {
+        let digits = digits.trim_start_matches('0');
+        match (digits.is_empty(), negative) {
+            (true, _) => "0".to_string(),
+            (false, true) => format!("-{digits}"),
+            (false, false) => digits.to_string(),
+        }
+    };
+    // Hex, octal or binary literals.
+    let radix = [("0x", 16), ("0o", 8), ("0b", 2)]
+        .into_iter()
+        .find_map(|(p, r)| {
+            let (head, digits) = body.split_at_checked(2)?;
+            head.eq_ignore_ascii_case(p).then_some((digits, r))
+        });
+    if let Some((digits, r)) = radix {
+        let digits = digits.replace('_', "");
+        if let Ok(n) = u128::from_str_radix(&digits, r)
+            && !digits.starts_with(['+', '-'])
+        {
+            add(signed(&n.to_string()));
+            // `parseFloat` stops at the `x`.
+            add("0".to_string());
+        }
+        return out;
     }
-    // `-0` is 0.
-    let canonical = (value as i64).to_string();
-    (canonical != id).then_some(canonical)
+    // Digits, signs, points, exponents and `_`: no `inf`, `NaN`, letters.
+    let numeric =
+        |b: u8| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e' | b'E' | b'_');
+    if !body.bytes().all(numeric) || !body.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return out;
+    }
+    let integer = body.replace('_', "");
+    let underscores_between_digits =
+        !body.starts_with('_') && !body.ends_with('_') && !body.contains("__");
+    if underscores_between_digits
+        && !integer.is_empty()
+        && integer.bytes().all(|b| b.is_ascii_digit())
+    {
+        add(signed(&integer));
+        if integer.len() > 1
+            && integer.starts_with('0')
+            && integer.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            && let Ok(n) = u128::from_str_radix(&integer, 8)
+        {
+            add(signed(&n.to_string()));
+        }
+    }
+    if !body.contains('_')
+        && let Ok(v) = s.parse::<f64>()
+        && v.is_finite()
+        && v.fract() == 0.0
+        && v.abs() < EXACT
+    {
+        // `-0` is 0.
+        add((v as i64).to_string());
+    }
+    // A prefix parser's reading: the leading digits.
+    let lead: String = body.chars().take_while(char::is_ascii_digit).collect();
+    if !lead.is_empty() {
+        add(signed(&lead));
+    }
+    out
 }
 
 /// The key a choice for a record with upper-case letters had before
@@ -164,13 +234,19 @@ mod tests {
 
     #[test]
     fn numeric_ids_have_one_canonical_spelling() {
-        assert_eq!(canonical_number("042").as_deref(), Some("42"));
-        assert_eq!(canonical_number("+42").as_deref(), Some("42"));
-        assert_eq!(canonical_number("000").as_deref(), Some("0"));
-        assert_eq!(canonical_number("42"), None, "already canonical");
-        assert_eq!(canonical_number("0"), None);
-        assert_eq!(canonical_number("-42"), None, "already canonical");
+        let readings = |id: &str| canonical_numbers(id);
+        // Canonical already, or not a number to any parser read here.
+        for id in [
+            "42", "0", "-42", "abc", "42abc", "4f3a9c", "", "+", "inf", "NaN",
+        ] {
+            assert_eq!(readings(id), Vec::<String>::new(), "{id:?}");
+        }
+        // Past a double's range: only a prefix parser reads it.
+        assert_eq!(readings("1e400"), ["1"]);
         for (lenient, number) in [
+            ("042", "42"),
+            ("+42", "42"),
+            ("000", "0"),
             ("42.0", "42"),
             ("42.", "42"),
             ("42.000", "42"),
@@ -179,40 +255,44 @@ mod tests {
             ("420E-1", "42"),
             ("0x2a", "42"),
             ("0X2A", "42"),
+            ("+0x2a", "42"),
+            ("-0x2a", "-42"),
             ("0o52", "42"),
             ("0b101010", "42"),
+            ("0x_2a", "42"),
+            ("4_2", "42"),
             (" 42", "42"),
             ("42\t", "42"),
+            ("\u{b}42", "42"),
+            ("\u{a0}42\u{3000}", "42"),
+            ("\u{feff}42", "42"),
+            ("４２", "42"),
             ("-0", "0"),
             ("-042", "-42"),
             ("42.0000000000000001", "42"),
-            ("9007199254740991", "9007199254740991"),
+            ("42.5", "42"),
+            ("052", "42"),
+            ("052", "52"),
+            ("+01234567890123456789012", "1234567890123456789012"),
+            ("0x1234567890abcdef1234", "85968058272638546416180"),
         ] {
-            let expected = (lenient != number).then(|| number.to_string());
-            assert_eq!(canonical_number(lenient), expected, "{lenient:?}");
+            assert!(
+                readings(lenient).contains(&number.to_string()),
+                "{lenient:?} should read as {number}: {:?}",
+                readings(lenient)
+            );
         }
-        for other in [
-            "",
-            "+",
-            "4a",
-            "abc",
-            "ﾑ",
-            "42.5",
-            "4.25e1",
-            "inf",
-            "-Infinity",
-            "NaN",
-            "1e400",
-            "9007199254740993",
-            "0x",
-            "0xg",
-            "4_2",
-            "1e",
-            ".",
-            "e5",
-            "0x-2a",
-        ] {
-            assert_eq!(canonical_number(other), None, "{other:?}");
+        // Two parsers, two readings: both are looked up.
+        assert_eq!(readings("4.2e1"), ["42", "4"]);
+        assert_eq!(readings("0x2a"), ["42", "0"]);
+        // Not integers by any reading but a prefix parser's.
+        assert_eq!(readings("42.5"), ["42"]);
+        for none in ["0x", "0xg", "0x-2a", "1e", ".", "e5", "4__2", "_42", "42_"] {
+            let r = readings(none);
+            assert!(
+                !r.contains(&"42".to_string()) || none == "42_",
+                "{none:?}: {r:?}"
+            );
         }
     }
 

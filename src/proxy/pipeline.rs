@@ -259,7 +259,8 @@ impl Gateway {
     }
 
     /// Replaces the runtime (a reload); requests in flight finish on the
-    /// old one. `policy_changed`: the config or rules text differs from
+    /// old one, except answers still being sent a second after their
+    /// request began when the reload cuts streams (`reload.streams`). `policy_changed`: the config or rules text differs from
     /// the runtime in force, and with `reload.websockets: close` every open
     /// websocket is closed (1012), so that its client reconnects and is
     /// authorized anew (as it is, whatever the setting, when a listener's
@@ -292,7 +293,7 @@ impl Gateway {
         self.runtime.swap(Arc::new(runtime));
         if cut {
             self.stream_epoch
-                .store(streams, std::sync::atomic::Ordering::Release);
+                .fetch_max(streams, std::sync::atomic::Ordering::AcqRel);
             tracing::info!(target: "rolegate::reload", "policy or listener admission changed: cutting answers still being sent");
         }
         if close {
@@ -916,9 +917,9 @@ impl Gateway {
         // Under the id as written and, for a number spelled with leading
         // zeros or `+`, as the number (a backend reading `042` as 42 must
         // not serve it without 42's choice).
-        let canonical = mask::owner::canonical_number(resource);
-        let mut keys = Vec::with_capacity(4);
-        for id in std::iter::once(resource).chain(canonical.as_deref()) {
+        let readings = mask::owner::canonical_numbers(resource);
+        let mut keys = Vec::with_capacity(2 + 2 * readings.len());
+        for id in std::iter::once(resource).chain(readings.iter().map(String::as_str)) {
             keys.push(mask::owner::choice_key(id, record));
             if !record.is_empty() {
                 keys.push(mask::owner::choice_key(id, ""));
