@@ -786,24 +786,9 @@ async fn stream_lifetime<F: std::future::Future<Output = ()>>(
     token: &str,
     after: F,
 ) -> Duration {
-    use tokio::io::AsyncReadExt;
     let mut s = open_stream(gw, path, token).await;
-    let mut buf = vec![0u8; 4096];
     after.await;
-    let start = Instant::now();
-    let mut ticks = 0;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => ticks += String::from_utf8_lossy(&buf[..n]).matches("tick").count(),
-            Err(_) => panic!("the stream neither ended nor sent anything for 10 s"),
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(8),
-            "the stream outlived its session ({ticks} ticks)"
-        );
-    }
-    start.elapsed()
+    stream_lifetime_of(&mut s).await
 }
 
 /// `sessions.max_lifetime` cuts a stream that outlives it, also with the
@@ -862,6 +847,74 @@ async fn open_streams_are_cut_when_the_session_is_revoked_or_idles_out() {
     let took = stream_lifetime(gw.addr, "/api/events", &t, async {}).await;
     assert!(took < Duration::from_secs(4), "cut after {took:?}");
     assert_expired(&get(&gw, "/bots/1/flows", &t).await);
+}
+
+/// A long-lived answer allowed by a *pulled* relation asks it again while
+/// it lasts (every `cache_ttl`, at least a second), as a websocket does:
+/// cut when the source answers false or cannot answer; flowing while it
+/// answers true.
+#[tokio::test]
+async fn an_open_stream_allowed_by_a_pulled_relation_is_cut_when_it_no_longer_holds() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+    let answer = Arc::new(AtomicU8::new(1));
+    let asked = Arc::new(AtomicUsize::new(0));
+    let source = relation_source(answer.clone(), asked.clone()).await;
+    let up = streaming_upstream().await;
+    let dir = scratch_dir("stream-pull");
+    let extra = "relations: { active_conversation: { pull: { upstream: rel, path: /relations/conv, cache_ttl: 1s, negative_ttl: 0s } } }\n";
+    let cfg = config(&dir, up, "127.0.0.1:0", "127.0.0.1:0", extra).replace(
+        "upstreams:\n",
+        &format!("upstreams:\n  rel: {{ url: \"http://{source}\" }}\n"),
+    );
+    // Two upstreams: every route names its own.
+    let rules = std::fs::read_to_string(dir.join("rules.yaml")).unwrap();
+    let rules = rules.replace(", match: {", ", upstream: app, match: {");
+    std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+    let gw = start_with_config(&dir, &cfg).await;
+    let t = token_with(json!({ "sid": "st-pull", "sub": "agent-pull", "roles": [] }));
+    for (fails_with, how) in [(0, "false"), (2, "unanswerable")] {
+        answer.store(1, Ordering::SeqCst);
+        let mut s = open_stream(gw.addr, "/api/conv/c-1/events", &t).await;
+        let at_open = asked.load(Ordering::SeqCst);
+        assert!(
+            still_flowing_after(&mut s, Duration::from_millis(3000)).await,
+            "cut while the relation held"
+        );
+        let again = asked.load(Ordering::SeqCst) - at_open;
+        assert!((1..=3).contains(&again), "asked {again} times in 3 s");
+        answer.store(fails_with, Ordering::SeqCst);
+        let took = stream_lifetime_of(&mut s).await;
+        assert!(took < Duration::from_secs(4), "{how}: cut after {took:?}");
+    }
+    // Asked no more once the answers are gone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = asked.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        after,
+        "still asking for a closed stream"
+    );
+}
+
+/// How long an open stream lasts from now (it must end within 8 s).
+async fn stream_lifetime_of(s: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let mut ticks = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(n)) => ticks += String::from_utf8_lossy(&buf[..n]).matches("tick").count(),
+            Err(_) => panic!("the stream neither ended nor sent anything for 10 s"),
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "the stream was never cut ({ticks} ticks)"
+        );
+    }
 }
 
 /// A reload that changes the policy cuts the answers still being sent

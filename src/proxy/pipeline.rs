@@ -25,7 +25,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -544,7 +544,7 @@ impl Gateway {
         // a websocket or a long-lived answer lasts).
         let mut tuples = Vec::new();
         // The pulled relations that answered true (asked again while a
-        // websocket is open).
+        // websocket or a long-lived answer lasts).
         let mut pulled = Vec::new();
         if let Some(v) = &verified {
             // 5a decide first (pure), so that 4 knows whether to touch:
@@ -591,9 +591,7 @@ impl Gateway {
                     relations::resolve(rt, &rt.relation_cache, self.store(), pr, questions).await;
                 (decision, u) = decide(&answers);
                 tuples = answers.pushed_true(rt, pr);
-                if websocket {
-                    pulled = answers.pulled_true(rt);
-                }
+                pulled = answers.pulled_true(rt);
             }
             unmask = u;
             // 4 session: ended, idle, deactivated → 401 whatever the decision.
@@ -668,7 +666,7 @@ impl Gateway {
         // download) is cut when the session ends, or what else it was
         // authorized on changes.
         Ok(match &verified {
-            Some(v) => self.session_bound(rt, v, standing(v, tuples), ctx.started, resp),
+            Some(v) => self.session_bound(rt, v, standing(v, tuples), pulled, ctx.started, resp),
             None => resp,
         })
     }
@@ -691,7 +689,9 @@ impl Gateway {
             let (resp, relayed) = respond(rt, ctx, resp);
             debug_assert!(relayed.is_none(), "fields relayed to a websocket handshake");
             return Ok(match authorized {
-                Some((v, standing, _)) => self.session_bound(rt, v, standing, ctx.started, resp),
+                Some((v, standing, pulled)) => {
+                    self.session_bound(rt, v, standing, pulled, ctx.started, resp)
+                }
                 None => resp,
             });
         }
@@ -804,9 +804,10 @@ impl Gateway {
     /// against this gateway's view, no I/O).
     fn session_bound(
         &self,
-        rt: &Runtime,
+        rt: &Arc<Runtime>,
         v: &Verified,
         standing: Standing,
+        pulled: Vec<relations::Question>,
         since: Instant,
         resp: Response<RespBody>,
     ) -> Response<RespBody> {
@@ -827,11 +828,27 @@ impl Gateway {
             store.created_ms(&crate::session::table::Key(key))
         });
         let (epochs, authorized_in) = (self.stream_epoch.clone(), rt.stream_epoch);
+        // Pulled relations are asked again (every `cache_ttl`, at least a
+        // second) by a task started at the answer's first check, which ends
+        // with the answer; a false or unanswerable one cuts it.
+        let pulls = (!pulled.is_empty()).then(|| {
+            Arc::new(PulledWatch {
+                pulls: websocket::Pulls {
+                    every: relations::ask_again_every(rt, &pulled),
+                    rt: rt.clone(),
+                    principal: p.clone(),
+                    questions: pulled,
+                },
+                started: AtomicBool::new(false),
+                failed: AtomicBool::new(false),
+            })
+        });
         let still_valid = move || {
             let now = now_ms();
             epochs.load(std::sync::atomic::Ordering::Acquire) <= authorized_in
                 && store.still_valid(id(&p), now, idle_ms, max_life, created)
                 && standing.check(&store, &p.subject, now).is_ok()
+                && pulls.as_ref().is_none_or(|w| w.holds(&store))
         };
         let every = std::time::Duration::from_secs(1);
         resp.map(|b| SessionBound::new(b, every, since, still_valid).boxed())
@@ -1135,6 +1152,40 @@ fn standing(v: &Verified, tuples: Vec<(String, String)>) -> Standing {
     Standing {
         directory_entry: v.directory_entry.clone(),
         tuples: tuples.into_boxed_slice(),
+    }
+}
+
+/// The pulled relations a long-lived answer was allowed on, asked again
+/// while it lasts (`Gateway::session_bound`).
+struct PulledWatch {
+    pulls: websocket::Pulls,
+    /// The task asking them was started (at the answer's first check).
+    started: AtomicBool,
+    /// One answered false or could not be answered.
+    failed: AtomicBool,
+}
+
+impl PulledWatch {
+    /// Whether the relations still hold as far as the task knows; starts
+    /// the task on the first call. The task holds only a weak reference:
+    /// it ends at its next turn once the answer is gone.
+    fn holds(self: &Arc<Self>, store: &Arc<Store>) -> bool {
+        if !self.started.swap(true, Ordering::AcqRel) {
+            let (watch, store) = (Arc::downgrade(self), store.clone());
+            let every = self.pulls.every;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(w) = watch.upgrade() else { return };
+                    if let Some(why) = w.pulls.ask(&store).await {
+                        tracing::debug!(reason = ?why, "a long-lived answer's pulled relation no longer holds: cut");
+                        w.failed.store(true, Ordering::Release);
+                        return;
+                    }
+                }
+            });
+        }
+        !self.failed.load(Ordering::Acquire)
     }
 }
 

@@ -434,7 +434,7 @@ pub struct Pulls {
 impl Pulls {
     /// Asks every question again (from the answer cache when it can):
     /// `Some(reason)` once one is false or cannot be answered.
-    async fn ask(&self, store: &Store) -> Option<CloseReason> {
+    pub(crate) async fn ask(&self, store: &Store) -> Option<CloseReason> {
         let rt = &self.rt;
         let answers = crate::relations::resolve(
             rt,

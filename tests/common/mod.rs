@@ -922,3 +922,41 @@ impl TestRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 }
+
+/// A relation source answering `{"allowed": …}` as `answer` says: 1 true,
+/// 0 false, anything else 500; `asked` counts the calls.
+pub async fn relation_source(
+    answer: Arc<std::sync::atomic::AtomicU8>,
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let (answer, asked) = (answer.clone(), asked.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let a = answer.load(std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let (status, body) = match a {
+                            1 => (200, r#"{"allowed":true}"#),
+                            0 => (200, r#"{"allowed":false}"#),
+                            _ => (500, "down"),
+                        };
+                        let mut r = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(body.as_bytes()),
+                        ));
+                        *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
