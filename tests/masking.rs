@@ -1555,30 +1555,22 @@ async fn an_owner_choice_holds_for_every_spelling_of_a_numeric_id() {
         "42.5",
         "%EF%BC%94%EF%BC%92",
     ] {
-        let r = req(
-            gw.addr,
-            "GET",
-            &format!("/bots/{id}/tables/customers"),
-            Some(&auditor),
-            &[],
-        )
-        .await;
+        let r = customers_of(&gw, id, &auditor).await;
         assert_eq!(r.status, 200, "{id}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.json()["rows"][0]["phone"], "[REDACTED]", "{id}");
         assert_eq!(r.json()["rows"][0]["plan"], "gold", "{id}");
     }
     // Another number is another resource.
     for id in ["420", "43.5", "0x2b", "42abc"] {
-        let r = req(
-            gw.addr,
-            "GET",
-            &format!("/bots/{id}/tables/customers"),
-            Some(&auditor),
-            &[],
-        )
-        .await;
+        let r = customers_of(&gw, id, &auditor).await;
         assert_eq!(r.json()["rows"][0]["phone"], PHONE, "{id}");
     }
+}
+
+/// `GET /bots/{bot}/tables/customers` as `token`.
+async fn customers_of(gw: &Gw, bot: &str, token: &str) -> Resp {
+    let path = format!("/bots/{bot}/tables/customers");
+    req(gw.addr, "GET", &path, Some(token), &[]).await
 }
 
 #[tokio::test]
