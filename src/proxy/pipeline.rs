@@ -106,7 +106,7 @@ pub struct Gateway {
     /// The `stream_epoch` of the runtime in force, raised by a reload that
     /// cuts streams: an answer still being sent under an older one is cut
     /// at its next check (`session_bound`).
-    stream_epoch: Arc<std::sync::atomic::AtomicU64>,
+    stream_epoch: Arc<AtomicU64>,
 }
 
 /// What the gateway tells open websockets (see `Gateway::going_away`).
@@ -260,8 +260,9 @@ impl Gateway {
 
     /// Replaces the runtime (a reload); requests in flight finish on the
     /// old one, except answers still being sent a second after their
-    /// request began when the reload cuts streams (`reload.streams`). `policy_changed`: the config or rules text differs from
-    /// the runtime in force, and with `reload.websockets: close` every open
+    /// request began when the reload cuts streams (`reload.streams`).
+    /// `policy_changed`: the config or rules text differs from the runtime
+    /// in force, and with `reload.websockets: close` every open
     /// websocket is closed (1012), so that its client reconnects and is
     /// authorized anew (as it is, whatever the setting, when a listener's
     /// admission changed).
@@ -292,8 +293,7 @@ impl Gateway {
         runtime.stream_epoch = streams;
         self.runtime.swap(Arc::new(runtime));
         if cut {
-            self.stream_epoch
-                .fetch_max(streams, std::sync::atomic::Ordering::AcqRel);
+            self.stream_epoch.fetch_max(streams, Ordering::AcqRel);
             tracing::info!(target: "rolegate::reload", "policy or listener admission changed: cutting answers still being sent");
         }
         if close {
@@ -845,7 +845,7 @@ impl Gateway {
         });
         let still_valid = move || {
             let now = now_ms();
-            epochs.load(std::sync::atomic::Ordering::Acquire) <= authorized_in
+            epochs.load(Ordering::Acquire) <= authorized_in
                 && store.still_valid(id(&p), now, idle_ms, max_life, created)
                 && standing.check(&store, &p.subject, now).is_ok()
                 && pulls.as_ref().is_none_or(|w| w.holds(&store))
@@ -931,9 +931,9 @@ impl Gateway {
         let ns = mask::owner::choice_ns(&mk.policy.name);
         let now = now_ms();
         let shared = self.store.shared();
-        // Under the id as written and, for a number spelled with leading
-        // zeros or `+`, as the number (a backend reading `042` as 42 must
-        // not serve it without 42's choice).
+        // Under the id as written and every integer a lenient parser may
+        // read it as (a backend reading `042` or `0x2a` as 42 must not
+        // serve it without 42's choice).
         let readings = mask::owner::canonical_numbers(resource);
         let mut keys = Vec::with_capacity(2 + 2 * readings.len());
         for id in std::iter::once(resource).chain(readings.iter().map(String::as_str)) {
