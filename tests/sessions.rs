@@ -887,14 +887,21 @@ async fn an_open_stream_allowed_by_a_pulled_relation_is_cut_when_it_no_longer_ho
         let took = stream_lifetime_of(&mut s).await;
         assert!(took < Duration::from_secs(4), "{how}: cut after {took:?}");
     }
-    // Asked no more once the answers are gone.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A stream the client walks away from while the relation holds: its
+    // relation is asked no more.
+    answer.store(1, Ordering::SeqCst);
+    let mut s = open_stream(gw.addr, "/api/conv/c-1/events", &t).await;
+    let before = asked.load(Ordering::SeqCst);
+    assert!(still_flowing_after(&mut s, Duration::from_millis(2500)).await);
+    assert!(asked.load(Ordering::SeqCst) > before, "never asked again");
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let after = asked.load(Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(
         asked.load(Ordering::SeqCst),
         after,
-        "still asking for a closed stream"
+        "still asking for a stream nobody reads"
     );
 }
 

@@ -800,8 +800,9 @@ impl Gateway {
     }
 
     /// Wraps the body so it stops once the session is over or what else
-    /// it was authorized on changed (`standing`; checked every second
-    /// against this gateway's view, no I/O).
+    /// it was authorized on changed (`standing`, checked every second
+    /// against this gateway's view; pulled relations, asked again by a task
+    /// of their own: [`PulledWatch`]).
     fn session_bound(
         &self,
         rt: &Arc<Runtime>,
@@ -833,13 +834,10 @@ impl Gateway {
         // with the answer; a false or unanswerable one cuts it.
         let pulls = (!pulled.is_empty()).then(|| {
             Arc::new(PulledWatch {
-                pulls: websocket::Pulls {
-                    every: relations::ask_again_every(rt, &pulled),
-                    rt: rt.clone(),
-                    principal: p.clone(),
-                    questions: pulled,
-                },
-                started: AtomicBool::new(false),
+                rt: rt.clone(),
+                principal: p.clone(),
+                questions: pulled,
+                task: std::sync::OnceLock::new(),
                 failed: AtomicBool::new(false),
             })
         });
@@ -1156,36 +1154,61 @@ fn standing(v: &Verified, tuples: Vec<(String, String)>) -> Standing {
 }
 
 /// The pulled relations a long-lived answer was allowed on, asked again
-/// while it lasts (`Gateway::session_bound`).
+/// while it lasts (`Gateway::session_bound`) by a task started at the
+/// answer's first check (a second after its request: shorter answers
+/// never start one) and aborted when the answer is dropped.
 struct PulledWatch {
-    pulls: websocket::Pulls,
-    /// The task asking them was started (at the answer's first check).
-    started: AtomicBool,
+    /// The configuration that authorized the answer (its sources and
+    /// answer cache), as for a websocket (`websocket::Pulls`).
+    rt: Arc<Runtime>,
+    principal: Arc<Principal>,
+    questions: Vec<relations::Question>,
+    /// The task asking them, once started.
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// One answered false or could not be answered.
     failed: AtomicBool,
 }
 
 impl PulledWatch {
     /// Whether the relations still hold as far as the task knows; starts
-    /// the task on the first call. The task holds only a weak reference:
-    /// it ends at its next turn once the answer is gone.
+    /// the task on the first call.
     fn holds(self: &Arc<Self>, store: &Arc<Store>) -> bool {
-        if !self.started.swap(true, Ordering::AcqRel) {
+        if self.task.get().is_none() {
+            let pulls = websocket::Pulls {
+                every: relations::ask_again_every(&self.rt, &self.questions),
+                rt: self.rt.clone(),
+                principal: self.principal.clone(),
+                questions: self.questions.clone(),
+            };
+            // Weak: the task never keeps the answer's watch alive.
             let (watch, store) = (Arc::downgrade(self), store.clone());
-            let every = self.pulls.every;
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(every).await;
-                    let Some(w) = watch.upgrade() else { return };
-                    if let Some(why) = w.pulls.ask(&store).await {
+                    tokio::time::sleep(pulls.every).await;
+                    if watch.strong_count() == 0 {
+                        return;
+                    }
+                    if let Some(why) = pulls.ask(&store).await {
                         tracing::debug!(reason = ?why, "a long-lived answer's pulled relation no longer holds: cut");
-                        w.failed.store(true, Ordering::Release);
+                        if let Some(w) = watch.upgrade() {
+                            w.failed.store(true, Ordering::Release);
+                        }
                         return;
                     }
                 }
             });
+            let _ = self.task.set(task.abort_handle());
         }
         !self.failed.load(Ordering::Acquire)
+    }
+}
+
+/// The answer is gone: its relations are asked no more.
+impl Drop for PulledWatch {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 }
 

@@ -77,13 +77,15 @@ impl Answers {
     }
 
     /// The pulled relations that answered true: asked again while a
-    /// websocket authorized with these answers is open.
+    /// websocket or a long-lived answer authorized with these answers
+    /// lasts.
     pub fn pulled_true(&self, rt: &Runtime) -> Vec<Question> {
         self.held(rt, false).cloned().collect()
     }
 }
 
-/// How often an open websocket asks its pulled relations again: the
+/// How often an open websocket or a long-lived answer asks its pulled
+/// relations again: the
 /// shortest `cache_ttl` among them (an answer is never older than that
 /// for a request either), at least a second.
 pub fn ask_again_every(rt: &Runtime, questions: &[Question]) -> std::time::Duration {
