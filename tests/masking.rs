@@ -273,6 +273,8 @@ async fn shapes_upstream(release: Arc<Notify>) -> (std::net::SocketAddr, Seen) {
                                 h.insert("location", format!("/customers/12345678?email={EMAIL}").parse().unwrap());
                                 h.insert("x-customer-card", CARD.parse().unwrap());
                                 h.insert("x-customer", EMAIL.parse().unwrap());
+                                let escaped = EMAIL.replace('@', "%40");
+                                h.insert("link", format!("</customers?email={escaped}&next=%2Fx>; rel=next").parse().unwrap());
                                 h.insert("set-cookie", format!("who={EMAIL}; Max-Age=2592000; Path=/").parse().unwrap());
                                 h.insert("x-ratelimit-reset", "1733600000".parse().unwrap());
                                 h.insert("strict-transport-security", "max-age=31536000".parse().unwrap());
@@ -588,8 +590,13 @@ async fn pii_in_response_headers_is_masked_for_an_agent() {
             .map(|(k, v)| format!("{k}: {v}\n"))
             .collect();
         assert!(
-            !all.contains(EMAIL),
+            !all.contains(EMAIL) && !all.contains(&EMAIL.replace('@', "%40")),
             "{method}: an address leaked in\n{all}"
+        );
+        assert_eq!(
+            r.header("link"),
+            Some("</customers?email=a***@example.com&next=%2Fx>; rel=next"),
+            "an escaped address is masked where it stands"
         );
         assert!(
             r.header("set-cookie")

@@ -3,6 +3,11 @@
 //! header, a cookie's value) are masked as the `email` detector masks them
 //! in free text ([`super::strategy::scrub`]).
 //!
+//! An address written with percent-escapes (`jane%40example.com` in a
+//! `Location` query, RFC 5987's `filename*=UTF-8''jane%40example.com`) is
+//! found in the value with its ASCII escapes decoded and masked where it
+//! stands; the rest of the value keeps its escapes.
+//!
 //! Only the `email` detector runs on headers: an address is unmistakable,
 //! while header values are full of ids and numbers (order ids in redirect
 //! paths, snowflake ids, UUIDs, `Max-Age`, time stamps) that the `phone`
@@ -19,7 +24,7 @@ use std::borrow::Cow;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use super::policy::Detector;
-use super::strategy::scrub;
+use super::strategy::{REDACTED, email_matches, scrub};
 
 /// Headers not scrubbed: they describe the body or its transfer, caching,
 /// the connection or a security policy, made of tokens, numbers and dates.
@@ -96,9 +101,9 @@ pub fn scrub_headers(detectors: &[Detector], headers: &mut HeaderMap, own: &[Hea
             };
             let (scrubbed, attributes) = if name == header::SET_COOKIE {
                 let (pair, attributes) = text.split_at(text.find(';').unwrap_or(text.len()));
-                (scrub(&email, pair), attributes)
+                (scrub_text(&email, pair), attributes)
             } else {
-                (scrub(&email, text), "")
+                (scrub_text(&email, text), "")
             };
             match scrubbed {
                 Cow::Borrowed(_) => out.push(v),
@@ -121,6 +126,72 @@ pub fn scrub_headers(detectors: &[Detector], headers: &mut HeaderMap, own: &[Hea
         }
     }
     changed
+}
+
+/// [`scrub`] with the `email` detector, then, where it found nothing, the
+/// same over the value's ASCII percent-escapes decoded ([`scrub_escaped`]).
+fn scrub_text<'a>(email: &[Detector], text: &'a str) -> Cow<'a, str> {
+    match scrub(email, text) {
+        Cow::Borrowed(_) => scrub_escaped(text).map_or(Cow::Borrowed(text), Cow::Owned),
+        masked => masked,
+    }
+}
+
+/// The addresses `text` spells with percent-escapes, masked where they
+/// stand: the escapes of printable ASCII characters (`%40` is `@`) are
+/// decoded, remembering the bytes each decoded character came from; each
+/// address found is replaced, over the bytes it came from, by its mask.
+/// `None` when there is none (or no escape at all).
+fn scrub_escaped(text: &str) -> Option<String> {
+    if !text.contains('%') {
+        return None;
+    }
+    let raw = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let (mut decoded, mut from) = (
+        String::with_capacity(raw.len()),
+        Vec::with_capacity(raw.len()),
+    );
+    let mut i = 0;
+    while i < raw.len() {
+        let digit = |at: usize| raw.get(at).and_then(|&b| hex(b));
+        let escaped = match (raw[i], digit(i + 1), digit(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                Some((high * 16 + low) as u8).filter(|c| (0x20..0x7f).contains(c))
+            }
+            _ => None,
+        };
+        match escaped {
+            Some(c) => {
+                decoded.push(char::from(c));
+                from.push(i..i + 3);
+                i += 3;
+            }
+            None => {
+                // A header value's text is visible ASCII (`to_str`).
+                decoded.push(char::from(raw[i]));
+                from.push(i..i + 1);
+                i += 1;
+            }
+        }
+    }
+    let Some(found) = email_matches(&decoded) else {
+        // The detector could not be built: fail closed.
+        return Some(REDACTED.to_owned());
+    };
+    if found.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (range, masked) in found {
+        let (start, end) = (from[range.start].start, from[range.end - 1].end);
+        out.push_str(&text[at..start]);
+        out.push_str(&masked);
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -195,6 +266,32 @@ mod tests {
         assert_eq!(h["content-type"], "application/json");
         assert_eq!(h["x-request-id"], "jane@example.com");
         assert!(!h.contains_key("x-bytes"), "a value that is not text goes");
+        // Addresses written with percent-escapes are masked where they
+        // stand; the value's other escapes stay.
+        let mut h = map(&[
+            (
+                "location",
+                b"/cb?user=jane.doe%40example.com&next=%2Fhome%3Fa%3D1",
+            ),
+            (
+                "content-disposition",
+                b"attachment; filename*=UTF-8''jane%40example%2Ecom.csv",
+            ),
+            ("x-trace", b"jane%2540example.com"),
+            ("x-path", b"/files/%7Ebob/report%20final.pdf"),
+        ]);
+        assert_eq!(scrub_headers(&all, &mut h, &own), 2);
+        assert_eq!(
+            h["location"],
+            "/cb?user=j***@example.com&next=%2Fhome%3Fa%3D1"
+        );
+        assert_eq!(
+            h["content-disposition"],
+            "attachment; filename*=UTF-8''j***@example.com.csv"
+        );
+        // Escapes are decoded once, as a URL parser does: `%2540` is `%40`.
+        assert_eq!(h["x-trace"], "jane%2540example.com");
+        assert_eq!(h["x-path"], "/files/%7Ebob/report%20final.pdf");
         // Without the `email` detector, nothing is looked at.
         let mut h = map(&[("location", b"/x?e=jane@example.com")]);
         assert_eq!(scrub_headers(&[Detector::Phone], &mut h, &own), 0);

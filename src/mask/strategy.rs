@@ -217,6 +217,22 @@ pub fn scrub<'a>(detectors: &[Detector], text: &'a str) -> Cow<'a, str> {
     cur
 }
 
+/// The e-mail addresses the `email` detector finds in `text`: each match's
+/// byte range and what [`scrub`] puts in its place (for callers that must
+/// map the ranges back onto another spelling of the text). `None`: the
+/// detector could not be built (callers fail closed).
+pub(super) fn email_matches(text: &str) -> Option<Vec<(std::ops::Range<usize>, String)>> {
+    let re = EMAIL_RE.as_ref()?;
+    Some(
+        re.find_iter(text)
+            .map(|m| {
+                let masked = mask_email(m.as_str()).unwrap_or_else(|| REDACTED.to_owned());
+                (m.range(), masked)
+            })
+            .collect(),
+    )
+}
+
 /// `re.replace_all` over a `Cow`, staying borrowed when nothing matched.
 fn replace<'a>(
     re: &Regex,
