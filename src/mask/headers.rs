@@ -128,20 +128,24 @@ pub fn scrub_headers(detectors: &[Detector], headers: &mut HeaderMap, own: &[Hea
     changed
 }
 
-/// [`scrub`] with the `email` detector, then, where it found nothing, the
-/// same over the value's ASCII percent-escapes decoded ([`scrub_escaped`]).
+/// [`scrub`] with the `email` detector, then the same over the value's
+/// ASCII percent-escapes decoded ([`scrub_escaped`]): a value may spell
+/// one address plainly and another escaped.
 fn scrub_text<'a>(email: &[Detector], text: &'a str) -> Cow<'a, str> {
-    match scrub(email, text) {
-        Cow::Borrowed(_) => scrub_escaped(text).map_or(Cow::Borrowed(text), Cow::Owned),
-        masked => masked,
+    let plain = scrub(email, text);
+    match scrub_escaped(&plain) {
+        Some(masked) => Cow::Owned(masked),
+        None => plain,
     }
 }
 
 /// The addresses `text` spells with percent-escapes, masked where they
 /// stand: the escapes of printable ASCII characters (`%40` is `@`) are
 /// decoded, remembering the bytes each decoded character came from; each
-/// address found is replaced, over the bytes it came from, by its mask.
-/// `None` when there is none (or no escape at all).
+/// address found is replaced, over the bytes it came from, by its mask,
+/// escaped in turn (all but unreserved characters: `j%2A%2A%2A%40…`), so
+/// the value stays what it was (a URL, an RFC 5987 `ext-value`). `None`
+/// when there is none (or no escape at all).
 fn scrub_escaped(text: &str) -> Option<String> {
     if !text.contains('%') {
         return None;
@@ -187,7 +191,13 @@ fn scrub_escaped(text: &str) -> Option<String> {
     for (range, masked) in found {
         let (start, end) = (from[range.start].start, from[range.end - 1].end);
         out.push_str(&text[at..start]);
-        out.push_str(&masked);
+        for b in masked.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
         at = end;
     }
     out.push_str(&text[at..]);
@@ -279,15 +289,17 @@ mod tests {
             ),
             ("x-trace", b"jane%2540example.com"),
             ("x-path", b"/files/%7Ebob/report%20final.pdf"),
+            ("x-both", b"jane@example.com, bob%40example.com"),
         ]);
-        assert_eq!(scrub_headers(&all, &mut h, &own), 2);
+        assert_eq!(scrub_headers(&all, &mut h, &own), 3);
+        assert_eq!(h["x-both"], "j***@example.com, b%2A%2A%2A%40example.com");
         assert_eq!(
             h["location"],
-            "/cb?user=j***@example.com&next=%2Fhome%3Fa%3D1"
+            "/cb?user=j%2A%2A%2A%40example.com&next=%2Fhome%3Fa%3D1"
         );
         assert_eq!(
             h["content-disposition"],
-            "attachment; filename*=UTF-8''j***@example.com.csv"
+            "attachment; filename*=UTF-8''j%2A%2A%2A%40example.com.csv"
         );
         // Escapes are decoded once, as a URL parser does: `%2540` is `%40`.
         assert_eq!(h["x-trace"], "jane%2540example.com");
