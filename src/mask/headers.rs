@@ -147,7 +147,10 @@ fn scrub_text<'a>(email: &[Detector], text: &'a str) -> Cow<'a, str> {
 /// the value stays what it was (a URL, an RFC 5987 `ext-value`). `None`
 /// when there is none (or no escape at all).
 fn scrub_escaped(text: &str) -> Option<String> {
-    if !text.contains('%') {
+    // An address has an `@`, plain or escaped; a header value's text is
+    // ASCII (the byte map below relies on it).
+    let at_sign = text.contains('@') || text.contains("%40");
+    if !text.contains('%') || !at_sign || !text.is_ascii() {
         return None;
     }
     let raw = text.as_bytes();
@@ -290,8 +293,10 @@ mod tests {
             ("x-trace", b"jane%2540example.com"),
             ("x-path", b"/files/%7Ebob/report%20final.pdf"),
             ("x-both", b"jane@example.com, bob%40example.com"),
+            ("x-lower", b"j%61ne%40example%2ecom"),
         ]);
-        assert_eq!(scrub_headers(&all, &mut h, &own), 3);
+        assert_eq!(scrub_headers(&all, &mut h, &own), 4);
+        assert_eq!(h["x-lower"], "j%2A%2A%2A%40example.com");
         assert_eq!(h["x-both"], "j***@example.com, b%2A%2A%2A%40example.com");
         assert_eq!(
             h["location"],
