@@ -331,22 +331,7 @@ impl Authenticator {
         memo: Option<&ConnToken>,
     ) -> Result<Verified, AuthError> {
         let (token, from_cookie) = self.extract(headers)?;
-        let (principal, Times { exp, iat }) = match memo.filter(|_| self.cache.enabled()) {
-            None => self.verify_at(token, now)?,
-            Some(memo) => {
-                if token.len() > self.settings.max_token_bytes {
-                    return Err(AuthError::TooLarge(self.settings.max_token_bytes));
-                }
-                match memo.get(self.generation, token, now) {
-                    Some(hit) => hit,
-                    None => {
-                        let (principal, times) = self.verify_at(token, now)?;
-                        memo.put(self.generation, token, &principal, &times);
-                        (principal, times)
-                    }
-                }
-            }
-        };
+        let (principal, Times { exp, iat }) = self.verify_at(token, now, memo)?;
         Ok(Verified {
             principal,
             exp,
@@ -396,18 +381,42 @@ impl Authenticator {
     /// Verifies a raw token (also used by `rolegate explain --token`):
     /// the principal and the token's `exp` and `iat` (unix seconds).
     pub fn verify(&self, token: &str) -> Result<(Arc<Principal>, Times), AuthError> {
-        self.verify_at(token, now_unix())
+        self.verify_at(token, now_unix(), None)
     }
 
-    /// [`Authenticator::verify`] at `now` (unix seconds: a cached token is
-    /// taken only before its `exp`).
-    fn verify_at(&self, token: &str, now: u64) -> Result<(Arc<Principal>, Times), AuthError> {
+    /// [`Authenticator::verify`] at `now` (unix seconds: a remembered or
+    /// cached token is taken only before its `exp`), trying the
+    /// connection's `memo` before the shared cache (never with the cache
+    /// off: `cache_entries: 0`).
+    fn verify_at(
+        &self,
+        token: &str,
+        now: u64,
+        memo: Option<&ConnToken>,
+    ) -> Result<(Arc<Principal>, Times), AuthError> {
         if token.len() > self.settings.max_token_bytes {
             return Err(AuthError::TooLarge(self.settings.max_token_bytes));
         }
-        if let Some(hit) = self.cache.get_at(token, now) {
+        let memo = memo.filter(|_| self.cache.enabled());
+        if let Some(hit) = memo.and_then(|m| m.get(self.generation, token, now)) {
             return Ok(hit);
         }
+        let (principal, times) = match self.cache.get_at(token, now) {
+            Some(hit) => hit,
+            None => self.verify_and_cache(token, now)?,
+        };
+        if let Some(m) = memo {
+            m.put(self.generation, token, &principal, &times);
+        }
+        Ok((principal, times))
+    }
+
+    /// Verifies a token neither remembered nor cached, and caches it.
+    fn verify_and_cache(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Arc<Principal>, Times), AuthError> {
         let (mut principal, times) = self.verify_uncached(token, now)?;
         if principal.session.is_none() {
             // No `sid`, no `jti`: the token itself is the session.
