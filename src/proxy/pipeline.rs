@@ -832,21 +832,17 @@ impl Gateway {
         // Pulled relations are asked again (every `cache_ttl`, at least a
         // second) by a task started at the answer's first check, which ends
         // with the answer; a false or unanswerable one cuts it.
-        let pulls = (!pulled.is_empty()).then(|| {
-            Arc::new(PulledWatch {
-                rt: rt.clone(),
-                principal: p.clone(),
-                questions: pulled,
-                task: std::sync::OnceLock::new(),
-                failed: AtomicBool::new(false),
-            })
+        let pulls = (!pulled.is_empty()).then(|| PulledWatch {
+            rt: rt.clone(),
+            questions: pulled,
+            task: std::sync::OnceLock::new(),
         });
         let still_valid = move || {
             let now = now_ms();
             epochs.load(Ordering::Acquire) <= authorized_in
                 && store.still_valid(id(&p), now, idle_ms, max_life, created)
                 && standing.check(&store, &p.subject, now).is_ok()
-                && pulls.as_ref().is_none_or(|w| w.holds(&store))
+                && pulls.as_ref().is_none_or(|w| w.holds(&store, &p))
         };
         let every = std::time::Duration::from_secs(1);
         resp.map(|b| SessionBound::new(b, every, since, still_valid).boxed())
@@ -1161,52 +1157,46 @@ struct PulledWatch {
     /// The configuration that authorized the answer (its sources and
     /// answer cache), as for a websocket (`websocket::Pulls`).
     rt: Arc<Runtime>,
-    principal: Arc<Principal>,
     questions: Vec<relations::Question>,
-    /// The task asking them, once started.
-    task: std::sync::OnceLock<tokio::task::AbortHandle>,
-    /// One answered false or could not be answered.
-    failed: AtomicBool,
+    /// The task asking them once started, and the flag it raises when
+    /// one answered false or could not be answered.
+    task: std::sync::OnceLock<(tokio::task::AbortHandle, Arc<AtomicBool>)>,
 }
 
 impl PulledWatch {
     /// Whether the relations still hold as far as the task knows; starts
-    /// the task on the first call.
-    fn holds(self: &Arc<Self>, store: &Arc<Store>) -> bool {
-        if self.task.get().is_none() {
+    /// the task on the first call (nothing is allocated for an answer
+    /// that ends before its first check).
+    fn holds(&self, store: &Arc<Store>, principal: &Arc<Principal>) -> bool {
+        let (_, failed) = self.task.get_or_init(|| {
             let pulls = websocket::Pulls {
                 every: relations::ask_again_every(&self.rt, &self.questions),
                 rt: self.rt.clone(),
-                principal: self.principal.clone(),
+                principal: principal.clone(),
                 questions: self.questions.clone(),
             };
-            // Weak: the task never keeps the answer's watch alive.
-            let (watch, store) = (Arc::downgrade(self), store.clone());
+            let failed = Arc::new(AtomicBool::new(false));
+            let (flag, store) = (failed.clone(), store.clone());
             let task = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(pulls.every).await;
-                    if watch.strong_count() == 0 {
-                        return;
-                    }
                     if let Some(why) = pulls.ask(&store).await {
                         tracing::debug!(reason = ?why, "a long-lived answer's pulled relation no longer holds: cut");
-                        if let Some(w) = watch.upgrade() {
-                            w.failed.store(true, Ordering::Release);
-                        }
+                        flag.store(true, Ordering::Release);
                         return;
                     }
                 }
             });
-            let _ = self.task.set(task.abort_handle());
-        }
-        !self.failed.load(Ordering::Acquire)
+            (task.abort_handle(), failed)
+        });
+        !failed.load(Ordering::Acquire)
     }
 }
 
 /// The answer is gone: its relations are asked no more.
 impl Drop for PulledWatch {
     fn drop(&mut self) {
-        if let Some(task) = self.task.get() {
+        if let Some((task, _)) = self.task.get() {
             task.abort();
         }
     }
