@@ -211,6 +211,14 @@ fn scrub_escaped(text: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// Every value of `name`, as text.
+    fn values<'h>(h: &'h HeaderMap, name: &str) -> Vec<&'h str> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect()
+    }
+
     fn map(pairs: &[(&str, &[u8])]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -254,21 +262,13 @@ mod tests {
         assert!(loc.starts_with("/orders/12345678?email="), "{loc}");
         assert!(!loc.contains("jane@example.com"), "{loc}");
         assert_eq!(h["link"], "</items?after=1234567890123456789>; rel=next");
-        let owners: Vec<&str> = h
-            .get_all("x-owner")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
+        let owners = values(&h, "x-owner");
         assert_eq!(owners.len(), 2);
         assert!(!owners[0].contains("jane@example.com"), "{owners:?}");
         assert_eq!(owners[1], "nobody");
         // Only addresses: numbers in headers are left to the body rules.
         assert_eq!(h["x-card"], "4111 1111 1111 1111");
-        let cookies: Vec<&str> = h
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap())
-            .collect();
+        let cookies = values(&h, "set-cookie");
         assert!(!cookies[0].contains("jane@example.com"), "{cookies:?}");
         assert!(
             cookies[0].ends_with("; Max-Age=2592000; Path=/; HttpOnly"),
