@@ -2934,7 +2934,7 @@ impl Builder {
                 .map(http::HeaderName::from_static)
                 .filter(|n| !keep.contains(n)),
         );
-        let mut strip_prefixes: Vec<String> = DEFAULT_STRIPPED_PREFIXES
+        let mut strip_prefixes: crate::proxy::headers::Prefixes = DEFAULT_STRIPPED_PREFIXES
             .iter()
             .map(|p| p.to_string())
             .collect();

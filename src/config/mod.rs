@@ -373,7 +373,7 @@ pub struct ForwardSettings {
     pub strip: crate::proxy::headers::NameSet,
     /// Name prefixes to drop: the built-in ones plus `strip_headers`
     /// entries ending in `*`.
-    pub strip_prefixes: Vec<String>,
+    pub strip_prefixes: crate::proxy::headers::Prefixes,
     /// `forward.keep_headers`: names under a stripped prefix forwarded
     /// after all.
     pub keep: Vec<http::HeaderName>,

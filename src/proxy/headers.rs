@@ -295,13 +295,48 @@ pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
     {
         return true;
     }
-    // The first byte compared inline: most names share none with any
-    // prefix, and then no comparison call is made.
-    let first = k.as_bytes().first();
-    fwd.strip_prefixes
-        .iter()
-        .any(|p| p.as_bytes().first().is_none_or(|b| Some(b) == first) && k.starts_with(p.as_str()))
-        && !fwd.keep.contains(name)
+    fwd.strip_prefixes.matches(k) && !fwd.keep.contains(name)
+}
+
+/// Header-name prefixes (lower-case) and the set of their first bytes:
+/// most names share none with any prefix and are decided by one bit.
+#[derive(Clone, Default)]
+pub struct Prefixes {
+    list: Vec<String>,
+    /// Bit `b` set: some prefix starts with byte `b` (all set when one is
+    /// empty).
+    first: [u64; 4],
+}
+
+impl Prefixes {
+    pub fn push(&mut self, prefix: String) {
+        match prefix.as_bytes().first() {
+            Some(&b) => self.first[usize::from(b >> 6)] |= 1 << (b & 63),
+            None => self.first = [u64::MAX; 4],
+        }
+        self.list.push(prefix);
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(String::as_str)
+    }
+
+    /// Whether `name` starts with one of the prefixes.
+    pub fn matches(&self, name: &str) -> bool {
+        let first = name.as_bytes().first().copied().unwrap_or(0);
+        self.first[usize::from(first >> 6)] & (1 << (first & 63)) != 0
+            && self.list.iter().any(|p| name.starts_with(p.as_str()))
+    }
+}
+
+impl FromIterator<String> for Prefixes {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Self {
+        let mut p = Prefixes::default();
+        for s in iter {
+            p.push(s);
+        }
+        p
+    }
 }
 
 /// Removes `Connection`-named headers and the hop-by-hop set.
@@ -695,7 +730,10 @@ pub(crate) fn sample_forward() -> ForwardSettings {
         identity_prefix: "x-rolegate-".into(),
         identity: IdentityNames::new("x-rolegate-").unwrap(),
         strip: stripped_names([HeaderName::from_static("remote-user")]),
-        strip_prefixes: vec!["x-forwarded-".into(), "x-auth-request-".into()],
+        strip_prefixes: ["x-forwarded-", "x-auth-request-"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
         keep: vec![HeaderName::from_static("x-forwarded-ssl")],
         cookie: Some("rg_session".into()),
         cookie_origins: Vec::new(),
@@ -926,19 +964,19 @@ mod tests {
                 || k.starts_with(fwd.identity_prefix.as_str())
                 || ALWAYS_STRIPPED.contains(&k)
                 || fwd.strip.contains(name)
-                || (fwd.strip_prefixes.iter().any(|p| k.starts_with(p.as_str()))
-                    && !fwd.keep.contains(name))
+                || (fwd.strip_prefixes.iter().any(|p| k.starts_with(p)) && !fwd.keep.contains(name))
         }
         let mut f = fwd();
-        f.strip_prefixes
-            .extend(DEFAULT_STRIPPED_PREFIXES.iter().map(|p| p.to_string()));
+        for p in DEFAULT_STRIPPED_PREFIXES {
+            f.strip_prefixes.push(p.to_string());
+        }
         f.strip_prefixes.push("a".into());
         let mut names: Vec<String> = ["host", "authorization", "a", "b", "x", "_", "x-", "s"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         let listed = ALWAYS_STRIPPED.iter().chain(DEFAULT_STRIPPED);
-        let prefixes = f.strip_prefixes.clone();
+        let prefixes: Vec<String> = f.strip_prefixes.iter().map(String::from).collect();
         for base in listed.map(|s| s.to_string()).chain(prefixes) {
             for n in [
                 base.clone(),

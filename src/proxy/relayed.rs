@@ -142,10 +142,21 @@ impl Relayed {
         }
         let prefix = fwd.identity_prefix.as_bytes();
         let cookie = fwd.cookie.as_deref();
+        // The first bytes (lower-case) of every name dropped for its own
+        // sake: most fields start with none of them and are decided by
+        // one bit (and the `Connection` options, if any).
+        let firsts = DROPPED_FIRSTS | prefix.first().map_or(0, |&b| bit(b));
         let mut removed = Vec::new();
         self.fields.retain(|f| {
             let name = &head[f.name[0] as usize..f.name[1] as usize];
-            if is_hop_by_hop(name) || listed.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+            let listed_here = || listed.iter().any(|o| o.eq_ignore_ascii_case(name));
+            if name
+                .first()
+                .is_none_or(|&b| firsts & bit(b.to_ascii_lowercase()) == 0)
+            {
+                return !listed_here();
+            }
+            if is_hop_by_hop(name) || listed_here() {
                 return false;
             }
             let gateway_s = (name.len() >= prefix.len()
@@ -222,6 +233,25 @@ fn options<'a>(head: &'a [u8], values: &'a [[u32; 2]]) -> impl Iterator<Item = &
         .filter(|o| !o.is_empty())
 }
 
+/// Bit `b` of a byte below 128 (header names are ASCII tokens); none for
+/// other bytes.
+const fn bit(b: u8) -> u128 {
+    if b < 128 { 1 << b } else { 0 }
+}
+
+/// The first bytes of the names [`Relayed::clean`] drops whatever the
+/// configuration: the hop-by-hop set, `set-cookie`, `x-request-id`.
+const DROPPED_FIRSTS: u128 = {
+    let names = crate::proxy::headers::HOP_BY_HOP_NAMES;
+    let mut set = bit(b's') | bit(b'x');
+    let mut i = 0;
+    while i < names.len() {
+        set |= bit(names[i].as_bytes()[0]);
+        i += 1;
+    }
+    set
+};
+
 /// Whether a name (any case) is one of `headers::HOP_BY_HOP_NAMES`, the
 /// one list both cleanings go by; lengths compared first.
 fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -264,6 +294,8 @@ mod tests {
         ("Date", "Sun, 06 Dec 2026 20:00:00 GMT"),
         ("ETag", "\"a\""),
         ("X-Empty", ""),
+        ("Connection", "accept-RANGES"),
+        ("Accept-Ranges", "bytes"),
     ];
 
     /// `picked` fields as one head: its bytes, the framing fields in a map

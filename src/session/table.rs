@@ -39,6 +39,7 @@
 //! [`issuer_user_key`] (the user directory's: its issuer's tokens only).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 
@@ -264,11 +265,11 @@ impl Entry {
 #[derive(Default)]
 pub struct Table {
     sessions: DashMap<Key, Entry, DigestState>,
-    deactivated: DashMap<Box<str>, u64, AdminKeyed>,
+    deactivated: Seldom<u64>,
     /// Subject → time of its last deactivation (ms): tokens issued at or
     /// before it are refused. Only ever raised, never dropped.
-    not_before: DashMap<Box<str>, u64, AdminKeyed>,
-    revoked_ids: DashMap<Box<str>, RevokedId, AdminKeyed>,
+    not_before: Seldom<u64>,
+    revoked_ids: Seldom<RevokedId>,
     /// Open websockets' session-end notifications: fired after every
     /// transition to ended (see `watch.rs`).
     watchers: Watchers,
@@ -280,7 +281,48 @@ pub struct Table {
     steady: super::SteadyWall,
     /// Some deactivation or cut-off was ever keyed by issuer and subject
     /// ([`issuer_user_key`]): only then does a check make that key.
-    any_issuer_keyed: std::sync::atomic::AtomicBool,
+    any_issuer_keyed: AtomicBool,
+}
+
+/// A map of what the admin side records (deactivations, cut-offs,
+/// revoked ids) and every request looks up. Almost always empty: a flag,
+/// set before the first insert and never cleared, lets a lookup skip the
+/// hashing and the shard lock while nothing was ever recorded.
+struct Seldom<V> {
+    ever: AtomicBool,
+    map: DashMap<Box<str>, V, AdminKeyed>,
+}
+
+impl<V> Default for Seldom<V> {
+    fn default() -> Self {
+        Seldom {
+            ever: AtomicBool::new(false),
+            map: DashMap::default(),
+        }
+    }
+}
+
+impl<V> Seldom<V> {
+    fn get(&self, key: &str) -> Option<dashmap::mapref::one::Ref<'_, Box<str>, V>> {
+        if !self.ever.load(Ordering::Acquire) {
+            return None;
+        }
+        self.map.get(key)
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.ever.load(Ordering::Acquire) && self.map.contains_key(key)
+    }
+
+    fn entry(&self, key: Box<str>) -> dashmap::mapref::entry::Entry<'_, Box<str>, V> {
+        self.ever.store(true, Ordering::Release);
+        self.map.entry(key)
+    }
+
+    fn insert(&self, key: Box<str>, v: V) -> Option<V> {
+        self.ever.store(true, Ordering::Release);
+        self.map.insert(key, v)
+    }
 }
 
 /// The user key of a deactivation (and its not-before cut-off) that
@@ -365,14 +407,12 @@ impl Table {
     }
 
     fn any_issuer_keyed(&self) -> bool {
-        self.any_issuer_keyed
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.any_issuer_keyed.load(Ordering::Relaxed)
     }
 
     fn note_key(&self, key: &str) {
         if key.starts_with('\0') {
-            self.any_issuer_keyed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            self.any_issuer_keyed.store(true, Ordering::Relaxed);
         }
     }
 
@@ -387,6 +427,7 @@ impl Table {
     /// Every cut-off (journal compaction, Redis reseed).
     pub fn not_befores(&self) -> Vec<(String, u64)> {
         self.not_before
+            .map
             .iter()
             .map(|kv| (kv.key().to_string(), *kv.value()))
             .collect()
@@ -611,6 +652,7 @@ impl Table {
 
     pub fn revoked_ids(&self) -> Vec<(String, RevokedId)> {
         self.revoked_ids
+            .map
             .iter()
             .map(|kv| (kv.key().to_string(), *kv.value()))
             .collect()
@@ -646,11 +688,12 @@ impl Table {
     }
 
     pub fn reactivate(&self, subject: &str) -> bool {
-        self.deactivated.remove(subject).is_some()
+        self.deactivated.map.remove(subject).is_some()
     }
 
     pub fn deactivated(&self) -> Vec<(String, u64)> {
         self.deactivated
+            .map
             .iter()
             .map(|kv| (kv.key().to_string(), *kv.value()))
             .collect()
@@ -741,7 +784,7 @@ impl Table {
                 || e.exp > now_ms
                 || now_ms.saturating_sub(since) <= retention_ms
         });
-        self.revoked_ids.retain(|_, r| r.until_ms > now_ms);
+        self.revoked_ids.map.retain(|_, r| r.until_ms > now_ms);
         self.fire_each(&keys);
         ended
     }
