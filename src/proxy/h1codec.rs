@@ -684,6 +684,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         Some(_) => 2,
         None => spans.len() + 1,
     });
+    // The framing fields, noted as they pass (instead of a map lookup for
+    // each question below): how many `Content-Length` fields, whether the
+    // first is digits alone, whether there is a `Transfer-Encoding`.
+    let (mut lengths, mut plain_length, mut te) = (0, false, false);
     for [a, b, c, d] in spans {
         let name = &head[a as usize..b as usize];
         if let Some(r) = relayed.as_mut() {
@@ -700,6 +704,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         let name = HeaderName::from_bytes(name).map_err(|_| WireError::Malformed("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(c as usize..d as usize))
             .map_err(|_| WireError::Malformed("header value"))?;
+        if name == header::CONTENT_LENGTH {
+            lengths += 1;
+            plain_length |= lengths == 1 && value.as_bytes().iter().all(u8::is_ascii_digit);
+        } else if name == header::TRANSFER_ENCODING {
+            te = true;
+        }
         headers.append(name, value);
     }
     let version = if minor == 1 {
@@ -713,17 +723,15 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         None => has_token(&headers, header::CONNECTION, "close"),
     };
     let mut reusable = version == Version::HTTP_11 && !close;
+    // The one number every `Content-Length` says, if they do.
+    let length = match lengths {
+        0 => None,
+        _ => content_length(&headers),
+    };
     // `5, 5` or two equal fields: passed on as the one number they say
     // (HEAD, 204 and 304 answers too).
-    let listed = {
-        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-        match (values.next(), values.next()) {
-            (Some(v), None) => !v.as_bytes().iter().all(u8::is_ascii_digit),
-            (Some(_), Some(_)) => true,
-            (None, _) => false,
-        }
-    };
-    if listed && let Some(n) = content_length(&headers) {
+    let listed = lengths > 1 || (lengths == 1 && !plain_length);
+    if listed && let Some(n) = length {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let decode = if status == StatusCode::NO_CONTENT
@@ -738,14 +746,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         // answer, another client's. The connection is not reused. (A HEAD
         // answer's and a 304's length is the representation's, as it
         // should be; the price is a new connection after such answers.)
-        if headers.contains_key(header::TRANSFER_ENCODING)
-            || (headers.contains_key(header::CONTENT_LENGTH) && content_length(&headers) != Some(0))
-        {
+        if te || (lengths > 0 && length != Some(0)) {
             reusable = false;
         }
         // A length that is no one number (`abc`, `5, 6`) is not passed on
         // for the client's parser to guess at; none is needed here.
-        if headers.contains_key(header::CONTENT_LENGTH) && content_length(&headers).is_none() {
+        if lengths > 0 && length.is_none() {
             headers.remove(header::CONTENT_LENGTH);
         }
         Decode::Done
@@ -753,7 +759,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         // A tunnel: never carried here; the connection is not used again.
         reusable = false;
         Decode::Done
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if te {
         if version == Version::HTTP_10 {
             return Err(WireError::Malformed("Transfer-Encoding on HTTP/1.0"));
         }
@@ -762,8 +768,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         }
         only_chunked(&headers)?;
         Decode::Chunked(Chunk::Size)
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
-        let Some(n) = content_length(&headers) else {
+    } else if lengths > 0 {
+        let Some(n) = length else {
             return Err(WireError::Malformed("Content-Length"));
         };
         if n == 0 {

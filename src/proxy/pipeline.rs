@@ -1554,18 +1554,27 @@ async fn forward(
         return Err(Deny::BadRequest(BadRequest::BodyOnGetOrHead).into());
     }
 
-    let mut pq = String::with_capacity(up.base_path.len() + target.canon.path.len() + 16);
-    pq.push_str(&up.base_path);
-    pq.push_str(&target.canon.path);
-    if let Some(q) = &target.canon.query {
-        pq.push('?');
-        pq.push_str(q);
+    // Origin-form: `upstream::send` puts the picked server in front. The
+    // client's own target when it is already the canonical one in origin
+    // form (most requests: nothing to build and parse again).
+    let as_sent = up.base_path.is_empty()
+        && parts.uri.scheme().is_none()
+        && parts.uri.authority().is_none()
+        && parts.uri.path() == target.canon.path
+        && parts.uri.query() == target.canon.query.as_deref();
+    if !as_sent {
+        let mut pq = String::with_capacity(up.base_path.len() + target.canon.path.len() + 16);
+        pq.push_str(&up.base_path);
+        pq.push_str(&target.canon.path);
+        if let Some(q) = &target.canon.query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let pq: http::uri::PathAndQuery = pq
+            .parse()
+            .map_err(|_| Deny::BadHost("unforwardable path"))?;
+        parts.uri = http::Uri::from(pq);
     }
-    // Origin-form: `upstream::send` puts the picked server in front.
-    let pq: http::uri::PathAndQuery = pq
-        .parse()
-        .map_err(|_| Deny::BadHost("unforwardable path"))?;
-    parts.uri = http::Uri::from(pq);
     parts.version = http::Version::HTTP_11;
 
     // On a masked route the whole representation is needed to mask it: no
