@@ -80,7 +80,7 @@ pub fn explain(
         .router
         .why_not(host.as_deref(), method, canon.routing_path())
         .into_iter()
-        .map(|(i, why)| json!({ "route": rt.routes[i].name, "why": why }))
+        .map(|(i, why)| json!({ "route": &*rt.routes[i].name, "why": why }))
         .collect();
     report["not_matched"] = json!(not_matched);
     let Some(m) = rt.router.at(host.as_deref(), method, canon.routing_path()) else {
@@ -93,7 +93,7 @@ pub fn explain(
         .map(|(k, v)| (k.clone(), json!(v)))
         .collect();
     report["route"] = json!({
-        "name": route.name,
+        "name": &*route.name,
         "defined_at": route.origin,
         "upstream": rt.upstreams[route.upstream].name,
         "params": params,

@@ -1221,7 +1221,7 @@ impl Builder {
                 Some(FileClientCert::Allow(a)) => Some(ClientCertRule::Allow(a.allow.clone())),
             };
             compiled.push(Route {
-                name: v.name.clone(),
+                name: v.name.as_str().into(),
                 spec,
                 policy: rp,
                 upstream,

@@ -268,7 +268,7 @@ pub enum ClientCertRule {
 
 /// One compiled route.
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     pub spec: RouteSpec,
     pub policy: RoutePolicy,
     /// Index into `Runtime::upstreams`.

@@ -157,8 +157,9 @@ pub struct Ctx {
     pub http10: bool,
     pub method: http::Method,
     pub path: String,
-    pub route: Option<String>,
-    pub subject: Option<String>,
+    pub route: Option<Arc<str>>,
+    /// The verified principal, once authenticated (its subject is logged).
+    pub principal: Option<Arc<Principal>>,
     pub refusal: Option<(&'static str, &'static str, String)>,
     /// The credential came from the cookie (cleared when the session ends).
     pub from_cookie: bool,
@@ -192,6 +193,11 @@ struct Target {
 }
 
 impl Ctx {
+    /// The verified subject, or empty.
+    pub fn subject(&self) -> &str {
+        self.principal.as_ref().map_or("", |p| p.subject.as_str())
+    }
+
     /// The `X-Request-Id` sent upstream and returned: the client's when
     /// valid, else ours.
     pub fn trace_id(&self) -> &str {
@@ -368,7 +374,7 @@ impl Gateway {
             method: req.method().clone(),
             path: String::new(),
             route: None,
-            subject: None,
+            principal: None,
             refusal: None,
             from_cookie: false,
             accept_html: accepts_html(req.headers()),
@@ -742,8 +748,8 @@ impl Gateway {
                 max_message: usize::try_from(rt.listen.max_websocket_message_bytes)
                     .unwrap_or(usize::MAX),
                 request_id: ctx.request_id.clone(),
-                route: route.name.clone(),
-                subject: ctx.subject.clone().unwrap_or_default(),
+                route: route.name.to_string(),
+                subject: ctx.subject().to_string(),
                 epoch: rt.websocket_epoch,
                 slot: ctx.slot.clone(),
                 pick,
@@ -1104,7 +1110,7 @@ impl Gateway {
         {
             return Err(Deny::LogoutOrigin.into());
         }
-        ctx.subject = Some(v.principal.subject.clone());
+        ctx.principal = Some(v.principal.clone());
         // Logouts are the principal's requests too (each costs store work).
         self.principal_rate(rt, &v.principal)?;
         // Every token of a deactivated user answers 401, this path too
@@ -1477,7 +1483,7 @@ fn authenticate(
         .auth
         .authenticate_at(req.headers(), unix_secs(ctx.wall), Some(&conn.token_memo))
         .map_err(Deny::Unauthenticated)?;
-    ctx.subject = Some(v.principal.subject.clone());
+    ctx.principal = Some(v.principal.clone());
     ctx.from_cookie = v.from_cookie;
     Ok(Some(v))
 }
@@ -1999,7 +2005,7 @@ const DECODED_WHOLE: u64 = 16;
 fn masking_failed(ctx: &Ctx) -> crate::proxy::body::OnEnd {
     let (rid, route) = (
         ctx.request_id.clone(),
-        ctx.route.clone().unwrap_or_default(),
+        ctx.route.as_deref().unwrap_or_default().to_string(),
     );
     Box::new(move |r: Result<u64, String>| {
         if let Err(code) = r {
@@ -2080,7 +2086,7 @@ fn log(ctx: &Ctx, status: StatusCode) {
         method: ctx.method.as_str(),
         path: &ctx.path,
         route: ctx.route.as_deref().unwrap_or(""),
-        subject: ctx.subject.as_deref().unwrap_or(""),
+        subject: ctx.subject(),
         status: status.as_u16(),
         error,
         detail,

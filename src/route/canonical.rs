@@ -210,56 +210,12 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
         return Err(PathError::Fragment);
     }
 
-    let bytes = raw.as_bytes();
-    let mut path = String::with_capacity(raw.len());
-    // Only escapes >= 0x80 can make the decoded path non-UTF-8, so the
-    // (allocating) validation is skipped for the common all-ASCII case.
-    let mut saw_high_escape = false;
-    // A `%25` (an escaped `%`) is in the output.
-    let mut saw_escaped_percent = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'%' => {
-                let v = match (bytes.get(i + 1), bytes.get(i + 2)) {
-                    (Some(&h), Some(&l)) => match (hex_val(h), hex_val(l)) {
-                        (Some(h), Some(l)) => (h << 4) | l,
-                        _ => return Err(PathError::BadPercent),
-                    },
-                    _ => return Err(PathError::BadPercent),
-                };
-                match v {
-                    b'/' => return Err(PathError::EncodedSlash),
-                    b'\\' => return Err(PathError::EncodedBackslash),
-                    0 => return Err(PathError::Nul),
-                    v if is_unreserved(v) || is_segment_delim(v) => path.push(char::from(v)),
-                    v => {
-                        saw_high_escape |= v >= 0x80;
-                        saw_escaped_percent |= v == b'%';
-                        // Writing to a String cannot fail.
-                        let _ = write!(path, "%{v:02X}");
-                    }
-                }
-                i += 3;
-                continue;
-            }
-            0 => return Err(PathError::Nul),
-            b'\\' => return Err(PathError::Backslash),
-            0x01..=0x20 | 0x7F => return Err(PathError::ControlChar),
-            0x80.. => return Err(PathError::NonAscii),
-            b';' if !opts.allow_semicolon => return Err(PathError::Semicolon),
-            b if must_escape(b) => {
-                // Writing to a String cannot fail.
-                let _ = write!(path, "%{b:02X}");
-            }
-            // Only raw `/` ever reaches the output as `/` (an encoded one is
-            // refused above), so "ends with `/`" means "inside a run".
-            b'/' if opts.merge_slashes && path.ends_with('/') => {}
-            _ => path.push(char::from(b)),
-        }
-        i += 1;
-    }
+    // Most paths are written the way the scan writes them: copied whole.
+    let (path, saw_high_escape, saw_escaped_percent) = if unchanged(raw.as_bytes(), opts) {
+        (raw.to_owned(), false, false)
+    } else {
+        rewrite(raw.as_bytes(), opts)?
+    };
 
     if saw_high_escape && std::str::from_utf8(&percent_decode(path.as_bytes())).is_err() {
         return Err(PathError::InvalidUtf8);
@@ -320,6 +276,86 @@ pub fn canonicalize(target: &str, opts: &CanonOptions) -> Result<Canonical, Path
     })
 }
 
+/// The bytes [`rewrite`] copies as they are (`/` aside, which it merges):
+/// unreserved characters and the segment delimiters.
+const KEPT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c == b'/' || is_unreserved(c) || is_segment_delim(c);
+        b += 1;
+    }
+    t
+};
+
+/// Whether [`rewrite`] would give `raw` back as it is: every byte one it
+/// copies, and no run of slashes it would merge.
+fn unchanged(raw: &[u8], opts: &CanonOptions) -> bool {
+    raw.iter().all(|&b| KEPT[usize::from(b)])
+        && !(opts.merge_slashes && raw.windows(2).any(|w| w == b"//"))
+}
+
+/// The path part of a target, each byte written in its one spelling:
+/// escapes of unreserved characters and segment delimiters decoded, other
+/// escapes upper-cased, characters a path may not hold raw escaped, runs
+/// of `/` merged (`merge_slashes`); refused on an encoded separator, a NUL,
+/// a control or non-ASCII byte, a bad escape, a `;` (unless allowed).
+/// With it, whether an escape of a byte >= 0x80 and whether a `%25` was
+/// written.
+fn rewrite(bytes: &[u8], opts: &CanonOptions) -> Result<(String, bool, bool), PathError> {
+    let mut path = String::with_capacity(bytes.len());
+    // Only escapes >= 0x80 can make the decoded path non-UTF-8, so the
+    // (allocating) validation is skipped for the common all-ASCII case.
+    let mut saw_high_escape = false;
+    // A `%25` (an escaped `%`) is in the output.
+    let mut saw_escaped_percent = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let v = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                    (Some(&h), Some(&l)) => match (hex_val(h), hex_val(l)) {
+                        (Some(h), Some(l)) => (h << 4) | l,
+                        _ => return Err(PathError::BadPercent),
+                    },
+                    _ => return Err(PathError::BadPercent),
+                };
+                match v {
+                    b'/' => return Err(PathError::EncodedSlash),
+                    b'\\' => return Err(PathError::EncodedBackslash),
+                    0 => return Err(PathError::Nul),
+                    v if is_unreserved(v) || is_segment_delim(v) => path.push(char::from(v)),
+                    v => {
+                        saw_high_escape |= v >= 0x80;
+                        saw_escaped_percent |= v == b'%';
+                        // Writing to a String cannot fail.
+                        let _ = write!(path, "%{v:02X}");
+                    }
+                }
+                i += 3;
+                continue;
+            }
+            0 => return Err(PathError::Nul),
+            b'\\' => return Err(PathError::Backslash),
+            0x01..=0x20 | 0x7F => return Err(PathError::ControlChar),
+            0x80.. => return Err(PathError::NonAscii),
+            b';' if !opts.allow_semicolon => return Err(PathError::Semicolon),
+            b if must_escape(b) => {
+                // Writing to a String cannot fail.
+                let _ = write!(path, "%{b:02X}");
+            }
+            // Only raw `/` ever reaches the output as `/` (an encoded one is
+            // refused above), so "ends with `/`" means "inside a run".
+            b'/' if opts.merge_slashes && path.ends_with('/') => {}
+            _ => path.push(char::from(b)),
+        }
+        i += 1;
+    }
+    Ok((path, saw_high_escape, saw_escaped_percent))
+}
+
 /// Fully percent-decode a path parameter taken from a canonical path.
 ///
 /// Lossless for canonical input (which is valid UTF-8 once decoded). For
@@ -367,7 +403,7 @@ fn hex_val(b: u8) -> Option<u8> {
 }
 
 /// RFC 3986 §2.3.
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
@@ -375,7 +411,7 @@ fn is_unreserved(b: u8) -> bool {
 /// the sub-delims and `:` `@`), `;` excepted (rule 6): written raw, their
 /// escapes decoded, so that `/jobs%3Apurge` is routed as the `/jobs:purge`
 /// a backend decodes it to.
-fn is_segment_delim(b: u8) -> bool {
+const fn is_segment_delim(b: u8) -> bool {
     matches!(
         b,
         b':' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'='
@@ -606,6 +642,21 @@ mod tests {
                 if merge {
                     prop_assert!(!c.path.contains("//"), "// in {:?}", c.path);
                 }
+            }
+        }
+
+        /// A path taken whole is what the byte-by-byte rewrite gives.
+        #[test]
+        fn paths_taken_whole_are_what_the_rewrite_gives(
+            tail in nasty_ascii(),
+            merge in any::<bool>(),
+            semi in any::<bool>(),
+        ) {
+            let opts = CanonOptions { merge_slashes: merge, allow_semicolon: semi };
+            let raw = format!("/{tail}");
+            let raw = raw.split(['?', '#']).next().unwrap_or("/");
+            if unchanged(raw.as_bytes(), &opts) {
+                prop_assert_eq!(rewrite(raw.as_bytes(), &opts), Ok((raw.to_string(), false, false)));
             }
         }
 
