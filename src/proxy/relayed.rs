@@ -133,7 +133,10 @@ impl Relayed {
         );
         let head = &self.head;
         let listed: SmallVec<[&[u8]; 4]> = options(head, &self.connection).collect();
-        map.remove(http::header::TRANSFER_ENCODING);
+        // The map holds one or two fields: looked through, not looked up.
+        if map.keys().any(|k| k == http::header::TRANSFER_ENCODING) {
+            map.remove(http::header::TRANSFER_ENCODING);
+        }
         if listed
             .iter()
             .any(|o| o.eq_ignore_ascii_case(b"content-length"))
@@ -146,18 +149,21 @@ impl Relayed {
         // sake: most fields start with none of them and are decided by
         // one bit (and the `Connection` options, if any).
         let firsts = DROPPED_FIRSTS | prefix.first().map_or(0, |&b| bit(b));
-        let mut removed = Vec::new();
-        self.fields.retain(|f| {
+        let verdict = |f: &Field| {
             let name = &head[f.name[0] as usize..f.name[1] as usize];
             let listed_here = || listed.iter().any(|o| o.eq_ignore_ascii_case(name));
             if name
                 .first()
                 .is_none_or(|&b| firsts & bit(b.to_ascii_lowercase()) == 0)
             {
-                return !listed_here();
+                return if listed_here() {
+                    Verdict::Drop
+                } else {
+                    Verdict::Keep
+                };
             }
             if is_hop_by_hop(name) || listed_here() {
-                return false;
+                return Verdict::Drop;
             }
             let gateway_s = (name.len() >= prefix.len()
                 && name[..prefix.len()].eq_ignore_ascii_case(prefix))
@@ -169,15 +175,33 @@ impl Relayed {
                         )
                 });
             if gateway_s {
-                if let Ok(n) = HeaderName::from_bytes(name)
-                    && !removed.contains(&n)
-                {
-                    removed.push(n);
-                }
-                return false;
+                Verdict::Forged(name)
+            } else if name.eq_ignore_ascii_case(b"x-request-id") {
+                Verdict::Drop
+            } else {
+                Verdict::Keep
             }
-            !name.eq_ignore_ascii_case(b"x-request-id")
-        });
+        };
+        let mut removed = Vec::new();
+        // Most answers keep every field: then nothing is moved.
+        if !self
+            .fields
+            .iter()
+            .all(|f| matches!(verdict(f), Verdict::Keep))
+        {
+            self.fields.retain(|f| match verdict(f) {
+                Verdict::Keep => true,
+                Verdict::Drop => false,
+                Verdict::Forged(name) => {
+                    if let Ok(n) = HeaderName::from_bytes(name)
+                        && !removed.contains(&n)
+                    {
+                        removed.push(n);
+                    }
+                    false
+                }
+            });
+        }
         // Hop-by-hop itself.
         drop(listed);
         self.connection.clear();
@@ -222,6 +246,14 @@ impl Relayed {
         }
         date
     }
+}
+
+/// What [`Relayed::clean`] does with a field.
+enum Verdict<'a> {
+    Keep,
+    Drop,
+    /// Dropped, and logged: a field only the gateway may set (this name).
+    Forged(&'a [u8]),
 }
 
 /// The options of `Connection` values (the fields they name).
