@@ -425,13 +425,15 @@ impl Answer {
 
     /// Back to the idle list if whole and reusable, else closed.
     fn release(&mut self) {
-        let Some(mut held) = self.held.take() else {
+        let Some(held) = self.held.take() else {
             return;
         };
+        // Not probed here: the next checkout probes it (and a server that
+        // closed meanwhile is found there, or by the reaper).
         if self.reusable
             && self.upload.is_none()
             && self.decode.is_done()
-            && held.wire.idle_and_open()
+            && held.wire.nothing_unread()
         {
             let home = held.home.clone();
             home.checkin(held.slot, held.wire);

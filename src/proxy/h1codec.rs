@@ -584,6 +584,11 @@ impl Wire {
         Pin::new(&mut probe).poll(&mut cx).is_pending()
     }
 
+    /// No byte of the server's is read and left over.
+    pub fn nothing_unread(&self) -> bool {
+        self.rbuf.is_empty()
+    }
+
     /// Reads more into the buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, WireError>> {
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 4 {

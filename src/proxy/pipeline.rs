@@ -2100,7 +2100,8 @@ fn log(ctx: &Ctx, status: StatusCode) {
 /// prefix and a counter (no syscall per request); a valid incoming
 /// `X-Request-Id` is kept beside it.
 struct RequestIds {
-    prefix: u64,
+    /// A random prefix, in hex (written once).
+    prefix: String,
     counter: AtomicU64,
 }
 
@@ -2109,8 +2110,10 @@ impl RequestIds {
         let mut b = [0u8; 8];
         // A failed RNG only makes ids less unique across restarts.
         let _ = aws_lc_rs::rand::fill(&mut b);
+        let mut prefix = String::with_capacity(16);
+        push_hex(&mut prefix, u64::from_le_bytes(b), 16);
         RequestIds {
-            prefix: u64::from_le_bytes(b),
+            prefix,
             counter: AtomicU64::new(0),
         }
     }
@@ -2129,7 +2132,7 @@ impl RequestIds {
             .map(str::to_string);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut id = String::with_capacity(24);
-        push_hex(&mut id, self.prefix, 16);
+        id.push_str(&self.prefix);
         push_hex(&mut id, n, 8);
         (id, client)
     }
