@@ -5,9 +5,11 @@
 //! (`proxy::wire`) parses it a second time to see what hyper hides, and
 //! hyper's dispatcher drives the exchange. This module serves them itself:
 //! each head is parsed once, with the parser hyper uses (`httparse`,
-//! default configuration), into the `http::Request` and the [`RawHead`]
-//! the pipeline checks (handed beside the request, not among its
-//! extensions: that would cost a map per request); the answer is encoded
+//! default configuration), into the `http::Request` and a [`RawHead`]
+//! saying it was parsed here, from the head as sent (no fragment, a clean
+//! framing: nothing for the pipeline to compare; handed beside the
+//! request, not among its extensions: that would cost a map per request);
+//! the answer is encoded
 //! as hyper encodes it (same status line, header order, framing and `date`
 //! header), an upstream's relayed fields (`relayed.rs`) written as they
 //! came.
@@ -43,7 +45,7 @@ use tokio::time::Instant;
 use super::body::ClientBody;
 use super::pipeline::RespBody;
 use super::relayed::Relayed;
-use super::wire::{Framing, RawHead};
+use super::wire::RawHead;
 
 /// Header fields a head may have to be served here (hyper's default
 /// limit; a head with more goes to hyper, whose limit the listener sets).
@@ -241,7 +243,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut spans: smallvec::SmallVec<[[u32; 4]; 16]> = smallvec::SmallVec::new();
     let mut keep_alive = true;
-    let (len, method, target, method_at) = {
+    let (len, method, target) = {
         let mut req = httparse::Request::new(&mut []);
         let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
             &mut req,
@@ -298,8 +300,6 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
                 (v + h.value.len()) as u32,
             ]);
         }
-        // httparse skips empty lines before the request line.
-        let method_at = method.as_ptr() as usize - base;
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
             return Parsed::Handover;
         };
@@ -307,7 +307,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
             return Parsed::Handover;
         }
         let t = path.as_ptr() as usize - base;
-        (len, method, t..t + path.len(), method_at)
+        (len, method, t..t + path.len())
     };
     let head = buf.split_to(len).freeze();
     let Some((uri, headers)) = request_parts(&head, target.clone(), &spans) else {
@@ -319,11 +319,9 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
         *buf = whole;
         return Parsed::Handover;
     };
-    let raw_head = RawHead {
-        method: head.slice(method_at..method_at + method.as_str().len()),
-        target: head.slice(target),
-        framing: Framing::Clean,
-    };
+    // Made by the parse that made the request: nothing of it to slice
+    // again for the pipeline to compare.
+    let raw_head = RawHead::served(target.len());
     let mut req = Request::new(ClientBody::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;

@@ -793,7 +793,7 @@ impl Gateway {
         // The target as sent (HTTP/1.1: the raw head's copy, fragment and
         // absolute form included); HTTP/2: `:path`.
         let target = match raw.or_else(|| req.extensions().get::<RawHead>()) {
-            Some(raw) => raw.target.len(),
+            Some(raw) => raw.target_len(),
             None => req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()),
         };
         if target > rt.listen.max_uri_bytes {
@@ -1326,7 +1326,7 @@ fn raw_head<'a>(
         .or_else(|| req.extensions().get::<RawHead>())
         .filter(|h| h.describes(req.method(), req.uri()))
         .ok_or_else(|| bad(BadRequest::MalformedHead))?;
-    match raw.framing {
+    match raw.framing() {
         Framing::Clean => Ok(raw),
         Framing::ContentLengthAndTransferEncoding => {
             Err(bad(BadRequest::ContentLengthAndTransferEncoding))

@@ -59,13 +59,25 @@ pub const MAX_HEADERS: usize = 100;
 
 /// One request head as it was on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawHead {
-    /// The method token, as sent.
-    pub method: bytes::Bytes,
-    /// The request target, as sent (a fragment included).
-    pub target: bytes::Bytes,
-    /// What the `Content-Length` / `Transfer-Encoding` headers say.
-    pub framing: Framing,
+pub struct RawHead(Seen);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Read by a connection's [`Tap`] beside hyper's parser, to be
+    /// compared with the request hyper made.
+    Tapped {
+        /// The method token, as sent.
+        method: bytes::Bytes,
+        /// The request target, as sent (a fragment included).
+        target: bytes::Bytes,
+        /// What the `Content-Length` / `Transfer-Encoding` headers say.
+        framing: Framing,
+    },
+    /// Parsed by `h1server` into the very request it is handed with (one
+    /// parse made both, so there is nothing to compare): a target of this
+    /// length, without a fragment, with a clean framing (the only heads it
+    /// serves).
+    Served { target_len: usize },
 }
 
 /// The body framing a head declares.
@@ -85,9 +97,42 @@ pub enum Framing {
 }
 
 impl RawHead {
+    /// A head the tap read.
+    pub fn tapped(method: bytes::Bytes, target: bytes::Bytes, framing: Framing) -> RawHead {
+        RawHead(Seen::Tapped {
+            method,
+            target,
+            framing,
+        })
+    }
+
+    /// The head of a request `h1server` parsed (see [`Seen::Served`]).
+    pub fn served(target_len: usize) -> RawHead {
+        RawHead(Seen::Served { target_len })
+    }
+
     /// The target carries a `#` (clients never send fragments).
     pub fn has_fragment(&self) -> bool {
-        self.target.contains(&b'#')
+        match &self.0 {
+            Seen::Tapped { target, .. } => target.contains(&b'#'),
+            Seen::Served { .. } => false,
+        }
+    }
+
+    /// The length of the target as sent.
+    pub fn target_len(&self) -> usize {
+        match &self.0 {
+            Seen::Tapped { target, .. } => target.len(),
+            Seen::Served { target_len } => *target_len,
+        }
+    }
+
+    /// What the head's framing fields say.
+    pub fn framing(&self) -> Framing {
+        match &self.0 {
+            Seen::Tapped { framing, .. } => *framing,
+            Seen::Served { .. } => Framing::Clean,
+        }
     }
 
     /// Whether this is the head hyper parsed into `method` and `uri`: the
@@ -95,13 +140,18 @@ impl RawHead {
     /// URI: `scheme://authority` (scheme in any case) in absolute form, the
     /// authority alone in authority form, then the path and query. Exact,
     /// so a head for `/admin/x` never vouches for a request for `/x`.
+    /// A served head describes the request it was handed with.
     pub fn describes(&self, method: &http::Method, uri: &http::Uri) -> bool {
-        if self.method != method.as_str().as_bytes() {
+        let (sent, target) = match &self.0 {
+            Seen::Tapped { method, target, .. } => (method, target),
+            Seen::Served { .. } => return true,
+        };
+        if sent != method.as_str().as_bytes() {
             return false;
         }
-        let mut rest = match self.target.iter().position(|&b| b == b'#') {
-            Some(i) => &self.target[..i],
-            None => &self.target[..],
+        let mut rest = match target.iter().position(|&b| b == b'#') {
+            Some(i) => &target[..i],
+            None => &target[..],
         };
         if let Some(scheme) = uri.scheme_str() {
             let n = scheme.len();
@@ -443,11 +493,11 @@ impl Tracker {
         } else {
             (Framing::Clean, State::Head)
         };
-        self.heads.push(RawHead {
-            method: bytes::Bytes::copy_from_slice(req.method.unwrap_or_default().as_bytes()),
-            target: bytes::Bytes::copy_from_slice(req.path.unwrap_or_default().as_bytes()),
+        self.heads.push(RawHead::tapped(
+            bytes::Bytes::copy_from_slice(req.method.unwrap_or_default().as_bytes()),
+            bytes::Bytes::copy_from_slice(req.path.unwrap_or_default().as_bytes()),
             framing,
-        });
+        ));
         // An unclean framing is refused and the connection closed: there is
         // no next request to find.
         self.state = if framing == Framing::Clean {
@@ -705,7 +755,10 @@ mod tests {
 
     fn targets(hs: &[RawHead]) -> Vec<String> {
         hs.iter()
-            .map(|h| String::from_utf8_lossy(&h.target).into_owned())
+            .map(|h| match &h.0 {
+                Seen::Tapped { target, .. } => String::from_utf8_lossy(target).into_owned(),
+                Seen::Served { .. } => unreachable!("the tap makes no served heads"),
+            })
             .collect()
     }
 
@@ -760,8 +813,8 @@ mod tests {
                 "split {split}"
             );
             assert!(hs[0].has_fragment() && !hs[1].has_fragment());
-            assert!(hs.iter().all(|h| h.framing == Framing::Clean));
-            assert_eq!(hs[3].method, &b"DELETE"[..]);
+            assert!(hs.iter().all(|h| h.framing() == Framing::Clean));
+            assert!(matches!(&hs[3].0, Seen::Tapped { method, .. } if method == &b"DELETE"[..]));
             assert_eq!(state, State::Head, "split {split}");
         }
     }
@@ -805,7 +858,7 @@ mod tests {
                 "POST /p HTTP/1.1\r\nHost: x\r\n{headers}\r\n\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n"
             );
             let (hs, state) = heads_of(req.as_bytes(), 5);
-            assert_eq!(hs[0].framing, *want, "{headers}");
+            assert_eq!(hs[0].framing(), *want, "{headers}");
             if *want != Framing::Clean {
                 assert_eq!(hs.len(), 1, "{headers}: tracking must stop");
                 assert_eq!(state, State::Lost);
@@ -854,10 +907,12 @@ mod tests {
 
     #[test]
     fn describes_matches_hyper_view() {
-        let h = |m: &str, t: &str| RawHead {
-            method: bytes::Bytes::copy_from_slice(m.as_bytes()),
-            target: bytes::Bytes::copy_from_slice(t.as_bytes()),
-            framing: Framing::Clean,
+        let h = |m: &str, t: &str| {
+            RawHead::tapped(
+                bytes::Bytes::copy_from_slice(m.as_bytes()),
+                bytes::Bytes::copy_from_slice(t.as_bytes()),
+                Framing::Clean,
+            )
         };
         let uri = |s: &str| s.parse::<http::Uri>().unwrap();
         assert!(h("GET", "/x?q#f").describes(&http::Method::GET, &uri("/x?q")));
