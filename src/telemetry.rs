@@ -161,7 +161,7 @@ fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
 }
 
 /// Whether JSON escapes none of these bytes (no control character, `"`
-/// or `\\`): most values, tested eight bytes at a time.
+/// or `\`): most values, tested eight bytes at a time.
 fn plain_json(v: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
@@ -170,7 +170,7 @@ fn plain_json(v: &[u8]) -> bool {
     let mut chunks = v.chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
-        // Some byte below 0x20 (exact for a bound up to 0x80), `"`, `\\`.
+        // Some byte below 0x20 (exact for a bound up to 0x80), `"`, `\`.
         if w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0
             || zero(w ^ (ONES * u64::from(b'"')))
             || zero(w ^ (ONES * u64::from(b'\\')))

@@ -147,8 +147,9 @@ impl Relayed {
         let cookie = fwd.cookie.as_deref();
         // The first bytes (lower-case) of every name dropped for its own
         // sake: most fields start with none of them and are decided by
-        // one bit (and the `Connection` options, if any).
-        let firsts = DROPPED_FIRSTS | prefix.first().map_or(0, |&b| bit(b));
+        // one bit (and the `Connection` options, if any). (An empty prefix,
+        // which the configuration refuses, would cover every name.)
+        let firsts = DROPPED_FIRSTS | prefix.first().map_or(u128::MAX, |&b| bit(b));
         let verdict = |f: &Field| {
             let name = &head[f.name[0] as usize..f.name[1] as usize];
             let listed_here = || listed.iter().any(|o| o.eq_ignore_ascii_case(name));
