@@ -294,23 +294,24 @@ pub async fn send(
     // a client is still sending, its own timeouts (`request_timeout`,
     // `body_read_timeout`: 408) bound the wait, and a slow upload never
     // counts against the server's health.
-    let (req, body_sent) = if req.body().is_end_stream() {
-        (req, None)
+    // (The request stays where it is unless its body is wrapped.)
+    let body_sent = if req.body().is_end_stream() {
+        None
     } else {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let req = req.map(|inner| {
+        req = req.map(|inner| {
             Reported {
                 inner,
                 done: Some(tx),
             }
             .boxed()
         });
-        (req, Some(rx))
+        Some(rx)
     };
     let attempt = async {
         match h1 {
             Some(h1) => {
-                let req = origin_form(req);
+                origin_form(&mut req);
                 let (scheme, authority) = (&server.scheme, &server.authority);
                 match h1
                     .exchange(
@@ -502,20 +503,18 @@ fn to_server(req: Request<UpBody>, server: &Server) -> Result<Request<UpBody>, R
     Ok(Request::from_parts(parts, body))
 }
 
-/// The request with an origin-form target (`/path?query`), what an
+/// Gives the request an origin-form target (`/path?query`), what an
 /// HTTP/1.1 connection to the server sends.
-fn origin_form(req: Request<UpBody>) -> Request<UpBody> {
+fn origin_form(req: &mut Request<UpBody>) {
     if req.uri().scheme().is_none() && req.uri().path_and_query().is_some() {
-        return req;
+        return;
     }
-    let (mut parts, body) = req.into_parts();
-    let pq = parts
-        .uri
+    let pq = req
+        .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = http::Uri::from(pq);
-    Request::from_parts(parts, body)
+    *req.uri_mut() = http::Uri::from(pq);
 }
 
 pub(crate) fn empty() -> UpBody {
