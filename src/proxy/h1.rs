@@ -4,7 +4,9 @@
 //! A connection is taken from its server's idle list, written and read
 //! (`h1codec.rs`) by the request while the answer's head is awaited and by
 //! the answer's body ([`Answer`]) while it streams, and put back when the
-//! body has ended with the connection ready for another request. A body
+//! body has ended, reusable, with nothing left unread; whether the server
+//! has closed it or sent anything since is probed when it is taken again
+//! (a closed or stray-bytes connection is dropped there). A body
 //! that does not end (cut, timed out, dropped by the client) drops its
 //! connection, which closes it. No task, channel or waker crosses between
 //! the request and its connection.
