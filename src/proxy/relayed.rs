@@ -234,12 +234,48 @@ impl Relayed {
     }
 
     /// Writes every field as `name: value` lines; whether one of them
-    /// was `Date`.
+    /// was `Date`. Fields the upstream wrote one after the other in
+    /// exactly that form are copied as one piece.
     pub fn write(&self, dst: &mut Vec<u8>) -> bool {
+        let head = &self.head[..];
+        let mut date = false;
+        // The piece of the head not yet copied: `[start, end)`.
+        let (mut start, mut end) = (0, 0);
+        for f in &self.fields {
+            let [n0, n1] = f.name.map(|x| x as usize);
+            let [v0, v1] = f.value.map(|x| x as usize);
+            date |= n1 - n0 == 4 && head[n0..n1].eq_ignore_ascii_case(b"date");
+            // `name: value\r\n` to the letter, right after the piece.
+            let as_written = v0 == n1 + 2
+                && &head[n1..v0] == b": "
+                && head.get(v1..v1 + 2) == Some(b"\r\n".as_slice());
+            if as_written && n0 == end && end > start {
+                end = v1 + 2;
+                continue;
+            }
+            dst.extend_from_slice(&head[start..end]);
+            if as_written {
+                (start, end) = (n0, v1 + 2);
+            } else {
+                (start, end) = (0, 0);
+                dst.reserve(n1 - n0 + v1 - v0 + 4);
+                dst.extend_from_slice(&head[n0..n1]);
+                dst.extend_from_slice(b": ");
+                dst.extend_from_slice(&head[v0..v1]);
+                dst.extend_from_slice(b"\r\n");
+            }
+        }
+        dst.extend_from_slice(&head[start..end]);
+        date
+    }
+
+    /// [`Relayed::write`] a field at a time (what the tests compare it
+    /// with).
+    #[cfg(test)]
+    fn write_each(&self, dst: &mut Vec<u8>) -> bool {
         let mut date = false;
         for (name, value) in self.fields() {
             date |= name.len() == 4 && name.eq_ignore_ascii_case(b"date");
-            dst.reserve(name.len() + value.len() + 4);
             dst.extend_from_slice(name);
             dst.extend_from_slice(b": ");
             dst.extend_from_slice(value);
@@ -334,10 +370,21 @@ mod tests {
     /// `picked` fields as one head: its bytes, the framing fields in a map
     /// and the rest relayed (as `h1codec` splits them).
     fn split(picked: &[usize]) -> (HeaderMap, Relayed) {
+        split_styled(&picked.iter().map(|&i| (i, 0)).collect::<Vec<_>>())
+    }
+
+    /// [`split`], each field written in one of four ways: `n: v`, `n:v`,
+    /// `n:  v  ` and `n: v ` (httparse trims the spaces around a value).
+    fn split_styled(picked: &[(usize, usize)]) -> (HeaderMap, Relayed) {
         let mut text = String::from("HTTP/1.1 200 OK\r\n");
-        for &i in picked {
+        for &(i, style) in picked {
             let (n, v) = FIELDS[i];
-            text.push_str(&format!("{n}: {v}\r\n"));
+            text.push_str(&match style {
+                0 => format!("{n}: {v}\r\n"),
+                1 => format!("{n}:{v}\r\n"),
+                2 => format!("{n}:  {v}  \r\n"),
+                _ => format!("{n}: {v} \r\n"),
+            });
         }
         text.push_str("\r\n");
         let head = Bytes::from(text);
@@ -398,6 +445,26 @@ mod tests {
             removed.dedup();
             removed_whole.dedup();
             prop_assert_eq!(removed, removed_whole);
+        }
+    }
+
+    proptest! {
+        /// Copying the fields the upstream wrote as `name: value` lines
+        /// one after the other in pieces writes what writing each field
+        /// does, cleaned or not, whatever the spacing around values.
+        #[test]
+        fn fields_copied_in_pieces_are_what_writing_each_gives(
+            picked in proptest::collection::vec((0..FIELDS.len(), 0..4usize), 0..12),
+            clean in any::<bool>(),
+        ) {
+            let (mut map, mut relayed) = split_styled(&picked);
+            if clean {
+                let _ = relayed.clean(&mut map, &crate::proxy::headers::sample_forward());
+            }
+            let (mut pieces, mut each) = (b"x".to_vec(), b"x".to_vec());
+            let dated = relayed.write(&mut pieces);
+            prop_assert_eq!(dated, relayed.write_each(&mut each));
+            prop_assert_eq!(pieces, each);
         }
     }
 
