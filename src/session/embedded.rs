@@ -427,18 +427,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
+    /// A shared record without an expiry.
+    fn shared_put(ns: &str, k: &str, v: &str) -> super::super::SharedOp {
+        super::super::SharedOp::Put {
+            ns: ns.into(),
+            k: k.into(),
+            v: v.into(),
+            x: None,
+        }
+    }
+
     /// A shared batch the journal cannot take fails and changes nothing
     /// (a pusher told 503 may retry or give up; nothing half-applied).
     #[tokio::test]
     async fn a_failed_shared_batch_changes_nothing() {
         use super::super::SharedOp;
         let (store, d) = open("shared-undo");
-        let put = |k: &str, v: &str| SharedOp::Put {
-            ns: "rel.t".into(),
-            k: k.into(),
-            v: v.into(),
-            x: None,
-        };
+        let put = |k: &str, v: &str| shared_put("rel.t", k, v);
         assert!(store.shared_apply(&[], &[put("a", "1")]).unwrap());
         store.inner.journal.inject(Some(Fault::Full));
         let batch = [
@@ -465,14 +470,9 @@ mod tests {
     /// holding the value read, or nothing when nothing was read.
     #[tokio::test]
     async fn a_conditional_batch_is_written_only_on_what_was_read() {
-        use super::super::{SharedExpect, SharedOp};
+        use super::super::SharedExpect;
         let (store, d) = open("shared-cas");
-        let put = |k: &str, v: &str| SharedOp::Put {
-            ns: "users".into(),
-            k: k.into(),
-            v: v.into(),
-            x: None,
-        };
+        let put = |k: &str, v: &str| shared_put("users", k, v);
         let read = |k: &str, v: Option<&str>| SharedExpect {
             ns: "users".into(),
             k: k.into(),
