@@ -298,22 +298,41 @@ pub fn is_stripped(fwd: &ForwardSettings, name: &HeaderName) -> bool {
     fwd.strip_prefixes.matches(k) && !fwd.keep.contains(name)
 }
 
+/// A set of bytes, a bit each: the first bytes names of interest can
+/// start with, so that most names are decided by one bit.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    pub const EMPTY: ByteSet = ByteSet([0; 4]);
+    pub const ALL: ByteSet = ByteSet([u64::MAX; 4]);
+
+    /// This set and `b`.
+    pub const fn with(mut self, b: u8) -> ByteSet {
+        self.0[(b >> 6) as usize] |= 1 << (b & 63);
+        self
+    }
+
+    pub const fn has(&self, b: u8) -> bool {
+        self.0[(b >> 6) as usize] & (1 << (b & 63)) != 0
+    }
+}
+
 /// Header-name prefixes (lower-case) and the set of their first bytes:
 /// most names share none with any prefix and are decided by one bit.
 #[derive(Clone, Default)]
 pub struct Prefixes {
     list: Vec<String>,
-    /// Bit `b` set: some prefix starts with byte `b` (all set when one is
-    /// empty).
-    first: [u64; 4],
+    /// The prefixes' first bytes (every byte when one is empty).
+    first: ByteSet,
 }
 
 impl Prefixes {
     pub fn push(&mut self, prefix: String) {
-        match prefix.as_bytes().first() {
-            Some(&b) => self.first[usize::from(b >> 6)] |= 1 << (b & 63),
-            None => self.first = [u64::MAX; 4],
-        }
+        self.first = match prefix.as_bytes().first() {
+            Some(&b) => self.first.with(b),
+            None => ByteSet::ALL,
+        };
         self.list.push(prefix);
     }
 
@@ -323,8 +342,8 @@ impl Prefixes {
 
     /// Whether `name` starts with one of the prefixes.
     pub fn matches(&self, name: &str) -> bool {
-        let first = name.as_bytes().first().copied().unwrap_or(0);
-        self.first[usize::from(first >> 6)] & (1 << (first & 63)) != 0
+        self.first
+            .has(name.as_bytes().first().copied().unwrap_or(0))
             && self.list.iter().any(|p| name.starts_with(p.as_str()))
     }
 }

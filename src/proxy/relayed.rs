@@ -28,6 +28,7 @@ use http::header::{HeaderMap, HeaderName};
 use smallvec::SmallVec;
 
 use crate::config::ForwardSettings;
+use crate::proxy::headers::ByteSet;
 
 /// Fields of one answer head, in the order they came, as offsets into
 /// the head's bytes. Built by `h1codec` only for a caller that asked for
@@ -149,13 +150,15 @@ impl Relayed {
         // sake: most fields start with none of them and are decided by
         // one bit (and the `Connection` options, if any). (An empty prefix,
         // which the configuration refuses, would cover every name.)
-        let firsts = DROPPED_FIRSTS | prefix.first().map_or(u128::MAX, |&b| bit(b));
+        let firsts = prefix
+            .first()
+            .map_or(ByteSet::ALL, |&b| DROPPED_FIRSTS.with(b));
         let verdict = |f: &Field| {
             let name = &head[f.name[0] as usize..f.name[1] as usize];
             let listed_here = || listed.iter().any(|o| o.eq_ignore_ascii_case(name));
             if name
                 .first()
-                .is_none_or(|&b| firsts & bit(b.to_ascii_lowercase()) == 0)
+                .is_none_or(|&b| !firsts.has(b.to_ascii_lowercase()))
             {
                 return if listed_here() {
                     Verdict::Drop
@@ -302,20 +305,14 @@ fn options<'a>(head: &'a [u8], values: &'a [[u32; 2]]) -> impl Iterator<Item = &
         .filter(|o| !o.is_empty())
 }
 
-/// Bit `b` of a byte below 128 (header names are ASCII tokens); none for
-/// other bytes.
-const fn bit(b: u8) -> u128 {
-    if b < 128 { 1 << b } else { 0 }
-}
-
 /// The first bytes of the names [`Relayed::clean`] drops whatever the
 /// configuration: the hop-by-hop set, `set-cookie`, `x-request-id`.
-const DROPPED_FIRSTS: u128 = {
+const DROPPED_FIRSTS: ByteSet = {
     let names = crate::proxy::headers::HOP_BY_HOP_NAMES;
-    let mut set = bit(b's') | bit(b'x');
+    let mut set = ByteSet::EMPTY.with(b's').with(b'x');
     let mut i = 0;
     while i < names.len() {
-        set |= bit(names[i].as_bytes()[0]);
+        set = set.with(names[i].as_bytes()[0]);
         i += 1;
     }
     set
