@@ -213,8 +213,8 @@ fn timestamp(out: &mut Vec<u8>, at: std::time::SystemTime) {
 
 /// Log lines on their way to stdout, written in batches as nginx's
 /// `access_log ... buffer= flush=` does: a line of level INFO or below is
-/// appended to a shared buffer, which is written out when it holds
-/// [`LogBuffer::LIMIT`] bytes, every [`LogBuffer::EVERY`] (a background
+/// appended to a shared buffer, which is written out when the next line
+/// would take it over [`LogBuffer::LIMIT`] bytes, every [`LogBuffer::EVERY`] (a background
 /// thread), at a WARN or ERROR line (written at once, after what is
 /// buffered, so order is kept and problems show without delay) and at
 /// shutdown. One `write` per batch instead of one per request line; a
@@ -227,20 +227,25 @@ pub struct LogBuffer {
     lines: Mutex<Vec<u8>>,
     /// Held while writing out, taken before `lines` is released, so
     /// batches reach stdout in the order their lines were logged.
-    out: Mutex<std::io::Stdout>,
+    out: Mutex<Box<dyn Write + Send>>,
 }
 
 impl LogBuffer {
     const LIMIT: usize = 64 * 1024;
     const EVERY: Duration = Duration::from_millis(200);
 
+    fn new(out: Box<dyn Write + Send>) -> LogBuffer {
+        LogBuffer {
+            lines: Mutex::new(Vec::with_capacity(Self::LIMIT)),
+            out: Mutex::new(out),
+        }
+    }
+
     /// The process's buffer, and its flushing thread, made on first use.
     pub fn global() -> &'static LogBuffer {
         BUFFER.get_or_init(|| {
-            let b: &'static LogBuffer = Box::leak(Box::new(LogBuffer {
-                lines: Mutex::new(Vec::with_capacity(Self::LIMIT)),
-                out: Mutex::new(std::io::stdout()),
-            }));
+            let b: &'static LogBuffer =
+                Box::leak(Box::new(LogBuffer::new(Box::new(std::io::stdout()))));
             let _ = std::thread::Builder::new()
                 .name("rolegate-log".into())
                 .spawn(move || {
@@ -253,13 +258,16 @@ impl LogBuffer {
         })
     }
 
-    /// Appends `line`; writes the buffer out once it is full.
+    /// Appends `line`; writes the buffer out first when the line would not
+    /// fit (a full buffer is never grown and copied to take one more line).
     fn append(&self, line: &[u8]) {
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        lines.extend_from_slice(line);
-        if lines.len() >= Self::LIMIT {
-            self.drain(lines, &[]);
+        let lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() + line.len() > Self::LIMIT {
+            self.drain(lines, line);
+            return;
         }
+        let mut lines = lines;
+        lines.extend_from_slice(line);
     }
 
     /// Writes out what is buffered, then `now`.
@@ -406,6 +414,62 @@ mod tests {
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
+        }
+    }
+
+    /// Each `write` the buffer makes, apart.
+    #[derive(Clone, Default)]
+    struct Writes(std::sync::Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if !b.is_empty() {
+                self.0.lock().unwrap().push(b.to_vec());
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn batches_keep_the_order_and_the_buffer_is_never_grown() {
+        let writes = Writes::default();
+        let buffer = LogBuffer::new(Box::new(writes.clone()));
+        let mut sent = Vec::new();
+        for i in 0..2_000usize {
+            // Lines of 40 to ~400 bytes, a 70 KB one (over the limit) among them.
+            let len = if i == 777 {
+                70_000
+            } else {
+                40 + (i * 37) % 360
+            };
+            let mut line = vec![b'a' + (i % 26) as u8; len];
+            line.push(b'\n');
+            buffer.append(&line);
+            sent.extend_from_slice(&line);
+            if i == 1_500 {
+                // An urgent line: after what is buffered.
+                buffer.write_out(b"urgent\n");
+                sent.extend_from_slice(b"urgent\n");
+            }
+            assert_eq!(
+                buffer.lines.lock().unwrap().capacity(),
+                LogBuffer::LIMIT,
+                "line {i}: the buffer was grown"
+            );
+        }
+        buffer.write_out(&[]);
+        let writes = writes.0.lock().unwrap();
+        assert!(writes.len() > 3, "{} writes", writes.len());
+        assert_eq!(writes.concat(), sent, "lines lost or out of order");
+        for w in writes.iter() {
+            assert!(
+                w.len() <= LogBuffer::LIMIT || w.len() == 70_001,
+                "a write of {} bytes",
+                w.len()
+            );
         }
     }
 
