@@ -692,7 +692,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
     // The framing fields, noted as they pass (instead of a map lookup for
     // each question below): how many `Content-Length` fields, whether the
     // first is digits alone, whether there is a `Transfer-Encoding`.
+    // And the first one's number when it is digits alone (most answers:
+    // nothing to look up again).
     let (mut lengths, mut plain_length, mut te) = (0, false, false);
+    let mut first_length = None;
     for [a, b, c, d] in spans {
         let name = &head[a as usize..b as usize];
         if let Some(r) = relayed.as_mut() {
@@ -712,6 +715,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
         if name == header::CONTENT_LENGTH {
             lengths += 1;
             plain_length |= lengths == 1 && value.as_bytes().iter().all(u8::is_ascii_digit);
+            if lengths == 1 && plain_length {
+                first_length = one_length(value.as_bytes());
+            }
         } else if name == header::TRANSFER_ENCODING {
             te = true;
         }
@@ -731,6 +737,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
     // The one number every `Content-Length` says, if they do.
     let length = match lengths {
         0 => None,
+        1 if plain_length => first_length,
         _ => content_length(&headers),
     };
     // `5, 5` or two equal fields: passed on as the one number they say
@@ -832,11 +839,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut found = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for t in v.as_bytes().split(|&b| b == b',') {
-            let t = t.trim_ascii();
-            if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let n: u64 = std::str::from_utf8(t).ok()?.parse().ok()?;
+            let n = one_length(t)?;
             if found.is_some_and(|f| f != n) {
                 return None;
             }
@@ -844,6 +847,18 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         }
     }
     found
+}
+
+/// One `Content-Length` number (surrounding spaces allowed): 1 to 19
+/// digits, which always fit a `u64`.
+fn one_length(t: &[u8]) -> Option<u64> {
+    let t = t.trim_ascii();
+    if t.is_empty() || t.len() > 19 {
+        return None;
+    }
+    t.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
 }
 
 /// A chunk-size line at the front of `buf`: the bytes it takes, the size
@@ -1606,6 +1621,31 @@ mod tests {
         assert_eq!(content_length(&map(&["+1"])), None);
         assert_eq!(content_length(&map(&[""])), None);
         assert_eq!(content_length(&map(&["99999999999999999999"])), None);
+        // The most digits taken: 19, whose largest number fits.
+        assert_eq!(
+            content_length(&map(&["9999999999999999999"])),
+            Some(9_999_999_999_999_999_999)
+        );
+        assert_eq!(content_length(&map(&["0000000000000000042"])), Some(42));
+        assert_eq!(content_length(&map(&["00000000000000000042"])), None);
+        assert_eq!(content_length(&map(&["4 2"])), None);
+        assert_eq!(content_length(&map(&["42a"])), None);
+        assert_eq!(content_length(&map(&["0x2a"])), None);
+    }
+
+    proptest::proptest! {
+        /// One number as the standard parse reads it: digits alone, at
+        /// most 19 of them, spaces around allowed.
+        #[test]
+        fn one_length_reads_what_the_standard_parse_reads(t in "[ 0-9a+-]{0,22}") {
+            let trimmed = t.trim_matches(' ');
+            let standard = (!trimmed.is_empty()
+                && trimmed.len() <= 19
+                && trimmed.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| trimmed.parse::<u64>().ok())
+            .flatten();
+            proptest::prop_assert_eq!(one_length(t.as_bytes()), standard);
+        }
     }
 
     #[test]
