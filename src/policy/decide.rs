@@ -15,6 +15,8 @@
 
 use std::fmt;
 
+use smallvec::SmallVec;
+
 use super::compile::Policy;
 use super::model::{Principal, is_valid_capability, is_valid_grant, parse_binding};
 use super::requirement::{LIST_CLAIMS, MAX_DEPTH, Operand, Requirement, RoutePolicy};
@@ -451,11 +453,13 @@ struct Request<'a> {
     scope: Option<(&'a str, &'a str)>,
     params: &'a [(String, String)],
     rel: &'a dyn Relations,
-    bound: Vec<Bound<'a>>,
+    /// (Kept inline up to a few: most principals hold one or two roles,
+    /// and a decision per request should not allocate for them.)
+    bound: SmallVec<[Bound<'a>; 4]>,
     /// Indices of the principal's known profiles (for their grants).
-    profiles: Vec<(usize, usize)>,
+    profiles: SmallVec<[(usize, usize); 2]>,
     /// Applicable `principal.grants`: (raw, grant).
-    grants: Vec<(&'a str, &'a str)>,
+    grants: SmallVec<[(&'a str, &'a str); 2]>,
 }
 
 fn run<T: Tracer>(
@@ -540,7 +544,7 @@ impl<'a> Request<'a> {
         rel: &'a dyn Relations,
         t: &mut T,
     ) -> Request<'a> {
-        let mut bound = Vec::new();
+        let mut bound = SmallVec::new();
         for raw in &p.roles {
             match classify_role(policy, raw, scope) {
                 Ok((role, ctx)) => {
@@ -560,7 +564,7 @@ impl<'a> Request<'a> {
                 }
             }
         }
-        let mut profiles = Vec::new();
+        let mut profiles = SmallVec::new();
         for raw in &p.profiles {
             match policy.profile_idx(raw) {
                 Some(pi) => {
@@ -594,7 +598,7 @@ impl<'a> Request<'a> {
                 }
             }
         }
-        let mut grants = Vec::new();
+        let mut grants = SmallVec::new();
         for raw in &p.grants {
             match classify_grant(raw, scope) {
                 Ok(g) => {

@@ -206,7 +206,7 @@ pub struct Binding<'a> {
 pub fn parse_binding(raw: &str) -> Option<Binding<'_>> {
     // Whitespace/control characters are never legitimate here and are a
     // classic way to make two systems disagree about a name.
-    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if has_space_or_control(raw) {
         return None;
     }
     match raw.split_once('@') {
@@ -224,6 +224,17 @@ pub fn parse_binding(raw: &str) -> Option<Binding<'_>> {
                 scope: Some((kind, id)),
             })
         }
+    }
+}
+
+/// Whether `s` has a whitespace or control character. ASCII (most names)
+/// is told by byte: there the two are exactly the bytes up to the space,
+/// and DEL.
+fn has_space_or_control(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b <= b' ' || b == 0x7f)
+    } else {
+        s.chars().any(|c| c.is_whitespace() || c.is_control())
     }
 }
 
@@ -407,6 +418,26 @@ mod tests {
             let want = !s.is_empty()
                 && s.split('.').all(|seg| !seg.is_empty() && seg.bytes().all(is_segment_byte));
             proptest::prop_assert_eq!(is_dotted(&s), want);
+        }
+
+        /// The byte test for ASCII names says what the character classes
+        /// say, and so does the test of other names.
+        #[test]
+        fn space_or_control_is_the_character_rule(s in "(?s:.{0,6})") {
+            let want = s.chars().any(|c| c.is_whitespace() || c.is_control());
+            proptest::prop_assert_eq!(has_space_or_control(&s), want, "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn every_ascii_byte_is_told_as_the_character_rule_tells_it() {
+        for b in 0u8..0x80 {
+            let s = format!("agent{}x", char::from(b));
+            let want = s.chars().any(|c| c.is_whitespace() || c.is_control());
+            assert_eq!(has_space_or_control(&s), want, "byte {b:#04x}");
+            if b != b'@' {
+                assert_eq!(parse_binding(&s).is_none(), want, "byte {b:#04x}");
+            }
         }
     }
 
