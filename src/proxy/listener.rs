@@ -488,7 +488,7 @@ where
                     // Where hyper's requests have it (rare enough to cost
                     // the extension map).
                     req.extensions_mut().insert(raw);
-                    (gw.redirect(req, conn, to), None)
+                    (gw.redirect(*req, conn, to), None)
                 }
                 None => gw.handle_h1(req, raw, conn).await,
             }

@@ -389,7 +389,7 @@ impl Gateway {
 
     /// Handles one request: the inner pipeline, then the log line, always.
     pub async fn handle(&self, req: Request<ClientBody>, conn: &Conn) -> Response<RespBody> {
-        let (resp, relayed) = self.handle_with(req, None, conn, false).await;
+        let (resp, relayed) = self.handle_with(Box::new(req), None, conn, false).await;
         debug_assert!(relayed.is_none(), "relayed fields nobody asked for");
         resp
     }
@@ -399,7 +399,7 @@ impl Gateway {
     /// route reads none of them (`relayed.rs`), for it to write.
     pub fn handle_h1<'a>(
         &'a self,
-        req: Request<ClientBody>,
+        req: Box<Request<ClientBody>>,
         raw: RawHead,
         conn: &'a Conn,
     ) -> impl std::future::Future<Output = (Response<RespBody>, Option<Box<Relayed>>)> + 'a {
@@ -408,7 +408,7 @@ impl Gateway {
 
     async fn handle_with(
         &self,
-        req: Request<ClientBody>,
+        req: Box<Request<ClientBody>>,
         raw: Option<RawHead>,
         conn: &Conn,
         relay: bool,
@@ -479,7 +479,7 @@ impl Gateway {
         rt: &Arc<Runtime>,
         ctx: &mut Ctx,
         conn: &Conn,
-        mut req: Request<ClientBody>,
+        mut req: Box<Request<ClientBody>>,
     ) -> Result<Response<RespBody>, Refusal> {
         // 0 limits: target length, header count, the client's rate.
         self.admit(rt, conn, &req, ctx.raw.as_ref())?;
@@ -620,7 +620,7 @@ impl Gateway {
         if websocket {
             // 6 + 7 for a websocket (never masked: `check` refuses a mask on
             //   a websocket route).
-            let client = hyper::upgrade::on(&mut req);
+            let client = hyper::upgrade::on(&mut *req);
             ctx.slot = conn.slot.clone();
             let resp = forward(rt, ctx, route, &target, principal, false, req).await?;
             let authorized = verified.as_ref().map(|v| (v, standing(v, tuples), pulled));
@@ -1495,7 +1495,7 @@ async fn forward(
     target: &Target,
     principal: Option<&Principal>,
     masking: bool,
-    req: Request<ClientBody>,
+    req: Box<Request<ClientBody>>,
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let max = rt.listen.max_body_bytes;
     let declared = req
@@ -1515,7 +1515,7 @@ async fn forward(
         return Err(Deny::BadRequest(BadRequest::BodyOnGetOrHead).into());
     }
     let up = &rt.upstreams[route.upstream];
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, body) = (*req).into_parts();
     // The client's host as it sent it (port included), checked in phase 1:
     // the absolute-form authority (HTTP/2: `:authority`), else `Host`.
     let sent_host = match parts.uri.authority() {
@@ -1638,7 +1638,7 @@ async fn forward(
         host: sent_host,
         request_id,
     };
-    let injected = headers::Injected::new(&rt.forward, &ff, principal);
+    let mut injected = headers::Injected::new(&rt.forward, &ff, principal);
     debug_assert!(
         injected
             .names()
@@ -1668,7 +1668,7 @@ async fn forward(
     } else {
         Primed::new(first, body).boxed()
     };
-    upstream::send(up, Request::from_parts(parts, body), injected, relay).await
+    upstream::send(up, Request::from_parts(parts, body), &mut injected, relay).await
 }
 
 /// Client request headers the gateway sends its own value of instead.

@@ -253,7 +253,7 @@ impl ServerCertVerifier for Unverified {
 pub async fn send(
     up: &Upstream,
     mut req: Request<UpBody>,
-    mut injected: headers::Injected<'_>,
+    injected: &mut headers::Injected<'_>,
     relay: bool,
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let pool = &up.pool;
@@ -360,10 +360,15 @@ pub async fn send(
         }
         tokio::time::sleep(up.timeout).await;
     };
-    let answer = tokio::select! {
-        biased;
-        r = attempt => Ok(r),
-        _ = head_timeout => Err(()),
+    let answer = {
+        // Pinned where they are: the select polls them in place (it would
+        // move both, the request with them, into its own state).
+        tokio::pin!(attempt, head_timeout);
+        tokio::select! {
+            biased;
+            r = &mut attempt => Ok(r),
+            _ = &mut head_timeout => Err(()),
+        }
     };
     match answer {
         Err(()) => {
