@@ -161,7 +161,7 @@ impl Conns {
         extra: (&[(HeaderName, HeaderValue)], &[u8]),
         relay: bool,
         fresh: bool,
-    ) -> Result<Response<Answer>, Failure> {
+    ) -> Result<Response<Box<Answer>>, Failure> {
         let (slot, host, kept) = self.checkout(scheme, authority, fresh);
         let (mut parts, body) = req.into_parts();
         let host = (!parts.headers.contains_key(header::HOST)).then_some((header::HOST, host));
@@ -206,7 +206,7 @@ impl Conns {
         scheme: &Scheme,
         authority: &Authority,
         again: Resend,
-    ) -> Result<Response<Answer>, Failure> {
+    ) -> Result<Response<Box<Answer>>, Failure> {
         let (slot, _, _) = self.checkout(scheme, authority, true);
         let held = self.connect(slot, scheme, authority).await?;
         send_on(held, again.upload, &again.method, again.relay)
@@ -350,7 +350,7 @@ async fn send_on(
     mut upload: Upload,
     method: &Method,
     relay: bool,
-) -> Result<Response<Answer>, (WireError, Upload)> {
+) -> Result<Response<Box<Answer>>, (WireError, Upload)> {
     let mut sending = true;
     let head = poll_fn(|cx| {
         if sending {
@@ -393,13 +393,15 @@ async fn send_on(
             },
             upload_ok,
         )) => {
-            let answer = Answer {
+            // Boxed: the answer goes up through several futures to the
+            // writer, moved at each step (a pointer, not its 160 bytes).
+            let answer = Box::new(Answer {
                 relayed,
                 held: Some(held),
                 upload: sending.then_some(upload),
                 decode,
                 reusable: reusable && upload_ok,
-            };
+            });
             Ok(response.map(|()| answer))
         }
         Err(e) => Err((e, upload)),
@@ -584,7 +586,7 @@ mod tests {
     }
 
     /// The answer's body read to its end.
-    async fn read_to_end(resp: Response<Answer>) -> Vec<u8> {
+    async fn read_to_end(resp: Response<Box<Answer>>) -> Vec<u8> {
         resp.into_body()
             .collect()
             .await

@@ -598,7 +598,7 @@ pub enum Inner {
     /// hyper-util's pooled client (HTTP/2, websocket upgrades).
     Pooled(Incoming),
     /// A connection of `h1.rs`.
-    H1(Answer),
+    H1(Box<Answer>),
 }
 
 impl Inner {
