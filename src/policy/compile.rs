@@ -19,6 +19,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
+use crate::hashing::AdminKeyed;
+
 use super::levels::Levels;
 use super::model::{
     PolicySpec, Principal, ProfileDef, RoleDef, is_valid_capability, is_valid_grant, is_valid_name,
@@ -170,9 +172,11 @@ pub(crate) struct CompiledProfile {
 pub struct Policy {
     pub(crate) roles: Vec<RoleDef>,
     pub(crate) compiled: Vec<CompiledRole>,
-    role_index: HashMap<String, usize>,
+    /// (Looked up for each of a principal's roles on every request; keyed
+    /// by configuration only.)
+    role_index: HashMap<String, usize, AdminKeyed>,
     pub(crate) profiles: Vec<CompiledProfile>,
-    profile_index: HashMap<String, usize>,
+    profile_index: HashMap<String, usize, AdminKeyed>,
     /// Every valid grant of every role and profile, for `grants_cover`.
     all_grants: GrantSet,
     /// `capability_levels`: which grants imply which lower levels.
@@ -298,7 +302,7 @@ impl Policy {
         // first definition of a duplicated name wins; later ones are dropped
         // so a role can't be silently redefined further down a file.
         let mut roles: Vec<RoleDef> = Vec::with_capacity(spec.roles.len());
-        let mut role_index = HashMap::new();
+        let mut role_index = HashMap::default();
         for r in spec.roles {
             let subject = IssueSubject::Role(r.name.clone());
             if !is_valid_name(&r.name) {
@@ -508,7 +512,7 @@ impl Policy {
         }
 
         let mut profiles = Vec::with_capacity(spec.profiles.len());
-        let mut profile_index = HashMap::new();
+        let mut profile_index = HashMap::default();
         for p in spec.profiles {
             let subject = IssueSubject::Profile(p.name.clone());
             if !is_valid_name(&p.name) {
