@@ -110,54 +110,49 @@ fn access_event(a: &Access<'_>) {
 fn access_json(out: &mut Vec<u8>, a: &Access<'_>, at: std::time::SystemTime) {
     // Each string value is written between the static text around it,
     // which carries its quotes: `…","request_id":"` + value + `","…`, one
-    // copy per piece rather than one per quote, key and value.
-    let value = |out: &mut Vec<u8>, v: &str| {
-        if plain_json(v.as_bytes()) {
-            // Nothing JSON escapes (most values): copied as it is.
-            out.extend_from_slice(v.as_bytes());
-        } else {
-            // Escaping a `str` into a `Vec` cannot fail; its quotes are
-            // already written around it.
-            let start = out.len();
-            let _ = serde_json::to_writer(&mut *out, v);
-            out.remove(start);
-            out.pop();
-        }
-    };
+    // copy per piece rather than one per quote, key and value. Written
+    // field by field (not looped over a table) so that each static
+    // text's length is known where it is copied.
     out.reserve(256 + a.path.len() + a.reason.len() + a.detail.len());
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, at);
-    let strings = |out: &mut Vec<u8>, fields: &[(&[u8], &str)]| {
-        for (text, v) in fields {
-            out.extend_from_slice(text);
-            value(out, v);
-        }
-    };
-    strings(
+    json_field(
         out,
-        &[
-            (b"\",\"level\":\"INFO\",\"request_id\":\"", a.request_id),
-            (b"\",\"client_request_id\":\"", a.client_request_id),
-            (b"\",\"peer\":\"", a.peer),
-            (b"\",\"method\":\"", a.method),
-            (b"\",\"path\":\"", a.path),
-            (b"\",\"route\":\"", a.route),
-            (b"\",\"subject\":\"", a.subject),
-        ],
+        b"\",\"level\":\"INFO\",\"request_id\":\"",
+        a.request_id,
     );
+    json_field(out, b"\",\"client_request_id\":\"", a.client_request_id);
+    json_field(out, b"\",\"peer\":\"", a.peer);
+    json_field(out, b"\",\"method\":\"", a.method);
+    json_field(out, b"\",\"path\":\"", a.path);
+    json_field(out, b"\",\"route\":\"", a.route);
+    json_field(out, b"\",\"subject\":\"", a.subject);
     out.extend_from_slice(b"\",\"status\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.status).as_bytes());
-    strings(
-        out,
-        &[
-            (b",\"error\":\"", a.error),
-            (b"\",\"detail\":\"", a.detail),
-            (b"\",\"reason\":\"", a.reason),
-        ],
-    );
+    json_field(out, b",\"error\":\"", a.error);
+    json_field(out, b"\",\"detail\":\"", a.detail);
+    json_field(out, b"\",\"reason\":\"", a.reason);
     out.extend_from_slice(b"\",\"duration_us\":");
     out.extend_from_slice(itoa::Buffer::new().format(a.duration_us).as_bytes());
     out.extend_from_slice(b",\"target\":\"rolegate::access\"}\n");
+}
+
+/// `text`, then `v` as the inside of a JSON string (its quotes are in the
+/// texts around it).
+#[inline(always)]
+fn json_field(out: &mut Vec<u8>, text: &[u8], v: &str) {
+    out.extend_from_slice(text);
+    if plain_json(v.as_bytes()) {
+        // Nothing JSON escapes (most values): copied as it is.
+        out.extend_from_slice(v.as_bytes());
+    } else {
+        // Escaping a `str` into a `Vec` cannot fail; the quotes it adds
+        // are taken off again.
+        let start = out.len();
+        let _ = serde_json::to_writer(&mut *out, v);
+        out.remove(start);
+        out.pop();
+    }
 }
 
 /// Whether JSON escapes none of these bytes (no control character, `"`
