@@ -60,6 +60,7 @@ pub mod demo;
 pub mod directory;
 pub mod error;
 pub mod explain;
+pub mod fields;
 pub mod hashing;
 pub mod mask;
 pub mod policy;

@@ -347,7 +347,7 @@ impl Authenticator {
     /// `Cookie` headers, counting every spelling a backend could read as it
     /// (two is cookie tossing; see [`cookie`]).
     fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<(&'h str, bool), AuthError> {
-        let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
+        let mut auth = crate::fields::all(headers, &http::header::AUTHORIZATION);
         if let Some(value) = auth.next() {
             if auth.next().is_some() {
                 return Err(AuthError::MultipleAuthorization);

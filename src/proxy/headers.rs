@@ -466,7 +466,7 @@ pub fn strip_credentials(
 /// send one field per cookie (RFC 9113 §8.2.3), and an HTTP/1.1 backend may
 /// read only the first line.
 pub fn join_cookies(headers: &mut HeaderMap) {
-    let mut all = headers.get_all(http::header::COOKIE).iter();
+    let mut all = crate::fields::all(headers, &http::header::COOKIE);
     if all.next().is_none() || all.next().is_none() {
         return;
     }

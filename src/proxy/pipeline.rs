@@ -1221,8 +1221,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 fn accepts_html(h: &http::HeaderMap) -> bool {
-    h.get_all(header::ACCEPT)
-        .iter()
+    crate::fields::all(h, &header::ACCEPT)
         .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
 }
 
@@ -1354,7 +1353,7 @@ fn request_host(
     req: &Request<ClientBody>,
     memo: Option<&HostMemo>,
 ) -> Result<Option<String>, Refusal> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let mut hosts = crate::fields::all(req.headers(), &header::HOST);
     let first = hosts.next();
     if hosts.next().is_some() {
         return Err(Deny::BadHost("more than one Host header").into());
@@ -1498,9 +1497,7 @@ async fn forward(
     req: Box<Request<ClientBody>>,
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let max = rt.listen.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let declared = crate::fields::first(req.headers(), &header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max) {
@@ -1518,9 +1515,13 @@ async fn forward(
     let (mut parts, body) = (*req).into_parts();
     // The client's host as it sent it (port included), checked in phase 1:
     // the absolute-form authority (HTTP/2: `:authority`), else `Host`.
+    // The field leaves the map here: the upstream gets its own host unless
+    // it asks for the client's (a route that matches any host must not let
+    // the client pick a virtual host behind it; see below).
+    let host_field = parts.headers.remove(header::HOST);
     let sent_host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
+        None => host_field,
     };
     // The client's body errors are the client's (400), told apart from the
     // upstream's by type (`upstream::send`). Its first frame is read before
@@ -1623,9 +1624,8 @@ async fn forward(
         route.pass_credentials,
     );
     headers::join_cookies(&mut parts.headers);
-    // The upstream's own host unless it asks for the client's: a route that
-    // matches any host must not let the client pick a virtual host behind it.
-    parts.headers.remove(header::HOST);
+    // The client's host back only where the upstream asks for it (taken
+    // out above).
     if up.preserve_host
         && let Some(v) = &sent_host
     {
@@ -2120,8 +2120,7 @@ impl RequestIds {
 
     /// (our id, the client's valid `X-Request-Id` if any).
     fn take(&self, headers: &http::HeaderMap) -> (String, Option<String>) {
-        let client = headers
-            .get(headers::X_REQUEST_ID)
+        let client = crate::fields::first(headers, &headers::X_REQUEST_ID)
             .and_then(|v| v.to_str().ok())
             .filter(|v| {
                 !v.is_empty()

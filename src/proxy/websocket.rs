@@ -88,7 +88,7 @@ pub fn requested(h: &HeaderMap) -> bool {
 }
 
 fn has_token(h: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    h.get_all(name).iter().any(|v| {
+    crate::fields::all(h, name).any(|v| {
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
