@@ -5,12 +5,13 @@
 //! about ten names. Comparing a few names costs less than hashing one, so
 //! small maps are looked through in order; larger ones are looked up as
 //! usual. The answers are exactly `HeaderMap::get` and `get_all`'s (same
-//! values, same order; proptested).
+//! values, same order; proptested). Names are made the same way: the
+//! common ones by a comparison, the rest by `HeaderName::from_bytes`.
 //!
 //! Owns: the lookups. Must not: change a map, or decide anything.
 
 use http::HeaderMap;
-use http::header::{GetAll, HeaderName, HeaderValue, Iter};
+use http::header::{GetAll, HeaderName, HeaderValue, InvalidHeaderName, Iter};
 
 /// Maps with at most this many fields are looked through.
 const SCAN_MAX: usize = 8;
@@ -50,6 +51,34 @@ impl<'m> Iterator for All<'m, '_> {
     }
 }
 
+/// `HeaderName::from_bytes(b)`, with the names most heads carry told
+/// apart by length and a case-blind comparison first (`from_bytes` folds
+/// every name to lower case in a buffer before it looks it up).
+pub fn name(b: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+    use http::header as h;
+    let is = |n: &[u8]| b.eq_ignore_ascii_case(n);
+    let known = match b.len() {
+        4 if is(b"host") => h::HOST,
+        4 if is(b"date") => h::DATE,
+        4 if is(b"etag") => h::ETAG,
+        6 if is(b"accept") => h::ACCEPT,
+        6 if is(b"cookie") => h::COOKIE,
+        6 if is(b"server") => h::SERVER,
+        10 if is(b"user-agent") => h::USER_AGENT,
+        10 if is(b"connection") => h::CONNECTION,
+        12 if is(b"content-type") => h::CONTENT_TYPE,
+        13 if is(b"authorization") => h::AUTHORIZATION,
+        13 if is(b"cache-control") => h::CACHE_CONTROL,
+        13 if is(b"last-modified") => h::LAST_MODIFIED,
+        13 if is(b"accept-ranges") => h::ACCEPT_RANGES,
+        14 if is(b"content-length") => h::CONTENT_LENGTH,
+        15 if is(b"accept-encoding") => h::ACCEPT_ENCODING,
+        15 if is(b"accept-language") => h::ACCEPT_LANGUAGE,
+        _ => return HeaderName::from_bytes(b),
+    };
+    Ok(known)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +97,29 @@ mod tests {
     ];
 
     proptest! {
+        /// The known names, in any case, and any other bytes, make the
+        /// name (or the refusal) `from_bytes` makes.
+        #[test]
+        fn names_are_from_bytes_names(
+            known in proptest::sample::select(&[
+                "host", "date", "etag", "accept", "cookie", "server", "user-agent",
+                "connection", "content-type", "authorization", "cache-control",
+                "last-modified", "accept-ranges", "content-length", "accept-encoding",
+                "accept-language", "x-request-id", "hosts", "accepted",
+            ][..]),
+            upper in proptest::collection::vec(any::<bool>(), 16),
+            other in proptest::collection::vec(any::<u8>(), 0..16),
+        ) {
+            let cased: Vec<u8> = known
+                .bytes()
+                .zip(upper.iter().cycle())
+                .map(|(b, &u)| if u { b.to_ascii_uppercase() } else { b })
+                .collect();
+            for b in [cased, other] {
+                prop_assert_eq!(name(&b).ok(), HeaderName::from_bytes(&b).ok(), "{:?}", b);
+            }
+        }
+
         /// Small maps (looked through) and large ones (looked up) answer
         /// as the map's own lookups, repeated names and all.
         #[test]

@@ -709,7 +709,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method, relay: bool) -> Result<Parsed
                 Place::Relayed => return Err(WireError::Malformed("header name")),
             }
         }
-        let name = HeaderName::from_bytes(name).map_err(|_| WireError::Malformed("header name"))?;
+        let name = crate::fields::name(name).map_err(|_| WireError::Malformed("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(c as usize..d as usize))
             .map_err(|_| WireError::Malformed("header value"))?;
         if name == header::CONTENT_LENGTH {

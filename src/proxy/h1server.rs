@@ -348,7 +348,7 @@ fn request_parts(
     // rehashed on the way upstream.
     let mut headers = HeaderMap::with_capacity(spans.len() + FORWARD_HEADROOM);
     for &[a, b, c, d] in spans {
-        let name = HeaderName::from_bytes(&head[a as usize..b as usize]).ok()?;
+        let name = crate::fields::name(&head[a as usize..b as usize]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(c as usize..d as usize)).ok()?;
         headers.append(name, value);
     }
