@@ -878,6 +878,47 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
     assert_eq!((r.status, r.error().as_str()), (504, "upstream_timeout"));
 }
 
+/// A connection keeps its upstream-head timer between requests (moved to
+/// each request's own deadline): an earlier deadline after a later one
+/// still times out in time, and a timer that fired still serves the next
+/// request.
+#[tokio::test]
+async fn each_request_on_a_connection_gets_its_own_upstream_deadline() {
+    let up = Upstream::start().await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = silent.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    let dir = scratch_dir("deadlines");
+    let cfg = format!(
+        "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{}\", timeout: 60s }}\n  silent: {{ url: \"http://{silent_addr}\", timeout: 300ms }}\n\
+         roles:\n  viewer: {{ grants: [bot.flows.view] }}\n\
+         routes:\n  - {{ name: fast, match: {{ methods: [GET], path: /fast }}, require: bot.flows.view, upstream: app }}\n\
+         \x20 - {{ name: silent, match: {{ methods: [GET], path: /silent }}, require: bot.flows.view, upstream: silent }}\n",
+        identity_yaml(),
+        up.addr
+    );
+    let gw = start_with_config(&dir, &cfg).await;
+    let token = viewer();
+    let mut conn = KeptAlive::open(gw.addr).await;
+    assert_eq!(conn.get("/fast", Some(&token)).await.status, 200);
+    for _ in 0..2 {
+        // After a 60 s deadline, one 300 ms away (a 60 s wait would
+        // outlast the client's 10 s read); after a timer that fired,
+        // another.
+        let r = conn.get("/silent", Some(&token)).await;
+        assert_eq!((r.status, r.error().as_str()), (504, "upstream_timeout"));
+    }
+    let r = conn.get("/fast", Some(&token)).await;
+    assert_eq!(r.status, 200, "a fired timer still serves the next request");
+    assert_eq!(up.count(), 2);
+}
+
 #[tokio::test]
 async fn reasons_can_be_hidden_from_clients() {
     let up = Upstream::start().await;

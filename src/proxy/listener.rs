@@ -75,7 +75,18 @@ pub struct Conn {
     pub host_memo: HostMemo,
     /// The last token verified on this connection (`auth::ConnToken`).
     pub token_memo: crate::auth::ConnToken,
+    /// The connection's upstream-head timer, kept between its requests
+    /// (see [`HeadTimer`]).
+    pub head_timer: HeadTimer,
 }
+
+/// A timer kept for the next request's upstream-head timeout
+/// (`upstream::send`): moving a registered timer's deadline later is a
+/// compare-and-swap, where a new timer per request is registered with
+/// the timer wheel and removed again. Taken by a request (`try_lock`: an
+/// HTTP/2 stream that finds it taken makes its own) and put back after;
+/// dropped with the connection.
+pub type HeadTimer = std::sync::Mutex<Option<std::pin::Pin<Box<tokio::time::Sleep>>>>;
 
 /// See [`Conn::host_memo`].
 pub type HostMemo = std::sync::Mutex<Option<(http::HeaderValue, String)>>;
@@ -97,6 +108,7 @@ impl Conn {
             slot: None,
             host_memo: HostMemo::default(),
             token_memo: Default::default(),
+            head_timer: HeadTimer::default(),
         }
     }
 }

@@ -183,6 +183,9 @@ pub struct Ctx {
     /// [`Ctx::trace_id`] as a header value, made once for the upstream
     /// request and the answer.
     trace_value: Option<HeaderValue>,
+    /// The connection's upstream-head timer, while this request has it
+    /// (`listener::HeadTimer`).
+    head_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The normalised request target.
@@ -384,6 +387,7 @@ impl Gateway {
             raw,
             relayed: None,
             trace_value: None,
+            head_timer: None,
         }
     }
 
@@ -415,11 +419,17 @@ impl Gateway {
     ) -> (Response<RespBody>, Option<Box<Relayed>>) {
         let rt = self.runtime.load_full();
         let mut ctx = self.start(&req, conn, relay, raw);
+        ctx.head_timer = conn.head_timer.try_lock().ok().and_then(|mut t| t.take());
         let (resp, relayed) = match self.handle_inner(&rt, &mut ctx, conn, req).await {
             Ok(resp) => (resp, ctx.relayed.take()),
             // An upstream's fields never go with a refusal.
             Err(refusal) => (refuse(&rt, &mut ctx, refusal), None),
         };
+        if let Some(t) = ctx.head_timer.take()
+            && let Ok(mut kept) = conn.head_timer.try_lock()
+        {
+            *kept = Some(t);
+        }
         (finish(&mut ctx, resp), relayed)
     }
 
@@ -1668,7 +1678,8 @@ async fn forward(
     } else {
         Primed::new(first, body).boxed()
     };
-    upstream::send(up, Request::from_parts(parts, body), &mut injected, relay).await
+    let req = Request::from_parts(parts, body);
+    upstream::send(up, req, &mut injected, relay, &mut ctx.head_timer).await
 }
 
 /// Client request headers the gateway sends its own value of instead.

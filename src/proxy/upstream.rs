@@ -249,12 +249,15 @@ impl ServerCertVerifier for Unverified {
 /// `injected` (the forwarding and identity fields) is sent after the
 /// request's own fields. With `relay`, an HTTP/1.1 server's answer fields
 /// come as its bytes (`relayed.rs`): only for a caller that writes them
-/// out with `h1server` and reads none of them.
+/// out with `h1server` and reads none of them. `timer` is a timer to use
+/// for the answer-head timeout (`listener::HeadTimer`), made if `None`
+/// and left there for the next request.
 pub async fn send(
     up: &Upstream,
     mut req: Request<UpBody>,
     injected: &mut headers::Injected<'_>,
     relay: bool,
+    timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
 ) -> Result<Response<UpstreamBody>, Refusal> {
     let pool = &up.pool;
     pool.start_checks();
@@ -358,7 +361,19 @@ pub async fn send(
             // Sent, or dropped: the request is over either way.
             let _ = sent.await;
         }
-        tokio::time::sleep(up.timeout).await;
+        // (`sleep`'s rule for a duration past the clock's end: about 30
+        // years.)
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(up.timeout)
+            .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
+        match timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        if let Some(t) = timer {
+            t.as_mut().await;
+        }
     };
     let answer = {
         // Pinned where they are: the select polls them in place (it would

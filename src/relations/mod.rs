@@ -323,7 +323,7 @@ async fn pull(
         .body(body)
         .map_err(|e| format!("bad request: {e}"))?;
     // The upstream's own servers, balancing and health, like a route's.
-    let resp = crate::proxy::upstream::send(up, req, &mut Default::default(), false)
+    let resp = crate::proxy::upstream::send(up, req, &mut Default::default(), false, &mut None)
         .await
         .map_err(|e| match e.cause() {
             "" => format!("call failed: {e}"),
