@@ -89,7 +89,7 @@ pub struct Conn {
 pub type HeadTimer = std::sync::Mutex<Option<std::pin::Pin<Box<tokio::time::Sleep>>>>;
 
 /// See [`Conn::host_memo`].
-pub type HostMemo = std::sync::Mutex<Option<(http::HeaderValue, String)>>;
+pub type HostMemo = std::sync::Mutex<Option<(http::HeaderValue, Arc<str>)>>;
 
 impl Conn {
     /// A plain connection from `peer`; the listener fills in the rest.

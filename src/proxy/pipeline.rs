@@ -190,7 +190,8 @@ pub struct Ctx {
 
 /// The normalised request target.
 struct Target {
-    host: Option<String>,
+    /// (Shared with the connection's memo of its last `Host`.)
+    host: Option<Arc<str>>,
     /// `canon.path` is forwarded as is; routing uses `canon.routing_path()`.
     canon: Canonical,
 }
@@ -457,7 +458,7 @@ impl Gateway {
                 Redirect::Url(base) => format!("{base}{target}"),
                 Redirect::Port(port) => {
                     let host = if h2 {
-                        h2_host(&req)?
+                        h2_host(&req)?.map(Arc::from)
                     } else {
                         request_host(&req, None)?
                     };
@@ -1295,7 +1296,7 @@ fn normalize(
             .filter(|f| !f.lost())
             .ok_or(Deny::BadRequest(BadRequest::MalformedHead))?;
         check_method(req.method())?;
-        let host = h2_host(req)?;
+        let host = h2_host(req)?.map(Arc::from);
         if facts.saw_fragment() {
             return Err(Deny::BadTarget(PathError::Fragment).into());
         }
@@ -1362,7 +1363,7 @@ fn check_method(method: &Method) -> Result<(), Refusal> {
 fn request_host(
     req: &Request<ClientBody>,
     memo: Option<&HostMemo>,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<Arc<str>>, Refusal> {
     let mut hosts = crate::fields::all(req.headers(), &header::HOST);
     let first = hosts.next();
     if hosts.next().is_some() {
@@ -1388,7 +1389,7 @@ fn request_host(
         }
         (None, None) => return Err(Deny::BadRequest(BadRequest::MissingHost).into()),
     };
-    let host = routing_host(raw)?;
+    let host: Arc<str> = routing_host(raw)?.into();
     if let (Some(h), Some(Ok(mut m))) = (header, memo.map(|m| m.try_lock())) {
         *m = Some((h.clone(), host.clone()));
     }
