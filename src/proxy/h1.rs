@@ -32,7 +32,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
-use super::h1codec::{Decode, Head, Io, Upload, Wire, WireError};
+use super::h1codec::{Decode, Head, Io, SCRATCH_KEPT, Upload, Wire, WireError};
 use super::relayed::Relayed;
 use super::upstream::{BoxError, UpBody};
 
@@ -162,18 +162,25 @@ impl Conns {
         relay: bool,
         fresh: bool,
     ) -> Result<Response<Box<Answer>>, Failure> {
-        let (slot, host, kept) = self.checkout(scheme, authority, fresh);
+        let (slot, host, mut kept) = self.checkout(scheme, authority, fresh);
         let (mut parts, body) = req.into_parts();
         let host = (!parts.headers.contains_key(header::HOST)).then_some((header::HOST, host));
-        let mut scratch = BytesMut::with_capacity(1024);
+        // A kept connection's own head buffer, else a new one.
+        let mut scratch = match &mut kept {
+            Some(h) => std::mem::take(&mut h.wire.scratch),
+            None => BytesMut::with_capacity(1024),
+        };
         let upload = Upload::new(&mut parts, host.as_slice(), extra, body, &mut scratch)
             .map_err(|e| Failure::Exchange(e, None))?;
         let method = parts.method;
         let reused = kept.is_some();
-        let held = match kept {
+        let mut held = match kept {
             Some(h) => h,
             None => self.connect(slot, scheme, authority).await?,
         };
+        if scratch.capacity() <= SCRATCH_KEPT {
+            held.wire.scratch = scratch;
+        }
         let (e, upload) = match send_on(held, upload, &method, relay).await {
             Ok(r) => return Ok(r),
             // A kept connection found closed or broken before a byte of the
@@ -634,6 +641,61 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(conns.idle_count(), 1);
         drop(resp);
+    }
+
+    /// Heads encoded one after another in a connection's kept buffer
+    /// reach the server whole and in order, whatever their sizes (one over
+    /// the kept size lets the buffer go, the next starts a new one).
+    #[tokio::test]
+    async fn heads_encoded_in_a_kept_buffer_arrive_as_written() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let pad = req.headers().get("x-pad").map_or(0, |v| v.len());
+                    let seen = format!("{} {pad}", req.uri());
+                    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    resp.headers_mut()
+                        .insert("x-seen", HeaderValue::from_str(&seen).unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+                );
+            }
+        });
+        let conns = Conns::new(HttpConnector::new());
+        for (i, pad) in [10usize, 3000, 5, 9000, 700, 1, 20_000, 2, 800, 800, 800]
+            .into_iter()
+            .enumerate()
+        {
+            let target = format!("/r/{i}/{}", "p".repeat(i * 37));
+            let mut req = get();
+            *req.uri_mut() = target.parse().unwrap();
+            req.headers_mut()
+                .insert("x-pad", HeaderValue::from_str(&"a".repeat(pad)).unwrap());
+            let resp = match conns
+                .exchange(&Scheme::HTTP, &at, req, (&[], &[]), false, false)
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => panic!("request {i} failed"),
+            };
+            let seen = resp.headers()["x-seen"].to_str().unwrap().to_string();
+            assert_eq!(seen, format!("{target} {pad}"), "request {i}");
+            assert_eq!(read_to_end(resp).await, b"ok");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one connection throughout"
+        );
     }
 
     #[tokio::test]

@@ -87,7 +87,15 @@ pub struct Wire {
     ext_left: usize,
     /// Room to make before the next read (see [`READ_FIRST`]).
     read_size: usize,
+    /// Where the requests sent on this connection have their heads
+    /// encoded ([`Upload::new`]): kept with it, so that each head after
+    /// the first reuses the buffer its predecessor (gone by then) took.
+    pub scratch: BytesMut,
 }
+
+/// A head buffer kept with a connection at most this large (one grown by
+/// a large head is let go).
+pub const SCRATCH_KEPT: usize = 8 * 1024;
 
 /// Why an exchange or an answer's body failed.
 #[derive(Debug)]
@@ -385,6 +393,7 @@ impl Wire {
             rbuf: BytesMut::new(),
             ext_left: MAX_CHUNK_EXT,
             read_size: READ_FIRST,
+            scratch: BytesMut::new(),
         }
     }
 
