@@ -842,6 +842,20 @@ async fn bodies_stream_upstream_within_the_limit() {
     assert!(up.seen.lock().unwrap().iter().all(|s| s.body.len() <= 1024));
 }
 
+/// An upstream that accepts connections and never answers.
+async fn silent_upstream() -> std::net::SocketAddr {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (s, _) = silent.accept().await.unwrap();
+            held.push(s);
+        }
+    });
+    addr
+}
+
 #[tokio::test]
 async fn upstream_down_is_502_and_silent_upstream_is_504() {
     // A port with nothing listening.
@@ -858,15 +872,7 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
     assert!(r.json()["request_id"].is_string());
 
     // An upstream that accepts and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let (s, _) = silent.accept().await.unwrap();
-            held.push(s);
-        }
-    });
+    let silent_addr = silent_upstream().await;
     let dir = scratch_dir("silent");
     std::fs::write(dir.join("rules.yaml"), TEST_RULES).unwrap();
     let cfg = format!(
@@ -885,15 +891,7 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
 #[tokio::test]
 async fn each_request_on_a_connection_gets_its_own_upstream_deadline() {
     let up = Upstream::start().await;
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let (s, _) = silent.accept().await.unwrap();
-            held.push(s);
-        }
-    });
+    let silent_addr = silent_upstream().await;
     let dir = scratch_dir("deadlines");
     let cfg = format!(
         "listen: {{ addr: \"127.0.0.1:0\" }}\n{}upstreams:\n  app: {{ url: \"http://{}\", timeout: 60s }}\n  silent: {{ url: \"http://{silent_addr}\", timeout: 300ms }}\n\

@@ -556,6 +556,27 @@ mod tests {
     /// counting the connections it accepted; `close` answers with
     /// `Connection: close`.
     async fn upstream(close: bool) -> (Authority, Arc<AtomicUsize>) {
+        serve(move |req| {
+            let host = req.headers().get(header::HOST).cloned();
+            let mut resp = Response::new(Full::new(Bytes::from(vec![b'x'; 4096])));
+            if let Some(h) = host {
+                resp.headers_mut().insert("x-host", h);
+            }
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        })
+        .await
+    }
+
+    /// A hyper HTTP/1.1 server on loopback answering each request with
+    /// `answer`, counting the connections it accepted.
+    async fn serve<F>(answer: F) -> (Authority, Arc<AtomicUsize>)
+    where
+        F: Fn(Request<Incoming>) -> Response<Full<Bytes>> + Copy + Send + Sync + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -565,16 +586,7 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let host = req.headers().get(header::HOST).cloned();
-                    let mut resp = Response::new(Full::new(Bytes::from(vec![b'x'; 4096])));
-                    if let Some(h) = host {
-                        resp.headers_mut().insert("x-host", h);
-                    }
-                    if close {
-                        resp.headers_mut()
-                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    }
-                    Ok::<_, std::convert::Infallible>(resp)
+                    Ok::<_, std::convert::Infallible>(answer(req))
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
@@ -648,28 +660,15 @@ mod tests {
     /// the kept size lets the buffer go, the next starts a new one).
     #[tokio::test]
     async fn heads_encoded_in_a_kept_buffer_arrive_as_written() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let at = Authority::try_from(listener.local_addr().unwrap().to_string()).unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let pad = req.headers().get("x-pad").map_or(0, |v| v.len());
-                    let seen = format!("{} {pad}", req.uri());
-                    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
-                    resp.headers_mut()
-                        .insert("x-seen", HeaderValue::from_str(&seen).unwrap());
-                    Ok::<_, std::convert::Infallible>(resp)
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
-                );
-            }
-        });
+        let (at, accepted) = serve(|req| {
+            let pad = req.headers().get("x-pad").map_or(0, |v| v.len());
+            let seen = format!("{} {pad}", req.uri());
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+            resp.headers_mut()
+                .insert("x-seen", HeaderValue::from_str(&seen).unwrap());
+            resp
+        })
+        .await;
         let conns = Conns::new(HttpConnector::new());
         for (i, pad) in [10usize, 3000, 5, 9000, 700, 1, 20_000, 2, 800, 800, 800]
             .into_iter()
