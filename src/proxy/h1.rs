@@ -172,13 +172,17 @@ impl Conns {
         };
         let upload = Upload::new(&mut parts, host.as_slice(), extra, body, &mut scratch)
             .map_err(|e| Failure::Exchange(e, None))?;
+        // The buffer's size from the head on: what is left of it is its
+        // capacity now, the head took the rest. (A head that fit where an
+        // earlier one ended leaves the size as it was, checked then.)
+        let keep_scratch = upload.head_len() + scratch.capacity() <= SCRATCH_KEPT;
         let method = parts.method;
         let reused = kept.is_some();
         let mut held = match kept {
             Some(h) => h,
             None => self.connect(slot, scheme, authority).await?,
         };
-        if scratch.capacity() <= SCRATCH_KEPT {
+        if keep_scratch {
             held.wire.scratch = scratch;
         }
         let (e, upload) = match send_on(held, upload, &method, relay).await {
@@ -661,8 +665,14 @@ mod tests {
     #[tokio::test]
     async fn heads_encoded_in_a_kept_buffer_arrive_as_written() {
         let (at, accepted) = serve(|req| {
-            let pad = req.headers().get("x-pad").map_or(0, |v| v.len());
-            let seen = format!("{} {pad}", req.uri());
+            // The pad's length, its first byte, and whether every byte is it.
+            let pad = req
+                .headers()
+                .get("x-pad")
+                .map_or(&b""[..], |v| v.as_bytes());
+            let first = pad.first().copied().unwrap_or(b'-');
+            let same = pad.iter().all(|&b| b == first);
+            let seen = format!("{} {} {}{same}", req.uri(), pad.len(), char::from(first));
             let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
             resp.headers_mut()
                 .insert("x-seen", HeaderValue::from_str(&seen).unwrap());
@@ -675,10 +685,14 @@ mod tests {
             .enumerate()
         {
             let target = format!("/r/{i}/{}", "p".repeat(i * 37));
+            // A letter of its own for each request's pad.
+            let letter = char::from(b'a' + i as u8);
             let mut req = get();
             *req.uri_mut() = target.parse().unwrap();
-            req.headers_mut()
-                .insert("x-pad", HeaderValue::from_str(&"a".repeat(pad)).unwrap());
+            req.headers_mut().insert(
+                "x-pad",
+                HeaderValue::from_str(&letter.to_string().repeat(pad)).unwrap(),
+            );
             let resp = match conns
                 .exchange(&Scheme::HTTP, &at, req, (&[], &[]), false, false)
                 .await
@@ -687,7 +701,7 @@ mod tests {
                 Err(_) => panic!("request {i} failed"),
             };
             let seen = resp.headers()["x-seen"].to_str().unwrap().to_string();
-            assert_eq!(seen, format!("{target} {pad}"), "request {i}");
+            assert_eq!(seen, format!("{target} {pad} {letter}true"), "request {i}");
             assert_eq!(read_to_end(resp).await, b"ok");
         }
         assert_eq!(

@@ -93,8 +93,8 @@ pub struct Wire {
     pub scratch: BytesMut,
 }
 
-/// A head buffer kept with a connection at most this large (one grown by
-/// a large head is let go).
+/// A connection keeps its head buffer while it is at most this large
+/// (one a large head grew is let go).
 pub const SCRATCH_KEPT: usize = 8 * 1024;
 
 /// Why an exchange or an answer's body failed.
@@ -331,6 +331,11 @@ impl Upload {
     /// connection.
     pub fn untouched(&self) -> bool {
         !self.wrote
+    }
+
+    /// The encoded head's length, while it is still queued whole.
+    pub fn head_len(&self) -> usize {
+        self.out.front().map_or(0, Bytes::len)
     }
 }
 
@@ -1644,10 +1649,10 @@ mod tests {
 
     proptest::proptest! {
         /// One number as the standard parse reads it: digits alone, at
-        /// most 19 of them, spaces around allowed.
+        /// most 19 of them, spaces and tabs around allowed.
         #[test]
-        fn one_length_reads_what_the_standard_parse_reads(t in "[ 0-9a+-]{0,22}") {
-            let trimmed = t.trim_matches(' ');
+        fn one_length_reads_what_the_standard_parse_reads(t in "[ \t0-9a+-]{0,22}") {
+            let trimmed = t.trim_matches(|c: char| c.is_ascii_whitespace());
             let standard = (!trimmed.is_empty()
                 && trimmed.len() <= 19
                 && trimmed.bytes().all(|b| b.is_ascii_digit()))

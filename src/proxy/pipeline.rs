@@ -1526,13 +1526,9 @@ async fn forward(
     let (mut parts, body) = (*req).into_parts();
     // The client's host as it sent it (port included), checked in phase 1:
     // the absolute-form authority (HTTP/2: `:authority`), else `Host`.
-    // The field leaves the map here: the upstream gets its own host unless
-    // it asks for the client's (a route that matches any host must not let
-    // the client pick a virtual host behind it; see below).
-    let host_field = parts.headers.remove(header::HOST);
     let sent_host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => host_field,
+        None => crate::fields::first(&parts.headers, &header::HOST).cloned(),
     };
     // The client's body errors are the client's (400), told apart from the
     // upstream's by type (`upstream::send`). Its first frame is read before
@@ -1635,8 +1631,12 @@ async fn forward(
         route.pass_credentials,
     );
     headers::join_cookies(&mut parts.headers);
-    // The client's host back only where the upstream asks for it (taken
-    // out above).
+    // The upstream's own host unless it asks for the client's: a route that
+    // matches any host must not let the client pick a virtual host behind it.
+    // (Removed here, after the strips, as ever: a removal moves the map's
+    // last field into the gap, so where it happens decides the order the
+    // upstream sees.)
+    parts.headers.remove(header::HOST);
     if up.preserve_host
         && let Some(v) = &sent_host
     {
