@@ -863,10 +863,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     found
 }
 
-/// One `Content-Length` number (surrounding spaces allowed): 1 to 19
-/// digits, which always fit a `u64`.
+/// One `Content-Length` number (surrounding spaces allowed).
 fn one_length(t: &[u8]) -> Option<u64> {
-    let t = t.trim_ascii();
+    digits_length(t.trim_ascii())
+}
+
+/// A `Content-Length` value of digits alone (hyper's rule for one value):
+/// 1 to 19 of them, which always fit a `u64`.
+pub fn digits_length(t: &[u8]) -> Option<u64> {
     if t.is_empty() || t.len() > 19 {
         return None;
     }

@@ -504,7 +504,7 @@ fn encode_head(
                     continue;
                 }
                 Some(BodyLength::Unknown) => {
-                    let Some(n) = content_length(value.as_bytes()) else {
+                    let Some(n) = super::h1codec::digits_length(value.as_bytes()) else {
                         return Err(());
                     };
                     if let Some(p) = prev_len {
@@ -629,14 +629,6 @@ fn http_date(dst: &mut Vec<u8>) {
         }
         dst.extend_from_slice(text);
     });
-}
-
-/// A `Content-Length` value: digits only (hyper's rule for one value).
-fn content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 /// Whether the last coding of a `Transfer-Encoding` value is `chunked`.

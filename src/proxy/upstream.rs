@@ -367,13 +367,9 @@ pub async fn send(
         let deadline = now
             .checked_add(up.timeout)
             .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
-        match timer {
-            Some(t) => t.as_mut().reset(deadline),
-            None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-        if let Some(t) = timer {
-            t.as_mut().await;
-        }
+        let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        t.as_mut().reset(deadline);
+        t.as_mut().await;
     };
     let answer = {
         // Pinned where they are: the select polls them in place (it would
